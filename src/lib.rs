@@ -1,0 +1,13 @@
+//! tessera: georeferenced answers from satellite and aerial scenes with vision-language models.
+//!
+//! Data flows one way: a scene ([`raster`]) is cut into tiles ([`tiling`]), tiles are batched
+//! into models ([`runtime`]), model outputs are written as georeferenced rasters and vectors
+//! ([`output`]); [`pipeline`] holds the jobs that wire these stages together and [`cli`] the
+//! command line on top of them.
+
+pub mod cli;
+pub mod output;
+pub mod pipeline;
+pub mod raster;
+pub mod runtime;
+pub mod tiling;

@@ -1,0 +1,121 @@
+//! Vector formats. Each format is one file with one [`VectorFormat`] implementation: GDAL does
+//! the encoding; a format states its driver, its layer options, and its limits (Shapefile's
+//! 10-character field names and 254-character strings).
+
+mod flatgeobuf;
+mod geojson;
+mod geopackage;
+mod shapefile;
+
+use std::path::Path;
+
+pub use flatgeobuf::FlatGeobuf;
+pub use geojson::GeoJson;
+pub use geopackage::GeoPackage;
+pub use shapefile::Shapefile;
+
+/// One vector output format.
+pub trait VectorFormat: Sync + std::fmt::Debug {
+    /// Short name used by `--format` (`gpkg`, `shp`, `geojson`, `fgb`).
+    fn name(&self) -> &'static str;
+    /// GDAL/OGR driver name.
+    fn driver(&self) -> &'static str;
+    /// File extension without the dot.
+    fn extension(&self) -> &'static str;
+    /// Layer creation options.
+    fn layer_options(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// Longest field name the format keeps, if limited.
+    fn max_field_name(&self) -> Option<usize> {
+        None
+    }
+    /// Longest string value the format keeps, if limited.
+    fn max_string_len(&self) -> Option<usize> {
+        None
+    }
+    /// Whether the whole layer should be written in one transaction (much faster in SQLite).
+    fn transactional(&self) -> bool {
+        false
+    }
+}
+
+/// Every supported format.
+pub const ALL: [&dyn VectorFormat; 4] = [&GeoPackage, &Shapefile, &GeoJson, &FlatGeobuf];
+
+/// The format named `name` (`gpkg`, `shp`, `geojson`, `fgb`, or their long names).
+pub fn by_name(name: &str) -> Option<&'static dyn VectorFormat> {
+    let n = name.to_ascii_lowercase();
+    ALL.iter().copied().find(|f| {
+        f.name() == n
+            || f.extension() == n
+            || f.driver().eq_ignore_ascii_case(&n)
+            || matches!(
+                (f.name(), n.as_str()),
+                ("gpkg", "geopackage")
+                    | ("shp", "shapefile")
+                    | ("fgb", "flatgeobuf")
+                    | ("geojson", "json")
+            )
+    })
+}
+
+/// The format implied by a path's extension.
+pub fn for_path(path: &Path) -> Option<&'static dyn VectorFormat> {
+    let ext = path.extension()?.to_str()?;
+    by_name(ext)
+}
+
+/// Field names as the format will store them: truncated where the format limits them, and
+/// made unique (`top3_label` and `top3_labels` must not collide after truncation).
+pub fn field_names(format: &dyn VectorFormat, names: &[&str]) -> Vec<String> {
+    let Some(max) = format.max_field_name() else {
+        return names.iter().map(|n| n.to_string()).collect();
+    };
+    let mut out: Vec<String> = Vec::with_capacity(names.len());
+    for name in names {
+        let mut candidate: String = name.chars().take(max).collect();
+        let mut k = 1;
+        while out.iter().any(|o| o.eq_ignore_ascii_case(&candidate)) {
+            let suffix = format!("_{k}");
+            candidate = name.chars().take(max - suffix.len()).collect::<String>() + &suffix;
+            k += 1;
+        }
+        out.push(candidate);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_by_name_and_extension() {
+        assert_eq!(by_name("gpkg").map(|f| f.driver()), Some("GPKG"));
+        assert_eq!(
+            by_name("Shapefile").map(|f| f.driver()),
+            Some("ESRI Shapefile")
+        );
+        assert_eq!(by_name("fgb").map(|f| f.driver()), Some("FlatGeobuf"));
+        assert_eq!(by_name("json").map(|f| f.driver()), Some("GeoJSON"));
+        assert!(by_name("kml").is_none());
+        assert_eq!(
+            for_path(Path::new("a/b.geojson")).map(|f| f.name()),
+            Some("geojson")
+        );
+        assert!(for_path(Path::new("noext")).is_none());
+    }
+
+    #[test]
+    fn shapefile_names_are_truncated_and_unique() {
+        let names = field_names(
+            &Shapefile,
+            &["tile_id", "valid_fraction", "valid_fractions", "a"],
+        );
+        assert_eq!(names, ["tile_id", "valid_frac", "valid_fr_1", "a"]);
+        assert!(names.iter().all(|n| n.len() <= 10));
+        let long = field_names(&GeoPackage, &["valid_fraction"]);
+        assert_eq!(long, ["valid_fraction"]);
+    }
+}

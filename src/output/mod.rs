@@ -1,0 +1,28 @@
+//! Output writers: vector layers (GeoPackage, Shapefile, GeoJSON, FlatGeobuf), GeoTIFF chips,
+//! and the write-to-a-temporary-name-then-rename discipline every writer follows, so a failed
+//! or interrupted run never leaves a partial output under the final name.
+
+mod atomic;
+mod chips;
+pub mod formats;
+mod vector;
+
+pub use atomic::PendingOutput;
+pub use chips::ChipWriter;
+pub use formats::VectorFormat;
+pub use vector::{FieldKind, FieldSpec, FieldValue, VectorLayerWriter};
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum OutputError {
+    #[error("{path}: already exists (pass --overwrite to replace it)")]
+    Exists { path: String },
+    #[error("{path}: cannot write: {reason}")]
+    Write { path: String, reason: String },
+    #[error("{path}: unknown vector format '{format}' (use gpkg, shp, geojson or fgb)")]
+    UnknownFormat { path: String, format: String },
+}
+
+pub type Result<T, E = OutputError> = std::result::Result<T, E>;

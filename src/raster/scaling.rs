@@ -1,0 +1,265 @@
+//! Per-band scaling of raw sample values to a model's input range `[0, 1]`.
+//!
+//! A [`ScalingSpec`] is what the user asked for (`auto`, `minmax`, `percentile:2,98`,
+//! `range:0,3000`, `none`); [`Scaling`] is the resolved, per-band linear map. Statistics come
+//! from GDAL's approximate statistics and histograms, which read overviews when the file has
+//! them, so resolving a spec costs a small fraction of a full read.
+
+use std::str::FromStr;
+
+use gdal::raster::GdalDataType;
+use serde::Serialize;
+
+use super::{gdal_reason, BandMapping, RasterError, Result, Scene};
+
+/// What the user asked for.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ScalingSpec {
+    /// `range:0,255` for 8-bit bands, `percentile:2,98` for anything else.
+    Auto,
+    /// Raw values, unscaled.
+    None,
+    /// Each band's own minimum and maximum (approximate statistics).
+    MinMax,
+    /// Each band's `lo`-th and `hi`-th percentiles (approximate histogram, nodata excluded).
+    Percentile(f64, f64),
+    /// A fixed range for every band, e.g. `range:0,3000` for Sentinel-2 reflectance.
+    Range(f64, f64),
+    /// One fixed range per mapped band: `range:0,3000;0,3000;0,4000`.
+    Ranges(Vec<(f64, f64)>),
+}
+
+impl FromStr for ScalingSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        let s = s.trim();
+        let (kind, args) = match s.split_once(':') {
+            Some((k, a)) => (k, Some(a)),
+            None => (s, None),
+        };
+        let pair = |a: &str| -> std::result::Result<(f64, f64), String> {
+            let mut it = a.split(',').map(|v| v.trim().parse::<f64>());
+            match (it.next(), it.next(), it.next()) {
+                (Some(Ok(lo)), Some(Ok(hi)), None) if lo.is_finite() && hi.is_finite() => {
+                    Ok((lo, hi))
+                }
+                _ => Err(format!("'{a}' is not a pair of numbers LO,HI")),
+            }
+        };
+        match (kind, args) {
+            ("auto", None) => Ok(ScalingSpec::Auto),
+            ("none", None) => Ok(ScalingSpec::None),
+            ("minmax", None) => Ok(ScalingSpec::MinMax),
+            ("percentile", Some(a)) => {
+                let (lo, hi) = pair(a)?;
+                if !(0.0..=100.0).contains(&lo) || !(0.0..=100.0).contains(&hi) || lo >= hi {
+                    return Err(format!("percentiles must satisfy 0 <= LO < HI <= 100, got {a}"));
+                }
+                Ok(ScalingSpec::Percentile(lo, hi))
+            }
+            ("range", Some(a)) => {
+                let ranges = a.split(';').map(pair).collect::<std::result::Result<Vec<_>, _>>()?;
+                if let Some((lo, hi)) = ranges.iter().find(|(lo, hi)| lo >= hi) {
+                    return Err(format!("range {lo},{hi} is empty: LO must be below HI"));
+                }
+                match ranges.as_slice() {
+                    [(lo, hi)] => Ok(ScalingSpec::Range(*lo, *hi)),
+                    _ => Ok(ScalingSpec::Ranges(ranges)),
+                }
+            }
+            _ => Err(format!(
+                "unknown scaling '{s}': use auto, none, minmax, percentile:LO,HI or range:LO,HI[;LO,HI...]"
+            )),
+        }
+    }
+}
+
+/// The linear map of one band: `(v - lo) / (hi - lo)`, clamped to `[0, 1]`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct BandScale {
+    pub band: usize,
+    pub lo: f64,
+    pub hi: f64,
+}
+
+/// Resolved scaling for every mapped band (`None` leaves values raw).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Scaling {
+    pub bands: Option<Vec<BandScale>>,
+}
+
+impl Scaling {
+    /// Leave values as read.
+    pub fn identity() -> Scaling {
+        Scaling { bands: None }
+    }
+
+    /// Resolve `spec` for the mapped bands of `scene`.
+    ///
+    /// # Errors
+    /// A per-band range list whose length differs from the band mapping, or GDAL failing to
+    /// compute statistics.
+    pub fn resolve(spec: &ScalingSpec, scene: &Scene, mapping: &BandMapping) -> Result<Scaling> {
+        let path = scene.path();
+        let mut out = Vec::with_capacity(mapping.len());
+        for (i, &band) in mapping.bands().iter().enumerate() {
+            let (lo, hi) = match spec {
+                ScalingSpec::None => return Ok(Scaling::identity()),
+                ScalingSpec::Range(lo, hi) => (*lo, *hi),
+                ScalingSpec::Ranges(r) => {
+                    if r.len() != mapping.len() {
+                        return Err(RasterError::Invalid {
+                            path: path.into(),
+                            reason: format!(
+                                "{} scaling ranges given for {} mapped bands",
+                                r.len(),
+                                mapping.len()
+                            ),
+                        });
+                    }
+                    r[i]
+                }
+                ScalingSpec::MinMax => min_max(scene, band)?,
+                ScalingSpec::Percentile(p_lo, p_hi) => percentiles(scene, band, *p_lo, *p_hi)?,
+                ScalingSpec::Auto => {
+                    if band_type(scene, band)? == GdalDataType::UInt8 {
+                        (0.0, 255.0)
+                    } else {
+                        percentiles(scene, band, 2.0, 98.0)?
+                    }
+                }
+            };
+            out.push(BandScale { band, lo, hi });
+        }
+        Ok(Scaling { bands: Some(out) })
+    }
+
+    /// Scale channel `channel` (position in the band mapping) of `values` in place.
+    pub fn apply(&self, channel: usize, values: &mut [f32]) {
+        let Some(bands) = &self.bands else { return };
+        let BandScale { lo, hi, .. } = bands[channel];
+        let span = hi - lo;
+        if span <= 0.0 {
+            values.iter_mut().for_each(|v| *v = 0.0);
+            return;
+        }
+        let (lo, inv) = (lo as f32, (1.0 / span) as f32);
+        for v in values.iter_mut() {
+            *v = ((*v - lo) * inv).clamp(0.0, 1.0);
+        }
+    }
+}
+
+fn band_type(scene: &Scene, band: usize) -> Result<GdalDataType> {
+    let b = scene
+        .dataset()
+        .rasterband(band)
+        .map_err(|e| stats_err(scene, band, &e))?;
+    Ok(b.band_type())
+}
+
+fn stats_err(scene: &Scene, band: usize, e: &gdal::errors::GdalError) -> RasterError {
+    RasterError::Statistics {
+        path: scene.path().into(),
+        band,
+        reason: gdal_reason(e),
+    }
+}
+
+fn min_max(scene: &Scene, band: usize) -> Result<(f64, f64)> {
+    let b = scene
+        .dataset()
+        .rasterband(band)
+        .map_err(|e| stats_err(scene, band, &e))?;
+    let mm = b
+        .compute_raster_min_max(true)
+        .map_err(|e| stats_err(scene, band, &e))?;
+    Ok((mm.min, mm.max))
+}
+
+/// Percentiles from GDAL's approximate histogram (nodata excluded). Integer bands use one
+/// bucket per value when the range allows, so results are exact values of the data.
+fn percentiles(scene: &Scene, band: usize, p_lo: f64, p_hi: f64) -> Result<(f64, f64)> {
+    let (min, max) = min_max(scene, band)?;
+    if max <= min {
+        return Ok((min, max));
+    }
+    let b = scene
+        .dataset()
+        .rasterband(band)
+        .map_err(|e| stats_err(scene, band, &e))?;
+    let integer = !matches!(b.band_type(), GdalDataType::Float32 | GdalDataType::Float64);
+    let (lo, hi, n) = if integer && max - min < 65_536.0 {
+        (min - 0.5, max + 0.5, (max - min) as usize + 1)
+    } else {
+        (min, max, 4096)
+    };
+    let hist = b
+        .histogram(lo, hi, n, true, true)
+        .map_err(|e| stats_err(scene, band, &e))?;
+    let counts = hist.counts();
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return Ok((min, max));
+    }
+    let width = (hi - lo) / n as f64;
+    let at = |p: f64| -> f64 {
+        let target = (p / 100.0 * total as f64).max(1.0);
+        let mut cum = 0u64;
+        for (i, &c) in counts.iter().enumerate() {
+            cum += c;
+            if cum as f64 >= target {
+                return lo + (i as f64 + 0.5) * width;
+            }
+        }
+        max
+    };
+    Ok((at(p_lo), at(p_hi)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_specs() {
+        assert_eq!("auto".parse(), Ok(ScalingSpec::Auto));
+        assert_eq!("none".parse(), Ok(ScalingSpec::None));
+        assert_eq!("minmax".parse(), Ok(ScalingSpec::MinMax));
+        assert_eq!(
+            "percentile:2,98".parse(),
+            Ok(ScalingSpec::Percentile(2.0, 98.0))
+        );
+        assert_eq!("range:0,3000".parse(), Ok(ScalingSpec::Range(0.0, 3000.0)));
+        assert_eq!(
+            "range:0,1;0,2".parse(),
+            Ok(ScalingSpec::Ranges(vec![(0.0, 1.0), (0.0, 2.0)]))
+        );
+        assert!("range:3,1".parse::<ScalingSpec>().is_err());
+        assert!("percentile:2".parse::<ScalingSpec>().is_err());
+        assert!("percentile:50,20".parse::<ScalingSpec>().is_err());
+        assert!("stretch".parse::<ScalingSpec>().is_err());
+    }
+
+    #[test]
+    fn applies_linear_map_with_clamping() {
+        let s = Scaling {
+            bands: Some(vec![BandScale {
+                band: 1,
+                lo: 100.0,
+                hi: 300.0,
+            }]),
+        };
+        let mut v = [0.0, 100.0, 200.0, 300.0, 1000.0];
+        s.apply(0, &mut v);
+        assert_eq!(v, [0.0, 0.0, 0.5, 1.0, 1.0]);
+    }
+
+    #[test]
+    fn identity_leaves_values() {
+        let mut v = [3.0, -2.0];
+        Scaling::identity().apply(0, &mut v);
+        assert_eq!(v, [3.0, -2.0]);
+    }
+}

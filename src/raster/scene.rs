@@ -1,0 +1,376 @@
+//! Opening a raster and describing it: size, bands, data types, CRS, geotransform,
+//! resolution, nodata and masks, overviews, footprint.
+
+use std::path::Path;
+
+use gdal::raster::GdalDataType;
+use gdal::spatial_ref::{AxisMappingStrategy, CoordTransform, SpatialRef};
+use gdal::{Dataset, DatasetOptions, GdalOpenFlags, Metadata};
+use serde::Serialize;
+
+use super::{gdal_reason, init_gdal, GeoTransform, RasterError, Result};
+
+/// How to open a scene.
+#[derive(Clone, Debug, Default)]
+pub struct OpenOptions {
+    /// Accept rasters without georeferencing and work in pixel coordinates
+    /// (geotransform `[0, 1, 0, 0, 0, 1]`, no CRS).
+    pub pixel_coords: bool,
+}
+
+/// One band of a scene.
+#[derive(Clone, Debug, Serialize)]
+pub struct BandInfo {
+    /// 1-based band index, as GDAL numbers bands.
+    pub index: usize,
+    pub dtype: String,
+    pub nodata: Option<f64>,
+    /// How validity is known: `all_valid`, `nodata`, `alpha`, `per_dataset` (a mask shared by
+    /// all bands, e.g. an internal TIFF mask) or `per_band`.
+    pub mask: String,
+    pub color: String,
+    pub description: String,
+    pub block_size: (usize, usize),
+    /// Overview sizes (width, height), largest first.
+    pub overviews: Vec<(usize, usize)>,
+}
+
+/// The coordinate reference system of a scene.
+#[derive(Clone, Debug, Serialize)]
+pub struct CrsInfo {
+    pub epsg: Option<i32>,
+    pub name: Option<String>,
+    pub geographic: bool,
+    pub linear_units: Option<String>,
+    pub wkt: String,
+}
+
+/// Where a scene lies: corners in its CRS and, when the CRS is known, in WGS 84 lon/lat.
+#[derive(Clone, Debug, Serialize)]
+pub struct Footprint {
+    /// Top-left, top-right, bottom-right, bottom-left, top-left again, in the scene CRS.
+    pub corners: Vec<(f64, f64)>,
+    /// (min_x, min_y, max_x, max_y) in the scene CRS.
+    pub bounds: (f64, f64, f64, f64),
+    /// The same corners as (lon, lat) in EPSG:4326, when the CRS allows it.
+    pub lonlat: Option<Vec<(f64, f64)>>,
+}
+
+/// Everything `tessera info` reports about a scene.
+#[derive(Clone, Debug, Serialize)]
+pub struct SceneInfo {
+    pub path: String,
+    pub driver: String,
+    pub width: usize,
+    pub height: usize,
+    pub bands: Vec<BandInfo>,
+    pub crs: Option<CrsInfo>,
+    pub geotransform: GeoTransform,
+    /// True when the scene had no georeferencing and `--pixel-coords` was given.
+    pub pixel_coords: bool,
+    /// Ground size of one pixel along columns and rows, in CRS units.
+    pub resolution: (f64, f64),
+    /// Resolution in metres, when the CRS unit allows it (projected in metres or feet, or
+    /// geographic degrees converted at the scene centre).
+    pub resolution_m: Option<(f64, f64)>,
+    pub footprint: Footprint,
+}
+
+/// An opened scene: one GDAL dataset handle (owned by one thread) and its description.
+pub struct Scene {
+    dataset: Dataset,
+    info: SceneInfo,
+}
+
+impl std::fmt::Debug for Scene {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scene")
+            .field("path", &self.info.path)
+            .finish()
+    }
+}
+
+/// True for paths GDAL resolves itself (`/vsicurl/`, `/vsis3/`, `/vsizip/`, ...): those are
+/// passed through untouched instead of being checked on the local file system.
+pub(crate) fn is_virtual_path(path: &str) -> bool {
+    path.starts_with("/vsi") || path.contains("://")
+}
+
+impl Scene {
+    /// Open `path` read-only and validate it.
+    ///
+    /// # Errors
+    /// Missing file, not a raster (or a corrupt header), zero size, no georeferencing without
+    /// `pixel_coords`, or a degenerate geotransform.
+    pub fn open(path: &str, options: &OpenOptions) -> Result<Scene> {
+        init_gdal();
+        if !is_virtual_path(path) && !Path::new(path).exists() {
+            return Err(RasterError::NotFound { path: path.into() });
+        }
+        if !is_virtual_path(path) && Path::new(path).is_dir() {
+            return Err(RasterError::Open {
+                path: path.into(),
+                reason: "is a directory".into(),
+            });
+        }
+        let dataset = Dataset::open_ex(
+            path,
+            DatasetOptions {
+                open_flags: GdalOpenFlags::GDAL_OF_RASTER
+                    | GdalOpenFlags::GDAL_OF_READONLY
+                    | GdalOpenFlags::GDAL_OF_VERBOSE_ERROR,
+                ..Default::default()
+            },
+        )
+        .map_err(|e| RasterError::Open {
+            path: path.into(),
+            reason: gdal_reason(&e),
+        })?;
+        let info = describe(path, &dataset, options)?;
+        Ok(Scene { dataset, info })
+    }
+
+    /// Open another handle on the same scene (for another reader thread).
+    pub fn reopen(&self) -> Result<Scene> {
+        Scene::open(
+            &self.info.path,
+            &OpenOptions {
+                pixel_coords: self.info.pixel_coords,
+            },
+        )
+    }
+
+    pub fn info(&self) -> &SceneInfo {
+        &self.info
+    }
+
+    pub fn path(&self) -> &str {
+        &self.info.path
+    }
+
+    pub fn dataset(&self) -> &Dataset {
+        &self.dataset
+    }
+
+    pub fn width(&self) -> usize {
+        self.info.width
+    }
+
+    pub fn height(&self) -> usize {
+        self.info.height
+    }
+
+    pub fn band_count(&self) -> usize {
+        self.info.bands.len()
+    }
+
+    pub fn geotransform(&self) -> GeoTransform {
+        self.info.geotransform
+    }
+
+    /// The CRS as WKT, or `None` for pixel-coordinate scenes.
+    pub fn crs_wkt(&self) -> Option<&str> {
+        self.info.crs.as_ref().map(|c| c.wkt.as_str())
+    }
+}
+
+fn dtype_name(t: GdalDataType) -> &'static str {
+    match t {
+        GdalDataType::UInt8 => "uint8",
+        GdalDataType::UInt16 => "uint16",
+        GdalDataType::Int16 => "int16",
+        GdalDataType::UInt32 => "uint32",
+        GdalDataType::Int32 => "int32",
+        GdalDataType::UInt64 => "uint64",
+        GdalDataType::Int64 => "int64",
+        GdalDataType::Float32 => "float32",
+        GdalDataType::Float64 => "float64",
+        _ => "unsupported",
+    }
+}
+
+fn describe(path: &str, ds: &Dataset, options: &OpenOptions) -> Result<SceneInfo> {
+    let (width, height) = ds.raster_size();
+    let count = ds.raster_count();
+    if width == 0 || height == 0 || count == 0 {
+        return Err(RasterError::Empty {
+            path: path.into(),
+            width,
+            height,
+            bands: count,
+        });
+    }
+    let mut bands = Vec::with_capacity(count);
+    for index in 1..=count {
+        let band = ds.rasterband(index).map_err(|e| RasterError::Open {
+            path: path.into(),
+            reason: gdal_reason(&e),
+        })?;
+        let dtype = band.band_type();
+        let name = dtype_name(dtype);
+        if name == "unsupported" {
+            return Err(RasterError::UnsupportedType {
+                path: path.into(),
+                band: index,
+                dtype: format!("{dtype:?}"),
+            });
+        }
+        let flags = band.mask_flags().map_err(|e| RasterError::Open {
+            path: path.into(),
+            reason: gdal_reason(&e),
+        })?;
+        let mask = if flags.is_all_valid() {
+            "all_valid"
+        } else if flags.is_alpha() {
+            "alpha"
+        } else if flags.is_nodata() {
+            "nodata"
+        } else if flags.is_per_dataset() {
+            "per_dataset"
+        } else {
+            "per_band"
+        };
+        let mut overviews = Vec::new();
+        for i in 0..band.overview_count().unwrap_or(0).max(0) as usize {
+            if let Ok(ov) = band.overview(i) {
+                overviews.push(ov.size());
+            }
+        }
+        bands.push(BandInfo {
+            index,
+            dtype: name.into(),
+            nodata: band.no_data_value(),
+            mask: mask.into(),
+            color: band.color_interpretation().name(),
+            description: band.description().unwrap_or_default(),
+            block_size: band.block_size(),
+            overviews,
+        });
+    }
+
+    let gt = ds.geo_transform().ok().map(GeoTransform);
+    let wkt = ds.projection();
+    let georeferenced = gt.is_some() && !wkt.trim().is_empty();
+    let (geotransform, crs, pixel_coords) = if georeferenced {
+        let gt = gt.unwrap_or(GeoTransform::PIXEL);
+        (gt, crs_info(&wkt), false)
+    } else if options.pixel_coords {
+        (GeoTransform::PIXEL, None, true)
+    } else {
+        return Err(RasterError::NoGeoreference { path: path.into() });
+    };
+    if geotransform.invert().is_none() {
+        return Err(RasterError::DegenerateTransform {
+            path: path.into(),
+            gt: geotransform.0,
+        });
+    }
+
+    let resolution = geotransform.pixel_size();
+    let corners = geotransform.footprint(width as f64, height as f64);
+    let lonlat = crs.as_ref().and_then(|c| to_lonlat(&c.wkt, &corners));
+    let resolution_m = crs
+        .as_ref()
+        .and_then(|c| resolution_in_metres(c, &wkt, resolution, lonlat.as_deref()));
+    Ok(SceneInfo {
+        path: path.into(),
+        driver: ds.driver().short_name(),
+        width,
+        height,
+        bands,
+        crs,
+        geotransform,
+        pixel_coords,
+        resolution,
+        resolution_m,
+        footprint: Footprint {
+            corners: corners.to_vec(),
+            bounds: geotransform.bounds(width as f64, height as f64),
+            lonlat,
+        },
+    })
+}
+
+fn crs_info(wkt: &str) -> Option<CrsInfo> {
+    let mut srs = SpatialRef::from_wkt(wkt).ok()?;
+    let mut epsg = srs.auth_code().ok();
+    if epsg.is_none() && srs.auto_identify_epsg().is_ok() {
+        epsg = srs.auth_code().ok();
+    }
+    Some(CrsInfo {
+        epsg,
+        name: srs.name(),
+        geographic: srs.is_geographic(),
+        linear_units: srs.linear_units_name(),
+        wkt: wkt.to_string(),
+    })
+}
+
+fn to_lonlat(wkt: &str, corners: &[(f64, f64); 5]) -> Option<Vec<(f64, f64)>> {
+    let mut src = SpatialRef::from_wkt(wkt).ok()?;
+    src.set_axis_mapping_strategy(AxisMappingStrategy::TraditionalGisOrder);
+    let mut dst = SpatialRef::from_epsg(4326).ok()?;
+    dst.set_axis_mapping_strategy(AxisMappingStrategy::TraditionalGisOrder);
+    let ct = CoordTransform::new(&src, &dst).ok()?;
+    let mut xs: Vec<f64> = corners.iter().map(|c| c.0).collect();
+    let mut ys: Vec<f64> = corners.iter().map(|c| c.1).collect();
+    let mut zs = vec![0.0; xs.len()];
+    ct.transform_coords(&mut xs, &mut ys, &mut zs).ok()?;
+    Some(xs.into_iter().zip(ys).collect())
+}
+
+/// Metres per pixel: linear units for projected CRSs, degrees converted at the scene centre
+/// (WGS 84 ellipsoid, local radii of curvature) for geographic ones.
+fn resolution_in_metres(
+    crs: &CrsInfo,
+    wkt: &str,
+    res: (f64, f64),
+    lonlat: Option<&[(f64, f64)]>,
+) -> Option<(f64, f64)> {
+    let srs = SpatialRef::from_wkt(wkt).ok()?;
+    if crs.geographic {
+        let ll = lonlat?;
+        let lat = ll[..4].iter().map(|p| p.1).sum::<f64>() / 4.0;
+        let (m_per_deg_lon, m_per_deg_lat) = metres_per_degree(lat);
+        // Rows advance in latitude, columns in longitude for a north-up geographic grid.
+        Some((res.0 * m_per_deg_lon, res.1 * m_per_deg_lat))
+    } else if srs.is_projected() {
+        let unit = srs.linear_units();
+        (unit > 0.0).then_some((res.0 * unit, res.1 * unit))
+    } else {
+        None
+    }
+}
+
+/// Length of one degree of longitude and of latitude at `lat_deg` on the WGS 84 ellipsoid.
+pub(crate) fn metres_per_degree(lat_deg: f64) -> (f64, f64) {
+    let a = 6_378_137.0_f64;
+    let e2 = 6.694_379_990_14e-3_f64;
+    let phi = lat_deg.to_radians();
+    let s = 1.0 - e2 * phi.sin().powi(2);
+    let n = a / s.sqrt(); // prime vertical radius
+    let m = a * (1.0 - e2) / s.powf(1.5); // meridional radius
+    let rad = std::f64::consts::PI / 180.0;
+    (n * phi.cos() * rad, m * rad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metres_per_degree_matches_known_values() {
+        let (lon0, lat0) = metres_per_degree(0.0);
+        assert!((lon0 - 111_319.49).abs() < 0.1, "{lon0}");
+        assert!((lat0 - 110_574.3).abs() < 0.5, "{lat0}");
+        let (lon60, _) = metres_per_degree(60.0);
+        assert!((lon60 - 55_799.98).abs() < 1.0, "{lon60}");
+    }
+
+    #[test]
+    fn virtual_paths_are_recognised() {
+        assert!(is_virtual_path("/vsicurl/https://example.com/a.tif"));
+        assert!(is_virtual_path("/vsizip/a.zip/b.tif"));
+        assert!(!is_virtual_path("data/a.tif"));
+    }
+}

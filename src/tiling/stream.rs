@@ -1,0 +1,270 @@
+//! Parallel, streaming tile reads with bounded memory.
+//!
+//! Reader threads (a dedicated rayon pool, one GDAL handle per thread) feed a bounded channel;
+//! the caller consumes tiles on its own thread as they arrive, so inference or writing
+//! overlaps with decoding. Work is split into vertical *stripes* of tile columns, each read top
+//! to bottom by one thread: GDAL decodes whole blocks, so keeping a stripe's block row in the
+//! block cache while the next tile row is read means an overlapping or adjacent tile never
+//! decodes the same compressed block again. Stripes are at most ~4096 source pixels wide, so the
+//! cache needed (and set, see [`crate::raster::set_block_cache_bytes`]) depends on the tile
+//! and block sizes, not on the scene's width or area.
+//!
+//! Tiles arrive in no particular order; each carries its grid position.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::sync_channel;
+
+use rayon::prelude::*;
+
+use super::{Tile, TileGrid, TilingError};
+use crate::raster::{
+    set_block_cache_bytes, BandMapping, OpenOptions, Placement, Resampling, Sample, Scene,
+    WindowReader,
+};
+
+/// Target width of one reader stripe, in source pixels.
+const STRIPE_SOURCE_WIDTH: f64 = 4096.0;
+
+/// How tiles are read.
+#[derive(Clone, Debug)]
+pub struct ReadOptions {
+    pub bands: BandMapping,
+    pub resampling: Resampling,
+    /// Reader threads (at least 1).
+    pub threads: usize,
+    /// Tiles that may wait in the channel for the consumer.
+    pub queue: usize,
+    /// Tiles whose valid fraction is below this are skipped (tiles with no valid pixel are
+    /// always skipped).
+    pub min_valid: f64,
+    /// Value written into padding (outside the scene). Invalid pixels inside the scene keep
+    /// the values GDAL read; use [`TileData::valid`] to tell them apart.
+    pub fill: f64,
+    /// Read pixel values (false: only validity, e.g. to list a grid).
+    pub read_pixels: bool,
+}
+
+/// One tile's samples, band-sequential (`[band][row][col]`), and its validity.
+#[derive(Debug)]
+pub struct TileData<T> {
+    pub tile: Tile,
+    /// `bands * size * size` samples (empty when pixels were not requested).
+    pub pixels: Vec<T>,
+    /// `size * size` flags: 1 where the pixel is inside the scene and valid.
+    pub valid: Vec<u8>,
+    pub valid_fraction: f64,
+}
+
+/// Counts from one pass over a grid.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StreamStats {
+    pub tiles_total: usize,
+    pub tiles_read: usize,
+    pub tiles_skipped: usize,
+}
+
+enum Message<T> {
+    Tile(TileData<T>),
+    Skipped,
+    Failed(TilingError),
+}
+
+/// Read every tile of `grid` from `scene`, run `prepare` on it in the reader thread (scaling,
+/// normalisation: per-tile work that should run in parallel), and hand each kept tile to
+/// `consume`, on the calling thread, as it arrives. Stops at the first read error or consumer
+/// error.
+///
+/// # Errors
+/// The first error from a reader (as `E::from`) or from `consume`.
+pub fn stream_tiles<T, E, P, F>(
+    scene: &Scene,
+    grid: &TileGrid,
+    options: &ReadOptions,
+    prepare: P,
+    mut consume: F,
+) -> Result<StreamStats, E>
+where
+    T: Sample,
+    E: From<TilingError>,
+    P: Fn(&mut TileData<T>) + Sync,
+    F: FnMut(TileData<T>) -> Result<(), E>,
+{
+    // Validate the mapping before starting threads.
+    WindowReader::new(scene, &options.bands, options.resampling).map_err(|e| E::from(e.into()))?;
+    let threads = options.threads.max(1);
+    let stripes = stripes(grid, threads);
+    set_block_cache_bytes(cache_bytes(scene, grid, &options.bands, threads, &stripes));
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("tessera-read-{i}"))
+        .build()
+        .map_err(|e| E::from(TilingError::Threads(e.to_string())))?;
+
+    let (tx, rx) = sync_channel::<Message<T>>(options.queue.max(1));
+    let cancel = AtomicBool::new(false);
+    let mut stats = StreamStats {
+        tiles_total: grid.len(),
+        ..Default::default()
+    };
+    // GDAL handles are not `Sync`: each reader thread opens its own from the path.
+    let path = scene.path().to_string();
+    let open = OpenOptions {
+        pixel_coords: scene.info().pixel_coords,
+    };
+    std::thread::scope(|s| {
+        let cancel = &cancel;
+        let stripes = &stripes;
+        let (path, open, prepare) = (&path, &open, &prepare);
+        s.spawn(move || {
+            pool.install(|| {
+                stripes.par_iter().with_max_len(1).for_each_init(
+                    || Scene::open(path, open),
+                    |handle, cols| {
+                        let handle = match handle {
+                            Ok(h) => h,
+                            Err(e) => {
+                                cancel.store(true, Ordering::Relaxed);
+                                let _ = tx.send(Message::Failed(TilingError::Raster(e.clone())));
+                                return;
+                            }
+                        };
+                        for row in 0..grid.rows() {
+                            for col in cols.clone() {
+                                if cancel.load(Ordering::Relaxed) {
+                                    return;
+                                }
+                                let msg = match read_tile::<T>(
+                                    handle,
+                                    grid,
+                                    grid.tile(row, col),
+                                    options,
+                                ) {
+                                    Ok(Some(mut t)) => {
+                                        prepare(&mut t);
+                                        Message::Tile(t)
+                                    }
+                                    Ok(None) => Message::Skipped,
+                                    Err(e) => {
+                                        cancel.store(true, Ordering::Relaxed);
+                                        Message::Failed(e)
+                                    }
+                                };
+                                if tx.send(msg).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    },
+                );
+            });
+            drop(tx);
+        });
+
+        let mut result = Ok(());
+        for msg in rx.iter() {
+            match msg {
+                Message::Tile(t) => {
+                    stats.tiles_read += 1;
+                    if let Err(e) = consume(t) {
+                        result = Err(e);
+                        break;
+                    }
+                }
+                Message::Skipped => stats.tiles_skipped += 1,
+                Message::Failed(e) => {
+                    result = Err(E::from(e));
+                    break;
+                }
+            }
+        }
+        cancel.store(true, Ordering::Relaxed);
+        // Dropping the receiver unblocks readers waiting to send.
+        drop(rx);
+        result
+    })?;
+    Ok(stats)
+}
+
+fn read_tile<T: Sample>(
+    scene: &Scene,
+    grid: &TileGrid,
+    tile: Tile,
+    options: &ReadOptions,
+) -> Result<Option<TileData<T>>, TilingError> {
+    let reader = WindowReader::new(scene, &options.bands, options.resampling)?;
+    let size = tile.size;
+    let n = size * size;
+    let req = grid.source_window(&tile);
+    let place = Placement {
+        offset: 0,
+        line_stride: size,
+        band_stride: n,
+    };
+    let mut valid = vec![0u8; n];
+    reader.read_valid(&req, &mut valid, &place)?;
+    let count = valid.iter().filter(|&&v| v != 0).count();
+    let valid_fraction = count as f64 / n as f64;
+    if count == 0 || valid_fraction < options.min_valid {
+        return Ok(None);
+    }
+    let pixels = if options.read_pixels {
+        let mut pixels = vec![T::from_f64(options.fill); reader.band_count() * n];
+        reader.read_into(&req, &mut pixels, &place)?;
+        pixels
+    } else {
+        Vec::new()
+    };
+    Ok(Some(TileData {
+        tile,
+        pixels,
+        valid,
+        valid_fraction,
+    }))
+}
+
+/// Split the grid's columns into stripes: at least one per thread, each at most about
+/// [`STRIPE_SOURCE_WIDTH`] source pixels wide.
+fn stripes(grid: &TileGrid, threads: usize) -> Vec<std::ops::Range<usize>> {
+    let cols = grid.cols();
+    let source_width = grid.working_width as f64 * grid.scale.0;
+    let wanted = threads.max((source_width / STRIPE_SOURCE_WIDTH).ceil() as usize);
+    let n = wanted.clamp(1, cols);
+    (0..n)
+        .map(|i| (i * cols / n)..((i + 1) * cols / n))
+        .collect()
+}
+
+/// Block cache big enough for every thread to keep two block rows of its stripe (plus a
+/// tile's height of rows for strip-organised files) and no bigger.
+fn cache_bytes(
+    scene: &Scene,
+    grid: &TileGrid,
+    bands: &BandMapping,
+    threads: usize,
+    stripes: &[std::ops::Range<usize>],
+) -> usize {
+    let info = scene.info();
+    let widest = stripes.iter().map(|r| r.len()).max().unwrap_or(1);
+    let stride = grid.options.tile_size - grid.options.overlap;
+    let stripe_src_w = ((widest * stride + grid.options.tile_size) as f64 * grid.scale.0) as usize;
+    let tile_src_h = (grid.options.tile_size as f64 * grid.scale.1) as usize;
+    let mut per_thread = 0usize;
+    for &b in bands.bands() {
+        let band = &info.bands[b - 1];
+        let (bw, bh) = band.block_size;
+        let bytes = dtype_bytes(&band.dtype);
+        let w = stripe_src_w.min(info.width) + bw;
+        let h = tile_src_h.min(info.height) + 2 * bh;
+        per_thread += w * h * bytes;
+    }
+    (per_thread * threads).max(16 << 20)
+}
+
+fn dtype_bytes(dtype: &str) -> usize {
+    match dtype {
+        "uint8" => 1,
+        "uint16" | "int16" => 2,
+        "uint32" | "int32" | "float32" => 4,
+        _ => 8,
+    }
+}
