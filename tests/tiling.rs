@@ -351,8 +351,8 @@ fn one_and_many_reader_threads_give_identical_tiles() {
     let (_, b) = read_all(&scene, &grid, &read_options(vec![1, 2, 3], 3));
     assert_eq!(a.len(), grid.len());
     for (k, t) in &a {
-        assert_eq!(t.pixels, b[k].pixels);
-        assert_eq!(t.valid, b[k].valid);
+        assert_eq!(&t.pixels[..], &b[k].pixels[..]);
+        assert_eq!(&t.valid[..], &b[k].valid[..]);
     }
 }
 

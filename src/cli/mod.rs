@@ -93,6 +93,10 @@ pub struct TilingArgs {
     /// Reader threads (default: the number of CPUs).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// Tiles read ahead of the consumer (default: twice the reader threads). Memory in flight
+    /// is about (queue + threads) tiles.
+    #[arg(long, value_name = "N")]
+    pub queue: Option<usize>,
     /// Accept a raster without georeferencing (pixel coordinates, no CRS).
     #[arg(long)]
     pub pixel_coords: bool,
@@ -128,14 +132,15 @@ impl TilingArgs {
     }
 
     fn read(&self) -> ReadOptions {
+        let threads = self.threads.unwrap_or_else(default_threads);
         ReadOptions {
             bands: self
                 .bands
                 .clone()
                 .unwrap_or_else(|| BandMapping::new(Vec::new())),
             resampling: self.resampling,
-            threads: self.threads.unwrap_or_else(default_threads),
-            queue: 64,
+            threads,
+            queue: self.queue.unwrap_or(2 * threads),
             min_valid: self.min_valid,
             fill: 0.0,
             read_pixels: true,

@@ -72,7 +72,7 @@ pub fn run_bench_read(mut job: BenchReadJob) -> Result<BenchReadReport, Pipeline
         for c in 0..bands {
             let band = &mut t.pixels[c * plane..(c + 1) * plane];
             scaling.apply(c, band);
-            for (v, &ok) in band.iter_mut().zip(&t.valid) {
+            for (v, &ok) in band.iter_mut().zip(t.valid.iter()) {
                 if ok == 0 {
                     *v = 0.0;
                 }

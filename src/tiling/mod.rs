@@ -7,9 +7,11 @@
 //! CRS, derived exactly from the scene's (rotated and sheared transforms included).
 
 mod grid;
+mod pool;
 mod stream;
 
 pub use grid::{EdgeMode, GridOptions, Tile, TileGrid};
+pub use pool::PooledBuf;
 pub use stream::{stream_tiles, ReadOptions, StreamStats, TileData};
 
 use thiserror::Error;

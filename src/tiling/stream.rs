@@ -16,6 +16,7 @@ use std::sync::mpsc::sync_channel;
 
 use rayon::prelude::*;
 
+use super::pool::{BufferPool, PooledBuf};
 use super::{Tile, TileGrid, TilingError};
 use crate::raster::{
     set_block_cache_bytes, BandMapping, OpenOptions, Placement, Resampling, Sample, Scene,
@@ -49,9 +50,9 @@ pub struct ReadOptions {
 pub struct TileData<T> {
     pub tile: Tile,
     /// `bands * size * size` samples (empty when pixels were not requested).
-    pub pixels: Vec<T>,
+    pub pixels: PooledBuf<T>,
     /// `size * size` flags: 1 where the pixel is inside the scene and valid.
-    pub valid: Vec<u8>,
+    pub valid: PooledBuf<u8>,
     pub valid_fraction: f64,
 }
 
@@ -100,7 +101,13 @@ where
         .build()
         .map_err(|e| E::from(TilingError::Threads(e.to_string())))?;
 
-    let (tx, rx) = sync_channel::<Message<T>>(options.queue.max(1));
+    let queue = options.queue.max(1);
+    let (tx, rx) = sync_channel::<Message<T>>(queue);
+    // Tiles in flight: the queue, one per reader, one with the consumer (and one it may keep).
+    let pools = Pools {
+        pixels: BufferPool::new(queue + threads + 2),
+        valid: BufferPool::new(queue + threads + 2),
+    };
     let cancel = AtomicBool::new(false);
     let mut stats = StreamStats {
         tiles_total: grid.len(),
@@ -114,7 +121,7 @@ where
     std::thread::scope(|s| {
         let cancel = &cancel;
         let stripes = &stripes;
-        let (path, open, prepare) = (&path, &open, &prepare);
+        let (path, open, prepare, pools) = (&path, &open, &prepare, &pools);
         s.spawn(move || {
             pool.install(|| {
                 stripes.par_iter().with_max_len(1).for_each_init(
@@ -138,6 +145,7 @@ where
                                     grid,
                                     grid.tile(row, col),
                                     options,
+                                    pools,
                                 ) {
                                     Ok(Some(mut t)) => {
                                         prepare(&mut t);
@@ -185,11 +193,17 @@ where
     Ok(stats)
 }
 
+struct Pools<T> {
+    pixels: BufferPool<T>,
+    valid: BufferPool<u8>,
+}
+
 fn read_tile<T: Sample>(
     scene: &Scene,
     grid: &TileGrid,
     tile: Tile,
     options: &ReadOptions,
+    pools: &Pools<T>,
 ) -> Result<Option<TileData<T>>, TilingError> {
     let reader = WindowReader::new(scene, &options.bands, options.resampling)?;
     let size = tile.size;
@@ -200,7 +214,7 @@ fn read_tile<T: Sample>(
         line_stride: size,
         band_stride: n,
     };
-    let mut valid = vec![0u8; n];
+    let mut valid = pools.valid.take(n, 0);
     reader.read_valid(&req, &mut valid, &place)?;
     let count = valid.iter().filter(|&&v| v != 0).count();
     let valid_fraction = count as f64 / n as f64;
@@ -208,11 +222,13 @@ fn read_tile<T: Sample>(
         return Ok(None);
     }
     let pixels = if options.read_pixels {
-        let mut pixels = vec![T::from_f64(options.fill); reader.band_count() * n];
+        let mut pixels = pools
+            .pixels
+            .take(reader.band_count() * n, T::from_f64(options.fill));
         reader.read_into(&req, &mut pixels, &place)?;
         pixels
     } else {
-        Vec::new()
+        PooledBuf::from(Vec::new())
     };
     Ok(Some(TileData {
         tile,
@@ -234,8 +250,8 @@ fn stripes(grid: &TileGrid, threads: usize) -> Vec<std::ops::Range<usize>> {
         .collect()
 }
 
-/// Block cache big enough for every thread to keep two block rows of its stripe (plus a
-/// tile's height of rows for strip-organised files) and no bigger.
+/// Block cache big enough for every thread to keep the block rows under one tile row of its
+/// stripe (a tile's height plus one block row) and no bigger.
 fn cache_bytes(
     scene: &Scene,
     grid: &TileGrid,
@@ -254,7 +270,7 @@ fn cache_bytes(
         let (bw, bh) = band.block_size;
         let bytes = dtype_bytes(&band.dtype);
         let w = stripe_src_w.min(info.width) + bw;
-        let h = tile_src_h.min(info.height) + 2 * bh;
+        let h = tile_src_h.min(info.height) + bh;
         per_thread += w * h * bytes;
     }
     (per_thread * threads).max(16 << 20)
