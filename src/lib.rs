@@ -6,6 +6,7 @@
 //! command line on top of them.
 
 pub mod cli;
+pub mod models;
 pub mod output;
 pub mod pipeline;
 pub mod raster;

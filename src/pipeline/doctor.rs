@@ -55,7 +55,7 @@ pub fn run_doctor(ort_lib: Option<&Path>) -> DoctorReport {
         gdal_version: gdal::version::version_info("RELEASE_NAME"),
         drivers,
         onnxruntime: Runtime::load(ort_lib)
-            .map(|rt| rt.info)
+            .map(|rt| rt.info.clone())
             .map_err(|e| e.to_string()),
     }
 }

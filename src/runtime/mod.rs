@@ -7,6 +7,10 @@
 //! Every `ort` call of the crate goes through this module (and the model families built on it),
 //! since ort's API moves between release candidates.
 
+mod session;
+
+pub use session::{create_session, Device, ModelSession, SessionOptions, TensorSpec};
+
 use std::ffi::CStr;
 use std::path::{Path, PathBuf};
 
@@ -25,6 +29,14 @@ pub enum RuntimeError {
     Load { path: String, reason: String },
     #[error("ONNX Runtime: {0}")]
     Ort(String),
+    #[error("{path}: cannot load model: {reason}")]
+    Model { path: String, reason: String },
+    #[error(
+        "--device {device}: {reason} (pass --allow-fallback to run on the next available provider)"
+    )]
+    Provider { device: String, reason: String },
+    #[error("{path}: inference failed: {reason}")]
+    Run { path: String, reason: String },
 }
 
 /// Where the library was found.
@@ -56,7 +68,7 @@ pub struct OrtLibrary {
 }
 
 /// The loaded runtime.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct RuntimeInfo {
     pub library: OrtLibrary,
     pub version: String,
@@ -139,7 +151,7 @@ fn existing(path: &Path, source: LibrarySource) -> Result<OrtLibrary, RuntimeErr
 /// The process-wide ONNX Runtime environment. Keep it alive while sessions exist.
 pub struct Runtime {
     pub info: RuntimeInfo,
-    _env: ort::environment::Environment,
+    env: ort::environment::Environment,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -149,11 +161,42 @@ impl std::fmt::Debug for Runtime {
 }
 
 impl Runtime {
-    /// Locate and load ONNX Runtime (once per process).
+    /// The ONNX Runtime environment sessions are created in.
+    pub fn environment(&self) -> &ort::environment::Environment {
+        &self.env
+    }
+
+    /// Locate and load ONNX Runtime. ONNX Runtime allows one environment per process: the
+    /// first successful load is kept and returned by later calls.
     ///
     /// # Errors
-    /// Not found, not loadable (wrong file, wrong architecture), or too old for ort.
-    pub fn load(flag: Option<&Path>) -> Result<Runtime, RuntimeError> {
+    /// Not found, not loadable (wrong file, wrong architecture), or too old for ort; a later
+    /// call naming a different library than the one loaded.
+    pub fn load(flag: Option<&Path>) -> Result<&'static Runtime, RuntimeError> {
+        static RUNTIME: std::sync::OnceLock<Runtime> = std::sync::OnceLock::new();
+        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = INIT
+            .lock()
+            .map_err(|_| RuntimeError::Ort("runtime initialisation panicked".into()))?;
+        if let Some(rt) = RUNTIME.get() {
+            if let Some(p) = flag {
+                if p != rt.info.library.path {
+                    return Err(RuntimeError::Load {
+                        path: p.display().to_string(),
+                        reason: format!(
+                            "{} is already loaded in this process",
+                            rt.info.library.path.display()
+                        ),
+                    });
+                }
+            }
+            return Ok(rt);
+        }
+        let rt = Self::load_new(flag)?;
+        Ok(RUNTIME.get_or_init(|| rt))
+    }
+
+    fn load_new(flag: Option<&Path>) -> Result<Runtime, RuntimeError> {
         let library = locate(flag)?;
         let load_err = |reason: String| RuntimeError::Load {
             path: library.path.display().to_string(),
@@ -175,7 +218,7 @@ impl Runtime {
                 build_info,
                 providers: available_providers()?,
             },
-            _env: env,
+            env,
         })
     }
 }

@@ -1,0 +1,658 @@
+//! CLIP-family zero-shot classification (Radford et al. 2021, "Learning Transferable Visual
+//! Models From Natural Language Supervision"; upstream: openai/CLIP, Hugging Face
+//! `CLIPModel`). Also fits SigLIP-style and other dual encoders that export an image encoder
+//! and a text encoder with projections.
+//!
+//! Inputs: images `[B, 3, S, S]` float32, normalised `(v / value_range - mean) / std`; token ids
+//! `[B, L]` int64 padded to the context length. Scores: softmax over labels of
+//! `logit_scale * cos(image, label)`, where a label's embedding is the normalised mean of its
+//! normalised prompt embeddings (the prompt ensemble of the CLIP paper, section 3.1.4).
+
+use std::path::{Path, PathBuf};
+
+use ndarray::{Array2, ArrayView4, Axis};
+use ort::value::TensorRef;
+use serde::{Deserialize, Serialize};
+
+use super::{hex, ModelError, ModelPackage};
+use crate::models::manifest::{ImageSpec, Preprocess, Scores, TextSpec, TokenizerSpec};
+use crate::runtime::{create_session, ModelSession, Runtime, RuntimeError, SessionOptions};
+
+/// Prompt templates averaged per label when the user gives none: phrasings of overhead
+/// imagery, in the spirit of the CLIP paper's ensembles for remote-sensing datasets.
+pub const DEFAULT_TEMPLATES: [&str; 8] = [
+    "a satellite photo of {}.",
+    "a satellite image of {}.",
+    "an aerial photo of {}.",
+    "an aerial image of {}.",
+    "a centered satellite photo of {}.",
+    "satellite imagery of {}.",
+    "a top-down view of {}.",
+    "a remote sensing image of {}.",
+];
+
+/// The sections of a CLIP manifest, all required.
+#[derive(Clone, Debug)]
+struct ClipConfig {
+    image: ImageSpec,
+    text: TextSpec,
+    pre: Preprocess,
+    tok: TokenizerSpec,
+    scores: Scores,
+}
+
+fn config(package: &ModelPackage) -> Result<ClipConfig, Vec<String>> {
+    let m = &package.manifest;
+    let mut missing = Vec::new();
+    for (present, name) in [
+        (m.image.is_some(), "[image]"),
+        (m.text.is_some(), "[text]"),
+        (m.preprocess.is_some(), "[preprocess]"),
+        (m.tokenizer.is_some(), "[tokenizer]"),
+        (m.scores.is_some(), "[scores]"),
+    ] {
+        if !present {
+            missing.push(format!("a clip manifest needs a {name} section"));
+        }
+    }
+    match (&m.image, &m.text, &m.preprocess, &m.tokenizer, &m.scores) {
+        (Some(image), Some(text), Some(pre), Some(tok), Some(scores)) if missing.is_empty() => {
+            Ok(ClipConfig {
+                image: image.clone(),
+                text: text.clone(),
+                pre: pre.clone(),
+                tok: tok.clone(),
+                scores: scores.clone(),
+            })
+        }
+        _ => Err(missing),
+    }
+}
+
+/// Every problem with a CLIP package.
+pub fn check(runtime: &Runtime, package: &ModelPackage) -> Vec<String> {
+    let cfg = match config(package) {
+        Ok(c) => c,
+        Err(problems) => return problems,
+    };
+    let mut problems = Vec::new();
+    let p = &cfg.pre;
+    if p.size == 0 {
+        problems.push("preprocess.size must be positive".into());
+    }
+    if p.mean.len() != 3 || p.std.len() != 3 {
+        problems.push(format!(
+            "preprocess.mean and preprocess.std need 3 values each (got {} and {})",
+            p.mean.len(),
+            p.std.len()
+        ));
+    }
+    if p.std.iter().any(|s| !positive(*s)) {
+        problems.push("preprocess.std values must be positive".into());
+    }
+    if !positive(p.value_range) {
+        problems.push("preprocess.value_range must be positive".into());
+    }
+    if p.channel_order != "rgb" && p.channel_order != "bgr" {
+        problems.push(format!(
+            "preprocess.channel_order '{}' is not rgb or bgr",
+            p.channel_order
+        ));
+    }
+    if !positive(cfg.scores.logit_scale) {
+        problems.push("scores.logit_scale must be positive".into());
+    }
+    if cfg.tok.context_length == 0 {
+        problems.push("tokenizer.context_length must be positive".into());
+    }
+    let options = SessionOptions::default();
+    let mut image_dim = None;
+    match create_session(runtime, &package.file(&cfg.image.onnx), &options) {
+        Err(e) => problems.push(format!("image encoder: {e}")),
+        Ok(s) => {
+            let (inputs, outputs) = (s.inputs(), s.outputs());
+            match inputs.iter().find(|i| i.name == cfg.image.input) {
+                None => problems.push(format!(
+                    "image encoder has no input '{}' (it has {})",
+                    cfg.image.input,
+                    names(&inputs)
+                )),
+                Some(i) => {
+                    if i.dtype != "float32" {
+                        problems.push(format!(
+                            "image input '{}' is {}, expected float32",
+                            i.name, i.dtype
+                        ));
+                    }
+                    let s = p.size as i64;
+                    let ok = i.shape.len() == 4
+                        && [3, s, s]
+                            .iter()
+                            .zip(&i.shape[1..])
+                            .all(|(want, got)| *got == -1 || got == want);
+                    if !ok {
+                        problems.push(format!(
+                            "image input '{}' has shape {:?}, expected [B, 3, {s}, {s}]",
+                            i.name, i.shape
+                        ));
+                    }
+                }
+            }
+            match outputs.iter().find(|o| o.name == cfg.image.output) {
+                None => problems.push(format!(
+                    "image encoder has no output '{}' (it has {})",
+                    cfg.image.output,
+                    names(&outputs)
+                )),
+                Some(o) if o.shape.len() != 2 => problems.push(format!(
+                    "image output '{}' has shape {:?}, expected [B, D]",
+                    o.name, o.shape
+                )),
+                Some(o) => image_dim = Some(o.shape[1]),
+            }
+        }
+    }
+    match create_session(runtime, &package.file(&cfg.text.onnx), &options) {
+        Err(e) => problems.push(format!("text encoder: {e}")),
+        Ok(s) => {
+            let (inputs, outputs) = (s.inputs(), s.outputs());
+            let mut wanted = vec![cfg.text.input_ids.clone()];
+            wanted.extend(cfg.text.attention_mask.clone());
+            for name in &wanted {
+                match inputs.iter().find(|i| &i.name == name) {
+                    None => problems.push(format!(
+                        "text encoder has no input '{name}' (it has {})",
+                        names(&inputs)
+                    )),
+                    Some(i) => {
+                        if i.dtype != "int64" {
+                            problems.push(format!(
+                                "text input '{name}' is {}, expected int64",
+                                i.dtype
+                            ));
+                        }
+                        let l = cfg.tok.context_length as i64;
+                        if i.shape.len() != 2 || (i.shape[1] != -1 && i.shape[1] != l) {
+                            problems.push(format!(
+                                "text input '{name}' has shape {:?}, expected [B, {l}]",
+                                i.shape
+                            ));
+                        }
+                    }
+                }
+            }
+            for i in &inputs {
+                if !wanted.contains(&i.name) {
+                    problems.push(format!(
+                        "text encoder input '{}' is not named in the manifest",
+                        i.name
+                    ));
+                }
+            }
+            match outputs.iter().find(|o| o.name == cfg.text.output) {
+                None => problems.push(format!(
+                    "text encoder has no output '{}' (it has {})",
+                    cfg.text.output,
+                    names(&outputs)
+                )),
+                Some(o) if o.shape.len() != 2 => problems.push(format!(
+                    "text output '{}' has shape {:?}, expected [B, D]",
+                    o.name, o.shape
+                )),
+                Some(o) => {
+                    if let Some(d) = image_dim {
+                        if d != -1 && o.shape[1] != -1 && d != o.shape[1] {
+                            problems.push(format!(
+                                "image embeddings have {d} dimensions but text embeddings {}",
+                                o.shape[1]
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    match load_tokenizer(&package.file(&cfg.tok.file)) {
+        Err(e) => problems.push(e.to_string()),
+        Ok(t) => {
+            let vocab = t.get_vocab_size(true) as u32;
+            for (what, id) in [
+                ("pad_token_id", Some(cfg.tok.pad_token_id)),
+                ("eos_token_id", Some(cfg.tok.eos_token_id)),
+                ("bos_token_id", cfg.tok.bos_token_id),
+            ] {
+                if let Some(id) = id {
+                    if id >= vocab {
+                        problems.push(format!(
+                            "tokenizer.{what} {id} is outside the vocabulary of {vocab} tokens"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// True for finite numbers above zero (NaN is not).
+fn positive(v: f32) -> bool {
+    v.is_finite() && v > 0.0
+}
+
+fn names(specs: &[crate::runtime::TensorSpec]) -> String {
+    let n: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+    if n.is_empty() {
+        "none".into()
+    } else {
+        n.join(", ")
+    }
+}
+
+fn load_tokenizer(path: &Path) -> Result<tokenizers::Tokenizer, ModelError> {
+    let err = |reason: String| ModelError::Tokenizer {
+        path: path.display().to_string(),
+        reason,
+    };
+    if !path.is_file() {
+        return Err(err("no such file".into()));
+    }
+    let mut t = tokenizers::Tokenizer::from_file(path).map_err(|e| err(e.to_string()))?;
+    // Padding and truncation are done here, to the manifest's context length.
+    t.with_padding(None);
+    t.with_truncation(None).map_err(|e| err(e.to_string()))?;
+    Ok(t)
+}
+
+/// A loaded CLIP model.
+pub struct ClipModel {
+    package: ModelPackage,
+    cfg: ClipConfig,
+    image: ModelSession,
+    text: ModelSession,
+    tokenizer: tokenizers::Tokenizer,
+}
+
+impl std::fmt::Debug for ClipModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClipModel")
+            .field("dir", &self.package.dir)
+            .finish()
+    }
+}
+
+/// Token ids and attention mask of a batch of prompts, `[N, L]` row-major.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tokens {
+    pub ids: Vec<i64>,
+    pub mask: Vec<i64>,
+    pub rows: usize,
+    pub context: usize,
+}
+
+impl ClipModel {
+    /// Load and validate the package in `dir`; the image encoder runs on the requested
+    /// device, the text encoder (run once per label set) on the CPU.
+    ///
+    /// # Errors
+    /// Any problem [`check`] finds, or the device's provider failing to load.
+    pub fn load(
+        runtime: &Runtime,
+        dir: &Path,
+        options: &SessionOptions,
+    ) -> Result<ClipModel, ModelError> {
+        let package = ModelPackage::load(dir)?;
+        if package.manifest.family != "clip" {
+            return Err(ModelError::Package {
+                path: dir.display().to_string(),
+                reason: format!("family '{}' is not a clip model", package.manifest.family),
+            });
+        }
+        let problems = check(runtime, &package);
+        if !problems.is_empty() {
+            return Err(ModelError::Invalid {
+                path: dir.display().to_string(),
+                problems,
+            });
+        }
+        let cfg = config(&package).map_err(|problems| ModelError::Invalid {
+            path: dir.display().to_string(),
+            problems,
+        })?;
+        let image = package.session(runtime, &cfg.image.onnx, options)?;
+        let text = package.session(runtime, &cfg.text.onnx, &SessionOptions::default())?;
+        let tokenizer = load_tokenizer(&package.file(&cfg.tok.file))?;
+        Ok(ClipModel {
+            package,
+            cfg,
+            image,
+            text,
+            tokenizer,
+        })
+    }
+
+    pub fn package(&self) -> &ModelPackage {
+        &self.package
+    }
+
+    /// Square input size in pixels.
+    pub fn input_size(&self) -> usize {
+        self.cfg.pre.size
+    }
+
+    pub fn logit_scale(&self) -> f32 {
+        self.cfg.scores.logit_scale
+    }
+
+    /// The execution provider the image encoder runs on, and why the requested one was not
+    /// used when a fallback happened.
+    pub fn image_provider(&self) -> (&'static str, Option<&str>) {
+        (self.image.provider, self.image.fallback.as_deref())
+    }
+
+    /// Tokenize prompts exactly as Hugging Face's CLIP tokenizer with
+    /// `padding="max_length", truncation=True`: special tokens added, cut to the context length
+    /// keeping the end token last, padded with the pad id.
+    ///
+    /// # Errors
+    /// The tokenizer failing on a prompt.
+    pub fn tokenize(&self, prompts: &[String]) -> Result<Tokens, ModelError> {
+        let l = self.cfg.tok.context_length;
+        let pad = i64::from(self.cfg.tok.pad_token_id);
+        let eos = i64::from(self.cfg.tok.eos_token_id);
+        let mut ids = vec![pad; prompts.len() * l];
+        let mut mask = vec![0i64; prompts.len() * l];
+        for (row, prompt) in prompts.iter().enumerate() {
+            let enc = self.tokenizer.encode(prompt.as_str(), true).map_err(|e| {
+                ModelError::Tokenizer {
+                    path: self.package.file(&self.cfg.tok.file).display().to_string(),
+                    reason: format!("'{prompt}': {e}"),
+                }
+            })?;
+            let toks = enc.get_ids();
+            let n = toks.len().min(l);
+            for (k, &t) in toks.iter().take(n).enumerate() {
+                ids[row * l + k] = i64::from(t);
+                mask[row * l + k] = 1;
+            }
+            if toks.len() > l {
+                ids[row * l + l - 1] = eos;
+            }
+        }
+        Ok(Tokens {
+            ids,
+            mask,
+            rows: prompts.len(),
+            context: l,
+        })
+    }
+
+    fn run_err(&self, path: &Path, e: impl std::fmt::Display) -> ModelError {
+        ModelError::Runtime(RuntimeError::Run {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Raw (unnormalised) text embeddings `[N, D]` of prompts.
+    ///
+    /// # Errors
+    /// Tokenizer or inference failure.
+    pub fn encode_text(&mut self, prompts: &[String]) -> Result<Array2<f32>, ModelError> {
+        let tokens = self.tokenize(prompts)?;
+        let mut rows = Vec::with_capacity(prompts.len());
+        let path = self.text.path.clone();
+        // Small batches keep memory flat for long label lists.
+        for start in (0..tokens.rows).step_by(64) {
+            let n = (tokens.rows - start).min(64);
+            let range = start * tokens.context..(start + n) * tokens.context;
+            let ids =
+                ndarray::ArrayView2::from_shape((n, tokens.context), &tokens.ids[range.clone()])
+                    .map_err(|e| self.run_err(&path, e))?;
+            let mask = ndarray::ArrayView2::from_shape((n, tokens.context), &tokens.mask[range])
+                .map_err(|e| self.run_err(&path, e))?;
+            let ids_t = TensorRef::from_array_view(ids).map_err(|e| self.run_err(&path, e))?;
+            let mask_t = TensorRef::from_array_view(mask).map_err(|e| self.run_err(&path, e))?;
+            let mut inputs = ort::inputs![self.cfg.text.input_ids.as_str() => ids_t];
+            if let Some(m) = &self.cfg.text.attention_mask {
+                inputs.push((m.as_str().into(), mask_t.into()));
+            }
+            let out_name = self.cfg.text.output.clone();
+            let outputs = self.text.session.run(inputs).map_err(|e| {
+                ModelError::Runtime(RuntimeError::Run {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })
+            })?;
+            let emb = outputs[out_name.as_str()]
+                .try_extract_array::<f32>()
+                .map_err(|e| {
+                    ModelError::Runtime(RuntimeError::Run {
+                        path: path.display().to_string(),
+                        reason: e.to_string(),
+                    })
+                })?;
+            for r in emb.outer_iter() {
+                rows.push(r.iter().copied().collect::<Vec<f32>>());
+            }
+        }
+        to_array2(rows).map_err(|e| self.run_err(&path, e))
+    }
+
+    /// Raw image embeddings `[B, D]` of a normalised batch `[B, 3, S, S]`.
+    ///
+    /// # Errors
+    /// Wrong batch shape, or inference failure.
+    pub fn encode_images(&mut self, batch: ArrayView4<'_, f32>) -> Result<Array2<f32>, ModelError> {
+        let s = self.cfg.pre.size;
+        let path = self.image.path.clone();
+        let shape = batch.shape();
+        if shape[1] != 3 || shape[2] != s || shape[3] != s {
+            return Err(ModelError::Input {
+                path: path.display().to_string(),
+                reason: format!("batch has shape {shape:?}, the model takes [B, 3, {s}, {s}]"),
+            });
+        }
+        let input = TensorRef::from_array_view(batch).map_err(|e| self.run_err(&path, e))?;
+        let out_name = self.cfg.image.output.clone();
+        let outputs = self
+            .image
+            .session
+            .run(ort::inputs![self.cfg.image.input.as_str() => input])
+            .map_err(|e| {
+                ModelError::Runtime(RuntimeError::Run {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })
+            })?;
+        let emb = outputs[out_name.as_str()]
+            .try_extract_array::<f32>()
+            .map_err(|e| {
+                ModelError::Runtime(RuntimeError::Run {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })
+            })?;
+        let rows: Vec<Vec<f32>> = emb
+            .outer_iter()
+            .map(|r| r.iter().copied().collect())
+            .collect();
+        drop(outputs);
+        to_array2(rows).map_err(|e| self.run_err(&path, e))
+    }
+
+    /// Normalise one tile in place: `pixels` holds 3 planes of values already scaled to
+    /// `[0, 1]` (i.e. `v / value_range`); invalid pixels become 0 after normalisation (the
+    /// mean colour). Reorders channels for `bgr` models.
+    pub fn normalize_tile(&self, pixels: &mut [f32], valid: &[u8]) {
+        let plane = pixels.len() / 3;
+        if self.cfg.pre.channel_order == "bgr" {
+            let (a, rest) = pixels.split_at_mut(plane);
+            a.swap_with_slice(&mut rest[plane..]);
+        }
+        for c in 0..3 {
+            let (m, inv) = (self.cfg.pre.mean[c], 1.0 / self.cfg.pre.std[c]);
+            for (v, &ok) in pixels[c * plane..(c + 1) * plane].iter_mut().zip(valid) {
+                *v = if ok != 0 { (*v - m) * inv } else { 0.0 };
+            }
+        }
+    }
+
+    /// Label embeddings `[labels, D]`: each label's prompts (every template) embedded,
+    /// normalised, averaged and normalised again. Read from `cache` when there.
+    ///
+    /// # Errors
+    /// Inference failure; cache problems are not errors (the cache is skipped).
+    pub fn label_embeddings(
+        &mut self,
+        labels: &[String],
+        templates: &[String],
+        cache: Option<&Path>,
+    ) -> Result<(Array2<f32>, bool), ModelError> {
+        let prompts = prompts(labels, templates);
+        let key = match cache {
+            Some(_) => Some(self.cache_key(&prompts)?),
+            None => None,
+        };
+        if let (Some(dir), Some(key)) = (cache, &key) {
+            if let Some(hit) = read_cache(&dir.join(format!("{key}.json")), labels.len()) {
+                return Ok((hit, true));
+            }
+        }
+        let text = normalize_rows(self.encode_text(&prompts)?);
+        let t = templates.len();
+        let d = text.ncols();
+        let mut out = Array2::<f32>::zeros((labels.len(), d));
+        for (l, mut row) in out.outer_iter_mut().enumerate() {
+            for k in 0..t {
+                row += &text.row(l * t + k);
+            }
+        }
+        let out = normalize_rows(out);
+        if let (Some(dir), Some(key)) = (cache, &key) {
+            write_cache(dir, key, &out);
+        }
+        Ok((out, false))
+    }
+
+    fn cache_key(&self, prompts: &[String]) -> Result<String, ModelError> {
+        use sha2::{Digest, Sha256};
+        let model = self
+            .package
+            .hash_files(&[&self.cfg.text.onnx, &self.cfg.tok.file])?;
+        let mut h = Sha256::new();
+        h.update(model.as_bytes());
+        h.update(self.cfg.tok.context_length.to_le_bytes());
+        for p in prompts {
+            h.update((p.len() as u64).to_le_bytes());
+            h.update(p.as_bytes());
+        }
+        Ok(hex(&h.finalize()))
+    }
+
+    /// Class probabilities `[B, labels]` from raw image embeddings and label embeddings.
+    pub fn probabilities(
+        &self,
+        image_embeds: Array2<f32>,
+        label_embeds: &Array2<f32>,
+    ) -> Array2<f32> {
+        let img = normalize_rows(image_embeds);
+        let mut logits = img.dot(&label_embeds.t()) * self.cfg.scores.logit_scale;
+        for mut row in logits.outer_iter_mut() {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            row.mapv_inplace(|v| (v - max).exp());
+            let sum = row.sum();
+            row.mapv_inplace(|v| v / sum);
+        }
+        logits
+    }
+}
+
+/// Every template applied to every label, label-major.
+pub fn prompts(labels: &[String], templates: &[String]) -> Vec<String> {
+    labels
+        .iter()
+        .flat_map(|l| templates.iter().map(move |t| t.replace("{}", l)))
+        .collect()
+}
+
+/// Rows scaled to unit length (zero rows stay zero).
+pub fn normalize_rows(mut a: Array2<f32>) -> Array2<f32> {
+    for mut row in a.axis_iter_mut(Axis(0)) {
+        let n = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        if n > 0.0 {
+            row.mapv_inplace(|v| v / n);
+        }
+    }
+    a
+}
+
+fn to_array2(rows: Vec<Vec<f32>>) -> Result<Array2<f32>, String> {
+    let n = rows.len();
+    let d = rows.first().map_or(0, Vec::len);
+    let flat: Vec<f32> = rows.into_iter().flatten().collect();
+    Array2::from_shape_vec((n, d), flat).map_err(|e| e.to_string())
+}
+
+#[derive(Serialize, Deserialize)]
+struct CachedEmbeddings {
+    rows: usize,
+    cols: usize,
+    data: Vec<f32>,
+}
+
+fn read_cache(path: &Path, rows: usize) -> Option<Array2<f32>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let c: CachedEmbeddings = serde_json::from_str(&text).ok()?;
+    if c.rows != rows {
+        return None;
+    }
+    Array2::from_shape_vec((c.rows, c.cols), c.data).ok()
+}
+
+fn write_cache(dir: &Path, key: &str, a: &Array2<f32>) {
+    let c = CachedEmbeddings {
+        rows: a.nrows(),
+        cols: a.ncols(),
+        data: a.iter().copied().collect(),
+    };
+    let Ok(text) = serde_json::to_string(&c) else {
+        return;
+    };
+    if std::fs::create_dir_all(dir).is_err() {
+        return;
+    }
+    let tmp: PathBuf = dir.join(format!(".{key}.{}.tmp", std::process::id()));
+    if std::fs::write(&tmp, text).is_ok()
+        && std::fs::rename(&tmp, dir.join(format!("{key}.json"))).is_err()
+    {
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompts_are_label_major() {
+        let p = prompts(
+            &["forest".into(), "river".into()],
+            &["a photo of {}.".into(), "{} from above".into()],
+        );
+        assert_eq!(
+            p,
+            [
+                "a photo of forest.",
+                "forest from above",
+                "a photo of river.",
+                "river from above"
+            ]
+        );
+    }
+
+    #[test]
+    fn rows_are_normalised() {
+        let a = normalize_rows(ndarray::array![[3.0, 4.0], [0.0, 0.0]]);
+        assert_eq!(a, ndarray::array![[0.6, 0.8], [0.0, 0.0]]);
+    }
+}

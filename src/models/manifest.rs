@@ -1,0 +1,147 @@
+//! The `model.toml` manifest. Unknown keys are errors (a typo must not be silently ignored).
+
+use serde::{Deserialize, Serialize};
+
+/// The whole manifest.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Model family: `clip`.
+    pub family: String,
+    pub name: String,
+    /// False for randomly initialised test models: their answers mean nothing.
+    #[serde(default)]
+    pub trained: bool,
+    #[serde(default)]
+    pub source: Option<String>,
+    pub image: Option<ImageSpec>,
+    pub text: Option<TextSpec>,
+    pub preprocess: Option<Preprocess>,
+    pub tokenizer: Option<TokenizerSpec>,
+    pub scores: Option<Scores>,
+}
+
+/// The image encoder graph.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSpec {
+    pub onnx: String,
+    /// float32 `[B, 3, S, S]`, normalised.
+    pub input: String,
+    /// float32 `[B, D]`.
+    pub output: String,
+}
+
+/// The text encoder graph.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TextSpec {
+    pub onnx: String,
+    /// int64 `[B, L]`.
+    pub input_ids: String,
+    /// int64 `[B, L]`, when the graph takes one.
+    #[serde(default)]
+    pub attention_mask: Option<String>,
+    /// float32 `[B, D]`.
+    pub output: String,
+}
+
+/// Image preprocessing: pixel `v` in `[0, value_range]` becomes `(v / value_range - mean) / std`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Preprocess {
+    /// Square input size in pixels.
+    pub size: usize,
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    /// `rgb` or `bgr`.
+    #[serde(default = "default_channel_order")]
+    pub channel_order: String,
+    #[serde(default = "default_value_range")]
+    pub value_range: f32,
+}
+
+fn default_channel_order() -> String {
+    "rgb".into()
+}
+
+fn default_value_range() -> f32 {
+    255.0
+}
+
+/// Tokenizer settings.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizerSpec {
+    pub file: String,
+    pub context_length: usize,
+    pub pad_token_id: u32,
+    #[serde(default)]
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: u32,
+}
+
+/// Score scaling.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Scores {
+    /// Multiplier of cosine similarities before the softmax (CLIP's `exp(logit_scale)`).
+    pub logit_scale: f32,
+}
+
+impl Manifest {
+    /// Parse manifest text.
+    ///
+    /// # Errors
+    /// The TOML error, with line and column, on one line.
+    pub fn parse(text: &str) -> Result<Manifest, String> {
+        toml::from_str(text).map_err(|e| {
+            let msg = e.message().to_string();
+            match e.span() {
+                Some(span) => {
+                    let line = text[..span.start.min(text.len())].lines().count().max(1);
+                    format!("line {line}: {msg}")
+                }
+                None => msg,
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+family = "clip"
+name = "t"
+[image]
+onnx = "i.onnx"
+input = "pixel_values"
+output = "image_embeds"
+[preprocess]
+size = 64
+mean = [0.5, 0.5, 0.5]
+std = [0.5, 0.5, 0.5]
+"#;
+
+    #[test]
+    fn parses_and_defaults() {
+        let m = Manifest::parse(GOOD).expect("parse");
+        assert_eq!(m.family, "clip");
+        assert!(!m.trained);
+        let p = m.preprocess.expect("preprocess");
+        assert_eq!(p.channel_order, "rgb");
+        assert_eq!(p.value_range, 255.0);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_types_name_the_line() {
+        let typo = GOOD.replace("output = \"image_embeds\"", "outptu = \"image_embeds\"");
+        let err = Manifest::parse(&typo).expect_err("typo");
+        assert!(err.contains("line 7") && err.contains("outptu"), "{err}");
+        let bad = GOOD.replace("size = 64", "size = \"big\"");
+        let err = Manifest::parse(&bad).expect_err("type");
+        assert!(err.contains("line 10"), "{err}");
+    }
+}
