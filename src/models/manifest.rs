@@ -142,6 +142,6 @@ std = [0.5, 0.5, 0.5]
         assert!(err.contains("line 7") && err.contains("outptu"), "{err}");
         let bad = GOOD.replace("size = 64", "size = \"big\"");
         let err = Manifest::parse(&bad).expect_err("type");
-        assert!(err.contains("line 10"), "{err}");
+        assert!(err.contains("line 9"), "{err}");
     }
 }
