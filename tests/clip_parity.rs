@@ -112,7 +112,9 @@ fn token_ids_are_identical() {
     // Extra cases: the documented example, long prompts cut at the context length, odd text.
     for case in r["tokenizer_cases"].as_array().expect("cases") {
         let text = case["text"].as_str().expect("text").to_string();
-        let got = model.tokenize(std::slice::from_ref(&text)).expect("tokenize");
+        let got = model
+            .tokenize(std::slice::from_ref(&text))
+            .expect("tokenize");
         let want: Vec<i64> = case["token_ids"]
             .as_array()
             .expect("ids")

@@ -7,9 +7,11 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use crate::models::clip::DEFAULT_TEMPLATES;
 use crate::output::formats;
-use crate::pipeline::{self, BenchReadJob, TilesJob};
+use crate::pipeline::{self, BenchReadJob, ClassifyJob, TilesJob};
 use crate::raster::{BandMapping, OpenOptions, Resampling, ScalingSpec, Scene};
+use crate::runtime::{Device, Runtime, SessionOptions};
 use crate::tiling::{EdgeMode, GridOptions, ReadOptions};
 
 const AFTER_HELP: &str = "\
@@ -44,8 +46,102 @@ pub enum Command {
     /// Check the installation: GDAL version and drivers, ONNX Runtime library, version and
     /// execution providers.
     Doctor(DoctorArgs),
+    /// Zero-shot land-cover classification of every tile with a CLIP-family model: class and
+    /// probability rasters (COG), a tile layer with top-3 labels, dissolved label polygons.
+    Classify(ClassifyArgs),
+    /// Model packages: validate one (`tessera models check DIR`).
+    Models(ModelsArgs),
     /// Benchmark reading, tiling and scaling a scene into float32 CHW batches.
     BenchRead(BenchReadArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ModelsArgs {
+    #[command(subcommand)]
+    pub command: ModelsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Validate a model package and report every problem at once (exit 1 when any).
+    Check {
+        /// The package folder (with model.toml).
+        dir: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Where and how models run.
+#[derive(Debug, Args)]
+pub struct DeviceArgs {
+    /// Execution provider: cpu, cuda[:N] or tensorrt[:N].
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    pub device: Device,
+    /// When the requested provider cannot load, run on the next one (TensorRT -> CUDA -> CPU)
+    /// instead of failing; the provider really used is reported.
+    #[arg(long)]
+    pub allow_fallback: bool,
+    /// Tiles per model call (default: 16 on CPU, 256 on GPUs).
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<usize>,
+    /// Threads inside each model operator (default: ONNX Runtime's, one per core).
+    #[arg(long, value_name = "N")]
+    pub intra_threads: Option<usize>,
+    /// TensorRT engine cache folder (default: <cache dir>/tensorrt).
+    #[arg(long, value_name = "DIR")]
+    pub trt_cache: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ClassifyArgs {
+    /// The scene (any GDAL raster).
+    pub scene: String,
+    /// Model package folder (model.toml, ONNX encoders, tokenizer.json).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// Comma-separated labels, e.g. "forest,river,city".
+    #[arg(long, value_name = "LIST", required_unless_present = "labels_file")]
+    pub labels: Option<String>,
+    /// File with one label per line (blank lines and lines starting with # ignored).
+    #[arg(long, value_name = "FILE", conflicts_with = "labels")]
+    pub labels_file: Option<PathBuf>,
+    /// Prompt template with {} for the label; repeat to give an ensemble. Replaces the default
+    /// satellite-imagery ensemble.
+    #[arg(long = "template", value_name = "TEMPLATE")]
+    pub templates: Vec<String>,
+    /// Tiles whose best probability is below this are labelled "unknown".
+    #[arg(long, value_name = "P")]
+    pub min_score: Option<f32>,
+    #[command(flatten)]
+    pub tiling: TilingArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Scaling to [0, 1]: auto (0..255 for 8-bit, 2-98 percentiles otherwise), none, minmax,
+    /// percentile:LO,HI, range:LO,HI[;LO,HI...] (e.g. range:0,3000 for Sentinel-2).
+    #[arg(long, default_value = "auto", value_name = "SPEC")]
+    pub scale: ScalingSpec,
+    /// Output folder (created; written under a temporary name until complete):
+    /// classes.tif, probabilities.tif, tiles.<ext>, labels.<ext>.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Vector format: gpkg (default), shp, geojson, fgb.
+    #[arg(long, default_value = "gpkg", value_name = "FORMAT")]
+    pub format: String,
+    /// Replace an existing output folder.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Text-embedding cache folder (default: $TESSERA_CACHE_DIR, $XDG_CACHE_HOME/tessera or
+    /// ~/.cache/tessera).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Do not read or write the text-embedding cache.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Print a JSON summary (every written path, counts, timings).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -63,9 +159,10 @@ pub struct InfoArgs {
 /// Options shared by every command that tiles a scene.
 #[derive(Debug, Args)]
 pub struct TilingArgs {
-    /// Tile width and height, in pixels at the target resolution.
+    /// Tile width and height, in pixels at the target resolution (required for `tiles`; model
+    /// commands default to the model's input size).
     #[arg(long, value_name = "N")]
-    pub tile_size: usize,
+    pub tile_size: Option<usize>,
     /// Pixels shared by neighbouring tiles (stride = tile size - overlap).
     #[arg(long, value_name = "N", conflicts_with = "stride")]
     pub overlap: Option<usize>,
@@ -103,17 +200,23 @@ pub struct TilingArgs {
 }
 
 impl TilingArgs {
-    fn grid(&self) -> Result<GridOptions> {
+    /// Grid options; `default_size` stands in for a missing --tile-size (0: the model's).
+    fn grid(&self, default_size: Option<usize>) -> Result<GridOptions> {
+        let tile_size = match (self.tile_size, default_size) {
+            (Some(n), _) => n,
+            (None, Some(d)) => d,
+            (None, None) => bail!("--tile-size is required"),
+        };
         let overlap = match (self.overlap, self.stride) {
             (Some(o), _) => o,
             (None, Some(s)) => {
-                if s == 0 || s > self.tile_size {
-                    bail!(
-                        "--stride must be between 1 and the tile size {}",
-                        self.tile_size
-                    );
+                if tile_size == 0 {
+                    bail!("--stride needs --tile-size for model commands");
                 }
-                self.tile_size - s
+                if s == 0 || s > tile_size {
+                    bail!("--stride must be between 1 and the tile size {tile_size}");
+                }
+                tile_size - s
             }
             (None, None) => 0,
         };
@@ -124,7 +227,7 @@ impl TilingArgs {
             );
         }
         Ok(GridOptions {
-            tile_size: self.tile_size,
+            tile_size,
             overlap,
             target_gsd: self.target_gsd,
             edge: self.edge,
@@ -217,6 +320,8 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Info(a) => info(a),
         Command::Tiles(a) => tiles(a, cli.quiet),
         Command::Doctor(a) => doctor(a, cli.ort_lib),
+        Command::Classify(a) => classify(a, cli.ort_lib, cli.quiet),
+        Command::Models(a) => models(a, cli.ort_lib),
         Command::BenchRead(a) => bench_read(a),
     }
 }
@@ -344,7 +449,7 @@ fn tiles(a: TilesArgs, quiet: bool) -> Result<i32> {
         open: OpenOptions {
             pixel_coords: a.tiling.pixel_coords,
         },
-        grid: a.tiling.grid()?,
+        grid: a.tiling.grid(None)?,
         read: a.tiling.read(),
         out,
         chips: a.chips.clone(),
@@ -409,7 +514,7 @@ fn doctor(a: DoctorArgs, ort_lib: Option<PathBuf>) -> Result<i32> {
 fn bench_read(a: BenchReadArgs) -> Result<i32> {
     let job = BenchReadJob {
         scene: a.scene.clone(),
-        grid: a.tiling.grid()?,
+        grid: a.tiling.grid(None)?,
         read: a.tiling.read(),
         scaling: a.scale.clone(),
         batch_size: a.batch_size,
@@ -417,4 +522,156 @@ fn bench_read(a: BenchReadArgs) -> Result<i32> {
     let report = pipeline::run_bench_read(job)?;
     print_json(&report)?;
     Ok(0)
+}
+
+/// The cache folder: flag, then $TESSERA_CACHE_DIR, $XDG_CACHE_HOME/tessera, ~/.cache/tessera.
+fn cache_dir(flag: Option<PathBuf>) -> Option<PathBuf> {
+    flag.or_else(|| std::env::var_os("TESSERA_CACHE_DIR").map(PathBuf::from))
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("tessera")))
+        .or_else(|| {
+            std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache").join("tessera"))
+        })
+}
+
+fn read_labels(a: &ClassifyArgs) -> Result<Vec<String>> {
+    let labels: Vec<String> = match (&a.labels, &a.labels_file) {
+        (Some(list), _) => list.split(',').map(|l| l.trim().to_string()).collect(),
+        (None, Some(file)) => std::fs::read_to_string(file)
+            .with_context(|| format!("{}: cannot read the labels file", file.display()))?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_string)
+            .collect(),
+        (None, None) => Vec::new(),
+    };
+    if labels.iter().any(String::is_empty) {
+        bail!(
+            "empty label in --labels \"{}\"",
+            a.labels.clone().unwrap_or_default()
+        );
+    }
+    Ok(labels)
+}
+
+fn classify(a: ClassifyArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Result<i32> {
+    let format =
+        formats::by_name(&a.format).ok_or_else(|| crate::output::OutputError::UnknownFormat {
+            path: a
+                .out
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            format: a.format.clone(),
+        })?;
+    let labels = read_labels(&a)?;
+    let templates = if a.templates.is_empty() {
+        DEFAULT_TEMPLATES.iter().map(|t| t.to_string()).collect()
+    } else {
+        a.templates.clone()
+    };
+    let cache = if a.no_cache {
+        None
+    } else {
+        cache_dir(a.cache_dir.clone())
+    };
+    let device = a.device.device;
+    let job = ClassifyJob {
+        scene: a.scene.clone(),
+        open: OpenOptions {
+            pixel_coords: a.tiling.pixel_coords,
+        },
+        model: a.model.clone(),
+        ort_lib,
+        session: SessionOptions {
+            device,
+            allow_fallback: a.device.allow_fallback,
+            intra_threads: a.device.intra_threads.unwrap_or(0),
+            trt_cache: a
+                .device
+                .trt_cache
+                .clone()
+                .or_else(|| cache.as_ref().map(|c| c.join("tensorrt"))),
+        },
+        labels,
+        templates,
+        min_score: a.min_score,
+        grid: a.tiling.grid(Some(0))?,
+        read: {
+            let batch = a
+                .device
+                .batch_size
+                .unwrap_or_else(|| device.default_batch_size());
+            let mut r = a.tiling.read();
+            // Keep a batch worth of tiles ready while the model runs.
+            if a.tiling.queue.is_none() {
+                r.queue = batch.max(r.queue);
+            }
+            r
+        },
+        scaling: a.scale.clone(),
+        batch_size: a
+            .device
+            .batch_size
+            .unwrap_or_else(|| device.default_batch_size()),
+        out: a.out.clone(),
+        format,
+        overwrite: a.overwrite,
+        cache_dir: cache.map(|c| c.join("text-embeddings")),
+        progress: !quiet,
+    };
+    let report = pipeline::run_classify(job)?;
+    if let Some(reason) = &report.fallback {
+        if !quiet {
+            eprintln!("tessera: warning: {reason}; running on {}", report.provider);
+        }
+    }
+    if a.json {
+        print_json(&report)?;
+        return Ok(0);
+    }
+    if !report.model_trained {
+        println!(
+            "note: {} has untrained (random) weights: its labels are meaningless",
+            report.model
+        );
+    }
+    println!(
+        "{}: {} tiles classified ({} skipped) with {} on {} in {:.1} s",
+        report.scene,
+        report.tiles_read,
+        report.tiles_skipped,
+        report.model,
+        report.provider,
+        report.timings.total_seconds
+    );
+    for (label, n) in &report.label_counts {
+        println!("  {label:<20} {n}");
+    }
+    for o in &report.outputs {
+        println!("  wrote {o}");
+    }
+    Ok(0)
+}
+
+fn models(a: ModelsArgs, ort_lib: Option<PathBuf>) -> Result<i32> {
+    match a.command {
+        ModelsCommand::Check { dir, json } => {
+            let runtime = Runtime::load(ort_lib.as_deref())?;
+            let problems = crate::models::check_package(runtime, &dir);
+            if json {
+                print_json(
+                    &serde_json::json!({ "package": dir, "valid": problems.is_empty(), "problems": problems }),
+                )?;
+            } else if problems.is_empty() {
+                println!("{}: valid model package", dir.display());
+            } else {
+                println!("{}: {} problem(s)", dir.display(), problems.len());
+                for p in &problems {
+                    println!("  - {p}");
+                }
+            }
+            Ok(if problems.is_empty() { 0 } else { 1 })
+        }
+    }
 }

@@ -69,12 +69,28 @@ fn config(package: &ModelPackage) -> Result<ClipConfig, Vec<String>> {
     }
 }
 
-/// Every problem with a CLIP package.
+/// Every problem with a CLIP package (graphs loaded on the CPU).
 pub fn check(runtime: &Runtime, package: &ModelPackage) -> Vec<String> {
     let cfg = match config(package) {
         Ok(c) => c,
         Err(problems) => return problems,
     };
+    let options = SessionOptions::default();
+    let image = create_session(runtime, &package.file(&cfg.image.onnx), &options)
+        .map_err(|e| e.to_string());
+    let text =
+        create_session(runtime, &package.file(&cfg.text.onnx), &options).map_err(|e| e.to_string());
+    let tokenizer = load_tokenizer(&package.file(&cfg.tok.file)).map_err(|e| e.to_string());
+    validate(&cfg, image.as_ref(), text.as_ref(), tokenizer.as_ref())
+}
+
+/// Check the manifest's numbers and the loaded graphs and tokenizer against it.
+fn validate(
+    cfg: &ClipConfig,
+    image: Result<&ModelSession, &String>,
+    text: Result<&ModelSession, &String>,
+    tokenizer: Result<&tokenizers::Tokenizer, &String>,
+) -> Vec<String> {
     let mut problems = Vec::new();
     let p = &cfg.pre;
     if p.size == 0 {
@@ -105,9 +121,8 @@ pub fn check(runtime: &Runtime, package: &ModelPackage) -> Vec<String> {
     if cfg.tok.context_length == 0 {
         problems.push("tokenizer.context_length must be positive".into());
     }
-    let options = SessionOptions::default();
     let mut image_dim = None;
-    match create_session(runtime, &package.file(&cfg.image.onnx), &options) {
+    match image {
         Err(e) => problems.push(format!("image encoder: {e}")),
         Ok(s) => {
             let (inputs, outputs) = (s.inputs(), s.outputs());
@@ -152,7 +167,7 @@ pub fn check(runtime: &Runtime, package: &ModelPackage) -> Vec<String> {
             }
         }
     }
-    match create_session(runtime, &package.file(&cfg.text.onnx), &options) {
+    match text {
         Err(e) => problems.push(format!("text encoder: {e}")),
         Ok(s) => {
             let (inputs, outputs) = (s.inputs(), s.outputs());
@@ -212,8 +227,8 @@ pub fn check(runtime: &Runtime, package: &ModelPackage) -> Vec<String> {
             }
         }
     }
-    match load_tokenizer(&package.file(&cfg.tok.file)) {
-        Err(e) => problems.push(e.to_string()),
+    match tokenizer {
+        Err(e) => problems.push(e.clone()),
         Ok(t) => {
             let vocab = t.get_vocab_size(true) as u32;
             for (what, id) in [
@@ -307,20 +322,28 @@ impl ClipModel {
                 reason: format!("family '{}' is not a clip model", package.manifest.family),
             });
         }
-        let problems = check(runtime, &package);
-        if !problems.is_empty() {
-            return Err(ModelError::Invalid {
-                path: dir.display().to_string(),
-                problems,
-            });
-        }
-        let cfg = config(&package).map_err(|problems| ModelError::Invalid {
+        let invalid = |problems| ModelError::Invalid {
             path: dir.display().to_string(),
             problems,
-        })?;
-        let image = package.session(runtime, &cfg.image.onnx, options)?;
-        let text = package.session(runtime, &cfg.text.onnx, &SessionOptions::default())?;
-        let tokenizer = load_tokenizer(&package.file(&cfg.tok.file))?;
+        };
+        let cfg = config(&package).map_err(invalid)?;
+        // A provider failure is its own error (with the --allow-fallback hint), not a
+        // package problem.
+        let image = package.session(runtime, &cfg.image.onnx, options);
+        if let Err(e @ ModelError::Runtime(RuntimeError::Provider { .. })) = image {
+            return Err(e);
+        }
+        let image = image.map_err(|e| e.to_string());
+        let text = package
+            .session(runtime, &cfg.text.onnx, &SessionOptions::default())
+            .map_err(|e| e.to_string());
+        let tokenizer = load_tokenizer(&package.file(&cfg.tok.file)).map_err(|e| e.to_string());
+        let problems = validate(&cfg, image.as_ref(), text.as_ref(), tokenizer.as_ref());
+        let (Ok(image), Ok(text), Ok(tokenizer), true) =
+            (image, text, tokenizer, problems.is_empty())
+        else {
+            return Err(invalid(problems));
+        };
         Ok(ClipModel {
             package,
             cfg,
@@ -480,20 +503,18 @@ impl ClipModel {
         to_array2(rows).map_err(|e| self.run_err(&path, e))
     }
 
-    /// Normalise one tile in place: `pixels` holds 3 planes of values already scaled to
-    /// `[0, 1]` (i.e. `v / value_range`); invalid pixels become 0 after normalisation (the
-    /// mean colour). Reorders channels for `bgr` models.
+    /// Normalise one tile in place (see [`Normalizer::apply`]).
     pub fn normalize_tile(&self, pixels: &mut [f32], valid: &[u8]) {
-        let plane = pixels.len() / 3;
-        if self.cfg.pre.channel_order == "bgr" {
-            let (a, rest) = pixels.split_at_mut(plane);
-            a.swap_with_slice(&mut rest[plane..]);
-        }
-        for c in 0..3 {
-            let (m, inv) = (self.cfg.pre.mean[c], 1.0 / self.cfg.pre.std[c]);
-            for (v, &ok) in pixels[c * plane..(c + 1) * plane].iter_mut().zip(valid) {
-                *v = if ok != 0 { (*v - m) * inv } else { 0.0 };
-            }
+        self.normalizer().apply(pixels, valid);
+    }
+
+    /// The model's pixel normalisation, as a small value reader threads can share.
+    pub fn normalizer(&self) -> Normalizer {
+        let p = &self.cfg.pre;
+        Normalizer {
+            mean: [p.mean[0], p.mean[1], p.mean[2]],
+            inv_std: [1.0 / p.std[0], 1.0 / p.std[1], 1.0 / p.std[2]],
+            bgr: p.channel_order == "bgr",
         }
     }
 
@@ -564,6 +585,34 @@ impl ClipModel {
             row.mapv_inplace(|v| v / sum);
         }
         logits
+    }
+}
+
+/// Per-channel normalisation `(v - mean) / std` of values already scaled to `[0, 1]`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Normalizer {
+    pub mean: [f32; 3],
+    pub inv_std: [f32; 3],
+    /// Swap the first and third planes (models trained on BGR).
+    pub bgr: bool,
+}
+
+impl Normalizer {
+    /// Normalise one tile in place: `pixels` holds 3 planes of values already scaled to
+    /// `[0, 1]` (i.e. `v / value_range`); invalid pixels become 0 after normalisation (the
+    /// mean colour).
+    pub fn apply(&self, pixels: &mut [f32], valid: &[u8]) {
+        let plane = pixels.len() / 3;
+        if self.bgr {
+            let (a, rest) = pixels.split_at_mut(plane);
+            a.swap_with_slice(&mut rest[plane..]);
+        }
+        for c in 0..3 {
+            let (m, inv) = (self.mean[c], self.inv_std[c]);
+            for (v, &ok) in pixels[c * plane..(c + 1) * plane].iter_mut().zip(valid) {
+                *v = if ok != 0 { (*v - m) * inv } else { 0.0 };
+            }
+        }
     }
 }
 

@@ -5,12 +5,16 @@
 mod atomic;
 mod chips;
 pub mod formats;
+mod polygonize;
+mod raster;
 mod vector;
 
 pub use atomic::PendingOutput;
 pub use chips::ChipWriter;
 pub use formats::VectorFormat;
-pub use vector::{FieldKind, FieldSpec, FieldValue, VectorLayerWriter};
+pub use polygonize::polygonize_classes;
+pub use raster::{class_color, write_cog, Legend, RasterSpec};
+pub use vector::{FieldKind, FieldSpec, FieldValue, GeometryKind, VectorLayerWriter};
 
 use thiserror::Error;
 

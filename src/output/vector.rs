@@ -20,6 +20,13 @@ pub enum FieldKind {
     Real,
 }
 
+/// The geometry type of a layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GeometryKind {
+    Polygon,
+    MultiPolygon,
+}
+
 /// One attribute field of a layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FieldSpec {
@@ -56,8 +63,8 @@ impl std::fmt::Debug for VectorLayerWriter {
 }
 
 impl VectorLayerWriter {
-    /// Create `path` with one polygon layer `layer` in the CRS `crs_wkt` (none for pixel
-    /// coordinates).
+    /// Create `path` with one layer `layer` of `geometry` in the CRS `crs_wkt` (none for
+    /// pixel coordinates).
     ///
     /// # Errors
     /// The path exists (without `overwrite`), its directory is missing or unwritable, or the
@@ -66,6 +73,7 @@ impl VectorLayerWriter {
         path: &Path,
         format: &'static dyn VectorFormat,
         layer: &str,
+        geometry: GeometryKind,
         crs_wkt: Option<&str>,
         fields: &[FieldSpec],
         overwrite: bool,
@@ -96,7 +104,10 @@ impl VectorLayerWriter {
                 .create_layer(LayerOptions {
                     name: layer,
                     srs: srs.as_ref(),
-                    ty: OGRwkbGeometryType::wkbPolygon,
+                    ty: match geometry {
+                        GeometryKind::Polygon => OGRwkbGeometryType::wkbPolygon,
+                        GeometryKind::MultiPolygon => OGRwkbGeometryType::wkbMultiPolygon,
+                    },
                     options: Some(format.layer_options()),
                 })
                 .map_err(|e| err(gdal_reason(&e)))?;
@@ -156,6 +167,20 @@ impl VectorLayerWriter {
         wkt.push_str("))");
         let geom = Geometry::from_wkt(&wkt).map_err(|e| self.err(gdal_reason(&e)))?;
         self.add(geom, values)
+    }
+
+    /// Add one feature with a multipolygon in map coordinates.
+    ///
+    /// # Errors
+    /// As for [`VectorLayerWriter::add_polygon`].
+    pub fn add_multipolygon(
+        &mut self,
+        geometry: &geo::MultiPolygon<f64>,
+        values: &[FieldValue],
+    ) -> Result<()> {
+        use gdal::vector::ToGdal;
+        let g = geometry.to_gdal().map_err(|e| self.err(gdal_reason(&e)))?;
+        self.add(g, values)
     }
 
     /// Add one feature with a ready GDAL geometry.

@@ -3,10 +3,12 @@
 //! report; it never prints. The CLI only parses arguments into jobs and prints reports.
 
 mod bench;
+mod classify;
 mod doctor;
 mod tiles;
 
 pub use bench::{run_bench_read, BenchReadJob, BenchReadReport};
+pub use classify::{run_classify, ClassifyJob, ClassifyReport, TileResult, Timings};
 pub use doctor::{run_doctor, DoctorReport};
 pub use tiles::{run_tiles, TilesJob, TilesReport};
 
@@ -28,6 +30,10 @@ pub enum PipelineError {
     Output(#[from] OutputError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Model(#[from] crate::models::ModelError),
+    #[error("{0}")]
+    Options(String),
 }
 
 /// Peak resident memory of this process so far (VmHWM), in bytes, where the OS reports it.

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::{progress_bar, PipelineError};
 use crate::output::{
-    ChipWriter, FieldKind, FieldSpec, FieldValue, VectorFormat, VectorLayerWriter,
+    ChipWriter, FieldKind, FieldSpec, FieldValue, GeometryKind, VectorFormat, VectorLayerWriter,
 };
 use crate::raster::{OpenOptions, Sample, Scene};
 use crate::tiling::{stream_tiles, GridOptions, ReadOptions, StreamStats, TileData, TileGrid};
@@ -116,6 +116,7 @@ pub fn run_tiles(mut job: TilesJob) -> Result<TilesReport, PipelineError> {
             path,
             *format,
             "tiles",
+            GeometryKind::Polygon,
             scene.crs_wkt(),
             &TILE_FIELDS,
             job.overwrite,

@@ -280,3 +280,57 @@ pub fn registry_data() -> Option<PathBuf> {
         None
     }
 }
+
+/// The project's Python (`.venv`, made by `make setup`), when present.
+pub fn venv_python() -> Option<PathBuf> {
+    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    if py.is_file() {
+        Some(py)
+    } else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{} is absent: `make setup` should have made it",
+            py.display()
+        );
+        eprintln!(
+            "skipping Python checks: {} is absent (run `make setup`)",
+            py.display()
+        );
+        None
+    }
+}
+
+/// Every output in `dir` opened with geopandas / rasterio / rio-cogeo (tests/python/inspect_outputs.py).
+pub fn inspect_outputs(dir: &Path) -> Option<serde_json::Value> {
+    let py = venv_python()?;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/inspect_outputs.py");
+    let out = Command::new(py)
+        .arg(script)
+        .arg(dir)
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "inspect_outputs failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(serde_json::from_slice(&out.stdout).expect("json"))
+}
+
+/// The committed tiny CLIP package.
+pub fn clip_tiny() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("sample_data/models/clip-tiny")
+}
+
+/// Copy a directory (flat or nested) to `to`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read_dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            copy_dir(&p, &to.join(e.file_name()));
+        } else {
+            std::fs::copy(&p, to.join(e.file_name())).expect("copy");
+        }
+    }
+}

@@ -1,0 +1,558 @@
+//! `tessera classify`: CLIP zero-shot classification of every tile of a scene, written as
+//! georeferenced rasters (class index and probabilities, one pixel per tile stride, COG) and
+//! vector layers (tiles with their top-3 labels; labels dissolved into multipolygons).
+//!
+//! Flow: reader threads read, scale and normalise tiles (in parallel, ahead of the model,
+//! through the bounded queue); this thread packs them into batches and runs the image encoder;
+//! probabilities are kept per tile (a few floats) and the outputs are written at the end.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use ndarray::{s, Array4};
+use serde::Serialize;
+
+use super::{peak_rss_bytes, progress_bar, PipelineError};
+use crate::models::clip::ClipModel;
+use crate::models::ModelError;
+use crate::output::{
+    class_color, polygonize_classes, write_cog, FieldKind, FieldSpec, FieldValue, GeometryKind,
+    Legend, PendingOutput, RasterSpec, VectorFormat, VectorLayerWriter,
+};
+use crate::raster::{BandMapping, GeoTransform, OpenOptions, Scaling, ScalingSpec, Scene};
+use crate::runtime::{Runtime, SessionOptions};
+use crate::tiling::{stream_tiles, GridOptions, ReadOptions, Tile, TileData, TileGrid};
+
+/// Class value of tiles whose best score is below `--min-score`.
+pub const UNKNOWN: &str = "unknown";
+/// Class-raster value of tiles that were skipped (no valid pixels).
+pub const CLASS_NODATA: u8 = 255;
+
+/// What `tessera classify` does.
+#[derive(Debug)]
+pub struct ClassifyJob {
+    pub scene: String,
+    pub open: OpenOptions,
+    pub model: PathBuf,
+    pub ort_lib: Option<PathBuf>,
+    pub session: SessionOptions,
+    pub labels: Vec<String>,
+    pub templates: Vec<String>,
+    pub min_score: Option<f32>,
+    /// `tile_size` 0 means the model's input size.
+    pub grid: GridOptions,
+    /// `bands` empty means the first three data bands (or the first repeated).
+    pub read: ReadOptions,
+    pub scaling: ScalingSpec,
+    pub batch_size: usize,
+    pub out: Option<PathBuf>,
+    pub format: &'static dyn VectorFormat,
+    pub overwrite: bool,
+    pub cache_dir: Option<PathBuf>,
+    pub progress: bool,
+}
+
+/// Wall-clock split of a run.
+#[derive(Debug, Default, Serialize)]
+pub struct Timings {
+    pub total_seconds: f64,
+    /// Inside the image encoder.
+    pub model_seconds: f64,
+    /// Text embeddings (0 on a cache hit).
+    pub text_seconds: f64,
+    /// Waiting for tiles from the readers.
+    pub wait_seconds: f64,
+    pub write_seconds: f64,
+}
+
+/// What `tessera classify` did.
+#[derive(Debug, Serialize)]
+pub struct ClassifyReport {
+    pub scene: String,
+    pub model: String,
+    pub model_trained: bool,
+    pub provider: String,
+    pub fallback: Option<String>,
+    pub labels: Vec<String>,
+    pub templates: Vec<String>,
+    pub text_cache_hit: bool,
+    pub tile_size: usize,
+    pub overlap: usize,
+    pub cols: usize,
+    pub rows: usize,
+    pub tiles_total: usize,
+    pub tiles_read: usize,
+    pub tiles_skipped: usize,
+    pub label_counts: BTreeMap<String, usize>,
+    pub outputs: Vec<String>,
+    pub timings: Timings,
+    pub tiles_per_second: f64,
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// One classified tile.
+#[derive(Debug, Clone)]
+pub struct TileResult {
+    pub tile: Tile,
+    pub valid_fraction: f64,
+    pub probs: Vec<f32>,
+}
+
+impl TileResult {
+    /// Indexes of the `k` best labels, best first.
+    pub fn top(&self, k: usize) -> Vec<usize> {
+        let mut idx: Vec<usize> = (0..self.probs.len()).collect();
+        idx.sort_by(|&a, &b| self.probs[b].total_cmp(&self.probs[a]).then(a.cmp(&b)));
+        idx.truncate(k);
+        idx
+    }
+}
+
+/// Fields of the tile layer (Shapefile-safe names).
+pub const TILE_FIELDS: [FieldSpec; 10] = [
+    FieldSpec {
+        name: "tile_id",
+        kind: FieldKind::String,
+    },
+    FieldSpec {
+        name: "row",
+        kind: FieldKind::Integer,
+    },
+    FieldSpec {
+        name: "col",
+        kind: FieldKind::Integer,
+    },
+    FieldSpec {
+        name: "label",
+        kind: FieldKind::String,
+    },
+    FieldSpec {
+        name: "score",
+        kind: FieldKind::Real,
+    },
+    FieldSpec {
+        name: "top2_label",
+        kind: FieldKind::String,
+    },
+    FieldSpec {
+        name: "top2_score",
+        kind: FieldKind::Real,
+    },
+    FieldSpec {
+        name: "top3_label",
+        kind: FieldKind::String,
+    },
+    FieldSpec {
+        name: "top3_score",
+        kind: FieldKind::Real,
+    },
+    FieldSpec {
+        name: "valid_frac",
+        kind: FieldKind::Real,
+    },
+];
+
+/// Fields of the dissolved label layer.
+pub const LABEL_FIELDS: [FieldSpec; 4] = [
+    FieldSpec {
+        name: "label",
+        kind: FieldKind::String,
+    },
+    FieldSpec {
+        name: "class",
+        kind: FieldKind::Integer,
+    },
+    FieldSpec {
+        name: "tiles",
+        kind: FieldKind::Integer,
+    },
+    FieldSpec {
+        name: "area",
+        kind: FieldKind::Real,
+    },
+];
+
+fn model_err(e: ModelError) -> PipelineError {
+    PipelineError::Model(e)
+}
+
+/// Run the job.
+///
+/// # Errors
+/// Bad scene, model, labels or options; inference failure; unwritable outputs. Nothing is
+/// left under `--out` unless the whole job succeeded.
+pub fn run_classify(mut job: ClassifyJob) -> Result<ClassifyReport, PipelineError> {
+    let start = Instant::now();
+    let mut timings = Timings::default();
+    validate_labels(&job)?;
+    let runtime = Runtime::load(job.ort_lib.as_deref())?;
+    let mut model = ClipModel::load(runtime, &job.model, &job.session).map_err(model_err)?;
+    let scene = Scene::open(&job.scene, &job.open)?;
+    let size = model.input_size();
+    if job.grid.tile_size == 0 {
+        job.grid.tile_size = size;
+    }
+    if job.grid.tile_size != size {
+        return Err(PipelineError::Options(format!(
+            "--tile-size {} differs from the model's input size {size}: tiles are read at the model's size (use --target-gsd to choose their ground footprint)",
+            job.grid.tile_size
+        )));
+    }
+    if job.read.bands.is_empty() {
+        job.read.bands = BandMapping::for_channels(scene.info(), 3);
+    }
+    if job.read.bands.len() != 3 {
+        return Err(PipelineError::Options(format!(
+            "the model takes 3 channels but --bands names {}",
+            job.read.bands.len()
+        )));
+    }
+    job.read.bands.validate(scene.info())?;
+    let scaling = Scaling::resolve(&job.scaling, &scene, &job.read.bands)?;
+    let grid = TileGrid::new(scene.info(), job.grid.clone())?;
+    job.read.read_pixels = true;
+    // Claim the output folder before the long part, so a bad --out fails fast.
+    let pending = match &job.out {
+        Some(dir) => Some(PendingOutput::dir(dir, job.overwrite)?),
+        None => None,
+    };
+
+    let t = Instant::now();
+    let (label_embeds, cache_hit) = model
+        .label_embeddings(&job.labels, &job.templates, job.cache_dir.as_deref())
+        .map_err(model_err)?;
+    timings.text_seconds = t.elapsed().as_secs_f64();
+
+    let batch = job.batch_size.max(1);
+    let plane = size * size;
+    let mut buffer = Array4::<f32>::zeros((batch, 3, size, size));
+    let mut pending_tiles: Vec<(Tile, f64)> = Vec::with_capacity(batch);
+    let mut results: Vec<TileResult> = Vec::new();
+    let bar = progress_bar(grid.len(), job.progress, "classifying");
+    let norm = model.normalizer();
+    let prepare = |t: &mut TileData<f32>| {
+        for c in 0..3 {
+            scaling.apply(c, &mut t.pixels[c * plane..(c + 1) * plane]);
+        }
+        norm.apply(&mut t.pixels, &t.valid);
+    };
+    let mut batches = BatchRunner {
+        model: &mut model,
+        label_embeds: &label_embeds,
+        timings: &mut timings,
+        results: &mut results,
+        bar: &bar,
+    };
+    let mut waited = Instant::now();
+    let stats = stream_tiles::<f32, PipelineError, _, _>(&scene, &grid, &job.read, prepare, |t| {
+        batches.timings.wait_seconds += waited.elapsed().as_secs_f64();
+        let k = pending_tiles.len();
+        if let Some(slot) = buffer.as_slice_mut() {
+            slot[k * 3 * plane..(k + 1) * 3 * plane].copy_from_slice(&t.pixels);
+        }
+        pending_tiles.push((t.tile.clone(), t.valid_fraction));
+        if pending_tiles.len() == batch {
+            batches.run(&buffer, &mut pending_tiles)?;
+        }
+        waited = Instant::now();
+        Ok(())
+    })?;
+    batches.run(&buffer, &mut pending_tiles)?;
+    bar.finish_and_clear();
+
+    // Labels with the optional "unknown" class.
+    let mut names = job.labels.clone();
+    if job.min_score.is_some() {
+        names.push(UNKNOWN.to_string());
+    }
+    let class_of = |r: &TileResult| -> u8 {
+        let best = r.top(1)[0];
+        match job.min_score {
+            Some(min) if r.probs[best] < min => job.labels.len() as u8,
+            _ => best as u8,
+        }
+    };
+    let mut label_counts: BTreeMap<String, usize> = names.iter().map(|n| (n.clone(), 0)).collect();
+    for r in &results {
+        *label_counts
+            .entry(names[class_of(r) as usize].clone())
+            .or_default() += 1;
+    }
+
+    let t = Instant::now();
+    let mut outputs = Vec::new();
+    if let (Some(pending), Some(dir)) = (pending, &job.out) {
+        write_outputs(&job, &scene, &grid, &results, &names, &class_of, &pending)?;
+        for entry in std::fs::read_dir(pending.path())
+            .map_err(|e| PipelineError::Options(format!("{}: {e}", dir.display())))?
+            .flatten()
+        {
+            outputs.push(dir.join(entry.file_name()).display().to_string());
+        }
+        outputs.sort();
+        pending.commit()?;
+    }
+    timings.write_seconds = t.elapsed().as_secs_f64();
+    timings.total_seconds = start.elapsed().as_secs_f64();
+    let (provider, fallback) = model.image_provider();
+    Ok(ClassifyReport {
+        scene: job.scene.clone(),
+        model: job.model.display().to_string(),
+        model_trained: model.package().manifest.trained,
+        provider: provider.to_string(),
+        fallback: fallback.map(str::to_string),
+        labels: job.labels.clone(),
+        templates: job.templates.clone(),
+        text_cache_hit: cache_hit,
+        tile_size: size,
+        overlap: grid.options.overlap,
+        cols: grid.cols(),
+        rows: grid.rows(),
+        tiles_total: stats.tiles_total,
+        tiles_read: stats.tiles_read,
+        tiles_skipped: stats.tiles_skipped,
+        label_counts,
+        outputs,
+        tiles_per_second: stats.tiles_read as f64 / timings.total_seconds,
+        timings,
+        peak_rss_bytes: peak_rss_bytes(),
+    })
+}
+
+/// Runs full (or final partial) batches through the image encoder.
+struct BatchRunner<'a> {
+    model: &'a mut ClipModel,
+    label_embeds: &'a ndarray::Array2<f32>,
+    timings: &'a mut Timings,
+    results: &'a mut Vec<TileResult>,
+    bar: &'a indicatif::ProgressBar,
+}
+
+impl BatchRunner<'_> {
+    fn run(
+        &mut self,
+        buffer: &Array4<f32>,
+        tiles: &mut Vec<(Tile, f64)>,
+    ) -> Result<(), PipelineError> {
+        if tiles.is_empty() {
+            return Ok(());
+        }
+        let n = tiles.len();
+        let t = Instant::now();
+        let embeds = self
+            .model
+            .encode_images(buffer.slice(s![..n, .., .., ..]))
+            .map_err(model_err)?;
+        let probs = self.model.probabilities(embeds, self.label_embeds);
+        self.timings.model_seconds += t.elapsed().as_secs_f64();
+        for ((tile, valid_fraction), row) in tiles.drain(..).zip(probs.outer_iter()) {
+            self.results.push(TileResult {
+                tile,
+                valid_fraction,
+                probs: row.to_vec(),
+            });
+        }
+        self.bar.inc(n as u64);
+        Ok(())
+    }
+}
+
+fn validate_labels(job: &ClassifyJob) -> Result<(), PipelineError> {
+    if job.labels.is_empty() {
+        return Err(PipelineError::Options(
+            "no labels given (use --labels or --labels-file)".into(),
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for l in &job.labels {
+        if l.trim().is_empty() {
+            return Err(PipelineError::Options(
+                "empty label in the label list".into(),
+            ));
+        }
+        if !seen.insert(l) {
+            return Err(PipelineError::Options(format!(
+                "label '{l}' is given twice"
+            )));
+        }
+        if l == UNKNOWN && job.min_score.is_some() {
+            return Err(PipelineError::Options(format!(
+                "'{UNKNOWN}' is reserved for tiles below --min-score"
+            )));
+        }
+    }
+    if job.labels.len() > 250 {
+        return Err(PipelineError::Options(format!(
+            "{} labels: at most 250 are supported",
+            job.labels.len()
+        )));
+    }
+    if job.templates.is_empty() || job.templates.iter().any(|t| !t.contains("{}")) {
+        return Err(PipelineError::Options(
+            "every --template must contain {} where the label goes".into(),
+        ));
+    }
+    if let Some(m) = job.min_score {
+        if !(0.0..=1.0).contains(&m) {
+            return Err(PipelineError::Options(format!(
+                "--min-score must be between 0 and 1, got {m}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The class grid: one cell per tile position, `rows x cols`, at the tile stride, centred on
+/// the tiles (offset by half the overlap).
+pub fn class_grid_transform(grid: &TileGrid) -> GeoTransform {
+    let stride = (grid.options.tile_size - grid.options.overlap) as f64;
+    let half = grid.options.overlap as f64 / 2.0;
+    grid.geotransform.sub_grid(half, half, stride, stride)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_outputs(
+    job: &ClassifyJob,
+    scene: &Scene,
+    grid: &TileGrid,
+    results: &[TileResult],
+    names: &[String],
+    class_of: &dyn Fn(&TileResult) -> u8,
+    pending: &PendingOutput,
+) -> Result<(), PipelineError> {
+    let dir = pending.path();
+    let (cols, rows) = (grid.cols(), grid.rows());
+    let gt = class_grid_transform(grid);
+    let crs = scene.crs_wkt();
+    let n_labels = job.labels.len();
+
+    let mut classes = vec![CLASS_NODATA; cols * rows];
+    let mut probs = vec![f32::NAN; n_labels * cols * rows];
+    for r in results {
+        let cell = r.tile.row * cols + r.tile.col;
+        classes[cell] = class_of(r);
+        for (k, p) in r.probs.iter().enumerate() {
+            probs[k * cols * rows + cell] = *p;
+        }
+    }
+    let mut colors: Vec<[u8; 3]> = (0..n_labels).map(class_color).collect();
+    if names.len() > n_labels {
+        colors.push([128, 128, 128]);
+    }
+    let legend = Legend {
+        names: names.to_vec(),
+        colors,
+    };
+    let metadata = vec![
+        ("TESSERA_LABELS".to_string(), names.join(",")),
+        ("TESSERA_MODEL".to_string(), job.model.display().to_string()),
+        ("TESSERA_TEMPLATES".to_string(), job.templates.join(" | ")),
+    ];
+    write_cog(
+        &dir.join("classes.tif"),
+        &RasterSpec {
+            width: cols,
+            height: rows,
+            data: &classes,
+            bands: 1,
+            geotransform: gt,
+            crs_wkt: crs,
+            nodata: Some(f64::from(CLASS_NODATA)),
+            descriptions: &["class".to_string()],
+            legend: Some(&legend),
+            metadata: &metadata,
+        },
+        false,
+    )?;
+    write_cog(
+        &dir.join("probabilities.tif"),
+        &RasterSpec {
+            width: cols,
+            height: rows,
+            data: &probs,
+            bands: n_labels,
+            geotransform: gt,
+            crs_wkt: crs,
+            nodata: Some(f64::NAN),
+            descriptions: &job.labels,
+            legend: None,
+            metadata: &metadata,
+        },
+        false,
+    )?;
+
+    let ext = job.format.extension();
+    let mut tiles = VectorLayerWriter::create(
+        &dir.join(format!("tiles.{ext}")),
+        job.format,
+        "tiles",
+        GeometryKind::Polygon,
+        crs,
+        &TILE_FIELDS,
+        false,
+    )?;
+    for r in results {
+        let top = r.top(3);
+        let label_at = |i: usize| {
+            top.get(i)
+                .map(|&k| job.labels[k].clone())
+                .unwrap_or_default()
+        };
+        let score_at = |i: usize| top.get(i).map_or(0.0, |&k| f64::from(r.probs[k]));
+        let ring = r
+            .tile
+            .geotransform
+            .footprint(r.tile.size as f64, r.tile.size as f64);
+        tiles.add_polygon(
+            &ring,
+            &[
+                FieldValue::String(r.tile.id.clone()),
+                FieldValue::Integer(r.tile.row as i64),
+                FieldValue::Integer(r.tile.col as i64),
+                FieldValue::String(names[class_of(r) as usize].clone()),
+                FieldValue::Real(score_at(0)),
+                FieldValue::String(label_at(1)),
+                FieldValue::Real(score_at(1)),
+                FieldValue::String(label_at(2)),
+                FieldValue::Real(score_at(2)),
+                FieldValue::Real(r.valid_fraction),
+            ],
+        )?;
+    }
+    tiles.finish()?;
+
+    let polygons =
+        polygonize_classes(&classes, cols, rows, &gt, Some(CLASS_NODATA)).map_err(|reason| {
+            crate::output::OutputError::Write {
+                path: dir.join(format!("labels.{ext}")).display().to_string(),
+                reason,
+            }
+        })?;
+    let mut labels = VectorLayerWriter::create(
+        &dir.join(format!("labels.{ext}")),
+        job.format,
+        "labels",
+        GeometryKind::MultiPolygon,
+        crs,
+        &LABEL_FIELDS,
+        false,
+    )?;
+    for (class, polys) in polygons {
+        use geo::Area;
+        let count = classes.iter().filter(|&&c| c == class).count();
+        let mp = geo::MultiPolygon(polys);
+        let area = mp.unsigned_area();
+        labels.add_multipolygon(
+            &mp,
+            &[
+                FieldValue::String(names.get(class as usize).cloned().unwrap_or_default()),
+                FieldValue::Integer(i64::from(class)),
+                FieldValue::Integer(count as i64),
+                FieldValue::Real(area),
+            ],
+        )?;
+    }
+    labels.finish()?;
+    Ok(())
+}
