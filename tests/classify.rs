@@ -288,7 +288,12 @@ fn vector_formats_cache_and_min_score() {
 #[test]
 fn multiband_scenes_use_band_mapping_and_scaling() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let scene = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample_data/sentinel2_rgbn_10m.tif");
+    let scene = dir.path().join("s2.tif");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("sample_data/sentinel2_rgbn_10m.tif"),
+        &scene,
+    )
+    .expect("copy");
     let scene_s = scene.display().to_string();
     let model = clip_tiny().display().to_string();
     let j = run(
@@ -325,6 +330,30 @@ fn multiband_scenes_use_band_mapping_and_scaling() {
         .map(|v| v.as_u64().expect("n"))
         .sum();
     assert_eq!(total, 25);
+    // Percentile scaling reads statistics without leaving files next to the scene.
+    run(
+        dir.path(),
+        &[
+            "classify",
+            &scene_s,
+            "--model",
+            &model,
+            "--labels",
+            "a,b",
+            "--scale",
+            "percentile:2,98",
+            "--no-cache",
+            "--quiet",
+        ],
+    )
+    .success();
+    let leftovers: Vec<_> = walk(dir.path())
+        .into_iter()
+        .filter(|p| {
+            p.to_string_lossy().ends_with(".aux.xml") && !p.starts_with(dir.path().join("o"))
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
 #[test]

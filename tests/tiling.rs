@@ -357,6 +357,58 @@ fn one_and_many_reader_threads_give_identical_tiles() {
 }
 
 #[test]
+fn percentile_and_minmax_scaling_come_from_the_data() {
+    use tessera::raster::{Scaling, ScalingSpec};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = SceneSpec {
+        width: 100,
+        height: 80,
+        bands: 2,
+        dtype: "uint16",
+        nodata: Some(65535.0),
+        nodata_rect: Some((0, 0, 10, 80)),
+        ..Default::default()
+    };
+    let path = dir.path().join("s.tif");
+    spec.write(&path);
+    let scene = Scene::open(path.to_str().expect("utf8"), &OpenOptions::default()).expect("open");
+    let mapping = BandMapping::new(vec![2, 1]);
+    // Independent nearest-rank percentiles of the valid pixels.
+    let pct = |band: usize, p: f64| {
+        let mut v: Vec<f64> = (0..80)
+            .flat_map(|r| (10..100).map(move |c| (c, r)))
+            .map(|(c, r)| spec.value(band, c, r))
+            .collect();
+        v.sort_by(f64::total_cmp);
+        let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+        v[rank.max(1) - 1]
+    };
+    let s =
+        Scaling::resolve(&ScalingSpec::Percentile(2.0, 98.0), &scene, &mapping).expect("resolve");
+    let b = s.bands.expect("bands");
+    assert_eq!(
+        (b[0].band, b[0].lo, b[0].hi),
+        (2, pct(2, 2.0), pct(2, 98.0))
+    );
+    assert_eq!(
+        (b[1].band, b[1].lo, b[1].hi),
+        (1, pct(1, 2.0), pct(1, 98.0))
+    );
+    let s = Scaling::resolve(&ScalingSpec::MinMax, &scene, &mapping).expect("resolve");
+    let b = s.bands.expect("bands");
+    assert_eq!((b[1].lo, b[1].hi), (pct(1, 0.0), pct(1, 100.0)));
+    let s = Scaling::resolve(&ScalingSpec::Ranges(vec![(0.0, 1.0)]), &scene, &mapping);
+    assert!(s.is_err(), "one range for two bands");
+    assert!(walk_no_aux(dir.path()));
+}
+
+fn walk_no_aux(dir: &std::path::Path) -> bool {
+    common::walk(dir)
+        .iter()
+        .all(|p| !p.to_string_lossy().ends_with(".aux.xml"))
+}
+
+#[test]
 fn a_consumer_error_stops_the_stream() {
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = SceneSpec {

@@ -10,7 +10,10 @@ use std::str::FromStr;
 use gdal::raster::GdalDataType;
 use serde::Serialize;
 
-use super::{gdal_reason, BandMapping, RasterError, Result, Scene};
+use super::{
+    gdal_reason, BandMapping, Placement, RasterError, Resampling, Result, Scene, WindowReader,
+    WindowRequest,
+};
 
 /// What the user asked for.
 #[derive(Clone, Debug, PartialEq)]
@@ -21,7 +24,7 @@ pub enum ScalingSpec {
     None,
     /// Each band's own minimum and maximum (approximate statistics).
     MinMax,
-    /// Each band's `lo`-th and `hi`-th percentiles (approximate histogram, nodata excluded).
+    /// Each band's `lo`-th and `hi`-th percentiles (of a decimated view, nodata excluded).
     Percentile(f64, f64),
     /// A fixed range for every band, e.g. `range:0,3000` for Sentinel-2 reflectance.
     Range(f64, f64),
@@ -178,44 +181,59 @@ fn min_max(scene: &Scene, band: usize) -> Result<(f64, f64)> {
     Ok((mm.min, mm.max))
 }
 
-/// Percentiles from GDAL's approximate histogram (nodata excluded). Integer bands use one
-/// bucket per value when the range allows, so results are exact values of the data.
+/// Longest side of the decimated view statistics are computed from.
+const STATS_VIEW: usize = 1024;
+
+/// Percentiles of the valid pixels of a decimated view of the band (at most
+/// [`STATS_VIEW`] pixels on a side, nearest neighbour, so overviews are used where present).
+/// Computed here rather than with GDAL's histogram, which would leave an `.aux.xml` file next
+/// to the user's scene.
 fn percentiles(scene: &Scene, band: usize, p_lo: f64, p_hi: f64) -> Result<(f64, f64)> {
-    let (min, max) = min_max(scene, band)?;
-    if max <= min {
-        return Ok((min, max));
-    }
-    let b = scene
-        .dataset()
-        .rasterband(band)
-        .map_err(|e| stats_err(scene, band, &e))?;
-    let integer = !matches!(b.band_type(), GdalDataType::Float32 | GdalDataType::Float64);
-    let (lo, hi, n) = if integer && max - min < 65_536.0 {
-        (min - 0.5, max + 0.5, (max - min) as usize + 1)
-    } else {
-        (min, max, 4096)
+    let (w, h) = (scene.width(), scene.height());
+    let k = (w.max(h) as f64 / STATS_VIEW as f64).max(1.0);
+    let (out_w, out_h) = (
+        ((w as f64 / k).round() as usize).max(1),
+        ((h as f64 / k).round() as usize).max(1),
+    );
+    let reader = WindowReader::new(scene, &BandMapping::new(vec![band]), Resampling::Nearest)?;
+    let req = WindowRequest {
+        x: 0.0,
+        y: 0.0,
+        w: w as f64,
+        h: h as f64,
+        out_w,
+        out_h,
     };
-    let hist = b
-        .histogram(lo, hi, n, true, true)
-        .map_err(|e| stats_err(scene, band, &e))?;
-    let counts = hist.counts();
-    let total: u64 = counts.iter().sum();
-    if total == 0 {
-        return Ok((min, max));
-    }
-    let width = (hi - lo) / n as f64;
-    let at = |p: f64| -> f64 {
-        let target = (p / 100.0 * total as f64).max(1.0);
-        let mut cum = 0u64;
-        for (i, &c) in counts.iter().enumerate() {
-            cum += c;
-            if cum as f64 >= target {
-                return lo + (i as f64 + 0.5) * width;
-            }
-        }
-        max
+    let place = Placement {
+        offset: 0,
+        line_stride: out_w,
+        band_stride: out_w * out_h,
     };
-    Ok((at(p_lo), at(p_hi)))
+    let mut values = vec![0f64; out_w * out_h];
+    reader.read_into(&req, &mut values, &place)?;
+    let mut valid = vec![0u8; out_w * out_h];
+    reader.read_valid(&req, &mut valid, &place)?;
+    let mut kept: Vec<f64> = values
+        .into_iter()
+        .zip(valid)
+        .filter(|(v, ok)| *ok != 0 && v.is_finite())
+        .map(|(v, _)| v)
+        .collect();
+    if kept.is_empty() {
+        return Err(RasterError::Statistics {
+            path: scene.path().into(),
+            band,
+            reason: "no valid pixels".into(),
+        });
+    }
+    kept.sort_by(f64::total_cmp);
+    Ok((percentile(&kept, p_lo), percentile(&kept, p_hi)))
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 #[cfg(test)]
@@ -254,6 +272,16 @@ mod tests {
         let mut v = [0.0, 100.0, 200.0, 300.0, 1000.0];
         s.apply(0, &mut v);
         assert_eq!(v, [0.0, 0.0, 0.5, 1.0, 1.0]);
+    }
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 2.0), 2.0);
+        assert_eq!(percentile(&v, 98.0), 98.0);
+        assert_eq!(percentile(&v, 0.0), 1.0);
+        assert_eq!(percentile(&v, 100.0), 100.0);
+        assert_eq!(percentile(&[5.0], 50.0), 5.0);
     }
 
     #[test]
