@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job on bundled sample data (run by `make demo` after `make setup` and a release build).
-# Today: describe the sample scene and cut it into georeferenced tiles; model stages are added
-# by later work.
+# The main job on bundled sample data (run by `make demo` after `make setup` and a release build):
+# describe the sample Sentinel-2 scene, tile it, and classify its land cover with the bundled
+# CLIP model. That model is tiny and randomly initialised (so the demo runs anywhere, offline):
+# its labels are meaningless. Export real CLIP weights with tools/export (see README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-demo-output}
@@ -24,4 +25,11 @@ echo "== tessera tiles: the full Sentinel-2 scene read at 20 m, as a Shapefile"
 $T tiles "$FULL" --tile-size 224 --overlap 32 --target-gsd 20 --edge shift \
   --out "$OUT/sentinel2_tiles_20m.shp" --overwrite
 echo
-echo "Outputs in $OUT/ (open the .gpkg/.shp and the chips in QGIS)."
+echo "== tessera classify: zero-shot land cover of the sample scene (true colour, 10 m read at 20 m)"
+echo "   NOTE: sample_data/models/clip-tiny has UNTRAINED random weights: the labels below are"
+echo "   meaningless; the run shows the pipeline and its outputs, not a real answer."
+$T classify "$SCENE" --model sample_data/models/clip-tiny \
+  --labels "forest,water,farmland,urban area,bare soil" --bands 1,2,3 --scale percentile:2,98 \
+  --target-gsd 20 --overlap 16 --out "$OUT/classify" --overwrite
+echo
+echo "Outputs in $OUT/ (open the .gpkg/.shp, the chips and classify/*.tif in QGIS)."
