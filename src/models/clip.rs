@@ -263,7 +263,7 @@ fn names(specs: &[crate::runtime::TensorSpec]) -> String {
     }
 }
 
-fn load_tokenizer(path: &Path) -> Result<tokenizers::Tokenizer, ModelError> {
+pub(crate) fn load_tokenizer(path: &Path) -> Result<tokenizers::Tokenizer, ModelError> {
     let err = |reason: String| ModelError::Tokenizer {
         path: path.display().to_string(),
         reason,

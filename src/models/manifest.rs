@@ -6,8 +6,11 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
-    /// Model family: `clip`.
+    /// Model family: `clip` or `image-text-decoder`.
     pub family: String,
+    /// Informative: `blip2-opt`, `llava-llama`, ...
+    #[serde(default)]
+    pub architecture: Option<String>,
     pub name: String,
     /// False for randomly initialised test models: their answers mean nothing.
     #[serde(default)]
@@ -19,6 +22,90 @@ pub struct Manifest {
     pub preprocess: Option<Preprocess>,
     pub tokenizer: Option<TokenizerSpec>,
     pub scores: Option<Scores>,
+    pub embed: Option<EmbedSpec>,
+    pub decoder: Option<DecoderSpec>,
+    pub prompt: Option<PromptSpec>,
+    pub generation: Option<GenerationSpec>,
+}
+
+/// The token-embedding graph of a decoder model.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EmbedSpec {
+    pub onnx: String,
+    /// int64 `[B, T]`.
+    pub input: String,
+    /// float32 `[B, T, H]`.
+    pub output: String,
+}
+
+/// The language decoder graph: one merged graph taking a (possibly empty) past.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DecoderSpec {
+    pub onnx: String,
+    pub inputs_embeds: String,
+    pub attention_mask: String,
+    #[serde(default)]
+    pub position_ids: Option<String>,
+    pub logits: String,
+    /// Input and output name patterns, `{i}` standing for the layer index.
+    pub past_key: String,
+    pub past_value: String,
+    pub present_key: String,
+    pub present_value: String,
+    pub layers: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    #[serde(default)]
+    pub hidden: Option<usize>,
+    #[serde(default)]
+    pub vocab: Option<usize>,
+}
+
+/// How the decoder's input is assembled from the image and the user's prompt.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PromptSpec {
+    /// `{image}` becomes the image tokens, `{prompt}` the user's prompt.
+    pub template: String,
+    pub image_token: String,
+    pub image_token_id: u32,
+    /// Tokenize with the tokenizer's special tokens (BOS) added.
+    #[serde(default = "yes")]
+    pub add_bos: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Default generation settings.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GenerationSpec {
+    #[serde(default = "default_max_new_tokens")]
+    pub max_new_tokens: usize,
+    #[serde(default)]
+    pub min_new_tokens: usize,
+    #[serde(default = "one")]
+    pub num_beams: usize,
+    #[serde(default = "one_f")]
+    pub repetition_penalty: f32,
+    #[serde(default = "one_f")]
+    pub length_penalty: f32,
+}
+
+fn default_max_new_tokens() -> usize {
+    30
+}
+
+fn one() -> usize {
+    1
+}
+
+fn one_f() -> f32 {
+    1.0
 }
 
 /// The image encoder graph.
@@ -30,6 +117,9 @@ pub struct ImageSpec {
     pub input: String,
     /// float32 `[B, D]`.
     pub output: String,
+    /// Image tokens per image (decoder models: the prefix length).
+    #[serde(default)]
+    pub tokens: Option<usize>,
 }
 
 /// The text encoder graph.
@@ -74,6 +164,8 @@ fn default_value_range() -> f32 {
 #[serde(deny_unknown_fields)]
 pub struct TokenizerSpec {
     pub file: String,
+    /// Text encoders: pad/truncate to this length (0: not used).
+    #[serde(default)]
     pub context_length: usize,
     pub pad_token_id: u32,
     #[serde(default)]

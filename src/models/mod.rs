@@ -6,9 +6,13 @@
 //! ([`clip`] today). [`check_package`] validates a package and reports every problem at once.
 
 pub mod clip;
+pub mod decoder;
 mod manifest;
 
-pub use manifest::{ImageSpec, Manifest, Preprocess, Scores, TextSpec, TokenizerSpec};
+pub use manifest::{
+    DecoderSpec, EmbedSpec, GenerationSpec, ImageSpec, Manifest, Preprocess, PromptSpec, Scores,
+    TextSpec, TokenizerSpec,
+};
 
 use std::path::{Path, PathBuf};
 
@@ -117,6 +121,9 @@ pub fn check_package(runtime: &Runtime, dir: &Path) -> Vec<String> {
     };
     match package.manifest.family.as_str() {
         "clip" => clip::check(runtime, &package),
-        other => vec![format!("unknown model family '{other}' (known: clip)")],
+        "image-text-decoder" => decoder::check(runtime, &package),
+        other => vec![format!(
+            "unknown model family '{other}' (known: clip, image-text-decoder)"
+        )],
     }
 }

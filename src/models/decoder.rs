@@ -1,0 +1,960 @@
+//! Image-conditioned language decoders: BLIP-2 (Li et al. 2023, "BLIP-2: Bootstrapping
+//! Language-Image Pre-training with Frozen Image Encoders and Large Language Models"; Hugging
+//! Face `Blip2ForConditionalGeneration`) and LLaVA-style models (Liu et al. 2023, "Visual
+//! Instruction Tuning"; `LlavaForConditionalGeneration`) through one generic runner.
+//!
+//! A package has three graphs: `image_prefix` (pixels `[B, 3, S, S]` -> image tokens
+//! `[B, P, H]`: vision encoder, Q-Former or projector), `embed_tokens` (ids `[B, T]` ->
+//! `[B, T, H]`) and one merged `decoder` (embeddings, attention mask, position ids and a
+//! possibly empty past -> logits and the new past). The prompt template places `P` image
+//! tokens; their embedding rows are replaced by the image prefix. Everything model-specific
+//! lives in the manifest.
+//!
+//! Decoding reproduces Hugging Face `generate` (transformers 5): greedy search and beam search
+//! (`_beam_search`: log-softmax, logits processors on log-probabilities, top `2 * beams`
+//! continuations, finished hypotheses scored by `sum_logprobs / new_len ^ length_penalty`,
+//! the `early_stopping=False` heuristic), repetition penalty and `min_new_tokens`, left padding
+//! for batches. The key/value cache stays in ONNX Runtime values between steps; beams are
+//! reordered by a small Gather graph, not through host memory.
+
+use std::path::Path;
+
+use ndarray::{Array2, Array3, ArrayView4};
+use ort::session::Session;
+use ort::value::{DynValue, Tensor, TensorRef};
+
+use super::manifest::{
+    DecoderSpec, EmbedSpec, GenerationSpec, ImageSpec, Preprocess, PromptSpec, TokenizerSpec,
+};
+use super::{ModelError, ModelPackage};
+use crate::runtime::{create_session, ModelSession, Runtime, RuntimeError, SessionOptions};
+
+/// A Gather along axis 0 (`y = x[idx]`), used to reorder key/value caches between beams.
+static BEAM_REORDER_ONNX: &[u8] = include_bytes!("beam_reorder.onnx");
+
+/// Decoding settings.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct GenerationParams {
+    pub max_new_tokens: usize,
+    pub min_new_tokens: usize,
+    pub num_beams: usize,
+    pub repetition_penalty: f32,
+    pub length_penalty: f32,
+}
+
+impl From<&GenerationSpec> for GenerationParams {
+    fn from(g: &GenerationSpec) -> Self {
+        GenerationParams {
+            max_new_tokens: g.max_new_tokens,
+            min_new_tokens: g.min_new_tokens,
+            num_beams: g.num_beams,
+            repetition_penalty: g.repetition_penalty,
+            length_penalty: g.length_penalty,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct DecoderConfig {
+    image: ImageSpec,
+    tokens: usize,
+    embed: EmbedSpec,
+    decoder: DecoderSpec,
+    prompt: PromptSpec,
+    pre: Preprocess,
+    tok: TokenizerSpec,
+    generation: GenerationSpec,
+}
+
+fn config(package: &ModelPackage) -> Result<DecoderConfig, Vec<String>> {
+    let m = &package.manifest;
+    let mut missing = Vec::new();
+    for (present, name) in [
+        (m.image.is_some(), "[image]"),
+        (m.embed.is_some(), "[embed]"),
+        (m.decoder.is_some(), "[decoder]"),
+        (m.prompt.is_some(), "[prompt]"),
+        (m.preprocess.is_some(), "[preprocess]"),
+        (m.tokenizer.is_some(), "[tokenizer]"),
+    ] {
+        if !present {
+            missing.push(format!(
+                "an image-text-decoder manifest needs a {name} section"
+            ));
+        }
+    }
+    let tokens = m.image.as_ref().and_then(|i| i.tokens);
+    if m.image.is_some() && tokens.is_none() {
+        missing.push("image.tokens (image tokens per image) is required".into());
+    }
+    match (
+        &m.image,
+        &m.embed,
+        &m.decoder,
+        &m.prompt,
+        &m.preprocess,
+        &m.tokenizer,
+        tokens,
+    ) {
+        (
+            Some(image),
+            Some(embed),
+            Some(decoder),
+            Some(prompt),
+            Some(pre),
+            Some(tok),
+            Some(tokens),
+        ) if missing.is_empty() => Ok(DecoderConfig {
+            image: image.clone(),
+            tokens,
+            embed: embed.clone(),
+            decoder: decoder.clone(),
+            prompt: prompt.clone(),
+            pre: pre.clone(),
+            tok: tok.clone(),
+            generation: m.generation.clone().unwrap_or(GenerationSpec {
+                max_new_tokens: 30,
+                min_new_tokens: 0,
+                num_beams: 1,
+                repetition_penalty: 1.0,
+                length_penalty: 1.0,
+            }),
+        }),
+        _ => Err(missing),
+    }
+}
+
+fn layer_name(pattern: &str, i: usize) -> String {
+    pattern.replace("{i}", &i.to_string())
+}
+
+/// Every problem with a decoder package (graphs loaded on the CPU).
+pub fn check(runtime: &Runtime, package: &ModelPackage) -> Vec<String> {
+    let cfg = match config(package) {
+        Ok(c) => c,
+        Err(p) => return p,
+    };
+    let o = SessionOptions::default();
+    let image =
+        create_session(runtime, &package.file(&cfg.image.onnx), &o).map_err(|e| e.to_string());
+    let embed =
+        create_session(runtime, &package.file(&cfg.embed.onnx), &o).map_err(|e| e.to_string());
+    let decoder =
+        create_session(runtime, &package.file(&cfg.decoder.onnx), &o).map_err(|e| e.to_string());
+    let tokenizer =
+        super::clip::load_tokenizer(&package.file(&cfg.tok.file)).map_err(|e| e.to_string());
+    validate(
+        &cfg,
+        image.as_ref(),
+        embed.as_ref(),
+        decoder.as_ref(),
+        tokenizer.as_ref(),
+    )
+}
+
+fn validate(
+    cfg: &DecoderConfig,
+    image: Result<&ModelSession, &String>,
+    embed: Result<&ModelSession, &String>,
+    decoder: Result<&ModelSession, &String>,
+    tokenizer: Result<&tokenizers::Tokenizer, &String>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut need = |what: &str,
+                    s: Result<&ModelSession, &String>,
+                    inputs: &[String],
+                    outputs: &[String]| match s {
+        Err(e) => problems.push(format!("{what}: {e}")),
+        Ok(s) => {
+            let (have_in, have_out) = (s.inputs(), s.outputs());
+            for n in inputs {
+                if !have_in.iter().any(|i| &i.name == n) {
+                    let names: Vec<&str> = have_in.iter().map(|i| i.name.as_str()).collect();
+                    problems.push(format!(
+                        "{what} has no input '{n}' (it has {})",
+                        names.join(", ")
+                    ));
+                }
+            }
+            for n in outputs {
+                if !have_out.iter().any(|i| &i.name == n) {
+                    let names: Vec<&str> = have_out.iter().map(|i| i.name.as_str()).collect();
+                    problems.push(format!(
+                        "{what} has no output '{n}' (it has {})",
+                        names.join(", ")
+                    ));
+                }
+            }
+        }
+    };
+    need(
+        "image prefix",
+        image,
+        std::slice::from_ref(&cfg.image.input),
+        std::slice::from_ref(&cfg.image.output),
+    );
+    need(
+        "token embedding",
+        embed,
+        std::slice::from_ref(&cfg.embed.input),
+        std::slice::from_ref(&cfg.embed.output),
+    );
+    let d = &cfg.decoder;
+    let mut ins = vec![d.inputs_embeds.clone(), d.attention_mask.clone()];
+    ins.extend(d.position_ids.clone());
+    let mut outs = vec![d.logits.clone()];
+    for i in 0..d.layers {
+        ins.push(layer_name(&d.past_key, i));
+        ins.push(layer_name(&d.past_value, i));
+        outs.push(layer_name(&d.present_key, i));
+        outs.push(layer_name(&d.present_value, i));
+    }
+    need("decoder", decoder, &ins, &outs);
+    if let Ok(s) = decoder {
+        let extra: Vec<String> = s
+            .inputs()
+            .into_iter()
+            .filter(|i| !ins.contains(&i.name))
+            .map(|i| i.name)
+            .collect();
+        if !extra.is_empty() {
+            problems.push(format!(
+                "decoder inputs {} are not in the manifest (missing past-key-value layers? decoder.layers = {})",
+                extra.join(", "),
+                d.layers
+            ));
+        }
+    }
+    match tokenizer {
+        Err(e) => problems.push(e.clone()),
+        Ok(t) => {
+            let vocab = t.get_vocab_size(true) as u32;
+            match t.token_to_id(&cfg.prompt.image_token) {
+                Some(id) if id == cfg.prompt.image_token_id => {}
+                Some(id) => problems.push(format!(
+                    "prompt.image_token_id is {} but the tokenizer maps '{}' to {id}",
+                    cfg.prompt.image_token_id, cfg.prompt.image_token
+                )),
+                None => problems.push(format!(
+                    "the tokenizer has no image token '{}' (prompt.image_token)",
+                    cfg.prompt.image_token
+                )),
+            }
+            for (what, id) in [
+                ("eos_token_id", Some(cfg.tok.eos_token_id)),
+                ("pad_token_id", Some(cfg.tok.pad_token_id)),
+                ("bos_token_id", cfg.tok.bos_token_id),
+            ] {
+                if let Some(id) = id {
+                    if id >= vocab {
+                        problems.push(format!(
+                            "tokenizer.{what} {id} is outside the vocabulary of {vocab} tokens"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    if !cfg.prompt.template.contains("{image}") {
+        problems.push("prompt.template must contain {image}".into());
+    }
+    if cfg.generation.num_beams == 0 {
+        problems.push("generation.num_beams must be at least 1".into());
+    }
+    problems
+}
+
+/// A loaded image-text decoder.
+pub struct DecoderModel {
+    package: ModelPackage,
+    cfg: DecoderConfig,
+    image: ModelSession,
+    embed: ModelSession,
+    decoder: ModelSession,
+    reorder: Session,
+    tokenizer: tokenizers::Tokenizer,
+}
+
+impl std::fmt::Debug for DecoderModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecoderModel")
+            .field("dir", &self.package.dir)
+            .finish()
+    }
+}
+
+fn run_err(path: &Path, e: impl std::fmt::Display) -> ModelError {
+    ModelError::Runtime(RuntimeError::Run {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Per-row key/value caches, one pair per layer, kept as ONNX Runtime values.
+struct Cache {
+    keys: Vec<DynValue>,
+    values: Vec<DynValue>,
+}
+
+impl DecoderModel {
+    /// Load and validate the package in `dir`.
+    ///
+    /// # Errors
+    /// Any problem [`check`] finds, or the device's provider failing to load.
+    pub fn load(
+        runtime: &Runtime,
+        dir: &Path,
+        options: &SessionOptions,
+    ) -> Result<DecoderModel, ModelError> {
+        let package = ModelPackage::load(dir)?;
+        if package.manifest.family != "image-text-decoder" {
+            return Err(ModelError::Package {
+                path: dir.display().to_string(),
+                reason: format!(
+                    "family '{}' is not an image-text-decoder model",
+                    package.manifest.family
+                ),
+            });
+        }
+        let invalid = |problems| ModelError::Invalid {
+            path: dir.display().to_string(),
+            problems,
+        };
+        let cfg = config(&package).map_err(invalid)?;
+        let image = package.session(runtime, &cfg.image.onnx, options);
+        if let Err(e @ ModelError::Runtime(RuntimeError::Provider { .. })) = image {
+            return Err(e);
+        }
+        let image = image.map_err(|e| e.to_string());
+        let embed = package
+            .session(runtime, &cfg.embed.onnx, options)
+            .map_err(|e| e.to_string());
+        let decoder = package
+            .session(runtime, &cfg.decoder.onnx, options)
+            .map_err(|e| e.to_string());
+        let tokenizer =
+            super::clip::load_tokenizer(&package.file(&cfg.tok.file)).map_err(|e| e.to_string());
+        let problems = validate(
+            &cfg,
+            image.as_ref(),
+            embed.as_ref(),
+            decoder.as_ref(),
+            tokenizer.as_ref(),
+        );
+        let (Ok(image), Ok(embed), Ok(decoder), Ok(tokenizer), true) =
+            (image, embed, decoder, tokenizer, problems.is_empty())
+        else {
+            return Err(invalid(problems));
+        };
+        let reorder = Session::builder(runtime.environment())
+            .and_then(|mut b| b.commit_from_memory(BEAM_REORDER_ONNX))
+            .map_err(|e| run_err(dir, e))?;
+        Ok(DecoderModel {
+            package,
+            cfg,
+            image,
+            embed,
+            decoder,
+            reorder,
+            tokenizer,
+        })
+    }
+
+    pub fn package(&self) -> &ModelPackage {
+        &self.package
+    }
+
+    pub fn input_size(&self) -> usize {
+        self.cfg.pre.size
+    }
+
+    /// The manifest's default generation settings.
+    pub fn default_params(&self) -> GenerationParams {
+        GenerationParams::from(&self.cfg.generation)
+    }
+
+    /// The model's pixel normalisation.
+    pub fn normalizer(&self) -> super::clip::Normalizer {
+        let p = &self.cfg.pre;
+        super::clip::Normalizer {
+            mean: [p.mean[0], p.mean[1], p.mean[2]],
+            inv_std: [1.0 / p.std[0], 1.0 / p.std[1], 1.0 / p.std[2]],
+            bgr: p.channel_order == "bgr",
+        }
+    }
+
+    pub fn provider(&self) -> (&'static str, Option<&str>) {
+        (self.decoder.provider, self.decoder.fallback.as_deref())
+    }
+
+    /// Token ids for one prompt: the template with `P` image tokens and the prompt, tokenized.
+    ///
+    /// # Errors
+    /// Tokenizer failure, or a tokenization that does not keep exactly `P` image tokens.
+    pub fn prompt_ids(&self, prompt: &str) -> Result<Vec<i64>, ModelError> {
+        let image = self.cfg.prompt.image_token.repeat(self.cfg.tokens);
+        let text = self
+            .cfg
+            .prompt
+            .template
+            .replace("{image}", &image)
+            .replace("{prompt}", prompt);
+        let tok_path = self.package.file(&self.cfg.tok.file).display().to_string();
+        let enc = self
+            .tokenizer
+            .encode(text.as_str(), self.cfg.prompt.add_bos)
+            .map_err(|e| ModelError::Tokenizer {
+                path: tok_path.clone(),
+                reason: e.to_string(),
+            })?;
+        let ids: Vec<i64> = enc.get_ids().iter().map(|&i| i64::from(i)).collect();
+        let n = ids
+            .iter()
+            .filter(|&&i| i == i64::from(self.cfg.prompt.image_token_id))
+            .count();
+        if n != self.cfg.tokens {
+            return Err(ModelError::Tokenizer {
+                path: tok_path,
+                reason: format!(
+                    "the prompt holds {n} image tokens after tokenization, the model needs {} (does the prompt contain '{}'?)",
+                    self.cfg.tokens, self.cfg.prompt.image_token
+                ),
+            });
+        }
+        Ok(ids)
+    }
+
+    /// Decode token ids to text (special tokens skipped).
+    ///
+    /// # Errors
+    /// Tokenizer failure.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, ModelError> {
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| ModelError::Tokenizer {
+                path: self.package.file(&self.cfg.tok.file).display().to_string(),
+                reason: e.to_string(),
+            })
+    }
+
+    fn image_prefix(&mut self, pixels: ArrayView4<'_, f32>) -> Result<Array3<f32>, ModelError> {
+        let path = self.image.path.clone();
+        let input = TensorRef::from_array_view(pixels).map_err(|e| run_err(&path, e))?;
+        let out = self
+            .image
+            .session
+            .run(ort::inputs![self.cfg.image.input.as_str() => input])
+            .map_err(|e| run_err(&path, e))?;
+        let a = out[self.cfg.image.output.as_str()]
+            .try_extract_array::<f32>()
+            .map_err(|e| run_err(&path, e))?;
+        let a = a
+            .into_dimensionality::<ndarray::Ix3>()
+            .map_err(|e| run_err(&path, e))?
+            .to_owned();
+        if a.shape()[1] != self.cfg.tokens {
+            return Err(run_err(
+                &path,
+                format!(
+                    "image prefix has {} tokens, manifest says {}",
+                    a.shape()[1],
+                    self.cfg.tokens
+                ),
+            ));
+        }
+        Ok(a)
+    }
+
+    fn embed_tokens(&mut self, ids: &Array2<i64>) -> Result<Array3<f32>, ModelError> {
+        let path = self.embed.path.clone();
+        let input = TensorRef::from_array_view(ids.view()).map_err(|e| run_err(&path, e))?;
+        let out = self
+            .embed
+            .session
+            .run(ort::inputs![self.cfg.embed.input.as_str() => input])
+            .map_err(|e| run_err(&path, e))?;
+        let a = out[self.cfg.embed.output.as_str()]
+            .try_extract_array::<f32>()
+            .map_err(|e| run_err(&path, e))?;
+        Ok(a.into_dimensionality::<ndarray::Ix3>()
+            .map_err(|e| run_err(&path, e))?
+            .to_owned())
+    }
+
+    /// One decoder call: returns the last position's logits `[rows, V]` and the new cache.
+    fn step(
+        &mut self,
+        embeds: &Array3<f32>,
+        mask: &Array2<i64>,
+        positions: &Array2<i64>,
+        past: Option<&Cache>,
+    ) -> Result<(Array2<f32>, Cache), ModelError> {
+        let d = self.cfg.decoder.clone();
+        let path = self.decoder.path.clone();
+        let rows = embeds.shape()[0];
+        let empty: Option<Tensor<f32>> = match past {
+            Some(_) => None,
+            None => Some(
+                Tensor::from_array(([rows, d.kv_heads, 0, d.head_dim], Vec::<f32>::new()))
+                    .map_err(|e| run_err(&path, e))?,
+            ),
+        };
+        let mut inputs = ort::inputs![
+            d.inputs_embeds.as_str() => TensorRef::from_array_view(embeds.view()).map_err(|e| run_err(&path, e))?,
+            d.attention_mask.as_str() => TensorRef::from_array_view(mask.view()).map_err(|e| run_err(&path, e))?,
+        ];
+        if let Some(p) = &d.position_ids {
+            inputs.push((
+                p.as_str().into(),
+                TensorRef::from_array_view(positions.view())
+                    .map_err(|e| run_err(&path, e))?
+                    .into(),
+            ));
+        }
+        for i in 0..d.layers {
+            let (k, v) = match (past, &empty) {
+                (Some(c), _) => ((&c.keys[i]).into(), (&c.values[i]).into()),
+                (None, Some(e)) => (e.into(), e.into()),
+                (None, None) => return Err(run_err(&path, "no past")),
+            };
+            inputs.push((layer_name(&d.past_key, i).into(), k));
+            inputs.push((layer_name(&d.past_value, i).into(), v));
+        }
+        let mut out = self
+            .decoder
+            .session
+            .run(inputs)
+            .map_err(|e| run_err(&path, e))?;
+        let logits = out[d.logits.as_str()]
+            .try_extract_array::<f32>()
+            .map_err(|e| run_err(&path, e))?;
+        let t = logits.shape()[1];
+        let last = logits.slice(ndarray::s![.., t - 1, ..]).to_owned();
+        let mut keys = Vec::with_capacity(d.layers);
+        let mut values = Vec::with_capacity(d.layers);
+        for i in 0..d.layers {
+            keys.push(
+                out.remove(layer_name(&d.present_key, i))
+                    .ok_or_else(|| run_err(&path, "missing present key"))?,
+            );
+            values.push(
+                out.remove(layer_name(&d.present_value, i))
+                    .ok_or_else(|| run_err(&path, "missing present value"))?,
+            );
+        }
+        Ok((last, Cache { keys, values }))
+    }
+
+    /// Reorder cache rows: row `r` of the result is row `idx[r]` of `cache`.
+    fn reorder(&mut self, cache: Cache, idx: &[i64]) -> Result<Cache, ModelError> {
+        let path = self.decoder.path.clone();
+        let idx = Tensor::from_array(([idx.len()], idx.to_vec())).map_err(|e| run_err(&path, e))?;
+        let mut gather = |v: &DynValue| -> Result<DynValue, ModelError> {
+            let mut out = self
+                .reorder
+                .run(ort::inputs!["x" => v, "idx" => &idx])
+                .map_err(|e| run_err(&path, e))?;
+            out.remove("y")
+                .ok_or_else(|| run_err(&path, "reorder produced nothing"))
+        };
+        let keys = cache
+            .keys
+            .iter()
+            .map(&mut gather)
+            .collect::<Result<Vec<_>, _>>()?;
+        let values = cache
+            .values
+            .iter()
+            .map(&mut gather)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Cache { keys, values })
+    }
+
+    /// Generate continuations for a batch: image `b` with prompt `b`. Returns the new token
+    /// ids of each item, ending with the end token when one was produced.
+    ///
+    /// # Errors
+    /// Mismatched batch sizes, tokenizer or inference failure.
+    pub fn generate(
+        &mut self,
+        pixels: ArrayView4<'_, f32>,
+        prompts: &[String],
+        params: &GenerationParams,
+    ) -> Result<Vec<Vec<u32>>, ModelError> {
+        let b = prompts.len();
+        let path = self.decoder.path.clone();
+        if pixels.shape()[0] != b {
+            return Err(ModelError::Input {
+                path: path.display().to_string(),
+                reason: format!("{} images for {b} prompts", pixels.shape()[0]),
+            });
+        }
+        if params.num_beams == 0 || params.max_new_tokens == 0 {
+            return Err(ModelError::Input {
+                path: path.display().to_string(),
+                reason: "num_beams and max_new_tokens must be at least 1".into(),
+            });
+        }
+        // Left-padded prompt ids and mask, as Hugging Face pads decoder-only batches.
+        let ids: Vec<Vec<i64>> = prompts
+            .iter()
+            .map(|p| self.prompt_ids(p))
+            .collect::<Result<_, _>>()?;
+        let len = ids.iter().map(Vec::len).max().unwrap_or(0);
+        let pad = i64::from(self.cfg.tok.pad_token_id);
+        let mut id_arr = Array2::<i64>::from_elem((b, len), pad);
+        let mut mask = Array2::<i64>::zeros((b, len));
+        for (r, row) in ids.iter().enumerate() {
+            let off = len - row.len();
+            for (k, &t) in row.iter().enumerate() {
+                id_arr[[r, off + k]] = t;
+                mask[[r, off + k]] = 1;
+            }
+        }
+        let mut embeds = self.embed_tokens(&id_arr)?;
+        let prefix = self.image_prefix(pixels)?;
+        let image_id = i64::from(self.cfg.prompt.image_token_id);
+        for r in 0..b {
+            let mut k = 0;
+            for t in 0..len {
+                if id_arr[[r, t]] == image_id {
+                    embeds
+                        .slice_mut(ndarray::s![r, t, ..])
+                        .assign(&prefix.slice(ndarray::s![r, k, ..]));
+                    k += 1;
+                }
+            }
+        }
+        let nb = params.num_beams;
+        // Expand every row `nb` times (beam search runs on `b * nb` rows).
+        let rows = b * nb;
+        let expand = |a: &Array2<i64>| -> Array2<i64> {
+            let mut out = Array2::<i64>::zeros((rows, a.ncols()));
+            for r in 0..rows {
+                out.row_mut(r).assign(&a.row(r / nb));
+            }
+            out
+        };
+        let seqs0 = expand(&id_arr);
+        let mask0 = expand(&mask);
+        let mut emb0 = Array3::<f32>::zeros((rows, len, embeds.shape()[2]));
+        for r in 0..rows {
+            emb0.slice_mut(ndarray::s![r, .., ..])
+                .assign(&embeds.slice(ndarray::s![r / nb, .., ..]));
+        }
+        let positions0 = positions(&mask0);
+        let (logits, cache) = self.step(&emb0, &mask0, &positions0, None)?;
+        let state = DecodeState {
+            seqs: seqs0.outer_iter().map(|r| r.to_vec()).collect(),
+            mask: mask0,
+            last_pos: positions0.column(len - 1).to_vec(),
+            prompt_len: len,
+        };
+        if nb == 1 {
+            self.greedy(state, logits, cache, params)
+        } else {
+            self.beam(state, logits, cache, params, b)
+        }
+    }
+
+    fn next_inputs(
+        &mut self,
+        state: &mut DecodeState,
+        tokens: &[i64],
+    ) -> Result<(Array3<f32>, Array2<i64>), ModelError> {
+        let rows = tokens.len();
+        let ids = Array2::from_shape_vec((rows, 1), tokens.to_vec())
+            .map_err(|e| run_err(&self.decoder.path.clone(), e))?;
+        let emb = self.embed_tokens(&ids)?;
+        let ones = Array2::<i64>::ones((rows, 1));
+        state.mask = ndarray::concatenate![ndarray::Axis(1), state.mask, ones];
+        let mut pos = Array2::<i64>::zeros((rows, 1));
+        for r in 0..rows {
+            state.last_pos[r] += 1;
+            pos[[r, 0]] = state.last_pos[r];
+        }
+        Ok((emb, pos))
+    }
+
+    fn process(
+        &self,
+        scores: &mut [f32],
+        seq: &[i64],
+        generated: usize,
+        params: &GenerationParams,
+    ) {
+        // Hugging Face's order: repetition penalty, then min_new_tokens.
+        if params.repetition_penalty != 1.0 {
+            let p = params.repetition_penalty;
+            let mut seen = std::collections::BTreeSet::new();
+            for &t in seq {
+                if t >= 0 && (t as usize) < scores.len() && seen.insert(t) {
+                    let s = &mut scores[t as usize];
+                    *s = if *s < 0.0 { *s * p } else { *s / p };
+                }
+            }
+        }
+        if generated < params.min_new_tokens {
+            if let Some(s) = scores.get_mut(self.cfg.tok.eos_token_id as usize) {
+                *s = f32::NEG_INFINITY;
+            }
+        }
+    }
+
+    fn greedy(
+        &mut self,
+        mut state: DecodeState,
+        mut logits: Array2<f32>,
+        mut cache: Cache,
+        params: &GenerationParams,
+    ) -> Result<Vec<Vec<u32>>, ModelError> {
+        let rows = state.seqs.len();
+        let eos = i64::from(self.cfg.tok.eos_token_id);
+        let pad = i64::from(self.cfg.tok.pad_token_id);
+        let mut unfinished = vec![true; rows];
+        for step in 0..params.max_new_tokens {
+            let mut next = vec![pad; rows];
+            for r in 0..rows {
+                let mut scores = logits.row(r).to_vec();
+                self.process(&mut scores, &state.seqs[r], step, params);
+                let best = argmax(&scores) as i64;
+                next[r] = if unfinished[r] { best } else { pad };
+                state.seqs[r].push(next[r]);
+                if next[r] == eos {
+                    unfinished[r] = false;
+                }
+            }
+            if !unfinished.iter().any(|&u| u) || step + 1 == params.max_new_tokens {
+                break;
+            }
+            let (emb, pos) = self.next_inputs(&mut state, &next)?;
+            let (l, c) = self.step(&emb, &state.mask, &pos, Some(&cache))?;
+            logits = l;
+            cache = c;
+        }
+        Ok(state
+            .seqs
+            .iter()
+            .map(|s| new_tokens(&s[state.prompt_len..], eos))
+            .collect())
+    }
+
+    fn beam(
+        &mut self,
+        mut state: DecodeState,
+        mut logits: Array2<f32>,
+        mut cache: Cache,
+        params: &GenerationParams,
+        batch: usize,
+    ) -> Result<Vec<Vec<u32>>, ModelError> {
+        let nb = params.num_beams;
+        let eos = i64::from(self.cfg.tok.eos_token_id);
+        let keep = 2 * nb; // max(2, 1 + one eos token) * beams
+        let prompt_len = state.prompt_len;
+        let max_length = prompt_len + params.max_new_tokens;
+        let lp = params.length_penalty;
+        let mut running_scores: Vec<f32> = (0..batch * nb)
+            .map(|r| if r % nb == 0 { 0.0 } else { -1e9 })
+            .collect();
+        let mut fin_seqs: Vec<Vec<i64>> = state.seqs.clone();
+        let mut fin_scores = vec![-1e9f32; batch * nb];
+        let mut fin_done = vec![false; batch * nb];
+        let mut unsatisfied = vec![true; batch];
+        let mut cur_len = prompt_len;
+        loop {
+            let vocab = logits.ncols();
+            let mut cands: Vec<Vec<(f32, usize, i64)>> = Vec::with_capacity(batch);
+            for i in 0..batch {
+                let mut acc: Vec<f32> = Vec::with_capacity(nb * vocab);
+                for k in 0..nb {
+                    let r = i * nb + k;
+                    let mut lp_row =
+                        log_softmax(logits.row(r).as_slice().unwrap_or(&logits.row(r).to_vec()));
+                    self.process(&mut lp_row, &state.seqs[r], cur_len - prompt_len, params);
+                    acc.extend(lp_row.iter().map(|v| v + running_scores[r]));
+                }
+                let top = top_k(&acc, keep);
+                cands.push(
+                    top.into_iter()
+                        .map(|j| (acc[j], j / vocab, (j % vocab) as i64))
+                        .collect(),
+                );
+            }
+            let mut all_hit = true;
+            let mut new_seqs = Vec::with_capacity(batch * nb);
+            let mut new_scores = Vec::with_capacity(batch * nb);
+            let mut source = Vec::with_capacity(batch * nb);
+            for i in 0..batch {
+                let hits: Vec<bool> = cands[i]
+                    .iter()
+                    .map(|&(_, _, t)| t == eos || cur_len + 1 >= max_length)
+                    .collect();
+                all_hit &= hits.iter().all(|&h| h);
+                let cand_seq = |c: &(f32, usize, i64)| {
+                    let mut s = state.seqs[i * nb + c.1].clone();
+                    s.push(c.2);
+                    s
+                };
+                // Running beams for the next step: the best non-finished continuations.
+                let running: Vec<f32> = cands[i]
+                    .iter()
+                    .zip(&hits)
+                    .map(|(c, &h)| c.0 + if h { -1e9 } else { 0.0 })
+                    .collect();
+                for j in top_k(&running, nb) {
+                    new_seqs.push(cand_seq(&cands[i][j]));
+                    new_scores.push(running[j]);
+                    source.push((i * nb + cands[i][j].1) as i64);
+                }
+                // Finished hypotheses: merge the newly finished top-`nb` candidates.
+                let denom = ((cur_len + 1 - prompt_len) as f32).powf(lp);
+                let mut merged: Vec<(f32, Vec<i64>, bool)> = (0..nb)
+                    .map(|k| {
+                        (
+                            fin_scores[i * nb + k],
+                            fin_seqs[i * nb + k].clone(),
+                            fin_done[i * nb + k],
+                        )
+                    })
+                    .collect();
+                for (j, c) in cands[i].iter().enumerate() {
+                    let just = hits[j] && j < nb;
+                    let mut s = c.0 / denom;
+                    if !unsatisfied[i] {
+                        s += -1e9;
+                    }
+                    if !just {
+                        s += -1e9;
+                    }
+                    merged.push((s, cand_seq(c), just));
+                }
+                let scores: Vec<f32> = merged.iter().map(|m| m.0).collect();
+                for (k, j) in top_k(&scores, nb).into_iter().enumerate() {
+                    fin_scores[i * nb + k] = merged[j].0;
+                    fin_seqs[i * nb + k] = merged[j].1.clone();
+                    fin_done[i * nb + k] = merged[j].2;
+                }
+            }
+            running_scores = new_scores;
+            cur_len += 1;
+            for i in 0..batch {
+                let best = running_scores[i * nb] / ((cur_len - prompt_len) as f32).powf(lp);
+                let any_better = (0..nb).any(|k| {
+                    let worst = if fin_done[i * nb + k] {
+                        (0..nb)
+                            .map(|q| fin_scores[i * nb + q])
+                            .fold(f32::INFINITY, f32::min)
+                    } else {
+                        -1e9
+                    };
+                    best > worst
+                });
+                unsatisfied[i] &= any_better;
+            }
+            let last: Vec<i64> = new_seqs.iter().map(|s| *s.last().unwrap_or(&eos)).collect();
+            state.seqs = new_seqs;
+            if !unsatisfied.iter().any(|&u| u) || all_hit || cur_len >= max_length {
+                break;
+            }
+            cache = self.reorder(cache, &source)?;
+            let (emb, pos) = self.next_inputs(&mut state, &last)?;
+            let (l, c) = self.step(&emb, &state.mask, &pos, Some(&cache))?;
+            logits = l;
+            cache = c;
+        }
+        Ok((0..batch)
+            .map(|i| new_tokens(&fin_seqs[i * nb][prompt_len..], eos))
+            .collect())
+    }
+}
+
+struct DecodeState {
+    seqs: Vec<Vec<i64>>,
+    mask: Array2<i64>,
+    last_pos: Vec<i64>,
+    prompt_len: usize,
+}
+
+/// Hugging Face position ids: `cumsum(mask) - 1`, 1 where the mask is 0.
+fn positions(mask: &Array2<i64>) -> Array2<i64> {
+    let mut out = Array2::<i64>::zeros(mask.raw_dim());
+    for (r, row) in mask.outer_iter().enumerate() {
+        let mut c = 0;
+        for (t, &m) in row.iter().enumerate() {
+            c += m;
+            out[[r, t]] = if m == 0 { 1 } else { c - 1 };
+        }
+    }
+    out
+}
+
+/// Generated tokens up to and including the first end token.
+fn new_tokens(generated: &[i64], eos: i64) -> Vec<u32> {
+    let end = generated
+        .iter()
+        .position(|&t| t == eos)
+        .map_or(generated.len(), |p| p + 1);
+    generated[..end].iter().map(|&t| t as u32).collect()
+}
+
+fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Indexes of the `k` largest values, largest first (ties: lower index first).
+fn top_k(v: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..v.len()).collect();
+    let k = k.min(v.len());
+    idx.select_nth_unstable_by(k.saturating_sub(1), |&a, &b| {
+        v[b].total_cmp(&v[a]).then(a.cmp(&b))
+    });
+    idx.truncate(k);
+    idx.sort_by(|&a, &b| v[b].total_cmp(&v[a]).then(a.cmp(&b)));
+    idx
+}
+
+fn log_softmax(v: &[f32]) -> Vec<f32> {
+    let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = v.iter().map(|x| (x - max).exp()).sum();
+    let log_sum = sum.ln();
+    v.iter().map(|x| x - max - log_sum).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_follow_the_mask() {
+        let mask = ndarray::array![[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]];
+        assert_eq!(
+            positions(&mask),
+            ndarray::array![[1, 1, 0, 1, 2], [0, 1, 2, 3, 4]]
+        );
+    }
+
+    #[test]
+    fn top_k_is_sorted_and_stable() {
+        assert_eq!(top_k(&[0.1, 0.5, 0.5, -1.0, 0.9], 3), vec![4, 1, 2]);
+        assert_eq!(top_k(&[1.0], 3), vec![0]);
+    }
+
+    #[test]
+    fn new_tokens_stop_after_eos() {
+        assert_eq!(new_tokens(&[5, 6, 2, 0, 0], 2), vec![5, 6, 2]);
+        assert_eq!(new_tokens(&[5, 6], 2), vec![5, 6]);
+    }
+
+    #[test]
+    fn log_softmax_normalises() {
+        let l = log_softmax(&[1.0, 2.0, 3.0]);
+        let s: f32 = l.iter().map(|v| v.exp()).sum();
+        assert!((s - 1.0).abs() < 1e-6);
+    }
+}
