@@ -8,8 +8,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::models::clip::DEFAULT_TEMPLATES;
+use crate::models::decoder::GenerationParams;
 use crate::output::formats;
-use crate::pipeline::{self, BenchReadJob, ClassifyJob, TilesJob};
+use crate::pipeline::{self, BenchReadJob, CaptionJob, ClassifyJob, TilesJob};
 use crate::raster::{BandMapping, OpenOptions, Resampling, ScalingSpec, Scene};
 use crate::runtime::{Device, Runtime, SessionOptions};
 use crate::tiling::{EdgeMode, GridOptions, ReadOptions};
@@ -49,10 +50,67 @@ pub enum Command {
     /// Zero-shot land-cover classification of every tile with a CLIP-family model: class and
     /// probability rasters (COG), a tile layer with top-3 labels, dissolved label polygons.
     Classify(ClassifyArgs),
+    /// Caption every tile and the whole scene (or answer a question about them) with an
+    /// image-conditioned language model (BLIP-2, LLaVA-style).
+    Caption(CaptionArgs),
     /// Model packages: validate one (`tessera models check DIR`).
     Models(ModelsArgs),
     /// Benchmark reading, tiling and scaling a scene into float32 CHW batches.
     BenchRead(BenchReadArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CaptionArgs {
+    /// The scene (any GDAL raster).
+    pub scene: String,
+    /// Model package folder (model.toml, image_prefix/embed_tokens/decoder ONNX, tokenizer.json).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// Text after the image, e.g. "Question: how many buildings are there? Answer:" (default:
+    /// none, plain captioning).
+    #[arg(long, default_value = "", value_name = "TEXT")]
+    pub prompt: String,
+    /// Beam search width (1: greedy). Default: the model's.
+    #[arg(long, value_name = "N")]
+    pub num_beams: Option<usize>,
+    /// Most tokens to generate. Default: the model's.
+    #[arg(long, value_name = "N")]
+    pub max_new_tokens: Option<usize>,
+    /// Fewest tokens to generate before the end token is allowed.
+    #[arg(long, value_name = "N")]
+    pub min_new_tokens: Option<usize>,
+    /// Penalty (> 1 discourages) for tokens already in the sequence.
+    #[arg(long, value_name = "P")]
+    pub repetition_penalty: Option<f32>,
+    /// Beam search: finished hypotheses score sum_logprobs / length^P.
+    #[arg(long, value_name = "P")]
+    pub length_penalty: Option<f32>,
+    /// Caption only the whole scene, not every tile.
+    #[arg(long)]
+    pub scene_only: bool,
+    /// Source pixel window X,Y,W,H for the scene caption (default: the whole scene).
+    #[arg(long, value_name = "X,Y,W,H")]
+    pub scene_window: Option<String>,
+    #[command(flatten)]
+    pub tiling: TilingArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Scaling to [0, 1]: auto, none, minmax, percentile:LO,HI, range:LO,HI[;LO,HI...].
+    #[arg(long, default_value = "auto", value_name = "SPEC")]
+    pub scale: ScalingSpec,
+    /// Output folder: captions.jsonl, tiles.<ext> (caption per tile), scene.<ext>, and for
+    /// Shapefiles captions.csv with captions longer than 254 bytes.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Vector format: gpkg (default), shp, geojson, fgb.
+    #[arg(long, default_value = "gpkg", value_name = "FORMAT")]
+    pub format: String,
+    /// Replace an existing output folder.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Print a JSON summary.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -321,6 +379,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Tiles(a) => tiles(a, cli.quiet),
         Command::Doctor(a) => doctor(a, cli.ort_lib),
         Command::Classify(a) => classify(a, cli.ort_lib, cli.quiet),
+        Command::Caption(a) => caption(a, cli.ort_lib, cli.quiet),
         Command::Models(a) => models(a, cli.ort_lib),
         Command::BenchRead(a) => bench_read(a),
     }
@@ -674,4 +733,144 @@ fn models(a: ModelsArgs, ort_lib: Option<PathBuf>) -> Result<i32> {
             Ok(if problems.is_empty() { 0 } else { 1 })
         }
     }
+}
+
+fn caption(a: CaptionArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Result<i32> {
+    let format =
+        formats::by_name(&a.format).ok_or_else(|| crate::output::OutputError::UnknownFormat {
+            path: a
+                .out
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            format: a.format.clone(),
+        })?;
+    let scene_window = match &a.scene_window {
+        None => None,
+        Some(w) => {
+            let v: Vec<usize> = w
+                .split(',')
+                .map(|p| p.trim().parse::<usize>())
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|_| anyhow::anyhow!("--scene-window '{w}' is not X,Y,W,H in pixels"))?;
+            match v.as_slice() {
+                [x, y, w, h] => Some((*x, *y, *w, *h)),
+                _ => bail!("--scene-window '{w}' is not X,Y,W,H in pixels"),
+            }
+        }
+    };
+    // Generation settings: flags override the manifest's defaults, filled in by the job.
+    let overrides = [
+        a.num_beams.is_some(),
+        a.max_new_tokens.is_some(),
+        a.min_new_tokens.is_some(),
+        a.repetition_penalty.is_some(),
+        a.length_penalty.is_some(),
+    ];
+    let params = if overrides.iter().any(|&o| o) {
+        let package = crate::models::ModelPackage::load(&a.model)?;
+        let g = package
+            .manifest
+            .generation
+            .clone()
+            .unwrap_or(crate::models::GenerationSpec {
+                max_new_tokens: 30,
+                min_new_tokens: 0,
+                num_beams: 1,
+                repetition_penalty: 1.0,
+                length_penalty: 1.0,
+            });
+        let p = GenerationParams {
+            max_new_tokens: a.max_new_tokens.unwrap_or(g.max_new_tokens),
+            min_new_tokens: a.min_new_tokens.unwrap_or(g.min_new_tokens),
+            num_beams: a.num_beams.unwrap_or(g.num_beams),
+            repetition_penalty: a.repetition_penalty.unwrap_or(g.repetition_penalty),
+            length_penalty: a.length_penalty.unwrap_or(g.length_penalty),
+        };
+        if p.num_beams == 0 || p.max_new_tokens == 0 {
+            bail!("--num-beams and --max-new-tokens must be at least 1");
+        }
+        if p.min_new_tokens > p.max_new_tokens {
+            bail!(
+                "--min-new-tokens {} is above --max-new-tokens {}",
+                p.min_new_tokens,
+                p.max_new_tokens
+            );
+        }
+        if !p.repetition_penalty.is_finite() || p.repetition_penalty <= 0.0 {
+            bail!("--repetition-penalty must be positive");
+        }
+        Some(p)
+    } else {
+        None
+    };
+    let device = a.device.device;
+    let batch = a
+        .device
+        .batch_size
+        .unwrap_or_else(|| device.default_batch_size());
+    let mut read = a.tiling.read();
+    if a.tiling.queue.is_none() {
+        read.queue = batch.max(read.queue);
+    }
+    let job = CaptionJob {
+        scene: a.scene.clone(),
+        open: OpenOptions {
+            pixel_coords: a.tiling.pixel_coords,
+        },
+        model: a.model.clone(),
+        ort_lib,
+        session: SessionOptions {
+            device,
+            allow_fallback: a.device.allow_fallback,
+            intra_threads: a.device.intra_threads.unwrap_or(0),
+            trt_cache: a
+                .device
+                .trt_cache
+                .clone()
+                .or_else(|| cache_dir(None).map(|c| c.join("tensorrt"))),
+        },
+        prompt: a.prompt.clone(),
+        params,
+        grid: a.tiling.grid(Some(0))?,
+        read,
+        scaling: a.scale.clone(),
+        batch_size: batch,
+        tiles: !a.scene_only,
+        scene_window,
+        out: a.out.clone(),
+        format,
+        overwrite: a.overwrite,
+        progress: !quiet,
+    };
+    let report = pipeline::run_caption(job)?;
+    if let Some(reason) = &report.fallback {
+        if !quiet {
+            eprintln!("tessera: warning: {reason}; running on {}", report.provider);
+        }
+    }
+    if a.json {
+        print_json(&report)?;
+        return Ok(0);
+    }
+    if !report.model_trained {
+        println!(
+            "note: {} has untrained (random) weights: its captions are meaningless",
+            report.model
+        );
+    }
+    println!("scene: {}", report.scene_caption);
+    println!(
+        "{} tiles captioned ({} skipped) on {} in {:.1} s ({:.1} captions/s, {:.0} tokens/s)",
+        report.tiles_captioned,
+        report.tiles_skipped,
+        report.provider,
+        report.seconds,
+        report.captions_per_second,
+        report.tokens_per_second
+    );
+    for o in &report.outputs {
+        println!("  wrote {o}");
+    }
+    Ok(0)
 }

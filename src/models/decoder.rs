@@ -210,6 +210,42 @@ fn validate(
         outs.push(layer_name(&d.present_value, i));
     }
     need("decoder", decoder, &ins, &outs);
+    // The image prefix, the token embeddings and the decoder must agree on the hidden size.
+    let last_dim = |s: Result<&ModelSession, &String>, name: &str, inputs: bool| -> Option<i64> {
+        let s = s.ok()?;
+        let specs = if inputs { s.inputs() } else { s.outputs() };
+        specs
+            .into_iter()
+            .find(|t| t.name == name)
+            .and_then(|t| t.shape.last().copied())
+            .filter(|&d| d > 0)
+    };
+    let dims = [
+        (
+            "image prefix output",
+            last_dim(image, &cfg.image.output, false),
+        ),
+        (
+            "token embedding output",
+            last_dim(embed, &cfg.embed.output, false),
+        ),
+        (
+            "decoder inputs_embeds",
+            last_dim(decoder, &d.inputs_embeds, true),
+        ),
+        ("decoder.hidden", d.hidden.map(|h| h as i64)),
+    ];
+    let known: Vec<(&str, i64)> = dims
+        .iter()
+        .filter_map(|(n, d)| d.map(|d| (*n, d)))
+        .collect();
+    if let Some(&(first, h)) = known.first() {
+        for &(name, other) in &known[1..] {
+            if other != h {
+                problems.push(format!("hidden sizes disagree: {first} is {h} but {name} is {other} (encoder and decoder do not belong together)"));
+            }
+        }
+    }
     if let Ok(s) = decoder {
         let extra: Vec<String> = s
             .inputs()

@@ -61,6 +61,9 @@ pub struct DecoderSpec {
     pub hidden: Option<usize>,
     #[serde(default)]
     pub vocab: Option<usize>,
+    /// Longest sequence (prompt + generated tokens) the decoder's positions allow.
+    #[serde(default)]
+    pub max_positions: Option<usize>,
 }
 
 /// How the decoder's input is assembled from the image and the user's prompt.

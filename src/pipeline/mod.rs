@@ -3,11 +3,13 @@
 //! report; it never prints. The CLI only parses arguments into jobs and prints reports.
 
 mod bench;
+mod caption;
 mod classify;
 mod doctor;
 mod tiles;
 
 pub use bench::{run_bench_read, BenchReadJob, BenchReadReport};
+pub use caption::{run_caption, CaptionJob, CaptionReport, TileCaption};
 pub use classify::{run_classify, ClassifyJob, ClassifyReport, TileResult, Timings};
 pub use doctor::{run_doctor, DoctorReport};
 pub use tiles::{run_tiles, TilesJob, TilesReport};

@@ -1,0 +1,400 @@
+//! `tessera caption`: a caption (or an answer to a question) for every tile and for the whole
+//! scene, from an image-conditioned language decoder (BLIP-2, LLaVA-style).
+//!
+//! Tiles are read, scaled and normalised by the reader threads and captioned in batches; the
+//! scene caption comes from a downsampled view of the whole scene (or a chosen window). Outputs:
+//! `captions.jsonl`, a tile layer with the caption attribute, a scene layer, and for
+//! Shapefiles a `captions.csv` sidecar holding captions longer than the 254-byte dBase limit.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use ndarray::{s, Array4};
+use serde::Serialize;
+
+use super::{peak_rss_bytes, progress_bar, PipelineError};
+use crate::models::decoder::{DecoderModel, GenerationParams};
+use crate::output::{
+    FieldKind, FieldSpec, FieldValue, GeometryKind, PendingOutput, VectorFormat, VectorLayerWriter,
+};
+use crate::raster::{
+    BandMapping, OpenOptions, Placement, Resampling, Scaling, ScalingSpec, Scene, WindowReader,
+    WindowRequest,
+};
+use crate::runtime::{Runtime, SessionOptions};
+use crate::tiling::{stream_tiles, GridOptions, ReadOptions, Tile, TileData, TileGrid};
+
+/// What `tessera caption` does.
+#[derive(Debug)]
+pub struct CaptionJob {
+    pub scene: String,
+    pub open: OpenOptions,
+    pub model: PathBuf,
+    pub ort_lib: Option<PathBuf>,
+    pub session: SessionOptions,
+    pub prompt: String,
+    /// `None`: the manifest's defaults.
+    pub params: Option<GenerationParams>,
+    pub grid: GridOptions,
+    pub read: ReadOptions,
+    pub scaling: ScalingSpec,
+    pub batch_size: usize,
+    /// Caption every tile (false: the scene caption only).
+    pub tiles: bool,
+    /// Source pixel window (x, y, w, h) for the scene caption; `None`: the whole scene.
+    pub scene_window: Option<(usize, usize, usize, usize)>,
+    pub out: Option<PathBuf>,
+    pub format: &'static dyn VectorFormat,
+    pub overwrite: bool,
+    pub progress: bool,
+}
+
+/// One captioned tile.
+#[derive(Debug, Clone, Serialize)]
+pub struct TileCaption {
+    pub tile_id: String,
+    pub row: usize,
+    pub col: usize,
+    /// Footprint corners in the scene CRS.
+    pub footprint: Vec<(f64, f64)>,
+    pub valid_fraction: f64,
+    pub caption: String,
+    pub tokens: Vec<u32>,
+}
+
+/// What `tessera caption` did.
+#[derive(Debug, Serialize)]
+pub struct CaptionReport {
+    pub scene: String,
+    pub model: String,
+    pub model_trained: bool,
+    pub provider: String,
+    pub fallback: Option<String>,
+    pub prompt: String,
+    pub params: GenerationParams,
+    pub scene_caption: String,
+    pub tiles_total: usize,
+    pub tiles_captioned: usize,
+    pub tiles_skipped: usize,
+    pub new_tokens: usize,
+    pub outputs: Vec<String>,
+    pub seconds: f64,
+    pub model_seconds: f64,
+    pub captions_per_second: f64,
+    pub tokens_per_second: f64,
+    pub peak_rss_bytes: Option<u64>,
+}
+
+const TILE_FIELDS: [FieldSpec; 5] = [
+    FieldSpec {
+        name: "tile_id",
+        kind: FieldKind::String,
+    },
+    FieldSpec {
+        name: "row",
+        kind: FieldKind::Integer,
+    },
+    FieldSpec {
+        name: "col",
+        kind: FieldKind::Integer,
+    },
+    FieldSpec {
+        name: "caption",
+        kind: FieldKind::String,
+    },
+    FieldSpec {
+        name: "valid_frac",
+        kind: FieldKind::Real,
+    },
+];
+
+const SCENE_FIELDS: [FieldSpec; 3] = [
+    FieldSpec {
+        name: "scene",
+        kind: FieldKind::String,
+    },
+    FieldSpec {
+        name: "prompt",
+        kind: FieldKind::String,
+    },
+    FieldSpec {
+        name: "caption",
+        kind: FieldKind::String,
+    },
+];
+
+/// Run the job.
+///
+/// # Errors
+/// Bad scene, model, prompt or options; inference failure; unwritable outputs (nothing partial
+/// is left under `--out`).
+pub fn run_caption(mut job: CaptionJob) -> Result<CaptionReport, PipelineError> {
+    let start = Instant::now();
+    let runtime = Runtime::load(job.ort_lib.as_deref())?;
+    let mut model = DecoderModel::load(runtime, &job.model, &job.session)?;
+    let params = job.params.clone().unwrap_or_else(|| model.default_params());
+    // Fail on a prompt the model cannot take before reading anything.
+    model.prompt_ids(&job.prompt)?;
+    let scene = Scene::open(&job.scene, &job.open)?;
+    let size = model.input_size();
+    if job.grid.tile_size == 0 {
+        job.grid.tile_size = size;
+    }
+    if job.grid.tile_size != size {
+        return Err(PipelineError::Options(format!(
+            "--tile-size {} differs from the model's input size {size}: tiles are read at the model's size (use --target-gsd to choose their ground footprint)",
+            job.grid.tile_size
+        )));
+    }
+    if job.read.bands.is_empty() {
+        job.read.bands = BandMapping::for_channels(scene.info(), 3);
+    }
+    if job.read.bands.len() != 3 {
+        return Err(PipelineError::Options(format!(
+            "the model takes 3 channels but --bands names {}",
+            job.read.bands.len()
+        )));
+    }
+    job.read.bands.validate(scene.info())?;
+    let scaling = Scaling::resolve(&job.scaling, &scene, &job.read.bands)?;
+    let grid = TileGrid::new(scene.info(), job.grid.clone())?;
+    job.read.read_pixels = true;
+    let pending = match &job.out {
+        Some(dir) => Some(PendingOutput::dir(dir, job.overwrite)?),
+        None => None,
+    };
+    let norm = model.normalizer();
+    let plane = size * size;
+    let mut model_seconds = 0.0;
+    let mut new_tokens = 0usize;
+
+    // The scene caption: the whole scene (or a window) resampled to one model input.
+    let (wx, wy, ww, wh) = job
+        .scene_window
+        .unwrap_or((0, 0, scene.width(), scene.height()));
+    if ww == 0 || wh == 0 || wx + ww > scene.width() || wy + wh > scene.height() {
+        return Err(PipelineError::Options(format!(
+            "--scene-window {wx},{wy},{ww},{wh} is not inside the {}x{} scene",
+            scene.width(),
+            scene.height()
+        )));
+    }
+    let reader = WindowReader::new(&scene, &job.read.bands, Resampling::Average)?;
+    let req = WindowRequest {
+        x: wx as f64,
+        y: wy as f64,
+        w: ww as f64,
+        h: wh as f64,
+        out_w: size,
+        out_h: size,
+    };
+    let place = Placement {
+        offset: 0,
+        line_stride: size,
+        band_stride: plane,
+    };
+    let mut view = vec![0f32; 3 * plane];
+    reader.read_into(&req, &mut view, &place)?;
+    let mut valid = vec![0u8; plane];
+    reader.read_valid(&req, &mut valid, &place)?;
+    for c in 0..3 {
+        scaling.apply(c, &mut view[c * plane..(c + 1) * plane]);
+    }
+    norm.apply(&mut view, &valid);
+    let view = Array4::from_shape_vec((1, 3, size, size), view)
+        .map_err(|e| PipelineError::Options(e.to_string()))?;
+    let t = Instant::now();
+    let scene_tokens = model.generate(view.view(), std::slice::from_ref(&job.prompt), &params)?;
+    model_seconds += t.elapsed().as_secs_f64();
+    new_tokens += scene_tokens[0].len();
+    let scene_caption = model.decode(&scene_tokens[0])?.trim().to_string();
+
+    // Every tile.
+    let mut captions: Vec<TileCaption> = Vec::new();
+    let mut stats = crate::tiling::StreamStats {
+        tiles_total: grid.len(),
+        ..Default::default()
+    };
+    if job.tiles {
+        let batch = job.batch_size.max(1);
+        let mut buffer = Array4::<f32>::zeros((batch, 3, size, size));
+        let mut waiting: Vec<(Tile, f64)> = Vec::with_capacity(batch);
+        let bar = progress_bar(grid.len(), job.progress, "captioning");
+        let prepare = |t: &mut TileData<f32>| {
+            for c in 0..3 {
+                scaling.apply(c, &mut t.pixels[c * plane..(c + 1) * plane]);
+            }
+            norm.apply(&mut t.pixels, &t.valid);
+        };
+        let prompts = vec![job.prompt.clone(); batch];
+        let mut flush = |buffer: &Array4<f32>,
+                         waiting: &mut Vec<(Tile, f64)>,
+                         model: &mut DecoderModel|
+         -> Result<(), PipelineError> {
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            let n = waiting.len();
+            let t = Instant::now();
+            let out = model.generate(buffer.slice(s![..n, .., .., ..]), &prompts[..n], &params)?;
+            model_seconds += t.elapsed().as_secs_f64();
+            for ((tile, valid_fraction), tokens) in waiting.drain(..).zip(out) {
+                new_tokens += tokens.len();
+                captions.push(TileCaption {
+                    tile_id: tile.id.clone(),
+                    row: tile.row,
+                    col: tile.col,
+                    footprint: tile
+                        .geotransform
+                        .footprint(tile.size as f64, tile.size as f64)
+                        .to_vec(),
+                    valid_fraction,
+                    caption: model.decode(&tokens)?.trim().to_string(),
+                    tokens,
+                });
+            }
+            bar.inc(n as u64);
+            Ok(())
+        };
+        stats = stream_tiles::<f32, PipelineError, _, _>(&scene, &grid, &job.read, prepare, |t| {
+            let k = waiting.len();
+            if let Some(slot) = buffer.as_slice_mut() {
+                slot[k * 3 * plane..(k + 1) * 3 * plane].copy_from_slice(&t.pixels);
+            }
+            waiting.push((t.tile.clone(), t.valid_fraction));
+            if waiting.len() == batch {
+                flush(&buffer, &mut waiting, &mut model)?;
+            }
+            Ok(())
+        })?;
+        flush(&buffer, &mut waiting, &mut model)?;
+        bar.finish_and_clear();
+        captions.sort_by_key(|c| (c.row, c.col));
+    }
+
+    let mut outputs = Vec::new();
+    if let (Some(pending), Some(dir)) = (pending, &job.out) {
+        write_outputs(&job, &scene, &captions, &scene_caption, &pending)?;
+        for entry in std::fs::read_dir(pending.path())
+            .map_err(|e| PipelineError::Options(format!("{}: {e}", dir.display())))?
+            .flatten()
+        {
+            outputs.push(dir.join(entry.file_name()).display().to_string());
+        }
+        outputs.sort();
+        pending.commit()?;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let (provider, fallback) = model.provider();
+    let n_captions = captions.len() + 1;
+    Ok(CaptionReport {
+        scene: job.scene.clone(),
+        model: job.model.display().to_string(),
+        model_trained: model.package().manifest.trained,
+        provider: provider.to_string(),
+        fallback: fallback.map(str::to_string),
+        prompt: job.prompt.clone(),
+        params,
+        scene_caption,
+        tiles_total: stats.tiles_total,
+        tiles_captioned: captions.len(),
+        tiles_skipped: stats.tiles_skipped,
+        new_tokens,
+        outputs,
+        seconds,
+        model_seconds,
+        captions_per_second: n_captions as f64 / model_seconds.max(1e-9),
+        tokens_per_second: new_tokens as f64 / model_seconds.max(1e-9),
+        peak_rss_bytes: peak_rss_bytes(),
+    })
+}
+
+fn write_err(path: &std::path::Path, e: impl std::fmt::Display) -> PipelineError {
+    PipelineError::Output(crate::output::OutputError::Write {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn write_outputs(
+    job: &CaptionJob,
+    scene: &Scene,
+    captions: &[TileCaption],
+    scene_caption: &str,
+    pending: &PendingOutput,
+) -> Result<(), PipelineError> {
+    let dir = pending.path();
+    let crs = scene.crs_wkt();
+    let ext = job.format.extension();
+
+    let jsonl = dir.join("captions.jsonl");
+    let mut f =
+        std::io::BufWriter::new(std::fs::File::create(&jsonl).map_err(|e| write_err(&jsonl, e))?);
+    for c in captions {
+        let line = serde_json::to_string(c).map_err(|e| write_err(&jsonl, e))?;
+        writeln!(f, "{line}").map_err(|e| write_err(&jsonl, e))?;
+    }
+    f.flush().map_err(|e| write_err(&jsonl, e))?;
+
+    // Shapefile strings stop at 254 bytes: the full text goes to a CSV keyed by tile id.
+    let limit = job.format.max_string_len();
+    let long: Vec<&TileCaption> = match limit {
+        Some(max) => captions.iter().filter(|c| c.caption.len() > max).collect(),
+        None => Vec::new(),
+    };
+    if !long.is_empty() {
+        let csv = dir.join("captions.csv");
+        let mut f =
+            std::io::BufWriter::new(std::fs::File::create(&csv).map_err(|e| write_err(&csv, e))?);
+        writeln!(f, "tile_id,caption").map_err(|e| write_err(&csv, e))?;
+        for c in &long {
+            writeln!(f, "{},\"{}\"", c.tile_id, c.caption.replace('"', "\"\""))
+                .map_err(|e| write_err(&csv, e))?;
+        }
+        f.flush().map_err(|e| write_err(&csv, e))?;
+    }
+
+    let mut tiles = VectorLayerWriter::create(
+        &dir.join(format!("tiles.{ext}")),
+        job.format,
+        "tiles",
+        GeometryKind::Polygon,
+        crs,
+        &TILE_FIELDS,
+        false,
+    )?;
+    for c in captions {
+        tiles.add_polygon(
+            &c.footprint,
+            &[
+                FieldValue::String(c.tile_id.clone()),
+                FieldValue::Integer(c.row as i64),
+                FieldValue::Integer(c.col as i64),
+                FieldValue::String(c.caption.clone()),
+                FieldValue::Real(c.valid_fraction),
+            ],
+        )?;
+    }
+    tiles.finish()?;
+
+    let mut layer = VectorLayerWriter::create(
+        &dir.join(format!("scene.{ext}")),
+        job.format,
+        "scene",
+        GeometryKind::Polygon,
+        crs,
+        &SCENE_FIELDS,
+        false,
+    )?;
+    layer.add_polygon(
+        &scene.info().footprint.corners,
+        &[
+            FieldValue::String(job.scene.clone()),
+            FieldValue::String(job.prompt.clone()),
+            FieldValue::String(scene_caption.to_string()),
+        ],
+    )?;
+    layer.finish()?;
+    Ok(())
+}
