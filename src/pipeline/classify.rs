@@ -57,6 +57,8 @@ pub struct ClassifyJob {
 #[derive(Debug, Default, Serialize)]
 pub struct Timings {
     pub total_seconds: f64,
+    /// Loading the model and opening the scene.
+    pub load_seconds: f64,
     /// Inside the image encoder.
     pub model_seconds: f64,
     /// Text embeddings (0 on a cache hit).
@@ -189,6 +191,7 @@ pub fn run_classify(mut job: ClassifyJob) -> Result<ClassifyReport, PipelineErro
     let runtime = Runtime::load(job.ort_lib.as_deref())?;
     let mut model = ClipModel::load(runtime, &job.model, &job.session).map_err(model_err)?;
     let scene = Scene::open(&job.scene, &job.open)?;
+    timings.load_seconds = start.elapsed().as_secs_f64();
     let size = model.input_size();
     if job.grid.tile_size == 0 {
         job.grid.tile_size = size;
