@@ -460,22 +460,30 @@ impl DecoderModel {
         Ok(ids)
     }
 
-    /// Decode token ids to text (special tokens skipped).
+    /// Decode token ids to text (special tokens skipped). Control characters other than new
+    /// lines and tabs are dropped: GIS formats cannot store some of them (NUL), and they carry
+    /// no meaning in a caption.
     ///
     /// # Errors
     /// Tokenizer failure.
     pub fn decode(&self, ids: &[u32]) -> Result<String, ModelError> {
-        self.tokenizer
+        let text = self
+            .tokenizer
             .decode(ids, true)
             .map_err(|e| ModelError::Tokenizer {
                 path: self.package.file(&self.cfg.tok.file).display().to_string(),
                 reason: e.to_string(),
-            })
+            })?;
+        Ok(text
+            .chars()
+            .filter(|c| !c.is_control() || *c == '\n' || *c == '\t')
+            .collect())
     }
 
     fn image_prefix(&mut self, pixels: ArrayView4<'_, f32>) -> Result<Array3<f32>, ModelError> {
         let path = self.image.path.clone();
-        let input = TensorRef::from_array_view(pixels).map_err(|e| run_err(&path, e))?;
+        let pixels = pixels.as_standard_layout();
+        let input = TensorRef::from_array_view(pixels.view()).map_err(|e| run_err(&path, e))?;
         let out = self
             .image
             .session
@@ -535,6 +543,12 @@ impl DecoderModel {
                     .map_err(|e| run_err(&path, e))?,
             ),
         };
+        // ONNX Runtime needs contiguous buffers (a concatenated mask may not be).
+        let (embeds, mask, positions) = (
+            embeds.as_standard_layout(),
+            mask.as_standard_layout(),
+            positions.as_standard_layout(),
+        );
         let mut inputs = ort::inputs![
             d.inputs_embeds.as_str() => TensorRef::from_array_view(embeds.view()).map_err(|e| run_err(&path, e))?,
             d.attention_mask.as_str() => TensorRef::from_array_view(mask.view()).map_err(|e| run_err(&path, e))?,
@@ -637,6 +651,17 @@ impl DecoderModel {
             .map(|p| self.prompt_ids(p))
             .collect::<Result<_, _>>()?;
         let len = ids.iter().map(Vec::len).max().unwrap_or(0);
+        if let Some(max) = self.cfg.decoder.max_positions {
+            if len + params.max_new_tokens > max {
+                return Err(ModelError::Input {
+                    path: path.display().to_string(),
+                    reason: format!(
+                        "the prompt takes {len} tokens (with {} image tokens); with {} new tokens that exceeds the model's context of {max}",
+                        self.cfg.tokens, params.max_new_tokens
+                    ),
+                });
+            }
+        }
         let pad = i64::from(self.cfg.tok.pad_token_id);
         let mut id_arr = Array2::<i64>::from_elem((b, len), pad);
         let mut mask = Array2::<i64>::zeros((b, len));
@@ -682,6 +707,7 @@ impl DecoderModel {
         let (logits, cache) = self.step(&emb0, &mask0, &positions0, None)?;
         let state = DecodeState {
             seqs: seqs0.outer_iter().map(|r| r.to_vec()).collect(),
+            start: (0..rows).map(|r| len - ids[r / nb].len()).collect(),
             mask: mask0,
             last_pos: positions0.column(len - 1).to_vec(),
             prompt_len: len,
@@ -752,7 +778,7 @@ impl DecoderModel {
             let mut next = vec![pad; rows];
             for r in 0..rows {
                 let mut scores = logits.row(r).to_vec();
-                self.process(&mut scores, &state.seqs[r], step, params);
+                self.process(&mut scores, &state.seqs[r][state.start[r]..], step, params);
                 let best = argmax(&scores) as i64;
                 next[r] = if unfinished[r] { best } else { pad };
                 state.seqs[r].push(next[r]);
@@ -806,7 +832,12 @@ impl DecoderModel {
                     let r = i * nb + k;
                     let mut lp_row =
                         log_softmax(logits.row(r).as_slice().unwrap_or(&logits.row(r).to_vec()));
-                    self.process(&mut lp_row, &state.seqs[r], cur_len - prompt_len, params);
+                    self.process(
+                        &mut lp_row,
+                        &state.seqs[r][state.start[r]..],
+                        cur_len - prompt_len,
+                        params,
+                    );
                     acc.extend(lp_row.iter().map(|v| v + running_scores[r]));
                 }
                 let top = top_k(&acc, keep);
@@ -906,19 +937,21 @@ impl DecoderModel {
 
 struct DecodeState {
     seqs: Vec<Vec<i64>>,
+    /// Index of each row's first real (non-padding) token.
+    start: Vec<usize>,
     mask: Array2<i64>,
     last_pos: Vec<i64>,
     prompt_len: usize,
 }
 
-/// Hugging Face position ids: `cumsum(mask) - 1`, 1 where the mask is 0.
+/// Hugging Face position ids (transformers 5): `cumsum(mask) - 1`, 0 where the mask is 0.
 fn positions(mask: &Array2<i64>) -> Array2<i64> {
     let mut out = Array2::<i64>::zeros(mask.raw_dim());
     for (r, row) in mask.outer_iter().enumerate() {
         let mut c = 0;
         for (t, &m) in row.iter().enumerate() {
             c += m;
-            out[[r, t]] = if m == 0 { 1 } else { c - 1 };
+            out[[r, t]] = if m == 0 { 0 } else { c - 1 };
         }
     }
     out
@@ -971,7 +1004,7 @@ mod tests {
         let mask = ndarray::array![[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]];
         assert_eq!(
             positions(&mask),
-            ndarray::array![[1, 1, 0, 1, 2], [0, 1, 2, 3, 4]]
+            ndarray::array![[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
         );
     }
 
