@@ -416,6 +416,40 @@ fn caption_bad_inputs_fail_cleanly() {
         ],
     )
     .fails_with(&["exceeds the model's context of 256"]);
+    // No CUDA in the CPU build of ONNX Runtime: a clear error, or the reported fallback.
+    run(
+        d,
+        &[
+            "caption",
+            "scene.tif",
+            "--model",
+            &model,
+            "--device",
+            "cuda",
+        ],
+    )
+    .fails_with(&["CUDAExecutionProvider", "--allow-fallback"]);
+    let j = run(
+        d,
+        &[
+            "caption",
+            "scene.tif",
+            "--model",
+            &model,
+            "--device",
+            "cuda",
+            "--allow-fallback",
+            "--scene-only",
+            "--json",
+            "--quiet",
+        ],
+    )
+    .success()
+    .json();
+    assert_eq!(j["provider"], "CPUExecutionProvider");
+    assert!(j["fallback"]
+        .as_str()
+        .is_some_and(|f| f.contains("CUDAExecutionProvider")));
     // Bad generation settings and windows.
     run(
         d,

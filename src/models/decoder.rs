@@ -20,14 +20,16 @@
 use std::path::Path;
 
 use ndarray::{Array2, Array3, ArrayView4};
-use ort::session::Session;
+use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::value::{DynValue, Tensor, TensorRef};
 
 use super::manifest::{
     DecoderSpec, EmbedSpec, GenerationSpec, ImageSpec, Preprocess, PromptSpec, TokenizerSpec,
 };
 use super::{ModelError, ModelPackage};
-use crate::runtime::{create_session, ModelSession, Runtime, RuntimeError, SessionOptions};
+use crate::runtime::{
+    create_session, create_session_from_memory, ModelSession, Runtime, RuntimeError, SessionOptions,
+};
 
 /// A Gather along axis 0 (`y = x[idx]`), used to reorder key/value caches between beams.
 static BEAM_REORDER_ONNX: &[u8] = include_bytes!("beam_reorder.onnx");
@@ -304,10 +306,14 @@ fn validate(
 pub struct DecoderModel {
     package: ModelPackage,
     cfg: DecoderConfig,
+    /// Where the key/value cache lives between steps (the decoder's device).
+    cache_memory: MemoryInfo<'static>,
+    /// Host memory, for logits.
+    host_memory: MemoryInfo<'static>,
     image: ModelSession,
     embed: ModelSession,
     decoder: ModelSession,
-    reorder: Session,
+    reorder: ModelSession,
     tokenizer: tokenizers::Tokenizer,
 }
 
@@ -382,12 +388,53 @@ impl DecoderModel {
         else {
             return Err(invalid(problems));
         };
-        let reorder = Session::builder(runtime.environment())
-            .and_then(|mut b| b.commit_from_memory(BEAM_REORDER_ONNX))
-            .map_err(|e| run_err(dir, e))?;
+        // The reorder graph runs where the cache lives (the decoder's provider).
+        let reorder_options = SessionOptions {
+            device: match decoder.provider {
+                "CUDAExecutionProvider" | "TensorrtExecutionProvider" => match options.device {
+                    crate::runtime::Device::TensorRt(n) | crate::runtime::Device::Cuda(n) => {
+                        crate::runtime::Device::Cuda(n)
+                    }
+                    crate::runtime::Device::Cpu => crate::runtime::Device::Cpu,
+                },
+                _ => crate::runtime::Device::Cpu,
+            },
+            ..options.clone()
+        };
+        let reorder = create_session_from_memory(
+            runtime,
+            "beam_reorder.onnx (built in)",
+            BEAM_REORDER_ONNX,
+            &reorder_options,
+        )?;
+        let host_memory = MemoryInfo::new(
+            AllocationDevice::CPU,
+            0,
+            AllocatorType::Device,
+            MemoryType::Default,
+        )
+        .map_err(|e| run_err(dir, e))?;
+        let cache_memory = match decoder.provider {
+            "CUDAExecutionProvider" | "TensorrtExecutionProvider" => {
+                let id = match options.device {
+                    crate::runtime::Device::Cuda(n) | crate::runtime::Device::TensorRt(n) => n,
+                    crate::runtime::Device::Cpu => 0,
+                };
+                MemoryInfo::new(
+                    AllocationDevice::CUDA,
+                    id,
+                    AllocatorType::Device,
+                    MemoryType::Default,
+                )
+                .map_err(|e| run_err(dir, e))?
+            }
+            _ => host_memory.clone(),
+        };
         Ok(DecoderModel {
             package,
             cfg,
+            cache_memory,
+            host_memory,
             image,
             embed,
             decoder,
@@ -544,36 +591,49 @@ impl DecoderModel {
             ),
         };
         // ONNX Runtime needs contiguous buffers (a concatenated mask may not be).
-        let (embeds, mask, positions) = (
-            embeds.as_standard_layout(),
-            mask.as_standard_layout(),
-            positions.as_standard_layout(),
-        );
-        let mut inputs = ort::inputs![
-            d.inputs_embeds.as_str() => TensorRef::from_array_view(embeds.view()).map_err(|e| run_err(&path, e))?,
-            d.attention_mask.as_str() => TensorRef::from_array_view(mask.view()).map_err(|e| run_err(&path, e))?,
-        ];
+        let embeds = Tensor::from_array(embeds.as_standard_layout().to_owned())
+            .map_err(|e| run_err(&path, e))?;
+        let mask = Tensor::from_array(mask.as_standard_layout().to_owned())
+            .map_err(|e| run_err(&path, e))?;
+        let positions = Tensor::from_array(positions.as_standard_layout().to_owned())
+            .map_err(|e| run_err(&path, e))?;
+        // I/O binding: the new key/value cache is left where the decoder's provider put it (GPU
+        // memory on CUDA) and fed back as the next step's past without a trip through the host;
+        // only the logits come back to host memory. A fresh binding per step, since a binding
+        // reuses its output buffers across runs.
+        let mut binding = self
+            .decoder
+            .session
+            .create_binding()
+            .map_err(|e| run_err(&path, e))?;
+        let bind = |r: ort::Result<()>| r.map_err(|e| run_err(&path, e));
+        bind(binding.bind_input(d.inputs_embeds.as_str(), &embeds))?;
+        bind(binding.bind_input(d.attention_mask.as_str(), &mask))?;
         if let Some(p) = &d.position_ids {
-            inputs.push((
-                p.as_str().into(),
-                TensorRef::from_array_view(positions.view())
-                    .map_err(|e| run_err(&path, e))?
-                    .into(),
-            ));
+            bind(binding.bind_input(p.as_str(), &positions))?;
         }
         for i in 0..d.layers {
-            let (k, v) = match (past, &empty) {
-                (Some(c), _) => ((&c.keys[i]).into(), (&c.values[i]).into()),
-                (None, Some(e)) => (e.into(), e.into()),
+            match (past, &empty) {
+                (Some(c), _) => {
+                    bind(binding.bind_input(layer_name(&d.past_key, i), &c.keys[i]))?;
+                    bind(binding.bind_input(layer_name(&d.past_value, i), &c.values[i]))?;
+                }
+                (None, Some(e)) => {
+                    bind(binding.bind_input(layer_name(&d.past_key, i), e))?;
+                    bind(binding.bind_input(layer_name(&d.past_value, i), e))?;
+                }
                 (None, None) => return Err(run_err(&path, "no past")),
-            };
-            inputs.push((layer_name(&d.past_key, i).into(), k));
-            inputs.push((layer_name(&d.past_value, i).into(), v));
+            }
+            bind(binding.bind_output_to_device(layer_name(&d.present_key, i), &self.cache_memory))?;
+            bind(
+                binding.bind_output_to_device(layer_name(&d.present_value, i), &self.cache_memory),
+            )?;
         }
+        bind(binding.bind_output_to_device(d.logits.as_str(), &self.host_memory))?;
         let mut out = self
             .decoder
             .session
-            .run(inputs)
+            .run_binding(&binding)
             .map_err(|e| run_err(&path, e))?;
         let logits = out[d.logits.as_str()]
             .try_extract_array::<f32>()
@@ -599,10 +659,19 @@ impl DecoderModel {
     fn reorder(&mut self, cache: Cache, idx: &[i64]) -> Result<Cache, ModelError> {
         let path = self.decoder.path.clone();
         let idx = Tensor::from_array(([idx.len()], idx.to_vec())).map_err(|e| run_err(&path, e))?;
+        let memory = self.cache_memory.clone();
+        let session = &mut self.reorder.session;
         let mut gather = |v: &DynValue| -> Result<DynValue, ModelError> {
-            let mut out = self
-                .reorder
-                .run(ort::inputs!["x" => v, "idx" => &idx])
+            let mut binding = session.create_binding().map_err(|e| run_err(&path, e))?;
+            binding.bind_input("x", v).map_err(|e| run_err(&path, e))?;
+            binding
+                .bind_input("idx", &idx)
+                .map_err(|e| run_err(&path, e))?;
+            binding
+                .bind_output_to_device("y", &memory)
+                .map_err(|e| run_err(&path, e))?;
+            let mut out = session
+                .run_binding(&binding)
                 .map_err(|e| run_err(&path, e))?;
             out.remove("y")
                 .ok_or_else(|| run_err(&path, "reorder produced nothing"))

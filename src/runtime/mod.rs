@@ -9,7 +9,9 @@
 
 mod session;
 
-pub use session::{create_session, Device, ModelSession, SessionOptions, TensorSpec};
+pub use session::{
+    create_session, create_session_from_memory, Device, ModelSession, SessionOptions, TensorSpec,
+};
 
 use std::ffi::CStr;
 use std::path::{Path, PathBuf};

@@ -197,6 +197,7 @@ fn provider_chain(options: &SessionOptions) -> Vec<(&'static str, ExecutionProvi
 fn build(
     runtime: &Runtime,
     path: &Path,
+    bytes: Option<&[u8]>,
     options: &SessionOptions,
     ep: Option<ExecutionProviderDispatch>,
 ) -> Result<Session, String> {
@@ -214,7 +215,10 @@ fn build(
             .with_execution_providers([ep])
             .map_err(|e| e.to_string())?;
     }
-    builder.commit_from_file(path).map_err(|e| e.to_string())
+    match bytes {
+        Some(b) => builder.commit_from_memory(b).map_err(|e| e.to_string()),
+        None => builder.commit_from_file(path).map_err(|e| e.to_string()),
+    }
 }
 
 /// Load the graph at `path` on the requested device.
@@ -233,9 +237,31 @@ pub fn create_session(
             reason: "no such file".into(),
         });
     }
+    create(runtime, path, None, options)
+}
+
+/// Load a graph held in memory (`name` labels it in messages) on the requested device.
+///
+/// # Errors
+/// As for [`create_session`].
+pub fn create_session_from_memory(
+    runtime: &Runtime,
+    name: &str,
+    bytes: &[u8],
+    options: &SessionOptions,
+) -> Result<ModelSession, RuntimeError> {
+    create(runtime, Path::new(name), Some(bytes), options)
+}
+
+fn create(
+    runtime: &Runtime,
+    path: &Path,
+    bytes: Option<&[u8]>,
+    options: &SessionOptions,
+) -> Result<ModelSession, RuntimeError> {
     let mut first_failure: Option<String> = None;
     for (name, ep) in provider_chain(options) {
-        match build(runtime, path, options, Some(ep)) {
+        match build(runtime, path, bytes, options, Some(ep)) {
             Ok(session) => {
                 return Ok(ModelSession {
                     session,
@@ -256,10 +282,11 @@ pub fn create_session(
             }
         }
     }
-    let session = build(runtime, path, options, None).map_err(|reason| RuntimeError::Model {
-        path: path.display().to_string(),
-        reason: one_line(&reason),
-    })?;
+    let session =
+        build(runtime, path, bytes, options, None).map_err(|reason| RuntimeError::Model {
+            path: path.display().to_string(),
+            reason: one_line(&reason),
+        })?;
     Ok(ModelSession {
         session,
         path: path.to_path_buf(),
