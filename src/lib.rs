@@ -11,4 +11,5 @@ pub mod output;
 pub mod pipeline;
 pub mod raster;
 pub mod runtime;
+pub mod stitch;
 pub mod tiling;

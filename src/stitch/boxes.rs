@@ -1,0 +1,1 @@
+//! Detections in map coordinates and their merging across tiles (filled in next).
