@@ -190,6 +190,8 @@ fn pixels_through_the_gdal_read_path_match() {
             min_valid: 0.0,
             fill: 0.0,
             read_pixels: true,
+            order: tessera::tiling::ReadOrder::Stripes,
+            deliver_skipped: false,
         };
         let mut got = Vec::new();
         stream_tiles::<f32, TilingError, _, _>(

@@ -21,6 +21,8 @@ fn read_options(bands: Vec<usize>, threads: usize) -> ReadOptions {
         min_valid: 0.0,
         fill: -1.0,
         read_pixels: true,
+        order: tessera::tiling::ReadOrder::Stripes,
+        deliver_skipped: false,
     }
 }
 
@@ -406,6 +408,40 @@ fn walk_no_aux(dir: &std::path::Path) -> bool {
     common::walk(dir)
         .iter()
         .all(|p| !p.to_string_lossy().ends_with(".aux.xml"))
+}
+
+#[test]
+fn row_major_order_delivers_every_tile_and_skipped_ones_when_asked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = SceneSpec {
+        width: 120,
+        height: 90,
+        dtype: "uint16",
+        nodata: Some(65535.0),
+        nodata_rect: Some((0, 0, 30, 90)),
+        ..Default::default()
+    };
+    let path = dir.path().join("s.tif");
+    spec.write(&path);
+    let scene = Scene::open(path.to_str().expect("utf8"), &OpenOptions::default()).expect("open");
+    let grid = TileGrid::new(scene.info(), grid_options(30, 0, EdgeMode::Pad)).expect("grid");
+    let mut opts = read_options(vec![1, 2, 3], 2);
+    opts.order = tessera::tiling::ReadOrder::RowMajor;
+    opts.deliver_skipped = true;
+    let (stats, tiles) = read_all(&scene, &grid, &opts);
+    assert_eq!(tiles.len(), grid.len(), "skipped tiles are delivered too");
+    assert_eq!(stats.tiles_skipped, 3);
+    for t in tiles.values() {
+        if t.tile.x < 30 {
+            assert!(t.pixels.is_empty() && t.valid_fraction == 0.0);
+        } else {
+            assert_eq!(t.pixels[0], spec.value(1, t.tile.x, t.tile.y));
+        }
+    }
+    let (_, stripes) = read_all(&scene, &grid, &read_options(vec![1, 2, 3], 2));
+    for (k, t) in &stripes {
+        assert_eq!(&t.pixels[..], &tiles[k].pixels[..]);
+    }
 }
 
 #[test]

@@ -13,7 +13,7 @@ use crate::output::formats;
 use crate::pipeline::{self, BenchReadJob, CaptionJob, ClassifyJob, TilesJob};
 use crate::raster::{BandMapping, OpenOptions, Resampling, ScalingSpec, Scene};
 use crate::runtime::{Device, Runtime, SessionOptions};
-use crate::tiling::{EdgeMode, GridOptions, ReadOptions};
+use crate::tiling::{EdgeMode, GridOptions, ReadOptions, ReadOrder};
 
 const AFTER_HELP: &str = "\
 Scenes are any raster GDAL reads (GeoTIFF/COG first), local or remote (/vsicurl/, /vsis3/,
@@ -305,6 +305,8 @@ impl TilingArgs {
             min_valid: self.min_valid,
             fill: 0.0,
             read_pixels: true,
+            order: ReadOrder::Stripes,
+            deliver_skipped: false,
         }
     }
 }

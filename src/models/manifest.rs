@@ -26,6 +26,77 @@ pub struct Manifest {
     pub decoder: Option<DecoderSpec>,
     pub prompt: Option<PromptSpec>,
     pub generation: Option<GenerationSpec>,
+    /// Single-graph models (detectors, segmenters).
+    pub model: Option<GraphSpec>,
+    pub detection: Option<DetectionSpec>,
+    pub segmentation: Option<SegmentationSpec>,
+    pub tiling: Option<TilingSpec>,
+}
+
+/// A single graph with one image input and one output.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GraphSpec {
+    pub onnx: String,
+    pub input: String,
+    pub output: String,
+}
+
+/// Detector output decoding.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DetectionSpec {
+    /// `yolov8`, `yolov5` or `yolox`.
+    pub format: String,
+    pub classes: Vec<String>,
+    #[serde(default = "default_confidence")]
+    pub confidence: f32,
+    #[serde(default = "default_iou")]
+    pub iou: f32,
+    /// YOLOX head strides.
+    #[serde(default)]
+    pub strides: Option<Vec<usize>>,
+    /// YOLOX: the graph already decodes boxes.
+    #[serde(default)]
+    pub decoded: bool,
+}
+
+fn default_confidence() -> f32 {
+    0.25
+}
+
+fn default_iou() -> f32 {
+    0.45
+}
+
+/// Segmenter output decoding.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentationSpec {
+    /// `probability` (`[B, 1, H, W]`, P(class 1)), `probabilities` (`[B, C, h, w]`, already
+    /// normalised) or `logits` (`[B, C, h, w]`, softmax applied here); `h, w` may be any
+    /// fraction of the input size (upsampled bilinearly).
+    pub format: String,
+    pub classes: Vec<String>,
+    /// `probability` format: P(class 1) at or above this is class 1.
+    #[serde(default = "default_threshold")]
+    pub threshold: f32,
+}
+
+fn default_threshold() -> f32 {
+    0.5
+}
+
+/// Tiling the model was trained for (defaults for the command line).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TilingSpec {
+    /// Ground resolution in metres per pixel.
+    #[serde(default)]
+    pub gsd: Option<f64>,
+    /// Overlap in pixels.
+    #[serde(default)]
+    pub overlap: Option<usize>,
 }
 
 /// The token-embedding graph of a decoder model.

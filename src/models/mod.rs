@@ -7,11 +7,13 @@
 
 pub mod clip;
 pub mod decoder;
+pub mod deepness;
 mod manifest;
+pub mod segmentation;
 
 pub use manifest::{
-    DecoderSpec, EmbedSpec, GenerationSpec, ImageSpec, Manifest, Preprocess, PromptSpec, Scores,
-    TextSpec, TokenizerSpec,
+    DecoderSpec, DetectionSpec, EmbedSpec, GenerationSpec, GraphSpec, ImageSpec, Manifest,
+    Preprocess, PromptSpec, Scores, SegmentationSpec, TextSpec, TilingSpec, TokenizerSpec,
 };
 
 use std::path::{Path, PathBuf};

@@ -12,7 +12,7 @@ mod stream;
 
 pub use grid::{EdgeMode, GridOptions, Tile, TileGrid};
 pub use pool::PooledBuf;
-pub use stream::{stream_tiles, ReadOptions, StreamStats, TileData};
+pub use stream::{stream_tiles, ReadOptions, ReadOrder, StreamStats, TileData};
 
 use thiserror::Error;
 

@@ -43,6 +43,23 @@ pub struct ReadOptions {
     pub fill: f64,
     /// Read pixel values (false: only validity, e.g. to list a grid).
     pub read_pixels: bool,
+    /// The order tiles are read in.
+    pub order: ReadOrder,
+    /// Hand skipped tiles to the consumer too (with no pixels and `valid_fraction` 0), for
+    /// consumers that track which parts of the grid are finished.
+    pub deliver_skipped: bool,
+}
+
+/// The order tiles are read in (tiles still arrive slightly out of order: several readers).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReadOrder {
+    /// Vertical stripes of tile columns, each read top to bottom by one reader: every
+    /// compressed block is decoded once, whatever the overlap (best for throughput).
+    #[default]
+    Stripes,
+    /// Row by row over the whole width, readers taking the next tile: the order streaming
+    /// mosaics need to finish rows early (blocks on a reader boundary may be decoded twice).
+    RowMajor,
 }
 
 /// One tile's samples, band-sequential (`[band][row][col]`), and its validity.
@@ -67,6 +84,7 @@ pub struct StreamStats {
 enum Message<T> {
     Tile(TileData<T>),
     Skipped,
+    SkippedTile(TileData<T>),
     Failed(TilingError),
 }
 
@@ -123,47 +141,74 @@ where
         let stripes = &stripes;
         let (path, open, prepare, pools) = (&path, &open, &prepare, &pools);
         s.spawn(move || {
-            pool.install(|| {
-                stripes.par_iter().with_max_len(1).for_each_init(
-                    || Scene::open(path, open),
-                    |handle, cols| {
-                        let handle = match handle {
-                            Ok(h) => h,
-                            Err(e) => {
-                                cancel.store(true, Ordering::Relaxed);
-                                let _ = tx.send(Message::Failed(TilingError::Raster(e.clone())));
+            // Read one tile and send it; false when the stream must stop.
+            let one = |handle: &Scene, row: usize, col: usize| -> bool {
+                if cancel.load(Ordering::Relaxed) {
+                    return false;
+                }
+                let tile = grid.tile(row, col);
+                let msg = match read_tile::<T>(handle, grid, tile.clone(), options, pools) {
+                    Ok(Some(mut t)) => {
+                        prepare(&mut t);
+                        Message::Tile(t)
+                    }
+                    Ok(None) if options.deliver_skipped => Message::SkippedTile(TileData {
+                        tile,
+                        pixels: PooledBuf::from(Vec::new()),
+                        valid: PooledBuf::from(Vec::new()),
+                        valid_fraction: 0.0,
+                    }),
+                    Ok(None) => Message::Skipped,
+                    Err(e) => {
+                        cancel.store(true, Ordering::Relaxed);
+                        Message::Failed(e)
+                    }
+                };
+                tx.send(msg).is_ok()
+            };
+            let opened = |handle: &Result<Scene, crate::raster::RasterError>| -> Option<()> {
+                if let Err(e) = handle {
+                    cancel.store(true, Ordering::Relaxed);
+                    let _ = tx.send(Message::Failed(TilingError::Raster(e.clone())));
+                    return None;
+                }
+                Some(())
+            };
+            pool.install(|| match options.order {
+                ReadOrder::Stripes => {
+                    stripes.par_iter().with_max_len(1).for_each_init(
+                        || Scene::open(path, open),
+                        |handle, cols| {
+                            if opened(handle).is_none() {
                                 return;
                             }
-                        };
-                        for row in 0..grid.rows() {
-                            for col in cols.clone() {
-                                if cancel.load(Ordering::Relaxed) {
-                                    return;
-                                }
-                                let msg = match read_tile::<T>(
-                                    handle,
-                                    grid,
-                                    grid.tile(row, col),
-                                    options,
-                                    pools,
-                                ) {
-                                    Ok(Some(mut t)) => {
-                                        prepare(&mut t);
-                                        Message::Tile(t)
+                            let Ok(handle) = handle else { return };
+                            for row in 0..grid.rows() {
+                                for col in cols.clone() {
+                                    if !one(handle, row, col) {
+                                        return;
                                     }
-                                    Ok(None) => Message::Skipped,
-                                    Err(e) => {
-                                        cancel.store(true, Ordering::Relaxed);
-                                        Message::Failed(e)
-                                    }
-                                };
-                                if tx.send(msg).is_err() {
-                                    return;
                                 }
                             }
+                        },
+                    );
+                }
+                ReadOrder::RowMajor => {
+                    let next = std::sync::atomic::AtomicUsize::new(0);
+                    (0..threads).into_par_iter().with_max_len(1).for_each(|_| {
+                        let handle = Scene::open(path, open);
+                        if opened(&handle).is_none() {
+                            return;
                         }
-                    },
-                );
+                        let Ok(handle) = handle else { return };
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            if i >= grid.len() || !one(&handle, i / grid.cols(), i % grid.cols()) {
+                                return;
+                            }
+                        }
+                    });
+                }
             });
             drop(tx);
         });
@@ -179,6 +224,13 @@ where
                     }
                 }
                 Message::Skipped => stats.tiles_skipped += 1,
+                Message::SkippedTile(t) => {
+                    stats.tiles_skipped += 1;
+                    if let Err(e) = consume(t) {
+                        result = Err(e);
+                        break;
+                    }
+                }
                 Message::Failed(e) => {
                     result = Err(E::from(e));
                     break;

@@ -1,0 +1,352 @@
+//! Semantic segmentation: per-pixel class probabilities from any fully convolutional model.
+//!
+//! Output layouts: `probability` (`[B, 1, H, W]`, the probability of class 1, e.g. DBNet,
+//! building/no-building models), `probabilities` (`[B, C, h, w]`, already normalised, e.g.
+//! Deepness segmentors) and `logits` (`[B, C, h, w]`, softmax applied here). Outputs at a
+//! coarser stride (`h = H / s`) are upsampled bilinearly (half-pixel centres, like PyTorch's
+//! `interpolate(..., align_corners=False)`) before the softmax.
+
+use std::path::Path;
+
+use ndarray::{Array4, ArrayView4};
+use ort::value::TensorRef;
+
+use super::clip::Normalizer;
+use super::manifest::{GraphSpec, Preprocess, SegmentationSpec};
+use super::{ModelError, ModelPackage};
+use crate::runtime::{ModelSession, Runtime, RuntimeError, SessionOptions};
+
+/// How the output is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SegFormat {
+    Probability,
+    Probabilities,
+    Logits,
+}
+
+/// A loaded segmentation model.
+pub struct SegmentationModel {
+    package: ModelPackage,
+    graph: GraphSpec,
+    pre: Preprocess,
+    spec: SegmentationSpec,
+    format: SegFormat,
+    session: ModelSession,
+}
+
+impl std::fmt::Debug for SegmentationModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentationModel")
+            .field("dir", &self.package.dir)
+            .finish()
+    }
+}
+
+fn run_err(path: &Path, e: impl std::fmt::Display) -> ModelError {
+    ModelError::Runtime(RuntimeError::Run {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// A package folder with `model.toml`, or a bare ONNX file with Deepness metadata.
+///
+/// # Errors
+/// As for [`ModelPackage::load`] and [`super::deepness::package_from_onnx`].
+pub fn load_package(runtime: &Runtime, path: &Path) -> Result<ModelPackage, ModelError> {
+    if path.is_file() {
+        return super::deepness::package_from_onnx(runtime, path);
+    }
+    if path.is_dir() && !path.join("model.toml").exists() {
+        let onnx: Vec<_> = std::fs::read_dir(path)
+            .map_err(|e| ModelError::Package {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "onnx"))
+            .collect();
+        if let [one] = onnx.as_slice() {
+            return super::deepness::package_from_onnx(runtime, one);
+        }
+    }
+    ModelPackage::load(path)
+}
+
+impl SegmentationModel {
+    /// Load a segmenter package (or Deepness-annotated ONNX file).
+    ///
+    /// # Errors
+    /// Missing sections, unknown output format, a graph without the named input/output, or
+    /// the provider failing to load.
+    pub fn load(
+        runtime: &Runtime,
+        path: &Path,
+        options: &SessionOptions,
+    ) -> Result<SegmentationModel, ModelError> {
+        let package = load_package(runtime, path)?;
+        let m = &package.manifest;
+        let invalid = |problems: Vec<String>| ModelError::Invalid {
+            path: path.display().to_string(),
+            problems,
+        };
+        if m.family != "segmenter" {
+            return Err(invalid(vec![format!(
+                "family '{}' is not a segmenter",
+                m.family
+            )]));
+        }
+        let mut problems = Vec::new();
+        if m.model.is_none() {
+            problems.push("a segmenter manifest needs a [model] section".to_string());
+        }
+        if m.preprocess.is_none() {
+            problems.push("a segmenter manifest needs a [preprocess] section".to_string());
+        }
+        if m.segmentation.is_none() {
+            problems.push("a segmenter manifest needs a [segmentation] section".to_string());
+        }
+        let (Some(graph), Some(pre), Some(spec)) = (
+            m.model.clone(),
+            m.preprocess.clone(),
+            m.segmentation.clone(),
+        ) else {
+            return Err(invalid(problems));
+        };
+        let format = match spec.format.as_str() {
+            "probability" => SegFormat::Probability,
+            "probabilities" => SegFormat::Probabilities,
+            "logits" => SegFormat::Logits,
+            other => {
+                return Err(invalid(vec![format!(
+                    "segmentation.format '{other}' is not probability, probabilities or logits"
+                )]))
+            }
+        };
+        if format == SegFormat::Probability && spec.classes.len() != 2 {
+            problems.push(format!(
+                "the probability format has 2 classes, the manifest names {}",
+                spec.classes.len()
+            ));
+        }
+        if pre.mean.len() != 3
+            || pre.std.len() != 3
+            || pre.std.iter().any(|s| !(s.is_finite() && *s > 0.0))
+        {
+            problems
+                .push("preprocess.mean and preprocess.std need 3 values each, std positive".into());
+        }
+        let session = package.session(runtime, &graph.onnx, options)?;
+        if !session.inputs().iter().any(|i| i.name == graph.input) {
+            problems.push(format!("the graph has no input '{}'", graph.input));
+        }
+        match session.outputs().iter().find(|o| o.name == graph.output) {
+            None => problems.push(format!("the graph has no output '{}'", graph.output)),
+            Some(o) => {
+                if o.shape.len() != 4 {
+                    problems.push(format!(
+                        "output '{}' has shape {:?}, expected [B, C, H, W]",
+                        o.name, o.shape
+                    ));
+                } else if format == SegFormat::Probability && o.shape[1] != 1 && o.shape[1] != -1 {
+                    problems.push(format!(
+                        "output '{}' has {} channels, the probability format has 1",
+                        o.name, o.shape[1]
+                    ));
+                } else if format != SegFormat::Probability
+                    && o.shape[1] > 0
+                    && o.shape[1] as usize != spec.classes.len()
+                {
+                    problems.push(format!(
+                        "output '{}' has {} channels but {} classes are named",
+                        o.name,
+                        o.shape[1],
+                        spec.classes.len()
+                    ));
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return Err(invalid(problems));
+        }
+        Ok(SegmentationModel {
+            package,
+            graph,
+            pre,
+            spec,
+            format,
+            session,
+        })
+    }
+
+    pub fn package(&self) -> &ModelPackage {
+        &self.package
+    }
+
+    pub fn input_size(&self) -> usize {
+        self.pre.size
+    }
+
+    pub fn classes(&self) -> &[String] {
+        &self.spec.classes
+    }
+
+    pub fn format(&self) -> SegFormat {
+        self.format
+    }
+
+    pub fn threshold(&self) -> f32 {
+        self.spec.threshold
+    }
+
+    pub fn provider(&self) -> (&'static str, Option<&str>) {
+        (self.session.provider, self.session.fallback.as_deref())
+    }
+
+    pub fn normalizer(&self) -> Normalizer {
+        let p = &self.pre;
+        Normalizer {
+            mean: [p.mean[0], p.mean[1], p.mean[2]],
+            inv_std: [1.0 / p.std[0], 1.0 / p.std[1], 1.0 / p.std[2]],
+            bgr: p.channel_order == "bgr",
+        }
+    }
+
+    /// Class probabilities `[B, C, S, S]` for a normalised batch `[B, 3, S, S]` (C = 2 for
+    /// the probability format: `1 - p`, `p`).
+    ///
+    /// # Errors
+    /// Inference failure or an output of an unexpected shape.
+    pub fn predict(&mut self, batch: ArrayView4<'_, f32>) -> Result<Array4<f32>, ModelError> {
+        let path = self.session.path.clone();
+        let (b, h, w) = (batch.shape()[0], batch.shape()[2], batch.shape()[3]);
+        let batch = batch.as_standard_layout();
+        let input = TensorRef::from_array_view(batch.view()).map_err(|e| run_err(&path, e))?;
+        let out = self
+            .session
+            .session
+            .run(ort::inputs![self.graph.input.as_str() => input])
+            .map_err(|e| run_err(&path, e))?;
+        let raw = out[self.graph.output.as_str()]
+            .try_extract_array::<f32>()
+            .map_err(|e| run_err(&path, e))?;
+        let raw = raw
+            .into_dimensionality::<ndarray::Ix4>()
+            .map_err(|e| run_err(&path, format!("output is not 4-D: {e}")))?;
+        if raw.shape()[0] != b {
+            return Err(run_err(
+                &path,
+                format!("output batch {} for input batch {b}", raw.shape()[0]),
+            ));
+        }
+        let c_out = raw.shape()[1];
+        let classes = match self.format {
+            SegFormat::Probability => 2,
+            _ => c_out,
+        };
+        let mut probs = Array4::<f32>::zeros((b, classes, h, w));
+        let up = upsample(raw.view(), h, w);
+        match self.format {
+            SegFormat::Probability => {
+                for i in 0..b {
+                    for y in 0..h {
+                        for x in 0..w {
+                            let p = up[[i, 0, y, x]].clamp(0.0, 1.0);
+                            probs[[i, 0, y, x]] = 1.0 - p;
+                            probs[[i, 1, y, x]] = p;
+                        }
+                    }
+                }
+            }
+            SegFormat::Probabilities => probs.assign(&up),
+            SegFormat::Logits => {
+                for i in 0..b {
+                    for y in 0..h {
+                        for x in 0..w {
+                            let max = (0..classes)
+                                .map(|c| up[[i, c, y, x]])
+                                .fold(f32::NEG_INFINITY, f32::max);
+                            let mut sum = 0.0;
+                            for c in 0..classes {
+                                let e = (up[[i, c, y, x]] - max).exp();
+                                probs[[i, c, y, x]] = e;
+                                sum += e;
+                            }
+                            for c in 0..classes {
+                                probs[[i, c, y, x]] /= sum;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(probs)
+    }
+}
+
+/// Bilinear resize of `[B, C, h, w]` to `[B, C, out_h, out_w]` with half-pixel centres
+/// (PyTorch `align_corners=False`); a copy when the sizes already match.
+pub fn upsample(a: ArrayView4<'_, f32>, out_h: usize, out_w: usize) -> Array4<f32> {
+    let (b, c, h, w) = (a.shape()[0], a.shape()[1], a.shape()[2], a.shape()[3]);
+    if h == out_h && w == out_w {
+        return a.to_owned();
+    }
+    let axis = |n_in: usize, n_out: usize| -> Vec<(usize, usize, f32)> {
+        let scale = n_in as f32 / n_out as f32;
+        (0..n_out)
+            .map(|o| {
+                let src = ((o as f32 + 0.5) * scale - 0.5).max(0.0);
+                let i0 = (src.floor() as usize).min(n_in - 1);
+                let i1 = (i0 + 1).min(n_in - 1);
+                (i0, i1, src - i0 as f32)
+            })
+            .collect()
+    };
+    let ys = axis(h, out_h);
+    let xs = axis(w, out_w);
+    let mut out = Array4::<f32>::zeros((b, c, out_h, out_w));
+    for i in 0..b {
+        for k in 0..c {
+            for (oy, &(y0, y1, fy)) in ys.iter().enumerate() {
+                for (ox, &(x0, x1, fx)) in xs.iter().enumerate() {
+                    let top = a[[i, k, y0, x0]] * (1.0 - fx) + a[[i, k, y0, x1]] * fx;
+                    let bottom = a[[i, k, y1, x0]] * (1.0 - fx) + a[[i, k, y1, x1]] * fx;
+                    out[[i, k, oy, ox]] = top * (1.0 - fy) + bottom * fy;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upsample_matches_half_pixel_bilinear() {
+        // PyTorch: F.interpolate(torch.tensor([[[[0., 1.], [2., 3.]]]]), size=4, mode="bilinear", align_corners=False)
+        let a =
+            ndarray::Array4::from_shape_vec((1, 1, 2, 2), vec![0.0, 1.0, 2.0, 3.0]).expect("shape");
+        let u = upsample(a.view(), 4, 4);
+        let want = [
+            [0.0, 0.25, 0.75, 1.0],
+            [0.5, 0.75, 1.25, 1.5],
+            [1.5, 1.75, 2.25, 2.5],
+            [2.0, 2.25, 2.75, 3.0],
+        ];
+        for y in 0..4 {
+            for x in 0..4 {
+                assert!(
+                    (u[[0, 0, y, x]] - want[y][x]).abs() < 1e-6,
+                    "({y},{x}) {}",
+                    u[[0, 0, y, x]]
+                );
+            }
+        }
+        // A constant 4x4 block per output cell stays exact at stride 4 in the block centres.
+        let same = upsample(a.view(), 2, 2);
+        assert_eq!(same, a);
+    }
+}
