@@ -4,3 +4,4 @@
 //! the sweep passes.
 
 pub mod boxes;
+pub mod mask;

@@ -1,0 +1,350 @@
+//! Streaming mosaic of overlapping segmentation predictions.
+//!
+//! Each tile's class probabilities are accumulated, weighted by a window that falls off toward
+//! the tile's edges (linear or cosine ramp over the overlap), so a pixel seen by several tiles
+//! takes most from the tiles that see it far from their borders, where fully convolutional
+//! models are most reliable. Rows are finished as soon as every tile that covers them has
+//! arrived, and handed to a [`RowSink`] at once: memory grows with the tile size and the scene
+//! width, never with the scene's area. Pixels with no valid input become nodata.
+
+use std::collections::VecDeque;
+
+use crate::tiling::{Tile, TileGrid};
+
+/// Class value written where no valid pixel contributed.
+pub const NODATA_CLASS: u8 = 255;
+
+/// The blending window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlendWindow {
+    /// Equal weight everywhere (plain averaging of overlaps).
+    Flat,
+    /// Weight rising linearly from the tile edge over the overlap.
+    Linear,
+    /// Weight rising as a raised cosine over the overlap.
+    Cosine,
+}
+
+/// Per-pixel weights of a `size x size` tile: separable, 1 in the interior, ramping down to a
+/// small positive value at the edges over `ramp` pixels.
+pub fn tile_weights(size: usize, ramp: usize, window: BlendWindow) -> Vec<f32> {
+    let ramp = ramp.max(1) as f32;
+    let axis: Vec<f32> = (0..size)
+        .map(|i| {
+            let d = (i as f32 + 0.5).min(size as f32 - i as f32 - 0.5);
+            let t = (d / ramp).min(1.0);
+            let w = match window {
+                BlendWindow::Flat => 1.0,
+                BlendWindow::Linear => t,
+                BlendWindow::Cosine => 0.5 - 0.5 * (std::f32::consts::PI * t).cos(),
+            };
+            w.max(1e-3)
+        })
+        .collect();
+    let mut out = Vec::with_capacity(size * size);
+    for &wy in &axis {
+        for &wx in &axis {
+            out.push(wy * wx);
+        }
+    }
+    out
+}
+
+/// Receives finished rows of the mosaic, top to bottom.
+pub trait RowSink {
+    type Error;
+    /// `rows` rows starting at row `y0`: `classes` is `rows * width` class values;
+    /// `probs` is `classes_count * rows * width` probabilities (band-sequential), NaN where
+    /// no valid pixel contributed.
+    fn write_rows(&mut self, y0: usize, rows: usize, classes: &[u8], probs: &[f32]) -> Result<(), Self::Error>;
+}
+
+/// How a pixel's class is decided from its blended probabilities.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Decision {
+    /// The most probable class.
+    Argmax,
+    /// Class 1 where P(class 1) reaches the threshold, else class 0 (binary models).
+    Threshold(f32),
+}
+
+struct RowAcc {
+    scores: Vec<f32>,
+    weight: Vec<f32>,
+}
+
+/// The accumulator.
+pub struct MaskStitcher {
+    width: usize,
+    height: usize,
+    classes: usize,
+    decision: Decision,
+    weights: Vec<f32>,
+    tile_size: usize,
+    row_offsets: Vec<usize>,
+    cols: usize,
+    tiles_done: Vec<usize>,
+    next_tile_row: usize,
+    rows: VecDeque<RowAcc>,
+    first_row: usize,
+    peak_rows: usize,
+}
+
+impl std::fmt::Debug for MaskStitcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MaskStitcher")
+            .field("width", &self.width)
+            .field("height", &self.height)
+            .field("first_row", &self.first_row)
+            .finish()
+    }
+}
+
+impl MaskStitcher {
+    /// A mosaic over `grid`'s working grid with `classes` probability channels.
+    pub fn new(grid: &TileGrid, classes: usize, window: BlendWindow, decision: Decision) -> MaskStitcher {
+        let size = grid.tile_size();
+        MaskStitcher {
+            width: grid.working_width,
+            height: grid.working_height,
+            classes,
+            decision,
+            weights: tile_weights(size, grid.options.overlap, window),
+            tile_size: size,
+            row_offsets: grid.row_offsets.clone(),
+            cols: grid.cols(),
+            tiles_done: vec![0; grid.rows()],
+            next_tile_row: 0,
+            rows: VecDeque::new(),
+            first_row: 0,
+            peak_rows: 0,
+        }
+    }
+
+    /// Most rows held at once so far (memory is about this times the width times the classes).
+    pub fn peak_rows(&self) -> usize {
+        self.peak_rows
+    }
+
+    fn ensure_rows(&mut self, end: usize) {
+        while self.first_row + self.rows.len() < end {
+            self.rows.push_back(RowAcc {
+                scores: vec![0.0; self.classes * self.width],
+                weight: vec![0.0; self.width],
+            });
+        }
+        self.peak_rows = self.peak_rows.max(self.rows.len());
+    }
+
+    /// Add a tile's probabilities (`classes * size * size`, band-sequential) for its valid
+    /// pixels, or `None` for a tile that was skipped; then flush the rows now finished.
+    ///
+    /// # Errors
+    /// The sink's error.
+    pub fn add<S: RowSink>(&mut self, tile: &Tile, probs: Option<&[f32]>, valid: &[u8], sink: &mut S) -> Result<(), S::Error> {
+        if let Some(probs) = probs {
+            let n = self.tile_size;
+            let plane = n * n;
+            self.ensure_rows(tile.y + tile.inside_h);
+            for r in 0..tile.inside_h {
+                let y = tile.y + r;
+                if y < self.first_row {
+                    continue; // already final (cannot happen with a correct grid order)
+                }
+                let acc = &mut self.rows[y - self.first_row];
+                for q in 0..tile.inside_w {
+                    let k = r * n + q;
+                    if valid.get(k).copied().unwrap_or(0) == 0 {
+                        continue;
+                    }
+                    let w = self.weights[k];
+                    let x = tile.x + q;
+                    acc.weight[x] += w;
+                    for c in 0..self.classes {
+                        acc.scores[c * self.width + x] += w * probs[c * plane + k];
+                    }
+                }
+            }
+        }
+        self.tiles_done[tile.row] += 1;
+        while self.next_tile_row < self.tiles_done.len() && self.tiles_done[self.next_tile_row] == self.cols {
+            self.next_tile_row += 1;
+        }
+        let final_end = if self.next_tile_row == self.row_offsets.len() {
+            self.height
+        } else {
+            self.row_offsets[self.next_tile_row].min(self.height)
+        };
+        self.flush(final_end, sink)
+    }
+
+    fn flush<S: RowSink>(&mut self, end: usize, sink: &mut S) -> Result<(), S::Error> {
+        if end <= self.first_row {
+            return Ok(());
+        }
+        self.ensure_rows(end);
+        let n = end - self.first_row;
+        let w = self.width;
+        let mut classes = vec![NODATA_CLASS; n * w];
+        let mut probs = vec![f32::NAN; self.classes * n * w];
+        let mut p = vec![0f32; self.classes];
+        for r in 0..n {
+            let Some(acc) = self.rows.pop_front() else { break };
+            for x in 0..w {
+                let wt = acc.weight[x];
+                if wt <= 0.0 {
+                    continue;
+                }
+                for (c, pc) in p.iter_mut().enumerate() {
+                    *pc = acc.scores[c * w + x] / wt;
+                    probs[c * n * w + r * w + x] = *pc;
+                }
+                classes[r * w + x] = match self.decision {
+                    Decision::Threshold(t) => u8::from(p.get(1).copied().unwrap_or(0.0) >= t),
+                    Decision::Argmax => {
+                        let mut best = 0;
+                        for c in 1..p.len() {
+                            if p[c] > p[best] {
+                                best = c;
+                            }
+                        }
+                        best.min(254) as u8
+                    }
+                };
+            }
+        }
+        let y0 = self.first_row;
+        self.first_row = end;
+        sink.write_rows(y0, n, &classes, &probs)
+    }
+
+    /// Flush everything left (all tiles must have been added).
+    ///
+    /// # Errors
+    /// The sink's error.
+    pub fn finish<S: RowSink>(mut self, sink: &mut S) -> Result<usize, S::Error> {
+        let h = self.height;
+        self.flush(h, sink)?;
+        Ok(self.peak_rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raster::GeoTransform;
+    use crate::tiling::{EdgeMode, GridOptions};
+
+    struct Collect {
+        width: usize,
+        classes: Vec<u8>,
+        probs: Vec<Vec<f32>>,
+        next: usize,
+    }
+
+    impl RowSink for Collect {
+        type Error = String;
+        fn write_rows(&mut self, y0: usize, rows: usize, classes: &[u8], probs: &[f32]) -> Result<(), String> {
+            if y0 != self.next {
+                return Err(format!("rows out of order: {y0} after {}", self.next));
+            }
+            self.next = y0 + rows;
+            self.classes.extend_from_slice(classes);
+            let c = probs.len() / (rows * self.width);
+            for k in 0..c {
+                self.probs[k].extend_from_slice(&probs[k * rows * self.width..(k + 1) * rows * self.width]);
+            }
+            Ok(())
+        }
+    }
+
+    fn grid(w: usize, h: usize, size: usize, overlap: usize) -> TileGrid {
+        let info_gt = GeoTransform([0.0, 1.0, 0.0, 0.0, 0.0, -1.0]);
+        let stride = size - overlap;
+        let offs = |extent: usize| -> Vec<usize> {
+            if extent <= size {
+                vec![0]
+            } else {
+                (0..=(extent - size).div_ceil(stride)).map(|k| k * stride).collect()
+            }
+        };
+        TileGrid {
+            options: GridOptions { tile_size: size, overlap, target_gsd: None, edge: EdgeMode::Pad },
+            scale: (1.0, 1.0),
+            working_width: w,
+            working_height: h,
+            col_offsets: offs(w),
+            row_offsets: offs(h),
+            geotransform: info_gt,
+        }
+    }
+
+    #[test]
+    fn weights_ramp_toward_edges() {
+        let w = tile_weights(8, 2, BlendWindow::Linear);
+        assert!(w[0] < w[8 + 1] && w[8 + 1] < w[3 * 8 + 3]);
+        assert_eq!(w[3 * 8 + 3], 1.0);
+        let c = tile_weights(8, 2, BlendWindow::Cosine);
+        assert!(c.iter().all(|&v| v > 0.0 && v <= 1.0));
+        assert!(tile_weights(4, 2, BlendWindow::Flat).iter().all(|&v| v == 1.0));
+    }
+
+    /// Tiles that each predict the true per-pixel probability stitch back to exactly it, in
+    /// any arrival order, and rows are emitted in order.
+    #[test]
+    fn consistent_tiles_stitch_exactly_in_any_order() {
+        let (w, h) = (37, 29);
+        let truth = |x: usize, y: usize| ((x * 7 + y * 3) % 11) as f32 / 10.0;
+        let g = grid(w, h, 12, 4);
+        let mut order: Vec<(usize, usize)> = (0..g.rows()).flat_map(|r| (0..g.cols()).map(move |c| (r, c))).collect();
+        // Slightly out of order, as parallel readers deliver them.
+        order.swap(0, 2);
+        order.swap(5, 7);
+        let mut s = MaskStitcher::new(&g, 2, BlendWindow::Cosine, Decision::Threshold(0.5));
+        let mut sink = Collect { width: w, classes: vec![], probs: vec![vec![], vec![]], next: 0 };
+        for (r, c) in order {
+            let t = g.tile(r, c);
+            let n = t.size;
+            let mut probs = vec![0f32; 2 * n * n];
+            let mut valid = vec![0u8; n * n];
+            for yy in 0..t.inside_h {
+                for xx in 0..t.inside_w {
+                    let p = truth(t.x + xx, t.y + yy);
+                    probs[yy * n + xx] = 1.0 - p;
+                    probs[n * n + yy * n + xx] = p;
+                    valid[yy * n + xx] = 1;
+                }
+            }
+            s.add(&t, Some(&probs), &valid, &mut sink).expect("add");
+        }
+        let peak = s.finish(&mut sink).expect("finish");
+        assert_eq!(sink.classes.len(), w * h);
+        for y in 0..h {
+            for x in 0..w {
+                let p = sink.probs[1][y * w + x];
+                assert!((p - truth(x, y)).abs() < 1e-5, "({x},{y}) {p}");
+                assert_eq!(sink.classes[y * w + x], u8::from(truth(x, y) >= 0.5));
+            }
+        }
+        assert!(peak < h, "rows were flushed before the end (peak {peak} of {h})");
+    }
+
+    #[test]
+    fn skipped_and_invalid_pixels_are_nodata() {
+        let g = grid(20, 10, 10, 0);
+        let mut s = MaskStitcher::new(&g, 2, BlendWindow::Linear, Decision::Argmax);
+        let mut sink = Collect { width: 20, classes: vec![], probs: vec![vec![], vec![]], next: 0 };
+        let t0 = g.tile(0, 0);
+        let probs = vec![0.2f32; 200].into_iter().enumerate().map(|(i, v)| if i < 100 { v } else { 0.8 }).collect::<Vec<_>>();
+        let mut valid = vec![1u8; 100];
+        valid[0] = 0;
+        s.add(&t0, Some(&probs), &valid, &mut sink).expect("add");
+        s.add(&g.tile(0, 1), None, &[], &mut sink).expect("skip");
+        s.finish(&mut sink).expect("finish");
+        assert_eq!(sink.classes[0], NODATA_CLASS);
+        assert_eq!(sink.classes[1], 1);
+        assert!(sink.classes[10..20].iter().all(|&c| c == NODATA_CLASS));
+        assert!(sink.probs[1][15].is_nan());
+    }
+}
