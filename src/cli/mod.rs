@@ -10,9 +10,10 @@ use clap::{Args, Parser, Subcommand};
 use crate::models::clip::DEFAULT_TEMPLATES;
 use crate::models::decoder::GenerationParams;
 use crate::output::formats;
-use crate::pipeline::{self, BenchReadJob, CaptionJob, ClassifyJob, TilesJob};
+use crate::pipeline::{self, BenchReadJob, CaptionJob, ClassifyJob, SegmentJob, TilesJob};
 use crate::raster::{BandMapping, OpenOptions, Resampling, ScalingSpec, Scene};
 use crate::runtime::{Device, Runtime, SessionOptions};
+use crate::stitch::mask::BlendWindow;
 use crate::tiling::{EdgeMode, GridOptions, ReadOptions, ReadOrder};
 
 const AFTER_HELP: &str = "\
@@ -53,6 +54,9 @@ pub enum Command {
     /// Caption every tile and the whole scene (or answer a question about them) with an
     /// image-conditioned language model (BLIP-2, LLaVA-style).
     Caption(CaptionArgs),
+    /// Semantic segmentation of a whole scene: tiles stitched into one seamless mosaic (class
+    /// COG, optional probabilities) and polygons made from the mosaic.
+    Segment(SegmentArgs),
     /// Model packages: validate one (`tessera models check DIR`).
     Models(ModelsArgs),
     /// Benchmark reading, tiling and scaling a scene into float32 CHW batches.
@@ -102,6 +106,51 @@ pub struct CaptionArgs {
     /// Shapefiles captions.csv with captions longer than 254 bytes.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Vector format: gpkg (default), shp, geojson, fgb.
+    #[arg(long, default_value = "gpkg", value_name = "FORMAT")]
+    pub format: String,
+    /// Replace an existing output folder.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Print a JSON summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SegmentArgs {
+    /// The scene (any GDAL raster).
+    pub scene: String,
+    /// Model package folder (model.toml + ONNX) or an ONNX file with Deepness metadata.
+    #[arg(long, value_name = "PATH")]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub tiling: TilingArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Scaling to [0, 1]: auto, none, minmax, percentile:LO,HI, range:LO,HI[;LO,HI...].
+    #[arg(long, default_value = "auto", value_name = "SPEC")]
+    pub scale: ScalingSpec,
+    /// Weighting of overlapping predictions: flat, linear or cosine ramp toward tile edges.
+    #[arg(long, value_enum, default_value = "cosine")]
+    pub blend: BlendWindow,
+    /// Binary models: probability at or above which a pixel is the object class (default:
+    /// the model's).
+    #[arg(long, value_name = "P")]
+    pub threshold: Option<f32>,
+    /// Also write probabilities.tif (float32; P(object) for binary models, one band per class
+    /// otherwise).
+    #[arg(long)]
+    pub probabilities: bool,
+    /// Simplify polygons with this tolerance in map units (topology preserved; 0: none).
+    #[arg(long, default_value_t = 0.0, value_name = "TOL")]
+    pub simplify: f64,
+    /// Drop polygons smaller than this area in square map units.
+    #[arg(long, default_value_t = 0.0, value_name = "AREA")]
+    pub min_area: f64,
+    /// Output folder: classes.tif, [probabilities.tif], polygons.<ext>.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
     /// Vector format: gpkg (default), shp, geojson, fgb.
     #[arg(long, default_value = "gpkg", value_name = "FORMAT")]
     pub format: String,
@@ -382,6 +431,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Doctor(a) => doctor(a, cli.ort_lib),
         Command::Classify(a) => classify(a, cli.ort_lib, cli.quiet),
         Command::Caption(a) => caption(a, cli.ort_lib, cli.quiet),
+        Command::Segment(a) => segment(a, cli.ort_lib, cli.quiet),
         Command::Models(a) => models(a, cli.ort_lib),
         Command::BenchRead(a) => bench_read(a),
     }
@@ -870,6 +920,90 @@ fn caption(a: CaptionArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Result<i32>
         report.seconds,
         report.captions_per_second,
         report.tokens_per_second
+    );
+    for o in &report.outputs {
+        println!("  wrote {o}");
+    }
+    Ok(0)
+}
+
+/// Session options from the device flags.
+fn session_options(d: &DeviceArgs) -> SessionOptions {
+    SessionOptions {
+        device: d.device,
+        allow_fallback: d.allow_fallback,
+        intra_threads: d.intra_threads.unwrap_or(0),
+        trt_cache: d
+            .trt_cache
+            .clone()
+            .or_else(|| cache_dir(None).map(|c| c.join("tensorrt"))),
+    }
+}
+
+fn segment(a: SegmentArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Result<i32> {
+    let format =
+        formats::by_name(&a.format).ok_or_else(|| crate::output::OutputError::UnknownFormat {
+            path: a.out.display().to_string(),
+            format: a.format.clone(),
+        })?;
+    if !(a.simplify >= 0.0 && a.min_area >= 0.0) {
+        bail!("--simplify and --min-area must not be negative");
+    }
+    if let Some(t) = a.threshold {
+        if !(0.0..=1.0).contains(&t) {
+            bail!("--threshold must be between 0 and 1, got {t}");
+        }
+    }
+    let batch = a
+        .device
+        .batch_size
+        .unwrap_or_else(|| a.device.device.default_batch_size());
+    let mut read = a.tiling.read();
+    if a.tiling.queue.is_none() {
+        read.queue = batch.max(read.queue);
+    }
+    let job = SegmentJob {
+        scene: a.scene.clone(),
+        open: OpenOptions {
+            pixel_coords: a.tiling.pixel_coords,
+        },
+        model: a.model.clone(),
+        ort_lib,
+        session: session_options(&a.device),
+        grid: a.tiling.grid(Some(0))?,
+        overlap_given: a.tiling.overlap.is_some() || a.tiling.stride.is_some(),
+        gsd_given: a.tiling.target_gsd.is_some(),
+        read,
+        scaling: a.scale.clone(),
+        batch_size: batch,
+        window: a.blend,
+        threshold: a.threshold,
+        probabilities: a.probabilities,
+        simplify: a.simplify,
+        min_area: a.min_area,
+        out: a.out.clone(),
+        format,
+        overwrite: a.overwrite,
+        progress: !quiet,
+    };
+    let report = pipeline::run_segment(job)?;
+    if let Some(reason) = &report.fallback {
+        if !quiet {
+            eprintln!("tessera: warning: {reason}; running on {}", report.provider);
+        }
+    }
+    if a.json {
+        print_json(&report)?;
+        return Ok(0);
+    }
+    println!(
+        "{}: {} tiles segmented ({} skipped) on {} in {:.1} s; {} polygons",
+        report.scene,
+        report.tiles_read,
+        report.tiles_skipped,
+        report.provider,
+        report.seconds,
+        report.polygons
     );
     for o in &report.outputs {
         println!("  wrote {o}");

@@ -84,7 +84,8 @@ pub fn package_from_onnx(runtime: &Runtime, onnx: &Path) -> Result<ModelPackage,
     let (Some(input), Some(output)) = (inputs.first(), outputs.first()) else {
         return Err(bad(onnx, "the graph has no input or no output".into()));
     };
-    let size = get("tiles_size")
+    let size = get("tile_size")
+        .or_else(|| get("tiles_size"))
         .and_then(|v| v.trim().parse::<usize>().ok())
         .or_else(|| {
             input

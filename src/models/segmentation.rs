@@ -26,6 +26,8 @@ pub enum SegFormat {
 
 /// A loaded segmentation model.
 pub struct SegmentationModel {
+    /// The graph takes any input height and width (fully convolutional).
+    dynamic: bool,
     package: ModelPackage,
     graph: GraphSpec,
     pre: Preprocess,
@@ -170,7 +172,13 @@ impl SegmentationModel {
         if !problems.is_empty() {
             return Err(invalid(problems));
         }
+        let dynamic = session
+            .inputs()
+            .iter()
+            .find(|i| i.name == graph.input)
+            .is_some_and(|i| i.shape.len() == 4 && i.shape[2] < 0 && i.shape[3] < 0);
         Ok(SegmentationModel {
+            dynamic,
             package,
             graph,
             pre,
@@ -184,8 +192,14 @@ impl SegmentationModel {
         &self.package
     }
 
+    /// The input size the model was made for (the default tile size).
     pub fn input_size(&self) -> usize {
         self.pre.size
+    }
+
+    /// True when the graph accepts any tile size.
+    pub fn any_size(&self) -> bool {
+        self.dynamic
     }
 
     pub fn classes(&self) -> &[String] {

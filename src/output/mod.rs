@@ -5,6 +5,7 @@
 mod atomic;
 mod chips;
 pub mod formats;
+mod mosaic;
 mod polygonize;
 mod raster;
 mod vector;
@@ -12,6 +13,7 @@ mod vector;
 pub use atomic::PendingOutput;
 pub use chips::ChipWriter;
 pub use formats::VectorFormat;
+pub use mosaic::{polygonize_raster, MosaicWriter};
 pub use polygonize::polygonize_classes;
 pub use raster::{class_color, write_cog, Legend, RasterSpec};
 pub use vector::{FieldKind, FieldSpec, FieldValue, GeometryKind, VectorLayerWriter};

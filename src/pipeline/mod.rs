@@ -6,12 +6,14 @@ mod bench;
 mod caption;
 mod classify;
 mod doctor;
+mod segment;
 mod tiles;
 
 pub use bench::{run_bench_read, BenchReadJob, BenchReadReport};
 pub use caption::{run_caption, CaptionJob, CaptionReport, TileCaption};
 pub use classify::{run_classify, ClassifyJob, ClassifyReport, TileResult, Timings};
 pub use doctor::{run_doctor, DoctorReport};
+pub use segment::{run_segment, SegmentJob, SegmentReport};
 pub use tiles::{run_tiles, TilesJob, TilesReport};
 
 use thiserror::Error;

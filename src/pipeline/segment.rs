@@ -1,0 +1,310 @@
+//! `tessera segment`: semantic segmentation of a whole scene, tile by tile, stitched into one
+//! seamless mosaic (weighted blending of overlaps, rows written as soon as they are final),
+//! then a class COG, optional probability COG, and polygons made from the mosaic (never per
+//! tile, so an object across a seam is one polygon).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use ndarray::{s, Array4};
+use serde::Serialize;
+
+use super::{peak_rss_bytes, progress_bar, PipelineError};
+use crate::models::segmentation::{SegFormat, SegmentationModel};
+use crate::output::{
+    class_color, polygonize_raster, FieldKind, FieldSpec, FieldValue, GeometryKind, Legend,
+    MosaicWriter, PendingOutput, VectorFormat, VectorLayerWriter,
+};
+use crate::raster::{BandMapping, OpenOptions, Scaling, ScalingSpec, Scene};
+use crate::runtime::{Runtime, SessionOptions};
+use crate::stitch::mask::{BlendWindow, Decision, MaskStitcher};
+use crate::tiling::{stream_tiles, GridOptions, ReadOptions, ReadOrder, Tile, TileData, TileGrid};
+
+/// What `tessera segment` does.
+#[derive(Debug)]
+pub struct SegmentJob {
+    pub scene: String,
+    pub open: OpenOptions,
+    pub model: PathBuf,
+    pub ort_lib: Option<PathBuf>,
+    pub session: SessionOptions,
+    /// `tile_size` 0: the model's input size; `overlap` `None`: the model's default.
+    pub grid: GridOptions,
+    pub overlap_given: bool,
+    pub gsd_given: bool,
+    pub read: ReadOptions,
+    pub scaling: ScalingSpec,
+    pub batch_size: usize,
+    pub window: BlendWindow,
+    /// Override of the model's probability threshold (binary models).
+    pub threshold: Option<f32>,
+    pub probabilities: bool,
+    pub simplify: f64,
+    pub min_area: f64,
+    pub out: PathBuf,
+    pub format: &'static dyn VectorFormat,
+    pub overwrite: bool,
+    pub progress: bool,
+}
+
+/// What `tessera segment` did.
+#[derive(Debug, Serialize)]
+pub struct SegmentReport {
+    pub scene: String,
+    pub model: String,
+    pub provider: String,
+    pub fallback: Option<String>,
+    pub classes: Vec<String>,
+    pub tile_size: usize,
+    pub overlap: usize,
+    pub target_gsd: Option<f64>,
+    pub tiles_total: usize,
+    pub tiles_read: usize,
+    pub tiles_skipped: usize,
+    pub polygons: usize,
+    pub mosaic_size: (usize, usize),
+    /// Most mosaic rows held in memory at once.
+    pub peak_rows: usize,
+    pub outputs: Vec<String>,
+    pub seconds: f64,
+    pub model_seconds: f64,
+    pub peak_rss_bytes: Option<u64>,
+}
+
+const POLYGON_FIELDS: [FieldSpec; 3] = [
+    FieldSpec {
+        name: "class",
+        kind: FieldKind::Integer,
+    },
+    FieldSpec {
+        name: "label",
+        kind: FieldKind::String,
+    },
+    FieldSpec {
+        name: "area",
+        kind: FieldKind::Real,
+    },
+];
+
+/// Run the job.
+///
+/// # Errors
+/// Bad scene, model or options; inference failure; unwritable outputs (nothing partial left).
+pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> {
+    let start = Instant::now();
+    let runtime = Runtime::load(job.ort_lib.as_deref())?;
+    let mut model = SegmentationModel::load(runtime, &job.model, &job.session)?;
+    let scene = Scene::open(&job.scene, &job.open)?;
+    if job.grid.tile_size == 0 {
+        job.grid.tile_size = model.input_size();
+    }
+    let size = job.grid.tile_size;
+    if size != model.input_size() && !model.any_size() {
+        return Err(PipelineError::Options(format!(
+            "--tile-size {size} differs from the model's fixed input size {} (use --target-gsd to choose the tiles' ground footprint)",
+            model.input_size()
+        )));
+    }
+    if let Some(t) = &model.package().manifest.tiling {
+        if !job.overlap_given {
+            job.grid.overlap = t.overlap.unwrap_or(0).min(size.saturating_sub(1));
+        }
+        if !job.gsd_given {
+            job.grid.target_gsd = t.gsd;
+        }
+    }
+    if job.read.bands.is_empty() {
+        job.read.bands = BandMapping::for_channels(scene.info(), 3);
+    }
+    if job.read.bands.len() != 3 {
+        return Err(PipelineError::Options(format!(
+            "the model takes 3 channels but --bands names {}",
+            job.read.bands.len()
+        )));
+    }
+    job.read.bands.validate(scene.info())?;
+    let scaling = Scaling::resolve(&job.scaling, &scene, &job.read.bands)?;
+    let grid = TileGrid::new(scene.info(), job.grid.clone())?;
+    job.read.read_pixels = true;
+    job.read.order = ReadOrder::RowMajor;
+    job.read.deliver_skipped = true;
+    let pending = PendingOutput::dir(&job.out, job.overwrite)?;
+
+    let classes: Vec<String> = model.classes().to_vec();
+    let n_classes = match model.format() {
+        SegFormat::Probability => 2,
+        _ => classes.len(),
+    };
+    let decision = match model.format() {
+        SegFormat::Probability => Decision::Threshold(job.threshold.unwrap_or(model.threshold())),
+        _ => Decision::Argmax,
+    };
+    // Binary models keep P(class 1); multi-class models keep every class.
+    let prob_bands = if !job.probabilities {
+        0
+    } else if model.format() == SegFormat::Probability {
+        1
+    } else {
+        n_classes
+    };
+    let mut writer = MosaicWriter::create(
+        &pending.path(),
+        grid.working_width,
+        grid.working_height,
+        &grid.geotransform,
+        scene.crs_wkt(),
+        prob_bands,
+    )?;
+    let mut stitcher = MaskStitcher::new(&grid, n_classes, job.window, decision);
+    let norm = model.normalizer();
+    let plane = size * size;
+    let batch = job.batch_size.max(1);
+    let mut buffer = Array4::<f32>::zeros((batch, 3, size, size));
+    let mut waiting: Vec<(Tile, Vec<u8>)> = Vec::with_capacity(batch);
+    let mut model_seconds = 0.0;
+    let bar = progress_bar(grid.len(), job.progress, "segmenting");
+    let prepare = |t: &mut TileData<f32>| {
+        for c in 0..3 {
+            scaling.apply(c, &mut t.pixels[c * plane..(c + 1) * plane]);
+        }
+        norm.apply(&mut t.pixels, &t.valid);
+    };
+    let mut run_batch = |buffer: &Array4<f32>,
+                         waiting: &mut Vec<(Tile, Vec<u8>)>,
+                         model: &mut SegmentationModel,
+                         stitcher: &mut MaskStitcher,
+                         writer: &mut MosaicWriter|
+     -> Result<(), PipelineError> {
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        let n = waiting.len();
+        let t = Instant::now();
+        let probs = model.predict(buffer.slice(s![..n, .., .., ..]))?;
+        model_seconds += t.elapsed().as_secs_f64();
+        for (k, (tile, valid)) in waiting.drain(..).enumerate() {
+            let p = probs.slice(s![k, .., .., ..]);
+            let p = p.as_standard_layout();
+            let slice = p
+                .as_slice()
+                .ok_or_else(|| PipelineError::Options("non-contiguous probabilities".into()))?;
+            stitcher.add(&tile, Some(slice), &valid, writer)?;
+        }
+        bar.inc(n as u64);
+        Ok(())
+    };
+    let stats = stream_tiles::<f32, PipelineError, _, _>(&scene, &grid, &job.read, prepare, |t| {
+        if t.pixels.is_empty() {
+            // A skipped tile: nothing to predict, but its rows may now be final.
+            bar.inc(1);
+            return stitcher
+                .add(&t.tile, None, &[], &mut writer)
+                .map_err(PipelineError::from);
+        }
+        let k = waiting.len();
+        if let Some(slot) = buffer.as_slice_mut() {
+            slot[k * 3 * plane..(k + 1) * 3 * plane].copy_from_slice(&t.pixels);
+        }
+        waiting.push((t.tile.clone(), t.valid.to_vec()));
+        if waiting.len() == batch {
+            run_batch(
+                &buffer,
+                &mut waiting,
+                &mut model,
+                &mut stitcher,
+                &mut writer,
+            )?;
+        }
+        Ok(())
+    })?;
+    run_batch(
+        &buffer,
+        &mut waiting,
+        &mut model,
+        &mut stitcher,
+        &mut writer,
+    )?;
+    let peak_rows = stitcher.finish(&mut writer)?;
+    bar.finish_and_clear();
+
+    let dir = pending.path();
+    let legend = Legend {
+        names: classes.clone(),
+        colors: (0..classes.len())
+            .map(|i| {
+                if i == 0 {
+                    [0, 0, 0]
+                } else {
+                    class_color(i - 1)
+                }
+            })
+            .collect(),
+    };
+    let band_names: Vec<String> = if prob_bands == 1 {
+        vec![classes[1].clone()]
+    } else {
+        classes.clone()
+    };
+    let probs_out = dir.join("probabilities.tif");
+    let stream_path = writer.finish(
+        &dir.join("classes.tif"),
+        (prob_bands > 0).then_some(probs_out.as_path()),
+        &legend,
+        &band_names,
+    )?;
+    // Polygons of every class but the first (background), from the stitched mosaic.
+    let polys = polygonize_raster(&stream_path, &[0], job.simplify, job.min_area)?;
+    let _ = std::fs::remove_file(&stream_path);
+    let ext = job.format.extension();
+    let mut layer = VectorLayerWriter::create(
+        &dir.join(format!("polygons.{ext}")),
+        job.format,
+        "polygons",
+        GeometryKind::Polygon,
+        scene.crs_wkt(),
+        &POLYGON_FIELDS,
+        false,
+    )?;
+    let n_polys = polys.len();
+    for (class, g) in polys {
+        let area = g.area();
+        let label = classes.get(class as usize).cloned().unwrap_or_default();
+        layer.add(
+            g,
+            &[
+                FieldValue::Integer(i64::from(class)),
+                FieldValue::String(label),
+                FieldValue::Real(area),
+            ],
+        )?;
+    }
+    layer.finish()?;
+    let mut outputs: Vec<String> = std::fs::read_dir(&dir)
+        .map_err(|e| PipelineError::Options(format!("{}: {e}", job.out.display())))?
+        .flatten()
+        .map(|e| job.out.join(e.file_name()).display().to_string())
+        .collect();
+    outputs.sort();
+    pending.commit()?;
+    let (provider, fallback) = model.provider();
+    Ok(SegmentReport {
+        scene: job.scene.clone(),
+        model: job.model.display().to_string(),
+        provider: provider.to_string(),
+        fallback: fallback.map(str::to_string),
+        classes,
+        tile_size: size,
+        overlap: grid.options.overlap,
+        target_gsd: grid.options.target_gsd,
+        tiles_total: stats.tiles_total,
+        tiles_read: stats.tiles_read,
+        tiles_skipped: stats.tiles_skipped,
+        polygons: n_polys,
+        mosaic_size: (grid.working_width, grid.working_height),
+        peak_rows,
+        outputs,
+        seconds: start.elapsed().as_secs_f64(),
+        model_seconds,
+        peak_rss_bytes: peak_rss_bytes(),
+    })
+}
