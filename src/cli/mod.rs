@@ -10,9 +10,12 @@ use clap::{Args, Parser, Subcommand};
 use crate::models::clip::DEFAULT_TEMPLATES;
 use crate::models::decoder::GenerationParams;
 use crate::output::formats;
-use crate::pipeline::{self, BenchReadJob, CaptionJob, ClassifyJob, SegmentJob, TilesJob};
+use crate::pipeline::{
+    self, BenchReadJob, CaptionJob, ClassifyJob, DetectJob, SegmentJob, TilesJob,
+};
 use crate::raster::{BandMapping, OpenOptions, Resampling, ScalingSpec, Scene};
 use crate::runtime::{Device, Runtime, SessionOptions};
+use crate::stitch::boxes::MergeMethod;
 use crate::stitch::mask::BlendWindow;
 use crate::tiling::{EdgeMode, GridOptions, ReadOptions, ReadOrder};
 
@@ -57,6 +60,9 @@ pub enum Command {
     /// Semantic segmentation of a whole scene: tiles stitched into one seamless mosaic (class
     /// COG, optional probabilities) and polygons made from the mosaic.
     Segment(SegmentArgs),
+    /// Object detection over a whole scene: boxes mapped to map coordinates and merged across
+    /// tiles (NMS or weighted box fusion, boxes cut by tile edges joined).
+    Detect(DetectArgs),
     /// Model packages: validate one (`tessera models check DIR`).
     Models(ModelsArgs),
     /// Benchmark reading, tiling and scaling a scene into float32 CHW batches.
@@ -151,6 +157,52 @@ pub struct SegmentArgs {
     /// Output folder: classes.tif, [probabilities.tif], polygons.<ext>.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
+    /// Vector format: gpkg (default), shp, geojson, fgb.
+    #[arg(long, default_value = "gpkg", value_name = "FORMAT")]
+    pub format: String,
+    /// Replace an existing output folder.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Print a JSON summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DetectArgs {
+    /// The scene (any GDAL raster).
+    pub scene: String,
+    /// Model package folder (model.toml + ONNX) or an ONNX file with Deepness metadata.
+    #[arg(long, value_name = "PATH")]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub tiling: TilingArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Scaling to [0, 1]: auto, none, minmax, percentile:LO,HI, range:LO,HI[;LO,HI...].
+    #[arg(long, default_value = "auto", value_name = "SPEC")]
+    pub scale: ScalingSpec,
+    /// Keep boxes scoring at least this (default: the model's).
+    #[arg(long, value_name = "P")]
+    pub confidence: Option<f32>,
+    /// Overlap (IoU) above which two boxes of a class are the same object (default: the
+    /// model's).
+    #[arg(long, value_name = "IOU")]
+    pub iou: Option<f32>,
+    /// How duplicates from overlapping tiles are resolved: nms keeps the best box, wbf averages
+    /// the cluster weighted by score.
+    #[arg(long = "merge", value_enum, default_value = "nms")]
+    pub method: MergeMethod,
+    /// A box touching an inner tile edge is joined with a box of its class covering at least
+    /// this fraction of the smaller of the two (its other part).
+    #[arg(long, default_value_t = 0.6, value_name = "FRACTION")]
+    pub cut_ios: f64,
+    /// Merge boxes of different classes too.
+    #[arg(long)]
+    pub class_agnostic: bool,
+    /// Output folder: detections.<ext> (polygons with class, label, score, tile_id).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
     /// Vector format: gpkg (default), shp, geojson, fgb.
     #[arg(long, default_value = "gpkg", value_name = "FORMAT")]
     pub format: String,
@@ -432,6 +484,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Classify(a) => classify(a, cli.ort_lib, cli.quiet),
         Command::Caption(a) => caption(a, cli.ort_lib, cli.quiet),
         Command::Segment(a) => segment(a, cli.ort_lib, cli.quiet),
+        Command::Detect(a) => detect(a, cli.ort_lib, cli.quiet),
         Command::Models(a) => models(a, cli.ort_lib),
         Command::BenchRead(a) => bench_read(a),
     }
@@ -1005,6 +1058,86 @@ fn segment(a: SegmentArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Result<i32>
         report.seconds,
         report.polygons
     );
+    for o in &report.outputs {
+        println!("  wrote {o}");
+    }
+    Ok(0)
+}
+
+fn detect(a: DetectArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Result<i32> {
+    let format =
+        formats::by_name(&a.format).ok_or_else(|| crate::output::OutputError::UnknownFormat {
+            path: a
+                .out
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            format: a.format.clone(),
+        })?;
+    for (name, v) in [("--confidence", a.confidence), ("--iou", a.iou)] {
+        if let Some(v) = v {
+            if !(0.0..=1.0).contains(&v) {
+                bail!("{name} must be between 0 and 1, got {v}");
+            }
+        }
+    }
+    if !(0.0..=1.0).contains(&a.cut_ios) {
+        bail!("--cut-ios must be between 0 and 1, got {}", a.cut_ios);
+    }
+    let batch = a
+        .device
+        .batch_size
+        .unwrap_or_else(|| a.device.device.default_batch_size());
+    let mut read = a.tiling.read();
+    if a.tiling.queue.is_none() {
+        read.queue = batch.max(read.queue);
+    }
+    let job = DetectJob {
+        scene: a.scene.clone(),
+        open: OpenOptions {
+            pixel_coords: a.tiling.pixel_coords,
+        },
+        model: a.model.clone(),
+        ort_lib,
+        session: session_options(&a.device),
+        grid: a.tiling.grid(Some(0))?,
+        overlap_given: a.tiling.overlap.is_some() || a.tiling.stride.is_some(),
+        gsd_given: a.tiling.target_gsd.is_some(),
+        read,
+        scaling: a.scale.clone(),
+        batch_size: batch,
+        confidence: a.confidence,
+        iou: a.iou,
+        method: a.method,
+        cut_ios: a.cut_ios,
+        class_aware: !a.class_agnostic,
+        out: a.out.clone(),
+        format,
+        overwrite: a.overwrite,
+        progress: !quiet,
+    };
+    let report = pipeline::run_detect(job)?;
+    if let Some(reason) = &report.fallback {
+        if !quiet {
+            eprintln!("tessera: warning: {reason}; running on {}", report.provider);
+        }
+    }
+    if a.json {
+        print_json(&report)?;
+        return Ok(0);
+    }
+    println!(
+        "{}: {} objects ({} boxes before merging) in {} tiles on {} in {:.1} s",
+        report.scene,
+        report.detections,
+        report.raw_detections,
+        report.tiles_read,
+        report.provider,
+        report.seconds
+    );
+    for (label, n) in &report.counts {
+        println!("  {label:<20} {n}");
+    }
     for o in &report.outputs {
         println!("  wrote {o}");
     }

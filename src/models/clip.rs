@@ -510,12 +510,7 @@ impl ClipModel {
 
     /// The model's pixel normalisation, as a small value reader threads can share.
     pub fn normalizer(&self) -> Normalizer {
-        let p = &self.cfg.pre;
-        Normalizer {
-            mean: [p.mean[0], p.mean[1], p.mean[2]],
-            inv_std: [1.0 / p.std[0], 1.0 / p.std[1], 1.0 / p.std[2]],
-            bgr: p.channel_order == "bgr",
-        }
+        Normalizer::from_preprocess(&self.cfg.pre)
     }
 
     /// Label embeddings `[labels, D]`: each label's prompts (every template) embedded,
@@ -595,12 +590,34 @@ pub struct Normalizer {
     pub inv_std: [f32; 3],
     /// Swap the first and third planes (models trained on BGR).
     pub bgr: bool,
+    /// Multiplier from tessera's `[0, 1]` scaled values to the model's `v / value_range`
+    /// (`255 / value_range`: 1 for models fed `v / 255`, 255 for models fed raw 0..255).
+    pub gain: f32,
 }
 
 impl Normalizer {
-    /// Normalise one tile in place: `pixels` holds 3 planes of values already scaled to
-    /// `[0, 1]` (i.e. `v / value_range`); invalid pixels become 0 after normalisation (the
-    /// mean colour).
+    /// The normalisation a manifest's `[preprocess]` section describes.
+    pub fn from_preprocess(p: &super::Preprocess) -> Normalizer {
+        let at = |v: &[f32], i: usize, d: f32| v.get(i).copied().unwrap_or(d);
+        Normalizer {
+            mean: [
+                at(&p.mean, 0, 0.0),
+                at(&p.mean, 1, 0.0),
+                at(&p.mean, 2, 0.0),
+            ],
+            inv_std: [
+                1.0 / at(&p.std, 0, 1.0),
+                1.0 / at(&p.std, 1, 1.0),
+                1.0 / at(&p.std, 2, 1.0),
+            ],
+            bgr: p.channel_order == "bgr",
+            gain: 255.0 / p.value_range,
+        }
+    }
+
+    /// Normalise one tile in place: `pixels` holds 3 planes of values scaled to `[0, 1]`
+    /// (for 8-bit scenes `v / 255`), which become `(v / value_range - mean) / std`; invalid
+    /// pixels become 0 after normalisation (the mean colour).
     pub fn apply(&self, pixels: &mut [f32], valid: &[u8]) {
         let plane = pixels.len() / 3;
         if self.bgr {
@@ -608,9 +625,9 @@ impl Normalizer {
             a.swap_with_slice(&mut rest[plane..]);
         }
         for c in 0..3 {
-            let (m, inv) = (self.mean[c], self.inv_std[c]);
+            let (m, inv, g) = (self.mean[c], self.inv_std[c], self.gain);
             for (v, &ok) in pixels[c * plane..(c + 1) * plane].iter_mut().zip(valid) {
-                *v = if ok != 0 { (*v - m) * inv } else { 0.0 };
+                *v = if ok != 0 { (*v * g - m) * inv } else { 0.0 };
             }
         }
     }

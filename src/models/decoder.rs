@@ -458,12 +458,7 @@ impl DecoderModel {
 
     /// The model's pixel normalisation.
     pub fn normalizer(&self) -> super::clip::Normalizer {
-        let p = &self.cfg.pre;
-        super::clip::Normalizer {
-            mean: [p.mean[0], p.mean[1], p.mean[2]],
-            inv_std: [1.0 / p.std[0], 1.0 / p.std[1], 1.0 / p.std[2]],
-            bgr: p.channel_order == "bgr",
-        }
+        super::clip::Normalizer::from_preprocess(&self.cfg.pre)
     }
 
     pub fn provider(&self) -> (&'static str, Option<&str>) {

@@ -8,6 +8,7 @@
 pub mod clip;
 pub mod decoder;
 pub mod deepness;
+pub mod detection;
 mod manifest;
 pub mod segmentation;
 

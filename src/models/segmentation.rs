@@ -219,12 +219,7 @@ impl SegmentationModel {
     }
 
     pub fn normalizer(&self) -> Normalizer {
-        let p = &self.pre;
-        Normalizer {
-            mean: [p.mean[0], p.mean[1], p.mean[2]],
-            inv_std: [1.0 / p.std[0], 1.0 / p.std[1], 1.0 / p.std[2]],
-            bgr: p.channel_order == "bgr",
-        }
+        Normalizer::from_preprocess(&self.pre)
     }
 
     /// Class probabilities `[B, C, S, S]` for a normalised batch `[B, 3, S, S]` (C = 2 for

@@ -5,6 +5,7 @@
 mod bench;
 mod caption;
 mod classify;
+mod detect;
 mod doctor;
 mod segment;
 mod tiles;
@@ -12,6 +13,7 @@ mod tiles;
 pub use bench::{run_bench_read, BenchReadJob, BenchReadReport};
 pub use caption::{run_caption, CaptionJob, CaptionReport, TileCaption};
 pub use classify::{run_classify, ClassifyJob, ClassifyReport, TileResult, Timings};
+pub use detect::{run_detect, DetectJob, DetectReport};
 pub use doctor::{run_doctor, DoctorReport};
 pub use segment::{run_segment, SegmentJob, SegmentReport};
 pub use tiles::{run_tiles, TilesJob, TilesReport};

@@ -57,7 +57,13 @@ pub trait RowSink {
     /// `rows` rows starting at row `y0`: `classes` is `rows * width` class values;
     /// `probs` is `classes_count * rows * width` probabilities (band-sequential), NaN where
     /// no valid pixel contributed.
-    fn write_rows(&mut self, y0: usize, rows: usize, classes: &[u8], probs: &[f32]) -> Result<(), Self::Error>;
+    fn write_rows(
+        &mut self,
+        y0: usize,
+        rows: usize,
+        classes: &[u8],
+        probs: &[f32],
+    ) -> Result<(), Self::Error>;
 }
 
 /// How a pixel's class is decided from its blended probabilities.
@@ -103,7 +109,12 @@ impl std::fmt::Debug for MaskStitcher {
 
 impl MaskStitcher {
     /// A mosaic over `grid`'s working grid with `classes` probability channels.
-    pub fn new(grid: &TileGrid, classes: usize, window: BlendWindow, decision: Decision) -> MaskStitcher {
+    pub fn new(
+        grid: &TileGrid,
+        classes: usize,
+        window: BlendWindow,
+        decision: Decision,
+    ) -> MaskStitcher {
         let size = grid.tile_size();
         MaskStitcher {
             width: grid.working_width,
@@ -142,7 +153,13 @@ impl MaskStitcher {
     ///
     /// # Errors
     /// The sink's error.
-    pub fn add<S: RowSink>(&mut self, tile: &Tile, probs: Option<&[f32]>, valid: &[u8], sink: &mut S) -> Result<(), S::Error> {
+    pub fn add<S: RowSink>(
+        &mut self,
+        tile: &Tile,
+        probs: Option<&[f32]>,
+        valid: &[u8],
+        sink: &mut S,
+    ) -> Result<(), S::Error> {
         if let Some(probs) = probs {
             let n = self.tile_size;
             let plane = n * n;
@@ -168,7 +185,9 @@ impl MaskStitcher {
             }
         }
         self.tiles_done[tile.row] += 1;
-        while self.next_tile_row < self.tiles_done.len() && self.tiles_done[self.next_tile_row] == self.cols {
+        while self.next_tile_row < self.tiles_done.len()
+            && self.tiles_done[self.next_tile_row] == self.cols
+        {
             self.next_tile_row += 1;
         }
         let final_end = if self.next_tile_row == self.row_offsets.len() {
@@ -190,7 +209,9 @@ impl MaskStitcher {
         let mut probs = vec![f32::NAN; self.classes * n * w];
         let mut p = vec![0f32; self.classes];
         for r in 0..n {
-            let Some(acc) = self.rows.pop_front() else { break };
+            let Some(acc) = self.rows.pop_front() else {
+                break;
+            };
             for x in 0..w {
                 let wt = acc.weight[x];
                 if wt <= 0.0 {
@@ -245,7 +266,13 @@ mod tests {
 
     impl RowSink for Collect {
         type Error = String;
-        fn write_rows(&mut self, y0: usize, rows: usize, classes: &[u8], probs: &[f32]) -> Result<(), String> {
+        fn write_rows(
+            &mut self,
+            y0: usize,
+            rows: usize,
+            classes: &[u8],
+            probs: &[f32],
+        ) -> Result<(), String> {
             if y0 != self.next {
                 return Err(format!("rows out of order: {y0} after {}", self.next));
             }
@@ -253,7 +280,8 @@ mod tests {
             self.classes.extend_from_slice(classes);
             let c = probs.len() / (rows * self.width);
             for k in 0..c {
-                self.probs[k].extend_from_slice(&probs[k * rows * self.width..(k + 1) * rows * self.width]);
+                self.probs[k]
+                    .extend_from_slice(&probs[k * rows * self.width..(k + 1) * rows * self.width]);
             }
             Ok(())
         }
@@ -266,11 +294,18 @@ mod tests {
             if extent <= size {
                 vec![0]
             } else {
-                (0..=(extent - size).div_ceil(stride)).map(|k| k * stride).collect()
+                (0..=(extent - size).div_ceil(stride))
+                    .map(|k| k * stride)
+                    .collect()
             }
         };
         TileGrid {
-            options: GridOptions { tile_size: size, overlap, target_gsd: None, edge: EdgeMode::Pad },
+            options: GridOptions {
+                tile_size: size,
+                overlap,
+                target_gsd: None,
+                edge: EdgeMode::Pad,
+            },
             scale: (1.0, 1.0),
             working_width: w,
             working_height: h,
@@ -287,7 +322,9 @@ mod tests {
         assert_eq!(w[3 * 8 + 3], 1.0);
         let c = tile_weights(8, 2, BlendWindow::Cosine);
         assert!(c.iter().all(|&v| v > 0.0 && v <= 1.0));
-        assert!(tile_weights(4, 2, BlendWindow::Flat).iter().all(|&v| v == 1.0));
+        assert!(tile_weights(4, 2, BlendWindow::Flat)
+            .iter()
+            .all(|&v| v == 1.0));
     }
 
     /// Tiles that each predict the true per-pixel probability stitch back to exactly it, in
@@ -297,12 +334,19 @@ mod tests {
         let (w, h) = (37, 29);
         let truth = |x: usize, y: usize| ((x * 7 + y * 3) % 11) as f32 / 10.0;
         let g = grid(w, h, 12, 4);
-        let mut order: Vec<(usize, usize)> = (0..g.rows()).flat_map(|r| (0..g.cols()).map(move |c| (r, c))).collect();
+        let mut order: Vec<(usize, usize)> = (0..g.rows())
+            .flat_map(|r| (0..g.cols()).map(move |c| (r, c)))
+            .collect();
         // Slightly out of order, as parallel readers deliver them.
         order.swap(0, 2);
         order.swap(5, 7);
         let mut s = MaskStitcher::new(&g, 2, BlendWindow::Cosine, Decision::Threshold(0.5));
-        let mut sink = Collect { width: w, classes: vec![], probs: vec![vec![], vec![]], next: 0 };
+        let mut sink = Collect {
+            width: w,
+            classes: vec![],
+            probs: vec![vec![], vec![]],
+            next: 0,
+        };
         for (r, c) in order {
             let t = g.tile(r, c);
             let n = t.size;
@@ -327,16 +371,28 @@ mod tests {
                 assert_eq!(sink.classes[y * w + x], u8::from(truth(x, y) >= 0.5));
             }
         }
-        assert!(peak < h, "rows were flushed before the end (peak {peak} of {h})");
+        assert!(
+            peak < h,
+            "rows were flushed before the end (peak {peak} of {h})"
+        );
     }
 
     #[test]
     fn skipped_and_invalid_pixels_are_nodata() {
         let g = grid(20, 10, 10, 0);
         let mut s = MaskStitcher::new(&g, 2, BlendWindow::Linear, Decision::Argmax);
-        let mut sink = Collect { width: 20, classes: vec![], probs: vec![vec![], vec![]], next: 0 };
+        let mut sink = Collect {
+            width: 20,
+            classes: vec![],
+            probs: vec![vec![], vec![]],
+            next: 0,
+        };
         let t0 = g.tile(0, 0);
-        let probs = vec![0.2f32; 200].into_iter().enumerate().map(|(i, v)| if i < 100 { v } else { 0.8 }).collect::<Vec<_>>();
+        let probs = vec![0.2f32; 200]
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| if i < 100 { v } else { 0.8 })
+            .collect::<Vec<_>>();
         let mut valid = vec![1u8; 100];
         valid[0] = 0;
         s.add(&t0, Some(&probs), &valid, &mut sink).expect("add");

@@ -1,0 +1,882 @@
+//! Box decoders for object-detector outputs, one image at a time.
+//!
+//! Three output layouts are understood, all in model-input pixels (x right, y down):
+//!
+//! - **YOLOv8 / YOLO11** (Ultralytics, `ultralytics/ultralytics`): the exported head gives
+//!   `[B, 4 + C, N]`, one column per candidate: `cx, cy, w, h`, then `C` class scores that are
+//!   already sigmoid-ed. There is no objectness; a candidate's score is its best class score.
+//! - **YOLOv5 / YOLOv7** (Ultralytics `ultralytics/yolov5`, `WongKinYiu/yolov7`): `[B, N, 5 + C]`,
+//!   one row per candidate: `cx, cy, w, h, objectness`, then `C` class scores; the score is
+//!   `objectness * class score`.
+//! - **YOLOX** (Ge et al. 2021, "YOLOX: Exceeding YOLO Series in 2021"; `Megvii-BaseDetection/YOLOX`):
+//!   `[B, N, 5 + C]` like YOLOv5, but exported by default *before* decoding (`decode_in_inference
+//!   = False`): the rows are the cells of one grid per stride (8, 16, 32 by default), stride by
+//!   stride, each grid row-major (x fastest), with `ceil(input / stride)` cells per axis. A cell
+//!   `(gx, gy)` of stride `s` decodes to `cx = (out0 + gx) * s`, `cy = (out1 + gy) * s`,
+//!   `w = exp(out2) * s`, `h = exp(out3) * s`. Objectness and class scores are already
+//!   sigmoid-ed. Exports made with decoding in the graph are read like YOLOv5
+//!   (`decoded: true`, format name `yolox-decoded`).
+//!
+//! [`decode`] takes one image's slice of the batch output, keeps candidates scoring at least the
+//! confidence threshold, takes each candidate's best class, clips the box to the input and
+//! returns at most `max_boxes` boxes, best first. It does **no** non-maximum suppression: raw
+//! YOLO outputs hold several candidates per object, and the scene-wide merge
+//! ([`crate::stitch::boxes::merge`]) removes them together with the duplicates that overlapping
+//! tiles produce. Set `max_boxes` with that in mind (Ultralytics caps candidates at 30 000
+//! before NMS and 300 after).
+
+use std::fmt;
+use std::str::FromStr;
+
+use ndarray::{ArrayView2, ArrayViewD, Axis, Ix2};
+use serde::Serialize;
+use thiserror::Error;
+
+/// YOLOX's default strides (the P3, P4 and P5 feature maps).
+pub const YOLOX_STRIDES: [usize; 3] = [8, 16, 32];
+
+/// Output layouts of detectors.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum DetectionFormat {
+    /// Ultralytics YOLOv8/YOLO11: `[B, 4 + C, N]`: `cx, cy, w, h` (input pixels), then `C` class
+    /// scores (already sigmoid-ed).
+    YoloV8,
+    /// YOLOv5/v7: `[B, N, 5 + C]`: `cx, cy, w, h, objectness`, `C` class scores;
+    /// score = objectness * class score.
+    YoloV5,
+    /// YOLOX `[B, N, 5 + C]`. With `decoded: false` (the raw head output), rows are grid cells for
+    /// each stride in `strides` (row-major, stride by stride) and are decoded as
+    /// `cx = (out0 + gx) * s`, `cy = (out1 + gy) * s`, `w = exp(out2) * s`, `h = exp(out3) * s`.
+    /// With `decoded: true` the rows already hold `cx, cy, w, h` in input pixels.
+    /// Score = objectness * class score (both already sigmoid-ed).
+    Yolox { strides: Vec<usize>, decoded: bool },
+}
+
+impl DetectionFormat {
+    /// YOLOX raw head output with the default strides [8, 16, 32].
+    pub fn yolox() -> DetectionFormat {
+        DetectionFormat::Yolox {
+            strides: YOLOX_STRIDES.to_vec(),
+            decoded: false,
+        }
+    }
+
+    /// The format's name as accepted by [`FromStr`].
+    pub fn name(&self) -> &'static str {
+        match self {
+            DetectionFormat::YoloV8 => "yolov8",
+            DetectionFormat::YoloV5 => "yolov5",
+            DetectionFormat::Yolox { decoded: false, .. } => "yolox",
+            DetectionFormat::Yolox { decoded: true, .. } => "yolox-decoded",
+        }
+    }
+}
+
+impl fmt::Display for DetectionFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for DetectionFormat {
+    type Err = DetectionError;
+
+    /// `yolov8` (alias `yolo11`, `yolov11`), `yolov5` (alias `yolov7`), `yolox` (raw head, default
+    /// strides) and `yolox-decoded`; case-insensitive.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "yolov8" | "yolo11" | "yolov11" => Ok(DetectionFormat::YoloV8),
+            "yolov5" | "yolov7" => Ok(DetectionFormat::YoloV5),
+            "yolox" => Ok(DetectionFormat::yolox()),
+            "yolox-decoded" => Ok(DetectionFormat::Yolox {
+                strides: YOLOX_STRIDES.to_vec(),
+                decoded: true,
+            }),
+            _ => Err(DetectionError::UnknownFormat(s.to_string())),
+        }
+    }
+}
+
+/// Why a detector output could not be decoded.
+#[derive(Debug, Error, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum DetectionError {
+    #[error(
+        "unknown detection format '{0}' (known: yolov8, yolo11, yolov5, yolov7, yolox, yolox-decoded)"
+    )]
+    UnknownFormat(String),
+    /// The output's shape does not fit the format and class count.
+    #[error(
+        "output shape {shape:?} does not fit {format} with {num_classes} classes: expected {expected}"
+    )]
+    Shape {
+        shape: Vec<usize>,
+        format: &'static str,
+        num_classes: usize,
+        expected: String,
+    },
+    /// A raw YOLOX output whose row count is not the number of grid cells.
+    #[error(
+        "output shape {shape:?} does not fit yolox with strides {strides:?} on a {width}x{height} input: \
+         expected {expected} rows (grid cells), found {found}"
+    )]
+    Grid {
+        shape: Vec<usize>,
+        strides: Vec<usize>,
+        width: usize,
+        height: usize,
+        expected: usize,
+        found: usize,
+    },
+    /// Arguments that cannot describe a detector (no classes, empty input, zero stride...).
+    #[error("detection decoding: {0}")]
+    Options(String),
+}
+
+/// A box in model-input pixel coordinates (x right, y down), clipped to the input.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct PixelBox {
+    pub class: usize,
+    pub score: f32,
+    pub x0: f32,
+    pub y0: f32,
+    pub x1: f32,
+    pub y1: f32,
+}
+
+impl PixelBox {
+    pub fn width(&self) -> f32 {
+        self.x1 - self.x0
+    }
+
+    pub fn height(&self) -> f32 {
+        self.y1 - self.y0
+    }
+
+    /// The box with x scaled by `sx` and y by `sy`: from model-input pixels to tile pixels when
+    /// the model input is not the tile size (`sx = tile width / input width`).
+    pub fn scaled(&self, sx: f32, sy: f32) -> PixelBox {
+        PixelBox {
+            x0: self.x0 * sx,
+            x1: self.x1 * sx,
+            y0: self.y0 * sy,
+            y1: self.y1 * sy,
+            ..*self
+        }
+    }
+}
+
+/// Decode one image's raw output into boxes with `score >= confidence`, clipped to
+/// `input_size`, at most `max_boxes`, best first (ties: the earlier candidate first).
+///
+/// `output` is the image's slice of the batch output with the batch axis removed
+/// (`batch.index_axis(Axis(0), i)`); a 3-D view whose first axis has length 1 is accepted too.
+/// `input_size` is the model input as `(width, height)` in pixels. Each candidate gets its best
+/// class (the lowest index among equals). Boxes with non-finite values and boxes with no area
+/// left after clipping are dropped.
+///
+/// # Errors
+/// An output whose shape does not fit the format and `num_classes` (the message names the
+/// shape and what was expected), a raw YOLOX output whose row count is not the grid size,
+/// no classes, an empty input, a zero or missing stride, or a NaN confidence.
+pub fn decode(
+    format: &DetectionFormat,
+    output: ArrayViewD<'_, f32>,
+    input_size: (usize, usize),
+    num_classes: usize,
+    confidence: f32,
+    max_boxes: usize,
+) -> Result<Vec<PixelBox>, DetectionError> {
+    if num_classes == 0 {
+        return Err(DetectionError::Options(
+            "a detector needs at least one class".into(),
+        ));
+    }
+    if input_size.0 == 0 || input_size.1 == 0 {
+        return Err(DetectionError::Options(format!(
+            "model input {}x{} is empty",
+            input_size.0, input_size.1
+        )));
+    }
+    if confidence.is_nan() {
+        return Err(DetectionError::Options(
+            "the confidence threshold is NaN".into(),
+        ));
+    }
+    let shape = output.shape().to_vec();
+    let view = as_matrix(output);
+    let (rows, cols) = view.as_ref().map_or((0, 0), |v| v.dim());
+    let shape_err = |expected: String| DetectionError::Shape {
+        shape: shape.clone(),
+        format: format.name(),
+        num_classes,
+        expected,
+    };
+    let clip = Clip {
+        w: input_size.0 as f32,
+        h: input_size.1 as f32,
+    };
+    let mut found: Vec<(usize, PixelBox)> = Vec::new();
+    match format {
+        DetectionFormat::YoloV8 => {
+            let Some(v) = view.filter(|_| rows == 4 + num_classes) else {
+                return Err(shape_err(format!("[4 + {num_classes}, N]")));
+            };
+            for (i, col) in v.axis_iter(Axis(1)).enumerate() {
+                let (class, score) = best_class(col.iter().skip(4).copied());
+                if score.is_nan() || score < confidence {
+                    continue;
+                }
+                if let Some(b) = clip.center_box(class, score, col[0], col[1], col[2], col[3]) {
+                    found.push((i, b));
+                }
+            }
+        }
+        DetectionFormat::YoloV5 | DetectionFormat::Yolox { .. } => {
+            let Some(v) = view.filter(|_| cols == 5 + num_classes) else {
+                return Err(shape_err(format!("[N, 5 + {num_classes}]")));
+            };
+            let cells = match format {
+                DetectionFormat::Yolox {
+                    strides,
+                    decoded: false,
+                } => Some(yolox_cells(strides, input_size, &shape, rows)?),
+                _ => None,
+            };
+            for (i, row) in v.axis_iter(Axis(0)).enumerate() {
+                let (class, class_score) = best_class(row.iter().skip(5).copied());
+                let score = row[4] * class_score;
+                if score.is_nan() || score < confidence {
+                    continue;
+                }
+                let (cx, cy, w, h) = match &cells {
+                    Some(cells) => {
+                        let (gx, gy, s) = cells[i];
+                        (
+                            (row[0] + gx) * s,
+                            (row[1] + gy) * s,
+                            row[2].exp() * s,
+                            row[3].exp() * s,
+                        )
+                    }
+                    None => (row[0], row[1], row[2], row[3]),
+                };
+                if let Some(b) = clip.center_box(class, score, cx, cy, w, h) {
+                    found.push((i, b));
+                }
+            }
+        }
+    }
+    // Best first; candidates of equal score keep their output order, so the result is
+    // deterministic.
+    found.sort_by(|a, b| b.1.score.total_cmp(&a.1.score).then(a.0.cmp(&b.0)));
+    found.truncate(max_boxes);
+    Ok(found.into_iter().map(|(_, b)| b).collect())
+}
+
+/// The output as a 2-D matrix (dropping a leading batch axis of length 1), or `None`.
+fn as_matrix(output: ArrayViewD<'_, f32>) -> Option<ArrayView2<'_, f32>> {
+    let output = if output.ndim() == 3 && output.shape()[0] == 1 {
+        output.index_axis_move(Axis(0), 0)
+    } else {
+        output
+    };
+    output.into_dimensionality::<Ix2>().ok()
+}
+
+/// `(gx, gy, stride)` of every row of a raw YOLOX output, checked against the row count.
+fn yolox_cells(
+    strides: &[usize],
+    input_size: (usize, usize),
+    shape: &[usize],
+    rows: usize,
+) -> Result<Vec<(f32, f32, f32)>, DetectionError> {
+    if strides.is_empty() || strides.contains(&0) {
+        return Err(DetectionError::Options(format!(
+            "yolox strides {strides:?} must be a non-empty list of positive numbers"
+        )));
+    }
+    let (width, height) = input_size;
+    // Each stride-2 stage of the backbone (3x3 convolutions with padding 1, and the Focus
+    // space-to-depth stem) rounds up, so a grid has ceil(input / stride) cells per axis.
+    let expected: usize = strides
+        .iter()
+        .map(|&s| width.div_ceil(s) * height.div_ceil(s))
+        .sum();
+    if expected != rows {
+        return Err(DetectionError::Grid {
+            shape: shape.to_vec(),
+            strides: strides.to_vec(),
+            width,
+            height,
+            expected,
+            found: rows,
+        });
+    }
+    let mut cells = Vec::with_capacity(expected);
+    for &s in strides {
+        for gy in 0..height.div_ceil(s) {
+            for gx in 0..width.div_ceil(s) {
+                cells.push((gx as f32, gy as f32, s as f32));
+            }
+        }
+    }
+    Ok(cells)
+}
+
+/// The index and value of the highest score (the first among equals; NaN never wins).
+fn best_class(scores: impl Iterator<Item = f32>) -> (usize, f32) {
+    let mut best = (0, f32::NAN);
+    for (i, s) in scores.enumerate() {
+        if s > best.1 || best.1.is_nan() && !s.is_nan() {
+            best = (i, s);
+        }
+    }
+    best
+}
+
+/// Clipping to the model input.
+struct Clip {
+    w: f32,
+    h: f32,
+}
+
+impl Clip {
+    /// A centre-size box clipped to the input; `None` when a value is not finite or nothing of
+    /// the box is left.
+    fn center_box(
+        &self,
+        class: usize,
+        score: f32,
+        cx: f32,
+        cy: f32,
+        w: f32,
+        h: f32,
+    ) -> Option<PixelBox> {
+        if !(cx.is_finite() && cy.is_finite() && w.is_finite() && h.is_finite()) {
+            return None;
+        }
+        let b = PixelBox {
+            class,
+            score,
+            x0: (cx - w / 2.0).clamp(0.0, self.w),
+            y0: (cy - h / 2.0).clamp(0.0, self.h),
+            x1: (cx + w / 2.0).clamp(0.0, self.w),
+            y1: (cy + h / 2.0).clamp(0.0, self.h),
+        };
+        (b.x1 > b.x0 && b.y1 > b.y0).then_some(b)
+    }
+}
+
+/// A loaded detector: a package with `[model]`, `[preprocess]` and `[detection]`, or an ONNX
+/// file with Deepness metadata.
+pub struct DetectorModel {
+    package: super::ModelPackage,
+    graph: super::GraphSpec,
+    pre: super::Preprocess,
+    spec: super::DetectionSpec,
+    format: DetectionFormat,
+    /// The graph's batch size when it is fixed (e.g. 1), else `None`.
+    fixed_batch: Option<usize>,
+    session: crate::runtime::ModelSession,
+}
+
+impl std::fmt::Debug for DetectorModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DetectorModel")
+            .field("dir", &self.package.dir)
+            .finish()
+    }
+}
+
+impl DetectorModel {
+    /// Load a detector.
+    ///
+    /// # Errors
+    /// Missing sections, an unknown format, a graph without the named input/output, or the
+    /// provider failing to load.
+    pub fn load(
+        runtime: &crate::runtime::Runtime,
+        path: &std::path::Path,
+        options: &crate::runtime::SessionOptions,
+    ) -> Result<DetectorModel, super::ModelError> {
+        let package = super::segmentation::load_package(runtime, path)?;
+        let m = &package.manifest;
+        let invalid = |problems: Vec<String>| super::ModelError::Invalid {
+            path: path.display().to_string(),
+            problems,
+        };
+        if m.family != "detector" {
+            return Err(invalid(vec![format!(
+                "family '{}' is not a detector",
+                m.family
+            )]));
+        }
+        let (Some(graph), Some(pre), Some(spec)) =
+            (m.model.clone(), m.preprocess.clone(), m.detection.clone())
+        else {
+            return Err(invalid(vec![
+                "a detector manifest needs [model], [preprocess] and [detection] sections".into(),
+            ]));
+        };
+        let mut format: DetectionFormat = spec
+            .format
+            .parse()
+            .map_err(|e: DetectionError| invalid(vec![e.to_string()]))?;
+        if let DetectionFormat::Yolox { strides, decoded } = &mut format {
+            if let Some(s) = &spec.strides {
+                *strides = s.clone();
+            }
+            *decoded = spec.decoded;
+        }
+        let mut problems = Vec::new();
+        if spec.classes.is_empty() {
+            problems.push("detection.classes is empty".to_string());
+        }
+        if !(0.0..=1.0).contains(&spec.confidence) || !(0.0..=1.0).contains(&spec.iou) {
+            problems
+                .push("detection.confidence and detection.iou must be between 0 and 1".to_string());
+        }
+        let session = package.session(runtime, &graph.onnx, options)?;
+        let mut fixed_batch = None;
+        match session.inputs().iter().find(|i| i.name == graph.input) {
+            None => problems.push(format!("the graph has no input '{}'", graph.input)),
+            Some(i) => {
+                let s = pre.size as i64;
+                if i.shape.len() != 4
+                    || [3, s, s]
+                        .iter()
+                        .zip(&i.shape[1..])
+                        .any(|(w, g)| *g != -1 && g != w)
+                {
+                    problems.push(format!(
+                        "input '{}' has shape {:?}, expected [B, 3, {s}, {s}]",
+                        i.name, i.shape
+                    ));
+                }
+                if i.shape.first().is_some_and(|&b| b > 0) {
+                    fixed_batch = Some(i.shape[0] as usize);
+                }
+            }
+        }
+        if !session.outputs().iter().any(|o| o.name == graph.output) {
+            problems.push(format!("the graph has no output '{}'", graph.output));
+        }
+        if !problems.is_empty() {
+            return Err(invalid(problems));
+        }
+        Ok(DetectorModel {
+            package,
+            graph,
+            pre,
+            spec,
+            format,
+            fixed_batch,
+            session,
+        })
+    }
+
+    pub fn package(&self) -> &super::ModelPackage {
+        &self.package
+    }
+
+    pub fn input_size(&self) -> usize {
+        self.pre.size
+    }
+
+    pub fn classes(&self) -> &[String] {
+        &self.spec.classes
+    }
+
+    pub fn confidence(&self) -> f32 {
+        self.spec.confidence
+    }
+
+    pub fn iou(&self) -> f32 {
+        self.spec.iou
+    }
+
+    /// The batch size the graph requires, when it is fixed.
+    pub fn fixed_batch(&self) -> Option<usize> {
+        self.fixed_batch
+    }
+
+    pub fn provider(&self) -> (&'static str, Option<&str>) {
+        (self.session.provider, self.session.fallback.as_deref())
+    }
+
+    pub fn normalizer(&self) -> super::clip::Normalizer {
+        super::clip::Normalizer::from_preprocess(&self.pre)
+    }
+
+    /// Boxes (in input pixels) of every image of a normalised batch `[B, 3, S, S]`, at or above
+    /// `confidence`.
+    ///
+    /// # Errors
+    /// Inference failure or an output that does not fit the format.
+    pub fn detect(
+        &mut self,
+        batch: ndarray::ArrayView4<'_, f32>,
+        confidence: f32,
+    ) -> Result<Vec<Vec<PixelBox>>, super::ModelError> {
+        let path = self.session.path.clone();
+        let err = |e: &dyn std::fmt::Display| {
+            super::ModelError::Runtime(crate::runtime::RuntimeError::Run {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })
+        };
+        let b = batch.shape()[0];
+        let size = (self.pre.size, self.pre.size);
+        let step = self.fixed_batch.unwrap_or(b).max(1);
+        let mut out = Vec::with_capacity(b);
+        let mut start = 0;
+        while start < b {
+            let n = step.min(b - start);
+            let chunk = batch.slice(ndarray::s![start..start + n, .., .., ..]);
+            let chunk = chunk.as_standard_layout();
+            let input =
+                ort::value::TensorRef::from_array_view(chunk.view()).map_err(|e| err(&e))?;
+            let outputs = self
+                .session
+                .session
+                .run(ort::inputs![self.graph.input.as_str() => input])
+                .map_err(|e| err(&e))?;
+            let raw = outputs[self.graph.output.as_str()]
+                .try_extract_array::<f32>()
+                .map_err(|e| err(&e))?;
+            for i in 0..n {
+                let one = raw.index_axis(Axis(0), i);
+                out.push(
+                    decode(
+                        &self.format,
+                        one,
+                        size,
+                        self.spec.classes.len(),
+                        confidence,
+                        10_000,
+                    )
+                    .map_err(|e| err(&e))?,
+                );
+            }
+            start += n;
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{Array2, Array3};
+
+    fn close(a: f32, b: f32) -> bool {
+        (a - b).abs() <= 1e-4 * (1.0 + a.abs().max(b.abs()))
+    }
+
+    fn assert_box(b: &PixelBox, class: usize, score: f32, xyxy: [f32; 4]) {
+        assert_eq!(b.class, class, "{b:?}");
+        assert!(close(b.score, score), "{b:?} score != {score}");
+        let got = [b.x0, b.y0, b.x1, b.y1];
+        for (g, e) in got.iter().zip(xyxy) {
+            assert!(close(*g, e), "{b:?} != {xyxy:?}");
+        }
+    }
+
+    #[test]
+    fn format_names_round_trip() {
+        for name in ["yolov8", "yolov5", "yolox", "yolox-decoded"] {
+            let f: DetectionFormat = name.parse().expect("known");
+            assert_eq!(f.to_string(), name);
+        }
+        assert_eq!(
+            "YOLO11".parse::<DetectionFormat>(),
+            Ok(DetectionFormat::YoloV8)
+        );
+        assert_eq!(
+            "yolox".parse::<DetectionFormat>(),
+            Ok(DetectionFormat::Yolox {
+                strides: vec![8, 16, 32],
+                decoded: false
+            })
+        );
+        let err = "detr".parse::<DetectionFormat>().expect_err("unknown");
+        assert!(err.to_string().contains("'detr'"), "{err}");
+    }
+
+    #[test]
+    fn yolov8_columns() {
+        // 2 classes, 3 candidates (columns).
+        let out = Array2::from_shape_vec(
+            (6, 3),
+            vec![
+                50.0, 10.0, 30.0, // cx
+                40.0, 10.0, 30.0, // cy
+                20.0, 30.0, 4.0, // w
+                10.0, 8.0, 4.0, // h
+                0.9, 0.1, 0.3, // class 0
+                0.2, 0.6, 0.01, // class 1
+            ],
+        )
+        .expect("shape");
+        let boxes = decode(
+            &DetectionFormat::YoloV8,
+            out.view().into_dyn(),
+            (64, 48),
+            2,
+            0.25,
+            10,
+        )
+        .expect("decode");
+        assert_eq!(boxes.len(), 3);
+        assert_box(&boxes[0], 0, 0.9, [40.0, 35.0, 60.0, 45.0]);
+        // Clipped at the left edge: cx 10, w 30 -> [-5, 25] -> [0, 25].
+        assert_box(&boxes[1], 1, 0.6, [0.0, 6.0, 25.0, 14.0]);
+        assert_box(&boxes[2], 0, 0.3, [28.0, 28.0, 32.0, 32.0]);
+        // Threshold and cap.
+        let boxes = decode(
+            &DetectionFormat::YoloV8,
+            out.view().into_dyn(),
+            (64, 48),
+            2,
+            0.5,
+            1,
+        )
+        .expect("decode");
+        assert_eq!(boxes.len(), 1);
+        assert_eq!(boxes[0].class, 0);
+        // A leading batch axis of 1 is accepted.
+        let batched = out.clone().insert_axis(Axis(0));
+        let boxes = decode(
+            &DetectionFormat::YoloV8,
+            batched.view().into_dyn(),
+            (64, 48),
+            2,
+            0.25,
+            10,
+        )
+        .expect("decode");
+        assert_eq!(boxes.len(), 3);
+    }
+
+    #[test]
+    fn yolov8_shape_error_names_the_shape() {
+        let out = Array3::<f32>::zeros((1, 84, 100));
+        let err = decode(
+            &DetectionFormat::YoloV8,
+            out.view().into_dyn(),
+            (640, 640),
+            3,
+            0.25,
+            10,
+        )
+        .expect_err("shape");
+        assert_eq!(
+            err.to_string(),
+            "output shape [1, 84, 100] does not fit yolov8 with 3 classes: expected [4 + 3, N]"
+        );
+        let out = Array3::<f32>::zeros((2, 7, 100));
+        let err = decode(
+            &DetectionFormat::YoloV8,
+            out.view().into_dyn(),
+            (640, 640),
+            3,
+            0.25,
+            10,
+        )
+        .expect_err("a real batch axis is not dropped");
+        assert!(matches!(err, DetectionError::Shape { .. }), "{err}");
+        let out = Array2::<f32>::zeros((100, 8));
+        let err = decode(
+            &DetectionFormat::YoloV5,
+            out.view().into_dyn(),
+            (640, 640),
+            2,
+            0.25,
+            10,
+        )
+        .expect_err("shape");
+        assert_eq!(
+            err.to_string(),
+            "output shape [100, 8] does not fit yolov5 with 2 classes: expected [N, 5 + 2]"
+        );
+    }
+
+    #[test]
+    fn yolov5_rows_multiply_objectness() {
+        let out = Array2::from_shape_vec(
+            (3, 7),
+            vec![
+                // cx, cy, w, h, obj, c0, c1
+                20.0, 20.0, 10.0, 10.0, 0.8, 0.5, 0.9, // 0.72 class 1
+                40.0, 30.0, 8.0, 6.0, 0.5, 0.9, 0.1, // 0.45 class 0
+                30.0, 30.0, 4.0, 4.0, 0.9, 0.2, 0.2, // 0.18: below threshold
+            ],
+        )
+        .expect("shape");
+        let boxes = decode(
+            &DetectionFormat::YoloV5,
+            out.view().into_dyn(),
+            (64, 64),
+            2,
+            0.25,
+            10,
+        )
+        .expect("decode");
+        assert_eq!(boxes.len(), 2);
+        assert_box(&boxes[0], 1, 0.72, [15.0, 15.0, 25.0, 25.0]);
+        assert_box(&boxes[1], 0, 0.45, [36.0, 27.0, 44.0, 33.0]);
+    }
+
+    #[test]
+    fn yolox_grid_decoding_matches_hand_computation() {
+        // Input 32x16 (width x height), strides [8, 16]: grids 4x2 (8 cells) then 2x1 (2 cells).
+        let format = DetectionFormat::Yolox {
+            strides: vec![8, 16],
+            decoded: false,
+        };
+        let mut out = Array2::<f32>::zeros((10, 6)); // 1 class: 5 + 1 columns
+                                                     // Row 6 = stride 8, gy 1, gx 2: cx = (0.5 + 2) * 8 = 20, cy = (0.25 + 1) * 8 = 10,
+                                                     // w = exp(ln 2) * 8 = 16, h = exp(0) * 8 = 8 -> [12, 6, 28, 14].
+        out.row_mut(6)
+            .assign(&ndarray::arr1(&[0.5, 0.25, 2f32.ln(), 0.0, 0.9, 0.8]));
+        // Row 9 = stride 16, gy 0, gx 1: cx = (0.5 + 1) * 16 = 24, cy = 0.5 * 16 = 8,
+        // w = h = exp(ln 0.5) * 16 = 8 -> [20, 4, 28, 12].
+        out.row_mut(9).assign(&ndarray::arr1(&[
+            0.5,
+            0.5,
+            0.5f32.ln(),
+            0.5f32.ln(),
+            0.6,
+            0.5,
+        ]));
+        let boxes = decode(&format, out.view().into_dyn(), (32, 16), 1, 0.1, 10).expect("decode");
+        assert_eq!(boxes.len(), 2);
+        assert_box(&boxes[0], 0, 0.72, [12.0, 6.0, 28.0, 14.0]);
+        assert_box(&boxes[1], 0, 0.3, [20.0, 4.0, 28.0, 12.0]);
+
+        // Already decoded: the same numbers are read as pixels.
+        let decoded = DetectionFormat::Yolox {
+            strides: vec![8, 16],
+            decoded: true,
+        };
+        let mut out = Array2::<f32>::zeros((1, 6));
+        out.row_mut(0)
+            .assign(&ndarray::arr1(&[20.0, 10.0, 16.0, 8.0, 0.9, 0.8]));
+        let boxes = decode(&decoded, out.view().into_dyn(), (32, 16), 1, 0.1, 10).expect("decode");
+        assert_box(&boxes[0], 0, 0.72, [12.0, 6.0, 28.0, 14.0]);
+    }
+
+    #[test]
+    fn yolox_default_strides_cell_count() {
+        // 640x640 with [8, 16, 32]: 6400 + 1600 + 400 = 8400 rows.
+        let out = Array2::<f32>::zeros((8400, 85));
+        let boxes = decode(
+            &DetectionFormat::yolox(),
+            out.view().into_dyn(),
+            (640, 640),
+            80,
+            0.25,
+            100,
+        )
+        .expect("decode");
+        assert!(boxes.is_empty());
+        let out = Array2::<f32>::zeros((8000, 85));
+        let err = decode(
+            &DetectionFormat::yolox(),
+            out.view().into_dyn(),
+            (640, 640),
+            80,
+            0.25,
+            100,
+        )
+        .expect_err("grid");
+        assert!(
+            err.to_string()
+                .contains("expected 8400 rows (grid cells), found 8000"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_values_and_options() {
+        // NaN and infinite coordinates, a box entirely outside the input: all dropped.
+        let out = Array2::from_shape_vec(
+            (3, 6),
+            vec![
+                f32::NAN,
+                5.0,
+                2.0,
+                2.0,
+                1.0,
+                1.0, //
+                5.0,
+                5.0,
+                f32::INFINITY,
+                2.0,
+                1.0,
+                1.0, //
+                -50.0,
+                5.0,
+                2.0,
+                2.0,
+                1.0,
+                1.0, //
+            ],
+        )
+        .expect("shape");
+        let boxes = decode(
+            &DetectionFormat::YoloV5,
+            out.view().into_dyn(),
+            (10, 10),
+            1,
+            0.1,
+            10,
+        )
+        .expect("decode");
+        assert!(boxes.is_empty());
+        let err = decode(
+            &DetectionFormat::YoloV5,
+            out.view().into_dyn(),
+            (10, 10),
+            0,
+            0.1,
+            10,
+        )
+        .expect_err("no classes");
+        assert!(matches!(err, DetectionError::Options(_)));
+        let err = decode(
+            &DetectionFormat::YoloV5,
+            out.view().into_dyn(),
+            (0, 10),
+            1,
+            0.1,
+            10,
+        )
+        .expect_err("empty input");
+        assert!(matches!(err, DetectionError::Options(_)));
+        let zero_stride = DetectionFormat::Yolox {
+            strides: vec![8, 0],
+            decoded: false,
+        };
+        let err = decode(&zero_stride, out.view().into_dyn(), (10, 10), 1, 0.1, 10)
+            .expect_err("zero stride");
+        assert!(matches!(err, DetectionError::Options(_)));
+    }
+
+    #[test]
+    fn scaled_box() {
+        let b = PixelBox {
+            class: 2,
+            score: 0.5,
+            x0: 10.0,
+            y0: 20.0,
+            x1: 30.0,
+            y1: 40.0,
+        };
+        let s = b.scaled(0.5, 2.0);
+        assert_eq!((s.x0, s.y0, s.x1, s.y1), (5.0, 40.0, 15.0, 80.0));
+        assert_eq!((s.class, s.score), (2, 0.5));
+        assert_eq!((b.width(), b.height()), (20.0, 20.0));
+    }
+}

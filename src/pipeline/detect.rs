@@ -1,0 +1,267 @@
+//! `tessera detect`: object detection over a whole scene. Boxes from every tile are mapped to
+//! map coordinates through the tile's geotransform (rotated footprints stay exact), then merged
+//! across tiles: duplicates from overlaps removed (class-aware NMS or weighted box fusion) and
+//! boxes cut by a tile edge joined with their other part, with a spatial index throughout.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use ndarray::{s, Array4};
+use serde::Serialize;
+
+use super::{peak_rss_bytes, progress_bar, PipelineError};
+use crate::models::detection::{DetectorModel, PixelBox};
+use crate::output::{
+    FieldKind, FieldSpec, FieldValue, GeometryKind, PendingOutput, VectorFormat, VectorLayerWriter,
+};
+use crate::raster::{BandMapping, OpenOptions, Scaling, ScalingSpec, Scene};
+use crate::runtime::{Runtime, SessionOptions};
+use crate::stitch::boxes::{merge, MapDetection, MergeMethod, MergeOptions};
+use crate::tiling::{stream_tiles, GridOptions, ReadOptions, Tile, TileData, TileGrid};
+
+/// What `tessera detect` does.
+#[derive(Debug)]
+pub struct DetectJob {
+    pub scene: String,
+    pub open: OpenOptions,
+    pub model: PathBuf,
+    pub ort_lib: Option<PathBuf>,
+    pub session: SessionOptions,
+    pub grid: GridOptions,
+    pub overlap_given: bool,
+    pub gsd_given: bool,
+    pub read: ReadOptions,
+    pub scaling: ScalingSpec,
+    pub batch_size: usize,
+    pub confidence: Option<f32>,
+    pub iou: Option<f32>,
+    pub method: MergeMethod,
+    pub cut_ios: f64,
+    pub class_aware: bool,
+    pub out: Option<PathBuf>,
+    pub format: &'static dyn VectorFormat,
+    pub overwrite: bool,
+    pub progress: bool,
+}
+
+/// What `tessera detect` did.
+#[derive(Debug, Serialize)]
+pub struct DetectReport {
+    pub scene: String,
+    pub model: String,
+    pub provider: String,
+    pub fallback: Option<String>,
+    pub classes: Vec<String>,
+    pub tile_size: usize,
+    pub overlap: usize,
+    pub target_gsd: Option<f64>,
+    pub tiles_total: usize,
+    pub tiles_read: usize,
+    pub tiles_skipped: usize,
+    /// Boxes from all tiles before merging.
+    pub raw_detections: usize,
+    pub detections: usize,
+    pub counts: BTreeMap<String, usize>,
+    pub outputs: Vec<String>,
+    pub seconds: f64,
+    pub model_seconds: f64,
+    pub merge_seconds: f64,
+    pub peak_rss_bytes: Option<u64>,
+}
+
+const FIELDS: [FieldSpec; 4] = [
+    FieldSpec {
+        name: "class",
+        kind: FieldKind::Integer,
+    },
+    FieldSpec {
+        name: "label",
+        kind: FieldKind::String,
+    },
+    FieldSpec {
+        name: "score",
+        kind: FieldKind::Real,
+    },
+    FieldSpec {
+        name: "tile_id",
+        kind: FieldKind::String,
+    },
+];
+
+/// Keep the part of a box inside the scene: boxes wholly in a tile's padding are dropped.
+fn inside(b: &PixelBox, tile: &Tile) -> Option<PixelBox> {
+    let (w, h) = (tile.inside_w as f32, tile.inside_h as f32);
+    if b.x0 >= w || b.y0 >= h {
+        return None;
+    }
+    let mut c = *b;
+    c.x1 = c.x1.min(w);
+    c.y1 = c.y1.min(h);
+    (c.x1 > c.x0 && c.y1 > c.y0).then_some(c)
+}
+
+/// Run the job.
+///
+/// # Errors
+/// Bad scene, model or options; inference failure; unwritable outputs.
+pub fn run_detect(mut job: DetectJob) -> Result<DetectReport, PipelineError> {
+    let start = Instant::now();
+    let runtime = Runtime::load(job.ort_lib.as_deref())?;
+    let mut model = DetectorModel::load(runtime, &job.model, &job.session)?;
+    let scene = Scene::open(&job.scene, &job.open)?;
+    let size = model.input_size();
+    if job.grid.tile_size == 0 {
+        job.grid.tile_size = size;
+    }
+    if job.grid.tile_size != size {
+        return Err(PipelineError::Options(format!(
+            "--tile-size {} differs from the detector's input size {size} (use --target-gsd to choose the tiles' ground footprint)",
+            job.grid.tile_size
+        )));
+    }
+    if let Some(t) = &model.package().manifest.tiling {
+        if !job.overlap_given {
+            job.grid.overlap = t.overlap.unwrap_or(0).min(size.saturating_sub(1));
+        }
+        if !job.gsd_given {
+            job.grid.target_gsd = t.gsd;
+        }
+    }
+    if job.read.bands.is_empty() {
+        job.read.bands = BandMapping::for_channels(scene.info(), 3);
+    }
+    if job.read.bands.len() != 3 {
+        return Err(PipelineError::Options(format!(
+            "the model takes 3 channels but --bands names {}",
+            job.read.bands.len()
+        )));
+    }
+    job.read.bands.validate(scene.info())?;
+    let scaling = Scaling::resolve(&job.scaling, &scene, &job.read.bands)?;
+    let grid = TileGrid::new(scene.info(), job.grid.clone())?;
+    job.read.read_pixels = true;
+    let pending = match &job.out {
+        Some(dir) => Some(PendingOutput::dir(dir, job.overwrite)?),
+        None => None,
+    };
+    let confidence = job.confidence.unwrap_or(model.confidence());
+    let iou = f64::from(job.iou.unwrap_or(model.iou()));
+    let norm = model.normalizer();
+    let plane = size * size;
+    let batch = job.batch_size.max(1);
+    let mut buffer = Array4::<f32>::zeros((batch, 3, size, size));
+    let mut waiting: Vec<Tile> = Vec::with_capacity(batch);
+    let mut dets: Vec<MapDetection> = Vec::new();
+    let mut model_seconds = 0.0;
+    let working = (grid.working_width, grid.working_height);
+    let bar = progress_bar(grid.len(), job.progress, "detecting");
+    let prepare = |t: &mut TileData<f32>| {
+        for c in 0..3 {
+            scaling.apply(c, &mut t.pixels[c * plane..(c + 1) * plane]);
+        }
+        norm.apply(&mut t.pixels, &t.valid);
+    };
+    let mut run_batch = |buffer: &Array4<f32>,
+                         waiting: &mut Vec<Tile>,
+                         model: &mut DetectorModel|
+     -> Result<(), PipelineError> {
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        let n = waiting.len();
+        let t = Instant::now();
+        let boxes = model.detect(buffer.slice(s![..n, .., .., ..]), confidence)?;
+        model_seconds += t.elapsed().as_secs_f64();
+        for (tile, tile_boxes) in waiting.drain(..).zip(boxes) {
+            for b in tile_boxes.iter().filter_map(|b| inside(b, &tile)) {
+                dets.push(MapDetection::from_pixel_box(&b, &tile, working));
+            }
+        }
+        bar.inc(n as u64);
+        Ok(())
+    };
+    let stats = stream_tiles::<f32, PipelineError, _, _>(&scene, &grid, &job.read, prepare, |t| {
+        let k = waiting.len();
+        if let Some(slot) = buffer.as_slice_mut() {
+            slot[k * 3 * plane..(k + 1) * 3 * plane].copy_from_slice(&t.pixels);
+        }
+        waiting.push(t.tile.clone());
+        if waiting.len() == batch {
+            run_batch(&buffer, &mut waiting, &mut model)?;
+        }
+        Ok(())
+    })?;
+    run_batch(&buffer, &mut waiting, &mut model)?;
+    bar.finish_and_clear();
+
+    let raw = dets.len();
+    let t = Instant::now();
+    let merged = merge(
+        dets,
+        &MergeOptions {
+            method: job.method,
+            iou,
+            cut_ios: job.cut_ios,
+            class_aware: job.class_aware,
+        },
+    );
+    let merge_seconds = t.elapsed().as_secs_f64();
+    let classes = model.classes().to_vec();
+    let mut counts: BTreeMap<String, usize> = classes.iter().map(|c| (c.clone(), 0)).collect();
+    for d in &merged {
+        if let Some(name) = classes.get(d.class) {
+            *counts.entry(name.clone()).or_default() += 1;
+        }
+    }
+    let mut outputs = Vec::new();
+    if let (Some(pending), Some(dir)) = (pending, &job.out) {
+        let ext = job.format.extension();
+        let path = pending.path().join(format!("detections.{ext}"));
+        let mut layer = VectorLayerWriter::create(
+            &path,
+            job.format,
+            "detections",
+            GeometryKind::Polygon,
+            scene.crs_wkt(),
+            &FIELDS,
+            false,
+        )?;
+        for d in &merged {
+            layer.add_polygon(
+                &d.corners,
+                &[
+                    FieldValue::Integer(d.class as i64),
+                    FieldValue::String(classes.get(d.class).cloned().unwrap_or_default()),
+                    FieldValue::Real(f64::from(d.score)),
+                    FieldValue::String(d.tile.clone()),
+                ],
+            )?;
+        }
+        layer.finish()?;
+        outputs.push(dir.join(format!("detections.{ext}")).display().to_string());
+        pending.commit()?;
+    }
+    let (provider, fallback) = model.provider();
+    Ok(DetectReport {
+        scene: job.scene.clone(),
+        model: job.model.display().to_string(),
+        provider: provider.to_string(),
+        fallback: fallback.map(str::to_string),
+        classes,
+        tile_size: size,
+        overlap: grid.options.overlap,
+        target_gsd: grid.options.target_gsd,
+        tiles_total: stats.tiles_total,
+        tiles_read: stats.tiles_read,
+        tiles_skipped: stats.tiles_skipped,
+        raw_detections: raw,
+        detections: merged.len(),
+        counts,
+        outputs,
+        seconds: start.elapsed().as_secs_f64(),
+        model_seconds,
+        merge_seconds,
+        peak_rss_bytes: peak_rss_bytes(),
+    })
+}
