@@ -140,10 +140,13 @@ pub struct SegmentArgs {
     /// Weighting of overlapping predictions: flat, linear or cosine ramp toward tile edges.
     #[arg(long, value_enum, default_value = "cosine")]
     pub blend: BlendWindow,
-    /// Binary models: probability at or above which a pixel is the object class (default:
-    /// the model's).
+    /// Binary and text-prompted models: probability at or above which a pixel is the object
+    /// (or the prompt) class (default: the model's).
     #[arg(long, value_name = "P")]
     pub threshold: Option<f32>,
+    /// Text prompts for text-prompted models (CLIPSeg), comma-separated: "building,road".
+    #[arg(long, value_name = "LIST")]
+    pub prompts: Option<String>,
     /// Also write probabilities.tif (float32; P(object) for binary models, one band per class
     /// otherwise).
     #[arg(long)]
@@ -185,6 +188,9 @@ pub struct DetectArgs {
     /// Keep boxes scoring at least this (default: the model's).
     #[arg(long, value_name = "P")]
     pub confidence: Option<f32>,
+    /// Text queries for open-vocabulary detectors (OWL-ViT), comma-separated: "car,ship".
+    #[arg(long, value_name = "LIST")]
+    pub prompts: Option<String>,
     /// Overlap (IoU) above which two boxes of a class are the same object (default: the
     /// model's).
     #[arg(long, value_name = "IOU")]
@@ -1031,6 +1037,11 @@ fn segment(a: SegmentArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Result<i32>
         batch_size: batch,
         window: a.blend,
         threshold: a.threshold,
+        prompts: a
+            .prompts
+            .as_deref()
+            .map(|p| p.split(',').map(|q| q.trim().to_string()).collect())
+            .unwrap_or_default(),
         probabilities: a.probabilities,
         simplify: a.simplify,
         min_area: a.min_area,
@@ -1107,6 +1118,11 @@ fn detect(a: DetectArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Result<i32> {
         scaling: a.scale.clone(),
         batch_size: batch,
         confidence: a.confidence,
+        prompts: a
+            .prompts
+            .as_deref()
+            .map(|p| p.split(',').map(|q| q.trim().to_string()).collect())
+            .unwrap_or_default(),
         iou: a.iou,
         method: a.method,
         cut_ios: a.cut_ios,

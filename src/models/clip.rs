@@ -379,34 +379,12 @@ impl ClipModel {
     /// # Errors
     /// The tokenizer failing on a prompt.
     pub fn tokenize(&self, prompts: &[String]) -> Result<Tokens, ModelError> {
-        let l = self.cfg.tok.context_length;
-        let pad = i64::from(self.cfg.tok.pad_token_id);
-        let eos = i64::from(self.cfg.tok.eos_token_id);
-        let mut ids = vec![pad; prompts.len() * l];
-        let mut mask = vec![0i64; prompts.len() * l];
-        for (row, prompt) in prompts.iter().enumerate() {
-            let enc = self.tokenizer.encode(prompt.as_str(), true).map_err(|e| {
-                ModelError::Tokenizer {
-                    path: self.package.file(&self.cfg.tok.file).display().to_string(),
-                    reason: format!("'{prompt}': {e}"),
-                }
-            })?;
-            let toks = enc.get_ids();
-            let n = toks.len().min(l);
-            for (k, &t) in toks.iter().take(n).enumerate() {
-                ids[row * l + k] = i64::from(t);
-                mask[row * l + k] = 1;
-            }
-            if toks.len() > l {
-                ids[row * l + l - 1] = eos;
-            }
-        }
-        Ok(Tokens {
-            ids,
-            mask,
-            rows: prompts.len(),
-            context: l,
-        })
+        tokenize_prompts(
+            &self.tokenizer,
+            &self.cfg.tok,
+            &self.package.file(&self.cfg.tok.file),
+            prompts,
+        )
     }
 
     fn run_err(&self, path: &Path, e: impl std::fmt::Display) -> ModelError {
@@ -631,6 +609,48 @@ impl Normalizer {
             }
         }
     }
+}
+
+/// Tokenize prompts as Hugging Face's CLIP tokenizers do with `padding="max_length",
+/// truncation=True`: special tokens added, cut to `tok.context_length` keeping the end token
+/// last, padded with the pad id. `file` names the tokenizer in errors.
+///
+/// # Errors
+/// The tokenizer failing on a prompt.
+pub fn tokenize_prompts(
+    tokenizer: &tokenizers::Tokenizer,
+    tok: &super::TokenizerSpec,
+    file: &Path,
+    prompts: &[String],
+) -> Result<Tokens, ModelError> {
+    let l = tok.context_length;
+    let pad = i64::from(tok.pad_token_id);
+    let eos = i64::from(tok.eos_token_id);
+    let mut ids = vec![pad; prompts.len() * l];
+    let mut mask = vec![0i64; prompts.len() * l];
+    for (row, prompt) in prompts.iter().enumerate() {
+        let enc = tokenizer
+            .encode(prompt.as_str(), true)
+            .map_err(|e| ModelError::Tokenizer {
+                path: file.display().to_string(),
+                reason: format!("'{prompt}': {e}"),
+            })?;
+        let toks = enc.get_ids();
+        let n = toks.len().min(l);
+        for (k, &t) in toks.iter().take(n).enumerate() {
+            ids[row * l + k] = i64::from(t);
+            mask[row * l + k] = 1;
+        }
+        if toks.len() > l {
+            ids[row * l + l - 1] = eos;
+        }
+    }
+    Ok(Tokens {
+        ids,
+        mask,
+        rows: prompts.len(),
+        context: l,
+    })
 }
 
 /// Every template applied to every label, label-major.

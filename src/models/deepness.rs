@@ -203,6 +203,7 @@ pub fn package_from_onnx(runtime: &Runtime, onnx: &Path) -> Result<ModelPackage,
         detection,
         segmentation,
         tiling: Some(tiling),
+        prompted: None,
     };
     Ok(ModelPackage {
         dir: onnx.parent().map(Path::to_path_buf).unwrap_or_default(),

@@ -379,6 +379,17 @@ pub struct DetectorModel {
     /// The graph's batch size when it is fixed (e.g. 1), else `None`.
     fixed_batch: Option<usize>,
     session: crate::runtime::ModelSession,
+    /// Open-vocabulary detectors (OWL-ViT): text queries instead of fixed classes.
+    prompted: Option<PromptedQueries>,
+}
+
+/// The text side of an open-vocabulary detector.
+struct PromptedQueries {
+    spec: super::PromptedSpec,
+    tok: super::TokenizerSpec,
+    tokenizer: tokenizers::Tokenizer,
+    queries: Vec<String>,
+    tokens: Option<super::clip::Tokens>,
 }
 
 impl std::fmt::Debug for DetectorModel {
@@ -419,8 +430,36 @@ impl DetectorModel {
                 "a detector manifest needs [model], [preprocess] and [detection] sections".into(),
             ]));
         };
-        let mut format: DetectionFormat = spec
-            .format
+        // OWL-ViT: text queries, logits [B, N, Q] and normalised boxes [B, N, 4].
+        let prompted = if spec.format == "owlvit" {
+            let (Some(p), Some(tok)) = (m.prompted.clone(), m.tokenizer.clone()) else {
+                return Err(invalid(vec![
+                    "the owlvit format needs [prompted] (with boxes) and [tokenizer] sections"
+                        .into(),
+                ]));
+            };
+            if p.boxes.is_none() {
+                return Err(invalid(vec![
+                    "the owlvit format needs prompted.boxes (the box output)".into(),
+                ]));
+            }
+            let tokenizer = super::clip::load_tokenizer(&package.file(&tok.file))?;
+            Some(PromptedQueries {
+                spec: p,
+                tok,
+                tokenizer,
+                queries: Vec::new(),
+                tokens: None,
+            })
+        } else {
+            None
+        };
+        let format_name = if prompted.is_some() {
+            "yolov8"
+        } else {
+            spec.format.as_str()
+        };
+        let mut format: DetectionFormat = format_name
             .parse()
             .map_err(|e: DetectionError| invalid(vec![e.to_string()]))?;
         if let DetectionFormat::Yolox { strides, decoded } = &mut format {
@@ -430,7 +469,7 @@ impl DetectorModel {
             *decoded = spec.decoded;
         }
         let mut problems = Vec::new();
-        if spec.classes.is_empty() {
+        if spec.classes.is_empty() && prompted.is_none() {
             problems.push("detection.classes is empty".to_string());
         }
         if !(0.0..=1.0).contains(&spec.confidence) || !(0.0..=1.0).contains(&spec.iou) {
@@ -466,6 +505,7 @@ impl DetectorModel {
             return Err(invalid(problems));
         }
         Ok(DetectorModel {
+            prompted,
             package,
             graph,
             pre,
@@ -484,8 +524,46 @@ impl DetectorModel {
         self.pre.size
     }
 
-    pub fn classes(&self) -> &[String] {
-        &self.spec.classes
+    /// Class names: the manifest's, or the text queries of an open-vocabulary detector.
+    pub fn classes(&self) -> Vec<String> {
+        match &self.prompted {
+            Some(p) => p.queries.clone(),
+            None => self.spec.classes.clone(),
+        }
+    }
+
+    /// True for open-vocabulary detectors (they need [`DetectorModel::set_queries`]).
+    pub fn is_prompted(&self) -> bool {
+        self.prompted.is_some()
+    }
+
+    /// Set the text queries of an open-vocabulary detector.
+    ///
+    /// # Errors
+    /// An empty list, a model without text input, or a tokenizer failure.
+    pub fn set_queries(&mut self, queries: &[String]) -> Result<(), super::ModelError> {
+        let path = self.package.dir.display().to_string();
+        let Some(p) = self.prompted.as_mut() else {
+            return Err(super::ModelError::Input {
+                path,
+                reason: "this detector takes no text queries".into(),
+            });
+        };
+        if queries.is_empty() || queries.iter().any(|q| q.trim().is_empty()) {
+            return Err(super::ModelError::Input {
+                path,
+                reason: "give at least one non-empty query".into(),
+            });
+        }
+        let tokens = super::clip::tokenize_prompts(
+            &p.tokenizer,
+            &p.tok,
+            &self.package.file(&p.tok.file),
+            queries,
+        )?;
+        p.queries = queries.to_vec();
+        p.tokens = Some(tokens);
+        Ok(())
     }
 
     pub fn confidence(&self) -> f32 {
@@ -526,6 +604,9 @@ impl DetectorModel {
                 reason: e.to_string(),
             })
         };
+        if self.prompted.is_some() {
+            return self.detect_prompted(batch, confidence);
+        }
         let b = batch.shape()[0];
         let size = (self.pre.size, self.pre.size);
         let step = self.fixed_batch.unwrap_or(b).max(1);
@@ -560,6 +641,118 @@ impl DetectorModel {
                 );
             }
             start += n;
+        }
+        Ok(out)
+    }
+}
+
+impl DetectorModel {
+    /// OWL-ViT: per image patch, the best query's sigmoid score and its box (normalised
+    /// `cx, cy, w, h` scaled to the input), kept when the score exceeds `confidence` (as
+    /// Hugging Face's `post_process_object_detection` does).
+    fn detect_prompted(
+        &mut self,
+        batch: ndarray::ArrayView4<'_, f32>,
+        confidence: f32,
+    ) -> Result<Vec<Vec<PixelBox>>, super::ModelError> {
+        let path = self.session.path.clone();
+        let err = |e: &dyn std::fmt::Display| {
+            super::ModelError::Runtime(crate::runtime::RuntimeError::Run {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })
+        };
+        let Some(p) = &self.prompted else {
+            return Err(err(&"not an open-vocabulary detector"));
+        };
+        let Some(tokens) = &p.tokens else {
+            return Err(super::ModelError::Input {
+                path: path.display().to_string(),
+                reason: "no text queries given (--prompts)".into(),
+            });
+        };
+        let boxes_name = p.spec.boxes.clone().unwrap_or_default();
+        let q = tokens.rows;
+        let ids = ndarray::ArrayView2::from_shape((q, tokens.context), &tokens.ids)
+            .map_err(|e| err(&e))?;
+        let mask = ndarray::ArrayView2::from_shape((q, tokens.context), &tokens.mask)
+            .map_err(|e| err(&e))?;
+        let batch = batch.as_standard_layout();
+        let mut inputs = ort::inputs![
+            self.graph.input.as_str() => ort::value::TensorRef::from_array_view(batch.view()).map_err(|e| err(&e))?,
+            p.spec.input_ids.as_str() => ort::value::TensorRef::from_array_view(ids).map_err(|e| err(&e))?,
+        ];
+        if let Some(m) = &p.spec.attention_mask {
+            inputs.push((
+                m.as_str().into(),
+                ort::value::TensorRef::from_array_view(mask)
+                    .map_err(|e| err(&e))?
+                    .into(),
+            ));
+        }
+        let outputs = self.session.session.run(inputs).map_err(|e| err(&e))?;
+        let logits = outputs[self.graph.output.as_str()]
+            .try_extract_array::<f32>()
+            .map_err(|e| err(&e))?;
+        let boxes = outputs[boxes_name.as_str()]
+            .try_extract_array::<f32>()
+            .map_err(|e| err(&e))?;
+        let (ls, bs) = (logits.shape().to_vec(), boxes.shape().to_vec());
+        let b = batch.shape()[0];
+        if ls.len() != 3
+            || bs.len() != 3
+            || ls[0] != b
+            || bs[0] != b
+            || ls[1] != bs[1]
+            || ls[2] != q
+            || bs[2] != 4
+        {
+            return Err(err(&format!("outputs {ls:?} and {bs:?} do not fit OWL-ViT: expected [{b}, N, {q}] and [{b}, N, 4]")));
+        }
+        let s = self.pre.size as f32;
+        let mut out = Vec::with_capacity(b);
+        for i in 0..b {
+            let mut found = Vec::new();
+            for n in 0..ls[1] {
+                let (mut best, mut label) = (f32::NEG_INFINITY, 0);
+                for k in 0..q {
+                    let v = logits[[i, n, k]];
+                    if v > best {
+                        best = v;
+                        label = k;
+                    }
+                }
+                let score = 1.0 / (1.0 + (-best).exp());
+                if score.is_nan() || score <= confidence {
+                    continue;
+                }
+                let (cx, cy, w, h) = (
+                    boxes[[i, n, 0]],
+                    boxes[[i, n, 1]],
+                    boxes[[i, n, 2]],
+                    boxes[[i, n, 3]],
+                );
+                let (x0, y0) = (
+                    ((cx - w / 2.0) * s).clamp(0.0, s),
+                    ((cy - h / 2.0) * s).clamp(0.0, s),
+                );
+                let (x1, y1) = (
+                    ((cx + w / 2.0) * s).clamp(0.0, s),
+                    ((cy + h / 2.0) * s).clamp(0.0, s),
+                );
+                if x1 > x0 && y1 > y0 {
+                    found.push(PixelBox {
+                        class: label,
+                        score,
+                        x0,
+                        y0,
+                        x1,
+                        y1,
+                    });
+                }
+            }
+            found.sort_by(|a, b| b.score.total_cmp(&a.score));
+            out.push(found);
         }
         Ok(out)
     }

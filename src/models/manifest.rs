@@ -31,6 +31,20 @@ pub struct Manifest {
     pub detection: Option<DetectionSpec>,
     pub segmentation: Option<SegmentationSpec>,
     pub tiling: Option<TilingSpec>,
+    /// Text-prompted single-graph models (CLIPSeg, OWL-ViT): the graph's text inputs.
+    pub prompted: Option<PromptedSpec>,
+}
+
+/// Text inputs of a prompted single-graph model (tokenized with `[tokenizer]`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PromptedSpec {
+    pub input_ids: String,
+    #[serde(default)]
+    pub attention_mask: Option<String>,
+    /// Detectors: the box output, `[B, N, 4]` normalised `cx, cy, w, h`.
+    #[serde(default)]
+    pub boxes: Option<String>,
 }
 
 /// A single graph with one image input and one output.

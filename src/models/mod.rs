@@ -14,7 +14,8 @@ pub mod segmentation;
 
 pub use manifest::{
     DecoderSpec, DetectionSpec, EmbedSpec, GenerationSpec, GraphSpec, ImageSpec, Manifest,
-    Preprocess, PromptSpec, Scores, SegmentationSpec, TextSpec, TilingSpec, TokenizerSpec,
+    Preprocess, PromptSpec, PromptedSpec, Scores, SegmentationSpec, TextSpec, TilingSpec,
+    TokenizerSpec,
 };
 
 use std::path::{Path, PathBuf};

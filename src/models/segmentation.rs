@@ -22,12 +22,25 @@ pub enum SegFormat {
     Probability,
     Probabilities,
     Logits,
+    /// Text-prompted (CLIPSeg): one logit map `[N, H, W]` per (image, prompt) row; sigmoid gives
+    /// P(prompt). Classes are `background` and the prompts.
+    Clipseg,
+}
+
+/// The text side of a prompted segmenter.
+struct Prompted {
+    spec: super::PromptedSpec,
+    tok: super::TokenizerSpec,
+    tokenizer: tokenizers::Tokenizer,
+    prompts: Vec<String>,
+    tokens: Option<super::clip::Tokens>,
 }
 
 /// A loaded segmentation model.
 pub struct SegmentationModel {
     /// The graph takes any input height and width (fully convolutional).
     dynamic: bool,
+    prompted: Option<Prompted>,
     package: ModelPackage,
     graph: GraphSpec,
     pre: Preprocess,
@@ -120,11 +133,29 @@ impl SegmentationModel {
             "probability" => SegFormat::Probability,
             "probabilities" => SegFormat::Probabilities,
             "logits" => SegFormat::Logits,
+            "clipseg" => SegFormat::Clipseg,
             other => {
                 return Err(invalid(vec![format!(
-                    "segmentation.format '{other}' is not probability, probabilities or logits"
+                    "segmentation.format '{other}' is not probability, probabilities, logits or clipseg"
                 )]))
             }
+        };
+        let prompted = if format == SegFormat::Clipseg {
+            let (Some(spec), Some(tok)) = (m.prompted.clone(), m.tokenizer.clone()) else {
+                return Err(invalid(vec![
+                    "the clipseg format needs [prompted] and [tokenizer] sections".into(),
+                ]));
+            };
+            let tokenizer = super::clip::load_tokenizer(&package.file(&tok.file))?;
+            Some(Prompted {
+                spec,
+                tok,
+                tokenizer,
+                prompts: Vec::new(),
+                tokens: None,
+            })
+        } else {
+            None
         };
         if format == SegFormat::Probability && spec.classes.len() != 2 {
             problems.push(format!(
@@ -179,6 +210,7 @@ impl SegmentationModel {
             .is_some_and(|i| i.shape.len() == 4 && i.shape[2] < 0 && i.shape[3] < 0);
         Ok(SegmentationModel {
             dynamic,
+            prompted,
             package,
             graph,
             pre,
@@ -202,8 +234,54 @@ impl SegmentationModel {
         self.dynamic
     }
 
-    pub fn classes(&self) -> &[String] {
-        &self.spec.classes
+    /// Class names: the manifest's, or `background` and the prompts for prompted models.
+    pub fn classes(&self) -> Vec<String> {
+        match &self.prompted {
+            Some(p) => std::iter::once("background".to_string())
+                .chain(p.prompts.iter().cloned())
+                .collect(),
+            None => self.spec.classes.clone(),
+        }
+    }
+
+    /// True for text-prompted models (they need [`SegmentationModel::set_prompts`]).
+    pub fn is_prompted(&self) -> bool {
+        self.prompted.is_some()
+    }
+
+    /// Set the text prompts of a prompted model.
+    ///
+    /// # Errors
+    /// An empty list, a model that takes no prompts, or a tokenizer failure.
+    pub fn set_prompts(&mut self, prompts: &[String]) -> Result<(), ModelError> {
+        let path = self.package.dir.display().to_string();
+        let Some(p) = self.prompted.as_mut() else {
+            return Err(ModelError::Input {
+                path,
+                reason: "this model takes no text prompts".into(),
+            });
+        };
+        if prompts.is_empty() || prompts.iter().any(|q| q.trim().is_empty()) {
+            return Err(ModelError::Input {
+                path,
+                reason: "give at least one non-empty prompt".into(),
+            });
+        }
+        if prompts.len() > 254 {
+            return Err(ModelError::Input {
+                path,
+                reason: format!("{} prompts: at most 254 are supported", prompts.len()),
+            });
+        }
+        let tokens = super::clip::tokenize_prompts(
+            &p.tokenizer,
+            &p.tok,
+            &self.package.file(&p.tok.file),
+            prompts,
+        )?;
+        p.prompts = prompts.to_vec();
+        p.tokens = Some(tokens);
+        Ok(())
     }
 
     pub fn format(&self) -> SegFormat {
@@ -228,6 +306,9 @@ impl SegmentationModel {
     /// # Errors
     /// Inference failure or an output of an unexpected shape.
     pub fn predict(&mut self, batch: ArrayView4<'_, f32>) -> Result<Array4<f32>, ModelError> {
+        if self.format == SegFormat::Clipseg {
+            return self.predict_prompted(batch);
+        }
         let path = self.session.path.clone();
         let (b, h, w) = (batch.shape()[0], batch.shape()[2], batch.shape()[3]);
         let batch = batch.as_standard_layout();
@@ -268,7 +349,7 @@ impl SegmentationModel {
                     }
                 }
             }
-            SegFormat::Probabilities => probs.assign(&up),
+            SegFormat::Probabilities | SegFormat::Clipseg => probs.assign(&up),
             SegFormat::Logits => {
                 for i in 0..b {
                     for y in 0..h {
@@ -288,6 +369,88 @@ impl SegmentationModel {
                         }
                     }
                 }
+            }
+        }
+        Ok(probs)
+    }
+}
+
+impl SegmentationModel {
+    /// Prompted models: every image paired with every prompt (`N = B * P` rows), one logit map
+    /// per row, sigmoid. Channel 0 (background) stays 0; channel `1 + p` is P(prompt p).
+    fn predict_prompted(&mut self, batch: ArrayView4<'_, f32>) -> Result<Array4<f32>, ModelError> {
+        let path = self.session.path.clone();
+        let Some(p) = &self.prompted else {
+            return Err(run_err(&path, "not a prompted model"));
+        };
+        let Some(tokens) = &p.tokens else {
+            return Err(ModelError::Input {
+                path: path.display().to_string(),
+                reason: "no prompts given (--prompts)".into(),
+            });
+        };
+        let (b, h, w) = (batch.shape()[0], batch.shape()[2], batch.shape()[3]);
+        let np = tokens.rows;
+        let n = b * np;
+        let mut pixels = Array4::<f32>::zeros((n, 3, h, w));
+        let l = tokens.context;
+        let mut ids = ndarray::Array2::<i64>::zeros((n, l));
+        let mut mask = ndarray::Array2::<i64>::zeros((n, l));
+        for i in 0..b {
+            for q in 0..np {
+                let r = i * np + q;
+                pixels
+                    .slice_mut(ndarray::s![r, .., .., ..])
+                    .assign(&batch.slice(ndarray::s![i, .., .., ..]));
+                for k in 0..l {
+                    ids[[r, k]] = tokens.ids[q * l + k];
+                    mask[[r, k]] = tokens.mask[q * l + k];
+                }
+            }
+        }
+        let mut inputs = ort::inputs![
+            self.graph.input.as_str() => TensorRef::from_array_view(pixels.view()).map_err(|e| run_err(&path, e))?,
+            p.spec.input_ids.as_str() => TensorRef::from_array_view(ids.view()).map_err(|e| run_err(&path, e))?,
+        ];
+        if let Some(m) = &p.spec.attention_mask {
+            inputs.push((
+                m.as_str().into(),
+                TensorRef::from_array_view(mask.view())
+                    .map_err(|e| run_err(&path, e))?
+                    .into(),
+            ));
+        }
+        let out = self
+            .session
+            .session
+            .run(inputs)
+            .map_err(|e| run_err(&path, e))?;
+        let raw = out[self.graph.output.as_str()]
+            .try_extract_array::<f32>()
+            .map_err(|e| run_err(&path, e))?;
+        let shape = raw.shape().to_vec();
+        let (oh, ow) = match shape.as_slice() {
+            [rows, oh, ow] if *rows == n => (*oh, *ow),
+            [rows, 1, oh, ow] if *rows == n => (*oh, *ow),
+            _ => {
+                return Err(run_err(
+                    &path,
+                    format!("output shape {shape:?}, expected [{n}, H, W]"),
+                ))
+            }
+        };
+        let maps = raw
+            .to_shape((n, 1, oh, ow))
+            .map_err(|e| run_err(&path, e))?
+            .to_owned();
+        let up = upsample(maps.view(), h, w);
+        let mut probs = Array4::<f32>::zeros((b, np + 1, h, w));
+        for i in 0..b {
+            for q in 0..np {
+                let src = up.slice(ndarray::s![i * np + q, 0, .., ..]);
+                probs
+                    .slice_mut(ndarray::s![i, q + 1, .., ..])
+                    .assign(&src.mapv(|v| 1.0 / (1.0 + (-v).exp())));
             }
         }
         Ok(probs)

@@ -35,6 +35,8 @@ pub struct DetectJob {
     pub scaling: ScalingSpec,
     pub batch_size: usize,
     pub confidence: Option<f32>,
+    /// Text queries for open-vocabulary detectors (OWL-ViT).
+    pub prompts: Vec<String>,
     pub iou: Option<f32>,
     pub method: MergeMethod,
     pub cut_ios: f64,
@@ -109,6 +111,22 @@ pub fn run_detect(mut job: DetectJob) -> Result<DetectReport, PipelineError> {
     let start = Instant::now();
     let runtime = Runtime::load(job.ort_lib.as_deref())?;
     let mut model = DetectorModel::load(runtime, &job.model, &job.session)?;
+    match (model.is_prompted(), job.prompts.is_empty()) {
+        (true, true) => {
+            return Err(PipelineError::Options(format!(
+                "{} is an open-vocabulary detector: give --prompts",
+                job.model.display()
+            )))
+        }
+        (false, false) => {
+            return Err(PipelineError::Options(format!(
+                "{} takes no text queries (--prompts)",
+                job.model.display()
+            )))
+        }
+        (true, false) => model.set_queries(&job.prompts)?,
+        (false, true) => {}
+    }
     let scene = Scene::open(&job.scene, &job.open)?;
     let size = model.input_size();
     if job.grid.tile_size == 0 {
@@ -207,7 +225,7 @@ pub fn run_detect(mut job: DetectJob) -> Result<DetectReport, PipelineError> {
         },
     );
     let merge_seconds = t.elapsed().as_secs_f64();
-    let classes = model.classes().to_vec();
+    let classes = model.classes();
     let mut counts: BTreeMap<String, usize> = classes.iter().map(|c| (c.clone(), 0)).collect();
     for d in &merged {
         if let Some(name) = classes.get(d.class) {

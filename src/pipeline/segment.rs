@@ -36,8 +36,10 @@ pub struct SegmentJob {
     pub scaling: ScalingSpec,
     pub batch_size: usize,
     pub window: BlendWindow,
-    /// Override of the model's probability threshold (binary models).
+    /// Override of the model's probability threshold (binary and prompted models).
     pub threshold: Option<f32>,
+    /// Text prompts for prompted models (CLIPSeg).
+    pub prompts: Vec<String>,
     pub probabilities: bool,
     pub simplify: f64,
     pub min_area: f64,
@@ -94,6 +96,22 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
     let start = Instant::now();
     let runtime = Runtime::load(job.ort_lib.as_deref())?;
     let mut model = SegmentationModel::load(runtime, &job.model, &job.session)?;
+    match (model.is_prompted(), job.prompts.is_empty()) {
+        (true, true) => {
+            return Err(PipelineError::Options(format!(
+                "{} is a text-prompted model: give --prompts",
+                job.model.display()
+            )))
+        }
+        (false, false) => {
+            return Err(PipelineError::Options(format!(
+                "{} takes no text prompts (--prompts)",
+                job.model.display()
+            )))
+        }
+        (true, false) => model.set_prompts(&job.prompts)?,
+        (false, true) => {}
+    }
     let scene = Scene::open(&job.scene, &job.open)?;
     if job.grid.tile_size == 0 {
         job.grid.tile_size = model.input_size();
@@ -130,13 +148,14 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
     job.read.deliver_skipped = true;
     let pending = PendingOutput::dir(&job.out, job.overwrite)?;
 
-    let classes: Vec<String> = model.classes().to_vec();
+    let classes: Vec<String> = model.classes();
     let n_classes = match model.format() {
         SegFormat::Probability => 2,
         _ => classes.len(),
     };
     let decision = match model.format() {
         SegFormat::Probability => Decision::Threshold(job.threshold.unwrap_or(model.threshold())),
+        SegFormat::Clipseg => Decision::Prompts(job.threshold.unwrap_or(model.threshold())),
         _ => Decision::Argmax,
     };
     // Binary models keep P(class 1); multi-class models keep every class.
@@ -144,6 +163,8 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
         0
     } else if model.format() == SegFormat::Probability {
         1
+    } else if model.format() == SegFormat::Clipseg {
+        n_classes - 1
     } else {
         n_classes
     };

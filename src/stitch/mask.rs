@@ -73,6 +73,9 @@ pub enum Decision {
     Argmax,
     /// Class 1 where P(class 1) reaches the threshold, else class 0 (binary models).
     Threshold(f32),
+    /// Text-prompted models: channels `1..` hold independent P(prompt); a pixel is the most
+    /// probable prompt when that probability reaches the threshold, else background (0).
+    Prompts(f32),
 }
 
 struct RowAcc {
@@ -223,6 +226,19 @@ impl MaskStitcher {
                 }
                 classes[r * w + x] = match self.decision {
                     Decision::Threshold(t) => u8::from(p.get(1).copied().unwrap_or(0.0) >= t),
+                    Decision::Prompts(t) => {
+                        let mut best = 0;
+                        for c in 1..p.len() {
+                            if best == 0 || p[c] > p[best] {
+                                best = c;
+                            }
+                        }
+                        if best > 0 && p[best] >= t {
+                            best.min(254) as u8
+                        } else {
+                            0
+                        }
+                    }
                     Decision::Argmax => {
                         let mut best = 0;
                         for c in 1..p.len() {
