@@ -222,6 +222,13 @@ fn deepness_detector_runs_without_a_manifest() {
     .success()
     .json();
     assert_eq!(j["detections"], (RED.len() + GREEN.len()) as u64);
+    // `models check` reads the metadata too, from the file or its folder.
+    run(dir.path(), &["models", "check", onnx]).success();
+    run(
+        dir.path(),
+        &["models", "check", &oracle("det-grid-v8-deepness")],
+    )
+    .success();
 }
 
 #[test]

@@ -119,15 +119,29 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 /// Everything wrong with a package, as a list (empty when it is valid). Loads every graph on
 /// the CPU to check its inputs and outputs against the manifest.
 pub fn check_package(runtime: &Runtime, dir: &Path) -> Vec<String> {
-    let package = match ModelPackage::load(dir) {
+    let package = match segmentation::load_package(runtime, dir) {
         Ok(p) => p,
         Err(e) => return vec![e.to_string()],
     };
     match package.manifest.family.as_str() {
         "clip" => clip::check(runtime, &package),
         "image-text-decoder" => decoder::check(runtime, &package),
+        "segmenter" => {
+            match segmentation::SegmentationModel::load(runtime, dir, &SessionOptions::default()) {
+                Ok(_) => Vec::new(),
+                Err(ModelError::Invalid { problems, .. }) => problems,
+                Err(e) => vec![e.to_string()],
+            }
+        }
+        "detector" => {
+            match detection::DetectorModel::load(runtime, dir, &SessionOptions::default()) {
+                Ok(_) => Vec::new(),
+                Err(ModelError::Invalid { problems, .. }) => problems,
+                Err(e) => vec![e.to_string()],
+            }
+        }
         other => vec![format!(
-            "unknown model family '{other}' (known: clip, image-text-decoder)"
+            "unknown model family '{other}' (known: clip, image-text-decoder, segmenter, detector)"
         )],
     }
 }
