@@ -2,7 +2,8 @@
 # `make bench`: benchmarks against named peers, in one run, results to bench/results/.
 #
 #   bash bench/run.sh                 every section
-#   bash bench/run.sh read classify   only the named sections, in that order
+#   bash bench/run.sh read classify   only the named sections, in that order (read, classify, caption,
+#                                     stitch)
 #
 # read: read + tile + scale (foundation). A generated 20000 x 20000 3-band uint8 DEFLATE-tiled
 #   GeoTIFF (real Sentinel-2 texture, upsampled) cut into 224 x 224 tiles and scaled into
@@ -17,6 +18,20 @@
 #   -> bench/results/classify.md (+ classify_*.json, classify_*/ outputs)
 #   The package is exported once into bench/results/models/ with tools/export (which needs
 #   the export venv .venv-export, ~3 GB of torch, created here if missing).
+#
+# caption: BLIP-2 captioning speed, `tessera caption` with every caption exactly 30 new tokens
+#   (--max-new-tokens 30 --min-new-tokens 30), batch 1 and 16, on a generated scene of 8 x 4 = 32
+#   tiles at each model's input size (2 full batches of 16), with the tiny committed model
+#   (sample_data/models/blip2-tiny) and a mid-size random one (OPT-125m-shaped language model:
+#   hidden 768, 12 layers, vocab 50272; small vision tower, 32 query tokens, 224 px), greedy and,
+#   for the mid model at batch 16, beam search (3 beams). Peer, same run: Hugging Face
+#   `generate` (PyTorch fp32, CPU) on the same weights and tiles (bench/peer_caption.py, in the
+#   export venv). Every tessera run also makes one caption of the whole scene first (batch 1);
+#   a --scene-only run measures it so the report can give tile-only rates too.
+#   -> bench/results/caption.md (+ caption_*.json, caption_summary.json). About 2-3 minutes on
+#   2 idle cores (6 min measured on 2026-11-27 with the machine loaded by other work; + ~30 s
+#   to export the mid model once into bench/results/models/).
+#   CAPTION_PEER=0 skips the PyTorch peer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=bench/results
@@ -181,14 +196,143 @@ bench_classify() {
   $PY bench/report_classify.py "$RESULTS" --scene "$scene" --model "$CLASSIFY_MODEL"
 }
 
+# --- BLIP-2 caption ------------------------------------------------------------------------------
+CAPTION_TINY=sample_data/models/blip2-tiny
+CAPTION_MID=$MODELS/blip2-mid-random          # tessera package
+CAPTION_MID_HF=$MODELS/blip2-mid-random-hf    # the same weights, save_pretrained (for the peer)
+CAPTION_TOKENS=30
+CAPTION_PEER=${CAPTION_PEER:-1}
+CAPTION_PEER_B1_IMAGES=8   # the peer's batch 1 runs ~2 s per caption here: 8 captions are enough
+
+ensure_caption_model() {  # the mid-size random BLIP-2, exported once (package + save_pretrained folder)
+  local f ok=1
+  for f in "$CAPTION_MID"/{model.toml,image_prefix.onnx,embed_tokens.onnx,decoder.onnx,tokenizer.json} \
+           "$CAPTION_MID_HF"/{config.json,model.safetensors,preprocessor_config.json}; do
+    [ -f "$f" ] || ok=0
+  done
+  [ $ok = 1 ] && return
+  ensure_export_venv
+  say "exporting $CAPTION_MID (OPT-125m-shaped BLIP-2, random weights, ~650 MB + ~500 MB)"
+  rm -rf "$CAPTION_MID.partial" "$CAPTION_MID_HF.partial"
+  .venv-export/bin/python tools/export/export.py blip2 --tiny --shape mid --out "$CAPTION_MID.partial" \
+    --save-pretrained "$CAPTION_MID_HF.partial" >&2
+  rm -rf "$CAPTION_MID" "$CAPTION_MID_HF"
+  mv "$CAPTION_MID_HF.partial" "$CAPTION_MID_HF"
+  mv "$CAPTION_MID.partial" "$CAPTION_MID"
+}
+
+caption_scene() {  # model -> scene path: 8 x 4 tiles at the model's input size (+ .npy for the peer)
+  local size out
+  size=$(sed -n 's/^size *= *\([0-9]*\).*/\1/p' "$1/model.toml" | head -1)
+  out="$DATA/caption_scene_${size}.tif"
+  [ -f "$out" ] && [ -f "${out%.tif}.npy" ] || $PY bench/caption_scene.py "$out" --tile "$size" --cols 8 --rows 4 >&2
+  echo "$out"
+}
+
+caption_run() {  # NAME MODEL SCENE BATCH [extra tessera args...] -> $RESULTS/caption_NAME.json
+  local name=$1 model=$2 scene=$3 batch=$4; shift 4
+  say "tessera caption: $name"
+  "$T" caption "$scene" --pixel-coords --model "$model" --batch-size "$batch" \
+    --max-new-tokens "$CAPTION_TOKENS" --min-new-tokens "$CAPTION_TOKENS" \
+    --out "$RESULTS/caption_out/$name" --overwrite --json --quiet "$@" > "$RESULTS/caption_$name.json"
+}
+
+bench_caption() {
+  ensure_caption_model
+  local tiny_scene mid_scene t0
+  t0=$(date +%s)
+  tiny_scene=$(caption_scene "$CAPTION_TINY")
+  mid_scene=$(caption_scene "$CAPTION_MID")
+  $PY -c 'import json, os; print(json.dumps({"loadavg_before": os.getloadavg()}))' > "$RESULTS/caption_env.json"
+  rm -rf "$RESULTS/caption_out" && mkdir -p "$RESULTS/caption_out"
+  sync
+  caption_run tiny_b1 "$CAPTION_TINY" "$tiny_scene" 1
+  caption_run tiny_b16 "$CAPTION_TINY" "$tiny_scene" 16
+  caption_run tiny_scene "$CAPTION_TINY" "$tiny_scene" 1 --scene-only
+  caption_run mid_b1 "$CAPTION_MID" "$mid_scene" 1
+  caption_run mid_b16 "$CAPTION_MID" "$mid_scene" 16
+  caption_run mid_b16_beam3 "$CAPTION_MID" "$mid_scene" 16 --num-beams 3
+  caption_run mid_scene "$CAPTION_MID" "$mid_scene" 1 --scene-only
+  caption_run mid_scene_beam3 "$CAPTION_MID" "$mid_scene" 1 --scene-only --num-beams 3
+  rm -f "$RESULTS"/caption_peer_*.json
+  if [ "$CAPTION_PEER" = 1 ]; then
+    ensure_export_venv
+    say "PyTorch peer (transformers generate, fp32 CPU): mid, batch 16 and batch 1 ($CAPTION_PEER_B1_IMAGES captions)"
+    .venv-export/bin/python bench/peer_caption.py --hf "$CAPTION_MID_HF" --scene "${mid_scene%.tif}.npy" \
+      --batch-sizes 16 --max-new-tokens "$CAPTION_TOKENS" > "$RESULTS/caption_peer_mid_b16.json"
+    .venv-export/bin/python bench/peer_caption.py --hf "$CAPTION_MID_HF" --scene "${mid_scene%.tif}.npy" \
+      --batch-sizes 1 --images "$CAPTION_PEER_B1_IMAGES" --max-new-tokens "$CAPTION_TOKENS" > "$RESULTS/caption_peer_mid_b1.json"
+    say "PyTorch peer: mid, batch 16, 3 beams (16 captions)"
+    .venv-export/bin/python bench/peer_caption.py --hf "$CAPTION_MID_HF" --scene "${mid_scene%.tif}.npy" \
+      --batch-sizes 16 --images 16 --num-beams 3 --max-new-tokens "$CAPTION_TOKENS" > "$RESULTS/caption_peer_mid_b16_beam3.json"
+  fi
+  $PY -c 'import json, os; print(json.dumps({"loadavg_after": os.getloadavg()}))' >> "$RESULTS/caption_env.json"
+  $PY bench/report_caption.py "$RESULTS" --seconds $(( $(date +%s) - t0 )) \
+    --tiny "$CAPTION_TINY" --mid "$CAPTION_MID"
+}
+
+# --- stitch + COG + polygonize -------------------------------------------------------------------
+# stitch: `tessera segment` with the threshold oracle (sample_data/models/oracles/seg-threshold:
+#   class 1 where red/255 > 0.5) on generated 3-band uint8 scenes whose red band is a single-class
+#   mask (rectangles, ellipses, rings; bench/stitch_scene.py, EPSG:32633, 0.5 m, DEFLATE 256^2
+#   tiles): 512 px tiles, 64 px overlap, stitched into classes.tif (COG) + polygons.gpkg. Peer,
+#   same run: bench/peer_stitch.py (rasterio windowed read + red > 127 threshold, COG driver,
+#   rasterio.features.shapes + shapely, geopandas/pyogrio GeoPackage). tessera at 5000^2 and
+#   20000^2 (memory should grow with width, not area), the peer at both too; the report checks
+#   that both give the same polygons count and total area (and the painted mask's area) and the
+#   same class raster. tessera runs under bench/stitch_trace.py, which times its phases (read +
+#   model + stitch, COG, polygonize) from when its output files appear.
+#   -> bench/results/stitch.md (+ stitch_summary.json, stitch_*.json, stitch_out/)
+#   STITCH_SIZES="5000 20000" overrides the sizes (the largest is the speed comparison);
+#   STITCH_PEER=0 skips the peer.
+STITCH_MODEL=sample_data/models/oracles/seg-threshold
+STITCH_SIZES=${STITCH_SIZES:-"5000 20000"}
+STITCH_PEER=${STITCH_PEER:-1}
+
+stitch_scene() {  # size -> path (+ sidecar .json with the painted mask's pixel count)
+  local out="$DATA/stitch_scene_${1}.tif"
+  if [ ! -f "$out" ] || [ ! -f "${out%.tif}.json" ]; then
+    say "generating $out"
+    $PY bench/stitch_scene.py "$out" --size "$1" >&2
+  fi
+  echo "$out"
+}
+
+bench_stitch() {
+  local n scene t0
+  t0=$(date +%s)
+  for n in $STITCH_SIZES; do stitch_scene "$n" > /dev/null; done
+  $PY -c 'import json, os; print(json.dumps({"loadavg_before": os.getloadavg()}))' > "$RESULTS/stitch_env.json"
+  rm -rf "$RESULTS/stitch_out" "$RESULTS"/stitch_tessera_*.json "$RESULTS"/stitch_peer_*.json
+  mkdir -p "$RESULTS/stitch_out"
+  for n in $STITCH_SIZES; do
+    scene=$(stitch_scene "$n")
+    sync
+    say "tessera segment (stitch + COG + polygonize), ${n}^2"
+    $PY bench/stitch_trace.py "$RESULTS/stitch_tessera_${n}_process.json" "$RESULTS/stitch_tessera_${n}.json" \
+      "$RESULTS/stitch_out/tessera_$n" -- "$T" segment "$scene" --model "$STITCH_MODEL" --tile-size 512 --overlap 64 --scale range:0,255 \
+      --out "$RESULTS/stitch_out/tessera_$n" --overwrite --json --quiet
+    if [ "$STITCH_PEER" = 1 ]; then
+      sync
+      say "python peer (rasterio + shapes + shapely + geopandas), ${n}^2"
+      measured "$RESULTS/stitch_peer_${n}_process.json" "$RESULTS/stitch_peer_${n}.json" \
+        "$PY" bench/peer_stitch.py "$scene" --out "$RESULTS/stitch_out/peer_$n"
+    fi
+  done
+  $PY bench/report_stitch.py "$RESULTS" --data "$DATA" --sizes "$STITCH_SIZES" \
+    --model "$STITCH_MODEL" --seconds $(( $(date +%s) - t0 ))
+}
+
 # --- main -----------------------------------------------------------------------------------------
 install_peers
 sections=("$@")
-[ ${#sections[@]} -gt 0 ] || sections=(read classify)
+[ ${#sections[@]} -gt 0 ] || sections=(read classify caption stitch)
 for s in "${sections[@]}"; do
   case "$s" in
     read) bench_read ;;
     classify) bench_classify ;;
-    *) say "unknown section '$s' (read, classify)"; exit 2 ;;
+    caption) bench_caption ;;
+    stitch) bench_stitch ;;
+    *) say "unknown section '$s' (read, classify, caption, stitch)"; exit 2 ;;
   esac
 done
