@@ -177,7 +177,14 @@ impl SegmentationModel {
         match session.outputs().iter().find(|o| o.name == graph.output) {
             None => problems.push(format!("the graph has no output '{}'", graph.output)),
             Some(o) => {
-                if o.shape.len() != 4 {
+                if format == SegFormat::Clipseg {
+                    if o.shape.len() != 3 && o.shape.len() != 4 {
+                        problems.push(format!(
+                            "output '{}' has shape {:?}, expected [N, H, W]",
+                            o.name, o.shape
+                        ));
+                    }
+                } else if o.shape.len() != 4 {
                     problems.push(format!(
                         "output '{}' has shape {:?}, expected [B, C, H, W]",
                         o.name, o.shape

@@ -261,11 +261,8 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
             })
             .collect(),
     };
-    let band_names: Vec<String> = if prob_bands == 1 {
-        vec![classes[1].clone()]
-    } else {
-        classes.clone()
-    };
+    // The kept probability bands are the last `prob_bands` classes.
+    let band_names: Vec<String> = classes[classes.len() - prob_bands.min(classes.len())..].to_vec();
     let probs_out = dir.join("probabilities.tif");
     let stream_path = writer.finish(
         &dir.join("classes.tif"),

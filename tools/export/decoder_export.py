@@ -137,13 +137,63 @@ def _reinit(model: nn.Module, std: float) -> None:
             nn.init.normal_(p, 0.0, 1.0)
 
 
-def build_tiny(kind: str, seed: int, init_std: float, eos_scale: float):
+#: --shape choices per subcommand ("tiny" first: the default, the test fixture with references).
+SHAPES = {"blip2": ["tiny", "mid", "opt-2.7b"], "llava": ["tiny"]}
+#: init std / EOS logit scale of the benchmark shapes (HF's default init: near-uniform logits, which
+#: is fine there, since benchmarks force the caption length with min_new_tokens).
+BENCH_INIT_STD = 0.02
+BENCH_EOS_SCALE = 1.0
+#: OPT's vocabulary size (facebook/opt-*): the benchmark shapes' logits are this wide, although the
+#: tiny tokenizer only knows its first few hundred ids (ids past it decode to nothing).
+OPT_VOCAB = 50272
+
+
+def _blip2_bench_config(shape: str, V: int, ids: dict):
+    """Blip2Config of the benchmark shapes (random weights, for timing only; no references).
+
+    mid:      OPT-125m language model (hidden 768, 12 layers, 12 heads, ffn 3072, vocab 50272),
+              a small 224 px vision tower and Q-Former, 32 query tokens (as the real BLIP-2).
+    opt-2.7b: Salesforce/blip2-opt-2.7b's shape: ViT-g/14 at 224 px (Blip2VisionConfig defaults),
+              the 12-layer Q-Former (defaults), 32 query tokens, OPT-2.7b (hidden 2560, 32 layers,
+              32 heads, ffn 10240, vocab 50272): ~3.8 B parameters.
+    """
+    from transformers import Blip2Config
+
+    text = dict(model_type="opt", vocab_size=OPT_VOCAB, max_position_embeddings=2048,
+                bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"])
+    if shape == "mid":
+        vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                      image_size=224, patch_size=32)
+        qformer = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                       encoder_hidden_size=64, vocab_size=V, max_position_embeddings=64)
+        text.update(hidden_size=768, word_embed_proj_dim=768, ffn_dim=3072, num_hidden_layers=12,
+                    num_attention_heads=12)
+    elif shape == "opt-2.7b":
+        vision = dict(hidden_size=1408, intermediate_size=6144, num_hidden_layers=39, num_attention_heads=16,
+                      image_size=224, patch_size=14)
+        qformer = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                       encoder_hidden_size=1408, vocab_size=30522, max_position_embeddings=512)
+        text.update(hidden_size=2560, word_embed_proj_dim=2560, ffn_dim=10240, num_hidden_layers=32,
+                    num_attention_heads=32)
+    else:
+        raise ValueError(f"unknown blip2 --shape {shape!r}")
+    return Blip2Config(vision_config=vision, qformer_config=qformer, text_config=text,
+                       num_query_tokens=32, image_token_index=ids["image"])
+
+
+def build_tiny(kind: str, seed: int, init_std: float, eos_scale: float, shape: str = "tiny"):
     """(model, tokenizer, roles, ids) of a seeded random BLIP-2/OPT or LLaVA/Llama."""
     arch = "blip2-opt" if kind == "blip2" else "llava-llama"
     tok, roles, ids = build_tiny_tokenizer(arch)
     V = tok.get_vocab_size()
     torch.manual_seed(seed)
-    if kind == "blip2":
+    if kind == "blip2" and shape != "tiny":
+        from transformers import Blip2ForConditionalGeneration
+
+        cfg = _blip2_bench_config(shape, V, ids)
+        cfg._attn_implementation = "eager"
+        model = Blip2ForConditionalGeneration(cfg)
+    elif kind == "blip2":
         from transformers import Blip2Config, Blip2ForConditionalGeneration
 
         cfg = Blip2Config(
@@ -529,9 +579,72 @@ def check_decoder_against_hf(parts: Parts, tol: float = 1e-4) -> float:
 # --------------------------------------------------------------------------------------
 
 
+#: Graphs whose weights are bigger than this are written with their weights in one external data
+#: file next to them (``<name>.onnx.data``; ONNX Runtime finds it by itself): a protobuf holds 2 GB at
+#: most.  Smaller graphs (every --tiny model) keep their weights inside, as before.
+EXTERNAL_DATA_BYTES = int(float(__import__("os").environ.get("TESSERA_EXPORT_EXTERNAL_DATA_BYTES", 1.5e9)))
+
+
+def _param_bytes(module: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def _save_external(model, path: Path) -> None:
+    """Save `model` as `path` + one external data file `path.name + '.data'`, replacing both."""
+    import onnx
+
+    data = path.parent / (path.name + ".data")
+    for stale in (path, data):
+        if stale.exists():
+            stale.unlink()
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data.name, size_threshold=1024)
+
+
+def has_external_data(path: Path) -> bool:
+    return (path.parent / (path.name + ".data")).is_file()
+
+
+def _export_external(module, args, path: Path, inputs, outputs, axes, opset: int) -> None:
+    """_export for graphs past EXTERNAL_DATA_BYTES: torch writes into a scratch folder (it may
+    spread the weights over one file per tensor there), the checker reads the graph by path (it
+    cannot take a >2 GB message in memory), and the graph is saved with one external data file."""
+    import tempfile
+
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=path.parent) as tmp:
+        scratch = Path(tmp) / path.name
+        with torch.no_grad():
+            torch.onnx.export(module, args, str(scratch), input_names=inputs, output_names=outputs,
+                              dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False)
+        onnx.checker.check_model(str(scratch))
+        m = onnx.load(str(scratch), load_external_data=True)
+        _save_external(m, path)
+
+
+def to_fp16(path: Path) -> None:
+    """float16 weights/compute with float32 I/O (export._to_fp16), also for graphs with external data."""
+    if not has_external_data(path):
+        import export as E
+
+        E._to_fp16(path)
+        return
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    # Given a path, the converter runs shape inference by path (the only way for > 2 GB).
+    model16 = convert_float_to_float16(str(path), keep_io_types=True)
+    _save_external(model16, path)
+
+
 def _export(module, args, path: Path, inputs: list[str], outputs: list[str], axes: dict, opset: int):
     import onnx
 
+    if _param_bytes(module) > EXTERNAL_DATA_BYTES:
+        _export_external(module, args, path, inputs, outputs, axes, opset)
+        return
+    for stale in path.parent.glob(path.name + ".data"):
+        stale.unlink()
     with torch.no_grad():
         torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
                           dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False)
@@ -880,17 +993,22 @@ def export_decoder(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tv = transformers.__version__
+    shape = getattr(args, "shape", "tiny")
+    if shape != "tiny" and not args.tiny:
+        raise SystemExit("--shape only applies with --tiny")
     if args.tiny:
+        bench = shape != "tiny"
         seed = DEFAULT_SEEDS[kind] if args.seed is None else args.seed
-        init_std = DEFAULT_INIT_STD[kind] if args.init_std is None else args.init_std
-        eos_scale = DEFAULT_EOS_SCALE[kind] if args.eos_scale is None else args.eos_scale
-        model, tok, roles, _ = build_tiny(kind, seed, init_std, eos_scale)
+        init_std = (BENCH_INIT_STD if bench else DEFAULT_INIT_STD[kind]) if args.init_std is None else args.init_std
+        eos_scale = (BENCH_EOS_SCALE if bench else DEFAULT_EOS_SCALE[kind]) if args.eos_scale is None else args.eos_scale
+        model, tok, roles, _ = build_tiny(kind, seed, init_std, eos_scale, shape)
         hf = hf_tokenizer(tok, roles)
         size = model.config.vision_config.image_size
         parts = Parts(kind, model, hf, size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
-        name = args.name or f"{kind}-tiny-random"
+        name = args.name or (f"{kind}-tiny-random" if shape == "tiny" else f"{kind}-{shape}-random")
         source = (f"random init, seed {seed}, init std {init_std}, eos logit scale {eos_scale}, "
-                  f"transformers {tv}, torch {torch.__version__}")
+                  + ("" if shape == "tiny" else f"shape {shape}, ")
+                  + f"transformers {tv}, torch {torch.__version__}")
         trained = False
         if args.save_pretrained:
             sp = Path(args.save_pretrained)
@@ -911,12 +1029,13 @@ def export_decoder(args) -> None:
         verify_onnx_against_torch(parts, out, tol=5e-2 if args.fp16 else args.tolerance)
     if args.fp16:
         for n in ("image_prefix.onnx", "embed_tokens.onnx", "decoder.onnx"):
-            E._to_fp16(out / n)
+            print(f"export: converting {out}/{n} to float16", file=sys.stderr)
+            to_fp16(out / n)
     parts.hf_tok.backend_tokenizer.save(str(out / "tokenizer.json"), pretty=False)
     write_manifest(out / "model.toml", parts, name=name, trained=trained,
                    source=source + (", fp16" if args.fp16 else ""))
 
-    if args.tiny and not args.no_reference:
+    if args.tiny and shape == "tiny" and not args.no_reference:
         ref, images_u8, pixels = compute_references(parts, seed, init_std, eos_scale)
         ref["onnx_precision"] = "fp16" if args.fp16 else "fp32"
         ok, msg = degeneracy_report(ref)
@@ -972,6 +1091,13 @@ def add_subcommands(sub, default_opset: int) -> None:
                        help=f"--tiny: init std (default {DEFAULT_INIT_STD[kind]})")
         c.add_argument("--eos-scale", type=float, default=None,
                        help=f"--tiny: factor on the EOS row of lm_head (default {DEFAULT_EOS_SCALE[kind]})")
+        shapes = SHAPES[kind]
+        c.add_argument("--shape", choices=shapes, default="tiny",
+                       help="--tiny: 'tiny' (the test fixture, with reference/)"
+                            + (", or a random benchmark model without reference/: 'mid' (OPT-125m language "
+                               "model, small vision tower) or 'opt-2.7b' (blip2-opt-2.7b's shape, ~3.8 B "
+                               "parameters; its big graphs keep their weights in <graph>.onnx.data)"
+                               if len(shapes) > 1 else ""))
         c.add_argument("--save-pretrained", metavar="DIR", default=None,
                        help="--tiny: also write the model + processor with save_pretrained (to test --from)")
         c.add_argument("--name", default=None)

@@ -835,6 +835,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     decoder_export.add_subcommands(sub, DEFAULT_OPSET)
 
+    import prompted_export
+
+    prompted_export.add_subcommands(sub, DEFAULT_OPSET)
+
     s = sub.add_parser("scan-seeds", help="print how well each --tiny seed separates the reference images")
     s.add_argument("--seeds", type=int, default=20, help="scan seeds 0..N-1 (default 20)")
     s.add_argument("--bpe-vocab", default=None, metavar="PATH", help=f"path to {BPE_FILENAME}")
@@ -844,7 +848,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    if args.command in ("clip", "blip2", "llava") and not args.tiny:
+    if args.command in ("clip", "blip2", "llava", "clipseg", "owlvit") and not args.tiny:
         for flag in ("seed", "bpe_vocab", "init_std", "eos_scale", "save_pretrained"):
             if getattr(args, flag, None) is not None:
                 raise SystemExit(f"--{flag.replace('_', '-')} only applies with --tiny")
