@@ -151,7 +151,15 @@ fn stitched_threshold_masks_equal_the_painted_shapes() {
             "{size}/{overlap}/{blend}: {}",
             res.context()
         );
-        assert!(j["peak_rows"].as_u64().expect("rows") < h as u64);
+        // Rows are flushed before the end when the scene has several tile rows ahead of the
+        // read-ahead queue (not so with two rows of 256-pixel tiles).
+        if size != "256" {
+            assert!(
+                j["peak_rows"].as_u64().expect("rows") < h as u64,
+                "{size}/{overlap}: {}",
+                j["peak_rows"]
+            );
+        }
         let ds =
             gdal::Dataset::open(dir.path().join(&out).join("polygons.gpkg")).expect("polygons");
         use gdal::vector::LayerAccess;

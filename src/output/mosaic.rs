@@ -276,12 +276,21 @@ pub fn polygonize_raster(
     layer
         .create_defn_fields(&[("class", OGRFieldType::OFTInteger)])
         .map_err(|e| werr(path, gdal_reason(&e)))?;
+    // When class 0 (background) is not wanted, the class band is its own mask (0 = ignore):
+    // GDAL then never traces the background, which is most of a typical mask. Nodata (255)
+    // regions are traced and dropped below.
+    let skip_background = skip.contains(&0);
     // SAFETY: valid band, its mask band and the layer, all owned above.
     let rv = unsafe {
         let b = band.c_rasterband();
+        let mask = if skip_background {
+            b
+        } else {
+            gdal_sys::GDALGetMaskBand(b)
+        };
         gdal_sys::GDALPolygonize(
             b,
-            gdal_sys::GDALGetMaskBand(b),
+            mask,
             layer.c_layer(),
             0,
             std::ptr::null_mut(),
@@ -302,7 +311,7 @@ pub fn polygonize_raster(
         let Ok(class) = u8::try_from(class) else {
             continue;
         };
-        if skip.contains(&class) {
+        if skip.contains(&class) || class == NODATA_CLASS {
             continue;
         }
         let Some(g) = f.geometry() else { continue };
