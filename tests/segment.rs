@@ -131,6 +131,8 @@ fn stitched_threshold_masks_equal_the_painted_shapes() {
                 overlap,
                 "--blend",
                 blend,
+                "--batch-size",
+                "4",
                 "--out",
                 &out,
                 "--json",
