@@ -418,6 +418,25 @@ impl TilingArgs {
     }
 }
 
+/// Batch size and read options for a model command: a batch worth of tiles is read ahead while
+/// the model runs (unless --queue says otherwise).
+fn model_reading(tiling: &TilingArgs, device: &DeviceArgs) -> (usize, ReadOptions) {
+    let batch = device
+        .batch_size
+        .unwrap_or_else(|| device.device.default_batch_size());
+    let mut read = tiling.read();
+    if tiling.queue.is_none() {
+        read.queue = batch.max(read.queue);
+    }
+    (batch, read)
+}
+
+/// A comma-separated list (`--prompts`, `--labels`), trimmed.
+fn comma_list(list: Option<&str>) -> Vec<String> {
+    list.map(|p| p.split(',').map(|q| q.trim().to_string()).collect())
+        .unwrap_or_default()
+}
+
 fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -746,6 +765,7 @@ fn classify(a: ClassifyArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Result<i3
         cache_dir(a.cache_dir.clone())
     };
     let device = a.device.device;
+    let (batch, read) = model_reading(&a.tiling, &a.device);
     let job = ClassifyJob {
         scene: a.scene.clone(),
         open: OpenOptions {
@@ -767,23 +787,9 @@ fn classify(a: ClassifyArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Result<i3
         templates,
         min_score: a.min_score,
         grid: a.tiling.grid(Some(0))?,
-        read: {
-            let batch = a
-                .device
-                .batch_size
-                .unwrap_or_else(|| device.default_batch_size());
-            let mut r = a.tiling.read();
-            // Keep a batch worth of tiles ready while the model runs.
-            if a.tiling.queue.is_none() {
-                r.queue = batch.max(r.queue);
-            }
-            r
-        },
+        read,
         scaling: a.scale.clone(),
-        batch_size: a
-            .device
-            .batch_size
-            .unwrap_or_else(|| device.default_batch_size()),
+        batch_size: batch,
         out: a.out.clone(),
         format,
         overwrite: a.overwrite,
@@ -916,14 +922,7 @@ fn caption(a: CaptionArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Result<i32>
         None
     };
     let device = a.device.device;
-    let batch = a
-        .device
-        .batch_size
-        .unwrap_or_else(|| device.default_batch_size());
-    let mut read = a.tiling.read();
-    if a.tiling.queue.is_none() {
-        read.queue = batch.max(read.queue);
-    }
+    let (batch, read) = model_reading(&a.tiling, &a.device);
     let job = CaptionJob {
         scene: a.scene.clone(),
         open: OpenOptions {
@@ -1013,14 +1012,7 @@ fn segment(a: SegmentArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Result<i32>
             bail!("--threshold must be between 0 and 1, got {t}");
         }
     }
-    let batch = a
-        .device
-        .batch_size
-        .unwrap_or_else(|| a.device.device.default_batch_size());
-    let mut read = a.tiling.read();
-    if a.tiling.queue.is_none() {
-        read.queue = batch.max(read.queue);
-    }
+    let (batch, read) = model_reading(&a.tiling, &a.device);
     let job = SegmentJob {
         scene: a.scene.clone(),
         open: OpenOptions {
@@ -1037,11 +1029,7 @@ fn segment(a: SegmentArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Result<i32>
         batch_size: batch,
         window: a.blend,
         threshold: a.threshold,
-        prompts: a
-            .prompts
-            .as_deref()
-            .map(|p| p.split(',').map(|q| q.trim().to_string()).collect())
-            .unwrap_or_default(),
+        prompts: comma_list(a.prompts.as_deref()),
         probabilities: a.probabilities,
         simplify: a.simplify,
         min_area: a.min_area,
@@ -1095,14 +1083,7 @@ fn detect(a: DetectArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Result<i32> {
     if !(0.0..=1.0).contains(&a.cut_ios) {
         bail!("--cut-ios must be between 0 and 1, got {}", a.cut_ios);
     }
-    let batch = a
-        .device
-        .batch_size
-        .unwrap_or_else(|| a.device.device.default_batch_size());
-    let mut read = a.tiling.read();
-    if a.tiling.queue.is_none() {
-        read.queue = batch.max(read.queue);
-    }
+    let (batch, read) = model_reading(&a.tiling, &a.device);
     let job = DetectJob {
         scene: a.scene.clone(),
         open: OpenOptions {
@@ -1118,11 +1099,7 @@ fn detect(a: DetectArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Result<i32> {
         scaling: a.scale.clone(),
         batch_size: batch,
         confidence: a.confidence,
-        prompts: a
-            .prompts
-            .as_deref()
-            .map(|p| p.split(',').map(|q| q.trim().to_string()).collect())
-            .unwrap_or_default(),
+        prompts: comma_list(a.prompts.as_deref()),
         iou: a.iou,
         method: a.method,
         cut_ios: a.cut_ios,

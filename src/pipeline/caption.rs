@@ -19,11 +19,10 @@ use crate::output::{
     FieldKind, FieldSpec, FieldValue, GeometryKind, PendingOutput, VectorFormat, VectorLayerWriter,
 };
 use crate::raster::{
-    BandMapping, OpenOptions, Placement, Resampling, Scaling, ScalingSpec, Scene, WindowReader,
-    WindowRequest,
+    OpenOptions, Placement, Resampling, ScalingSpec, Scene, WindowReader, WindowRequest,
 };
 use crate::runtime::{Runtime, SessionOptions};
-use crate::tiling::{stream_tiles, GridOptions, ReadOptions, Tile, TileData, TileGrid};
+use crate::tiling::{stream_tiles, GridOptions, ReadOptions, Tile, TileData};
 
 /// What `tessera caption` does.
 #[derive(Debug)]
@@ -136,30 +135,22 @@ pub fn run_caption(mut job: CaptionJob) -> Result<CaptionReport, PipelineError> 
     let params = job.params.clone().unwrap_or_else(|| model.default_params());
     // Fail on a prompt the model cannot take before reading anything.
     model.prompt_ids(&job.prompt)?;
-    let scene = Scene::open(&job.scene, &job.open)?;
     let size = model.input_size();
-    if job.grid.tile_size == 0 {
-        job.grid.tile_size = size;
-    }
-    if job.grid.tile_size != size {
-        return Err(PipelineError::Options(format!(
-            "--tile-size {} differs from the model's input size {size}: tiles are read at the model's size (use --target-gsd to choose their ground footprint)",
-            job.grid.tile_size
-        )));
-    }
-    if job.read.bands.is_empty() {
-        job.read.bands = BandMapping::for_channels(scene.info(), 3);
-    }
-    if job.read.bands.len() != 3 {
-        return Err(PipelineError::Options(format!(
-            "the model takes 3 channels but --bands names {}",
-            job.read.bands.len()
-        )));
-    }
-    job.read.bands.validate(scene.info())?;
-    let scaling = Scaling::resolve(&job.scaling, &scene, &job.read.bands)?;
-    let grid = TileGrid::new(scene.info(), job.grid.clone())?;
-    job.read.read_pixels = true;
+    let tiles = super::ModelTiles {
+        size,
+        any_size: false,
+        defaults: None,
+    };
+    let (scene, scaling, grid) = super::model_input(
+        &job.scene,
+        &job.open,
+        &mut job.grid,
+        &mut job.read,
+        &job.scaling,
+        &tiles,
+        true,
+        true,
+    )?;
     let pending = match &job.out {
         Some(dir) => Some(PendingOutput::dir(dir, job.overwrite)?),
         None => None,

@@ -20,7 +20,7 @@ use crate::output::{
     class_color, polygonize_classes, write_cog, FieldKind, FieldSpec, FieldValue, GeometryKind,
     Legend, PendingOutput, RasterSpec, VectorFormat, VectorLayerWriter,
 };
-use crate::raster::{BandMapping, GeoTransform, OpenOptions, Scaling, ScalingSpec, Scene};
+use crate::raster::{GeoTransform, OpenOptions, ScalingSpec, Scene};
 use crate::runtime::{Runtime, SessionOptions};
 use crate::tiling::{stream_tiles, GridOptions, ReadOptions, Tile, TileData, TileGrid};
 
@@ -190,31 +190,23 @@ pub fn run_classify(mut job: ClassifyJob) -> Result<ClassifyReport, PipelineErro
     validate_labels(&job)?;
     let runtime = Runtime::load(job.ort_lib.as_deref())?;
     let mut model = ClipModel::load(runtime, &job.model, &job.session).map_err(model_err)?;
-    let scene = Scene::open(&job.scene, &job.open)?;
-    timings.load_seconds = start.elapsed().as_secs_f64();
     let size = model.input_size();
-    if job.grid.tile_size == 0 {
-        job.grid.tile_size = size;
-    }
-    if job.grid.tile_size != size {
-        return Err(PipelineError::Options(format!(
-            "--tile-size {} differs from the model's input size {size}: tiles are read at the model's size (use --target-gsd to choose their ground footprint)",
-            job.grid.tile_size
-        )));
-    }
-    if job.read.bands.is_empty() {
-        job.read.bands = BandMapping::for_channels(scene.info(), 3);
-    }
-    if job.read.bands.len() != 3 {
-        return Err(PipelineError::Options(format!(
-            "the model takes 3 channels but --bands names {}",
-            job.read.bands.len()
-        )));
-    }
-    job.read.bands.validate(scene.info())?;
-    let scaling = Scaling::resolve(&job.scaling, &scene, &job.read.bands)?;
-    let grid = TileGrid::new(scene.info(), job.grid.clone())?;
-    job.read.read_pixels = true;
+    let tiles = super::ModelTiles {
+        size,
+        any_size: false,
+        defaults: None,
+    };
+    let (scene, scaling, grid) = super::model_input(
+        &job.scene,
+        &job.open,
+        &mut job.grid,
+        &mut job.read,
+        &job.scaling,
+        &tiles,
+        true,
+        true,
+    )?;
+    timings.load_seconds = start.elapsed().as_secs_f64();
     // Claim the output folder before the long part, so a bad --out fails fast.
     let pending = match &job.out {
         Some(dir) => Some(PendingOutput::dir(dir, job.overwrite)?),

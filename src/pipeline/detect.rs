@@ -15,10 +15,10 @@ use crate::models::detection::{DetectorModel, PixelBox};
 use crate::output::{
     FieldKind, FieldSpec, FieldValue, GeometryKind, PendingOutput, VectorFormat, VectorLayerWriter,
 };
-use crate::raster::{BandMapping, OpenOptions, Scaling, ScalingSpec, Scene};
+use crate::raster::{OpenOptions, ScalingSpec};
 use crate::runtime::{Runtime, SessionOptions};
 use crate::stitch::boxes::{merge, MapDetection, MergeMethod, MergeOptions};
-use crate::tiling::{stream_tiles, GridOptions, ReadOptions, Tile, TileData, TileGrid};
+use crate::tiling::{stream_tiles, GridOptions, ReadOptions, Tile, TileData};
 
 /// What `tessera detect` does.
 #[derive(Debug)]
@@ -127,38 +127,22 @@ pub fn run_detect(mut job: DetectJob) -> Result<DetectReport, PipelineError> {
         (true, false) => model.set_queries(&job.prompts)?,
         (false, true) => {}
     }
-    let scene = Scene::open(&job.scene, &job.open)?;
     let size = model.input_size();
-    if job.grid.tile_size == 0 {
-        job.grid.tile_size = size;
-    }
-    if job.grid.tile_size != size {
-        return Err(PipelineError::Options(format!(
-            "--tile-size {} differs from the detector's input size {size} (use --target-gsd to choose the tiles' ground footprint)",
-            job.grid.tile_size
-        )));
-    }
-    if let Some(t) = &model.package().manifest.tiling {
-        if !job.overlap_given {
-            job.grid.overlap = t.overlap.unwrap_or(0).min(size.saturating_sub(1));
-        }
-        if !job.gsd_given {
-            job.grid.target_gsd = t.gsd;
-        }
-    }
-    if job.read.bands.is_empty() {
-        job.read.bands = BandMapping::for_channels(scene.info(), 3);
-    }
-    if job.read.bands.len() != 3 {
-        return Err(PipelineError::Options(format!(
-            "the model takes 3 channels but --bands names {}",
-            job.read.bands.len()
-        )));
-    }
-    job.read.bands.validate(scene.info())?;
-    let scaling = Scaling::resolve(&job.scaling, &scene, &job.read.bands)?;
-    let grid = TileGrid::new(scene.info(), job.grid.clone())?;
-    job.read.read_pixels = true;
+    let tiles = super::ModelTiles {
+        size,
+        any_size: false,
+        defaults: model.package().manifest.tiling.as_ref(),
+    };
+    let (scene, scaling, grid) = super::model_input(
+        &job.scene,
+        &job.open,
+        &mut job.grid,
+        &mut job.read,
+        &job.scaling,
+        &tiles,
+        job.overlap_given,
+        job.gsd_given,
+    )?;
     let pending = match &job.out {
         Some(dir) => Some(PendingOutput::dir(dir, job.overwrite)?),
         None => None,

@@ -42,6 +42,76 @@ pub enum PipelineError {
     Options(String),
 }
 
+/// What a model says about the tiles it takes.
+pub(crate) struct ModelTiles<'a> {
+    /// Input size in pixels (the default tile size).
+    pub size: usize,
+    /// The graph takes any tile size (fully convolutional).
+    pub any_size: bool,
+    /// Tiling defaults from the model's manifest or metadata.
+    pub defaults: Option<&'a crate::models::TilingSpec>,
+}
+
+/// The scene side of a model command: open the scene, settle the tile size (the model's unless
+/// it takes any size), apply the model's tiling defaults where the user gave none, map three
+/// bands, resolve scaling and lay the grid.
+///
+/// # Errors
+/// A bad scene, a tile size the model cannot take, a band mapping that is not 3 bands of the
+/// scene, statistics or grid errors.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn model_input(
+    path: &str,
+    open: &crate::raster::OpenOptions,
+    grid: &mut crate::tiling::GridOptions,
+    read: &mut crate::tiling::ReadOptions,
+    scaling: &crate::raster::ScalingSpec,
+    model: &ModelTiles<'_>,
+    overlap_given: bool,
+    gsd_given: bool,
+) -> Result<
+    (
+        crate::raster::Scene,
+        crate::raster::Scaling,
+        crate::tiling::TileGrid,
+    ),
+    PipelineError,
+> {
+    use crate::raster::{BandMapping, Scaling, Scene};
+    let scene = Scene::open(path, open)?;
+    if grid.tile_size == 0 {
+        grid.tile_size = model.size;
+    }
+    if grid.tile_size != model.size && !model.any_size {
+        return Err(PipelineError::Options(format!(
+            "--tile-size {} differs from the model's input size {}: tiles are read at the model's size (use --target-gsd to choose their ground footprint)",
+            grid.tile_size, model.size
+        )));
+    }
+    if let Some(t) = model.defaults {
+        if !overlap_given {
+            grid.overlap = t.overlap.unwrap_or(0).min(grid.tile_size.saturating_sub(1));
+        }
+        if !gsd_given {
+            grid.target_gsd = t.gsd;
+        }
+    }
+    if read.bands.is_empty() {
+        read.bands = BandMapping::for_channels(scene.info(), 3);
+    }
+    if read.bands.len() != 3 {
+        return Err(PipelineError::Options(format!(
+            "the model takes 3 channels but --bands names {}",
+            read.bands.len()
+        )));
+    }
+    read.bands.validate(scene.info())?;
+    let scaling = Scaling::resolve(scaling, &scene, &read.bands)?;
+    let tile_grid = crate::tiling::TileGrid::new(scene.info(), grid.clone())?;
+    read.read_pixels = true;
+    Ok((scene, scaling, tile_grid))
+}
+
 /// Peak resident memory of this process so far (VmHWM), in bytes, where the OS reports it.
 pub fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

@@ -15,10 +15,10 @@ use crate::output::{
     class_color, polygonize_raster, FieldKind, FieldSpec, FieldValue, GeometryKind, Legend,
     MosaicWriter, PendingOutput, VectorFormat, VectorLayerWriter,
 };
-use crate::raster::{BandMapping, OpenOptions, Scaling, ScalingSpec, Scene};
+use crate::raster::{OpenOptions, ScalingSpec};
 use crate::runtime::{Runtime, SessionOptions};
 use crate::stitch::mask::{BlendWindow, Decision, MaskStitcher};
-use crate::tiling::{stream_tiles, GridOptions, ReadOptions, ReadOrder, Tile, TileData, TileGrid};
+use crate::tiling::{stream_tiles, GridOptions, ReadOptions, ReadOrder, Tile, TileData};
 
 /// What `tessera segment` does.
 #[derive(Debug)]
@@ -112,38 +112,22 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
         (true, false) => model.set_prompts(&job.prompts)?,
         (false, true) => {}
     }
-    let scene = Scene::open(&job.scene, &job.open)?;
-    if job.grid.tile_size == 0 {
-        job.grid.tile_size = model.input_size();
-    }
-    let size = job.grid.tile_size;
-    if size != model.input_size() && !model.any_size() {
-        return Err(PipelineError::Options(format!(
-            "--tile-size {size} differs from the model's fixed input size {} (use --target-gsd to choose the tiles' ground footprint)",
-            model.input_size()
-        )));
-    }
-    if let Some(t) = &model.package().manifest.tiling {
-        if !job.overlap_given {
-            job.grid.overlap = t.overlap.unwrap_or(0).min(size.saturating_sub(1));
-        }
-        if !job.gsd_given {
-            job.grid.target_gsd = t.gsd;
-        }
-    }
-    if job.read.bands.is_empty() {
-        job.read.bands = BandMapping::for_channels(scene.info(), 3);
-    }
-    if job.read.bands.len() != 3 {
-        return Err(PipelineError::Options(format!(
-            "the model takes 3 channels but --bands names {}",
-            job.read.bands.len()
-        )));
-    }
-    job.read.bands.validate(scene.info())?;
-    let scaling = Scaling::resolve(&job.scaling, &scene, &job.read.bands)?;
-    let grid = TileGrid::new(scene.info(), job.grid.clone())?;
-    job.read.read_pixels = true;
+    let tiles = super::ModelTiles {
+        size: model.input_size(),
+        any_size: model.any_size(),
+        defaults: model.package().manifest.tiling.as_ref(),
+    };
+    let (scene, scaling, grid) = super::model_input(
+        &job.scene,
+        &job.open,
+        &mut job.grid,
+        &mut job.read,
+        &job.scaling,
+        &tiles,
+        job.overlap_given,
+        job.gsd_given,
+    )?;
+    let size = grid.tile_size();
     job.read.order = ReadOrder::RowMajor;
     job.read.deliver_skipped = true;
     let pending = PendingOutput::dir(&job.out, job.overwrite)?;
