@@ -212,6 +212,12 @@ impl Runtime {
         let build_info = ort::info().to_string();
         let version = parse_version(&build_info)
             .or_else(|| version_from_file_name(&library.path))
+            // A `libonnxruntime.so` symlink: the versioned file it points at.
+            .or_else(|| {
+                std::fs::canonicalize(&library.path)
+                    .ok()
+                    .and_then(|p| version_from_file_name(&p))
+            })
             .unwrap_or_else(|| "unknown".into());
         Ok(Runtime {
             info: RuntimeInfo {
