@@ -346,12 +346,18 @@ impl SegmentationModel {
         let up = upsample(raw.view(), h, w);
         match self.format {
             SegFormat::Probability => {
-                for i in 0..b {
-                    for y in 0..h {
-                        for x in 0..w {
-                            let p = up[[i, 0, y, x]].clamp(0.0, 1.0);
-                            probs[[i, 0, y, x]] = 1.0 - p;
-                            probs[[i, 1, y, x]] = p;
+                // Contiguous planes: slices, not per-element indexing (this runs per pixel).
+                let up = up.as_standard_layout();
+                let src = up.as_slice().unwrap_or(&[]);
+                let plane = h * w;
+                if let Some(dst) = probs.as_slice_mut() {
+                    for i in 0..b {
+                        let p_in = &src[i * plane..(i + 1) * plane];
+                        let (bg, fg) = dst[i * 2 * plane..(i + 1) * 2 * plane].split_at_mut(plane);
+                        for ((p, b0), b1) in p_in.iter().zip(bg.iter_mut()).zip(fg.iter_mut()) {
+                            let p = p.clamp(0.0, 1.0);
+                            *b0 = 1.0 - p;
+                            *b1 = p;
                         }
                     }
                 }
