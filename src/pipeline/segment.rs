@@ -161,6 +161,9 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
         prob_bands,
     )?;
     let mut stitcher = MaskStitcher::new(&grid, n_classes, job.window, decision);
+    if prob_bands == 0 {
+        stitcher = stitcher.without_probabilities();
+    }
     let norm = model.normalizer();
     let plane = size * size;
     let batch = job.batch_size.max(1);

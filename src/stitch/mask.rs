@@ -56,7 +56,8 @@ pub trait RowSink {
     type Error;
     /// `rows` rows starting at row `y0`: `classes` is `rows * width` class values;
     /// `probs` is `classes_count * rows * width` probabilities (band-sequential), NaN where
-    /// no valid pixel contributed.
+    /// no valid pixel contributed, or empty when the stitcher was built
+    /// [`MaskStitcher::without_probabilities`].
     fn write_rows(
         &mut self,
         y0: usize,
@@ -98,6 +99,7 @@ pub struct MaskStitcher {
     rows: VecDeque<RowAcc>,
     first_row: usize,
     peak_rows: usize,
+    keep_probs: bool,
 }
 
 impl std::fmt::Debug for MaskStitcher {
@@ -133,7 +135,15 @@ impl MaskStitcher {
             rows: VecDeque::new(),
             first_row: 0,
             peak_rows: 0,
+            keep_probs: true,
         }
+    }
+
+    /// Hand the sink class values only (an empty probability slice): cheaper when no
+    /// probability raster is written.
+    pub fn without_probabilities(mut self) -> MaskStitcher {
+        self.keep_probs = false;
+        self
     }
 
     /// Most rows held at once so far (memory is about this times the width times the classes).
@@ -209,7 +219,12 @@ impl MaskStitcher {
         let n = end - self.first_row;
         let w = self.width;
         let mut classes = vec![NODATA_CLASS; n * w];
-        let mut probs = vec![f32::NAN; self.classes * n * w];
+        // Probabilities are only assembled when the sink keeps them.
+        let mut probs = if self.keep_probs {
+            vec![f32::NAN; self.classes * n * w]
+        } else {
+            Vec::new()
+        };
         let mut p = vec![0f32; self.classes];
         for r in 0..n {
             let Some(acc) = self.rows.pop_front() else {
@@ -222,7 +237,11 @@ impl MaskStitcher {
                 }
                 for (c, pc) in p.iter_mut().enumerate() {
                     *pc = acc.scores[c * w + x] / wt;
-                    probs[c * n * w + r * w + x] = *pc;
+                }
+                if self.keep_probs {
+                    for (c, pc) in p.iter().enumerate() {
+                        probs[c * n * w + r * w + x] = *pc;
+                    }
                 }
                 classes[r * w + x] = match self.decision {
                     Decision::Threshold(t) => u8::from(p.get(1).copied().unwrap_or(0.0) >= t),
