@@ -111,21 +111,14 @@ pub fn run_detect(mut job: DetectJob) -> Result<DetectReport, PipelineError> {
     let start = Instant::now();
     let runtime = Runtime::load(job.ort_lib.as_deref())?;
     let mut model = DetectorModel::load(runtime, &job.model, &job.session)?;
-    match (model.is_prompted(), job.prompts.is_empty()) {
-        (true, true) => {
-            return Err(PipelineError::Options(format!(
-                "{} is an open-vocabulary detector: give --prompts",
-                job.model.display()
-            )))
-        }
-        (false, false) => {
-            return Err(PipelineError::Options(format!(
-                "{} takes no text queries (--prompts)",
-                job.model.display()
-            )))
-        }
-        (true, false) => model.set_queries(&job.prompts)?,
-        (false, true) => {}
+    if super::check_prompts(
+        model.is_prompted(),
+        &job.prompts,
+        &job.model,
+        "an open-vocabulary detector",
+        "text queries",
+    )? {
+        model.set_queries(&job.prompts)?;
     }
     let size = model.input_size();
     let tiles = super::ModelTiles {

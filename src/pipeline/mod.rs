@@ -42,6 +42,32 @@ pub enum PipelineError {
     Options(String),
 }
 
+/// Text prompts go to prompted models, and only to them. `what` names the model kind in the
+/// error ("an open-vocabulary detector"), `noun` its prompts ("text queries"). Returns whether
+/// the prompts are to be set.
+///
+/// # Errors
+/// A prompted model without prompts, or prompts for a model that takes none.
+pub(crate) fn check_prompts(
+    prompted: bool,
+    prompts: &[String],
+    model: &std::path::Path,
+    what: &str,
+    noun: &str,
+) -> Result<bool, PipelineError> {
+    match (prompted, prompts.is_empty()) {
+        (true, true) => Err(PipelineError::Options(format!(
+            "{} is {what}: give --prompts",
+            model.display()
+        ))),
+        (false, false) => Err(PipelineError::Options(format!(
+            "{} takes no {noun} (--prompts)",
+            model.display()
+        ))),
+        (prompted, _) => Ok(prompted),
+    }
+}
+
 /// What a model says about the tiles it takes.
 pub(crate) struct ModelTiles<'a> {
     /// Input size in pixels (the default tile size).

@@ -96,21 +96,14 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
     let start = Instant::now();
     let runtime = Runtime::load(job.ort_lib.as_deref())?;
     let mut model = SegmentationModel::load(runtime, &job.model, &job.session)?;
-    match (model.is_prompted(), job.prompts.is_empty()) {
-        (true, true) => {
-            return Err(PipelineError::Options(format!(
-                "{} is a text-prompted model: give --prompts",
-                job.model.display()
-            )))
-        }
-        (false, false) => {
-            return Err(PipelineError::Options(format!(
-                "{} takes no text prompts (--prompts)",
-                job.model.display()
-            )))
-        }
-        (true, false) => model.set_prompts(&job.prompts)?,
-        (false, true) => {}
+    if super::check_prompts(
+        model.is_prompted(),
+        &job.prompts,
+        &job.model,
+        "a text-prompted model",
+        "text prompts",
+    )? {
+        model.set_prompts(&job.prompts)?;
     }
     let tiles = super::ModelTiles {
         size: model.input_size(),
