@@ -525,3 +525,52 @@ fn bad_models_labels_and_devices_fail_cleanly() {
     ok.success();
     assert!(ok.stdout().contains("valid model package"));
 }
+
+#[test]
+fn bench_model_times_the_image_graph_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = clip_tiny().display().to_string();
+    let j = run(
+        dir.path(),
+        &[
+            "bench-model",
+            &model,
+            "--batch-size",
+            "3",
+            "--iterations",
+            "2",
+        ],
+    )
+    .success()
+    .json();
+    assert_eq!(j["family"], "clip");
+    assert_eq!(j["batch_size"], 3);
+    assert_eq!(j["iterations"], 2);
+    assert_eq!(j["input_size"], 64);
+    assert!(j["images_per_second"].as_f64().expect("rate") > 0.0);
+    let j = run(
+        dir.path(),
+        &[
+            "bench-model",
+            &model,
+            "--device",
+            "cuda",
+            "--allow-fallback",
+            "--iterations",
+            "1",
+        ],
+    )
+    .success()
+    .json();
+    assert_eq!(j["provider"], "CPUExecutionProvider");
+    assert!(j["fallback"]
+        .as_str()
+        .is_some_and(|f| f.contains("CUDAExecutionProvider")));
+    run(dir.path(), &["bench-model", &model, "--device", "cuda"])
+        .fails_with(&["CUDAExecutionProvider", "--allow-fallback"]);
+    let blip = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("sample_data/models/blip2-tiny")
+        .display()
+        .to_string();
+    run(dir.path(), &["bench-model", &blip]).fails_with(&["not 'image-text-decoder'"]);
+}

@@ -67,6 +67,23 @@ pub enum Command {
     Models(ModelsArgs),
     /// Benchmark reading, tiling and scaling a scene into float32 CHW batches.
     BenchRead(BenchReadArgs),
+    /// Benchmark a model alone: images/s of a package's image graph (CLIP, segmenter,
+    /// detector) on a device, batches already in memory.
+    BenchModel(BenchModelArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchModelArgs {
+    /// Model package folder (or an ONNX file with Deepness metadata).
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Timed batches.
+    #[arg(long, default_value_t = 20)]
+    pub iterations: usize,
+    /// Untimed batches first (provider warm-up, allocations).
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
 }
 
 #[derive(Debug, Args)]
@@ -512,6 +529,21 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Detect(a) => detect(a, cli.ort_lib, cli.quiet),
         Command::Models(a) => models(a, cli.ort_lib),
         Command::BenchRead(a) => bench_read(a),
+        Command::BenchModel(a) => {
+            let job = pipeline::BenchModelJob {
+                model: a.model.clone(),
+                ort_lib: cli.ort_lib,
+                session: session_options(&a.device),
+                batch_size: a
+                    .device
+                    .batch_size
+                    .unwrap_or_else(|| a.device.device.default_batch_size()),
+                iterations: a.iterations,
+                warmup: a.warmup,
+            };
+            print_json(&pipeline::run_bench_model(job)?)?;
+            Ok(0)
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! report; it never prints. The CLI only parses arguments into jobs and prints reports.
 
 mod bench;
+mod bench_model;
 mod caption;
 mod classify;
 mod detect;
@@ -11,6 +12,7 @@ mod segment;
 mod tiles;
 
 pub use bench::{run_bench_read, BenchReadJob, BenchReadReport};
+pub use bench_model::{run_bench_model, BenchModelJob, BenchModelReport};
 pub use caption::{run_caption, CaptionJob, CaptionReport, TileCaption};
 pub use classify::{run_classify, ClassifyJob, ClassifyReport, TileResult, Timings};
 pub use detect::{run_detect, DetectJob, DetectReport};
