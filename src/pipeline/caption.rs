@@ -10,10 +10,10 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use ndarray::{s, Array4};
+use ndarray::Array4;
 use serde::Serialize;
 
-use super::{peak_rss_bytes, progress_bar, PipelineError};
+use super::{peak_rss_bytes, progress_bar, PipelineError, TileBatch};
 use crate::models::decoder::{DecoderModel, GenerationParams};
 use crate::output::{
     FieldKind, FieldSpec, FieldValue, GeometryKind, PendingOutput, VectorFormat, VectorLayerWriter,
@@ -208,9 +208,7 @@ pub fn run_caption(mut job: CaptionJob) -> Result<CaptionReport, PipelineError> 
         ..Default::default()
     };
     if job.tiles {
-        let batch = job.batch_size.max(1);
-        let mut buffer = Array4::<f32>::zeros((batch, 3, size, size));
-        let mut waiting: Vec<(Tile, f64)> = Vec::with_capacity(batch);
+        let mut batch = TileBatch::<(Tile, f64)>::new(job.batch_size, size);
         let bar = progress_bar(grid.len(), job.progress, "captioning");
         let prepare = |t: &mut TileData<f32>| {
             for c in 0..3 {
@@ -218,19 +216,19 @@ pub fn run_caption(mut job: CaptionJob) -> Result<CaptionReport, PipelineError> 
             }
             norm.apply(&mut t.pixels, &t.valid);
         };
-        let prompts = vec![job.prompt.clone(); batch];
-        let mut flush = |buffer: &Array4<f32>,
-                         waiting: &mut Vec<(Tile, f64)>,
+        let prompts = vec![job.prompt.clone(); job.batch_size.max(1)];
+        let mut flush = |batch: &mut TileBatch<(Tile, f64)>,
                          model: &mut DecoderModel|
          -> Result<(), PipelineError> {
-            if waiting.is_empty() {
+            if batch.is_empty() {
                 return Ok(());
             }
-            let n = waiting.len();
+            let (pixels, tiles) = batch.take();
+            let n = tiles.len();
             let t = Instant::now();
-            let out = model.generate(buffer.slice(s![..n, .., .., ..]), &prompts[..n], &params)?;
+            let out = model.generate(pixels, &prompts[..n], &params)?;
             model_seconds += t.elapsed().as_secs_f64();
-            for ((tile, valid_fraction), tokens) in waiting.drain(..).zip(out) {
+            for ((tile, valid_fraction), tokens) in tiles.into_iter().zip(out) {
                 new_tokens += tokens.len();
                 captions.push(TileCaption {
                     tile_id: tile.id.clone(),
@@ -249,17 +247,12 @@ pub fn run_caption(mut job: CaptionJob) -> Result<CaptionReport, PipelineError> 
             Ok(())
         };
         stats = stream_tiles::<f32, PipelineError, _, _>(&scene, &grid, &job.read, prepare, |t| {
-            let k = waiting.len();
-            if let Some(slot) = buffer.as_slice_mut() {
-                slot[k * 3 * plane..(k + 1) * 3 * plane].copy_from_slice(&t.pixels);
-            }
-            waiting.push((t.tile.clone(), t.valid_fraction));
-            if waiting.len() == batch {
-                flush(&buffer, &mut waiting, &mut model)?;
+            if batch.push(&t.pixels, (t.tile.clone(), t.valid_fraction)) {
+                flush(&mut batch, &mut model)?;
             }
             Ok(())
         })?;
-        flush(&buffer, &mut waiting, &mut model)?;
+        flush(&mut batch, &mut model)?;
         bar.finish_and_clear();
         captions.sort_by_key(|c| (c.row, c.col));
     }

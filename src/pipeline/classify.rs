@@ -10,10 +10,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use ndarray::{s, Array4};
 use serde::Serialize;
 
-use super::{peak_rss_bytes, progress_bar, PipelineError};
+use super::{peak_rss_bytes, progress_bar, PipelineError, TileBatch};
 use crate::models::clip::ClipModel;
 use crate::models::ModelError;
 use crate::output::{
@@ -219,10 +218,8 @@ pub fn run_classify(mut job: ClassifyJob) -> Result<ClassifyReport, PipelineErro
         .map_err(model_err)?;
     timings.text_seconds = t.elapsed().as_secs_f64();
 
-    let batch = job.batch_size.max(1);
     let plane = size * size;
-    let mut buffer = Array4::<f32>::zeros((batch, 3, size, size));
-    let mut pending_tiles: Vec<(Tile, f64)> = Vec::with_capacity(batch);
+    let mut batch = TileBatch::<(Tile, f64)>::new(job.batch_size, size);
     let mut results: Vec<TileResult> = Vec::new();
     let bar = progress_bar(grid.len(), job.progress, "classifying");
     let norm = model.normalizer();
@@ -242,18 +239,13 @@ pub fn run_classify(mut job: ClassifyJob) -> Result<ClassifyReport, PipelineErro
     let mut waited = Instant::now();
     let stats = stream_tiles::<f32, PipelineError, _, _>(&scene, &grid, &job.read, prepare, |t| {
         batches.timings.wait_seconds += waited.elapsed().as_secs_f64();
-        let k = pending_tiles.len();
-        if let Some(slot) = buffer.as_slice_mut() {
-            slot[k * 3 * plane..(k + 1) * 3 * plane].copy_from_slice(&t.pixels);
-        }
-        pending_tiles.push((t.tile.clone(), t.valid_fraction));
-        if pending_tiles.len() == batch {
-            batches.run(&buffer, &mut pending_tiles)?;
+        if batch.push(&t.pixels, (t.tile.clone(), t.valid_fraction)) {
+            batches.run(&mut batch)?;
         }
         waited = Instant::now();
         Ok(())
     })?;
-    batches.run(&buffer, &mut pending_tiles)?;
+    batches.run(&mut batch)?;
     bar.finish_and_clear();
 
     // Labels with the optional "unknown" class.
@@ -325,23 +317,17 @@ struct BatchRunner<'a> {
 }
 
 impl BatchRunner<'_> {
-    fn run(
-        &mut self,
-        buffer: &Array4<f32>,
-        tiles: &mut Vec<(Tile, f64)>,
-    ) -> Result<(), PipelineError> {
-        if tiles.is_empty() {
+    fn run(&mut self, batch: &mut TileBatch<(Tile, f64)>) -> Result<(), PipelineError> {
+        if batch.is_empty() {
             return Ok(());
         }
+        let (pixels, tiles) = batch.take();
         let n = tiles.len();
         let t = Instant::now();
-        let embeds = self
-            .model
-            .encode_images(buffer.slice(s![..n, .., .., ..]))
-            .map_err(model_err)?;
+        let embeds = self.model.encode_images(pixels).map_err(model_err)?;
         let probs = self.model.probabilities(embeds, self.label_embeds);
         self.timings.model_seconds += t.elapsed().as_secs_f64();
-        for ((tile, valid_fraction), row) in tiles.drain(..).zip(probs.outer_iter()) {
+        for ((tile, valid_fraction), row) in tiles.into_iter().zip(probs.outer_iter()) {
             self.results.push(TileResult {
                 tile,
                 valid_fraction,

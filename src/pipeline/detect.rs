@@ -7,10 +7,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use ndarray::{s, Array4};
 use serde::Serialize;
 
-use super::{peak_rss_bytes, progress_bar, PipelineError};
+use super::{peak_rss_bytes, progress_bar, PipelineError, TileBatch};
 use crate::models::detection::{DetectorModel, PixelBox};
 use crate::output::{
     FieldKind, FieldSpec, FieldValue, GeometryKind, PendingOutput, VectorFormat, VectorLayerWriter,
@@ -144,9 +143,7 @@ pub fn run_detect(mut job: DetectJob) -> Result<DetectReport, PipelineError> {
     let iou = f64::from(job.iou.unwrap_or(model.iou()));
     let norm = model.normalizer();
     let plane = size * size;
-    let batch = job.batch_size.max(1);
-    let mut buffer = Array4::<f32>::zeros((batch, 3, size, size));
-    let mut waiting: Vec<Tile> = Vec::with_capacity(batch);
+    let mut batch = TileBatch::<Tile>::new(job.batch_size, size);
     let mut dets: Vec<MapDetection> = Vec::new();
     let mut model_seconds = 0.0;
     let working = (grid.working_width, grid.working_height);
@@ -157,37 +154,31 @@ pub fn run_detect(mut job: DetectJob) -> Result<DetectReport, PipelineError> {
         }
         norm.apply(&mut t.pixels, &t.valid);
     };
-    let mut run_batch = |buffer: &Array4<f32>,
-                         waiting: &mut Vec<Tile>,
-                         model: &mut DetectorModel|
-     -> Result<(), PipelineError> {
-        if waiting.is_empty() {
-            return Ok(());
-        }
-        let n = waiting.len();
-        let t = Instant::now();
-        let boxes = model.detect(buffer.slice(s![..n, .., .., ..]), confidence)?;
-        model_seconds += t.elapsed().as_secs_f64();
-        for (tile, tile_boxes) in waiting.drain(..).zip(boxes) {
-            for b in tile_boxes.iter().filter_map(|b| inside(b, &tile)) {
-                dets.push(MapDetection::from_pixel_box(&b, &tile, working));
+    let mut run_batch =
+        |batch: &mut TileBatch<Tile>, model: &mut DetectorModel| -> Result<(), PipelineError> {
+            if batch.is_empty() {
+                return Ok(());
             }
-        }
-        bar.inc(n as u64);
-        Ok(())
-    };
+            let (pixels, tiles) = batch.take();
+            let n = tiles.len();
+            let t = Instant::now();
+            let boxes = model.detect(pixels, confidence)?;
+            model_seconds += t.elapsed().as_secs_f64();
+            for (tile, tile_boxes) in tiles.into_iter().zip(boxes) {
+                for b in tile_boxes.iter().filter_map(|b| inside(b, &tile)) {
+                    dets.push(MapDetection::from_pixel_box(&b, &tile, working));
+                }
+            }
+            bar.inc(n as u64);
+            Ok(())
+        };
     let stats = stream_tiles::<f32, PipelineError, _, _>(&scene, &grid, &job.read, prepare, |t| {
-        let k = waiting.len();
-        if let Some(slot) = buffer.as_slice_mut() {
-            slot[k * 3 * plane..(k + 1) * 3 * plane].copy_from_slice(&t.pixels);
-        }
-        waiting.push(t.tile.clone());
-        if waiting.len() == batch {
-            run_batch(&buffer, &mut waiting, &mut model)?;
+        if batch.push(&t.pixels, t.tile.clone()) {
+            run_batch(&mut batch, &mut model)?;
         }
         Ok(())
     })?;
-    run_batch(&buffer, &mut waiting, &mut model)?;
+    run_batch(&mut batch, &mut model)?;
     bar.finish_and_clear();
 
     let raw = dets.len();

@@ -44,6 +44,46 @@ pub enum PipelineError {
     Options(String),
 }
 
+/// Normalised tiles gathered into one `[B, 3, S, S]` model input, each with what its caller
+/// needs back after inference (the tile, its valid fraction, ...).
+pub(crate) struct TileBatch<M> {
+    pixels: ndarray::Array4<f32>,
+    items: Vec<M>,
+}
+
+impl<M> TileBatch<M> {
+    /// Room for `capacity` tiles of `size x size` pixels.
+    pub(crate) fn new(capacity: usize, size: usize) -> TileBatch<M> {
+        let capacity = capacity.max(1);
+        TileBatch {
+            pixels: ndarray::Array4::zeros((capacity, 3, size, size)),
+            items: Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Add a tile's `3 * size * size` samples; true when the batch is now full.
+    pub(crate) fn push(&mut self, pixels: &[f32], item: M) -> bool {
+        let k = self.items.len();
+        let n = pixels.len();
+        if let Some(slot) = self.pixels.as_slice_mut() {
+            slot[k * n..(k + 1) * n].copy_from_slice(pixels);
+        }
+        self.items.push(item);
+        self.items.len() == self.pixels.shape()[0]
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// The filled part of the batch and its items; the batch is empty afterwards.
+    pub(crate) fn take(&mut self) -> (ndarray::ArrayView4<'_, f32>, Vec<M>) {
+        let items = std::mem::take(&mut self.items);
+        let n = items.len();
+        (self.pixels.slice(ndarray::s![..n, .., .., ..]), items)
+    }
+}
+
 /// Text prompts go to prompted models, and only to them. `what` names the model kind in the
 /// error ("an open-vocabulary detector"), `noun` its prompts ("text queries"). Returns whether
 /// the prompts are to be set.

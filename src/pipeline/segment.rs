@@ -6,10 +6,10 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use ndarray::{s, Array4};
+use ndarray::s;
 use serde::Serialize;
 
-use super::{peak_rss_bytes, progress_bar, PipelineError};
+use super::{peak_rss_bytes, progress_bar, PipelineError, TileBatch};
 use crate::models::segmentation::{SegFormat, SegmentationModel};
 use crate::output::{
     class_color, polygonize_raster, FieldKind, FieldSpec, FieldValue, GeometryKind, Legend,
@@ -159,9 +159,7 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
     }
     let norm = model.normalizer();
     let plane = size * size;
-    let batch = job.batch_size.max(1);
-    let mut buffer = Array4::<f32>::zeros((batch, 3, size, size));
-    let mut waiting: Vec<(Tile, Vec<u8>)> = Vec::with_capacity(batch);
+    let mut batch = TileBatch::<(Tile, Vec<u8>)>::new(job.batch_size, size);
     let mut model_seconds = 0.0;
     let bar = progress_bar(grid.len(), job.progress, "segmenting");
     let prepare = |t: &mut TileData<f32>| {
@@ -170,20 +168,20 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
         }
         norm.apply(&mut t.pixels, &t.valid);
     };
-    let mut run_batch = |buffer: &Array4<f32>,
-                         waiting: &mut Vec<(Tile, Vec<u8>)>,
+    let mut run_batch = |batch: &mut TileBatch<(Tile, Vec<u8>)>,
                          model: &mut SegmentationModel,
                          stitcher: &mut MaskStitcher,
                          writer: &mut MosaicWriter|
      -> Result<(), PipelineError> {
-        if waiting.is_empty() {
+        if batch.is_empty() {
             return Ok(());
         }
-        let n = waiting.len();
+        let (pixels, tiles) = batch.take();
+        let n = tiles.len();
         let t = Instant::now();
-        let probs = model.predict(buffer.slice(s![..n, .., .., ..]))?;
+        let probs = model.predict(pixels)?;
         model_seconds += t.elapsed().as_secs_f64();
-        for (k, (tile, valid)) in waiting.drain(..).enumerate() {
+        for (k, (tile, valid)) in tiles.into_iter().enumerate() {
             let p = probs.slice(s![k, .., .., ..]);
             let p = p.as_standard_layout();
             let slice = p
@@ -202,29 +200,12 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
                 .add(&t.tile, None, &[], &mut writer)
                 .map_err(PipelineError::from);
         }
-        let k = waiting.len();
-        if let Some(slot) = buffer.as_slice_mut() {
-            slot[k * 3 * plane..(k + 1) * 3 * plane].copy_from_slice(&t.pixels);
-        }
-        waiting.push((t.tile.clone(), t.valid.to_vec()));
-        if waiting.len() == batch {
-            run_batch(
-                &buffer,
-                &mut waiting,
-                &mut model,
-                &mut stitcher,
-                &mut writer,
-            )?;
+        if batch.push(&t.pixels, (t.tile.clone(), t.valid.to_vec())) {
+            run_batch(&mut batch, &mut model, &mut stitcher, &mut writer)?;
         }
         Ok(())
     })?;
-    run_batch(
-        &buffer,
-        &mut waiting,
-        &mut model,
-        &mut stitcher,
-        &mut writer,
-    )?;
+    run_batch(&mut batch, &mut model, &mut stitcher, &mut writer)?;
     let peak_rows = stitcher.finish(&mut writer)?;
     bar.finish_and_clear();
 
