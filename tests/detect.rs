@@ -354,6 +354,30 @@ fn detect_bad_inputs_fail_cleanly() {
         ],
     )
     .fails_with(&["--confidence"]);
+    run(
+        d,
+        &[
+            "detect",
+            "scene.tif",
+            "--model",
+            &oracle("det-grid-v8"),
+            "--iou",
+            "1.5",
+        ],
+    )
+    .fails_with(&["--iou"]);
+    run(
+        d,
+        &[
+            "detect",
+            "scene.tif",
+            "--model",
+            &oracle("det-grid-v8"),
+            "--cut-ios",
+            "2",
+        ],
+    )
+    .fails_with(&["--cut-ios"]);
     let bad = d.join("bad");
     common::copy_dir(Path::new(&oracle("det-grid-v8")), &bad);
     let m = std::fs::read_to_string(bad.join("model.toml")).expect("read");

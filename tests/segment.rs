@@ -453,6 +453,19 @@ fn segment_bad_inputs_fail_cleanly() {
         ],
     )
     .fails_with(&["--threshold"]);
+    run(
+        d,
+        &[
+            "segment",
+            "scene.tif",
+            "--model",
+            &oracle("seg-threshold"),
+            "--simplify=-1",
+            "--out",
+            "o",
+        ],
+    )
+    .fails_with(&["--simplify"]);
     assert!(!d.join("o").exists());
     assert!(walk(d)
         .iter()
