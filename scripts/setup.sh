@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what tessera needs to build, test and run, idempotently:
-#   1. Debian packages: libgdal-dev gdal-bin pkg-config (GDAL 3.6 on Debian 12)
+#   1. Debian packages: libgdal-dev gdal-bin pkg-config libsqlite3-dev (GDAL 3.6 on Debian 12)
 #   2. ONNX Runtime's CPU library, taken from the PyPI wheel onnxruntime==1.31.1
 #      (hash-checked) into .tessera/ort/
 #   3. A project-local Python virtualenv (.venv) with the tools the tests use
@@ -19,6 +19,9 @@ need_apt=()
 command -v gdal-config >/dev/null 2>&1 || need_apt+=(libgdal-dev)
 command -v gdal_translate >/dev/null 2>&1 || need_apt+=(gdal-bin)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+# SQLite for the ingest state database: the system library GDAL also uses (a second, bundled
+# copy in the binary would interpose GDAL's and crash its GeoPackage driver).
+[ -e /usr/include/sqlite3.h ] || need_apt+=(libsqlite3-dev)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then

@@ -5,6 +5,7 @@
 //! ([`output`]); [`pipeline`] holds the jobs that wire these stages together and [`cli`] the
 //! command line on top of them.
 
+pub mod batch;
 pub mod cli;
 pub mod models;
 pub mod output;

@@ -192,6 +192,7 @@ fn pixels_through_the_gdal_read_path_match() {
             read_pixels: true,
             order: tessera::tiling::ReadOrder::Stripes,
             deliver_skipped: false,
+            ordered: false,
         };
         let mut got = Vec::new();
         stream_tiles::<f32, TilingError, _, _>(

@@ -23,6 +23,7 @@ fn read_options(bands: Vec<usize>, threads: usize) -> ReadOptions {
         read_pixels: true,
         order: tessera::tiling::ReadOrder::Stripes,
         deliver_skipped: false,
+        ordered: false,
     }
 }
 

@@ -22,7 +22,8 @@ use crate::tiling::{EdgeMode, GridOptions, ReadOptions, ReadOrder};
 const AFTER_HELP: &str = "\
 Scenes are any raster GDAL reads (GeoTIFF/COG first), local or remote (/vsicurl/, /vsis3/,
 /vsizip/ paths pass straight to GDAL). Outputs are written under a temporary name and renamed
-when complete. Exit status: 0 success, 1 error, 2 bad command line.";
+when complete. Exit status: 0 success, 1 error, 2 bad command line, 3 some scenes of a batch
+(run, ingest) failed while the others completed.";
 
 /// Georeferenced answers from satellite and aerial scenes with vision-language models.
 #[derive(Debug, Parser)]
@@ -36,6 +37,10 @@ pub struct Cli {
     /// No progress bars.
     #[arg(long, short, global = true)]
     pub quiet: bool,
+
+    /// Log what happens on stderr (-v: scenes and stages, -vv: details).
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
 
     #[command(subcommand)]
     pub command: Command,
@@ -63,6 +68,18 @@ pub enum Command {
     /// Object detection over a whole scene: boxes mapped to map coordinates and merged across
     /// tiles (NMS or weighted box fusion, boxes cut by tile edges joined).
     Detect(DetectArgs),
+    /// Run a pipeline file (pipelines/*.toml) over many scenes: files, folders, globs, @lists
+    /// of paths or STAC Items. Scenes run in parallel, each into OUT/<scene>/ (written under a
+    /// temporary name, renamed when complete, with record.json and a STAC item.json); scenes
+    /// already complete with the same inputs, pipeline and models are skipped.
+    Run(RunArgs),
+    /// One ingestion pass over a folder (for cron or a systemd timer): new or changed scenes
+    /// are run through a pipeline once, with status, attempts, timings and errors kept in a
+    /// state database; `--status` lists what was done, failed and is pending.
+    Ingest(IngestArgs),
+    /// Ingest a folder continuously: a pass every --interval seconds until SIGINT/SIGTERM
+    /// (the scene in progress finishes first).
+    Watch(WatchArgs),
     /// Model packages: validate one (`tessera models check DIR`).
     Models(ModelsArgs),
     /// Benchmark reading, tiling and scaling a scene into float32 CHW batches.
@@ -70,6 +87,109 @@ pub enum Command {
     /// Benchmark a model alone: images/s of a package's image graph (CLIP, segmenter,
     /// detector) on a device, batches already in memory.
     BenchModel(BenchModelArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The pipeline file (TOML; see pipelines/ for examples).
+    pub pipeline: PathBuf,
+    /// Scenes: raster files, folders (searched recursively for .tif/.tiff/.jp2/.img/.vrt and
+    /// STAC Item .json), glob patterns ("data/*.tif"), text files of paths (@list.txt or a
+    /// .txt file, one path per line), STAC Item JSON files, /vsicurl/ or https:// URLs.
+    #[arg(required_unless_present = "check")]
+    pub inputs: Vec<String>,
+    /// Output folder: one sub-folder per scene, named after the file (or STAC Item id).
+    #[arg(long, value_name = "DIR", required_unless_present = "check")]
+    pub out: Option<PathBuf>,
+    /// Validate the pipeline file (keys, types, values, models) and exit.
+    #[arg(long)]
+    pub check: bool,
+    /// Scenes processed at once (CPU threads are divided between them).
+    #[arg(long, short = 'j', default_value_t = 1, value_name = "N")]
+    pub jobs: usize,
+    /// Redo scenes that are already complete.
+    #[arg(long)]
+    pub force: bool,
+    /// Skip scenes already complete with the same inputs, pipeline and models (the default;
+    /// the flag exists for scripts that want to say so).
+    #[arg(long, conflicts_with = "force")]
+    pub resume: bool,
+    /// Process only shard I of N (0-based): a deterministic share of the scenes. Default:
+    /// from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT (Slurm job arrays) or
+    /// JOB_COMPLETION_INDEX/TESSERA_SHARD_COUNT (Kubernetes Indexed Jobs); all scenes otherwise.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+    /// STAC Item inputs: the asset to read, by key or role (default: the pipeline's
+    /// [input] asset, else the first GeoTIFF data asset).
+    #[arg(long, value_name = "KEY")]
+    pub asset: Option<String>,
+    /// Text-embedding and engine cache folder (default: $TESSERA_CACHE_DIR,
+    /// $XDG_CACHE_HOME/tessera or ~/.cache/tessera).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Print a JSON summary (every scene with its status, output folder and error).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// The folder scenes arrive in (searched recursively; hidden files and folders skipped).
+    #[arg(required_unless_present = "status")]
+    pub dir: Option<PathBuf>,
+    /// The pipeline file.
+    #[arg(long, value_name = "FILE", required_unless_present = "status")]
+    pub pipeline: Option<PathBuf>,
+    /// Output folder: one sub-folder per scene (its path below DIR, '/' as '_').
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// State database (default: OUT/.tessera-state.sqlite).
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
+    /// List the scenes of the state database (done, failed, retry, pending, running) and exit.
+    #[arg(long)]
+    pub status: bool,
+    /// File-name pattern of scenes; repeat for several.
+    #[arg(long = "pattern", value_name = "GLOB", default_values_t = ["*.tif".to_string(), "*.tiff".to_string(), "*.TIF".to_string()])]
+    pub patterns: Vec<String>,
+    /// A file is taken once unmodified for this many seconds (files still being written wait).
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    pub settle: f64,
+    /// Attempts per scene before a transient failure counts as permanent.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub max_attempts: u32,
+    /// Wait before the second attempt; doubled for each further one.
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    pub retry_after: f64,
+    /// A claim by an instance on another host older than this is taken over (that host is
+    /// presumed dead). Claims of dead processes on this host are taken over at once.
+    #[arg(long, default_value_t = 21600.0, value_name = "SECONDS")]
+    pub lease: f64,
+    /// Instances on several hosts share the state database over a network file system (uses
+    /// SQLite's rollback journal, which needs working file locks, instead of WAL).
+    #[arg(long)]
+    pub shared_fs: bool,
+    /// Scenes processed at once.
+    #[arg(long, short = 'j', default_value_t = 1, value_name = "N")]
+    pub jobs: usize,
+    /// Only scenes of shard I of N (0-based); default from Slurm/Kubernetes variables.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+    /// Cache folder (text embeddings, TensorRT engines).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub ingest: IngestArgs,
+    /// Seconds between passes.
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    pub interval: f64,
 }
 
 #[derive(Debug, Args)]
@@ -431,6 +551,7 @@ impl TilingArgs {
             read_pixels: true,
             order: ReadOrder::Stripes,
             deliver_skipped: false,
+            ordered: false,
         }
     }
 }
@@ -442,6 +563,8 @@ fn model_reading(tiling: &TilingArgs, device: &DeviceArgs) -> (usize, ReadOption
         .batch_size
         .unwrap_or_else(|| device.device.default_batch_size());
     let mut read = tiling.read();
+    // Model outputs do not depend on thread timing (same batches every run).
+    read.ordered = true;
     if tiling.queue.is_none() {
         read.queue = batch.max(read.queue);
     }
@@ -519,6 +642,7 @@ pub fn main() -> i32 {
 }
 
 fn run(cli: Cli) -> Result<i32> {
+    init_logging(cli.verbose);
     match cli.command {
         Command::Info(a) => info(a),
         Command::Tiles(a) => tiles(a, cli.quiet),
@@ -528,6 +652,9 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Segment(a) => segment(a, cli.ort_lib, cli.quiet),
         Command::Detect(a) => detect(a, cli.ort_lib, cli.quiet),
         Command::Models(a) => models(a, cli.ort_lib),
+        Command::Run(a) => run_pipeline(a, cli.ort_lib, cli.quiet),
+        Command::Ingest(a) => ingest(a, None, cli.ort_lib, cli.quiet),
+        Command::Watch(a) => ingest(a.ingest, Some(a.interval), cli.ort_lib, cli.quiet),
         Command::BenchRead(a) => bench_read(a),
         Command::BenchModel(a) => {
             let job = pipeline::BenchModelJob {
@@ -542,6 +669,243 @@ fn run(cli: Cli) -> Result<i32> {
                 warmup: a.warmup,
             };
             print_json(&pipeline::run_bench_model(job)?)?;
+            Ok(0)
+        }
+    }
+}
+
+/// Logs through `tracing` on stderr: off by default, -v info, -vv debug.
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => return,
+        1 => tracing::Level::INFO,
+        _ => tracing::Level::DEBUG,
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// The shard from --shard or the scheduler's environment.
+fn shard(flag: Option<&str>) -> Result<Option<crate::batch::Shard>> {
+    match flag {
+        Some(s) => Ok(Some(
+            crate::batch::Shard::parse(s).map_err(anyhow::Error::msg)?,
+        )),
+        None => crate::batch::Shard::from_env().map_err(anyhow::Error::msg),
+    }
+}
+
+fn run_pipeline(a: RunArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Result<i32> {
+    let pipeline = crate::batch::Pipeline::load(&a.pipeline)?;
+    if a.check {
+        println!(
+            "{}: valid pipeline '{}' with {} stage(s): {}{}",
+            a.pipeline.display(),
+            pipeline.name,
+            pipeline.stages.len(),
+            pipeline
+                .stages
+                .iter()
+                .map(|s| format!("{} ({} {})", s.name, s.task.name(), s.model.display()))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if pipeline.shared_pass {
+                "; one shared read pass"
+            } else {
+                ""
+            }
+        );
+        return Ok(0);
+    }
+    let Some(out) = a.out.clone() else {
+        bail!("--out is required");
+    };
+    if a.jobs == 0 {
+        bail!("--jobs must be at least 1");
+    }
+    let job = crate::batch::BatchJob {
+        pipeline,
+        inputs: a.inputs.clone(),
+        out,
+        jobs: a.jobs,
+        force: a.force,
+        shard: shard(a.shard.as_deref())?,
+        asset: a.asset.clone(),
+        ctx: crate::batch::JobContext {
+            ort_lib,
+            cache_dir: cache_dir(a.cache_dir.clone()),
+            progress: !quiet,
+            jobs: a.jobs,
+        },
+    };
+    let report = crate::batch::run_batch(job)?;
+    if a.json {
+        print_json(&report)?;
+    } else {
+        for s in &report.scenes {
+            match &s.error {
+                Some(e) => println!("  failed  {}: {e}", s.name),
+                None => println!(
+                    "  {:<7} {} ({:.1} s)",
+                    format!("{:?}", s.status).to_lowercase(),
+                    s.name,
+                    s.seconds
+                ),
+            }
+        }
+        println!(
+            "{} scene(s): {} done, {} skipped, {} failed in {:.1} s{}",
+            report.scenes.len(),
+            report.done,
+            report.skipped,
+            report.failed,
+            report.seconds,
+            report
+                .shard
+                .map(|s| format!(
+                    " (shard {}/{}; {} scene(s) in other shards)",
+                    s.index, s.count, report.other_shards
+                ))
+                .unwrap_or_default()
+        );
+    }
+    Ok(if report.failed > 0 { 3 } else { 0 })
+}
+
+/// Set by SIGINT/SIGTERM in `tessera watch`.
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn ingest(
+    a: IngestArgs,
+    interval: Option<f64>,
+    ort_lib: Option<PathBuf>,
+    quiet: bool,
+) -> Result<i32> {
+    use crate::batch::ingest::{status, IngestJob};
+    let state = a
+        .state
+        .clone()
+        .unwrap_or_else(|| IngestJob::default_state(&a.out));
+    if a.status {
+        let (rows, counts) = status(&state)?;
+        if a.json {
+            print_json(&serde_json::json!({ "state": state, "counts": counts, "scenes": rows }))?;
+        } else {
+            println!(
+                "{}: {}",
+                state.display(),
+                counts
+                    .iter()
+                    .map(|(k, v)| format!("{v} {k}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            for r in &rows {
+                println!(
+                    "  {:<8} {} (attempts {}{}){}",
+                    r.status.to_string(),
+                    r.path,
+                    r.attempts,
+                    r.seconds.map(|s| format!(", {s:.1} s")).unwrap_or_default(),
+                    r.error
+                        .as_ref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        return Ok(0);
+    }
+    let (Some(dir), Some(pipeline)) = (a.dir.clone(), a.pipeline.clone()) else {
+        bail!("DIR and --pipeline are required");
+    };
+    if !dir.is_dir() {
+        bail!("{}: not a folder", dir.display());
+    }
+    if a.jobs == 0 || a.max_attempts == 0 {
+        bail!("--jobs and --max-attempts must be at least 1");
+    }
+    if !(a.settle >= 0.0 && a.retry_after >= 0.0 && a.lease > 0.0) {
+        bail!("--settle and --retry-after must not be negative, --lease must be positive");
+    }
+    let patterns = a
+        .patterns
+        .iter()
+        .map(|p| glob::Pattern::new(p).map_err(|e| anyhow::anyhow!("--pattern '{p}': {e}")))
+        .collect::<Result<Vec<_>>>()?;
+    let pipeline = crate::batch::Pipeline::load(&pipeline)?;
+    let job = IngestJob {
+        dir,
+        pipeline,
+        out: a.out.clone(),
+        state,
+        patterns,
+        settle_seconds: a.settle,
+        retry: crate::batch::state::RetryPolicy {
+            max_attempts: a.max_attempts,
+            backoff_seconds: a.retry_after,
+        },
+        lease_seconds: a.lease,
+        shared_fs: a.shared_fs,
+        jobs: a.jobs,
+        shard: shard(a.shard.as_deref())?,
+        ctx: crate::batch::JobContext {
+            ort_lib,
+            cache_dir: cache_dir(a.cache_dir.clone()),
+            progress: !quiet,
+            jobs: a.jobs,
+        },
+    };
+    let identity = crate::batch::run::Identity::of(&job.pipeline)?;
+    let print = |r: &crate::batch::ingest::IngestReport| {
+        if a.json {
+            let _ = print_json(r);
+            return;
+        }
+        for s in &r.processed {
+            match &s.error {
+                Some(e) => println!("  failed  {}: {e}", s.name),
+                None => println!("  done    {} ({:.1} s)", s.name, s.seconds),
+            }
+        }
+        println!(
+            "{} scene file(s): {} processed, {} failed, {} still being written",
+            r.found,
+            r.done,
+            r.failed,
+            r.waiting.len()
+        );
+    };
+    match interval {
+        None => {
+            let report = job.run_once(&identity, &STOP)?;
+            print(&report);
+            Ok(if report.failed > 0 { 3 } else { 0 })
+        }
+        Some(interval) => {
+            // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+            unsafe {
+                libc::signal(
+                    libc::SIGINT,
+                    on_stop_signal as *const () as libc::sighandler_t,
+                );
+                libc::signal(
+                    libc::SIGTERM,
+                    on_stop_signal as *const () as libc::sighandler_t,
+                );
+            }
+            job.watch(&identity, interval, &STOP, |r| {
+                if !r.processed.is_empty() {
+                    print(r);
+                }
+            })?;
             Ok(0)
         }
     }
@@ -827,6 +1191,7 @@ fn classify(a: ClassifyArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Result<i3
         overwrite: a.overwrite,
         cache_dir: cache.map(|c| c.join("text-embeddings")),
         progress: !quiet,
+        feed: None,
     };
     let report = pipeline::run_classify(job)?;
     if let Some(reason) = &report.fallback {
@@ -984,6 +1349,7 @@ fn caption(a: CaptionArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Result<i32>
         format,
         overwrite: a.overwrite,
         progress: !quiet,
+        feed: None,
     };
     let report = pipeline::run_caption(job)?;
     if let Some(reason) = &report.fallback {
@@ -1069,6 +1435,7 @@ fn segment(a: SegmentArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Result<i32>
         format,
         overwrite: a.overwrite,
         progress: !quiet,
+        feed: None,
     };
     let report = pipeline::run_segment(job)?;
     if let Some(reason) = &report.fallback {
@@ -1140,6 +1507,7 @@ fn detect(a: DetectArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Result<i32> {
         format,
         overwrite: a.overwrite,
         progress: !quiet,
+        feed: None,
     };
     let report = pipeline::run_detect(job)?;
     if let Some(reason) = &report.fallback {

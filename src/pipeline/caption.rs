@@ -13,7 +13,7 @@ use std::time::Instant;
 use ndarray::Array4;
 use serde::Serialize;
 
-use super::{peak_rss_bytes, progress_bar, PipelineError, TileBatch};
+use super::{peak_rss_bytes, progress_bar, stream_model_tiles, PipelineError, TileBatch};
 use crate::models::decoder::{DecoderModel, GenerationParams};
 use crate::output::{
     FieldKind, FieldSpec, FieldValue, GeometryKind, PendingOutput, VectorFormat, VectorLayerWriter,
@@ -22,7 +22,7 @@ use crate::raster::{
     OpenOptions, Placement, Resampling, ScalingSpec, Scene, WindowReader, WindowRequest,
 };
 use crate::runtime::{Runtime, SessionOptions};
-use crate::tiling::{stream_tiles, GridOptions, ReadOptions, Tile, TileData};
+use crate::tiling::{GridOptions, ReadOptions, Tile};
 
 /// What `tessera caption` does.
 #[derive(Debug)]
@@ -47,6 +47,8 @@ pub struct CaptionJob {
     pub format: &'static dyn VectorFormat,
     pub overwrite: bool,
     pub progress: bool,
+    /// Tiles from a shared read pass (multi-model pipelines) instead of reading the scene.
+    pub feed: Option<super::feed::FeedPort>,
 }
 
 /// One captioned tile.
@@ -210,12 +212,6 @@ pub fn run_caption(mut job: CaptionJob) -> Result<CaptionReport, PipelineError> 
     if job.tiles {
         let mut batch = TileBatch::<(Tile, f64)>::new(job.batch_size, size);
         let bar = progress_bar(grid.len(), job.progress, "captioning");
-        let prepare = |t: &mut TileData<f32>| {
-            for c in 0..3 {
-                scaling.apply(c, &mut t.pixels[c * plane..(c + 1) * plane]);
-            }
-            norm.apply(&mut t.pixels, &t.valid);
-        };
         let prompts = vec![job.prompt.clone(); job.batch_size.max(1)];
         let mut flush = |batch: &mut TileBatch<(Tile, f64)>,
                          model: &mut DecoderModel|
@@ -246,7 +242,8 @@ pub fn run_caption(mut job: CaptionJob) -> Result<CaptionReport, PipelineError> 
             bar.inc(n as u64);
             Ok(())
         };
-        stats = stream_tiles::<f32, PipelineError, _, _>(&scene, &grid, &job.read, prepare, |t| {
+        let feed = job.feed.take();
+        stats = stream_model_tiles(feed, &scene, &grid, &job.read, &scaling, &norm, |t| {
             if batch.push(&t.pixels, (t.tile.clone(), t.valid_fraction)) {
                 flush(&mut batch, &mut model)?;
             }

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::{peak_rss_bytes, progress_bar, PipelineError, TileBatch};
+use super::{peak_rss_bytes, progress_bar, stream_model_tiles, PipelineError, TileBatch};
 use crate::models::clip::ClipModel;
 use crate::models::ModelError;
 use crate::output::{
@@ -21,7 +21,7 @@ use crate::output::{
 };
 use crate::raster::{GeoTransform, OpenOptions, ScalingSpec, Scene};
 use crate::runtime::{Runtime, SessionOptions};
-use crate::tiling::{stream_tiles, GridOptions, ReadOptions, Tile, TileData, TileGrid};
+use crate::tiling::{GridOptions, ReadOptions, Tile, TileGrid};
 
 /// Class value of tiles whose best score is below `--min-score`.
 pub const UNKNOWN: &str = "unknown";
@@ -50,6 +50,8 @@ pub struct ClassifyJob {
     pub overwrite: bool,
     pub cache_dir: Option<PathBuf>,
     pub progress: bool,
+    /// Tiles from a shared read pass (multi-model pipelines) instead of reading the scene.
+    pub feed: Option<super::feed::FeedPort>,
 }
 
 /// Wall-clock split of a run.
@@ -218,17 +220,10 @@ pub fn run_classify(mut job: ClassifyJob) -> Result<ClassifyReport, PipelineErro
         .map_err(model_err)?;
     timings.text_seconds = t.elapsed().as_secs_f64();
 
-    let plane = size * size;
     let mut batch = TileBatch::<(Tile, f64)>::new(job.batch_size, size);
     let mut results: Vec<TileResult> = Vec::new();
     let bar = progress_bar(grid.len(), job.progress, "classifying");
     let norm = model.normalizer();
-    let prepare = |t: &mut TileData<f32>| {
-        for c in 0..3 {
-            scaling.apply(c, &mut t.pixels[c * plane..(c + 1) * plane]);
-        }
-        norm.apply(&mut t.pixels, &t.valid);
-    };
     let mut batches = BatchRunner {
         model: &mut model,
         label_embeds: &label_embeds,
@@ -237,7 +232,8 @@ pub fn run_classify(mut job: ClassifyJob) -> Result<ClassifyReport, PipelineErro
         bar: &bar,
     };
     let mut waited = Instant::now();
-    let stats = stream_tiles::<f32, PipelineError, _, _>(&scene, &grid, &job.read, prepare, |t| {
+    let feed = job.feed.take();
+    let stats = stream_model_tiles(feed, &scene, &grid, &job.read, &scaling, &norm, |t| {
         batches.timings.wait_seconds += waited.elapsed().as_secs_f64();
         if batch.push(&t.pixels, (t.tile.clone(), t.valid_fraction)) {
             batches.run(&mut batch)?;

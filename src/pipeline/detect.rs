@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::{peak_rss_bytes, progress_bar, PipelineError, TileBatch};
+use super::{peak_rss_bytes, progress_bar, stream_model_tiles, PipelineError, TileBatch};
 use crate::models::detection::{DetectorModel, PixelBox};
 use crate::output::{
     FieldKind, FieldSpec, FieldValue, GeometryKind, PendingOutput, VectorFormat, VectorLayerWriter,
@@ -17,7 +17,7 @@ use crate::output::{
 use crate::raster::{OpenOptions, ScalingSpec};
 use crate::runtime::{Runtime, SessionOptions};
 use crate::stitch::boxes::{merge, MapDetection, MergeMethod, MergeOptions};
-use crate::tiling::{stream_tiles, GridOptions, ReadOptions, Tile, TileData};
+use crate::tiling::{GridOptions, ReadOptions, Tile};
 
 /// What `tessera detect` does.
 #[derive(Debug)]
@@ -44,6 +44,8 @@ pub struct DetectJob {
     pub format: &'static dyn VectorFormat,
     pub overwrite: bool,
     pub progress: bool,
+    /// Tiles from a shared read pass (multi-model pipelines) instead of reading the scene.
+    pub feed: Option<super::feed::FeedPort>,
 }
 
 /// What `tessera detect` did.
@@ -142,18 +144,11 @@ pub fn run_detect(mut job: DetectJob) -> Result<DetectReport, PipelineError> {
     let confidence = job.confidence.unwrap_or(model.confidence());
     let iou = f64::from(job.iou.unwrap_or(model.iou()));
     let norm = model.normalizer();
-    let plane = size * size;
     let mut batch = TileBatch::<Tile>::new(job.batch_size, size);
     let mut dets: Vec<MapDetection> = Vec::new();
     let mut model_seconds = 0.0;
     let working = (grid.working_width, grid.working_height);
     let bar = progress_bar(grid.len(), job.progress, "detecting");
-    let prepare = |t: &mut TileData<f32>| {
-        for c in 0..3 {
-            scaling.apply(c, &mut t.pixels[c * plane..(c + 1) * plane]);
-        }
-        norm.apply(&mut t.pixels, &t.valid);
-    };
     let mut run_batch =
         |batch: &mut TileBatch<Tile>, model: &mut DetectorModel| -> Result<(), PipelineError> {
             if batch.is_empty() {
@@ -172,7 +167,8 @@ pub fn run_detect(mut job: DetectJob) -> Result<DetectReport, PipelineError> {
             bar.inc(n as u64);
             Ok(())
         };
-    let stats = stream_tiles::<f32, PipelineError, _, _>(&scene, &grid, &job.read, prepare, |t| {
+    let feed = job.feed.take();
+    let stats = stream_model_tiles(feed, &scene, &grid, &job.read, &scaling, &norm, |t| {
         if batch.push(&t.pixels, t.tile.clone()) {
             run_batch(&mut batch, &mut model)?;
         }

@@ -8,6 +8,7 @@ mod caption;
 mod classify;
 mod detect;
 mod doctor;
+pub mod feed;
 mod segment;
 mod tiles;
 
@@ -42,6 +43,27 @@ pub enum PipelineError {
     Model(#[from] crate::models::ModelError),
     #[error("{0}")]
     Options(String),
+}
+
+impl PipelineError {
+    /// Whether trying again later may succeed without the input changing: writing outputs
+    /// (disk full, permissions), the model runtime (device memory, driver), threads, and reads
+    /// of remote scenes (network). A scene that is not a raster, a bad model or bad options
+    /// fail the same way every time.
+    pub fn is_transient(&self) -> bool {
+        let remote = |path: &str| path.starts_with("/vsi") || path.contains("://");
+        match self {
+            PipelineError::Output(_) | PipelineError::Runtime(_) => true,
+            PipelineError::Tiling(TilingError::Threads(_)) => true,
+            PipelineError::Raster(
+                RasterError::Read { path, .. } | RasterError::Open { path, .. },
+            )
+            | PipelineError::Tiling(TilingError::Raster(
+                RasterError::Read { path, .. } | RasterError::Open { path, .. },
+            )) => remote(path),
+            _ => false,
+        }
+    }
 }
 
 /// Normalised tiles gathered into one `[B, 3, S, S]` model input, each with what its caller
@@ -180,6 +202,51 @@ pub(crate) fn model_input(
     Ok((scene, scaling, tile_grid))
 }
 
+/// Stream a model's tiles to `consume`: scaled to `[0, 1]` and normalised for the model, in
+/// the reader threads. Read from `scene` itself, or received from a shared pass over it
+/// (`feed`) when the stage runs in a multi-model pipeline.
+///
+/// # Errors
+/// A read error, an error from `consume`, or (shared) the reader stopping early.
+pub(crate) fn stream_model_tiles<F>(
+    feed: Option<feed::FeedPort>,
+    scene: &crate::raster::Scene,
+    grid: &crate::tiling::TileGrid,
+    read: &crate::tiling::ReadOptions,
+    scaling: &crate::raster::Scaling,
+    norm: &crate::models::clip::Normalizer,
+    consume: F,
+) -> Result<crate::tiling::StreamStats, PipelineError>
+where
+    F: FnMut(crate::tiling::TileData<f32>) -> Result<(), PipelineError>,
+{
+    let bands = read.bands.len();
+    let scale = |pixels: &mut [f32]| {
+        let plane = pixels.len() / bands.max(1);
+        for c in 0..bands {
+            scaling.apply(c, &mut pixels[c * plane..(c + 1) * plane]);
+        }
+    };
+    match feed {
+        None => crate::tiling::stream_tiles::<f32, PipelineError, _, _>(
+            scene,
+            grid,
+            read,
+            |t| {
+                scale(&mut t.pixels);
+                norm.apply(&mut t.pixels, &t.valid);
+            },
+            consume,
+        ),
+        Some(port) => port.stream(
+            feed::FeedPlan::new(scene.path(), grid, read, scaling),
+            read.deliver_skipped,
+            &|pixels, valid| norm.apply(pixels, valid),
+            consume,
+        ),
+    }
+}
+
 /// Peak resident memory of this process so far (VmHWM), in bytes, where the OS reports it.
 pub fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -188,13 +255,35 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Where progress bars go: one line per bar on stderr, several bars at once in batches.
+fn progress_target() -> &'static indicatif::MultiProgress {
+    static BARS: std::sync::OnceLock<indicatif::MultiProgress> = std::sync::OnceLock::new();
+    BARS.get_or_init(indicatif::MultiProgress::new)
+}
+
+/// The overall bar of a batch: scenes done, rate and ETA.
+pub fn scenes_bar(len: usize, show: bool) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !show || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = progress_target().add(indicatif::ProgressBar::new(len as u64));
+    let style = indicatif::ProgressStyle::with_template(
+        "scenes [{bar:40}] {pos}/{len}, {per_sec}, ETA {eta} {msg}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar
+}
+
 /// A progress bar on stderr, hidden when `show` is false or stderr is not a terminal.
 pub(crate) fn progress_bar(len: usize, show: bool, what: &str) -> indicatif::ProgressBar {
     use std::io::IsTerminal;
     if !show || !std::io::stderr().is_terminal() {
         return indicatif::ProgressBar::hidden();
     }
-    let bar = indicatif::ProgressBar::new(len as u64);
+    let bar = progress_target().add(indicatif::ProgressBar::new(len as u64));
     let style = indicatif::ProgressStyle::with_template(
         "{msg} [{bar:40}] {pos}/{len} tiles, {per_sec}, ETA {eta}",
     )

@@ -9,7 +9,7 @@ use std::time::Instant;
 use ndarray::s;
 use serde::Serialize;
 
-use super::{peak_rss_bytes, progress_bar, PipelineError, TileBatch};
+use super::{peak_rss_bytes, progress_bar, stream_model_tiles, PipelineError, TileBatch};
 use crate::models::segmentation::{SegFormat, SegmentationModel};
 use crate::output::{
     class_color, polygonize_raster, FieldKind, FieldSpec, FieldValue, GeometryKind, Legend,
@@ -18,7 +18,7 @@ use crate::output::{
 use crate::raster::{OpenOptions, ScalingSpec};
 use crate::runtime::{Runtime, SessionOptions};
 use crate::stitch::mask::{BlendWindow, Decision, MaskStitcher};
-use crate::tiling::{stream_tiles, GridOptions, ReadOptions, ReadOrder, Tile, TileData};
+use crate::tiling::{GridOptions, ReadOptions, ReadOrder, Tile};
 
 /// What `tessera segment` does.
 #[derive(Debug)]
@@ -47,6 +47,8 @@ pub struct SegmentJob {
     pub format: &'static dyn VectorFormat,
     pub overwrite: bool,
     pub progress: bool,
+    /// Tiles from a shared read pass (multi-model pipelines) instead of reading the scene.
+    pub feed: Option<super::feed::FeedPort>,
 }
 
 /// What `tessera segment` did.
@@ -158,16 +160,9 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
         stitcher = stitcher.without_probabilities();
     }
     let norm = model.normalizer();
-    let plane = size * size;
     let mut batch = TileBatch::<(Tile, Vec<u8>)>::new(job.batch_size, size);
     let mut model_seconds = 0.0;
     let bar = progress_bar(grid.len(), job.progress, "segmenting");
-    let prepare = |t: &mut TileData<f32>| {
-        for c in 0..3 {
-            scaling.apply(c, &mut t.pixels[c * plane..(c + 1) * plane]);
-        }
-        norm.apply(&mut t.pixels, &t.valid);
-    };
     let mut run_batch = |batch: &mut TileBatch<(Tile, Vec<u8>)>,
                          model: &mut SegmentationModel,
                          stitcher: &mut MaskStitcher,
@@ -192,7 +187,8 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
         bar.inc(n as u64);
         Ok(())
     };
-    let stats = stream_tiles::<f32, PipelineError, _, _>(&scene, &grid, &job.read, prepare, |t| {
+    let feed = job.feed.take();
+    let stats = stream_model_tiles(feed, &scene, &grid, &job.read, &scaling, &norm, |t| {
         if t.pixels.is_empty() {
             // A skipped tile: nothing to predict, but its rows may now be final.
             bar.inc(1);

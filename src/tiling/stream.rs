@@ -48,6 +48,10 @@ pub struct ReadOptions {
     /// Hand skipped tiles to the consumer too (with no pixels and `valid_fraction` 0), for
     /// consumers that track which parts of the grid are finished.
     pub deliver_skipped: bool,
+    /// Hand tiles to the consumer in row-major grid order (reads run row-major and a small
+    /// reorder buffer restores the order), so batches, and so model outputs and blending,
+    /// are the same from run to run whatever the thread timing.
+    pub ordered: bool,
 }
 
 /// The order tiles are read in (tiles still arrive slightly out of order: several readers).
@@ -83,7 +87,7 @@ pub struct StreamStats {
 
 enum Message<T> {
     Tile(TileData<T>),
-    Skipped,
+    Skipped(usize),
     SkippedTile(TileData<T>),
     Failed(TilingError),
 }
@@ -158,7 +162,7 @@ where
                         valid: PooledBuf::from(Vec::new()),
                         valid_fraction: 0.0,
                     }),
-                    Ok(None) => Message::Skipped,
+                    Ok(None) => Message::Skipped(row * grid.cols() + col),
                     Err(e) => {
                         cancel.store(true, Ordering::Relaxed);
                         Message::Failed(e)
@@ -174,7 +178,12 @@ where
                 }
                 Some(())
             };
-            pool.install(|| match options.order {
+            let order = if options.ordered {
+                ReadOrder::RowMajor
+            } else {
+                options.order
+            };
+            pool.install(|| match order {
                 ReadOrder::Stripes => {
                     stripes.par_iter().with_max_len(1).for_each_init(
                         || Scene::open(path, open),
@@ -214,7 +223,31 @@ where
         });
 
         let mut result = Ok(());
-        for msg in rx.iter() {
+        // Ordered delivery: messages wait here until every earlier grid position has gone.
+        let mut waiting: std::collections::BTreeMap<usize, Message<T>> = Default::default();
+        let mut next_index = 0usize;
+        let index_of = |m: &Message<T>| match m {
+            Message::Tile(t) | Message::SkippedTile(t) => {
+                Some(t.tile.row * grid.cols() + t.tile.col)
+            }
+            Message::Skipped(i) => Some(*i),
+            Message::Failed(_) => None,
+        };
+        let mut ready = rx.iter().flat_map(|msg| {
+            let mut out = Vec::new();
+            match index_of(&msg) {
+                Some(i) if options.ordered => {
+                    waiting.insert(i, msg);
+                    while let Some(m) = waiting.remove(&next_index) {
+                        out.push(m);
+                        next_index += 1;
+                    }
+                }
+                _ => out.push(msg),
+            }
+            out
+        });
+        for msg in &mut ready {
             match msg {
                 Message::Tile(t) => {
                     stats.tiles_read += 1;
@@ -223,7 +256,7 @@ where
                         break;
                     }
                 }
-                Message::Skipped => stats.tiles_skipped += 1,
+                Message::Skipped(_) => stats.tiles_skipped += 1,
                 Message::SkippedTile(t) => {
                     stats.tiles_skipped += 1;
                     if let Err(e) = consume(t) {
@@ -239,7 +272,7 @@ where
         }
         cancel.store(true, Ordering::Relaxed);
         // Dropping the receiver unblocks readers waiting to send.
-        drop(rx);
+        drop(ready);
         result
     })?;
     Ok(stats)

@@ -1,0 +1,348 @@
+//! Scheduled ingestion: `tessera ingest DIR` (one pass, for cron or a systemd timer) and
+//! `tessera watch DIR` (passes until stopped). New or changed scenes of a folder are processed
+//! once, with their status, attempts, timings and errors in a SQLite state database
+//! ([`super::state`]). A file still being written (modified within the settle time, or its size
+//! changing during the scan) waits for a later pass. Transient failures are retried with
+//! exponential backoff up to a limit; permanent ones are not retried until the file changes.
+//! Several instances may share one database: a scene is claimed in a transaction, so it is
+//! processed by exactly one of them.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::inputs::{SceneInput, Shard};
+use super::record::{self, now};
+use super::run::{process_scene, remove_stale_temporaries, Identity, SceneOutcome, SceneReport};
+use super::spec::{JobContext, Pipeline};
+use super::state::{Fingerprint, JournalMode, Owner, RetryPolicy, SceneRow, StateDb};
+use super::BatchError;
+
+/// What `tessera ingest` and `tessera watch` do.
+#[derive(Debug)]
+pub struct IngestJob {
+    /// The folder scenes arrive in (searched recursively; hidden entries skipped).
+    pub dir: PathBuf,
+    pub pipeline: Pipeline,
+    pub out: PathBuf,
+    /// The state database.
+    pub state: PathBuf,
+    /// File-name patterns of scenes.
+    pub patterns: Vec<glob::Pattern>,
+    /// A file is taken once it has not been modified for this long.
+    pub settle_seconds: f64,
+    pub retry: RetryPolicy,
+    /// A claim by another host older than this is taken over (that host is presumed dead).
+    pub lease_seconds: f64,
+    /// Instances on several hosts share the database (rollback journal instead of WAL).
+    pub shared_fs: bool,
+    pub jobs: usize,
+    pub shard: Option<Shard>,
+    pub ctx: JobContext,
+}
+
+/// One pass.
+#[derive(Debug, Default, Serialize)]
+pub struct IngestReport {
+    pub state: String,
+    /// Scene files found.
+    pub found: usize,
+    /// Files still being written (taken by a later pass).
+    pub waiting: Vec<String>,
+    /// Scenes this pass processed (or found complete), with their status.
+    pub processed: Vec<SceneReport>,
+    pub done: usize,
+    pub failed: usize,
+    pub seconds: f64,
+}
+
+fn state_err(e: super::state::StateError) -> BatchError {
+    BatchError::Output {
+        path: "state database".into(),
+        reason: e.to_string(),
+    }
+}
+
+impl IngestJob {
+    /// The default state database of an output folder.
+    pub fn default_state(out: &Path) -> PathBuf {
+        out.join(".tessera-state.sqlite")
+    }
+
+    fn open_state(&self) -> Result<StateDb, BatchError> {
+        let mode = if self.shared_fs {
+            JournalMode::Delete
+        } else {
+            JournalMode::Wal
+        };
+        StateDb::open_with(&self.state, mode).map_err(state_err)
+    }
+
+    /// The output folder name of a scene file: its path below the watched folder, without
+    /// the extension, made safe (`2026/11/a.tif` -> `2026_11_a`).
+    fn scene_name(&self, path: &Path) -> String {
+        let rel = path.strip_prefix(&self.dir).unwrap_or(path);
+        let rel = rel.with_extension("");
+        let name: String = rel
+            .display()
+            .to_string()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        if name.is_empty() || name.starts_with('.') {
+            format!("_{name}")
+        } else {
+            name
+        }
+    }
+
+    /// Scene files below the folder, with their fingerprints, split into stable and waiting.
+    fn scan(&self, now: f64) -> (Vec<(String, Fingerprint)>, Vec<String>) {
+        let mut files = Vec::new();
+        walk(&self.dir, &mut files);
+        files.retain(|p| {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+            name.is_some_and(|n| self.patterns.iter().any(|pat| pat.matches(&n)))
+                && self.shard.map_or(true, |s| s.takes(&self.scene_name(p)))
+        });
+        files.sort();
+        let first: Vec<Option<(u64, i64)>> = files.iter().map(|p| record::stat(p).ok()).collect();
+        let mut stable = Vec::new();
+        let mut waiting = Vec::new();
+        for (p, before) in files.iter().zip(first) {
+            let path = p.display().to_string();
+            // Stat again after the whole scan: a size or time that moved means a writer.
+            match (before, record::stat(p).ok()) {
+                (Some(a), Some(b)) if a == b && now - b.1 as f64 / 1e9 >= self.settle_seconds => {
+                    stable.push((
+                        path,
+                        Fingerprint {
+                            size: b.0,
+                            mtime_ns: b.1,
+                        },
+                    ));
+                }
+                _ => waiting.push(path),
+            }
+        }
+        (stable, waiting)
+    }
+
+    /// One pass: scan, record what is new or changed, then claim and process scenes until
+    /// none is eligible (or `stop` is set).
+    ///
+    /// # Errors
+    /// The state database or output folder cannot be used; unreadable models. Scene failures
+    /// are recorded, not errors.
+    pub fn run_once(
+        &self,
+        identity: &Identity,
+        stop: &AtomicBool,
+    ) -> Result<IngestReport, BatchError> {
+        let start = Instant::now();
+        std::fs::create_dir_all(&self.out).map_err(|e| BatchError::Output {
+            path: self.out.display().to_string(),
+            reason: format!("cannot create the output folder: {e}"),
+        })?;
+        remove_stale_temporaries(&self.out);
+        let db = self.open_state()?;
+        let (stable, waiting) = self.scan(now());
+        db.observe_all(stable.iter().map(|(p, f)| (p.as_str(), *f)), now())
+            .map_err(state_err)?;
+        let reports: Mutex<Vec<SceneReport>> = Mutex::new(Vec::new());
+        let failure: Mutex<Option<BatchError>> = Mutex::new(None);
+        let ctx = JobContext {
+            jobs: self.jobs.max(1),
+            ..self.ctx.clone()
+        };
+        std::thread::scope(|s| {
+            for _ in 0..ctx.jobs {
+                s.spawn(|| {
+                    if let Err(e) = self.worker(identity, &ctx, stop, &reports) {
+                        if let Ok(mut f) = failure.lock() {
+                            f.get_or_insert(e);
+                        }
+                    }
+                });
+            }
+        });
+        if let Some(e) = failure.into_inner().ok().flatten() {
+            return Err(e);
+        }
+        let mut processed = reports.into_inner().unwrap_or_default();
+        processed.sort_by(|a, b| a.name.cmp(&b.name));
+        let failed = processed
+            .iter()
+            .filter(|r| r.status == SceneOutcome::Failed)
+            .count();
+        Ok(IngestReport {
+            state: self.state.display().to_string(),
+            found: stable.len() + waiting.len(),
+            waiting,
+            done: processed.len() - failed,
+            failed,
+            processed,
+            seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Claim and process scenes until none is eligible.
+    fn worker(
+        &self,
+        identity: &Identity,
+        ctx: &JobContext,
+        stop: &AtomicBool,
+        reports: &Mutex<Vec<SceneReport>>,
+    ) -> Result<(), BatchError> {
+        let db = self.open_state()?;
+        let owner = Owner::current();
+        let mut changed: HashSet<String> = HashSet::new();
+        while !stop.load(Ordering::SeqCst) {
+            let Some(claim) = db
+                .claim_next(&owner, now(), self.lease_seconds)
+                .map_err(state_err)?
+            else {
+                break;
+            };
+            let path = PathBuf::from(&claim.path);
+            if claim.attempt > self.retry.max_attempts {
+                // Claimed again after crashes (each crash used an attempt): give up.
+                db.finish_err(
+                    &claim,
+                    &owner,
+                    now(),
+                    0.0,
+                    &format!("gave up after {} interrupted attempts", claim.attempt - 1),
+                    false,
+                    &self.retry,
+                )
+                .map_err(state_err)?;
+                continue;
+            }
+            // The file must still be what was observed; otherwise a later pass takes it.
+            let current = record::stat(&path)
+                .ok()
+                .map(|(size, mtime_ns)| Fingerprint { size, mtime_ns });
+            if current != Some(claim.fingerprint) {
+                db.release(&claim, &owner).map_err(state_err)?;
+                if let Some(fp) = current {
+                    db.observe(&claim.path, fp, now()).map_err(state_err)?;
+                }
+                if !changed.insert(claim.path.clone()) {
+                    break;
+                }
+                continue;
+            }
+            let scene = SceneInput {
+                name: self.scene_name(&path),
+                raster: claim.path.clone(),
+                source: Some(path.clone()),
+                item: None,
+                error: None,
+            };
+            tracing::info!(scene = %scene.name, attempt = claim.attempt, "ingesting");
+            let report = process_scene(&self.pipeline, identity, &scene, &self.out, false, ctx);
+            let finished = now();
+            match &report.error {
+                None => db
+                    .finish_ok(
+                        &claim,
+                        &owner,
+                        finished,
+                        report.seconds,
+                        report.output.as_deref().unwrap_or(""),
+                    )
+                    .map_err(state_err)?,
+                Some(e) => {
+                    let status = db
+                        .finish_err(
+                            &claim,
+                            &owner,
+                            finished,
+                            report.seconds,
+                            e,
+                            report.transient,
+                            &self.retry,
+                        )
+                        .map_err(state_err)?;
+                    tracing::warn!(scene = %scene.name, error = %e, ?status, "scene failed");
+                }
+            }
+            if let Ok(mut all) = reports.lock() {
+                all.push(report);
+            }
+        }
+        Ok(())
+    }
+
+    /// Passes every `interval` seconds until `stop` is set (SIGINT/SIGTERM: the scene in
+    /// progress finishes first).
+    ///
+    /// # Errors
+    /// As [`IngestJob::run_once`].
+    pub fn watch(
+        &self,
+        identity: &Identity,
+        interval: f64,
+        stop: &AtomicBool,
+        mut on_pass: impl FnMut(&IngestReport),
+    ) -> Result<(), BatchError> {
+        while !stop.load(Ordering::SeqCst) {
+            let report = self.run_once(identity, stop)?;
+            on_pass(&report);
+            let until = Instant::now() + std::time::Duration::from_secs_f64(interval.max(0.1));
+            while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Files under `dir`, recursively, skipping hidden entries.
+fn walk(dir: &Path, found: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let p = e.path();
+        if p.is_dir() {
+            walk(&p, found);
+        } else {
+            found.push(p);
+        }
+    }
+}
+
+/// The rows of a state database and a count per status (`tessera ingest --status`).
+///
+/// # Errors
+/// The database cannot be opened.
+pub fn status(state: &Path) -> Result<(Vec<SceneRow>, BTreeMap<String, usize>), BatchError> {
+    if !state.exists() {
+        return Err(BatchError::Output {
+            path: state.display().to_string(),
+            reason: "no state database here (nothing was ingested into this folder yet)".into(),
+        });
+    }
+    let db = StateDb::open(state).map_err(state_err)?;
+    let rows = db.list().map_err(state_err)?;
+    let mut counts = BTreeMap::new();
+    for r in &rows {
+        *counts.entry(r.status.to_string()).or_default() += 1;
+    }
+    Ok((rows, counts))
+}
