@@ -3,7 +3,11 @@
 #
 #   bash bench/run.sh                 every section
 #   bash bench/run.sh read classify   only the named sections, in that order (read, classify, caption,
-#                                     stitch)
+#                                     stitch, batch)
+#
+# batch: `tessera run` over 20 generated 1280^2 scenes: --jobs 1 vs --jobs 2 (land-cover), the
+#   multi-model pipeline with one shared read pass vs one pass per stage, and a rerun where
+#   every scene is skipped. -> bench/results/batch.md
 #
 # read: read + tile + scale (foundation). A generated 20000 x 20000 3-band uint8 DEFLATE-tiled
 #   GeoTIFF (real Sentinel-2 texture, upsampled) cut into 224 x 224 tiles and scaled into
@@ -323,16 +327,80 @@ bench_stitch() {
     --model "$STITCH_MODEL" --seconds $(( $(date +%s) - t0 ))
 }
 
+# --- batch: many scenes, --jobs, one read pass vs several ----------------------------------------
+bench_batch() {
+  local dir="$RESULTS/batch" i t0
+  t0=$(date +%s)
+  rm -rf "$dir" && mkdir -p "$dir/scenes" "$dir/pipelines"
+  # 20 scenes of 1280 x 1280 real Sentinel-2 pixels (the sample scene mirrored into 4 quadrants,
+  # shifted per scene so their contents differ).
+  for i in $(seq -w 1 20); do
+    gdal_translate -q -srcwin $(( (10#$i * 13) % 200 )) $(( (10#$i * 7) % 200 )) 440 440 \
+      -outsize 1280 1280 -r bilinear -co TILED=YES -co COMPRESS=DEFLATE \
+      sample_data/sentinel2_rgbn_10m.tif "$dir/scenes/s$i.tif"
+  done
+  # The shipped pipelines with absolute model paths, and the multi-model one with one pass per
+  # stage (shared_pass = false) for the comparison.
+  for p in land-cover multi-model; do
+    sed "s#\.\./sample_data#$PWD/sample_data#; s#^target_gsd.*##" "pipelines/$p.toml" > "$dir/pipelines/$p.toml"
+  done
+  sed 's/shared_pass = true/shared_pass = false/' "$dir/pipelines/multi-model.toml" > "$dir/pipelines/multi-model-separate.toml"
+  for j in 1 2; do
+    say "tessera run land-cover, 20 scenes, --jobs $j"
+    measured "$dir/jobs$j.json" "$dir/jobs$j.out.json" "$T" run "$dir/pipelines/land-cover.toml" "$dir/scenes" \
+      --out "$dir/out_jobs$j" --jobs $j --json --quiet
+  done
+  say "tessera run multi-model: one shared read pass"
+  measured "$dir/shared.json" "$dir/shared.out.json" "$T" run "$dir/pipelines/multi-model.toml" "$dir/scenes" \
+    --out "$dir/out_shared" --json --quiet
+  say "tessera run multi-model: one read pass per stage"
+  measured "$dir/separate.json" "$dir/separate.out.json" "$T" run "$dir/pipelines/multi-model-separate.toml" "$dir/scenes" \
+    --out "$dir/out_separate" --json --quiet
+  say "tessera run multi-model again: every scene skipped (record check cost)"
+  measured "$dir/rerun.json" "$dir/rerun.out.json" "$T" run "$dir/pipelines/multi-model.toml" "$dir/scenes" \
+    --out "$dir/out_shared" --json --quiet
+  $PY - "$dir" "$RESULTS/batch.md" $(( $(date +%s) - t0 )) <<'PY'
+import json, os, sys, datetime
+d, out, secs = sys.argv[1], sys.argv[2], sys.argv[3]
+m = {k: json.load(open(f"{d}/{k}.json")) for k in ["jobs1", "jobs2", "shared", "separate", "rerun"]}
+r = {k: json.load(open(f"{d}/{k}.out.json")) for k in m}
+for k, v in r.items():
+    assert v["failed"] == 0, (k, v)
+w = {k: v["wall_seconds"] for k, v in m.items()}
+lines = [
+    f"# Batch benchmark ({datetime.datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f})",
+    "",
+    "20 scenes of 1280 x 1280 (real Sentinel-2 texture), bundled tiny models, `tessera run`.",
+    "",
+    "| run | wall s | scenes/min | peak RSS MiB |",
+    "|---|---:|---:|---:|",
+]
+for k, label in [("jobs1", "land-cover, --jobs 1"), ("jobs2", "land-cover, --jobs 2"),
+                 ("shared", "multi-model (3 stages), one shared read pass"),
+                 ("separate", "multi-model (3 stages), one read pass per stage"),
+                 ("rerun", "multi-model rerun, all 20 skipped")]:
+    lines.append(f"| {label} | {w[k]:.1f} | {20 * 60 / w[k]:.1f} | {m[k]['peak_rss_bytes'] / 2**20:.0f} |")
+lines += ["",
+    f"- --jobs 2 vs --jobs 1: {w['jobs1'] / w['jobs2']:.2f}x throughput.",
+    f"- One read pass vs one per stage: {w['separate'] / w['shared']:.2f}x (goal: > 1, one pass cheaper than N).",
+    f"- Skipping 20 complete scenes: {w['rerun']:.2f} s.",
+    f"- Section time {secs} s."]
+open(out, "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+PY
+}
+
 # --- main -----------------------------------------------------------------------------------------
 install_peers
 sections=("$@")
-[ ${#sections[@]} -gt 0 ] || sections=(read classify caption stitch)
+[ ${#sections[@]} -gt 0 ] || sections=(read classify caption stitch batch)
 for s in "${sections[@]}"; do
   case "$s" in
     read) bench_read ;;
     classify) bench_classify ;;
     caption) bench_caption ;;
     stitch) bench_stitch ;;
-    *) say "unknown section '$s' (read, classify, caption, stitch)"; exit 2 ;;
+    batch) bench_batch ;;
+    *) say "unknown section '$s' (read, classify, caption, stitch, batch)"; exit 2 ;;
   esac
 done

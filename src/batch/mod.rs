@@ -12,6 +12,7 @@ pub mod inputs;
 pub mod record;
 pub mod run;
 pub mod spec;
+pub mod stac;
 pub mod state;
 
 pub use inputs::{expand, SceneInput, Shard};

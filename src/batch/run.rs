@@ -2,6 +2,8 @@
 //! parallel, each into its own folder, atomically, with a record that lets reruns skip it.
 
 use std::path::{Path, PathBuf};
+
+use gdal::Metadata;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -270,7 +272,7 @@ pub fn process_scene(
             stages_json = stages_json.replace(&t, &f);
             let stages: serde_json::Map<String, serde_json::Value> =
                 serde_json::from_str(&stages_json).map_err(json)?;
-            // STAC: merged below.
+            write_item(pipeline, scene, &stamps, &tmp).map_err(permanent)?;
             let outputs = record::output_stamps(&tmp).map_err(io)?;
             let finished = record::now();
             let rec = SceneRecord {
@@ -312,6 +314,65 @@ pub fn process_scene(
     }
     report.seconds = start.elapsed().as_secs_f64();
     report
+}
+
+/// `dir/item.json`: a STAC Item of the scene's footprint (projection extension) with every
+/// output as an asset. The datetime is the scene's acquisition time when its metadata has one
+/// (TIFFTAG_DATETIME), else the input file's modification time, so reruns write the same Item.
+/// Scenes in pixel coordinates (no CRS) get no Item.
+fn write_item(
+    pipeline: &Pipeline,
+    scene: &SceneInput,
+    stamps: &[InputStamp],
+    dir: &Path,
+) -> Result<(), String> {
+    use super::stac::{asset_for, scene_item, ItemInput};
+    let opened = crate::raster::Scene::open(&scene.raster, &pipeline.open_options())
+        .map_err(|e| e.to_string())?;
+    if opened.crs_wkt().is_none() {
+        return Ok(());
+    }
+    let datetime = opened
+        .dataset()
+        .metadata_item("TIFFTAG_DATETIME", "")
+        .and_then(|t| tiff_datetime(&t))
+        .or_else(|| {
+            stamps
+                .first()
+                .map(|s| record::rfc3339(s.mtime_ns as f64 / 1e9))
+        })
+        .unwrap_or_else(|| record::rfc3339(record::now()));
+    let mut item = ItemInput::for_scene(&scene.name, opened.info(), datetime);
+    let mut files = Vec::new();
+    record::output_stamps(dir)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .for_each(|o| files.push(o.path));
+    item.assets = files.into_iter().map(|f| asset_for(f.clone(), f)).collect();
+    item.properties.insert(
+        "tessera:pipeline".into(),
+        serde_json::Value::String(pipeline.name.clone()),
+    );
+    item.properties.insert(
+        "tessera:version".into(),
+        serde_json::Value::String(env!("CARGO_PKG_VERSION").into()),
+    );
+    item.source_href = Some(match stamps.first() {
+        Some(s) => s.path.clone(),
+        None => scene.raster.clone(),
+    });
+    let value = scene_item(&item).map_err(|e| e.to_string())?;
+    let bytes = serde_json::to_vec_pretty(&value).map_err(|e| e.to_string())?;
+    write_file_atomic(&dir.join("item.json"), &bytes)
+}
+
+/// `YYYY:MM:DD HH:MM:SS` (TIFF) as RFC 3339 UTC.
+fn tiff_datetime(t: &str) -> Option<String> {
+    let (date, time) = t.trim().split_once(' ')?;
+    let d: Vec<&str> = date.split(':').collect();
+    let ok =
+        d.len() == 3 && d.iter().all(|p| p.chars().all(|c| c.is_ascii_digit())) && time.len() == 8;
+    ok.then(|| format!("{}-{}-{}T{time}Z", d[0], d[1], d[2]))
 }
 
 /// A path as it appears inside a JSON string.

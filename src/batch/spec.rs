@@ -503,6 +503,13 @@ impl Pipeline {
         (batch, read)
     }
 
+    /// How scenes are opened.
+    pub fn open_options(&self) -> OpenOptions {
+        OpenOptions {
+            pixel_coords: self.pixel_coords,
+        }
+    }
+
     /// How a shared pass reads a scene: open options, reader threads, queue per stage.
     pub fn shared_read(&self, ctx: &JobContext) -> (OpenOptions, usize, usize) {
         let (batch, read) = self.read_options(ctx.jobs);

@@ -53,7 +53,9 @@ impl PipelineError {
     pub fn is_transient(&self) -> bool {
         let remote = |path: &str| path.starts_with("/vsi") || path.contains("://");
         match self {
-            PipelineError::Output(_) | PipelineError::Runtime(_) => true,
+            PipelineError::Output(_)
+            | PipelineError::Runtime(_)
+            | PipelineError::Model(crate::models::ModelError::Runtime(_)) => true,
             PipelineError::Tiling(TilingError::Threads(_)) => true,
             PipelineError::Raster(
                 RasterError::Read { path, .. } | RasterError::Open { path, .. },
