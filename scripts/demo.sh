@@ -40,4 +40,9 @@ echo "== tessera segment: text detection (real DBNet from PyPI) on the sample sc
 $T segment "$SCENE" --model .tessera/models/dbnet --tile-size 320 --overlap 64 --bands 1,2,3 \
   --scale percentile:2,98 --probabilities --out "$OUT/segment" --overwrite
 echo
-echo "Outputs in $OUT/ (open the .gpkg/.shp, the chips and */*.tif in QGIS)."
+echo "== tessera run: the multi-model pipeline (land cover + objects + masks off one read pass),"
+echo "   twice: the second run skips the finished scene"
+$T run pipelines/multi-model.toml "$SCENE" --out "$OUT/batch"
+$T run pipelines/multi-model.toml "$SCENE" --out "$OUT/batch"
+echo
+echo "Outputs in $OUT/ (open the .gpkg/.shp, the chips and */*.tif in QGIS; batch/*/item.json is a STAC Item)."
