@@ -498,7 +498,8 @@ fn bad_models_labels_and_devices_fail_cleanly() {
             .replace("input = \"pixel_values\"", "input = \"input_ids\"");
         std::fs::write(p.join("model.toml"), m).expect("write");
     });
-    go(base(&["--model", &dtype, "--labels", "a,b"])).fails_with(&["is int64, expected float32"]);
+    go(base(&["--model", &dtype, "--labels", "a,b"]))
+        .fails_with(&["is int64, but the manifest says input_type = \"float32\""]);
     assert_eq!(
         walk(d)
             .iter()

@@ -115,6 +115,12 @@ fn validate(
             p.channel_order
         ));
     }
+    if cfg.image.input_type == super::InputType::Uint8 && p.value_range != 255.0 {
+        problems.push(format!(
+            "image.input_type = \"uint8\" needs preprocess.value_range = 255 (got {})",
+            p.value_range
+        ));
+    }
     if !positive(cfg.scores.logit_scale) {
         problems.push("scores.logit_scale must be positive".into());
     }
@@ -133,9 +139,10 @@ fn validate(
                     names(&inputs)
                 )),
                 Some(i) => {
-                    if i.dtype != "float32" {
+                    let want = cfg.image.input_type.dtype();
+                    if i.dtype != want {
                         problems.push(format!(
-                            "image input '{}' is {}, expected float32",
+                            "image input '{}' is {}, but the manifest says input_type = \"{want}\"",
                             i.name, i.dtype
                         ));
                     }
@@ -453,7 +460,17 @@ impl ClipModel {
                 reason: format!("batch has shape {shape:?}, the model takes [B, 3, {s}, {s}]"),
             });
         }
-        let input = TensorRef::from_array_view(batch).map_err(|e| self.run_err(&path, e))?;
+        // uint8 graphs take the quantised values (already whole numbers 0..255) as bytes.
+        let bytes =
+            (self.cfg.image.input_type == super::InputType::Uint8).then(|| batch.mapv(|v| v as u8));
+        let input = match &bytes {
+            Some(b) => TensorRef::from_array_view(b.view())
+                .map_err(|e| self.run_err(&path, e))?
+                .into_dyn(),
+            None => TensorRef::from_array_view(batch)
+                .map_err(|e| self.run_err(&path, e))?
+                .into_dyn(),
+        };
         let out_name = self.cfg.image.output.clone();
         let outputs = self
             .image
@@ -488,7 +505,9 @@ impl ClipModel {
 
     /// The model's pixel normalisation, as a small value reader threads can share.
     pub fn normalizer(&self) -> Normalizer {
-        Normalizer::from_preprocess(&self.cfg.pre)
+        let mut n = Normalizer::from_preprocess(&self.cfg.pre);
+        n.quantize = self.cfg.image.input_type == super::InputType::Uint8;
+        n
     }
 
     /// Label embeddings `[labels, D]`: each label's prompts (every template) embedded,
@@ -571,6 +590,9 @@ pub struct Normalizer {
     /// Multiplier from tessera's `[0, 1]` scaled values to the model's `v / value_range`
     /// (`255 / value_range`: 1 for models fed `v / 255`, 255 for models fed raw 0..255).
     pub gain: f32,
+    /// The graph normalises (uint8 input): produce whole 0..255 values instead, the mean
+    /// colour for invalid pixels.
+    pub quantize: bool,
 }
 
 impl Normalizer {
@@ -590,6 +612,7 @@ impl Normalizer {
             ],
             bgr: p.channel_order == "bgr",
             gain: 255.0 / p.value_range,
+            quantize: false,
         }
     }
 
@@ -601,6 +624,19 @@ impl Normalizer {
         if self.bgr {
             let (a, rest) = pixels.split_at_mut(plane);
             a.swap_with_slice(&mut rest[plane..]);
+        }
+        if self.quantize {
+            for c in 0..3 {
+                let fill = (self.mean[c] * 255.0).round().clamp(0.0, 255.0);
+                for (v, &ok) in pixels[c * plane..(c + 1) * plane].iter_mut().zip(valid) {
+                    *v = if ok != 0 {
+                        (*v * 255.0).round().clamp(0.0, 255.0)
+                    } else {
+                        fill
+                    };
+                }
+            }
+            return;
         }
         for c in 0..3 {
             let (m, inv, g) = (self.mean[c], self.inv_std[c], self.gain);

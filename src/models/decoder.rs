@@ -89,6 +89,13 @@ fn config(package: &ModelPackage) -> Result<DecoderConfig, Vec<String>> {
     if m.image.is_some() && tokens.is_none() {
         missing.push("image.tokens (image tokens per image) is required".into());
     }
+    if m.image
+        .as_ref()
+        .is_some_and(|i| i.input_type == super::InputType::Uint8)
+    {
+        missing
+            .push("image.input_type = \"uint8\" is supported for CLIP image encoders only".into());
+    }
     match (
         &m.image,
         &m.embed,

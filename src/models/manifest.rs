@@ -201,13 +201,36 @@ fn one_f() -> f32 {
 #[serde(deny_unknown_fields)]
 pub struct ImageSpec {
     pub onnx: String,
-    /// float32 `[B, 3, S, S]`, normalised.
+    /// `[B, 3, S, S]`: float32 normalised, or (`input_type = "uint8"`) raw RGB bytes.
     pub input: String,
+    /// What the image input takes: `float32` (normalised by tessera) or `uint8` (raw 0..255
+    /// bytes, the normalisation inside the graph: 4x less data per tile; CLIP encoders).
+    #[serde(default)]
+    pub input_type: InputType,
     /// float32 `[B, D]`.
     pub output: String,
     /// Image tokens per image (decoder models: the prefix length).
     #[serde(default)]
     pub tokens: Option<usize>,
+}
+
+/// Element type of an image input.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum InputType {
+    #[default]
+    Float32,
+    Uint8,
+}
+
+impl InputType {
+    /// The ONNX element type name, as the session reports it.
+    pub fn dtype(self) -> &'static str {
+        match self {
+            InputType::Float32 => "float32",
+            InputType::Uint8 => "uint8",
+        }
+    }
 }
 
 /// The text encoder graph.

@@ -764,6 +764,17 @@ def export_clip(args: argparse.Namespace) -> None:
         (rdir / "reference.json").write_text(json.dumps(ref, indent=1) + "\n", encoding="utf-8")
         print(f"export: reference top-1 {ref['top1']}, min margin {margin:.3f}", file=sys.stderr)
 
+    if args.uint8_input:
+        # Bytes in, normalisation in the graph (checked above in float form; the prefix is
+        # exact arithmetic on the same constants). The float references do not apply.
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from uint8_prefix import add_uint8_prefix, mark_manifest_uint8
+        add_uint8_prefix(out / "image_encoder.onnx", out / "image_encoder.onnx", "pixel_values", mean, std)
+        manifest = out / "model.toml"
+        manifest.write_text(mark_manifest_uint8(manifest.read_text(), str(manifest)))
+        shutil.rmtree(out / "reference", ignore_errors=True)
+        print("export: image encoder takes uint8 (normalisation in the graph)", file=sys.stderr)
+
     total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     print(f"export: done, {out} ({total / 1e6:.2f} MB)", file=sys.stderr)
 
@@ -814,6 +825,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, metavar="DIR", help="output package directory (created)")
     c.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                    help=f"ONNX opset version (default {DEFAULT_OPSET})")
+    c.add_argument("--uint8-input", action="store_true",
+                   help="image encoder takes raw uint8 RGB [B,3,S,S] with the normalisation inside the graph "
+                        "(4x fewer bytes per tile; see uint8_prefix.py to convert an existing package)")
     c.add_argument("--fp16", action="store_true",
                    help="store weights and compute in float16 (graph inputs/outputs stay float32)")
     c.add_argument("--seed", type=int, default=None,
