@@ -75,15 +75,36 @@ def add_uint8_prefix(src: Path, dst: Path, input_name: str, mean, std, value_ran
     ]
     if elem == TensorProto.FLOAT16:
         prefix.append(helper.make_node("Cast", [last], [inner], to=TensorProto.FLOAT16, name=p + "Cast16"))
-    nodes = list(graph.node)
+    nodes = _topological(prefix + list(graph.node), graph)
     del graph.node[:]
-    graph.node.extend(prefix + nodes)
+    graph.node.extend(nodes)
     new_input = helper.make_tensor_value_info(input_name, TensorProto.UINT8, dims)
     position = list(graph.input).index(old)
     graph.input.remove(old)
     graph.input.insert(position, new_input)
     onnx.checker.check_model(model)
     onnx.save(model, str(dst))
+
+
+def _topological(nodes, graph):
+    """`nodes` ordered so every input is produced before it is used (some converters, e.g.
+    float16's keep_io_types, append their input Casts at the end)."""
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    ordered, pending = [], list(nodes)
+    while pending:
+        rest = []
+        for n in pending:
+            if all(i in available for i in n.input):
+                ordered.append(n)
+                available.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):
+            # Inputs produced nowhere (e.g. subgraph captures): keep the remaining order.
+            ordered.extend(rest)
+            break
+        pending = rest
+    return ordered
 
 
 def convert_package(src: Path, out: Path) -> None:
