@@ -35,6 +35,10 @@ proj=$(pkg-config --variable=datadir proj 2>/dev/null || true)
 cp -r "$proj" "$t/share/proj"
 gdal=$(gdal-config --datadir 2>/dev/null || echo /usr/share/gdal)
 cp -r "$gdal" "$t/share/gdal"
+# OpenAI's CLIP BPE vocabulary, for export.py clip --tiny there (classify_h100.sh): the machine has
+# no network and no package that ships it.
+bpe="${XDG_CACHE_HOME:-$HOME/.cache}/tessera-export/bpe_simple_vocab_16e6.txt.gz"
+[ -f "$bpe" ] && cp "$bpe" "$t/share/" || echo "stage-tessera: no CLIP BPE vocabulary at $bpe (run export.py clip --tiny here once)" >&2
 cat > "$t/tessera" <<'WRAP'
 #!/bin/sh
 # tessera with its own GDAL and friends (bench/gpu/stage-tessera.sh); ONNX Runtime comes from
@@ -57,5 +61,6 @@ if [ ! -x /tmp/tessera-gpu/tessera ]; then
   mkdir -p /tmp && cat /tmp/tessera-stage/part.* | xz -d | tar -x -C /tmp
 fi
 export TESSERA=/tmp/tessera-gpu/tessera
+[ -f /tmp/tessera-gpu/share/bpe_simple_vocab_16e6.txt.gz ] && export TESSERA_CLIP_BPE=/tmp/tessera-gpu/share/bpe_simple_vocab_16e6.txt.gz
 ENV
 echo "staged $BIN ($(du -sh "$t" | cut -f1) unpacked) into $n part(s):"; du -sh .gpu-tessera/p*
