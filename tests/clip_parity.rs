@@ -195,6 +195,7 @@ fn pixels_through_the_gdal_read_path_match() {
             ordered: false,
         };
         let mut got = Vec::new();
+        let norm = model.normalizer();
         stream_tiles::<f32, TilingError, _, _>(
             &scene,
             &grid,
@@ -204,7 +205,7 @@ fn pixels_through_the_gdal_read_path_match() {
                     scaling.apply(c, &mut t.pixels[c * s * s..(c + 1) * s * s]);
                 }
                 let valid = t.valid.to_vec();
-                model.normalize_tile(&mut t.pixels, &valid);
+                norm.apply(&mut t.pixels, &valid);
             },
             |t| {
                 got.extend_from_slice(&t.pixels);

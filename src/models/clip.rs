@@ -292,6 +292,58 @@ pub struct ClipModel {
     image: ModelSession,
     text: ModelSession,
     tokenizer: tokenizers::Tokenizer,
+    staging: InputStaging,
+}
+
+/// The image encoder's input tensors, allocated once by ONNX Runtime and refilled for every
+/// batch (one per batch size seen: full batches and a last partial one). When the encoder runs
+/// on CUDA or TensorRT they live in page-locked (pinned) host memory, so the copy to the GPU is
+/// a direct DMA instead of a staged copy out of pageable memory; elsewhere in plain host memory.
+struct InputStaging {
+    allocator: ort::memory::Allocator,
+    /// The allocator is CUDA's pinned host memory.
+    pinned: bool,
+    bytes: std::collections::HashMap<usize, ort::value::Tensor<u8>>,
+    floats: std::collections::HashMap<usize, ort::value::Tensor<f32>>,
+}
+
+impl InputStaging {
+    fn new(image: &ModelSession, options: &SessionOptions) -> InputStaging {
+        use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
+        let gpu = matches!(
+            image.provider,
+            "CUDAExecutionProvider" | "TensorrtExecutionProvider"
+        );
+        let id = match options.device {
+            crate::runtime::Device::Cuda(n) | crate::runtime::Device::TensorRt(n) => n,
+            crate::runtime::Device::Cpu => 0,
+        };
+        let pinned = gpu
+            .then(|| {
+                MemoryInfo::new(
+                    AllocationDevice::CUDA_PINNED,
+                    id,
+                    AllocatorType::Device,
+                    MemoryType::CPUInput,
+                )
+                .and_then(|info| Allocator::new(&image.session, info))
+            })
+            .and_then(|r| match r {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    tracing::warn!(
+                        "pinned host memory unavailable ({e}): batches are copied from pageable memory"
+                    );
+                    None
+                }
+            });
+        InputStaging {
+            pinned: pinned.is_some(),
+            allocator: pinned.unwrap_or_default(),
+            bytes: Default::default(),
+            floats: Default::default(),
+        }
+    }
 }
 
 impl std::fmt::Debug for ClipModel {
@@ -351,17 +403,24 @@ impl ClipModel {
         else {
             return Err(invalid(problems));
         };
+        let staging = InputStaging::new(&image, options);
         Ok(ClipModel {
             package,
             cfg,
             image,
             text,
             tokenizer,
+            staging,
         })
     }
 
     pub fn package(&self) -> &ModelPackage {
         &self.package
+    }
+
+    /// Whether image batches go to the device from pinned (page-locked) host memory.
+    pub fn pinned_input(&self) -> bool {
+        self.staging.pinned
     }
 
     /// Square input size in pixels.
@@ -460,17 +519,47 @@ impl ClipModel {
                 reason: format!("batch has shape {shape:?}, the model takes [B, 3, {s}, {s}]"),
             });
         }
-        // uint8 graphs take the quantised values (already whole numbers 0..255) as bytes.
-        let bytes =
-            (self.cfg.image.input_type == super::InputType::Uint8).then(|| batch.mapv(|v| v as u8));
-        let input = match &bytes {
-            Some(b) => TensorRef::from_array_view(b.view())
-                .map_err(|e| self.run_err(&path, e))?
-                .into_dyn(),
-            None => TensorRef::from_array_view(batch)
-                .map_err(|e| self.run_err(&path, e))?
-                .into_dyn(),
+        // The batch goes into the reused (pinned on GPUs) input tensor of its size: as bytes for
+        // uint8 graphs (the quantised values are whole numbers 0..255), else as floats.
+        let n = shape[0];
+        let dims = [n, 3, s, s];
+        let run_err = |e: ort::Error| {
+            ModelError::Runtime(RuntimeError::Run {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })
         };
+        let st = &mut self.staging;
+        let input: ort::value::ValueRef<'_, ort::value::DynTensorValueType> =
+            if self.cfg.image.input_type == super::InputType::Uint8 {
+                if !st.bytes.contains_key(&n) {
+                    let t = ort::value::Tensor::<u8>::new(&st.allocator, dims).map_err(run_err)?;
+                    st.bytes.insert(n, t);
+                }
+                let t = st
+                    .bytes
+                    .get_mut(&n)
+                    .ok_or_else(|| run_err(ort::Error::new("no staging tensor")))?;
+                let (_, data) = t.extract_tensor_mut();
+                for (d, v) in data.iter_mut().zip(batch.iter()) {
+                    *d = *v as u8;
+                }
+                t.upcast_ref()
+            } else {
+                if !st.floats.contains_key(&n) {
+                    let t = ort::value::Tensor::<f32>::new(&st.allocator, dims).map_err(run_err)?;
+                    st.floats.insert(n, t);
+                }
+                let t = st
+                    .floats
+                    .get_mut(&n)
+                    .ok_or_else(|| run_err(ort::Error::new("no staging tensor")))?;
+                let (_, data) = t.extract_tensor_mut();
+                for (d, v) in data.iter_mut().zip(batch.iter()) {
+                    *d = *v;
+                }
+                t.upcast_ref()
+            };
         let out_name = self.cfg.image.output.clone();
         let outputs = self
             .image

@@ -77,6 +77,8 @@ pub struct ClassifyReport {
     pub model_trained: bool,
     pub provider: String,
     pub fallback: Option<String>,
+    /// Batches are copied to the device from pinned host memory (CUDA, TensorRT).
+    pub pinned_input: bool,
     pub labels: Vec<String>,
     pub templates: Vec<String>,
     pub text_cache_hit: bool,
@@ -285,6 +287,7 @@ pub fn run_classify(mut job: ClassifyJob) -> Result<ClassifyReport, PipelineErro
         model_trained: model.package().manifest.trained,
         provider: provider.to_string(),
         fallback: fallback.map(str::to_string),
+        pinned_input: model.pinned_input(),
         labels: job.labels.clone(),
         templates: job.templates.clone(),
         text_cache_hit: cache_hit,
