@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::inputs::{SceneInput, Shard};
+use super::inputs::{walk, SceneInput, Shard};
 use super::record::{self, now};
 use super::run::{process_scene, remove_stale_temporaries, Identity, SceneOutcome, SceneReport};
 use super::spec::{JobContext, Pipeline};
@@ -306,24 +306,6 @@ impl IngestJob {
             }
         }
         Ok(())
-    }
-}
-
-/// Files under `dir`, recursively, skipping hidden entries.
-fn walk(dir: &Path, found: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        if e.file_name().to_string_lossy().starts_with('.') {
-            continue;
-        }
-        let p = e.path();
-        if p.is_dir() {
-            walk(&p, found);
-        } else {
-            found.push(p);
-        }
     }
 }
 

@@ -193,7 +193,7 @@ fn extension(p: &Path) -> String {
 }
 
 /// Files under `dir`, recursively, skipping hidden entries (tessera's own state among them).
-fn walk(dir: &Path, found: &mut Vec<PathBuf>) {
+pub(crate) fn walk(dir: &Path, found: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };

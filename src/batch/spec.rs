@@ -698,13 +698,7 @@ fn generation(o: &StageSection, model: &Path) -> Option<GenerationParams> {
     let g = crate::models::ModelPackage::load(model)
         .ok()
         .and_then(|p| p.manifest.generation)
-        .unwrap_or(crate::models::GenerationSpec {
-            max_new_tokens: 30,
-            min_new_tokens: 0,
-            num_beams: 1,
-            repetition_penalty: 1.0,
-            length_penalty: 1.0,
-        });
+        .unwrap_or_default();
     Some(GenerationParams {
         max_new_tokens: o.max_new_tokens.unwrap_or(g.max_new_tokens),
         min_new_tokens: o.min_new_tokens.unwrap_or(g.min_new_tokens),

@@ -1283,17 +1283,7 @@ fn caption(a: CaptionArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Result<i32>
     ];
     let params = if overrides.iter().any(|&o| o) {
         let package = crate::models::ModelPackage::load(&a.model)?;
-        let g = package
-            .manifest
-            .generation
-            .clone()
-            .unwrap_or(crate::models::GenerationSpec {
-                max_new_tokens: 30,
-                min_new_tokens: 0,
-                num_beams: 1,
-                repetition_penalty: 1.0,
-                length_penalty: 1.0,
-            });
+        let g = package.manifest.generation.clone().unwrap_or_default();
         let p = GenerationParams {
             max_new_tokens: a.max_new_tokens.unwrap_or(g.max_new_tokens),
             min_new_tokens: a.min_new_tokens.unwrap_or(g.min_new_tokens),

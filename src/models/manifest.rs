@@ -184,6 +184,19 @@ pub struct GenerationSpec {
     pub length_penalty: f32,
 }
 
+impl Default for GenerationSpec {
+    /// What a manifest without a [generation] section means (the serde defaults).
+    fn default() -> Self {
+        GenerationSpec {
+            max_new_tokens: default_max_new_tokens(),
+            min_new_tokens: 0,
+            num_beams: one(),
+            repetition_penalty: one_f(),
+            length_penalty: one_f(),
+        }
+    }
+}
+
 fn default_max_new_tokens() -> usize {
     30
 }
