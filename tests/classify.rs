@@ -432,6 +432,32 @@ fn bad_models_labels_and_devices_fail_cleanly() {
         fallback.stderr().is_empty(),
         "--quiet silences the fallback warning"
     );
+    // TensorRT (absent from the CPU build, and from the GPU machine): a clear error, or with
+    // --allow-fallback the next providers in order (CUDA, then CPU), reported.
+    go(base(&[
+        "--model", &model, "--labels", "a,b", "--device", "tensorrt", "--out", "o",
+    ]))
+    .fails_with(&[
+        "--device tensorrt:0",
+        "TensorrtExecutionProvider",
+        "--allow-fallback",
+    ]);
+    let trt = go(base(&[
+        "--model",
+        &model,
+        "--labels",
+        "a,b",
+        "--device",
+        "tensorrt",
+        "--allow-fallback",
+        "--json",
+    ]))
+    .success()
+    .json();
+    assert_eq!(trt["provider"], "CPUExecutionProvider");
+    let why = trt["fallback"].as_str().unwrap_or_default();
+    assert!(why.contains("TensorrtExecutionProvider"), "{trt}");
+    assert_eq!(trt["pinned_input"], false, "no pinned memory on the CPU");
     // A device clap cannot parse is a usage error (exit 2) naming the choices.
     let tpu = go(base(&[
         "--model", &model, "--labels", "a,b", "--device", "tpu",
