@@ -102,18 +102,21 @@ impl MosaicWriter {
     }
 
     /// Close the intermediates and write the final COGs: `classes_out` (with the legend and
-    /// overviews) and `probs_out` when probabilities were kept. Returns the class raster's
-    /// intermediate path, still present, for polygonizing (the caller removes it).
+    /// overviews) and `probs_out` when probabilities were kept. While the COGs are written,
+    /// `alongside` runs on another thread with the finished class raster's intermediate path
+    /// (polygonizing it: both only read it). Returns that path, still present (the caller
+    /// removes it), and what `alongside` returned.
     ///
     /// # Errors
     /// GDAL failing.
-    pub fn finish(
+    pub fn finish<T: Send>(
         self,
         classes_out: &Path,
         probs_out: Option<&Path>,
         legend: &Legend,
         band_names: &[String],
-    ) -> Result<PathBuf> {
+        alongside: impl FnOnce(&Path) -> T + Send,
+    ) -> Result<(PathBuf, T)> {
         let MosaicWriter {
             classes,
             classes_path,
@@ -149,19 +152,33 @@ impl MosaicWriter {
         }
         src.set_metadata_item("TESSERA_CLASSES", &legend.names.join(","), "")
             .map_err(|e| werr(&classes_path, gdal_reason(&e)))?;
-        cog_copy(&src, classes_out, "NEAREST")?;
+        // Closed, so the other thread reads a complete file.
         drop(src);
-        if let (Some((ds, path)), Some(out)) = (probs, probs_out) {
-            for (i, name) in band_names.iter().enumerate() {
-                ds.rasterband(i + 1)
-                    .and_then(|mut b| b.set_description(name))
-                    .map_err(|e| werr(&path, gdal_reason(&e)))?;
-            }
-            cog_copy(&ds, out, "AVERAGE")?;
-            drop(ds);
-            let _ = std::fs::remove_file(&path);
-        }
-        Ok(classes_path)
+        let src = Dataset::open(&classes_path).map_err(|e| werr(&classes_path, gdal_reason(&e)))?;
+        let stream = classes_path.as_path();
+        let (written, other) = std::thread::scope(|s| {
+            let other = s.spawn(|| alongside(stream));
+            let written = (|| -> Result<()> {
+                cog_copy(&src, classes_out, "NEAREST")?;
+                if let (Some((ds, path)), Some(out)) = (probs, probs_out) {
+                    for (i, name) in band_names.iter().enumerate() {
+                        ds.rasterband(i + 1)
+                            .and_then(|mut b| b.set_description(name))
+                            .map_err(|e| werr(&path, gdal_reason(&e)))?;
+                    }
+                    cog_copy(&ds, out, "AVERAGE")?;
+                    drop(ds);
+                    let _ = std::fs::remove_file(&path);
+                }
+                Ok(())
+            })();
+            (written, other.join())
+        });
+        drop(src);
+        written?;
+        let other =
+            other.map_err(|_| werr(&classes_path, "the polygonizing thread panicked".into()))?;
+        Ok((classes_path, other))
     }
 }
 

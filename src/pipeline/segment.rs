@@ -90,6 +90,13 @@ const POLYGON_FIELDS: [FieldSpec; 3] = [
     },
 ];
 
+fn wkb_err(path: &std::path::Path, e: &gdal::errors::GdalError) -> crate::output::OutputError {
+    crate::output::OutputError::Write {
+        path: path.display().to_string(),
+        reason: format!("polygon geometry: {e}"),
+    }
+}
+
 /// Run the job.
 ///
 /// # Errors
@@ -221,15 +228,33 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
     // The kept probability bands are the last `prob_bands` classes.
     let band_names: Vec<String> = classes[classes.len() - prob_bands.min(classes.len())..].to_vec();
     let probs_out = dir.join("probabilities.tif");
-    let stream_path = writer.finish(
+    // Polygons of every class but the first (background), from the stitched mosaic, made
+    // while the COGs are written.
+    let (simplify, min_area) = (job.simplify, job.min_area);
+    let (stream_path, polys) = writer.finish(
         &dir.join("classes.tif"),
         (prob_bands > 0).then_some(probs_out.as_path()),
         &legend,
         &band_names,
+        // GDAL geometries stay on their thread: they cross as WKB.
+        |stream| {
+            polygonize_raster(stream, &[0], simplify, min_area).and_then(|polys| {
+                polys
+                    .into_iter()
+                    .map(|(class, g)| Ok((class, g.wkb().map_err(|e| wkb_err(stream, &e))?)))
+                    .collect::<Result<Vec<_>, crate::output::OutputError>>()
+            })
+        },
     )?;
-    // Polygons of every class but the first (background), from the stitched mosaic.
-    let polys = polygonize_raster(&stream_path, &[0], job.simplify, job.min_area)?;
     let _ = std::fs::remove_file(&stream_path);
+    let polys = polys?
+        .into_iter()
+        .map(|(class, wkb)| {
+            gdal::vector::Geometry::from_wkb(&wkb)
+                .map(|g| (class, g))
+                .map_err(|e| wkb_err(&stream_path, &e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let ext = job.format.extension();
     let mut layer = VectorLayerWriter::create(
         &dir.join(format!("polygons.{ext}")),
