@@ -70,26 +70,39 @@ fn a_uint8_package_classifies_like_the_float_package() {
         .expect("gdal_translate");
     assert!(st.success());
     let float_model = root().join("sample_data/models/clip-tiny");
-    for (model, out) in [(&float_model, "f32"), (&u8_model, "u8")] {
+    let classify = |scene: &str, model: &Path, out: &str, scale: &str| {
         run(
             d,
             &[
                 "classify",
-                "scene8.tif",
+                scene,
                 "--model",
                 &model.display().to_string(),
                 "--labels",
                 "forest,water,city,farmland",
+                "--bands",
+                "1,2,3",
+                "--scale",
+                scale,
                 "--overlap",
                 "16",
                 "--out",
                 out,
                 "--no-cache",
                 "--quiet",
+                "--json",
             ],
         )
-        .success();
-    }
+        .success()
+        .json()
+    };
+    let f = classify("scene8.tif", &float_model, "f32", "auto");
+    let u = classify("scene8.tif", &u8_model, "u8", "auto");
+    assert_eq!(f["byte_tiles"], false);
+    assert_eq!(
+        u["byte_tiles"], true,
+        "8-bit bands go to the uint8 model as read"
+    );
     let (a, b) = (
         read_all(&d.join("f32/probabilities.tif")),
         read_all(&d.join("u8/probabilities.tif")),
@@ -107,6 +120,25 @@ fn a_uint8_package_classifies_like_the_float_package() {
         read_all(&d.join("u8/classes.tif")),
         "same classes"
     );
+
+    // A 16-bit scene with percentile scaling: float tiles quantised to bytes for the uint8
+    // model (the float package sees the unquantised values): close, not equal.
+    let scene16 = root().join("sample_data/sentinel2_rgbn_10m.tif");
+    let scene16 = scene16.display().to_string();
+    classify(&scene16, &float_model, "f32-16", "percentile:2,98");
+    let u = classify(&scene16, &u8_model, "u8-16", "percentile:2,98");
+    assert_eq!(u["byte_tiles"], false);
+    let (a, b) = (
+        read_all(&d.join("f32-16/probabilities.tif")),
+        read_all(&d.join("u8-16/probabilities.tif")),
+    );
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(worst > 0.0, "quantisation changes something");
+    assert!(worst < 0.02, "largest probability difference {worst}");
 }
 
 #[test]

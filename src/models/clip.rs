@@ -418,6 +418,11 @@ impl ClipModel {
         &self.package
     }
 
+    /// Whether the image encoder takes raw uint8 tiles (normalisation in the graph).
+    pub fn takes_bytes(&self) -> bool {
+        self.cfg.image.input_type == super::InputType::Uint8
+    }
+
     /// Whether image batches go to the device from pinned (page-locked) host memory.
     pub fn pinned_input(&self) -> bool {
         self.staging.pinned
@@ -505,11 +510,15 @@ impl ClipModel {
         to_array2(rows).map_err(|e| self.run_err(&path, e))
     }
 
-    /// Raw image embeddings `[B, D]` of a normalised batch `[B, 3, S, S]`.
+    /// Raw image embeddings `[B, D]` of a batch `[B, 3, S, S]`: normalised floats (from
+    /// [`Normalizer::apply`]), or raw bytes for packages whose image input is uint8.
     ///
     /// # Errors
-    /// Wrong batch shape, or inference failure.
-    pub fn encode_images(&mut self, batch: ArrayView4<'_, f32>) -> Result<Array2<f32>, ModelError> {
+    /// Wrong batch shape, a byte batch for a float package, or inference failure.
+    pub fn encode_images<T: ImageElement>(
+        &mut self,
+        batch: ArrayView4<'_, T>,
+    ) -> Result<Array2<f32>, ModelError> {
         let s = self.cfg.pre.size;
         let path = self.image.path.clone();
         let shape = batch.shape();
@@ -517,6 +526,12 @@ impl ClipModel {
             return Err(ModelError::Input {
                 path: path.display().to_string(),
                 reason: format!("batch has shape {shape:?}, the model takes [B, 3, {s}, {s}]"),
+            });
+        }
+        if T::BYTES && !self.takes_bytes() {
+            return Err(ModelError::Input {
+                path: path.display().to_string(),
+                reason: "a batch of raw bytes for a model that takes normalised floats".into(),
             });
         }
         // The batch goes into the reused (pinned on GPUs) input tensor of its size: as bytes for
@@ -542,7 +557,7 @@ impl ClipModel {
                     .ok_or_else(|| run_err(ort::Error::new("no staging tensor")))?;
                 let (_, data) = t.extract_tensor_mut();
                 for (d, v) in data.iter_mut().zip(batch.iter()) {
-                    *d = *v as u8;
+                    *d = v.to_byte();
                 }
                 t.upcast_ref()
             } else {
@@ -556,7 +571,7 @@ impl ClipModel {
                     .ok_or_else(|| run_err(ort::Error::new("no staging tensor")))?;
                 let (_, data) = t.extract_tensor_mut();
                 for (d, v) in data.iter_mut().zip(batch.iter()) {
-                    *d = *v;
+                    *d = v.to_float();
                 }
                 t.upcast_ref()
             };
@@ -731,6 +746,63 @@ impl Normalizer {
             let (m, inv, g) = (self.mean[c], self.inv_std[c], self.gain);
             for (v, &ok) in pixels[c * plane..(c + 1) * plane].iter_mut().zip(valid) {
                 *v = if ok != 0 { (*v * g - m) * inv } else { 0.0 };
+            }
+        }
+    }
+}
+
+/// Element types an image batch arrives in: normalised float32, or (uint8-input packages)
+/// raw bytes.
+pub trait ImageElement: Copy + 'static {
+    /// Raw bytes, valid only for uint8-input packages.
+    const BYTES: bool;
+    /// The value as a byte (floats hold whole numbers 0..255 for uint8-input packages).
+    fn to_byte(self) -> u8;
+    fn to_float(self) -> f32;
+}
+
+impl ImageElement for f32 {
+    const BYTES: bool = false;
+    fn to_byte(self) -> u8 {
+        self as u8
+    }
+    fn to_float(self) -> f32 {
+        self
+    }
+}
+
+impl ImageElement for u8 {
+    const BYTES: bool = true;
+    fn to_byte(self) -> u8 {
+        self
+    }
+    fn to_float(self) -> f32 {
+        f32::from(self)
+    }
+}
+
+impl Normalizer {
+    /// The mean colour as bytes: what invalid pixels of a byte tile become (the graph then
+    /// normalises them to about 0, as [`Normalizer::apply`] does for float tiles).
+    pub fn mean_bytes(&self) -> [u8; 3] {
+        self.mean
+            .map(|m| (m * 255.0).round().clamp(0.0, 255.0) as u8)
+    }
+
+    /// Prepare a byte tile for a uint8-input model in place: invalid pixels become the mean
+    /// colour, planes swapped for BGR models.
+    pub fn apply_bytes(&self, pixels: &mut [u8], valid: &[u8]) {
+        let plane = pixels.len() / 3;
+        if self.bgr {
+            let (a, rest) = pixels.split_at_mut(plane);
+            a.swap_with_slice(&mut rest[plane..]);
+        }
+        let fill = self.mean_bytes();
+        for (c, f) in fill.iter().enumerate() {
+            for (v, &ok) in pixels[c * plane..(c + 1) * plane].iter_mut().zip(valid) {
+                if ok == 0 {
+                    *v = *f;
+                }
             }
         }
     }

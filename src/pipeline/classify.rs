@@ -13,7 +13,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::{peak_rss_bytes, progress_bar, stream_model_tiles, PipelineError, TileBatch};
-use crate::models::clip::ClipModel;
+use crate::models::clip::{ClipModel, ImageElement};
 use crate::models::ModelError;
 use crate::output::{
     class_color, polygonize_classes, write_cog, FieldKind, FieldSpec, FieldValue, GeometryKind,
@@ -21,7 +21,7 @@ use crate::output::{
 };
 use crate::raster::{GeoTransform, OpenOptions, ScalingSpec, Scene};
 use crate::runtime::{Runtime, SessionOptions};
-use crate::tiling::{GridOptions, ReadOptions, Tile, TileGrid};
+use crate::tiling::{stream_tiles, GridOptions, ReadOptions, Tile, TileData, TileGrid};
 
 /// Class value of tiles whose best score is below `--min-score`.
 pub const UNKNOWN: &str = "unknown";
@@ -79,6 +79,9 @@ pub struct ClassifyReport {
     pub fallback: Option<String>,
     /// Batches are copied to the device from pinned host memory (CUDA, TensorRT).
     pub pinned_input: bool,
+    /// Tiles went to the model as the bytes read (uint8-input model, 8-bit bands scaled
+    /// 0..255), never as floats.
+    pub byte_tiles: bool,
     pub labels: Vec<String>,
     pub templates: Vec<String>,
     pub text_cache_hit: bool,
@@ -222,10 +225,20 @@ pub fn run_classify(mut job: ClassifyJob) -> Result<ClassifyReport, PipelineErro
         .map_err(model_err)?;
     timings.text_seconds = t.elapsed().as_secs_f64();
 
-    let mut batch = TileBatch::<(Tile, f64)>::new(job.batch_size, size);
     let mut results: Vec<TileResult> = Vec::new();
     let bar = progress_bar(grid.len(), job.progress, "classifying");
     let norm = model.normalizer();
+    // Byte path: a uint8-input model on 8-bit bands scaled 0..255 gets the bytes as read (no
+    // float tiles at all); otherwise float tiles, scaled and normalised (or quantised).
+    let bytes = model.takes_bytes()
+        && job.feed.is_none()
+        && scaling.is_byte_range()
+        && job
+            .read
+            .bands
+            .bands()
+            .iter()
+            .all(|&b| scene.info().bands[b - 1].dtype == "uint8");
     let mut batches = BatchRunner {
         model: &mut model,
         label_embeds: &label_embeds,
@@ -234,16 +247,34 @@ pub fn run_classify(mut job: ClassifyJob) -> Result<ClassifyReport, PipelineErro
         bar: &bar,
     };
     let mut waited = Instant::now();
-    let feed = job.feed.take();
-    let stats = stream_model_tiles(feed, &scene, &grid, &job.read, &scaling, &norm, |t| {
-        batches.timings.wait_seconds += waited.elapsed().as_secs_f64();
-        if batch.push(&t.pixels, (t.tile.clone(), t.valid_fraction)) {
-            batches.run(&mut batch)?;
-        }
-        waited = Instant::now();
-        Ok(())
-    })?;
-    batches.run(&mut batch)?;
+    let stats = if bytes {
+        let mut batch = TileBatch::<(Tile, f64), u8>::new(job.batch_size, size);
+        let prepare = |t: &mut TileData<u8>| norm.apply_bytes(&mut t.pixels, &t.valid);
+        let stats =
+            stream_tiles::<u8, PipelineError, _, _>(&scene, &grid, &job.read, prepare, |t| {
+                batches.timings.wait_seconds += waited.elapsed().as_secs_f64();
+                if batch.push(&t.pixels, (t.tile.clone(), t.valid_fraction)) {
+                    batches.run(&mut batch)?;
+                }
+                waited = Instant::now();
+                Ok(())
+            })?;
+        batches.run(&mut batch)?;
+        stats
+    } else {
+        let mut batch = TileBatch::<(Tile, f64)>::new(job.batch_size, size);
+        let feed = job.feed.take();
+        let stats = stream_model_tiles(feed, &scene, &grid, &job.read, &scaling, &norm, |t| {
+            batches.timings.wait_seconds += waited.elapsed().as_secs_f64();
+            if batch.push(&t.pixels, (t.tile.clone(), t.valid_fraction)) {
+                batches.run(&mut batch)?;
+            }
+            waited = Instant::now();
+            Ok(())
+        })?;
+        batches.run(&mut batch)?;
+        stats
+    };
     bar.finish_and_clear();
 
     // Labels with the optional "unknown" class.
@@ -288,6 +319,7 @@ pub fn run_classify(mut job: ClassifyJob) -> Result<ClassifyReport, PipelineErro
         provider: provider.to_string(),
         fallback: fallback.map(str::to_string),
         pinned_input: model.pinned_input(),
+        byte_tiles: bytes,
         labels: job.labels.clone(),
         templates: job.templates.clone(),
         text_cache_hit: cache_hit,
@@ -316,7 +348,10 @@ struct BatchRunner<'a> {
 }
 
 impl BatchRunner<'_> {
-    fn run(&mut self, batch: &mut TileBatch<(Tile, f64)>) -> Result<(), PipelineError> {
+    fn run<T: ImageElement + Default>(
+        &mut self,
+        batch: &mut TileBatch<(Tile, f64), T>,
+    ) -> Result<(), PipelineError> {
         if batch.is_empty() {
             return Ok(());
         }

@@ -69,24 +69,25 @@ impl PipelineError {
 }
 
 /// Normalised tiles gathered into one `[B, 3, S, S]` model input, each with what its caller
-/// needs back after inference (the tile, its valid fraction, ...).
-pub(crate) struct TileBatch<M> {
-    pixels: ndarray::Array4<f32>,
+/// needs back after inference (the tile, its valid fraction, ...). Samples are float32, or
+/// bytes for models that take uint8 tiles.
+pub(crate) struct TileBatch<M, T = f32> {
+    pixels: ndarray::Array4<T>,
     items: Vec<M>,
 }
 
-impl<M> TileBatch<M> {
+impl<M, T: Copy + Default> TileBatch<M, T> {
     /// Room for `capacity` tiles of `size x size` pixels.
-    pub(crate) fn new(capacity: usize, size: usize) -> TileBatch<M> {
+    pub(crate) fn new(capacity: usize, size: usize) -> TileBatch<M, T> {
         let capacity = capacity.max(1);
         TileBatch {
-            pixels: ndarray::Array4::zeros((capacity, 3, size, size)),
+            pixels: ndarray::Array4::from_elem((capacity, 3, size, size), T::default()),
             items: Vec::with_capacity(capacity),
         }
     }
 
     /// Add a tile's `3 * size * size` samples; true when the batch is now full.
-    pub(crate) fn push(&mut self, pixels: &[f32], item: M) -> bool {
+    pub(crate) fn push(&mut self, pixels: &[T], item: M) -> bool {
         let k = self.items.len();
         let n = pixels.len();
         if let Some(slot) = self.pixels.as_slice_mut() {
@@ -101,7 +102,7 @@ impl<M> TileBatch<M> {
     }
 
     /// The filled part of the batch and its items; the batch is empty afterwards.
-    pub(crate) fn take(&mut self) -> (ndarray::ArrayView4<'_, f32>, Vec<M>) {
+    pub(crate) fn take(&mut self) -> (ndarray::ArrayView4<'_, T>, Vec<M>) {
         let items = std::mem::take(&mut self.items);
         let n = items.len();
         (self.pixels.slice(ndarray::s![..n, .., .., ..]), items)

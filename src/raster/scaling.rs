@@ -138,6 +138,14 @@ impl Scaling {
         Ok(Scaling { bands: Some(out) })
     }
 
+    /// Whether every band maps 0..255 to 0..1 (8-bit data under `auto`): bytes read as they are
+    /// are then exactly the scaled values times 255.
+    pub fn is_byte_range(&self) -> bool {
+        self.bands
+            .as_ref()
+            .is_some_and(|b| b.iter().all(|s| s.lo == 0.0 && s.hi == 255.0))
+    }
+
     /// Scale channel `channel` (position in the band mapping) of `values` in place.
     pub fn apply(&self, channel: usize, values: &mut [f32]) {
         let Some(bands) = &self.bands else { return };
