@@ -56,6 +56,24 @@ fn a_uint8_package_classifies_like_the_float_package() {
     r.success();
     let manifest = std::fs::read_to_string(u8_model.join("model.toml")).expect("manifest");
     assert!(manifest.contains("input_type = \"uint8\""));
+    // Timed alone on byte batches.
+    let b = run(
+        d,
+        &[
+            "bench-model",
+            &u8_model.display().to_string(),
+            "--batch-size",
+            "4",
+            "--iterations",
+            "2",
+        ],
+    )
+    .success()
+    .json();
+    assert!(
+        b["images_per_second"].as_f64().is_some_and(|v| v > 0.0),
+        "{b}"
+    );
 
     // An 8-bit scene (real Sentinel-2 bands scaled to bytes): both packages see exactly the
     // same byte values, so their answers agree to float rounding.

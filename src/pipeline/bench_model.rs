@@ -69,16 +69,22 @@ pub fn run_bench_model(job: BenchModelJob) -> Result<BenchModelReport, PipelineE
                 let mut m = ClipModel::load(runtime, &job.model, &job.session)?;
                 let (p, f) = m.image_provider();
                 let (p, f) = (p.to_string(), f.map(str::to_string));
-                (
-                    m.input_size(),
-                    p,
-                    f,
+                (m.input_size(), p, f, {
+                    // uint8-input packages are timed on byte batches, as classify feeds
+                    // them (made once from the float batch, outside the timing).
+                    let mut bytes: Option<Array4<u8>> = None;
                     Box::new(move |x: &Array4<f32>| {
-                        m.encode_images(x.view())
-                            .map(|_| ())
-                            .map_err(PipelineError::from)
-                    }),
-                )
+                        let r = if m.takes_bytes() {
+                            let b = bytes.get_or_insert_with(|| {
+                                x.mapv(|v| (v.abs() * 64.0).min(255.0) as u8)
+                            });
+                            m.encode_images(b.view())
+                        } else {
+                            m.encode_images(x.view())
+                        };
+                        r.map(|_| ()).map_err(PipelineError::from)
+                    })
+                })
             }
             "segmenter" => {
                 let mut m = SegmentationModel::load(runtime, &job.model, &job.session)?;
