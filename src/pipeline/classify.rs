@@ -21,7 +21,9 @@ use crate::output::{
 };
 use crate::raster::{GeoTransform, OpenOptions, ScalingSpec, Scene};
 use crate::runtime::{Runtime, SessionOptions};
-use crate::tiling::{stream_tiles, GridOptions, ReadOptions, Tile, TileData, TileGrid};
+use crate::tiling::{
+    stream_tiles, GridOptions, ReadOptions, StreamStats, Tile, TileData, TileGrid,
+};
 
 /// Class value of tiles whose best score is below `--min-score`.
 pub const UNKNOWN: &str = "unknown";
@@ -225,7 +227,6 @@ pub fn run_classify(mut job: ClassifyJob) -> Result<ClassifyReport, PipelineErro
         .map_err(model_err)?;
     timings.text_seconds = t.elapsed().as_secs_f64();
 
-    let mut results: Vec<TileResult> = Vec::new();
     let bar = progress_bar(grid.len(), job.progress, "classifying");
     let norm = model.normalizer();
     // Byte path: a uint8-input model on 8-bit bands scaled 0..255 gets the bytes as read (no
@@ -239,42 +240,25 @@ pub fn run_classify(mut job: ClassifyJob) -> Result<ClassifyReport, PipelineErro
             .bands()
             .iter()
             .all(|&b| scene.info().bands[b - 1].dtype == "uint8");
-    let mut batches = BatchRunner {
-        model: &mut model,
-        label_embeds: &label_embeds,
-        timings: &mut timings,
-        results: &mut results,
-        bar: &bar,
-    };
-    let mut waited = Instant::now();
-    let stats = if bytes {
-        let mut batch = TileBatch::<(Tile, f64), u8>::new(job.batch_size, size);
+    let batch_size = job.batch_size;
+    let (stats, mut results, model_seconds, wait_seconds) = if bytes {
         let prepare = |t: &mut TileData<u8>| norm.apply_bytes(&mut t.pixels, &t.valid);
-        let stats =
+        double_buffered::<u8, _>(&mut model, &label_embeds, batch_size, size, &bar, |push| {
             stream_tiles::<u8, PipelineError, _, _>(&scene, &grid, &job.read, prepare, |t| {
-                batches.timings.wait_seconds += waited.elapsed().as_secs_f64();
-                if batch.push(&t.pixels, (t.tile.clone(), t.valid_fraction)) {
-                    batches.run(&mut batch)?;
-                }
-                waited = Instant::now();
-                Ok(())
-            })?;
-        batches.run(&mut batch)?;
-        stats
+                push(&t.pixels, t.tile.clone(), t.valid_fraction)
+            })
+        })?
     } else {
-        let mut batch = TileBatch::<(Tile, f64)>::new(job.batch_size, size);
         let feed = job.feed.take();
-        let stats = stream_model_tiles(feed, &scene, &grid, &job.read, &scaling, &norm, |t| {
-            batches.timings.wait_seconds += waited.elapsed().as_secs_f64();
-            if batch.push(&t.pixels, (t.tile.clone(), t.valid_fraction)) {
-                batches.run(&mut batch)?;
-            }
-            waited = Instant::now();
-            Ok(())
-        })?;
-        batches.run(&mut batch)?;
-        stats
+        double_buffered::<f32, _>(&mut model, &label_embeds, batch_size, size, &bar, |push| {
+            stream_model_tiles(feed, &scene, &grid, &job.read, &scaling, &norm, |t| {
+                push(&t.pixels, t.tile.clone(), t.valid_fraction)
+            })
+        })?
     };
+    timings.model_seconds = model_seconds;
+    timings.wait_seconds = wait_seconds;
+    results.sort_by_key(|r| (r.tile.row, r.tile.col));
     bar.finish_and_clear();
 
     // Labels with the optional "unknown" class.
@@ -338,39 +322,87 @@ pub fn run_classify(mut job: ClassifyJob) -> Result<ClassifyReport, PipelineErro
     })
 }
 
-/// Runs full (or final partial) batches through the image encoder.
-struct BatchRunner<'a> {
-    model: &'a mut ClipModel,
-    label_embeds: &'a ndarray::Array2<f32>,
-    timings: &'a mut Timings,
-    results: &'a mut Vec<TileResult>,
-    bar: &'a indicatif::ProgressBar,
-}
-
-impl BatchRunner<'_> {
-    fn run<T: ImageElement + Default>(
-        &mut self,
-        batch: &mut TileBatch<(Tile, f64), T>,
-    ) -> Result<(), PipelineError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let (pixels, tiles) = batch.take();
-        let n = tiles.len();
-        let t = Instant::now();
-        let embeds = self.model.encode_images(pixels).map_err(model_err)?;
-        let probs = self.model.probabilities(embeds, self.label_embeds);
-        self.timings.model_seconds += t.elapsed().as_secs_f64();
-        for ((tile, valid_fraction), row) in tiles.into_iter().zip(probs.outer_iter()) {
-            self.results.push(TileResult {
-                tile,
-                valid_fraction,
-                probs: row.to_vec(),
-            });
-        }
-        self.bar.inc(n as u64);
-        Ok(())
-    }
+/// Tile batches for the image encoder, double buffered: this thread gathers tiles into one
+/// batch (via the `push` it hands to `stream`) while a model thread encodes the previous one,
+/// so reading, batching and copying overlap inference. Batches are the same as with one
+/// thread (tiles arrive in grid order), so are the results. Returns the stream's counts, one
+/// result per tile, the model's seconds and the seconds spent waiting for tiles.
+#[allow(clippy::type_complexity)]
+fn double_buffered<T, S>(
+    model: &mut ClipModel,
+    label_embeds: &ndarray::Array2<f32>,
+    batch_size: usize,
+    size: usize,
+    bar: &indicatif::ProgressBar,
+    stream: S,
+) -> Result<(StreamStats, Vec<TileResult>, f64, f64), PipelineError>
+where
+    T: ImageElement + Default + Send,
+    S: FnOnce(
+        &mut dyn FnMut(&[T], Tile, f64) -> Result<(), PipelineError>,
+    ) -> Result<StreamStats, PipelineError>,
+{
+    use std::sync::mpsc::{channel, sync_channel};
+    type Batch<T> = TileBatch<(Tile, f64), T>;
+    let (full_tx, full_rx) = sync_channel::<Batch<T>>(1);
+    let (empty_tx, empty_rx) = channel::<Batch<T>>();
+    std::thread::scope(|s| {
+        let worker = s.spawn(move || -> Result<(Vec<TileResult>, f64), PipelineError> {
+            let mut results = Vec::new();
+            let mut seconds = 0.0;
+            for mut batch in full_rx {
+                let (pixels, tiles) = batch.take();
+                let n = tiles.len();
+                let t = Instant::now();
+                let embeds = model.encode_images(pixels).map_err(model_err)?;
+                let probs = model.probabilities(embeds, label_embeds);
+                seconds += t.elapsed().as_secs_f64();
+                for ((tile, valid_fraction), row) in tiles.into_iter().zip(probs.outer_iter()) {
+                    results.push(TileResult {
+                        tile,
+                        valid_fraction,
+                        probs: row.to_vec(),
+                    });
+                }
+                bar.inc(n as u64);
+                // The gathering side may have finished: then the buffer is not needed.
+                let _ = empty_tx.send(batch);
+            }
+            Ok((results, seconds))
+        });
+        let stopped = || PipelineError::Options("the model thread stopped".into());
+        let mut current = Batch::<T>::new(batch_size, size);
+        let mut spare = Some(Batch::<T>::new(batch_size, size));
+        let mut waiting = 0.0;
+        let mut waited = Instant::now();
+        let streamed = stream(&mut |pixels, tile, valid_fraction| {
+            waiting += waited.elapsed().as_secs_f64();
+            if current.push(pixels, (tile, valid_fraction)) {
+                // The second buffer, or the first back from the model thread.
+                let next = match spare.take() {
+                    Some(b) => b,
+                    None => empty_rx.recv().map_err(|_| stopped())?,
+                };
+                let full = std::mem::replace(&mut current, next);
+                full_tx.send(full).map_err(|_| stopped())?;
+            }
+            waited = Instant::now();
+            Ok(())
+        });
+        let last = match &streamed {
+            Ok(_) if !current.is_empty() => full_tx.send(current).map_err(|_| stopped()),
+            _ => Ok(()),
+        };
+        drop(full_tx);
+        let joined = worker
+            .join()
+            .map_err(|_| PipelineError::Options("the model thread panicked".into()))?;
+        // The model's own error explains a "model thread stopped" on this side.
+        let (results, seconds) = joined?;
+        let stats = streamed?;
+        last?;
+        Ok((stats, results, seconds, waiting))
+    })
 }
 
 fn validate_labels(job: &ClassifyJob) -> Result<(), PipelineError> {
