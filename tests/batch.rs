@@ -658,3 +658,62 @@ fn watch_processes_new_scenes_until_stopped() {
     };
     assert!(status.success(), "exit status {status:?}");
 }
+
+#[test]
+fn a_long_scene_keeps_its_claim_alive() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    std::fs::create_dir(d.join("incoming")).expect("mkdir");
+    // 3600 tiles of 64 px: long enough for several renewals at --lease 2 (every second).
+    let status = Command::new("gdal_translate")
+        .args(["-q", "-outsize", "3840", "3840"])
+        .arg(sample())
+        .arg(d.join("incoming/big.tif"))
+        .status()
+        .expect("gdal_translate");
+    assert!(status.success());
+    let model = root().join("sample_data/models/clip-tiny");
+    std::fs::write(
+        d.join("p.toml"),
+        format!(
+            "[input]\nbands = [1, 2, 3]\n[[stage]]\ntask = \"classify\"\nmodel = \"{}\"\nlabels = [\"a\", \"b\"]\n",
+            model.display()
+        ),
+    )
+    .expect("write");
+    run(
+        d,
+        &[
+            "ingest",
+            "incoming",
+            "--pipeline",
+            "p.toml",
+            "--out",
+            "out",
+            "--settle",
+            "0",
+            "--lease",
+            "2",
+            "--quiet",
+        ],
+    )
+    .success();
+    let status = ingest_status(d, "out");
+    let row = &status["scenes"][0];
+    assert_eq!(row["status"], "done", "{status}");
+    let (claimed, finished, seconds) = (
+        row["claimed_at"].as_f64().expect("claimed_at"),
+        row["finished_at"].as_f64().expect("finished_at"),
+        row["seconds"].as_f64().expect("seconds"),
+    );
+    assert!(
+        seconds > 1.5,
+        "the scene took {seconds} s: too short to see a renewal"
+    );
+    // Renewed while it ran: the claim time moved past the start of the scene.
+    assert!(
+        claimed > finished - seconds + 0.9,
+        "claimed_at {claimed}, started {}, finished {finished}",
+        finished - seconds
+    );
+}

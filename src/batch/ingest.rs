@@ -251,38 +251,69 @@ impl IngestJob {
                 error: None,
             };
             tracing::info!(scene = %scene.name, attempt = claim.attempt, "ingesting");
-            let report = process_scene(&self.pipeline, identity, &scene, &self.out, false, ctx);
+            // While the scene runs, its claim is renewed well within the lease, so instances
+            // on other hosts do not take a long scene over.
+            let running = AtomicBool::new(true);
+            let report = std::thread::scope(|s| {
+                s.spawn(|| self.keep_claim(&claim, &owner, &running));
+                let report = process_scene(&self.pipeline, identity, &scene, &self.out, false, ctx);
+                running.store(false, Ordering::SeqCst);
+                report
+            });
             let finished = now();
-            match &report.error {
-                None => db
-                    .finish_ok(
+            let recorded = match &report.error {
+                None => db.finish_ok(
+                    &claim,
+                    &owner,
+                    finished,
+                    report.seconds,
+                    report.output.as_deref().unwrap_or(""),
+                ),
+                Some(e) => db
+                    .finish_err(
                         &claim,
                         &owner,
                         finished,
                         report.seconds,
-                        report.output.as_deref().unwrap_or(""),
+                        e,
+                        report.transient,
+                        &self.retry,
                     )
-                    .map_err(state_err)?,
-                Some(e) => {
-                    let status = db
-                        .finish_err(
-                            &claim,
-                            &owner,
-                            finished,
-                            report.seconds,
-                            e,
-                            report.transient,
-                            &self.retry,
-                        )
-                        .map_err(state_err)?;
-                    tracing::warn!(scene = %scene.name, error = %e, ?status, "scene failed");
+                    .map(|status| {
+                        tracing::warn!(scene = %scene.name, error = %e, ?status, "scene failed");
+                    }),
+            };
+            match recorded {
+                // Taken over meanwhile (this host looked dead to another one): the other
+                // instance records the scene; the output folder is complete either way.
+                Err(super::state::StateError::ClaimLost { .. }) => {
+                    tracing::warn!(scene = %scene.name, "claim taken over by another instance");
                 }
+                r => r.map_err(state_err)?,
             }
             if let Ok(mut all) = reports.lock() {
                 all.push(report);
             }
         }
         Ok(())
+    }
+
+    /// Renew `claim` every quarter lease (1 s to 5 min) until `running` is cleared.
+    fn keep_claim(&self, claim: &super::state::Claim, owner: &Owner, running: &AtomicBool) {
+        let every = (self.lease_seconds / 4.0).clamp(1.0, 300.0);
+        let Ok(db) = self.open_state() else {
+            return;
+        };
+        let mut last = Instant::now();
+        while running.load(Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            if last.elapsed().as_secs_f64() >= every {
+                last = Instant::now();
+                if let Err(e) = db.renew(claim, owner, now()) {
+                    tracing::warn!(path = %claim.path, "cannot renew the claim: {e}");
+                }
+            }
+        }
     }
 
     /// Passes every `interval` seconds until `stop` is set (SIGINT/SIGTERM: the scene in
