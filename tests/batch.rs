@@ -717,3 +717,29 @@ fn a_long_scene_keeps_its_claim_alive() {
         finished - seconds
     );
 }
+
+#[test]
+fn bad_batch_and_ingest_arguments_fail_cleanly_and_write_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    crop(&d.join("scene.tif"), 0, 0, 128);
+    let p = land_cover(d).display().to_string();
+    run(
+        d,
+        &["run", &p, "scene.tif", "--out", "out", "--shard", "3/3"],
+    )
+    .fails_with(&["--shard '3/3'", "0 <= I < N"]);
+    run(d, &["run", &p, "scene.tif", "--out", "out", "--jobs", "0"])
+        .fails_with(&["--jobs must be at least 1"]);
+    run(d, &["run", &p, "--out", "out", "nothing-*.tif"])
+        .fails_with(&["nothing-*.tif", "no file matches"]);
+    std::fs::write(d.join("bad.toml"), "[tiling]\noverlap = -1\n").expect("write");
+    run(d, &["run", "bad.toml", "scene.tif", "--out", "out"]).fails_with(&["bad.toml:2"]);
+    run(
+        d,
+        &["ingest", "scene.tif", "--pipeline", &p, "--out", "out"],
+    )
+    .fails_with(&["scene.tif", "not a folder"]);
+    run(d, &["ingest", "--status", "--out", "out"]).fails_with(&["no state database here"]);
+    assert!(!d.join("out").exists(), "nothing written for bad arguments");
+}
