@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::inputs::{walk, SceneInput, Shard};
+use super::inputs::{safe_name, walk, SceneInput, Shard};
 use super::record::{self, now};
 use super::run::{process_scene, remove_stale_temporaries, Identity, SceneOutcome, SceneReport};
 use super::spec::{JobContext, Pipeline};
@@ -87,23 +87,7 @@ impl IngestJob {
     fn scene_name(&self, path: &Path) -> String {
         let rel = path.strip_prefix(&self.dir).unwrap_or(path);
         let rel = rel.with_extension("");
-        let name: String = rel
-            .display()
-            .to_string()
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        if name.is_empty() || name.starts_with('.') {
-            format!("_{name}")
-        } else {
-            name
-        }
+        safe_name(&rel.display().to_string())
     }
 
     /// Scene files below the folder, with their fingerprints, split into stable and waiting.

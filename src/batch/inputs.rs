@@ -70,7 +70,9 @@ fn stem(path: &str) -> String {
     safe_name(base)
 }
 
-fn safe_name(s: &str) -> String {
+/// `s` with every character but letters, digits, '-', '_' and '.' as '_', never empty or
+/// hidden (a leading '_' then).
+pub(crate) fn safe_name(s: &str) -> String {
     let mut name: String = s
         .chars()
         .map(|c| {
