@@ -4,6 +4,7 @@
 
 mod atomic;
 mod chips;
+pub mod cog;
 pub mod formats;
 mod mosaic;
 mod polygonize;
@@ -12,8 +13,9 @@ mod vector;
 
 pub use atomic::PendingOutput;
 pub use chips::ChipWriter;
+pub use cog::{CogSpec, CogWriter, Resampling};
 pub use formats::VectorFormat;
-pub use mosaic::{polygonize_raster, MosaicWriter};
+pub use mosaic::{polygonize_raster, MosaicSpec, MosaicWriter};
 pub use polygonize::polygonize_classes;
 pub use raster::{class_color, write_cog, Legend, RasterSpec};
 pub use vector::{FieldKind, FieldSpec, FieldValue, GeometryKind, VectorLayerWriter};

@@ -13,7 +13,7 @@ use super::{peak_rss_bytes, progress_bar, stream_model_tiles, PipelineError, Til
 use crate::models::segmentation::{SegFormat, SegmentationModel};
 use crate::output::{
     class_color, polygonize_raster, FieldKind, FieldSpec, FieldValue, GeometryKind, Legend,
-    MosaicWriter, PendingOutput, VectorFormat, VectorLayerWriter,
+    MosaicSpec, MosaicWriter, PendingOutput, VectorFormat, VectorLayerWriter,
 };
 use crate::raster::{OpenOptions, ScalingSpec};
 use crate::runtime::{Runtime, SessionOptions};
@@ -72,7 +72,23 @@ pub struct SegmentReport {
     pub outputs: Vec<String>,
     pub seconds: f64,
     pub model_seconds: f64,
+    /// Wall seconds of each phase: the sweep (read, model, stitch, COG tiles), COG assembly,
+    /// polygonizing, and the vector layer.
+    pub phase_seconds: PhaseSeconds,
     pub peak_rss_bytes: Option<u64>,
+}
+
+/// Wall seconds of the phases of a segmentation run.
+#[derive(Debug, Serialize)]
+pub struct PhaseSeconds {
+    /// Opening the model and scene, reading, inference, stitching, compressing COG tiles.
+    pub sweep: f64,
+    /// Assembling the COGs from their compressed tiles.
+    pub cog: f64,
+    /// Polygons from the class mosaic.
+    pub polygonize: f64,
+    /// Writing the vector layer and committing the outputs.
+    pub vector: f64,
 }
 
 const POLYGON_FIELDS: [FieldSpec; 3] = [
@@ -89,13 +105,6 @@ const POLYGON_FIELDS: [FieldSpec; 3] = [
         kind: FieldKind::Real,
     },
 ];
-
-fn wkb_err(path: &std::path::Path, e: &gdal::errors::GdalError) -> crate::output::OutputError {
-    crate::output::OutputError::Write {
-        path: path.display().to_string(),
-        reason: format!("polygon geometry: {e}"),
-    }
-}
 
 /// Run the job.
 ///
@@ -154,13 +163,33 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
     } else {
         n_classes
     };
+    let legend = Legend {
+        names: classes.clone(),
+        colors: (0..classes.len())
+            .map(|i| {
+                if i == 0 {
+                    [0, 0, 0]
+                } else {
+                    class_color(i - 1)
+                }
+            })
+            .collect(),
+    };
+    // The kept probability bands are the last `prob_bands` classes.
+    let band_names: Vec<String> = classes[classes.len() - prob_bands.min(classes.len())..].to_vec();
+    let dir = pending.path();
+    let classes_out = dir.join("classes.tif");
     let mut writer = MosaicWriter::create(
-        &pending.path(),
-        grid.working_width,
-        grid.working_height,
-        &grid.geotransform,
-        scene.crs_wkt(),
-        prob_bands,
+        &classes_out,
+        &dir.join("probabilities.tif"),
+        &MosaicSpec {
+            width: grid.working_width,
+            height: grid.working_height,
+            geotransform: &grid.geotransform,
+            crs_wkt: scene.crs_wkt(),
+            legend: &legend,
+            prob_bands: if prob_bands > 0 { &band_names } else { &[] },
+        },
     )?;
     let mut stitcher = MaskStitcher::new(&grid, n_classes, job.window, decision);
     if prob_bands == 0 {
@@ -212,49 +241,12 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
     let peak_rows = stitcher.finish(&mut writer)?;
     bar.finish_and_clear();
 
-    let dir = pending.path();
-    let legend = Legend {
-        names: classes.clone(),
-        colors: (0..classes.len())
-            .map(|i| {
-                if i == 0 {
-                    [0, 0, 0]
-                } else {
-                    class_color(i - 1)
-                }
-            })
-            .collect(),
-    };
-    // The kept probability bands are the last `prob_bands` classes.
-    let band_names: Vec<String> = classes[classes.len() - prob_bands.min(classes.len())..].to_vec();
-    let probs_out = dir.join("probabilities.tif");
-    // Polygons of every class but the first (background), from the stitched mosaic, made
-    // while the COGs are written.
-    let (simplify, min_area) = (job.simplify, job.min_area);
-    let (stream_path, polys) = writer.finish(
-        &dir.join("classes.tif"),
-        (prob_bands > 0).then_some(probs_out.as_path()),
-        &legend,
-        &band_names,
-        // GDAL geometries stay on their thread: they cross as WKB.
-        |stream| {
-            polygonize_raster(stream, &[0], simplify, min_area).and_then(|polys| {
-                polys
-                    .into_iter()
-                    .map(|(class, g)| Ok((class, g.wkb().map_err(|e| wkb_err(stream, &e))?)))
-                    .collect::<Result<Vec<_>, crate::output::OutputError>>()
-            })
-        },
-    )?;
-    let _ = std::fs::remove_file(&stream_path);
-    let polys = polys?
-        .into_iter()
-        .map(|(class, wkb)| {
-            gdal::vector::Geometry::from_wkb(&wkb)
-                .map(|g| (class, g))
-                .map_err(|e| wkb_err(&stream_path, &e))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let sweep_done = Instant::now();
+    writer.finish()?;
+    let cog_done = Instant::now();
+    // Polygons of every class but the first (background), from the stitched mosaic.
+    let polys = polygonize_raster(&classes_out, &[0], job.simplify, job.min_area)?;
+    let polygons_done = Instant::now();
     let ext = job.format.extension();
     let mut layer = VectorLayerWriter::create(
         &dir.join(format!("polygons.{ext}")),
@@ -305,6 +297,12 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
         outputs,
         seconds: start.elapsed().as_secs_f64(),
         model_seconds,
+        phase_seconds: PhaseSeconds {
+            sweep: (sweep_done - start).as_secs_f64(),
+            cog: (cog_done - sweep_done).as_secs_f64(),
+            polygonize: (polygons_done - cog_done).as_secs_f64(),
+            vector: polygons_done.elapsed().as_secs_f64(),
+        },
         peak_rss_bytes: peak_rss_bytes(),
     })
 }

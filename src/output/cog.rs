@@ -1,0 +1,1062 @@
+//! A streaming Cloud-Optimised GeoTIFF writer.
+//!
+//! Rows arrive top to bottom (a stitched mosaic is finished row by row); every full strip of
+//! 512 rows is cut into 512 x 512 tiles, DEFLATE-compressed in parallel and appended to a
+//! temporary file per resolution level, while the same rows are decimated into every overview
+//! level on the fly. At the end the COG is assembled by copying the compressed tiles, never
+//! recompressing them: header, GDAL's structural-metadata ghost area, the IFDs (full resolution
+//! first, then the overviews by decreasing size) with their tag data, then the tile data of the
+//! smallest overview first and the full resolution last, each tile with GDAL's 4-byte size
+//! leader and repeated-last-4-bytes trailer. That is the layout GDAL's COG driver writes and
+//! `rio cogeo validate` checks, but the scene is compressed once, by every core, without GDAL's
+//! decompress-recompress copy or overview pass. Classic TIFF, or BigTIFF when the file would
+//! pass 4 GiB. The GeoTIFF keys (CRS, geotransform) come from GDAL itself: a 1 x 1 GeoTIFF
+//! with the same georeferencing is written and its geo tags copied.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use super::{Legend, OutputError, Result};
+use crate::raster::{gdal_reason, GeoTransform};
+
+/// Tile edge in pixels (GDAL's COG default).
+pub const COG_BLOCK: usize = 512;
+
+/// DEFLATE level (GDAL's default).
+const DEFLATE_LEVEL: i32 = 6;
+
+/// The ghost area GDAL writes after the TIFF header of a COG.
+const GHOST_PAYLOAD: &str = "LAYOUT=IFDS_BEFORE_DATA\nBLOCK_ORDER=ROW_MAJOR\nBLOCK_LEADER=SIZE_AS_UINT4\nBLOCK_TRAILER=LAST_4_BYTES_REPEATED\nKNOWN_INCOMPATIBLE_EDITION=NO\n ";
+
+/// How overview pixels are made from the level above.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resampling {
+    /// The top-left pixel of each 2 x 2 block (class rasters), as GDAL picks it.
+    Nearest,
+    /// The mean of a 2 x 2 block's valid pixels (continuous values).
+    Average,
+}
+
+/// A sample type the writer stores.
+pub trait CogSample: Copy + Send + Sync + PartialEq + 'static {
+    /// TIFF BitsPerSample.
+    const BITS: u16;
+    /// TIFF SampleFormat (1 unsigned integer, 3 IEEE float).
+    const FORMAT: u16;
+    /// Append the little-endian bytes of `values`.
+    fn extend_le(values: &[Self], out: &mut Vec<u8>);
+    fn to_f64(self) -> f64;
+    fn from_f64(v: f64) -> Self;
+    /// Whether `self` is missing data (`nodata`, or NaN).
+    fn is_missing(self, nodata: Option<Self>) -> bool;
+}
+
+impl CogSample for u8 {
+    const BITS: u16 = 8;
+    const FORMAT: u16 = 1;
+    fn extend_le(values: &[u8], out: &mut Vec<u8>) {
+        out.extend_from_slice(values);
+    }
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+    fn from_f64(v: f64) -> u8 {
+        v.round().clamp(0.0, 255.0) as u8
+    }
+    fn is_missing(self, nodata: Option<u8>) -> bool {
+        nodata == Some(self)
+    }
+}
+
+impl CogSample for f32 {
+    const BITS: u16 = 32;
+    const FORMAT: u16 = 3;
+    fn extend_le(values: &[f32], out: &mut Vec<u8>) {
+        out.reserve(values.len() * 4);
+        for v in values {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+    fn from_f64(v: f64) -> f32 {
+        v as f32
+    }
+    fn is_missing(self, nodata: Option<f32>) -> bool {
+        self.is_nan() || nodata.is_some_and(|n| n == self)
+    }
+}
+
+/// What to write besides the pixels.
+#[derive(Clone, Copy, Debug)]
+pub struct CogSpec<'a> {
+    pub width: usize,
+    pub height: usize,
+    pub bands: usize,
+    pub geotransform: &'a GeoTransform,
+    pub crs_wkt: Option<&'a str>,
+    /// Nodata value of every band (NaN allowed for floats).
+    pub nodata: Option<f64>,
+    /// Band descriptions (one per band, or fewer).
+    pub descriptions: &'a [String],
+    /// Colour table of a single-band 8-bit class raster.
+    pub legend: Option<&'a Legend>,
+    /// Dataset metadata items.
+    pub metadata: &'a [(String, String)],
+    pub resampling: Resampling,
+}
+
+fn werr(path: &Path, reason: impl std::fmt::Display) -> OutputError {
+    OutputError::Write {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// One resolution level: its strip of rows not yet tiled and its compressed tiles so far.
+struct Level<T> {
+    width: usize,
+    height: usize,
+    rows_in: usize,
+    /// Pixel-interleaved rows of the current strip.
+    strip: Vec<T>,
+    strip_rows: usize,
+    /// An even row waiting for its odd partner to make a row of the next level.
+    pending: Option<Vec<T>>,
+    /// (offset of the data in `file`, byte count), row-major.
+    tiles: Vec<(u64, u32)>,
+    file: BufWriter<File>,
+    file_path: PathBuf,
+    pos: u64,
+}
+
+/// Writes one COG from rows delivered in order. Nothing appears under the target name until
+/// [`CogWriter::finish`] succeeds; dropped unfinished, it removes its temporary files.
+pub struct CogWriter<T: CogSample> {
+    path: PathBuf,
+    tmp_path: PathBuf,
+    bands: usize,
+    nodata: Option<T>,
+    fill: T,
+    resampling: Resampling,
+    levels: Vec<Level<T>>,
+    /// Tags of the full-resolution IFD only (georeferencing, metadata), already encoded.
+    main_tags: Vec<Tag>,
+    /// Tags of every IFD (nodata, colour map).
+    common_tags: Vec<Tag>,
+    photometric: u16,
+    finished: bool,
+}
+
+impl<T: CogSample> std::fmt::Debug for CogWriter<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CogWriter")
+            .field("path", &self.path)
+            .field("levels", &self.levels.len())
+            .finish()
+    }
+}
+
+/// Sizes of the full resolution and of every overview: halved (rounding up) until the level
+/// fits in one tile.
+fn level_sizes(width: usize, height: usize) -> Vec<(usize, usize)> {
+    let mut out = vec![(width, height)];
+    let (mut w, mut h) = (width, height);
+    while w > COG_BLOCK || h > COG_BLOCK {
+        w = w.div_ceil(2);
+        h = h.div_ceil(2);
+        out.push((w, h));
+    }
+    out
+}
+
+impl<T: CogSample> CogWriter<T> {
+    /// Start writing `path` (its folder must exist; temporary files go next to it).
+    ///
+    /// # Errors
+    /// Zero-sized raster, bad band count, unwritable folder, or GDAL failing to encode the
+    /// georeferencing.
+    pub fn create(path: &Path, spec: &CogSpec<'_>) -> Result<CogWriter<T>> {
+        if spec.width == 0 || spec.height == 0 || spec.bands == 0 || spec.bands > 4096 {
+            return Err(werr(
+                path,
+                format!(
+                    "cannot write a {}x{} raster of {} bands",
+                    spec.width, spec.height, spec.bands
+                ),
+            ));
+        }
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "raster.tif".into());
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let nodata = spec.nodata.map(T::from_f64);
+        let fill = nodata.unwrap_or_else(|| T::from_f64(0.0));
+        let (main_tags, common_tags, photometric) = metadata_tags::<T>(path, dir, &name, spec)?;
+        let mut levels = Vec::new();
+        for (k, (w, h)) in level_sizes(spec.width, spec.height).into_iter().enumerate() {
+            let file_path = dir.join(format!(".{name}.level{k}.tmp"));
+            let file = File::create(&file_path).map_err(|e| werr(&file_path, e))?;
+            levels.push(Level {
+                width: w,
+                height: h,
+                rows_in: 0,
+                strip: Vec::with_capacity(COG_BLOCK.min(h) * w * spec.bands),
+                strip_rows: 0,
+                pending: None,
+                tiles: Vec::new(),
+                file: BufWriter::with_capacity(1 << 20, file),
+                file_path,
+                pos: 0,
+            });
+        }
+        Ok(CogWriter {
+            path: path.to_path_buf(),
+            tmp_path: dir.join(format!(".{name}.tmp")),
+            bands: spec.bands,
+            nodata,
+            fill,
+            resampling: spec.resampling,
+            levels,
+            main_tags,
+            common_tags,
+            photometric,
+            finished: false,
+        })
+    }
+
+    /// The next rows, band-sequential: `bands * rows * width` samples.
+    ///
+    /// # Errors
+    /// A length that is not whole rows, more rows than the raster has, or a write failing.
+    pub fn write_rows(&mut self, data: &[T]) -> Result<()> {
+        let (w, b) = (self.levels[0].width, self.bands);
+        if data.len() % (w * b) != 0 {
+            return Err(werr(
+                &self.path,
+                format!(
+                    "{} samples are not whole rows of {w} x {b} bands",
+                    data.len()
+                ),
+            ));
+        }
+        let rows = data.len() / (w * b);
+        if self.levels[0].rows_in + rows > self.levels[0].height {
+            return Err(werr(&self.path, "more rows than the raster has"));
+        }
+        let plane = rows * w;
+        let mut row = Vec::with_capacity(w * b);
+        for r in 0..rows {
+            row.clear();
+            if b == 1 {
+                row.extend_from_slice(&data[r * w..(r + 1) * w]);
+            } else {
+                for x in 0..w {
+                    for band in 0..b {
+                        row.push(data[band * plane + r * w + x]);
+                    }
+                }
+            }
+            self.push_row(0, &row)?;
+        }
+        Ok(())
+    }
+
+    /// Add a pixel-interleaved row to `level`, tiling full strips and feeding the next level.
+    fn push_row(&mut self, level: usize, row: &[T]) -> Result<()> {
+        let bands = self.bands;
+        let (nodata, fill, resampling) = (self.nodata, self.fill, self.resampling);
+        let last_level = level + 1 == self.levels.len();
+        let lv = &mut self.levels[level];
+        lv.strip.extend_from_slice(row);
+        lv.strip_rows += 1;
+        let y = lv.rows_in;
+        lv.rows_in += 1;
+        if lv.strip_rows == COG_BLOCK || lv.rows_in == lv.height {
+            flush_strip(lv, bands, fill)?;
+        }
+        if last_level {
+            return Ok(());
+        }
+        let down = if y % 2 == 0 {
+            let last = lv.rows_in == lv.height;
+            if last {
+                Some(downsample(row, None, lv.width, bands, resampling, nodata))
+            } else {
+                lv.pending = Some(row.to_vec());
+                None
+            }
+        } else {
+            let even = lv.pending.take().unwrap_or_default();
+            Some(downsample(
+                &even,
+                Some(row),
+                lv.width,
+                bands,
+                resampling,
+                nodata,
+            ))
+        };
+        match down {
+            Some(d) => self.push_row(level + 1, &d),
+            None => Ok(()),
+        }
+    }
+
+    /// Write the COG (every row must have been written) and remove the temporary files.
+    ///
+    /// # Errors
+    /// Missing rows, or an I/O failure (nothing is left under the target name then).
+    pub fn finish(mut self) -> Result<()> {
+        let missing = self.levels[0].height - self.levels[0].rows_in;
+        if missing > 0 {
+            return Err(werr(
+                &self.path,
+                format!("{missing} rows were never written"),
+            ));
+        }
+        for lv in &mut self.levels {
+            lv.file.flush().map_err(|e| werr(&lv.file_path, e))?;
+        }
+        let result = self.assemble();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&self.tmp_path);
+        }
+        result?;
+        std::fs::rename(&self.tmp_path, &self.path).map_err(|e| werr(&self.path, e))?;
+        self.finished = true;
+        self.remove_temporaries();
+        Ok(())
+    }
+
+    fn remove_temporaries(&self) {
+        for lv in &self.levels {
+            let _ = std::fs::remove_file(&lv.file_path);
+        }
+        if !self.finished {
+            let _ = std::fs::remove_file(&self.tmp_path);
+        }
+    }
+
+    fn assemble(&self) -> Result<()> {
+        let n = self.levels.len();
+        let data_sizes: Vec<u64> = self.levels.iter().map(|l| l.pos).collect();
+        let data_total: u64 = data_sizes.iter().sum();
+        // Classic TIFF unless offsets would not fit 32 bits (with a generous margin for the
+        // header and IFDs).
+        let tiles_total: u64 = self.levels.iter().map(|l| l.tiles.len() as u64).sum();
+        let big = data_total + tiles_total * 16 + (1 << 20) > u64::from(u32::MAX);
+        let layout = Layout { big };
+        let header_len: u64 = if big { 16 } else { 8 };
+        let ghost = format!(
+            "GDAL_STRUCTURAL_METADATA_SIZE={:06} bytes\n{GHOST_PAYLOAD}",
+            GHOST_PAYLOAD.len()
+        );
+        let mut first_ifd = header_len + ghost.len() as u64;
+        first_ifd += first_ifd % 2;
+        // IFD sizes do not depend on the offsets they hold: lay them out with zero offsets
+        // first, then place the data after them.
+        let mut ifd_offsets = Vec::with_capacity(n);
+        let mut at = first_ifd;
+        for k in 0..n {
+            ifd_offsets.push(at);
+            let tags = self.ifd_tags(k, &vec![0; self.levels[k].tiles.len()], big);
+            at += layout.ifd_len(&tags);
+        }
+        // Tile data: smallest overview first, full resolution last.
+        let mut level_base = vec![0u64; n];
+        let mut data_at = at;
+        for k in (0..n).rev() {
+            level_base[k] = data_at;
+            data_at += data_sizes[k];
+        }
+        let tmp = &self.tmp_path;
+        let file = File::create(tmp).map_err(|e| werr(tmp, e))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        let mut head = Vec::new();
+        if big {
+            head.extend_from_slice(b"II");
+            head.extend_from_slice(&43u16.to_le_bytes());
+            head.extend_from_slice(&8u16.to_le_bytes());
+            head.extend_from_slice(&0u16.to_le_bytes());
+            head.extend_from_slice(&first_ifd.to_le_bytes());
+        } else {
+            head.extend_from_slice(b"II");
+            head.extend_from_slice(&42u16.to_le_bytes());
+            head.extend_from_slice(&(first_ifd as u32).to_le_bytes());
+        }
+        head.extend_from_slice(ghost.as_bytes());
+        head.resize(first_ifd as usize, 0);
+        for k in 0..n {
+            let offsets: Vec<u64> = self.levels[k]
+                .tiles
+                .iter()
+                .map(|(o, _)| level_base[k] + o)
+                .collect();
+            let tags = self.ifd_tags(k, &offsets, big);
+            let next = if k + 1 < n { ifd_offsets[k + 1] } else { 0 };
+            debug_assert_eq!(head.len() as u64, ifd_offsets[k]);
+            layout.encode_ifd(&tags, ifd_offsets[k], next, &mut head);
+        }
+        out.write_all(&head).map_err(|e| werr(tmp, e))?;
+        for k in (0..n).rev() {
+            let lv = &self.levels[k];
+            let mut f = File::open(&lv.file_path).map_err(|e| werr(&lv.file_path, e))?;
+            f.seek(std::io::SeekFrom::Start(0))
+                .map_err(|e| werr(&lv.file_path, e))?;
+            let copied =
+                std::io::copy(&mut (&mut f).take(lv.pos), &mut out).map_err(|e| werr(tmp, e))?;
+            if copied != lv.pos {
+                return Err(werr(&lv.file_path, "temporary tile file was truncated"));
+            }
+        }
+        let file = out.into_inner().map_err(|e| werr(tmp, e.error()))?;
+        file.sync_all().map_err(|e| werr(tmp, e))
+    }
+
+    /// The tags of level `k`'s IFD with these tile offsets.
+    fn ifd_tags(&self, k: usize, offsets: &[u64], big: bool) -> Vec<Tag> {
+        let lv = &self.levels[k];
+        let b = self.bands;
+        let mut tags = vec![
+            Tag::long(254, &[u32::from(k > 0)]),
+            Tag::long(256, &[lv.width as u32]),
+            Tag::long(257, &[lv.height as u32]),
+            Tag::short(258, &vec![T::BITS; b]),
+            Tag::short(259, &[8]),
+            Tag::short(262, &[self.photometric]),
+            Tag::short(277, &[b as u16]),
+            Tag::short(284, &[1]),
+            Tag::short(322, &[COG_BLOCK as u16]),
+            Tag::short(323, &[COG_BLOCK as u16]),
+            if big {
+                Tag::long8(324, offsets)
+            } else {
+                Tag::long(324, &offsets.iter().map(|&o| o as u32).collect::<Vec<_>>())
+            },
+            Tag::long(325, &lv.tiles.iter().map(|t| t.1).collect::<Vec<_>>()),
+            Tag::short(339, &vec![T::FORMAT; b]),
+        ];
+        if b > 1 && self.photometric == 1 {
+            tags.push(Tag::short(338, &vec![0; b - 1]));
+        }
+        tags.extend(self.common_tags.iter().cloned());
+        if k == 0 {
+            tags.extend(self.main_tags.iter().cloned());
+        }
+        tags.sort_by_key(|t| t.tag);
+        tags
+    }
+}
+
+impl<T: CogSample> Drop for CogWriter<T> {
+    fn drop(&mut self) {
+        self.remove_temporaries();
+    }
+}
+
+/// Cut the level's strip into tiles, compress them in parallel and append them to its file.
+fn flush_strip<T: CogSample>(lv: &mut Level<T>, bands: usize, fill: T) -> Result<()> {
+    let (w, rows) = (lv.width, lv.strip_rows);
+    let cols = w.div_ceil(COG_BLOCK);
+    let strip = &lv.strip;
+    let compressed: Vec<Vec<u8>> = (0..cols)
+        .into_par_iter()
+        .map(|tx| {
+            let x0 = tx * COG_BLOCK;
+            let tw = COG_BLOCK.min(w - x0);
+            let mut tile = vec![fill; COG_BLOCK * COG_BLOCK * bands];
+            for r in 0..rows {
+                let src = &strip[(r * w + x0) * bands..(r * w + x0 + tw) * bands];
+                tile[r * COG_BLOCK * bands..(r * COG_BLOCK + tw) * bands].copy_from_slice(src);
+            }
+            let mut raw = Vec::new();
+            T::extend_le(&tile, &mut raw);
+            deflate(&raw)
+        })
+        .collect();
+    for data in compressed {
+        let len = data.len() as u32;
+        lv.file
+            .write_all(&len.to_le_bytes())
+            .and_then(|()| lv.file.write_all(&data))
+            .and_then(|()| lv.file.write_all(&data[data.len().saturating_sub(4)..]))
+            .map_err(|e| werr(&lv.file_path, e))?;
+        lv.tiles.push((lv.pos + 4, len));
+        lv.pos += 4 + u64::from(len) + data.len().min(4) as u64;
+    }
+    lv.strip.clear();
+    lv.strip_rows = 0;
+    Ok(())
+}
+
+fn deflate(raw: &[u8]) -> Vec<u8> {
+    thread_local! {
+        static COMPRESSOR: std::cell::RefCell<Option<libdeflater::Compressor>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        let comp = c.get_or_insert_with(|| {
+            libdeflater::Compressor::new(
+                libdeflater::CompressionLvl::new(DEFLATE_LEVEL)
+                    .unwrap_or_else(|_| libdeflater::CompressionLvl::default()),
+            )
+        });
+        let mut out = vec![0u8; comp.zlib_compress_bound(raw.len())];
+        // The bound always suffices; a failure cannot happen with it.
+        let n = comp.zlib_compress(raw, &mut out).unwrap_or(0);
+        out.truncate(n);
+        out
+    })
+}
+
+/// A row of the next level from an even row and its odd partner (absent at an odd height's
+/// last row): pixel `j` comes from columns `2j` and `2j + 1` (when present). Nearest takes
+/// the block's top-left pixel, as GDAL's COG driver does (so overviews equal GDAL's).
+fn downsample<T: CogSample>(
+    even: &[T],
+    odd: Option<&[T]>,
+    width: usize,
+    bands: usize,
+    resampling: Resampling,
+    nodata: Option<T>,
+) -> Vec<T> {
+    let out_w = width.div_ceil(2);
+    let mut out = Vec::with_capacity(out_w * bands);
+    match resampling {
+        Resampling::Nearest => {
+            // The top-left pixel of each block, as GDAL's COG driver picks it.
+            for j in 0..out_w {
+                let x = 2 * j;
+                out.extend_from_slice(&even[x * bands..(x + 1) * bands]);
+            }
+        }
+        Resampling::Average => {
+            let missing = nodata.unwrap_or_else(|| T::from_f64(f64::NAN));
+            for j in 0..out_w {
+                for b in 0..bands {
+                    let (mut sum, mut count) = (0.0, 0u32);
+                    for row in std::iter::once(even).chain(odd) {
+                        for x in [2 * j, 2 * j + 1] {
+                            if x < width {
+                                let v = row[x * bands + b];
+                                if !v.is_missing(nodata) {
+                                    sum += v.to_f64();
+                                    count += 1;
+                                }
+                            }
+                        }
+                    }
+                    out.push(if count == 0 {
+                        missing
+                    } else {
+                        T::from_f64(sum / f64::from(count))
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A TIFF tag with its value already encoded (little-endian).
+#[derive(Clone, Debug)]
+struct Tag {
+    tag: u16,
+    kind: u16,
+    count: u64,
+    bytes: Vec<u8>,
+}
+
+impl Tag {
+    fn short(tag: u16, v: &[u16]) -> Tag {
+        Tag {
+            tag,
+            kind: 3,
+            count: v.len() as u64,
+            bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        }
+    }
+    fn long(tag: u16, v: &[u32]) -> Tag {
+        Tag {
+            tag,
+            kind: 4,
+            count: v.len() as u64,
+            bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        }
+    }
+    fn long8(tag: u16, v: &[u64]) -> Tag {
+        Tag {
+            tag,
+            kind: 16,
+            count: v.len() as u64,
+            bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        }
+    }
+    fn ascii(tag: u16, s: &str) -> Tag {
+        let mut bytes = s.as_bytes().to_vec();
+        bytes.push(0);
+        Tag {
+            tag,
+            kind: 2,
+            count: bytes.len() as u64,
+            bytes,
+        }
+    }
+}
+
+/// Classic TIFF or BigTIFF IFD encoding.
+struct Layout {
+    big: bool,
+}
+
+impl Layout {
+    fn inline_len(&self) -> usize {
+        if self.big {
+            8
+        } else {
+            4
+        }
+    }
+    fn entry_len(&self) -> u64 {
+        if self.big {
+            20
+        } else {
+            12
+        }
+    }
+    /// Bytes of an IFD with its out-of-line values (each on an even offset).
+    fn ifd_len(&self, tags: &[Tag]) -> u64 {
+        let fixed = if self.big { 8 + 8 } else { 2 + 4 };
+        let mut len = fixed + self.entry_len() * tags.len() as u64;
+        for t in tags {
+            if t.bytes.len() > self.inline_len() {
+                len += t.bytes.len() as u64;
+                len += len % 2;
+            }
+        }
+        len
+    }
+    fn encode_ifd(&self, tags: &[Tag], at: u64, next: u64, out: &mut Vec<u8>) {
+        let fixed = if self.big { 8 + 8 } else { 2 + 4 };
+        let mut extra_at = at + fixed + self.entry_len() * tags.len() as u64;
+        let mut extra = Vec::new();
+        if self.big {
+            out.extend_from_slice(&(tags.len() as u64).to_le_bytes());
+        } else {
+            out.extend_from_slice(&(tags.len() as u16).to_le_bytes());
+        }
+        for t in tags {
+            out.extend_from_slice(&t.tag.to_le_bytes());
+            out.extend_from_slice(&t.kind.to_le_bytes());
+            if self.big {
+                out.extend_from_slice(&t.count.to_le_bytes());
+            } else {
+                out.extend_from_slice(&(t.count as u32).to_le_bytes());
+            }
+            let mut value = vec![0u8; self.inline_len()];
+            if t.bytes.len() <= self.inline_len() {
+                value[..t.bytes.len()].copy_from_slice(&t.bytes);
+            } else {
+                if self.big {
+                    value.copy_from_slice(&extra_at.to_le_bytes());
+                } else {
+                    value.copy_from_slice(&(extra_at as u32).to_le_bytes());
+                }
+                extra.extend_from_slice(&t.bytes);
+                extra_at += t.bytes.len() as u64;
+                if extra_at % 2 == 1 {
+                    extra.push(0);
+                    extra_at += 1;
+                }
+            }
+            out.extend_from_slice(&value);
+        }
+        if self.big {
+            out.extend_from_slice(&next.to_le_bytes());
+        } else {
+            out.extend_from_slice(&(next as u32).to_le_bytes());
+        }
+        out.extend_from_slice(&extra);
+    }
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Nodata text as GDAL writes it in the GDAL_NODATA tag.
+fn nodata_text(v: f64) -> String {
+    if v.is_nan() {
+        "nan".into()
+    } else if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
+}
+
+/// The georeferencing tags GDAL writes for `spec` (from a 1 x 1 GeoTIFF it writes in `dir`),
+/// GDAL_METADATA, and the tags of every IFD (nodata, colour map), with the photometric
+/// interpretation.
+fn metadata_tags<T: CogSample>(
+    path: &Path,
+    dir: &Path,
+    name: &str,
+    spec: &CogSpec<'_>,
+) -> Result<(Vec<Tag>, Vec<Tag>, u16)> {
+    let mut main = geo_tags(path, dir, name, spec)?;
+    let mut items = String::new();
+    for (k, v) in spec.metadata {
+        items.push_str(&format!(
+            "  <Item name=\"{}\">{}</Item>\n",
+            xml_escape(k),
+            xml_escape(v)
+        ));
+    }
+    for (b, d) in spec.descriptions.iter().enumerate().take(spec.bands) {
+        items.push_str(&format!(
+            "  <Item name=\"DESCRIPTION\" sample=\"{b}\" role=\"description\">{}</Item>\n",
+            xml_escape(d)
+        ));
+    }
+    if !items.is_empty() {
+        main.push(Tag::ascii(
+            42112,
+            &format!("<GDALMetadata>\n{items}</GDALMetadata>\n"),
+        ));
+    }
+    let mut common = Vec::new();
+    if let Some(nd) = spec.nodata {
+        common.push(Tag::ascii(42113, &nodata_text(nd)));
+    }
+    let mut photometric = 1;
+    if let Some(legend) = spec.legend {
+        if spec.bands == 1 && T::BITS == 8 {
+            photometric = 3;
+            let mut map = vec![0u16; 3 * 256];
+            for (i, c) in legend.colors.iter().enumerate().take(256) {
+                for ch in 0..3 {
+                    map[ch * 256 + i] = u16::from(c[ch]) * 257;
+                }
+            }
+            common.push(Tag::short(320, &map));
+        }
+    }
+    Ok((main, common, photometric))
+}
+
+/// GeoTIFF tags (model pixel scale, tiepoint or transformation, geokeys and their
+/// parameters) for the spec's geotransform and CRS, as GDAL encodes them.
+fn geo_tags(path: &Path, dir: &Path, name: &str, spec: &CogSpec<'_>) -> Result<Vec<Tag>> {
+    crate::raster::init_gdal();
+    let probe = dir.join(format!(".{name}.georef.tmp.tif"));
+    let e = |err: gdal::errors::GdalError| werr(path, gdal_reason(&err));
+    {
+        let driver = gdal::DriverManager::get_driver_by_name("GTiff").map_err(e)?;
+        let mut ds = driver
+            .create_with_band_type::<u8, _>(&probe, 1, 1, 1)
+            .map_err(e)?;
+        ds.set_geo_transform(&spec.geotransform.0).map_err(e)?;
+        if let Some(wkt) = spec.crs_wkt {
+            ds.set_projection(wkt).map_err(e)?;
+        }
+        ds.close().map_err(e)?;
+    }
+    let bytes = std::fs::read(&probe);
+    let _ = std::fs::remove_file(&probe);
+    let _ = std::fs::remove_file(probe.with_extension("tif.aux.xml"));
+    let bytes = bytes.map_err(|err| werr(&probe, err))?;
+    let tags = read_classic_tags(&bytes)
+        .ok_or_else(|| werr(path, "could not read the georeferencing GDAL wrote"))?;
+    Ok(tags
+        .into_iter()
+        .filter(|t| matches!(t.tag, 33550 | 33922 | 34264 | 34735 | 34736 | 34737))
+        .collect())
+}
+
+/// The tags of the first IFD of a little-endian classic TIFF.
+fn read_classic_tags(b: &[u8]) -> Option<Vec<Tag>> {
+    let u16_at = |o: usize| Some(u16::from_le_bytes(b.get(o..o + 2)?.try_into().ok()?));
+    let u32_at = |o: usize| Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?));
+    if b.get(0..2)? != b"II" || u16_at(2)? != 42 {
+        return None;
+    }
+    let ifd = u32_at(4)? as usize;
+    let n = u16_at(ifd)? as usize;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let e = ifd + 2 + 12 * i;
+        let (tag, kind, count) = (u16_at(e)?, u16_at(e + 2)?, u32_at(e + 4)? as usize);
+        let size = match kind {
+            1 | 2 | 6 | 7 => 1,
+            3 | 8 => 2,
+            4 | 9 | 11 => 4,
+            5 | 10 | 12 | 16 => 8,
+            _ => return None,
+        } * count;
+        let start = if size <= 4 {
+            e + 8
+        } else {
+            u32_at(e + 8)? as usize
+        };
+        out.push(Tag {
+            tag,
+            kind,
+            count: count as u64,
+            bytes: b.get(start..start + size)?.to_vec(),
+        });
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gdal::{Dataset, Metadata};
+
+    fn wkt() -> String {
+        gdal::spatial_ref::SpatialRef::from_epsg(32633)
+            .expect("srs")
+            .to_wkt()
+            .expect("wkt")
+    }
+
+    #[test]
+    fn overview_sizes_halve_until_one_tile() {
+        assert_eq!(level_sizes(300, 200), vec![(300, 200)]);
+        assert_eq!(
+            level_sizes(2000, 1100),
+            vec![(2000, 1100), (1000, 550), (500, 275)]
+        );
+        assert_eq!(level_sizes(513, 10), vec![(513, 10), (257, 5)]);
+    }
+
+    #[test]
+    fn nearest_and_average_downsampling() {
+        // 3 columns, 1 band: nearest takes the top-left pixel of each 2 x 2 block.
+        let even = [1u8, 2, 3];
+        let odd = [4u8, 5, 6];
+        let d = downsample(&even, Some(&odd), 3, 1, Resampling::Nearest, None);
+        assert_eq!(d, vec![1, 3]);
+        let d = downsample(&even, None, 3, 1, Resampling::Nearest, None);
+        assert_eq!(d, vec![1, 3]);
+        let e = [1.0f32, f32::NAN, 3.0];
+        let o = [3.0f32, f32::NAN, f32::NAN];
+        let d = downsample(&e, Some(&o), 3, 1, Resampling::Average, None);
+        assert_eq!(d[0], 2.0);
+        assert_eq!(d[1], 3.0);
+        let all_nan = [f32::NAN; 2];
+        let d = downsample(&all_nan, None, 2, 1, Resampling::Average, None);
+        assert!(d[0].is_nan());
+    }
+
+    /// A raster big enough for two overview levels and partial edge tiles, written in uneven
+    /// row chunks, reads back through GDAL pixel for pixel with its georeferencing, nodata,
+    /// colour table, description, metadata and overviews; GDAL sees a COG layout.
+    #[test]
+    fn classes_round_trip_through_gdal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("classes.tif");
+        let (w, h) = (1100usize, 1030usize);
+        let data: Vec<u8> = (0..w * h)
+            .map(|i| {
+                let (x, y) = (i % w, i / w);
+                if (x / 7 + y / 5) % 3 == 0 {
+                    255
+                } else {
+                    ((x * 3 + y) % 4) as u8
+                }
+            })
+            .collect();
+        let gt = GeoTransform([500_000.0, 0.5, 0.0, 4_600_000.0, 0.0, -0.5]);
+        let wkt = wkt();
+        let legend = Legend {
+            names: vec!["bg".into(), "a".into(), "b".into(), "c".into()],
+            colors: vec![[0, 0, 0], [200, 10, 10], [10, 200, 10], [10, 10, 200]],
+        };
+        let spec = CogSpec {
+            width: w,
+            height: h,
+            bands: 1,
+            geotransform: &gt,
+            crs_wkt: Some(&wkt),
+            nodata: Some(255.0),
+            descriptions: &["class".to_string()],
+            legend: Some(&legend),
+            metadata: &[("TESSERA_CLASSES".into(), "bg,a,b,c".into())],
+            resampling: Resampling::Nearest,
+        };
+        let mut cog = CogWriter::<u8>::create(&path, &spec).expect("create");
+        let mut y = 0;
+        for chunk in [1usize, 7, 300, 512, 210] {
+            cog.write_rows(&data[y * w..(y + chunk) * w]).expect("rows");
+            y += chunk;
+        }
+        assert_eq!(y, h);
+        cog.finish().expect("finish");
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["classes.tif".to_string()], "temporaries left");
+
+        let ds = Dataset::open(&path).expect("open");
+        assert_eq!(ds.raster_size(), (w, h));
+        assert_eq!(ds.geo_transform().expect("gt"), gt.0);
+        let srs = ds.spatial_ref().expect("srs");
+        assert_eq!(srs.auth_code().expect("code"), 32633);
+        assert_eq!(
+            ds.metadata_item("LAYOUT", "IMAGE_STRUCTURE").as_deref(),
+            Some("COG")
+        );
+        assert_eq!(
+            ds.metadata_item("COMPRESSION", "IMAGE_STRUCTURE")
+                .as_deref(),
+            Some("DEFLATE")
+        );
+        assert_eq!(
+            ds.metadata_item("TESSERA_CLASSES", "").as_deref(),
+            Some("bg,a,b,c")
+        );
+        let band = ds.rasterband(1).expect("band");
+        assert_eq!(band.description().expect("desc"), "class");
+        assert_eq!(band.no_data_value(), Some(255.0));
+        assert_eq!(band.block_size(), (512, 512));
+        let ct = band.color_table().expect("colour table");
+        let c = ct.entry_as_rgb(2).expect("entry");
+        assert_eq!((c.r, c.g, c.b), (10, 200, 10));
+        let got = band
+            .read_as::<u8>((0, 0), (w, h), (w, h), None)
+            .expect("read");
+        assert!(got.data() == &data[..], "pixels differ");
+        assert_eq!(band.overview_count().expect("ovr"), 2);
+        let o1 = band.overview(0).expect("overview");
+        assert_eq!(o1.size(), (550, 515));
+        let got = o1
+            .read_as::<u8>((0, 0), (550, 515), (550, 515), None)
+            .expect("read");
+        for (j, i) in [(0usize, 0usize), (10, 3), (549, 514), (200, 100)] {
+            let (sx, sy) = (2 * j, 2 * i);
+            assert_eq!(
+                got.data()[i * 550 + j],
+                data[sy * w + sx],
+                "overview ({j},{i})"
+            );
+        }
+        let o2 = band.overview(1).expect("overview");
+        assert_eq!(o2.size(), (275, 258));
+    }
+
+    #[test]
+    fn float_bands_with_nan_nodata_round_trip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("probabilities.tif");
+        let (w, h, b) = (700usize, 600usize, 2usize);
+        let mut data = vec![0f32; b * w * h];
+        for band in 0..b {
+            for i in 0..w * h {
+                data[band * w * h + i] = if i % 97 == 0 {
+                    f32::NAN
+                } else {
+                    (i % 1000) as f32 / 1000.0 + band as f32
+                };
+            }
+        }
+        let gt = GeoTransform([10.0, 2.0, 0.0, 20.0, 0.0, -2.0]);
+        let wkt = wkt();
+        let spec = CogSpec {
+            width: w,
+            height: h,
+            bands: b,
+            geotransform: &gt,
+            crs_wkt: Some(&wkt),
+            nodata: Some(f64::NAN),
+            descriptions: &["p1".to_string(), "p2".to_string()],
+            legend: None,
+            metadata: &[],
+            resampling: Resampling::Average,
+        };
+        let mut cog = CogWriter::<f32>::create(&path, &spec).expect("create");
+        // Band-sequential chunks of 250, 250 and 100 rows.
+        let mut y = 0;
+        for chunk in [250usize, 250, 100] {
+            let mut part = Vec::new();
+            for band in 0..b {
+                part.extend_from_slice(&data[band * w * h + y * w..band * w * h + (y + chunk) * w]);
+            }
+            cog.write_rows(&part).expect("rows");
+            y += chunk;
+        }
+        cog.finish().expect("finish");
+        let ds = Dataset::open(&path).expect("open");
+        assert_eq!(ds.raster_count(), 2);
+        for band in 0..b {
+            let rb = ds.rasterband(band + 1).expect("band");
+            assert_eq!(rb.description().expect("d"), format!("p{}", band + 1));
+            assert!(rb.no_data_value().expect("nodata").is_nan());
+            let got = rb
+                .read_as::<f32>((0, 0), (w, h), (w, h), None)
+                .expect("read");
+            let want = &data[band * w * h..(band + 1) * w * h];
+            for (g, e) in got.data().iter().zip(want) {
+                assert!(g == e || (g.is_nan() && e.is_nan()));
+            }
+            assert_eq!(rb.overview_count().expect("ovr"), 1);
+            let o = rb.overview(0).expect("o");
+            assert_eq!(o.size(), (350, 300));
+            let od = o
+                .read_as::<f32>((0, 0), (350, 300), (350, 300), None)
+                .expect("r");
+            // Pixel (1, 1) of the overview is the mean of the valid pixels of its block.
+            let vals: Vec<f32> = [(2, 2), (3, 2), (2, 3), (3, 3)]
+                .iter()
+                .map(|&(x, y)| want[y * w + x])
+                .filter(|v| !v.is_nan())
+                .collect();
+            let mean = vals.iter().sum::<f32>() / vals.len() as f32;
+            assert!((od.data()[350 + 1] - mean).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn unfinished_writer_leaves_nothing_and_short_input_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.tif");
+        let gt = GeoTransform([0.0, 1.0, 0.0, 0.0, 0.0, -1.0]);
+        let spec = CogSpec {
+            width: 10,
+            height: 10,
+            bands: 1,
+            geotransform: &gt,
+            crs_wkt: None,
+            nodata: None,
+            descriptions: &[],
+            legend: None,
+            metadata: &[],
+            resampling: Resampling::Nearest,
+        };
+        let mut cog = CogWriter::<u8>::create(&path, &spec).expect("create");
+        assert!(cog.write_rows(&[0u8; 15]).is_err(), "not whole rows");
+        cog.write_rows(&[1u8; 50]).expect("rows");
+        let err = cog.finish().expect_err("rows missing");
+        assert!(
+            err.to_string().contains("5 rows were never written"),
+            "{err}"
+        );
+        let left: Vec<_> = std::fs::read_dir(dir.path()).expect("ls").collect();
+        assert!(left.is_empty(), "{left:?}");
+        let cog = CogWriter::<u8>::create(&path, &spec).expect("create");
+        drop(cog);
+        assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 0);
+    }
+}
