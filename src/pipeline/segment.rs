@@ -78,6 +78,14 @@ pub struct SegmentReport {
     pub peak_rss_bytes: Option<u64>,
 }
 
+/// What the stitching thread receives, in tile order.
+enum StitchWork {
+    /// A tile with no valid pixel (nothing predicted; its rows may now be final).
+    Skipped(Tile),
+    /// A batch's tiles (with their valid masks) and the model's class probabilities.
+    Batch(Vec<(Tile, Vec<u8>)>, ndarray::Array4<f32>),
+}
+
 /// Wall seconds of the phases of a segmentation run.
 #[derive(Debug, Serialize)]
 pub struct PhaseSeconds {
@@ -199,50 +207,80 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
     let mut batch = TileBatch::<(Tile, Vec<u8>)>::new(job.batch_size, size);
     let mut model_seconds = 0.0;
     let bar = progress_bar(grid.len(), job.progress, "segmenting");
-    let mut run_batch = |batch: &mut TileBatch<(Tile, Vec<u8>)>,
-                         model: &mut SegmentationModel,
-                         stitcher: &mut MaskStitcher,
-                         writer: &mut MosaicWriter|
-     -> Result<(), PipelineError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let (pixels, tiles) = batch.take();
-        let n = tiles.len();
-        let t = Instant::now();
-        let probs = model.predict(pixels)?;
-        model_seconds += t.elapsed().as_secs_f64();
-        for (k, (tile, valid)) in tiles.into_iter().enumerate() {
-            let p = probs.slice(s![k, .., .., ..]);
-            let p = p.as_standard_layout();
-            let slice = p
-                .as_slice()
-                .ok_or_else(|| PipelineError::Options("non-contiguous probabilities".into()))?;
-            stitcher.add(&tile, Some(slice), &valid, writer)?;
-        }
-        bar.inc(n as u64);
-        Ok(())
-    };
     let feed = job.feed.take();
-    let stats = stream_model_tiles(feed, &scene, &grid, &job.read, &scaling, &norm, |t| {
-        if t.pixels.is_empty() {
-            // A skipped tile: nothing to predict, but its rows may now be final.
-            bar.inc(1);
-            return stitcher
-                .add(&t.tile, None, &[], &mut writer)
-                .map_err(PipelineError::from);
+    // The model runs on this thread while a stitching thread blends the previous batch into
+    // the mosaic and compresses the finished rows into the COGs (they overlap; messages
+    // keep the tiles' order).
+    let (to_stitch, stitch_rx) = std::sync::mpsc::sync_channel::<StitchWork>(2);
+    let (stats, (peak_rows, cog_seconds)) = std::thread::scope(|scope| {
+        let stitching = scope.spawn(move || -> Result<(usize, f64), PipelineError> {
+            for work in stitch_rx {
+                match work {
+                    StitchWork::Skipped(tile) => stitcher.add(&tile, None, &[], &mut writer)?,
+                    StitchWork::Batch(tiles, probs) => {
+                        for (k, (tile, valid)) in tiles.into_iter().enumerate() {
+                            let p = probs.slice(s![k, .., .., ..]);
+                            let p = p.as_standard_layout();
+                            let slice = p.as_slice().ok_or_else(|| {
+                                PipelineError::Options("non-contiguous probabilities".into())
+                            })?;
+                            stitcher.add(&tile, Some(slice), &valid, &mut writer)?;
+                        }
+                    }
+                }
+            }
+            let peak = stitcher.finish(&mut writer)?;
+            let t = Instant::now();
+            writer.finish()?;
+            Ok((peak, t.elapsed().as_secs_f64()))
+        });
+        // A failed send means the stitching thread stopped on an error: joining reports it.
+        let stitch_gone = || PipelineError::Options("the stitching thread stopped".into());
+        let mut run_batch = |batch: &mut TileBatch<(Tile, Vec<u8>)>,
+                             model: &mut SegmentationModel|
+         -> Result<(), PipelineError> {
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let (pixels, tiles) = batch.take();
+            let n = tiles.len();
+            let t = Instant::now();
+            let probs = model.predict(pixels)?;
+            model_seconds += t.elapsed().as_secs_f64();
+            to_stitch
+                .send(StitchWork::Batch(tiles, probs))
+                .map_err(|_| stitch_gone())?;
+            bar.inc(n as u64);
+            Ok(())
+        };
+        let swept = stream_model_tiles(feed, &scene, &grid, &job.read, &scaling, &norm, |t| {
+            if t.pixels.is_empty() {
+                // A skipped tile: nothing to predict, but its rows may now be final.
+                bar.inc(1);
+                return to_stitch
+                    .send(StitchWork::Skipped(t.tile.clone()))
+                    .map_err(|_| stitch_gone());
+            }
+            if batch.push(&t.pixels, (t.tile.clone(), t.valid.to_vec())) {
+                run_batch(&mut batch, &mut model)?;
+            }
+            Ok(())
+        })
+        .and_then(|stats| run_batch(&mut batch, &mut model).map(|()| stats));
+        drop(to_stitch);
+        let stitched = stitching
+            .join()
+            .map_err(|_| PipelineError::Options("the stitching thread panicked".into()))?;
+        // The stitching thread's own error explains a failed send better than the send.
+        match (swept, stitched) {
+            (_, Err(e)) => Err(e),
+            (Err(e), Ok(_)) => Err(e),
+            (Ok(stats), Ok(peak)) => Ok((stats, peak)),
         }
-        if batch.push(&t.pixels, (t.tile.clone(), t.valid.to_vec())) {
-            run_batch(&mut batch, &mut model, &mut stitcher, &mut writer)?;
-        }
-        Ok(())
     })?;
-    run_batch(&mut batch, &mut model, &mut stitcher, &mut writer)?;
-    let peak_rows = stitcher.finish(&mut writer)?;
     bar.finish_and_clear();
 
-    let sweep_done = Instant::now();
-    writer.finish()?;
+    // The COGs were assembled at the end of the sweep, on the stitching thread.
     let cog_done = Instant::now();
     // Polygons of every class but the first (background), from the stitched mosaic.
     let polys = polygonize_raster(&classes_out, &[0], job.simplify, job.min_area)?;
@@ -298,8 +336,8 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
         seconds: start.elapsed().as_secs_f64(),
         model_seconds,
         phase_seconds: PhaseSeconds {
-            sweep: (sweep_done - start).as_secs_f64(),
-            cog: (cog_done - sweep_done).as_secs_f64(),
+            sweep: (cog_done - start).as_secs_f64() - cog_seconds,
+            cog: cog_seconds,
             polygonize: (polygons_done - cog_done).as_secs_f64(),
             vector: polygons_done.elapsed().as_secs_f64(),
         },

@@ -80,6 +80,7 @@ pub enum Decision {
 }
 
 struct RowAcc {
+    /// Weighted sums of the accumulated channels, channel-major (`channels * width`).
     scores: Vec<f32>,
     weight: Vec<f32>,
 }
@@ -97,9 +98,14 @@ pub struct MaskStitcher {
     tiles_done: Vec<usize>,
     next_tile_row: usize,
     rows: VecDeque<RowAcc>,
+    /// Finished rows' buffers, reused (zeroed) for new rows.
+    spare: Vec<RowAcc>,
     first_row: usize,
     peak_rows: usize,
     keep_probs: bool,
+    /// The model channels accumulated: every class when probabilities are kept, else only
+    /// those the decision reads (class 1 for a threshold, the prompts for prompted models).
+    channels: Vec<usize>,
 }
 
 impl std::fmt::Debug for MaskStitcher {
@@ -133,16 +139,23 @@ impl MaskStitcher {
             tiles_done: vec![0; grid.rows()],
             next_tile_row: 0,
             rows: VecDeque::new(),
+            spare: Vec::new(),
             first_row: 0,
             peak_rows: 0,
             keep_probs: true,
+            channels: (0..classes).collect(),
         }
     }
 
     /// Hand the sink class values only (an empty probability slice): cheaper when no
-    /// probability raster is written.
+    /// probability raster is written, since only the channels the decision reads are blended.
     pub fn without_probabilities(mut self) -> MaskStitcher {
         self.keep_probs = false;
+        self.channels = match self.decision {
+            Decision::Argmax => (0..self.classes).collect(),
+            Decision::Threshold(_) => vec![1.min(self.classes.saturating_sub(1))],
+            Decision::Prompts(_) => (1..self.classes).collect(),
+        };
         self
     }
 
@@ -152,11 +165,20 @@ impl MaskStitcher {
     }
 
     fn ensure_rows(&mut self, end: usize) {
+        let len = self.channels.len() * self.width;
         while self.first_row + self.rows.len() < end {
-            self.rows.push_back(RowAcc {
-                scores: vec![0.0; self.classes * self.width],
-                weight: vec![0.0; self.width],
-            });
+            let row = match self.spare.pop() {
+                Some(mut r) => {
+                    r.scores.fill(0.0);
+                    r.weight.fill(0.0);
+                    r
+                }
+                None => RowAcc {
+                    scores: vec![0.0; len],
+                    weight: vec![0.0; self.width],
+                },
+            };
+            self.rows.push_back(row);
         }
         self.peak_rows = self.peak_rows.max(self.rows.len());
     }
@@ -177,22 +199,41 @@ impl MaskStitcher {
             let n = self.tile_size;
             let plane = n * n;
             self.ensure_rows(tile.y + tile.inside_h);
+            let (iw, x0, w) = (tile.inside_w, tile.x, self.width);
             for r in 0..tile.inside_h {
                 let y = tile.y + r;
                 if y < self.first_row {
                     continue; // already final (cannot happen with a correct grid order)
                 }
                 let acc = &mut self.rows[y - self.first_row];
-                for q in 0..tile.inside_w {
-                    let k = r * n + q;
-                    if valid.get(k).copied().unwrap_or(0) == 0 {
+                let k0 = r * n;
+                let wrow = &self.weights[k0..k0 + iw];
+                let vrow = valid.get(k0..k0 + iw);
+                let prow = |c: usize| probs.get(c * plane + k0..c * plane + k0 + iw);
+                let all_valid = vrow.is_some_and(|v| !v.contains(&0))
+                    && self.channels.iter().all(|&c| prow(c).is_some());
+                if all_valid {
+                    // The common case, in straight loops the compiler vectorises.
+                    for (a, &wt) in acc.weight[x0..x0 + iw].iter_mut().zip(wrow) {
+                        *a += wt;
+                    }
+                    for (slot, &c) in self.channels.iter().enumerate() {
+                        let Some(p) = prow(c) else { continue };
+                        let dst = &mut acc.scores[slot * w + x0..slot * w + x0 + iw];
+                        for ((d, &wt), &pv) in dst.iter_mut().zip(wrow).zip(p) {
+                            *d += wt * pv;
+                        }
+                    }
+                    continue;
+                }
+                for (q, &wt) in wrow.iter().enumerate() {
+                    if vrow.and_then(|v| v.get(q)).copied().unwrap_or(0) == 0 {
                         continue;
                     }
-                    let w = self.weights[k];
-                    let x = tile.x + q;
-                    acc.weight[x] += w;
-                    for c in 0..self.classes {
-                        acc.scores[c * self.width + x] += w * probs[c * plane + k];
+                    acc.weight[x0 + q] += wt;
+                    for (slot, &c) in self.channels.iter().enumerate() {
+                        let pv = probs.get(c * plane + k0 + q).copied().unwrap_or(0.0);
+                        acc.scores[slot * w + x0 + q] += wt * pv;
                     }
                 }
             }
@@ -219,60 +260,89 @@ impl MaskStitcher {
         let n = end - self.first_row;
         let w = self.width;
         let mut classes = vec![NODATA_CLASS; n * w];
-        // Probabilities are only assembled when the sink keeps them.
+        // Probabilities are only assembled when the sink keeps them (every channel is then
+        // accumulated, slot = class).
         let mut probs = if self.keep_probs {
             vec![f32::NAN; self.classes * n * w]
         } else {
             Vec::new()
         };
-        let mut p = vec![0f32; self.classes];
+        let slots = self.channels.len();
+        let mut p = vec![0f32; slots];
         for r in 0..n {
             let Some(acc) = self.rows.pop_front() else {
                 break;
             };
-            for x in 0..w {
-                let wt = acc.weight[x];
-                if wt <= 0.0 {
-                    continue;
-                }
-                for (c, pc) in p.iter_mut().enumerate() {
-                    *pc = acc.scores[c * w + x] / wt;
-                }
-                if self.keep_probs {
-                    for (c, pc) in p.iter().enumerate() {
-                        probs[c * n * w + r * w + x] = *pc;
+            let out = &mut classes[r * w..(r + 1) * w];
+            match self.decision {
+                Decision::Threshold(t) if !self.keep_probs => {
+                    // One channel, P(class 1): a straight loop.
+                    let s1 = &acc.scores[..w];
+                    for ((o, &wt), &s) in out.iter_mut().zip(&acc.weight).zip(s1) {
+                        if wt > 0.0 {
+                            *o = u8::from(s / wt >= t);
+                        }
                     }
                 }
-                classes[r * w + x] = match self.decision {
-                    Decision::Threshold(t) => u8::from(p.get(1).copied().unwrap_or(0.0) >= t),
-                    Decision::Prompts(t) => {
-                        let mut best = 0;
-                        for c in 1..p.len() {
-                            if best == 0 || p[c] > p[best] {
-                                best = c;
+                decision => {
+                    for x in 0..w {
+                        let wt = acc.weight[x];
+                        if wt <= 0.0 {
+                            continue;
+                        }
+                        for (slot, pc) in p.iter_mut().enumerate() {
+                            *pc = acc.scores[slot * w + x] / wt;
+                        }
+                        if self.keep_probs {
+                            for (c, pc) in p.iter().enumerate() {
+                                probs[c * n * w + r * w + x] = *pc;
                             }
                         }
-                        if best > 0 && p[best] >= t {
-                            best.min(254) as u8
-                        } else {
-                            0
-                        }
+                        out[x] = self.decide(decision, &p);
                     }
-                    Decision::Argmax => {
-                        let mut best = 0;
-                        for c in 1..p.len() {
-                            if p[c] > p[best] {
-                                best = c;
-                            }
-                        }
-                        best.min(254) as u8
-                    }
-                };
+                }
             }
+            self.spare.push(acc);
         }
         let y0 = self.first_row;
         self.first_row = end;
         sink.write_rows(y0, n, &classes, &probs)
+    }
+
+    /// The class of a pixel from its blended probabilities of the accumulated channels.
+    fn decide(&self, decision: Decision, p: &[f32]) -> u8 {
+        // Slot of model channel `c`.
+        let slot = |c: usize| self.channels.iter().position(|&k| k == c);
+        match decision {
+            Decision::Threshold(t) => {
+                let p1 = slot(1).and_then(|s| p.get(s)).copied().unwrap_or(0.0);
+                u8::from(p1 >= t)
+            }
+            Decision::Prompts(t) => {
+                let mut best: Option<(usize, f32)> = None;
+                for (s, &c) in self.channels.iter().enumerate() {
+                    if c == 0 {
+                        continue;
+                    }
+                    if best.map_or(true, |(_, b)| p[s] > b) {
+                        best = Some((c, p[s]));
+                    }
+                }
+                match best {
+                    Some((c, v)) if v >= t => c.min(254) as u8,
+                    _ => 0,
+                }
+            }
+            Decision::Argmax => {
+                let mut best = 0;
+                for s in 1..p.len() {
+                    if p[s] > p[best] {
+                        best = s;
+                    }
+                }
+                self.channels.get(best).copied().unwrap_or(0).min(254) as u8
+            }
+        }
     }
 
     /// Flush everything left (all tiles must have been added).
@@ -410,6 +480,63 @@ mod tests {
             peak < h,
             "rows were flushed before the end (peak {peak} of {h})"
         );
+    }
+
+    /// Blending only the channels a decision reads (no probabilities kept) gives the same
+    /// classes as blending every channel, for each decision, with tiles that disagree in
+    /// their overlaps and scattered invalid pixels.
+    #[test]
+    fn class_only_blending_matches_full_blending() {
+        let (w, h, classes) = (41, 33, 4);
+        let g = grid(w, h, 12, 5);
+        let mut seed = 12345u32;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            (seed % 1000) as f32 / 1000.0
+        };
+        let tiles: Vec<(Tile, Vec<f32>, Vec<u8>)> = (0..g.rows())
+            .flat_map(|r| (0..g.cols()).map(move |c| (r, c)))
+            .map(|(r, c)| {
+                let t = g.tile(r, c);
+                let n = t.size;
+                let probs: Vec<f32> = (0..classes * n * n).map(|_| rnd()).collect();
+                let valid: Vec<u8> = (0..n * n).map(|i| u8::from(i % 17 != 3)).collect();
+                (t, probs, valid)
+            })
+            .collect();
+        for decision in [
+            Decision::Argmax,
+            Decision::Threshold(0.5),
+            Decision::Prompts(0.4),
+        ] {
+            let run = |keep: bool| {
+                let mut s = MaskStitcher::new(&g, classes, BlendWindow::Cosine, decision);
+                if !keep {
+                    s = s.without_probabilities();
+                }
+                let mut sink = Collect {
+                    width: w,
+                    classes: vec![],
+                    probs: vec![vec![]; classes],
+                    next: 0,
+                };
+                for (t, p, v) in &tiles {
+                    s.add(t, Some(p), v, &mut sink).expect("add");
+                }
+                s.finish(&mut sink).expect("finish");
+                sink
+            };
+            let full = run(true);
+            let lean = run(false);
+            assert_eq!(full.classes.len(), w * h);
+            assert_eq!(full.classes, lean.classes, "{decision:?}");
+            assert!(lean.probs.iter().all(Vec::is_empty));
+            // The decision really varies across the mosaic.
+            let distinct: std::collections::BTreeSet<u8> = full.classes.iter().copied().collect();
+            assert!(distinct.len() >= 2, "{decision:?}: {distinct:?}");
+        }
     }
 
     #[test]
