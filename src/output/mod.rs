@@ -7,6 +7,7 @@ mod chips;
 pub mod formats;
 mod mosaic;
 mod polygonize;
+pub mod polygonize_stream;
 mod raster;
 mod vector;
 
@@ -15,6 +16,7 @@ pub use chips::ChipWriter;
 pub use formats::VectorFormat;
 pub use mosaic::{polygonize_raster, MosaicWriter};
 pub use polygonize::polygonize_classes;
+pub use polygonize_stream::StreamPolygonizer;
 pub use raster::{class_color, write_cog, Legend, RasterSpec};
 pub use vector::{FieldKind, FieldSpec, FieldValue, GeometryKind, VectorLayerWriter};
 
