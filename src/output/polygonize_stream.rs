@@ -704,23 +704,24 @@ fn runs_of(row: &[u8], skip: &[bool; 256], out: &mut Vec<Run>) {
     }
 }
 
-/// The first index at or after `from` whose byte differs from `v` (or `row.len()`), eight
+/// The first index at or after `from` whose byte differs from `v` (or `row.len()`), sixteen
 /// bytes at a time.
 #[inline]
 fn run_end(row: &[u8], from: usize, v: u8) -> usize {
     let Some(rest) = row.get(from..) else {
         return row.len();
     };
-    let pattern = u64::from_ne_bytes([v; 8]);
-    let mut chunks = rest.chunks_exact(8);
+    let pattern = u128::from_ne_bytes([v; 16]);
+    let mut chunks = rest.chunks_exact(16);
     let mut i = from;
     for c in &mut chunks {
-        let word = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        let diff = word ^ pattern;
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(c);
+        let diff = u128::from_le_bytes(bytes) ^ pattern;
         if diff != 0 {
             return i + (diff.trailing_zeros() / 8) as usize;
         }
-        i += 8;
+        i += 16;
     }
     for &b in chunks.remainder() {
         if b != v {
@@ -1146,6 +1147,19 @@ mod tests {
     }
 
     #[test]
+    fn every_byte_value_is_a_class() {
+        // 255 and 0 are ordinary classes unless skipped.
+        let data = [255, 255, 0, 128, 255, 0, 0, 128, 255, 255, 255, 128];
+        compare(&data, 4, 3, GT, &[]);
+        compare(&data, 4, 3, GT, &[0]);
+        compare(&data, 4, 3, GT, &[128, 255]);
+        let polys = stream(&data, 4, GT, &[0], 1);
+        let mut classes: Vec<u8> = polys.iter().map(|(c, _)| *c).collect();
+        classes.sort_unstable();
+        assert_eq!(classes, vec![128, 255]);
+    }
+
+    #[test]
     fn u_shape_merges_in_a_later_row() {
         let rows = ["10001", "10101", "10101", "11111"];
         let (polys, ..) = one_shot(&rows, &[0]);
@@ -1350,5 +1364,147 @@ mod tests {
             data[i] = 255;
         }
         compare(&data, w, h, GT, &[0, 255]);
+    }
+
+    /// A synthetic class mask: `objects` filled rectangles, ellipses and rings (annuli) of
+    /// class 1 on background 0, at random places.
+    fn shapes_mask(rng: &mut Rng, w: usize, h: usize, objects: usize) -> Vec<u8> {
+        let mut data = vec![0u8; w * h];
+        for k in 0..objects {
+            let (cx, cy) = (rng.below(w) as f64, rng.below(h) as f64);
+            let (a, b) = (30.0 + 50.0 * rng.unit(), 30.0 + 50.0 * rng.unit());
+            let y0 = (cy - b).max(0.0) as usize;
+            let y1 = ((cy + b) as usize + 1).min(h);
+            for y in y0..y1 {
+                let dy = (y as f64 + 0.5 - cy) / b;
+                if dy.abs() > 1.0 {
+                    continue;
+                }
+                let half = match k % 3 {
+                    0 => a,
+                    _ => a * (1.0 - dy * dy).sqrt(),
+                };
+                let x0 = (cx - half).max(0.0) as usize;
+                let x1 = ((cx + half).max(0.0) as usize).min(w);
+                let row = &mut data[y * w..(y + 1) * w];
+                if k % 3 == 2 {
+                    // A ring: the ellipse minus an inner one of 60 % its size.
+                    let inner = 0.6 * a * (1.0 - (dy / 0.6).powi(2)).max(0.0).sqrt();
+                    let (i0, i1) = (
+                        (cx - inner).max(0.0) as usize,
+                        ((cx + inner) as usize).min(w),
+                    );
+                    for (x, px) in row.iter_mut().enumerate().take(x1).skip(x0) {
+                        if inner == 0.0 || x < i0 || x >= i1 {
+                            *px = 1;
+                        }
+                    }
+                } else {
+                    row[x0..x1.max(x0)].fill(1);
+                }
+            }
+        }
+        data
+    }
+
+    /// Not a test: times the streaming polygonizer against GDAL's polygonize on the same
+    /// synthetic 20000 x 20000 mask (`TESSERA_POLY_SIZE` overrides the size). Run with
+    /// `cargo test --release --lib polygonize_stream::tests::speed -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn speed_against_gdal() {
+        use std::time::Instant;
+        let n: usize = std::env::var("TESSERA_POLY_SIZE")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(20_000);
+        let objects = (7500.0 * (n as f64 / 20_000.0).powi(2)).round() as usize;
+        let mut rng = Rng(42);
+        let data = shapes_mask(&mut rng, n, n, objects);
+        let fg = data.iter().filter(|&&v| v != 0).count() as f64 / data.len() as f64;
+        println!(
+            "mask {n} x {n}, {objects} objects, {:.1} % foreground",
+            100.0 * fg
+        );
+        let gt = GeoTransform([500_000.0, 0.5, 0.0, 4_600_000.0, 0.0, -0.5]);
+
+        let t = Instant::now();
+        let mut p = StreamPolygonizer::new(n, gt, &[0]);
+        let mut polys = Vec::new();
+        for chunk in data.chunks(512 * n) {
+            p.push_rows(chunk);
+            polys.extend(p.take_finished());
+        }
+        polys.extend(p.finish());
+        let mine_s = t.elapsed().as_secs_f64();
+        let vertices: usize = polys
+            .iter()
+            .map(|(_, p)| {
+                p.exterior().0.len() + p.interiors().iter().map(|r| r.0.len()).sum::<usize>()
+            })
+            .sum();
+        let mine_area: f64 = polys.iter().map(|(_, p)| p.unsigned_area()).sum();
+        println!(
+            "stream: {:.3} s, {} polygons, {} holes, {vertices} vertices, area {mine_area}",
+            mine_s,
+            polys.len(),
+            polys
+                .iter()
+                .map(|(_, p)| p.interiors().len())
+                .sum::<usize>()
+        );
+
+        crate::raster::init_gdal();
+        let path =
+            std::env::temp_dir().join(format!("tessera_poly_speed_{}.tif", std::process::id()));
+        {
+            let driver = gdal::DriverManager::get_driver_by_name("GTiff").expect("GTiff");
+            let mut ds = driver
+                .create_with_band_type::<u8, _>(&path, n, n, 1)
+                .expect("create tif");
+            ds.set_geo_transform(&gt.0).expect("gt");
+            let mut band = ds.rasterband(1).expect("band");
+            for (i, chunk) in data.chunks(1024 * n).enumerate() {
+                let rows = chunk.len() / n;
+                let mut buf = gdal::raster::Buffer::new((n, rows), chunk.to_vec());
+                band.write((0, (i * 1024) as isize), (n, rows), &mut buf)
+                    .expect("write");
+            }
+        }
+        drop(data);
+
+        // The same, streaming rows from the GeoTIFF (read time included).
+        let t = Instant::now();
+        let ds = gdal::Dataset::open(&path).expect("open");
+        let band = ds.rasterband(1).expect("band");
+        let mut p = StreamPolygonizer::new(n, gt, &[0]);
+        let mut count = 0;
+        let mut row0 = 0;
+        while row0 < n {
+            let rows = 512.min(n - row0);
+            let buf = band
+                .read_as::<u8>((0, row0 as isize), (n, rows), (n, rows), None)
+                .expect("read");
+            p.push_rows(buf.data());
+            count += p.take_finished().len();
+            row0 += rows;
+        }
+        count += p.finish().len();
+        println!(
+            "stream from GeoTIFF: {:.3} s, {count} polygons",
+            t.elapsed().as_secs_f64()
+        );
+
+        let t = Instant::now();
+        let theirs = crate::output::polygonize_raster(&path, &[0], 0.0, 0.0).expect("gdal");
+        let gdal_s = t.elapsed().as_secs_f64();
+        let gdal_area: f64 = theirs.iter().map(|(_, g)| g.area()).sum();
+        println!(
+            "GDAL polygonize_raster: {gdal_s:.3} s, {} polygons, area {gdal_area}",
+            theirs.len()
+        );
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(theirs.len(), polys.len());
+        assert!((gdal_area - mine_area).abs() < 1e-6 * mine_area.max(1.0));
     }
 }
