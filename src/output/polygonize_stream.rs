@@ -746,6 +746,8 @@ mod tests {
     type Polys = Vec<(u8, Polygon<f64>)>;
     /// Unit edges of a polygon's boundary in pixel space: `(x, y, horizontal)`.
     type Edges = Vec<(i64, i64, bool)>;
+    /// A polygon's rings as canonical pixel-space corner lists (exterior first).
+    type Rings = Vec<Vec<(i64, i64)>>;
 
     /// Polygonizes `data` pushing `chunk_rows` rows at a time, taking finished polygons after
     /// every push.
@@ -933,7 +935,9 @@ mod tests {
             .collect()
     }
 
-    /// The streaming result (pushed in several chunkings) against the flood fill and GDAL.
+    /// The streaming result (pushed in several chunkings) against the flood fill and GDAL:
+    /// same regions and areas, same boundaries, and the same rings (up to start point,
+    /// orientation and collinear points).
     fn compare(data: &[u8], width: usize, height: usize, gt: GeoTransform, skip: &[u8]) {
         let mine = stream(data, width, gt, skip, 3);
         let by_row = stream(data, width, gt, skip, 1);
@@ -965,6 +969,51 @@ mod tests {
             k
         };
         assert!(key(&mine) == key(&theirs), "boundaries differ from GDAL's");
+        let rings = |polys: &Polys| {
+            let mut k: Vec<(u8, Rings)> = polys
+                .iter()
+                .map(|(c, p)| {
+                    let mut rs: Rings = std::iter::once(p.exterior())
+                        .chain(p.interiors())
+                        .map(|r| canonical_ring(&gt, r))
+                        .collect();
+                    rs[1..].sort();
+                    (*c, rs)
+                })
+                .collect();
+            k.sort();
+            k
+        };
+        assert!(rings(&mine) == rings(&theirs), "rings differ from GDAL's");
+    }
+
+    /// A ring as its corner points in pixel space (collinear points dropped), in one
+    /// orientation, starting at its smallest point, not closed.
+    fn canonical_ring(gt: &GeoTransform, ring: &LineString<f64>) -> Vec<(i64, i64)> {
+        let inv = gt.invert().expect("invertible");
+        let mut pts = ring_pixels(&inv, ring);
+        pts.pop();
+        let n = pts.len();
+        let mut corners: Vec<(i64, i64)> = (0..n)
+            .filter(|&i| {
+                let (a, b, c) = (pts[(i + n - 1) % n], pts[i], pts[(i + 1) % n]);
+                (b.0 - a.0) * (c.1 - b.1) - (b.1 - a.1) * (c.0 - b.0) != 0
+            })
+            .map(|i| pts[i])
+            .collect();
+        let m = corners.len();
+        let twice_area: i64 = (0..m)
+            .map(|i| {
+                let (a, b) = (corners[i], corners[(i + 1) % m]);
+                a.0 * b.1 - b.0 * a.1
+            })
+            .sum();
+        if twice_area < 0 {
+            corners.reverse();
+        }
+        let start = (0..m).min_by_key(|&i| corners[i]).unwrap_or(0);
+        corners.rotate_left(start);
+        corners
     }
 
     /// A ring as pixel corners, closed, rotated to start at its smallest point.
