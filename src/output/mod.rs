@@ -8,6 +8,7 @@ pub mod cog;
 pub mod formats;
 mod mosaic;
 mod polygonize;
+pub mod polygonize_stream;
 mod raster;
 mod vector;
 
@@ -17,6 +18,7 @@ pub use cog::{CogSpec, CogWriter, Resampling};
 pub use formats::VectorFormat;
 pub use mosaic::{polygonize_raster, MosaicSpec, MosaicWriter};
 pub use polygonize::polygonize_classes;
+pub use polygonize_stream::StreamPolygonizer;
 pub use raster::{class_color, write_cog, Legend, RasterSpec};
 pub use vector::{FieldKind, FieldSpec, FieldValue, GeometryKind, VectorLayerWriter};
 
