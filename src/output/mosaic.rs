@@ -1,6 +1,7 @@
 //! Writing a mosaic that arrives row by row: rows go straight into streaming Cloud-Optimised
 //! GeoTIFFs (compressed tiles and overviews made as the rows pass, so memory does not hold the
-//! scene and nothing is recompressed at the end), which are then polygonized.
+//! scene and nothing is recompressed at the end) and into a streaming polygonizer (so the
+//! polygons are ready when the last row is).
 
 use std::path::{Path, PathBuf};
 
@@ -8,6 +9,7 @@ use gdal::{Dataset, DriverManager};
 use gdal_sys::CPLErr;
 
 use super::cog::{CogSpec, CogWriter, Resampling};
+use super::polygonize_stream::StreamPolygonizer;
 use super::{Legend, OutputError, Result};
 use crate::raster::{gdal_reason, last_cpl_message, GeoTransform};
 use crate::stitch::mask::{RowSink, NODATA_CLASS};
@@ -30,6 +32,8 @@ pub struct MosaicSpec<'a> {
     pub legend: &'a Legend,
     /// Names of the kept probability bands (none: no probability raster).
     pub prob_bands: &'a [String],
+    /// Polygonize every class but these (nodata is never polygonized); `None`: no polygons.
+    pub polygons_skip: Option<&'a [u8]>,
 }
 
 /// Streams class rows (and optionally probability rows) into `classes.tif` (8-bit, colour
@@ -40,6 +44,8 @@ pub struct MosaicWriter {
     classes_path: PathBuf,
     probs: Option<CogWriter<f32>>,
     bands: usize,
+    polygonizer: Option<StreamPolygonizer>,
+    polygons: Vec<(u8, geo::Polygon<f64>)>,
 }
 
 impl std::fmt::Debug for MosaicWriter {
@@ -95,24 +101,35 @@ impl MosaicWriter {
                 },
             )?)
         };
+        let polygonizer = spec.polygons_skip.map(|skip| {
+            let mut skip = skip.to_vec();
+            skip.push(NODATA_CLASS);
+            StreamPolygonizer::new(spec.width, *spec.geotransform, &skip)
+        });
         Ok(MosaicWriter {
             classes,
             classes_path: classes_out.to_path_buf(),
             probs,
             bands: spec.prob_bands.len(),
+            polygonizer,
+            polygons: Vec::new(),
         })
     }
 
-    /// Write the COGs (every row must have arrived).
+    /// Write the COGs (every row must have arrived); returns the polygons (class, polygon in
+    /// map coordinates), if asked for.
     ///
     /// # Errors
     /// Missing rows or an I/O failure.
-    pub fn finish(self) -> Result<()> {
+    pub fn finish(mut self) -> Result<Vec<(u8, geo::Polygon<f64>)>> {
         self.classes.finish()?;
         if let Some(p) = self.probs {
             p.finish()?;
         }
-        Ok(())
+        if let Some(poly) = self.polygonizer {
+            self.polygons.extend(poly.finish());
+        }
+        Ok(self.polygons)
     }
 }
 
@@ -121,6 +138,10 @@ impl RowSink for MosaicWriter {
 
     fn write_rows(&mut self, _y0: usize, rows: usize, classes: &[u8], probs: &[f32]) -> Result<()> {
         self.classes.write_rows(classes)?;
+        if let Some(poly) = &mut self.polygonizer {
+            poly.push_rows(classes);
+            self.polygons.extend(poly.take_finished());
+        }
         if let Some(p) = &mut self.probs {
             // Keep the probability of each kept band (band 1 = the first class kept): the
             // last `bands` classes, contiguous in the band-sequential block.
@@ -133,7 +154,8 @@ impl RowSink for MosaicWriter {
     }
 }
 
-/// Polygonize the class raster at `path` (nodata excluded) into `(class, geometry)` pairs,
+/// GDAL's polygonize of a class raster file (the reference the streaming polygonizer is
+/// measured against): polygonize the class raster at `path` (nodata excluded) into `(class, geometry)` pairs,
 /// skipping `skip` classes; polygons are simplified by `tolerance` map units (topology
 /// preserved) and dropped below `min_area` square map units.
 ///

@@ -12,8 +12,8 @@ use serde::Serialize;
 use super::{peak_rss_bytes, progress_bar, stream_model_tiles, PipelineError, TileBatch};
 use crate::models::segmentation::{SegFormat, SegmentationModel};
 use crate::output::{
-    class_color, polygonize_raster, FieldKind, FieldSpec, FieldValue, GeometryKind, Legend,
-    MosaicSpec, MosaicWriter, PendingOutput, VectorFormat, VectorLayerWriter,
+    class_color, FieldKind, FieldSpec, FieldValue, GeometryKind, Legend, MosaicSpec, MosaicWriter,
+    PendingOutput, VectorFormat, VectorLayerWriter,
 };
 use crate::raster::{OpenOptions, ScalingSpec};
 use crate::runtime::{Runtime, SessionOptions};
@@ -76,6 +76,35 @@ pub struct SegmentReport {
     /// polygonizing, and the vector layer.
     pub phase_seconds: PhaseSeconds,
     pub peak_rss_bytes: Option<u64>,
+}
+
+/// Polygons as GDAL geometries, simplified by `tolerance` map units (topology preserved) and
+/// without those under `min_area` square map units.
+fn finish_polygons(
+    polygons: Vec<(u8, geo::Polygon<f64>)>,
+    tolerance: f64,
+    min_area: f64,
+    raster: &std::path::Path,
+) -> Result<Vec<(u8, gdal::vector::Geometry)>, crate::output::OutputError> {
+    use gdal::vector::ToGdal;
+    let err = |e: gdal::errors::GdalError| crate::output::OutputError::Write {
+        path: raster.display().to_string(),
+        reason: format!("polygon geometry: {e}"),
+    };
+    let mut out = Vec::with_capacity(polygons.len());
+    for (class, p) in polygons {
+        let g = p.to_gdal().map_err(err)?;
+        let g = if tolerance > 0.0 {
+            g.simplify_preserve_topology(tolerance).map_err(err)?
+        } else {
+            g
+        };
+        if g.is_empty() || g.area() < min_area {
+            continue;
+        }
+        out.push((class, g));
+    }
+    Ok(out)
 }
 
 /// What the stitching thread receives, in tile order.
@@ -197,6 +226,9 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
             crs_wkt: scene.crs_wkt(),
             legend: &legend,
             prob_bands: if prob_bands > 0 { &band_names } else { &[] },
+            // Polygons of every class but the first (background), made from the stitched
+            // rows as they are final (never per tile).
+            polygons_skip: Some(&[0]),
         },
     )?;
     let mut stitcher = MaskStitcher::new(&grid, n_classes, job.window, decision);
@@ -212,8 +244,9 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
     // the mosaic and compresses the finished rows into the COGs (they overlap; messages
     // keep the tiles' order).
     let (to_stitch, stitch_rx) = std::sync::mpsc::sync_channel::<StitchWork>(2);
-    let (stats, (peak_rows, cog_seconds)) = std::thread::scope(|scope| {
-        let stitching = scope.spawn(move || -> Result<(usize, f64), PipelineError> {
+    let (stats, (peak_rows, cog_seconds, polygons)) = std::thread::scope(|scope| {
+        type Stitched = (usize, f64, Vec<(u8, geo::Polygon<f64>)>);
+        let stitching = scope.spawn(move || -> Result<Stitched, PipelineError> {
             for work in stitch_rx {
                 match work {
                     StitchWork::Skipped(tile) => stitcher.add(&tile, None, &[], &mut writer)?,
@@ -231,8 +264,8 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
             }
             let peak = stitcher.finish(&mut writer)?;
             let t = Instant::now();
-            writer.finish()?;
-            Ok((peak, t.elapsed().as_secs_f64()))
+            let polygons = writer.finish()?;
+            Ok((peak, t.elapsed().as_secs_f64(), polygons))
         });
         // A failed send means the stitching thread stopped on an error: joining reports it.
         let stitch_gone = || PipelineError::Options("the stitching thread stopped".into());
@@ -275,15 +308,14 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
         match (swept, stitched) {
             (_, Err(e)) => Err(e),
             (Err(e), Ok(_)) => Err(e),
-            (Ok(stats), Ok(peak)) => Ok((stats, peak)),
+            (Ok(stats), Ok(stitched)) => Ok((stats, stitched)),
         }
     })?;
     bar.finish_and_clear();
 
     // The COGs were assembled at the end of the sweep, on the stitching thread.
     let cog_done = Instant::now();
-    // Polygons of every class but the first (background), from the stitched mosaic.
-    let polys = polygonize_raster(&classes_out, &[0], job.simplify, job.min_area)?;
+    let polys = finish_polygons(polygons, job.simplify, job.min_area, &classes_out)?;
     let polygons_done = Instant::now();
     let ext = job.format.extension();
     let mut layer = VectorLayerWriter::create(
