@@ -58,13 +58,49 @@ def compare_cogs(a, b):
             out["ones_b"] += int(np.count_nonzero(y == 1))
             out["other_values_a"] += int(np.count_nonzero(x > 1))
             out["mismatches"] += int(np.count_nonzero((x == 1) != (y == 1)))
+    # Overviews, level by level (tessera makes its own; they should equal GDAL's COG driver's).
+    out["overview_mismatches"] = []
+    if out["overviews_a"] == out["overviews_b"]:
+        for level in range(out["overviews_a"]):
+            with rasterio.open(a, overview_level=level) as ra, rasterio.open(b, overview_level=level) as rb:
+                if (ra.width, ra.height) != (rb.width, rb.height):
+                    out["overview_mismatches"].append(None)
+                    continue
+                diff = 0
+                for r0 in range(0, ra.height, step):
+                    win = ((r0, min(ra.height, r0 + step)), (0, ra.width))
+                    diff += int(np.count_nonzero(ra.read(1, window=win) != rb.read(1, window=win)))
+                out["overview_mismatches"].append(diff)
     return out
 
 
-def tessera_phases(trace):
-    """Phases of a tessera run from the output files' appearance times (stitch_trace.py)."""
+def symmetric_difference_area(a, b):
+    """Area covered by exactly one of the two polygon layers (0: the same region)."""
+    import pyogrio
+    import shapely
+    ga = shapely.union_all(pyogrio.read_dataframe(a).geometry.values)
+    gb = shapely.union_all(pyogrio.read_dataframe(b).geometry.values)
+    return float(shapely.symmetric_difference(ga, gb).area)
+
+
+def tessera_phases(trace, report=None):
+    """Phases of a tessera run: from its own report (`phase_seconds`) when it has them, with
+    the peak RSS sampled by stitch_trace.py in each; else from the output files' appearance
+    times (older tessera)."""
     if not trace:
         return None
+    samples = trace.get("rss_samples", [])
+    ps = (report or {}).get("phase_seconds")
+    if ps:
+        # Process start to the report's clock start is ~ a few ms: phases are laid end to end.
+        keys = [("read_model_stitch", ps["sweep"]), ("cog", ps["cog"]),
+                ("polygonize", ps["polygonize"]), ("vector_write_commit", ps["vector"])]
+        out, t0 = {}, 0.0
+        for k, sec in keys:
+            v = [r for t, r in samples if t0 <= t < t0 + sec]
+            out[k] = {"seconds": sec, "peak_rss_sampled_bytes": max(v) if v else None}
+            t0 += sec
+        return out
     f, wall = trace.get("files", {}), trace["wall_seconds"]
     ovr = f.get("classes.tif.ovr.tmp", {}).get("first_seen")
     cog = f.get("classes.tif", {})
@@ -75,7 +111,6 @@ def tessera_phases(trace):
     if poly is None:  # the vector file lived < 20 ms before the commit: polygonize ends ~ at exit
         poly = wall
     cog_end = cog["last_change"]
-    samples = trace.get("rss_samples", [])
 
     def peak(t0, t1):
         v = [r for t, r in samples if t0 <= t < t1]
@@ -105,7 +140,7 @@ def main():
         pp = load(os.path.join(d, f"stitch_peer_{n}_process.json"))
         truth = load(os.path.join(a.data, f"stitch_scene_{n}.json"))
         r = {"size": n, "truth": truth, "tessera": t, "tessera_process": tp and {k: v for k, v in tp.items() if k != "rss_samples"},
-             "tessera_phases": tessera_phases(tp), "peer": p, "peer_process": pp}
+             "tessera_phases": tessera_phases(tp, t), "peer": p, "peer_process": pp}
         tdir = os.path.join(d, "stitch_out", f"tessera_{n}")
         pdir = os.path.join(d, "stitch_out", f"peer_{n}")
         if t:
@@ -114,6 +149,8 @@ def main():
             r["peer_layer"] = layer_stats(os.path.join(pdir, "polygons.gpkg"))
         if t and p:
             r["pixels"] = compare_cogs(os.path.join(tdir, "classes.tif"), os.path.join(pdir, "classes.tif"))
+            r["polygons_symmetric_difference_m2"] = symmetric_difference_area(
+                os.path.join(tdir, "polygons.gpkg"), os.path.join(pdir, "polygons.gpkg"))
         runs[n] = r
 
     big, small = sizes[-1], sizes[0]
@@ -126,7 +163,9 @@ def main():
         "Generated 3-band uint8 scenes (DEFLATE, 256 x 256 tiles, EPSG:32633, 0.5 m) whose red band is a",
         "single-class mask (rectangles, ellipses, rings; bench/stitch_scene.py). tessera: `tessera segment",
         f"--model {a.model or 'seg-threshold'} --tile-size 512 --overlap 64 --scale range:0,255` (class 1 where",
-        "red/255 > 0.5) -> classes.tif (COG, DEFLATE, overviews) + polygons.gpkg. Peer (bench/peer_stitch.py,",
+        "red/255 > 0.5) -> classes.tif (COG, DEFLATE, overviews) + polygons.gpkg: the stitched rows are",
+        "compressed into COG tiles and overview levels and polygonized (run-based, streaming) as they become",
+        "final, on a thread beside the model; the COG is then assembled from the compressed tiles. Peer (bench/peer_stitch.py,",
         "one process): rasterio windowed read of red, `red > 127` into an in-memory mask, COG driver (DEFLATE,",
         "nearest overviews, ALL_CPUS), `rasterio.features.shapes(mask, mask=mask == 1)` -> shapely ->",
         "geopandas/pyogrio GeoPackage. Wall seconds and peak RSS are the process's (getrusage of the child).",
@@ -147,8 +186,9 @@ def main():
     lines.append("")
 
     # phases
-    lines += ["Phases (seconds; tessera's from when its outputs appeared, sampled every 20 ms by",
-              "bench/stitch_trace.py; peak RSS per phase is the sampled VmRSS):", "",
+    lines += ["Phases (seconds; tessera's from its report's `phase_seconds`: the sweep includes COG tiles and",
+              "streaming polygonizing, COG is the assembly, polygonize what was left after the last row; peak RSS",
+              "per phase is the VmRSS sampled every 20 ms by bench/stitch_trace.py):", "",
               "| run | size | read + model + stitch | COG | polygonize | vector write | model (of the first) |",
               "|---|---|---|---|---|---|---|"]
     for n in sizes:
@@ -208,7 +248,11 @@ def main():
             px = r["pixels"]
             bits.append(f"class rasters: {px.get('mismatches', 'n/a')} differing pixels of {n * n} "
                         f"(ones {px.get('ones_a')} vs {px.get('ones_b')}, painted {(r['truth'] or {}).get('mask_pixels')})")
-            same &= px.get("mismatches") == 0
+            ovr = px.get("overview_mismatches") or []
+            bits.append(f"overviews: {px.get('overviews_a')} vs {px.get('overviews_b')} levels, differing pixels per level {ovr}")
+            sd = r.get("polygons_symmetric_difference_m2")
+            bits.append(f"polygon layers' symmetric difference {sd:.3f} m^2")
+            same &= px.get("mismatches") == 0 and sd == 0.0
             agree_all &= same
             bits.insert(0, "**agree**" if same else "**DISAGREE**")
         res.append(f"- {n}^2: " + "; ".join(bits))

@@ -284,8 +284,10 @@ bench_caption() {
 #   rasterio.features.shapes + shapely, geopandas/pyogrio GeoPackage). tessera at 5000^2 and
 #   20000^2 (memory should grow with width, not area), the peer at both too; the report checks
 #   that both give the same polygons count and total area (and the painted mask's area) and the
-#   same class raster. tessera runs under bench/stitch_trace.py, which times its phases (read +
-#   model + stitch, COG, polygonize) from when its output files appear.
+#   same class raster, the same overviews level by level and polygon layers whose symmetric
+#   difference has zero area. tessera reports its phases (`phase_seconds`: the sweep, with COG
+#   tiles and streaming polygonizing; COG assembly; what polygonizing was left; vector write) and
+#   runs under bench/stitch_trace.py, which samples its memory.
 #   -> bench/results/stitch.md (+ stitch_summary.json, stitch_*.json, stitch_out/)
 #   STITCH_SIZES="5000 20000" overrides the sizes (the largest is the speed comparison);
 #   STITCH_PEER=0 skips the peer.

@@ -13,6 +13,7 @@
 //! pass 4 GiB. The GeoTIFF keys (CRS, geotransform) come from GDAL itself: a 1 x 1 GeoTIFF
 //! with the same georeferencing is written and its geo tags copied.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
@@ -125,8 +126,12 @@ struct Level<T> {
     /// Pixel-interleaved rows of the current strip.
     strip: Vec<T>,
     strip_rows: usize,
-    /// An even row waiting for its odd partner to make a row of the next level.
-    pending: Option<Vec<T>>,
+    /// For an overview: the parent level's size and, per column, the parent's columns it is
+    /// made of (`start..end`).
+    parent: (usize, usize),
+    col_windows: Vec<(usize, usize)>,
+    /// The parent's rows this level still needs, with their row index.
+    parent_rows: VecDeque<(usize, Vec<T>)>,
     /// (offset of the data in `file`, byte count), row-major.
     tiles: Vec<(u64, u32)>,
     file: BufWriter<File>,
@@ -161,17 +166,33 @@ impl<T: CogSample> std::fmt::Debug for CogWriter<T> {
     }
 }
 
-/// Sizes of the full resolution and of every overview: halved (rounding up) until the level
-/// fits in one tile.
+/// Sizes of the full resolution and of every overview: halved (rounding down, as GDAL's COG
+/// driver does) until the level fits in one tile.
 fn level_sizes(width: usize, height: usize) -> Vec<(usize, usize)> {
     let mut out = vec![(width, height)];
     let (mut w, mut h) = (width, height);
     while w > COG_BLOCK || h > COG_BLOCK {
-        w = w.div_ceil(2);
-        h = h.div_ceil(2);
+        w = (w / 2).max(1);
+        h = (h / 2).max(1);
         out.push((w, h));
     }
     out
+}
+
+/// The parent pixels (`start..end` along one axis) that make pixel `j` of a level of `dst`
+/// pixels from a parent of `src`: GDAL's choice for each overview made from the previous one
+/// (nearest: the pixel at `round(j * src / dst)`; average: from there to the next one's start).
+fn window(j: usize, src: usize, dst: usize, resampling: Resampling) -> (usize, usize) {
+    let r = src as f64 / dst as f64;
+    let at = |k: usize| ((k as f64 * r + 0.5) as usize).min(src - 1);
+    let s = at(j);
+    match resampling {
+        Resampling::Nearest => (s, s + 1),
+        Resampling::Average => {
+            let e = if j + 1 >= dst { src } else { at(j + 1) };
+            (s, e.max(s + 1))
+        }
+    }
 }
 
 impl<T: CogSample> CogWriter<T> {
@@ -199,7 +220,16 @@ impl<T: CogSample> CogWriter<T> {
         let fill = nodata.unwrap_or_else(|| T::from_f64(0.0));
         let (main_tags, common_tags, photometric) = metadata_tags::<T>(path, dir, &name, spec)?;
         let mut levels = Vec::new();
-        for (k, (w, h)) in level_sizes(spec.width, spec.height).into_iter().enumerate() {
+        let sizes = level_sizes(spec.width, spec.height);
+        for (k, &(w, h)) in sizes.iter().enumerate() {
+            let parent = if k == 0 { (w, h) } else { sizes[k - 1] };
+            let col_windows = if k == 0 {
+                Vec::new()
+            } else {
+                (0..w)
+                    .map(|j| window(j, parent.0, w, spec.resampling))
+                    .collect()
+            };
             let file_path = dir.join(format!(".{name}.level{k}.tmp"));
             let file = File::create(&file_path).map_err(|e| werr(&file_path, e))?;
             levels.push(Level {
@@ -208,7 +238,9 @@ impl<T: CogSample> CogWriter<T> {
                 rows_in: 0,
                 strip: Vec::with_capacity(COG_BLOCK.min(h) * w * spec.bands),
                 strip_rows: 0,
-                pending: None,
+                parent,
+                col_windows,
+                parent_rows: VecDeque::new(),
                 tiles: Vec::new(),
                 file: BufWriter::with_capacity(1 << 20, file),
                 file_path,
@@ -271,41 +303,41 @@ impl<T: CogSample> CogWriter<T> {
     fn push_row(&mut self, level: usize, row: &[T]) -> Result<()> {
         let bands = self.bands;
         let (nodata, fill, resampling) = (self.nodata, self.fill, self.resampling);
-        let last_level = level + 1 == self.levels.len();
-        let lv = &mut self.levels[level];
-        lv.strip.extend_from_slice(row);
-        lv.strip_rows += 1;
-        let y = lv.rows_in;
-        lv.rows_in += 1;
-        if lv.strip_rows == COG_BLOCK || lv.rows_in == lv.height {
-            flush_strip(lv, bands, fill)?;
+        {
+            let lv = &mut self.levels[level];
+            lv.strip.extend_from_slice(row);
+            lv.strip_rows += 1;
+            lv.rows_in += 1;
+            if lv.strip_rows == COG_BLOCK || lv.rows_in == lv.height {
+                flush_strip(lv, bands, fill)?;
+            }
         }
-        if last_level {
+        let y = self.levels[level].rows_in - 1;
+        let Some(child) = self.levels.get_mut(level + 1) else {
+            return Ok(());
+        };
+        if child.rows_in >= child.height {
             return Ok(());
         }
-        let down = if y % 2 == 0 {
-            let last = lv.rows_in == lv.height;
-            if last {
-                Some(downsample(row, None, lv.width, bands, resampling, nodata))
-            } else {
-                lv.pending = Some(row.to_vec());
-                None
-            }
-        } else {
-            let even = lv.pending.take().unwrap_or_default();
-            Some(downsample(
-                &even,
-                Some(row),
-                lv.width,
-                bands,
-                resampling,
-                nodata,
-            ))
-        };
-        match down {
-            Some(d) => self.push_row(level + 1, &d),
-            None => Ok(()),
+        let (ph, ch) = (child.parent.1, child.height);
+        let (start, end) = window(child.rows_in, ph, ch, resampling);
+        if y < start {
+            return Ok(()); // a row this level skips
         }
+        child.parent_rows.push_back((y, row.to_vec()));
+        if y + 1 < end {
+            return Ok(());
+        }
+        let rows: Vec<&[T]> = child
+            .parent_rows
+            .iter()
+            .filter(|(k, _)| (start..end).contains(k))
+            .map(|(_, r)| r.as_slice())
+            .collect();
+        let down = downsample(&rows, &child.col_windows, bands, resampling, nodata);
+        // The next row of this level starts at or after `end`.
+        child.parent_rows.clear();
+        self.push_row(level + 1, &down)
     }
 
     /// Write the COG (every row must have been written) and remove the temporary files.
@@ -516,40 +548,38 @@ fn deflate(raw: &[u8]) -> Vec<u8> {
     })
 }
 
-/// A row of the next level from an even row and its odd partner (absent at an odd height's
-/// last row): pixel `j` comes from columns `2j` and `2j + 1` (when present). Nearest takes
-/// the block's top-left pixel, as GDAL's COG driver does (so overviews equal GDAL's).
+/// A row of an overview from the parent rows it is made of, column `j` from the parent's
+/// columns `col_windows[j]`: nearest takes the first row's pixel at the window's start (as
+/// GDAL's COG driver does, so overviews equal GDAL's), average the mean of the window's valid
+/// pixels (nodata where none is).
 fn downsample<T: CogSample>(
-    even: &[T],
-    odd: Option<&[T]>,
-    width: usize,
+    rows: &[&[T]],
+    col_windows: &[(usize, usize)],
     bands: usize,
     resampling: Resampling,
     nodata: Option<T>,
 ) -> Vec<T> {
-    let out_w = width.div_ceil(2);
-    let mut out = Vec::with_capacity(out_w * bands);
+    let mut out = Vec::with_capacity(col_windows.len() * bands);
+    let Some(first) = rows.first() else {
+        return out;
+    };
     match resampling {
         Resampling::Nearest => {
-            // The top-left pixel of each block, as GDAL's COG driver picks it.
-            for j in 0..out_w {
-                let x = 2 * j;
-                out.extend_from_slice(&even[x * bands..(x + 1) * bands]);
+            for &(x, _) in col_windows {
+                out.extend_from_slice(&first[x * bands..(x + 1) * bands]);
             }
         }
         Resampling::Average => {
             let missing = nodata.unwrap_or_else(|| T::from_f64(f64::NAN));
-            for j in 0..out_w {
+            for &(x0, x1) in col_windows {
                 for b in 0..bands {
                     let (mut sum, mut count) = (0.0, 0u32);
-                    for row in std::iter::once(even).chain(odd) {
-                        for x in [2 * j, 2 * j + 1] {
-                            if x < width {
-                                let v = row[x * bands + b];
-                                if !v.is_missing(nodata) {
-                                    sum += v.to_f64();
-                                    count += 1;
-                                }
+                    for row in rows {
+                        for x in x0..x1 {
+                            let v = row[x * bands + b];
+                            if !v.is_missing(nodata) {
+                                sum += v.to_f64();
+                                count += 1;
                             }
                         }
                     }
@@ -838,25 +868,28 @@ mod tests {
             level_sizes(2000, 1100),
             vec![(2000, 1100), (1000, 550), (500, 275)]
         );
-        assert_eq!(level_sizes(513, 10), vec![(513, 10), (257, 5)]);
+        assert_eq!(level_sizes(1025, 10), vec![(1025, 10), (512, 5)]);
+        assert_eq!(level_sizes(2001, 3), vec![(2001, 3), (1000, 1), (500, 1)]);
     }
 
     #[test]
     fn nearest_and_average_downsampling() {
-        // 3 columns, 1 band: nearest takes the top-left pixel of each 2 x 2 block.
+        // Windows: 5 -> 2 pixels (ratio 2.5): nearest at round(0) = 0 and round(2.5) = 3.
+        assert_eq!(window(0, 5, 2, Resampling::Nearest), (0, 1));
+        assert_eq!(window(1, 5, 2, Resampling::Nearest), (3, 4));
+        assert_eq!(window(0, 5, 2, Resampling::Average), (0, 3));
+        assert_eq!(window(1, 5, 2, Resampling::Average), (3, 5));
+        let cols = [(0, 2), (2, 3)];
         let even = [1u8, 2, 3];
         let odd = [4u8, 5, 6];
-        let d = downsample(&even, Some(&odd), 3, 1, Resampling::Nearest, None);
-        assert_eq!(d, vec![1, 3]);
-        let d = downsample(&even, None, 3, 1, Resampling::Nearest, None);
+        let d = downsample(&[&even, &odd], &cols, 1, Resampling::Nearest, None);
         assert_eq!(d, vec![1, 3]);
         let e = [1.0f32, f32::NAN, 3.0];
         let o = [3.0f32, f32::NAN, f32::NAN];
-        let d = downsample(&e, Some(&o), 3, 1, Resampling::Average, None);
-        assert_eq!(d[0], 2.0);
-        assert_eq!(d[1], 3.0);
+        let d = downsample(&[&e, &o], &cols, 1, Resampling::Average, None);
+        assert_eq!(d, vec![2.0, 3.0]);
         let all_nan = [f32::NAN; 2];
-        let d = downsample(&all_nan, None, 2, 1, Resampling::Average, None);
+        let d = downsample(&[&all_nan], &[(0, 2)], 1, Resampling::Average, None);
         assert!(d[0].is_nan());
     }
 
@@ -939,22 +972,50 @@ mod tests {
             .read_as::<u8>((0, 0), (w, h), (w, h), None)
             .expect("read");
         assert!(got.data() == &data[..], "pixels differ");
-        assert_eq!(band.overview_count().expect("ovr"), 2);
-        let o1 = band.overview(0).expect("overview");
-        assert_eq!(o1.size(), (550, 515));
-        let got = o1
-            .read_as::<u8>((0, 0), (550, 515), (550, 515), None)
-            .expect("read");
-        for (j, i) in [(0usize, 0usize), (10, 3), (549, 514), (200, 100)] {
-            let (sx, sy) = (2 * j, 2 * i);
-            assert_eq!(
-                got.data()[i * 550 + j],
-                data[sy * w + sx],
-                "overview ({j},{i})"
-            );
+        // The overviews equal those of GDAL's own COG driver on the same pixels, level by
+        // level (sizes and every pixel: odd sizes make GDAL's sampling drift off 2j).
+        let reference = dir.path().join("gdal.tif");
+        {
+            let mem = gdal::DriverManager::get_driver_by_name("MEM").expect("mem");
+            let mut src = mem
+                .create_with_band_type::<u8, _>("", w, h, 1)
+                .expect("mem ds");
+            src.set_geo_transform(&gt.0).expect("gt");
+            let mut buf = gdal::raster::Buffer::new((w, h), data.clone());
+            src.rasterband(1)
+                .expect("band")
+                .write((0, 0), (w, h), &mut buf)
+                .expect("write");
+            let cog = gdal::DriverManager::get_driver_by_name("COG").expect("cog");
+            let opts: gdal::raster::RasterCreationOptions =
+                "COMPRESS=DEFLATE OVERVIEWS=AUTO RESAMPLING=NEAREST"
+                    .parse()
+                    .expect("options");
+            src.create_copy(&cog, &reference, &opts).expect("gdal cog");
         }
-        let o2 = band.overview(1).expect("overview");
-        assert_eq!(o2.size(), (275, 258));
+        let theirs = Dataset::open(&reference).expect("open gdal cog");
+        let tb = theirs.rasterband(1).expect("band");
+        assert_eq!(band.overview_count().expect("ovr"), 2);
+        assert_eq!(tb.overview_count().expect("ovr"), 2);
+        for k in 0..2 {
+            let (mine, gdal) = (band.overview(k).expect("o"), tb.overview(k).expect("o"));
+            assert_eq!(mine.size(), gdal.size(), "overview {k} size");
+            let (ow, oh) = mine.size();
+            let a = mine
+                .read_as::<u8>((0, 0), (ow, oh), (ow, oh), None)
+                .expect("r");
+            let b = gdal
+                .read_as::<u8>((0, 0), (ow, oh), (ow, oh), None)
+                .expect("r");
+            let diff = a
+                .data()
+                .iter()
+                .zip(b.data())
+                .filter(|(x, y)| x != y)
+                .count();
+            assert_eq!(diff, 0, "overview {k}: {diff} pixels differ from GDAL's");
+        }
+        assert_eq!(band.overview(0).expect("o").size(), (550, 515));
     }
 
     #[test]
@@ -1017,14 +1078,16 @@ mod tests {
             let od = o
                 .read_as::<f32>((0, 0), (350, 300), (350, 300), None)
                 .expect("r");
-            // Pixel (1, 1) of the overview is the mean of the valid pixels of its block.
-            let vals: Vec<f32> = [(2, 2), (3, 2), (2, 3), (3, 3)]
-                .iter()
-                .map(|&(x, y)| want[y * w + x])
-                .filter(|v| !v.is_nan())
-                .collect();
-            let mean = vals.iter().sum::<f32>() / vals.len() as f32;
-            assert!((od.data()[350 + 1] - mean).abs() < 1e-6);
+            // Each overview pixel is the mean of the valid pixels of its 2 x 2 block.
+            for (j, i) in [(1usize, 1usize), (0, 0), (349, 299), (100, 57)] {
+                let vals: Vec<f32> = [(0, 0), (1, 0), (0, 1), (1, 1)]
+                    .iter()
+                    .map(|&(dx, dy)| want[(2 * i + dy) * w + 2 * j + dx])
+                    .filter(|v| !v.is_nan())
+                    .collect();
+                let mean = vals.iter().sum::<f32>() / vals.len() as f32;
+                assert!((od.data()[i * 350 + j] - mean).abs() < 1e-6, "({j},{i})");
+            }
         }
     }
 
