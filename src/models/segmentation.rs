@@ -342,44 +342,46 @@ impl SegmentationModel {
             SegFormat::Probability => 2,
             _ => c_out,
         };
-        let mut probs = Array4::<f32>::zeros((b, classes, h, w));
-        let up = upsample(raw.view(), h, w);
+        // At the tile's size already (stride 1): read the output where it is, no copy.
+        let up: ndarray::CowArray<'_, f32, ndarray::Ix4> = if raw.shape()[2..] == [h, w] {
+            raw.view().into()
+        } else {
+            upsample(raw.view(), h, w).into()
+        };
+        let plane = h * w;
         match self.format {
             SegFormat::Probability => {
                 // Contiguous planes: slices, not per-element indexing (this runs per pixel).
                 let up = up.as_standard_layout();
                 let src = up.as_slice().unwrap_or(&[]);
-                let plane = h * w;
-                if let Some(dst) = probs.as_slice_mut() {
-                    for i in 0..b {
-                        let p_in = &src[i * plane..(i + 1) * plane];
-                        let (bg, fg) = dst[i * 2 * plane..(i + 1) * 2 * plane].split_at_mut(plane);
-                        for ((p, b0), b1) in p_in.iter().zip(bg.iter_mut()).zip(fg.iter_mut()) {
-                            let p = p.clamp(0.0, 1.0);
-                            *b0 = 1.0 - p;
-                            *b1 = p;
-                        }
-                    }
-                }
-            }
-            SegFormat::Probabilities | SegFormat::Clipseg => probs.assign(&up),
-            SegFormat::Logits => {
+                let mut out = Vec::with_capacity(b * 2 * plane);
                 for i in 0..b {
-                    for y in 0..h {
-                        for x in 0..w {
-                            let max = (0..classes)
-                                .map(|c| up[[i, c, y, x]])
-                                .fold(f32::NEG_INFINITY, f32::max);
-                            let mut sum = 0.0;
-                            for c in 0..classes {
-                                let e = (up[[i, c, y, x]] - max).exp();
-                                probs[[i, c, y, x]] = e;
-                                sum += e;
-                            }
-                            for c in 0..classes {
-                                probs[[i, c, y, x]] /= sum;
-                            }
-                        }
+                    let p_in = src.get(i * plane..(i + 1) * plane).unwrap_or(&[]);
+                    out.extend(p_in.iter().map(|p| 1.0 - p.clamp(0.0, 1.0)));
+                    out.extend(p_in.iter().map(|p| p.clamp(0.0, 1.0)));
+                }
+                return Array4::from_shape_vec((b, 2, h, w), out)
+                    .map_err(|e| run_err(&path, format!("output shape: {e}")));
+            }
+            SegFormat::Probabilities | SegFormat::Clipseg => return Ok(up.into_owned()),
+            _ => {}
+        }
+        // Logits: softmax over the classes, pixel by pixel.
+        let mut probs = Array4::<f32>::zeros((b, classes, h, w));
+        for i in 0..b {
+            for y in 0..h {
+                for x in 0..w {
+                    let max = (0..classes)
+                        .map(|c| up[[i, c, y, x]])
+                        .fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0.0;
+                    for c in 0..classes {
+                        let e = (up[[i, c, y, x]] - max).exp();
+                        probs[[i, c, y, x]] = e;
+                        sum += e;
+                    }
+                    for c in 0..classes {
+                        probs[[i, c, y, x]] /= sum;
                     }
                 }
             }

@@ -24,6 +24,21 @@ impl<T: Copy> BufferPool<T> {
         }
     }
 
+    /// A buffer of `len` elements whose contents do not matter (the caller overwrites every
+    /// one): a spare of that length is handed out as it is, without filling it again.
+    pub(crate) fn take_overwritten(&self, len: usize, fill: T) -> PooledBuf<T> {
+        let reused = self.spare.lock().ok().and_then(|mut s| s.pop());
+        let mut data = reused.unwrap_or_default();
+        if data.len() != len {
+            data.clear();
+            data.resize(len, fill);
+        }
+        PooledBuf {
+            data,
+            home: Some((Arc::clone(&self.spare), self.keep)),
+        }
+    }
+
     /// A buffer of `len` elements, all `fill`.
     pub(crate) fn take(&self, len: usize, fill: T) -> PooledBuf<T> {
         let reused = self.spare.lock().ok().and_then(|mut s| s.pop());
@@ -104,5 +119,10 @@ mod tests {
         drop(c);
         assert_eq!(pool.spare.lock().expect("lock").len(), 1);
         assert_eq!(pool.take(3, 2).into_vec(), vec![2, 2, 2]);
+        // A spare of the right length comes back as it was; another length is filled.
+        let d = pool.take(4, 9);
+        drop(d);
+        assert_eq!(pool.take_overwritten(4, 0).into_vec(), vec![9, 9, 9, 9]);
+        assert_eq!(pool.take_overwritten(2, 5).into_vec(), vec![5, 5]);
     }
 }
