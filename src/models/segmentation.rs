@@ -307,8 +307,9 @@ impl SegmentationModel {
         Normalizer::from_preprocess(&self.pre)
     }
 
-    /// Class probabilities `[B, C, S, S]` for a normalised batch `[B, 3, S, S]` (C = 2 for
-    /// the probability format: `1 - p`, `p`).
+    /// Class probabilities `[B, C, S, S]` for a normalised batch `[B, 3, S, S]`; for the
+    /// (binary) probability format one plane, P(class 1), clamped to 0..1 (P(class 0) is its
+    /// complement: see [`crate::stitch::mask::MaskStitcher::binary_input`]).
     ///
     /// # Errors
     /// Inference failure or an output of an unexpected shape.
@@ -338,10 +339,7 @@ impl SegmentationModel {
             ));
         }
         let c_out = raw.shape()[1];
-        let classes = match self.format {
-            SegFormat::Probability => 2,
-            _ => c_out,
-        };
+        let classes = c_out;
         // At the tile's size already (stride 1): read the output where it is, no copy.
         let up: ndarray::CowArray<'_, f32, ndarray::Ix4> = if raw.shape()[2..] == [h, w] {
             raw.view().into()
@@ -354,13 +352,11 @@ impl SegmentationModel {
                 // Contiguous planes: slices, not per-element indexing (this runs per pixel).
                 let up = up.as_standard_layout();
                 let src = up.as_slice().unwrap_or(&[]);
-                let mut out = Vec::with_capacity(b * 2 * plane);
-                for i in 0..b {
-                    let p_in = src.get(i * plane..(i + 1) * plane).unwrap_or(&[]);
-                    out.extend(p_in.iter().map(|p| 1.0 - p.clamp(0.0, 1.0)));
-                    out.extend(p_in.iter().map(|p| p.clamp(0.0, 1.0)));
-                }
-                return Array4::from_shape_vec((b, 2, h, w), out)
+                let out: Vec<f32> = src[..(b * plane).min(src.len())]
+                    .iter()
+                    .map(|p| p.clamp(0.0, 1.0))
+                    .collect();
+                return Array4::from_shape_vec((b, 1, h, w), out)
                     .map_err(|e| run_err(&path, format!("output shape: {e}")));
             }
             SegFormat::Probabilities | SegFormat::Clipseg => return Ok(up.into_owned()),

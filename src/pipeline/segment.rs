@@ -232,6 +232,9 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
         },
     )?;
     let mut stitcher = MaskStitcher::new(&grid, n_classes, job.window, decision);
+    if model.format() == SegFormat::Probability {
+        stitcher = stitcher.binary_input();
+    }
     if prob_bands == 0 {
         stitcher = stitcher.without_probabilities();
     }

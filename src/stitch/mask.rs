@@ -106,6 +106,8 @@ pub struct MaskStitcher {
     /// The model channels accumulated: every class when probabilities are kept, else only
     /// those the decision reads (class 1 for a threshold, the prompts for prompted models).
     channels: Vec<usize>,
+    /// Binary models: tiles hold one plane, P(class 1); P(class 0) is its complement.
+    binary: bool,
 }
 
 impl std::fmt::Debug for MaskStitcher {
@@ -144,13 +146,27 @@ impl MaskStitcher {
             peak_rows: 0,
             keep_probs: true,
             channels: (0..classes).collect(),
+            binary: false,
         }
+    }
+
+    /// Tiles carry one plane, P(class 1), of a two-class model: only it is blended (the
+    /// blend of `1 - p` is `1 -` the blend of `p`), and P(class 0) is derived when the
+    /// probabilities are handed to the sink. Use with a two-class [`Decision::Threshold`].
+    pub fn binary_input(mut self) -> MaskStitcher {
+        self.binary = true;
+        self.classes = 2;
+        self.channels = vec![1];
+        self
     }
 
     /// Hand the sink class values only (an empty probability slice): cheaper when no
     /// probability raster is written, since only the channels the decision reads are blended.
     pub fn without_probabilities(mut self) -> MaskStitcher {
         self.keep_probs = false;
+        if self.binary {
+            return self;
+        }
         self.channels = match self.decision {
             Decision::Argmax => (0..self.classes).collect(),
             Decision::Threshold(_) => vec![1.min(self.classes.saturating_sub(1))],
@@ -183,8 +199,9 @@ impl MaskStitcher {
         self.peak_rows = self.peak_rows.max(self.rows.len());
     }
 
-    /// Add a tile's probabilities (`classes * size * size`, band-sequential) for its valid
-    /// pixels, or `None` for a tile that was skipped; then flush the rows now finished.
+    /// Add a tile's probabilities (`classes * size * size`, band-sequential; one plane with
+    /// [`MaskStitcher::binary_input`]) for its valid pixels, or `None` for a tile that was
+    /// skipped; then flush the rows now finished.
     ///
     /// # Errors
     /// The sink's error.
@@ -209,7 +226,11 @@ impl MaskStitcher {
                 let k0 = r * n;
                 let wrow = &self.weights[k0..k0 + iw];
                 let vrow = valid.get(k0..k0 + iw);
-                let prow = |c: usize| probs.get(c * plane + k0..c * plane + k0 + iw);
+                let first = usize::from(self.binary);
+                let prow = |c: usize| {
+                    let at = (c - first) * plane + k0;
+                    probs.get(at..at + iw)
+                };
                 let all_valid = vrow.is_some_and(|v| !v.contains(&0))
                     && self.channels.iter().all(|&c| prow(c).is_some());
                 if all_valid {
@@ -232,7 +253,10 @@ impl MaskStitcher {
                     }
                     acc.weight[x0 + q] += wt;
                     for (slot, &c) in self.channels.iter().enumerate() {
-                        let pv = probs.get(c * plane + k0 + q).copied().unwrap_or(0.0);
+                        let pv = probs
+                            .get((c - first) * plane + k0 + q)
+                            .copied()
+                            .unwrap_or(0.0);
                         acc.scores[slot * w + x0 + q] += wt * pv;
                     }
                 }
@@ -294,8 +318,13 @@ impl MaskStitcher {
                             *pc = acc.scores[slot * w + x] / wt;
                         }
                         if self.keep_probs {
-                            for (c, pc) in p.iter().enumerate() {
-                                probs[c * n * w + r * w + x] = *pc;
+                            if self.binary {
+                                probs[r * w + x] = 1.0 - p[0];
+                                probs[n * w + r * w + x] = p[0];
+                            } else {
+                                for (c, pc) in p.iter().enumerate() {
+                                    probs[c * n * w + r * w + x] = *pc;
+                                }
                             }
                         }
                         out[x] = self.decide(decision, &p);
@@ -536,6 +565,70 @@ mod tests {
             // The decision really varies across the mosaic.
             let distinct: std::collections::BTreeSet<u8> = full.classes.iter().copied().collect();
             assert!(distinct.len() >= 2, "{decision:?}: {distinct:?}");
+        }
+    }
+
+    /// A binary model's single P(class 1) plane stitches to the same classes, and the same
+    /// probabilities within rounding, as the two planes `1 - p`, `p`.
+    #[test]
+    fn binary_input_equals_two_planes() {
+        let (w, h) = (29, 23);
+        let g = grid(w, h, 10, 4);
+        let mut seed = 99u32;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            (seed % 1000) as f32 / 1000.0
+        };
+        let tiles: Vec<(Tile, Vec<f32>, Vec<u8>)> = (0..g.rows())
+            .flat_map(|r| (0..g.cols()).map(move |c| (r, c)))
+            .map(|(r, c)| {
+                let t = g.tile(r, c);
+                let n = t.size;
+                let p: Vec<f32> = (0..n * n).map(|_| rnd()).collect();
+                let valid: Vec<u8> = (0..n * n).map(|i| u8::from(i % 13 != 5)).collect();
+                (t, p, valid)
+            })
+            .collect();
+        for keep in [true, false] {
+            let run = |binary: bool| {
+                let mut s = MaskStitcher::new(&g, 2, BlendWindow::Linear, Decision::Threshold(0.5));
+                if binary {
+                    s = s.binary_input();
+                }
+                if !keep {
+                    s = s.without_probabilities();
+                }
+                let mut sink = Collect {
+                    width: w,
+                    classes: vec![],
+                    probs: vec![vec![], vec![]],
+                    next: 0,
+                };
+                for (t, p, v) in &tiles {
+                    let planes: Vec<f32> = if binary {
+                        p.clone()
+                    } else {
+                        p.iter().map(|x| 1.0 - x).chain(p.iter().copied()).collect()
+                    };
+                    s.add(t, Some(&planes), v, &mut sink).expect("add");
+                }
+                s.finish(&mut sink).expect("finish");
+                sink
+            };
+            let (two, one) = (run(false), run(true));
+            assert_eq!(two.classes, one.classes, "keep {keep}");
+            assert!(two.classes.contains(&0) && two.classes.contains(&1));
+            for c in 0..2 {
+                assert_eq!(two.probs[c].len(), one.probs[c].len());
+                for (a, b) in two.probs[c].iter().zip(&one.probs[c]) {
+                    assert!(
+                        (a - b).abs() < 1e-5 || (a.is_nan() && b.is_nan()),
+                        "{a} {b}"
+                    );
+                }
+            }
         }
     }
 
