@@ -154,6 +154,11 @@ pub struct CogWriter<T: CogSample> {
     /// Tags of every IFD (nodata, colour map).
     common_tags: Vec<Tag>,
     photometric: u16,
+    /// What GDAL kept in a side-car `.aux.xml` for this georeferencing (a CRS GeoTIFF keys
+    /// cannot express), written beside the COG.
+    aux_xml: Option<Vec<u8>>,
+    /// BigTIFF even when a classic TIFF would do (tests).
+    force_bigtiff: bool,
     finished: bool,
 }
 
@@ -218,7 +223,8 @@ impl<T: CogSample> CogWriter<T> {
         let dir = path.parent().unwrap_or(Path::new("."));
         let nodata = spec.nodata.map(T::from_f64);
         let fill = nodata.unwrap_or_else(|| T::from_f64(0.0));
-        let (main_tags, common_tags, photometric) = metadata_tags::<T>(path, dir, &name, spec)?;
+        let (main_tags, common_tags, photometric, aux_xml) =
+            metadata_tags::<T>(path, dir, &name, spec)?;
         let mut levels = Vec::new();
         let sizes = level_sizes(spec.width, spec.height);
         for (k, &(w, h)) in sizes.iter().enumerate() {
@@ -258,6 +264,8 @@ impl<T: CogSample> CogWriter<T> {
             main_tags,
             common_tags,
             photometric,
+            aux_xml,
+            force_bigtiff: false,
             finished: false,
         })
     }
@@ -360,6 +368,11 @@ impl<T: CogSample> CogWriter<T> {
             let _ = std::fs::remove_file(&self.tmp_path);
         }
         result?;
+        if let Some(aux) = &self.aux_xml {
+            let mut name = self.path.clone().into_os_string();
+            name.push(".aux.xml");
+            std::fs::write(&name, aux).map_err(|e| werr(Path::new(&name), e))?;
+        }
         std::fs::rename(&self.tmp_path, &self.path).map_err(|e| werr(&self.path, e))?;
         self.finished = true;
         self.remove_temporaries();
@@ -382,7 +395,8 @@ impl<T: CogSample> CogWriter<T> {
         // Classic TIFF unless offsets would not fit 32 bits (with a generous margin for the
         // header and IFDs).
         let tiles_total: u64 = self.levels.iter().map(|l| l.tiles.len() as u64).sum();
-        let big = data_total + tiles_total * 16 + (1 << 20) > u64::from(u32::MAX);
+        let big =
+            self.force_bigtiff || data_total + tiles_total * 16 + (1 << 20) > u64::from(u32::MAX);
         let layout = Layout { big };
         let header_len: u64 = if big { 16 } else { 8 };
         let ghost = format!(
@@ -743,8 +757,8 @@ fn metadata_tags<T: CogSample>(
     dir: &Path,
     name: &str,
     spec: &CogSpec<'_>,
-) -> Result<(Vec<Tag>, Vec<Tag>, u16)> {
-    let mut main = geo_tags(path, dir, name, spec)?;
+) -> Result<(Vec<Tag>, Vec<Tag>, u16, Option<Vec<u8>>)> {
+    let (mut main, aux) = geo_tags(path, dir, name, spec)?;
     let mut items = String::new();
     for (k, v) in spec.metadata {
         items.push_str(&format!(
@@ -782,12 +796,18 @@ fn metadata_tags<T: CogSample>(
             common.push(Tag::short(320, &map));
         }
     }
-    Ok((main, common, photometric))
+    Ok((main, common, photometric, aux))
 }
 
 /// GeoTIFF tags (model pixel scale, tiepoint or transformation, geokeys and their
-/// parameters) for the spec's geotransform and CRS, as GDAL encodes them.
-fn geo_tags(path: &Path, dir: &Path, name: &str, spec: &CogSpec<'_>) -> Result<Vec<Tag>> {
+/// parameters) for the spec's geotransform and CRS, as GDAL encodes them, and the `.aux.xml`
+/// GDAL writes beside them when the keys cannot hold the CRS.
+fn geo_tags(
+    path: &Path,
+    dir: &Path,
+    name: &str,
+    spec: &CogSpec<'_>,
+) -> Result<(Vec<Tag>, Option<Vec<u8>>)> {
     crate::raster::init_gdal();
     let probe = dir.join(format!(".{name}.georef.tmp.tif"));
     let e = |err: gdal::errors::GdalError| werr(path, gdal_reason(&err));
@@ -803,15 +823,18 @@ fn geo_tags(path: &Path, dir: &Path, name: &str, spec: &CogSpec<'_>) -> Result<V
         ds.close().map_err(e)?;
     }
     let bytes = std::fs::read(&probe);
+    let aux_path = probe.with_extension("tif.aux.xml");
+    let aux = std::fs::read(&aux_path).ok();
     let _ = std::fs::remove_file(&probe);
-    let _ = std::fs::remove_file(probe.with_extension("tif.aux.xml"));
+    let _ = std::fs::remove_file(&aux_path);
     let bytes = bytes.map_err(|err| werr(&probe, err))?;
     let tags = read_classic_tags(&bytes)
         .ok_or_else(|| werr(path, "could not read the georeferencing GDAL wrote"))?;
-    Ok(tags
+    let tags = tags
         .into_iter()
         .filter(|t| matches!(t.tag, 33550 | 33922 | 34264 | 34735 | 34736 | 34737))
-        .collect())
+        .collect();
+    Ok((tags, aux))
 }
 
 /// The tags of the first IFD of a little-endian classic TIFF.
@@ -1089,6 +1112,100 @@ mod tests {
                 assert!((od.data()[i * 350 + j] - mean).abs() < 1e-6, "({j},{i})");
             }
         }
+    }
+
+    /// The BigTIFF layout (used past 4 GiB) reads back through GDAL as the classic one does,
+    /// overviews included, and is still a COG.
+    #[test]
+    fn bigtiff_layout_round_trips() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (w, h) = (1300usize, 700usize);
+        let data: Vec<u8> = (0..w * h)
+            .map(|i| ((i % w) / 9 + (i / w) / 4) as u8)
+            .collect();
+        let gt = GeoTransform([1000.0, 3.0, 0.0, 9000.0, 0.0, -3.0]);
+        let wkt = wkt();
+        let spec = CogSpec {
+            width: w,
+            height: h,
+            bands: 1,
+            geotransform: &gt,
+            crs_wkt: Some(&wkt),
+            nodata: Some(0.0),
+            descriptions: &[],
+            legend: None,
+            metadata: &[],
+            resampling: Resampling::Nearest,
+        };
+        let mut pixels = Vec::new();
+        for big in [false, true] {
+            let path = dir.path().join(format!("big_{big}.tif"));
+            let mut cog = CogWriter::<u8>::create(&path, &spec).expect("create");
+            cog.force_bigtiff = big;
+            cog.write_rows(&data).expect("rows");
+            cog.finish().expect("finish");
+            let head = std::fs::read(&path).expect("read");
+            assert_eq!(head[2], if big { 43 } else { 42 }, "TIFF version");
+            let ds = Dataset::open(&path).expect("open");
+            assert_eq!(
+                ds.metadata_item("LAYOUT", "IMAGE_STRUCTURE").as_deref(),
+                Some("COG")
+            );
+            assert_eq!(ds.geo_transform().expect("gt"), gt.0);
+            let band = ds.rasterband(1).expect("band");
+            let got = band.read_as::<u8>((0, 0), (w, h), (w, h), None).expect("r");
+            assert!(got.data() == &data[..]);
+            let o = band.overview(0).expect("overview");
+            let (ow, oh) = o.size();
+            let od = o
+                .read_as::<u8>((0, 0), (ow, oh), (ow, oh), None)
+                .expect("r");
+            pixels.push(od.data().to_vec());
+        }
+        assert_eq!(pixels[0], pixels[1], "overviews differ between layouts");
+    }
+
+    /// A CRS GeoTIFF keys cannot hold (a rotated pole) survives in the `.aux.xml` GDAL
+    /// reads beside the COG, as with GDAL's own writer.
+    #[test]
+    fn crs_beyond_geotiff_keys_goes_to_aux_xml() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("rotated.tif");
+        let srs = gdal::spatial_ref::SpatialRef::from_proj4(
+            "+proj=ob_tran +o_proj=longlat +o_lon_p=-162 +o_lat_p=39.25 +lon_0=180 +datum=WGS84",
+        )
+        .expect("srs");
+        let wkt = srs.to_wkt().expect("wkt");
+        let gt = GeoTransform([-10.0, 0.1, 0.0, 10.0, 0.0, -0.1]);
+        let spec = CogSpec {
+            width: 20,
+            height: 10,
+            bands: 1,
+            geotransform: &gt,
+            crs_wkt: Some(&wkt),
+            nodata: None,
+            descriptions: &[],
+            legend: None,
+            metadata: &[],
+            resampling: Resampling::Nearest,
+        };
+        let mut cog = CogWriter::<u8>::create(&path, &spec).expect("create");
+        cog.write_rows(&[7u8; 200]).expect("rows");
+        cog.finish().expect("finish");
+        assert!(dir.path().join("rotated.tif.aux.xml").exists());
+        let ds = Dataset::open(&path).expect("open");
+        let got = ds.spatial_ref().expect("srs");
+        assert!(
+            got.to_proj4().expect("proj4").contains("ob_tran"),
+            "{:?}",
+            got.to_proj4()
+        );
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, vec!["rotated.tif", "rotated.tif.aux.xml"]);
     }
 
     #[test]
