@@ -223,8 +223,12 @@ impl<T: CogSample> CogWriter<T> {
         let dir = path.parent().unwrap_or(Path::new("."));
         let nodata = spec.nodata.map(T::from_f64);
         let fill = nodata.unwrap_or_else(|| T::from_f64(0.0));
-        let (main_tags, common_tags, photometric, aux_xml) =
-            metadata_tags::<T>(path, dir, &name, spec)?;
+        let EncodedMetadata {
+            main: main_tags,
+            common: common_tags,
+            photometric,
+            aux_xml,
+        } = metadata_tags::<T>(path, dir, &name, spec)?;
         let mut levels = Vec::new();
         let sizes = level_sizes(spec.width, spec.height);
         for (k, &(w, h)) in sizes.iter().enumerate() {
@@ -757,7 +761,7 @@ fn metadata_tags<T: CogSample>(
     dir: &Path,
     name: &str,
     spec: &CogSpec<'_>,
-) -> Result<(Vec<Tag>, Vec<Tag>, u16, Option<Vec<u8>>)> {
+) -> Result<EncodedMetadata> {
     let (mut main, aux) = geo_tags(path, dir, name, spec)?;
     let mut items = String::new();
     for (k, v) in spec.metadata {
@@ -796,7 +800,22 @@ fn metadata_tags<T: CogSample>(
             common.push(Tag::short(320, &map));
         }
     }
-    Ok((main, common, photometric, aux))
+    Ok(EncodedMetadata {
+        main,
+        common,
+        photometric,
+        aux_xml: aux,
+    })
+}
+
+/// The tags [`metadata_tags`] encodes.
+struct EncodedMetadata {
+    /// Full-resolution IFD only.
+    main: Vec<Tag>,
+    /// Every IFD.
+    common: Vec<Tag>,
+    photometric: u16,
+    aux_xml: Option<Vec<u8>>,
 }
 
 /// GeoTIFF tags (model pixel scale, tiepoint or transformation, geokeys and their
