@@ -458,6 +458,10 @@ fn bad_models_labels_and_devices_fail_cleanly() {
     let why = trt["fallback"].as_str().unwrap_or_default();
     assert!(why.contains("TensorrtExecutionProvider"), "{trt}");
     assert_eq!(trt["pinned_input"], false, "no pinned memory on the CPU");
+    assert_eq!(
+        trt["similarity_provider"], "CPUExecutionProvider",
+        "the similarity head follows the encoder's fallback"
+    );
     // A device clap cannot parse is a usage error (exit 2) naming the choices.
     let tpu = go(base(&[
         "--model", &model, "--labels", "a,b", "--device", "tpu",

@@ -292,6 +292,30 @@ fn embeddings_and_probabilities_match_pytorch() {
         .map(|(a, b)| (a - b).abs())
         .fold(0.0, f32::max);
     assert!(max_abs < 1e-4, "probs abs err {max_abs}");
+
+    // The same probabilities from the similarity head run by ONNX Runtime after the encoder
+    // (label embeddings resident where the model runs), for the batch and for a batch of one.
+    let labels_there = model.device_labels(&lab).expect("device labels");
+    let head = model
+        .classify_images(pixels.view(), &labels_there)
+        .expect("head");
+    assert_eq!(head.shape(), want_probs.shape());
+    let max_abs = head
+        .iter()
+        .zip(want_probs.iter())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(max_abs < 1e-4, "head probs abs err {max_abs}");
+    let one = model
+        .classify_images(pixels.slice(ndarray::s![1..2, .., .., ..]), &labels_there)
+        .expect("one");
+    for (a, b) in one.iter().zip(want_probs.row(1)) {
+        assert!(
+            (a - b).abs() < 1e-4,
+            "head probs of image 1 alone: {a} vs {b}"
+        );
+    }
+    assert_eq!(model.head_provider(), "CPUExecutionProvider");
     let top1: Vec<&str> = r["top1"]
         .as_array()
         .expect("top1")

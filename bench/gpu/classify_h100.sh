@@ -109,7 +109,7 @@ agree = pe["top1_agreement"]
 lines = [
     f"## CLIP {shape} classify, {datetime.date.today()}, {gpu}",
     "",
-    f"tessera {cl.get('provider')} (fallback: {cl.get('fallback')}), package {os.path.basename(model)} "
+    f"tessera {cl.get('provider')} (fallback: {cl.get('fallback')}; similarity head on {cl.get('similarity_provider')}, pinned input {cl.get('pinned_input')}), package {os.path.basename(model)} "
     f"(random weights; fused attention, fp16, uint8 input), batch {batch}, {threads} reader threads, "
     f"{tiles} tiles of {cl['tile_size']} px; PyTorch {pe['torch']} {pe['dtype']} (SDPA) on {pe['device']}.",
     "",

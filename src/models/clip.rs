@@ -16,7 +16,14 @@ use serde::{Deserialize, Serialize};
 
 use super::{hex, ModelError, ModelPackage};
 use crate::models::manifest::{ImageSpec, Preprocess, Scores, TextSpec, TokenizerSpec};
-use crate::runtime::{create_session, ModelSession, Runtime, RuntimeError, SessionOptions};
+use crate::runtime::{
+    create_session, create_session_from_memory, ModelSession, Runtime, RuntimeError, SessionOptions,
+};
+
+/// The similarity head run after the image encoder, on the encoder's provider:
+/// `softmax(logit_scale * normalize(image_embeds) @ label_embeds^T)` (built by
+/// tools/fixtures/make_clip_head.py).
+static CLIP_HEAD_ONNX: &[u8] = include_bytes!("clip_head.onnx");
 
 /// Prompt templates averaged per label when the user gives none: phrasings of overhead
 /// imagery, in the spirit of the CLIP paper's ensembles for remote-sensing datasets.
@@ -293,6 +300,30 @@ pub struct ClipModel {
     text: ModelSession,
     tokenizer: tokenizers::Tokenizer,
     staging: InputStaging,
+    /// The similarity head, on the image encoder's device.
+    head: ModelSession,
+    /// Where the image embeddings and label embeddings live between the two graphs (the GPU's
+    /// memory on CUDA), and host memory for the probabilities.
+    device_memory: ort::memory::MemoryInfo<'static>,
+    host_memory: ort::memory::MemoryInfo<'static>,
+    /// The CUDA device of the image encoder, when it runs on one.
+    cuda_device: Option<i32>,
+}
+
+/// Label embeddings and the logit scale placed where the similarity head runs (device memory
+/// on a GPU, copied there once), for [`ClipModel::classify_images`].
+pub struct DeviceLabels {
+    embeds: ort::value::DynValue,
+    scale: ort::value::DynValue,
+    count: usize,
+}
+
+impl std::fmt::Debug for DeviceLabels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceLabels")
+            .field("count", &self.count)
+            .finish()
+    }
 }
 
 /// The image encoder's input tensors, allocated once by ONNX Runtime and refilled for every
@@ -343,6 +374,47 @@ impl InputStaging {
             bytes: Default::default(),
             floats: Default::default(),
         }
+    }
+}
+
+/// Copy a batch into the reused (pinned on GPUs) input tensor of its size: as bytes for uint8
+/// graphs (the quantised values are whole numbers 0..255), else as floats.
+fn stage<'a, T: ImageElement>(
+    st: &'a mut InputStaging,
+    input_type: super::InputType,
+    batch: &ArrayView4<'_, T>,
+) -> Result<ort::value::ValueRef<'a, ort::value::DynTensorValueType>, ort::Error> {
+    let shape = batch.shape();
+    let (n, s) = (shape[0], shape[2]);
+    let dims = [n, 3, s, s];
+    if input_type == super::InputType::Uint8 {
+        if !st.bytes.contains_key(&n) {
+            let t = ort::value::Tensor::<u8>::new(&st.allocator, dims)?;
+            st.bytes.insert(n, t);
+        }
+        let t = st
+            .bytes
+            .get_mut(&n)
+            .ok_or_else(|| ort::Error::new("no staging tensor"))?;
+        let (_, data) = t.extract_tensor_mut();
+        for (d, v) in data.iter_mut().zip(batch.iter()) {
+            *d = v.to_byte();
+        }
+        Ok(t.upcast_ref())
+    } else {
+        if !st.floats.contains_key(&n) {
+            let t = ort::value::Tensor::<f32>::new(&st.allocator, dims)?;
+            st.floats.insert(n, t);
+        }
+        let t = st
+            .floats
+            .get_mut(&n)
+            .ok_or_else(|| ort::Error::new("no staging tensor"))?;
+        let (_, data) = t.extract_tensor_mut();
+        for (d, v) in data.iter_mut().zip(batch.iter()) {
+            *d = v.to_float();
+        }
+        Ok(t.upcast_ref())
     }
 }
 
@@ -404,6 +476,49 @@ impl ClipModel {
             return Err(invalid(problems));
         };
         let staging = InputStaging::new(&image, options);
+        use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+        let cuda_device = match (image.provider, options.device) {
+            (
+                "CUDAExecutionProvider" | "TensorrtExecutionProvider",
+                crate::runtime::Device::Cuda(n) | crate::runtime::Device::TensorRt(n),
+            ) => Some(n),
+            _ => None,
+        };
+        // The head is a handful of element-wise ops and one small matmul: CUDA where the
+        // encoder is on a GPU (TensorRT would only add an engine build), else the CPU.
+        let head_options = SessionOptions {
+            device: cuda_device.map_or(crate::runtime::Device::Cpu, crate::runtime::Device::Cuda),
+            ..options.clone()
+        };
+        let head = create_session_from_memory(
+            runtime,
+            "clip_head.onnx (built in)",
+            CLIP_HEAD_ONNX,
+            &head_options,
+        )?;
+        let memory_err = |e: ort::Error| {
+            ModelError::Runtime(RuntimeError::Run {
+                path: dir.display().to_string(),
+                reason: e.to_string(),
+            })
+        };
+        let host_memory = MemoryInfo::new(
+            AllocationDevice::CPU,
+            0,
+            AllocatorType::Device,
+            MemoryType::Default,
+        )
+        .map_err(memory_err)?;
+        let device_memory = match cuda_device {
+            Some(id) => MemoryInfo::new(
+                AllocationDevice::CUDA,
+                id,
+                AllocatorType::Device,
+                MemoryType::Default,
+            )
+            .map_err(memory_err)?,
+            None => host_memory.clone(),
+        };
         Ok(ClipModel {
             package,
             cfg,
@@ -411,7 +526,118 @@ impl ClipModel {
             text,
             tokenizer,
             staging,
+            head,
+            device_memory,
+            host_memory,
+            cuda_device,
         })
+    }
+
+    /// The provider the similarity head runs on.
+    pub fn head_provider(&self) -> &'static str {
+        self.head.provider
+    }
+
+    /// Place `label_embeds` (`[labels, D]`, normalised: [`ClipModel::label_embeddings`]) and
+    /// the logit scale where the similarity head runs: copied once into GPU memory on CUDA.
+    ///
+    /// # Errors
+    /// The copy to the device failing.
+    pub fn device_labels(&self, label_embeds: &Array2<f32>) -> Result<DeviceLabels, ModelError> {
+        let path = self.head.path.clone();
+        let err = |e: ort::Error| self.run_err(&path, e);
+        let embeds = ort::value::Tensor::from_array(label_embeds.as_standard_layout().to_owned())
+            .map_err(err)?;
+        let scale = ort::value::Tensor::from_array(([1usize], vec![self.cfg.scores.logit_scale]))
+            .map_err(err)?;
+        let (embeds, scale) = match self.cuda_device {
+            Some(id) => (
+                embeds
+                    .to(ort::memory::AllocationDevice::CUDA, id)
+                    .map_err(err)?
+                    .into_dyn(),
+                scale
+                    .to(ort::memory::AllocationDevice::CUDA, id)
+                    .map_err(err)?
+                    .into_dyn(),
+            ),
+            None => (embeds.into_dyn(), scale.into_dyn()),
+        };
+        Ok(DeviceLabels {
+            embeds,
+            scale,
+            count: label_embeds.nrows(),
+        })
+    }
+
+    /// Class probabilities `[B, labels]` of a batch, computed where the model runs: the image
+    /// embeddings stay in the encoder's output memory (the GPU's on CUDA) and go straight into
+    /// the similarity head with the resident label embeddings; only the probabilities come
+    /// back to the host. The same numbers as [`ClipModel::probabilities`] of
+    /// [`ClipModel::encode_images`], within float rounding.
+    ///
+    /// # Errors
+    /// As [`ClipModel::encode_images`].
+    pub fn classify_images<T: ImageElement>(
+        &mut self,
+        batch: ArrayView4<'_, T>,
+        labels: &DeviceLabels,
+    ) -> Result<Array2<f32>, ModelError> {
+        let path = self.image.path.clone();
+        self.check_batch(&batch)?;
+        let run_err = |e: ort::Error| {
+            ModelError::Runtime(RuntimeError::Run {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })
+        };
+        let input = stage(&mut self.staging, self.cfg.image.input_type, &batch).map_err(run_err)?;
+        let mut binding = self.image.session.create_binding().map_err(run_err)?;
+        binding
+            .bind_input(self.cfg.image.input.as_str(), &*input)
+            .map_err(run_err)?;
+        binding
+            .bind_output_to_device(self.cfg.image.output.as_str(), &self.device_memory)
+            .map_err(run_err)?;
+        let mut out = self.image.session.run_binding(&binding).map_err(run_err)?;
+        let embeds = out
+            .remove(self.cfg.image.output.as_str())
+            .ok_or_else(|| run_err(ort::Error::new("the image encoder returned no embeddings")))?;
+        drop(out);
+        let mut head = self.head.session.create_binding().map_err(run_err)?;
+        head.bind_input("image_embeds", &embeds).map_err(run_err)?;
+        head.bind_input("label_embeds", &labels.embeds)
+            .map_err(run_err)?;
+        head.bind_input("logit_scale", &labels.scale)
+            .map_err(run_err)?;
+        head.bind_output_to_device("probs", &self.host_memory)
+            .map_err(run_err)?;
+        let out = self.head.session.run_binding(&head).map_err(run_err)?;
+        let probs = out["probs"].try_extract_array::<f32>().map_err(run_err)?;
+        let n = batch.shape()[0];
+        let probs = probs.to_owned().into_shape_with_order((n, labels.count));
+        drop(out);
+        probs.map_err(|e| self.run_err(&path, e))
+    }
+
+    /// The batch's shape and element type suit the image encoder.
+    fn check_batch<T: ImageElement>(&self, batch: &ArrayView4<'_, T>) -> Result<(), ModelError> {
+        let s = self.cfg.pre.size;
+        let path = &self.image.path;
+        let shape = batch.shape();
+        if shape[1] != 3 || shape[2] != s || shape[3] != s {
+            return Err(ModelError::Input {
+                path: path.display().to_string(),
+                reason: format!("batch has shape {shape:?}, the model takes [B, 3, {s}, {s}]"),
+            });
+        }
+        if T::BYTES && !self.takes_bytes() {
+            return Err(ModelError::Input {
+                path: path.display().to_string(),
+                reason: "a batch of raw bytes for a model that takes normalised floats".into(),
+            });
+        }
+        Ok(())
     }
 
     pub fn package(&self) -> &ModelPackage {
@@ -519,62 +745,15 @@ impl ClipModel {
         &mut self,
         batch: ArrayView4<'_, T>,
     ) -> Result<Array2<f32>, ModelError> {
-        let s = self.cfg.pre.size;
         let path = self.image.path.clone();
-        let shape = batch.shape();
-        if shape[1] != 3 || shape[2] != s || shape[3] != s {
-            return Err(ModelError::Input {
-                path: path.display().to_string(),
-                reason: format!("batch has shape {shape:?}, the model takes [B, 3, {s}, {s}]"),
-            });
-        }
-        if T::BYTES && !self.takes_bytes() {
-            return Err(ModelError::Input {
-                path: path.display().to_string(),
-                reason: "a batch of raw bytes for a model that takes normalised floats".into(),
-            });
-        }
-        // The batch goes into the reused (pinned on GPUs) input tensor of its size: as bytes for
-        // uint8 graphs (the quantised values are whole numbers 0..255), else as floats.
-        let n = shape[0];
-        let dims = [n, 3, s, s];
+        self.check_batch(&batch)?;
         let run_err = |e: ort::Error| {
             ModelError::Runtime(RuntimeError::Run {
                 path: path.display().to_string(),
                 reason: e.to_string(),
             })
         };
-        let st = &mut self.staging;
-        let input: ort::value::ValueRef<'_, ort::value::DynTensorValueType> =
-            if self.cfg.image.input_type == super::InputType::Uint8 {
-                if !st.bytes.contains_key(&n) {
-                    let t = ort::value::Tensor::<u8>::new(&st.allocator, dims).map_err(run_err)?;
-                    st.bytes.insert(n, t);
-                }
-                let t = st
-                    .bytes
-                    .get_mut(&n)
-                    .ok_or_else(|| run_err(ort::Error::new("no staging tensor")))?;
-                let (_, data) = t.extract_tensor_mut();
-                for (d, v) in data.iter_mut().zip(batch.iter()) {
-                    *d = v.to_byte();
-                }
-                t.upcast_ref()
-            } else {
-                if !st.floats.contains_key(&n) {
-                    let t = ort::value::Tensor::<f32>::new(&st.allocator, dims).map_err(run_err)?;
-                    st.floats.insert(n, t);
-                }
-                let t = st
-                    .floats
-                    .get_mut(&n)
-                    .ok_or_else(|| run_err(ort::Error::new("no staging tensor")))?;
-                let (_, data) = t.extract_tensor_mut();
-                for (d, v) in data.iter_mut().zip(batch.iter()) {
-                    *d = v.to_float();
-                }
-                t.upcast_ref()
-            };
+        let input = stage(&mut self.staging, self.cfg.image.input_type, &batch).map_err(run_err)?;
         let out_name = self.cfg.image.output.clone();
         let outputs = self
             .image

@@ -81,6 +81,9 @@ pub struct ClassifyReport {
     pub fallback: Option<String>,
     /// Batches are copied to the device from pinned host memory (CUDA, TensorRT).
     pub pinned_input: bool,
+    /// Where the image-label similarity and softmax ran (the built-in head after the image
+    /// encoder: CUDAExecutionProvider when the encoder is on a GPU).
+    pub similarity_provider: String,
     /// Tiles went to the model as the bytes read (uint8-input model, 8-bit bands scaled
     /// 0..255), never as floats.
     pub byte_tiles: bool,
@@ -303,6 +306,7 @@ pub fn run_classify(mut job: ClassifyJob) -> Result<ClassifyReport, PipelineErro
         provider: provider.to_string(),
         fallback: fallback.map(str::to_string),
         pinned_input: model.pinned_input(),
+        similarity_provider: model.head_provider().to_string(),
         byte_tiles: bytes,
         labels: job.labels.clone(),
         templates: job.templates.clone(),
@@ -346,6 +350,9 @@ where
     type Batch<T> = TileBatch<(Tile, f64), T>;
     let (full_tx, full_rx) = sync_channel::<Batch<T>>(1);
     let (empty_tx, empty_rx) = channel::<Batch<T>>();
+    // The label embeddings go where the model runs once (GPU memory on CUDA): each batch's
+    // probabilities are computed there, only `[B, labels]` comes back.
+    let labels = model.device_labels(label_embeds).map_err(model_err)?;
     std::thread::scope(|s| {
         let worker = s.spawn(move || -> Result<(Vec<TileResult>, f64), PipelineError> {
             let mut results = Vec::new();
@@ -354,8 +361,7 @@ where
                 let (pixels, tiles) = batch.take();
                 let n = tiles.len();
                 let t = Instant::now();
-                let embeds = model.encode_images(pixels).map_err(model_err)?;
-                let probs = model.probabilities(embeds, label_embeds);
+                let probs = model.classify_images(pixels, &labels).map_err(model_err)?;
                 seconds += t.elapsed().as_secs_f64();
                 for ((tile, valid_fraction), row) in tiles.into_iter().zip(probs.outer_iter()) {
                     results.push(TileResult {
