@@ -362,26 +362,43 @@ impl SegmentationModel {
             SegFormat::Probabilities | SegFormat::Clipseg => return Ok(up.into_owned()),
             _ => {}
         }
-        // Logits: softmax over the classes, pixel by pixel.
-        let mut probs = Array4::<f32>::zeros((b, classes, h, w));
+        // Logits: softmax over the classes, plane by plane (contiguous slices, so the loops
+        // vectorise): the per-pixel maximum, then exp(v - max) summed, then divided.
+        let up = up.as_standard_layout();
+        let src = up.as_slice().unwrap_or(&[]);
+        let mut out = vec![0f32; b * classes * plane];
+        if src.len() != out.len() {
+            return Err(run_err(&path, "logits are not [B, C, H, W]"));
+        }
+        let mut max = vec![0f32; plane];
+        let mut sum = vec![0f32; plane];
         for i in 0..b {
-            for y in 0..h {
-                for x in 0..w {
-                    let max = (0..classes)
-                        .map(|c| up[[i, c, y, x]])
-                        .fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0.0;
-                    for c in 0..classes {
-                        let e = (up[[i, c, y, x]] - max).exp();
-                        probs[[i, c, y, x]] = e;
-                        sum += e;
-                    }
-                    for c in 0..classes {
-                        probs[[i, c, y, x]] /= sum;
-                    }
+            let logits = &src[i * classes * plane..(i + 1) * classes * plane];
+            let probs = &mut out[i * classes * plane..(i + 1) * classes * plane];
+            max.fill(f32::NEG_INFINITY);
+            for l in logits.chunks_exact(plane) {
+                for (m, &v) in max.iter_mut().zip(l) {
+                    *m = m.max(v);
+                }
+            }
+            sum.fill(0.0);
+            for (l, p) in logits
+                .chunks_exact(plane)
+                .zip(probs.chunks_exact_mut(plane))
+            {
+                for (((d, &v), &m), s) in p.iter_mut().zip(l).zip(&max).zip(sum.iter_mut()) {
+                    *d = (v - m).exp();
+                    *s += *d;
+                }
+            }
+            for p in probs.chunks_exact_mut(plane) {
+                for (d, &s) in p.iter_mut().zip(&sum) {
+                    *d /= s;
                 }
             }
         }
+        let probs = Array4::from_shape_vec((b, classes, h, w), out)
+            .map_err(|e| run_err(&path, format!("output shape: {e}")))?;
         Ok(probs)
     }
 }
