@@ -22,7 +22,7 @@ use crate::runtime::{
 
 /// The similarity head run after the image encoder, on the encoder's provider:
 /// `softmax(logit_scale * normalize(image_embeds) @ label_embeds^T)` (built by
-/// tools/fixtures/make_clip_head.py).
+/// tools/fixtures/make_builtin_graphs.py).
 static CLIP_HEAD_ONNX: &[u8] = include_bytes!("clip_head.onnx");
 
 /// Prompt templates averaged per label when the user gives none: phrasings of overhead

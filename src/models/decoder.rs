@@ -31,7 +31,8 @@ use crate::runtime::{
     create_session, create_session_from_memory, ModelSession, Runtime, RuntimeError, SessionOptions,
 };
 
-/// A Gather along axis 0 (`y = x[idx]`), used to reorder key/value caches between beams.
+/// A Gather along axis 0 (`y = x[idx]`), used to reorder key/value caches between beams
+/// (built by tools/fixtures/make_builtin_graphs.py).
 static BEAM_REORDER_ONNX: &[u8] = include_bytes!("beam_reorder.onnx");
 
 /// Decoding settings.
