@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use super::{hex, ModelError, ModelPackage};
 use crate::models::manifest::{ImageSpec, Preprocess, Scores, TextSpec, TokenizerSpec};
 use crate::runtime::{
-    create_session, create_session_from_memory, ModelSession, Runtime, RuntimeError, SessionOptions,
+    create_session, create_session_from_memory, BindingMemory, ModelSession, Runtime, RuntimeError,
+    SessionOptions,
 };
 
 /// The similarity head run after the image encoder, on the encoder's provider:
@@ -341,16 +342,9 @@ struct InputStaging {
 impl InputStaging {
     fn new(image: &ModelSession, options: &SessionOptions) -> InputStaging {
         use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
-        let gpu = matches!(
-            image.provider,
-            "CUDAExecutionProvider" | "TensorrtExecutionProvider"
-        );
-        let id = match options.device {
-            crate::runtime::Device::Cuda(n) | crate::runtime::Device::TensorRt(n) => n,
-            crate::runtime::Device::Cpu => 0,
-        };
-        let pinned = gpu
-            .then(|| {
+        let pinned = image
+            .cuda_device(options)
+            .map(|id| {
                 MemoryInfo::new(
                     AllocationDevice::CUDA_PINNED,
                     id,
@@ -476,14 +470,7 @@ impl ClipModel {
             return Err(invalid(problems));
         };
         let staging = InputStaging::new(&image, options);
-        use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
-        let cuda_device = match (image.provider, options.device) {
-            (
-                "CUDAExecutionProvider" | "TensorrtExecutionProvider",
-                crate::runtime::Device::Cuda(n) | crate::runtime::Device::TensorRt(n),
-            ) => Some(n),
-            _ => None,
-        };
+        let cuda_device = image.cuda_device(options);
         // The head is a handful of element-wise ops and one small matmul: CUDA where the
         // encoder is on a GPU (TensorRT would only add an engine build), else the CPU.
         let head_options = SessionOptions {
@@ -496,29 +483,13 @@ impl ClipModel {
             CLIP_HEAD_ONNX,
             &head_options,
         )?;
-        let memory_err = |e: ort::Error| {
+        let memory = BindingMemory::new(cuda_device).map_err(|e| {
             ModelError::Runtime(RuntimeError::Run {
                 path: dir.display().to_string(),
                 reason: e.to_string(),
             })
-        };
-        let host_memory = MemoryInfo::new(
-            AllocationDevice::CPU,
-            0,
-            AllocatorType::Device,
-            MemoryType::Default,
-        )
-        .map_err(memory_err)?;
-        let device_memory = match cuda_device {
-            Some(id) => MemoryInfo::new(
-                AllocationDevice::CUDA,
-                id,
-                AllocatorType::Device,
-                MemoryType::Default,
-            )
-            .map_err(memory_err)?,
-            None => host_memory.clone(),
-        };
+        })?;
+        let (host_memory, device_memory) = (memory.host, memory.device);
         Ok(ClipModel {
             package,
             cfg,

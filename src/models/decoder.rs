@@ -20,7 +20,7 @@
 use std::path::Path;
 
 use ndarray::{Array2, Array3, ArrayView4};
-use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+use ort::memory::MemoryInfo;
 use ort::value::{DynValue, Tensor, TensorRef};
 
 use super::manifest::{
@@ -28,7 +28,8 @@ use super::manifest::{
 };
 use super::{ModelError, ModelPackage};
 use crate::runtime::{
-    create_session, create_session_from_memory, ModelSession, Runtime, RuntimeError, SessionOptions,
+    create_session, create_session_from_memory, BindingMemory, ModelSession, Runtime, RuntimeError,
+    SessionOptions,
 };
 
 /// A Gather along axis 0 (`y = x[idx]`), used to reorder key/value caches between beams
@@ -397,16 +398,9 @@ impl DecoderModel {
             return Err(invalid(problems));
         };
         // The reorder graph runs where the cache lives (the decoder's provider).
+        let cuda = decoder.cuda_device(options);
         let reorder_options = SessionOptions {
-            device: match decoder.provider {
-                "CUDAExecutionProvider" | "TensorrtExecutionProvider" => match options.device {
-                    crate::runtime::Device::TensorRt(n) | crate::runtime::Device::Cuda(n) => {
-                        crate::runtime::Device::Cuda(n)
-                    }
-                    crate::runtime::Device::Cpu => crate::runtime::Device::Cpu,
-                },
-                _ => crate::runtime::Device::Cpu,
-            },
+            device: cuda.map_or(crate::runtime::Device::Cpu, crate::runtime::Device::Cuda),
             ..options.clone()
         };
         let reorder = create_session_from_memory(
@@ -415,29 +409,8 @@ impl DecoderModel {
             BEAM_REORDER_ONNX,
             &reorder_options,
         )?;
-        let host_memory = MemoryInfo::new(
-            AllocationDevice::CPU,
-            0,
-            AllocatorType::Device,
-            MemoryType::Default,
-        )
-        .map_err(|e| run_err(dir, e))?;
-        let cache_memory = match decoder.provider {
-            "CUDAExecutionProvider" | "TensorrtExecutionProvider" => {
-                let id = match options.device {
-                    crate::runtime::Device::Cuda(n) | crate::runtime::Device::TensorRt(n) => n,
-                    crate::runtime::Device::Cpu => 0,
-                };
-                MemoryInfo::new(
-                    AllocationDevice::CUDA,
-                    id,
-                    AllocatorType::Device,
-                    MemoryType::Default,
-                )
-                .map_err(|e| run_err(dir, e))?
-            }
-            _ => host_memory.clone(),
-        };
+        let memory = BindingMemory::new(cuda).map_err(|e| run_err(dir, e))?;
+        let (host_memory, cache_memory) = (memory.host, memory.device);
         Ok(DecoderModel {
             package,
             cfg,

@@ -10,7 +10,8 @@
 mod session;
 
 pub use session::{
-    create_session, create_session_from_memory, Device, ModelSession, SessionOptions, TensorSpec,
+    create_session, create_session_from_memory, BindingMemory, Device, ModelSession,
+    SessionOptions, TensorSpec,
 };
 
 use std::ffi::CStr;

@@ -104,6 +104,54 @@ pub struct ModelSession {
     pub fallback: Option<String>,
 }
 
+impl ModelSession {
+    /// The CUDA device this session runs on (its provider is CUDA or TensorRT, on the device
+    /// `options` asked for), or `None` on the CPU (also after a fallback).
+    pub fn cuda_device(&self, options: &SessionOptions) -> Option<i32> {
+        match (self.provider, options.device) {
+            (
+                "CUDAExecutionProvider" | "TensorrtExecutionProvider",
+                Device::Cuda(n) | Device::TensorRt(n),
+            ) => Some(n),
+            _ => None,
+        }
+    }
+}
+
+/// Where I/O-bound values live: host memory, and the memory of the CUDA device a session runs
+/// on (host memory again on the CPU), so outputs can stay on the GPU between graphs.
+#[derive(Debug)]
+pub struct BindingMemory {
+    pub host: ort::memory::MemoryInfo<'static>,
+    pub device: ort::memory::MemoryInfo<'static>,
+}
+
+impl BindingMemory {
+    /// Host memory and CUDA device `cuda`'s memory (`None`: host memory twice).
+    ///
+    /// # Errors
+    /// ONNX Runtime refusing the memory description.
+    pub fn new(cuda: Option<i32>) -> ort::Result<BindingMemory> {
+        use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+        let host = MemoryInfo::new(
+            AllocationDevice::CPU,
+            0,
+            AllocatorType::Device,
+            MemoryType::Default,
+        )?;
+        let device = match cuda {
+            Some(id) => MemoryInfo::new(
+                AllocationDevice::CUDA,
+                id,
+                AllocatorType::Device,
+                MemoryType::Default,
+            )?,
+            None => host.clone(),
+        };
+        Ok(BindingMemory { host, device })
+    }
+}
+
 impl fmt::Debug for ModelSession {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ModelSession")
