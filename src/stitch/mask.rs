@@ -511,6 +511,32 @@ mod tests {
         );
     }
 
+    /// Every tile of `g` with `planes` planes of pseudo-random probabilities (xorshift from
+    /// `seed`, so neighbours disagree in their overlaps) and every `gap`-th pixel invalid.
+    fn random_tiles(
+        g: &TileGrid,
+        planes: usize,
+        mut seed: u32,
+        gap: usize,
+    ) -> Vec<(Tile, Vec<f32>, Vec<u8>)> {
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            (seed % 1000) as f32 / 1000.0
+        };
+        (0..g.rows())
+            .flat_map(|r| (0..g.cols()).map(move |c| (r, c)))
+            .map(|(r, c)| {
+                let t = g.tile(r, c);
+                let n = t.size;
+                let probs: Vec<f32> = (0..planes * n * n).map(|_| rnd()).collect();
+                let valid: Vec<u8> = (0..n * n).map(|i| u8::from(i % gap != 3)).collect();
+                (t, probs, valid)
+            })
+            .collect()
+    }
+
     /// Blending only the channels a decision reads (no probabilities kept) gives the same
     /// classes as blending every channel, for each decision, with tiles that disagree in
     /// their overlaps and scattered invalid pixels.
@@ -518,23 +544,7 @@ mod tests {
     fn class_only_blending_matches_full_blending() {
         let (w, h, classes) = (41, 33, 4);
         let g = grid(w, h, 12, 5);
-        let mut seed = 12345u32;
-        let mut rnd = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 17;
-            seed ^= seed << 5;
-            (seed % 1000) as f32 / 1000.0
-        };
-        let tiles: Vec<(Tile, Vec<f32>, Vec<u8>)> = (0..g.rows())
-            .flat_map(|r| (0..g.cols()).map(move |c| (r, c)))
-            .map(|(r, c)| {
-                let t = g.tile(r, c);
-                let n = t.size;
-                let probs: Vec<f32> = (0..classes * n * n).map(|_| rnd()).collect();
-                let valid: Vec<u8> = (0..n * n).map(|i| u8::from(i % 17 != 3)).collect();
-                (t, probs, valid)
-            })
-            .collect();
+        let tiles = random_tiles(&g, classes, 12345, 17);
         for decision in [
             Decision::Argmax,
             Decision::Threshold(0.5),
@@ -574,23 +584,7 @@ mod tests {
     fn binary_input_equals_two_planes() {
         let (w, h) = (29, 23);
         let g = grid(w, h, 10, 4);
-        let mut seed = 99u32;
-        let mut rnd = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 17;
-            seed ^= seed << 5;
-            (seed % 1000) as f32 / 1000.0
-        };
-        let tiles: Vec<(Tile, Vec<f32>, Vec<u8>)> = (0..g.rows())
-            .flat_map(|r| (0..g.cols()).map(move |c| (r, c)))
-            .map(|(r, c)| {
-                let t = g.tile(r, c);
-                let n = t.size;
-                let p: Vec<f32> = (0..n * n).map(|_| rnd()).collect();
-                let valid: Vec<u8> = (0..n * n).map(|i| u8::from(i % 13 != 5)).collect();
-                (t, p, valid)
-            })
-            .collect();
+        let tiles = random_tiles(&g, 1, 99, 13);
         for keep in [true, false] {
             let run = |binary: bool| {
                 let mut s = MaskStitcher::new(&g, 2, BlendWindow::Linear, Decision::Threshold(0.5));
