@@ -1208,6 +1208,82 @@ mod tests {
         }
     }
 
+    /// Average overviews of a float band with NaN nodata: the first level (an exact factor of
+    /// two) equals GDAL's COG driver's AVERAGE overview of the same pixels.
+    #[test]
+    fn average_overview_matches_gdal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (w, h) = (1100usize, 1030usize);
+        let data: Vec<f32> = (0..w * h)
+            .map(|i| {
+                let (x, y) = (i % w, i / w);
+                if (x * 31 + y * 17) % 11 == 0 {
+                    f32::NAN
+                } else {
+                    ((x * 13 + y * 7) % 100) as f32 / 100.0
+                }
+            })
+            .collect();
+        let gt = GeoTransform([0.0, 1.0, 0.0, 0.0, 0.0, -1.0]);
+        let path = dir.path().join("p.tif");
+        let spec = CogSpec {
+            width: w,
+            height: h,
+            bands: 1,
+            geotransform: &gt,
+            crs_wkt: None,
+            nodata: Some(f64::NAN),
+            descriptions: &[],
+            legend: None,
+            metadata: &[],
+            resampling: Resampling::Average,
+        };
+        let mut cog = CogWriter::<f32>::create(&path, &spec).expect("create");
+        cog.write_rows(&data).expect("rows");
+        cog.finish().expect("finish");
+        let reference = dir.path().join("g.tif");
+        {
+            let mem = gdal::DriverManager::get_driver_by_name("MEM").expect("mem");
+            let src = mem
+                .create_with_band_type::<f32, _>("", w, h, 1)
+                .expect("ds");
+            let mut band = src.rasterband(1).expect("band");
+            band.set_no_data_value(Some(f64::NAN)).expect("nodata");
+            let mut buf = gdal::raster::Buffer::new((w, h), data.clone());
+            band.write((0, 0), (w, h), &mut buf).expect("write");
+            let cog = gdal::DriverManager::get_driver_by_name("COG").expect("cog");
+            let opts: gdal::raster::RasterCreationOptions =
+                "COMPRESS=DEFLATE OVERVIEWS=AUTO RESAMPLING=AVERAGE"
+                    .parse()
+                    .expect("options");
+            src.create_copy(&cog, &reference, &opts).expect("gdal cog");
+        }
+        let (ours, theirs) = (
+            Dataset::open(&path).expect("open"),
+            Dataset::open(&reference).expect("open"),
+        );
+        let a = ours.rasterband(1).expect("b").overview(0).expect("o");
+        let b = theirs.rasterband(1).expect("b").overview(0).expect("o");
+        assert_eq!(a.size(), b.size());
+        let (ow, oh) = a.size();
+        let x = a
+            .read_as::<f32>((0, 0), (ow, oh), (ow, oh), None)
+            .expect("r");
+        let y = b
+            .read_as::<f32>((0, 0), (ow, oh), (ow, oh), None)
+            .expect("r");
+        let mut nan = 0;
+        for (p, q) in x.data().iter().zip(y.data()) {
+            assert_eq!(p.is_nan(), q.is_nan(), "{p} vs {q}");
+            if p.is_nan() {
+                nan += 1;
+            } else {
+                assert!((p - q).abs() < 1e-6, "{p} vs {q}");
+            }
+        }
+        assert!(nan < ow * oh, "everything was nodata");
+    }
+
     /// The BigTIFF layout (used past 4 GiB) reads back through GDAL as the classic one does,
     /// overviews included, and is still a COG.
     #[test]
