@@ -391,8 +391,14 @@ fn stage<'a, T: ImageElement>(
             .get_mut(&n)
             .ok_or_else(|| ort::Error::new("no staging tensor"))?;
         let (_, data) = t.extract_tensor_mut();
-        for (d, v) in data.iter_mut().zip(batch.iter()) {
-            *d = v.to_byte();
+        // Contiguous batches (the usual case) as one copy: a memcpy for byte tiles.
+        match batch.as_slice() {
+            Some(src) => T::copy_bytes(data, src),
+            None => {
+                for (d, v) in data.iter_mut().zip(batch.iter()) {
+                    *d = v.to_byte();
+                }
+            }
         }
         Ok(t.upcast_ref())
     } else {
@@ -405,8 +411,13 @@ fn stage<'a, T: ImageElement>(
             .get_mut(&n)
             .ok_or_else(|| ort::Error::new("no staging tensor"))?;
         let (_, data) = t.extract_tensor_mut();
-        for (d, v) in data.iter_mut().zip(batch.iter()) {
-            *d = v.to_float();
+        match batch.as_slice() {
+            Some(src) => T::copy_floats(data, src),
+            None => {
+                for (d, v) in data.iter_mut().zip(batch.iter()) {
+                    *d = v.to_float();
+                }
+            }
         }
         Ok(t.upcast_ref())
     }
@@ -909,6 +920,18 @@ pub trait ImageElement: Copy + 'static {
     /// The value as a byte (floats hold whole numbers 0..255 for uint8-input packages).
     fn to_byte(self) -> u8;
     fn to_float(self) -> f32;
+    /// `dst[i] = src[i].to_byte()`: a plain copy for bytes.
+    fn copy_bytes(dst: &mut [u8], src: &[Self]) {
+        for (d, v) in dst.iter_mut().zip(src) {
+            *d = v.to_byte();
+        }
+    }
+    /// `dst[i] = src[i].to_float()`: a plain copy for floats.
+    fn copy_floats(dst: &mut [f32], src: &[Self]) {
+        for (d, v) in dst.iter_mut().zip(src) {
+            *d = v.to_float();
+        }
+    }
 }
 
 impl ImageElement for f32 {
@@ -919,6 +942,10 @@ impl ImageElement for f32 {
     fn to_float(self) -> f32 {
         self
     }
+    fn copy_floats(dst: &mut [f32], src: &[f32]) {
+        let n = dst.len().min(src.len());
+        dst[..n].copy_from_slice(&src[..n]);
+    }
 }
 
 impl ImageElement for u8 {
@@ -928,6 +955,10 @@ impl ImageElement for u8 {
     }
     fn to_float(self) -> f32 {
         f32::from(self)
+    }
+    fn copy_bytes(dst: &mut [u8], src: &[u8]) {
+        let n = dst.len().min(src.len());
+        dst[..n].copy_from_slice(&src[..n]);
     }
 }
 
