@@ -316,6 +316,33 @@ fn embeddings_and_probabilities_match_pytorch() {
         );
     }
     assert_eq!(model.head_provider(), "CPUExecutionProvider");
+
+    // Tiles gathered straight into the model's input memory: a full batch (handed over as it
+    // is) and a partial last one give the same probabilities.
+    let n_img = shp[0];
+    assert!(n_img >= 2, "the reference has {n_img} images");
+    let per = shp[1] * shp[2] * shp[3];
+    let flat = pixels.as_slice().expect("contiguous");
+    let mut staged = model.staged_batch::<f32>(n_img - 1).expect("staged");
+    let mut full = false;
+    for i in 0..n_img - 1 {
+        full = staged.push(&flat[i * per..(i + 1) * per]);
+    }
+    assert!(full && staged.len() == n_img - 1);
+    let first = model
+        .classify_staged(&staged, &labels_there)
+        .expect("full batch");
+    staged.clear();
+    assert!(!staged.push(&flat[(n_img - 1) * per..]));
+    let last = model
+        .classify_staged(&staged, &labels_there)
+        .expect("partial batch");
+    assert_eq!((first.nrows(), last.nrows()), (n_img - 1, 1));
+    for (i, row) in first.outer_iter().chain(last.outer_iter()).enumerate() {
+        for (a, b) in row.iter().zip(want_probs.row(i)) {
+            assert!((a - b).abs() < 1e-4, "staged image {i}: {a} vs {b}");
+        }
+    }
     let top1: Vec<&str> = r["top1"]
         .as_array()
         .expect("top1")

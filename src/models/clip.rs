@@ -305,8 +305,7 @@ pub struct ClipModel {
     head: ModelSession,
     /// Where the image embeddings and label embeddings live between the two graphs (the GPU's
     /// memory on CUDA), and host memory for the probabilities.
-    device_memory: ort::memory::MemoryInfo<'static>,
-    host_memory: ort::memory::MemoryInfo<'static>,
+    memory: BindingMemory,
     /// The CUDA device of the image encoder, when it runs on one.
     cuda_device: Option<i32>,
 }
@@ -324,6 +323,66 @@ impl std::fmt::Debug for DeviceLabels {
         f.debug_struct("DeviceLabels")
             .field("count", &self.count)
             .finish()
+    }
+}
+
+/// Tiles gathered straight into the image encoder's input memory (page-locked host memory
+/// when the encoder runs on a GPU): each tile is copied in once, and a full batch goes to ONNX
+/// Runtime as it is ([`ClipModel::classify_staged`]). Made by [`ClipModel::staged_batch`].
+pub struct StagedBatch<T: ImageElement> {
+    tensor: StagedTensor,
+    per_image: usize,
+    capacity: usize,
+    len: usize,
+    _element: std::marker::PhantomData<T>,
+}
+
+enum StagedTensor {
+    Bytes(ort::value::Tensor<u8>),
+    Floats(ort::value::Tensor<f32>),
+}
+
+impl<T: ImageElement> std::fmt::Debug for StagedBatch<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StagedBatch")
+            .field("capacity", &self.capacity)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl<T: ImageElement> StagedBatch<T> {
+    /// Add a tile's `3 * size * size` samples (ignored when the batch is full); true when the
+    /// batch is now full.
+    pub fn push(&mut self, pixels: &[T]) -> bool {
+        if self.len < self.capacity {
+            let at = self.len * self.per_image;
+            let n = self.per_image.min(pixels.len());
+            match &mut self.tensor {
+                StagedTensor::Bytes(t) => {
+                    T::copy_bytes(&mut t.extract_tensor_mut().1[at..at + n], &pixels[..n]);
+                }
+                StagedTensor::Floats(t) => {
+                    T::copy_floats(&mut t.extract_tensor_mut().1[at..at + n], &pixels[..n]);
+                }
+            }
+            self.len += 1;
+        }
+        self.len == self.capacity
+    }
+
+    /// Tiles in the batch.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Empty the batch (its memory is kept).
+    pub fn clear(&mut self) {
+        self.len = 0;
     }
 }
 
@@ -369,6 +428,56 @@ impl InputStaging {
             floats: Default::default(),
         }
     }
+}
+
+/// The image encoder on `input` (`n` images) with its output bound to the device memory,
+/// then the similarity head with the resident label embeddings; `[n, labels]` back.
+fn run_with_head(
+    image: &mut ModelSession,
+    head: &mut ModelSession,
+    spec: &ImageSpec,
+    memory: &BindingMemory,
+    input: &ort::value::Value<ort::value::DynTensorValueType>,
+    n: usize,
+    labels: &DeviceLabels,
+) -> Result<Array2<f32>, ModelError> {
+    let path = image.path.clone();
+    let run_err = |e: ort::Error| {
+        ModelError::Runtime(RuntimeError::Run {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
+    };
+    let mut binding = image.session.create_binding().map_err(run_err)?;
+    binding
+        .bind_input(spec.input.as_str(), input)
+        .map_err(run_err)?;
+    binding
+        .bind_output_to_device(spec.output.as_str(), &memory.device)
+        .map_err(run_err)?;
+    let mut out = image.session.run_binding(&binding).map_err(run_err)?;
+    let embeds = out
+        .remove(spec.output.as_str())
+        .ok_or_else(|| run_err(ort::Error::new("the image encoder returned no embeddings")))?;
+    drop(out);
+    let mut binding_head = head.session.create_binding().map_err(run_err)?;
+    binding_head
+        .bind_input("image_embeds", &embeds)
+        .map_err(run_err)?;
+    binding_head
+        .bind_input("label_embeds", &labels.embeds)
+        .map_err(run_err)?;
+    binding_head
+        .bind_input("logit_scale", &labels.scale)
+        .map_err(run_err)?;
+    binding_head
+        .bind_output_to_device("probs", &memory.host)
+        .map_err(run_err)?;
+    let out = head.session.run_binding(&binding_head).map_err(run_err)?;
+    let probs = out["probs"].try_extract_array::<f32>().map_err(run_err)?;
+    let probs = probs.to_owned().into_shape_with_order((n, labels.count));
+    drop(out);
+    probs.map_err(|e| run_err(ort::Error::new(e.to_string())))
 }
 
 /// Copy a batch into the reused (pinned on GPUs) input tensor of its size: as bytes for uint8
@@ -500,7 +609,6 @@ impl ClipModel {
                 reason: e.to_string(),
             })
         })?;
-        let (host_memory, device_memory) = (memory.host, memory.device);
         Ok(ClipModel {
             package,
             cfg,
@@ -509,8 +617,7 @@ impl ClipModel {
             tokenizer,
             staging,
             head,
-            device_memory,
-            host_memory,
+            memory,
             cuda_device,
         })
     }
@@ -552,6 +659,86 @@ impl ClipModel {
         })
     }
 
+    /// An empty batch of `capacity` tiles in the image encoder's input memory (pinned on a
+    /// GPU), in the encoder's input type.
+    ///
+    /// # Errors
+    /// ONNX Runtime failing to allocate it, or a byte batch for a float model.
+    pub fn staged_batch<T: ImageElement>(
+        &self,
+        capacity: usize,
+    ) -> Result<StagedBatch<T>, ModelError> {
+        let path = &self.image.path;
+        if T::BYTES && !self.takes_bytes() {
+            return Err(ModelError::Input {
+                path: path.display().to_string(),
+                reason: "a batch of raw bytes for a model that takes normalised floats".into(),
+            });
+        }
+        let capacity = capacity.max(1);
+        let s = self.cfg.pre.size;
+        let dims = [capacity, 3, s, s];
+        let alloc = &self.staging.allocator;
+        let tensor = if self.cfg.image.input_type == super::InputType::Uint8 {
+            ort::value::Tensor::<u8>::new(alloc, dims).map(StagedTensor::Bytes)
+        } else {
+            ort::value::Tensor::<f32>::new(alloc, dims).map(StagedTensor::Floats)
+        }
+        .map_err(|e| self.run_err(path, e))?;
+        Ok(StagedBatch {
+            tensor,
+            per_image: 3 * s * s,
+            capacity,
+            len: 0,
+            _element: std::marker::PhantomData,
+        })
+    }
+
+    /// [`ClipModel::classify_images`] of a staged batch: a full one is handed to ONNX Runtime
+    /// without another copy; a partial one (the last) goes through the staging tensor of its
+    /// size. The batch is left as it was (call [`StagedBatch::clear`]).
+    ///
+    /// # Errors
+    /// As [`ClipModel::classify_images`].
+    pub fn classify_staged<T: ImageElement>(
+        &mut self,
+        batch: &StagedBatch<T>,
+        labels: &DeviceLabels,
+    ) -> Result<Array2<f32>, ModelError> {
+        let n = batch.len;
+        let s = self.cfg.pre.size;
+        if n < batch.capacity {
+            let view = |e: ndarray::ShapeError| self.run_err(&self.image.path, e);
+            let shape = (n, 3, s, s);
+            let used = n * batch.per_image;
+            return match &batch.tensor {
+                StagedTensor::Bytes(t) => {
+                    let data = &t.extract_tensor().1[..used];
+                    let v = ArrayView4::from_shape(shape, data).map_err(view)?;
+                    self.classify_images(v, labels)
+                }
+                StagedTensor::Floats(t) => {
+                    let data = &t.extract_tensor().1[..used];
+                    let v = ArrayView4::from_shape(shape, data).map_err(view)?;
+                    self.classify_images(v, labels)
+                }
+            };
+        }
+        let input: ort::value::ValueRef<'_, ort::value::DynTensorValueType> = match &batch.tensor {
+            StagedTensor::Bytes(t) => t.upcast_ref(),
+            StagedTensor::Floats(t) => t.upcast_ref(),
+        };
+        run_with_head(
+            &mut self.image,
+            &mut self.head,
+            &self.cfg.image,
+            &self.memory,
+            &input,
+            n,
+            labels,
+        )
+    }
+
     /// Class probabilities `[B, labels]` of a batch, computed where the model runs: the image
     /// embeddings stay in the encoder's output memory (the GPU's on CUDA) and go straight into
     /// the similarity head with the resident label embeddings; only the probabilities come
@@ -574,32 +761,16 @@ impl ClipModel {
             })
         };
         let input = stage(&mut self.staging, self.cfg.image.input_type, &batch).map_err(run_err)?;
-        let mut binding = self.image.session.create_binding().map_err(run_err)?;
-        binding
-            .bind_input(self.cfg.image.input.as_str(), &*input)
-            .map_err(run_err)?;
-        binding
-            .bind_output_to_device(self.cfg.image.output.as_str(), &self.device_memory)
-            .map_err(run_err)?;
-        let mut out = self.image.session.run_binding(&binding).map_err(run_err)?;
-        let embeds = out
-            .remove(self.cfg.image.output.as_str())
-            .ok_or_else(|| run_err(ort::Error::new("the image encoder returned no embeddings")))?;
-        drop(out);
-        let mut head = self.head.session.create_binding().map_err(run_err)?;
-        head.bind_input("image_embeds", &embeds).map_err(run_err)?;
-        head.bind_input("label_embeds", &labels.embeds)
-            .map_err(run_err)?;
-        head.bind_input("logit_scale", &labels.scale)
-            .map_err(run_err)?;
-        head.bind_output_to_device("probs", &self.host_memory)
-            .map_err(run_err)?;
-        let out = self.head.session.run_binding(&head).map_err(run_err)?;
-        let probs = out["probs"].try_extract_array::<f32>().map_err(run_err)?;
         let n = batch.shape()[0];
-        let probs = probs.to_owned().into_shape_with_order((n, labels.count));
-        drop(out);
-        probs.map_err(|e| self.run_err(&path, e))
+        run_with_head(
+            &mut self.image,
+            &mut self.head,
+            &self.cfg.image,
+            &self.memory,
+            &input,
+            n,
+            labels,
+        )
     }
 
     /// The batch's shape and element type suit the image encoder.

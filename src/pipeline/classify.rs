@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::{peak_rss_bytes, progress_bar, stream_model_tiles, PipelineError, TileBatch};
-use crate::models::clip::{ClipModel, ImageElement};
+use super::{peak_rss_bytes, progress_bar, stream_model_tiles, PipelineError};
+use crate::models::clip::{ClipModel, ImageElement, StagedBatch};
 use crate::models::ModelError;
 use crate::output::{
     class_color, polygonize_classes, write_cog, FieldKind, FieldSpec, FieldValue, GeometryKind,
@@ -246,14 +246,14 @@ pub fn run_classify(mut job: ClassifyJob) -> Result<ClassifyReport, PipelineErro
     let batch_size = job.batch_size;
     let (stats, mut results, model_seconds, wait_seconds) = if bytes {
         let prepare = |t: &mut TileData<u8>| norm.apply_bytes(&mut t.pixels, &t.valid);
-        double_buffered::<u8, _>(&mut model, &label_embeds, batch_size, size, &bar, |push| {
+        double_buffered::<u8, _>(&mut model, &label_embeds, batch_size, &bar, |push| {
             stream_tiles::<u8, PipelineError, _, _>(&scene, &grid, &job.read, prepare, |t| {
                 push(&t.pixels, t.tile.clone(), t.valid_fraction)
             })
         })?
     } else {
         let feed = job.feed.take();
-        double_buffered::<f32, _>(&mut model, &label_embeds, batch_size, size, &bar, |push| {
+        double_buffered::<f32, _>(&mut model, &label_embeds, batch_size, &bar, |push| {
             stream_model_tiles(feed, &scene, &grid, &job.read, &scaling, &norm, |t| {
                 push(&t.pixels, t.tile.clone(), t.valid_fraction)
             })
@@ -336,7 +336,6 @@ fn double_buffered<T, S>(
     model: &mut ClipModel,
     label_embeds: &ndarray::Array2<f32>,
     batch_size: usize,
-    size: usize,
     bar: &indicatif::ProgressBar,
     stream: S,
 ) -> Result<(StreamStats, Vec<TileResult>, f64, f64), PipelineError>
@@ -347,23 +346,31 @@ where
     ) -> Result<StreamStats, PipelineError>,
 {
     use std::sync::mpsc::{channel, sync_channel};
-    type Batch<T> = TileBatch<(Tile, f64), T>;
+    // Tiles are gathered straight into the model's input memory (pinned on a GPU): two such
+    // batches, one filling while the other is encoded.
+    type Batch<T> = (StagedBatch<T>, Vec<(Tile, f64)>);
     let (full_tx, full_rx) = sync_channel::<Batch<T>>(1);
     let (empty_tx, empty_rx) = channel::<Batch<T>>();
     // The label embeddings go where the model runs once (GPU memory on CUDA): each batch's
     // probabilities are computed there, only `[B, labels]` comes back.
     let labels = model.device_labels(label_embeds).map_err(model_err)?;
+    let new_batch = |model: &ClipModel| -> Result<Batch<T>, PipelineError> {
+        let staged = model.staged_batch::<T>(batch_size).map_err(model_err)?;
+        Ok((staged, Vec::with_capacity(batch_size)))
+    };
+    let mut current = new_batch(model)?;
+    let mut spare = Some(new_batch(model)?);
     std::thread::scope(|s| {
         let worker = s.spawn(move || -> Result<(Vec<TileResult>, f64), PipelineError> {
             let mut results = Vec::new();
             let mut seconds = 0.0;
-            for mut batch in full_rx {
-                let (pixels, tiles) = batch.take();
+            for (mut staged, mut tiles) in full_rx {
                 let n = tiles.len();
                 let t = Instant::now();
-                let probs = model.classify_images(pixels, &labels).map_err(model_err)?;
+                let probs = model.classify_staged(&staged, &labels).map_err(model_err)?;
                 seconds += t.elapsed().as_secs_f64();
-                for ((tile, valid_fraction), row) in tiles.into_iter().zip(probs.outer_iter()) {
+                staged.clear();
+                for ((tile, valid_fraction), row) in tiles.drain(..).zip(probs.outer_iter()) {
                     results.push(TileResult {
                         tile,
                         valid_fraction,
@@ -372,18 +379,17 @@ where
                 }
                 bar.inc(n as u64);
                 // The gathering side may have finished: then the buffer is not needed.
-                let _ = empty_tx.send(batch);
+                let _ = empty_tx.send((staged, tiles));
             }
             Ok((results, seconds))
         });
         let stopped = || PipelineError::Options("the model thread stopped".into());
-        let mut current = Batch::<T>::new(batch_size, size);
-        let mut spare = Some(Batch::<T>::new(batch_size, size));
         let mut waiting = 0.0;
         let mut waited = Instant::now();
         let streamed = stream(&mut |pixels, tile, valid_fraction| {
             waiting += waited.elapsed().as_secs_f64();
-            if current.push(pixels, (tile, valid_fraction)) {
+            current.1.push((tile, valid_fraction));
+            if current.0.push(pixels) {
                 // The second buffer, or the first back from the model thread.
                 let next = match spare.take() {
                     Some(b) => b,
@@ -396,7 +402,7 @@ where
             Ok(())
         });
         let last = match &streamed {
-            Ok(_) if !current.is_empty() => full_tx.send(current).map_err(|_| stopped()),
+            Ok(_) if !current.0.is_empty() => full_tx.send(current).map_err(|_| stopped()),
             _ => Ok(()),
         };
         drop(full_tx);
