@@ -25,6 +25,8 @@
 # Environment (defaults in brackets): SHAPE [vit-b32] (tiny: a quick check of the script), SEED [0],
 #   DEVICE [cuda] (cpu runs everything on a machine without a GPU: PyTorch in fp32 then),
 #   TILES [300] per side, BATCH [256], CHECK [8192], THREADS [nproc] reader threads,
+#   THREAD_SWEEP [half of nproc] other reader-thread counts to time the streaming part with
+#   (one more classify run each, outputs discarded; "" for none): does GDAL decoding keep up?
 #   TESSERA [tessera-env.sh's, else target/release/tessera], PYTHON [python3],
 #   WORK [/tmp/classify-gpu], NOTES [bench/gpu/NOTES.md].
 set -euo pipefail
@@ -37,6 +39,7 @@ TILES=${TILES:-300}
 BATCH=${BATCH:-256}
 CHECK=${CHECK:-8192}
 THREADS=${THREADS:-$(nproc)}
+THREAD_SWEEP=${THREAD_SWEEP-$(( $(nproc) / 2 ))}
 PYTHON=${PYTHON:-python3}
 TESSERA=${TESSERA:-target/release/tessera}
 WORK=${WORK:-/tmp/classify-gpu}
@@ -84,6 +87,16 @@ rm -rf "$WORK/out"
 "$TESSERA" classify "$S" --pixel-coords --model "$M" --device "$DEVICE" --batch-size "$BATCH" --threads "$THREADS" \
   --labels "$LABELS" --template "$TEMPLATE" --no-cache --json --quiet --out "$WORK/out" > "$RES/classify.json"
 
+# --- 4b. reader threads: the streaming part with fewer readers (GDAL decoding keeping up?) ---------
+for t in $THREAD_SWEEP; do
+  [ "$t" = "$THREADS" ] && continue
+  say "tessera classify with $t reader threads"
+  rm -rf "$WORK/out_t$t"
+  "$TESSERA" classify "$S" --pixel-coords --model "$M" --device "$DEVICE" --batch-size "$BATCH" --threads "$t" \
+    --labels "$LABELS" --template "$TEMPLATE" --no-cache --json --quiet --out "$WORK/out_t$t" > "$RES/classify_t$t.json"
+  rm -rf "$WORK/out_t$t"
+done
+
 # --- 5. PyTorch --------------------------------------------------------------------------------------
 say "PyTorch $DTYPE model-only and agreement ($CHECK tiles)"
 $PYTHON bench/gpu/peer_clip.py --package "$M" --shape "$SHAPE" --seed "$SEED" --scene "$S" --labels "$LABELS" \
@@ -125,8 +138,20 @@ lines = [
     f"- agreement on {pe['checked_tiles']} tiles: top-1 labels equal on **{100 * agree:.2f}%** (goal >= 99%), "
     f"top-1 probability max |diff| {pe['top1_score_max_abs_diff']:.2e} (mean {pe['top1_score_mean_abs_diff']:.2e})",
     f"- write {tm['write_seconds']:.2f} s, load {tm['load_seconds']:.2f} s, text {tm['text_seconds']:.2f} s; peak RSS {(cl['peak_rss_bytes'] or 0) / 2**20:.0f} MiB; script {secs} s",
-    "",
 ]
+# Reader threads: the streaming part's rate and how long the model waited for tiles.
+import glob
+sweep = []
+for f in sorted(glob.glob(f"{res}/classify_t*.json")):
+    c = json.load(open(f))
+    t = c["timings"]
+    s = t["total_seconds"] - t["load_seconds"] - t["text_seconds"] - t["write_seconds"]
+    sweep.append((int(f.rsplit("_t", 1)[1][:-5]), c["tiles_read"] / s if s > 0 else float("nan"), t["wait_seconds"]))
+if sweep:
+    sweep.append((int(threads), stream, tm["wait_seconds"]))
+    cells = ", ".join(f"{n} readers {r:,.0f} tiles/s (model waited {w:.2f} s)" for n, r, w in sorted(sweep))
+    lines.append(f"- reader threads, streaming part: {cells}")
+lines.append("")
 text = "\n".join(lines)
 print(text)
 open(f"{res}/classify_gpu.md", "w").write(text)
