@@ -323,6 +323,11 @@ fn embeddings_and_probabilities_match_pytorch() {
     assert!(n_img >= 2, "the reference has {n_img} images");
     let per = shp[1] * shp[2] * shp[3];
     let flat = pixels.as_slice().expect("contiguous");
+    // Raw bytes cannot be gathered for this float-input package: a clear error, no batch.
+    let err = model
+        .staged_batch::<u8>(4)
+        .expect_err("bytes for a float model");
+    assert!(err.to_string().contains("raw bytes"), "{err}");
     let mut staged = model.staged_batch::<f32>(n_img - 1).expect("staged");
     let mut full = false;
     for i in 0..n_img - 1 {

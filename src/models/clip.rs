@@ -360,10 +360,10 @@ impl<T: ImageElement> StagedBatch<T> {
             let n = self.per_image.min(pixels.len());
             match &mut self.tensor {
                 StagedTensor::Bytes(t) => {
-                    T::copy_bytes(&mut t.extract_tensor_mut().1[at..at + n], &pixels[..n]);
+                    u8::copy_from(&mut t.extract_tensor_mut().1[at..at + n], &pixels[..n]);
                 }
                 StagedTensor::Floats(t) => {
-                    T::copy_floats(&mut t.extract_tensor_mut().1[at..at + n], &pixels[..n]);
+                    f32::copy_from(&mut t.extract_tensor_mut().1[at..at + n], &pixels[..n]);
                 }
             }
             self.len += 1;
@@ -488,47 +488,61 @@ fn stage<'a, T: ImageElement>(
     batch: &ArrayView4<'_, T>,
 ) -> Result<ort::value::ValueRef<'a, ort::value::DynTensorValueType>, ort::Error> {
     let shape = batch.shape();
-    let (n, s) = (shape[0], shape[2]);
-    let dims = [n, 3, s, s];
+    let dims = [shape[0], 3, shape[2], shape[2]];
     if input_type == super::InputType::Uint8 {
-        if !st.bytes.contains_key(&n) {
-            let t = ort::value::Tensor::<u8>::new(&st.allocator, dims)?;
-            st.bytes.insert(n, t);
-        }
-        let t = st
-            .bytes
-            .get_mut(&n)
-            .ok_or_else(|| ort::Error::new("no staging tensor"))?;
-        let (_, data) = t.extract_tensor_mut();
-        // Contiguous batches (the usual case) as one copy: a memcpy for byte tiles.
-        match batch.as_slice() {
-            Some(src) => T::copy_bytes(data, src),
-            None => {
-                for (d, v) in data.iter_mut().zip(batch.iter()) {
-                    *d = v.to_byte();
-                }
-            }
-        }
-        Ok(t.upcast_ref())
+        stage_into(&mut st.bytes, &st.allocator, dims, batch)
     } else {
-        if !st.floats.contains_key(&n) {
-            let t = ort::value::Tensor::<f32>::new(&st.allocator, dims)?;
-            st.floats.insert(n, t);
+        stage_into(&mut st.floats, &st.allocator, dims, batch)
+    }
+}
+
+/// [`stage`] into the tensors of element type `E`, one per batch size.
+fn stage_into<'a, E: StagedElement, T: ImageElement>(
+    tensors: &'a mut std::collections::HashMap<usize, ort::value::Tensor<E>>,
+    allocator: &ort::memory::Allocator,
+    dims: [usize; 4],
+    batch: &ArrayView4<'_, T>,
+) -> Result<ort::value::ValueRef<'a, ort::value::DynTensorValueType>, ort::Error> {
+    let t = match tensors.entry(dims[0]) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(e) => {
+            e.insert(ort::value::Tensor::<E>::new(allocator, dims)?)
         }
-        let t = st
-            .floats
-            .get_mut(&n)
-            .ok_or_else(|| ort::Error::new("no staging tensor"))?;
-        let (_, data) = t.extract_tensor_mut();
-        match batch.as_slice() {
-            Some(src) => T::copy_floats(data, src),
-            None => {
-                for (d, v) in data.iter_mut().zip(batch.iter()) {
-                    *d = v.to_float();
-                }
+    };
+    let (_, data) = t.extract_tensor_mut();
+    // Contiguous batches (the usual case) as one copy: a memcpy when the types agree.
+    match batch.as_slice() {
+        Some(src) => E::copy_from(data, src),
+        None => {
+            for (d, &v) in data.iter_mut().zip(batch.iter()) {
+                *d = E::convert(v);
             }
         }
-        Ok(t.upcast_ref())
+    }
+    Ok(t.upcast_ref())
+}
+
+/// The element types of the image encoder's input: bytes (uint8 graphs) or floats.
+trait StagedElement: ort::value::PrimitiveTensorElementType + Copy + std::fmt::Debug + 'static {
+    fn convert<T: ImageElement>(v: T) -> Self;
+    fn copy_from<T: ImageElement>(dst: &mut [Self], src: &[T]);
+}
+
+impl StagedElement for u8 {
+    fn convert<T: ImageElement>(v: T) -> u8 {
+        v.to_byte()
+    }
+    fn copy_from<T: ImageElement>(dst: &mut [u8], src: &[T]) {
+        T::copy_bytes(dst, src);
+    }
+}
+
+impl StagedElement for f32 {
+    fn convert<T: ImageElement>(v: T) -> f32 {
+        v.to_float()
+    }
+    fn copy_from<T: ImageElement>(dst: &mut [f32], src: &[T]) {
+        T::copy_floats(dst, src);
     }
 }
 

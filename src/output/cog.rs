@@ -623,29 +623,23 @@ struct Tag {
 }
 
 impl Tag {
-    fn short(tag: u16, v: &[u16]) -> Tag {
+    /// Numbers of TIFF type `kind`, each encoded by `le`.
+    fn numbers<T: Copy, const N: usize>(tag: u16, kind: u16, v: &[T], le: fn(T) -> [u8; N]) -> Tag {
         Tag {
             tag,
-            kind: 3,
+            kind,
             count: v.len() as u64,
-            bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            bytes: v.iter().flat_map(|&x| le(x)).collect(),
         }
+    }
+    fn short(tag: u16, v: &[u16]) -> Tag {
+        Tag::numbers(tag, 3, v, u16::to_le_bytes)
     }
     fn long(tag: u16, v: &[u32]) -> Tag {
-        Tag {
-            tag,
-            kind: 4,
-            count: v.len() as u64,
-            bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        }
+        Tag::numbers(tag, 4, v, u32::to_le_bytes)
     }
     fn long8(tag: u16, v: &[u64]) -> Tag {
-        Tag {
-            tag,
-            kind: 16,
-            count: v.len() as u64,
-            bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        }
+        Tag::numbers(tag, 16, v, u64::to_le_bytes)
     }
     fn ascii(tag: u16, s: &str) -> Tag {
         let mut bytes = s.as_bytes().to_vec();
@@ -1397,6 +1391,11 @@ mod tests {
         };
         let mut cog = CogWriter::<u8>::create(&path, &spec).expect("create");
         assert!(cog.write_rows(&[0u8; 15]).is_err(), "not whole rows");
+        let err = cog.write_rows(&[0u8; 110]).expect_err("11 rows of 10");
+        assert!(
+            err.to_string().contains("more rows than the raster has"),
+            "{err}"
+        );
         cog.write_rows(&[1u8; 50]).expect("rows");
         let err = cog.finish().expect_err("rows missing");
         assert!(
