@@ -294,16 +294,19 @@ impl<T: CogSample> CogWriter<T> {
             return Err(werr(&self.path, "more rows than the raster has"));
         }
         let plane = rows * w;
+        if b == 1 {
+            // One band is already pixel-interleaved: rows go in as they are.
+            for r in 0..rows {
+                self.push_row(0, &data[r * w..(r + 1) * w])?;
+            }
+            return Ok(());
+        }
         let mut row = Vec::with_capacity(w * b);
         for r in 0..rows {
             row.clear();
-            if b == 1 {
-                row.extend_from_slice(&data[r * w..(r + 1) * w]);
-            } else {
-                for x in 0..w {
-                    for band in 0..b {
-                        row.push(data[band * plane + r * w + x]);
-                    }
+            for x in 0..w {
+                for band in 0..b {
+                    row.push(data[band * plane + r * w + x]);
                 }
             }
             self.push_row(0, &row)?;

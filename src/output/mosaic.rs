@@ -136,7 +136,13 @@ impl MosaicWriter {
 impl RowSink for MosaicWriter {
     type Error = OutputError;
 
-    fn write_rows(&mut self, _y0: usize, rows: usize, classes: &[u8], probs: &[f32]) -> Result<()> {
+    fn write_rows(
+        &mut self,
+        _y0: usize,
+        _rows: usize,
+        classes: &[u8],
+        probs: &[f32],
+    ) -> Result<()> {
         self.classes.write_rows(classes)?;
         if let Some(poly) = &mut self.polygonizer {
             poly.push_rows(classes);
@@ -145,7 +151,7 @@ impl RowSink for MosaicWriter {
         if let Some(p) = &mut self.probs {
             // Keep the probability of each kept band (band 1 = the first class kept): the
             // last `bands` classes, contiguous in the band-sequential block.
-            let plane = rows * (classes.len() / rows.max(1));
+            let plane = classes.len(); // rows * width
             let total = probs.len() / plane.max(1);
             let skip = total.saturating_sub(self.bands);
             p.write_rows(&probs[skip * plane..(skip + self.bands) * plane])?;
