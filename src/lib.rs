@@ -13,4 +13,5 @@ pub mod pipeline;
 pub mod raster;
 pub mod runtime;
 pub mod stitch;
+pub mod task;
 pub mod tiling;

@@ -82,26 +82,14 @@ struct OutputSection {
     format: Option<String>,
 }
 
-/// What a stage does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Task {
-    Classify,
-    Caption,
-    Detect,
-    Segment,
+pub use crate::task::Task;
+
+/// The model package family a task runs.
+trait TaskFamily {
+    fn family(self) -> &'static str;
 }
 
-impl Task {
-    pub fn name(self) -> &'static str {
-        match self {
-            Task::Classify => "classify",
-            Task::Caption => "caption",
-            Task::Detect => "detect",
-            Task::Segment => "segment",
-        }
-    }
-
+impl TaskFamily for Task {
     /// The model package family the task runs.
     fn family(self) -> &'static str {
         match self {
