@@ -8,6 +8,7 @@
 pub mod batch;
 pub mod cli;
 pub mod models;
+pub mod options;
 pub mod output;
 pub mod pipeline;
 pub mod raster;
