@@ -32,3 +32,13 @@ impl std::fmt::Display for Task {
         f.write_str(self.name())
     }
 }
+
+impl crate::options::Choice for Task {
+    const NAMES: &'static [(&'static str, Self)] = &[
+        ("classify", Task::Classify),
+        ("caption", Task::Caption),
+        ("detect", Task::Detect),
+        ("segment", Task::Segment),
+    ];
+}
+crate::choice_from_str!(Task);

@@ -443,7 +443,9 @@ fn run_stages(
 ) -> Result<serde_json::Map<String, serde_json::Value>, (String, bool)> {
     let failed =
         |name: &str, e: crate::pipeline::PipelineError| (format!("{name}: {e}"), e.is_transient());
-    let mut jobs = pipeline.jobs(raster, dir, ctx);
+    let mut jobs = pipeline
+        .jobs(raster, dir, ctx)
+        .map_err(|e| (e.to_string(), false))?;
     let names: Vec<String> = pipeline.stages.iter().map(|s| s.name.clone()).collect();
     let mut reports = serde_json::Map::new();
     if !pipeline.shared_pass {

@@ -1,6 +1,34 @@
 //! Options of the commands and pipeline stages, defined once: each group is a clap `Args`
-//! (the command line) and a serde struct (a pipeline file section), with one `validate()`
-//! whose errors carry the option's key.
+//! (the command line, flattened into each command) and a serde struct (a section or stage of
+//! a pipeline file), with one `validate()` whose errors carry the option's key. The same
+//! group builds the same job from either place:
+//!
+//! | group | pipeline file | command line |
+//! |---|---|---|
+//! | [`InputOptions`] | `[input]` | `--bands`, `--scale`, `--resampling`, `--pixel-coords` |
+//! | [`TilingOptions`] | `[tiling]` | `--tile-size`, `--overlap`, `--stride`, `--target-gsd`, ... |
+//! | [`RuntimeOptions`] | `[runtime]` | `--device`, `--allow-fallback`, `--intra-threads`, ... |
+//! | [`OutputOptions`] | `[output]` | `--format` |
+//! | [`ClassifyOptions`], [`CaptionOptions`], [`DetectOptions`], [`SegmentOptions`] | a `[[stage]]` of that `task` | the command's own flags |
+//!
+//! [`TaskOptions`] is the stage of a pipeline file: tagged by `task`, each task with its own
+//! keys, so a key of another task is an error from serde.
+
+mod choice;
+mod common;
+mod de;
+
+mod introspect;
+mod tasks;
+
+pub use choice::{closest, parse_choice, Choice};
+pub use common::{
+    cache_dir, InputOptions, JobContext, OutputOptions, RuntimeOptions, SceneJobBase, TilingOptions,
+};
+pub use tasks::{
+    CaptionOptions, ClassifyOptions, DetectOptions, OptionsError, SceneWindow, SegmentOptions,
+    TaskOptions,
+};
 
 use thiserror::Error;
 

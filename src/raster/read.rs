@@ -6,15 +6,13 @@
 //! buffers are band-sequential (`[band][row][col]`, i.e. CHW) with caller-chosen strides, so a
 //! read can land directly inside a larger padded tile or a batch.
 
-use std::str::FromStr;
-
 use gdal::raster::GdalType;
 use gdal_sys::{CPLErr, GDALRIOResampleAlg, GDALRWFlag, GDALRasterIOExtraArg};
 
 use super::{last_cpl_message, BandMapping, RasterError, Result, Scene};
 
 /// Resampling algorithm used when the output size differs from the source window.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Resampling {
     Nearest,
     Bilinear,
@@ -39,12 +37,18 @@ impl Resampling {
     }
 }
 
-impl FromStr for Resampling {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        <Resampling as clap::ValueEnum>::from_str(s, true)
-    }
+impl crate::options::Choice for Resampling {
+    const NAMES: &'static [(&'static str, Self)] = &[
+        ("nearest", Resampling::Nearest),
+        ("bilinear", Resampling::Bilinear),
+        ("cubic", Resampling::Cubic),
+        ("cubicspline", Resampling::CubicSpline),
+        ("lanczos", Resampling::Lanczos),
+        ("average", Resampling::Average),
+        ("mode", Resampling::Mode),
+    ];
 }
+crate::choice_from_str!(Resampling);
 
 /// A source window (pixel coordinates, may be fractional, must lie inside the scene) and the
 /// output size it is resampled to.

@@ -108,7 +108,7 @@ impl MapDetection {
 }
 
 /// How duplicates are resolved in the first step of [`merge`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MergeMethod {
     /// Greedy non-maximum suppression: the best detection of a cluster is kept as it is.
@@ -117,6 +117,12 @@ pub enum MergeMethod {
     /// score-weighted mean of its members' corners, with the best member's score, class and tile.
     Wbf,
 }
+
+impl crate::options::Choice for MergeMethod {
+    const NAMES: &'static [(&'static str, Self)] =
+        &[("nms", MergeMethod::Nms), ("wbf", MergeMethod::Wbf)];
+}
+crate::choice_from_str!(MergeMethod);
 
 /// How [`merge`] works.
 #[derive(Clone, Debug, PartialEq, Serialize)]

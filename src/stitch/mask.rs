@@ -15,7 +15,7 @@ use crate::tiling::{Tile, TileGrid};
 pub const NODATA_CLASS: u8 = 255;
 
 /// The blending window.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BlendWindow {
     /// Equal weight everywhere (plain averaging of overlaps).
@@ -25,6 +25,15 @@ pub enum BlendWindow {
     /// Weight rising as a raised cosine over the overlap.
     Cosine,
 }
+
+impl crate::options::Choice for BlendWindow {
+    const NAMES: &'static [(&'static str, Self)] = &[
+        ("flat", BlendWindow::Flat),
+        ("linear", BlendWindow::Linear),
+        ("cosine", BlendWindow::Cosine),
+    ];
+}
+crate::choice_from_str!(BlendWindow);
 
 /// Per-pixel weights of a `size x size` tile: separable, 1 in the interior, ramping down to a
 /// small positive value at the edges over `ramp` pixels.

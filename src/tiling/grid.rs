@@ -6,7 +6,7 @@ use super::TilingError;
 use crate::raster::{GeoTransform, SceneInfo, WindowRequest};
 
 /// What to do where the last tile of a row or column would run past the scene edge.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EdgeMode {
     /// Keep the regular stride; the part past the edge is padding (nodata, invalid).
@@ -15,6 +15,12 @@ pub enum EdgeMode {
     /// A scene smaller than one tile still gets one padded tile.
     Shift,
 }
+
+impl crate::options::Choice for EdgeMode {
+    const NAMES: &'static [(&'static str, Self)] =
+        &[("pad", EdgeMode::Pad), ("shift", EdgeMode::Shift)];
+}
+crate::choice_from_str!(EdgeMode);
 
 /// How to lay tiles on a scene.
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -1,0 +1,353 @@
+//! The command line: every command's arguments. Option groups shared with pipeline files
+//! come from [`crate::options`] and are flattened in; what is only a command-line matter
+//! (positional scene, `--out`, `--json`) is declared here.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::options::{
+    CaptionOptions, ClassifyOptions, DetectOptions, InputOptions, OutputOptions, RuntimeOptions,
+    SegmentOptions, TilingOptions,
+};
+
+const AFTER_HELP: &str = "\
+Scenes are any raster GDAL reads (GeoTIFF/COG first), local or remote (/vsicurl/, /vsis3/,
+/vsizip/ paths pass straight to GDAL). Outputs are written under a temporary name and renamed
+when complete. Exit status: 0 success, 1 error, 2 bad command line, 3 some scenes of a batch
+(run, ingest) failed while the others completed.";
+
+/// Georeferenced answers from satellite and aerial scenes with vision-language models.
+#[derive(Debug, Parser)]
+#[command(name = "tessera", version, about, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// ONNX Runtime library to load (default: ORT_DYLIB_PATH, then the project's
+    /// .tessera/ort/ set up by `make setup`, then next to the executable).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub ort_lib: Option<PathBuf>,
+
+    /// No progress bars.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+
+    /// Log what happens on stderr (-v: scenes and stages, -vv: details).
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Describe a scene: size, bands and data types, CRS, geotransform, resolution, nodata
+    /// and masks, overviews, footprint.
+    Info(InfoArgs),
+    /// Lay a tile grid over a scene; write it as a vector layer and optionally as GeoTIFF chips.
+    Tiles(TilesArgs),
+    /// Check the installation: GDAL version and drivers, ONNX Runtime library, version and
+    /// execution providers.
+    Doctor(DoctorArgs),
+    /// Zero-shot land-cover classification of every tile with a CLIP-family model: class and
+    /// probability rasters (COG), a tile layer with top-3 labels, dissolved label polygons.
+    Classify(ClassifyArgs),
+    /// Caption every tile and the whole scene (or answer a question about them) with an
+    /// image-conditioned language model (BLIP-2, LLaVA-style).
+    Caption(CaptionArgs),
+    /// Semantic segmentation of a whole scene: tiles stitched into one seamless mosaic (class
+    /// COG, optional probabilities) and polygons made from the mosaic.
+    Segment(SegmentArgs),
+    /// Object detection over a whole scene: boxes mapped to map coordinates and merged across
+    /// tiles (NMS or weighted box fusion, boxes cut by tile edges joined).
+    Detect(DetectArgs),
+    /// Run a pipeline file (pipelines/*.toml) over many scenes: files, folders, globs, @lists
+    /// of paths or STAC Items. Scenes run in parallel, each into OUT/<scene>/ (written under a
+    /// temporary name, renamed when complete, with record.json and a STAC item.json); scenes
+    /// already complete with the same inputs, pipeline and models are skipped.
+    Run(RunArgs),
+    /// One ingestion pass over a folder (for cron or a systemd timer): new or changed scenes
+    /// are run through a pipeline once, with status, attempts, timings and errors kept in a
+    /// state database; `--status` lists what was done, failed and is pending.
+    Ingest(IngestArgs),
+    /// Ingest a folder continuously: a pass every --interval seconds until SIGINT/SIGTERM
+    /// (the scene in progress finishes first).
+    Watch(WatchArgs),
+    /// Model packages: validate one (`tessera models check DIR`).
+    Models(ModelsArgs),
+    /// Benchmark reading, tiling and scaling a scene into float32 CHW batches.
+    BenchRead(BenchReadArgs),
+    /// Benchmark a model alone: images/s of a package's image graph (CLIP, segmenter,
+    /// detector) on a device, batches already in memory.
+    BenchModel(BenchModelArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The pipeline file (TOML; see pipelines/ for examples).
+    pub pipeline: PathBuf,
+    /// Scenes: raster files, folders (searched recursively for .tif/.tiff/.jp2/.img/.vrt and
+    /// STAC Item .json), glob patterns ("data/*.tif"), text files of paths (@list.txt or a
+    /// .txt file, one path per line), STAC Item JSON files, /vsicurl/ or https:// URLs.
+    #[arg(required_unless_present = "check")]
+    pub inputs: Vec<String>,
+    /// Output folder: one sub-folder per scene, named after the file (or STAC Item id).
+    #[arg(long, value_name = "DIR", required_unless_present = "check")]
+    pub out: Option<PathBuf>,
+    /// Validate the pipeline file (keys, types, values, models) and exit.
+    #[arg(long)]
+    pub check: bool,
+    /// Scenes processed at once (CPU threads are divided between them).
+    #[arg(long, short = 'j', default_value_t = 1, value_name = "N")]
+    pub jobs: usize,
+    /// Redo scenes that are already complete.
+    #[arg(long)]
+    pub force: bool,
+    /// Skip scenes already complete with the same inputs, pipeline and models (the default;
+    /// the flag exists for scripts that want to say so).
+    #[arg(long, conflicts_with = "force")]
+    pub resume: bool,
+    /// Process only shard I of N (0-based): a deterministic share of the scenes. Default:
+    /// from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT (Slurm job arrays) or
+    /// JOB_COMPLETION_INDEX/TESSERA_SHARD_COUNT (Kubernetes Indexed Jobs); all scenes otherwise.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+    /// STAC Item inputs: the asset to read, by key or role (default: the pipeline's
+    /// [input] asset, else the first GeoTIFF data asset).
+    #[arg(long, value_name = "KEY")]
+    pub asset: Option<String>,
+    /// Text-embedding and engine cache folder (default: $TESSERA_CACHE_DIR,
+    /// $XDG_CACHE_HOME/tessera or ~/.cache/tessera).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Print a JSON summary (every scene with its status, output folder and error).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// The folder scenes arrive in (searched recursively; hidden files and folders skipped).
+    #[arg(required_unless_present = "status")]
+    pub dir: Option<PathBuf>,
+    /// The pipeline file.
+    #[arg(long, value_name = "FILE", required_unless_present = "status")]
+    pub pipeline: Option<PathBuf>,
+    /// Output folder: one sub-folder per scene (its path below DIR, '/' as '_').
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// State database (default: OUT/.tessera-state.sqlite).
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
+    /// List the scenes of the state database (done, failed, retry, pending, running) and exit.
+    #[arg(long)]
+    pub status: bool,
+    /// File-name pattern of scenes; repeat for several.
+    #[arg(long = "pattern", value_name = "GLOB", default_values_t = ["*.tif".to_string(), "*.tiff".to_string(), "*.TIF".to_string()])]
+    pub patterns: Vec<String>,
+    /// A file is taken once unmodified for this many seconds (files still being written wait).
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    pub settle: f64,
+    /// Attempts per scene before a transient failure counts as permanent.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub max_attempts: u32,
+    /// Wait before the second attempt; doubled for each further one.
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    pub retry_after: f64,
+    /// A claim by an instance on another host older than this is taken over (that host is
+    /// presumed dead). Claims of dead processes on this host are taken over at once.
+    #[arg(long, default_value_t = 21600.0, value_name = "SECONDS")]
+    pub lease: f64,
+    /// Instances on several hosts share the state database over a network file system (uses
+    /// SQLite's rollback journal, which needs working file locks, instead of WAL).
+    #[arg(long)]
+    pub shared_fs: bool,
+    /// Scenes processed at once.
+    #[arg(long, short = 'j', default_value_t = 1, value_name = "N")]
+    pub jobs: usize,
+    /// Only scenes of shard I of N (0-based); default from Slurm/Kubernetes variables.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+    /// Cache folder (text embeddings, TensorRT engines).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub ingest: IngestArgs,
+    /// Seconds between passes.
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    pub interval: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchModelArgs {
+    /// Model package folder (or an ONNX file with Deepness metadata).
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub runtime: RuntimeOptions,
+    /// Tiles per model call (default: 16 on CPU, 256 on GPUs).
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<usize>,
+    /// Timed batches.
+    #[arg(long, default_value_t = 20)]
+    pub iterations: usize,
+    /// Untimed batches first (provider warm-up, allocations).
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+}
+
+/// What every model command shares: the scene side, the runtime, the vector format.
+#[derive(Debug, Args)]
+pub struct ModelCommandArgs {
+    #[command(flatten)]
+    pub input: InputOptions,
+    #[command(flatten)]
+    pub tiling: TilingOptions,
+    #[command(flatten)]
+    pub runtime: RuntimeOptions,
+    #[command(flatten)]
+    pub output: OutputOptions,
+    /// Cache folder: text embeddings, TensorRT engines (default: $TESSERA_CACHE_DIR,
+    /// $XDG_CACHE_HOME/tessera or ~/.cache/tessera).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Replace an existing output folder.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Print a JSON summary (every written path, counts, timings).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ClassifyArgs {
+    /// The scene (any GDAL raster).
+    pub scene: String,
+    #[command(flatten)]
+    pub options: ClassifyOptions,
+    /// Output folder (created; written under a temporary name until complete):
+    /// classes.tif, probabilities.tif, tiles.<ext>, labels.<ext>.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: ModelCommandArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CaptionArgs {
+    /// The scene (any GDAL raster).
+    pub scene: String,
+    #[command(flatten)]
+    pub options: CaptionOptions,
+    /// Output folder: captions.jsonl, tiles.<ext> (caption per tile), scene.<ext>, and for
+    /// Shapefiles captions.csv with captions longer than 254 bytes.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: ModelCommandArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SegmentArgs {
+    /// The scene (any GDAL raster).
+    pub scene: String,
+    #[command(flatten)]
+    pub options: SegmentOptions,
+    /// Output folder: classes.tif, [probabilities.tif], polygons.<ext>.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub common: ModelCommandArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DetectArgs {
+    /// The scene (any GDAL raster).
+    pub scene: String,
+    #[command(flatten)]
+    pub options: DetectOptions,
+    /// Output folder: detections.<ext> (polygons with class, label, score, tile_id).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: ModelCommandArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ModelsArgs {
+    #[command(subcommand)]
+    pub command: ModelsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Validate a model package and report every problem at once (exit 1 when any).
+    Check {
+        /// The package folder (with model.toml).
+        dir: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// The scene (any GDAL raster).
+    pub scene: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Accept a raster without georeferencing (pixel coordinates, no CRS).
+    #[arg(long)]
+    pub pixel_coords: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TilesArgs {
+    /// The scene (any GDAL raster).
+    pub scene: String,
+    #[command(flatten)]
+    pub input: InputOptions,
+    #[command(flatten)]
+    pub tiling: TilingOptions,
+    /// Write the grid as a vector layer "tiles" (tile_id, row, col, x, y, src_x, src_y, src_w,
+    /// src_h, valid_frac, padded); format from the extension or --format.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub output: OutputOptions,
+    /// Also write every kept tile as a GeoTIFF chip <tile_id>.tif (source data type, tile
+    /// geotransform, scene CRS; padding as nodata or masked) into this new directory.
+    #[arg(long, value_name = "DIR")]
+    pub chips: Option<PathBuf>,
+    /// Replace existing outputs.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Print a JSON summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchReadArgs {
+    /// The scene (any GDAL raster).
+    pub scene: String,
+    #[command(flatten)]
+    pub input: InputOptions,
+    /// Tiling; --batch-size is the tiles per batch (default 64).
+    #[command(flatten)]
+    pub tiling: TilingOptions,
+}

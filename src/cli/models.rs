@@ -1,0 +1,160 @@
+//! The model commands (`classify`, `caption`, `segment`, `detect`), `models check` and
+//! `bench-model`: options into a job, the job run, its report printed.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+
+use super::args::{
+    BenchModelArgs, CaptionArgs, ClassifyArgs, DetectArgs, ModelCommandArgs, ModelsArgs,
+    ModelsCommand, SegmentArgs,
+};
+use super::print::{self, print_json};
+use super::{flag_error, options_error};
+use crate::options::{cache_dir, JobContext, SceneJobBase};
+use crate::pipeline;
+use crate::runtime::Runtime;
+
+/// What a model command's job shares, from its flags.
+struct Prepared {
+    base: SceneJobBase,
+    ctx: JobContext,
+}
+
+fn prepare(
+    scene: &str,
+    model: &Path,
+    common: &ModelCommandArgs,
+    ort_lib: Option<PathBuf>,
+    quiet: bool,
+) -> Result<Prepared> {
+    let ctx = JobContext {
+        ort_lib,
+        cache_dir: cache_dir(common.cache_dir.clone()),
+        progress: !quiet,
+        jobs: 1,
+    };
+    let base = SceneJobBase::new(
+        scene,
+        model,
+        &common.input,
+        &common.tiling,
+        &common.runtime,
+        &common.output,
+        &ctx,
+    )
+    .map_err(flag_error)?;
+    Ok(Prepared { base, ctx })
+}
+
+pub(super) fn classify(a: ClassifyArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Result<i32> {
+    let p = prepare(&a.scene, &a.options.model, &a.common, ort_lib, quiet)?;
+    let job = a
+        .options
+        .job(
+            p.base,
+            a.out.clone(),
+            a.common.overwrite,
+            p.ctx.cache_dir.as_deref(),
+        )
+        .map_err(flag_error)?;
+    let report = pipeline::run_classify(job)?;
+    print::fallback(report.fallback.as_deref(), &report.provider, quiet);
+    if a.common.json {
+        print_json(&report)?;
+    } else {
+        print::classify(&report);
+    }
+    Ok(0)
+}
+
+pub(super) fn caption(a: CaptionArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Result<i32> {
+    let p = prepare(&a.scene, &a.options.model, &a.common, ort_lib, quiet)?;
+    let job = a
+        .options
+        .job(p.base, a.out.clone(), a.common.overwrite)
+        .map_err(options_error)?;
+    let report = pipeline::run_caption(job)?;
+    print::fallback(report.fallback.as_deref(), &report.provider, quiet);
+    if a.common.json {
+        print_json(&report)?;
+    } else {
+        print::caption(&report);
+    }
+    Ok(0)
+}
+
+pub(super) fn segment(a: SegmentArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Result<i32> {
+    let p = prepare(&a.scene, &a.options.model, &a.common, ort_lib, quiet)?;
+    let job = a
+        .options
+        .job(p.base, a.out.clone(), a.common.overwrite)
+        .map_err(flag_error)?;
+    let report = pipeline::run_segment(job)?;
+    print::fallback(report.fallback.as_deref(), &report.provider, quiet);
+    if a.common.json {
+        print_json(&report)?;
+    } else {
+        print::segment(&report);
+    }
+    Ok(0)
+}
+
+pub(super) fn detect(a: DetectArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Result<i32> {
+    let p = prepare(&a.scene, &a.options.model, &a.common, ort_lib, quiet)?;
+    let job = a
+        .options
+        .job(p.base, a.out.clone(), a.common.overwrite)
+        .map_err(flag_error)?;
+    let report = pipeline::run_detect(job)?;
+    print::fallback(report.fallback.as_deref(), &report.provider, quiet);
+    if a.common.json {
+        print_json(&report)?;
+    } else {
+        print::detect(&report);
+    }
+    Ok(0)
+}
+
+pub(super) fn models(a: ModelsArgs, ort_lib: Option<PathBuf>) -> Result<i32> {
+    match a.command {
+        ModelsCommand::Check { dir, json } => {
+            let runtime = Runtime::load(ort_lib.as_deref())?;
+            let problems = crate::models::check_package(runtime, &dir);
+            if json {
+                print_json(
+                    &serde_json::json!({ "package": dir, "valid": problems.is_empty(), "problems": problems }),
+                )?;
+            } else if problems.is_empty() {
+                println!("{}: valid model package", dir.display());
+            } else {
+                println!("{}: {} problem(s)", dir.display(), problems.len());
+                for p in &problems {
+                    println!("  - {p}");
+                }
+            }
+            Ok(if problems.is_empty() { 0 } else { 1 })
+        }
+    }
+}
+
+pub(super) fn bench_model(a: BenchModelArgs, ort_lib: Option<PathBuf>) -> Result<i32> {
+    let ctx = JobContext {
+        ort_lib: ort_lib.clone(),
+        cache_dir: cache_dir(None),
+        progress: false,
+        jobs: 1,
+    };
+    let job = pipeline::BenchModelJob {
+        model: a.model.clone(),
+        ort_lib,
+        session: a.runtime.session(&ctx),
+        batch_size: a
+            .batch_size
+            .unwrap_or_else(|| a.runtime.device().default_batch_size()),
+        iterations: a.iterations,
+        warmup: a.warmup,
+    };
+    print_json(&pipeline::run_bench_model(job)?)?;
+    Ok(0)
+}

@@ -1,0 +1,110 @@
+//! How reports are printed: JSON with `--json`, else a few lines for a person.
+
+use anyhow::{Context, Result};
+
+use crate::pipeline::{CaptionReport, ClassifyReport, DetectReport, SegmentReport, TilesReport};
+
+pub(super) fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    let s = serde_json::to_string_pretty(value).context("encoding JSON")?;
+    println!("{s}");
+    Ok(())
+}
+
+/// The warning when the requested execution provider could not load.
+pub(super) fn fallback(reason: Option<&str>, provider: &str, quiet: bool) {
+    if let Some(reason) = reason {
+        if !quiet {
+            eprintln!("tessera: warning: {reason}; running on {provider}");
+        }
+    }
+}
+
+/// The note that a model's weights are random (its answers mean nothing).
+fn untrained(trained: bool, model: &str, what: &str) {
+    if !trained {
+        println!("note: {model} has untrained (random) weights: its {what} are meaningless");
+    }
+}
+
+fn outputs(outputs: &[String]) {
+    for o in outputs {
+        println!("  wrote {o}");
+    }
+}
+
+pub(super) fn tiles(report: &TilesReport) {
+    println!(
+        "{}: {} tiles ({} cols x {} rows) of {} px, overlap {}: {} kept, {} skipped, {} padded",
+        report.scene,
+        report.stats.tiles_total,
+        report.cols,
+        report.rows,
+        report.tile_size,
+        report.overlap,
+        report.stats.tiles_read,
+        report.stats.tiles_skipped,
+        report.padded
+    );
+    outputs(&report.outputs);
+}
+
+pub(super) fn classify(report: &ClassifyReport) {
+    untrained(report.model_trained, &report.model, "labels");
+    println!(
+        "{}: {} tiles classified ({} skipped) with {} on {} in {:.1} s",
+        report.scene,
+        report.tiles_read,
+        report.tiles_skipped,
+        report.model,
+        report.provider,
+        report.timings.total_seconds
+    );
+    for (label, n) in &report.label_counts {
+        println!("  {label:<20} {n}");
+    }
+    outputs(&report.outputs);
+}
+
+pub(super) fn caption(report: &CaptionReport) {
+    untrained(report.model_trained, &report.model, "captions");
+    println!("scene: {}", report.scene_caption);
+    println!(
+        "{} tiles captioned ({} skipped) on {} in {:.1} s ({:.1} captions/s, {:.0} tokens/s)",
+        report.tiles_captioned,
+        report.tiles_skipped,
+        report.provider,
+        report.seconds,
+        report.captions_per_second,
+        report.tokens_per_second
+    );
+    outputs(&report.outputs);
+}
+
+pub(super) fn segment(report: &SegmentReport) {
+    println!(
+        "{}: {} tiles segmented ({} skipped) on {} in {:.1} s; {} polygons",
+        report.scene,
+        report.tiles_read,
+        report.tiles_skipped,
+        report.provider,
+        report.seconds,
+        report.polygons
+    );
+    outputs(&report.outputs);
+}
+
+pub(super) fn detect(report: &DetectReport) {
+    println!(
+        "{}: {} objects ({} boxes before merging) in {} tiles on {} in {:.1} s",
+        report.scene,
+        report.detections,
+        report.raw_detections,
+        report.tiles_read,
+        report.provider,
+        report.seconds
+    );
+    for (label, n) in &report.counts {
+        println!("  {label:<20} {n}");
+    }
+    outputs(&report.outputs);
+}

@@ -1,0 +1,380 @@
+//! The option groups every model command and pipeline file share: input, tiling, runtime and
+//! output; and how they become the scene side of a job.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use serde::Deserialize;
+
+use super::{de, InvalidOption};
+use crate::output::{formats, VectorFormat};
+use crate::raster::{BandMapping, OpenOptions, Resampling, ScalingSpec};
+use crate::runtime::{Device, SessionOptions};
+use crate::tiling::{EdgeMode, GridOptions, ReadOptions, ReadOrder};
+
+/// `[input]`: which bands, how they are scaled and resampled.
+#[derive(Clone, Debug, Default, Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[command(next_help_heading = "Input")]
+pub struct InputOptions {
+    /// Source bands to use, 1-based, in order (e.g. 4,3,2). Default: every band but alpha.
+    #[arg(long, value_name = "LIST")]
+    #[serde(deserialize_with = "de::bands")]
+    pub bands: Option<BandMapping>,
+    /// Scaling to [0, 1] (model commands): auto (0..255 for 8-bit, 2-98 percentiles
+    /// otherwise), none, minmax, percentile:LO,HI, range:LO,HI[;LO,HI...] (e.g. range:0,3000
+    /// for Sentinel-2). Default: auto.
+    #[arg(long, value_name = "SPEC")]
+    #[serde(deserialize_with = "de::from_str")]
+    pub scale: Option<ScalingSpec>,
+    /// Resampling when the target resolution differs from the scene's: nearest, bilinear,
+    /// cubic, cubicspline, lanczos, average, mode. Default: average.
+    #[arg(long, value_name = "METHOD")]
+    #[serde(deserialize_with = "de::from_str")]
+    pub resampling: Option<Resampling>,
+    /// Accept a raster without georeferencing (pixel coordinates, no CRS).
+    #[arg(long)]
+    pub pixel_coords: bool,
+    /// STAC Item inputs: the asset to read, by key or role (pipeline files; `run --asset` on
+    /// the command line).
+    #[arg(skip)]
+    pub asset: Option<String>,
+}
+
+impl InputOptions {
+    /// How scenes are opened.
+    pub fn open(&self) -> OpenOptions {
+        OpenOptions {
+            pixel_coords: self.pixel_coords,
+        }
+    }
+
+    /// The scaling, `auto` unless given.
+    pub fn scaling(&self) -> ScalingSpec {
+        self.scale.clone().unwrap_or(ScalingSpec::Auto)
+    }
+}
+
+/// `[tiling]`: the tile grid, batching and reading.
+#[derive(Clone, Debug, Default, Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[command(next_help_heading = "Tiling")]
+pub struct TilingOptions {
+    /// Tile width and height, in pixels at the target resolution (required for `tiles`;
+    /// model commands default to the model's input size).
+    #[arg(long, value_name = "N")]
+    pub tile_size: Option<usize>,
+    /// Pixels shared by neighbouring tiles (stride = tile size - overlap).
+    #[arg(long, value_name = "N", conflicts_with = "stride")]
+    pub overlap: Option<usize>,
+    /// Distance between tile origins, in pixels (alternative to --overlap).
+    #[arg(long, value_name = "N")]
+    pub stride: Option<usize>,
+    /// Target ground resolution in metres per pixel; the scene is resampled at read time
+    /// (geographic CRSs are converted at the scene centre).
+    #[arg(long, value_name = "METRES")]
+    pub target_gsd: Option<f64>,
+    /// Edge tiles: `pad` keeps the stride and pads past the edge with nodata; `shift` moves
+    /// the last tile inward. A scene smaller than a tile gives one padded tile either way.
+    /// Default: pad.
+    #[arg(long, value_name = "MODE")]
+    #[serde(deserialize_with = "de::from_str")]
+    pub edge: Option<EdgeMode>,
+    /// Skip tiles whose fraction of valid pixels (inside the scene, not nodata/masked) is
+    /// below this; tiles with no valid pixel are always skipped. Default: 0.
+    #[arg(long, value_name = "FRACTION")]
+    pub min_valid: Option<f64>,
+    /// Tiles per model call (model commands; default: 16 on CPU, 256 on GPUs).
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<usize>,
+    /// Reader threads (default: the number of CPUs, shared between the scenes of a batch).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Tiles read ahead of the consumer (default: twice the reader threads, at least a
+    /// batch). Memory in flight is about (queue + threads) tiles.
+    #[arg(long, value_name = "N")]
+    pub queue: Option<usize>,
+    /// Pipeline files: read each tile once for every stage (default true when there are
+    /// several stages).
+    #[arg(skip)]
+    pub shared_pass: Option<bool>,
+}
+
+impl TilingOptions {
+    /// Values that are wrong whatever the scene and model.
+    ///
+    /// # Errors
+    /// The first bad value, with its key.
+    pub fn validate(&self) -> Result<(), InvalidOption> {
+        if let Some(v) = self.min_valid {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(InvalidOption::new(
+                    "min_valid",
+                    format!("must be between 0 and 1, got {v}"),
+                ));
+            }
+        }
+        if let Some(g) = self.target_gsd {
+            if !(g.is_finite() && g > 0.0) {
+                return Err(InvalidOption::new(
+                    "target_gsd",
+                    format!("must be positive, got {g}"),
+                ));
+            }
+        }
+        if self.overlap.is_some() && self.stride.is_some() {
+            return Err(InvalidOption::new(
+                "overlap",
+                "and `stride` say the same thing: give one",
+            ));
+        }
+        if let (Some(size), Some(stride)) = (self.tile_size, self.stride) {
+            if stride == 0 || stride > size {
+                return Err(InvalidOption::new(
+                    "stride",
+                    format!("must be between 1 and the tile size {size}"),
+                ));
+            }
+        }
+        for (key, v) in [
+            ("batch_size", self.batch_size),
+            ("threads", self.threads),
+            ("queue", self.queue),
+        ] {
+            if v == Some(0) {
+                return Err(InvalidOption::new(key, "must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Tile size against overlap where both are given (the grid checks it again against the
+    /// scene; this catches it before any scene is read).
+    ///
+    /// # Errors
+    /// An overlap that is not smaller than the tile size.
+    pub fn validate_overlap(&self) -> Result<(), InvalidOption> {
+        if let (Some(size), Some(overlap)) = (self.tile_size, self.overlap) {
+            if overlap >= size {
+                return Err(InvalidOption::new(
+                    "overlap",
+                    format!("{overlap} must be smaller than `tile_size` {size}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Overlap or stride was given (else a model's own tiling defaults apply).
+    pub fn overlap_given(&self) -> bool {
+        self.overlap.is_some() || self.stride.is_some()
+    }
+
+    /// Grid options; `default_size` stands in for a missing tile size (0: the model's).
+    ///
+    /// # Errors
+    /// A missing tile size without a default, a stride without a tile size for model
+    /// commands, or a value [`TilingOptions::validate`] rejects.
+    pub fn grid(&self, default_size: Option<usize>) -> Result<GridOptions, InvalidOption> {
+        self.validate()?;
+        let tile_size = match (self.tile_size, default_size) {
+            (Some(n), _) => n,
+            (None, Some(d)) => d,
+            (None, None) => return Err(InvalidOption::new("tile_size", "is required")),
+        };
+        let overlap = match (self.overlap, self.stride) {
+            (Some(o), _) => o,
+            (None, Some(s)) => {
+                if tile_size == 0 {
+                    return Err(InvalidOption::new(
+                        "stride",
+                        "needs `tile_size` for model commands",
+                    ));
+                }
+                tile_size - s
+            }
+            (None, None) => 0,
+        };
+        Ok(GridOptions {
+            tile_size,
+            overlap,
+            target_gsd: self.target_gsd,
+            edge: self.edge.unwrap_or(EdgeMode::Pad),
+        })
+    }
+
+    /// Reader threads and queue when `jobs` scenes run at once (the CPUs are shared), with
+    /// room for a batch of `batch` tiles in flight for model commands.
+    pub fn read(&self, input: &InputOptions, jobs: usize, batch: Option<usize>) -> ReadOptions {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = self.threads.unwrap_or((cpus / jobs.max(1)).max(1));
+        ReadOptions {
+            bands: input
+                .bands
+                .clone()
+                .unwrap_or_else(|| BandMapping::new(Vec::new())),
+            resampling: input.resampling.unwrap_or(Resampling::Average),
+            threads,
+            queue: self
+                .queue
+                .unwrap_or_else(|| (2 * threads).max(batch.unwrap_or(0))),
+            min_valid: self.min_valid.unwrap_or(0.0),
+            fill: 0.0,
+            read_pixels: true,
+            order: ReadOrder::Stripes,
+            deliver_skipped: false,
+            // Model outputs do not depend on thread timing (same batches every run).
+            ordered: batch.is_some(),
+        }
+    }
+}
+
+/// `[runtime]`: where and how models run.
+#[derive(Clone, Debug, Default, Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[command(next_help_heading = "Runtime")]
+pub struct RuntimeOptions {
+    /// Execution provider: cpu, cuda[:N] or tensorrt[:N]. Default: cpu.
+    #[arg(long, value_name = "DEVICE")]
+    #[serde(deserialize_with = "de::from_str")]
+    pub device: Option<Device>,
+    /// When the requested provider cannot load, run on the next one (TensorRT -> CUDA -> CPU)
+    /// instead of failing; the provider really used is reported.
+    #[arg(long)]
+    pub allow_fallback: bool,
+    /// Threads inside each model operator (default: ONNX Runtime's, one per core; shared
+    /// between the scenes of a batch).
+    #[arg(long, value_name = "N")]
+    pub intra_threads: Option<usize>,
+    /// TensorRT engine cache folder (default: <cache dir>/tensorrt).
+    #[arg(long, value_name = "DIR")]
+    pub trt_cache: Option<PathBuf>,
+}
+
+impl RuntimeOptions {
+    /// The device, CPU unless given.
+    pub fn device(&self) -> Device {
+        self.device.unwrap_or(Device::Cpu)
+    }
+
+    /// Session options when `jobs` scenes run at once (operator threads are shared).
+    pub fn session(&self, ctx: &JobContext) -> SessionOptions {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let intra_threads = match self.intra_threads {
+            Some(n) => n,
+            None if ctx.jobs > 1 => (cpus / ctx.jobs).max(1),
+            None => 0,
+        };
+        SessionOptions {
+            device: self.device(),
+            allow_fallback: self.allow_fallback,
+            intra_threads,
+            trt_cache: self
+                .trt_cache
+                .clone()
+                .or_else(|| ctx.cache_dir.as_ref().map(|c| c.join("tensorrt"))),
+        }
+    }
+}
+
+/// `[output]`: how vector layers are written.
+#[derive(Clone, Debug, Default, Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[command(next_help_heading = "Output")]
+pub struct OutputOptions {
+    /// Vector format: gpkg (default), shp, geojson, fgb.
+    #[arg(long, value_name = "FORMAT")]
+    pub format: Option<String>,
+}
+
+impl OutputOptions {
+    /// The vector format, GeoPackage unless given.
+    ///
+    /// # Errors
+    /// An unknown format name, listing the known ones.
+    pub fn vector_format(&self) -> Result<&'static dyn VectorFormat, InvalidOption> {
+        let name = self.format.as_deref().unwrap_or("gpkg");
+        formats::by_name(name).ok_or_else(|| {
+            let known: Vec<&str> = formats::ALL.iter().map(|f| f.name()).collect();
+            InvalidOption::new(
+                "format",
+                format!("unknown vector format '{name}' ({})", known.join(", ")),
+            )
+        })
+    }
+}
+
+/// What every job of a command or batch shares.
+#[derive(Clone, Debug, Default)]
+pub struct JobContext {
+    pub ort_lib: Option<PathBuf>,
+    /// Text-embedding and engine cache folder.
+    pub cache_dir: Option<PathBuf>,
+    pub progress: bool,
+    /// Scenes running at once (CPU threads are divided between them).
+    pub jobs: usize,
+}
+
+/// The cache folder: `flag`, then $TESSERA_CACHE_DIR, $XDG_CACHE_HOME/tessera,
+/// ~/.cache/tessera.
+pub fn cache_dir(flag: Option<PathBuf>) -> Option<PathBuf> {
+    flag.or_else(|| std::env::var_os("TESSERA_CACHE_DIR").map(PathBuf::from))
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("tessera")))
+        .or_else(|| {
+            std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache").join("tessera"))
+        })
+}
+
+/// The scene side of a model job, from the shared groups: what every task's job takes.
+#[derive(Clone, Debug)]
+pub struct SceneJobBase {
+    pub scene: String,
+    pub open: OpenOptions,
+    pub model: PathBuf,
+    pub ort_lib: Option<PathBuf>,
+    pub session: SessionOptions,
+    /// `tile_size` 0 means the model's input size.
+    pub grid: GridOptions,
+    pub overlap_given: bool,
+    pub gsd_given: bool,
+    pub read: ReadOptions,
+    pub scaling: ScalingSpec,
+    pub batch_size: usize,
+    pub format: &'static dyn VectorFormat,
+    pub progress: bool,
+}
+
+impl SceneJobBase {
+    /// The shared part of a model job on `scene` with `model`.
+    ///
+    /// # Errors
+    /// A bad tiling value or vector format.
+    pub fn new(
+        scene: &str,
+        model: &Path,
+        input: &InputOptions,
+        tiling: &TilingOptions,
+        runtime: &RuntimeOptions,
+        output: &OutputOptions,
+        ctx: &JobContext,
+    ) -> Result<SceneJobBase, InvalidOption> {
+        let batch_size = tiling
+            .batch_size
+            .unwrap_or_else(|| runtime.device().default_batch_size());
+        Ok(SceneJobBase {
+            scene: scene.to_string(),
+            open: input.open(),
+            model: model.to_path_buf(),
+            ort_lib: ctx.ort_lib.clone(),
+            session: runtime.session(ctx),
+            grid: tiling.grid(Some(0))?,
+            overlap_given: tiling.overlap_given(),
+            gsd_given: tiling.target_gsd.is_some(),
+            read: tiling.read(input, ctx.jobs, Some(batch_size)),
+            scaling: input.scaling(),
+            batch_size,
+            format: output.vector_format()?,
+            progress: ctx.progress,
+        })
+    }
+}

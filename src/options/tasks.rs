@@ -1,0 +1,776 @@
+//! Each task's own options: the flags of its command and the keys of its pipeline stages,
+//! with their validation and the job they build. A new task is one options type here, one
+//! job file in `src/pipeline/` and one [`TaskOptions`] variant.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use serde::Deserialize;
+
+use super::common::SceneJobBase;
+use super::{de, InvalidOption};
+use crate::models::clip::DEFAULT_TEMPLATES;
+use crate::models::decoder::GenerationParams;
+use crate::models::{ModelError, ModelPackage};
+use crate::pipeline::{CaptionJob, ClassifyJob, DetectJob, SegmentJob};
+use crate::stitch::boxes::MergeMethod;
+use crate::stitch::mask::BlendWindow;
+use crate::task::Task;
+
+/// A value in the unit interval, when given.
+fn unit(key: &'static str, v: Option<f64>) -> Result<(), InvalidOption> {
+    match v {
+        Some(v) if !(0.0..=1.0).contains(&v) => Err(InvalidOption::new(
+            key,
+            format!("must be between 0 and 1, got {v}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A size or tolerance that must not be negative.
+fn not_negative(key: &'static str, v: Option<f64>) -> Result<(), InvalidOption> {
+    match v {
+        Some(v) if v.is_nan() || v < 0.0 => Err(InvalidOption::new(key, "must not be negative")),
+        _ => Ok(()),
+    }
+}
+
+/// Text prompts, trimmed; an empty list given explicitly is an error.
+fn prompt_list(prompts: &Option<Vec<String>>) -> Result<Vec<String>, InvalidOption> {
+    match prompts {
+        None => Ok(Vec::new()),
+        Some(p) if p.is_empty() => Err(InvalidOption::new("prompts", "is empty")),
+        Some(p) => Ok(p.iter().map(|q| q.trim().to_string()).collect()),
+    }
+}
+
+/// `classify`: zero-shot labels for every tile.
+#[derive(Clone, Debug, Default, Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClassifyOptions {
+    /// Pipeline files: the stage's output folder name (default: the task).
+    #[arg(skip)]
+    pub name: Option<String>,
+    /// Model package folder (model.toml, ONNX encoders, tokenizer.json).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// Comma-separated labels, e.g. "forest,river,city".
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        required_unless_present = "labels_file"
+    )]
+    pub labels: Option<Vec<String>>,
+    /// File with one label per line (blank lines and lines starting with # ignored).
+    #[arg(long, value_name = "FILE", conflicts_with = "labels")]
+    pub labels_file: Option<PathBuf>,
+    /// Prompt template with {} for the label; repeat to give an ensemble. Replaces the default
+    /// satellite-imagery ensemble.
+    #[arg(long = "template", alias = "templates", value_name = "TEMPLATE")]
+    pub templates: Option<Vec<String>>,
+    /// Tiles whose best probability is below this are labelled "unknown".
+    #[arg(long, value_name = "P")]
+    pub min_score: Option<f32>,
+    /// Do not read or write the text-embedding cache.
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+impl ClassifyOptions {
+    /// The labels, from the list or the labels file.
+    ///
+    /// # Errors
+    /// An unreadable labels file, no labels, or an empty label.
+    pub fn labels(&self) -> Result<Vec<String>, InvalidOption> {
+        let labels: Vec<String> = match (&self.labels, &self.labels_file) {
+            (Some(list), _) => list.iter().map(|l| l.trim().to_string()).collect(),
+            (None, Some(file)) => std::fs::read_to_string(file)
+                .map_err(|e| {
+                    InvalidOption::new(
+                        "labels_file",
+                        format!("{}: cannot read the labels file: {e}", file.display()),
+                    )
+                })?
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string)
+                .collect(),
+            (None, None) => return Err(InvalidOption::new("labels", "are required")),
+        };
+        if labels.iter().any(String::is_empty) {
+            return Err(InvalidOption::new(
+                "labels",
+                format!(
+                    "has an empty label: \"{}\"",
+                    self.labels.clone().unwrap_or_default().join(",")
+                ),
+            ));
+        }
+        Ok(labels)
+    }
+
+    /// # Errors
+    /// The first bad value, with its key.
+    pub fn validate(&self) -> Result<(), InvalidOption> {
+        if self.labels_file.is_none() {
+            self.labels()?;
+        }
+        if let Some(t) = &self.templates {
+            if t.is_empty() || t.iter().any(|t| !t.contains("{}")) {
+                return Err(InvalidOption::new(
+                    "templates",
+                    "must each contain {} where the label goes",
+                ));
+            }
+        }
+        unit("min_score", self.min_score.map(f64::from))
+    }
+
+    /// The job for one scene.
+    ///
+    /// # Errors
+    /// A bad option value.
+    pub fn job(
+        &self,
+        base: SceneJobBase,
+        out: Option<PathBuf>,
+        overwrite: bool,
+        cache_dir: Option<&Path>,
+    ) -> Result<ClassifyJob, InvalidOption> {
+        self.validate()?;
+        Ok(ClassifyJob {
+            scene: base.scene,
+            open: base.open,
+            model: base.model,
+            ort_lib: base.ort_lib,
+            session: base.session,
+            labels: self.labels()?,
+            templates: self
+                .templates
+                .clone()
+                .unwrap_or_else(|| DEFAULT_TEMPLATES.iter().map(|t| t.to_string()).collect()),
+            min_score: self.min_score,
+            grid: base.grid,
+            read: base.read,
+            scaling: base.scaling,
+            batch_size: base.batch_size,
+            out,
+            format: base.format,
+            overwrite,
+            cache_dir: if self.no_cache {
+                None
+            } else {
+                cache_dir.map(|c| c.join("text-embeddings"))
+            },
+            progress: base.progress,
+            feed: None,
+        })
+    }
+}
+
+/// A source pixel window `X,Y,W,H`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SceneWindow(pub usize, pub usize, pub usize, pub usize);
+
+impl std::str::FromStr for SceneWindow {
+    type Err = String;
+    fn from_str(w: &str) -> Result<Self, String> {
+        let bad = || format!("'{w}' is not X,Y,W,H in pixels");
+        let v: Vec<usize> = w
+            .split(',')
+            .map(|p| p.trim().parse::<usize>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| bad())?;
+        match v.as_slice() {
+            [x, y, w, h] => Ok(SceneWindow(*x, *y, *w, *h)),
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// `caption`: a caption (or answer) per tile and for the whole scene.
+#[derive(Clone, Debug, Default, Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CaptionOptions {
+    /// Pipeline files: the stage's output folder name (default: the task).
+    #[arg(skip)]
+    pub name: Option<String>,
+    /// Model package folder (model.toml, image_prefix/embed_tokens/decoder ONNX, tokenizer.json).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// Text after the image, e.g. "Question: how many buildings are there? Answer:" (default:
+    /// none, plain captioning).
+    #[arg(long, value_name = "TEXT")]
+    pub prompt: Option<String>,
+    /// Beam search width (1: greedy). Default: the model's.
+    #[arg(long, value_name = "N")]
+    pub num_beams: Option<usize>,
+    /// Most tokens to generate. Default: the model's.
+    #[arg(long, value_name = "N")]
+    pub max_new_tokens: Option<usize>,
+    /// Fewest tokens to generate before the end token is allowed.
+    #[arg(long, value_name = "N")]
+    pub min_new_tokens: Option<usize>,
+    /// Penalty (> 1 discourages) for tokens already in the sequence.
+    #[arg(long, value_name = "P")]
+    pub repetition_penalty: Option<f32>,
+    /// Beam search: finished hypotheses score sum_logprobs / length^P.
+    #[arg(long, value_name = "P")]
+    pub length_penalty: Option<f32>,
+    /// Caption only the whole scene, not every tile.
+    #[arg(long)]
+    pub scene_only: bool,
+    /// Source pixel window X,Y,W,H for the scene caption (default: the whole scene).
+    #[arg(long, value_name = "X,Y,W,H")]
+    #[serde(deserialize_with = "de::from_str")]
+    pub scene_window: Option<SceneWindow>,
+}
+
+impl CaptionOptions {
+    fn overrides_generation(&self) -> bool {
+        self.num_beams.is_some()
+            || self.max_new_tokens.is_some()
+            || self.min_new_tokens.is_some()
+            || self.repetition_penalty.is_some()
+            || self.length_penalty.is_some()
+    }
+
+    /// Generation settings: these options over the model's defaults (`None`: the model's
+    /// own, untouched).
+    ///
+    /// # Errors
+    /// A package that does not load, or settings that do not fit together.
+    pub fn generation(&self, model: &Path) -> Result<Option<GenerationParams>, OptionsError> {
+        if !self.overrides_generation() {
+            return Ok(None);
+        }
+        let g = ModelPackage::load(model)?
+            .manifest
+            .generation
+            .unwrap_or_default();
+        let p = GenerationParams {
+            max_new_tokens: self.max_new_tokens.unwrap_or(g.max_new_tokens),
+            min_new_tokens: self.min_new_tokens.unwrap_or(g.min_new_tokens),
+            num_beams: self.num_beams.unwrap_or(g.num_beams),
+            repetition_penalty: self.repetition_penalty.unwrap_or(g.repetition_penalty),
+            length_penalty: self.length_penalty.unwrap_or(g.length_penalty),
+        };
+        if p.min_new_tokens > p.max_new_tokens {
+            return Err(InvalidOption::new(
+                "min_new_tokens",
+                format!(
+                    "{} is above `max_new_tokens` {}",
+                    p.min_new_tokens, p.max_new_tokens
+                ),
+            )
+            .into());
+        }
+        Ok(Some(p))
+    }
+
+    /// # Errors
+    /// The first bad value, with its key.
+    pub fn validate(&self) -> Result<(), InvalidOption> {
+        for (key, v) in [
+            ("num_beams", self.num_beams),
+            ("max_new_tokens", self.max_new_tokens),
+        ] {
+            if v == Some(0) {
+                return Err(InvalidOption::new(key, "must be at least 1"));
+            }
+        }
+        if let (Some(lo), Some(hi)) = (self.min_new_tokens, self.max_new_tokens) {
+            if lo > hi {
+                return Err(InvalidOption::new(
+                    "min_new_tokens",
+                    format!("{lo} is above `max_new_tokens` {hi}"),
+                ));
+            }
+        }
+        if let Some(p) = self.repetition_penalty {
+            if !p.is_finite() || p <= 0.0 {
+                return Err(InvalidOption::new("repetition_penalty", "must be positive"));
+            }
+        }
+        if self.length_penalty.is_some_and(|p| !p.is_finite()) {
+            return Err(InvalidOption::new("length_penalty", "must be a number"));
+        }
+        Ok(())
+    }
+
+    /// The job for one scene.
+    ///
+    /// # Errors
+    /// A bad option value or a package that does not load.
+    pub fn job(
+        &self,
+        base: SceneJobBase,
+        out: Option<PathBuf>,
+        overwrite: bool,
+    ) -> Result<CaptionJob, OptionsError> {
+        self.validate()?;
+        let params = self.generation(&base.model)?;
+        Ok(CaptionJob {
+            scene: base.scene,
+            open: base.open,
+            model: base.model,
+            ort_lib: base.ort_lib,
+            session: base.session,
+            prompt: self.prompt.clone().unwrap_or_default(),
+            params,
+            grid: base.grid,
+            read: base.read,
+            scaling: base.scaling,
+            batch_size: base.batch_size,
+            tiles: !self.scene_only,
+            scene_window: self.scene_window.map(|w| (w.0, w.1, w.2, w.3)),
+            out,
+            format: base.format,
+            overwrite,
+            progress: base.progress,
+            feed: None,
+        })
+    }
+}
+
+/// `detect`: boxes over the whole scene, merged across tiles.
+#[derive(Clone, Debug, Default, Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DetectOptions {
+    /// Pipeline files: the stage's output folder name (default: the task).
+    #[arg(skip)]
+    pub name: Option<String>,
+    /// Model package folder (model.toml + ONNX) or an ONNX file with Deepness metadata.
+    #[arg(long, value_name = "PATH")]
+    pub model: PathBuf,
+    /// Keep boxes scoring at least this (default: the model's).
+    #[arg(long, value_name = "P")]
+    pub confidence: Option<f32>,
+    /// Text queries for open-vocabulary detectors (OWL-ViT), comma-separated: "car,ship".
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub prompts: Option<Vec<String>>,
+    /// Overlap (IoU) above which two boxes of a class are the same object (default: the
+    /// model's).
+    #[arg(long, value_name = "IOU")]
+    pub iou: Option<f32>,
+    /// How duplicates from overlapping tiles are resolved: nms keeps the best box, wbf averages
+    /// the cluster weighted by score. Default: nms.
+    #[arg(long, value_name = "METHOD")]
+    #[serde(deserialize_with = "de::from_str")]
+    pub merge: Option<MergeMethod>,
+    /// A box touching an inner tile edge is joined with a box of its class covering at least
+    /// this fraction of the smaller of the two (its other part). Default: 0.6.
+    #[arg(long, value_name = "FRACTION")]
+    pub cut_ios: Option<f64>,
+    /// Merge boxes of different classes too.
+    #[arg(long)]
+    pub class_agnostic: bool,
+}
+
+impl DetectOptions {
+    /// # Errors
+    /// The first bad value, with its key.
+    pub fn validate(&self) -> Result<(), InvalidOption> {
+        unit("confidence", self.confidence.map(f64::from))?;
+        unit("iou", self.iou.map(f64::from))?;
+        unit("cut_ios", self.cut_ios)?;
+        prompt_list(&self.prompts).map(|_| ())
+    }
+
+    /// The job for one scene.
+    ///
+    /// # Errors
+    /// A bad option value.
+    pub fn job(
+        &self,
+        base: SceneJobBase,
+        out: Option<PathBuf>,
+        overwrite: bool,
+    ) -> Result<DetectJob, InvalidOption> {
+        self.validate()?;
+        Ok(DetectJob {
+            scene: base.scene,
+            open: base.open,
+            model: base.model,
+            ort_lib: base.ort_lib,
+            session: base.session,
+            grid: base.grid,
+            overlap_given: base.overlap_given,
+            gsd_given: base.gsd_given,
+            read: base.read,
+            scaling: base.scaling,
+            batch_size: base.batch_size,
+            confidence: self.confidence,
+            prompts: prompt_list(&self.prompts)?,
+            iou: self.iou,
+            method: self.merge.unwrap_or(MergeMethod::Nms),
+            cut_ios: self.cut_ios.unwrap_or(0.6),
+            class_aware: !self.class_agnostic,
+            out,
+            format: base.format,
+            overwrite,
+            progress: base.progress,
+            feed: None,
+        })
+    }
+}
+
+/// `segment`: a seamless class mosaic and its polygons.
+#[derive(Clone, Debug, Default, Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SegmentOptions {
+    /// Pipeline files: the stage's output folder name (default: the task).
+    #[arg(skip)]
+    pub name: Option<String>,
+    /// Model package folder (model.toml + ONNX) or an ONNX file with Deepness metadata.
+    #[arg(long, value_name = "PATH")]
+    pub model: PathBuf,
+    /// Weighting of overlapping predictions: flat, linear or cosine ramp toward tile edges.
+    /// Default: cosine.
+    #[arg(long, value_name = "WINDOW")]
+    #[serde(deserialize_with = "de::from_str")]
+    pub blend: Option<BlendWindow>,
+    /// Binary and text-prompted models: probability at or above which a pixel is the object
+    /// (or the prompt) class (default: the model's).
+    #[arg(long, value_name = "P")]
+    pub threshold: Option<f32>,
+    /// Text prompts for text-prompted models (CLIPSeg), comma-separated: "building,road".
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub prompts: Option<Vec<String>>,
+    /// Also write probabilities.tif (float32; P(object) for binary models, one band per class
+    /// otherwise).
+    #[arg(long)]
+    pub probabilities: bool,
+    /// Simplify polygons with this tolerance in map units (topology preserved; 0: none).
+    #[arg(long, value_name = "TOL")]
+    pub simplify: Option<f64>,
+    /// Drop polygons smaller than this area in square map units.
+    #[arg(long, value_name = "AREA")]
+    pub min_area: Option<f64>,
+}
+
+impl SegmentOptions {
+    /// # Errors
+    /// The first bad value, with its key.
+    pub fn validate(&self) -> Result<(), InvalidOption> {
+        unit("threshold", self.threshold.map(f64::from))?;
+        not_negative("simplify", self.simplify)?;
+        not_negative("min_area", self.min_area)?;
+        prompt_list(&self.prompts).map(|_| ())
+    }
+
+    /// The job for one scene.
+    ///
+    /// # Errors
+    /// A bad option value.
+    pub fn job(
+        &self,
+        base: SceneJobBase,
+        out: PathBuf,
+        overwrite: bool,
+    ) -> Result<SegmentJob, InvalidOption> {
+        self.validate()?;
+        Ok(SegmentJob {
+            scene: base.scene,
+            open: base.open,
+            model: base.model,
+            ort_lib: base.ort_lib,
+            session: base.session,
+            grid: base.grid,
+            overlap_given: base.overlap_given,
+            gsd_given: base.gsd_given,
+            read: base.read,
+            scaling: base.scaling,
+            batch_size: base.batch_size,
+            window: self.blend.unwrap_or(BlendWindow::Cosine),
+            threshold: self.threshold,
+            prompts: prompt_list(&self.prompts)?,
+            probabilities: self.probabilities,
+            simplify: self.simplify.unwrap_or(0.0),
+            min_area: self.min_area.unwrap_or(0.0),
+            out,
+            format: base.format,
+            overwrite,
+            progress: base.progress,
+            feed: None,
+        })
+    }
+}
+
+/// Building a job can fail on an option or on the model package it reads defaults from.
+#[derive(Debug, thiserror::Error)]
+pub enum OptionsError {
+    #[error(transparent)]
+    Invalid(#[from] InvalidOption),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+/// A pipeline stage: one task's options, tagged by `task`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "task", rename_all = "lowercase")]
+pub enum TaskOptions {
+    Classify(ClassifyOptions),
+    Caption(CaptionOptions),
+    Detect(DetectOptions),
+    Segment(SegmentOptions),
+}
+
+impl TaskOptions {
+    pub fn task(&self) -> Task {
+        match self {
+            TaskOptions::Classify(_) => Task::Classify,
+            TaskOptions::Caption(_) => Task::Caption,
+            TaskOptions::Detect(_) => Task::Detect,
+            TaskOptions::Segment(_) => Task::Segment,
+        }
+    }
+
+    /// The stage's output folder name, as given.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            TaskOptions::Classify(o) => o.name.as_deref(),
+            TaskOptions::Caption(o) => o.name.as_deref(),
+            TaskOptions::Detect(o) => o.name.as_deref(),
+            TaskOptions::Segment(o) => o.name.as_deref(),
+        }
+    }
+
+    /// The model as written.
+    pub fn model(&self) -> &Path {
+        match self {
+            TaskOptions::Classify(o) => &o.model,
+            TaskOptions::Caption(o) => &o.model,
+            TaskOptions::Detect(o) => &o.model,
+            TaskOptions::Segment(o) => &o.model,
+        }
+    }
+
+    /// Resolve the model path against `base` (the pipeline file's folder).
+    pub fn resolve_model(&mut self, base: &Path) {
+        let model = match self {
+            TaskOptions::Classify(o) => &mut o.model,
+            TaskOptions::Caption(o) => &mut o.model,
+            TaskOptions::Detect(o) => &mut o.model,
+            TaskOptions::Segment(o) => &mut o.model,
+        };
+        *model = base.join(&*model);
+    }
+
+    /// # Errors
+    /// The first bad value, with its key.
+    pub fn validate(&self) -> Result<(), InvalidOption> {
+        match self {
+            TaskOptions::Classify(o) => o.validate(),
+            TaskOptions::Caption(o) => o.validate(),
+            TaskOptions::Detect(o) => o.validate(),
+            TaskOptions::Segment(o) => o.validate(),
+        }
+    }
+
+    /// Parse the body of one stage (its keys, without `task`) as `task`'s options: a typed
+    /// parse of its own, so an error carries the span of the key or value it is about (the
+    /// tagged parse of a whole file only knows the stage).
+    ///
+    /// # Errors
+    /// The parse error.
+    pub fn parse_body(task: Task, body: &str) -> Result<(), toml::de::Error> {
+        match task {
+            Task::Classify => toml::from_str::<ClassifyOptions>(body).map(drop),
+            Task::Caption => toml::from_str::<CaptionOptions>(body).map(drop),
+            Task::Detect => toml::from_str::<DetectOptions>(body).map(drop),
+            Task::Segment => toml::from_str::<SegmentOptions>(body).map(drop),
+        }
+    }
+
+    /// The keys a stage of `task` takes (for messages about keys of another task).
+    pub fn keys(task: Task) -> &'static [&'static str] {
+        match task {
+            Task::Classify => super::introspect::fields::<ClassifyOptions>(),
+            Task::Caption => super::introspect::fields::<CaptionOptions>(),
+            Task::Detect => super::introspect::fields::<DetectOptions>(),
+            Task::Segment => super::introspect::fields::<SegmentOptions>(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::options::{InputOptions, OutputOptions, RuntimeOptions, TilingOptions};
+
+    /// A model command's flags, as the CLI flattens the groups.
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        detect: DetectOptions,
+        #[command(flatten)]
+        input: InputOptions,
+        #[command(flatten)]
+        tiling: TilingOptions,
+        #[command(flatten)]
+        runtime: RuntimeOptions,
+        #[command(flatten)]
+        output: OutputOptions,
+    }
+
+    /// The same sections from a pipeline file.
+    #[derive(Deserialize)]
+    struct File {
+        stage: DetectOptions,
+        input: InputOptions,
+        tiling: TilingOptions,
+        runtime: RuntimeOptions,
+        output: OutputOptions,
+    }
+
+    #[test]
+    fn flags_and_pipeline_keys_build_the_same_job() {
+        let flags = Flags::try_parse_from([
+            "x",
+            "--model",
+            "m",
+            "--confidence",
+            "0.4",
+            "--prompts",
+            "car, ship",
+            "--merge",
+            "WBF",
+            "--cut-ios",
+            "0.5",
+            "--class-agnostic",
+            "--bands",
+            "3,2,1",
+            "--scale",
+            "range:0,3000",
+            "--resampling",
+            "bilinear",
+            "--tile-size",
+            "256",
+            "--stride",
+            "200",
+            "--edge",
+            "shift",
+            "--min-valid",
+            "0.2",
+            "--batch-size",
+            "4",
+            "--threads",
+            "2",
+            "--intra-threads",
+            "1",
+            "--format",
+            "fgb",
+        ])
+        .expect("flags");
+        let file: File = toml::from_str(
+            r#"
+            [stage]
+            model = "m"
+            confidence = 0.4
+            prompts = ["car", " ship"]
+            merge = "wbf"
+            cut_ios = 0.5
+            class_agnostic = true
+            [input]
+            bands = [3, 2, 1]
+            scale = "range:0,3000"
+            resampling = "bilinear"
+            [tiling]
+            tile_size = 256
+            stride = 200
+            edge = "shift"
+            min_valid = 0.2
+            batch_size = 4
+            threads = 2
+            [runtime]
+            intra_threads = 1
+            [output]
+            format = "fgb"
+            "#,
+        )
+        .expect("file");
+        let ctx = crate::options::JobContext {
+            jobs: 1,
+            ..Default::default()
+        };
+        let job = |d: &DetectOptions,
+                   i: &InputOptions,
+                   t: &TilingOptions,
+                   r: &RuntimeOptions,
+                   o: &OutputOptions| {
+            let base = SceneJobBase::new("s.tif", &d.model, i, t, r, o, &ctx).expect("base");
+            format!("{:?}", d.job(base, None, false).expect("job"))
+        };
+        let a = job(
+            &flags.detect,
+            &flags.input,
+            &flags.tiling,
+            &flags.runtime,
+            &flags.output,
+        );
+        let b = job(
+            &file.stage,
+            &file.input,
+            &file.tiling,
+            &file.runtime,
+            &file.output,
+        );
+        assert_eq!(a, b);
+        assert!(
+            a.contains("Wbf") && a.contains("overlap: 56") && a.contains("\"ship\""),
+            "{a}"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases: [(&str, DetectOptions, &str); 3] = [
+            (
+                "confidence",
+                DetectOptions {
+                    confidence: Some(1.5),
+                    ..Default::default()
+                },
+                "confidence must be between 0 and 1, got 1.5",
+            ),
+            (
+                "cut_ios",
+                DetectOptions {
+                    cut_ios: Some(-0.1),
+                    ..Default::default()
+                },
+                "cut_ios must be between 0 and 1, got -0.1",
+            ),
+            (
+                "prompts",
+                DetectOptions {
+                    prompts: Some(Vec::new()),
+                    ..Default::default()
+                },
+                "prompts is empty",
+            ),
+        ];
+        for (key, options, message) in cases {
+            let e = options.validate().expect_err(key);
+            assert_eq!(e.key, key);
+            assert_eq!(e.to_string(), message);
+        }
+        let e = CaptionOptions {
+            min_new_tokens: Some(9),
+            max_new_tokens: Some(3),
+            ..Default::default()
+        }
+        .validate()
+        .expect_err("min above max");
+        assert_eq!(
+            e.render(crate::options::KeyStyle::Flag),
+            "--min-new-tokens 9 is above --max-new-tokens 3"
+        );
+    }
+}
