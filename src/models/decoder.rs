@@ -27,6 +27,7 @@ use super::manifest::{
     DecoderSpec, EmbedSpec, GenerationSpec, ImageSpec, Preprocess, PromptSpec, TokenizerSpec,
 };
 use super::{ModelError, ModelPackage};
+use crate::generation::math::{argmax, log_softmax, top_k};
 use crate::runtime::{
     create_session, create_session_from_memory, BindingMemory, ModelSession, Runtime, RuntimeError,
     SessionOptions,
@@ -1011,35 +1012,6 @@ fn new_tokens(generated: &[i64], eos: i64) -> Vec<u32> {
     generated[..end].iter().map(|&t| t as u32).collect()
 }
 
-fn argmax(v: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best
-}
-
-/// Indexes of the `k` largest values, largest first (ties: lower index first).
-fn top_k(v: &[f32], k: usize) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..v.len()).collect();
-    let k = k.min(v.len());
-    idx.select_nth_unstable_by(k.saturating_sub(1), |&a, &b| {
-        v[b].total_cmp(&v[a]).then(a.cmp(&b))
-    });
-    idx.truncate(k);
-    idx.sort_by(|&a, &b| v[b].total_cmp(&v[a]).then(a.cmp(&b)));
-    idx
-}
-
-fn log_softmax(v: &[f32]) -> Vec<f32> {
-    let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f32 = v.iter().map(|x| (x - max).exp()).sum();
-    let log_sum = sum.ln();
-    v.iter().map(|x| x - max - log_sum).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1054,21 +1026,8 @@ mod tests {
     }
 
     #[test]
-    fn top_k_is_sorted_and_stable() {
-        assert_eq!(top_k(&[0.1, 0.5, 0.5, -1.0, 0.9], 3), vec![4, 1, 2]);
-        assert_eq!(top_k(&[1.0], 3), vec![0]);
-    }
-
-    #[test]
     fn new_tokens_stop_after_eos() {
         assert_eq!(new_tokens(&[5, 6, 2, 0, 0], 2), vec![5, 6, 2]);
         assert_eq!(new_tokens(&[5, 6], 2), vec![5, 6]);
-    }
-
-    #[test]
-    fn log_softmax_normalises() {
-        let l = log_softmax(&[1.0, 2.0, 3.0]);
-        let s: f32 = l.iter().map(|v| v.exp()).sum();
-        assert!((s - 1.0).abs() < 1e-6);
     }
 }
