@@ -27,6 +27,7 @@ use super::manifest::{
     DecoderSpec, EmbedSpec, GenerationSpec, ImageSpec, Preprocess, PromptSpec, TokenizerSpec,
 };
 use super::{ModelError, ModelPackage};
+use crate::generation::logits::{self, length_normalised};
 use crate::generation::math::{argmax, log_softmax, top_k};
 use crate::runtime::{
     create_session, create_session_from_memory, BindingMemory, ModelSession, Runtime, RuntimeError,
@@ -37,27 +38,7 @@ use crate::runtime::{
 /// (built by tools/fixtures/make_builtin_graphs.py).
 static BEAM_REORDER_ONNX: &[u8] = include_bytes!("beam_reorder.onnx");
 
-/// Decoding settings.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct GenerationParams {
-    pub max_new_tokens: usize,
-    pub min_new_tokens: usize,
-    pub num_beams: usize,
-    pub repetition_penalty: f32,
-    pub length_penalty: f32,
-}
-
-impl From<&GenerationSpec> for GenerationParams {
-    fn from(g: &GenerationSpec) -> Self {
-        GenerationParams {
-            max_new_tokens: g.max_new_tokens,
-            min_new_tokens: g.min_new_tokens,
-            num_beams: g.num_beams,
-            repetition_penalty: g.repetition_penalty,
-            length_penalty: g.length_penalty,
-        }
-    }
-}
+pub use crate::generation::GenerationParams;
 
 #[derive(Clone, Debug)]
 struct DecoderConfig {
@@ -791,22 +772,8 @@ impl DecoderModel {
         generated: usize,
         params: &GenerationParams,
     ) {
-        // Hugging Face's order: repetition penalty, then min_new_tokens.
-        if params.repetition_penalty != 1.0 {
-            let p = params.repetition_penalty;
-            let mut seen = std::collections::BTreeSet::new();
-            for &t in seq {
-                if t >= 0 && (t as usize) < scores.len() && seen.insert(t) {
-                    let s = &mut scores[t as usize];
-                    *s = if *s < 0.0 { *s * p } else { *s / p };
-                }
-            }
-        }
-        if generated < params.min_new_tokens {
-            if let Some(s) = scores.get_mut(self.cfg.tok.eos_token_id as usize) {
-                *s = f32::NEG_INFINITY;
-            }
-        }
+        let eos = i64::from(self.cfg.tok.eos_token_id);
+        logits::process(scores, seq, generated, params, eos);
     }
 
     fn greedy(
@@ -920,7 +887,6 @@ impl DecoderModel {
                     source.push((i * nb + cands[i][j].1) as i64);
                 }
                 // Finished hypotheses: merge the newly finished top-`nb` candidates.
-                let denom = ((cur_len + 1 - prompt_len) as f32).powf(lp);
                 let mut merged: Vec<(f32, Vec<i64>, bool)> = (0..nb)
                     .map(|k| {
                         (
@@ -932,7 +898,7 @@ impl DecoderModel {
                     .collect();
                 for (j, c) in cands[i].iter().enumerate() {
                     let just = hits[j] && j < nb;
-                    let mut s = c.0 / denom;
+                    let mut s = length_normalised(c.0, cur_len + 1 - prompt_len, lp);
                     if !unsatisfied[i] {
                         s += -1e9;
                     }
@@ -951,7 +917,7 @@ impl DecoderModel {
             running_scores = new_scores;
             cur_len += 1;
             for i in 0..batch {
-                let best = running_scores[i * nb] / ((cur_len - prompt_len) as f32).powf(lp);
+                let best = length_normalised(running_scores[i * nb], cur_len - prompt_len, lp);
                 let any_better = (0..nb).any(|k| {
                     let worst = if fin_done[i * nb + k] {
                         (0..nb)
