@@ -339,6 +339,153 @@ fn new_tokens(generated: &[i64], eos: i64) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::ModelError;
+
+    const PAD: i64 = 0;
+    const EOS: i64 = 1;
+    const A: i64 = 2;
+    const B: i64 = 3;
+
+    /// A toy language model over the vocabulary {pad, end, A, B}: next-token probabilities
+    /// depend on the row's history (prompt, then fed tokens), which is its whole cache.
+    /// Prompt 5: A 0.5, B 0.4, end 0.1; after A: end 0.3, A 0.35, B 0.35; after B: end 0.9;
+    /// later: end 0.4. Prompt 6: end 0.9 at every position.
+    #[derive(Default)]
+    struct Toy {
+        fed: Vec<Vec<i64>>,
+        reorders: Vec<Vec<usize>>,
+    }
+
+    fn probabilities(history: &[i64]) -> [f32; 4] {
+        match history {
+            [6, ..] => [0.0, 0.9, 0.05, 0.05],
+            [5] => [0.0, 0.1, 0.5, 0.4],
+            [5, A] => [0.0, 0.3, 0.35, 0.35],
+            [5, B] => [0.0, 0.9, 0.05, 0.05],
+            _ => [0.0, 0.4, 0.3, 0.3],
+        }
+    }
+
+    fn logits(histories: &[Vec<i64>]) -> Array2<f32> {
+        let mut out = Array2::<f32>::zeros((histories.len(), 4));
+        for (r, h) in histories.iter().enumerate() {
+            for (v, p) in probabilities(h).iter().enumerate() {
+                out[[r, v]] = p.ln();
+            }
+        }
+        out
+    }
+
+    impl StepDecoder for Toy {
+        type Cache = Vec<Vec<i64>>;
+
+        fn step(
+            &mut self,
+            mut cache: Self::Cache,
+            tokens: &[i64],
+        ) -> Result<(Array2<f32>, Self::Cache), ModelError> {
+            self.fed.push(tokens.to_vec());
+            for (h, &t) in cache.iter_mut().zip(tokens) {
+                h.push(t);
+            }
+            Ok((logits(&cache), cache))
+        }
+
+        fn reorder(
+            &mut self,
+            cache: Self::Cache,
+            source: &[usize],
+        ) -> Result<Self::Cache, ModelError> {
+            self.reorders.push(source.to_vec());
+            Ok(source.iter().map(|&r| cache[r].clone()).collect())
+        }
+
+        fn end_token_id(&self) -> i64 {
+            EOS
+        }
+
+        fn pad_token_id(&self) -> i64 {
+            PAD
+        }
+    }
+
+    fn start(prompts: &[i64], beams: usize) -> Start<Vec<Vec<i64>>> {
+        let rows: Vec<Vec<i64>> = prompts
+            .iter()
+            .flat_map(|&p| (0..beams).map(move |_| vec![p]))
+            .collect();
+        Start {
+            logits: logits(&rows),
+            cache: rows,
+            prompts: prompts.iter().map(|&p| vec![p]).collect(),
+        }
+    }
+
+    fn params(max_new_tokens: usize, num_beams: usize) -> GenerationParams {
+        GenerationParams {
+            max_new_tokens,
+            min_new_tokens: 0,
+            num_beams,
+            repetition_penalty: 1.0,
+            length_penalty: 1.0,
+        }
+    }
+
+    #[test]
+    fn greedy_pads_ended_rows_and_stops_when_all_ended() {
+        let mut toy = Toy::default();
+        let got = generate(&mut toy, start(&[5, 6], 1), &params(5, 1)).expect("greedy");
+        assert_eq!(
+            got,
+            vec![vec![A as u32, A as u32, EOS as u32], vec![EOS as u32]]
+        );
+        assert_eq!(toy.fed, vec![vec![A, EOS], vec![A, PAD]]);
+        assert!(toy.reorders.is_empty());
+    }
+
+    #[test]
+    fn greedy_does_not_step_after_the_last_token() {
+        let mut toy = Toy::default();
+        let got = generate(&mut toy, start(&[5], 1), &params(2, 1)).expect("greedy");
+        assert_eq!(got, vec![vec![A as u32, A as u32]]);
+        assert_eq!(toy.fed.len(), 1);
+    }
+
+    #[test]
+    fn min_new_tokens_holds_back_the_end_token() {
+        let mut toy = Toy::default();
+        let p = GenerationParams {
+            min_new_tokens: 2,
+            ..params(5, 1)
+        };
+        let got = generate(&mut toy, start(&[6], 1), &p).expect("greedy");
+        assert_eq!(got, vec![vec![A as u32, A as u32, EOS as u32]]);
+    }
+
+    #[test]
+    fn beam_search_finds_the_more_probable_sequence_and_reorders_within_items() {
+        // Greedy takes A (0.5) then A; "B end" (0.36) beats every continuation of A.
+        let mut toy = Toy::default();
+        let got = generate(&mut toy, start(&[5, 6], 2), &params(2, 2)).expect("beam");
+        assert_eq!(got, vec![vec![B as u32, EOS as u32], vec![EOS as u32]]);
+        assert_eq!(toy.reorders.len(), toy.fed.len());
+        for source in &toy.reorders {
+            assert_eq!(source.len(), 4);
+            for (r, &s) in source.iter().enumerate() {
+                assert_eq!(s / 2, r / 2, "row {r} continues row {s} of another item");
+            }
+        }
+        assert_eq!(toy.reorders[0], vec![0, 0, 2, 2]);
+    }
+
+    #[test]
+    fn a_start_with_the_wrong_number_of_rows_is_an_error() {
+        let mut toy = Toy::default();
+        let err = generate(&mut toy, start(&[5], 1), &params(2, 2)).expect_err("rows");
+        assert!(matches!(err, GenerationError::Invalid(_)), "{err}");
+        let err = generate(&mut toy, start(&[5], 1), &params(0, 1)).expect_err("no tokens");
+        assert!(matches!(err, GenerationError::Invalid(_)), "{err}");
+    }
 
     #[test]
     fn new_tokens_stop_after_eos() {
