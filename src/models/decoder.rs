@@ -201,7 +201,40 @@ fn validate(
         outs.push(layer_name(&d.present_value, i));
     }
     need("decoder", decoder, &ins, &outs);
-    // The image prefix, the token embeddings and the decoder must agree on the hidden size.
+    problems.extend(hidden_size_problems(cfg, image, embed, decoder));
+    if let Ok(s) = decoder {
+        let extra: Vec<String> = s
+            .inputs()
+            .into_iter()
+            .filter(|i| !ins.contains(&i.name))
+            .map(|i| i.name)
+            .collect();
+        if !extra.is_empty() {
+            problems.push(format!(
+                "decoder inputs {} are not in the manifest (missing past-key-value layers? decoder.layers = {})",
+                extra.join(", "),
+                d.layers
+            ));
+        }
+    }
+    problems.extend(tokenizer_problems(cfg, tokenizer));
+    if !cfg.prompt.template.contains("{image}") {
+        problems.push("prompt.template must contain {image}".into());
+    }
+    if cfg.generation.num_beams == 0 {
+        problems.push("generation.num_beams must be at least 1".into());
+    }
+    problems
+}
+
+/// The image prefix, the token embeddings and the decoder must agree on the hidden size.
+fn hidden_size_problems(
+    cfg: &DecoderConfig,
+    image: Result<&ModelSession, &String>,
+    embed: Result<&ModelSession, &String>,
+    decoder: Result<&ModelSession, &String>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
     let last_dim = |s: Result<&ModelSession, &String>, name: &str, inputs: bool| -> Option<i64> {
         let s = s.ok()?;
         let specs = if inputs { s.inputs() } else { s.outputs() };
@@ -222,9 +255,9 @@ fn validate(
         ),
         (
             "decoder inputs_embeds",
-            last_dim(decoder, &d.inputs_embeds, true),
+            last_dim(decoder, &cfg.decoder.inputs_embeds, true),
         ),
-        ("decoder.hidden", d.hidden.map(|h| h as i64)),
+        ("decoder.hidden", cfg.decoder.hidden.map(|h| h as i64)),
     ];
     let known: Vec<(&str, i64)> = dims
         .iter()
@@ -237,21 +270,15 @@ fn validate(
             }
         }
     }
-    if let Ok(s) = decoder {
-        let extra: Vec<String> = s
-            .inputs()
-            .into_iter()
-            .filter(|i| !ins.contains(&i.name))
-            .map(|i| i.name)
-            .collect();
-        if !extra.is_empty() {
-            problems.push(format!(
-                "decoder inputs {} are not in the manifest (missing past-key-value layers? decoder.layers = {})",
-                extra.join(", "),
-                d.layers
-            ));
-        }
-    }
+    problems
+}
+
+/// The tokenizer's problems: the image token and the special token ids.
+fn tokenizer_problems(
+    cfg: &DecoderConfig,
+    tokenizer: Result<&tokenizers::Tokenizer, &String>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
     match tokenizer {
         Err(e) => problems.push(e.clone()),
         Ok(t) => {
@@ -281,12 +308,6 @@ fn validate(
                 }
             }
         }
-    }
-    if !cfg.prompt.template.contains("{image}") {
-        problems.push("prompt.template must contain {image}".into());
-    }
-    if cfg.generation.num_beams == 0 {
-        problems.push("generation.num_beams must be at least 1".into());
     }
     problems
 }
