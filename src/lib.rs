@@ -7,6 +7,7 @@
 
 pub mod batch;
 pub mod cli;
+pub mod generation;
 pub mod models;
 pub mod options;
 pub mod output;

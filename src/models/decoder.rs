@@ -10,12 +10,11 @@
 //! tokens; their embedding rows are replaced by the image prefix. Everything model-specific
 //! lives in the manifest.
 //!
-//! Decoding reproduces Hugging Face `generate` (transformers 5): greedy search and beam search
-//! (`_beam_search`: log-softmax, logits processors on log-probabilities, top `2 * beams`
-//! continuations, finished hypotheses scored by `sum_logprobs / new_len ^ length_penalty`,
-//! the `early_stopping=False` heuristic), repetition penalty and `min_new_tokens`, left padding
-//! for batches. The key/value cache stays in ONNX Runtime values between steps; beams are
-//! reordered by a small Gather graph, not through host memory.
+//! Decoding reproduces Hugging Face `generate` (transformers 5) with left padding for batches:
+//! the start step (image prefix and prompt through the decoder) is here, the searches and
+//! logits processors are [`crate::generation`]'s, driving this model as a [`StepDecoder`].
+//! The key/value cache stays in ONNX Runtime values between steps; beams are reordered by a
+//! small Gather graph, not through host memory.
 
 use std::path::Path;
 
@@ -27,6 +26,7 @@ use super::manifest::{
     DecoderSpec, EmbedSpec, GenerationSpec, ImageSpec, Preprocess, PromptSpec, TokenizerSpec,
 };
 use super::{ModelError, ModelPackage};
+use crate::generation::{GenerationError, Start, StepDecoder};
 use crate::runtime::{
     create_session, create_session_from_memory, BindingMemory, ModelSession, Runtime, RuntimeError,
     SessionOptions,
@@ -36,27 +36,7 @@ use crate::runtime::{
 /// (built by tools/fixtures/make_builtin_graphs.py).
 static BEAM_REORDER_ONNX: &[u8] = include_bytes!("beam_reorder.onnx");
 
-/// Decoding settings.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct GenerationParams {
-    pub max_new_tokens: usize,
-    pub min_new_tokens: usize,
-    pub num_beams: usize,
-    pub repetition_penalty: f32,
-    pub length_penalty: f32,
-}
-
-impl From<&GenerationSpec> for GenerationParams {
-    fn from(g: &GenerationSpec) -> Self {
-        GenerationParams {
-            max_new_tokens: g.max_new_tokens,
-            min_new_tokens: g.min_new_tokens,
-            num_beams: g.num_beams,
-            repetition_penalty: g.repetition_penalty,
-            length_penalty: g.length_penalty,
-        }
-    }
-}
+pub use crate::generation::GenerationParams;
 
 #[derive(Clone, Debug)]
 struct DecoderConfig {
@@ -221,7 +201,40 @@ fn validate(
         outs.push(layer_name(&d.present_value, i));
     }
     need("decoder", decoder, &ins, &outs);
-    // The image prefix, the token embeddings and the decoder must agree on the hidden size.
+    problems.extend(hidden_size_problems(cfg, image, embed, decoder));
+    if let Ok(s) = decoder {
+        let extra: Vec<String> = s
+            .inputs()
+            .into_iter()
+            .filter(|i| !ins.contains(&i.name))
+            .map(|i| i.name)
+            .collect();
+        if !extra.is_empty() {
+            problems.push(format!(
+                "decoder inputs {} are not in the manifest (missing past-key-value layers? decoder.layers = {})",
+                extra.join(", "),
+                d.layers
+            ));
+        }
+    }
+    problems.extend(tokenizer_problems(cfg, tokenizer));
+    if !cfg.prompt.template.contains("{image}") {
+        problems.push("prompt.template must contain {image}".into());
+    }
+    if cfg.generation.num_beams == 0 {
+        problems.push("generation.num_beams must be at least 1".into());
+    }
+    problems
+}
+
+/// The image prefix, the token embeddings and the decoder must agree on the hidden size.
+fn hidden_size_problems(
+    cfg: &DecoderConfig,
+    image: Result<&ModelSession, &String>,
+    embed: Result<&ModelSession, &String>,
+    decoder: Result<&ModelSession, &String>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
     let last_dim = |s: Result<&ModelSession, &String>, name: &str, inputs: bool| -> Option<i64> {
         let s = s.ok()?;
         let specs = if inputs { s.inputs() } else { s.outputs() };
@@ -242,9 +255,9 @@ fn validate(
         ),
         (
             "decoder inputs_embeds",
-            last_dim(decoder, &d.inputs_embeds, true),
+            last_dim(decoder, &cfg.decoder.inputs_embeds, true),
         ),
-        ("decoder.hidden", d.hidden.map(|h| h as i64)),
+        ("decoder.hidden", cfg.decoder.hidden.map(|h| h as i64)),
     ];
     let known: Vec<(&str, i64)> = dims
         .iter()
@@ -257,21 +270,15 @@ fn validate(
             }
         }
     }
-    if let Ok(s) = decoder {
-        let extra: Vec<String> = s
-            .inputs()
-            .into_iter()
-            .filter(|i| !ins.contains(&i.name))
-            .map(|i| i.name)
-            .collect();
-        if !extra.is_empty() {
-            problems.push(format!(
-                "decoder inputs {} are not in the manifest (missing past-key-value layers? decoder.layers = {})",
-                extra.join(", "),
-                d.layers
-            ));
-        }
-    }
+    problems
+}
+
+/// The tokenizer's problems: the image token and the special token ids.
+fn tokenizer_problems(
+    cfg: &DecoderConfig,
+    tokenizer: Result<&tokenizers::Tokenizer, &String>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
     match tokenizer {
         Err(e) => problems.push(e.clone()),
         Ok(t) => {
@@ -301,12 +308,6 @@ fn validate(
                 }
             }
         }
-    }
-    if !cfg.prompt.template.contains("{image}") {
-        problems.push("prompt.template must contain {image}".into());
-    }
-    if cfg.generation.num_beams == 0 {
-        problems.push("generation.num_beams must be at least 1".into());
     }
     problems
 }
@@ -341,8 +342,9 @@ fn run_err(path: &Path, e: impl std::fmt::Display) -> ModelError {
     })
 }
 
-/// Per-row key/value caches, one pair per layer, kept as ONNX Runtime values.
-struct Cache {
+/// Per-row key/value caches, one pair per layer, kept as ONNX Runtime values on the
+/// decoder's device.
+struct Past {
     keys: Vec<DynValue>,
     values: Vec<DynValue>,
 }
@@ -549,13 +551,13 @@ impl DecoderModel {
     }
 
     /// One decoder call: returns the last position's logits `[rows, V]` and the new cache.
-    fn step(
+    fn run_decoder(
         &mut self,
         embeds: &Array3<f32>,
         mask: &Array2<i64>,
         positions: &Array2<i64>,
-        past: Option<&Cache>,
-    ) -> Result<(Array2<f32>, Cache), ModelError> {
+        past: Option<&Past>,
+    ) -> Result<(Array2<f32>, Past), ModelError> {
         let d = self.cfg.decoder.clone();
         let path = self.decoder.path.clone();
         let rows = embeds.shape()[0];
@@ -628,11 +630,12 @@ impl DecoderModel {
                     .ok_or_else(|| run_err(&path, "missing present value"))?,
             );
         }
-        Ok((last, Cache { keys, values }))
+        Ok((last, Past { keys, values }))
     }
 
-    /// Reorder cache rows: row `r` of the result is row `idx[r]` of `cache`.
-    fn reorder(&mut self, cache: Cache, idx: &[i64]) -> Result<Cache, ModelError> {
+    /// Reorder cache rows on the cache's device: row `r` of the result is row `idx[r]` of
+    /// `cache`.
+    fn reorder_past(&mut self, cache: &Past, idx: &[i64]) -> Result<Past, ModelError> {
         let path = self.decoder.path.clone();
         let idx = Tensor::from_array(([idx.len()], idx.to_vec())).map_err(|e| run_err(&path, e))?;
         let memory = self.cache_memory.clone();
@@ -662,7 +665,7 @@ impl DecoderModel {
             .iter()
             .map(&mut gather)
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Cache { keys, values })
+        Ok(Past { keys, values })
     }
 
     /// Generate continuations for a batch: image `b` with prompt `b`. Returns the new token
@@ -676,6 +679,22 @@ impl DecoderModel {
         prompts: &[String],
         params: &GenerationParams,
     ) -> Result<Vec<Vec<u32>>, ModelError> {
+        let start = self.start(pixels, prompts, params)?;
+        let path = self.decoder.path.display().to_string();
+        crate::generation::generate(self, start, params).map_err(|e| match e {
+            GenerationError::Model(e) => e,
+            GenerationError::Invalid(reason) => ModelError::Input { path, reason },
+        })
+    }
+
+    /// The start step: the prompts (left padded, image token rows replaced by the image
+    /// prefix) through the decoder, every row expanded `num_beams` times.
+    fn start(
+        &mut self,
+        pixels: ArrayView4<'_, f32>,
+        prompts: &[String],
+        params: &GenerationParams,
+    ) -> Result<Start<DecoderCache>, ModelError> {
         let b = prompts.len();
         let path = self.decoder.path.clone();
         if pixels.shape()[0] != b {
@@ -690,7 +709,6 @@ impl DecoderModel {
                 reason: "num_beams and max_new_tokens must be at least 1".into(),
             });
         }
-        // Left-padded prompt ids and mask, as Hugging Face pads decoder-only batches.
         let ids: Vec<Vec<i64>> = prompts
             .iter()
             .map(|p| self.prompt_ids(p))
@@ -707,16 +725,7 @@ impl DecoderModel {
                 });
             }
         }
-        let pad = i64::from(self.cfg.tok.pad_token_id);
-        let mut id_arr = Array2::<i64>::from_elem((b, len), pad);
-        let mut mask = Array2::<i64>::zeros((b, len));
-        for (r, row) in ids.iter().enumerate() {
-            let off = len - row.len();
-            for (k, &t) in row.iter().enumerate() {
-                id_arr[[r, off + k]] = t;
-                mask[[r, off + k]] = 1;
-            }
-        }
+        let (id_arr, mask) = left_pad(&ids, len, i64::from(self.cfg.tok.pad_token_id));
         let mut embeds = self.embed_tokens(&id_arr)?;
         let prefix = self.image_prefix(pixels)?;
         let image_id = i64::from(self.cfg.prompt.image_token_id);
@@ -731,262 +740,134 @@ impl DecoderModel {
                 }
             }
         }
-        let nb = params.num_beams;
         // Expand every row `nb` times (beam search runs on `b * nb` rows).
+        let nb = params.num_beams;
         let rows = b * nb;
-        let expand = |a: &Array2<i64>| -> Array2<i64> {
-            let mut out = Array2::<i64>::zeros((rows, a.ncols()));
-            for r in 0..rows {
-                out.row_mut(r).assign(&a.row(r / nb));
-            }
-            out
-        };
-        let seqs0 = expand(&id_arr);
-        let mask0 = expand(&mask);
+        let mut mask0 = Array2::<i64>::zeros((rows, len));
         let mut emb0 = Array3::<f32>::zeros((rows, len, embeds.shape()[2]));
         for r in 0..rows {
+            mask0.row_mut(r).assign(&mask.row(r / nb));
             emb0.slice_mut(ndarray::s![r, .., ..])
                 .assign(&embeds.slice(ndarray::s![r / nb, .., ..]));
         }
         let positions0 = positions(&mask0);
-        let (logits, cache) = self.step(&emb0, &mask0, &positions0, None)?;
-        let state = DecodeState {
-            seqs: seqs0.outer_iter().map(|r| r.to_vec()).collect(),
-            start: (0..rows).map(|r| len - ids[r / nb].len()).collect(),
-            mask: mask0,
-            last_pos: positions0.column(len - 1).to_vec(),
-            prompt_len: len,
+        let (logits, past) = self.run_decoder(&emb0, &mask0, &positions0, None)?;
+        let last_pos = match len {
+            0 => vec![0; rows],
+            _ => positions0.column(len - 1).to_vec(),
         };
-        if nb == 1 {
-            self.greedy(state, logits, cache, params)
-        } else {
-            self.beam(state, logits, cache, params, b)
-        }
-    }
-
-    fn next_inputs(
-        &mut self,
-        state: &mut DecodeState,
-        tokens: &[i64],
-    ) -> Result<(Array3<f32>, Array2<i64>), ModelError> {
-        let rows = tokens.len();
-        let ids = Array2::from_shape_vec((rows, 1), tokens.to_vec())
-            .map_err(|e| run_err(&self.decoder.path.clone(), e))?;
-        let emb = self.embed_tokens(&ids)?;
-        let ones = Array2::<i64>::ones((rows, 1));
-        state.mask = ndarray::concatenate![ndarray::Axis(1), state.mask, ones];
-        let mut pos = Array2::<i64>::zeros((rows, 1));
-        for r in 0..rows {
-            state.last_pos[r] += 1;
-            pos[[r, 0]] = state.last_pos[r];
-        }
-        Ok((emb, pos))
-    }
-
-    fn process(
-        &self,
-        scores: &mut [f32],
-        seq: &[i64],
-        generated: usize,
-        params: &GenerationParams,
-    ) {
-        // Hugging Face's order: repetition penalty, then min_new_tokens.
-        if params.repetition_penalty != 1.0 {
-            let p = params.repetition_penalty;
-            let mut seen = std::collections::BTreeSet::new();
-            for &t in seq {
-                if t >= 0 && (t as usize) < scores.len() && seen.insert(t) {
-                    let s = &mut scores[t as usize];
-                    *s = if *s < 0.0 { *s * p } else { *s / p };
-                }
-            }
-        }
-        if generated < params.min_new_tokens {
-            if let Some(s) = scores.get_mut(self.cfg.tok.eos_token_id as usize) {
-                *s = f32::NEG_INFINITY;
-            }
-        }
-    }
-
-    fn greedy(
-        &mut self,
-        mut state: DecodeState,
-        mut logits: Array2<f32>,
-        mut cache: Cache,
-        params: &GenerationParams,
-    ) -> Result<Vec<Vec<u32>>, ModelError> {
-        let rows = state.seqs.len();
-        let eos = i64::from(self.cfg.tok.eos_token_id);
-        let pad = i64::from(self.cfg.tok.pad_token_id);
-        let mut unfinished = vec![true; rows];
-        for step in 0..params.max_new_tokens {
-            let mut next = vec![pad; rows];
-            for r in 0..rows {
-                let mut scores = logits.row(r).to_vec();
-                self.process(&mut scores, &state.seqs[r][state.start[r]..], step, params);
-                let best = argmax(&scores) as i64;
-                next[r] = if unfinished[r] { best } else { pad };
-                state.seqs[r].push(next[r]);
-                if next[r] == eos {
-                    unfinished[r] = false;
-                }
-            }
-            if !unfinished.iter().any(|&u| u) || step + 1 == params.max_new_tokens {
-                break;
-            }
-            let (emb, pos) = self.next_inputs(&mut state, &next)?;
-            let (l, c) = self.step(&emb, &state.mask, &pos, Some(&cache))?;
-            logits = l;
-            cache = c;
-        }
-        Ok(state
-            .seqs
-            .iter()
-            .map(|s| new_tokens(&s[state.prompt_len..], eos))
-            .collect())
-    }
-
-    fn beam(
-        &mut self,
-        mut state: DecodeState,
-        mut logits: Array2<f32>,
-        mut cache: Cache,
-        params: &GenerationParams,
-        batch: usize,
-    ) -> Result<Vec<Vec<u32>>, ModelError> {
-        let nb = params.num_beams;
-        let eos = i64::from(self.cfg.tok.eos_token_id);
-        let keep = 2 * nb; // max(2, 1 + one eos token) * beams
-        let prompt_len = state.prompt_len;
-        let max_length = prompt_len + params.max_new_tokens;
-        let lp = params.length_penalty;
-        let mut running_scores: Vec<f32> = (0..batch * nb)
-            .map(|r| if r % nb == 0 { 0.0 } else { -1e9 })
-            .collect();
-        let mut fin_seqs: Vec<Vec<i64>> = state.seqs.clone();
-        let mut fin_scores = vec![-1e9f32; batch * nb];
-        let mut fin_done = vec![false; batch * nb];
-        let mut unsatisfied = vec![true; batch];
-        let mut cur_len = prompt_len;
-        loop {
-            let vocab = logits.ncols();
-            let mut cands: Vec<Vec<(f32, usize, i64)>> = Vec::with_capacity(batch);
-            for i in 0..batch {
-                let mut acc: Vec<f32> = Vec::with_capacity(nb * vocab);
-                for k in 0..nb {
-                    let r = i * nb + k;
-                    let mut lp_row =
-                        log_softmax(logits.row(r).as_slice().unwrap_or(&logits.row(r).to_vec()));
-                    self.process(
-                        &mut lp_row,
-                        &state.seqs[r][state.start[r]..],
-                        cur_len - prompt_len,
-                        params,
-                    );
-                    acc.extend(lp_row.iter().map(|v| v + running_scores[r]));
-                }
-                let top = top_k(&acc, keep);
-                cands.push(
-                    top.into_iter()
-                        .map(|j| (acc[j], j / vocab, (j % vocab) as i64))
-                        .collect(),
-                );
-            }
-            let mut all_hit = true;
-            let mut new_seqs = Vec::with_capacity(batch * nb);
-            let mut new_scores = Vec::with_capacity(batch * nb);
-            let mut source = Vec::with_capacity(batch * nb);
-            for i in 0..batch {
-                let hits: Vec<bool> = cands[i]
-                    .iter()
-                    .map(|&(_, _, t)| t == eos || cur_len + 1 >= max_length)
-                    .collect();
-                all_hit &= hits.iter().all(|&h| h);
-                let cand_seq = |c: &(f32, usize, i64)| {
-                    let mut s = state.seqs[i * nb + c.1].clone();
-                    s.push(c.2);
-                    s
-                };
-                // Running beams for the next step: the best non-finished continuations.
-                let running: Vec<f32> = cands[i]
-                    .iter()
-                    .zip(&hits)
-                    .map(|(c, &h)| c.0 + if h { -1e9 } else { 0.0 })
-                    .collect();
-                for j in top_k(&running, nb) {
-                    new_seqs.push(cand_seq(&cands[i][j]));
-                    new_scores.push(running[j]);
-                    source.push((i * nb + cands[i][j].1) as i64);
-                }
-                // Finished hypotheses: merge the newly finished top-`nb` candidates.
-                let denom = ((cur_len + 1 - prompt_len) as f32).powf(lp);
-                let mut merged: Vec<(f32, Vec<i64>, bool)> = (0..nb)
-                    .map(|k| {
-                        (
-                            fin_scores[i * nb + k],
-                            fin_seqs[i * nb + k].clone(),
-                            fin_done[i * nb + k],
-                        )
-                    })
-                    .collect();
-                for (j, c) in cands[i].iter().enumerate() {
-                    let just = hits[j] && j < nb;
-                    let mut s = c.0 / denom;
-                    if !unsatisfied[i] {
-                        s += -1e9;
-                    }
-                    if !just {
-                        s += -1e9;
-                    }
-                    merged.push((s, cand_seq(c), just));
-                }
-                let scores: Vec<f32> = merged.iter().map(|m| m.0).collect();
-                for (k, j) in top_k(&scores, nb).into_iter().enumerate() {
-                    fin_scores[i * nb + k] = merged[j].0;
-                    fin_seqs[i * nb + k] = merged[j].1.clone();
-                    fin_done[i * nb + k] = merged[j].2;
-                }
-            }
-            running_scores = new_scores;
-            cur_len += 1;
-            for i in 0..batch {
-                let best = running_scores[i * nb] / ((cur_len - prompt_len) as f32).powf(lp);
-                let any_better = (0..nb).any(|k| {
-                    let worst = if fin_done[i * nb + k] {
-                        (0..nb)
-                            .map(|q| fin_scores[i * nb + q])
-                            .fold(f32::INFINITY, f32::min)
-                    } else {
-                        -1e9
-                    };
-                    best > worst
-                });
-                unsatisfied[i] &= any_better;
-            }
-            let last: Vec<i64> = new_seqs.iter().map(|s| *s.last().unwrap_or(&eos)).collect();
-            state.seqs = new_seqs;
-            if !unsatisfied.iter().any(|&u| u) || all_hit || cur_len >= max_length {
-                break;
-            }
-            cache = self.reorder(cache, &source)?;
-            let (emb, pos) = self.next_inputs(&mut state, &last)?;
-            let (l, c) = self.step(&emb, &state.mask, &pos, Some(&cache))?;
-            logits = l;
-            cache = c;
-        }
-        Ok((0..batch)
-            .map(|i| new_tokens(&fin_seqs[i * nb][prompt_len..], eos))
-            .collect())
+        Ok(Start {
+            logits,
+            cache: DecoderCache {
+                past,
+                mask: mask0,
+                last_pos,
+            },
+            prompts: ids,
+        })
     }
 }
 
-struct DecodeState {
-    seqs: Vec<Vec<i64>>,
-    /// Index of each row's first real (non-padding) token.
-    start: Vec<usize>,
+/// Left-padded prompt ids `[B, len]` and their attention mask, as Hugging Face pads
+/// decoder-only batches.
+fn left_pad(ids: &[Vec<i64>], len: usize, pad: i64) -> (Array2<i64>, Array2<i64>) {
+    let mut id_arr = Array2::<i64>::from_elem((ids.len(), len), pad);
+    let mut mask = Array2::<i64>::zeros((ids.len(), len));
+    for (r, row) in ids.iter().enumerate() {
+        let off = len - row.len();
+        for (k, &t) in row.iter().enumerate() {
+            id_arr[[r, off + k]] = t;
+            mask[[r, off + k]] = 1;
+        }
+    }
+    (id_arr, mask)
+}
+
+/// What [`DecoderModel`] carries between decoding steps, one row per sequence: the key/value
+/// cache (on the decoder's device), the attention mask so far and each row's last position id.
+pub struct DecoderCache {
+    past: Past,
     mask: Array2<i64>,
     last_pos: Vec<i64>,
-    prompt_len: usize,
+}
+
+impl std::fmt::Debug for DecoderCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecoderCache")
+            .field("layers", &self.past.keys.len())
+            .field("mask", &self.mask.shape())
+            .finish()
+    }
+}
+
+impl StepDecoder for DecoderModel {
+    type Cache = DecoderCache;
+
+    /// Embeds the new tokens, extends the mask and the positions by one and runs the decoder
+    /// on the past.
+    fn step(
+        &mut self,
+        cache: DecoderCache,
+        tokens: &[i64],
+    ) -> Result<(Array2<f32>, DecoderCache), ModelError> {
+        let path = self.decoder.path.clone();
+        let DecoderCache {
+            past,
+            mask,
+            mut last_pos,
+        } = cache;
+        let rows = tokens.len();
+        let ids =
+            Array2::from_shape_vec((rows, 1), tokens.to_vec()).map_err(|e| run_err(&path, e))?;
+        let emb = self.embed_tokens(&ids)?;
+        let ones = Array2::<i64>::ones((rows, 1));
+        let mask = ndarray::concatenate(ndarray::Axis(1), &[mask.view(), ones.view()])
+            .map_err(|e| run_err(&path, e))?;
+        let mut pos = Array2::<i64>::zeros((rows, 1));
+        for (p, last) in pos.iter_mut().zip(last_pos.iter_mut()) {
+            *last += 1;
+            *p = *last;
+        }
+        let (logits, past) = self.run_decoder(&emb, &mask, &pos, Some(&past))?;
+        Ok((
+            logits,
+            DecoderCache {
+                past,
+                mask,
+                last_pos,
+            },
+        ))
+    }
+
+    /// Keys and values are gathered on their device by the built-in Gather graph; the mask
+    /// and positions on the host.
+    fn reorder(
+        &mut self,
+        cache: DecoderCache,
+        source: &[usize],
+    ) -> Result<DecoderCache, ModelError> {
+        let rows = cache.last_pos.len();
+        if let Some(&bad) = source.iter().find(|&&r| r >= rows) {
+            return Err(run_err(
+                &self.decoder.path.clone(),
+                format!("beam reorder: row {bad} of a cache of {rows} rows"),
+            ));
+        }
+        let idx: Vec<i64> = source.iter().map(|&r| r as i64).collect();
+        Ok(DecoderCache {
+            past: self.reorder_past(&cache.past, &idx)?,
+            mask: cache.mask.select(ndarray::Axis(0), source),
+            last_pos: source.iter().map(|&r| cache.last_pos[r]).collect(),
+        })
+    }
+
+    fn end_token_id(&self) -> i64 {
+        i64::from(self.cfg.tok.eos_token_id)
+    }
+
+    fn pad_token_id(&self) -> i64 {
+        i64::from(self.cfg.tok.pad_token_id)
+    }
 }
 
 /// Hugging Face position ids (transformers 5): `cumsum(mask) - 1`, 0 where the mask is 0.
@@ -1002,44 +883,6 @@ fn positions(mask: &Array2<i64>) -> Array2<i64> {
     out
 }
 
-/// Generated tokens up to and including the first end token.
-fn new_tokens(generated: &[i64], eos: i64) -> Vec<u32> {
-    let end = generated
-        .iter()
-        .position(|&t| t == eos)
-        .map_or(generated.len(), |p| p + 1);
-    generated[..end].iter().map(|&t| t as u32).collect()
-}
-
-fn argmax(v: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best
-}
-
-/// Indexes of the `k` largest values, largest first (ties: lower index first).
-fn top_k(v: &[f32], k: usize) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..v.len()).collect();
-    let k = k.min(v.len());
-    idx.select_nth_unstable_by(k.saturating_sub(1), |&a, &b| {
-        v[b].total_cmp(&v[a]).then(a.cmp(&b))
-    });
-    idx.truncate(k);
-    idx.sort_by(|&a, &b| v[b].total_cmp(&v[a]).then(a.cmp(&b)));
-    idx
-}
-
-fn log_softmax(v: &[f32]) -> Vec<f32> {
-    let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f32 = v.iter().map(|x| (x - max).exp()).sum();
-    let log_sum = sum.ln();
-    v.iter().map(|x| x - max - log_sum).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1051,24 +894,5 @@ mod tests {
             positions(&mask),
             ndarray::array![[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
         );
-    }
-
-    #[test]
-    fn top_k_is_sorted_and_stable() {
-        assert_eq!(top_k(&[0.1, 0.5, 0.5, -1.0, 0.9], 3), vec![4, 1, 2]);
-        assert_eq!(top_k(&[1.0], 3), vec![0]);
-    }
-
-    #[test]
-    fn new_tokens_stop_after_eos() {
-        assert_eq!(new_tokens(&[5, 6, 2, 0, 0], 2), vec![5, 6, 2]);
-        assert_eq!(new_tokens(&[5, 6], 2), vec![5, 6]);
-    }
-
-    #[test]
-    fn log_softmax_normalises() {
-        let l = log_softmax(&[1.0, 2.0, 3.0]);
-        let s: f32 = l.iter().map(|v| v.exp()).sum();
-        assert!((s - 1.0).abs() < 1e-6);
     }
 }

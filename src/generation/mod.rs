@@ -1,0 +1,146 @@
+//! Token generation, independent of any one model: greedy and beam search and the logits
+//! processors, reproducing Hugging Face `generate` (transformers 5) token for token.
+//!
+//! A model takes part by implementing [`StepDecoder`] (one decoding step over a cache, and the
+//! reordering of that cache between beams) and by producing a [`Start`] from its own inputs;
+//! [`generate`] then runs the search that [`GenerationParams`] asks for:
+//!
+//! - greedy search (`num_beams = 1`): the best processed logit of every row, rows that
+//!   produced the end token continue with the pad token until every row has ended;
+//! - beam search (`num_beams > 1`, Hugging Face `_beam_search` with `early_stopping=False`):
+//!   log-softmax, logits processors on the log-probabilities, the top `2 * num_beams`
+//!   continuations of each item, finished hypotheses scored by
+//!   `sum_logprobs / new_len ^ length_penalty`;
+//! - logits processors (module `logits`): repetition penalty, then the end-token suppression of
+//!   `min_new_tokens`.
+
+mod logits;
+mod math;
+mod search;
+
+pub use search::generate;
+
+use ndarray::Array2;
+
+use crate::models::{GenerationSpec, ModelError};
+
+/// Decoding settings.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct GenerationParams {
+    pub max_new_tokens: usize,
+    pub min_new_tokens: usize,
+    pub num_beams: usize,
+    pub repetition_penalty: f32,
+    pub length_penalty: f32,
+}
+
+impl From<&GenerationSpec> for GenerationParams {
+    fn from(g: &GenerationSpec) -> Self {
+        GenerationParams {
+            max_new_tokens: g.max_new_tokens,
+            min_new_tokens: g.min_new_tokens,
+            num_beams: g.num_beams,
+            repetition_penalty: g.repetition_penalty,
+            length_penalty: g.length_penalty,
+        }
+    }
+}
+
+/// Why a search stopped without a result.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerationError {
+    /// Settings the search cannot run with (no beams, no new tokens), or a [`Start`] or step
+    /// whose logits do not have `batch * num_beams` rows.
+    #[error("{0}")]
+    Invalid(String),
+    /// The model's step or reorder failed.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+/// A model that extends a batch of token sequences by one token per call: the one thing a
+/// decoder (decoder-only, encoder-decoder, cross-attention) implements to get greedy and beam
+/// search from [`generate`].
+///
+/// # Rows
+///
+/// A search runs on `rows = batch * num_beams` sequences, and that number never changes during
+/// the search. Row `i * num_beams + k` is beam `k` of batch item `i`; greedy search has one
+/// row per item. All beams of an item start from the same prompt.
+///
+/// # The cache, and who owns it
+///
+/// [`Cache`](StepDecoder::Cache) is everything the model carries from one step to the next:
+/// the past keys and values (kept as ONNX Runtime values on the decoder's device, not copied
+/// to the host), the attention mask and position ids so far, encoder outputs for cross
+/// attention. Every part of it is per row. The search never looks inside: it owns the cache
+/// between calls and moves it into [`step`](StepDecoder::step) and
+/// [`reorder`](StepDecoder::reorder), which consume it and hand back the next one (drop what
+/// is no longer needed; there is no other release call).
+///
+/// # How a search drives a model
+///
+/// 1. The model's own start step, outside this trait because its inputs differ from model to
+///    model (pixels and prompts, encoder outputs, a decoder start token), runs the whole prompt
+///    on the `rows` rows and returns a [`Start`]: the logits after the last prompt position,
+///    the cache holding the prompt, and each item's prompt token ids.
+///    `DecoderModel::start` in `models::decoder` is the example.
+/// 2. The search chooses one token per row from the logits.
+/// 3. Beam search only: the surviving beams may come from other beams of the same item, so
+///    the search calls [`reorder`](StepDecoder::reorder) with, for each new row, the row it
+///    continues.
+/// 4. The search calls [`step`](StepDecoder::step) with the chosen tokens and repeats from 2
+///    until every row has ended or `max_new_tokens` tokens are generated. It does not step
+///    after the last token, so a search with `max_new_tokens = n` makes at most `n - 1` steps.
+///
+/// # Errors
+///
+/// Both methods return [`ModelError`]; the search stops at the first one and returns it.
+pub trait StepDecoder {
+    /// The model's per-row state between steps (see the trait's documentation).
+    type Cache;
+
+    /// Feeds one token per row and returns the logits of the next position together with the
+    /// cache extended by the fed position.
+    ///
+    /// `tokens` holds `rows` ids: the token the search chose for each row at the previous
+    /// step (greedy rows that have already ended get [`pad_token_id`](Self::pad_token_id),
+    /// and must still be stepped). The logits are raw (before softmax and before any logits
+    /// processor), `[rows, vocab]`, row `r` for sequence `r`; the search normalises and
+    /// processes them itself.
+    fn step(
+        &mut self,
+        cache: Self::Cache,
+        tokens: &[i64],
+    ) -> Result<(Array2<f32>, Self::Cache), ModelError>;
+
+    /// Reorders the cache's rows for beam search: row `r` of the result is row `source[r]`
+    /// of `cache` (a gather along the row axis; a row may be taken several times or not at
+    /// all). `source` has `rows` entries, each one a row of the same item
+    /// (`source[r] / num_beams == r / num_beams`). Every per-row part of the cache moves:
+    /// past keys and values, attention mask, positions. Greedy search never calls it.
+    fn reorder(&mut self, cache: Self::Cache, source: &[usize]) -> Result<Self::Cache, ModelError>;
+
+    /// The end-of-sequence token id: a row that produces it has ended (it is kept as the
+    /// row's last generated token). Suppressed while fewer than `min_new_tokens` are
+    /// generated.
+    fn end_token_id(&self) -> i64;
+
+    /// The padding token id, fed to greedy rows that have already ended.
+    fn pad_token_id(&self) -> i64;
+}
+
+/// What a model's start step hands to [`generate`]: the prompt has been run, the first
+/// new token is still to be chosen.
+#[derive(Debug)]
+pub struct Start<C> {
+    /// Raw logits after each row's last prompt position, `[batch * num_beams, vocab]`, rows
+    /// ordered as in [`StepDecoder`] (row `i * num_beams + k` is beam `k` of item `i`).
+    pub logits: Array2<f32>,
+    /// The cache after the prompt, for the first [`StepDecoder::step`].
+    pub cache: C,
+    /// Each item's prompt token ids without padding (`batch` entries, so this also gives the
+    /// batch size): what the repetition penalty counts as already in the sequence besides the
+    /// generated tokens. For an encoder-decoder, the decoder's start tokens.
+    pub prompts: Vec<Vec<i64>>,
+}
