@@ -14,7 +14,7 @@ family it contains::
 Usage::
 
     # a real checkpoint (hub id, or a local `save_pretrained` folder that also
-    # holds the tokenizer files and preprocessor_config.json)
+    # holds the tokenizer files and the image processor settings)
     python tools/export/export.py clip --from openai/clip-vit-base-patch32 \
         --out models/clip-vit-b32
 
@@ -357,18 +357,14 @@ def separation_report(probs: np.ndarray) -> tuple[int, float]:
 
 def load_checkpoint(src: str):
     """(CLIPModel, tokenizer, size, mean, std) of a hub id or local save_pretrained folder."""
+    pp = C.image_processor_config(src)  # first: SystemExit when the checkpoint has none
     model = CLIPModel.from_pretrained(src, attn_implementation="eager").eval()
     tok = C.clip_tokenizer_class().from_pretrained(src)
     image_size = model.config.vision_config.image_size
-    pp = C.read_json(src, "preprocessor_config.json", quiet=False)
-    if pp is None:
-        print("export: using OpenAI CLIP mean/std and the model's image_size", file=sys.stderr)
-        size, mean, std = image_size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-    else:
-        size = C.square_size(pp, image_size)
-        mean, std = pp.get("image_mean", OPENAI_CLIP_MEAN), pp.get("image_std", OPENAI_CLIP_STD)
-        if size != image_size:
-            raise ValueError(f"preprocessor crop size {size} != vision_config.image_size {image_size}")
+    size = C.square_size(pp, image_size)
+    mean, std = pp["image_mean"], pp["image_std"]
+    if size != image_size:
+        raise ValueError(f"preprocessor crop size {size} != vision_config.image_size {image_size}")
     return model, tok, size, mean, std
 
 
@@ -510,7 +506,8 @@ def add_parser(sub, command: str) -> None:
     C.add_source_args(
         c,
         from_help="Hugging Face hub id (e.g. openai/clip-vit-base-patch32) or a local folder "
-                  "written by save_pretrained, with tokenizer files and preprocessor_config.json",
+                  "written by save_pretrained, with tokenizer files and the image processor settings "
+                  "(preprocessor_config.json, or transformers 5's processor_config.json)",
         tiny_help="build a seeded, randomly initialised CLIPModel of the real architecture "
                   "instead (test fixture / benchmark model, trained = false)",
     )

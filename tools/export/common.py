@@ -5,7 +5,8 @@ this module and nothing of each other; ``export.py`` only maps command names to 
 
 * argument helpers (``--from``/``--tiny`` and the flags every family has, the --tiny-only check);
 * the real OpenAI CLIP BPE vocabulary and the tokenizer built on it, and tokenizer saving;
-* reading a checkpoint's config files (``preprocessor_config.json`` & co.) and its input size;
+* reading a checkpoint's image processor settings (``preprocessor_config.json``, or the
+  transformers 5 ``processor_config.json`` with the settings nested under ``image_processor``);
 * ONNX export, float16 conversion and ONNX Runtime sessions for the parity checks;
 * manifest (``model.toml``) writing;
 * the deterministic reference images, their preprocessing, and ``reference/`` writing.
@@ -272,7 +273,7 @@ def save_plain_tokenizer_json(tok, path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------
-# Checkpoint configs
+# Checkpoint configs: image processor settings
 # --------------------------------------------------------------------------------------
 
 
@@ -290,6 +291,32 @@ def read_json(src: str, name: str, *, quiet: bool = True) -> dict | None:
         if not quiet:
             print(f"export: no {name} for {src}: {e}", file=sys.stderr)
         return None
+
+
+def _has_normalisation(cfg) -> bool:
+    return isinstance(cfg, dict) and "image_mean" in cfg and "image_std" in cfg
+
+
+def image_processor_config(src: str) -> dict:
+    """The image processor settings (``image_mean``, ``image_std``, sizes) of a checkpoint.
+
+    Two layouts exist: ``preprocessor_config.json`` (transformers 4, and most hub repos), and,
+    from transformers 5 on, ``save_pretrained`` of a processor writes only
+    ``processor_config.json`` with the image processor's settings nested under
+    ``"image_processor"``.  Both are read; a checkpoint with neither fails (SystemExit) rather
+    than guessing a normalisation.
+    """
+    pre = read_json(src, "preprocessor_config.json")
+    if _has_normalisation(pre):
+        return pre
+    proc = read_json(src, "processor_config.json") or {}
+    nested = proc.get("image_processor")
+    if _has_normalisation(nested):
+        return nested
+    raise SystemExit(
+        f"export: {src}: no image processor settings (image_mean/image_std) in preprocessor_config.json "
+        "or under \"image_processor\" in processor_config.json; save the checkpoint's processor there"
+    )
 
 
 def square_size(cfg: dict, fallback: int) -> int:

@@ -826,12 +826,15 @@ def write_manifest(path: Path, parts: Parts, *, name: str, trained: bool, source
 def load_checkpoint(kind: str, src: str) -> Parts:
     """Model + tokenizer + preprocessing of a hub id or save_pretrained folder.
 
-    The image processor config is read as JSON (preprocessor_config.json), and for LLaVA
-    processor_config.json (patch_size, num_additional_image_tokens, strategy) is checked
-    against the number of image tokens the model produces.
+    The image processor settings are read as JSON (``common.image_processor_config``:
+    preprocessor_config.json, or transformers 5's processor_config.json), and the processor's own
+    settings in processor_config.json (BLIP-2: num_query_tokens; LLaVA: patch_size,
+    num_additional_image_tokens, strategy) are checked against the number of image tokens the
+    model produces.
     """
     from transformers import AutoTokenizer
 
+    pp = C.image_processor_config(src)  # first: SystemExit when the checkpoint has none
     tok = AutoTokenizer.from_pretrained(src)
     if kind == "blip2":
         from transformers import Blip2ForConditionalGeneration as Cls
@@ -839,15 +842,10 @@ def load_checkpoint(kind: str, src: str) -> Parts:
         from transformers import LlavaForConditionalGeneration as Cls
     model = Cls.from_pretrained(src, attn_implementation="eager", dtype=torch.float32).eval()
     vc = model.config.vision_config
-    pp = C.read_json(src, "preprocessor_config.json") or {}
-    if not pp:
-        print("export: no preprocessor_config.json: OpenAI CLIP mean/std, the model's image_size",
-              file=sys.stderr)
     size = C.square_size(pp, vc.image_size)
     if size != vc.image_size:
         raise ValueError(f"image processor size {size} != vision_config.image_size {vc.image_size}")
-    parts = Parts(kind, model, tok, size, pp.get("image_mean", OPENAI_CLIP_MEAN),
-                  pp.get("image_std", OPENAI_CLIP_STD))
+    parts = Parts(kind, model, tok, size, pp["image_mean"], pp["image_std"])
     pc = C.read_json(src, "processor_config.json") or {}
     if kind == "blip2" and pc.get("num_query_tokens") not in (None, parts.tokens):
         raise ValueError(f"processor num_query_tokens {pc['num_query_tokens']} != model {parts.tokens}")
