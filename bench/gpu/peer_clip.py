@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The PyTorch side of bench/gpu/classify_h100.sh: the same random CLIP (rebuilt from its shape and
-seed by tools/export/export.py's own builder, so the weights are identical to the ONNX package
+seed by tools/export/clip_export.py's own builder, so the weights are identical to the ONNX package
 exported on the same machine) in fp16 on the GPU.
 
 1. Model-only throughput: image encoder, batches already on the GPU (uint8 tiles normalised on
@@ -27,7 +27,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools" / "export"))
-import export as ex  # noqa: E402  (the exporter's model builder and encoders)
+import clip_export as ex  # noqa: E402  (the exporter's model builder and encoders)
 
 try:
     import tomllib

@@ -20,6 +20,7 @@ cache as plain tensors; it is checked against the HF language model before expor
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -28,8 +29,8 @@ import torch
 import transformers
 from torch import nn
 
-OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+import common as C
+from common import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 #: Default seeds of --tiny (random init + EOS logit scale), chosen with `export.py scan-decoder-seeds`.
 DEFAULT_SEEDS = {"blip2": 0, "llava": 0}
@@ -582,77 +583,11 @@ def check_decoder_against_hf(parts: Parts, tol: float = 1e-4) -> float:
 #: Graphs whose weights are bigger than this are written with their weights in one external data
 #: file next to them (``<name>.onnx.data``; ONNX Runtime finds it by itself): a protobuf holds 2 GB at
 #: most.  Smaller graphs (every --tiny model) keep their weights inside, as before.
-EXTERNAL_DATA_BYTES = int(float(__import__("os").environ.get("TESSERA_EXPORT_EXTERNAL_DATA_BYTES", 1.5e9)))
-
-
-def _param_bytes(module: nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for p in module.parameters())
-
-
-def _save_external(model, path: Path) -> None:
-    """Save `model` as `path` + one external data file `path.name + '.data'`, replacing both."""
-    import onnx
-
-    data = path.parent / (path.name + ".data")
-    for stale in (path, data):
-        if stale.exists():
-            stale.unlink()
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=data.name, size_threshold=1024)
-
-
-def has_external_data(path: Path) -> bool:
-    return (path.parent / (path.name + ".data")).is_file()
-
-
-def _export_external(module, args, path: Path, inputs, outputs, axes, opset: int) -> None:
-    """_export for graphs past EXTERNAL_DATA_BYTES: torch writes into a scratch folder (it may
-    spread the weights over one file per tensor there), the checker reads the graph by path (it
-    cannot take a >2 GB message in memory), and the graph is saved with one external data file."""
-    import tempfile
-
-    import onnx
-
-    with tempfile.TemporaryDirectory(prefix=".export-", dir=path.parent) as tmp:
-        scratch = Path(tmp) / path.name
-        with torch.no_grad():
-            torch.onnx.export(module, args, str(scratch), input_names=inputs, output_names=outputs,
-                              dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False)
-        onnx.checker.check_model(str(scratch))
-        m = onnx.load(str(scratch), load_external_data=True)
-        _save_external(m, path)
-
-
-def to_fp16(path: Path) -> None:
-    """float16 weights/compute with float32 I/O (export._to_fp16), also for graphs with external data."""
-    if not has_external_data(path):
-        import export as E
-
-        E._to_fp16(path)
-        return
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    # Given a path, the converter runs shape inference by path (the only way for > 2 GB).
-    model16 = convert_float_to_float16(str(path), keep_io_types=True)
-    _save_external(model16, path)
+EXTERNAL_DATA_BYTES = int(float(os.environ.get("TESSERA_EXPORT_EXTERNAL_DATA_BYTES", 1.5e9)))
 
 
 def _export(module, args, path: Path, inputs: list[str], outputs: list[str], axes: dict, opset: int):
-    import onnx
-
-    if _param_bytes(module) > EXTERNAL_DATA_BYTES:
-        _export_external(module, args, path, inputs, outputs, axes, opset)
-        return
-    for stale in path.parent.glob(path.name + ".data"):
-        stale.unlink()
-    with torch.no_grad():
-        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
-                          dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False)
-    m = onnx.load(str(path), load_external_data=True)
-    onnx.checker.check_model(m)
-    for stale in path.parent.glob(path.name + ".data"):
-        stale.unlink()
-    onnx.save_model(m, str(path), save_as_external_data=False)
+    C.export_onnx(module, args, path, inputs, outputs, axes, opset, external_data_bytes=EXTERNAL_DATA_BYTES)
 
 
 def decoder_io_names(layers: int) -> tuple[list[str], list[str]]:
@@ -686,29 +621,16 @@ def export_graphs(parts: Parts, out: Path, opset: int) -> None:
     _export(parts.decoder, args, out / "decoder.onnx", ins, outs, axes, opset)
 
 
-def _sess(path: Path):
-    import onnxruntime as ort
-
-    o = ort.SessionOptions()
-    o.log_severity_level = 3
-    return ort.InferenceSession(str(path), o, providers=["CPUExecutionProvider"])
-
-
-def _rel(got: np.ndarray, ref: np.ndarray) -> float:
-    """max |got - ref| / max(1, max |ref|)."""
-    return float(np.abs(got - ref).max() / max(1.0, float(np.abs(ref).max())))
-
-
 def verify_onnx_against_torch(parts: Parts, out: Path, tol: float) -> dict:
     """ORT vs PyTorch (error relative to the largest |value|): prefix (batch 1, 3), embed, decoder prefill (past 0) and cached steps."""
     gen = torch.Generator().manual_seed(1234)
-    pre, emb, dec = (_sess(out / n) for n in ("image_prefix.onnx", "embed_tokens.onnx", "decoder.onnx"))
+    pre, emb, dec = (C.ort_session(out / n) for n in ("image_prefix.onnx", "embed_tokens.onnx", "decoder.onnx"))
     ins, outs = decoder_io_names(parts.layers)
     worst = {"prefix": 0.0, "embed": 0.0, "decoder": 0.0}
     for B in (1, 3):
         px = torch.randn(B, 3, parts.size, parts.size, generator=gen)
         r = parts.prefix(px).numpy()
-        worst["prefix"] = max(worst["prefix"], _rel(pre.run(None, {"pixel_values": px.numpy()})[0], r))
+        worst["prefix"] = max(worst["prefix"], C.rel_diff(pre.run(None, {"pixel_values": px.numpy()})[0], r))
         ids = torch.randint(0, parts.vocab, (B, 5), generator=gen)
         worst["embed"] = max(worst["embed"], float(np.abs(
             emb.run(None, {"input_ids": ids.numpy()})[0] - parts.embed(ids).numpy()).max()))
@@ -730,7 +652,7 @@ def verify_onnx_against_torch(parts: Parts, out: Path, tol: float) -> dict:
                 feed.update(dict(zip(ins[3:], past_o)))
                 got = dec.run(None, feed)
                 for r, g in zip(ref, got):
-                    worst["decoder"] = max(worst["decoder"], _rel(g, r.numpy()))
+                    worst["decoder"] = max(worst["decoder"], C.rel_diff(g, r.numpy()))
                 past_t, past_o, t0 = list(ref[1:]), got[1:], t1
     print("export: ONNX vs PyTorch max diff / max(1, max|ref|): " + ", ".join(f"{k} {v:.3g}" for k, v in worst.items()),
           file=sys.stderr)
@@ -778,10 +700,8 @@ def _trim(row: np.ndarray, eos: int) -> tuple[list[int], bool]:
 
 
 def compute_references(parts: Parts, seed: int, init_std: float, eos_scale: float):
-    import export as E
-
-    names, images_u8 = E.make_reference_images(parts.size)
-    pixels = E.preprocess_u8(images_u8, parts.mean, parts.std)
+    names, images_u8 = C.make_reference_images(parts.size)
+    pixels = C.preprocess_u8(images_u8, parts.mean, parts.std)
     out_cases = []
     for c in reference_cases(parts):
         idx, prompts = c["images"], c["prompts"]
@@ -834,12 +754,7 @@ def compute_references(parts: Parts, seed: int, init_std: float, eos_scale: floa
         "architecture": parts.architecture,
         "seed": seed, "init_std": init_std, "eos_logit_scale": eos_scale,
         "transformers": transformers.__version__, "torch": torch.__version__,
-        "images": [{"name": nm, "index": k} for k, nm in enumerate(names)],
-        "images_u8": {"file": "images_u8.bin", "shape": list(images_u8.shape), "dtype": "uint8",
-                      "layout": "NHWC, RGB, row-major, no header"},
-        "pixels_f32": {"file": "pixels_f32.bin", "shape": list(pixels.shape), "dtype": "float32",
-                       "byte_order": "little-endian", "layout": "NCHW, RGB, row-major, no header",
-                       "formula": "(float32(v) / 255.0 - mean[c]) / std[c], evaluated in float32"},
+        **C.images_block(names, parts.size, len(names)),
         "mean": parts.mean, "std": parts.std,
         "template": parts.template, "add_bos": parts.add_bos, "image_tokens": parts.tokens,
         "image_token_id": parts.image_token_id,
@@ -871,10 +786,8 @@ def degeneracy_report(ref: dict) -> tuple[bool, str]:
 
 def write_manifest(path: Path, parts: Parts, *, name: str, trained: bool, source: str,
                    max_new_tokens: int = 20) -> None:
-    import export as E
-
     ins, outs = decoder_io_names(parts.layers)
-    sections = [
+    C.write_toml(path, [
         (None, [("family", "image-text-decoder", ""), ("architecture", parts.architecture, ""),
                 ("name", name, ""), ("trained", trained, ""), ("source", source, "")]),
         ("image", [("onnx", "image_prefix.onnx", ""),
@@ -897,22 +810,12 @@ def write_manifest(path: Path, parts: Parts, *, name: str, trained: bool, source
         ("prompt", [("template", parts.template, ""), ("image_token", parts.image_token, ""),
                     ("image_token_id", parts.image_token_id, ""),
                     ("add_bos", parts.add_bos, "tokenize with add_special_tokens = add_bos")]),
-        ("preprocess", [("size", parts.size, "square input size S"), ("mean", parts.mean, ""),
-                        ("std", parts.std, ""), ("channel_order", "rgb", ""),
-                        ("value_range", 255.0, "(v / value_range - mean) / std")]),
+        C.preprocess_section(parts.size, parts.mean, parts.std),
         ("tokenizer", [("file", "tokenizer.json", ""), ("bos_token_id", parts.bos, ""),
                        ("eos_token_id", parts.eos, ""), ("pad_token_id", parts.pad, "")]),
         ("generation", [("max_new_tokens", max_new_tokens, ""), ("num_beams", 1, ""),
                         ("repetition_penalty", 1.0, "")]),
-    ]
-    lines: list[str] = []
-    for header, keys in sections:
-        if header is not None:
-            lines += ["", f"[{header}]"]
-        for k, v, comment in keys:
-            line = f"{k} = {E._toml_value(v)}"
-            lines.append(f"{line:<48}# {comment}" if comment else line)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    ])
 
 
 # --------------------------------------------------------------------------------------
@@ -920,40 +823,18 @@ def write_manifest(path: Path, parts: Parts, *, name: str, trained: bool, source
 # --------------------------------------------------------------------------------------
 
 
-def _read_json(src: str, name: str) -> dict | None:
-    local = Path(src)
-    if local.is_dir():
-        p = local / name
-        return json.loads(p.read_text()) if p.is_file() else None
-    try:
-        from huggingface_hub import hf_hub_download
-
-        return json.loads(Path(hf_hub_download(src, name)).read_text())
-    except Exception:  # noqa: BLE001 - absent or unreachable
-        return None
-
-
-def _square(cfg: dict, fallback: int) -> int:
-    for key in ("crop_size", "size"):
-        v = cfg.get(key)
-        if isinstance(v, dict):
-            h = v.get("height", v.get("shortest_edge"))
-            if h is not None:
-                return int(h)
-        elif isinstance(v, int):
-            return v
-    return fallback
-
-
 def load_checkpoint(kind: str, src: str) -> Parts:
     """Model + tokenizer + preprocessing of a hub id or save_pretrained folder.
 
-    The image processor config is read as JSON (preprocessor_config.json), and for LLaVA
-    processor_config.json (patch_size, num_additional_image_tokens, strategy) is checked
-    against the number of image tokens the model produces.
+    The image processor settings are read as JSON (``common.image_processor_config``:
+    preprocessor_config.json, or transformers 5's processor_config.json), and the processor's own
+    settings in processor_config.json (BLIP-2: num_query_tokens; LLaVA: patch_size,
+    num_additional_image_tokens, strategy) are checked against the number of image tokens the
+    model produces.
     """
     from transformers import AutoTokenizer
 
+    pp = C.image_processor_config(src)  # first: SystemExit when the checkpoint has none
     tok = AutoTokenizer.from_pretrained(src)
     if kind == "blip2":
         from transformers import Blip2ForConditionalGeneration as Cls
@@ -961,16 +842,11 @@ def load_checkpoint(kind: str, src: str) -> Parts:
         from transformers import LlavaForConditionalGeneration as Cls
     model = Cls.from_pretrained(src, attn_implementation="eager", dtype=torch.float32).eval()
     vc = model.config.vision_config
-    pp = _read_json(src, "preprocessor_config.json") or {}
-    if not pp:
-        print("export: no preprocessor_config.json: OpenAI CLIP mean/std, the model's image_size",
-              file=sys.stderr)
-    size = _square(pp, vc.image_size)
+    size = C.square_size(pp, vc.image_size)
     if size != vc.image_size:
         raise ValueError(f"image processor size {size} != vision_config.image_size {vc.image_size}")
-    parts = Parts(kind, model, tok, size, pp.get("image_mean", OPENAI_CLIP_MEAN),
-                  pp.get("image_std", OPENAI_CLIP_STD))
-    pc = _read_json(src, "processor_config.json") or {}
+    parts = Parts(kind, model, tok, size, pp["image_mean"], pp["image_std"])
+    pc = C.read_json(src, "processor_config.json") or {}
     if kind == "blip2" and pc.get("num_query_tokens") not in (None, parts.tokens):
         raise ValueError(f"processor num_query_tokens {pc['num_query_tokens']} != model {parts.tokens}")
     if kind == "llava" and "patch_size" in pc:
@@ -987,8 +863,6 @@ def load_checkpoint(kind: str, src: str) -> Parts:
 
 
 def export_decoder(args) -> None:
-    import export as E
-
     kind = args.command
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -1030,8 +904,8 @@ def export_decoder(args) -> None:
     if args.fp16:
         for n in ("image_prefix.onnx", "embed_tokens.onnx", "decoder.onnx"):
             print(f"export: converting {out}/{n} to float16", file=sys.stderr)
-            to_fp16(out / n)
-    parts.hf_tok.backend_tokenizer.save(str(out / "tokenizer.json"), pretty=False)
+            C.to_fp16(out / n)
+    C.save_plain_tokenizer_json(parts.hf_tok, out / "tokenizer.json")
     write_manifest(out / "model.toml", parts, name=name, trained=trained,
                    source=source + (", fp16" if args.fp16 else ""))
 
@@ -1043,13 +917,8 @@ def export_decoder(args) -> None:
         print(f"export: reference outputs: {msg}", file=sys.stderr)
         if not ok:
             print("export: WARNING the reference outputs are degenerate (see above)", file=sys.stderr)
-        rdir = out / "reference"
-        rdir.mkdir(exist_ok=True)
-        (rdir / "images_u8.bin").write_bytes(images_u8.tobytes())
-        (rdir / "pixels_f32.bin").write_bytes(pixels.astype("<f4").tobytes())
-        (rdir / "reference.json").write_text(json.dumps(ref, indent=1) + "\n", encoding="utf-8")
-    total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    print(f"export: done, {out} ({total / 1e6:.2f} MB)", file=sys.stderr)
+        C.write_reference(out, ref, C.image_bins(images_u8, pixels))
+    C.report_done(out)
 
 
 def parts_proc_dir(parts: Parts, sp: Path) -> None:
@@ -1070,39 +939,43 @@ def parts_proc_dir(parts: Parts, sp: Path) -> None:
     (sp / "processor_config.json").write_text(json.dumps(proc, indent=1))
 
 
-def add_subcommands(sub, default_opset: int) -> None:
-    for kind, desc, example in (
-        ("blip2", "BLIP-2 with an OPT language model (Blip2ForConditionalGeneration)", "Salesforce/blip2-opt-2.7b"),
-        ("llava", "LLaVA with a Llama language model (LlavaForConditionalGeneration)", "llava-hf/llava-1.5-7b-hf"),
-    ):
-        c = sub.add_parser(kind, help=f"export {desc} as an image-text-decoder package",
-                           description=f"Export {desc}: image_prefix.onnx, embed_tokens.onnx, decoder.onnx "
-                                       "(one merged graph with KV cache), tokenizer.json, model.toml.")
-        src = c.add_mutually_exclusive_group(required=True)
-        src.add_argument("--from", dest="source", metavar="ID_OR_DIR",
-                         help=f"hub id (e.g. {example}) or a save_pretrained folder with the processor files")
-        src.add_argument("--tiny", action="store_true", help="seeded random model of the real architecture")
-        c.add_argument("--out", required=True, metavar="DIR")
-        c.add_argument("--opset", type=int, default=default_opset)
-        c.add_argument("--fp16", action="store_true",
-                       help="float16 weights/compute, float32 graph inputs/outputs")
-        c.add_argument("--seed", type=int, default=None, help=f"--tiny: seed (default {DEFAULT_SEEDS[kind]})")
-        c.add_argument("--init-std", type=float, default=None,
-                       help=f"--tiny: init std (default {DEFAULT_INIT_STD[kind]})")
-        c.add_argument("--eos-scale", type=float, default=None,
-                       help=f"--tiny: factor on the EOS row of lm_head (default {DEFAULT_EOS_SCALE[kind]})")
-        shapes = SHAPES[kind]
-        c.add_argument("--shape", choices=shapes, default="tiny",
-                       help="--tiny: 'tiny' (the test fixture, with reference/)"
-                            + (", or a random benchmark model without reference/: 'mid' (OPT-125m language "
-                               "model, small vision tower) or 'opt-2.7b' (blip2-opt-2.7b's shape, ~3.8 B "
-                               "parameters; its big graphs keep their weights in <graph>.onnx.data)"
-                               if len(shapes) > 1 else ""))
-        c.add_argument("--save-pretrained", metavar="DIR", default=None,
-                       help="--tiny: also write the model + processor with save_pretrained (to test --from)")
-        c.add_argument("--name", default=None)
-        c.add_argument("--no-reference", action="store_true")
-        c.add_argument("--skip-verify", action="store_true")
-        c.add_argument("--tolerance", type=float, default=1e-3,
-                       help="max diff / max(1, max|ref|) allowed between ONNX Runtime and PyTorch (default 1e-3)")
-        c.set_defaults(func=export_decoder)
+#: command -> (description, example hub id)
+_COMMANDS = {
+    "blip2": ("BLIP-2 with an OPT language model (Blip2ForConditionalGeneration)", "Salesforce/blip2-opt-2.7b"),
+    "llava": ("LLaVA with a Llama language model (LlavaForConditionalGeneration)", "llava-hf/llava-1.5-7b-hf"),
+}
+
+
+def add_parser(sub, command: str) -> None:
+    """Add the ``blip2`` or ``llava`` subcommand to ``sub`` (export.py's subparsers)."""
+    kind = command
+    desc, example = _COMMANDS[kind]
+    c = sub.add_parser(kind, help=f"export {desc} as an image-text-decoder package",
+                       description=f"Export {desc}: image_prefix.onnx, embed_tokens.onnx, decoder.onnx "
+                                   "(one merged graph with KV cache), tokenizer.json, model.toml.")
+    C.add_source_args(c, from_help=f"hub id (e.g. {example}) or a save_pretrained folder with the processor files",
+                      tiny_help="seeded random model of the real architecture")
+    C.add_out_arg(c)
+    C.add_opset_arg(c)
+    c.add_argument("--fp16", action="store_true",
+                   help="float16 weights/compute, float32 graph inputs/outputs")
+    c.add_argument("--seed", type=int, default=None, help=f"--tiny: seed (default {DEFAULT_SEEDS[kind]})")
+    c.add_argument("--init-std", type=float, default=None,
+                   help=f"--tiny: init std (default {DEFAULT_INIT_STD[kind]})")
+    c.add_argument("--eos-scale", type=float, default=None,
+                   help=f"--tiny: factor on the EOS row of lm_head (default {DEFAULT_EOS_SCALE[kind]})")
+    shapes = SHAPES[kind]
+    c.add_argument("--shape", choices=shapes, default="tiny",
+                   help="--tiny: 'tiny' (the test fixture, with reference/)"
+                        + (", or a random benchmark model without reference/: 'mid' (OPT-125m language "
+                           "model, small vision tower) or 'opt-2.7b' (blip2-opt-2.7b's shape, ~3.8 B "
+                           "parameters; its big graphs keep their weights in <graph>.onnx.data)"
+                           if len(shapes) > 1 else ""))
+    c.add_argument("--save-pretrained", metavar="DIR", default=None,
+                   help="--tiny: also write the model + processor with save_pretrained (to test --from)")
+    C.add_name_arg(c)
+    C.add_no_reference_arg(c)
+    C.add_skip_verify_arg(c)
+    C.add_tolerance_arg(c, 1e-3,
+                        "max diff / max(1, max|ref|) allowed between ONNX Runtime and PyTorch (default 1e-3)")
+    c.set_defaults(func=export_decoder)

@@ -19,7 +19,6 @@ tokenizer construction) and are checked against PyTorch with ONNX Runtime.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -27,11 +26,12 @@ import numpy as np
 import torch
 import transformers
 
+import common as C
+from common import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
 #: ImageNet mean/std: what CIDAS/clipseg-rd64(-refined)'s ViTImageProcessor normalises with.
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
-OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 #: Defaults of --tiny (seed of torch.manual_seed, and the std the random weights are drawn with).
 DEFAULT_SEEDS = {"clipseg": 0, "owlvit": 0}
@@ -46,18 +46,6 @@ OWLVIT_IOU = 0.3
 
 CLIPSEG_CONTEXT = 77  # openai/clip-vit-base-patch32 tokenizer, as CIDAS/clipseg-* ship it
 OWLVIT_CONTEXT = 16   # google/owlvit-*: CLIPTokenizer(pad_token="!", model_max_length=16)
-
-
-def _ex():
-    """The export.py module (shared helpers: BPE tokenizer, ONNX export, manifest values, images)."""
-    if "export" in sys.modules:
-        return sys.modules["export"]
-    main = sys.modules.get("__main__")
-    if main is not None and hasattr(main, "build_real_vocab_tokenizer"):
-        return main
-    import export  # noqa: PLC0415
-
-    return export
 
 
 # --------------------------------------------------------------------------------------
@@ -172,24 +160,6 @@ def hf_clipseg(model, pixel_values: torch.Tensor, ids: np.ndarray, mask: np.ndar
                  attention_mask=torch.from_numpy(mask), return_dict=True).logits.numpy()
 
 
-def _export(module, args, path: Path, inputs: list[str], outputs: list[str], axes: dict, opset: int):
-    import onnx
-
-    with torch.no_grad():
-        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
-                          dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False)
-    model = onnx.load(str(path), load_external_data=True)
-    onnx.checker.check_model(model)
-    for stale in path.parent.glob(path.name + ".data"):
-        stale.unlink()
-    onnx.save_model(model, str(path), save_as_external_data=False)
-
-
-def _rel(ref: np.ndarray, got: np.ndarray) -> float:
-    """max |ref - got| / max(1, max |ref|)."""
-    return float(np.abs(ref - got).max() / max(1.0, float(np.abs(ref).max())))
-
-
 # --------------------------------------------------------------------------------------
 # Tokenizers
 # --------------------------------------------------------------------------------------
@@ -197,16 +167,11 @@ def _rel(ref: np.ndarray, got: np.ndarray) -> float:
 
 def make_tokenizer(kind: str, bpe_vocab: str | None):
     """The real-vocabulary CLIP tokenizer, set up as the HF processor of the family uses it."""
-    ex = _ex()
-    bpe = ex.find_bpe_vocab(bpe_vocab)
+    bpe = C.find_bpe_vocab(bpe_vocab)
     if kind == "clipseg":
-        tok = ex.build_real_vocab_tokenizer(bpe, CLIPSEG_CONTEXT)
+        tok = C.build_real_vocab_tokenizer(bpe, CLIPSEG_CONTEXT)
     else:
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            ex.write_clip_vocab_files(bpe, Path(tmp))
-            tok = ex.ClipTok.from_pretrained(tmp, model_max_length=OWLVIT_CONTEXT, pad_token="!")
+        tok = C.load_real_vocab_tokenizer(bpe, model_max_length=OWLVIT_CONTEXT, pad_token="!")
         if tok.pad_token_id != 0:
             raise RuntimeError(f"OWL-ViT pad token '!' has id {tok.pad_token_id}, expected 0")
     return tok
@@ -224,7 +189,7 @@ def tokenize(tok, texts: list[str], padding, max_length: int | None = None):
 
 
 def verify_clipseg(path: Path, model, tok, size: int, tol: float) -> dict:
-    sess = _ex()._ort_session(path)
+    sess = C.ort_session(path)
     gen = torch.Generator().manual_seed(4321)
     texts = ["a building", "a long straight road next to a river", "water", "trees"]
     worst = {}
@@ -235,7 +200,7 @@ def verify_clipseg(path: Path, model, tok, size: int, tol: float) -> dict:
         got = sess.run(None, {"pixel_values": px.numpy(), "input_ids": ids, "attention_mask": mask})[0]
         if got.shape != ref.shape:
             raise RuntimeError(f"clipseg ONNX shape {got.shape} != PyTorch {ref.shape}")
-        worst[f"n{n}_L{ids.shape[1]}"] = _rel(ref, got)
+        worst[f"n{n}_L{ids.shape[1]}"] = C.rel_diff(got, ref)
     print(f"export: clipseg ONNX vs PyTorch (max diff / max(1,|ref|)): {worst}", file=sys.stderr)
     bad = {k: v for k, v in worst.items() if not v < tol}
     if bad:
@@ -244,7 +209,7 @@ def verify_clipseg(path: Path, model, tok, size: int, tol: float) -> dict:
 
 
 def verify_owlvit(path: Path, model, tok, size: int, tol: float) -> dict:
-    sess = _ex()._ort_session(path)
+    sess = C.ort_session(path)
     gen = torch.Generator().manual_seed(4321)
     texts = ["a car", "a ship in a harbour", "an airplane", "a large white storage tank"]
     worst = {}
@@ -256,7 +221,7 @@ def verify_owlvit(path: Path, model, tok, size: int, tol: float) -> dict:
         ref_l, ref_b = out.logits.numpy(), out.pred_boxes.numpy()
         if got_l.shape != ref_l.shape or got_b.shape != ref_b.shape:
             raise RuntimeError(f"owlvit ONNX shapes {got_l.shape},{got_b.shape} != {ref_l.shape},{ref_b.shape}")
-        worst[f"b{b}_q{q}"] = max(_rel(ref_l, got_l), _rel(ref_b, got_b))
+        worst[f"b{b}_q{q}"] = max(C.rel_diff(got_l, ref_l), C.rel_diff(got_b, ref_b))
     print(f"export: owlvit ONNX vs HF PyTorch (max diff / max(1,|ref|)): {worst}", file=sys.stderr)
     bad = {k: v for k, v in worst.items() if not v < tol}
     if bad:
@@ -269,27 +234,9 @@ def verify_owlvit(path: Path, model, tok, size: int, tol: float) -> dict:
 # --------------------------------------------------------------------------------------
 
 
-def _write_toml(path: Path, sections) -> None:
-    tv = _ex()._toml_value
-    lines: list[str] = []
-    for header, keys in sections:
-        if header is not None:
-            lines += ["", f"[{header}]"]
-        for k, v, comment in keys:
-            line = f"{k} = {tv(v)}"
-            lines.append(f"{line:<48}# {comment}" if comment else line)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
 def _common_sections(size, mean, std, context_length, pad_id, bos_id, eos_id, ctx_comment):
     return [
-        ("preprocess", [
-            ("size", int(size), "square input size S"),
-            ("mean", [float(x) for x in mean], ""),
-            ("std", [float(x) for x in std], ""),
-            ("channel_order", "rgb", ""),
-            ("value_range", 255.0, "(v / value_range - mean) / std"),
-        ]),
+        C.preprocess_section(size, mean, std),
         ("tokenizer", [
             ("file", "tokenizer.json", ""),
             ("context_length", int(context_length), ctx_comment),
@@ -301,7 +248,7 @@ def _common_sections(size, mean, std, context_length, pad_id, bos_id, eos_id, ct
 
 
 def write_clipseg_manifest(path: Path, *, name, trained, source, size, mean, std, tok) -> None:
-    _write_toml(path, [
+    C.write_toml(path, [
         (None, [("family", "segmenter", ""), ("name", name, ""), ("trained", trained, ""), ("source", source, "")]),
         ("model", [
             ("onnx", "model.onnx", ""),
@@ -323,7 +270,7 @@ def write_clipseg_manifest(path: Path, *, name, trained, source, size, mean, std
 
 
 def write_owlvit_manifest(path: Path, *, name, trained, source, size, mean, std, tok) -> None:
-    _write_toml(path, [
+    C.write_toml(path, [
         (None, [("family", "detector", ""), ("name", name, ""), ("trained", trained, ""), ("source", source, "")]),
         ("model", [
             ("onnx", "model.onnx", ""),
@@ -351,21 +298,9 @@ def write_owlvit_manifest(path: Path, *, name, trained, source, size, mean, std,
 # --------------------------------------------------------------------------------------
 
 
-def _images_block(names, size, n):
-    return {
-        "images": [{"name": nm, "index": k} for k, nm in enumerate(names)],
-        "images_u8": {"file": "images_u8.bin", "shape": [n, size, size, 3], "dtype": "uint8",
-                      "layout": "NHWC, RGB, row-major, no header"},
-        "pixels_f32": {"file": "pixels_f32.bin", "shape": [n, 3, size, size], "dtype": "float32",
-                       "byte_order": "little-endian", "layout": "NCHW, RGB, row-major, no header",
-                       "formula": "(float32(v) / 255.0 - mean[c]) / std[c], evaluated in float32"},
-    }
-
-
 def clipseg_reference(model, tok, size, mean, std) -> tuple[dict, dict[str, np.ndarray]]:
-    ex = _ex()
-    names, images_u8 = ex.make_reference_images(size)
-    pixels = ex.preprocess_u8(images_u8, mean, std)
+    names, images_u8 = C.make_reference_images(size)
+    pixels = C.preprocess_u8(images_u8, mean, std)
     prompts = REF_PROMPTS["clipseg"]
     n, p = len(names), len(prompts)
     ids77, mask77 = tokenize(tok, prompts, "max_length", CLIPSEG_CONTEXT)
@@ -396,7 +331,7 @@ def clipseg_reference(model, tok, size, mean, std) -> tuple[dict, dict[str, np.n
                               "gives the same logits (max abs diff in 'checks')",
         "tokenizer_cases": [{"text": s, "token_ids": i.tolist(), "attention_mask": m.tolist()}
                             for s, i, m in zip(cases, c_ids, c_mask)],
-        **_images_block(names, size, n),
+        **C.images_block(names, size, n),
         "mean": [float(x) for x in mean], "std": [float(x) for x in std],
         "pairs": "row r = image r // P, prompt r % P (image-major: for each image, for each prompt); "
                  "pixel_values rows = each image repeated P times, input_ids rows = the prompts tiled N times",
@@ -412,7 +347,7 @@ def clipseg_reference(model, tok, size, mean, std) -> tuple[dict, dict[str, np.n
         "min_pairwise_prompt_map_diff": pair_diff,
         "checks": {"longest_vs_max_length_logits_max_abs_diff": float(np.abs(logits - logits_l).max())},
     }
-    bins = {"images_u8.bin": images_u8.tobytes(), "pixels_f32.bin": pixels.astype("<f4").tobytes(),
+    bins = {**C.image_bins(images_u8, pixels),
             "logits_f32.bin": logits.astype("<f4").tobytes(), "probs_f32.bin": probs.astype("<f4").tobytes()}
     return ref, bins
 
@@ -456,9 +391,8 @@ def _hf_post_process(out, threshold: float, target_sizes):
 
 
 def owlvit_reference(model, tok, size, mean, std, threshold: float | None) -> tuple[dict, dict[str, np.ndarray]]:
-    ex = _ex()
-    names, images_u8 = ex.make_reference_images(size)
-    pixels = ex.preprocess_u8(images_u8, mean, std)
+    names, images_u8 = C.make_reference_images(size)
+    pixels = C.preprocess_u8(images_u8, mean, std)
     queries = REF_PROMPTS["owlvit"]
     n = len(names)
     ids, mask = tokenize(tok, queries, "max_length", None)  # what OwlViTProcessor does
@@ -492,7 +426,7 @@ def owlvit_reference(model, tok, size, mean, std, threshold: float | None) -> tu
                       "pad token '!' (id 0) after EOS, mask 0 there; no truncation by the processor",
         "tokenizer_cases": [{"text": s, "token_ids": i.tolist(), "attention_mask": m.tolist()}
                             for s, i, m in zip(cases, c_ids, c_mask)],
-        **_images_block(names, size, n),
+        **C.images_block(names, size, n),
         "mean": [float(x) for x in mean], "std": [float(x) for x in std],
         "num_boxes_per_image": int(logits.shape[1]),
         "box_order": "patch order, row-major over the (S/patch) x (S/patch) grid",
@@ -511,7 +445,7 @@ def owlvit_reference(model, tok, size, mean, std, threshold: float | None) -> tu
             "cases": pp_cases,
         },
     }
-    bins = {"images_u8.bin": images_u8.tobytes(), "pixels_f32.bin": pixels.astype("<f4").tobytes()}
+    bins = C.image_bins(images_u8, pixels)
     return ref, bins
 
 
@@ -547,17 +481,17 @@ def export_prompted(args) -> None:
         ids, mask = tokenize(tok, ["a photo", "an aerial image of a river"], "max_length", CLIPSEG_CONTEXT)
         axes = {"pixel_values": {0: "n"}, "input_ids": {0: "n", 1: "seq"},
                 "attention_mask": {0: "n", 1: "seq"}, "logits": {0: "n"}}
-        _export(ClipSegGraph(model).eval(), (px, torch.from_numpy(ids), torch.from_numpy(mask)), onnx_path,
+        C.export_onnx(ClipSegGraph(model).eval(), (px, torch.from_numpy(ids), torch.from_numpy(mask)), onnx_path,
                 ["pixel_values", "input_ids", "attention_mask"], ["logits"], axes, args.opset)
     else:
         ids, mask = tokenize(tok, ["a photo", "an aerial image of a river", "a car"], "max_length", None)
         axes = {"pixel_values": {0: "batch"}, "input_ids": {0: "queries"}, "attention_mask": {0: "queries"},
                 "logits": {0: "batch", 2: "queries"}, "pred_boxes": {0: "batch"}}
-        _export(OwlViTGraph(model).eval(), (px, torch.from_numpy(ids), torch.from_numpy(mask)), onnx_path,
+        C.export_onnx(OwlViTGraph(model).eval(), (px, torch.from_numpy(ids), torch.from_numpy(mask)), onnx_path,
                 ["pixel_values", "input_ids", "attention_mask"], ["logits", "pred_boxes"], axes, args.opset)
 
     ctx = CLIPSEG_CONTEXT if kind == "clipseg" else OWLVIT_CONTEXT
-    _ex().save_tokenizer_json(tok, out / "tokenizer.json", ctx)
+    C.save_tokenizer_json(tok, out / "tokenizer.json", ctx)
     writer = write_clipseg_manifest if kind == "clipseg" else write_owlvit_manifest
     writer(out / "model.toml", name=name, trained=False, source=source, size=size, mean=mean, std=std, tok=tok)
 
@@ -583,37 +517,35 @@ def export_prompted(args) -> None:
         ref["onnx_precision"] = "fp32"
         ref["tolerance"] = {"rel": 1e-4, "rule": "max|onnx - ref| / max(1, max|ref|)"}
         ref["export_checks_onnx_vs_torch"] = checks
-        rdir = out / "reference"
-        rdir.mkdir(exist_ok=True)
-        for fname, data in bins.items():
-            (rdir / fname).write_bytes(data)
-        (rdir / "reference.json").write_text(json.dumps(ref, indent=1) + "\n", encoding="utf-8")
+        C.write_reference(out, ref, bins)
 
-    total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    print(f"export: done, {out} ({total / 1e6:.2f} MB)", file=sys.stderr)
+    C.report_done(out)
 
 
-def add_subcommands(sub, default_opset: int) -> None:
-    for kind, desc in (("clipseg", "CLIPSeg (CLIPSegForImageSegmentation) as a 'segmenter' package"),
-                       ("owlvit", "OWL-ViT (OwlViTForObjectDetection) as a 'detector' package")):
-        c = sub.add_parser(kind, help=f"export {desc}",
-                           description=f"Export {desc}: one model.onnx taking images + text prompts, "
-                                       "tokenizer.json, model.toml (see tools/export/README.md).")
-        src = c.add_mutually_exclusive_group(required=True)
-        src.add_argument("--from", dest="source", metavar="ID_OR_DIR", help="not implemented yet")
-        src.add_argument("--tiny", action="store_true", help="seeded random model of the real architecture")
-        c.add_argument("--out", required=True, metavar="DIR")
-        c.add_argument("--opset", type=int, default=default_opset)
-        c.add_argument("--seed", type=int, default=None, help=f"--tiny: seed (default {DEFAULT_SEEDS[kind]})")
-        c.add_argument("--init-std", type=float, default=None,
-                       help=f"--tiny: std of the random weights (default {DEFAULT_INIT_STD[kind]}; 0.02 = HF init)")
-        c.add_argument("--bpe-vocab", default=None, metavar="PATH", help="path to bpe_simple_vocab_16e6.txt.gz")
-        if kind == "owlvit":
-            c.add_argument("--threshold", type=float, default=None,
-                           help="post-process threshold of the reference (default: chosen to keep ~5 boxes/image)")
-        c.add_argument("--name", default=None)
-        c.add_argument("--no-reference", action="store_true")
-        c.add_argument("--skip-verify", action="store_true")
-        c.add_argument("--tolerance", type=float, default=1e-4,
-                       help="max diff / max(1, max|ref|) allowed between ONNX Runtime and PyTorch (default 1e-4)")
-        c.set_defaults(func=export_prompted)
+#: command -> description
+_COMMANDS = {"clipseg": "CLIPSeg (CLIPSegForImageSegmentation) as a 'segmenter' package",
+             "owlvit": "OWL-ViT (OwlViTForObjectDetection) as a 'detector' package"}
+
+
+def add_parser(sub, command: str) -> None:
+    """Add the ``clipseg`` or ``owlvit`` subcommand to ``sub`` (export.py's subparsers)."""
+    kind, desc = command, _COMMANDS[command]
+    c = sub.add_parser(kind, help=f"export {desc}",
+                       description=f"Export {desc}: one model.onnx taking images + text prompts, "
+                                   "tokenizer.json, model.toml (see tools/export/README.md).")
+    C.add_source_args(c, from_help="not implemented yet", tiny_help="seeded random model of the real architecture")
+    C.add_out_arg(c)
+    C.add_opset_arg(c)
+    c.add_argument("--seed", type=int, default=None, help=f"--tiny: seed (default {DEFAULT_SEEDS[kind]})")
+    c.add_argument("--init-std", type=float, default=None,
+                   help=f"--tiny: std of the random weights (default {DEFAULT_INIT_STD[kind]}; 0.02 = HF init)")
+    C.add_bpe_vocab_arg(c, help="path to bpe_simple_vocab_16e6.txt.gz")
+    if kind == "owlvit":
+        c.add_argument("--threshold", type=float, default=None,
+                       help="post-process threshold of the reference (default: chosen to keep ~5 boxes/image)")
+    C.add_name_arg(c)
+    C.add_no_reference_arg(c)
+    C.add_skip_verify_arg(c)
+    C.add_tolerance_arg(c, 1e-4,
+                        "max diff / max(1, max|ref|) allowed between ONNX Runtime and PyTorch (default 1e-4)")
+    c.set_defaults(func=export_prompted)
