@@ -113,14 +113,11 @@ pub fn asset_for(key: String, href: String) -> Asset {
 }
 
 fn media_type_and_role(ext: &str) -> (&'static str, &'static str) {
+    if let Some(media) = crate::output::formats::media_type(ext) {
+        return (media, "data");
+    }
     match ext {
         "tif" | "tiff" => (MEDIA_COG, "data"),
-        "gpkg" => ("application/geopackage+sqlite3", "data"),
-        "geojson" => ("application/geo+json", "data"),
-        "fgb" => ("application/vnd.flatgeobuf", "data"),
-        "shp" => ("application/vnd.shp", "data"),
-        "shx" => ("application/vnd.shx", "data"),
-        "dbf" => ("application/vnd.dbf", "data"),
         "prj" | "cpg" | "txt" => ("text/plain", "metadata"),
         "jsonl" | "ndjson" => ("application/x-ndjson", "data"),
         "csv" => ("text/csv", "data"),

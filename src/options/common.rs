@@ -282,7 +282,7 @@ impl RuntimeOptions {
 #[serde(default, deny_unknown_fields)]
 #[command(next_help_heading = "Output")]
 pub struct OutputOptions {
-    /// Vector format: gpkg (default), shp, geojson, fgb.
+    /// Vector format: gpkg (default), shp, geojson, fgb (or their long names).
     #[arg(long, value_name = "FORMAT")]
     pub format: Option<String>,
 }
@@ -293,12 +293,13 @@ impl OutputOptions {
     /// # Errors
     /// An unknown format name, listing the known ones.
     pub fn vector_format(&self) -> Result<&'static dyn VectorFormat, InvalidOption> {
-        let name = self.format.as_deref().unwrap_or("gpkg");
+        let Some(name) = self.format.as_deref() else {
+            return Ok(formats::ALL[0]);
+        };
         formats::by_name(name).ok_or_else(|| {
-            let known: Vec<&str> = formats::ALL.iter().map(|f| f.name()).collect();
             InvalidOption::new(
                 "format",
-                format!("unknown vector format '{name}' ({})", known.join(", ")),
+                format!("'{name}' is not a vector format ({})", formats::names()),
             )
         })
     }

@@ -31,7 +31,7 @@ pub enum OutputError {
     Exists { path: String },
     #[error("{path}: cannot write: {reason}")]
     Write { path: String, reason: String },
-    #[error("{path}: unknown vector format '{format}' (use gpkg, shp, geojson or fgb)")]
+    #[error("{path}: unknown vector format '{format}' (use {})", formats::names())]
     UnknownFormat { path: String, format: String },
 }
 

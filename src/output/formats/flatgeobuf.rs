@@ -15,6 +15,12 @@ impl VectorFormat for FlatGeobuf {
     fn extension(&self) -> &'static str {
         "fgb"
     }
+    fn aliases(&self) -> &'static [&'static str] {
+        &["flatgeobuf"]
+    }
+    fn media_types(&self) -> &'static [(&'static str, &'static str)] {
+        &[("fgb", "application/vnd.flatgeobuf")]
+    }
     fn layer_options(&self) -> &'static [&'static str] {
         &["SPATIAL_INDEX=YES"]
     }

@@ -16,6 +16,12 @@ impl VectorFormat for GeoJson {
     fn extension(&self) -> &'static str {
         "geojson"
     }
+    fn aliases(&self) -> &'static [&'static str] {
+        &["json"]
+    }
+    fn media_types(&self) -> &'static [(&'static str, &'static str)] {
+        &[("geojson", "application/geo+json")]
+    }
     fn layer_options(&self) -> &'static [&'static str] {
         &["COORDINATE_PRECISION=15", "WRITE_NAME=NO"]
     }

@@ -15,6 +15,12 @@ impl VectorFormat for GeoPackage {
     fn extension(&self) -> &'static str {
         "gpkg"
     }
+    fn aliases(&self) -> &'static [&'static str] {
+        &["geopackage"]
+    }
+    fn media_types(&self) -> &'static [(&'static str, &'static str)] {
+        &[("gpkg", "application/geopackage+sqlite3")]
+    }
     fn layer_options(&self) -> &'static [&'static str] {
         &["SPATIAL_INDEX=YES"]
     }

@@ -16,12 +16,19 @@ pub use shapefile::Shapefile;
 
 /// One vector output format.
 pub trait VectorFormat: Sync + std::fmt::Debug {
-    /// Short name used by `--format` (`gpkg`, `shp`, `geojson`, `fgb`).
+    /// Short name used by `--format` and pipeline files.
     fn name(&self) -> &'static str;
     /// GDAL/OGR driver name.
     fn driver(&self) -> &'static str;
     /// File extension without the dot.
     fn extension(&self) -> &'static str;
+    /// Other names `--format` accepts (`geopackage`).
+    fn aliases(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// Media types (STAC asset types) of the files the format writes, by extension: the main
+    /// file first, then sidecars.
+    fn media_types(&self) -> &'static [(&'static str, &'static str)];
     /// Layer creation options.
     fn layer_options(&self) -> &'static [&'static str] {
         &[]
@@ -43,21 +50,28 @@ pub trait VectorFormat: Sync + std::fmt::Debug {
 /// Every supported format.
 pub const ALL: [&dyn VectorFormat; 4] = [&GeoPackage, &Shapefile, &GeoJson, &FlatGeobuf];
 
-/// The format named `name` (`gpkg`, `shp`, `geojson`, `fgb`, or their long names).
+/// The format named `name`: its name, extension, driver or an alias.
 pub fn by_name(name: &str) -> Option<&'static dyn VectorFormat> {
     let n = name.to_ascii_lowercase();
     ALL.iter().copied().find(|f| {
         f.name() == n
             || f.extension() == n
             || f.driver().eq_ignore_ascii_case(&n)
-            || matches!(
-                (f.name(), n.as_str()),
-                ("gpkg", "geopackage")
-                    | ("shp", "shapefile")
-                    | ("fgb", "flatgeobuf")
-                    | ("geojson", "json")
-            )
+            || f.aliases().contains(&n.as_str())
     })
+}
+
+/// The formats' names, for messages: "gpkg, shp, geojson, fgb".
+pub fn names() -> String {
+    ALL.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ")
+}
+
+/// The media type of a file a vector format writes, by its extension.
+pub fn media_type(ext: &str) -> Option<&'static str> {
+    ALL.iter()
+        .flat_map(|f| f.media_types().iter())
+        .find(|(e, _)| *e == ext)
+        .map(|(_, m)| *m)
 }
 
 /// The format implied by a path's extension.

@@ -16,6 +16,16 @@ impl VectorFormat for Shapefile {
     fn extension(&self) -> &'static str {
         "shp"
     }
+    fn aliases(&self) -> &'static [&'static str] {
+        &["shapefile"]
+    }
+    fn media_types(&self) -> &'static [(&'static str, &'static str)] {
+        &[
+            ("shp", "application/vnd.shp"),
+            ("shx", "application/vnd.shx"),
+            ("dbf", "application/vnd.dbf"),
+        ]
+    }
     fn layer_options(&self) -> &'static [&'static str] {
         &["ENCODING=UTF-8", "SPATIAL_INDEX=YES"]
     }
