@@ -948,11 +948,6 @@ impl ClipModel {
         to_array2(rows).map_err(|e| self.run_err(&path, e))
     }
 
-    /// Normalise one tile in place (see [`Normalizer::apply`]).
-    pub fn normalize_tile(&self, pixels: &mut [f32], valid: &[u8]) {
-        self.normalizer().apply(pixels, valid);
-    }
-
     /// The model's pixel normalisation, as a small value reader threads can share.
     pub fn normalizer(&self) -> Normalizer {
         let mut n = Normalizer::from_preprocess(&self.cfg.pre);

@@ -574,11 +574,6 @@ impl DetectorModel {
         self.spec.iou
     }
 
-    /// The batch size the graph requires, when it is fixed.
-    pub fn fixed_batch(&self) -> Option<usize> {
-        self.fixed_batch
-    }
-
     pub fn provider(&self) -> (&'static str, Option<&str>) {
         (self.session.provider, self.session.fallback.as_deref())
     }
