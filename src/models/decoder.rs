@@ -153,7 +153,7 @@ pub fn check(runtime: &Runtime, package: &ModelPackage) -> Vec<String> {
     let decoder =
         create_session(runtime, &package.file(&cfg.decoder.onnx), &o).map_err(|e| e.to_string());
     let tokenizer =
-        super::clip::load_tokenizer(&package.file(&cfg.tok.file)).map_err(|e| e.to_string());
+        super::tokenizer::load_tokenizer(&package.file(&cfg.tok.file)).map_err(|e| e.to_string());
     validate(
         &cfg,
         image.as_ref(),
@@ -383,8 +383,8 @@ impl DecoderModel {
         let decoder = package
             .session(runtime, &cfg.decoder.onnx, options)
             .map_err(|e| e.to_string());
-        let tokenizer =
-            super::clip::load_tokenizer(&package.file(&cfg.tok.file)).map_err(|e| e.to_string());
+        let tokenizer = super::tokenizer::load_tokenizer(&package.file(&cfg.tok.file))
+            .map_err(|e| e.to_string());
         let problems = validate(
             &cfg,
             image.as_ref(),
@@ -438,8 +438,8 @@ impl DecoderModel {
     }
 
     /// The model's pixel normalisation.
-    pub fn normalizer(&self) -> super::clip::Normalizer {
-        super::clip::Normalizer::from_preprocess(&self.cfg.pre)
+    pub fn normalizer(&self) -> super::Normalizer {
+        super::Normalizer::from_preprocess(&self.cfg.pre)
     }
 
     pub fn provider(&self) -> (&'static str, Option<&str>) {

@@ -389,7 +389,7 @@ struct PromptedQueries {
     tok: super::TokenizerSpec,
     tokenizer: tokenizers::Tokenizer,
     queries: Vec<String>,
-    tokens: Option<super::clip::Tokens>,
+    tokens: Option<super::Tokens>,
 }
 
 impl std::fmt::Debug for DetectorModel {
@@ -411,7 +411,7 @@ impl DetectorModel {
         path: &std::path::Path,
         options: &crate::runtime::SessionOptions,
     ) -> Result<DetectorModel, super::ModelError> {
-        let package = super::segmentation::load_package(runtime, path)?;
+        let package = super::load_package(runtime, path)?;
         let m = &package.manifest;
         let invalid = |problems: Vec<String>| super::ModelError::Invalid {
             path: path.display().to_string(),
@@ -443,7 +443,7 @@ impl DetectorModel {
                     "the owlvit format needs prompted.boxes (the box output)".into(),
                 ]));
             }
-            let tokenizer = super::clip::load_tokenizer(&package.file(&tok.file))?;
+            let tokenizer = super::tokenizer::load_tokenizer(&package.file(&tok.file))?;
             Some(PromptedQueries {
                 spec: p,
                 tok,
@@ -555,7 +555,7 @@ impl DetectorModel {
                 reason: "give at least one non-empty query".into(),
             });
         }
-        let tokens = super::clip::tokenize_prompts(
+        let tokens = super::tokenize_prompts(
             &p.tokenizer,
             &p.tok,
             &self.package.file(&p.tok.file),
@@ -578,8 +578,8 @@ impl DetectorModel {
         (self.session.provider, self.session.fallback.as_deref())
     }
 
-    pub fn normalizer(&self) -> super::clip::Normalizer {
-        super::clip::Normalizer::from_preprocess(&self.pre)
+    pub fn normalizer(&self) -> super::Normalizer {
+        super::Normalizer::from_preprocess(&self.pre)
     }
 
     /// Boxes (in input pixels) of every image of a normalised batch `[B, 3, S, S]`, at or above

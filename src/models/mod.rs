@@ -10,7 +10,11 @@ pub mod decoder;
 pub mod deepness;
 pub mod detection;
 mod manifest;
+mod package;
+pub mod preprocess;
 pub mod segmentation;
+pub mod staging;
+pub mod tokenizer;
 
 pub use manifest::{
     DecoderSpec, DetectionSpec, EmbedSpec, GenerationSpec, GraphSpec, ImageSpec, InputType,
@@ -18,12 +22,17 @@ pub use manifest::{
     TokenizerSpec,
 };
 
-use std::path::{Path, PathBuf};
+pub(crate) use package::hex;
+pub use package::{load_package, ModelPackage};
+pub use preprocess::{ImageElement, Normalizer};
+pub use staging::StagedBatch;
+pub use tokenizer::{tokenize_prompts, Tokens};
 
-use sha2::{Digest, Sha256};
+use std::path::Path;
+
 use thiserror::Error;
 
-use crate::runtime::{create_session, ModelSession, Runtime, RuntimeError, SessionOptions};
+use crate::runtime::{Runtime, RuntimeError, SessionOptions};
 
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -40,86 +49,10 @@ pub enum ModelError {
     Input { path: String, reason: String },
 }
 
-/// A model package on disk with its parsed manifest.
-#[derive(Clone, Debug)]
-pub struct ModelPackage {
-    pub dir: PathBuf,
-    pub manifest: Manifest,
-}
-
-impl ModelPackage {
-    /// Read `dir/model.toml`.
-    ///
-    /// # Errors
-    /// Missing folder or manifest, or a manifest that does not parse (with its line).
-    pub fn load(dir: &Path) -> Result<ModelPackage, ModelError> {
-        let err = |reason: String| ModelError::Package {
-            path: dir.display().to_string(),
-            reason,
-        };
-        if !dir.is_dir() {
-            return Err(err("no such model package folder".into()));
-        }
-        let manifest_path = dir.join("model.toml");
-        let text = std::fs::read_to_string(&manifest_path).map_err(|e| ModelError::Package {
-            path: manifest_path.display().to_string(),
-            reason: format!("cannot read the manifest: {e}"),
-        })?;
-        let manifest = Manifest::parse(&text).map_err(|reason| ModelError::Package {
-            path: manifest_path.display().to_string(),
-            reason,
-        })?;
-        Ok(ModelPackage {
-            dir: dir.to_path_buf(),
-            manifest,
-        })
-    }
-
-    /// Path of a file named in the manifest.
-    pub fn file(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    /// Load one graph of the package.
-    ///
-    /// # Errors
-    /// As for [`create_session`].
-    pub fn session(
-        &self,
-        runtime: &Runtime,
-        file: &str,
-        options: &SessionOptions,
-    ) -> Result<ModelSession, ModelError> {
-        Ok(create_session(runtime, &self.file(file), options)?)
-    }
-
-    /// SHA-256 of the given package files, in order (for cache keys).
-    ///
-    /// # Errors
-    /// A file that cannot be read.
-    pub fn hash_files(&self, files: &[&str]) -> Result<String, ModelError> {
-        let mut h = Sha256::new();
-        for f in files {
-            let path = self.file(f);
-            let bytes = std::fs::read(&path).map_err(|e| ModelError::Package {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            })?;
-            h.update((bytes.len() as u64).to_le_bytes());
-            h.update(&bytes);
-        }
-        Ok(hex(&h.finalize()))
-    }
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Everything wrong with a package, as a list (empty when it is valid). Loads every graph on
 /// the CPU to check its inputs and outputs against the manifest.
 pub fn check_package(runtime: &Runtime, dir: &Path) -> Vec<String> {
-    let package = match segmentation::load_package(runtime, dir) {
+    let package = match load_package(runtime, dir) {
         Ok(p) => p,
         Err(e) => return vec![e.to_string()],
     };

@@ -11,8 +11,8 @@ use std::path::Path;
 use ndarray::{Array4, ArrayView4};
 use ort::value::TensorRef;
 
-use super::clip::Normalizer;
 use super::manifest::{GraphSpec, Preprocess, SegmentationSpec};
+use super::preprocess::Normalizer;
 use super::{ModelError, ModelPackage};
 use crate::runtime::{ModelSession, Runtime, RuntimeError, SessionOptions};
 
@@ -33,7 +33,7 @@ struct Prompted {
     tok: super::TokenizerSpec,
     tokenizer: tokenizers::Tokenizer,
     prompts: Vec<String>,
-    tokens: Option<super::clip::Tokens>,
+    tokens: Option<super::Tokens>,
 }
 
 /// A loaded segmentation model.
@@ -64,31 +64,6 @@ fn run_err(path: &Path, e: impl std::fmt::Display) -> ModelError {
     })
 }
 
-/// A package folder with `model.toml`, or a bare ONNX file with Deepness metadata.
-///
-/// # Errors
-/// As for [`ModelPackage::load`] and [`super::deepness::package_from_onnx`].
-pub fn load_package(runtime: &Runtime, path: &Path) -> Result<ModelPackage, ModelError> {
-    if path.is_file() {
-        return super::deepness::package_from_onnx(runtime, path);
-    }
-    if path.is_dir() && !path.join("model.toml").exists() {
-        let onnx: Vec<_> = std::fs::read_dir(path)
-            .map_err(|e| ModelError::Package {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            })?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "onnx"))
-            .collect();
-        if let [one] = onnx.as_slice() {
-            return super::deepness::package_from_onnx(runtime, one);
-        }
-    }
-    ModelPackage::load(path)
-}
-
 impl SegmentationModel {
     /// Load a segmenter package (or Deepness-annotated ONNX file).
     ///
@@ -100,7 +75,7 @@ impl SegmentationModel {
         path: &Path,
         options: &SessionOptions,
     ) -> Result<SegmentationModel, ModelError> {
-        let package = load_package(runtime, path)?;
+        let package = super::load_package(runtime, path)?;
         let m = &package.manifest;
         let invalid = |problems: Vec<String>| ModelError::Invalid {
             path: path.display().to_string(),
@@ -146,7 +121,7 @@ impl SegmentationModel {
                     "the clipseg format needs [prompted] and [tokenizer] sections".into(),
                 ]));
             };
-            let tokenizer = super::clip::load_tokenizer(&package.file(&tok.file))?;
+            let tokenizer = super::tokenizer::load_tokenizer(&package.file(&tok.file))?;
             Some(Prompted {
                 spec,
                 tok,
@@ -280,7 +255,7 @@ impl SegmentationModel {
                 reason: format!("{} prompts: at most 254 are supported", prompts.len()),
             });
         }
-        let tokens = super::clip::tokenize_prompts(
+        let tokens = super::tokenize_prompts(
             &p.tokenizer,
             &p.tok,
             &self.package.file(&p.tok.file),

@@ -60,7 +60,7 @@ fn batch(b: usize, size: usize) -> Array4<f32> {
 /// A package of another family, a prompted model, or inference failure.
 pub fn run_bench_model(job: BenchModelJob) -> Result<BenchModelReport, PipelineError> {
     let runtime = Runtime::load(job.ort_lib.as_deref())?;
-    let package = crate::models::segmentation::load_package(runtime, &job.model)?;
+    let package = crate::models::load_package(runtime, &job.model)?;
     let family = package.manifest.family.clone();
     let b = job.batch_size.max(1);
     let (size, provider, fallback, mut run): (usize, String, Option<String>, RunBatch) =
