@@ -15,6 +15,7 @@ use ort::value::TensorRef;
 use serde::{Deserialize, Serialize};
 
 use super::preprocess::{ImageElement, Normalizer};
+use super::registry::{InputContract, ModelFamily, TimedGraph};
 use super::staging::{stage, InputStaging, StagedBatch, StagedTensor};
 use super::tokenizer::{load_tokenizer, tokenize_prompts, Tokens};
 use super::{hex, ModelError, ModelPackage};
@@ -23,6 +24,7 @@ use crate::runtime::{
     create_session, create_session_from_memory, BindingMemory, ModelSession, Runtime, RuntimeError,
     SessionOptions,
 };
+use crate::task::Task;
 
 /// The similarity head run after the image encoder, on the encoder's provider:
 /// `softmax(logit_scale * normalize(image_embeds) @ label_embeds^T)` (built by
@@ -41,6 +43,69 @@ pub const DEFAULT_TEMPLATES: [&str; 8] = [
     "a top-down view of {}.",
     "a remote sensing image of {}.",
 ];
+
+/// The family name in `model.toml`.
+pub const FAMILY: &str = "clip";
+
+/// The CLIP family ([`super::registry`]).
+#[derive(Debug)]
+pub struct Clip;
+
+impl ModelFamily for Clip {
+    fn name(&self) -> &'static str {
+        FAMILY
+    }
+
+    fn tasks(&self) -> &'static [Task] {
+        &[Task::Classify]
+    }
+
+    fn check(&self, runtime: &Runtime, package: &ModelPackage) -> Vec<String> {
+        check(runtime, package)
+    }
+
+    fn input(&self, package: &ModelPackage) -> Option<InputContract> {
+        let m = &package.manifest;
+        Some(InputContract {
+            size: m.preprocess.as_ref()?.size,
+            any_size: false,
+            prompted: false,
+            bytes: m.image.as_ref()?.input_type == super::InputType::Uint8,
+        })
+    }
+
+    fn timed(&self) -> bool {
+        true
+    }
+
+    fn load_timed(
+        &self,
+        runtime: &Runtime,
+        path: &Path,
+        options: &SessionOptions,
+    ) -> Result<TimedGraph, ModelError> {
+        let mut m = ClipModel::load(runtime, path, options)?;
+        let (provider, fallback) = m.image_provider();
+        let fallback = fallback.map(str::to_string);
+        // uint8-input packages are timed on byte batches, as classify feeds them (made once
+        // from the float batch, outside the timing).
+        let mut bytes: Option<ndarray::Array4<u8>> = None;
+        Ok(TimedGraph {
+            provider,
+            fallback,
+            input_size: m.input_size(),
+            run: Box::new(move |x: &ndarray::Array4<f32>| {
+                if m.takes_bytes() {
+                    let b =
+                        bytes.get_or_insert_with(|| x.mapv(|v| (v.abs() * 64.0).min(255.0) as u8));
+                    m.encode_images(b.view()).map(|_| ())
+                } else {
+                    m.encode_images(x.view()).map(|_| ())
+                }
+            }),
+        })
+    }
+}
 
 /// The sections of a CLIP manifest, all required.
 #[derive(Clone, Debug)]
@@ -384,7 +449,7 @@ impl ClipModel {
         options: &SessionOptions,
     ) -> Result<ClipModel, ModelError> {
         let package = ModelPackage::load(dir)?;
-        if package.manifest.family != "clip" {
+        if package.manifest.family != FAMILY {
             return Err(ModelError::Package {
                 path: dir.display().to_string(),
                 reason: format!("family '{}' is not a clip model", package.manifest.family),

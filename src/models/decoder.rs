@@ -36,6 +36,36 @@ use crate::runtime::{
 /// (built by tools/fixtures/make_builtin_graphs.py).
 static BEAM_REORDER_ONNX: &[u8] = include_bytes!("beam_reorder.onnx");
 
+/// The family name in `model.toml`.
+pub const FAMILY: &str = "image-text-decoder";
+
+/// The image-text decoder family ([`super::registry`]).
+#[derive(Debug)]
+pub struct ImageTextDecoder;
+
+impl super::registry::ModelFamily for ImageTextDecoder {
+    fn name(&self) -> &'static str {
+        FAMILY
+    }
+
+    fn tasks(&self) -> &'static [crate::task::Task] {
+        &[crate::task::Task::Caption]
+    }
+
+    fn check(&self, runtime: &Runtime, package: &ModelPackage) -> Vec<String> {
+        check(runtime, package)
+    }
+
+    fn input(&self, package: &ModelPackage) -> Option<super::registry::InputContract> {
+        Some(super::registry::InputContract {
+            size: package.manifest.preprocess.as_ref()?.size,
+            any_size: false,
+            prompted: false,
+            bytes: false,
+        })
+    }
+}
+
 /// Decoding settings.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct GenerationParams {
@@ -358,7 +388,7 @@ impl DecoderModel {
         options: &SessionOptions,
     ) -> Result<DecoderModel, ModelError> {
         let package = ModelPackage::load(dir)?;
-        if package.manifest.family != "image-text-decoder" {
+        if package.manifest.family != FAMILY {
             return Err(ModelError::Package {
                 path: dir.display().to_string(),
                 reason: format!(

@@ -148,7 +148,7 @@ pub fn package_from_onnx(runtime: &Runtime, onnx: &Path) -> Result<ModelPackage,
                 classes,
                 threshold: num("seg_thresh").map_or(0.5, |v| v as f32),
             };
-            ("segmenter", None, Some(seg))
+            (super::segmentation::FAMILY, None, Some(seg))
         }
         "detector" | "detection" => {
             let det_type = get("det_type").unwrap_or_default().to_ascii_uppercase();
@@ -166,7 +166,7 @@ pub fn package_from_onnx(runtime: &Runtime, onnx: &Path) -> Result<ModelPackage,
                 strides: None,
                 decoded: false,
             };
-            ("detector", Some(det), None)
+            (super::detection::FAMILY, Some(det), None)
         }
         other => {
             return Err(bad(

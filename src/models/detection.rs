@@ -32,6 +32,10 @@ use ndarray::{ArrayView2, ArrayViewD, Axis, Ix2};
 use serde::Serialize;
 use thiserror::Error;
 
+use super::registry::{InputContract, ModelFamily, TimedGraph};
+use crate::runtime::{Runtime, SessionOptions};
+use crate::task::Task;
+
 /// YOLOX's default strides (the P3, P4 and P5 feature maps).
 pub const YOLOX_STRIDES: [usize; 3] = [8, 16, 32];
 
@@ -368,6 +372,68 @@ impl Clip {
     }
 }
 
+/// The family name in `model.toml`.
+pub const FAMILY: &str = "detector";
+
+/// The detector family ([`super::registry`]).
+#[derive(Debug)]
+pub struct Detector;
+
+impl ModelFamily for Detector {
+    fn name(&self) -> &'static str {
+        FAMILY
+    }
+
+    fn tasks(&self) -> &'static [Task] {
+        &[Task::Detect]
+    }
+
+    fn check(&self, runtime: &Runtime, package: &super::ModelPackage) -> Vec<String> {
+        let options = SessionOptions::default();
+        match DetectorModel::from_package(runtime, package.clone(), &package.dir, &options) {
+            Ok(_) => Vec::new(),
+            Err(super::ModelError::Invalid { problems, .. }) => problems,
+            Err(e) => vec![e.to_string()],
+        }
+    }
+
+    fn input(&self, package: &super::ModelPackage) -> Option<InputContract> {
+        let m = &package.manifest;
+        Some(InputContract {
+            size: m.preprocess.as_ref()?.size,
+            any_size: false,
+            prompted: m.detection.as_ref()?.format == "owlvit",
+            bytes: false,
+        })
+    }
+
+    fn timed(&self) -> bool {
+        true
+    }
+
+    fn load_timed(
+        &self,
+        runtime: &Runtime,
+        path: &std::path::Path,
+        options: &SessionOptions,
+    ) -> Result<TimedGraph, super::ModelError> {
+        let mut m = DetectorModel::load(runtime, path, options)?;
+        if m.is_prompted() {
+            return Err(super::ModelError::Unsupported(
+                "bench-model does not time open-vocabulary detectors".into(),
+            ));
+        }
+        let (provider, fallback) = m.provider();
+        let fallback = fallback.map(str::to_string);
+        Ok(TimedGraph {
+            provider,
+            fallback,
+            input_size: m.input_size(),
+            run: Box::new(move |x: &ndarray::Array4<f32>| m.detect(x.view(), 1.0).map(|_| ())),
+        })
+    }
+}
+
 /// A loaded detector: a package with `[model]`, `[preprocess]` and `[detection]`, or an ONNX
 /// file with Deepness metadata.
 pub struct DetectorModel {
@@ -412,12 +478,25 @@ impl DetectorModel {
         options: &crate::runtime::SessionOptions,
     ) -> Result<DetectorModel, super::ModelError> {
         let package = super::load_package(runtime, path)?;
+        DetectorModel::from_package(runtime, package, path, options)
+    }
+
+    /// The model of a loaded package; `path` (as the user named it) is for messages.
+    ///
+    /// # Errors
+    /// As [`DetectorModel::load`].
+    pub fn from_package(
+        runtime: &crate::runtime::Runtime,
+        package: super::ModelPackage,
+        path: &std::path::Path,
+        options: &crate::runtime::SessionOptions,
+    ) -> Result<DetectorModel, super::ModelError> {
         let m = &package.manifest;
         let invalid = |problems: Vec<String>| super::ModelError::Invalid {
             path: path.display().to_string(),
             problems,
         };
-        if m.family != "detector" {
+        if m.family != FAMILY {
             return Err(invalid(vec![format!(
                 "family '{}' is not a detector",
                 m.family

@@ -3,15 +3,18 @@
 //! A model package is a folder: ONNX graph(s), a `tokenizer.json` where text is involved, and
 //! a manifest `model.toml` naming the family, the graphs, their input and output names,
 //! preprocessing, tokenizer settings and score scaling. One file per family implements it
-//! ([`clip`] today). [`check_package`] validates a package and reports every problem at once.
+//! ([`clip`], [`decoder`], [`segmentation`], [`detection`]), listed once in [`registry`];
+//! the plumbing they share has files of its own ([`package`], [`tokenizer`], [`preprocess`],
+//! [`staging`]). [`check_package`] validates a package and reports every problem at once.
 
 pub mod clip;
 pub mod decoder;
 pub mod deepness;
 pub mod detection;
 mod manifest;
-mod package;
+pub mod package;
 pub mod preprocess;
+pub mod registry;
 pub mod segmentation;
 pub mod staging;
 pub mod tokenizer;
@@ -32,7 +35,7 @@ use std::path::Path;
 
 use thiserror::Error;
 
-use crate::runtime::{Runtime, RuntimeError, SessionOptions};
+use crate::runtime::{Runtime, RuntimeError};
 
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -47,6 +50,18 @@ pub enum ModelError {
     Tokenizer { path: String, reason: String },
     #[error("{path}: {reason}")]
     Input { path: String, reason: String },
+    /// A package of a family that does not serve the task at hand.
+    #[error("{path} is a '{family}' model; a {task} stage needs a {wanted} model")]
+    WrongFamily {
+        path: String,
+        family: String,
+        task: crate::task::Task,
+        /// The families that would, quoted: `'clip'` or `'clip' or 'siglip'`.
+        wanted: String,
+    },
+    /// Something a family or package does not do (the reason says what).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// Everything wrong with a package, as a list (empty when it is valid). Loads every graph on
@@ -56,25 +71,8 @@ pub fn check_package(runtime: &Runtime, dir: &Path) -> Vec<String> {
         Ok(p) => p,
         Err(e) => return vec![e.to_string()],
     };
-    match package.manifest.family.as_str() {
-        "clip" => clip::check(runtime, &package),
-        "image-text-decoder" => decoder::check(runtime, &package),
-        "segmenter" => {
-            match segmentation::SegmentationModel::load(runtime, dir, &SessionOptions::default()) {
-                Ok(_) => Vec::new(),
-                Err(ModelError::Invalid { problems, .. }) => problems,
-                Err(e) => vec![e.to_string()],
-            }
-        }
-        "detector" => {
-            match detection::DetectorModel::load(runtime, dir, &SessionOptions::default()) {
-                Ok(_) => Vec::new(),
-                Err(ModelError::Invalid { problems, .. }) => problems,
-                Err(e) => vec![e.to_string()],
-            }
-        }
-        other => vec![format!(
-            "unknown model family '{other}' (known: clip, image-text-decoder, segmenter, detector)"
-        )],
+    match registry::family(&package.manifest.family) {
+        Some(family) => family.check(runtime, &package),
+        None => vec![registry::unknown_family(&package.manifest.family)],
     }
 }

@@ -13,8 +13,72 @@ use ort::value::TensorRef;
 
 use super::manifest::{GraphSpec, Preprocess, SegmentationSpec};
 use super::preprocess::Normalizer;
+use super::registry::{InputContract, ModelFamily, TimedGraph};
 use super::{ModelError, ModelPackage};
 use crate::runtime::{ModelSession, Runtime, RuntimeError, SessionOptions};
+use crate::task::Task;
+
+/// The family name in `model.toml`.
+pub const FAMILY: &str = "segmenter";
+
+/// The segmenter family ([`super::registry`]).
+#[derive(Debug)]
+pub struct Segmenter;
+
+impl ModelFamily for Segmenter {
+    fn name(&self) -> &'static str {
+        FAMILY
+    }
+
+    fn tasks(&self) -> &'static [Task] {
+        &[Task::Segment]
+    }
+
+    fn check(&self, runtime: &Runtime, package: &ModelPackage) -> Vec<String> {
+        let options = SessionOptions::default();
+        match SegmentationModel::from_package(runtime, package.clone(), &package.dir, &options) {
+            Ok(_) => Vec::new(),
+            Err(ModelError::Invalid { problems, .. }) => problems,
+            Err(e) => vec![e.to_string()],
+        }
+    }
+
+    fn input(&self, package: &ModelPackage) -> Option<InputContract> {
+        let m = &package.manifest;
+        Some(InputContract {
+            size: m.preprocess.as_ref()?.size,
+            any_size: true,
+            prompted: m.segmentation.as_ref()?.format == "clipseg",
+            bytes: false,
+        })
+    }
+
+    fn timed(&self) -> bool {
+        true
+    }
+
+    fn load_timed(
+        &self,
+        runtime: &Runtime,
+        path: &Path,
+        options: &SessionOptions,
+    ) -> Result<TimedGraph, ModelError> {
+        let mut m = SegmentationModel::load(runtime, path, options)?;
+        if m.is_prompted() {
+            return Err(ModelError::Unsupported(
+                "bench-model does not time text-prompted models".into(),
+            ));
+        }
+        let (provider, fallback) = m.provider();
+        let fallback = fallback.map(str::to_string);
+        Ok(TimedGraph {
+            provider,
+            fallback,
+            input_size: m.input_size(),
+            run: Box::new(move |x: &Array4<f32>| m.predict(x.view()).map(|_| ())),
+        })
+    }
+}
 
 /// How the output is read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,12 +140,25 @@ impl SegmentationModel {
         options: &SessionOptions,
     ) -> Result<SegmentationModel, ModelError> {
         let package = super::load_package(runtime, path)?;
+        SegmentationModel::from_package(runtime, package, path, options)
+    }
+
+    /// The model of a loaded package; `path` (as the user named it) is for messages.
+    ///
+    /// # Errors
+    /// As [`SegmentationModel::load`].
+    pub fn from_package(
+        runtime: &Runtime,
+        package: ModelPackage,
+        path: &Path,
+        options: &SessionOptions,
+    ) -> Result<SegmentationModel, ModelError> {
         let m = &package.manifest;
         let invalid = |problems: Vec<String>| ModelError::Invalid {
             path: path.display().to_string(),
             problems,
         };
-        if m.family != "segmenter" {
+        if m.family != FAMILY {
             return Err(invalid(vec![format!(
                 "family '{}' is not a segmenter",
                 m.family
