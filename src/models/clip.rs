@@ -19,7 +19,9 @@ use super::registry::{InputContract, ModelFamily, TimedGraph};
 use super::staging::{stage, InputStaging, StagedBatch, StagedTensor};
 use super::tokenizer::{load_tokenizer, tokenize_prompts, Tokens};
 use super::{hex, ModelError, ModelPackage};
-use crate::models::manifest::{ImageSpec, Preprocess, Scores, TextSpec, TokenizerSpec};
+use crate::models::manifest::{
+    family_manifest, ImageSpec, Manifest, Preprocess, Scores, TextSpec, TokenizerSpec,
+};
 use crate::runtime::{
     create_session, create_session_from_memory, BindingMemory, ModelSession, Runtime, RuntimeError,
     SessionOptions,
@@ -47,6 +49,17 @@ pub const DEFAULT_TEMPLATES: [&str; 8] = [
 /// The family name in `model.toml`.
 pub const FAMILY: &str = "clip";
 
+family_manifest! {
+    /// A CLIP manifest's sections, all required ([`check`] names the missing ones).
+    pub struct ClipManifest {
+        pub image: Option<ImageSpec>,
+        pub text: Option<TextSpec>,
+        pub preprocess: Option<Preprocess>,
+        pub tokenizer: Option<TokenizerSpec>,
+        pub scores: Option<Scores>,
+    }
+}
+
 /// The CLIP family ([`super::registry`]).
 #[derive(Debug)]
 pub struct Clip;
@@ -64,8 +77,13 @@ impl ModelFamily for Clip {
         check(runtime, package)
     }
 
+    fn parse(&self, text: &str) -> Result<Manifest, String> {
+        let (common, m) = ClipManifest::from_toml(text)?;
+        Ok(Manifest::new(common, None, None, m))
+    }
+
     fn input(&self, package: &ModelPackage) -> Option<InputContract> {
-        let m = &package.manifest;
+        let m = package.manifest.sections::<ClipManifest>()?;
         Some(InputContract {
             size: m.preprocess.as_ref()?.size,
             any_size: false,
@@ -118,7 +136,12 @@ struct ClipConfig {
 }
 
 fn config(package: &ModelPackage) -> Result<ClipConfig, Vec<String>> {
-    let m = &package.manifest;
+    let Some(m) = package.manifest.sections::<ClipManifest>() else {
+        return Err(vec![format!(
+            "family '{}' is not a clip model",
+            package.manifest.family
+        )]);
+    };
     let mut missing = Vec::new();
     for (present, name) in [
         (m.image.is_some(), "[image]"),

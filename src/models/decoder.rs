@@ -39,6 +39,19 @@ static BEAM_REORDER_ONNX: &[u8] = include_bytes!("beam_reorder.onnx");
 /// The family name in `model.toml`.
 pub const FAMILY: &str = "image-text-decoder";
 
+super::manifest::family_manifest! {
+    /// An image-text decoder manifest's sections (all but `[generation]` required).
+    pub struct DecoderManifest {
+        pub image: Option<ImageSpec>,
+        pub embed: Option<EmbedSpec>,
+        pub decoder: Option<DecoderSpec>,
+        pub prompt: Option<PromptSpec>,
+        pub preprocess: Option<Preprocess>,
+        pub tokenizer: Option<TokenizerSpec>,
+        pub generation: Option<GenerationSpec>,
+    }
+}
+
 /// The image-text decoder family ([`super::registry`]).
 #[derive(Debug)]
 pub struct ImageTextDecoder;
@@ -56,9 +69,15 @@ impl super::registry::ModelFamily for ImageTextDecoder {
         check(runtime, package)
     }
 
+    fn parse(&self, text: &str) -> Result<super::Manifest, String> {
+        let (common, m) = DecoderManifest::from_toml(text)?;
+        Ok(super::Manifest::new(common, None, m.generation.clone(), m))
+    }
+
     fn input(&self, package: &ModelPackage) -> Option<super::registry::InputContract> {
+        let m = package.manifest.sections::<DecoderManifest>()?;
         Some(super::registry::InputContract {
-            size: package.manifest.preprocess.as_ref()?.size,
+            size: m.preprocess.as_ref()?.size,
             any_size: false,
             prompted: false,
             bytes: false,
@@ -101,7 +120,12 @@ struct DecoderConfig {
 }
 
 fn config(package: &ModelPackage) -> Result<DecoderConfig, Vec<String>> {
-    let m = &package.manifest;
+    let Some(m) = package.manifest.sections::<DecoderManifest>() else {
+        return Err(vec![format!(
+            "family '{}' is not an image-text-decoder model",
+            package.manifest.family
+        )]);
+    };
     let mut missing = Vec::new();
     for (present, name) in [
         (m.image.is_some(), "[image]"),

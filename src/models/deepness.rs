@@ -7,9 +7,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use super::detection::DetectorManifest;
 use super::manifest::{
-    DetectionSpec, GraphSpec, Manifest, Preprocess, SegmentationSpec, TilingSpec,
+    DetectionSpec, GraphSpec, Manifest, ManifestCommon, Preprocess, SegmentationSpec, TilingSpec,
 };
+use super::segmentation::SegmenterManifest;
 use super::{ModelError, ModelPackage};
 use crate::runtime::{create_session, Runtime, SessionOptions};
 
@@ -175,7 +177,7 @@ pub fn package_from_onnx(runtime: &Runtime, onnx: &Path) -> Result<ModelPackage,
             ))
         }
     };
-    let manifest = Manifest {
+    let common = ManifestCommon {
         family: family.into(),
         architecture: None,
         name: onnx
@@ -184,26 +186,42 @@ pub fn package_from_onnx(runtime: &Runtime, onnx: &Path) -> Result<ModelPackage,
             .unwrap_or_default(),
         trained: true,
         source: Some("Deepness metadata_props".into()),
-        image: None,
-        text: None,
-        preprocess: Some(Preprocess {
-            size,
-            mean,
-            std,
-            channel_order: "rgb".into(),
-            value_range: 255.0,
-        }),
-        tokenizer: None,
-        scores: None,
-        embed: None,
-        decoder: None,
-        prompt: None,
-        generation: None,
-        model: Some(graph),
-        detection,
-        segmentation,
-        tiling: Some(tiling),
-        prompted: None,
+    };
+    let preprocess = Some(Preprocess {
+        size,
+        mean,
+        std,
+        channel_order: "rgb".into(),
+        value_range: 255.0,
+    });
+    let tiling = Some(tiling);
+    let manifest = match (detection, segmentation) {
+        (Some(detection), _) => Manifest::new(
+            common,
+            tiling.clone(),
+            None,
+            DetectorManifest {
+                model: Some(graph),
+                preprocess,
+                detection: Some(detection),
+                prompted: None,
+                tokenizer: None,
+                tiling,
+            },
+        ),
+        (None, segmentation) => Manifest::new(
+            common,
+            tiling.clone(),
+            None,
+            SegmenterManifest {
+                model: Some(graph),
+                preprocess,
+                segmentation,
+                prompted: None,
+                tokenizer: None,
+                tiling,
+            },
+        ),
     };
     Ok(ModelPackage {
         dir: onnx.parent().map(Path::to_path_buf).unwrap_or_default(),

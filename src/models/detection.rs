@@ -32,6 +32,7 @@ use ndarray::{ArrayView2, ArrayViewD, Axis, Ix2};
 use serde::Serialize;
 use thiserror::Error;
 
+use super::manifest::family_manifest;
 use super::registry::{InputContract, ModelFamily, TimedGraph};
 use crate::runtime::{Runtime, SessionOptions};
 use crate::task::Task;
@@ -375,6 +376,19 @@ impl Clip {
 /// The family name in `model.toml`.
 pub const FAMILY: &str = "detector";
 
+family_manifest! {
+    /// A detector manifest's sections (`[model]`, `[preprocess]` and `[detection]` required;
+    /// `[prompted]` and `[tokenizer]` for open-vocabulary detectors).
+    pub struct DetectorManifest {
+        pub model: Option<super::GraphSpec>,
+        pub preprocess: Option<super::Preprocess>,
+        pub detection: Option<super::DetectionSpec>,
+        pub prompted: Option<super::PromptedSpec>,
+        pub tokenizer: Option<super::TokenizerSpec>,
+        pub tiling: Option<super::TilingSpec>,
+    }
+}
+
 /// The detector family ([`super::registry`]).
 #[derive(Debug)]
 pub struct Detector;
@@ -397,8 +411,13 @@ impl ModelFamily for Detector {
         }
     }
 
+    fn parse(&self, text: &str) -> Result<super::Manifest, String> {
+        let (common, m) = DetectorManifest::from_toml(text)?;
+        Ok(super::Manifest::new(common, m.tiling.clone(), None, m))
+    }
+
     fn input(&self, package: &super::ModelPackage) -> Option<InputContract> {
-        let m = &package.manifest;
+        let m = package.manifest.sections::<DetectorManifest>()?;
         Some(InputContract {
             size: m.preprocess.as_ref()?.size,
             any_size: false,
@@ -491,17 +510,16 @@ impl DetectorModel {
         path: &std::path::Path,
         options: &crate::runtime::SessionOptions,
     ) -> Result<DetectorModel, super::ModelError> {
-        let m = &package.manifest;
         let invalid = |problems: Vec<String>| super::ModelError::Invalid {
             path: path.display().to_string(),
             problems,
         };
-        if m.family != FAMILY {
+        let Some(m) = package.manifest.sections::<DetectorManifest>() else {
             return Err(invalid(vec![format!(
                 "family '{}' is not a detector",
-                m.family
+                package.manifest.family
             )]));
-        }
+        };
         let (Some(graph), Some(pre), Some(spec)) =
             (m.model.clone(), m.preprocess.clone(), m.detection.clone())
         else {

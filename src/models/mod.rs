@@ -21,8 +21,8 @@ pub mod tokenizer;
 
 pub use manifest::{
     DecoderSpec, DetectionSpec, EmbedSpec, GenerationSpec, GraphSpec, ImageSpec, InputType,
-    Manifest, Preprocess, PromptSpec, PromptedSpec, Scores, SegmentationSpec, TextSpec, TilingSpec,
-    TokenizerSpec,
+    Manifest, ManifestCommon, Preprocess, PromptSpec, PromptedSpec, Scores, Sections,
+    SegmentationSpec, TextSpec, TilingSpec, TokenizerSpec,
 };
 
 pub(crate) use package::hex;

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use ndarray::Array4;
 
-use super::{ModelError, ModelPackage};
+use super::{Manifest, ModelError, ModelPackage};
 use crate::runtime::{Runtime, SessionOptions};
 use crate::task::Task;
 
@@ -24,6 +24,13 @@ pub trait ModelFamily: Sync {
 
     /// The tasks (commands and pipeline stages) its models serve.
     fn tasks(&self) -> &'static [Task];
+
+    /// Parse `model.toml` text naming this family: the common keys and the family's own
+    /// typed sections ([`super::manifest::family_manifest!`]); any other key is an error.
+    ///
+    /// # Errors
+    /// The TOML error, with its line.
+    fn parse(&self, text: &str) -> Result<Manifest, String>;
 
     /// Every problem with a package of this family, as a list (empty when it is valid); the
     /// graphs are loaded on the CPU.

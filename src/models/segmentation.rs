@@ -11,7 +11,7 @@ use std::path::Path;
 use ndarray::{Array4, ArrayView4};
 use ort::value::TensorRef;
 
-use super::manifest::{GraphSpec, Preprocess, SegmentationSpec};
+use super::manifest::{family_manifest, GraphSpec, Manifest, Preprocess, SegmentationSpec};
 use super::preprocess::Normalizer;
 use super::registry::{InputContract, ModelFamily, TimedGraph};
 use super::{ModelError, ModelPackage};
@@ -20,6 +20,19 @@ use crate::task::Task;
 
 /// The family name in `model.toml`.
 pub const FAMILY: &str = "segmenter";
+
+family_manifest! {
+    /// A segmenter manifest's sections (`[model]`, `[preprocess]` and `[segmentation]`
+    /// required; `[prompted]` and `[tokenizer]` for text-prompted models).
+    pub struct SegmenterManifest {
+        pub model: Option<GraphSpec>,
+        pub preprocess: Option<Preprocess>,
+        pub segmentation: Option<SegmentationSpec>,
+        pub prompted: Option<super::PromptedSpec>,
+        pub tokenizer: Option<super::TokenizerSpec>,
+        pub tiling: Option<super::TilingSpec>,
+    }
+}
 
 /// The segmenter family ([`super::registry`]).
 #[derive(Debug)]
@@ -43,8 +56,13 @@ impl ModelFamily for Segmenter {
         }
     }
 
+    fn parse(&self, text: &str) -> Result<Manifest, String> {
+        let (common, m) = SegmenterManifest::from_toml(text)?;
+        Ok(Manifest::new(common, m.tiling.clone(), None, m))
+    }
+
     fn input(&self, package: &ModelPackage) -> Option<InputContract> {
-        let m = &package.manifest;
+        let m = package.manifest.sections::<SegmenterManifest>()?;
         Some(InputContract {
             size: m.preprocess.as_ref()?.size,
             any_size: true,
@@ -153,17 +171,16 @@ impl SegmentationModel {
         path: &Path,
         options: &SessionOptions,
     ) -> Result<SegmentationModel, ModelError> {
-        let m = &package.manifest;
         let invalid = |problems: Vec<String>| ModelError::Invalid {
             path: path.display().to_string(),
             problems,
         };
-        if m.family != FAMILY {
+        let Some(m) = package.manifest.sections::<SegmenterManifest>() else {
             return Err(invalid(vec![format!(
                 "family '{}' is not a segmenter",
-                m.family
+                package.manifest.family
             )]));
-        }
+        };
         let mut problems = Vec::new();
         if m.model.is_none() {
             problems.push("a segmenter manifest needs a [model] section".to_string());
