@@ -139,6 +139,39 @@ impl std::fmt::Debug for SegmentationModel {
     }
 }
 
+/// What is wrong with the graph's output for the format and the number of named classes.
+fn output_problems(
+    o: &crate::runtime::TensorSpec,
+    format: SegFormat,
+    classes: usize,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    if format == SegFormat::Clipseg {
+        if o.shape.len() != 3 && o.shape.len() != 4 {
+            problems.push(format!(
+                "output '{}' has shape {:?}, expected [N, H, W]",
+                o.name, o.shape
+            ));
+        }
+    } else if o.shape.len() != 4 {
+        problems.push(format!(
+            "output '{}' has shape {:?}, expected [B, C, H, W]",
+            o.name, o.shape
+        ));
+    } else if format == SegFormat::Probability && o.shape[1] != 1 && o.shape[1] != -1 {
+        problems.push(format!(
+            "output '{}' has {} channels, the probability format has 1",
+            o.name, o.shape[1]
+        ));
+    } else if format != SegFormat::Probability && o.shape[1] > 0 && o.shape[1] as usize != classes {
+        problems.push(format!(
+            "output '{}' has {} channels but {} classes are named",
+            o.name, o.shape[1], classes
+        ));
+    }
+    problems
+}
+
 fn run_err(path: &Path, e: impl std::fmt::Display) -> ModelError {
     ModelError::Runtime(RuntimeError::Run {
         path: path.display().to_string(),
@@ -245,36 +278,7 @@ impl SegmentationModel {
         }
         match session.outputs().iter().find(|o| o.name == graph.output) {
             None => problems.push(format!("the graph has no output '{}'", graph.output)),
-            Some(o) => {
-                if format == SegFormat::Clipseg {
-                    if o.shape.len() != 3 && o.shape.len() != 4 {
-                        problems.push(format!(
-                            "output '{}' has shape {:?}, expected [N, H, W]",
-                            o.name, o.shape
-                        ));
-                    }
-                } else if o.shape.len() != 4 {
-                    problems.push(format!(
-                        "output '{}' has shape {:?}, expected [B, C, H, W]",
-                        o.name, o.shape
-                    ));
-                } else if format == SegFormat::Probability && o.shape[1] != 1 && o.shape[1] != -1 {
-                    problems.push(format!(
-                        "output '{}' has {} channels, the probability format has 1",
-                        o.name, o.shape[1]
-                    ));
-                } else if format != SegFormat::Probability
-                    && o.shape[1] > 0
-                    && o.shape[1] as usize != spec.classes.len()
-                {
-                    problems.push(format!(
-                        "output '{}' has {} channels but {} classes are named",
-                        o.name,
-                        o.shape[1],
-                        spec.classes.len()
-                    ));
-                }
-            }
+            Some(o) => problems.extend(output_problems(o, format, spec.classes.len())),
         }
         if !problems.is_empty() {
             return Err(invalid(problems));
