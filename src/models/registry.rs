@@ -188,4 +188,24 @@ mod tests {
         );
         assert_eq!(timed_names(), "clip, segmenter and detector");
     }
+
+    #[test]
+    fn a_package_of_another_family_names_the_wanted_one() {
+        let manifest = Manifest::parse("family = \"clip\"\nname = \"t\"\n").expect("parse");
+        let package = ModelPackage {
+            dir: std::path::PathBuf::from("m"),
+            manifest,
+        };
+        assert!(check_serves(&package, Task::Classify, Path::new("m")).is_ok());
+        let e = check_serves(&package, Task::Detect, Path::new("m")).expect_err("detect");
+        assert_eq!(
+            e.to_string(),
+            "m is a 'clip' model; a detect stage needs a 'detector' model"
+        );
+        let clip = family("clip").expect("clip");
+        assert!(
+            clip.input(&package).is_none(),
+            "no [preprocess]: no contract"
+        );
+    }
 }
