@@ -381,23 +381,6 @@ impl Pipeline {
     }
 }
 
-/// The model package family a task runs.
-trait TaskFamily {
-    fn family(self) -> &'static str;
-}
-
-impl TaskFamily for Task {
-    /// The model package family the task runs.
-    fn family(self) -> &'static str {
-        match self {
-            Task::Classify => "clip",
-            Task::Caption => "image-text-decoder",
-            Task::Detect => "detector",
-            Task::Segment => "segmenter",
-        }
-    }
-}
-
 /// The model exists and is of the stage's kind.
 fn check_model(model: &Path, task: Task) -> Result<(), String> {
     if !model.exists() {
@@ -409,15 +392,7 @@ fn check_model(model: &Path, task: Task) -> Result<(), String> {
     if model.is_dir() {
         let package =
             crate::models::ModelPackage::load(model).map_err(|e| format!("model: {e}"))?;
-        if package.manifest.family != task.family() {
-            return Err(format!(
-                "{} is a '{}' model; a {} stage needs a '{}' model",
-                model.display(),
-                package.manifest.family,
-                task.name(),
-                task.family()
-            ));
-        }
+        crate::models::registry::check_serves(&package, task, model).map_err(|e| e.to_string())?;
     } else if !matches!(task, Task::Detect | Task::Segment) {
         return Err(format!(
             "{}: a {} stage needs a model package folder (model.toml)",

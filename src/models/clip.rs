@@ -14,12 +14,19 @@ use ndarray::{Array2, ArrayView4, Axis};
 use ort::value::TensorRef;
 use serde::{Deserialize, Serialize};
 
+use super::preprocess::{ImageElement, Normalizer};
+use super::registry::{InputContract, ModelFamily, TimedGraph};
+use super::staging::{stage, InputStaging, StagedBatch, StagedTensor};
+use super::tokenizer::{load_tokenizer, tokenize_prompts, Tokens};
 use super::{hex, ModelError, ModelPackage};
-use crate::models::manifest::{ImageSpec, Preprocess, Scores, TextSpec, TokenizerSpec};
+use crate::models::manifest::{
+    family_manifest, ImageSpec, Manifest, Preprocess, Scores, TextSpec, TokenizerSpec,
+};
 use crate::runtime::{
     create_session, create_session_from_memory, BindingMemory, ModelSession, Runtime, RuntimeError,
     SessionOptions,
 };
+use crate::task::Task;
 
 /// The similarity head run after the image encoder, on the encoder's provider:
 /// `softmax(logit_scale * normalize(image_embeds) @ label_embeds^T)` (built by
@@ -39,6 +46,85 @@ pub const DEFAULT_TEMPLATES: [&str; 8] = [
     "a remote sensing image of {}.",
 ];
 
+/// The family name in `model.toml`.
+pub const FAMILY: &str = "clip";
+
+family_manifest! {
+    /// A CLIP manifest's sections, all required ([`check`] names the missing ones).
+    pub struct ClipManifest {
+        pub image: Option<ImageSpec>,
+        pub text: Option<TextSpec>,
+        pub preprocess: Option<Preprocess>,
+        pub tokenizer: Option<TokenizerSpec>,
+        pub scores: Option<Scores>,
+    }
+}
+
+/// The CLIP family ([`super::registry`]).
+#[derive(Debug)]
+pub struct Clip;
+
+impl ModelFamily for Clip {
+    fn name(&self) -> &'static str {
+        FAMILY
+    }
+
+    fn tasks(&self) -> &'static [Task] {
+        &[Task::Classify]
+    }
+
+    fn check(&self, runtime: &Runtime, package: &ModelPackage) -> Vec<String> {
+        check(runtime, package)
+    }
+
+    fn parse(&self, text: &str) -> Result<Manifest, String> {
+        let (common, m) = ClipManifest::from_toml(text)?;
+        Ok(Manifest::new(common, None, None, m))
+    }
+
+    fn input(&self, package: &ModelPackage) -> Option<InputContract> {
+        let m = package.manifest.sections::<ClipManifest>()?;
+        Some(InputContract {
+            size: m.preprocess.as_ref()?.size,
+            any_size: false,
+            prompted: false,
+            bytes: m.image.as_ref()?.input_type == super::InputType::Uint8,
+        })
+    }
+
+    fn timed(&self) -> bool {
+        true
+    }
+
+    fn load_timed(
+        &self,
+        runtime: &Runtime,
+        path: &Path,
+        options: &SessionOptions,
+    ) -> Result<TimedGraph, ModelError> {
+        let mut m = ClipModel::load(runtime, path, options)?;
+        let (provider, fallback) = m.image_provider();
+        let fallback = fallback.map(str::to_string);
+        // uint8-input packages are timed on byte batches, as classify feeds them (made once
+        // from the float batch, outside the timing).
+        let mut bytes: Option<ndarray::Array4<u8>> = None;
+        Ok(TimedGraph {
+            provider,
+            fallback,
+            input_size: m.input_size(),
+            run: Box::new(move |x: &ndarray::Array4<f32>| {
+                if m.takes_bytes() {
+                    let b =
+                        bytes.get_or_insert_with(|| x.mapv(|v| (v.abs() * 64.0).min(255.0) as u8));
+                    m.encode_images(b.view()).map(|_| ())
+                } else {
+                    m.encode_images(x.view()).map(|_| ())
+                }
+            }),
+        })
+    }
+}
+
 /// The sections of a CLIP manifest, all required.
 #[derive(Clone, Debug)]
 struct ClipConfig {
@@ -50,7 +136,12 @@ struct ClipConfig {
 }
 
 fn config(package: &ModelPackage) -> Result<ClipConfig, Vec<String>> {
-    let m = &package.manifest;
+    let Some(m) = package.manifest.sections::<ClipManifest>() else {
+        return Err(vec![format!(
+            "family '{}' is not a clip model",
+            package.manifest.family
+        )]);
+    };
     let mut missing = Vec::new();
     for (present, name) in [
         (m.image.is_some(), "[image]"),
@@ -278,21 +369,6 @@ fn names(specs: &[crate::runtime::TensorSpec]) -> String {
     }
 }
 
-pub(crate) fn load_tokenizer(path: &Path) -> Result<tokenizers::Tokenizer, ModelError> {
-    let err = |reason: String| ModelError::Tokenizer {
-        path: path.display().to_string(),
-        reason,
-    };
-    if !path.is_file() {
-        return Err(err("no such file".into()));
-    }
-    let mut t = tokenizers::Tokenizer::from_file(path).map_err(|e| err(e.to_string()))?;
-    // Padding and truncation are done here, to the manifest's context length.
-    t.with_padding(None);
-    t.with_truncation(None).map_err(|e| err(e.to_string()))?;
-    Ok(t)
-}
-
 /// A loaded CLIP model.
 pub struct ClipModel {
     package: ModelPackage,
@@ -323,110 +399,6 @@ impl std::fmt::Debug for DeviceLabels {
         f.debug_struct("DeviceLabels")
             .field("count", &self.count)
             .finish()
-    }
-}
-
-/// Tiles gathered straight into the image encoder's input memory (page-locked host memory
-/// when the encoder runs on a GPU): each tile is copied in once, and a full batch goes to ONNX
-/// Runtime as it is ([`ClipModel::classify_staged`]). Made by [`ClipModel::staged_batch`].
-pub struct StagedBatch<T: ImageElement> {
-    tensor: StagedTensor,
-    per_image: usize,
-    capacity: usize,
-    len: usize,
-    _element: std::marker::PhantomData<T>,
-}
-
-enum StagedTensor {
-    Bytes(ort::value::Tensor<u8>),
-    Floats(ort::value::Tensor<f32>),
-}
-
-impl<T: ImageElement> std::fmt::Debug for StagedBatch<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StagedBatch")
-            .field("capacity", &self.capacity)
-            .field("len", &self.len)
-            .finish()
-    }
-}
-
-impl<T: ImageElement> StagedBatch<T> {
-    /// Add a tile's `3 * size * size` samples (ignored when the batch is full); true when the
-    /// batch is now full.
-    pub fn push(&mut self, pixels: &[T]) -> bool {
-        if self.len < self.capacity {
-            let at = self.len * self.per_image;
-            let n = self.per_image.min(pixels.len());
-            match &mut self.tensor {
-                StagedTensor::Bytes(t) => {
-                    u8::copy_from(&mut t.extract_tensor_mut().1[at..at + n], &pixels[..n]);
-                }
-                StagedTensor::Floats(t) => {
-                    f32::copy_from(&mut t.extract_tensor_mut().1[at..at + n], &pixels[..n]);
-                }
-            }
-            self.len += 1;
-        }
-        self.len == self.capacity
-    }
-
-    /// Tiles in the batch.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Empty the batch (its memory is kept).
-    pub fn clear(&mut self) {
-        self.len = 0;
-    }
-}
-
-/// The image encoder's input tensors, allocated once by ONNX Runtime and refilled for every
-/// batch (one per batch size seen: full batches and a last partial one). When the encoder runs
-/// on CUDA or TensorRT they live in page-locked (pinned) host memory, so the copy to the GPU is
-/// a direct DMA instead of a staged copy out of pageable memory; elsewhere in plain host memory.
-struct InputStaging {
-    allocator: ort::memory::Allocator,
-    /// The allocator is CUDA's pinned host memory.
-    pinned: bool,
-    bytes: std::collections::HashMap<usize, ort::value::Tensor<u8>>,
-    floats: std::collections::HashMap<usize, ort::value::Tensor<f32>>,
-}
-
-impl InputStaging {
-    fn new(image: &ModelSession, options: &SessionOptions) -> InputStaging {
-        use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
-        let pinned = image
-            .cuda_device(options)
-            .map(|id| {
-                MemoryInfo::new(
-                    AllocationDevice::CUDA_PINNED,
-                    id,
-                    AllocatorType::Device,
-                    MemoryType::CPUInput,
-                )
-                .and_then(|info| Allocator::new(&image.session, info))
-            })
-            .and_then(|r| match r {
-                Ok(a) => Some(a),
-                Err(e) => {
-                    tracing::warn!(
-                        "pinned host memory unavailable ({e}): batches are copied from pageable memory"
-                    );
-                    None
-                }
-            });
-        InputStaging {
-            pinned: pinned.is_some(),
-            allocator: pinned.unwrap_or_default(),
-            bytes: Default::default(),
-            floats: Default::default(),
-        }
     }
 }
 
@@ -480,87 +452,12 @@ fn run_with_head(
     probs.map_err(|e| run_err(ort::Error::new(e.to_string())))
 }
 
-/// Copy a batch into the reused (pinned on GPUs) input tensor of its size: as bytes for uint8
-/// graphs (the quantised values are whole numbers 0..255), else as floats.
-fn stage<'a, T: ImageElement>(
-    st: &'a mut InputStaging,
-    input_type: super::InputType,
-    batch: &ArrayView4<'_, T>,
-) -> Result<ort::value::ValueRef<'a, ort::value::DynTensorValueType>, ort::Error> {
-    let shape = batch.shape();
-    let dims = [shape[0], 3, shape[2], shape[2]];
-    if input_type == super::InputType::Uint8 {
-        stage_into(&mut st.bytes, &st.allocator, dims, batch)
-    } else {
-        stage_into(&mut st.floats, &st.allocator, dims, batch)
-    }
-}
-
-/// [`stage`] into the tensors of element type `E`, one per batch size.
-fn stage_into<'a, E: StagedElement, T: ImageElement>(
-    tensors: &'a mut std::collections::HashMap<usize, ort::value::Tensor<E>>,
-    allocator: &ort::memory::Allocator,
-    dims: [usize; 4],
-    batch: &ArrayView4<'_, T>,
-) -> Result<ort::value::ValueRef<'a, ort::value::DynTensorValueType>, ort::Error> {
-    let t = match tensors.entry(dims[0]) {
-        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-        std::collections::hash_map::Entry::Vacant(e) => {
-            e.insert(ort::value::Tensor::<E>::new(allocator, dims)?)
-        }
-    };
-    let (_, data) = t.extract_tensor_mut();
-    // Contiguous batches (the usual case) as one copy: a memcpy when the types agree.
-    match batch.as_slice() {
-        Some(src) => E::copy_from(data, src),
-        None => {
-            for (d, &v) in data.iter_mut().zip(batch.iter()) {
-                *d = E::convert(v);
-            }
-        }
-    }
-    Ok(t.upcast_ref())
-}
-
-/// The element types of the image encoder's input: bytes (uint8 graphs) or floats.
-trait StagedElement: ort::value::PrimitiveTensorElementType + Copy + std::fmt::Debug + 'static {
-    fn convert<T: ImageElement>(v: T) -> Self;
-    fn copy_from<T: ImageElement>(dst: &mut [Self], src: &[T]);
-}
-
-impl StagedElement for u8 {
-    fn convert<T: ImageElement>(v: T) -> u8 {
-        v.to_byte()
-    }
-    fn copy_from<T: ImageElement>(dst: &mut [u8], src: &[T]) {
-        T::copy_bytes(dst, src);
-    }
-}
-
-impl StagedElement for f32 {
-    fn convert<T: ImageElement>(v: T) -> f32 {
-        v.to_float()
-    }
-    fn copy_from<T: ImageElement>(dst: &mut [f32], src: &[T]) {
-        T::copy_floats(dst, src);
-    }
-}
-
 impl std::fmt::Debug for ClipModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClipModel")
             .field("dir", &self.package.dir)
             .finish()
     }
-}
-
-/// Token ids and attention mask of a batch of prompts, `[N, L]` row-major.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Tokens {
-    pub ids: Vec<i64>,
-    pub mask: Vec<i64>,
-    pub rows: usize,
-    pub context: usize,
 }
 
 impl ClipModel {
@@ -575,7 +472,7 @@ impl ClipModel {
         options: &SessionOptions,
     ) -> Result<ClipModel, ModelError> {
         let package = ModelPackage::load(dir)?;
-        if package.manifest.family != "clip" {
+        if package.manifest.family != FAMILY {
             return Err(ModelError::Package {
                 path: dir.display().to_string(),
                 reason: format!("family '{}' is not a clip model", package.manifest.family),
@@ -948,11 +845,6 @@ impl ClipModel {
         to_array2(rows).map_err(|e| self.run_err(&path, e))
     }
 
-    /// Normalise one tile in place (see [`Normalizer::apply`]).
-    pub fn normalize_tile(&self, pixels: &mut [f32], valid: &[u8]) {
-        self.normalizer().apply(pixels, valid);
-    }
-
     /// The model's pixel normalisation, as a small value reader threads can share.
     pub fn normalizer(&self) -> Normalizer {
         let mut n = Normalizer::from_preprocess(&self.cfg.pre);
@@ -1028,192 +920,6 @@ impl ClipModel {
         }
         logits
     }
-}
-
-/// Per-channel normalisation `(v - mean) / std` of values already scaled to `[0, 1]`.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Normalizer {
-    pub mean: [f32; 3],
-    pub inv_std: [f32; 3],
-    /// Swap the first and third planes (models trained on BGR).
-    pub bgr: bool,
-    /// Multiplier from tessera's `[0, 1]` scaled values to the model's `v / value_range`
-    /// (`255 / value_range`: 1 for models fed `v / 255`, 255 for models fed raw 0..255).
-    pub gain: f32,
-    /// The graph normalises (uint8 input): produce whole 0..255 values instead, the mean
-    /// colour for invalid pixels.
-    pub quantize: bool,
-}
-
-impl Normalizer {
-    /// The normalisation a manifest's `[preprocess]` section describes.
-    pub fn from_preprocess(p: &super::Preprocess) -> Normalizer {
-        let at = |v: &[f32], i: usize, d: f32| v.get(i).copied().unwrap_or(d);
-        Normalizer {
-            mean: [
-                at(&p.mean, 0, 0.0),
-                at(&p.mean, 1, 0.0),
-                at(&p.mean, 2, 0.0),
-            ],
-            inv_std: [
-                1.0 / at(&p.std, 0, 1.0),
-                1.0 / at(&p.std, 1, 1.0),
-                1.0 / at(&p.std, 2, 1.0),
-            ],
-            bgr: p.channel_order == "bgr",
-            gain: 255.0 / p.value_range,
-            quantize: false,
-        }
-    }
-
-    /// Normalise one tile in place: `pixels` holds 3 planes of values scaled to `[0, 1]`
-    /// (for 8-bit scenes `v / 255`), which become `(v / value_range - mean) / std`; invalid
-    /// pixels become 0 after normalisation (the mean colour).
-    pub fn apply(&self, pixels: &mut [f32], valid: &[u8]) {
-        let plane = pixels.len() / 3;
-        if self.bgr {
-            let (a, rest) = pixels.split_at_mut(plane);
-            a.swap_with_slice(&mut rest[plane..]);
-        }
-        if self.quantize {
-            for c in 0..3 {
-                let fill = (self.mean[c] * 255.0).round().clamp(0.0, 255.0);
-                for (v, &ok) in pixels[c * plane..(c + 1) * plane].iter_mut().zip(valid) {
-                    *v = if ok != 0 {
-                        (*v * 255.0).round().clamp(0.0, 255.0)
-                    } else {
-                        fill
-                    };
-                }
-            }
-            return;
-        }
-        for c in 0..3 {
-            let (m, inv, g) = (self.mean[c], self.inv_std[c], self.gain);
-            for (v, &ok) in pixels[c * plane..(c + 1) * plane].iter_mut().zip(valid) {
-                *v = if ok != 0 { (*v * g - m) * inv } else { 0.0 };
-            }
-        }
-    }
-}
-
-/// Element types an image batch arrives in: normalised float32, or (uint8-input packages)
-/// raw bytes.
-pub trait ImageElement: Copy + 'static {
-    /// Raw bytes, valid only for uint8-input packages.
-    const BYTES: bool;
-    /// The value as a byte (floats hold whole numbers 0..255 for uint8-input packages).
-    fn to_byte(self) -> u8;
-    fn to_float(self) -> f32;
-    /// `dst[i] = src[i].to_byte()`: a plain copy for bytes.
-    fn copy_bytes(dst: &mut [u8], src: &[Self]) {
-        for (d, v) in dst.iter_mut().zip(src) {
-            *d = v.to_byte();
-        }
-    }
-    /// `dst[i] = src[i].to_float()`: a plain copy for floats.
-    fn copy_floats(dst: &mut [f32], src: &[Self]) {
-        for (d, v) in dst.iter_mut().zip(src) {
-            *d = v.to_float();
-        }
-    }
-}
-
-impl ImageElement for f32 {
-    const BYTES: bool = false;
-    fn to_byte(self) -> u8 {
-        self as u8
-    }
-    fn to_float(self) -> f32 {
-        self
-    }
-    fn copy_floats(dst: &mut [f32], src: &[f32]) {
-        let n = dst.len().min(src.len());
-        dst[..n].copy_from_slice(&src[..n]);
-    }
-}
-
-impl ImageElement for u8 {
-    const BYTES: bool = true;
-    fn to_byte(self) -> u8 {
-        self
-    }
-    fn to_float(self) -> f32 {
-        f32::from(self)
-    }
-    fn copy_bytes(dst: &mut [u8], src: &[u8]) {
-        let n = dst.len().min(src.len());
-        dst[..n].copy_from_slice(&src[..n]);
-    }
-}
-
-impl Normalizer {
-    /// The mean colour as bytes: what invalid pixels of a byte tile become (the graph then
-    /// normalises them to about 0, as [`Normalizer::apply`] does for float tiles).
-    pub fn mean_bytes(&self) -> [u8; 3] {
-        self.mean
-            .map(|m| (m * 255.0).round().clamp(0.0, 255.0) as u8)
-    }
-
-    /// Prepare a byte tile for a uint8-input model in place: invalid pixels become the mean
-    /// colour, planes swapped for BGR models.
-    pub fn apply_bytes(&self, pixels: &mut [u8], valid: &[u8]) {
-        let plane = pixels.len() / 3;
-        if self.bgr {
-            let (a, rest) = pixels.split_at_mut(plane);
-            a.swap_with_slice(&mut rest[plane..]);
-        }
-        let fill = self.mean_bytes();
-        for (c, f) in fill.iter().enumerate() {
-            for (v, &ok) in pixels[c * plane..(c + 1) * plane].iter_mut().zip(valid) {
-                if ok == 0 {
-                    *v = *f;
-                }
-            }
-        }
-    }
-}
-
-/// Tokenize prompts as Hugging Face's CLIP tokenizers do with `padding="max_length",
-/// truncation=True`: special tokens added, cut to `tok.context_length` keeping the end token
-/// last, padded with the pad id. `file` names the tokenizer in errors.
-///
-/// # Errors
-/// The tokenizer failing on a prompt.
-pub fn tokenize_prompts(
-    tokenizer: &tokenizers::Tokenizer,
-    tok: &super::TokenizerSpec,
-    file: &Path,
-    prompts: &[String],
-) -> Result<Tokens, ModelError> {
-    let l = tok.context_length;
-    let pad = i64::from(tok.pad_token_id);
-    let eos = i64::from(tok.eos_token_id);
-    let mut ids = vec![pad; prompts.len() * l];
-    let mut mask = vec![0i64; prompts.len() * l];
-    for (row, prompt) in prompts.iter().enumerate() {
-        let enc = tokenizer
-            .encode(prompt.as_str(), true)
-            .map_err(|e| ModelError::Tokenizer {
-                path: file.display().to_string(),
-                reason: format!("'{prompt}': {e}"),
-            })?;
-        let toks = enc.get_ids();
-        let n = toks.len().min(l);
-        for (k, &t) in toks.iter().take(n).enumerate() {
-            ids[row * l + k] = i64::from(t);
-            mask[row * l + k] = 1;
-        }
-        if toks.len() > l {
-            ids[row * l + l - 1] = eos;
-        }
-    }
-    Ok(Tokens {
-        ids,
-        mask,
-        rows: prompts.len(),
-        context: l,
-    })
 }
 
 /// Every template applied to every label, label-major.

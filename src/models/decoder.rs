@@ -38,6 +38,55 @@ static BEAM_REORDER_ONNX: &[u8] = include_bytes!("beam_reorder.onnx");
 
 pub use crate::generation::GenerationParams;
 
+/// The family name in `model.toml`.
+pub const FAMILY: &str = "image-text-decoder";
+
+super::manifest::family_manifest! {
+    /// An image-text decoder manifest's sections (all but `[generation]` required).
+    pub struct DecoderManifest {
+        pub image: Option<ImageSpec>,
+        pub embed: Option<EmbedSpec>,
+        pub decoder: Option<DecoderSpec>,
+        pub prompt: Option<PromptSpec>,
+        pub preprocess: Option<Preprocess>,
+        pub tokenizer: Option<TokenizerSpec>,
+        pub generation: Option<GenerationSpec>,
+    }
+}
+
+/// The image-text decoder family ([`super::registry`]).
+#[derive(Debug)]
+pub struct ImageTextDecoder;
+
+impl super::registry::ModelFamily for ImageTextDecoder {
+    fn name(&self) -> &'static str {
+        FAMILY
+    }
+
+    fn tasks(&self) -> &'static [crate::task::Task] {
+        &[crate::task::Task::Caption]
+    }
+
+    fn check(&self, runtime: &Runtime, package: &ModelPackage) -> Vec<String> {
+        check(runtime, package)
+    }
+
+    fn parse(&self, text: &str) -> Result<super::Manifest, String> {
+        let (common, m) = DecoderManifest::from_toml(text)?;
+        Ok(super::Manifest::new(common, None, m.generation.clone(), m))
+    }
+
+    fn input(&self, package: &ModelPackage) -> Option<super::registry::InputContract> {
+        let m = package.manifest.sections::<DecoderManifest>()?;
+        Some(super::registry::InputContract {
+            size: m.preprocess.as_ref()?.size,
+            any_size: false,
+            prompted: false,
+            bytes: false,
+        })
+    }
+}
+
 #[derive(Clone, Debug)]
 struct DecoderConfig {
     image: ImageSpec,
@@ -51,7 +100,12 @@ struct DecoderConfig {
 }
 
 fn config(package: &ModelPackage) -> Result<DecoderConfig, Vec<String>> {
-    let m = &package.manifest;
+    let Some(m) = package.manifest.sections::<DecoderManifest>() else {
+        return Err(vec![format!(
+            "family '{}' is not an image-text-decoder model",
+            package.manifest.family
+        )]);
+    };
     let mut missing = Vec::new();
     for (present, name) in [
         (m.image.is_some(), "[image]"),
@@ -133,7 +187,7 @@ pub fn check(runtime: &Runtime, package: &ModelPackage) -> Vec<String> {
     let decoder =
         create_session(runtime, &package.file(&cfg.decoder.onnx), &o).map_err(|e| e.to_string());
     let tokenizer =
-        super::clip::load_tokenizer(&package.file(&cfg.tok.file)).map_err(|e| e.to_string());
+        super::tokenizer::load_tokenizer(&package.file(&cfg.tok.file)).map_err(|e| e.to_string());
     validate(
         &cfg,
         image.as_ref(),
@@ -360,7 +414,7 @@ impl DecoderModel {
         options: &SessionOptions,
     ) -> Result<DecoderModel, ModelError> {
         let package = ModelPackage::load(dir)?;
-        if package.manifest.family != "image-text-decoder" {
+        if package.manifest.family != FAMILY {
             return Err(ModelError::Package {
                 path: dir.display().to_string(),
                 reason: format!(
@@ -385,8 +439,8 @@ impl DecoderModel {
         let decoder = package
             .session(runtime, &cfg.decoder.onnx, options)
             .map_err(|e| e.to_string());
-        let tokenizer =
-            super::clip::load_tokenizer(&package.file(&cfg.tok.file)).map_err(|e| e.to_string());
+        let tokenizer = super::tokenizer::load_tokenizer(&package.file(&cfg.tok.file))
+            .map_err(|e| e.to_string());
         let problems = validate(
             &cfg,
             image.as_ref(),
@@ -440,8 +494,8 @@ impl DecoderModel {
     }
 
     /// The model's pixel normalisation.
-    pub fn normalizer(&self) -> super::clip::Normalizer {
-        super::clip::Normalizer::from_preprocess(&self.cfg.pre)
+    pub fn normalizer(&self) -> super::Normalizer {
+        super::Normalizer::from_preprocess(&self.cfg.pre)
     }
 
     pub fn provider(&self) -> (&'static str, Option<&str>) {

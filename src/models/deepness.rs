@@ -7,9 +7,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use super::detection::DetectorManifest;
 use super::manifest::{
-    DetectionSpec, GraphSpec, Manifest, Preprocess, SegmentationSpec, TilingSpec,
+    DetectionSpec, GraphSpec, Manifest, ManifestCommon, Preprocess, SegmentationSpec, TilingSpec,
 };
+use super::segmentation::SegmenterManifest;
 use super::{ModelError, ModelPackage};
 use crate::runtime::{create_session, Runtime, SessionOptions};
 
@@ -128,45 +130,36 @@ pub fn package_from_onnx(runtime: &Runtime, onnx: &Path) -> Result<ModelPackage,
         output: output.name.clone(),
     };
     let out_channels = output.shape.get(1).copied().unwrap_or(-1);
-    let (family, detection, segmentation) = match model_type.as_str() {
+    let parts = Parts {
+        name: onnx
+            .file_stem()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        preprocess: Preprocess {
+            size,
+            mean,
+            std,
+            channel_order: "rgb".into(),
+            value_range: 255.0,
+        },
+        graph,
+        tiling,
+    };
+    let manifest = match model_type.as_str() {
         "segmentor" | "segmenter" | "segmentation" => {
-            let format = if out_channels == 1 {
-                "probability"
-            } else {
-                "probabilities"
-            };
-            let classes = classes.unwrap_or_else(|| {
-                let n = if out_channels > 1 {
-                    out_channels as usize
-                } else {
-                    2
-                };
-                (0..n).map(|i| format!("class_{i}")).collect()
-            });
-            let seg = SegmentationSpec {
-                format: format.into(),
-                classes,
-                threshold: num("seg_thresh").map_or(0.5, |v| v as f32),
-            };
-            ("segmenter", None, Some(seg))
+            segmenter(parts, classes, out_channels, num("seg_thresh"))
         }
         "detector" | "detection" => {
-            let det_type = get("det_type").unwrap_or_default().to_ascii_uppercase();
-            let format = if det_type.contains("V5") || det_type.contains("V7") {
-                "yolov5"
-            } else {
-                "yolov8"
-            };
-            let det = DetectionSpec {
-                format: format.into(),
-                classes: classes
-                    .ok_or_else(|| bad(onnx, "a detector needs class_names metadata".into()))?,
-                confidence: num("det_conf").map_or(0.25, |v| v as f32),
-                iou: num("det_iou_thresh").map_or(0.45, |v| v as f32),
-                strides: None,
-                decoded: false,
-            };
-            ("detector", Some(det), None)
+            let classes =
+                classes.ok_or_else(|| bad(onnx, "a detector needs class_names metadata".into()))?;
+            let det_type = get("det_type").unwrap_or_default();
+            detector(
+                parts,
+                classes,
+                &det_type,
+                num("det_conf"),
+                num("det_iou_thresh"),
+            )
         }
         other => {
             return Err(bad(
@@ -175,40 +168,111 @@ pub fn package_from_onnx(runtime: &Runtime, onnx: &Path) -> Result<ModelPackage,
             ))
         }
     };
-    let manifest = Manifest {
-        family: family.into(),
-        architecture: None,
-        name: onnx
-            .file_stem()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        trained: true,
-        source: Some("Deepness metadata_props".into()),
-        image: None,
-        text: None,
-        preprocess: Some(Preprocess {
-            size,
-            mean,
-            std,
-            channel_order: "rgb".into(),
-            value_range: 255.0,
-        }),
-        tokenizer: None,
-        scores: None,
-        embed: None,
-        decoder: None,
-        prompt: None,
-        generation: None,
-        model: Some(graph),
-        detection,
-        segmentation,
-        tiling: Some(tiling),
-        prompted: None,
-    };
     Ok(ModelPackage {
         dir: onnx.parent().map(Path::to_path_buf).unwrap_or_default(),
         manifest,
     })
+}
+
+/// What every model read from Deepness metadata has, whatever its family.
+struct Parts {
+    name: String,
+    preprocess: Preprocess,
+    graph: GraphSpec,
+    tiling: TilingSpec,
+}
+
+impl Parts {
+    fn common(&self, family: &str) -> ManifestCommon {
+        ManifestCommon {
+            family: family.into(),
+            architecture: None,
+            name: self.name.clone(),
+            trained: true,
+            source: Some("Deepness metadata_props".into()),
+        }
+    }
+}
+
+/// A Deepness segmentor: one output channel is P(class 1), more are class probabilities.
+fn segmenter(
+    parts: Parts,
+    classes: Option<Vec<String>>,
+    out_channels: i64,
+    threshold: Option<f64>,
+) -> Manifest {
+    let format = if out_channels == 1 {
+        "probability"
+    } else {
+        "probabilities"
+    };
+    let classes = classes.unwrap_or_else(|| {
+        let n = if out_channels > 1 {
+            out_channels as usize
+        } else {
+            2
+        };
+        (0..n).map(|i| format!("class_{i}")).collect()
+    });
+    let segmentation = SegmentationSpec {
+        format: format.into(),
+        classes,
+        threshold: threshold.map_or(0.5, |v| v as f32),
+    };
+    let common = parts.common(super::segmentation::FAMILY);
+    let tiling = Some(parts.tiling);
+    Manifest::new(
+        common,
+        tiling.clone(),
+        None,
+        SegmenterManifest {
+            model: Some(parts.graph),
+            preprocess: Some(parts.preprocess),
+            segmentation: Some(segmentation),
+            prompted: None,
+            tokenizer: None,
+            tiling,
+        },
+    )
+}
+
+/// A Deepness detector: YOLOv5/v7 rows when `det_type` says so, else YOLOv8 columns.
+fn detector(
+    parts: Parts,
+    classes: Vec<String>,
+    det_type: &str,
+    confidence: Option<f64>,
+    iou: Option<f64>,
+) -> Manifest {
+    let det_type = det_type.to_ascii_uppercase();
+    let format = if det_type.contains("V5") || det_type.contains("V7") {
+        "yolov5"
+    } else {
+        "yolov8"
+    };
+    let detection = DetectionSpec {
+        format: format.into(),
+        classes,
+        confidence: confidence.map_or(0.25, |v| v as f32),
+        iou: iou.map_or(0.45, |v| v as f32),
+        strides: None,
+        decoded: false,
+    };
+    let common = parts.common(super::detection::FAMILY);
+    let tiling = Some(parts.tiling);
+    Manifest::new(
+        common,
+        tiling.clone(),
+        None,
+        DetectorManifest {
+            model: Some(parts.graph),
+            preprocess: Some(parts.preprocess),
+            detection: Some(detection),
+            prompted: None,
+            tokenizer: None,
+            tiling,
+        },
+    )
 }
 
 #[cfg(test)]

@@ -32,6 +32,11 @@ use ndarray::{ArrayView2, ArrayViewD, Axis, Ix2};
 use serde::Serialize;
 use thiserror::Error;
 
+use super::manifest::family_manifest;
+use super::registry::{InputContract, ModelFamily, TimedGraph};
+use crate::runtime::{Runtime, SessionOptions};
+use crate::task::Task;
+
 /// YOLOX's default strides (the P3, P4 and P5 feature maps).
 pub const YOLOX_STRIDES: [usize; 3] = [8, 16, 32];
 
@@ -368,6 +373,86 @@ impl Clip {
     }
 }
 
+/// The family name in `model.toml`.
+pub const FAMILY: &str = "detector";
+
+family_manifest! {
+    /// A detector manifest's sections (`[model]`, `[preprocess]` and `[detection]` required;
+    /// `[prompted]` and `[tokenizer]` for open-vocabulary detectors).
+    pub struct DetectorManifest {
+        pub model: Option<super::GraphSpec>,
+        pub preprocess: Option<super::Preprocess>,
+        pub detection: Option<super::DetectionSpec>,
+        pub prompted: Option<super::PromptedSpec>,
+        pub tokenizer: Option<super::TokenizerSpec>,
+        pub tiling: Option<super::TilingSpec>,
+    }
+}
+
+/// The detector family ([`super::registry`]).
+#[derive(Debug)]
+pub struct Detector;
+
+impl ModelFamily for Detector {
+    fn name(&self) -> &'static str {
+        FAMILY
+    }
+
+    fn tasks(&self) -> &'static [Task] {
+        &[Task::Detect]
+    }
+
+    fn check(&self, runtime: &Runtime, package: &super::ModelPackage) -> Vec<String> {
+        let options = SessionOptions::default();
+        match DetectorModel::from_package(runtime, package.clone(), &package.dir, &options) {
+            Ok(_) => Vec::new(),
+            Err(super::ModelError::Invalid { problems, .. }) => problems,
+            Err(e) => vec![e.to_string()],
+        }
+    }
+
+    fn parse(&self, text: &str) -> Result<super::Manifest, String> {
+        let (common, m) = DetectorManifest::from_toml(text)?;
+        Ok(super::Manifest::new(common, m.tiling.clone(), None, m))
+    }
+
+    fn input(&self, package: &super::ModelPackage) -> Option<InputContract> {
+        let m = package.manifest.sections::<DetectorManifest>()?;
+        Some(InputContract {
+            size: m.preprocess.as_ref()?.size,
+            any_size: false,
+            prompted: m.detection.as_ref()?.format == "owlvit",
+            bytes: false,
+        })
+    }
+
+    fn timed(&self) -> bool {
+        true
+    }
+
+    fn load_timed(
+        &self,
+        runtime: &Runtime,
+        path: &std::path::Path,
+        options: &SessionOptions,
+    ) -> Result<TimedGraph, super::ModelError> {
+        let mut m = DetectorModel::load(runtime, path, options)?;
+        if m.is_prompted() {
+            return Err(super::ModelError::Unsupported(
+                "bench-model does not time open-vocabulary detectors".into(),
+            ));
+        }
+        let (provider, fallback) = m.provider();
+        let fallback = fallback.map(str::to_string);
+        Ok(TimedGraph {
+            provider,
+            fallback,
+            input_size: m.input_size(),
+            run: Box::new(move |x: &ndarray::Array4<f32>| m.detect(x.view(), 1.0).map(|_| ())),
+        })
+    }
+}
+
 /// A loaded detector: a package with `[model]`, `[preprocess]` and `[detection]`, or an ONNX
 /// file with Deepness metadata.
 pub struct DetectorModel {
@@ -389,7 +474,7 @@ struct PromptedQueries {
     tok: super::TokenizerSpec,
     tokenizer: tokenizers::Tokenizer,
     queries: Vec<String>,
-    tokens: Option<super::clip::Tokens>,
+    tokens: Option<super::Tokens>,
 }
 
 impl std::fmt::Debug for DetectorModel {
@@ -411,18 +496,30 @@ impl DetectorModel {
         path: &std::path::Path,
         options: &crate::runtime::SessionOptions,
     ) -> Result<DetectorModel, super::ModelError> {
-        let package = super::segmentation::load_package(runtime, path)?;
-        let m = &package.manifest;
+        let package = super::load_package(runtime, path)?;
+        DetectorModel::from_package(runtime, package, path, options)
+    }
+
+    /// The model of a loaded package; `path` (as the user named it) is for messages.
+    ///
+    /// # Errors
+    /// As [`DetectorModel::load`].
+    pub fn from_package(
+        runtime: &crate::runtime::Runtime,
+        package: super::ModelPackage,
+        path: &std::path::Path,
+        options: &crate::runtime::SessionOptions,
+    ) -> Result<DetectorModel, super::ModelError> {
         let invalid = |problems: Vec<String>| super::ModelError::Invalid {
             path: path.display().to_string(),
             problems,
         };
-        if m.family != "detector" {
+        let Some(m) = package.manifest.sections::<DetectorManifest>() else {
             return Err(invalid(vec![format!(
                 "family '{}' is not a detector",
-                m.family
+                package.manifest.family
             )]));
-        }
+        };
         let (Some(graph), Some(pre), Some(spec)) =
             (m.model.clone(), m.preprocess.clone(), m.detection.clone())
         else {
@@ -443,7 +540,7 @@ impl DetectorModel {
                     "the owlvit format needs prompted.boxes (the box output)".into(),
                 ]));
             }
-            let tokenizer = super::clip::load_tokenizer(&package.file(&tok.file))?;
+            let tokenizer = super::tokenizer::load_tokenizer(&package.file(&tok.file))?;
             Some(PromptedQueries {
                 spec: p,
                 tok,
@@ -555,7 +652,7 @@ impl DetectorModel {
                 reason: "give at least one non-empty query".into(),
             });
         }
-        let tokens = super::clip::tokenize_prompts(
+        let tokens = super::tokenize_prompts(
             &p.tokenizer,
             &p.tok,
             &self.package.file(&p.tok.file),
@@ -574,17 +671,12 @@ impl DetectorModel {
         self.spec.iou
     }
 
-    /// The batch size the graph requires, when it is fixed.
-    pub fn fixed_batch(&self) -> Option<usize> {
-        self.fixed_batch
-    }
-
     pub fn provider(&self) -> (&'static str, Option<&str>) {
         (self.session.provider, self.session.fallback.as_deref())
     }
 
-    pub fn normalizer(&self) -> super::clip::Normalizer {
-        super::clip::Normalizer::from_preprocess(&self.pre)
+    pub fn normalizer(&self) -> super::Normalizer {
+        super::Normalizer::from_preprocess(&self.pre)
     }
 
     /// Boxes (in input pixels) of every image of a normalised batch `[B, 3, S, S]`, at or above

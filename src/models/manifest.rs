@@ -1,39 +1,172 @@
-//! The `model.toml` manifest. Unknown keys are errors (a typo must not be silently ignored).
+//! The `model.toml` manifest, tagged by family: `family = "..."` selects the family (in
+//! [`super::registry`]) whose typed manifest (the keys every manifest has plus that family's
+//! own sections, declared with [`family_manifest!`] in the family's file) parses the text.
+//! Unknown keys, and sections of another family, are errors (a typo must not be silently
+//! ignored), with the line they are on. The section types families share are here.
 
+use std::any::Any;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-/// The whole manifest.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+/// A parsed manifest: the keys every family has, the run defaults commands read, and the
+/// family's own typed sections ([`Manifest::sections`]).
+#[derive(Clone, Debug)]
 pub struct Manifest {
-    /// Model family: `clip` or `image-text-decoder`.
+    /// Model family, as [`super::registry::FAMILIES`] names it.
     pub family: String,
     /// Informative: `blip2-opt`, `llava-llama`, ...
-    #[serde(default)]
     pub architecture: Option<String>,
     pub name: String,
     /// False for randomly initialised test models: their answers mean nothing.
-    #[serde(default)]
     pub trained: bool,
-    #[serde(default)]
     pub source: Option<String>,
-    pub image: Option<ImageSpec>,
-    pub text: Option<TextSpec>,
-    pub preprocess: Option<Preprocess>,
-    pub tokenizer: Option<TokenizerSpec>,
-    pub scores: Option<Scores>,
-    pub embed: Option<EmbedSpec>,
-    pub decoder: Option<DecoderSpec>,
-    pub prompt: Option<PromptSpec>,
-    pub generation: Option<GenerationSpec>,
-    /// Single-graph models (detectors, segmenters).
-    pub model: Option<GraphSpec>,
-    pub detection: Option<DetectionSpec>,
-    pub segmentation: Option<SegmentationSpec>,
+    /// `[tiling]`, for the families that take one: defaults for the command line.
     pub tiling: Option<TilingSpec>,
-    /// Text-prompted single-graph models (CLIPSeg, OWL-ViT): the graph's text inputs.
-    pub prompted: Option<PromptedSpec>,
+    /// `[generation]`, for the families that take one: default decoding settings.
+    pub generation: Option<GenerationSpec>,
+    sections: Arc<dyn Sections>,
 }
+
+/// The keys every manifest has, whatever its family.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ManifestCommon {
+    pub family: String,
+    pub architecture: Option<String>,
+    pub name: String,
+    pub trained: bool,
+    pub source: Option<String>,
+}
+
+/// A family's typed manifest sections (any `'static` value that is `Debug`, `Send` and `Sync`).
+pub trait Sections: Any + std::fmt::Debug + Send + Sync {
+    fn as_any(&self) -> &dyn Any;
+}
+
+impl<T: Any + std::fmt::Debug + Send + Sync> Sections for T {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+impl Manifest {
+    /// A manifest of the common keys, the run defaults and a family's sections.
+    pub fn new<S: Sections>(
+        common: ManifestCommon,
+        tiling: Option<TilingSpec>,
+        generation: Option<GenerationSpec>,
+        sections: S,
+    ) -> Manifest {
+        Manifest {
+            family: common.family,
+            architecture: common.architecture,
+            name: common.name,
+            trained: common.trained,
+            source: common.source,
+            tiling,
+            generation,
+            sections: Arc::new(sections),
+        }
+    }
+
+    /// The family's typed sections, when they are of type `T` (`None` for a manifest of
+    /// another family).
+    pub fn sections<T: Any>(&self) -> Option<&T> {
+        (*self.sections).as_any().downcast_ref::<T>()
+    }
+
+    /// Parse manifest text with the typed manifest of the family it names.
+    ///
+    /// # Errors
+    /// The TOML error, with line and column, on one line; an unknown family (with its line).
+    pub fn parse(text: &str) -> Result<Manifest, String> {
+        #[derive(Deserialize)]
+        struct Head {
+            family: toml::Spanned<String>,
+        }
+        let head: Head = from_toml(text)?;
+        match super::registry::family(head.family.get_ref()) {
+            Some(family) => family.parse(text),
+            None => Err(format!(
+                "line {}: {}",
+                line_of(text, head.family.span().start),
+                super::registry::unknown_family(head.family.get_ref())
+            )),
+        }
+    }
+}
+
+/// Deserialize manifest text; the error names its line.
+///
+/// # Errors
+/// The TOML error, with line and column, on one line.
+pub fn from_toml<T: DeserializeOwned>(text: &str) -> Result<T, String> {
+    toml::from_str(text).map_err(|e| {
+        let msg = e.message().to_string();
+        match e.span() {
+            Some(span) => format!("line {}: {msg}", line_of(text, span.start)),
+            None => msg,
+        }
+    })
+}
+
+fn line_of(text: &str, at: usize) -> usize {
+    text[..at.min(text.len())].matches('\n').count() + 1
+}
+
+/// Declare a family's typed manifest: the struct of its own sections, and
+/// `from_toml(text) -> Result<(ManifestCommon, Self), String>`, which parses the common keys
+/// (`family`, `architecture`, `name`, `trained`, `source`) and those sections and rejects
+/// every other key.
+macro_rules! family_manifest {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $($(#[$fmeta:meta])* pub $field:ident : $ty:ty),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, PartialEq)]
+        pub struct $name {
+            $($(#[$fmeta])* pub $field: $ty,)*
+        }
+
+        impl $name {
+            /// Parse manifest text: the common keys and these sections, nothing else.
+            ///
+            /// # Errors
+            /// The TOML error (an unknown key included), with its line.
+            pub fn from_toml(
+                text: &str,
+            ) -> Result<($crate::models::ManifestCommon, $name), String> {
+                #[derive(serde::Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct File {
+                    family: String,
+                    #[serde(default)]
+                    architecture: Option<String>,
+                    name: String,
+                    #[serde(default)]
+                    trained: bool,
+                    #[serde(default)]
+                    source: Option<String>,
+                    $($(#[$fmeta])* $field: $ty,)*
+                }
+                let f: File = $crate::models::manifest::from_toml(text)?;
+                let common = $crate::models::ManifestCommon {
+                    family: f.family,
+                    architecture: f.architecture,
+                    name: f.name,
+                    trained: f.trained,
+                    source: f.source,
+                };
+                Ok((common, $name { $($field: f.$field,)* }))
+            }
+        }
+    };
+}
+pub(crate) use family_manifest;
 
 /// Text inputs of a prompted single-graph model (tokenized with `[tokenizer]`).
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -305,25 +438,6 @@ pub struct Scores {
     pub logit_scale: f32,
 }
 
-impl Manifest {
-    /// Parse manifest text.
-    ///
-    /// # Errors
-    /// The TOML error, with line and column, on one line.
-    pub fn parse(text: &str) -> Result<Manifest, String> {
-        toml::from_str(text).map_err(|e| {
-            let msg = e.message().to_string();
-            match e.span() {
-                Some(span) => {
-                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-                    format!("line {line}: {msg}")
-                }
-                None => msg,
-            }
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,7 +460,10 @@ std = [0.5, 0.5, 0.5]
         let m = Manifest::parse(GOOD).expect("parse");
         assert_eq!(m.family, "clip");
         assert!(!m.trained);
-        let p = m.preprocess.expect("preprocess");
+        let clip = m
+            .sections::<crate::models::clip::ClipManifest>()
+            .expect("clip sections");
+        let p = clip.preprocess.clone().expect("preprocess");
         assert_eq!(p.channel_order, "rgb");
         assert_eq!(p.value_range, 255.0);
     }
@@ -359,5 +476,50 @@ std = [0.5, 0.5, 0.5]
         let bad = GOOD.replace("size = 64", "size = \"big\"");
         let err = Manifest::parse(&bad).expect_err("type");
         assert!(err.contains("line 9"), "{err}");
+    }
+
+    #[test]
+    fn the_family_selects_the_sections() {
+        let err = Manifest::parse(&GOOD.replace("\"clip\"", "\"clap\"")).expect_err("family");
+        assert_eq!(
+            err,
+            "line 2: unknown model family 'clap' (known: clip, image-text-decoder, segmenter, detector)"
+        );
+        // A section of another family is an unknown key.
+        let err = Manifest::parse(&format!("{GOOD}[segmentation]\nformat = \"logits\"\n"))
+            .expect_err("foreign section");
+        assert!(
+            err.contains("line 12") && err.contains("unknown field `segmentation`"),
+            "{err}"
+        );
+        let m = Manifest::parse(GOOD).expect("parse");
+        assert!(m
+            .sections::<crate::models::segmentation::SegmenterManifest>()
+            .is_none());
+    }
+
+    #[test]
+    fn every_shipped_manifest_parses() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut files = Vec::new();
+        for dir in ["sample_data/models", "sample_data/models/oracles"] {
+            for e in std::fs::read_dir(root.join(dir)).expect("models").flatten() {
+                files.push(e.path().join("model.toml"));
+            }
+        }
+        for e in std::fs::read_dir(root.join("tools/fixtures/manifests"))
+            .expect("fixtures")
+            .flatten()
+        {
+            files.push(e.path());
+        }
+        let mut parsed = 0;
+        for f in files.iter().filter(|f| f.is_file()) {
+            let text = std::fs::read_to_string(f).expect("read");
+            let m = Manifest::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            assert!(crate::models::registry::family(&m.family).is_some());
+            parsed += 1;
+        }
+        assert!(parsed >= 10, "{parsed} manifests");
     }
 }

@@ -3,27 +3,39 @@
 //! A model package is a folder: ONNX graph(s), a `tokenizer.json` where text is involved, and
 //! a manifest `model.toml` naming the family, the graphs, their input and output names,
 //! preprocessing, tokenizer settings and score scaling. One file per family implements it
-//! ([`clip`] today). [`check_package`] validates a package and reports every problem at once.
+//! ([`clip`], [`decoder`], [`segmentation`], [`detection`]), listed once in [`registry`];
+//! the plumbing they share has files of its own ([`package`], [`tokenizer`], [`preprocess`],
+//! [`staging`]). [`check_package`] validates a package and reports every problem at once.
 
 pub mod clip;
 pub mod decoder;
 pub mod deepness;
 pub mod detection;
 mod manifest;
+pub mod package;
+pub mod preprocess;
+pub mod registry;
 pub mod segmentation;
+pub mod staging;
+pub mod tokenizer;
 
 pub use manifest::{
     DecoderSpec, DetectionSpec, EmbedSpec, GenerationSpec, GraphSpec, ImageSpec, InputType,
-    Manifest, Preprocess, PromptSpec, PromptedSpec, Scores, SegmentationSpec, TextSpec, TilingSpec,
-    TokenizerSpec,
+    Manifest, ManifestCommon, Preprocess, PromptSpec, PromptedSpec, Scores, Sections,
+    SegmentationSpec, TextSpec, TilingSpec, TokenizerSpec,
 };
 
-use std::path::{Path, PathBuf};
+pub(crate) use package::hex;
+pub use package::{load_package, ModelPackage};
+pub use preprocess::{ImageElement, Normalizer};
+pub use staging::StagedBatch;
+pub use tokenizer::{tokenize_prompts, Tokens};
 
-use sha2::{Digest, Sha256};
+use std::path::Path;
+
 use thiserror::Error;
 
-use crate::runtime::{create_session, ModelSession, Runtime, RuntimeError, SessionOptions};
+use crate::runtime::{Runtime, RuntimeError};
 
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -38,110 +50,29 @@ pub enum ModelError {
     Tokenizer { path: String, reason: String },
     #[error("{path}: {reason}")]
     Input { path: String, reason: String },
-}
-
-/// A model package on disk with its parsed manifest.
-#[derive(Clone, Debug)]
-pub struct ModelPackage {
-    pub dir: PathBuf,
-    pub manifest: Manifest,
-}
-
-impl ModelPackage {
-    /// Read `dir/model.toml`.
-    ///
-    /// # Errors
-    /// Missing folder or manifest, or a manifest that does not parse (with its line).
-    pub fn load(dir: &Path) -> Result<ModelPackage, ModelError> {
-        let err = |reason: String| ModelError::Package {
-            path: dir.display().to_string(),
-            reason,
-        };
-        if !dir.is_dir() {
-            return Err(err("no such model package folder".into()));
-        }
-        let manifest_path = dir.join("model.toml");
-        let text = std::fs::read_to_string(&manifest_path).map_err(|e| ModelError::Package {
-            path: manifest_path.display().to_string(),
-            reason: format!("cannot read the manifest: {e}"),
-        })?;
-        let manifest = Manifest::parse(&text).map_err(|reason| ModelError::Package {
-            path: manifest_path.display().to_string(),
-            reason,
-        })?;
-        Ok(ModelPackage {
-            dir: dir.to_path_buf(),
-            manifest,
-        })
-    }
-
-    /// Path of a file named in the manifest.
-    pub fn file(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    /// Load one graph of the package.
-    ///
-    /// # Errors
-    /// As for [`create_session`].
-    pub fn session(
-        &self,
-        runtime: &Runtime,
-        file: &str,
-        options: &SessionOptions,
-    ) -> Result<ModelSession, ModelError> {
-        Ok(create_session(runtime, &self.file(file), options)?)
-    }
-
-    /// SHA-256 of the given package files, in order (for cache keys).
-    ///
-    /// # Errors
-    /// A file that cannot be read.
-    pub fn hash_files(&self, files: &[&str]) -> Result<String, ModelError> {
-        let mut h = Sha256::new();
-        for f in files {
-            let path = self.file(f);
-            let bytes = std::fs::read(&path).map_err(|e| ModelError::Package {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            })?;
-            h.update((bytes.len() as u64).to_le_bytes());
-            h.update(&bytes);
-        }
-        Ok(hex(&h.finalize()))
-    }
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    /// A package of a family that does not serve the task at hand.
+    #[error("{path} is a '{family}' model; a {task} stage needs a {wanted} model")]
+    WrongFamily {
+        path: String,
+        family: String,
+        task: crate::task::Task,
+        /// The families that would, quoted: `'clip'` or `'clip' or 'siglip'`.
+        wanted: String,
+    },
+    /// Something a family or package does not do (the reason says what).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// Everything wrong with a package, as a list (empty when it is valid). Loads every graph on
 /// the CPU to check its inputs and outputs against the manifest.
 pub fn check_package(runtime: &Runtime, dir: &Path) -> Vec<String> {
-    let package = match segmentation::load_package(runtime, dir) {
+    let package = match load_package(runtime, dir) {
         Ok(p) => p,
         Err(e) => return vec![e.to_string()],
     };
-    match package.manifest.family.as_str() {
-        "clip" => clip::check(runtime, &package),
-        "image-text-decoder" => decoder::check(runtime, &package),
-        "segmenter" => {
-            match segmentation::SegmentationModel::load(runtime, dir, &SessionOptions::default()) {
-                Ok(_) => Vec::new(),
-                Err(ModelError::Invalid { problems, .. }) => problems,
-                Err(e) => vec![e.to_string()],
-            }
-        }
-        "detector" => {
-            match detection::DetectorModel::load(runtime, dir, &SessionOptions::default()) {
-                Ok(_) => Vec::new(),
-                Err(ModelError::Invalid { problems, .. }) => problems,
-                Err(e) => vec![e.to_string()],
-            }
-        }
-        other => vec![format!(
-            "unknown model family '{other}' (known: clip, image-text-decoder, segmenter, detector)"
-        )],
+    match registry::family(&package.manifest.family) {
+        Some(family) => family.check(runtime, &package),
+        None => vec![registry::unknown_family(&package.manifest.family)],
     }
 }

@@ -11,10 +11,92 @@ use std::path::Path;
 use ndarray::{Array4, ArrayView4};
 use ort::value::TensorRef;
 
-use super::clip::Normalizer;
-use super::manifest::{GraphSpec, Preprocess, SegmentationSpec};
+use super::manifest::{family_manifest, GraphSpec, Manifest, Preprocess, SegmentationSpec};
+use super::preprocess::Normalizer;
+use super::registry::{InputContract, ModelFamily, TimedGraph};
 use super::{ModelError, ModelPackage};
 use crate::runtime::{ModelSession, Runtime, RuntimeError, SessionOptions};
+use crate::task::Task;
+
+/// The family name in `model.toml`.
+pub const FAMILY: &str = "segmenter";
+
+family_manifest! {
+    /// A segmenter manifest's sections (`[model]`, `[preprocess]` and `[segmentation]`
+    /// required; `[prompted]` and `[tokenizer]` for text-prompted models).
+    pub struct SegmenterManifest {
+        pub model: Option<GraphSpec>,
+        pub preprocess: Option<Preprocess>,
+        pub segmentation: Option<SegmentationSpec>,
+        pub prompted: Option<super::PromptedSpec>,
+        pub tokenizer: Option<super::TokenizerSpec>,
+        pub tiling: Option<super::TilingSpec>,
+    }
+}
+
+/// The segmenter family ([`super::registry`]).
+#[derive(Debug)]
+pub struct Segmenter;
+
+impl ModelFamily for Segmenter {
+    fn name(&self) -> &'static str {
+        FAMILY
+    }
+
+    fn tasks(&self) -> &'static [Task] {
+        &[Task::Segment]
+    }
+
+    fn check(&self, runtime: &Runtime, package: &ModelPackage) -> Vec<String> {
+        let options = SessionOptions::default();
+        match SegmentationModel::from_package(runtime, package.clone(), &package.dir, &options) {
+            Ok(_) => Vec::new(),
+            Err(ModelError::Invalid { problems, .. }) => problems,
+            Err(e) => vec![e.to_string()],
+        }
+    }
+
+    fn parse(&self, text: &str) -> Result<Manifest, String> {
+        let (common, m) = SegmenterManifest::from_toml(text)?;
+        Ok(Manifest::new(common, m.tiling.clone(), None, m))
+    }
+
+    fn input(&self, package: &ModelPackage) -> Option<InputContract> {
+        let m = package.manifest.sections::<SegmenterManifest>()?;
+        Some(InputContract {
+            size: m.preprocess.as_ref()?.size,
+            any_size: true,
+            prompted: m.segmentation.as_ref()?.format == "clipseg",
+            bytes: false,
+        })
+    }
+
+    fn timed(&self) -> bool {
+        true
+    }
+
+    fn load_timed(
+        &self,
+        runtime: &Runtime,
+        path: &Path,
+        options: &SessionOptions,
+    ) -> Result<TimedGraph, ModelError> {
+        let mut m = SegmentationModel::load(runtime, path, options)?;
+        if m.is_prompted() {
+            return Err(ModelError::Unsupported(
+                "bench-model does not time text-prompted models".into(),
+            ));
+        }
+        let (provider, fallback) = m.provider();
+        let fallback = fallback.map(str::to_string);
+        Ok(TimedGraph {
+            provider,
+            fallback,
+            input_size: m.input_size(),
+            run: Box::new(move |x: &Array4<f32>| m.predict(x.view()).map(|_| ())),
+        })
+    }
+}
 
 /// How the output is read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,7 +115,7 @@ struct Prompted {
     tok: super::TokenizerSpec,
     tokenizer: tokenizers::Tokenizer,
     prompts: Vec<String>,
-    tokens: Option<super::clip::Tokens>,
+    tokens: Option<super::Tokens>,
 }
 
 /// A loaded segmentation model.
@@ -57,36 +139,44 @@ impl std::fmt::Debug for SegmentationModel {
     }
 }
 
+/// What is wrong with the graph's output for the format and the number of named classes.
+fn output_problems(
+    o: &crate::runtime::TensorSpec,
+    format: SegFormat,
+    classes: usize,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    if format == SegFormat::Clipseg {
+        if o.shape.len() != 3 && o.shape.len() != 4 {
+            problems.push(format!(
+                "output '{}' has shape {:?}, expected [N, H, W]",
+                o.name, o.shape
+            ));
+        }
+    } else if o.shape.len() != 4 {
+        problems.push(format!(
+            "output '{}' has shape {:?}, expected [B, C, H, W]",
+            o.name, o.shape
+        ));
+    } else if format == SegFormat::Probability && o.shape[1] != 1 && o.shape[1] != -1 {
+        problems.push(format!(
+            "output '{}' has {} channels, the probability format has 1",
+            o.name, o.shape[1]
+        ));
+    } else if format != SegFormat::Probability && o.shape[1] > 0 && o.shape[1] as usize != classes {
+        problems.push(format!(
+            "output '{}' has {} channels but {} classes are named",
+            o.name, o.shape[1], classes
+        ));
+    }
+    problems
+}
+
 fn run_err(path: &Path, e: impl std::fmt::Display) -> ModelError {
     ModelError::Runtime(RuntimeError::Run {
         path: path.display().to_string(),
         reason: e.to_string(),
     })
-}
-
-/// A package folder with `model.toml`, or a bare ONNX file with Deepness metadata.
-///
-/// # Errors
-/// As for [`ModelPackage::load`] and [`super::deepness::package_from_onnx`].
-pub fn load_package(runtime: &Runtime, path: &Path) -> Result<ModelPackage, ModelError> {
-    if path.is_file() {
-        return super::deepness::package_from_onnx(runtime, path);
-    }
-    if path.is_dir() && !path.join("model.toml").exists() {
-        let onnx: Vec<_> = std::fs::read_dir(path)
-            .map_err(|e| ModelError::Package {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            })?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "onnx"))
-            .collect();
-        if let [one] = onnx.as_slice() {
-            return super::deepness::package_from_onnx(runtime, one);
-        }
-    }
-    ModelPackage::load(path)
 }
 
 impl SegmentationModel {
@@ -100,18 +190,30 @@ impl SegmentationModel {
         path: &Path,
         options: &SessionOptions,
     ) -> Result<SegmentationModel, ModelError> {
-        let package = load_package(runtime, path)?;
-        let m = &package.manifest;
+        let package = super::load_package(runtime, path)?;
+        SegmentationModel::from_package(runtime, package, path, options)
+    }
+
+    /// The model of a loaded package; `path` (as the user named it) is for messages.
+    ///
+    /// # Errors
+    /// As [`SegmentationModel::load`].
+    pub fn from_package(
+        runtime: &Runtime,
+        package: ModelPackage,
+        path: &Path,
+        options: &SessionOptions,
+    ) -> Result<SegmentationModel, ModelError> {
         let invalid = |problems: Vec<String>| ModelError::Invalid {
             path: path.display().to_string(),
             problems,
         };
-        if m.family != "segmenter" {
+        let Some(m) = package.manifest.sections::<SegmenterManifest>() else {
             return Err(invalid(vec![format!(
                 "family '{}' is not a segmenter",
-                m.family
+                package.manifest.family
             )]));
-        }
+        };
         let mut problems = Vec::new();
         if m.model.is_none() {
             problems.push("a segmenter manifest needs a [model] section".to_string());
@@ -146,7 +248,7 @@ impl SegmentationModel {
                     "the clipseg format needs [prompted] and [tokenizer] sections".into(),
                 ]));
             };
-            let tokenizer = super::clip::load_tokenizer(&package.file(&tok.file))?;
+            let tokenizer = super::tokenizer::load_tokenizer(&package.file(&tok.file))?;
             Some(Prompted {
                 spec,
                 tok,
@@ -176,36 +278,7 @@ impl SegmentationModel {
         }
         match session.outputs().iter().find(|o| o.name == graph.output) {
             None => problems.push(format!("the graph has no output '{}'", graph.output)),
-            Some(o) => {
-                if format == SegFormat::Clipseg {
-                    if o.shape.len() != 3 && o.shape.len() != 4 {
-                        problems.push(format!(
-                            "output '{}' has shape {:?}, expected [N, H, W]",
-                            o.name, o.shape
-                        ));
-                    }
-                } else if o.shape.len() != 4 {
-                    problems.push(format!(
-                        "output '{}' has shape {:?}, expected [B, C, H, W]",
-                        o.name, o.shape
-                    ));
-                } else if format == SegFormat::Probability && o.shape[1] != 1 && o.shape[1] != -1 {
-                    problems.push(format!(
-                        "output '{}' has {} channels, the probability format has 1",
-                        o.name, o.shape[1]
-                    ));
-                } else if format != SegFormat::Probability
-                    && o.shape[1] > 0
-                    && o.shape[1] as usize != spec.classes.len()
-                {
-                    problems.push(format!(
-                        "output '{}' has {} channels but {} classes are named",
-                        o.name,
-                        o.shape[1],
-                        spec.classes.len()
-                    ));
-                }
-            }
+            Some(o) => problems.extend(output_problems(o, format, spec.classes.len())),
         }
         if !problems.is_empty() {
             return Err(invalid(problems));
@@ -280,7 +353,7 @@ impl SegmentationModel {
                 reason: format!("{} prompts: at most 254 are supported", prompts.len()),
             });
         }
-        let tokens = super::clip::tokenize_prompts(
+        let tokens = super::tokenize_prompts(
             &p.tokenizer,
             &p.tok,
             &self.package.file(&p.tok.file),

@@ -16,7 +16,7 @@ pub use atomic::PendingOutput;
 pub use chips::ChipWriter;
 pub use cog::{CogSpec, CogWriter, Resampling};
 pub use formats::VectorFormat;
-pub use mosaic::{polygonize_raster, MosaicSpec, MosaicWriter};
+pub use mosaic::{MosaicSpec, MosaicWriter};
 pub use polygonize::polygonize_classes;
 pub use polygonize_stream::StreamPolygonizer;
 pub use raster::{class_color, write_cog, Legend, RasterSpec};

@@ -5,21 +5,11 @@
 
 use std::path::{Path, PathBuf};
 
-use gdal::{Dataset, DriverManager};
-use gdal_sys::CPLErr;
-
 use super::cog::{CogSpec, CogWriter, Resampling};
 use super::polygonize_stream::StreamPolygonizer;
 use super::{Legend, OutputError, Result};
-use crate::raster::{gdal_reason, last_cpl_message, GeoTransform};
+use crate::raster::GeoTransform;
 use crate::stitch::mask::{RowSink, NODATA_CLASS};
-
-fn werr(path: &Path, reason: String) -> OutputError {
-    OutputError::Write {
-        path: path.display().to_string(),
-        reason,
-    }
-}
 
 /// What a mosaic is written as.
 #[derive(Debug)]
@@ -160,88 +150,109 @@ impl RowSink for MosaicWriter {
     }
 }
 
-/// GDAL's polygonize of a class raster file (the reference the streaming polygonizer is
-/// measured against): polygonize the class raster at `path` (nodata excluded) into `(class, geometry)` pairs,
-/// skipping `skip` classes; polygons are simplified by `tolerance` map units (topology
-/// preserved) and dropped below `min_area` square map units.
-///
-/// # Errors
-/// GDAL failing.
-pub fn polygonize_raster(
-    path: &Path,
-    skip: &[u8],
-    tolerance: f64,
-    min_area: f64,
-) -> Result<Vec<(u8, gdal::vector::Geometry)>> {
-    use gdal::vector::{LayerAccess, LayerOptions, OGRFieldType, OGRwkbGeometryType};
-    let src = Dataset::open(path).map_err(|e| werr(path, gdal_reason(&e)))?;
-    let band = src.rasterband(1).map_err(|e| werr(path, gdal_reason(&e)))?;
-    let driver = DriverManager::get_driver_by_name("Memory")
-        .or_else(|_| DriverManager::get_driver_by_name("MEM"))
-        .map_err(|e| werr(path, gdal_reason(&e)))?;
-    let mut vds = driver
-        .create_vector_only("")
-        .map_err(|e| werr(path, gdal_reason(&e)))?;
-    let layer = vds
-        .create_layer(LayerOptions {
-            name: "p",
-            srs: None,
-            ty: OGRwkbGeometryType::wkbPolygon,
-            options: None,
-        })
-        .map_err(|e| werr(path, gdal_reason(&e)))?;
-    layer
-        .create_defn_fields(&[("class", OGRFieldType::OFTInteger)])
-        .map_err(|e| werr(path, gdal_reason(&e)))?;
-    // When class 0 (background) is not wanted, the class band is its own mask (0 = ignore):
-    // GDAL then never traces the background, which is most of a typical mask. Nodata (255)
-    // regions are traced and dropped below.
-    let skip_background = skip.contains(&0);
-    // SAFETY: valid band, its mask band and the layer, all owned above.
-    let rv = unsafe {
-        let b = band.c_rasterband();
-        let mask = if skip_background {
-            b
-        } else {
-            gdal_sys::GDALGetMaskBand(b)
-        };
-        gdal_sys::GDALPolygonize(
-            b,
-            mask,
-            layer.c_layer(),
-            0,
-            std::ptr::null_mut(),
-            None,
-            std::ptr::null_mut(),
-        )
-    };
-    if rv != CPLErr::CE_None {
-        return Err(werr(path, last_cpl_message()));
-    }
-    let mut layer = vds.layer(0).map_err(|e| werr(path, gdal_reason(&e)))?;
-    let mut out = Vec::new();
-    for f in layer.features() {
-        let class = f
-            .field_as_integer(0)
-            .map_err(|e| werr(path, gdal_reason(&e)))?
-            .unwrap_or(-1);
-        let Ok(class) = u8::try_from(class) else {
-            continue;
-        };
-        if skip.contains(&class) || class == NODATA_CLASS {
-            continue;
+/// GDAL's polygonize, the reference the streaming polygonizer is measured against (an ignored
+/// benchmark test); not part of the library.
+#[cfg(test)]
+pub(crate) mod gdal_reference {
+    use std::path::Path;
+
+    use gdal::{Dataset, DriverManager};
+    use gdal_sys::CPLErr;
+
+    use crate::output::{OutputError, Result};
+    use crate::raster::{gdal_reason, last_cpl_message};
+    use crate::stitch::mask::NODATA_CLASS;
+
+    fn werr(path: &Path, reason: String) -> OutputError {
+        OutputError::Write {
+            path: path.display().to_string(),
+            reason,
         }
-        let Some(g) = f.geometry() else { continue };
-        let g = if tolerance > 0.0 {
-            g.simplify_preserve_topology(tolerance)
+    }
+
+    /// GDAL's polygonize of a class raster file (the reference the streaming polygonizer is
+    /// measured against): polygonize the class raster at `path` (nodata excluded) into `(class, geometry)` pairs,
+    /// skipping `skip` classes; polygons are simplified by `tolerance` map units (topology
+    /// preserved) and dropped below `min_area` square map units.
+    ///
+    /// # Errors
+    /// GDAL failing.
+    pub(crate) fn polygonize_raster(
+        path: &Path,
+        skip: &[u8],
+        tolerance: f64,
+        min_area: f64,
+    ) -> Result<Vec<(u8, gdal::vector::Geometry)>> {
+        use gdal::vector::{LayerAccess, LayerOptions, OGRFieldType, OGRwkbGeometryType};
+        let src = Dataset::open(path).map_err(|e| werr(path, gdal_reason(&e)))?;
+        let band = src.rasterband(1).map_err(|e| werr(path, gdal_reason(&e)))?;
+        let driver = DriverManager::get_driver_by_name("Memory")
+            .or_else(|_| DriverManager::get_driver_by_name("MEM"))
+            .map_err(|e| werr(path, gdal_reason(&e)))?;
+        let mut vds = driver
+            .create_vector_only("")
+            .map_err(|e| werr(path, gdal_reason(&e)))?;
+        let layer = vds
+            .create_layer(LayerOptions {
+                name: "p",
+                srs: None,
+                ty: OGRwkbGeometryType::wkbPolygon,
+                options: None,
+            })
+            .map_err(|e| werr(path, gdal_reason(&e)))?;
+        layer
+            .create_defn_fields(&[("class", OGRFieldType::OFTInteger)])
+            .map_err(|e| werr(path, gdal_reason(&e)))?;
+        // When class 0 (background) is not wanted, the class band is its own mask (0 = ignore):
+        // GDAL then never traces the background, which is most of a typical mask. Nodata (255)
+        // regions are traced and dropped below.
+        let skip_background = skip.contains(&0);
+        // SAFETY: valid band, its mask band and the layer, all owned above.
+        let rv = unsafe {
+            let b = band.c_rasterband();
+            let mask = if skip_background {
+                b
+            } else {
+                gdal_sys::GDALGetMaskBand(b)
+            };
+            gdal_sys::GDALPolygonize(
+                b,
+                mask,
+                layer.c_layer(),
+                0,
+                std::ptr::null_mut(),
+                None,
+                std::ptr::null_mut(),
+            )
+        };
+        if rv != CPLErr::CE_None {
+            return Err(werr(path, last_cpl_message()));
+        }
+        let mut layer = vds.layer(0).map_err(|e| werr(path, gdal_reason(&e)))?;
+        let mut out = Vec::new();
+        for f in layer.features() {
+            let class = f
+                .field_as_integer(0)
                 .map_err(|e| werr(path, gdal_reason(&e)))?
-        } else {
-            g.clone()
-        };
-        if g.area() < min_area || g.is_empty() {
-            continue;
+                .unwrap_or(-1);
+            let Ok(class) = u8::try_from(class) else {
+                continue;
+            };
+            if skip.contains(&class) || class == NODATA_CLASS {
+                continue;
+            }
+            let Some(g) = f.geometry() else { continue };
+            let g = if tolerance > 0.0 {
+                g.simplify_preserve_topology(tolerance)
+                    .map_err(|e| werr(path, gdal_reason(&e)))?
+            } else {
+                g.clone()
+            };
+            if g.area() < min_area || g.is_empty() {
+                continue;
+            }
+            out.push((class, g));
         }
-        out.push((class, g));
+        Ok(out)
     }
-    Ok(out)
 }

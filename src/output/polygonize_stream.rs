@@ -1545,7 +1545,9 @@ mod tests {
         );
 
         let t = Instant::now();
-        let theirs = crate::output::polygonize_raster(&path, &[0], 0.0, 0.0).expect("gdal");
+        let theirs =
+            crate::output::mosaic::gdal_reference::polygonize_raster(&path, &[0], 0.0, 0.0)
+                .expect("gdal");
         let gdal_s = t.elapsed().as_secs_f64();
         let gdal_area: f64 = theirs.iter().map(|(_, g)| g.area()).sum();
         println!(

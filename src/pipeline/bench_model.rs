@@ -9,9 +9,8 @@ use ndarray::Array4;
 use serde::Serialize;
 
 use super::PipelineError;
-use crate::models::clip::ClipModel;
-use crate::models::detection::DetectorModel;
-use crate::models::segmentation::SegmentationModel;
+use crate::models::registry::{self, TimedGraph};
+use crate::models::ModelError;
 use crate::runtime::{Runtime, SessionOptions};
 
 /// What `tessera bench-model` does.
@@ -40,9 +39,6 @@ pub struct BenchModelReport {
     pub ms_per_batch: f64,
 }
 
-/// One timed call of the model on a batch.
-type RunBatch = Box<dyn FnMut(&Array4<f32>) -> Result<(), PipelineError>>;
-
 /// A deterministic pseudo-random batch in the normalised range (no RNG dependency).
 fn batch(b: usize, size: usize) -> Array4<f32> {
     let mut state = 0x9e37_79b9_u32;
@@ -54,82 +50,31 @@ fn batch(b: usize, size: usize) -> Array4<f32> {
     })
 }
 
-/// Run the benchmark on the image graph of a CLIP, segmenter or (closed-set) detector package.
+/// Run the benchmark on the image graph of a package whose family `bench-model` times (see
+/// [`crate::models::registry::ModelFamily::load_timed`]).
 ///
 /// # Errors
 /// A package of another family, a prompted model, or inference failure.
 pub fn run_bench_model(job: BenchModelJob) -> Result<BenchModelReport, PipelineError> {
     let runtime = Runtime::load(job.ort_lib.as_deref())?;
-    let package = crate::models::segmentation::load_package(runtime, &job.model)?;
+    let package = crate::models::load_package(runtime, &job.model)?;
     let family = package.manifest.family.clone();
     let b = job.batch_size.max(1);
-    let (size, provider, fallback, mut run): (usize, String, Option<String>, RunBatch) =
-        match family.as_str() {
-            "clip" => {
-                let mut m = ClipModel::load(runtime, &job.model, &job.session)?;
-                let (p, f) = m.image_provider();
-                let (p, f) = (p.to_string(), f.map(str::to_string));
-                (m.input_size(), p, f, {
-                    // uint8-input packages are timed on byte batches, as classify feeds
-                    // them (made once from the float batch, outside the timing).
-                    let mut bytes: Option<Array4<u8>> = None;
-                    Box::new(move |x: &Array4<f32>| {
-                        let r = if m.takes_bytes() {
-                            let b = bytes.get_or_insert_with(|| {
-                                x.mapv(|v| (v.abs() * 64.0).min(255.0) as u8)
-                            });
-                            m.encode_images(b.view())
-                        } else {
-                            m.encode_images(x.view())
-                        };
-                        r.map(|_| ()).map_err(PipelineError::from)
-                    })
-                })
-            }
-            "segmenter" => {
-                let mut m = SegmentationModel::load(runtime, &job.model, &job.session)?;
-                if m.is_prompted() {
-                    return Err(PipelineError::Options(
-                        "bench-model does not time text-prompted models".into(),
-                    ));
-                }
-                let (p, f) = m.provider();
-                let (p, f) = (p.to_string(), f.map(str::to_string));
-                (
-                    m.input_size(),
-                    p,
-                    f,
-                    Box::new(move |x: &Array4<f32>| {
-                        m.predict(x.view()).map(|_| ()).map_err(PipelineError::from)
-                    }),
-                )
-            }
-            "detector" => {
-                let mut m = DetectorModel::load(runtime, &job.model, &job.session)?;
-                if m.is_prompted() {
-                    return Err(PipelineError::Options(
-                        "bench-model does not time open-vocabulary detectors".into(),
-                    ));
-                }
-                let (p, f) = m.provider();
-                let (p, f) = (p.to_string(), f.map(str::to_string));
-                (
-                    m.input_size(),
-                    p,
-                    f,
-                    Box::new(move |x: &Array4<f32>| {
-                        m.detect(x.view(), 1.0)
-                            .map(|_| ())
-                            .map_err(PipelineError::from)
-                    }),
-                )
-            }
-            other => {
-                return Err(PipelineError::Options(format!(
-                    "bench-model times clip, segmenter and detector packages, not '{other}'"
-                )))
-            }
-        };
+    let graph = match registry::family(&family) {
+        Some(f) => f.load_timed(runtime, &job.model, &job.session),
+        None => Err(ModelError::Unsupported(registry::not_timed(&family))),
+    };
+    let TimedGraph {
+        provider,
+        fallback,
+        input_size: size,
+        mut run,
+    } = graph.map_err(|e| match e {
+        ModelError::Unsupported(reason) => PipelineError::Options(reason),
+        e => PipelineError::from(e),
+    })?;
+    let provider = provider.to_string();
+    let mut run = move |x: &Array4<f32>| run(x).map_err(PipelineError::from);
     let input = batch(b, size);
     for _ in 0..job.warmup {
         run(&input)?;

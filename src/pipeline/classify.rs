@@ -13,8 +13,9 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::{peak_rss_bytes, progress_bar, stream_model_tiles, PipelineError};
-use crate::models::clip::{ClipModel, ImageElement, StagedBatch};
+use crate::models::clip::ClipModel;
 use crate::models::ModelError;
+use crate::models::{ImageElement, StagedBatch};
 use crate::output::{
     class_color, polygonize_classes, write_cog, FieldKind, FieldSpec, FieldValue, GeometryKind,
     Legend, PendingOutput, RasterSpec, VectorFormat, VectorLayerWriter,

@@ -217,7 +217,7 @@ pub(crate) fn stream_model_tiles<F>(
     grid: &crate::tiling::TileGrid,
     read: &crate::tiling::ReadOptions,
     scaling: &crate::raster::Scaling,
-    norm: &crate::models::clip::Normalizer,
+    norm: &crate::models::Normalizer,
     consume: F,
 ) -> Result<crate::tiling::StreamStats, PipelineError>
 where

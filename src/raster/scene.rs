@@ -130,16 +130,6 @@ impl Scene {
         Ok(Scene { dataset, info })
     }
 
-    /// Open another handle on the same scene (for another reader thread).
-    pub fn reopen(&self) -> Result<Scene> {
-        Scene::open(
-            &self.info.path,
-            &OpenOptions {
-                pixel_coords: self.info.pixel_coords,
-            },
-        )
-    }
-
     pub fn info(&self) -> &SceneInfo {
         &self.info
     }
