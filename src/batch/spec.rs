@@ -292,6 +292,14 @@ impl Pipeline {
         file.tiling
             .validate_overlap()
             .map_err(|e| invalid(None, e))?;
+        let shared_pass = file.tiling.shared_pass.unwrap_or(true) && stages.len() > 1;
+        check_tiling(&stages, &file.tiling, shared_pass).map_err(|(stage, message)| {
+            let line = file
+                .stages
+                .get(stage)
+                .map(|s| line_of(text, s.span().start));
+            err(line, message)
+        })?;
         let format = file.output.vector_format().map_err(|e| invalid(None, e))?;
         let name = file.name.clone().unwrap_or_else(|| {
             path.file_stem()
@@ -301,7 +309,7 @@ impl Pipeline {
             path: path.to_path_buf(),
             name,
             description: file.description.clone(),
-            shared_pass: file.tiling.shared_pass.unwrap_or(true) && stages.len() > 1,
+            shared_pass,
             stages,
             asset: file.input.asset.clone(),
             format,
@@ -379,6 +387,84 @@ impl Pipeline {
         }
         Ok(jobs)
     }
+}
+
+/// The tiles a stage's model reads: (tile size, overlap, target resolution), from the
+/// pipeline's `[tiling]` over the model's own defaults, as the job will settle them. `None`
+/// for models whose input is only known once loaded (ONNX files with Deepness metadata).
+fn stage_tiling(
+    stage: &Stage,
+    tiling: &TilingOptions,
+) -> Result<Option<(usize, usize, Option<f64>)>, String> {
+    let Ok(package) = crate::models::ModelPackage::load(&stage.model) else {
+        return Ok(None);
+    };
+    let Some(family) = crate::models::registry::family(&package.manifest.family) else {
+        return Ok(None);
+    };
+    let Some(input) = family.input(&package) else {
+        return Ok(None);
+    };
+    if let Some(size) = tiling.tile_size {
+        if size != input.size && !input.any_size {
+            return Err(format!(
+                "tile_size {size} differs from the input size {} of {}: tiles are read at the model's size (use target_gsd to choose their ground footprint)",
+                input.size,
+                stage.model.display()
+            ));
+        }
+    }
+    let size = tiling.tile_size.unwrap_or(input.size);
+    let defaults = package.manifest.tiling.as_ref();
+    let overlap = match (tiling.overlap, tiling.stride) {
+        (Some(o), _) => o,
+        (None, Some(s)) => size.saturating_sub(s),
+        (None, None) => defaults
+            .and_then(|t| t.overlap)
+            .unwrap_or(0)
+            .min(size.saturating_sub(1)),
+    };
+    let gsd = tiling.target_gsd.or(defaults.and_then(|t| t.gsd));
+    Ok(Some((size, overlap, gsd)))
+}
+
+/// What a run would reject about tiling, found before any scene is read: a tile size a model
+/// cannot take, and stages of one shared read pass that need different tiles. The error
+/// names the stage (its index) it is about.
+fn check_tiling(
+    stages: &[Stage],
+    tiling: &TilingOptions,
+    shared_pass: bool,
+) -> Result<(), (usize, String)> {
+    type Tiles = (usize, usize, Option<f64>);
+    let show = |(size, overlap, gsd): Tiles| {
+        format!(
+            "{size} px, overlap {overlap}{}",
+            gsd.map(|g| format!(", {g} m")).unwrap_or_default()
+        )
+    };
+    let mut first: Option<(&str, Tiles)> = None;
+    for (i, stage) in stages.iter().enumerate() {
+        let Some(t) = stage_tiling(stage, tiling).map_err(|m| (i, m))? else {
+            continue;
+        };
+        match first {
+            None => first = Some((&stage.name, t)),
+            Some((name, f)) if shared_pass && f != t => {
+                return Err((
+                    i,
+                    format!(
+                        "stages '{name}' and '{}' need different tiling ({} against {}): one read pass needs the same tiles for every stage; set [tiling] in the pipeline, or shared_pass = false",
+                        stage.name,
+                        show(f),
+                        show(t)
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// The model exists and is of the stage's kind.
@@ -555,6 +641,32 @@ mod tests {
         )));
         assert!(
             m.contains("test.toml:1:") && m.contains("min_score must be between 0 and 1"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn check_finds_what_a_run_would_reject_about_tiling() {
+        let classify = |name: &str| {
+            format!("[[stage]]\nname = \"{name}\"\ntask = \"classify\"\nmodel = \"{CLIP}\"\nlabels = [\"a\"]\n")
+        };
+        let caption =
+            "[[stage]]\ntask = \"caption\"\nmodel = \"../sample_data/models/blip2-tiny\"\n";
+        // clip-tiny and blip2-tiny take different input sizes: not in one read pass.
+        let m = message(parse(&format!("{}{caption}", classify("a"))));
+        assert!(
+            m.contains("test.toml:6:") && m.contains("need different tiling"),
+            "{m}"
+        );
+        let separate = format!("[tiling]\nshared_pass = false\n{}{caption}", classify("a"));
+        assert!(parse(&separate).is_ok());
+        assert!(parse(&format!("{}{}", classify("a"), classify("b"))).is_ok());
+        let m = message(parse(&format!(
+            "[tiling]\ntile_size = 100\n{}",
+            classify("a")
+        )));
+        assert!(
+            m.contains("tile_size 100 differs from the input size"),
             "{m}"
         );
     }
