@@ -289,6 +289,7 @@ impl Pipeline {
             });
         }
         file.tiling.validate().map_err(|e| invalid(None, e))?;
+        file.runtime.validate().map_err(|e| invalid(None, e))?;
         file.tiling
             .validate_overlap()
             .map_err(|e| invalid(None, e))?;

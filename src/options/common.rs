@@ -252,6 +252,15 @@ pub struct RuntimeOptions {
 }
 
 impl RuntimeOptions {
+    /// # Errors
+    /// Zero operator threads.
+    pub fn validate(&self) -> Result<(), InvalidOption> {
+        if self.intra_threads == Some(0) {
+            return Err(InvalidOption::new("intra_threads", "must be at least 1"));
+        }
+        Ok(())
+    }
+
     /// The device, CPU unless given.
     pub fn device(&self) -> Device {
         self.device.unwrap_or(Device::Cpu)
@@ -261,9 +270,8 @@ impl RuntimeOptions {
     pub fn session(&self, ctx: &JobContext) -> SessionOptions {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let intra_threads = match self.intra_threads {
-            Some(n) => n,
-            None if ctx.jobs > 1 => (cpus / ctx.jobs).max(1),
-            None => 0,
+            None if ctx.jobs > 1 => Some((cpus / ctx.jobs).max(1)),
+            given => given,
         };
         SessionOptions {
             device: self.device(),
@@ -359,6 +367,7 @@ impl SceneJobBase {
         output: &OutputOptions,
         ctx: &JobContext,
     ) -> Result<SceneJobBase, InvalidOption> {
+        runtime.validate()?;
         let batch_size = tiling
             .batch_size
             .unwrap_or_else(|| runtime.device().default_batch_size());

@@ -77,8 +77,8 @@ impl Device {
 pub struct SessionOptions {
     pub device: Device,
     pub allow_fallback: bool,
-    /// Threads inside each operator (0: ONNX Runtime's default, one per core).
-    pub intra_threads: usize,
+    /// Threads inside each operator (`None`: ONNX Runtime's default, one per core).
+    pub intra_threads: Option<usize>,
     /// TensorRT engine cache folder.
     pub trt_cache: Option<PathBuf>,
 }
@@ -88,7 +88,7 @@ impl Default for SessionOptions {
         SessionOptions {
             device: Device::Cpu,
             allow_fallback: false,
-            intra_threads: 0,
+            intra_threads: None,
             trt_cache: None,
         }
     }
@@ -253,9 +253,9 @@ fn build(
         .map_err(|e| e.to_string())?
         .with_optimization_level(GraphOptimizationLevel::Level3)
         .map_err(|e| e.to_string())?;
-    if options.intra_threads > 0 {
+    if let Some(threads) = options.intra_threads {
         builder = builder
-            .with_intra_threads(options.intra_threads)
+            .with_intra_threads(threads)
             .map_err(|e| e.to_string())?;
     }
     if let Some(ep) = ep {
