@@ -441,8 +441,10 @@ fn run_stages(
     dir: &Path,
     ctx: &JobContext,
 ) -> Result<serde_json::Map<String, serde_json::Value>, (String, bool)> {
-    let failed =
-        |name: &str, e: crate::pipeline::PipelineError| (format!("{name}: {e}"), e.is_transient());
+    let failed = |name: &str, e: crate::pipeline::PipelineError| {
+        let message = e.render(crate::options::KeyStyle::File);
+        (format!("{name}: {message}"), e.is_transient())
+    };
     let mut jobs = pipeline.jobs(raster, dir, ctx);
     let names: Vec<String> = pipeline.stages.iter().map(|s| s.name.clone()).collect();
     let mut reports = serde_json::Map::new();

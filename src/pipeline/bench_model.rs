@@ -89,7 +89,7 @@ pub fn run_bench_model(job: BenchModelJob) -> Result<BenchModelReport, PipelineE
             "segmenter" => {
                 let mut m = SegmentationModel::load(runtime, &job.model, &job.session)?;
                 if m.is_prompted() {
-                    return Err(PipelineError::Options(
+                    return Err(PipelineError::Unsupported(
                         "bench-model does not time text-prompted models".into(),
                     ));
                 }
@@ -107,7 +107,7 @@ pub fn run_bench_model(job: BenchModelJob) -> Result<BenchModelReport, PipelineE
             "detector" => {
                 let mut m = DetectorModel::load(runtime, &job.model, &job.session)?;
                 if m.is_prompted() {
-                    return Err(PipelineError::Options(
+                    return Err(PipelineError::Unsupported(
                         "bench-model does not time open-vocabulary detectors".into(),
                     ));
                 }
@@ -125,7 +125,7 @@ pub fn run_bench_model(job: BenchModelJob) -> Result<BenchModelReport, PipelineE
                 )
             }
             other => {
-                return Err(PipelineError::Options(format!(
+                return Err(PipelineError::Unsupported(format!(
                     "bench-model times clip, segmenter and detector packages, not '{other}'"
                 )))
             }

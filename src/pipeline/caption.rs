@@ -167,11 +167,15 @@ pub fn run_caption(mut job: CaptionJob) -> Result<CaptionReport, PipelineError> 
         .scene_window
         .unwrap_or((0, 0, scene.width(), scene.height()));
     if ww == 0 || wh == 0 || wx + ww > scene.width() || wy + wh > scene.height() {
-        return Err(PipelineError::Options(format!(
-            "--scene-window {wx},{wy},{ww},{wh} is not inside the {}x{} scene",
-            scene.width(),
-            scene.height()
-        )));
+        return Err(crate::options::InvalidOption::new(
+            "scene_window",
+            format!(
+                "{wx},{wy},{ww},{wh} is not inside the {}x{} scene",
+                scene.width(),
+                scene.height()
+            ),
+        )
+        .into());
     }
     let reader = WindowReader::new(&scene, &job.read.bands, Resampling::Average)?;
     let req = WindowRequest {
@@ -196,7 +200,7 @@ pub fn run_caption(mut job: CaptionJob) -> Result<CaptionReport, PipelineError> 
     }
     norm.apply(&mut view, &valid);
     let view = Array4::from_shape_vec((1, 3, size, size), view)
-        .map_err(|e| PipelineError::Options(e.to_string()))?;
+        .map_err(|e| PipelineError::Internal(e.to_string()))?;
     let t = Instant::now();
     let scene_tokens = model.generate(view.view(), std::slice::from_ref(&job.prompt), &params)?;
     model_seconds += t.elapsed().as_secs_f64();
@@ -258,7 +262,7 @@ pub fn run_caption(mut job: CaptionJob) -> Result<CaptionReport, PipelineError> 
     if let (Some(pending), Some(dir)) = (pending, &job.out) {
         write_outputs(&job, &scene, &captions, &scene_caption, &pending)?;
         for entry in std::fs::read_dir(pending.path())
-            .map_err(|e| PipelineError::Options(format!("{}: {e}", dir.display())))?
+            .map_err(|e| PipelineError::io(dir, e))?
             .flatten()
         {
             outputs.push(dir.join(entry.file_name()).display().to_string());

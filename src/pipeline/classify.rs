@@ -15,6 +15,7 @@ use serde::Serialize;
 use super::{peak_rss_bytes, progress_bar, stream_model_tiles, PipelineError};
 use crate::models::clip::{ClipModel, ImageElement, StagedBatch};
 use crate::models::ModelError;
+use crate::options::InvalidOption;
 use crate::output::{
     class_color, polygonize_classes, write_cog, FieldKind, FieldSpec, FieldValue, GeometryKind,
     Legend, PendingOutput, RasterSpec, VectorFormat, VectorLayerWriter,
@@ -288,7 +289,7 @@ pub fn run_classify(mut job: ClassifyJob) -> Result<ClassifyReport, PipelineErro
     if let (Some(pending), Some(dir)) = (pending, &job.out) {
         write_outputs(&job, &scene, &grid, &results, &names, &class_of, &pending)?;
         for entry in std::fs::read_dir(pending.path())
-            .map_err(|e| PipelineError::Options(format!("{}: {e}", dir.display())))?
+            .map_err(|e| PipelineError::io(dir, e))?
             .flatten()
         {
             outputs.push(dir.join(entry.file_name()).display().to_string());
@@ -383,7 +384,7 @@ where
             }
             Ok((results, seconds))
         });
-        let stopped = || PipelineError::Options("the model thread stopped".into());
+        let stopped = || PipelineError::worker("model", "stopped");
         let mut waiting = 0.0;
         let mut waited = Instant::now();
         let streamed = stream(&mut |pixels, tile, valid_fraction| {
@@ -408,7 +409,7 @@ where
         drop(full_tx);
         let joined = worker
             .join()
-            .map_err(|_| PipelineError::Options("the model thread panicked".into()))?;
+            .map_err(|_| PipelineError::worker("model", "panicked"))?;
         // The model's own error explains a "model thread stopped" on this side.
         let (results, seconds) = joined?;
         let stats = streamed?;
@@ -419,44 +420,49 @@ where
 
 fn validate_labels(job: &ClassifyJob) -> Result<(), PipelineError> {
     if job.labels.is_empty() {
-        return Err(PipelineError::Options(
-            "no labels given (use --labels or --labels-file)".into(),
-        ));
+        return Err(InvalidOption::new(
+            "labels",
+            "is empty: no labels given (use `labels` or `labels_file`)",
+        )
+        .into());
     }
     let mut seen = std::collections::BTreeSet::new();
     for l in &job.labels {
         if l.trim().is_empty() {
-            return Err(PipelineError::Options(
-                "empty label in the label list".into(),
-            ));
+            return Err(
+                InvalidOption::new("labels", "has an empty label in the label list").into(),
+            );
         }
         if !seen.insert(l) {
-            return Err(PipelineError::Options(format!(
-                "label '{l}' is given twice"
-            )));
+            return Err(InvalidOption::new("labels", format!("gives label '{l}' twice")).into());
         }
         if l == UNKNOWN && job.min_score.is_some() {
-            return Err(PipelineError::Options(format!(
-                "'{UNKNOWN}' is reserved for tiles below --min-score"
-            )));
+            return Err(InvalidOption::new(
+                "labels",
+                format!("cannot name '{UNKNOWN}': it is reserved for tiles below `min_score`"),
+            )
+            .into());
         }
     }
     if job.labels.len() > 250 {
-        return Err(PipelineError::Options(format!(
-            "{} labels: at most 250 are supported",
-            job.labels.len()
-        )));
+        return Err(InvalidOption::new(
+            "labels",
+            format!("has {} labels: at most 250 are supported", job.labels.len()),
+        )
+        .into());
     }
     if job.templates.is_empty() || job.templates.iter().any(|t| !t.contains("{}")) {
-        return Err(PipelineError::Options(
-            "every --template must contain {} where the label goes".into(),
-        ));
+        return Err(
+            InvalidOption::new("templates", "must each contain {} where the label goes").into(),
+        );
     }
     if let Some(m) = job.min_score {
         if !(0.0..=1.0).contains(&m) {
-            return Err(PipelineError::Options(format!(
-                "--min-score must be between 0 and 1, got {m}"
-            )));
+            return Err(InvalidOption::new(
+                "min_score",
+                format!("must be between 0 and 1, got {m}"),
+            )
+            .into());
         }
     }
     Ok(())

@@ -258,7 +258,7 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
                             let p = probs.slice(s![k, .., .., ..]);
                             let p = p.as_standard_layout();
                             let slice = p.as_slice().ok_or_else(|| {
-                                PipelineError::Options("non-contiguous probabilities".into())
+                                PipelineError::Internal("non-contiguous probabilities".into())
                             })?;
                             stitcher.add(&tile, Some(slice), &valid, &mut writer)?;
                         }
@@ -271,7 +271,7 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
             Ok((peak, t.elapsed().as_secs_f64(), polygons))
         });
         // A failed send means the stitching thread stopped on an error: joining reports it.
-        let stitch_gone = || PipelineError::Options("the stitching thread stopped".into());
+        let stitch_gone = || PipelineError::worker("stitching", "stopped");
         let mut run_batch = |batch: &mut TileBatch<(Tile, Vec<u8>)>,
                              model: &mut SegmentationModel|
          -> Result<(), PipelineError> {
@@ -306,7 +306,7 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
         drop(to_stitch);
         let stitched = stitching
             .join()
-            .map_err(|_| PipelineError::Options("the stitching thread panicked".into()))?;
+            .map_err(|_| PipelineError::worker("stitching", "panicked"))?;
         // The stitching thread's own error explains a failed send better than the send.
         match (swept, stitched) {
             (_, Err(e)) => Err(e),
@@ -345,7 +345,7 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
     }
     layer.finish()?;
     let mut outputs: Vec<String> = std::fs::read_dir(&dir)
-        .map_err(|e| PipelineError::Options(format!("{}: {e}", job.out.display())))?
+        .map_err(|e| PipelineError::io(&job.out, e))?
         .flatten()
         .map(|e| job.out.join(e.file_name()).display().to_string())
         .collect();
