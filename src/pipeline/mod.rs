@@ -8,6 +8,7 @@ mod caption;
 mod classify;
 mod detect;
 mod doctor;
+mod driver;
 pub mod feed;
 mod segment;
 mod tiles;
@@ -191,10 +192,6 @@ impl<M, T: Copy + Default> TileBatch<M, T> {
         self.items.len() == self.pixels.shape()[0]
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.items.is_empty()
-    }
-
     /// The filled part of the batch and its items; the batch is empty afterwards.
     pub(crate) fn take(&mut self) -> (ndarray::ArrayView4<'_, T>, Vec<M>) {
         let items = std::mem::take(&mut self.items);
@@ -352,6 +349,24 @@ where
             consume,
         ),
     }
+}
+
+/// The files of the pending output folder `pending`, named as they will be once it is
+/// committed to `out`, sorted.
+///
+/// # Errors
+/// The folder cannot be listed.
+pub(crate) fn output_names(
+    pending: &std::path::Path,
+    out: &std::path::Path,
+) -> Result<Vec<String>, PipelineError> {
+    let mut outputs: Vec<String> = std::fs::read_dir(pending)
+        .map_err(|e| PipelineError::io(out, e))?
+        .flatten()
+        .map(|e| out.join(e.file_name()).display().to_string())
+        .collect();
+    outputs.sort();
+    Ok(outputs)
 }
 
 /// Peak resident memory of this process so far (VmHWM), in bytes, where the OS reports it.
