@@ -68,24 +68,19 @@ pub struct TileCaption {
 /// What `tessera caption` did.
 #[derive(Debug, Serialize)]
 pub struct CaptionReport {
-    pub scene: String,
-    pub model: String,
+    /// Scene, model, provider, tile counts, outputs, memory.
+    #[serde(flatten)]
+    pub run: super::SceneRunReport,
     pub model_trained: bool,
-    pub provider: String,
-    pub fallback: Option<String>,
     pub prompt: String,
     pub params: GenerationParams,
     pub scene_caption: String,
-    pub tiles_total: usize,
     pub tiles_captioned: usize,
-    pub tiles_skipped: usize,
     pub new_tokens: usize,
-    pub outputs: Vec<String>,
     pub seconds: f64,
     pub model_seconds: f64,
     pub captions_per_second: f64,
     pub tokens_per_second: f64,
-    pub peak_rss_bytes: Option<u64>,
 }
 
 const TILE_FIELDS: [FieldSpec; 5] = [
@@ -324,14 +319,16 @@ pub fn run_caption(mut job: CaptionJob) -> Result<CaptionReport, PipelineError> 
     let (provider, fallback) = model.provider();
     let n_captions = captions.len() + 1;
     Ok(CaptionReport {
-        scene: job.scene.clone(),
-        model: job.model.display().to_string(),
-        provider: provider.to_string(),
-        fallback: fallback.map(str::to_string),
-        tiles_total: stats.tiles_total,
-        tiles_skipped: stats.tiles_skipped,
-        outputs,
-        peak_rss_bytes: peak_rss_bytes(),
+        run: super::SceneRunReport {
+            scene: job.scene.clone(),
+            model: job.model.display().to_string(),
+            provider: provider.to_string(),
+            fallback: fallback.map(str::to_string),
+            tiles_total: stats.tiles_total,
+            tiles_skipped: stats.tiles_skipped,
+            outputs,
+            peak_rss_bytes: peak_rss_bytes(),
+        },
         model_trained: model.package().manifest.trained,
         prompt: job.prompt.clone(),
         params,

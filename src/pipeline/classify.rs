@@ -74,11 +74,10 @@ pub struct Timings {
 /// What `tessera classify` did.
 #[derive(Debug, Serialize)]
 pub struct ClassifyReport {
-    pub scene: String,
-    pub model: String,
+    /// Scene, model, provider, tile counts, outputs, memory.
+    #[serde(flatten)]
+    pub run: super::SceneRunReport,
     pub model_trained: bool,
-    pub provider: String,
-    pub fallback: Option<String>,
     /// Batches are copied to the device from pinned host memory (CUDA, TensorRT).
     pub pinned_input: bool,
     /// Where the image-label similarity and softmax ran (the built-in head after the image
@@ -94,14 +93,10 @@ pub struct ClassifyReport {
     pub overlap: usize,
     pub cols: usize,
     pub rows: usize,
-    pub tiles_total: usize,
     pub tiles_read: usize,
-    pub tiles_skipped: usize,
     pub label_counts: BTreeMap<String, usize>,
-    pub outputs: Vec<String>,
     pub timings: Timings,
     pub tiles_per_second: f64,
-    pub peak_rss_bytes: Option<u64>,
 }
 
 /// One classified tile.
@@ -267,14 +262,16 @@ pub fn run_classify(mut job: ClassifyJob) -> Result<ClassifyReport, PipelineErro
     timings.total_seconds = start.elapsed().as_secs_f64();
     let (provider, fallback) = model.image_provider();
     Ok(ClassifyReport {
-        scene: job.scene.clone(),
-        model: job.model.display().to_string(),
-        provider: provider.to_string(),
-        fallback: fallback.map(str::to_string),
-        tiles_total: stats.tiles_total,
-        tiles_skipped: stats.tiles_skipped,
-        outputs,
-        peak_rss_bytes: peak_rss_bytes(),
+        run: super::SceneRunReport {
+            scene: job.scene.clone(),
+            model: job.model.display().to_string(),
+            provider: provider.to_string(),
+            fallback: fallback.map(str::to_string),
+            tiles_total: stats.tiles_total,
+            tiles_skipped: stats.tiles_skipped,
+            outputs,
+            peak_rss_bytes: peak_rss_bytes(),
+        },
         model_trained: model.package().manifest.trained,
         pinned_input: model.pinned_input(),
         similarity_provider: model.head_provider().to_string(),

@@ -52,26 +52,21 @@ pub struct DetectJob {
 /// What `tessera detect` did.
 #[derive(Debug, Serialize)]
 pub struct DetectReport {
-    pub scene: String,
-    pub model: String,
-    pub provider: String,
-    pub fallback: Option<String>,
+    /// Scene, model, provider, tile counts, outputs, memory.
+    #[serde(flatten)]
+    pub run: super::SceneRunReport,
     pub classes: Vec<String>,
     pub tile_size: usize,
     pub overlap: usize,
     pub target_gsd: Option<f64>,
-    pub tiles_total: usize,
     pub tiles_read: usize,
-    pub tiles_skipped: usize,
     /// Boxes from all tiles before merging.
     pub raw_detections: usize,
     pub detections: usize,
     pub counts: BTreeMap<String, usize>,
-    pub outputs: Vec<String>,
     pub seconds: f64,
     pub model_seconds: f64,
     pub merge_seconds: f64,
-    pub peak_rss_bytes: Option<u64>,
 }
 
 const FIELDS: [FieldSpec; 4] = [
@@ -282,14 +277,16 @@ pub fn run_detect(mut job: DetectJob) -> Result<DetectReport, PipelineError> {
     }
     let (provider, fallback) = model.provider();
     Ok(DetectReport {
-        scene: job.scene.clone(),
-        model: job.model.display().to_string(),
-        provider: provider.to_string(),
-        fallback: fallback.map(str::to_string),
-        tiles_total: stats.tiles_total,
-        tiles_skipped: stats.tiles_skipped,
-        outputs,
-        peak_rss_bytes: peak_rss_bytes(),
+        run: super::SceneRunReport {
+            scene: job.scene.clone(),
+            model: job.model.display().to_string(),
+            provider: provider.to_string(),
+            fallback: fallback.map(str::to_string),
+            tiles_total: stats.tiles_total,
+            tiles_skipped: stats.tiles_skipped,
+            outputs,
+            peak_rss_bytes: peak_rss_bytes(),
+        },
         classes,
         tile_size: size,
         overlap: grid.options.overlap,

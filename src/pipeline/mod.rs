@@ -10,6 +10,7 @@ mod detect;
 mod doctor;
 mod driver;
 pub mod feed;
+mod report;
 mod segment;
 mod tiles;
 
@@ -19,6 +20,7 @@ pub use caption::{run_caption, CaptionJob, CaptionReport, TileCaption};
 pub use classify::{run_classify, ClassifyJob, ClassifyReport, TileResult, Timings};
 pub use detect::{run_detect, DetectJob, DetectReport};
 pub use doctor::{run_doctor, DoctorReport};
+pub use report::{SceneRunReport, TaskReport};
 pub use segment::{run_segment, SegmentJob, SegmentReport};
 pub use tiles::{run_tiles, TilesJob, TilesReport};
 

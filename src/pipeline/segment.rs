@@ -55,28 +55,23 @@ pub struct SegmentJob {
 /// What `tessera segment` did.
 #[derive(Debug, Serialize)]
 pub struct SegmentReport {
-    pub scene: String,
-    pub model: String,
-    pub provider: String,
-    pub fallback: Option<String>,
+    /// Scene, model, provider, tile counts, outputs, memory.
+    #[serde(flatten)]
+    pub run: super::SceneRunReport,
     pub classes: Vec<String>,
     pub tile_size: usize,
     pub overlap: usize,
     pub target_gsd: Option<f64>,
-    pub tiles_total: usize,
     pub tiles_read: usize,
-    pub tiles_skipped: usize,
     pub polygons: usize,
     pub mosaic_size: (usize, usize),
     /// Most mosaic rows held in memory at once.
     pub peak_rows: usize,
-    pub outputs: Vec<String>,
     pub seconds: f64,
     pub model_seconds: f64,
     /// Wall seconds of each phase: the sweep (read, model, stitch, COG tiles), COG assembly,
     /// polygonizing, and the vector layer.
     pub phase_seconds: PhaseSeconds,
-    pub peak_rss_bytes: Option<u64>,
 }
 
 /// Polygons as GDAL geometries, simplified by `tolerance` map units (topology preserved) and
@@ -391,14 +386,16 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
     pending.commit()?;
     let (provider, fallback) = model.provider();
     Ok(SegmentReport {
-        scene: job.scene.clone(),
-        model: job.model.display().to_string(),
-        provider: provider.to_string(),
-        fallback: fallback.map(str::to_string),
-        tiles_total: stats.tiles_total,
-        tiles_skipped: stats.tiles_skipped,
-        outputs,
-        peak_rss_bytes: peak_rss_bytes(),
+        run: super::SceneRunReport {
+            scene: job.scene.clone(),
+            model: job.model.display().to_string(),
+            provider: provider.to_string(),
+            fallback: fallback.map(str::to_string),
+            tiles_total: stats.tiles_total,
+            tiles_skipped: stats.tiles_skipped,
+            outputs,
+            peak_rss_bytes: peak_rss_bytes(),
+        },
         classes,
         tile_size: size,
         overlap: grid.options.overlap,
