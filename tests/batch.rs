@@ -267,6 +267,25 @@ fn one_read_pass_gives_the_same_results_as_separate_stages() {
         ra["stages"]["masks"]["polygons"],
         rb["stages"]["masks"]["polygons"]
     );
+    // The records name every output where it ended up, not the temporary folder.
+    for (record, out) in [(&ra, "a"), (&rb, "b")] {
+        let stages = record["stages"].as_object().expect("stages");
+        assert_eq!(stages.len(), 3, "{record}");
+        for (name, stage) in stages {
+            let outputs = stage["outputs"].as_array().expect("outputs");
+            assert!(!outputs.is_empty(), "{name}: {stage}");
+            let stage_dir = d.join(out).join("scene").join(name);
+            for o in outputs {
+                let o = d.join(o.as_str().expect("path"));
+                assert!(o.starts_with(&stage_dir), "{name}: {}", o.display());
+                assert!(o.exists(), "{}", o.display());
+            }
+            assert!(
+                stage["provider"].is_string() && stage["tiles_total"].is_u64(),
+                "{stage}"
+            );
+        }
+    }
 }
 
 #[test]

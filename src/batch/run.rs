@@ -14,7 +14,7 @@ use super::inputs::{expand, SceneInput, Shard};
 use super::record::{self, InputStamp, ModelStamp, SceneRecord};
 use super::spec::{JobContext, Pipeline};
 use super::{host_name, pid_alive, BatchError};
-use crate::pipeline::feed;
+use crate::pipeline::{feed, TaskReport};
 
 /// What `tessera run` does.
 #[derive(Debug)]
@@ -263,15 +263,14 @@ pub fn process_scene(
         let tmp = side_name(out, &scene.name, "tmp");
         std::fs::create_dir(&tmp).map_err(|e| transient(format!("{}: {e}", tmp.display())))?;
         let work = || -> Result<(), (String, bool)> {
-            let stages = run_stages(pipeline, &scene.raster, &tmp, ctx)?;
             let io = |e: std::io::Error| transient(e.to_string());
             let json = |e: serde_json::Error| permanent(e.to_string());
-            let mut stages_json = serde_json::to_string(&stages).map_err(json)?;
-            // Reports name the temporary folder: name the final one.
-            let (t, f) = (json_str(&tmp), json_str(&final_dir));
-            stages_json = stages_json.replace(&t, &f);
-            let stages: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_str(&stages_json).map_err(json)?;
+            let mut stages = serde_json::Map::new();
+            for (name, mut r) in run_stages(pipeline, &scene.raster, &tmp, ctx)? {
+                // Reports name the temporary folder: name the final one.
+                r.run_mut().rebase(&tmp, &final_dir);
+                stages.insert(name, serde_json::to_value(&r).map_err(json)?);
+            }
             write_item(pipeline, scene, &stamps, &tmp).map_err(permanent)?;
             let outputs = record::output_stamps(&tmp).map_err(io)?;
             let finished = record::now();
@@ -376,11 +375,6 @@ fn tiff_datetime(t: &str) -> Option<String> {
 }
 
 /// A path as it appears inside a JSON string.
-fn json_str(p: &Path) -> String {
-    let s = serde_json::to_string(&p.display().to_string()).unwrap_or_default();
-    s.trim_matches('"').to_string()
-}
-
 fn is_complete(dir: &Path, identity: &Identity, scene: &SceneInput) -> bool {
     SceneRecord::read(dir).is_some_and(|r| {
         r.is_current(
@@ -434,24 +428,26 @@ fn install(
 }
 
 /// Run the stages into `dir/<stage>`: together off one read pass, or one after the other.
-/// Returns each stage's report.
+/// Returns each stage's report, in stage order.
 fn run_stages(
     pipeline: &Pipeline,
     raster: &str,
     dir: &Path,
     ctx: &JobContext,
-) -> Result<serde_json::Map<String, serde_json::Value>, (String, bool)> {
-    let failed =
-        |name: &str, e: crate::pipeline::PipelineError| (format!("{name}: {e}"), e.is_transient());
+) -> Result<Vec<(String, TaskReport)>, (String, bool)> {
+    let failed = |name: &str, e: crate::pipeline::PipelineError| {
+        let message = e.render(crate::options::KeyStyle::File);
+        (format!("{name}: {message}"), e.is_transient())
+    };
     let mut jobs = pipeline
         .jobs(raster, dir, ctx)
         .map_err(|e| (e.to_string(), false))?;
     let names: Vec<String> = pipeline.stages.iter().map(|s| s.name.clone()).collect();
-    let mut reports = serde_json::Map::new();
+    let mut reports = Vec::new();
     if !pipeline.shared_pass {
         for (name, job) in names.iter().zip(jobs) {
             let r = job.run().map_err(|e| failed(name, e))?;
-            reports.insert(name.clone(), r);
+            reports.push((name.clone(), r));
         }
         return Ok(reports);
     }
@@ -473,9 +469,7 @@ fn run_stages(
     })?;
     for (name, r) in names.iter().zip(results) {
         match r {
-            Ok(Ok(v)) => {
-                reports.insert(name.clone(), v);
-            }
+            Ok(Ok(r)) => reports.push((name.clone(), r)),
             Ok(Err(e)) => return Err(failed(name, e)),
             Err(_) => return Err((format!("{name}: the stage panicked"), false)),
         }

@@ -511,19 +511,18 @@ impl StageJob {
         }
     }
 
-    /// Run the job; its report as JSON.
+    /// Run the job; its report.
     ///
     /// # Errors
     /// The job's error.
-    pub fn run(self) -> Result<serde_json::Value, crate::pipeline::PipelineError> {
-        use crate::pipeline::{run_caption, run_classify, run_detect, run_segment};
-        let value = match self {
-            StageJob::Classify(j) => serde_json::to_value(run_classify(*j)?),
-            StageJob::Caption(j) => serde_json::to_value(run_caption(*j)?),
-            StageJob::Detect(j) => serde_json::to_value(run_detect(*j)?),
-            StageJob::Segment(j) => serde_json::to_value(run_segment(*j)?),
-        };
-        Ok(value.unwrap_or(serde_json::Value::Null))
+    pub fn run(self) -> Result<crate::pipeline::TaskReport, crate::pipeline::PipelineError> {
+        use crate::pipeline::{run_caption, run_classify, run_detect, run_segment, TaskReport};
+        Ok(match self {
+            StageJob::Classify(j) => TaskReport::Classify(run_classify(*j)?),
+            StageJob::Caption(j) => TaskReport::Caption(run_caption(*j)?),
+            StageJob::Detect(j) => TaskReport::Detect(run_detect(*j)?),
+            StageJob::Segment(j) => TaskReport::Segment(run_segment(*j)?),
+        })
     }
 }
 

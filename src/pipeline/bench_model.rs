@@ -70,7 +70,7 @@ pub fn run_bench_model(job: BenchModelJob) -> Result<BenchModelReport, PipelineE
         input_size: size,
         mut run,
     } = graph.map_err(|e| match e {
-        ModelError::Unsupported(reason) => PipelineError::Options(reason),
+        ModelError::Unsupported(reason) => PipelineError::Unsupported(reason),
         e => PipelineError::from(e),
     })?;
     let provider = provider.to_string();

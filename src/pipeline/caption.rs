@@ -13,7 +13,8 @@ use std::time::Instant;
 use ndarray::Array4;
 use serde::Serialize;
 
-use super::{peak_rss_bytes, progress_bar, stream_model_tiles, PipelineError, TileBatch};
+use super::driver::{drive, ModelStage, RunSpec, SceneSink};
+use super::{peak_rss_bytes, stream_model_tiles, PipelineError, TileBatch};
 use crate::models::decoder::{DecoderModel, GenerationParams};
 use crate::output::{
     FieldKind, FieldSpec, FieldValue, GeometryKind, PendingOutput, VectorFormat, VectorLayerWriter,
@@ -22,7 +23,7 @@ use crate::raster::{
     OpenOptions, Placement, Resampling, ScalingSpec, Scene, WindowReader, WindowRequest,
 };
 use crate::runtime::{Runtime, SessionOptions};
-use crate::tiling::{GridOptions, ReadOptions, Tile};
+use crate::tiling::{GridOptions, ReadOptions, Tile, TileData};
 
 /// What `tessera caption` does.
 #[derive(Debug)]
@@ -67,24 +68,19 @@ pub struct TileCaption {
 /// What `tessera caption` did.
 #[derive(Debug, Serialize)]
 pub struct CaptionReport {
-    pub scene: String,
-    pub model: String,
+    /// Scene, model, provider, tile counts, outputs, memory.
+    #[serde(flatten)]
+    pub run: super::SceneRunReport,
     pub model_trained: bool,
-    pub provider: String,
-    pub fallback: Option<String>,
     pub prompt: String,
     pub params: GenerationParams,
     pub scene_caption: String,
-    pub tiles_total: usize,
     pub tiles_captioned: usize,
-    pub tiles_skipped: usize,
     pub new_tokens: usize,
-    pub outputs: Vec<String>,
     pub seconds: f64,
     pub model_seconds: f64,
     pub captions_per_second: f64,
     pub tokens_per_second: f64,
-    pub peak_rss_bytes: Option<u64>,
 }
 
 const TILE_FIELDS: [FieldSpec; 5] = [
@@ -125,6 +121,127 @@ const SCENE_FIELDS: [FieldSpec; 3] = [
     },
 ];
 
+/// The model thread's part: captions for a batch of tiles.
+struct Captioner<'m> {
+    model: &'m mut DecoderModel,
+    params: &'m GenerationParams,
+    /// The prompt once per batch slot.
+    prompts: Vec<String>,
+    tile_size: usize,
+    new_tokens: usize,
+}
+
+impl ModelStage<f32> for Captioner<'_> {
+    type Batch = TileBatch<(Tile, f64)>;
+    type Output = Vec<TileCaption>;
+
+    fn new_batch(&self) -> Result<Self::Batch, PipelineError> {
+        Ok(TileBatch::new(self.prompts.len(), self.tile_size))
+    }
+
+    fn push(batch: &mut Self::Batch, t: TileData<f32>) -> bool {
+        batch.push(&t.pixels, (t.tile, t.valid_fraction))
+    }
+
+    fn run(&mut self, batch: &mut Self::Batch) -> Result<Vec<TileCaption>, PipelineError> {
+        let (pixels, tiles) = batch.take();
+        let n = tiles.len();
+        let out = self
+            .model
+            .generate(pixels, &self.prompts[..n], self.params)?;
+        let mut captions = Vec::with_capacity(n);
+        for ((tile, valid_fraction), tokens) in tiles.into_iter().zip(out) {
+            self.new_tokens += tokens.len();
+            captions.push(TileCaption {
+                tile_id: tile.id.clone(),
+                row: tile.row,
+                col: tile.col,
+                footprint: tile
+                    .geotransform
+                    .footprint(tile.size as f64, tile.size as f64)
+                    .to_vec(),
+                valid_fraction,
+                caption: self.model.decode(&tokens)?.trim().to_string(),
+                tokens,
+            });
+        }
+        Ok(captions)
+    }
+}
+
+/// The sink's part: every tile's caption.
+struct Captions(Vec<TileCaption>);
+
+impl SceneSink for Captions {
+    type Input = Vec<TileCaption>;
+    type Done = Vec<TileCaption>;
+
+    fn consume(&mut self, captions: Vec<TileCaption>) -> Result<(), PipelineError> {
+        self.0.extend(captions);
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Vec<TileCaption>, PipelineError> {
+        Ok(self.0)
+    }
+}
+
+/// The scene caption: the whole scene (or `job.scene_window`) resampled to one model input.
+/// Returns the caption, its new tokens and the model's seconds.
+fn caption_scene(
+    job: &CaptionJob,
+    model: &mut DecoderModel,
+    scene: &Scene,
+    scaling: &crate::raster::Scaling,
+    params: &GenerationParams,
+) -> Result<(String, usize, f64), PipelineError> {
+    let size = model.input_size();
+    let plane = size * size;
+    let (wx, wy, ww, wh) = job
+        .scene_window
+        .unwrap_or((0, 0, scene.width(), scene.height()));
+    if ww == 0 || wh == 0 || wx + ww > scene.width() || wy + wh > scene.height() {
+        return Err(crate::options::InvalidOption::new(
+            "scene_window",
+            format!(
+                "{wx},{wy},{ww},{wh} is not inside the {}x{} scene",
+                scene.width(),
+                scene.height()
+            ),
+        )
+        .into());
+    }
+    let reader = WindowReader::new(scene, &job.read.bands, Resampling::Average)?;
+    let req = WindowRequest {
+        x: wx as f64,
+        y: wy as f64,
+        w: ww as f64,
+        h: wh as f64,
+        out_w: size,
+        out_h: size,
+    };
+    let place = Placement {
+        offset: 0,
+        line_stride: size,
+        band_stride: plane,
+    };
+    let mut view = vec![0f32; 3 * plane];
+    reader.read_into(&req, &mut view, &place)?;
+    let mut valid = vec![0u8; plane];
+    reader.read_valid(&req, &mut valid, &place)?;
+    for c in 0..3 {
+        scaling.apply(c, &mut view[c * plane..(c + 1) * plane]);
+    }
+    model.normalizer().apply(&mut view, &valid);
+    let view = Array4::from_shape_vec((1, 3, size, size), view)
+        .map_err(|e| PipelineError::Internal(e.to_string()))?;
+    let t = Instant::now();
+    let tokens = model.generate(view.view(), std::slice::from_ref(&job.prompt), params)?;
+    let seconds = t.elapsed().as_secs_f64();
+    let caption = model.decode(&tokens[0])?.trim().to_string();
+    Ok((caption, tokens[0].len(), seconds))
+}
+
 /// Run the job.
 ///
 /// # Errors
@@ -157,51 +274,8 @@ pub fn run_caption(mut job: CaptionJob) -> Result<CaptionReport, PipelineError> 
         Some(dir) => Some(PendingOutput::dir(dir, job.overwrite)?),
         None => None,
     };
-    let norm = model.normalizer();
-    let plane = size * size;
-    let mut model_seconds = 0.0;
-    let mut new_tokens = 0usize;
-
-    // The scene caption: the whole scene (or a window) resampled to one model input.
-    let (wx, wy, ww, wh) = job
-        .scene_window
-        .unwrap_or((0, 0, scene.width(), scene.height()));
-    if ww == 0 || wh == 0 || wx + ww > scene.width() || wy + wh > scene.height() {
-        return Err(PipelineError::Options(format!(
-            "--scene-window {wx},{wy},{ww},{wh} is not inside the {}x{} scene",
-            scene.width(),
-            scene.height()
-        )));
-    }
-    let reader = WindowReader::new(&scene, &job.read.bands, Resampling::Average)?;
-    let req = WindowRequest {
-        x: wx as f64,
-        y: wy as f64,
-        w: ww as f64,
-        h: wh as f64,
-        out_w: size,
-        out_h: size,
-    };
-    let place = Placement {
-        offset: 0,
-        line_stride: size,
-        band_stride: plane,
-    };
-    let mut view = vec![0f32; 3 * plane];
-    reader.read_into(&req, &mut view, &place)?;
-    let mut valid = vec![0u8; plane];
-    reader.read_valid(&req, &mut valid, &place)?;
-    for c in 0..3 {
-        scaling.apply(c, &mut view[c * plane..(c + 1) * plane]);
-    }
-    norm.apply(&mut view, &valid);
-    let view = Array4::from_shape_vec((1, 3, size, size), view)
-        .map_err(|e| PipelineError::Options(e.to_string()))?;
-    let t = Instant::now();
-    let scene_tokens = model.generate(view.view(), std::slice::from_ref(&job.prompt), &params)?;
-    model_seconds += t.elapsed().as_secs_f64();
-    new_tokens += scene_tokens[0].len();
-    let scene_caption = model.decode(&scene_tokens[0])?.trim().to_string();
+    let (scene_caption, mut new_tokens, mut model_seconds) =
+        caption_scene(&job, &mut model, &scene, &scaling, &params)?;
 
     // Every tile.
     let mut captions: Vec<TileCaption> = Vec::new();
@@ -210,84 +284,61 @@ pub fn run_caption(mut job: CaptionJob) -> Result<CaptionReport, PipelineError> 
         ..Default::default()
     };
     if job.tiles {
-        let mut batch = TileBatch::<(Tile, f64)>::new(job.batch_size, size);
-        let bar = progress_bar(grid.len(), job.progress, "captioning");
-        let prompts = vec![job.prompt.clone(); job.batch_size.max(1)];
-        let mut flush = |batch: &mut TileBatch<(Tile, f64)>,
-                         model: &mut DecoderModel|
-         -> Result<(), PipelineError> {
-            if batch.is_empty() {
-                return Ok(());
-            }
-            let (pixels, tiles) = batch.take();
-            let n = tiles.len();
-            let t = Instant::now();
-            let out = model.generate(pixels, &prompts[..n], &params)?;
-            model_seconds += t.elapsed().as_secs_f64();
-            for ((tile, valid_fraction), tokens) in tiles.into_iter().zip(out) {
-                new_tokens += tokens.len();
-                captions.push(TileCaption {
-                    tile_id: tile.id.clone(),
-                    row: tile.row,
-                    col: tile.col,
-                    footprint: tile
-                        .geotransform
-                        .footprint(tile.size as f64, tile.size as f64)
-                        .to_vec(),
-                    valid_fraction,
-                    caption: model.decode(&tokens)?.trim().to_string(),
-                    tokens,
-                });
-            }
-            bar.inc(n as u64);
-            Ok(())
+        let norm = model.normalizer();
+        let spec = RunSpec {
+            tiles: grid.len(),
+            progress: job.progress,
+            what: "captioning",
+            sink: "caption",
+        };
+        let stage = Captioner {
+            model: &mut model,
+            params: &params,
+            prompts: vec![job.prompt.clone(); job.batch_size.max(1)],
+            tile_size: size,
+            new_tokens: 0,
         };
         let feed = job.feed.take();
-        stats = stream_model_tiles(feed, &scene, &grid, &job.read, &scaling, &norm, |t| {
-            if batch.push(&t.pixels, (t.tile.clone(), t.valid_fraction)) {
-                flush(&mut batch, &mut model)?;
-            }
-            Ok(())
+        let swept = drive(&spec, stage, Captions(Vec::new()), |consume| {
+            stream_model_tiles(feed, &scene, &grid, &job.read, &scaling, &norm, consume)
         })?;
-        flush(&mut batch, &mut model)?;
-        bar.finish_and_clear();
+        stats = swept.stats;
+        model_seconds += swept.model_seconds;
+        new_tokens += swept.model.new_tokens;
+        captions = swept.done;
         captions.sort_by_key(|c| (c.row, c.col));
     }
 
     let mut outputs = Vec::new();
     if let (Some(pending), Some(dir)) = (pending, &job.out) {
         write_outputs(&job, &scene, &captions, &scene_caption, &pending)?;
-        for entry in std::fs::read_dir(pending.path())
-            .map_err(|e| PipelineError::Options(format!("{}: {e}", dir.display())))?
-            .flatten()
-        {
-            outputs.push(dir.join(entry.file_name()).display().to_string());
-        }
-        outputs.sort();
+        outputs = super::output_names(&pending.path(), dir)?;
         pending.commit()?;
     }
     let seconds = start.elapsed().as_secs_f64();
     let (provider, fallback) = model.provider();
     let n_captions = captions.len() + 1;
     Ok(CaptionReport {
-        scene: job.scene.clone(),
-        model: job.model.display().to_string(),
+        run: super::SceneRunReport {
+            scene: job.scene.clone(),
+            model: job.model.display().to_string(),
+            provider: provider.to_string(),
+            fallback: fallback.map(str::to_string),
+            tiles_total: stats.tiles_total,
+            tiles_skipped: stats.tiles_skipped,
+            outputs,
+            peak_rss_bytes: peak_rss_bytes(),
+        },
         model_trained: model.package().manifest.trained,
-        provider: provider.to_string(),
-        fallback: fallback.map(str::to_string),
         prompt: job.prompt.clone(),
         params,
         scene_caption,
-        tiles_total: stats.tiles_total,
         tiles_captioned: captions.len(),
-        tiles_skipped: stats.tiles_skipped,
         new_tokens,
-        outputs,
         seconds,
         model_seconds,
         captions_per_second: n_captions as f64 / model_seconds.max(1e-9),
         tokens_per_second: new_tokens as f64 / model_seconds.max(1e-9),
-        peak_rss_bytes: peak_rss_bytes(),
     })
 }
 

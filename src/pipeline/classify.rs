@@ -12,19 +12,19 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::{peak_rss_bytes, progress_bar, stream_model_tiles, PipelineError};
-use crate::models::clip::ClipModel;
+use super::driver::{drive, ModelStage, RunSpec, SceneSink};
+use super::{peak_rss_bytes, stream_model_tiles, PipelineError};
+use crate::models::clip::{ClipModel, DeviceLabels};
 use crate::models::ModelError;
 use crate::models::{ImageElement, StagedBatch};
+use crate::options::InvalidOption;
 use crate::output::{
     class_color, polygonize_classes, write_cog, FieldKind, FieldSpec, FieldValue, GeometryKind,
     Legend, PendingOutput, RasterSpec, VectorFormat, VectorLayerWriter,
 };
 use crate::raster::{GeoTransform, OpenOptions, ScalingSpec, Scene};
 use crate::runtime::{Runtime, SessionOptions};
-use crate::tiling::{
-    stream_tiles, GridOptions, ReadOptions, StreamStats, Tile, TileData, TileGrid,
-};
+use crate::tiling::{stream_tiles, GridOptions, ReadOptions, Tile, TileData, TileGrid};
 
 /// Class value of tiles whose best score is below `--min-score`.
 pub const UNKNOWN: &str = "unknown";
@@ -75,11 +75,10 @@ pub struct Timings {
 /// What `tessera classify` did.
 #[derive(Debug, Serialize)]
 pub struct ClassifyReport {
-    pub scene: String,
-    pub model: String,
+    /// Scene, model, provider, tile counts, outputs, memory.
+    #[serde(flatten)]
+    pub run: super::SceneRunReport,
     pub model_trained: bool,
-    pub provider: String,
-    pub fallback: Option<String>,
     /// Batches are copied to the device from pinned host memory (CUDA, TensorRT).
     pub pinned_input: bool,
     /// Where the image-label similarity and softmax ran (the built-in head after the image
@@ -95,14 +94,10 @@ pub struct ClassifyReport {
     pub overlap: usize,
     pub cols: usize,
     pub rows: usize,
-    pub tiles_total: usize,
     pub tiles_read: usize,
-    pub tiles_skipped: usize,
     pub label_counts: BTreeMap<String, usize>,
-    pub outputs: Vec<String>,
     pub timings: Timings,
     pub tiles_per_second: f64,
-    pub peak_rss_bytes: Option<u64>,
 }
 
 /// One classified tile.
@@ -231,39 +226,17 @@ pub fn run_classify(mut job: ClassifyJob) -> Result<ClassifyReport, PipelineErro
         .map_err(model_err)?;
     timings.text_seconds = t.elapsed().as_secs_f64();
 
-    let bar = progress_bar(grid.len(), job.progress, "classifying");
-    let norm = model.normalizer();
-    // Byte path: a uint8-input model on 8-bit bands scaled 0..255 gets the bytes as read (no
-    // float tiles at all); otherwise float tiles, scaled and normalised (or quantised).
-    let bytes = model.takes_bytes()
-        && job.feed.is_none()
-        && scaling.is_byte_range()
-        && job
-            .read
-            .bands
-            .bands()
-            .iter()
-            .all(|&b| scene.info().bands[b - 1].dtype == "uint8");
-    let batch_size = job.batch_size;
-    let (stats, mut results, model_seconds, wait_seconds) = if bytes {
-        let prepare = |t: &mut TileData<u8>| norm.apply_bytes(&mut t.pixels, &t.valid);
-        double_buffered::<u8, _>(&mut model, &label_embeds, batch_size, &bar, |push| {
-            stream_tiles::<u8, PipelineError, _, _>(&scene, &grid, &job.read, prepare, |t| {
-                push(&t.pixels, t.tile.clone(), t.valid_fraction)
-            })
-        })?
-    } else {
-        let feed = job.feed.take();
-        double_buffered::<f32, _>(&mut model, &label_embeds, batch_size, &bar, |push| {
-            stream_model_tiles(feed, &scene, &grid, &job.read, &scaling, &norm, |t| {
-                push(&t.pixels, t.tile.clone(), t.valid_fraction)
-            })
-        })?
-    };
+    let swept = classify_tiles(&mut job, &mut model, &scene, &scaling, &grid, &label_embeds)?;
+    let Classified {
+        stats,
+        mut results,
+        model_seconds,
+        wait_seconds,
+        bytes,
+    } = swept;
     timings.model_seconds = model_seconds;
     timings.wait_seconds = wait_seconds;
     results.sort_by_key(|r| (r.tile.row, r.tile.col));
-    bar.finish_and_clear();
 
     // Labels with the optional "unknown" class.
     let mut names = job.labels.clone();
@@ -277,35 +250,30 @@ pub fn run_classify(mut job: ClassifyJob) -> Result<ClassifyReport, PipelineErro
             _ => best as u8,
         }
     };
-    let mut label_counts: BTreeMap<String, usize> = names.iter().map(|n| (n.clone(), 0)).collect();
-    for r in &results {
-        *label_counts
-            .entry(names[class_of(r) as usize].clone())
-            .or_default() += 1;
-    }
+    let label_counts = count_labels(&names, &results, &class_of);
 
     let t = Instant::now();
     let mut outputs = Vec::new();
     if let (Some(pending), Some(dir)) = (pending, &job.out) {
         write_outputs(&job, &scene, &grid, &results, &names, &class_of, &pending)?;
-        for entry in std::fs::read_dir(pending.path())
-            .map_err(|e| PipelineError::Options(format!("{}: {e}", dir.display())))?
-            .flatten()
-        {
-            outputs.push(dir.join(entry.file_name()).display().to_string());
-        }
-        outputs.sort();
+        outputs = super::output_names(&pending.path(), dir)?;
         pending.commit()?;
     }
     timings.write_seconds = t.elapsed().as_secs_f64();
     timings.total_seconds = start.elapsed().as_secs_f64();
     let (provider, fallback) = model.image_provider();
     Ok(ClassifyReport {
-        scene: job.scene.clone(),
-        model: job.model.display().to_string(),
+        run: super::SceneRunReport {
+            scene: job.scene.clone(),
+            model: job.model.display().to_string(),
+            provider: provider.to_string(),
+            fallback: fallback.map(str::to_string),
+            tiles_total: stats.tiles_total,
+            tiles_skipped: stats.tiles_skipped,
+            outputs,
+            peak_rss_bytes: peak_rss_bytes(),
+        },
         model_trained: model.package().manifest.trained,
-        provider: provider.to_string(),
-        fallback: fallback.map(str::to_string),
         pinned_input: model.pinned_input(),
         similarity_provider: model.head_provider().to_string(),
         byte_tiles: bytes,
@@ -316,148 +284,215 @@ pub fn run_classify(mut job: ClassifyJob) -> Result<ClassifyReport, PipelineErro
         overlap: grid.options.overlap,
         cols: grid.cols(),
         rows: grid.rows(),
-        tiles_total: stats.tiles_total,
         tiles_read: stats.tiles_read,
-        tiles_skipped: stats.tiles_skipped,
         label_counts,
-        outputs,
         tiles_per_second: stats.tiles_read as f64 / timings.total_seconds,
         timings,
-        peak_rss_bytes: peak_rss_bytes(),
     })
 }
 
-/// Tile batches for the image encoder, double buffered: this thread gathers tiles into one
-/// batch (via the `push` it hands to `stream`) while a model thread encodes the previous one,
-/// so reading, batching and copying overlap inference. Batches are the same as with one
-/// thread (tiles arrive in grid order), so are the results. Returns the stream's counts, one
-/// result per tile, the model's seconds and the seconds spent waiting for tiles.
-#[allow(clippy::type_complexity)]
-fn double_buffered<T, S>(
+/// What the sweep over the tiles gave.
+struct Classified {
+    stats: crate::tiling::StreamStats,
+    results: Vec<TileResult>,
+    model_seconds: f64,
+    wait_seconds: f64,
+    /// The tiles went to the model as bytes.
+    bytes: bool,
+}
+
+/// Classify every tile of the scene: bytes as read for a uint8-input model on 8-bit bands
+/// scaled 0..255 (no float tiles at all), float tiles otherwise (scaled and normalised, or
+/// quantised).
+fn classify_tiles(
+    job: &mut ClassifyJob,
     model: &mut ClipModel,
+    scene: &Scene,
+    scaling: &crate::raster::Scaling,
+    grid: &TileGrid,
     label_embeds: &ndarray::Array2<f32>,
-    batch_size: usize,
-    bar: &indicatif::ProgressBar,
-    stream: S,
-) -> Result<(StreamStats, Vec<TileResult>, f64, f64), PipelineError>
-where
-    T: ImageElement + Default + Send,
-    S: FnOnce(
-        &mut dyn FnMut(&[T], Tile, f64) -> Result<(), PipelineError>,
-    ) -> Result<StreamStats, PipelineError>,
-{
-    use std::sync::mpsc::{channel, sync_channel};
-    // Tiles are gathered straight into the model's input memory (pinned on a GPU): two such
-    // batches, one filling while the other is encoded.
-    type Batch<T> = (StagedBatch<T>, Vec<(Tile, f64)>);
-    let (full_tx, full_rx) = sync_channel::<Batch<T>>(1);
-    let (empty_tx, empty_rx) = channel::<Batch<T>>();
+) -> Result<Classified, PipelineError> {
+    let norm = model.normalizer();
+    let bytes = model.takes_bytes()
+        && job.feed.is_none()
+        && scaling.is_byte_range()
+        && job
+            .read
+            .bands
+            .bands()
+            .iter()
+            .all(|&b| scene.info().bands[b - 1].dtype == "uint8");
+    let spec = RunSpec {
+        tiles: grid.len(),
+        progress: job.progress,
+        what: "classifying",
+        sink: "results",
+    };
     // The label embeddings go where the model runs once (GPU memory on CUDA): each batch's
     // probabilities are computed there, only `[B, labels]` comes back.
     let labels = model.device_labels(label_embeds).map_err(model_err)?;
-    let new_batch = |model: &ClipModel| -> Result<Batch<T>, PipelineError> {
-        let staged = model.staged_batch::<T>(batch_size).map_err(model_err)?;
-        Ok((staged, Vec::with_capacity(batch_size)))
+    let stage = Classifier {
+        model,
+        labels,
+        batch_size: job.batch_size,
     };
-    let mut current = new_batch(model)?;
-    let mut spare = Some(new_batch(model)?);
-    std::thread::scope(|s| {
-        let worker = s.spawn(move || -> Result<(Vec<TileResult>, f64), PipelineError> {
-            let mut results = Vec::new();
-            let mut seconds = 0.0;
-            for (mut staged, mut tiles) in full_rx {
-                let n = tiles.len();
-                let t = Instant::now();
-                let probs = model.classify_staged(&staged, &labels).map_err(model_err)?;
-                seconds += t.elapsed().as_secs_f64();
-                staged.clear();
-                for ((tile, valid_fraction), row) in tiles.drain(..).zip(probs.outer_iter()) {
-                    results.push(TileResult {
-                        tile,
-                        valid_fraction,
-                        probs: row.to_vec(),
-                    });
-                }
-                bar.inc(n as u64);
-                // The gathering side may have finished: then the buffer is not needed.
-                let _ = empty_tx.send((staged, tiles));
-            }
-            Ok((results, seconds))
-        });
-        let stopped = || PipelineError::Options("the model thread stopped".into());
-        let mut waiting = 0.0;
-        let mut waited = Instant::now();
-        let streamed = stream(&mut |pixels, tile, valid_fraction| {
-            waiting += waited.elapsed().as_secs_f64();
-            current.1.push((tile, valid_fraction));
-            if current.0.push(pixels) {
-                // The second buffer, or the first back from the model thread.
-                let next = match spare.take() {
-                    Some(b) => b,
-                    None => empty_rx.recv().map_err(|_| stopped())?,
-                };
-                let full = std::mem::replace(&mut current, next);
-                full_tx.send(full).map_err(|_| stopped())?;
-            }
-            waited = Instant::now();
-            Ok(())
-        });
-        let last = match &streamed {
-            Ok(_) if !current.0.is_empty() => full_tx.send(current).map_err(|_| stopped()),
-            _ => Ok(()),
-        };
-        drop(full_tx);
-        let joined = worker
-            .join()
-            .map_err(|_| PipelineError::Options("the model thread panicked".into()))?;
-        // The model's own error explains a "model thread stopped" on this side.
-        let (results, seconds) = joined?;
-        let stats = streamed?;
-        last?;
-        Ok((stats, results, seconds, waiting))
+    let sink = Results(Vec::new());
+    let read = &job.read;
+    let swept = if bytes {
+        let prepare = |t: &mut TileData<u8>| norm.apply_bytes(&mut t.pixels, &t.valid);
+        let swept = drive(&spec, stage, sink, |consume| {
+            stream_tiles::<u8, PipelineError, _, _>(scene, grid, read, prepare, consume)
+        })?;
+        (
+            swept.stats,
+            swept.done,
+            swept.model_seconds,
+            swept.wait_seconds,
+        )
+    } else {
+        let feed = job.feed.take();
+        let swept = drive(&spec, stage, sink, |consume| {
+            stream_model_tiles(feed, scene, grid, read, scaling, &norm, consume)
+        })?;
+        (
+            swept.stats,
+            swept.done,
+            swept.model_seconds,
+            swept.wait_seconds,
+        )
+    };
+    let (stats, results, model_seconds, wait_seconds) = swept;
+    Ok(Classified {
+        stats,
+        results,
+        model_seconds,
+        wait_seconds,
+        bytes,
     })
+}
+
+/// Tiles per label (every label, 0 for those without tiles).
+fn count_labels(
+    names: &[String],
+    results: &[TileResult],
+    class_of: &dyn Fn(&TileResult) -> u8,
+) -> BTreeMap<String, usize> {
+    let mut counts: BTreeMap<String, usize> = names.iter().map(|n| (n.clone(), 0)).collect();
+    for r in results {
+        *counts
+            .entry(names[class_of(r) as usize].clone())
+            .or_default() += 1;
+    }
+    counts
+}
+
+/// The model thread's part: label probabilities for a batch of tiles. Tiles are gathered
+/// straight into the model's input memory (pinned on a GPU): the driver keeps two such
+/// batches, one filling while the other is encoded, so reading, batching and copying overlap
+/// inference. Batches are the same as with one thread (tiles arrive in grid order), so are
+/// the results.
+struct Classifier<'m> {
+    model: &'m mut ClipModel,
+    labels: DeviceLabels,
+    batch_size: usize,
+}
+
+impl<T: ImageElement + Default + Send> ModelStage<T> for Classifier<'_> {
+    type Batch = (StagedBatch<T>, Vec<(Tile, f64)>);
+    type Output = (Vec<(Tile, f64)>, ndarray::Array2<f32>);
+
+    fn new_batch(&self) -> Result<Self::Batch, PipelineError> {
+        let staged = self
+            .model
+            .staged_batch::<T>(self.batch_size)
+            .map_err(model_err)?;
+        Ok((staged, Vec::with_capacity(self.batch_size)))
+    }
+
+    fn push((staged, tiles): &mut Self::Batch, t: TileData<T>) -> bool {
+        tiles.push((t.tile, t.valid_fraction));
+        staged.push(&t.pixels)
+    }
+
+    fn run(&mut self, (staged, tiles): &mut Self::Batch) -> Result<Self::Output, PipelineError> {
+        let probs = self
+            .model
+            .classify_staged(staged, &self.labels)
+            .map_err(model_err)?;
+        staged.clear();
+        let tiles = std::mem::replace(tiles, Vec::with_capacity(self.batch_size));
+        Ok((tiles, probs))
+    }
+}
+
+/// The sink's part: one result per tile.
+struct Results(Vec<TileResult>);
+
+impl SceneSink for Results {
+    type Input = (Vec<(Tile, f64)>, ndarray::Array2<f32>);
+    type Done = Vec<TileResult>;
+
+    fn consume(&mut self, (tiles, probs): Self::Input) -> Result<(), PipelineError> {
+        for ((tile, valid_fraction), row) in tiles.into_iter().zip(probs.outer_iter()) {
+            self.0.push(TileResult {
+                tile,
+                valid_fraction,
+                probs: row.to_vec(),
+            });
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Vec<TileResult>, PipelineError> {
+        Ok(self.0)
+    }
 }
 
 fn validate_labels(job: &ClassifyJob) -> Result<(), PipelineError> {
     if job.labels.is_empty() {
-        return Err(PipelineError::Options(
-            "no labels given (use --labels or --labels-file)".into(),
-        ));
+        return Err(InvalidOption::new(
+            "labels",
+            "is empty: no labels given (use `labels` or `labels_file`)",
+        )
+        .into());
     }
     let mut seen = std::collections::BTreeSet::new();
     for l in &job.labels {
         if l.trim().is_empty() {
-            return Err(PipelineError::Options(
-                "empty label in the label list".into(),
-            ));
+            return Err(
+                InvalidOption::new("labels", "has an empty label in the label list").into(),
+            );
         }
         if !seen.insert(l) {
-            return Err(PipelineError::Options(format!(
-                "label '{l}' is given twice"
-            )));
+            return Err(InvalidOption::new("labels", format!("gives label '{l}' twice")).into());
         }
         if l == UNKNOWN && job.min_score.is_some() {
-            return Err(PipelineError::Options(format!(
-                "'{UNKNOWN}' is reserved for tiles below --min-score"
-            )));
+            return Err(InvalidOption::new(
+                "labels",
+                format!("cannot name '{UNKNOWN}': it is reserved for tiles below `min_score`"),
+            )
+            .into());
         }
     }
     if job.labels.len() > 250 {
-        return Err(PipelineError::Options(format!(
-            "{} labels: at most 250 are supported",
-            job.labels.len()
-        )));
+        return Err(InvalidOption::new(
+            "labels",
+            format!("has {} labels: at most 250 are supported", job.labels.len()),
+        )
+        .into());
     }
     if job.templates.is_empty() || job.templates.iter().any(|t| !t.contains("{}")) {
-        return Err(PipelineError::Options(
-            "every --template must contain {} where the label goes".into(),
-        ));
+        return Err(
+            InvalidOption::new("templates", "must each contain {} where the label goes").into(),
+        );
     }
     if let Some(m) = job.min_score {
         if !(0.0..=1.0).contains(&m) {
-            return Err(PipelineError::Options(format!(
-                "--min-score must be between 0 and 1, got {m}"
-            )));
+            return Err(InvalidOption::new(
+                "min_score",
+                format!("must be between 0 and 1, got {m}"),
+            )
+            .into());
         }
     }
     Ok(())
@@ -541,10 +576,36 @@ fn write_outputs(
         },
         false,
     )?;
-
     let ext = job.format.extension();
-    let mut tiles = VectorLayerWriter::create(
+    write_tile_layer(
+        job,
         &dir.join(format!("tiles.{ext}")),
+        crs,
+        results,
+        names,
+        class_of,
+    )?;
+    write_label_layer(
+        job,
+        &dir.join(format!("labels.{ext}")),
+        crs,
+        &classes,
+        (cols, rows, &gt),
+        names,
+    )
+}
+
+/// The tile layer: every tile's footprint with its top-3 labels.
+fn write_tile_layer(
+    job: &ClassifyJob,
+    path: &std::path::Path,
+    crs: Option<&str>,
+    results: &[TileResult],
+    names: &[String],
+    class_of: &dyn Fn(&TileResult) -> u8,
+) -> Result<(), PipelineError> {
+    let mut tiles = VectorLayerWriter::create(
+        path,
         job.format,
         "tiles",
         GeometryKind::Polygon,
@@ -582,15 +643,27 @@ fn write_outputs(
     }
     tiles.finish()?;
 
+    Ok(())
+}
+
+/// The label layer: the class grid's labels dissolved into multipolygons.
+fn write_label_layer(
+    job: &ClassifyJob,
+    path: &std::path::Path,
+    crs: Option<&str>,
+    classes: &[u8],
+    (cols, rows, gt): (usize, usize, &GeoTransform),
+    names: &[String],
+) -> Result<(), PipelineError> {
     let polygons =
-        polygonize_classes(&classes, cols, rows, &gt, Some(CLASS_NODATA)).map_err(|reason| {
+        polygonize_classes(classes, cols, rows, gt, Some(CLASS_NODATA)).map_err(|reason| {
             crate::output::OutputError::Write {
-                path: dir.join(format!("labels.{ext}")).display().to_string(),
+                path: path.display().to_string(),
                 reason,
             }
         })?;
     let mut labels = VectorLayerWriter::create(
-        &dir.join(format!("labels.{ext}")),
+        path,
         job.format,
         "labels",
         GeometryKind::MultiPolygon,

@@ -9,7 +9,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::{peak_rss_bytes, progress_bar, stream_model_tiles, PipelineError, TileBatch};
+use super::driver::{drive, ModelStage, RunSpec, SceneSink};
+use super::{peak_rss_bytes, stream_model_tiles, PipelineError, TileBatch};
 use crate::models::detection::{DetectorModel, PixelBox};
 use crate::output::{
     FieldKind, FieldSpec, FieldValue, GeometryKind, PendingOutput, VectorFormat, VectorLayerWriter,
@@ -17,7 +18,7 @@ use crate::output::{
 use crate::raster::{OpenOptions, ScalingSpec};
 use crate::runtime::{Runtime, SessionOptions};
 use crate::stitch::boxes::{merge, MapDetection, MergeMethod, MergeOptions};
-use crate::tiling::{GridOptions, ReadOptions, Tile};
+use crate::tiling::{GridOptions, ReadOptions, Tile, TileData};
 
 /// What `tessera detect` does.
 #[derive(Debug)]
@@ -51,26 +52,21 @@ pub struct DetectJob {
 /// What `tessera detect` did.
 #[derive(Debug, Serialize)]
 pub struct DetectReport {
-    pub scene: String,
-    pub model: String,
-    pub provider: String,
-    pub fallback: Option<String>,
+    /// Scene, model, provider, tile counts, outputs, memory.
+    #[serde(flatten)]
+    pub run: super::SceneRunReport,
     pub classes: Vec<String>,
     pub tile_size: usize,
     pub overlap: usize,
     pub target_gsd: Option<f64>,
-    pub tiles_total: usize,
     pub tiles_read: usize,
-    pub tiles_skipped: usize,
     /// Boxes from all tiles before merging.
     pub raw_detections: usize,
     pub detections: usize,
     pub counts: BTreeMap<String, usize>,
-    pub outputs: Vec<String>,
     pub seconds: f64,
     pub model_seconds: f64,
     pub merge_seconds: f64,
-    pub peak_rss_bytes: Option<u64>,
 }
 
 const FIELDS: [FieldSpec; 4] = [
@@ -102,6 +98,100 @@ fn inside(b: &PixelBox, tile: &Tile) -> Option<PixelBox> {
     c.x1 = c.x1.min(w);
     c.y1 = c.y1.min(h);
     (c.x1 > c.x0 && c.y1 > c.y0).then_some(c)
+}
+
+/// The model thread's part: boxes (in tile pixels) for a batch of tiles.
+struct Detector<'m> {
+    model: &'m mut DetectorModel,
+    batch_size: usize,
+    confidence: f32,
+}
+
+impl ModelStage<f32> for Detector<'_> {
+    type Batch = TileBatch<Tile>;
+    type Output = (Vec<Tile>, Vec<Vec<PixelBox>>);
+
+    fn new_batch(&self) -> Result<TileBatch<Tile>, PipelineError> {
+        Ok(TileBatch::new(self.batch_size, self.model.input_size()))
+    }
+
+    fn push(batch: &mut TileBatch<Tile>, t: TileData<f32>) -> bool {
+        batch.push(&t.pixels, t.tile)
+    }
+
+    fn run(&mut self, batch: &mut TileBatch<Tile>) -> Result<Self::Output, PipelineError> {
+        let (pixels, tiles) = batch.take();
+        let boxes = self.model.detect(pixels, self.confidence)?;
+        Ok((tiles, boxes))
+    }
+}
+
+/// The sink's part: every box inside the scene, in map coordinates.
+struct Boxes {
+    working: (usize, usize),
+    dets: Vec<MapDetection>,
+}
+
+impl SceneSink for Boxes {
+    type Input = (Vec<Tile>, Vec<Vec<PixelBox>>);
+    type Done = Vec<MapDetection>;
+
+    fn consume(&mut self, (tiles, boxes): Self::Input) -> Result<(), PipelineError> {
+        for (tile, tile_boxes) in tiles.into_iter().zip(boxes) {
+            for b in tile_boxes.iter().filter_map(|b| inside(b, &tile)) {
+                self.dets
+                    .push(MapDetection::from_pixel_box(&b, &tile, self.working));
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Vec<MapDetection>, PipelineError> {
+        Ok(self.dets)
+    }
+}
+
+/// Class counts of the merged boxes (every class, 0 for those without any).
+fn count_classes(classes: &[String], merged: &[MapDetection]) -> BTreeMap<String, usize> {
+    let mut counts: BTreeMap<String, usize> = classes.iter().map(|c| (c.clone(), 0)).collect();
+    for d in merged {
+        if let Some(name) = classes.get(d.class) {
+            *counts.entry(name.clone()).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// The detection layer `path`.
+fn write_detections(
+    job: &DetectJob,
+    scene: &crate::raster::Scene,
+    path: &std::path::Path,
+    merged: &[MapDetection],
+    classes: &[String],
+) -> Result<(), PipelineError> {
+    let mut layer = VectorLayerWriter::create(
+        path,
+        job.format,
+        "detections",
+        GeometryKind::Polygon,
+        scene.crs_wkt(),
+        &FIELDS,
+        false,
+    )?;
+    for d in merged {
+        layer.add_polygon(
+            &d.corners,
+            &[
+                FieldValue::Integer(d.class as i64),
+                FieldValue::String(classes.get(d.class).cloned().unwrap_or_default()),
+                FieldValue::Real(f64::from(d.score)),
+                FieldValue::String(d.tile.clone()),
+            ],
+        )?;
+    }
+    layer.finish()?;
+    Ok(())
 }
 
 /// Run the job.
@@ -141,41 +231,28 @@ pub fn run_detect(mut job: DetectJob) -> Result<DetectReport, PipelineError> {
         Some(dir) => Some(PendingOutput::dir(dir, job.overwrite)?),
         None => None,
     };
-    let confidence = job.confidence.unwrap_or(model.confidence());
     let iou = f64::from(job.iou.unwrap_or(model.iou()));
     let norm = model.normalizer();
-    let mut batch = TileBatch::<Tile>::new(job.batch_size, size);
-    let mut dets: Vec<MapDetection> = Vec::new();
-    let mut model_seconds = 0.0;
-    let working = (grid.working_width, grid.working_height);
-    let bar = progress_bar(grid.len(), job.progress, "detecting");
-    let mut run_batch =
-        |batch: &mut TileBatch<Tile>, model: &mut DetectorModel| -> Result<(), PipelineError> {
-            if batch.is_empty() {
-                return Ok(());
-            }
-            let (pixels, tiles) = batch.take();
-            let n = tiles.len();
-            let t = Instant::now();
-            let boxes = model.detect(pixels, confidence)?;
-            model_seconds += t.elapsed().as_secs_f64();
-            for (tile, tile_boxes) in tiles.into_iter().zip(boxes) {
-                for b in tile_boxes.iter().filter_map(|b| inside(b, &tile)) {
-                    dets.push(MapDetection::from_pixel_box(&b, &tile, working));
-                }
-            }
-            bar.inc(n as u64);
-            Ok(())
-        };
+    let spec = RunSpec {
+        tiles: grid.len(),
+        progress: job.progress,
+        what: "detecting",
+        sink: "detection",
+    };
+    let stage = Detector {
+        confidence: job.confidence.unwrap_or(model.confidence()),
+        model: &mut model,
+        batch_size: job.batch_size,
+    };
+    let sink = Boxes {
+        working: (grid.working_width, grid.working_height),
+        dets: Vec::new(),
+    };
     let feed = job.feed.take();
-    let stats = stream_model_tiles(feed, &scene, &grid, &job.read, &scaling, &norm, |t| {
-        if batch.push(&t.pixels, t.tile.clone()) {
-            run_batch(&mut batch, &mut model)?;
-        }
-        Ok(())
+    let swept = drive(&spec, stage, sink, |consume| {
+        stream_model_tiles(feed, &scene, &grid, &job.read, &scaling, &norm, consume)
     })?;
-    run_batch(&mut batch, &mut model)?;
-    bar.finish_and_clear();
+    let (stats, model_seconds, dets) = (swept.stats, swept.model_seconds, swept.done);
 
     let raw = dets.len();
     let t = Instant::now();
@@ -190,60 +267,36 @@ pub fn run_detect(mut job: DetectJob) -> Result<DetectReport, PipelineError> {
     );
     let merge_seconds = t.elapsed().as_secs_f64();
     let classes = model.classes();
-    let mut counts: BTreeMap<String, usize> = classes.iter().map(|c| (c.clone(), 0)).collect();
-    for d in &merged {
-        if let Some(name) = classes.get(d.class) {
-            *counts.entry(name.clone()).or_default() += 1;
-        }
-    }
+    let counts = count_classes(&classes, &merged);
     let mut outputs = Vec::new();
     if let (Some(pending), Some(dir)) = (pending, &job.out) {
-        let ext = job.format.extension();
-        let path = pending.path().join(format!("detections.{ext}"));
-        let mut layer = VectorLayerWriter::create(
-            &path,
-            job.format,
-            "detections",
-            GeometryKind::Polygon,
-            scene.crs_wkt(),
-            &FIELDS,
-            false,
-        )?;
-        for d in &merged {
-            layer.add_polygon(
-                &d.corners,
-                &[
-                    FieldValue::Integer(d.class as i64),
-                    FieldValue::String(classes.get(d.class).cloned().unwrap_or_default()),
-                    FieldValue::Real(f64::from(d.score)),
-                    FieldValue::String(d.tile.clone()),
-                ],
-            )?;
-        }
-        layer.finish()?;
-        outputs.push(dir.join(format!("detections.{ext}")).display().to_string());
+        let name = format!("detections.{}", job.format.extension());
+        write_detections(&job, &scene, &pending.path().join(&name), &merged, &classes)?;
+        outputs.push(dir.join(name).display().to_string());
         pending.commit()?;
     }
     let (provider, fallback) = model.provider();
     Ok(DetectReport {
-        scene: job.scene.clone(),
-        model: job.model.display().to_string(),
-        provider: provider.to_string(),
-        fallback: fallback.map(str::to_string),
+        run: super::SceneRunReport {
+            scene: job.scene.clone(),
+            model: job.model.display().to_string(),
+            provider: provider.to_string(),
+            fallback: fallback.map(str::to_string),
+            tiles_total: stats.tiles_total,
+            tiles_skipped: stats.tiles_skipped,
+            outputs,
+            peak_rss_bytes: peak_rss_bytes(),
+        },
         classes,
         tile_size: size,
         overlap: grid.options.overlap,
         target_gsd: grid.options.target_gsd,
-        tiles_total: stats.tiles_total,
         tiles_read: stats.tiles_read,
-        tiles_skipped: stats.tiles_skipped,
         raw_detections: raw,
         detections: merged.len(),
         counts,
-        outputs,
         seconds: start.elapsed().as_secs_f64(),
         model_seconds,
         merge_seconds,
-        peak_rss_bytes: peak_rss_bytes(),
     })
 }

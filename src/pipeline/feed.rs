@@ -137,7 +137,7 @@ impl FeedPort {
     where
         F: FnMut(TileData<f32>) -> Result<(), PipelineError>,
     {
-        let stopped = || PipelineError::Options("the shared tile reader stopped".into());
+        let stopped = || PipelineError::worker("shared tile reader", "stopped");
         self.plan.send(plan).map_err(|_| stopped())?;
         loop {
             match self.tiles.recv().map_err(|_| stopped())? {
@@ -178,11 +178,11 @@ impl SharedReader {
             match &plan {
                 None => plan = Some((stage.name.clone(), p)),
                 Some((first, q)) if *q != p => {
-                    return Err(PipelineError::Options(format!(
-                        "stages '{first}' and '{}' need different tiling ({}): one read pass needs the same tiles for every stage; set [tiling] in the pipeline or split it",
-                        stage.name,
-                        q.difference(&p)
-                    )));
+                    return Err(PipelineError::StageTiling {
+                        first: first.clone(),
+                        second: stage.name.clone(),
+                        difference: q.difference(&p).to_string(),
+                    });
                 }
                 Some(_) => {}
             }
@@ -221,8 +221,9 @@ impl SharedReader {
             });
             live.retain(|(_, tx)| tx.send(FeedMessage::Tile(Arc::clone(&shared))).is_ok());
             if live.is_empty() {
-                return Err(PipelineError::Options(
-                    "every stage stopped before the end of the scene".into(),
+                return Err(PipelineError::worker(
+                    "shared tile reader",
+                    "has no stage left: every stage stopped before the end of the scene",
                 ));
             }
             Ok(())

@@ -8,7 +8,9 @@ mod caption;
 mod classify;
 mod detect;
 mod doctor;
+mod driver;
 pub mod feed;
+mod report;
 mod segment;
 mod tiles;
 
@@ -18,11 +20,13 @@ pub use caption::{run_caption, CaptionJob, CaptionReport, TileCaption};
 pub use classify::{run_classify, ClassifyJob, ClassifyReport, TileResult, Timings};
 pub use detect::{run_detect, DetectJob, DetectReport};
 pub use doctor::{run_doctor, DoctorReport};
+pub use report::{SceneRunReport, TaskReport};
 pub use segment::{run_segment, SegmentJob, SegmentReport};
 pub use tiles::{run_tiles, TilesJob, TilesReport};
 
 use thiserror::Error;
 
+use crate::options::{InvalidOption, KeyStyle};
 use crate::output::OutputError;
 use crate::raster::RasterError;
 use crate::runtime::RuntimeError;
@@ -41,21 +45,77 @@ pub enum PipelineError {
     Runtime(#[from] RuntimeError),
     #[error(transparent)]
     Model(#[from] crate::models::ModelError),
+    /// An option value that cannot be used. Shown with command-line keys (`--tile-size`);
+    /// [`PipelineError::render`] spells them for pipeline files. (Not a `#[source]`: the
+    /// one-line chain would repeat the message.)
+    #[error("{}", .0.render(KeyStyle::Flag))]
+    InvalidOption(InvalidOption),
+    /// A thread of the run stopped or panicked; `stage` names it ("model", "stitching").
+    #[error("the {stage} thread {cause}")]
+    Worker { stage: &'static str, cause: String },
+    /// A file or folder of the run that could not be read or written.
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
+    /// Stages of one shared read pass that want different tiles.
+    #[error("stages '{first}' and '{second}' need different tiling ({difference}): one read pass needs the same tiles for every stage; set [tiling] in the pipeline or split it")]
+    StageTiling {
+        first: String,
+        second: String,
+        difference: String,
+    },
+    /// A model this command does not handle (bench-model and prompted models, ...).
     #[error("{0}")]
-    Options(String),
+    Unsupported(String),
+    /// A broken internal invariant (a bug, not the input's fault).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<InvalidOption> for PipelineError {
+    fn from(e: InvalidOption) -> PipelineError {
+        PipelineError::InvalidOption(e)
+    }
 }
 
 impl PipelineError {
+    /// A thread that stopped (its channel closed) or panicked.
+    pub(crate) fn worker(stage: &'static str, cause: &str) -> PipelineError {
+        PipelineError::Worker {
+            stage,
+            cause: cause.to_string(),
+        }
+    }
+
+    /// An I/O error on `path`.
+    pub(crate) fn io(path: &std::path::Path, error: std::io::Error) -> PipelineError {
+        PipelineError::Io {
+            path: path.display().to_string(),
+            error,
+        }
+    }
+
+    /// The message with option keys spelled for where the options came from (pipeline files:
+    /// `tile_size`; the `Display` form spells command-line flags).
+    pub fn render(&self, style: KeyStyle) -> String {
+        match self {
+            PipelineError::InvalidOption(e) => e.render(style),
+            other => other.to_string(),
+        }
+    }
+
     /// Whether trying again later may succeed without the input changing: writing outputs
-    /// (disk full, permissions), the model runtime (device memory, driver), threads, and reads
-    /// of remote scenes (network). A scene that is not a raster, a bad model or bad options
-    /// fail the same way every time.
+    /// (disk full, permissions, interrupted), the model runtime (device memory, providers,
+    /// inference) and reads of remote scenes (network). An output that already exists, a
+    /// scene that is not a raster, a bad model or bad options fail the same way every time.
     pub fn is_transient(&self) -> bool {
+        use crate::models::ModelError;
         let remote = |path: &str| path.starts_with("/vsi") || path.contains("://");
         match self {
-            PipelineError::Output(_)
-            | PipelineError::Runtime(_)
-            | PipelineError::Model(crate::models::ModelError::Runtime(_)) => true,
+            PipelineError::Output(OutputError::Write { .. }) => true,
+            PipelineError::Output(_) => false,
+            PipelineError::Runtime(e) | PipelineError::Model(ModelError::Runtime(e)) => {
+                runtime_transient(e)
+            }
             PipelineError::Tiling(TilingError::Threads(_)) => true,
             PipelineError::Raster(
                 RasterError::Read { path, .. } | RasterError::Open { path, .. },
@@ -63,9 +123,46 @@ impl PipelineError {
             | PipelineError::Tiling(TilingError::Raster(
                 RasterError::Read { path, .. } | RasterError::Open { path, .. },
             )) => remote(path),
+            PipelineError::Io { error, .. } => io_transient(error),
             _ => false,
         }
     }
+}
+
+/// The runtime failing at run time (device memory, a provider that did not start, inference)
+/// may pass; a missing library or a model the runtime cannot load will not.
+fn runtime_transient(e: &RuntimeError) -> bool {
+    match e {
+        RuntimeError::Ort(_) | RuntimeError::Provider { .. } | RuntimeError::Run { .. } => true,
+        RuntimeError::NotFound { .. } | RuntimeError::Load { .. } | RuntimeError::Model { .. } => {
+            false
+        }
+    }
+}
+
+/// I/O errors that depend on the moment (space, permissions, interruptions, resources), not
+/// on the input.
+fn io_transient(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        e.kind(),
+        K::StorageFull
+            | K::QuotaExceeded
+            | K::PermissionDenied
+            | K::Interrupted
+            | K::TimedOut
+            | K::WouldBlock
+            | K::OutOfMemory
+            | K::ResourceBusy
+            | K::ConnectionReset
+            | K::ConnectionAborted
+            | K::NotConnected
+            | K::BrokenPipe
+            | K::NetworkDown
+            | K::NetworkUnreachable
+            | K::HostUnreachable
+            | K::StaleNetworkFileHandle
+    )
 }
 
 /// Normalised tiles gathered into one `[B, 3, S, S]` model input, each with what its caller
@@ -97,10 +194,6 @@ impl<M, T: Copy + Default> TileBatch<M, T> {
         self.items.len() == self.pixels.shape()[0]
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.items.is_empty()
-    }
-
     /// The filled part of the batch and its items; the batch is empty afterwards.
     pub(crate) fn take(&mut self) -> (ndarray::ArrayView4<'_, T>, Vec<M>) {
         let items = std::mem::take(&mut self.items);
@@ -123,14 +216,16 @@ pub(crate) fn check_prompts(
     noun: &str,
 ) -> Result<bool, PipelineError> {
     match (prompted, prompts.is_empty()) {
-        (true, true) => Err(PipelineError::Options(format!(
-            "{} is {what}: give --prompts",
-            model.display()
-        ))),
-        (false, false) => Err(PipelineError::Options(format!(
-            "{} takes no {noun} (--prompts)",
-            model.display()
-        ))),
+        (true, true) => Err(InvalidOption::new(
+            "prompts",
+            format!("is required: {} is {what}", model.display()),
+        )
+        .into()),
+        (false, false) => Err(InvalidOption::new(
+            "prompts",
+            format!("is not taken: {} takes no {noun}", model.display()),
+        )
+        .into()),
         (prompted, _) => Ok(prompted),
     }
 }
@@ -176,10 +271,14 @@ pub(crate) fn model_input(
         grid.tile_size = model.size;
     }
     if grid.tile_size != model.size && !model.any_size {
-        return Err(PipelineError::Options(format!(
-            "--tile-size {} differs from the model's input size {}: tiles are read at the model's size (use --target-gsd to choose their ground footprint)",
-            grid.tile_size, model.size
-        )));
+        return Err(InvalidOption::new(
+            "tile_size",
+            format!(
+                "{} differs from the model's input size {}: tiles are read at the model's size (use `target_gsd` to choose their ground footprint)",
+                grid.tile_size, model.size
+            ),
+        )
+        .into());
     }
     if let Some(t) = model.defaults {
         if !overlap_given {
@@ -193,10 +292,14 @@ pub(crate) fn model_input(
         read.bands = BandMapping::for_channels(scene.info(), 3);
     }
     if read.bands.len() != 3 {
-        return Err(PipelineError::Options(format!(
-            "the model takes 3 channels but --bands names {}",
-            read.bands.len()
-        )));
+        return Err(InvalidOption::new(
+            "bands",
+            format!(
+                "names {} bands but the model takes 3 channels",
+                read.bands.len()
+            ),
+        )
+        .into());
     }
     read.bands.validate(scene.info())?;
     let scaling = Scaling::resolve(scaling, &scene, &read.bands)?;
@@ -250,6 +353,24 @@ where
     }
 }
 
+/// The files of the pending output folder `pending`, named as they will be once it is
+/// committed to `out`, sorted.
+///
+/// # Errors
+/// The folder cannot be listed.
+pub(crate) fn output_names(
+    pending: &std::path::Path,
+    out: &std::path::Path,
+) -> Result<Vec<String>, PipelineError> {
+    let mut outputs: Vec<String> = std::fs::read_dir(pending)
+        .map_err(|e| PipelineError::io(out, e))?
+        .flatten()
+        .map(|e| out.join(e.file_name()).display().to_string())
+        .collect();
+    outputs.sort();
+    Ok(outputs)
+}
+
 /// Peak resident memory of this process so far (VmHWM), in bytes, where the OS reports it.
 pub fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -295,4 +416,160 @@ pub(crate) fn progress_bar(len: usize, show: bool, what: &str) -> indicatif::Pro
     bar.set_style(style);
     bar.set_message(what.to_string());
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::ModelError;
+    use std::io::{Error as IoError, ErrorKind};
+
+    fn io(kind: ErrorKind) -> PipelineError {
+        PipelineError::io(std::path::Path::new("out/classes.tif"), IoError::from(kind))
+    }
+
+    #[test]
+    fn only_what_a_retry_can_fix_is_transient() {
+        let write = OutputError::Write {
+            path: "out".into(),
+            reason: "No space left on device".into(),
+        };
+        let run = || RuntimeError::Run {
+            path: "m.onnx".into(),
+            reason: "CUDA out of memory".into(),
+        };
+        let cases: Vec<(&str, PipelineError, bool)> = vec![
+            ("disk full", io(ErrorKind::StorageFull), true),
+            ("permission", io(ErrorKind::PermissionDenied), true),
+            ("interrupted", io(ErrorKind::Interrupted), true),
+            ("timed out", io(ErrorKind::TimedOut), true),
+            ("already exists (io)", io(ErrorKind::AlreadyExists), false),
+            ("not found (io)", io(ErrorKind::NotFound), false),
+            ("cannot write", PipelineError::Output(write), true),
+            (
+                "output exists",
+                PipelineError::Output(OutputError::Exists { path: "out".into() }),
+                false,
+            ),
+            (
+                "unknown format",
+                PipelineError::Output(OutputError::UnknownFormat {
+                    path: "t.kml".into(),
+                    format: "kml".into(),
+                }),
+                false,
+            ),
+            ("inference", PipelineError::Runtime(run()), true),
+            (
+                "inference in a model",
+                PipelineError::Model(ModelError::Runtime(run())),
+                true,
+            ),
+            (
+                "provider",
+                PipelineError::Runtime(RuntimeError::Provider {
+                    device: "tensorrt".into(),
+                    reason: "not available".into(),
+                }),
+                true,
+            ),
+            (
+                "no runtime library",
+                PipelineError::Runtime(RuntimeError::NotFound { tried: "x".into() }),
+                false,
+            ),
+            (
+                "model the runtime cannot load",
+                PipelineError::Runtime(RuntimeError::Model {
+                    path: "m.onnx".into(),
+                    reason: "protobuf".into(),
+                }),
+                false,
+            ),
+            (
+                "bad package",
+                PipelineError::Model(ModelError::Package {
+                    path: "m".into(),
+                    reason: "no model.toml".into(),
+                }),
+                false,
+            ),
+            (
+                "remote read",
+                PipelineError::Raster(RasterError::Read {
+                    path: "/vsicurl/https://x/s.tif".into(),
+                    x: 0.0,
+                    y: 0.0,
+                    w: 8.0,
+                    h: 8.0,
+                    reason: "timeout".into(),
+                }),
+                true,
+            ),
+            (
+                "remote read in tiling",
+                PipelineError::Tiling(TilingError::Raster(RasterError::Open {
+                    path: "s3://b/s.tif".into(),
+                    reason: "timeout".into(),
+                })),
+                true,
+            ),
+            (
+                "local file not a raster",
+                PipelineError::Raster(RasterError::Open {
+                    path: "notes.txt".into(),
+                    reason: "not recognised".into(),
+                }),
+                false,
+            ),
+            (
+                "missing scene",
+                PipelineError::Raster(RasterError::NotFound {
+                    path: "s.tif".into(),
+                }),
+                false,
+            ),
+            (
+                "bad option",
+                InvalidOption::new("tile_size", "must be at least 1").into(),
+                false,
+            ),
+            ("thread", PipelineError::worker("model", "panicked"), false),
+            (
+                "stage tiling",
+                PipelineError::StageTiling {
+                    first: "a".into(),
+                    second: "b".into(),
+                    difference: "tile size".into(),
+                },
+                false,
+            ),
+            ("unsupported", PipelineError::Unsupported("x".into()), false),
+        ];
+        for (what, e, transient) in cases {
+            assert_eq!(e.is_transient(), transient, "{what}: {e}");
+        }
+    }
+
+    #[test]
+    fn option_errors_name_the_key_where_it_was_given() {
+        let model = std::path::Path::new("seg");
+        let e = check_prompts(true, &[], model, "a text-prompted model", "text prompts")
+            .expect_err("no prompts");
+        assert_eq!(
+            e.to_string(),
+            "--prompts is required: seg is a text-prompted model"
+        );
+        assert_eq!(
+            e.render(KeyStyle::File),
+            "prompts is required: seg is a text-prompted model"
+        );
+        let e = check_prompts(false, &["x".into()], model, "a detector", "text queries")
+            .expect_err("prompts for a closed model");
+        assert!(e.to_string().contains("takes no text queries"), "{e}");
+        assert_eq!(
+            PipelineError::worker("stitching", "stopped").to_string(),
+            "the stitching thread stopped"
+        );
+    }
 }

@@ -9,7 +9,8 @@ use std::time::Instant;
 use ndarray::s;
 use serde::Serialize;
 
-use super::{peak_rss_bytes, progress_bar, stream_model_tiles, PipelineError, TileBatch};
+use super::driver::{drive, ModelStage, RunSpec, SceneSink};
+use super::{peak_rss_bytes, stream_model_tiles, PipelineError, TileBatch};
 use crate::models::segmentation::{SegFormat, SegmentationModel};
 use crate::output::{
     class_color, FieldKind, FieldSpec, FieldValue, GeometryKind, Legend, MosaicSpec, MosaicWriter,
@@ -18,7 +19,7 @@ use crate::output::{
 use crate::raster::{OpenOptions, ScalingSpec};
 use crate::runtime::{Runtime, SessionOptions};
 use crate::stitch::mask::{BlendWindow, Decision, MaskStitcher};
-use crate::tiling::{GridOptions, ReadOptions, ReadOrder, Tile};
+use crate::tiling::{GridOptions, ReadOptions, ReadOrder, Tile, TileData};
 
 /// What `tessera segment` does.
 #[derive(Debug)]
@@ -54,28 +55,23 @@ pub struct SegmentJob {
 /// What `tessera segment` did.
 #[derive(Debug, Serialize)]
 pub struct SegmentReport {
-    pub scene: String,
-    pub model: String,
-    pub provider: String,
-    pub fallback: Option<String>,
+    /// Scene, model, provider, tile counts, outputs, memory.
+    #[serde(flatten)]
+    pub run: super::SceneRunReport,
     pub classes: Vec<String>,
     pub tile_size: usize,
     pub overlap: usize,
     pub target_gsd: Option<f64>,
-    pub tiles_total: usize,
     pub tiles_read: usize,
-    pub tiles_skipped: usize,
     pub polygons: usize,
     pub mosaic_size: (usize, usize),
     /// Most mosaic rows held in memory at once.
     pub peak_rows: usize,
-    pub outputs: Vec<String>,
     pub seconds: f64,
     pub model_seconds: f64,
     /// Wall seconds of each phase: the sweep (read, model, stitch, COG tiles), COG assembly,
     /// polygonizing, and the vector layer.
     pub phase_seconds: PhaseSeconds,
-    pub peak_rss_bytes: Option<u64>,
 }
 
 /// Polygons as GDAL geometries, simplified by `tolerance` map units (topology preserved) and
@@ -107,14 +103,6 @@ fn finish_polygons(
     Ok(out)
 }
 
-/// What the stitching thread receives, in tile order.
-enum StitchWork {
-    /// A tile with no valid pixel (nothing predicted; its rows may now be final).
-    Skipped(Tile),
-    /// A batch's tiles (with their valid masks) and the model's class probabilities.
-    Batch(Vec<(Tile, Vec<u8>)>, ndarray::Array4<f32>),
-}
-
 /// Wall seconds of the phases of a segmentation run.
 #[derive(Debug, Serialize)]
 pub struct PhaseSeconds {
@@ -142,6 +130,186 @@ const POLYGON_FIELDS: [FieldSpec; 3] = [
         kind: FieldKind::Real,
     },
 ];
+
+/// The model thread's part: class probabilities for a batch of tiles.
+struct Segmenter<'m> {
+    model: &'m mut SegmentationModel,
+    batch_size: usize,
+    tile_size: usize,
+}
+
+/// A batch's tiles with their valid masks.
+type SegBatch = TileBatch<(Tile, Vec<u8>)>;
+
+impl ModelStage<f32> for Segmenter<'_> {
+    type Batch = SegBatch;
+    type Output = (Vec<(Tile, Vec<u8>)>, ndarray::Array4<f32>);
+
+    fn new_batch(&self) -> Result<SegBatch, PipelineError> {
+        Ok(TileBatch::new(self.batch_size, self.tile_size))
+    }
+
+    fn push(batch: &mut SegBatch, t: TileData<f32>) -> bool {
+        let valid = t.valid.to_vec();
+        batch.push(&t.pixels, (t.tile, valid))
+    }
+
+    fn run(&mut self, batch: &mut SegBatch) -> Result<Self::Output, PipelineError> {
+        let (pixels, tiles) = batch.take();
+        let probs = self.model.predict(pixels)?;
+        Ok((tiles, probs))
+    }
+}
+
+/// The stitching thread's part: blend every batch into the mosaic and compress the finished
+/// rows into the COGs; at the end, assemble the COGs.
+struct Stitching {
+    stitcher: MaskStitcher,
+    writer: MosaicWriter,
+}
+
+/// Most rows held, seconds assembling the COGs, and the polygons of the class mosaic.
+type Stitched = (usize, f64, Vec<(u8, geo::Polygon<f64>)>);
+
+impl SceneSink for Stitching {
+    type Input = (Vec<(Tile, Vec<u8>)>, ndarray::Array4<f32>);
+    type Done = Stitched;
+
+    fn consume(&mut self, (tiles, probs): Self::Input) -> Result<(), PipelineError> {
+        for (k, (tile, valid)) in tiles.into_iter().enumerate() {
+            let p = probs.slice(s![k, .., .., ..]);
+            let p = p.as_standard_layout();
+            let slice = p
+                .as_slice()
+                .ok_or_else(|| PipelineError::Internal("non-contiguous probabilities".into()))?;
+            self.stitcher
+                .add(&tile, Some(slice), &valid, &mut self.writer)?;
+        }
+        Ok(())
+    }
+
+    fn skipped(&mut self, tile: Tile) -> Result<(), PipelineError> {
+        // Nothing predicted, but its rows may now be final.
+        Ok(self.stitcher.add(&tile, None, &[], &mut self.writer)?)
+    }
+
+    fn finish(mut self) -> Result<Stitched, PipelineError> {
+        let peak = self.stitcher.finish(&mut self.writer)?;
+        let t = Instant::now();
+        let polygons = self.writer.finish()?;
+        Ok((peak, t.elapsed().as_secs_f64(), polygons))
+    }
+}
+
+/// How the model's output becomes classes: the stitcher's decision, the number of classes it
+/// blends, and how many probability bands are kept (binary models keep P(class 1),
+/// multi-class models every class).
+fn class_setup(model: &SegmentationModel, job: &SegmentJob) -> (Decision, usize, usize) {
+    let n_classes = match model.format() {
+        SegFormat::Probability => 2,
+        _ => model.classes().len(),
+    };
+    let threshold = job.threshold.unwrap_or(model.threshold());
+    let decision = match model.format() {
+        SegFormat::Probability => Decision::Threshold(threshold),
+        SegFormat::Clipseg => Decision::Prompts(threshold),
+        _ => Decision::Argmax,
+    };
+    let prob_bands = if !job.probabilities {
+        0
+    } else if model.format() == SegFormat::Probability {
+        1
+    } else if model.format() == SegFormat::Clipseg {
+        n_classes - 1
+    } else {
+        n_classes
+    };
+    (decision, n_classes, prob_bands)
+}
+
+/// The mosaic writer and its stitcher over `grid`, writing into `dir`.
+fn stitching(
+    model: &SegmentationModel,
+    job: &SegmentJob,
+    scene: &crate::raster::Scene,
+    grid: &crate::tiling::TileGrid,
+    dir: &std::path::Path,
+) -> Result<Stitching, PipelineError> {
+    let classes = model.classes();
+    let (decision, n_classes, prob_bands) = class_setup(model, job);
+    let legend = Legend {
+        names: classes.clone(),
+        colors: (0..classes.len())
+            .map(|i| {
+                if i == 0 {
+                    [0, 0, 0]
+                } else {
+                    class_color(i - 1)
+                }
+            })
+            .collect(),
+    };
+    // The kept probability bands are the last `prob_bands` classes.
+    let band_names: Vec<String> = classes[classes.len() - prob_bands.min(classes.len())..].to_vec();
+    let writer = MosaicWriter::create(
+        &dir.join("classes.tif"),
+        &dir.join("probabilities.tif"),
+        &MosaicSpec {
+            width: grid.working_width,
+            height: grid.working_height,
+            geotransform: &grid.geotransform,
+            crs_wkt: scene.crs_wkt(),
+            legend: &legend,
+            prob_bands: if prob_bands > 0 { &band_names } else { &[] },
+            // Polygons of every class but the first (background), made from the stitched
+            // rows as they are final (never per tile).
+            polygons_skip: Some(&[0]),
+        },
+    )?;
+    let mut stitcher = MaskStitcher::new(grid, n_classes, job.window, decision);
+    if model.format() == SegFormat::Probability {
+        stitcher = stitcher.binary_input();
+    }
+    if prob_bands == 0 {
+        stitcher = stitcher.without_probabilities();
+    }
+    Ok(Stitching { stitcher, writer })
+}
+
+/// The polygon layer `dir/polygons.<ext>`; returns how many polygons it holds.
+fn write_polygons(
+    job: &SegmentJob,
+    scene: &crate::raster::Scene,
+    dir: &std::path::Path,
+    polys: Vec<(u8, gdal::vector::Geometry)>,
+    classes: &[String],
+) -> Result<usize, PipelineError> {
+    let ext = job.format.extension();
+    let mut layer = VectorLayerWriter::create(
+        &dir.join(format!("polygons.{ext}")),
+        job.format,
+        "polygons",
+        GeometryKind::Polygon,
+        scene.crs_wkt(),
+        &POLYGON_FIELDS,
+        false,
+    )?;
+    let n_polys = polys.len();
+    for (class, g) in polys {
+        let area = g.area();
+        let label = classes.get(class as usize).cloned().unwrap_or_default();
+        layer.add(
+            g,
+            &[
+                FieldValue::Integer(i64::from(class)),
+                FieldValue::String(label),
+                FieldValue::Real(area),
+            ],
+        )?;
+    }
+    layer.finish()?;
+    Ok(n_polys)
+}
 
 /// Run the job.
 ///
@@ -179,195 +347,63 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
     job.read.order = ReadOrder::RowMajor;
     job.read.deliver_skipped = true;
     let pending = PendingOutput::dir(&job.out, job.overwrite)?;
-
     let classes: Vec<String> = model.classes();
-    let n_classes = match model.format() {
-        SegFormat::Probability => 2,
-        _ => classes.len(),
-    };
-    let decision = match model.format() {
-        SegFormat::Probability => Decision::Threshold(job.threshold.unwrap_or(model.threshold())),
-        SegFormat::Clipseg => Decision::Prompts(job.threshold.unwrap_or(model.threshold())),
-        _ => Decision::Argmax,
-    };
-    // Binary models keep P(class 1); multi-class models keep every class.
-    let prob_bands = if !job.probabilities {
-        0
-    } else if model.format() == SegFormat::Probability {
-        1
-    } else if model.format() == SegFormat::Clipseg {
-        n_classes - 1
-    } else {
-        n_classes
-    };
-    let legend = Legend {
-        names: classes.clone(),
-        colors: (0..classes.len())
-            .map(|i| {
-                if i == 0 {
-                    [0, 0, 0]
-                } else {
-                    class_color(i - 1)
-                }
-            })
-            .collect(),
-    };
-    // The kept probability bands are the last `prob_bands` classes.
-    let band_names: Vec<String> = classes[classes.len() - prob_bands.min(classes.len())..].to_vec();
     let dir = pending.path();
-    let classes_out = dir.join("classes.tif");
-    let mut writer = MosaicWriter::create(
-        &classes_out,
-        &dir.join("probabilities.tif"),
-        &MosaicSpec {
-            width: grid.working_width,
-            height: grid.working_height,
-            geotransform: &grid.geotransform,
-            crs_wkt: scene.crs_wkt(),
-            legend: &legend,
-            prob_bands: if prob_bands > 0 { &band_names } else { &[] },
-            // Polygons of every class but the first (background), made from the stitched
-            // rows as they are final (never per tile).
-            polygons_skip: Some(&[0]),
-        },
-    )?;
-    let mut stitcher = MaskStitcher::new(&grid, n_classes, job.window, decision);
-    if model.format() == SegFormat::Probability {
-        stitcher = stitcher.binary_input();
-    }
-    if prob_bands == 0 {
-        stitcher = stitcher.without_probabilities();
-    }
+    let sink = stitching(&model, &job, &scene, &grid, &dir)?;
     let norm = model.normalizer();
-    let mut batch = TileBatch::<(Tile, Vec<u8>)>::new(job.batch_size, size);
-    let mut model_seconds = 0.0;
-    let bar = progress_bar(grid.len(), job.progress, "segmenting");
     let feed = job.feed.take();
-    // The model runs on this thread while a stitching thread blends the previous batch into
-    // the mosaic and compresses the finished rows into the COGs (they overlap; messages
-    // keep the tiles' order).
-    let (to_stitch, stitch_rx) = std::sync::mpsc::sync_channel::<StitchWork>(2);
-    let (stats, (peak_rows, cog_seconds, polygons)) = std::thread::scope(|scope| {
-        type Stitched = (usize, f64, Vec<(u8, geo::Polygon<f64>)>);
-        let stitching = scope.spawn(move || -> Result<Stitched, PipelineError> {
-            for work in stitch_rx {
-                match work {
-                    StitchWork::Skipped(tile) => stitcher.add(&tile, None, &[], &mut writer)?,
-                    StitchWork::Batch(tiles, probs) => {
-                        for (k, (tile, valid)) in tiles.into_iter().enumerate() {
-                            let p = probs.slice(s![k, .., .., ..]);
-                            let p = p.as_standard_layout();
-                            let slice = p.as_slice().ok_or_else(|| {
-                                PipelineError::Options("non-contiguous probabilities".into())
-                            })?;
-                            stitcher.add(&tile, Some(slice), &valid, &mut writer)?;
-                        }
-                    }
-                }
-            }
-            let peak = stitcher.finish(&mut writer)?;
-            let t = Instant::now();
-            let polygons = writer.finish()?;
-            Ok((peak, t.elapsed().as_secs_f64(), polygons))
-        });
-        // A failed send means the stitching thread stopped on an error: joining reports it.
-        let stitch_gone = || PipelineError::Options("the stitching thread stopped".into());
-        let mut run_batch = |batch: &mut TileBatch<(Tile, Vec<u8>)>,
-                             model: &mut SegmentationModel|
-         -> Result<(), PipelineError> {
-            if batch.is_empty() {
-                return Ok(());
-            }
-            let (pixels, tiles) = batch.take();
-            let n = tiles.len();
-            let t = Instant::now();
-            let probs = model.predict(pixels)?;
-            model_seconds += t.elapsed().as_secs_f64();
-            to_stitch
-                .send(StitchWork::Batch(tiles, probs))
-                .map_err(|_| stitch_gone())?;
-            bar.inc(n as u64);
-            Ok(())
-        };
-        let swept = stream_model_tiles(feed, &scene, &grid, &job.read, &scaling, &norm, |t| {
-            if t.pixels.is_empty() {
-                // A skipped tile: nothing to predict, but its rows may now be final.
-                bar.inc(1);
-                return to_stitch
-                    .send(StitchWork::Skipped(t.tile.clone()))
-                    .map_err(|_| stitch_gone());
-            }
-            if batch.push(&t.pixels, (t.tile.clone(), t.valid.to_vec())) {
-                run_batch(&mut batch, &mut model)?;
-            }
-            Ok(())
-        })
-        .and_then(|stats| run_batch(&mut batch, &mut model).map(|()| stats));
-        drop(to_stitch);
-        let stitched = stitching
-            .join()
-            .map_err(|_| PipelineError::Options("the stitching thread panicked".into()))?;
-        // The stitching thread's own error explains a failed send better than the send.
-        match (swept, stitched) {
-            (_, Err(e)) => Err(e),
-            (Err(e), Ok(_)) => Err(e),
-            (Ok(stats), Ok(stitched)) => Ok((stats, stitched)),
-        }
+    // The model runs on its thread while the stitching thread blends the previous batch into
+    // the mosaic and compresses the finished rows into the COGs (they overlap; the driver
+    // keeps the tiles' order).
+    let spec = RunSpec {
+        tiles: grid.len(),
+        progress: job.progress,
+        what: "segmenting",
+        sink: "stitching",
+    };
+    let stage = Segmenter {
+        model: &mut model,
+        batch_size: job.batch_size,
+        tile_size: size,
+    };
+    let swept = drive(&spec, stage, sink, |consume| {
+        stream_model_tiles(feed, &scene, &grid, &job.read, &scaling, &norm, consume)
     })?;
-    bar.finish_and_clear();
+    let (stats, model_seconds) = (swept.stats, swept.model_seconds);
+    let (peak_rows, cog_seconds, polygons) = swept.done;
 
     // The COGs were assembled at the end of the sweep, on the stitching thread.
     let cog_done = Instant::now();
-    let polys = finish_polygons(polygons, job.simplify, job.min_area, &classes_out)?;
-    let polygons_done = Instant::now();
-    let ext = job.format.extension();
-    let mut layer = VectorLayerWriter::create(
-        &dir.join(format!("polygons.{ext}")),
-        job.format,
-        "polygons",
-        GeometryKind::Polygon,
-        scene.crs_wkt(),
-        &POLYGON_FIELDS,
-        false,
+    let polys = finish_polygons(
+        polygons,
+        job.simplify,
+        job.min_area,
+        &dir.join("classes.tif"),
     )?;
-    let n_polys = polys.len();
-    for (class, g) in polys {
-        let area = g.area();
-        let label = classes.get(class as usize).cloned().unwrap_or_default();
-        layer.add(
-            g,
-            &[
-                FieldValue::Integer(i64::from(class)),
-                FieldValue::String(label),
-                FieldValue::Real(area),
-            ],
-        )?;
-    }
-    layer.finish()?;
-    let mut outputs: Vec<String> = std::fs::read_dir(&dir)
-        .map_err(|e| PipelineError::Options(format!("{}: {e}", job.out.display())))?
-        .flatten()
-        .map(|e| job.out.join(e.file_name()).display().to_string())
-        .collect();
-    outputs.sort();
+    let polygons_done = Instant::now();
+    let n_polys = write_polygons(&job, &scene, &dir, polys, &classes)?;
+    let outputs = super::output_names(&dir, &job.out)?;
     pending.commit()?;
     let (provider, fallback) = model.provider();
     Ok(SegmentReport {
-        scene: job.scene.clone(),
-        model: job.model.display().to_string(),
-        provider: provider.to_string(),
-        fallback: fallback.map(str::to_string),
+        run: super::SceneRunReport {
+            scene: job.scene.clone(),
+            model: job.model.display().to_string(),
+            provider: provider.to_string(),
+            fallback: fallback.map(str::to_string),
+            tiles_total: stats.tiles_total,
+            tiles_skipped: stats.tiles_skipped,
+            outputs,
+            peak_rss_bytes: peak_rss_bytes(),
+        },
         classes,
         tile_size: size,
         overlap: grid.options.overlap,
         target_gsd: grid.options.target_gsd,
-        tiles_total: stats.tiles_total,
         tiles_read: stats.tiles_read,
-        tiles_skipped: stats.tiles_skipped,
         polygons: n_polys,
         mosaic_size: (grid.working_width, grid.working_height),
         peak_rows,
-        outputs,
         seconds: start.elapsed().as_secs_f64(),
         model_seconds,
         phase_seconds: PhaseSeconds {
@@ -376,6 +412,5 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
             polygonize: (polygons_done - cog_done).as_secs_f64(),
             vector: polygons_done.elapsed().as_secs_f64(),
         },
-        peak_rss_bytes: peak_rss_bytes(),
     })
 }
