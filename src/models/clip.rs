@@ -191,6 +191,15 @@ fn validate(
     tokenizer: Result<&tokenizers::Tokenizer, &String>,
 ) -> Vec<String> {
     let mut problems = Vec::new();
+    check_numbers(cfg, &mut problems);
+    let image_dim = check_image_graph(cfg, image, &mut problems);
+    check_text_graph(cfg, text, image_dim, &mut problems);
+    check_tokenizer(cfg, tokenizer, &mut problems);
+    problems
+}
+
+/// The manifest's own numbers: sizes, normalisation, scores.
+fn check_numbers(cfg: &ClipConfig, problems: &mut Vec<String>) {
     let p = &cfg.pre;
     if p.size == 0 {
         problems.push("preprocess.size must be positive".into());
@@ -226,6 +235,15 @@ fn validate(
     if cfg.tok.context_length == 0 {
         problems.push("tokenizer.context_length must be positive".into());
     }
+}
+
+/// The image encoder's input and output against the manifest; its embedding width.
+fn check_image_graph(
+    cfg: &ClipConfig,
+    image: Result<&ModelSession, &String>,
+    problems: &mut Vec<String>,
+) -> Option<i64> {
+    let p = &cfg.pre;
     let mut image_dim = None;
     match image {
         Err(e) => problems.push(format!("image encoder: {e}")),
@@ -273,6 +291,16 @@ fn validate(
             }
         }
     }
+    image_dim
+}
+
+/// The text encoder's inputs and output against the manifest and the image embedding width.
+fn check_text_graph(
+    cfg: &ClipConfig,
+    text: Result<&ModelSession, &String>,
+    image_dim: Option<i64>,
+    problems: &mut Vec<String>,
+) {
     match text {
         Err(e) => problems.push(format!("text encoder: {e}")),
         Ok(s) => {
@@ -333,6 +361,14 @@ fn validate(
             }
         }
     }
+}
+
+/// The tokenizer's special token ids lie in its vocabulary.
+fn check_tokenizer(
+    cfg: &ClipConfig,
+    tokenizer: Result<&tokenizers::Tokenizer, &String>,
+    problems: &mut Vec<String>,
+) {
     match tokenizer {
         Err(e) => problems.push(e.clone()),
         Ok(t) => {
@@ -352,7 +388,6 @@ fn validate(
             }
         }
     }
-    problems
 }
 
 /// True for finite numbers above zero (NaN is not).
