@@ -14,7 +14,7 @@ use super::inputs::{expand, SceneInput, Shard};
 use super::record::{self, InputStamp, ModelStamp, SceneRecord};
 use super::spec::{JobContext, Pipeline};
 use super::{host_name, pid_alive, BatchError};
-use crate::pipeline::{feed, TaskReport};
+use crate::jobs::{feed, TaskReport};
 
 /// What `tessera run` does.
 #[derive(Debug)]
@@ -130,7 +130,7 @@ pub fn run_batch(job: BatchJob) -> Result<BatchReport, BatchError> {
         jobs: job.jobs.max(1),
         ..job.ctx.clone()
     };
-    let bar = crate::pipeline::scenes_bar(scenes.len(), ctx.progress);
+    let bar = crate::jobs::scenes_bar(scenes.len(), ctx.progress);
     let next = AtomicUsize::new(0);
     let reports: Mutex<Vec<SceneReport>> = Mutex::new(Vec::new());
     std::thread::scope(|s| {
@@ -435,7 +435,7 @@ fn run_stages(
     dir: &Path,
     ctx: &JobContext,
 ) -> Result<Vec<(String, TaskReport)>, (String, bool)> {
-    let failed = |name: &str, e: crate::pipeline::PipelineError| {
+    let failed = |name: &str, e: crate::jobs::PipelineError| {
         let message = e.render(crate::options::KeyStyle::File);
         (format!("{name}: {message}"), e.is_transient())
     };

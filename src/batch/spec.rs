@@ -12,12 +12,12 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::BatchError;
+use crate::jobs::{CaptionJob, ClassifyJob, DetectJob, SegmentJob};
 use crate::options::{
     InputOptions, InvalidOption, OutputOptions, RuntimeOptions, SceneJobBase, TaskOptions,
     TilingOptions,
 };
 use crate::output::VectorFormat;
-use crate::pipeline::{CaptionJob, ClassifyJob, DetectJob, SegmentJob};
 use crate::raster::OpenOptions;
 
 pub use crate::options::JobContext;
@@ -501,7 +501,7 @@ pub enum StageJob {
 
 impl StageJob {
     /// Take tiles from a shared read pass.
-    pub fn set_feed(&mut self, port: crate::pipeline::feed::FeedPort) {
+    pub fn set_feed(&mut self, port: crate::jobs::feed::FeedPort) {
         let feed = Some(port);
         match self {
             StageJob::Classify(j) => j.feed = feed,
@@ -515,8 +515,8 @@ impl StageJob {
     ///
     /// # Errors
     /// The job's error.
-    pub fn run(self) -> Result<crate::pipeline::TaskReport, crate::pipeline::PipelineError> {
-        use crate::pipeline::{run_caption, run_classify, run_detect, run_segment, TaskReport};
+    pub fn run(self) -> Result<crate::jobs::TaskReport, crate::jobs::PipelineError> {
+        use crate::jobs::{run_caption, run_classify, run_detect, run_segment, TaskReport};
         Ok(match self {
             StageJob::Classify(j) => TaskReport::Classify(run_classify(*j)?),
             StageJob::Caption(j) => TaskReport::Caption(run_caption(*j)?),

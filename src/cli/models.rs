@@ -11,8 +11,8 @@ use super::args::{
 };
 use super::print::{self, print_json};
 use super::{flag_error, options_error};
+use crate::jobs;
 use crate::options::{cache_dir, JobContext, SceneJobBase};
-use crate::pipeline;
 use crate::runtime::Runtime;
 
 /// What a model command's job shares, from its flags.
@@ -58,7 +58,7 @@ pub(super) fn classify(a: ClassifyArgs, ort_lib: Option<PathBuf>, quiet: bool) -
             p.ctx.cache_dir.as_deref(),
         )
         .map_err(flag_error)?;
-    let report = pipeline::run_classify(job)?;
+    let report = jobs::run_classify(job)?;
     print::fallback(report.fallback.as_deref(), &report.provider, quiet);
     if a.common.json {
         print_json(&report)?;
@@ -74,7 +74,7 @@ pub(super) fn caption(a: CaptionArgs, ort_lib: Option<PathBuf>, quiet: bool) -> 
         .options
         .job(p.base, a.out.clone(), a.common.overwrite)
         .map_err(options_error)?;
-    let report = pipeline::run_caption(job)?;
+    let report = jobs::run_caption(job)?;
     print::fallback(report.fallback.as_deref(), &report.provider, quiet);
     if a.common.json {
         print_json(&report)?;
@@ -90,7 +90,7 @@ pub(super) fn segment(a: SegmentArgs, ort_lib: Option<PathBuf>, quiet: bool) -> 
         .options
         .job(p.base, a.out.clone(), a.common.overwrite)
         .map_err(flag_error)?;
-    let report = pipeline::run_segment(job)?;
+    let report = jobs::run_segment(job)?;
     print::fallback(report.fallback.as_deref(), &report.provider, quiet);
     if a.common.json {
         print_json(&report)?;
@@ -106,7 +106,7 @@ pub(super) fn detect(a: DetectArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Re
         .options
         .job(p.base, a.out.clone(), a.common.overwrite)
         .map_err(flag_error)?;
-    let report = pipeline::run_detect(job)?;
+    let report = jobs::run_detect(job)?;
     print::fallback(report.fallback.as_deref(), &report.provider, quiet);
     if a.common.json {
         print_json(&report)?;
@@ -145,7 +145,7 @@ pub(super) fn bench_model(a: BenchModelArgs, ort_lib: Option<PathBuf>) -> Result
         progress: false,
         jobs: 1,
     };
-    let job = pipeline::BenchModelJob {
+    let job = jobs::BenchModelJob {
         model: a.model.clone(),
         ort_lib,
         session: a.runtime.session(&ctx),
@@ -155,6 +155,6 @@ pub(super) fn bench_model(a: BenchModelArgs, ort_lib: Option<PathBuf>) -> Result
         iterations: a.iterations,
         warmup: a.warmup,
     };
-    print_json(&pipeline::run_bench_model(job)?)?;
+    print_json(&jobs::run_bench_model(job)?)?;
     Ok(0)
 }

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 
-use crate::pipeline::{CaptionReport, ClassifyReport, DetectReport, SegmentReport, TilesReport};
+use crate::jobs::{CaptionReport, ClassifyReport, DetectReport, SegmentReport, TilesReport};
 
 pub(super) fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
     let s = serde_json::to_string_pretty(value).context("encoding JSON")?;

@@ -7,9 +7,9 @@ use anyhow::{bail, Result};
 use super::args::{BenchReadArgs, DoctorArgs, InfoArgs, TilesArgs};
 use super::flag_error;
 use super::print::print_json;
+use crate::jobs::{self, BenchReadJob, TilesJob};
 use crate::options::KeyStyle;
 use crate::output::formats;
-use crate::pipeline::{self, BenchReadJob, TilesJob};
 use crate::raster::{OpenOptions, Scene};
 
 pub(super) fn info(a: InfoArgs) -> Result<i32> {
@@ -145,7 +145,7 @@ pub(super) fn tiles(a: TilesArgs, quiet: bool) -> Result<i32> {
         overwrite: a.overwrite,
         progress: !quiet,
     };
-    let report = pipeline::run_tiles(job)?;
+    let report = jobs::run_tiles(job)?;
     if a.json {
         print_json(&report)?;
     } else {
@@ -155,7 +155,7 @@ pub(super) fn tiles(a: TilesArgs, quiet: bool) -> Result<i32> {
 }
 
 pub(super) fn doctor(a: DoctorArgs, ort_lib: Option<PathBuf>) -> Result<i32> {
-    let report = pipeline::run_doctor(ort_lib.as_deref());
+    let report = jobs::run_doctor(ort_lib.as_deref());
     let code = if report.healthy() { 0 } else { 1 };
     if a.json {
         print_json(&report)?;
@@ -194,7 +194,7 @@ pub(super) fn bench_read(a: BenchReadArgs) -> Result<i32> {
         scaling: a.input.scaling(),
         batch_size: a.tiling.batch_size.unwrap_or(64),
     };
-    let report = pipeline::run_bench_read(job)?;
+    let report = jobs::run_bench_read(job)?;
     print_json(&report)?;
     Ok(0)
 }

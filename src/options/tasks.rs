@@ -9,10 +9,10 @@ use serde::Deserialize;
 
 use super::common::SceneJobBase;
 use super::{de, InvalidOption};
+use crate::jobs::{CaptionJob, ClassifyJob, DetectJob, SegmentJob};
 use crate::models::clip::DEFAULT_TEMPLATES;
 use crate::models::decoder::GenerationParams;
 use crate::models::{ModelError, ModelPackage};
-use crate::pipeline::{CaptionJob, ClassifyJob, DetectJob, SegmentJob};
 use crate::stitch::boxes::MergeMethod;
 use crate::stitch::mask::BlendWindow;
 use crate::task::Task;
