@@ -220,6 +220,7 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
         &classes_out,
         &dir.join("probabilities.tif"),
         &MosaicSpec {
+            source: scene.path(),
             width: grid.working_width,
             height: grid.working_height,
             geotransform: &grid.geotransform,

@@ -7,6 +7,7 @@
 //! every reader thread opens its own [`Scene`].
 
 mod bands;
+mod budget;
 mod geotransform;
 mod read;
 mod sample;
@@ -14,6 +15,8 @@ mod scaling;
 mod scene;
 
 pub use bands::BandMapping;
+pub(crate) use budget::{check as check_budget, dtype_bytes};
+pub use budget::{memory_budget, MEMORY_BUDGET_VAR};
 pub use geotransform::GeoTransform;
 pub use read::{Placement, Resampling, WindowReader, WindowRequest};
 pub use sample::Sample;
@@ -70,6 +73,13 @@ pub enum RasterError {
     },
     #[error("{path}: {reason}")]
     Invalid { path: String, reason: String },
+    #[error("{path}: {what} would need {bytes} bytes, more than the memory budget of {budget} bytes (refused before reading; set TESSERA_MEMORY_BUDGET=BYTES, with an optional K/M/G suffix, to allow it)")]
+    OverBudget {
+        path: String,
+        what: String,
+        bytes: u128,
+        budget: u64,
+    },
 }
 
 pub type Result<T, E = RasterError> = std::result::Result<T, E>;

@@ -1,0 +1,322 @@
+//! Hostile inputs, one table per class of defect: headers that claim huge sizes, special
+//! files, grids too large to plan, raw VRT bands, symlink loops, ingestion keys and names,
+//! files still growing, and scenes that fail inside a batch. Every input is generated here
+//! (a few hundred bytes of TIFF written byte by byte, VRT text, FIFOs, links); every run of the
+//! binary happens under an address-space limit, so a regression fails the test instead of
+//! exhausting the machine.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{walk, Run};
+
+/// Address-space limit for every tessera run here (bytes).
+const ADDRESS_LIMIT: u64 = 6 << 30;
+
+/// Run tessera in `dir` under [`ADDRESS_LIMIT`] and a wall-clock limit, with `env` added.
+fn run_limited(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
+    cmd.args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: ADDRESS_LIMIT,
+                rlim_max: ADDRESS_LIMIT,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().expect("spawn tessera");
+    let pid = child.id();
+    // A watchdog: a run that blocks (a FIFO) or plans forever is killed and fails the test.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let out = child.wait_with_output();
+        let _ = tx.send(());
+        out
+    });
+    if rx.recv_timeout(Duration::from_secs(120)).is_err() {
+        // SAFETY: signalling the child we spawned.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    }
+    let output = waiter.join().expect("join").expect("wait");
+    Run {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        dir: dir.to_path_buf(),
+        output,
+    }
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn sample() -> String {
+    root()
+        .join("sample_data/sentinel2_rgbn_10m.tif")
+        .display()
+        .to_string()
+}
+
+fn oracle(name: &str) -> String {
+    root()
+        .join("sample_data/models/oracles")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// Temporary or partial entries left anywhere below `dir`.
+fn leftovers(dir: &Path) -> Vec<String> {
+    walk(dir)
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .filter(|n| n.contains("tessera-tmp") || n.contains('~') || n.ends_with(".partial"))
+        .collect()
+}
+
+/// Assert a clean failure: exit `code`, one `tessera: error:` line naming every needle, no
+/// panic, nothing partial left in `dir`.
+fn assert_refused(r: &Run, code: i32, needles: &[&str]) {
+    assert_eq!(
+        r.output.status.code(),
+        Some(code),
+        "exit code{}",
+        r.context()
+    );
+    let err = r.stderr();
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one error line expected{}", r.context());
+    assert!(lines[0].starts_with("tessera: error: "), "{}", r.context());
+    assert!(!err.contains("panicked"), "{}", r.context());
+    for n in needles {
+        assert!(
+            lines[0].contains(n),
+            "error should mention {n:?}{}",
+            r.context()
+        );
+    }
+    assert!(
+        leftovers(&r.dir).is_empty(),
+        "partial output left{}",
+        r.context()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// TIFF bytes written by hand.
+
+/// What a hand-written TIFF header claims.
+#[derive(Clone, Copy, Debug)]
+struct Tiff {
+    width: u32,
+    height: u32,
+    bands: u16,
+    /// 1 raw, 8 deflate.
+    compression: u16,
+    /// `Some(size)`: one square tile of this size; `None`: one strip of the whole height.
+    tile: Option<u32>,
+    georef: bool,
+}
+
+impl Tiff {
+    /// The file: header, one IFD, out-of-line values, a few bytes of pixel data.
+    fn bytes(&self) -> Vec<u8> {
+        // A zlib stream of 16 zero bytes (one stored block).
+        let mut zlib = vec![0x78, 0x01, 0x01, 0x10, 0x00, 0xef, 0xff];
+        zlib.extend([0u8; 16]);
+        zlib.extend([0x00, 0x10, 0x00, 0x01]);
+        let data = if self.compression == 8 {
+            zlib
+        } else {
+            vec![0u8; 16]
+        };
+        enum V {
+            Short(Vec<u16>),
+            Long(Vec<u32>),
+            Double(Vec<f64>),
+        }
+        let mut tags: Vec<(u16, V)> = vec![
+            (256, V::Long(vec![self.width])),
+            (257, V::Long(vec![self.height])),
+            (258, V::Short(vec![8; usize::from(self.bands)])),
+            (259, V::Short(vec![self.compression])),
+            (262, V::Short(vec![1])),
+            (277, V::Short(vec![self.bands])),
+            (284, V::Short(vec![1])),
+        ];
+        // Offsets of the pixel data are patched in once the layout is known.
+        match self.tile {
+            None => {
+                tags.push((273, V::Long(vec![0])));
+                tags.push((278, V::Long(vec![self.height])));
+                tags.push((279, V::Long(vec![data.len() as u32])));
+            }
+            Some(t) => {
+                tags.push((322, V::Long(vec![t])));
+                tags.push((323, V::Long(vec![t])));
+                tags.push((324, V::Long(vec![0])));
+                tags.push((325, V::Long(vec![data.len() as u32])));
+            }
+        }
+        if self.georef {
+            tags.push((33550, V::Double(vec![10.0, 10.0, 0.0])));
+            tags.push((
+                33922,
+                V::Double(vec![0.0, 0.0, 0.0, 500_000.0, 4_600_000.0, 0.0]),
+            ));
+            tags.push((
+                34735,
+                V::Short(vec![
+                    1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32633,
+                ]),
+            ));
+        }
+        tags.sort_by_key(|t| t.0);
+        let ifd_len = 2 + 12 * tags.len() + 4;
+        let mut extra: Vec<u8> = Vec::new();
+        let extra_start = 8 + ifd_len;
+        let mut entries: Vec<u8> = Vec::new();
+        let mut data_slot = None;
+        for (tag, v) in &tags {
+            let (ty, count, raw): (u16, usize, Vec<u8>) = match v {
+                V::Short(s) => (3, s.len(), s.iter().flat_map(|x| x.to_le_bytes()).collect()),
+                V::Long(l) => (4, l.len(), l.iter().flat_map(|x| x.to_le_bytes()).collect()),
+                V::Double(d) => (
+                    12,
+                    d.len(),
+                    d.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                ),
+            };
+            entries.extend(tag.to_le_bytes());
+            entries.extend(ty.to_le_bytes());
+            entries.extend((count as u32).to_le_bytes());
+            if raw.len() <= 4 {
+                if *tag == 273 || *tag == 324 {
+                    data_slot = Some(entries.len());
+                }
+                let mut r = raw.clone();
+                r.resize(4, 0);
+                entries.extend(r);
+            } else {
+                let at = (extra_start + extra.len()) as u32;
+                entries.extend(at.to_le_bytes());
+                extra.extend(raw);
+                if extra.len() % 2 == 1 {
+                    extra.push(0);
+                }
+            }
+        }
+        let data_at = (extra_start + extra.len()) as u32;
+        if let Some(slot) = data_slot {
+            entries[slot..slot + 4].copy_from_slice(&data_at.to_le_bytes());
+        }
+        let mut out = b"II".to_vec();
+        out.extend(42u16.to_le_bytes());
+        out.extend(8u32.to_le_bytes());
+        out.extend((tags.len() as u16).to_le_bytes());
+        out.extend(entries);
+        out.extend(0u32.to_le_bytes());
+        out.extend(extra);
+        out.extend(data);
+        out
+    }
+}
+
+const HUGE: u32 = 1_000_000;
+
+// ---------------------------------------------------------------------------------------
+// 1. Header sizes never size an allocation unchecked.
+
+#[test]
+fn headers_claiming_huge_blocks_or_band_counts_are_refused_with_the_numbers() {
+    let seg = oracle("seg-threshold");
+    let huge_strip = |compression| Tiff {
+        width: HUGE,
+        height: HUGE,
+        bands: 1,
+        compression,
+        tile: None,
+        georef: true,
+    };
+    let huge_tile = |compression| Tiff {
+        tile: Some(HUGE),
+        ..huge_strip(compression)
+    };
+    let many_bands = Tiff {
+        width: 1,
+        height: 1,
+        bands: 65535,
+        compression: 1,
+        tile: None,
+        georef: true,
+    };
+    let cases: Vec<(&str, Tiff, Vec<&str>, Vec<&str>)> = vec![
+        (
+            "strip-deflate",
+            huge_strip(8),
+            vec!["segment", "IN", "--model", &seg, "--out", "o.tif"],
+            vec!["memory budget", "TESSERA_MEMORY_BUDGET"],
+        ),
+        (
+            "strip-raw",
+            huge_strip(1),
+            vec!["segment", "IN", "--model", &seg, "--out", "o.tif"],
+            vec![],
+        ),
+        (
+            "tile-deflate",
+            huge_tile(8),
+            vec!["segment", "IN", "--model", &seg, "--out", "o.tif"],
+            vec!["memory budget", "TESSERA_MEMORY_BUDGET"],
+        ),
+        (
+            "tile-raw",
+            huge_tile(1),
+            vec!["tiles", "IN", "--tile-size", "256", "--chips", "chips"],
+            vec!["memory budget"],
+        ),
+        (
+            "bands",
+            many_bands,
+            vec!["tiles", "IN", "--tile-size", "256", "--chips", "chips"],
+            vec!["memory budget", "65535 band"],
+        ),
+    ];
+    for (name, tiff, args, needles) in cases {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = format!("{name}.tif");
+        let bytes = tiff.bytes();
+        assert!(
+            bytes.len() < 200_000,
+            "{name}: {} bytes of header",
+            bytes.len()
+        );
+        std::fs::write(dir.path().join(&file), bytes).expect("write");
+        let args: Vec<&str> = args
+            .iter()
+            .map(|a| if *a == "IN" { file.as_str() } else { a })
+            .collect();
+        let r = run_limited(dir.path(), &args, &[]);
+        let mut all = vec![file.as_str()];
+        all.extend(needles);
+        assert_refused(&r, 1, &all);
+        assert!(!dir.path().join("o.tif").exists(), "{name}");
+        assert!(!dir.path().join("chips").exists(), "{name}");
+    }
+}
