@@ -320,3 +320,134 @@ fn headers_claiming_huge_blocks_or_band_counts_are_refused_with_the_numbers() {
         assert!(!dir.path().join("chips").exists(), "{name}");
     }
 }
+
+/// Crop `size` x `size` pixels of the sample scene at (x, y) into `path`.
+fn crop(path: &Path, x: usize, y: usize, size: usize) {
+    let status = Command::new("gdal_translate")
+        .args(["-q", "-srcwin"])
+        .args([x, y, size, size].map(|v| v.to_string()))
+        .arg(sample())
+        .arg(path)
+        .status()
+        .expect("gdal_translate (gdal-bin) runs");
+    assert!(status.success(), "gdal_translate {}", path.display());
+}
+
+/// A classification pipeline over the bundled CLIP model (fast: 64 px tiles).
+fn land_cover(dir: &Path) -> String {
+    let p = dir.join("land-cover.toml");
+    let model = root().join("sample_data/models/clip-tiny");
+    std::fs::write(
+        &p,
+        format!(
+            "[input]\nbands = [1, 2, 3]\nscale = \"percentile:2,98\"\n[tiling]\ntarget_gsd = 20.0\nthreads = 1\n\
+             [[stage]]\nname = \"landcover\"\ntask = \"classify\"\nmodel = \"{}\"\nlabels = [\"forest\", \"water\", \"city\"]\n",
+            model.display()
+        ),
+    )
+    .expect("write pipeline");
+    p.display().to_string()
+}
+
+fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.display().to_string()).expect("path");
+    // SAFETY: a NUL-terminated path we own.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "mkfifo");
+}
+
+/// The warning lines of a run's stderr.
+fn warnings(r: &Run) -> Vec<String> {
+    r.stderr()
+        .lines()
+        .filter(|l| l.starts_with("tessera: warning: "))
+        .map(str::to_string)
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. Special files are refused before GDAL opens them, and skipped in folder scans.
+
+#[test]
+fn fifos_are_refused_by_every_command_and_skipped_in_folders() {
+    let seg = oracle("seg-threshold");
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["info", "pipe.tif"],
+        vec!["segment", "pipe.tif", "--model", &seg, "--out", "o.tif"],
+        vec!["tiles", "pipe.tif", "--tile-size", "64", "--chips", "chips"],
+    ];
+    for args in cases {
+        let dir = tempfile::tempdir().expect("tmp");
+        mkfifo(&dir.path().join("pipe.tif"));
+        let r = run_limited(dir.path(), &args, &[]);
+        assert_refused(&r, 1, &["pipe.tif", "FIFO", "not a regular file"]);
+        assert!(!dir.path().join("o.tif").exists());
+        assert!(!dir.path().join("chips").exists());
+    }
+
+    // A folder with a FIFO among scenes: `run` and `ingest` warn, skip it and do the rest;
+    // named explicitly it is a failed scene (exit 3), the others still done.
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    std::fs::create_dir(d.join("in")).expect("mkdir");
+    crop(&d.join("in/good.tif"), 0, 0, 128);
+    mkfifo(&d.join("in/pipe.tif"));
+    let p = land_cover(d);
+    let table: Vec<(Vec<&str>, i32)> = vec![
+        (
+            vec!["run", &p, "in", "--out", "out1", "--json", "--quiet"],
+            0,
+        ),
+        (
+            vec![
+                "ingest",
+                "in",
+                "--pipeline",
+                &p,
+                "--out",
+                "out2",
+                "--settle",
+                "0",
+                "--json",
+                "--quiet",
+            ],
+            0,
+        ),
+        (
+            vec![
+                "run",
+                &p,
+                "in/good.tif",
+                "in/pipe.tif",
+                "--out",
+                "out3",
+                "--json",
+                "--quiet",
+            ],
+            3,
+        ),
+    ];
+    for (args, code) in table {
+        let r = run_limited(d, &args, &[]);
+        assert_eq!(r.output.status.code(), Some(code), "{}", r.context());
+        let out = r.stdout();
+        assert!(out.contains("good"), "{}", r.context());
+        if code == 0 {
+            let w = warnings(&r);
+            assert_eq!(w.len(), 1, "one warning{}", r.context());
+            assert!(w[0].contains("pipe.tif") && w[0].contains("FIFO"), "{w:?}");
+        } else {
+            let j = r.json();
+            let failed: Vec<&serde_json::Value> = j["scenes"]
+                .as_array()
+                .expect("scenes")
+                .iter()
+                .filter(|s| s["status"] == "failed")
+                .collect();
+            assert_eq!(failed.len(), 1, "{j}");
+            assert!(failed[0]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("pipe.tif") && e.contains("FIFO")));
+        }
+        assert!(leftovers(d).is_empty(), "{}", r.context());
+    }
+}

@@ -180,6 +180,15 @@ fn expand_path(
         }
         return Ok(());
     }
+    if let Some(kind) = crate::raster::special_file_kind(path) {
+        // Named explicitly: a failed scene (its contents are never read, so a FIFO cannot
+        // block the batch).
+        let mut scene = SceneInput::raster(&path.display().to_string());
+        scene.error = Some(format!("{}: is {kind}, not a regular file", path.display()));
+        scene.source = None;
+        out.push(scene);
+        return Ok(());
+    }
     match extension(path).as_str() {
         "json" => out.push(from_item(path, asset)),
         "txt" | "lst" | "list" => return expand_list(path, asset, out, depth),
@@ -204,12 +213,21 @@ pub(crate) fn walk(dir: &Path, found: &mut Vec<PathBuf>) {
             continue;
         }
         let p = e.path();
-        if p.is_dir() {
-            walk(&p, found);
-        } else {
-            found.push(p);
+        match crate::raster::special_file_kind(&p) {
+            None => found.push(p),
+            Some("a directory") => walk(&p, found),
+            // A FIFO would block the reader forever; devices and sockets are no scenes.
+            Some(kind) => warn_skipped(&p, kind),
         }
     }
+}
+
+/// One warning line on stderr for a folder entry that is skipped.
+fn warn_skipped(p: &Path, kind: &str) {
+    eprintln!(
+        "tessera: warning: {}: is {kind}, not a regular file; skipped",
+        p.display()
+    );
 }
 
 fn expand_list(

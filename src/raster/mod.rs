@@ -21,7 +21,7 @@ pub use geotransform::GeoTransform;
 pub use read::{Placement, Resampling, WindowReader, WindowRequest};
 pub use sample::Sample;
 pub use scaling::{BandScale, Scaling, ScalingSpec};
-pub use scene::{BandInfo, CrsInfo, Footprint, OpenOptions, Scene, SceneInfo};
+pub use scene::{special_file_kind, BandInfo, CrsInfo, Footprint, OpenOptions, Scene, SceneInfo};
 
 use thiserror::Error;
 

@@ -96,22 +96,49 @@ pub(crate) fn is_virtual_path(path: &str) -> bool {
     path.starts_with("/vsi") || path.contains("://")
 }
 
+/// What `path` is when it is not a regular file (links followed): "a directory", "a FIFO",
+/// "a socket", "a block device", "a character device". `None` for regular files and for paths
+/// that cannot be examined (opening them reports why).
+pub fn special_file_kind(path: &Path) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = std::fs::metadata(path).ok()?.file_type();
+    if t.is_file() {
+        None
+    } else if t.is_dir() {
+        Some("a directory")
+    } else if t.is_fifo() {
+        Some("a FIFO")
+    } else if t.is_socket() {
+        Some("a socket")
+    } else if t.is_block_device() {
+        Some("a block device")
+    } else if t.is_char_device() {
+        Some("a character device")
+    } else {
+        Some("a special file")
+    }
+}
+
 impl Scene {
-    /// Open `path` read-only and validate it.
+    /// Open `path` read-only and validate it. Local paths must be regular files (or links to
+    /// one); GDAL's virtual paths (`/vsi...`) and URLs are passed through.
     ///
     /// # Errors
-    /// Missing file, not a raster (or a corrupt header), zero size, no georeferencing without
+    /// Missing file, a directory, FIFO, socket or device, not a raster (or a corrupt header), zero size, no georeferencing without
     /// `pixel_coords`, or a degenerate geotransform.
     pub fn open(path: &str, options: &OpenOptions) -> Result<Scene> {
         init_gdal();
         if !is_virtual_path(path) && !Path::new(path).exists() {
             return Err(RasterError::NotFound { path: path.into() });
         }
-        if !is_virtual_path(path) && Path::new(path).is_dir() {
-            return Err(RasterError::Open {
-                path: path.into(),
-                reason: "is a directory".into(),
-            });
+        if !is_virtual_path(path) {
+            if let Some(kind) = special_file_kind(Path::new(path)) {
+                // Refused before GDAL opens it: opening a FIFO blocks until a writer comes.
+                return Err(RasterError::Open {
+                    path: path.into(),
+                    reason: format!("is {kind}, not a regular file"),
+                });
+            }
         }
         let dataset = Dataset::open_ex(
             path,
