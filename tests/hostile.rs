@@ -451,3 +451,126 @@ fn fifos_are_refused_by_every_command_and_skipped_in_folders() {
         assert!(leftovers(d).is_empty(), "{}", r.context());
     }
 }
+
+/// A VRT of `w` x `h` pixels with no sources (reads as zeros), georeferenced, a few hundred
+/// bytes.
+fn empty_vrt(w: u64, h: u64) -> String {
+    format!(
+        r#"<VRTDataset rasterXSize="{w}" rasterYSize="{h}">
+  <SRS>EPSG:32633</SRS>
+  <GeoTransform>500000, 10, 0, 4600000, 0, -10</GeoTransform>
+  <VRTRasterBand dataType="Byte" band="1"/>
+</VRTDataset>
+"#
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. Grids beyond the tile limit are refused when they are laid out, before any work.
+
+#[test]
+fn grids_beyond_the_tile_limit_are_refused_before_any_work() {
+    let seg = oracle("seg-threshold");
+    let sample = sample();
+    let strip_raw = Tiff {
+        width: HUGE,
+        height: HUGE,
+        bands: 1,
+        compression: 1,
+        tile: None,
+        georef: true,
+    };
+    // (input file written here or the sample, args, env, needles)
+    type Case<'a> = (
+        Option<(&'a str, Vec<u8>)>,
+        Vec<&'a str>,
+        Vec<(&'a str, &'a str)>,
+        Vec<&'a str>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            Some(("huge.vrt", empty_vrt(1_000_000, 1_000_000).into_bytes())),
+            vec!["tiles", "huge.vrt", "--tile-size", "256", "--out", "t.gpkg"],
+            vec![],
+            vec!["huge.vrt", "15264649 tiles", "10000000", "TESSERA_MAX_TILES"],
+        ),
+        (
+            Some(("huge.vrt", empty_vrt(1_000_000, 1_000_000).into_bytes())),
+            vec![
+                "segment",
+                "huge.vrt",
+                "--model",
+                &seg,
+                "--out",
+                "o.tif",
+                "--tile-size",
+                "128",
+            ],
+            vec![],
+            vec!["huge.vrt", "TESSERA_MAX_TILES"],
+        ),
+        (
+            Some(("strip.tif", strip_raw.bytes())),
+            vec![
+                "tiles",
+                "strip.tif",
+                "--tile-size",
+                "256",
+                "--out",
+                "t.gpkg",
+            ],
+            vec![],
+            vec!["strip.tif", "TESSERA_MAX_TILES"],
+        ),
+        (
+            None,
+            vec![
+                "tiles",
+                &sample,
+                "--tile-size",
+                "256",
+                "--target-gsd",
+                "0.001",
+                "--out",
+                "t.gpkg",
+            ],
+            vec![],
+            vec![
+                "sentinel2_rgbn_10m.tif",
+                "TESSERA_MAX_TILES",
+                "more than the limit",
+            ],
+        ),
+        (
+            None,
+            vec!["tiles", &sample, "--tile-size", "32", "--out", "t.gpkg"],
+            vec![("TESSERA_MAX_TILES", "100")],
+            vec!["sentinel2_rgbn_10m.tif", "400 tiles", "limit of 100"],
+        ),
+    ];
+    for (input, args, env, needles) in cases {
+        let dir = tempfile::tempdir().expect("tmp");
+        if let Some((name, bytes)) = &input {
+            std::fs::write(dir.path().join(name), bytes).expect("write");
+        }
+        let start = std::time::Instant::now();
+        let r = run_limited(dir.path(), &args, &env);
+        assert_refused(&r, 1, &needles);
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "refused at once{}",
+            r.context()
+        );
+        assert!(!dir.path().join("t.gpkg").exists(), "{}", r.context());
+        assert!(!dir.path().join("o.tif").exists(), "{}", r.context());
+    }
+    // The limit raised: the same grid is allowed.
+    let dir = tempfile::tempdir().expect("tmp");
+    let r = run_limited(
+        dir.path(),
+        &["tiles", &sample, "--tile-size", "32", "--out", "t.gpkg"],
+        &[("TESSERA_MAX_TILES", "400")],
+    );
+    assert_eq!(r.output.status.code(), Some(0), "{}", r.context());
+    assert!(dir.path().join("t.gpkg").exists());
+}
