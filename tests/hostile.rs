@@ -492,7 +492,12 @@ fn grids_beyond_the_tile_limit_are_refused_before_any_work() {
             Some(("huge.vrt", empty_vrt(1_000_000, 1_000_000).into_bytes())),
             vec!["tiles", "huge.vrt", "--tile-size", "256", "--out", "t.gpkg"],
             vec![],
-            vec!["huge.vrt", "15264649 tiles", "10000000", "TESSERA_MAX_TILES"],
+            vec![
+                "huge.vrt",
+                "15264649 tiles",
+                "10000000",
+                "TESSERA_MAX_TILES",
+            ],
         ),
         (
             Some(("huge.vrt", empty_vrt(1_000_000, 1_000_000).into_bytes())),
@@ -573,4 +578,138 @@ fn grids_beyond_the_tile_limit_are_refused_before_any_work() {
     );
     assert_eq!(r.output.status.code(), Some(0), "{}", r.context());
     assert!(dir.path().join("t.gpkg").exists());
+}
+
+// ---------------------------------------------------------------------------------------
+// 10. Raw VRT bands (any local file read as pixels) are off unless the user opts in.
+
+/// A 64 x 64 VRT whose raw band reads `target` (relative to the VRT).
+fn raw_vrt(target: &str) -> String {
+    format!(
+        r#"<VRTDataset rasterXSize="64" rasterYSize="64">
+  <SRS>EPSG:32633</SRS>
+  <GeoTransform>500000, 10, 0, 4600000, 0, -10</GeoTransform>
+  <VRTRasterBand dataType="Byte" band="1" subClass="VRTRawRasterBand">
+    <SourceFilename relativetoVRT="1">{target}</SourceFilename>
+    <ImageOffset>0</ImageOffset>
+    <PixelOffset>1</PixelOffset>
+    <LineOffset>64</LineOffset>
+  </VRTRasterBand>
+</VRTDataset>
+"#
+    )
+}
+
+/// A VRT taking its band from `source` (relative), as a simple source.
+fn wrapping_vrt(source: &str) -> String {
+    format!(
+        r#"<VRTDataset rasterXSize="64" rasterYSize="64">
+  <SRS>EPSG:32633</SRS>
+  <GeoTransform>500000, 10, 0, 4600000, 0, -10</GeoTransform>
+  <VRTRasterBand dataType="Byte" band="1">
+    <SimpleSource>
+      <SourceFilename relativeToVRT="1">{source}</SourceFilename>
+      <SourceBand>1</SourceBand>
+    </SimpleSource>
+  </VRTRasterBand>
+</VRTDataset>
+"#
+    )
+}
+
+const SECRET: u8 = 0x5a;
+
+fn secret_folder(d: &Path) {
+    std::fs::write(d.join("secret.bin"), vec![SECRET; 64 * 64]).expect("write");
+    std::fs::write(d.join("raw.vrt"), raw_vrt("secret.bin")).expect("write");
+    std::fs::write(d.join("outer.vrt"), wrapping_vrt("raw.vrt")).expect("write");
+}
+
+#[test]
+fn raw_vrt_bands_are_refused_unless_the_user_opts_in() {
+    let cases: Vec<(&str, Vec<&str>)> = vec![
+        ("raw.vrt", vec!["info", "raw.vrt"]),
+        (
+            "raw.vrt",
+            vec!["tiles", "raw.vrt", "--tile-size", "32", "--chips", "chips"],
+        ),
+        (
+            "outer.vrt",
+            vec![
+                "tiles",
+                "outer.vrt",
+                "--tile-size",
+                "32",
+                "--chips",
+                "chips",
+            ],
+        ),
+    ];
+    for (file, args) in cases {
+        let dir = tempfile::tempdir().expect("tmp");
+        secret_folder(dir.path());
+        let r = run_limited(dir.path(), &args, &[]);
+        assert_refused(
+            &r,
+            1,
+            &[
+                file,
+                "VRTRawRasterBand",
+                "GDAL_VRT_ENABLE_RAWRASTERBAND=YES",
+            ],
+        );
+        assert!(!dir.path().join("chips").exists());
+    }
+
+    // `run` over a folder: the raw VRTs fail, the good scene is done, and no output holds the
+    // secret bytes.
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    std::fs::create_dir(d.join("in")).expect("mkdir");
+    secret_folder(&d.join("in"));
+    crop(&d.join("in/good.tif"), 0, 0, 128);
+    let p = land_cover(d);
+    let r = run_limited(
+        d,
+        &["run", &p, "in", "--out", "out", "--json", "--quiet"],
+        &[],
+    );
+    assert_eq!(r.output.status.code(), Some(3), "{}", r.context());
+    let j = r.json();
+    let by_name = |n: &str| {
+        j["scenes"]
+            .as_array()
+            .expect("scenes")
+            .iter()
+            .find(|s| s["name"] == n)
+            .cloned()
+            .unwrap_or_else(|| panic!("{n} in {j}"))
+    };
+    assert_eq!(by_name("good")["status"], "done", "{j}");
+    for n in ["raw", "outer"] {
+        let s = by_name(n);
+        assert_eq!(s["status"], "failed", "{s}");
+        assert!(s["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("VRTRawRasterBand")));
+    }
+    assert!(!d.join("out/raw").exists() && !d.join("out/outer").exists());
+    assert!(leftovers(d).is_empty(), "{}", r.context());
+
+    // Opted in: the raw band is read (so the refusal above is what kept the bytes out).
+    let dir = tempfile::tempdir().expect("tmp");
+    secret_folder(dir.path());
+    let r = run_limited(
+        dir.path(),
+        &["tiles", "raw.vrt", "--tile-size", "32", "--chips", "chips"],
+        &[("GDAL_VRT_ENABLE_RAWRASTERBAND", "YES")],
+    );
+    assert_eq!(r.output.status.code(), Some(0), "{}", r.context());
+    let chip = gdal::Dataset::open(dir.path().join("chips/r0000c0000.tif")).expect("chip");
+    let v = chip
+        .rasterband(1)
+        .expect("band")
+        .read_as::<u8>((0, 0), (32, 32), (32, 32), None)
+        .expect("read");
+    assert!(v.data().iter().all(|&b| b == SECRET));
 }
