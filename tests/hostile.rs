@@ -713,3 +713,64 @@ fn raw_vrt_bands_are_refused_unless_the_user_opts_in() {
         .expect("read");
     assert!(v.data().iter().all(|&b| b == SECRET));
 }
+
+// ---------------------------------------------------------------------------------------
+// 8. Folder scans visit every directory once and never follow a link up or to `/`.
+
+#[test]
+fn folder_scans_survive_link_loops_and_links_to_the_root() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("in/sub")).expect("mkdir");
+    crop(&d.join("in/sub/good.tif"), 0, 0, 128);
+    symlink("..", d.join("in/sub/up")).expect("link");
+    symlink("/", d.join("in/root")).expect("link");
+    symlink("sub", d.join("in/again")).expect("link");
+    symlink(d.join("in"), d.join("in/sub/self")).expect("link");
+    let p = land_cover(d);
+    let table: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["run", &p, "in", "--out", "out1", "--json", "--quiet"],
+            "scenes",
+        ),
+        (
+            vec![
+                "ingest",
+                "in",
+                "--pipeline",
+                &p,
+                "--out",
+                "out2",
+                "--settle",
+                "0",
+                "--json",
+                "--quiet",
+            ],
+            "processed",
+        ),
+    ];
+    for (args, key) in table {
+        let r = run_limited(d, &args, &[]);
+        assert_eq!(r.output.status.code(), Some(0), "{}", r.context());
+        let j = r.json();
+        let scenes = j[key].as_array().expect("scenes");
+        assert_eq!(scenes.len(), 1, "one file, one scene: {j}");
+        // Reached by its real path, not through the `again` link.
+        assert_eq!(
+            scenes[0]["name"].as_str().map(|n| n.contains("again")),
+            Some(false),
+            "{j}"
+        );
+        let w = warnings(&r);
+        // `up`, `root` and `self` lead to the scan's own folder or above it.
+        assert_eq!(w.len(), 3, "{w:?}{}", r.context());
+        for name in ["up", "root", "self"] {
+            assert!(
+                w.iter()
+                    .any(|l| l.contains(&format!("/{name}:")) && l.contains("not followed")),
+                "{name}: {w:?}"
+            );
+        }
+    }
+}
