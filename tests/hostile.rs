@@ -774,3 +774,75 @@ fn folder_scans_survive_link_loops_and_links_to_the_root() {
         }
     }
 }
+
+/// `tessera ingest DIR` into `out` with settle 0, JSON report.
+fn ingest(d: &Path, dir: &str, p: &str, out: &str, settle: &str) -> Run {
+    run_limited(
+        d,
+        &[
+            "ingest",
+            dir,
+            "--pipeline",
+            p,
+            "--out",
+            out,
+            "--settle",
+            settle,
+            "--retry-after",
+            "0",
+            "--json",
+            "--quiet",
+        ],
+        &[],
+    )
+}
+
+fn processed(r: &Run) -> Vec<serde_json::Value> {
+    r.json()["processed"]
+        .as_array()
+        .unwrap_or_else(|| panic!("processed{}", r.context()))
+        .clone()
+}
+
+fn state_rows(d: &Path, out: &str) -> Vec<serde_json::Value> {
+    let r = run_limited(d, &["ingest", "--status", "--out", out, "--json"], &[]);
+    assert_eq!(r.output.status.code(), Some(0), "{}", r.context());
+    r.json()["scenes"].as_array().expect("scenes").clone()
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. Ingestion keys scenes by canonical path: however the folder is typed, whatever links.
+
+#[test]
+fn ingestion_keys_scenes_by_canonical_path() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    std::fs::create_dir(d.join("in")).expect("mkdir");
+    crop(&d.join("in/good.tif"), 0, 0, 128);
+    // A link to a file is the file it points to.
+    symlink("good.tif", d.join("in/alias.tif")).expect("link");
+    symlink("in", d.join("linked")).expect("link");
+    let p = land_cover(d);
+    let r = ingest(d, "in", &p, "out", "0");
+    assert_eq!(r.output.status.code(), Some(0), "{}", r.context());
+    assert_eq!(processed(&r).len(), 1, "{}", r.context());
+    let abs = d.join("in").display().to_string();
+    let abs_slash = format!("{abs}/");
+    let typed = ["./in", "in/", &abs, &abs_slash, "linked", "./linked/"];
+    for t in typed {
+        let r = ingest(d, t, &p, "out", "0");
+        assert_eq!(r.output.status.code(), Some(0), "{t}{}", r.context());
+        assert_eq!(
+            processed(&r).len(),
+            0,
+            "{t}: processed again{}",
+            r.context()
+        );
+    }
+    let rows = state_rows(d, "out");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let canonical = std::fs::canonicalize(d.join("in/good.tif")).expect("canonical");
+    assert_eq!(rows[0]["path"], canonical.display().to_string(), "{rows:?}");
+    assert_eq!(rows[0]["attempts"], 1, "{rows:?}");
+}

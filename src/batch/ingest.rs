@@ -82,24 +82,41 @@ impl IngestJob {
         StateDb::open_with(&self.state, mode).map_err(state_err)
     }
 
-    /// The output folder name of a scene file: its path below the watched folder, without
-    /// the extension, made safe (`2026/11/a.tif` -> `2026_11_a`).
+    /// The watched folder's canonical path (what scene keys and names are relative to).
+    fn root(&self) -> PathBuf {
+        std::fs::canonicalize(&self.dir).unwrap_or_else(|_| self.dir.clone())
+    }
+
+    /// The output folder name of a scene file (its canonical path): its path below the
+    /// watched folder, without the extension, made safe (`2026/11/a.tif` -> `2026_11_a`).
     fn scene_name(&self, path: &Path) -> String {
-        let rel = path.strip_prefix(&self.dir).unwrap_or(path);
+        let root = self.root();
+        let rel = path.strip_prefix(&root).unwrap_or(path);
         let rel = rel.with_extension("");
         safe_name(&rel.display().to_string())
     }
 
     /// Scene files below the folder, with their fingerprints, split into stable and waiting.
+    ///
+    /// Scenes are keyed (in the state database and in reports) by their canonical path, so the
+    /// folder given as `in`, `./in` or `/abs/in` finds the same scenes, and a symbolic link to
+    /// a file is keyed by the file it points to (a link and its target are one scene, and a
+    /// link re-pointed to another file is a new scene).
     fn scan(&self, now: f64) -> (Vec<(String, Fingerprint)>, Vec<String>) {
-        let mut files = Vec::new();
-        walk(&self.dir, &mut files);
-        files.retain(|p| {
+        let mut found = Vec::new();
+        walk(&self.dir, &mut found);
+        found.retain(|p| {
             let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
             name.is_some_and(|n| self.patterns.iter().any(|pat| pat.matches(&n)))
-                && self.shard.map_or(true, |s| s.takes(&self.scene_name(p)))
         });
+        // Patterns match the name as found (a link's own name); keys are canonical.
+        let mut files: Vec<PathBuf> = found
+            .iter()
+            .filter_map(|p| std::fs::canonicalize(p).ok())
+            .filter(|p| self.shard.map_or(true, |s| s.takes(&self.scene_name(p))))
+            .collect();
         files.sort();
+        files.dedup();
         let first: Vec<Option<(u64, i64)>> = files.iter().map(|p| record::stat(p).ok()).collect();
         let mut stable = Vec::new();
         let mut waiting = Vec::new();
