@@ -846,3 +846,49 @@ fn ingestion_keys_scenes_by_canonical_path() {
     assert_eq!(rows[0]["path"], canonical.display().to_string(), "{rows:?}");
     assert_eq!(rows[0]["attempts"], 1, "{rows:?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// 7. Ingestion output names never collide.
+
+#[test]
+fn ingestion_gives_every_scene_its_own_output_folder() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("in/a")).expect("mkdir");
+    let files = ["in/a/b.tif", "in/a_b.tif", "in/a b.tif", "in/a_b.tiff"];
+    for (i, f) in files.iter().enumerate() {
+        crop(&d.join(f), i * 96, 0, 128);
+    }
+    let p = land_cover(d);
+    let r = ingest(d, "in", &p, "out", "0");
+    assert_eq!(r.output.status.code(), Some(0), "{}", r.context());
+    let done = processed(&r);
+    assert_eq!(done.len(), files.len(), "{}", r.context());
+    let mut outputs: Vec<String> = done
+        .iter()
+        .map(|s| s["output"].as_str().expect("output").to_string())
+        .collect();
+    outputs.sort();
+    outputs.dedup();
+    assert_eq!(outputs.len(), files.len(), "one folder each: {outputs:?}");
+    // Each folder's record is its own scene's.
+    for f in files {
+        let canonical = std::fs::canonicalize(d.join(f)).expect("canonical");
+        let hits = outputs
+            .iter()
+            .filter(|o| {
+                let rec = std::fs::read_to_string(d.join(o).join("record.json")).expect("record");
+                let rec: serde_json::Value = serde_json::from_str(&rec).expect("json");
+                rec["raster"] == canonical.display().to_string()
+            })
+            .count();
+        assert_eq!(hits, 1, "{f}: {outputs:?}");
+    }
+    assert_eq!(
+        state_rows(d, "out")
+            .iter()
+            .filter(|s| s["status"] == "done")
+            .count(),
+        files.len()
+    );
+}

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::inputs::{safe_name, walk, SceneInput, Shard};
+use super::inputs::{safe_name, short_hash, walk, SceneInput, Shard};
 use super::record::{self, now};
 use super::run::{process_scene, remove_stale_temporaries, Identity, SceneOutcome, SceneReport};
 use super::spec::{JobContext, Pipeline};
@@ -88,12 +88,14 @@ impl IngestJob {
     }
 
     /// The output folder name of a scene file (its canonical path): its path below the
-    /// watched folder, without the extension, made safe (`2026/11/a.tif` -> `2026_11_a`).
+    /// watched folder, without the extension, made safe, and unique: a name that would lose
+    /// information (a file in a subfolder, characters made safe, an extension other than
+    /// `.tif`) gets a short hash of the relative path, so `a/b.tif` (`a_b-1f2e3d4c`) and
+    /// `a_b.tif` (`a_b`) never share a folder. Passes see scenes one at a time, so unlike
+    /// `run` (which adds the hash only to names shared within the batch) the rule depends on
+    /// the path alone.
     fn scene_name(&self, path: &Path) -> String {
-        let root = self.root();
-        let rel = path.strip_prefix(&root).unwrap_or(path);
-        let rel = rel.with_extension("");
-        safe_name(&rel.display().to_string())
+        ingest_name(&self.root(), path)
     }
 
     /// Scene files below the folder, with their fingerprints, split into stable and waiting.
@@ -341,6 +343,21 @@ impl IngestJob {
     }
 }
 
+/// See [`IngestJob::scene_name`].
+fn ingest_name(root: &Path, path: &Path) -> String {
+    let rel = path.strip_prefix(root).unwrap_or(path);
+    let rel_text = rel.display().to_string();
+    let stem = rel.with_extension("").display().to_string();
+    let name = safe_name(&stem);
+    let single = rel.components().count() == 1;
+    let tif = rel.extension().is_some_and(|e| e == "tif");
+    if single && tif && name == stem {
+        name
+    } else {
+        format!("{name}-{}", short_hash(&rel_text))
+    }
+}
+
 /// The rows of a state database and a count per status (`tessera ingest --status`).
 ///
 /// # Errors
@@ -359,4 +376,36 @@ pub fn status(state: &Path) -> Result<(Vec<SceneRow>, BTreeMap<String, usize>), 
         *counts.entry(r.status.to_string()).or_default() += 1;
     }
     Ok((rows, counts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ingest_names_never_collide() {
+        let root = Path::new("/in");
+        let name = |p: &str| ingest_name(root, &root.join(p));
+        assert_eq!(name("scene00.tif"), "scene00");
+        let paths = [
+            "a/b.tif",
+            "a_b.tif",
+            "a b.tif",
+            "a_b.tiff",
+            "a_b.TIF",
+            "a/b.tiff",
+            "a.b.tif",
+            "a/b/c.tif",
+            "a_b_c.tif",
+            "a/b_c.tif",
+        ];
+        let mut names: Vec<String> = paths.iter().map(|p| name(p)).collect();
+        assert_eq!(names[1], "a_b");
+        assert!(names[0].starts_with("a_b-"), "{names:?}");
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), paths.len(), "{names:?}");
+        // Stable.
+        assert_eq!(name("a/b.tif"), name("a/b.tif"));
+    }
 }

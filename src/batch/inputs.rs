@@ -89,7 +89,7 @@ pub(crate) fn safe_name(s: &str) -> String {
     name
 }
 
-fn short_hash(s: &str) -> String {
+pub(crate) fn short_hash(s: &str) -> String {
     let h = Sha256::digest(s.as_bytes());
     h.iter().take(4).map(|b| format!("{b:02x}")).collect()
 }
