@@ -892,3 +892,72 @@ fn ingestion_gives_every_scene_its_own_output_folder() {
         files.len()
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// 9. A file still growing is not recorded as a permanent failure, even with --settle 0.
+
+#[test]
+fn a_file_growing_while_processed_is_not_a_permanent_failure() {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    std::fs::create_dir(d.join("in")).expect("mkdir");
+    // A COG: its header comes first, so the truncated file opens and fails only when its
+    // tiles are read, after the model has loaded (long enough for the writer to move on).
+    let status = Command::new("gdal_translate")
+        .args(["-q", "-of", "COG", "-srcwin", "0", "0", "256", "256"])
+        .arg(sample())
+        .arg(d.join("whole.tif"))
+        .status()
+        .expect("gdal_translate");
+    assert!(status.success());
+    let whole = std::fs::read(d.join("whole.tif")).expect("read");
+    let growing = d.join("in/growing.tif");
+    std::fs::write(&growing, &whole[..whole.len() / 3]).expect("write");
+    let p = land_cover(d);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        // The writer appends a little now and then, as a slow copy does: a pass sees the file unchanged
+        // at the scan and at the claim, then changed when the scene has failed.
+        s.spawn(|| {
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&growing)
+                .expect("open");
+            while !stop.load(Ordering::SeqCst) {
+                f.write_all(&[0u8; 16]).expect("append");
+                std::thread::sleep(Duration::from_millis(150));
+            }
+        });
+        // Stops the writer however this scope ends (a failed assertion included).
+        struct Stop<'a>(&'a AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let _stop = Stop(&stop);
+        for pass in 0..3 {
+            let r = ingest(d, "in", &p, "out", "0");
+            assert_eq!(
+                r.output.status.code(),
+                Some(0),
+                "pass {pass}{}",
+                r.context()
+            );
+            let j = r.json();
+            assert_eq!(j["failed"], 0, "pass {pass}: {j}");
+            for row in state_rows(d, "out") {
+                assert_ne!(row["status"], "failed", "pass {pass}: {row}");
+            }
+        }
+    });
+    // Written at last: processed by the next pass.
+    std::fs::write(&growing, &whole).expect("write");
+    let r = ingest(d, "in", &p, "out", "0");
+    assert_eq!(r.output.status.code(), Some(0), "{}", r.context());
+    let rows = state_rows(d, "out");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["status"], "done", "{rows:?}");
+}

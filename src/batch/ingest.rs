@@ -51,7 +51,8 @@ pub struct IngestReport {
     pub state: String,
     /// Scene files found.
     pub found: usize,
-    /// Files still being written (taken by a later pass).
+    /// Files still being written (taken by a later pass), including files that changed while
+    /// they were processed (a failure then is not recorded).
     pub waiting: Vec<String>,
     /// Scenes this pass processed (or found complete), with their status.
     pub processed: Vec<SceneReport>,
@@ -163,6 +164,7 @@ impl IngestJob {
         db.observe_all(stable.iter().map(|(p, f)| (p.as_str(), *f)), now())
             .map_err(state_err)?;
         let reports: Mutex<Vec<SceneReport>> = Mutex::new(Vec::new());
+        let deferred: Mutex<Vec<String>> = Mutex::new(Vec::new());
         let failure: Mutex<Option<BatchError>> = Mutex::new(None);
         let ctx = JobContext {
             jobs: self.jobs.max(1),
@@ -171,7 +173,7 @@ impl IngestJob {
         std::thread::scope(|s| {
             for _ in 0..ctx.jobs {
                 s.spawn(|| {
-                    if let Err(e) = self.worker(identity, &ctx, stop, &reports) {
+                    if let Err(e) = self.worker(identity, &ctx, stop, &reports, &deferred) {
                         if let Ok(mut f) = failure.lock() {
                             f.get_or_insert(e);
                         }
@@ -188,9 +190,15 @@ impl IngestJob {
             .iter()
             .filter(|r| r.status == SceneOutcome::Failed)
             .count();
+        let found = stable.len() + waiting.len();
+        let mut waiting = waiting;
+        // Files that changed while processed wait like files still being written.
+        waiting.extend(deferred.into_inner().unwrap_or_default());
+        waiting.sort();
+        waiting.dedup();
         Ok(IngestReport {
             state: self.state.display().to_string(),
-            found: stable.len() + waiting.len(),
+            found,
             waiting,
             done: processed.len() - failed,
             failed,
@@ -206,6 +214,7 @@ impl IngestJob {
         ctx: &JobContext,
         stop: &AtomicBool,
         reports: &Mutex<Vec<SceneReport>>,
+        deferred: &Mutex<Vec<String>>,
     ) -> Result<(), BatchError> {
         let db = self.open_state()?;
         let owner = Owner::current();
@@ -264,6 +273,33 @@ impl IngestJob {
                 report
             });
             let finished = now();
+            if report.error.is_some() {
+                // A file whose size or time moved since the scan was still being written: its
+                // failure says nothing about the finished file, so it waits for a later pass.
+                let after = record::stat(&path)
+                    .ok()
+                    .map(|(size, mtime_ns)| Fingerprint { size, mtime_ns });
+                if after != Some(claim.fingerprint) {
+                    let note = format!(
+                        "{}: changed while being processed (still being written?); taken again by a later pass",
+                        claim.path
+                    );
+                    tracing::info!(scene = %scene.name, "{note}");
+                    match db.defer(
+                        &claim,
+                        &owner,
+                        finished + self.settle_seconds.max(10.0),
+                        &note,
+                    ) {
+                        Err(super::state::StateError::ClaimLost { .. }) => {}
+                        r => r.map_err(state_err)?,
+                    }
+                    if let Ok(mut w) = deferred.lock() {
+                        w.push(claim.path.clone());
+                    }
+                    continue;
+                }
+            }
             let recorded = match &report.error {
                 None => db.finish_ok(
                     &claim,
