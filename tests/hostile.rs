@@ -961,3 +961,115 @@ fn a_file_growing_while_processed_is_not_a_permanent_failure() {
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0]["status"], "done", "{rows:?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// 2. One scene's failure (a refusal, a corrupt file, a panic) is isolated: `run` finishes the
+//    others and exits 3; `ingest` ends such scenes as failed and goes on with the others.
+
+#[test]
+fn failing_scenes_are_isolated_in_run_and_ingest() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    std::fs::create_dir(d.join("in")).expect("mkdir");
+    crop(&d.join("in/good.tif"), 0, 0, 128);
+    crop(&d.join("in/boom.tif"), 128, 0, 128);
+    let huge = Tiff {
+        width: HUGE,
+        height: HUGE,
+        bands: 3,
+        compression: 8,
+        tile: Some(HUGE),
+        georef: true,
+    };
+    std::fs::write(d.join("in/huge.tif"), huge.bytes()).expect("write");
+    std::fs::write(d.join("in/corrupt.tif"), b"II*\0not a raster at all").expect("write");
+    let p = land_cover(d);
+    // (scene, what its error says)
+    let failing = [
+        ("huge", "memory budget"),
+        ("boom", "panic"),
+        ("corrupt", "corrupt.tif"),
+    ];
+    let env = [("TESSERA_TEST_PANIC_SCENE", "boom")];
+
+    let r = run_limited(
+        d,
+        &["run", &p, "in", "--out", "out1", "--json", "--quiet"],
+        &env,
+    );
+    assert_eq!(r.output.status.code(), Some(3), "{}", r.context());
+    let j = r.json();
+    let scene = |n: &str| {
+        j["scenes"]
+            .as_array()
+            .expect("scenes")
+            .iter()
+            .find(|s| s["name"] == n)
+            .cloned()
+            .unwrap_or_else(|| panic!("{n} in {j}"))
+    };
+    assert_eq!(scene("good")["status"], "done", "{j}");
+    for (n, says) in failing {
+        let s = scene(n);
+        assert_eq!(s["status"], "failed", "{s}");
+        let e = s["error"].as_str().unwrap_or("");
+        assert!(
+            e.contains(&format!("{n}.tif")) && e.contains(says),
+            "{n}: {e}"
+        );
+        assert!(!d.join("out1").join(n).exists());
+    }
+    assert!(leftovers(d).is_empty(), "{}", r.context());
+
+    // Ingestion: passes until nothing is left to do; failing scenes end failed within their
+    // attempts, the good one done.
+    for pass in 0..4 {
+        let r = run_limited(
+            d,
+            &[
+                "ingest",
+                "in",
+                "--pipeline",
+                &p,
+                "--out",
+                "out2",
+                "--settle",
+                "0",
+                "--retry-after",
+                "0",
+                "--max-attempts",
+                "2",
+                "--json",
+                "--quiet",
+            ],
+            &env,
+        );
+        let code = r.output.status.code();
+        assert!(
+            code == Some(0) || code == Some(3),
+            "pass {pass}{}",
+            r.context()
+        );
+        if processed(&r).is_empty() {
+            break;
+        }
+    }
+    let rows = state_rows(d, "out2");
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    for row in &rows {
+        let path = row["path"].as_str().expect("path");
+        let want = if path.ends_with("good.tif") {
+            "done"
+        } else {
+            "failed"
+        };
+        assert_eq!(row["status"], want, "{row}");
+        assert!(
+            row["attempts"]
+                .as_u64()
+                .is_some_and(|a| (1..=2).contains(&a)),
+            "{row}"
+        );
+    }
+    assert!(leftovers(d).is_empty());
+}
