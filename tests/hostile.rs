@@ -453,6 +453,10 @@ fn fifos_are_refused_by_every_command_and_skipped_in_folders() {
             3,
         ),
     ];
+    // A list of scenes that is a FIFO: refused, not read.
+    mkfifo(&d.join("list.txt"));
+    let r = run_limited(d, &["run", &p, "@list.txt", "--out", "out0"], &[]);
+    assert_refused(&r, 1, &["list.txt", "FIFO"]);
     for (args, code) in table {
         let r = run_limited(d, &args, &[]);
         assert_eq!(r.output.status.code(), Some(code), "{}", r.context());

@@ -289,6 +289,13 @@ fn expand_list(
             list.display()
         )));
     }
+    if let Some(kind) = crate::raster::special_file_kind(list) {
+        // Reading a FIFO would block until a writer comes.
+        return Err(BatchError::Inputs(format!(
+            "{}: is {kind}, not a regular file",
+            list.display()
+        )));
+    }
     let text = std::fs::read_to_string(list)
         .map_err(|e| BatchError::Inputs(format!("{}: cannot read: {e}", list.display())))?;
     let base = list.parent().unwrap_or(Path::new("."));
