@@ -453,6 +453,17 @@ fn fifos_are_refused_by_every_command_and_skipped_in_folders() {
             3,
         ),
     ];
+    // A VRT taking its pixels from a FIFO: refused before GDAL opens the source.
+    let dir = tempfile::tempdir().expect("tmp");
+    mkfifo(&dir.path().join("pipe.tif"));
+    std::fs::write(dir.path().join("wrap.vrt"), wrapping_vrt("pipe.tif")).expect("write");
+    let r = run_limited(
+        dir.path(),
+        &["tiles", "wrap.vrt", "--tile-size", "32", "--chips", "chips"],
+        &[],
+    );
+    assert_refused(&r, 1, &["wrap.vrt", "pipe.tif", "FIFO"]);
+
     // A list of scenes that is a FIFO: refused, not read.
     mkfifo(&d.join("list.txt"));
     let r = run_limited(d, &["run", &p, "@list.txt", "--out", "out0"], &[]);

@@ -134,18 +134,40 @@ fn raw_vrt_allowed() -> bool {
 const VRT_SCAN_BYTES: u64 = 16 << 20;
 
 /// Refuse a VRT (and the local VRTs it takes sources from, a few levels deep) with a raw band
-/// (`VRTRawRasterBand`), which reads any local file (`/etc/passwd`) as pixels. GDAL 3.6 has
+/// (`VRTRawRasterBand`), which reads any local file (`/etc/passwd`) as pixels, unless the user
+/// opted in, or with a source that is a FIFO, socket or device (GDAL would block on it). GDAL 3.6 has
 /// no switch for them (`GDAL_VRT_ENABLE_RAWRASTERBAND` arrived in 3.7), so the XML is examined
 /// before GDAL opens the file.
 fn check_vrt(file: &Path, scene: &str, depth: usize) -> Result<()> {
     use std::io::Read;
-    if depth > 8 || special_file_kind(file).is_some() {
+    if depth > 8 {
         return Ok(());
     }
-    let mut head = Vec::new();
-    let Ok(f) = std::fs::File::open(file) else {
+    match special_file_kind(file) {
+        None => {}
+        // A source that is a FIFO would block GDAL forever.
+        Some(kind) if depth > 0 && kind != "a directory" => {
+            return Err(RasterError::Invalid {
+                path: scene.into(),
+                reason: format!(
+                    "the VRT's source {} is {kind}, not a regular file",
+                    file.display()
+                ),
+            });
+        }
+        Some(_) => return Ok(()),
+    }
+    let Ok(mut f) = std::fs::File::open(file) else {
         return Ok(());
     };
+    // GDAL's VRT driver recognises a VRT by `<VRTDataset` in the file's first bytes: other
+    // files (every GeoTIFF) cost one small read.
+    let mut head = Vec::new();
+    if (&mut f).take(4096).read_to_end(&mut head).is_err()
+        || !head.windows(11).any(|w| w == b"<VRTDataset")
+    {
+        return Ok(());
+    }
     if f.take(VRT_SCAN_BYTES).read_to_end(&mut head).is_err() {
         return Ok(());
     }
@@ -158,7 +180,7 @@ fn check_vrt(file: &Path, scene: &str, depth: usize) -> Result<()> {
     if !body.starts_with("<VRTDataset") {
         return Ok(());
     }
-    if body.contains("VRTRawRasterBand") {
+    if body.contains("VRTRawRasterBand") && !raw_vrt_allowed() {
         let via = if depth == 0 {
             String::new()
         } else {
@@ -229,7 +251,7 @@ impl Scene {
                 });
             }
         }
-        if !is_virtual_path(path) && !raw_vrt_allowed() {
+        if !is_virtual_path(path) {
             check_vrt(Path::new(path), path, 0)?;
         }
         let dataset = Dataset::open_ex(
