@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::inputs::{safe_name, walk, SceneInput, Shard};
+use super::inputs::{safe_name, short_hash, walk, SceneInput, Shard};
 use super::record::{self, now};
 use super::run::{process_scene, remove_stale_temporaries, Identity, SceneOutcome, SceneReport};
 use super::spec::{JobContext, Pipeline};
@@ -51,7 +51,8 @@ pub struct IngestReport {
     pub state: String,
     /// Scene files found.
     pub found: usize,
-    /// Files still being written (taken by a later pass).
+    /// Files still being written (taken by a later pass), including files that changed while
+    /// they were processed (a failure then is not recorded).
     pub waiting: Vec<String>,
     /// Scenes this pass processed (or found complete), with their status.
     pub processed: Vec<SceneReport>,
@@ -82,24 +83,43 @@ impl IngestJob {
         StateDb::open_with(&self.state, mode).map_err(state_err)
     }
 
-    /// The output folder name of a scene file: its path below the watched folder, without
-    /// the extension, made safe (`2026/11/a.tif` -> `2026_11_a`).
+    /// The watched folder's canonical path (what scene keys and names are relative to).
+    fn root(&self) -> PathBuf {
+        std::fs::canonicalize(&self.dir).unwrap_or_else(|_| self.dir.clone())
+    }
+
+    /// The output folder name of a scene file (its canonical path): its path below the
+    /// watched folder, without the extension, made safe, and unique: a name that would lose
+    /// information (a file in a subfolder, characters made safe, an extension other than
+    /// `.tif`) gets a short hash of the relative path, so `a/b.tif` (`a_b-1f2e3d4c`) and
+    /// `a_b.tif` (`a_b`) never share a folder. Passes see scenes one at a time, so unlike
+    /// `run` (which adds the hash only to names shared within the batch) the rule depends on
+    /// the path alone.
     fn scene_name(&self, path: &Path) -> String {
-        let rel = path.strip_prefix(&self.dir).unwrap_or(path);
-        let rel = rel.with_extension("");
-        safe_name(&rel.display().to_string())
+        ingest_name(&self.root(), path)
     }
 
     /// Scene files below the folder, with their fingerprints, split into stable and waiting.
+    ///
+    /// Scenes are keyed (in the state database and in reports) by their canonical path, so the
+    /// folder given as `in`, `./in` or `/abs/in` finds the same scenes, and a symbolic link to
+    /// a file is keyed by the file it points to (a link and its target are one scene, and a
+    /// link re-pointed to another file is a new scene).
     fn scan(&self, now: f64) -> (Vec<(String, Fingerprint)>, Vec<String>) {
-        let mut files = Vec::new();
-        walk(&self.dir, &mut files);
-        files.retain(|p| {
+        let mut found = Vec::new();
+        walk(&self.dir, &mut found);
+        found.retain(|p| {
             let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
             name.is_some_and(|n| self.patterns.iter().any(|pat| pat.matches(&n)))
-                && self.shard.map_or(true, |s| s.takes(&self.scene_name(p)))
         });
+        // Patterns match the name as found (a link's own name); keys are canonical.
+        let mut files: Vec<PathBuf> = found
+            .iter()
+            .filter_map(|p| std::fs::canonicalize(p).ok())
+            .filter(|p| self.shard.map_or(true, |s| s.takes(&self.scene_name(p))))
+            .collect();
         files.sort();
+        files.dedup();
         let first: Vec<Option<(u64, i64)>> = files.iter().map(|p| record::stat(p).ok()).collect();
         let mut stable = Vec::new();
         let mut waiting = Vec::new();
@@ -144,6 +164,7 @@ impl IngestJob {
         db.observe_all(stable.iter().map(|(p, f)| (p.as_str(), *f)), now())
             .map_err(state_err)?;
         let reports: Mutex<Vec<SceneReport>> = Mutex::new(Vec::new());
+        let deferred: Mutex<Vec<String>> = Mutex::new(Vec::new());
         let failure: Mutex<Option<BatchError>> = Mutex::new(None);
         let ctx = JobContext {
             jobs: self.jobs.max(1),
@@ -152,7 +173,7 @@ impl IngestJob {
         std::thread::scope(|s| {
             for _ in 0..ctx.jobs {
                 s.spawn(|| {
-                    if let Err(e) = self.worker(identity, &ctx, stop, &reports) {
+                    if let Err(e) = self.worker(identity, &ctx, stop, &reports, &deferred) {
                         if let Ok(mut f) = failure.lock() {
                             f.get_or_insert(e);
                         }
@@ -169,9 +190,15 @@ impl IngestJob {
             .iter()
             .filter(|r| r.status == SceneOutcome::Failed)
             .count();
+        let found = stable.len() + waiting.len();
+        let mut waiting = waiting;
+        // Files that changed while processed wait like files still being written.
+        waiting.extend(deferred.into_inner().unwrap_or_default());
+        waiting.sort();
+        waiting.dedup();
         Ok(IngestReport {
             state: self.state.display().to_string(),
-            found: stable.len() + waiting.len(),
+            found,
             waiting,
             done: processed.len() - failed,
             failed,
@@ -187,6 +214,7 @@ impl IngestJob {
         ctx: &JobContext,
         stop: &AtomicBool,
         reports: &Mutex<Vec<SceneReport>>,
+        deferred: &Mutex<Vec<String>>,
     ) -> Result<(), BatchError> {
         let db = self.open_state()?;
         let owner = Owner::current();
@@ -245,6 +273,33 @@ impl IngestJob {
                 report
             });
             let finished = now();
+            if report.error.is_some() {
+                // A file whose size or time moved since the scan was still being written: its
+                // failure says nothing about the finished file, so it waits for a later pass.
+                let after = record::stat(&path)
+                    .ok()
+                    .map(|(size, mtime_ns)| Fingerprint { size, mtime_ns });
+                if after != Some(claim.fingerprint) {
+                    let note = format!(
+                        "{}: changed while being processed (still being written?); taken again by a later pass",
+                        claim.path
+                    );
+                    tracing::info!(scene = %scene.name, "{note}");
+                    match db.defer(
+                        &claim,
+                        &owner,
+                        finished + self.settle_seconds.max(10.0),
+                        &note,
+                    ) {
+                        Err(super::state::StateError::ClaimLost { .. }) => {}
+                        r => r.map_err(state_err)?,
+                    }
+                    if let Ok(mut w) = deferred.lock() {
+                        w.push(claim.path.clone());
+                    }
+                    continue;
+                }
+            }
             let recorded = match &report.error {
                 None => db.finish_ok(
                     &claim,
@@ -324,6 +379,21 @@ impl IngestJob {
     }
 }
 
+/// See [`IngestJob::scene_name`].
+fn ingest_name(root: &Path, path: &Path) -> String {
+    let rel = path.strip_prefix(root).unwrap_or(path);
+    let rel_text = rel.display().to_string();
+    let stem = rel.with_extension("").display().to_string();
+    let name = safe_name(&stem);
+    let single = rel.components().count() == 1;
+    let tif = rel.extension().is_some_and(|e| e == "tif");
+    if single && tif && name == stem {
+        name
+    } else {
+        format!("{name}-{}", short_hash(&rel_text))
+    }
+}
+
 /// The rows of a state database and a count per status (`tessera ingest --status`).
 ///
 /// # Errors
@@ -342,4 +412,36 @@ pub fn status(state: &Path) -> Result<(Vec<SceneRow>, BTreeMap<String, usize>), 
         *counts.entry(r.status.to_string()).or_default() += 1;
     }
     Ok((rows, counts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ingest_names_never_collide() {
+        let root = Path::new("/in");
+        let name = |p: &str| ingest_name(root, &root.join(p));
+        assert_eq!(name("scene00.tif"), "scene00");
+        let paths = [
+            "a/b.tif",
+            "a_b.tif",
+            "a b.tif",
+            "a_b.tiff",
+            "a_b.TIF",
+            "a/b.tiff",
+            "a.b.tif",
+            "a/b/c.tif",
+            "a_b_c.tif",
+            "a/b_c.tif",
+        ];
+        let mut names: Vec<String> = paths.iter().map(|p| name(p)).collect();
+        assert_eq!(names[1], "a_b");
+        assert!(names[0].starts_with("a_b-"), "{names:?}");
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), paths.len(), "{names:?}");
+        // Stable.
+        assert_eq!(name("a/b.tif"), name("a/b.tif"));
+    }
 }

@@ -89,7 +89,7 @@ pub(crate) fn safe_name(s: &str) -> String {
     name
 }
 
-fn short_hash(s: &str) -> String {
+pub(crate) fn short_hash(s: &str) -> String {
     let h = Sha256::digest(s.as_bytes());
     h.iter().take(4).map(|b| format!("{b:02x}")).collect()
 }
@@ -106,9 +106,17 @@ pub fn expand(args: &[String], asset: Option<&str>) -> Result<Vec<SceneInput>, B
     for arg in args {
         expand_one(arg, asset, &mut scenes, 0)?;
     }
-    // The same raster given twice is one scene.
+    // The same raster given twice is one scene (local files compared by canonical path, so
+    // a file and a link to it, or `./a.tif` and `/abs/a.tif`, are one).
     let mut seen = std::collections::BTreeSet::new();
-    scenes.retain(|s: &SceneInput| seen.insert(s.raster.clone()));
+    scenes.retain(|s: &SceneInput| {
+        let key = if is_remote(&s.raster) {
+            PathBuf::from(&s.raster)
+        } else {
+            std::fs::canonicalize(&s.raster).unwrap_or_else(|_| PathBuf::from(&s.raster))
+        };
+        seen.insert(key)
+    });
     // Names shared by different rasters get a short hash of the raster path.
     let mut count: BTreeMap<String, usize> = BTreeMap::new();
     for s in &scenes {
@@ -180,6 +188,15 @@ fn expand_path(
         }
         return Ok(());
     }
+    if let Some(kind) = crate::raster::special_file_kind(path) {
+        // Named explicitly: a failed scene (its contents are never read, so a FIFO cannot
+        // block the batch).
+        let mut scene = SceneInput::raster(&path.display().to_string());
+        scene.error = Some(format!("{}: is {kind}, not a regular file", path.display()));
+        scene.source = None;
+        out.push(scene);
+        return Ok(());
+    }
     match extension(path).as_str() {
         "json" => out.push(from_item(path, asset)),
         "txt" | "lst" | "list" => return expand_list(path, asset, out, depth),
@@ -194,22 +211,70 @@ fn extension(p: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Files under `dir`, recursively, skipping hidden entries (tessera's own state among them).
+/// Files under `dir`, recursively, skipping hidden entries (tessera's own state among them)
+/// and, with a warning line, FIFOs, sockets and devices.
+///
+/// Symbolic links are followed, to files and to directories, with two rules that keep a scan
+/// finite and every file found once: a directory is visited at most once, by its canonical
+/// path (a link into a part already scanned adds nothing), and a link to the scanned folder
+/// itself or to one of its ancestors (`..`, `/`) is skipped with a warning, since it would
+/// contain the whole scan again or the whole file system. Links to folders elsewhere (another
+/// disk) are scanned.
 pub(crate) fn walk(dir: &Path, found: &mut Vec<PathBuf>) {
+    let root = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let mut visited = std::collections::HashSet::new();
+    visited.insert(root.clone());
+    walk_into(dir, &root, &mut visited, found);
+}
+
+fn walk_into(
+    dir: &Path,
+    root: &Path,
+    visited: &mut std::collections::HashSet<PathBuf>,
+    found: &mut Vec<PathBuf>,
+) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
-    for e in entries.flatten() {
+    let mut entries: Vec<_> = entries.flatten().collect();
+    // Real entries before links, each sorted: of two paths to one directory the real one is
+    // scanned, whatever order the file system lists them in.
+    entries.sort_by_key(|e| (e.file_type().is_ok_and(|t| t.is_symlink()), e.file_name()));
+    for e in entries {
         if e.file_name().to_string_lossy().starts_with('.') {
             continue;
         }
         let p = e.path();
-        if p.is_dir() {
-            walk(&p, found);
-        } else {
-            found.push(p);
+        match crate::raster::special_file_kind(&p) {
+            None => found.push(p),
+            Some("a directory") => {
+                let Ok(canonical) = std::fs::canonicalize(&p) else {
+                    continue;
+                };
+                if root.starts_with(&canonical) {
+                    eprintln!(
+                        "tessera: warning: {}: links to {} (the scanned folder or one above it); not followed",
+                        p.display(),
+                        canonical.display()
+                    );
+                    continue;
+                }
+                if visited.insert(canonical) {
+                    walk_into(&p, root, visited, found);
+                }
+            }
+            // A FIFO would block the reader forever; devices and sockets are no scenes.
+            Some(kind) => warn_skipped(&p, kind),
         }
     }
+}
+
+/// One warning line on stderr for a folder entry that is skipped.
+fn warn_skipped(p: &Path, kind: &str) {
+    eprintln!(
+        "tessera: warning: {}: is {kind}, not a regular file; skipped",
+        p.display()
+    );
 }
 
 fn expand_list(
@@ -221,6 +286,13 @@ fn expand_list(
     if depth > 4 {
         return Err(BatchError::Inputs(format!(
             "{}: lists nested too deeply",
+            list.display()
+        )));
+    }
+    if let Some(kind) = crate::raster::special_file_kind(list) {
+        // Reading a FIFO would block until a writer comes.
+        return Err(BatchError::Inputs(format!(
+            "{}: is {kind}, not a regular file",
             list.display()
         )));
     }

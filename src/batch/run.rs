@@ -214,8 +214,71 @@ pub fn remove_stale_temporaries(out: &Path) {
     }
 }
 
+/// Debug builds only: the scene of this name panics (tests of panic isolation).
+#[cfg(debug_assertions)]
+pub const TEST_PANIC_VAR: &str = "TESSERA_TEST_PANIC_SCENE";
+
 /// Run every stage of `pipeline` on one scene into `out/<name>`.
+///
+/// A panic while the scene runs (a bug) is caught and reported as this scene's failure (not
+/// transient), its temporary folder removed, so one scene never takes a batch or an ingestion
+/// pass down with it.
 pub fn process_scene(
+    pipeline: &Pipeline,
+    identity: &Identity,
+    scene: &SceneInput,
+    out: &Path,
+    force: bool,
+    ctx: &JobContext,
+) -> SceneReport {
+    let start = Instant::now();
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        #[cfg(debug_assertions)]
+        if std::env::var(TEST_PANIC_VAR).is_ok_and(|n| n == scene.name) {
+            panic!("injected by {TEST_PANIC_VAR}");
+        }
+        process_scene_inner(pipeline, identity, scene, out, force, ctx)
+    }));
+    match caught {
+        Ok(report) => report,
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            remove_own_temporaries(out, &scene.name);
+            SceneReport {
+                name: scene.name.clone(),
+                input: scene.raster.clone(),
+                status: SceneOutcome::Failed,
+                seconds: start.elapsed().as_secs_f64(),
+                output: None,
+                error: Some(format!(
+                    "{}: internal error while processing (panic: {msg}); please report it",
+                    scene.raster
+                )),
+                transient: false,
+            }
+        }
+    }
+}
+
+/// Remove this process's temporary folders of scene `name` (after a panic skipped the
+/// normal clean-up).
+fn remove_own_temporaries(out: &Path, name: &str) {
+    let prefix = format!(".{name}~tmp~{}~{}~", host_name(), std::process::id());
+    let Ok(entries) = std::fs::read_dir(out) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+fn process_scene_inner(
     pipeline: &Pipeline,
     identity: &Identity,
     scene: &SceneInput,

@@ -671,6 +671,23 @@ impl StateDb {
         )
     }
 
+    /// Put `claim` back without using an attempt because its file changed while it was
+    /// processed (still being written): not eligible before `not_before`, and the next scan that
+    /// sees the new size or time queues it afresh. Not a failure: the file was not what was
+    /// observed.
+    ///
+    /// # Errors
+    /// As for [`StateDb::finish_ok`].
+    pub fn defer(&self, claim: &Claim, owner: &Owner, not_before: f64, note: &str) -> Result<()> {
+        self.update_claimed(
+            claim,
+            owner,
+            "status = 'retry', attempts = max(attempts - 1, 0), owner = NULL, claimed_at = NULL,
+             next_attempt_at = ?4, error = ?5",
+            &[&not_before, &note],
+        )
+    }
+
     /// Extend `claim`'s lease: it counts as claimed at `now`. Instances on other hosts take a
     /// claim over once it is older than their lease, so a long job renews well within it.
     ///

@@ -255,6 +255,7 @@ fn stitching(
         &dir.join("classes.tif"),
         &dir.join("probabilities.tif"),
         &MosaicSpec {
+            source: scene.path(),
             width: grid.working_width,
             height: grid.working_height,
             geotransform: &grid.geotransform,

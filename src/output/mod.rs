@@ -33,6 +33,13 @@ pub enum OutputError {
     Write { path: String, reason: String },
     #[error("{path}: unknown vector format '{format}' (use {})", formats::names())]
     UnknownFormat { path: String, format: String },
+    #[error("{path}: {what} would need {bytes} bytes, more than the memory budget of {budget} bytes (refused before writing; set TESSERA_MEMORY_BUDGET=BYTES, with an optional K/M/G suffix, to allow it)")]
+    OverBudget {
+        path: String,
+        what: String,
+        bytes: u128,
+        budget: u64,
+    },
 }
 
 pub type Result<T, E = OutputError> = std::result::Result<T, E>;

@@ -14,6 +14,8 @@ use crate::stitch::mask::{RowSink, NODATA_CLASS};
 /// What a mosaic is written as.
 #[derive(Debug)]
 pub struct MosaicSpec<'a> {
+    /// The scene the mosaic is made from (named by errors about the scene's size).
+    pub source: &'a str,
     pub width: usize,
     pub height: usize,
     pub geotransform: &'a GeoTransform,
@@ -56,6 +58,7 @@ impl MosaicWriter {
         probs_out: &Path,
         spec: &MosaicSpec<'_>,
     ) -> Result<MosaicWriter> {
+        check_row_buffers(spec)?;
         let metadata = [("TESSERA_CLASSES".to_string(), spec.legend.names.join(","))];
         let classes = CogWriter::create(
             classes_out,
@@ -121,6 +124,38 @@ impl MosaicWriter {
         }
         Ok(self.polygons)
     }
+}
+
+/// Refuse mosaics whose streaming buffers do not fit the memory budget: every COG level keeps
+/// one row of 512-pixel blocks (the whole level's width) for each band, and the stitcher and
+/// polygonizer keep rows of the full width too, so memory grows with the width a header
+/// claims. Checked before anything is allocated.
+fn check_row_buffers(spec: &MosaicSpec<'_>) -> Result<()> {
+    use super::cog::COG_BLOCK;
+    let bytes_per_pixel = 1 + 4 * spec.prob_bands.len() as u128;
+    let (mut w, mut h) = (spec.width as u128, spec.height as u128);
+    let block = COG_BLOCK as u128;
+    let mut total = w * block.min(h) * bytes_per_pixel;
+    while w > block || h > block {
+        w = (w / 2).max(1);
+        h = (h / 2).max(1);
+        total += w * block.min(h) * bytes_per_pixel;
+    }
+    // Stitcher rows (scores and weights) of one block height, at least.
+    total += spec.width as u128 * block * (4 + 4 * (spec.legend.names.len() as u128).max(1));
+    let budget = crate::raster::memory_budget();
+    if total > u128::from(budget) {
+        return Err(OutputError::OverBudget {
+            path: spec.source.to_string(),
+            what: format!(
+                "a mosaic {} pixels wide (row buffers of every overview level)",
+                spec.width
+            ),
+            bytes: total,
+            budget,
+        });
+    }
+    Ok(())
 }
 
 impl RowSink for MosaicWriter {

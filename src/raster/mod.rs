@@ -7,6 +7,7 @@
 //! every reader thread opens its own [`Scene`].
 
 mod bands;
+mod budget;
 mod geotransform;
 mod read;
 mod sample;
@@ -14,11 +15,13 @@ mod scaling;
 mod scene;
 
 pub use bands::BandMapping;
+pub(crate) use budget::{check as check_budget, dtype_bytes};
+pub use budget::{memory_budget, MEMORY_BUDGET_VAR};
 pub use geotransform::GeoTransform;
 pub use read::{Placement, Resampling, WindowReader, WindowRequest};
 pub use sample::Sample;
 pub use scaling::{BandScale, Scaling, ScalingSpec};
-pub use scene::{BandInfo, CrsInfo, Footprint, OpenOptions, Scene, SceneInfo};
+pub use scene::{special_file_kind, BandInfo, CrsInfo, Footprint, OpenOptions, Scene, SceneInfo};
 
 use thiserror::Error;
 
@@ -70,6 +73,13 @@ pub enum RasterError {
     },
     #[error("{path}: {reason}")]
     Invalid { path: String, reason: String },
+    #[error("{path}: {what} would need {bytes} bytes, more than the memory budget of {budget} bytes (refused before reading; set TESSERA_MEMORY_BUDGET=BYTES, with an optional K/M/G suffix, to allow it)")]
+    OverBudget {
+        path: String,
+        what: String,
+        bytes: u128,
+        budget: u64,
+    },
 }
 
 pub type Result<T, E = RasterError> = std::result::Result<T, E>;
@@ -103,13 +113,23 @@ pub(crate) fn last_cpl_message() -> String {
     }
 }
 
+/// GDAL's switch for raw VRT bands, which tessera turns off unless the environment sets it.
+pub const RAW_VRT_VAR: &str = "GDAL_VRT_ENABLE_RAWRASTERBAND";
+
 /// Process-wide GDAL set-up, done once: register drivers, keep GDAL's own messages off
-/// stderr (errors come back through return values and are reported once, on one line), and
-/// let `GDAL_*` environment variables keep their usual meaning.
+/// stderr (errors come back through return values and are reported once, on one line),
+/// disable raw VRT bands (see [`RAW_VRT_VAR`]) unless the environment enables them, and let
+/// `GDAL_*` environment variables keep their usual meaning.
 pub fn init_gdal() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         gdal::DriverManager::register_all();
+        // A VRT's raw bands (VRTRawRasterBand) read any local file as pixels (`/etc/passwd`
+        // into output chips): off unless the user opts in with
+        // GDAL_VRT_ENABLE_RAWRASTERBAND=YES in the environment.
+        if std::env::var_os(RAW_VRT_VAR).is_none() {
+            let _ = gdal::config::set_config_option(RAW_VRT_VAR, "NO");
+        }
         // Masks of written GeoTIFFs go inside the file, not into .msk sidecars.
         if std::env::var_os("GDAL_TIFF_INTERNAL_MASK").is_none() {
             let _ = gdal::config::set_config_option("GDAL_TIFF_INTERNAL_MASK", "YES");

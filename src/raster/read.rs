@@ -9,7 +9,7 @@
 use gdal::raster::GdalType;
 use gdal_sys::{CPLErr, GDALRIOResampleAlg, GDALRWFlag, GDALRasterIOExtraArg};
 
-use super::{last_cpl_message, BandMapping, RasterError, Result, Scene};
+use super::{check_budget, dtype_bytes, last_cpl_message, BandMapping, RasterError, Result, Scene};
 
 /// Resampling algorithm used when the output size differs from the source window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,7 +92,8 @@ enum MaskKind {
 
 impl<'a> WindowReader<'a> {
     /// # Errors
-    /// A band index outside the scene.
+    /// A band index outside the scene, or a block (what GDAL decodes at once) larger than the
+    /// memory budget.
     pub fn new(scene: &'a Scene, mapping: &BandMapping, resampling: Resampling) -> Result<Self> {
         mapping.validate(scene.info())?;
         let infos: Vec<_> = mapping
@@ -100,6 +101,7 @@ impl<'a> WindowReader<'a> {
             .iter()
             .map(|&b| &scene.info().bands[b - 1])
             .collect();
+        check_blocks(scene, &infos)?;
         let mask = if infos.iter().all(|b| b.mask == "all_valid") {
             MaskKind::AllValid
         } else if infos
@@ -320,6 +322,39 @@ impl<'a> WindowReader<'a> {
         }
         Ok(())
     }
+}
+
+/// Refuse scenes whose blocks do not fit the memory budget, before GDAL decodes one: GDAL
+/// reads a whole block (a strip of the whole image is one block) whatever the window, and a
+/// pixel-interleaved file decodes every band's part of a block together.
+fn check_blocks(scene: &Scene, infos: &[&super::BandInfo]) -> Result<()> {
+    use gdal::Metadata;
+    let interleaved = scene
+        .dataset()
+        .metadata_item("INTERLEAVE", "IMAGE_STRUCTURE")
+        .is_some_and(|v| v.eq_ignore_ascii_case("PIXEL"));
+    let bands = scene.band_count() as u128;
+    for info in infos {
+        let (bw, bh) = info.block_size;
+        let one = bw as u128 * bh as u128 * dtype_bytes(&info.dtype);
+        let bytes = if interleaved { one * bands } else { one };
+        check_budget(
+            scene.path(),
+            || {
+                format!(
+                    "band {}'s blocks of {bw}x{bh} pixels{}",
+                    info.index,
+                    if interleaved && bands > 1 {
+                        format!(" (x {bands} interleaved bands)")
+                    } else {
+                        String::new()
+                    }
+                )
+            },
+            bytes,
+        )?;
+    }
+    Ok(())
 }
 
 fn binarize(valid: &mut [u8], req: &WindowRequest, place: &Placement) {

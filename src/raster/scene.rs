@@ -96,22 +96,163 @@ pub(crate) fn is_virtual_path(path: &str) -> bool {
     path.starts_with("/vsi") || path.contains("://")
 }
 
+/// What `path` is when it is not a regular file (links followed): "a directory", "a FIFO",
+/// "a socket", "a block device", "a character device". `None` for regular files and for paths
+/// that cannot be examined (opening them reports why).
+pub fn special_file_kind(path: &Path) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = std::fs::metadata(path).ok()?.file_type();
+    if t.is_file() {
+        None
+    } else if t.is_dir() {
+        Some("a directory")
+    } else if t.is_fifo() {
+        Some("a FIFO")
+    } else if t.is_socket() {
+        Some("a socket")
+    } else if t.is_block_device() {
+        Some("a block device")
+    } else if t.is_char_device() {
+        Some("a character device")
+    } else {
+        Some("a special file")
+    }
+}
+
+/// Whether the user opted in to raw VRT bands (`GDAL_VRT_ENABLE_RAWRASTERBAND=YES`).
+fn raw_vrt_allowed() -> bool {
+    std::env::var(super::RAW_VRT_VAR).is_ok_and(|v| {
+        matches!(
+            v.trim().to_ascii_uppercase().as_str(),
+            "YES" | "TRUE" | "ON" | "1"
+        )
+    })
+}
+
+/// Most bytes of a VRT file examined for raw bands (a VRT is XML text; larger ones are not
+/// examined further, GDAL's own switch still applies on GDAL >= 3.7).
+const VRT_SCAN_BYTES: u64 = 16 << 20;
+
+/// Refuse a VRT (and the local VRTs it takes sources from, a few levels deep) with a raw band
+/// (`VRTRawRasterBand`), which reads any local file (`/etc/passwd`) as pixels, unless the user
+/// opted in, or with a source that is a FIFO, socket or device (GDAL would block on it). GDAL 3.6 has
+/// no switch for them (`GDAL_VRT_ENABLE_RAWRASTERBAND` arrived in 3.7), so the XML is examined
+/// before GDAL opens the file.
+fn check_vrt(file: &Path, scene: &str, depth: usize) -> Result<()> {
+    use std::io::Read;
+    if depth > 8 {
+        return Ok(());
+    }
+    match special_file_kind(file) {
+        None => {}
+        // A source that is a FIFO would block GDAL forever.
+        Some(kind) if depth > 0 && kind != "a directory" => {
+            return Err(RasterError::Invalid {
+                path: scene.into(),
+                reason: format!(
+                    "the VRT's source {} is {kind}, not a regular file",
+                    file.display()
+                ),
+            });
+        }
+        Some(_) => return Ok(()),
+    }
+    let Ok(mut f) = std::fs::File::open(file) else {
+        return Ok(());
+    };
+    // GDAL's VRT driver recognises a VRT by `<VRTDataset` in the file's first bytes: other
+    // files (every GeoTIFF) cost one small read.
+    let mut head = Vec::new();
+    if (&mut f).take(4096).read_to_end(&mut head).is_err()
+        || !head.windows(11).any(|w| w == b"<VRTDataset")
+    {
+        return Ok(());
+    }
+    if f.take(VRT_SCAN_BYTES).read_to_end(&mut head).is_err() {
+        return Ok(());
+    }
+    let text = String::from_utf8_lossy(&head);
+    let body = text.trim_start_matches('\u{feff}').trim_start();
+    let body = match body.strip_prefix("<?xml") {
+        Some(rest) => rest.split_once("?>").map_or("", |(_, r)| r).trim_start(),
+        None => body,
+    };
+    if !body.starts_with("<VRTDataset") {
+        return Ok(());
+    }
+    if body.contains("VRTRawRasterBand") && !raw_vrt_allowed() {
+        let via = if depth == 0 {
+            String::new()
+        } else {
+            format!(" (in its source {})", file.display())
+        };
+        return Err(RasterError::Invalid {
+            path: scene.into(),
+            reason: format!(
+                "a VRT with a raw band (VRTRawRasterBand){via}, which reads any local file as pixels, is refused; set {}=YES to allow raw VRT bands",
+                super::RAW_VRT_VAR
+            ),
+        });
+    }
+    let base = file.parent().unwrap_or(Path::new("."));
+    let mut rest = body;
+    while let Some(at) = rest.find("<SourceFilename") {
+        rest = &rest[at..];
+        let Some(open_end) = rest.find('>') else {
+            break;
+        };
+        let tag = &rest[..open_end];
+        let Some(close) = rest.find("</SourceFilename>") else {
+            break;
+        };
+        let name = rest[open_end + 1..close.max(open_end + 1)]
+            .trim()
+            .replace("&amp;", "&")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&apos;", "'");
+        rest = &rest[close..];
+        if is_virtual_path(&name) {
+            continue;
+        }
+        let relative = tag
+            .to_ascii_lowercase()
+            .replace(' ', "")
+            .contains("relativetovrt=\"1\"");
+        let source = if relative {
+            base.join(&name)
+        } else {
+            Path::new(&name).to_path_buf()
+        };
+        check_vrt(&source, scene, depth + 1)?;
+    }
+    Ok(())
+}
+
 impl Scene {
-    /// Open `path` read-only and validate it.
+    /// Open `path` read-only and validate it. Local paths must be regular files (or links to
+    /// one); GDAL's virtual paths (`/vsi...`) and URLs are passed through.
     ///
     /// # Errors
-    /// Missing file, not a raster (or a corrupt header), zero size, no georeferencing without
+    /// Missing file, a directory, FIFO, socket or device, not a raster (or a corrupt header), zero size, no georeferencing without
     /// `pixel_coords`, or a degenerate geotransform.
     pub fn open(path: &str, options: &OpenOptions) -> Result<Scene> {
         init_gdal();
         if !is_virtual_path(path) && !Path::new(path).exists() {
             return Err(RasterError::NotFound { path: path.into() });
         }
-        if !is_virtual_path(path) && Path::new(path).is_dir() {
-            return Err(RasterError::Open {
-                path: path.into(),
-                reason: "is a directory".into(),
-            });
+        if !is_virtual_path(path) {
+            if let Some(kind) = special_file_kind(Path::new(path)) {
+                // Refused before GDAL opens it: opening a FIFO blocks until a writer comes.
+                return Err(RasterError::Open {
+                    path: path.into(),
+                    reason: format!("is {kind}, not a regular file"),
+                });
+            }
+        }
+        if !is_virtual_path(path) {
+            check_vrt(Path::new(path), path, 0)?;
         }
         let dataset = Dataset::open_ex(
             path,
@@ -122,9 +263,18 @@ impl Scene {
                 ..Default::default()
             },
         )
-        .map_err(|e| RasterError::Open {
-            path: path.into(),
-            reason: gdal_reason(&e),
+        .map_err(|e| {
+            let mut reason = gdal_reason(&e);
+            if reason.contains("VRTRawRasterBand") {
+                reason.push_str(&format!(
+                    "; raw VRT bands read arbitrary local files and are off: set {}=YES to allow them",
+                    super::RAW_VRT_VAR
+                ));
+            }
+            RasterError::Open {
+                path: path.into(),
+                reason,
+            }
         })?;
         let info = describe(path, &dataset, options)?;
         Ok(Scene { dataset, info })

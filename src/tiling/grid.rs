@@ -83,7 +83,8 @@ impl TileGrid {
     ///
     /// # Errors
     /// Zero tile size, overlap not smaller than the tile size, a target resolution without a
-    /// metric CRS, or one so coarse that the scene is less than one pixel.
+    /// metric CRS, one so coarse that the scene is less than one pixel, or a grid of more than
+    /// [`max_tiles`] tiles (checked before any offset is laid out).
     pub fn new(info: &SceneInfo, options: GridOptions) -> Result<TileGrid, TilingError> {
         let err = |reason: String| TilingError::Options {
             path: info.path.clone(),
@@ -125,6 +126,24 @@ impl TileGrid {
             )));
         }
         let stride = options.tile_size - options.overlap;
+        // Count before laying out: a header (or a fine --target-gsd) must not make tessera
+        // allocate and walk billions of tiles.
+        let count = |extent: usize| -> u128 {
+            if extent <= options.tile_size {
+                1
+            } else {
+                ((extent - options.tile_size).div_ceil(stride) + 1) as u128
+            }
+        };
+        let (cols, rows) = (count(working_width), count(working_height));
+        let limit = max_tiles();
+        if cols * rows > u128::from(limit) {
+            return Err(err(format!(
+                "the grid would have {} tiles ({cols} x {rows} of {} px over {working_width}x{working_height} working pixels), more than the limit of {limit}; use a larger --tile-size or a coarser --target-gsd, or set {MAX_TILES_VAR} to raise the limit",
+                cols * rows,
+                options.tile_size
+            )));
+        }
         let col_offsets = axis_offsets(working_width, options.tile_size, stride, options.edge);
         let row_offsets = axis_offsets(working_height, options.tile_size, stride, options.edge);
         let geotransform = info.geotransform.sub_grid(0.0, 0.0, scale.0, scale.1);
@@ -194,6 +213,20 @@ impl TileGrid {
             out_h: tile.inside_h,
         }
     }
+}
+
+/// The environment variable that raises (or lowers) the tile limit of one grid.
+pub const MAX_TILES_VAR: &str = "TESSERA_MAX_TILES";
+
+/// Default most tiles of one grid (10 million).
+pub const DEFAULT_MAX_TILES: u64 = 10_000_000;
+
+/// The most tiles one grid may have: `TESSERA_MAX_TILES`, else [`DEFAULT_MAX_TILES`].
+pub fn max_tiles() -> u64 {
+    std::env::var(MAX_TILES_VAR)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(DEFAULT_MAX_TILES)
 }
 
 /// Tile offsets along one axis of `extent` pixels.

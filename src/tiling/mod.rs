@@ -10,7 +10,9 @@ mod grid;
 mod pool;
 mod stream;
 
-pub use grid::{EdgeMode, GridOptions, Tile, TileGrid};
+pub use grid::{
+    max_tiles, EdgeMode, GridOptions, Tile, TileGrid, DEFAULT_MAX_TILES, MAX_TILES_VAR,
+};
 pub use pool::PooledBuf;
 pub use stream::{stream_tiles, ReadOptions, ReadOrder, StreamStats, TileData};
 

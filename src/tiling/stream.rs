@@ -19,8 +19,8 @@ use rayon::prelude::*;
 use super::pool::{BufferPool, PooledBuf};
 use super::{Tile, TileGrid, TilingError};
 use crate::raster::{
-    set_block_cache_bytes, BandMapping, OpenOptions, Placement, Resampling, Sample, Scene,
-    WindowReader,
+    check_budget, set_block_cache_bytes, BandMapping, OpenOptions, Placement, Resampling, Sample,
+    Scene, WindowReader,
 };
 
 /// Target width of one reader stripe, in source pixels.
@@ -115,6 +115,9 @@ where
     // Validate the mapping before starting threads.
     WindowReader::new(scene, &options.bands, options.resampling).map_err(|e| E::from(e.into()))?;
     let threads = options.threads.max(1);
+    let queue = options.queue.max(1);
+    check_tile_buffers::<T>(scene, grid, options, queue + threads + 2)
+        .map_err(|e| E::from(e.into()))?;
     let stripes = stripes(grid, threads);
     set_block_cache_bytes(cache_bytes(scene, grid, &options.bands, threads, &stripes));
     let pool = rayon::ThreadPoolBuilder::new()
@@ -123,7 +126,6 @@ where
         .build()
         .map_err(|e| E::from(TilingError::Threads(e.to_string())))?;
 
-    let queue = options.queue.max(1);
     let (tx, rx) = sync_channel::<Message<T>>(queue);
     // Tiles in flight: the queue, one per reader, one with the consumer (and one it may keep).
     let pools = Pools {
@@ -276,6 +278,34 @@ where
         result
     })?;
     Ok(stats)
+}
+
+/// Refuse reads whose tile buffers in flight (`in_flight` tiles of every mapped band) do not
+/// fit the memory budget: a header's band count must not size an allocation unchecked.
+fn check_tile_buffers<T: Sample>(
+    scene: &Scene,
+    grid: &TileGrid,
+    options: &ReadOptions,
+    in_flight: usize,
+) -> Result<(), crate::raster::RasterError> {
+    let size = grid.tile_size() as u128;
+    let bands = if options.read_pixels {
+        options.bands.bands().len() as u128
+    } else {
+        0
+    };
+    let per_tile = size * size * (bands * std::mem::size_of::<T>() as u128 + 1);
+    check_budget(
+        scene.path(),
+        || {
+            format!(
+                "{in_flight} tiles in flight of {}x{} pixels x {bands} band(s)",
+                grid.tile_size(),
+                grid.tile_size()
+            )
+        },
+        per_tile * in_flight as u128,
+    )
 }
 
 struct Pools<T> {
