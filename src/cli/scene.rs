@@ -138,7 +138,7 @@ pub(super) fn tiles(a: TilesArgs, quiet: bool) -> Result<i32> {
     let job = TilesJob {
         scene: a.scene.clone(),
         open: a.input.open(),
-        grid: a.tiling.grid(None).map_err(flag_error)?,
+        grid: a.tiling.grid().map_err(flag_error)?,
         read: a.tiling.read(&a.input, 1, None),
         out,
         chips: a.chips.clone(),
@@ -189,7 +189,7 @@ pub(super) fn doctor(a: DoctorArgs, ort_lib: Option<PathBuf>) -> Result<i32> {
 pub(super) fn bench_read(a: BenchReadArgs) -> Result<i32> {
     let job = BenchReadJob {
         scene: a.scene.clone(),
-        grid: a.tiling.grid(None).map_err(flag_error)?,
+        grid: a.tiling.grid().map_err(flag_error)?,
         read: a.tiling.read(&a.input, 1, None),
         scaling: a.input.scaling(),
         batch_size: a.tiling.batch_size.unwrap_or(64),

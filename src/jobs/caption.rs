@@ -23,7 +23,7 @@ use crate::raster::{
     OpenOptions, Placement, Resampling, ScalingSpec, Scene, WindowReader, WindowRequest,
 };
 use crate::runtime::{Runtime, SessionOptions};
-use crate::tiling::{GridOptions, ReadOptions, Tile, TileData};
+use crate::tiling::{GridRequest, ReadOptions, Tile, TileData};
 
 /// What `tessera caption` does.
 #[derive(Debug)]
@@ -36,7 +36,8 @@ pub struct CaptionJob {
     pub prompt: String,
     /// `None`: the manifest's defaults.
     pub params: Option<GenerationParams>,
-    pub grid: GridOptions,
+    /// `None` values: the model\'s (input size, recommended overlap and resolution).
+    pub grid: GridRequest,
     pub read: ReadOptions,
     pub scaling: ScalingSpec,
     pub batch_size: usize,
@@ -263,12 +264,10 @@ pub fn run_caption(mut job: CaptionJob) -> Result<CaptionReport, PipelineError> 
     let (scene, scaling, grid) = super::model_input(
         &job.scene,
         &job.open,
-        &mut job.grid,
+        &job.grid,
         &mut job.read,
         &job.scaling,
         &tiles,
-        true,
-        true,
     )?;
     let pending = match &job.out {
         Some(dir) => Some(PendingOutput::dir(dir, job.overwrite)?),

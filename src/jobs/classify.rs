@@ -24,7 +24,7 @@ use crate::output::{
 };
 use crate::raster::{GeoTransform, OpenOptions, ScalingSpec, Scene};
 use crate::runtime::{Runtime, SessionOptions};
-use crate::tiling::{stream_tiles, GridOptions, ReadOptions, Tile, TileData, TileGrid};
+use crate::tiling::{stream_tiles, GridRequest, ReadOptions, Tile, TileData, TileGrid};
 
 /// Class value of tiles whose best score is below `--min-score`.
 pub const UNKNOWN: &str = "unknown";
@@ -42,8 +42,8 @@ pub struct ClassifyJob {
     pub labels: Vec<String>,
     pub templates: Vec<String>,
     pub min_score: Option<f32>,
-    /// `tile_size` 0 means the model's input size.
-    pub grid: GridOptions,
+    /// `None` values: the model\'s (input size, recommended overlap and resolution).
+    pub grid: GridRequest,
     /// `bands` empty means the first three data bands (or the first repeated).
     pub read: ReadOptions,
     pub scaling: ScalingSpec,
@@ -206,12 +206,10 @@ pub fn run_classify(mut job: ClassifyJob) -> Result<ClassifyReport, PipelineErro
     let (scene, scaling, grid) = super::model_input(
         &job.scene,
         &job.open,
-        &mut job.grid,
+        &job.grid,
         &mut job.read,
         &job.scaling,
         &tiles,
-        true,
-        true,
     )?;
     timings.load_seconds = start.elapsed().as_secs_f64();
     // Claim the output folder before the long part, so a bad --out fails fast.

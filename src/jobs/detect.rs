@@ -18,7 +18,7 @@ use crate::output::{
 use crate::raster::{OpenOptions, ScalingSpec};
 use crate::runtime::{Runtime, SessionOptions};
 use crate::stitch::boxes::{merge, MapDetection, MergeMethod, MergeOptions};
-use crate::tiling::{GridOptions, ReadOptions, Tile, TileData};
+use crate::tiling::{GridRequest, ReadOptions, Tile, TileData};
 
 /// What `tessera detect` does.
 #[derive(Debug)]
@@ -28,9 +28,8 @@ pub struct DetectJob {
     pub model: PathBuf,
     pub ort_lib: Option<PathBuf>,
     pub session: SessionOptions,
-    pub grid: GridOptions,
-    pub overlap_given: bool,
-    pub gsd_given: bool,
+    /// `None` values: the model\'s (input size, recommended overlap and resolution).
+    pub grid: GridRequest,
     pub read: ReadOptions,
     pub scaling: ScalingSpec,
     pub batch_size: usize,
@@ -220,12 +219,10 @@ pub fn run_detect(mut job: DetectJob) -> Result<DetectReport, PipelineError> {
     let (scene, scaling, grid) = super::model_input(
         &job.scene,
         &job.open,
-        &mut job.grid,
+        &job.grid,
         &mut job.read,
         &job.scaling,
         &tiles,
-        job.overlap_given,
-        job.gsd_given,
     )?;
     let pending = match &job.out {
         Some(dir) => Some(PendingOutput::dir(dir, job.overwrite)?),

@@ -247,16 +247,13 @@ pub(crate) struct ModelTiles<'a> {
 /// # Errors
 /// A bad scene, a tile size the model cannot take, a band mapping that is not 3 bands of the
 /// scene, statistics or grid errors.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn model_input(
     path: &str,
     open: &crate::raster::OpenOptions,
-    grid: &mut crate::tiling::GridOptions,
+    request: &crate::tiling::GridRequest,
     read: &mut crate::tiling::ReadOptions,
     scaling: &crate::raster::ScalingSpec,
     model: &ModelTiles<'_>,
-    overlap_given: bool,
-    gsd_given: bool,
 ) -> Result<
     (
         crate::raster::Scene,
@@ -267,9 +264,12 @@ pub(crate) fn model_input(
 > {
     use crate::raster::{BandMapping, Scaling, Scene};
     let scene = Scene::open(path, open)?;
-    if grid.tile_size == 0 {
-        grid.tile_size = model.size;
-    }
+    let defaults = model.defaults;
+    let grid = request.resolve(
+        model.size,
+        defaults.and_then(|t| t.overlap),
+        defaults.and_then(|t| t.gsd),
+    );
     if grid.tile_size != model.size && !model.any_size {
         return Err(InvalidOption::new(
             "tile_size",
@@ -279,14 +279,6 @@ pub(crate) fn model_input(
             ),
         )
         .into());
-    }
-    if let Some(t) = model.defaults {
-        if !overlap_given {
-            grid.overlap = t.overlap.unwrap_or(0).min(grid.tile_size.saturating_sub(1));
-        }
-        if !gsd_given {
-            grid.target_gsd = t.gsd;
-        }
     }
     if read.bands.is_empty() {
         read.bands = BandMapping::for_channels(scene.info(), 3);
@@ -303,7 +295,7 @@ pub(crate) fn model_input(
     }
     read.bands.validate(scene.info())?;
     let scaling = Scaling::resolve(scaling, &scene, &read.bands)?;
-    let tile_grid = crate::tiling::TileGrid::new(scene.info(), grid.clone())?;
+    let tile_grid = crate::tiling::TileGrid::new(scene.info(), grid)?;
     read.read_pixels = true;
     Ok((scene, scaling, tile_grid))
 }

@@ -19,7 +19,7 @@ use crate::output::{
 use crate::raster::{OpenOptions, ScalingSpec};
 use crate::runtime::{Runtime, SessionOptions};
 use crate::stitch::mask::{BlendWindow, Decision, MaskStitcher};
-use crate::tiling::{GridOptions, ReadOptions, ReadOrder, Tile, TileData};
+use crate::tiling::{GridRequest, ReadOptions, ReadOrder, Tile, TileData};
 
 /// What `tessera segment` does.
 #[derive(Debug)]
@@ -29,10 +29,8 @@ pub struct SegmentJob {
     pub model: PathBuf,
     pub ort_lib: Option<PathBuf>,
     pub session: SessionOptions,
-    /// `tile_size` 0: the model's input size; `overlap` `None`: the model's default.
-    pub grid: GridOptions,
-    pub overlap_given: bool,
-    pub gsd_given: bool,
+    /// `None` values: the model\'s (input size, recommended overlap and resolution).
+    pub grid: GridRequest,
     pub read: ReadOptions,
     pub scaling: ScalingSpec,
     pub batch_size: usize,
@@ -337,12 +335,10 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
     let (scene, scaling, grid) = super::model_input(
         &job.scene,
         &job.open,
-        &mut job.grid,
+        &job.grid,
         &mut job.read,
         &job.scaling,
         &tiles,
-        job.overlap_given,
-        job.gsd_given,
     )?;
     let size = grid.tile_size();
     job.read.order = ReadOrder::RowMajor;

@@ -10,7 +10,7 @@ use super::{de, InvalidOption};
 use crate::output::{formats, VectorFormat};
 use crate::raster::{BandMapping, OpenOptions, Resampling, ScalingSpec};
 use crate::runtime::{Device, SessionOptions};
-use crate::tiling::{EdgeMode, GridOptions, ReadOptions, ReadOrder};
+use crate::tiling::{EdgeMode, GridOptions, GridRequest, ReadOptions, ReadOrder};
 
 /// `[input]`: which bands, how they are scaled and resampled.
 #[derive(Clone, Debug, Default, Args, Deserialize)]
@@ -165,42 +165,41 @@ impl TilingOptions {
         Ok(())
     }
 
-    /// Overlap or stride was given (else a model's own tiling defaults apply).
-    pub fn overlap_given(&self) -> bool {
-        self.overlap.is_some() || self.stride.is_some()
-    }
-
-    /// Grid options; `default_size` stands in for a missing tile size (0: the model's).
+    /// The grid of a model command: what is not given is the model's.
     ///
     /// # Errors
-    /// A missing tile size without a default, a stride without a tile size for model
-    /// commands, or a value [`TilingOptions::validate`] rejects.
-    pub fn grid(&self, default_size: Option<usize>) -> Result<GridOptions, InvalidOption> {
+    /// A stride without a tile size, or a value [`TilingOptions::validate`] rejects.
+    pub fn grid_request(&self) -> Result<GridRequest, InvalidOption> {
         self.validate()?;
-        let tile_size = match (self.tile_size, default_size) {
-            (Some(n), _) => n,
-            (None, Some(d)) => d,
-            (None, None) => return Err(InvalidOption::new("tile_size", "is required")),
-        };
-        let overlap = match (self.overlap, self.stride) {
-            (Some(o), _) => o,
-            (None, Some(s)) => {
-                if tile_size == 0 {
-                    return Err(InvalidOption::new(
-                        "stride",
-                        "needs `tile_size` for model commands",
-                    ));
-                }
-                tile_size - s
+        let overlap = match (self.overlap, self.stride, self.tile_size) {
+            (Some(o), _, _) => Some(o),
+            (None, Some(s), Some(size)) => Some(size - s),
+            (None, Some(_), None) => {
+                return Err(InvalidOption::new(
+                    "stride",
+                    "needs `tile_size` for model commands",
+                ))
             }
-            (None, None) => 0,
+            (None, None, _) => None,
         };
-        Ok(GridOptions {
-            tile_size,
+        Ok(GridRequest {
+            tile_size: self.tile_size,
             overlap,
             target_gsd: self.target_gsd,
             edge: self.edge.unwrap_or(EdgeMode::Pad),
         })
+    }
+
+    /// The grid of `tiles` and `bench-read`, which need a tile size.
+    ///
+    /// # Errors
+    /// A missing tile size, or a value [`TilingOptions::validate`] rejects.
+    pub fn grid(&self) -> Result<GridOptions, InvalidOption> {
+        let request = self.grid_request()?;
+        let tile_size = request
+            .tile_size
+            .ok_or_else(|| InvalidOption::new("tile_size", "is required"))?;
+        Ok(request.resolve(tile_size, None, None))
     }
 
     /// Reader threads and queue when `jobs` scenes run at once (the CPUs are shared), with
@@ -342,10 +341,8 @@ pub struct SceneJobBase {
     pub model: PathBuf,
     pub ort_lib: Option<PathBuf>,
     pub session: SessionOptions,
-    /// `tile_size` 0 means the model's input size.
-    pub grid: GridOptions,
-    pub overlap_given: bool,
-    pub gsd_given: bool,
+    /// `None` values: the model's (input size, recommended overlap and resolution).
+    pub grid: GridRequest,
     pub read: ReadOptions,
     pub scaling: ScalingSpec,
     pub batch_size: usize,
@@ -377,9 +374,7 @@ impl SceneJobBase {
             model: model.to_path_buf(),
             ort_lib: ctx.ort_lib.clone(),
             session: runtime.session(ctx),
-            grid: tiling.grid(Some(0))?,
-            overlap_given: tiling.overlap_given(),
-            gsd_given: tiling.target_gsd.is_some(),
+            grid: tiling.grid_request()?,
             read: tiling.read(input, ctx.jobs, Some(batch_size)),
             scaling: input.scaling(),
             batch_size,

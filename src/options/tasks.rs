@@ -398,8 +398,6 @@ impl DetectOptions {
             ort_lib: base.ort_lib,
             session: base.session,
             grid: base.grid,
-            overlap_given: base.overlap_given,
-            gsd_given: base.gsd_given,
             read: base.read,
             scaling: base.scaling,
             batch_size: base.batch_size,
@@ -480,8 +478,6 @@ impl SegmentOptions {
             ort_lib: base.ort_lib,
             session: base.session,
             grid: base.grid,
-            overlap_given: base.overlap_given,
-            gsd_given: base.gsd_given,
             read: base.read,
             scaling: base.scaling,
             batch_size: base.batch_size,
@@ -723,7 +719,7 @@ mod tests {
         );
         assert_eq!(a, b);
         assert!(
-            a.contains("Wbf") && a.contains("overlap: 56") && a.contains("\"ship\""),
+            a.contains("Wbf") && a.contains("overlap: Some(56)") && a.contains("\"ship\""),
             "{a}"
         );
     }

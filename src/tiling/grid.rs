@@ -34,6 +34,37 @@ pub struct GridOptions {
     pub edge: EdgeMode,
 }
 
+/// The grid a model command asks for: `None` where the model decides (its input size, the
+/// overlap and resolution its manifest recommends).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GridRequest {
+    pub tile_size: Option<usize>,
+    pub overlap: Option<usize>,
+    pub target_gsd: Option<f64>,
+    pub edge: EdgeMode,
+}
+
+impl GridRequest {
+    /// The grid for a model whose input is `model_size` pixels, with its recommended overlap
+    /// and resolution where the request leaves them open.
+    pub fn resolve(
+        &self,
+        model_size: usize,
+        overlap: Option<usize>,
+        target_gsd: Option<f64>,
+    ) -> GridOptions {
+        let tile_size = self.tile_size.unwrap_or(model_size);
+        GridOptions {
+            tile_size,
+            overlap: self
+                .overlap
+                .unwrap_or_else(|| overlap.unwrap_or(0).min(tile_size.saturating_sub(1))),
+            target_gsd: self.target_gsd.or(target_gsd),
+            edge: self.edge,
+        }
+    }
+}
+
 /// One tile of a grid.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Tile {
@@ -246,6 +277,32 @@ fn axis_offsets(extent: usize, size: usize, stride: usize, edge: EdgeMode) -> Ve
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_request_leaves_open_what_the_model_decides() {
+        let open = GridRequest {
+            tile_size: None,
+            overlap: None,
+            target_gsd: None,
+            edge: EdgeMode::Pad,
+        };
+        let g = open.resolve(224, Some(32), Some(0.5));
+        assert_eq!((g.tile_size, g.overlap, g.target_gsd), (224, 32, Some(0.5)));
+        // The model's overlap never reaches the tile size.
+        assert_eq!(open.resolve(16, Some(32), None).overlap, 15);
+        let given = GridRequest {
+            tile_size: Some(256),
+            overlap: Some(0),
+            target_gsd: Some(1.0),
+            edge: EdgeMode::Shift,
+        };
+        let g = given.resolve(224, Some(32), Some(0.5));
+        assert_eq!(
+            (g.tile_size, g.overlap, g.target_gsd, g.edge),
+            (256, 0, Some(1.0), EdgeMode::Shift)
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -11,7 +11,7 @@ mod pool;
 mod stream;
 
 pub use grid::{
-    max_tiles, EdgeMode, GridOptions, Tile, TileGrid, DEFAULT_MAX_TILES, MAX_TILES_VAR,
+    max_tiles, EdgeMode, GridOptions, GridRequest, Tile, TileGrid, DEFAULT_MAX_TILES, MAX_TILES_VAR,
 };
 pub use pool::PooledBuf;
 pub use stream::{stream_tiles, ReadOptions, ReadOrder, StreamStats, TileData};
