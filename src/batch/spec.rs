@@ -12,7 +12,6 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::BatchError;
-use crate::jobs::{CaptionJob, ClassifyJob, DetectJob, SegmentJob};
 use crate::options::{
     InputOptions, InvalidOption, OutputOptions, RuntimeOptions, SceneJobBase, TaskOptions,
     TilingOptions,
@@ -21,7 +20,7 @@ use crate::output::VectorFormat;
 use crate::raster::OpenOptions;
 
 pub use crate::options::JobContext;
-pub use crate::task::Task;
+pub use crate::task::{StageJob, Task};
 
 /// The file as written.
 #[derive(Debug, Default, Deserialize)]
@@ -361,25 +360,7 @@ impl Pipeline {
             let stage_out = out.join(&stage.name);
             let job = base
                 .map_err(crate::options::OptionsError::from)
-                .and_then(|base| {
-                    Ok(match &stage.options {
-                        TaskOptions::Classify(o) => StageJob::Classify(Box::new(o.job(
-                            base,
-                            Some(stage_out),
-                            false,
-                            ctx.cache_dir.as_deref(),
-                        )?)),
-                        TaskOptions::Caption(o) => {
-                            StageJob::Caption(Box::new(o.job(base, Some(stage_out), false)?))
-                        }
-                        TaskOptions::Detect(o) => {
-                            StageJob::Detect(Box::new(o.job(base, Some(stage_out), false)?))
-                        }
-                        TaskOptions::Segment(o) => {
-                            StageJob::Segment(Box::new(o.job(base, stage_out, false)?))
-                        }
-                    })
-                });
+                .and_then(|base| stage.options.job(base, stage_out, ctx));
             jobs.push(job.map_err(|e| BatchError::Pipeline {
                 path: self.path.display().to_string(),
                 line: None,
@@ -488,42 +469,6 @@ fn check_model(model: &Path, task: Task) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// One stage's job for one scene.
-#[derive(Debug)]
-pub enum StageJob {
-    Classify(Box<ClassifyJob>),
-    Caption(Box<CaptionJob>),
-    Detect(Box<DetectJob>),
-    Segment(Box<SegmentJob>),
-}
-
-impl StageJob {
-    /// Take tiles from a shared read pass.
-    pub fn set_feed(&mut self, port: crate::jobs::feed::FeedPort) {
-        let feed = Some(port);
-        match self {
-            StageJob::Classify(j) => j.feed = feed,
-            StageJob::Caption(j) => j.feed = feed,
-            StageJob::Detect(j) => j.feed = feed,
-            StageJob::Segment(j) => j.feed = feed,
-        }
-    }
-
-    /// Run the job; its report.
-    ///
-    /// # Errors
-    /// The job's error.
-    pub fn run(self) -> Result<crate::jobs::TaskReport, crate::jobs::PipelineError> {
-        use crate::jobs::{run_caption, run_classify, run_detect, run_segment, TaskReport};
-        Ok(match self {
-            StageJob::Classify(j) => TaskReport::Classify(run_classify(*j)?),
-            StageJob::Caption(j) => TaskReport::Caption(run_caption(*j)?),
-            StageJob::Detect(j) => TaskReport::Detect(run_detect(*j)?),
-            StageJob::Segment(j) => TaskReport::Segment(run_segment(*j)?),
-        })
-    }
 }
 
 #[cfg(test)]

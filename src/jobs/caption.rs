@@ -429,3 +429,13 @@ fn write_outputs(
     layer.finish()?;
     Ok(())
 }
+
+impl crate::task::SceneJob for CaptionJob {
+    type Report = CaptionReport;
+    fn set_feed(&mut self, port: super::feed::FeedPort) {
+        self.feed = Some(port);
+    }
+    fn run(self) -> Result<CaptionReport, PipelineError> {
+        run_caption(self)
+    }
+}

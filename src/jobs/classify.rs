@@ -687,3 +687,13 @@ fn write_label_layer(
     labels.finish()?;
     Ok(())
 }
+
+impl crate::task::SceneJob for ClassifyJob {
+    type Report = ClassifyReport;
+    fn set_feed(&mut self, port: super::feed::FeedPort) {
+        self.feed = Some(port);
+    }
+    fn run(self) -> Result<ClassifyReport, PipelineError> {
+        run_classify(self)
+    }
+}

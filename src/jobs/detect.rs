@@ -297,3 +297,13 @@ pub fn run_detect(mut job: DetectJob) -> Result<DetectReport, PipelineError> {
         merge_seconds,
     })
 }
+
+impl crate::task::SceneJob for DetectJob {
+    type Report = DetectReport;
+    fn set_feed(&mut self, port: super::feed::FeedPort) {
+        self.feed = Some(port);
+    }
+    fn run(self) -> Result<DetectReport, PipelineError> {
+        run_detect(self)
+    }
+}

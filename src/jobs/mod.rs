@@ -14,13 +14,14 @@ mod report;
 mod segment;
 mod tiles;
 
+pub use crate::task::TaskReport;
 pub use bench::{run_bench_read, BenchReadJob, BenchReadReport};
 pub use bench_model::{run_bench_model, BenchModelJob, BenchModelReport};
 pub use caption::{run_caption, CaptionJob, CaptionReport, TileCaption};
 pub use classify::{run_classify, ClassifyJob, ClassifyReport, TileResult, Timings};
 pub use detect::{run_detect, DetectJob, DetectReport};
 pub use doctor::{run_doctor, DoctorReport};
-pub use report::{SceneRunReport, TaskReport};
+pub use report::SceneRunReport;
 pub use segment::{run_segment, SegmentJob, SegmentReport};
 pub use tiles::{run_tiles, TilesJob, TilesReport};
 

@@ -56,38 +56,6 @@ macro_rules! shares_run_report {
 
 shares_run_report!(ClassifyReport, CaptionReport, DetectReport, SegmentReport);
 
-/// The report of one model command (a pipeline stage); serialised as that report.
-#[derive(Debug, Serialize)]
-#[serde(untagged)]
-pub enum TaskReport {
-    Classify(ClassifyReport),
-    Caption(CaptionReport),
-    Detect(DetectReport),
-    Segment(SegmentReport),
-}
-
-impl TaskReport {
-    /// The shared part.
-    pub fn run(&self) -> &SceneRunReport {
-        match self {
-            TaskReport::Classify(r) => &r.run,
-            TaskReport::Caption(r) => &r.run,
-            TaskReport::Detect(r) => &r.run,
-            TaskReport::Segment(r) => &r.run,
-        }
-    }
-
-    /// The shared part, to change (see [`SceneRunReport::rebase`]).
-    pub fn run_mut(&mut self) -> &mut SceneRunReport {
-        match self {
-            TaskReport::Classify(r) => &mut r.run,
-            TaskReport::Caption(r) => &mut r.run,
-            TaskReport::Detect(r) => &mut r.run,
-            TaskReport::Segment(r) => &mut r.run,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -411,3 +411,13 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
         },
     })
 }
+
+impl crate::task::SceneJob for SegmentJob {
+    type Report = SegmentReport;
+    fn set_feed(&mut self, port: super::feed::FeedPort) {
+        self.feed = Some(port);
+    }
+    fn run(self) -> Result<SegmentReport, PipelineError> {
+        run_segment(self)
+    }
+}

@@ -175,7 +175,7 @@ mod tests {
 
     #[test]
     fn every_task_has_a_family_and_names_are_unique() {
-        for task in Task::ALL {
+        for &task in Task::ALL {
             assert!(families_for(task).next().is_some(), "{task}");
         }
         for (i, f) in FAMILIES.iter().enumerate() {

@@ -49,7 +49,7 @@ impl<'de> Deserializer<'de> for Fields<'_> {
 }
 
 /// The field names of `T` (empty for types that are not plain structs).
-pub(super) fn fields<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+pub(crate) fn fields<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
     let mut names: &'static [&'static str] = &[];
     let _ = T::deserialize(Fields(&mut names));
     names

@@ -18,16 +18,16 @@ mod choice;
 mod common;
 mod de;
 
-mod introspect;
+pub(crate) mod introspect;
 mod tasks;
 
+pub use crate::task::TaskOptions;
 pub use choice::{closest, parse_choice, Choice};
 pub use common::{
     cache_dir, InputOptions, JobContext, OutputOptions, RuntimeOptions, SceneJobBase, TilingOptions,
 };
 pub use tasks::{
     CaptionOptions, ClassifyOptions, DetectOptions, OptionsError, SceneWindow, SegmentOptions,
-    TaskOptions,
 };
 
 use thiserror::Error;

@@ -13,9 +13,10 @@ use crate::jobs::{CaptionJob, ClassifyJob, DetectJob, SegmentJob};
 use crate::models::clip::DEFAULT_TEMPLATES;
 use crate::models::decoder::GenerationParams;
 use crate::models::{ModelError, ModelPackage};
+use crate::options::JobContext;
 use crate::stitch::boxes::MergeMethod;
 use crate::stitch::mask::BlendWindow;
-use crate::task::Task;
+use crate::task::StageOptions;
 
 /// A value in the unit interval, when given.
 fn unit(key: &'static str, v: Option<f64>) -> Result<(), InvalidOption> {
@@ -505,92 +506,42 @@ pub enum OptionsError {
     Model(#[from] ModelError),
 }
 
-/// A pipeline stage: one task's options, tagged by `task`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(tag = "task", rename_all = "lowercase")]
-pub enum TaskOptions {
-    Classify(ClassifyOptions),
-    Caption(CaptionOptions),
-    Detect(DetectOptions),
-    Segment(SegmentOptions),
+macro_rules! stage_options {
+    ($($options:ty => $job:ty, |$o:ident, $base:ident, $out:ident, $ctx:ident| $build:expr;)*) => {$(
+        impl StageOptions for $options {
+            type Job = $job;
+            fn name(&self) -> Option<&str> {
+                self.name.as_deref()
+            }
+            fn model(&self) -> &Path {
+                &self.model
+            }
+            fn model_mut(&mut self) -> &mut PathBuf {
+                &mut self.model
+            }
+            fn validate(&self) -> Result<(), InvalidOption> {
+                <$options>::validate(self)
+            }
+            fn stage_job(
+                &self,
+                $base: SceneJobBase,
+                $out: PathBuf,
+                $ctx: &JobContext,
+            ) -> Result<$job, OptionsError> {
+                let $o = self;
+                $build
+            }
+        }
+    )*};
 }
 
-impl TaskOptions {
-    pub fn task(&self) -> Task {
-        match self {
-            TaskOptions::Classify(_) => Task::Classify,
-            TaskOptions::Caption(_) => Task::Caption,
-            TaskOptions::Detect(_) => Task::Detect,
-            TaskOptions::Segment(_) => Task::Segment,
-        }
-    }
-
-    /// The stage's output folder name, as given.
-    pub fn name(&self) -> Option<&str> {
-        match self {
-            TaskOptions::Classify(o) => o.name.as_deref(),
-            TaskOptions::Caption(o) => o.name.as_deref(),
-            TaskOptions::Detect(o) => o.name.as_deref(),
-            TaskOptions::Segment(o) => o.name.as_deref(),
-        }
-    }
-
-    /// The model as written.
-    pub fn model(&self) -> &Path {
-        match self {
-            TaskOptions::Classify(o) => &o.model,
-            TaskOptions::Caption(o) => &o.model,
-            TaskOptions::Detect(o) => &o.model,
-            TaskOptions::Segment(o) => &o.model,
-        }
-    }
-
-    /// Resolve the model path against `base` (the pipeline file's folder).
-    pub fn resolve_model(&mut self, base: &Path) {
-        let model = match self {
-            TaskOptions::Classify(o) => &mut o.model,
-            TaskOptions::Caption(o) => &mut o.model,
-            TaskOptions::Detect(o) => &mut o.model,
-            TaskOptions::Segment(o) => &mut o.model,
-        };
-        *model = base.join(&*model);
-    }
-
-    /// # Errors
-    /// The first bad value, with its key.
-    pub fn validate(&self) -> Result<(), InvalidOption> {
-        match self {
-            TaskOptions::Classify(o) => o.validate(),
-            TaskOptions::Caption(o) => o.validate(),
-            TaskOptions::Detect(o) => o.validate(),
-            TaskOptions::Segment(o) => o.validate(),
-        }
-    }
-
-    /// Parse the body of one stage (its keys, without `task`) as `task`'s options: a typed
-    /// parse of its own, so an error carries the span of the key or value it is about (the
-    /// tagged parse of a whole file only knows the stage).
-    ///
-    /// # Errors
-    /// The parse error.
-    pub fn parse_body(task: Task, body: &str) -> Result<(), toml::de::Error> {
-        match task {
-            Task::Classify => toml::from_str::<ClassifyOptions>(body).map(drop),
-            Task::Caption => toml::from_str::<CaptionOptions>(body).map(drop),
-            Task::Detect => toml::from_str::<DetectOptions>(body).map(drop),
-            Task::Segment => toml::from_str::<SegmentOptions>(body).map(drop),
-        }
-    }
-
-    /// The keys a stage of `task` takes (for messages about keys of another task).
-    pub fn keys(task: Task) -> &'static [&'static str] {
-        match task {
-            Task::Classify => super::introspect::fields::<ClassifyOptions>(),
-            Task::Caption => super::introspect::fields::<CaptionOptions>(),
-            Task::Detect => super::introspect::fields::<DetectOptions>(),
-            Task::Segment => super::introspect::fields::<SegmentOptions>(),
-        }
-    }
+stage_options! {
+    ClassifyOptions => ClassifyJob, |o, base, out, ctx| {
+        Ok(o.job(base, Some(out), false, ctx.cache_dir.as_deref())?)
+    };
+    CaptionOptions => CaptionJob, |o, base, out, _ctx| o.job(base, Some(out), false);
+    DetectOptions => DetectJob, |o, base, out, _ctx| Ok(o.job(base, Some(out), false)?);
+    SegmentOptions => SegmentJob, |o, base, out, _ctx| Ok(o.job(base, out, false)?);
 }
 
 #[cfg(test)]
