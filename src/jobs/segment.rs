@@ -247,6 +247,7 @@ fn stitching(
             })
             .collect(),
     };
+    let skip: Vec<u8> = model.background().into_iter().collect();
     // The kept probability bands are the last `prob_bands` classes.
     let band_names: Vec<String> = classes[classes.len() - prob_bands.min(classes.len())..].to_vec();
     let writer = MosaicWriter::create(
@@ -260,9 +261,9 @@ fn stitching(
             crs_wkt: scene.crs_wkt(),
             legend: &legend,
             prob_bands: if prob_bands > 0 { &band_names } else { &[] },
-            // Polygons of every class but the first (background), made from the stitched
-            // rows as they are final (never per tile).
-            polygons_skip: Some(&[0]),
+            // Polygons of every class but the background (if the model has one), made from
+            // the stitched rows as they are final (never per tile).
+            polygons_skip: Some(skip.as_slice()),
         },
     )?;
     let mut stitcher = MaskStitcher::new(grid, n_classes, job.window, decision);
@@ -359,8 +360,12 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
         sink: "stitching",
     };
     let stage = Segmenter {
+        batch_size: crate::models::graph_batch_size(
+            job.batch_size,
+            model.fixed_batch(),
+            &job.model,
+        ),
         model: &mut model,
-        batch_size: job.batch_size,
         tile_size: size,
     };
     let swept = drive(&spec, stage, sink, |consume| {

@@ -122,6 +122,10 @@ struct Prompted {
 pub struct SegmentationModel {
     /// The graph takes any input height and width (fully convolutional).
     dynamic: bool,
+    /// The graph's batch size when its batch axis is fixed (e.g. 1), else `None`.
+    fixed_batch: Option<usize>,
+    /// The class no polygons are made of, if any.
+    background: Option<u8>,
     prompted: Option<Prompted>,
     package: ModelPackage,
     graph: GraphSpec,
@@ -265,6 +269,24 @@ impl SegmentationModel {
                 spec.classes.len()
             ));
         }
+        let background = match (&spec.background, format) {
+            (Some(b), SegFormat::Clipseg) => {
+                problems.push(format!(
+                    "segmentation.background {b:?}: a prompted model's background is class 0"
+                ));
+                None
+            }
+            (Some(b), _) => match b.resolve(&spec.classes) {
+                Ok(i) => u8::try_from(i).ok(),
+                Err(e) => {
+                    problems.push(format!("segmentation.background: {e}"));
+                    None
+                }
+            },
+            // A binary model's negative class, and the prompted models' "background".
+            (None, SegFormat::Probability | SegFormat::Clipseg) => Some(0),
+            (None, _) => None,
+        };
         if pre.mean.len() != 3
             || pre.std.len() != 3
             || pre.std.iter().any(|s| !(s.is_finite() && *s > 0.0))
@@ -283,13 +305,18 @@ impl SegmentationModel {
         if !problems.is_empty() {
             return Err(invalid(problems));
         }
-        let dynamic = session
-            .inputs()
-            .iter()
-            .find(|i| i.name == graph.input)
+        let input = session.inputs().into_iter().find(|i| i.name == graph.input);
+        let dynamic = input
+            .as_ref()
             .is_some_and(|i| i.shape.len() == 4 && i.shape[2] < 0 && i.shape[3] < 0);
+        let fixed_batch = input
+            .and_then(|i| i.shape.first().copied())
+            .filter(|&b| b > 0)
+            .map(|b| b as usize);
         Ok(SegmentationModel {
             dynamic,
+            fixed_batch,
+            background,
             prompted,
             package,
             graph,
@@ -312,6 +339,18 @@ impl SegmentationModel {
     /// True when the graph accepts any tile size.
     pub fn any_size(&self) -> bool {
         self.dynamic
+    }
+
+    /// The batch size the graph requires when its batch axis is fixed, else `None`.
+    pub fn fixed_batch(&self) -> Option<usize> {
+        self.fixed_batch
+    }
+
+    /// The background class (no polygons are made of it): a binary model's negative class,
+    /// a prompted model's `background`, else what the manifest (or Deepness's convention,
+    /// class 0) declares; `None` when every class is an object class.
+    pub fn background(&self) -> Option<u8> {
+        self.background
     }
 
     /// Class names: the manifest's, or `background` and the prompts for prompted models.
@@ -387,6 +426,42 @@ impl SegmentationModel {
     /// # Errors
     /// Inference failure or an output of an unexpected shape.
     pub fn predict(&mut self, batch: ArrayView4<'_, f32>) -> Result<Array4<f32>, ModelError> {
+        let b = batch.shape()[0];
+        match self.fixed_batch {
+            // A graph of fixed batch size runs on chunks of that size, the last one padded.
+            Some(fixed) if fixed != b && self.format != SegFormat::Clipseg => {
+                let mut parts = Vec::new();
+                let mut start = 0;
+                while start < b {
+                    let n = fixed.min(b - start);
+                    let chunk = batch.slice(ndarray::s![start..start + n, .., .., ..]);
+                    let probs = if n == fixed {
+                        self.predict_graph(chunk)?
+                    } else {
+                        let mut padded = Array4::<f32>::zeros((
+                            fixed,
+                            chunk.shape()[1],
+                            chunk.shape()[2],
+                            chunk.shape()[3],
+                        ));
+                        padded
+                            .slice_mut(ndarray::s![..n, .., .., ..])
+                            .assign(&chunk);
+                        self.predict_graph(padded.view())?
+                    };
+                    parts.push(probs.slice(ndarray::s![..n, .., .., ..]).to_owned());
+                    start += n;
+                }
+                let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+                ndarray::concatenate(ndarray::Axis(0), &views)
+                    .map_err(|e| run_err(&self.session.path, format!("output shape: {e}")))
+            }
+            _ => self.predict_graph(batch),
+        }
+    }
+
+    /// [`SegmentationModel::predict`] in one run of the graph.
+    fn predict_graph(&mut self, batch: ArrayView4<'_, f32>) -> Result<Array4<f32>, ModelError> {
         if self.format == SegFormat::Clipseg {
             return self.predict_prompted(batch);
         }
