@@ -304,3 +304,107 @@ fn fixed_batch_axis_detector_runs_with_the_default_batch_size() {
     assert_eq!(got.len(), squares.len(), "{got:?}");
     assert_eq!(got, boxes(&d.join("out_dynamic").join("detections.gpkg")));
 }
+
+/// Segment `scene.tif` in `d` with `model` (64-pixel tiles) into `out`; the class raster.
+fn segment_classes(d: &Path, model: &Path, overlap: &str, out: &str) -> (usize, usize, Vec<u8>) {
+    run(
+        d,
+        &[
+            "segment",
+            "scene.tif",
+            "--model",
+            model.to_str().expect("utf8"),
+            "--tile-size",
+            "64",
+            "--overlap",
+            overlap,
+            "--blend",
+            "cosine",
+            "--out",
+            out,
+            "--quiet",
+        ],
+    )
+    .success();
+    read_u8(&d.join(out).join("classes.tif"))
+}
+
+#[test]
+fn valid_convolution_outputs_are_placed_at_the_tile_centre() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    // Output = the input's centre: 64 -> 36 (14 a side, inferred: 64 / 36 is no stride) and
+    // 64 -> 32 (16 a side, which would read as stride 2: declared with `margin = 16`).
+    let Some(inferred) = make_model(d, "inferred", "seg-logits", &["--crop", "14"]) else {
+        return;
+    };
+    let declared = make_model(
+        d,
+        "declared",
+        "seg-logits",
+        &["--crop", "16", "--margin", "16"],
+    )
+    .expect("m");
+    // 3-pixel blocks: an output stretched over the tile, or shifted by a pixel, is wrong.
+    let (w, h) = (200, 150);
+    paint_classes(&d.join("scene.tif"), w, h, 3);
+    for (model, m, overlap) in [
+        (&inferred, 14usize, "28"),
+        (&inferred, 14, "40"),
+        (&declared, 16, "32"),
+    ] {
+        let out = format!("out_{m}_{overlap}");
+        let (cw, ch, classes) = segment_classes(d, model, overlap, &out);
+        assert_eq!((cw, ch), (w, h));
+        let mut covered = 0;
+        for y in 0..h {
+            for x in 0..w {
+                let got = classes[y * w + x];
+                let want = class_at(x, y, 3) as u8;
+                let inner = x >= m && y >= m && x + m < w && y + m < h;
+                if inner {
+                    // Overlap >= 2 * margin: every pixel away from the scene's edge is some
+                    // tile's valid centre, and the model's answer there is exact.
+                    assert_eq!(got, want, "{out}: ({x}, {y})");
+                    covered += 1;
+                } else if x < m || y < m {
+                    // No tile's centre reaches the top and left margins: no vote, nodata.
+                    assert_eq!(got, 255, "{out}: ({x}, {y}) has no vote");
+                } else {
+                    assert!(got == want || got == 255, "{out}: ({x}, {y}) = {got}");
+                }
+            }
+        }
+        assert!(covered > 0);
+    }
+
+    // A declared margin the output does not have: the run fails, naming the model.
+    let wrong = make_model(
+        d,
+        "wrong",
+        "seg-logits",
+        &["--crop", "14", "--margin", "10"],
+    )
+    .expect("m");
+    run(
+        d,
+        &[
+            "segment",
+            "scene.tif",
+            "--model",
+            "wrong",
+            "--out",
+            "o",
+            "--quiet",
+        ],
+    )
+    .fails_with(&["model.onnx", "segmentation.margin = 10"]);
+    // A margin that leaves nothing of the tile is refused with the package.
+    let huge = make_model(d, "huge", "seg-logits", &["--crop", "14", "--margin", "32"]).expect("m");
+    run(
+        d,
+        &["segment", "scene.tif", "--model", "huge", "--out", "o"],
+    )
+    .fails_with(&["huge", "segmentation.margin 32"]);
+    assert!(wrong.is_dir() && huge.is_dir() && !d.join("o").exists());
+}

@@ -136,12 +136,15 @@ struct Segmenter<'m> {
     tile_size: usize,
 }
 
+/// A batch's tiles, their probabilities and the margin the model's output lacks.
+type SegOutput = (Vec<(Tile, Vec<u8>)>, ndarray::Array4<f32>, usize);
+
 /// A batch's tiles with their valid masks.
 type SegBatch = TileBatch<(Tile, Vec<u8>)>;
 
 impl ModelStage<f32> for Segmenter<'_> {
     type Batch = SegBatch;
-    type Output = (Vec<(Tile, Vec<u8>)>, ndarray::Array4<f32>);
+    type Output = SegOutput;
 
     fn new_batch(&self) -> Result<SegBatch, PipelineError> {
         Ok(TileBatch::new(self.batch_size, self.tile_size))
@@ -155,7 +158,7 @@ impl ModelStage<f32> for Segmenter<'_> {
     fn run(&mut self, batch: &mut SegBatch) -> Result<Self::Output, PipelineError> {
         let (pixels, tiles) = batch.take();
         let probs = self.model.predict(pixels)?;
-        Ok((tiles, probs))
+        Ok((tiles, probs, self.model.margin()))
     }
 }
 
@@ -170,10 +173,12 @@ struct Stitching {
 type Stitched = (usize, f64, Vec<(u8, geo::Polygon<f64>)>);
 
 impl SceneSink for Stitching {
-    type Input = (Vec<(Tile, Vec<u8>)>, ndarray::Array4<f32>);
+    type Input = SegOutput;
     type Done = Stitched;
 
-    fn consume(&mut self, (tiles, probs): Self::Input) -> Result<(), PipelineError> {
+    fn consume(&mut self, (tiles, probs, margin): Self::Input) -> Result<(), PipelineError> {
+        // Valid-convolution models: the probabilities cover the tiles' centres.
+        self.stitcher.set_margin(margin);
         for (k, (tile, valid)) in tiles.into_iter().enumerate() {
             let p = probs.slice(s![k, .., .., ..]);
             let p = p.as_standard_layout();
@@ -267,6 +272,7 @@ fn stitching(
         },
     )?;
     let mut stitcher = MaskStitcher::new(grid, n_classes, job.window, decision);
+    stitcher.set_margin(model.margin());
     if model.format() == SegFormat::Probability {
         stitcher = stitcher.binary_input();
     }

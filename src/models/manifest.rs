@@ -232,6 +232,11 @@ pub struct SegmentationSpec {
     /// (`probability`) models: class 0 unless given; other formats: none unless given.
     #[serde(default)]
     pub background: Option<ClassRef>,
+    /// Pixels the output lacks on each side of the input (valid convolutions: a 512 input
+    /// gives a 484 output with 14). Inferred when the output is smaller by a size that is
+    /// not an integer stride.
+    #[serde(default)]
+    pub margin: Option<usize>,
 }
 
 /// A class named in a manifest: its index or its name.
