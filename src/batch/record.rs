@@ -21,12 +21,72 @@ pub struct InputStamp {
     pub sha256: String,
 }
 
-/// A model as it was when the scene was processed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A model as it was when the scene was processed. Written as what identifies it, the
+/// stage, the package's name (manifest `name`) and its content hash, never its path (a path
+/// as typed depends on the working folder, so the same run would give other bytes).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct ModelStamp {
     pub stage: String,
+    /// As given (for messages); not written.
+    #[serde(default)]
     pub path: String,
     pub hash: String,
+}
+
+impl Serialize for ModelStamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Written<'a> {
+            stage: &'a str,
+            name: String,
+            hash: &'a str,
+        }
+        Written {
+            stage: &self.stage,
+            name: self.name(),
+            hash: &self.hash,
+        }
+        .serialize(s)
+    }
+}
+
+impl ModelStamp {
+    /// The model's package name: the manifest's `name`, or (a bare ONNX file with Deepness
+    /// metadata, named as [`crate::models::deepness`] names it) the file's stem.
+    pub fn name(&self) -> String {
+        package_name(Path::new(&self.path))
+    }
+}
+
+/// The package name of the model at `path` (see [`ModelStamp::name`]).
+pub fn package_name(path: &Path) -> String {
+    let stem = |p: &Path| {
+        p.file_stem()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    if path.is_dir() {
+        if let Ok(text) = std::fs::read_to_string(path.join("model.toml")) {
+            if let Ok(m) = crate::models::Manifest::parse(&text) {
+                return m.name;
+            }
+        }
+        let onnx: Vec<PathBuf> = std::fs::read_dir(path)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "onnx"))
+            .collect();
+        if let [one] = onnx.as_slice() {
+            return stem(one);
+        }
+        return absolute(path)
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+    }
+    stem(path)
 }
 
 /// An output file.
@@ -38,8 +98,11 @@ pub struct OutputStamp {
     pub sha256: String,
 }
 
-/// `record.json`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// `record.json`. Written without the working folder in it: the raster (when local), the
+/// pipeline and the stages' scenes and outputs as canonical paths, models by name and hash
+/// ([`ModelStamp`]), so the same run from another folder writes the same bytes (but for the
+/// times, `host` and the stages' timings and memory).
+#[derive(Clone, Debug, Deserialize)]
 pub struct SceneRecord {
     pub tool: String,
     pub version: String,
@@ -56,6 +119,112 @@ pub struct SceneRecord {
     pub host: String,
     /// Each stage's report.
     pub stages: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Serialize for SceneRecord {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Written<'a> {
+            tool: &'a str,
+            version: &'a str,
+            scene: &'a str,
+            raster: String,
+            inputs: &'a [InputStamp],
+            pipeline: String,
+            pipeline_hash: &'a str,
+            models: &'a [ModelStamp],
+            outputs: &'a [OutputStamp],
+            started: &'a str,
+            finished: &'a str,
+            seconds: f64,
+            host: &'a str,
+            stages: serde_json::Map<String, serde_json::Value>,
+        }
+        let raster = if Path::new(&self.raster).exists() {
+            stable_path(Path::new(&self.raster))
+        } else {
+            self.raster.clone()
+        };
+        let stages = self
+            .stages
+            .iter()
+            .map(|(name, report)| {
+                let model = self.models.iter().find(|m| &m.stage == name);
+                (name.clone(), stable_report(report, model))
+            })
+            .collect();
+        Written {
+            tool: &self.tool,
+            version: &self.version,
+            scene: &self.scene,
+            raster,
+            inputs: &self.inputs,
+            pipeline: stable_path(Path::new(&self.pipeline)),
+            pipeline_hash: &self.pipeline_hash,
+            models: &self.models,
+            outputs: &self.outputs,
+            started: &self.started,
+            finished: &self.finished,
+            seconds: self.seconds,
+            host: &self.host,
+            stages,
+        }
+        .serialize(s)
+    }
+}
+
+/// A stage's report as written in a record: its `model` the package's name (the stamp's,
+/// with the hash beside it in `models`), its `scene` (when a local file) and `outputs`
+/// canonical paths.
+fn stable_report(report: &serde_json::Value, model: Option<&ModelStamp>) -> serde_json::Value {
+    use serde_json::Value;
+    let mut r = report.clone();
+    let Some(obj) = r.as_object_mut() else {
+        return r;
+    };
+    if let (Some(m), Some(v)) = (model, obj.get_mut("model")) {
+        *v = Value::String(m.name());
+    }
+    if let Some(Value::String(scene)) = obj.get_mut("scene") {
+        if Path::new(scene.as_str()).exists() {
+            *scene = stable_path(Path::new(scene.as_str()));
+        }
+    }
+    if let Some(Value::Array(outputs)) = obj.get_mut("outputs") {
+        for o in outputs {
+            if let Value::String(p) = o {
+                *p = stable_path(Path::new(p.as_str()));
+            }
+        }
+    }
+    r
+}
+
+/// `path` made canonical where it exists: its longest existing ancestor resolved, the rest
+/// appended (a path that does not exist yet, such as an output about to be moved there).
+pub fn stable_path(path: &Path) -> String {
+    let mut rest = Vec::new();
+    let mut at = path;
+    loop {
+        if let Ok(c) = std::fs::canonicalize(if at.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            at
+        }) {
+            let mut out = c;
+            for part in rest.iter().rev() {
+                out.push(part);
+            }
+            return out.display().to_string();
+        }
+        match (at.parent(), at.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                at = parent;
+            }
+            _ => return path.display().to_string(),
+        }
+    }
 }
 
 impl SceneRecord {

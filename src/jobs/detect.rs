@@ -238,8 +238,12 @@ pub fn run_detect(mut job: DetectJob) -> Result<DetectReport, PipelineError> {
     };
     let stage = Detector {
         confidence: job.confidence.unwrap_or(model.confidence()),
+        batch_size: crate::models::graph_batch_size(
+            job.batch_size,
+            model.fixed_batch(),
+            &job.model,
+        ),
         model: &mut model,
-        batch_size: job.batch_size,
     };
     let sink = Boxes {
         working: (grid.working_width, grid.working_height),

@@ -136,12 +136,15 @@ struct Segmenter<'m> {
     tile_size: usize,
 }
 
+/// A batch's tiles, their probabilities and the margin the model's output lacks.
+type SegOutput = (Vec<(Tile, Vec<u8>)>, ndarray::Array4<f32>, usize);
+
 /// A batch's tiles with their valid masks.
 type SegBatch = TileBatch<(Tile, Vec<u8>)>;
 
 impl ModelStage<f32> for Segmenter<'_> {
     type Batch = SegBatch;
-    type Output = (Vec<(Tile, Vec<u8>)>, ndarray::Array4<f32>);
+    type Output = SegOutput;
 
     fn new_batch(&self) -> Result<SegBatch, PipelineError> {
         Ok(TileBatch::new(self.batch_size, self.tile_size))
@@ -155,7 +158,7 @@ impl ModelStage<f32> for Segmenter<'_> {
     fn run(&mut self, batch: &mut SegBatch) -> Result<Self::Output, PipelineError> {
         let (pixels, tiles) = batch.take();
         let probs = self.model.predict(pixels)?;
-        Ok((tiles, probs))
+        Ok((tiles, probs, self.model.margin()))
     }
 }
 
@@ -170,10 +173,12 @@ struct Stitching {
 type Stitched = (usize, f64, Vec<(u8, geo::Polygon<f64>)>);
 
 impl SceneSink for Stitching {
-    type Input = (Vec<(Tile, Vec<u8>)>, ndarray::Array4<f32>);
+    type Input = SegOutput;
     type Done = Stitched;
 
-    fn consume(&mut self, (tiles, probs): Self::Input) -> Result<(), PipelineError> {
+    fn consume(&mut self, (tiles, probs, margin): Self::Input) -> Result<(), PipelineError> {
+        // Valid-convolution models: the probabilities cover the tiles' centres.
+        self.stitcher.set_margin(margin);
         for (k, (tile, valid)) in tiles.into_iter().enumerate() {
             let p = probs.slice(s![k, .., .., ..]);
             let p = p.as_standard_layout();
@@ -247,6 +252,7 @@ fn stitching(
             })
             .collect(),
     };
+    let skip: Vec<u8> = model.background().into_iter().collect();
     // The kept probability bands are the last `prob_bands` classes.
     let band_names: Vec<String> = classes[classes.len() - prob_bands.min(classes.len())..].to_vec();
     let writer = MosaicWriter::create(
@@ -260,12 +266,13 @@ fn stitching(
             crs_wkt: scene.crs_wkt(),
             legend: &legend,
             prob_bands: if prob_bands > 0 { &band_names } else { &[] },
-            // Polygons of every class but the first (background), made from the stitched
-            // rows as they are final (never per tile).
-            polygons_skip: Some(&[0]),
+            // Polygons of every class but the background (if the model has one), made from
+            // the stitched rows as they are final (never per tile).
+            polygons_skip: Some(skip.as_slice()),
         },
     )?;
     let mut stitcher = MaskStitcher::new(grid, n_classes, job.window, decision);
+    stitcher.set_margin(model.margin());
     if model.format() == SegFormat::Probability {
         stitcher = stitcher.binary_input();
     }
@@ -359,8 +366,12 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
         sink: "stitching",
     };
     let stage = Segmenter {
+        batch_size: crate::models::graph_batch_size(
+            job.batch_size,
+            model.fixed_batch(),
+            &job.model,
+        ),
         model: &mut model,
-        batch_size: job.batch_size,
         tile_size: size,
     };
     let swept = drive(&spec, stage, sink, |consume| {

@@ -218,6 +218,9 @@ fn segmenter(
         format: format.into(),
         classes,
         threshold: threshold.map_or(0.5, |v| v as f32),
+        // Deepness's convention: class 0 is the background.
+        background: Some(super::manifest::ClassRef::Index(0)),
+        margin: None,
     };
     let common = parts.common(super::segmentation::FAMILY);
     let tiling = Some(parts.tiling);

@@ -621,6 +621,11 @@ impl DetectorModel {
         self.pre.size
     }
 
+    /// The batch size the graph requires when its batch axis is fixed, else `None`.
+    pub fn fixed_batch(&self) -> Option<usize> {
+        self.fixed_batch
+    }
+
     /// Class names: the manifest's, or the text queries of an open-vocabulary detector.
     pub fn classes(&self) -> Vec<String> {
         match &self.prompted {
@@ -707,7 +712,17 @@ impl DetectorModel {
         while start < b {
             let n = step.min(b - start);
             let chunk = batch.slice(ndarray::s![start..start + n, .., .., ..]);
-            let chunk = chunk.as_standard_layout();
+            // A graph of fixed batch size gets its last chunk padded to that size.
+            let chunk = if n < step {
+                let sh = chunk.shape();
+                let mut padded = ndarray::Array4::<f32>::zeros((step, sh[1], sh[2], sh[3]));
+                padded
+                    .slice_mut(ndarray::s![..n, .., .., ..])
+                    .assign(&chunk);
+                ndarray::CowArray::from(padded)
+            } else {
+                chunk.as_standard_layout()
+            };
             let input =
                 ort::value::TensorRef::from_array_view(chunk.view()).map_err(|e| err(&e))?;
             let outputs = self

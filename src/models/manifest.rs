@@ -228,6 +228,43 @@ pub struct SegmentationSpec {
     /// `probability` format: P(class 1) at or above this is class 1.
     #[serde(default = "default_threshold")]
     pub threshold: f32,
+    /// The background class (by name or index): no polygons are made of it. Binary
+    /// (`probability`) models: class 0 unless given; other formats: none unless given.
+    #[serde(default)]
+    pub background: Option<ClassRef>,
+    /// Pixels the output lacks on each side of the input (valid convolutions: a 512 input
+    /// gives a 484 output with 14). Inferred when the output is smaller by a size that is
+    /// not an integer stride.
+    #[serde(default)]
+    pub margin: Option<usize>,
+}
+
+/// A class named in a manifest: its index or its name.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum ClassRef {
+    Index(usize),
+    Name(String),
+}
+
+impl ClassRef {
+    /// The class's index among `classes`, or what is wrong.
+    ///
+    /// # Errors
+    /// An index past the classes or a name that is not one of them.
+    pub fn resolve(&self, classes: &[String]) -> Result<usize, String> {
+        match self {
+            ClassRef::Index(i) if *i < classes.len() => Ok(*i),
+            ClassRef::Index(i) => Err(format!(
+                "class {i} is not one of the {} classes",
+                classes.len()
+            )),
+            ClassRef::Name(n) => classes
+                .iter()
+                .position(|c| c == n)
+                .ok_or_else(|| format!("'{n}' is not one of the classes {classes:?}")),
+        }
+    }
 }
 
 fn default_threshold() -> f32 {

@@ -76,3 +76,20 @@ pub fn check_package(runtime: &Runtime, dir: &Path) -> Vec<String> {
         None => vec![registry::unknown_family(&package.manifest.family)],
     }
 }
+
+/// The batch size to run a graph with: `requested`, unless the graph's batch axis is fixed
+/// (`fixed`), which then wins (logged, when it differs).
+pub fn graph_batch_size(requested: usize, fixed: Option<usize>, model: &std::path::Path) -> usize {
+    match fixed {
+        Some(f) if f != requested => {
+            tracing::info!(
+                model = %model.display(),
+                requested,
+                batch_size = f,
+                "the model's batch axis is fixed: batch size {f} instead of {requested}"
+            );
+            f
+        }
+        _ => requested,
+    }
+}

@@ -122,6 +122,13 @@ struct Prompted {
 pub struct SegmentationModel {
     /// The graph takes any input height and width (fully convolutional).
     dynamic: bool,
+    /// The graph's batch size when its batch axis is fixed (e.g. 1), else `None`.
+    fixed_batch: Option<usize>,
+    /// The class no polygons are made of, if any.
+    background: Option<u8>,
+    /// Pixels the output lacks on each side: the manifest's, else 0 until an output shows
+    /// one (see [`SegmentationModel::margin`]).
+    margin: usize,
     prompted: Option<Prompted>,
     package: ModelPackage,
     graph: GraphSpec,
@@ -265,6 +272,32 @@ impl SegmentationModel {
                 spec.classes.len()
             ));
         }
+        let background = match (&spec.background, format) {
+            (Some(b), SegFormat::Clipseg) => {
+                problems.push(format!(
+                    "segmentation.background {b:?}: a prompted model's background is class 0"
+                ));
+                None
+            }
+            (Some(b), _) => match b.resolve(&spec.classes) {
+                Ok(i) => u8::try_from(i).ok(),
+                Err(e) => {
+                    problems.push(format!("segmentation.background: {e}"));
+                    None
+                }
+            },
+            // A binary model's negative class, and the prompted models' "background".
+            (None, SegFormat::Probability | SegFormat::Clipseg) => Some(0),
+            (None, _) => None,
+        };
+        if let Some(m) = spec.margin {
+            if 2 * m >= pre.size {
+                problems.push(format!(
+                    "segmentation.margin {m} leaves nothing of a {} pixel tile",
+                    pre.size
+                ));
+            }
+        }
         if pre.mean.len() != 3
             || pre.std.len() != 3
             || pre.std.iter().any(|s| !(s.is_finite() && *s > 0.0))
@@ -283,13 +316,19 @@ impl SegmentationModel {
         if !problems.is_empty() {
             return Err(invalid(problems));
         }
-        let dynamic = session
-            .inputs()
-            .iter()
-            .find(|i| i.name == graph.input)
+        let input = session.inputs().into_iter().find(|i| i.name == graph.input);
+        let dynamic = input
+            .as_ref()
             .is_some_and(|i| i.shape.len() == 4 && i.shape[2] < 0 && i.shape[3] < 0);
+        let fixed_batch = input
+            .and_then(|i| i.shape.first().copied())
+            .filter(|&b| b > 0)
+            .map(|b| b as usize);
         Ok(SegmentationModel {
             dynamic,
+            fixed_batch,
+            background,
+            margin: spec.margin.unwrap_or(0),
             prompted,
             package,
             graph,
@@ -312,6 +351,27 @@ impl SegmentationModel {
     /// True when the graph accepts any tile size.
     pub fn any_size(&self) -> bool {
         self.dynamic
+    }
+
+    /// The batch size the graph requires when its batch axis is fixed, else `None`.
+    pub fn fixed_batch(&self) -> Option<usize> {
+        self.fixed_batch
+    }
+
+    /// Pixels the model's output lacks on each side of its input (valid convolutions): the
+    /// manifest's `margin`, else what the last output showed (an output smaller than the
+    /// input by a size that is not an integer stride, cut evenly on each side), else 0. The
+    /// probabilities [`SegmentationModel::predict`] returns have the input's size, with the
+    /// output at their centre and zeros in the margin (which must get no vote).
+    pub fn margin(&self) -> usize {
+        self.margin
+    }
+
+    /// The background class (no polygons are made of it): a binary model's negative class,
+    /// a prompted model's `background`, else what the manifest (or Deepness's convention,
+    /// class 0) declares; `None` when every class is an object class.
+    pub fn background(&self) -> Option<u8> {
+        self.background
     }
 
     /// Class names: the manifest's, or `background` and the prompts for prompted models.
@@ -387,6 +447,42 @@ impl SegmentationModel {
     /// # Errors
     /// Inference failure or an output of an unexpected shape.
     pub fn predict(&mut self, batch: ArrayView4<'_, f32>) -> Result<Array4<f32>, ModelError> {
+        let b = batch.shape()[0];
+        match self.fixed_batch {
+            // A graph of fixed batch size runs on chunks of that size, the last one padded.
+            Some(fixed) if fixed != b && self.format != SegFormat::Clipseg => {
+                let mut parts = Vec::new();
+                let mut start = 0;
+                while start < b {
+                    let n = fixed.min(b - start);
+                    let chunk = batch.slice(ndarray::s![start..start + n, .., .., ..]);
+                    let probs = if n == fixed {
+                        self.predict_graph(chunk)?
+                    } else {
+                        let mut padded = Array4::<f32>::zeros((
+                            fixed,
+                            chunk.shape()[1],
+                            chunk.shape()[2],
+                            chunk.shape()[3],
+                        ));
+                        padded
+                            .slice_mut(ndarray::s![..n, .., .., ..])
+                            .assign(&chunk);
+                        self.predict_graph(padded.view())?
+                    };
+                    parts.push(probs.slice(ndarray::s![..n, .., .., ..]).to_owned());
+                    start += n;
+                }
+                let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+                ndarray::concatenate(ndarray::Axis(0), &views)
+                    .map_err(|e| run_err(&self.session.path, format!("output shape: {e}")))
+            }
+            _ => self.predict_graph(batch),
+        }
+    }
+
+    /// [`SegmentationModel::predict`] in one run of the graph.
+    fn predict_graph(&mut self, batch: ArrayView4<'_, f32>) -> Result<Array4<f32>, ModelError> {
         if self.format == SegFormat::Clipseg {
             return self.predict_prompted(batch);
         }
@@ -413,9 +509,25 @@ impl SegmentationModel {
         }
         let c_out = raw.shape()[1];
         let classes = c_out;
+        let (oh, ow) = (raw.shape()[2], raw.shape()[3]);
+        let margin =
+            output_margin(self.spec.margin, (h, w), (oh, ow)).map_err(|e| run_err(&path, e))?;
+        self.margin = margin;
         // At the tile's size already (stride 1): read the output where it is, no copy.
         let up: ndarray::CowArray<'_, f32, ndarray::Ix4> = if raw.shape()[2..] == [h, w] {
             raw.view().into()
+        } else if margin > 0 {
+            // Valid convolutions: the output is the tile's centre.
+            let mut placed = Array4::<f32>::zeros((b, c_out, h, w));
+            placed
+                .slice_mut(ndarray::s![
+                    ..,
+                    ..,
+                    margin..margin + oh,
+                    margin..margin + ow
+                ])
+                .assign(&raw);
+            placed.into()
         } else {
             upsample(raw.view(), h, w).into()
         };
@@ -558,6 +670,34 @@ impl SegmentationModel {
     }
 }
 
+/// The margin of an `oh x ow` output for an `h x w` input: 0 for the input's size or an
+/// integer stride, the manifest's when it has one, else half the difference.
+fn output_margin(
+    manifest: Option<usize>,
+    (h, w): (usize, usize),
+    (oh, ow): (usize, usize),
+) -> Result<usize, String> {
+    if let Some(m) = manifest.filter(|&m| m > 0) {
+        if oh + 2 * m == h && ow + 2 * m == w {
+            return Ok(m);
+        }
+        return Err(format!(
+            "output {oh}x{ow} for a {h}x{w} input: segmentation.margin = {m} needs {}x{}",
+            h.saturating_sub(2 * m),
+            w.saturating_sub(2 * m)
+        ));
+    }
+    let stride = oh > 0 && ow > 0 && h % oh == 0 && w % ow == 0 && h / oh == w / ow;
+    if (oh, ow) == (h, w) || stride || manifest == Some(0) {
+        return Ok(0);
+    }
+    if oh < h && ow < w && (h - oh) == (w - ow) && (h - oh) % 2 == 0 {
+        return Ok((h - oh) / 2);
+    }
+    // Any other size is resized to the input (bilinear), as a stride would be.
+    Ok(0)
+}
+
 /// Bilinear resize of `[B, C, h, w]` to `[B, C, out_h, out_w]` with half-pixel centres
 /// (PyTorch `align_corners=False`); a copy when the sizes already match.
 pub fn upsample(a: ArrayView4<'_, f32>, out_h: usize, out_w: usize) -> Array4<f32> {
@@ -596,6 +736,23 @@ pub fn upsample(a: ArrayView4<'_, f32>, out_h: usize, out_w: usize) -> Array4<f3
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn margins_are_inferred_only_where_no_stride_explains_the_size() {
+        // Valid convolutions: 512 -> 484 is no integer stride, 14 a side.
+        assert_eq!(output_margin(None, (512, 512), (484, 484)), Ok(14));
+        // Same size, and integer strides: no margin.
+        assert_eq!(output_margin(None, (64, 64), (64, 64)), Ok(0));
+        assert_eq!(output_margin(None, (64, 64), (16, 16)), Ok(0));
+        assert_eq!(output_margin(None, (64, 64), (32, 32)), Ok(0));
+        // ... unless the manifest says so.
+        assert_eq!(output_margin(Some(16), (64, 64), (32, 32)), Ok(16));
+        // An odd or uneven difference is resized, as before.
+        assert_eq!(output_margin(None, (64, 64), (37, 37)), Ok(0));
+        assert_eq!(output_margin(None, (64, 48), (40, 30)), Ok(0));
+        // A declared margin the output does not have.
+        assert!(output_margin(Some(10), (64, 64), (36, 36)).is_err());
+    }
 
     #[test]
     fn upsample_matches_half_pixel_bilinear() {

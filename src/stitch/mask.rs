@@ -60,6 +60,26 @@ pub fn tile_weights(size: usize, ramp: usize, window: BlendWindow) -> Vec<f32> {
     out
 }
 
+/// [`tile_weights`] of a model whose output lacks `margin` pixels on each side (valid
+/// convolutions): 0 (no vote) in the margin, the window over the valid centre, its ramp
+/// shortened by the margins (neighbouring centres overlap by `overlap - 2 * margin`).
+pub fn margin_weights(size: usize, overlap: usize, window: BlendWindow, margin: usize) -> Vec<f32> {
+    if margin == 0 {
+        return tile_weights(size, overlap, window);
+    }
+    let mut out = vec![0f32; size * size];
+    if 2 * margin >= size {
+        return out;
+    }
+    let inner = size - 2 * margin;
+    let w = tile_weights(inner, overlap.saturating_sub(2 * margin), window);
+    for (r, row) in w.chunks_exact(inner).enumerate() {
+        let at = (r + margin) * size + margin;
+        out[at..at + inner].copy_from_slice(row);
+    }
+    out
+}
+
 /// Receives finished rows of the mosaic, top to bottom.
 pub trait RowSink {
     type Error;
@@ -101,6 +121,10 @@ pub struct MaskStitcher {
     classes: usize,
     decision: Decision,
     weights: Vec<f32>,
+    window: BlendWindow,
+    overlap: usize,
+    /// Pixels of each tile edge without a prediction (valid convolutions).
+    margin: usize,
     tile_size: usize,
     row_offsets: Vec<usize>,
     cols: usize,
@@ -144,6 +168,9 @@ impl MaskStitcher {
             classes,
             decision,
             weights: tile_weights(size, grid.options.overlap, window),
+            window,
+            overlap: grid.options.overlap,
+            margin: 0,
             tile_size: size,
             row_offsets: grid.row_offsets.clone(),
             cols: grid.cols(),
@@ -182,6 +209,16 @@ impl MaskStitcher {
             Decision::Prompts(_) => (1..self.classes).collect(),
         };
         self
+    }
+
+    /// The tiles' predictions lack `margin` pixels on each side (valid convolutions): those
+    /// pixels get no vote, and a pixel no tile's centre covers is nodata (an overlap of at
+    /// least `2 * margin` leaves no gaps between tiles).
+    pub fn set_margin(&mut self, margin: usize) {
+        if margin != self.margin {
+            self.margin = margin;
+            self.weights = margin_weights(self.tile_size, self.overlap, self.window, margin);
+        }
     }
 
     /// Most rows held at once so far (memory is about this times the width times the classes).
@@ -396,6 +433,30 @@ impl MaskStitcher {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn margin_weights_give_no_vote_outside_the_valid_centre() {
+        let (size, m) = (10, 2);
+        let w = margin_weights(size, 6, BlendWindow::Linear, m);
+        let inner = tile_weights(size - 2 * m, 2, BlendWindow::Linear);
+        for y in 0..size {
+            for x in 0..size {
+                let v = w[y * size + x];
+                if (m..size - m).contains(&x) && (m..size - m).contains(&y) {
+                    assert_eq!(v, inner[(y - m) * (size - 2 * m) + x - m], "({x}, {y})");
+                } else {
+                    assert_eq!(v, 0.0, "({x}, {y})");
+                }
+            }
+        }
+        assert_eq!(
+            margin_weights(size, 6, BlendWindow::Cosine, 0),
+            tile_weights(size, 6, BlendWindow::Cosine)
+        );
+        assert!(margin_weights(4, 0, BlendWindow::Flat, 2)
+            .iter()
+            .all(|&v| v == 0.0));
+    }
+
     use super::*;
     use crate::raster::GeoTransform;
     use crate::tiling::{EdgeMode, GridOptions};
