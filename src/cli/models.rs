@@ -63,7 +63,7 @@ pub(super) fn classify(a: ClassifyArgs, ort_lib: Option<PathBuf>, quiet: bool) -
     if a.common.json {
         print_json(&report)?;
     } else {
-        print::classify(&report);
+        print::classify(&report)?;
     }
     Ok(0)
 }
@@ -79,7 +79,7 @@ pub(super) fn caption(a: CaptionArgs, ort_lib: Option<PathBuf>, quiet: bool) -> 
     if a.common.json {
         print_json(&report)?;
     } else {
-        print::caption(&report);
+        print::caption(&report)?;
     }
     Ok(0)
 }
@@ -95,7 +95,7 @@ pub(super) fn segment(a: SegmentArgs, ort_lib: Option<PathBuf>, quiet: bool) -> 
     if a.common.json {
         print_json(&report)?;
     } else {
-        print::segment(&report);
+        print::segment(&report)?;
     }
     Ok(0)
 }
@@ -111,7 +111,7 @@ pub(super) fn detect(a: DetectArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Re
     if a.common.json {
         print_json(&report)?;
     } else {
-        print::detect(&report);
+        print::detect(&report)?;
     }
     Ok(0)
 }
@@ -126,11 +126,11 @@ pub(super) fn models(a: ModelsArgs, ort_lib: Option<PathBuf>) -> Result<i32> {
                     &serde_json::json!({ "package": dir, "valid": problems.is_empty(), "problems": problems }),
                 )?;
             } else if problems.is_empty() {
-                println!("{}: valid model package", dir.display());
+                out!("{}: valid model package", dir.display())?;
             } else {
-                println!("{}: {} problem(s)", dir.display(), problems.len());
+                out!("{}: {} problem(s)", dir.display(), problems.len())?;
                 for p in &problems {
-                    println!("  - {p}");
+                    out!("  - {p}")?;
                 }
             }
             Ok(if problems.is_empty() { 0 } else { 1 })

@@ -74,6 +74,7 @@ pub fn run_bench_model(job: BenchModelJob) -> Result<BenchModelReport, PipelineE
         e => PipelineError::from(e),
     })?;
     let provider = provider.to_string();
+    tracing::info!(model = %job.model.display(), %provider, input_size = size, "model loaded");
     let mut run = move |x: &Array4<f32>| run(x).map_err(PipelineError::from);
     let input = batch(b, size);
     for _ in 0..job.warmup {

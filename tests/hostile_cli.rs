@@ -1,0 +1,306 @@
+//! Hostile use of the command line, one table per class of defect: absurd option values,
+//! stdout closed or full, messages that must name the file and the cause, output names that
+//! disagree with the format or replace the input, and exit codes and logs. Every input is
+//! generated here; every run happens under an address-space limit (like `tests/hostile.rs`),
+//! so an absurd value that allocates fails the test instead of exhausting the machine.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{walk, Run};
+
+/// Address-space limit for every tessera run here (bytes).
+const ADDRESS_LIMIT: u64 = 6 << 30;
+
+/// A tessera command under [`ADDRESS_LIMIT`], in `dir`, stdin closed.
+fn limited(dir: &Path, args: &[&str]) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
+    cmd.args(args).current_dir(dir).stdin(Stdio::null());
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: ADDRESS_LIMIT,
+                rlim_max: ADDRESS_LIMIT,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// Wait for `child`, killing it after two minutes (a hang fails the test).
+fn wait_limited(child: std::process::Child, dir: &Path, args: &[&str]) -> Run {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let out = child.wait_with_output();
+        let _ = tx.send(());
+        out
+    });
+    if rx.recv_timeout(Duration::from_secs(120)).is_err() {
+        // SAFETY: signalling the child we spawned.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    }
+    let output = waiter.join().expect("join").expect("wait");
+    Run {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        dir: dir.to_path_buf(),
+        output,
+    }
+}
+
+/// Run tessera in `dir` under the limits, stdout and stderr captured.
+fn run_limited(dir: &Path, args: &[&str]) -> Run {
+    let child = limited(dir, args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tessera");
+    wait_limited(child, dir, args)
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn sample() -> String {
+    root()
+        .join("sample_data/sentinel2_rgbn_10m.tif")
+        .display()
+        .to_string()
+}
+
+fn clip() -> String {
+    root()
+        .join("sample_data/models/clip-tiny")
+        .display()
+        .to_string()
+}
+
+/// Temporary or partial entries left anywhere below `dir`.
+fn leftovers(dir: &Path) -> Vec<String> {
+    walk(dir)
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .filter(|n| n.contains("tessera-tmp") || n.contains('~') || n.ends_with(".partial"))
+        .collect()
+}
+
+/// Assert a clean failure: exit `code`, one `tessera: error:` line naming every needle, no
+/// panic, nothing partial left in the run's folder.
+fn assert_refused(r: &Run, code: i32, needles: &[&str]) {
+    assert_eq!(
+        r.output.status.code(),
+        Some(code),
+        "exit code{}",
+        r.context()
+    );
+    let err = r.stderr();
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one error line expected{}", r.context());
+    assert!(lines[0].starts_with("tessera: error: "), "{}", r.context());
+    assert!(!err.contains("panicked"), "{}", r.context());
+    for n in needles {
+        assert!(
+            lines[0].contains(n),
+            "error should mention {n:?}{}",
+            r.context()
+        );
+    }
+    assert!(
+        leftovers(&r.dir).is_empty(),
+        "partial output left{}",
+        r.context()
+    );
+}
+
+/// A `gdal_translate` crop of the sample scene.
+fn crop(path: &Path, size: usize) {
+    let status = Command::new("gdal_translate")
+        .args(["-q", "-srcwin", "0", "0"])
+        .args([size, size].map(|v| v.to_string()))
+        .arg(sample())
+        .arg(path)
+        .status()
+        .expect("gdal_translate (gdal-bin) runs");
+    assert!(status.success(), "gdal_translate {}", path.display());
+}
+
+/// A classification pipeline over the bundled CLIP model.
+fn land_cover(dir: &Path) -> String {
+    let p = dir.join("land-cover.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "[input]\nbands = [1, 2, 3]\n[tiling]\nthreads = 1\n\
+             [[stage]]\nname = \"landcover\"\ntask = \"classify\"\nmodel = \"{}\"\nlabels = [\"forest\", \"water\"]\n",
+            clip()
+        ),
+    )
+    .expect("write pipeline");
+    p.display().to_string()
+}
+
+// ---- 11. stdout closed or full --------------------------------------------------------------
+
+/// A reader that closes the pipe is a quiet stop (exit 0, nothing on stderr); a full stdout
+/// is one error line. Both never panic.
+#[test]
+fn stdout_closed_or_full() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    let s = sample();
+    let cases: [&[&str]; 4] = [
+        &["info", &s, "--json"],
+        &["info", &s],
+        &["doctor"],
+        &["tiles", &s, "--tile-size", "64", "--json"],
+    ];
+    for args in cases {
+        // Closed before tessera writes anything (it needs a while to start GDAL).
+        let mut child = limited(d, args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        drop(child.stdout.take());
+        let r = wait_limited(child, d, args);
+        assert_eq!(
+            r.output.status.code(),
+            Some(0),
+            "closed pipe{}",
+            r.context()
+        );
+        assert!(
+            r.stderr().is_empty(),
+            "a closed pipe is quiet{}",
+            r.context()
+        );
+
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("/dev/full");
+        let child = limited(d, args)
+            .stdout(full)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let r = wait_limited(child, d, args);
+        assert_refused(&r, 1, &["standard output", "No space left"]);
+    }
+}
+
+// ---- 15. exit codes and logs ----------------------------------------------------------------
+
+/// A batch in which every scene failed exits 1; 3 is for some failed while others completed.
+#[test]
+fn batch_exit_codes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    let p = land_cover(d);
+    std::fs::create_dir(d.join("bad")).expect("mkdir");
+    std::fs::write(d.join("bad/a.tif"), b"not a raster").expect("write");
+    std::fs::write(d.join("bad/b.tif"), b"II*\0nor this").expect("write");
+    std::fs::create_dir(d.join("mixed")).expect("mkdir");
+    std::fs::write(d.join("mixed/a.tif"), b"not a raster").expect("write");
+    crop(&d.join("mixed/good.tif"), 128);
+    // (args, exit code)
+    let cases: [(Vec<&str>, i32); 4] = [
+        (vec!["run", &p, "bad", "--out", "out1", "--quiet"], 1),
+        (vec!["run", &p, "mixed", "--out", "out2", "--quiet"], 3),
+        (
+            vec![
+                "ingest",
+                "bad",
+                "--pipeline",
+                &p,
+                "--out",
+                "out3",
+                "--settle",
+                "0",
+                "--quiet",
+            ],
+            1,
+        ),
+        (
+            vec![
+                "ingest",
+                "mixed",
+                "--pipeline",
+                &p,
+                "--out",
+                "out4",
+                "--settle",
+                "0",
+                "--quiet",
+            ],
+            3,
+        ),
+    ];
+    for (args, code) in cases {
+        let r = run_limited(d, &args);
+        assert_eq!(r.output.status.code(), Some(code), "{}", r.context());
+        assert!(!r.stderr().contains("panicked"), "{}", r.context());
+    }
+}
+
+/// `-v` logs the main steps of a single-scene job, without colours when stderr is not a
+/// terminal; the untrained-weights note goes to stderr, not into the report on stdout.
+#[test]
+fn logs_and_notes_on_stderr() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    let s = sample();
+    let m = clip();
+    // (args, what stderr logs)
+    let cases: [(Vec<&str>, &[&str]); 2] = [
+        (
+            vec![
+                "-v",
+                "tiles",
+                &s,
+                "--tile-size",
+                "128",
+                "--out",
+                "grid.gpkg",
+            ],
+            &["scene opened", "width=640", "tiles read", "grid.gpkg"],
+        ),
+        (
+            vec![
+                "-v", "classify", &s, "--model", &m, "--labels", "a,b", "--out", "cls", "--quiet",
+            ],
+            &[
+                "scene opened",
+                "model loaded",
+                "CPUExecutionProvider",
+                "tiles classified",
+                "written",
+                "untrained",
+            ],
+        ),
+    ];
+    for (args, logged) in cases {
+        let r = run_limited(d, &args);
+        r.success();
+        let err = r.stderr();
+        assert!(
+            !err.contains('\u{1b}'),
+            "ANSI escapes in logs{}",
+            r.context()
+        );
+        for l in logged {
+            assert!(err.contains(l), "stderr should log {l:?}{}", r.context());
+        }
+        assert!(!r.stdout().contains("untrained"), "{}", r.context());
+    }
+}
