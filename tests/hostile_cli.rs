@@ -59,7 +59,13 @@ fn wait_limited(child: std::process::Child, dir: &Path, args: &[&str]) -> Run {
 
 /// Run tessera in `dir` under the limits, stdout and stderr captured.
 fn run_limited(dir: &Path, args: &[&str]) -> Run {
+    run_limited_env(dir, args, &[])
+}
+
+/// [`run_limited`] with `env` added.
+fn run_limited_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     let child = limited(dir, args)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -147,6 +153,203 @@ fn land_cover(dir: &Path) -> String {
     )
     .expect("write pipeline");
     p.display().to_string()
+}
+
+// ---- 3. absurd options ---------------------------------------------------------------------
+
+/// A copy of a bundled model package with its `[preprocess] size` replaced.
+fn package_with_size(dir: &Path, name: &str, size: &str) -> String {
+    let to = dir.join(format!("{name}-{size}"));
+    common::copy_dir(&root().join("sample_data/models").join(name), &to);
+    let manifest = to.join("model.toml");
+    let text = std::fs::read_to_string(&manifest).expect("read");
+    let mut replaced = false;
+    let text: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if !replaced && l.starts_with("size = ") {
+                replaced = true;
+                format!("size = {size}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    assert!(replaced, "no size in {}", manifest.display());
+    std::fs::write(&manifest, text.join("\n")).expect("write");
+    to.display().to_string()
+}
+
+/// A pipeline file with `tiling` lines and `stages` classification stages.
+fn pipeline(dir: &Path, name: &str, tiling: &str, stages: usize) -> String {
+    let p = dir.join(format!("{name}.toml"));
+    let mut text = format!("[tiling]\n{tiling}\n");
+    for i in 0..stages {
+        text.push_str(&format!(
+            "[[stage]]\nname = \"s{i}\"\ntask = \"classify\"\nmodel = \"{}\"\nlabels = [\"a\", \"b\"]\n",
+            clip()
+        ));
+    }
+    std::fs::write(&p, text).expect("write pipeline");
+    p.display().to_string()
+}
+
+/// Arguments, environment added, what the error line names.
+type Case<'a> = (Vec<String>, &'a [(&'a str, &'a str)], Vec<&'a str>);
+
+/// Values far out of range are refused up front, naming the option (flag or key), on the
+/// command line, in `run --check` and `run`, and in model packages (`models check` too).
+#[test]
+fn absurd_options() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    let s = sample();
+    let m = clip();
+    let small = [("TESSERA_MEMORY_BUDGET", "64M")];
+    let huge_clip = package_with_size(d, "clip-tiny", "9223372036854775807");
+    let huge_seg = package_with_size(d, "clipseg-tiny", "1000000000");
+    let huge_cap = package_with_size(d, "blip2-tiny", "1000000000");
+    let classify = |extra: &[&'static str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "classify", &s, "--model", &m, "--labels", "a,b", "--out", "o",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+        v.extend(extra.iter().map(|x| x.to_string()));
+        v
+    };
+    let strings = |v: &[&str]| -> Vec<String> { v.iter().map(|x| x.to_string()).collect() };
+    let mut cases: Vec<Case> = vec![
+        (
+            classify(&["--batch-size", "1000000000"]),
+            &[],
+            vec!["--batch-size", "1000000000", "65536"],
+        ),
+        (
+            classify(&["--batch-size", "2000"]),
+            &small,
+            vec!["--batch-size", "memory budget"],
+        ),
+        (
+            strings(&["tiles", &s, "--tile-size", "1000000000", "--out", "g.gpkg"]),
+            &[],
+            vec!["--tile-size", "16384"],
+        ),
+        (
+            strings(&["tiles", &s, "--tile-size", "100000", "--chips", "chips"]),
+            &[],
+            vec!["--tile-size", "16384"],
+        ),
+        (
+            strings(&["tiles", &s, "--tile-size", "64", "--target-gsd", "1e-9"]),
+            &[],
+            vec!["--target-gsd"],
+        ),
+        (
+            classify(&["--target-gsd", "1e-9"]),
+            &[],
+            vec!["--target-gsd"],
+        ),
+        (
+            strings(&["bench-model", &m, "--batch-size", "1000000000"]),
+            &[],
+            vec!["--batch-size"],
+        ),
+        (
+            strings(&["bench-model", &m, "--batch-size", "2000"]),
+            &small,
+            vec!["--batch-size", "memory budget"],
+        ),
+        (
+            strings(&["bench-read", &s, "--tile-size", "100000"]),
+            &[],
+            vec!["--tile-size"],
+        ),
+        (
+            strings(&["bench-model", &huge_clip]),
+            &[],
+            vec!["model.toml", "input size"],
+        ),
+        (
+            strings(&["bench-model", &huge_seg]),
+            &[],
+            vec!["model.toml", "input size"],
+        ),
+        (
+            strings(&[
+                "classify", &s, "--model", &huge_clip, "--labels", "a", "--out", "o",
+            ]),
+            &[],
+            vec!["model.toml", "input size"],
+        ),
+        (
+            strings(&["caption", &s, "--model", &huge_cap, "--out", "o"]),
+            &[],
+            vec!["model.toml", "input size"],
+        ),
+    ];
+    // Pipeline files: `run --check` and `run` refuse the same values.
+    for (name, tiling, stages, env, needles) in [
+        (
+            "stages",
+            "",
+            300,
+            &[][..],
+            vec!["stages.toml", "300 stages", "32"],
+        ),
+        (
+            "batch",
+            "batch_size = 1000000000",
+            1,
+            &[][..],
+            vec!["batch_size", "65536"],
+        ),
+        (
+            "tile",
+            "tile_size = 1000000000",
+            1,
+            &[][..],
+            vec!["tile_size", "16384"],
+        ),
+        ("gsd", "target_gsd = 1e-9", 1, &[][..], vec!["target_gsd"]),
+        (
+            "budget",
+            "batch_size = 2000",
+            1,
+            &small[..],
+            vec!["batch_size", "memory budget"],
+        ),
+    ] {
+        let p = pipeline(d, name, tiling, stages);
+        crop(&d.join("scene.tif"), 64);
+        for check in [true, false] {
+            let mut args = strings(&["run", &p, "scene.tif", "--out", "out", "--quiet"]);
+            if check {
+                args.push("--check".into());
+            }
+            cases.push((args, env, needles.clone()));
+        }
+    }
+    for (args, env, needles) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let r = run_limited_env(d, &args, env);
+        assert_refused(&r, 1, needles);
+        for out in ["o", "g.gpkg", "chips", "out"] {
+            assert!(!d.join(out).exists(), "{out} written{}", r.context());
+        }
+    }
+    // `models check` lists the problem (exit 1, no panic).
+    for package in [&huge_clip, &huge_seg, &huge_cap] {
+        let r = run_limited(d, &["models", "check", package]);
+        assert_eq!(r.output.status.code(), Some(1), "{}", r.context());
+        assert!(
+            r.stdout().contains("model.toml") && r.stdout().contains("input size"),
+            "{}",
+            r.context()
+        );
+        assert!(!r.stderr().contains("panicked"), "{}", r.context());
+    }
 }
 
 // ---- 11. stdout closed or full --------------------------------------------------------------

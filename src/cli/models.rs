@@ -145,6 +145,14 @@ pub(super) fn bench_model(a: BenchModelArgs, ort_lib: Option<PathBuf>) -> Result
         progress: false,
         jobs: 1,
     };
+    if let Some(b) = a.batch_size {
+        crate::options::TilingOptions {
+            batch_size: Some(b),
+            ..Default::default()
+        }
+        .validate()
+        .map_err(flag_error)?;
+    }
     let job = jobs::BenchModelJob {
         model: a.model.clone(),
         ort_lib,

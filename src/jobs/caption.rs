@@ -262,6 +262,7 @@ pub fn run_caption(mut job: CaptionJob) -> Result<CaptionReport, PipelineError> 
     // Fail on a prompt the model cannot take before reading anything.
     model.prompt_ids(&job.prompt)?;
     let size = model.input_size();
+    crate::options::check_batch_bytes(job.batch_size, size)?;
     let tiles = super::ModelTiles {
         size,
         any_size: false,

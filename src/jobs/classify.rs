@@ -204,6 +204,7 @@ pub fn run_classify(mut job: ClassifyJob) -> Result<ClassifyReport, PipelineErro
         "model loaded"
     );
     let size = model.input_size();
+    crate::options::check_batch_bytes(job.batch_size, size)?;
     let tiles = super::ModelTiles {
         size,
         any_size: false,
