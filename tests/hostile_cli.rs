@@ -352,6 +352,102 @@ fn absurd_options() {
     }
 }
 
+// ---- 13. output names ----------------------------------------------------------------------
+
+/// An output extension that disagrees with the format (or names none) is refused, and so is
+/// an output that is the input scene or a folder holding it, even with `--overwrite`; the
+/// input is left untouched.
+#[test]
+fn output_names() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    std::fs::create_dir(d.join("in")).expect("mkdir");
+    crop(&d.join("in/scene.tif"), 128);
+    // A GeoTIFF named .gpkg (GDAL goes by content): `--out` the same file passes the
+    // extension check and must still be refused.
+    std::fs::copy(d.join("in/scene.tif"), d.join("scene.gpkg")).expect("copy");
+    let m = clip();
+    let tiles = |rest: &[&'static str]| -> Vec<&'static str> {
+        let mut v = vec!["tiles", "in/scene.tif", "--tile-size", "32"];
+        v.extend_from_slice(rest);
+        v
+    };
+    // (args, what the error names, files that must not exist afterwards)
+    let cases: Vec<(Vec<&str>, Vec<&str>, Vec<&str>)> = vec![
+        (
+            tiles(&["--out", "grid.xyz"]),
+            vec!["grid.xyz", "'.xyz'", "names no vector format"],
+            vec!["grid.xyz"],
+        ),
+        (
+            tiles(&["--format", "gpkg", "--out", "x.shp"]),
+            vec!["x.shp", "'.shp'", "--format gpkg"],
+            vec!["x.shp"],
+        ),
+        (
+            tiles(&["--format", "shp", "--out", "x.gpkg"]),
+            vec!["x.gpkg", "'.gpkg'", "--format shp"],
+            vec!["x.gpkg"],
+        ),
+        (
+            vec![
+                "tiles",
+                "scene.gpkg",
+                "--tile-size",
+                "32",
+                "--out",
+                "./scene.gpkg",
+                "--overwrite",
+            ],
+            vec!["./scene.gpkg", "replace the input"],
+            vec![],
+        ),
+        (
+            tiles(&["--chips", "in", "--overwrite"]),
+            vec!["in", "replace the input", "in/scene.tif"],
+            vec![],
+        ),
+        (
+            vec![
+                "classify",
+                "in/scene.tif",
+                "--model",
+                &m,
+                "--labels",
+                "a,b",
+                "--out",
+                "./in/../in",
+                "--overwrite",
+            ],
+            vec!["./in/../in", "replace the input"],
+            vec![],
+        ),
+    ];
+    let before = std::fs::read(d.join("in/scene.tif")).expect("read");
+    let before_gpkg = std::fs::read(d.join("scene.gpkg")).expect("read");
+    for (args, needles, absent) in &cases {
+        let r = run_limited(d, args);
+        assert_refused(&r, 1, needles);
+        for a in absent {
+            assert!(!d.join(a).exists(), "{a} written{}", r.context());
+        }
+        assert_eq!(
+            std::fs::read(d.join("in/scene.tif")).ok().as_ref(),
+            Some(&before)
+        );
+        assert_eq!(
+            std::fs::read(d.join("scene.gpkg")).ok().as_ref(),
+            Some(&before_gpkg)
+        );
+    }
+    // What agrees is written: the extension's format, or GeoPackage without one.
+    for out in ["grid.shp", "grid.fgb", "plain"] {
+        run_limited(d, &tiles(&["--out", out])).success();
+        assert!(d.join(out).exists(), "{out}");
+    }
+    run_limited(d, &tiles(&["--format", "geojson", "--out", "g.json"])).success();
+}
+
 // ---- 11. stdout closed or full --------------------------------------------------------------
 
 /// A reader that closes the pipe is a quiet stop (exit 0, nothing on stderr); a full stdout

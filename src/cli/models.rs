@@ -24,10 +24,14 @@ struct Prepared {
 fn prepare(
     scene: &str,
     model: &Path,
+    out: Option<&Path>,
     common: &ModelCommandArgs,
     ort_lib: Option<PathBuf>,
     quiet: bool,
 ) -> Result<Prepared> {
+    if let Some(out) = out {
+        crate::output::refuse_input(out, scene)?;
+    }
     let ctx = JobContext {
         ort_lib,
         cache_dir: cache_dir(common.cache_dir.clone()),
@@ -48,7 +52,14 @@ fn prepare(
 }
 
 pub(super) fn classify(a: ClassifyArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Result<i32> {
-    let p = prepare(&a.scene, &a.options.model, &a.common, ort_lib, quiet)?;
+    let p = prepare(
+        &a.scene,
+        &a.options.model,
+        a.out.as_deref(),
+        &a.common,
+        ort_lib,
+        quiet,
+    )?;
     let job = a
         .options
         .job(
@@ -69,7 +80,14 @@ pub(super) fn classify(a: ClassifyArgs, ort_lib: Option<PathBuf>, quiet: bool) -
 }
 
 pub(super) fn caption(a: CaptionArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Result<i32> {
-    let p = prepare(&a.scene, &a.options.model, &a.common, ort_lib, quiet)?;
+    let p = prepare(
+        &a.scene,
+        &a.options.model,
+        a.out.as_deref(),
+        &a.common,
+        ort_lib,
+        quiet,
+    )?;
     let job = a
         .options
         .job(p.base, a.out.clone(), a.common.overwrite)
@@ -85,7 +103,14 @@ pub(super) fn caption(a: CaptionArgs, ort_lib: Option<PathBuf>, quiet: bool) -> 
 }
 
 pub(super) fn segment(a: SegmentArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Result<i32> {
-    let p = prepare(&a.scene, &a.options.model, &a.common, ort_lib, quiet)?;
+    let p = prepare(
+        &a.scene,
+        &a.options.model,
+        Some(a.out.as_path()),
+        &a.common,
+        ort_lib,
+        quiet,
+    )?;
     let job = a
         .options
         .job(p.base, a.out.clone(), a.common.overwrite)
@@ -101,7 +126,14 @@ pub(super) fn segment(a: SegmentArgs, ort_lib: Option<PathBuf>, quiet: bool) -> 
 }
 
 pub(super) fn detect(a: DetectArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Result<i32> {
-    let p = prepare(&a.scene, &a.options.model, &a.common, ort_lib, quiet)?;
+    let p = prepare(
+        &a.scene,
+        &a.options.model,
+        a.out.as_deref(),
+        &a.common,
+        ort_lib,
+        quiet,
+    )?;
     let job = a
         .options
         .job(p.base, a.out.clone(), a.common.overwrite)

@@ -112,15 +112,8 @@ pub(super) fn info(a: InfoArgs) -> Result<i32> {
 pub(super) fn tiles(a: TilesArgs, quiet: bool) -> Result<i32> {
     let out = match &a.out {
         Some(path) => {
-            let format = match &a.output.format {
-                Some(name) => formats::by_name(name).ok_or_else(|| {
-                    crate::output::OutputError::UnknownFormat {
-                        path: path.display().to_string(),
-                        format: name.clone(),
-                    }
-                })?,
-                None => formats::for_path(path).unwrap_or(&formats::GeoPackage),
-            };
+            let format = formats::for_output(path, a.output.format.as_deref())?;
+            crate::output::refuse_input(path, &a.scene)?;
             Some((path.clone(), format))
         }
         None => {
@@ -140,6 +133,9 @@ pub(super) fn tiles(a: TilesArgs, quiet: bool) -> Result<i32> {
                 KeyStyle::Flag.spell(key)
             );
         }
+    }
+    if let Some(chips) = &a.chips {
+        crate::output::refuse_input(chips, &a.scene)?;
     }
     let job = TilesJob {
         scene: a.scene.clone(),
