@@ -352,6 +352,75 @@ fn absurd_options() {
     }
 }
 
+// ---- 12. messages ---------------------------------------------------------------------------
+
+/// Complex pixel types are named as GDAL names them (not a debug dump) by every command, in
+/// one line; `bench-model` on a package it does not time names the package.
+#[test]
+fn messages_name_types_and_packages() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    for t in ["CInt16", "CFloat32"] {
+        let status = Command::new("gdal_translate")
+            .args(["-q", "-ot", t, "-srcwin", "0", "0", "64", "64"])
+            .arg(sample())
+            .arg(d.join(format!("{t}.tif")))
+            .status()
+            .expect("gdal_translate runs");
+        assert!(status.success());
+    }
+    let m = clip();
+    let blip = root()
+        .join("sample_data/models/blip2-tiny")
+        .display()
+        .to_string();
+    let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
+        (
+            vec!["info", "CInt16.tif"],
+            vec!["CInt16.tif", "band 1", "CInt16", "complex"],
+        ),
+        (
+            vec!["info", "CFloat32.tif", "--json"],
+            vec!["CFloat32.tif", "CFloat32"],
+        ),
+        (
+            vec![
+                "tiles",
+                "CInt16.tif",
+                "--tile-size",
+                "32",
+                "--out",
+                "g.gpkg",
+            ],
+            vec!["CInt16.tif", "CInt16"],
+        ),
+        (
+            vec![
+                "classify",
+                "CFloat32.tif",
+                "--model",
+                &m,
+                "--labels",
+                "a",
+                "--out",
+                "o",
+            ],
+            vec!["CFloat32.tif", "CFloat32"],
+        ),
+        (vec!["bench-model", &blip], vec![&blip, "bench-model times"]),
+    ];
+    for (args, needles) in &cases {
+        let r = run_limited(d, args);
+        assert_refused(&r, 1, needles);
+        assert!(
+            !r.stderr().contains("GdalTypeDescriptor"),
+            "{}",
+            r.context()
+        );
+        assert!(!d.join("g.gpkg").exists() && !d.join("o").exists());
+    }
+}
+
 // ---- 13. output names ----------------------------------------------------------------------
 
 /// An output extension that disagrees with the format (or names none) is refused, and so is
