@@ -421,6 +421,74 @@ fn messages_name_types_and_packages() {
     }
 }
 
+/// Run tessera with files limited to `bytes` (SIGXFSZ ignored, so a write past it fails with
+/// EFBIG, as a full disk fails with ENOSPC).
+fn run_file_limited(dir: &Path, args: &[&str], bytes: u64) -> Run {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = limited(dir, args);
+    // SAFETY: setrlimit and signal are async-signal-safe; nothing else runs before exec, and
+    // an ignored signal stays ignored across exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: bytes,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tessera");
+    wait_limited(child, dir, args)
+}
+
+/// Writes that fail part way (a full disk; here a file size limit) are one error line naming
+/// the output, with nothing committed: no truncated chip or GeoJSON reported as written, and
+/// no hang when the writer fails while readers are still sending tiles.
+#[test]
+fn failed_writes_are_errors() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    let s = sample();
+    let cases: [(Vec<&str>, &[&str]); 3] = [
+        (
+            vec![
+                "tiles",
+                &s,
+                "--tile-size",
+                "128",
+                "--chips",
+                "chips",
+                "--queue",
+                "1",
+            ],
+            &["chips", "File too large"],
+        ),
+        (
+            vec!["tiles", &s, "--tile-size", "8", "--out", "g.geojson"],
+            &["g.geojson", "incomplete"],
+        ),
+        (
+            vec!["tiles", &s, "--tile-size", "8", "--out", "g.fgb"],
+            &["g.fgb", "I/O"],
+        ),
+    ];
+    for (args, needles) in &cases {
+        let r = run_file_limited(d, args, 16 << 10);
+        assert_refused(&r, 1, needles);
+        for out in ["chips", "g.geojson", "g.fgb"] {
+            assert!(!d.join(out).exists(), "{out} committed{}", r.context());
+        }
+    }
+}
+
 // ---- 13. output names ----------------------------------------------------------------------
 
 /// An output extension that disagrees with the format (or names none) is refused, and so is
