@@ -268,6 +268,16 @@ impl Pipeline {
                 "no [[stage]]: a pipeline needs at least one model stage".into(),
             ));
         }
+        if file.stages.len() > MAX_STAGES {
+            let line = line_of(text, file.stages[MAX_STAGES].span().start);
+            return Err(err(
+                Some(line),
+                format!(
+                    "{} stages, more than the limit of {MAX_STAGES} (every stage of a scene runs with its model loaded)",
+                    file.stages.len()
+                ),
+            ));
+        }
         let base = path.parent().unwrap_or(Path::new("."));
         let mut stages: Vec<Stage> = Vec::new();
         for spanned in &file.stages {
@@ -410,6 +420,9 @@ fn stage_tiling(
     Ok(Some((size, overlap, gsd)))
 }
 
+/// The most stages one pipeline may have.
+pub const MAX_STAGES: usize = 32;
+
 /// What a run would reject about tiling, found before any scene is read: a tile size a model
 /// cannot take, and stages of one shared read pass that need different tiles. The error
 /// names the stage (its index) it is about.
@@ -430,6 +443,9 @@ fn check_tiling(
         let Some(t) = stage_tiling(stage, tiling).map_err(|m| (i, m))? else {
             continue;
         };
+        if let Some(batch) = tiling.batch_size {
+            crate::options::check_batch_bytes(batch, t.0).map_err(|e| (i, e.to_string()))?;
+        }
         match first {
             None => first = Some((&stage.name, t)),
             Some((name, f)) if shared_pass && f != t => {

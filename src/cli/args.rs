@@ -14,8 +14,9 @@ use crate::options::{
 const AFTER_HELP: &str = "\
 Scenes are any raster GDAL reads (GeoTIFF/COG first), local or remote (/vsicurl/, /vsis3/,
 /vsizip/ paths pass straight to GDAL). Outputs are written under a temporary name and renamed
-when complete. Exit status: 0 success, 1 error, 2 bad command line, 3 some scenes of a batch
-(run, ingest) failed while the others completed.";
+when complete. Exit status: 0 success (also when the reader of stdout closes it early,
+`| head`), 1 error (for a batch, run or ingest: every scene failed), 2 bad command line, 3 some
+scenes of a batch failed while the others completed (now or in an earlier run).";
 
 /// Georeferenced answers from satellite and aerial scenes with vision-language models.
 #[derive(Debug, Parser)]

@@ -21,7 +21,7 @@ fn shard(flag: Option<&str>) -> Result<Option<crate::batch::Shard>> {
 pub(super) fn run_pipeline(a: RunArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Result<i32> {
     let pipeline = crate::batch::Pipeline::load(&a.pipeline)?;
     if a.check {
-        println!(
+        out!(
             "{}: valid pipeline '{}' with {} stage(s): {}{}",
             a.pipeline.display(),
             pipeline.name,
@@ -37,7 +37,7 @@ pub(super) fn run_pipeline(a: RunArgs, ort_lib: Option<PathBuf>, quiet: bool) ->
             } else {
                 ""
             }
-        );
+        )?;
         return Ok(0);
     }
     let Some(out) = a.out.clone() else {
@@ -67,16 +67,16 @@ pub(super) fn run_pipeline(a: RunArgs, ort_lib: Option<PathBuf>, quiet: bool) ->
     } else {
         for s in &report.scenes {
             match &s.error {
-                Some(e) => println!("  failed  {}: {e}", s.name),
-                None => println!(
+                Some(e) => out!("  failed  {}: {e}", s.name)?,
+                None => out!(
                     "  {:<7} {} ({:.1} s)",
                     format!("{:?}", s.status).to_lowercase(),
                     s.name,
                     s.seconds
-                ),
+                )?,
             }
         }
-        println!(
+        out!(
             "{} scene(s): {} done, {} skipped, {} failed in {:.1} s{}",
             report.scenes.len(),
             report.done,
@@ -90,9 +90,22 @@ pub(super) fn run_pipeline(a: RunArgs, ort_lib: Option<PathBuf>, quiet: bool) ->
                     s.index, s.count, report.other_shards
                 ))
                 .unwrap_or_default()
-        );
+        )?;
     }
-    Ok(if report.failed > 0 { 3 } else { 0 })
+    if report.failed == 0 {
+        return Ok(0);
+    }
+    Ok(failure_code(report.done + report.skipped))
+}
+
+/// The exit status of a batch in which some scenes failed: 3 when others completed (done now
+/// or complete from an earlier run), 1 when every scene failed.
+fn failure_code(completed: usize) -> i32 {
+    if completed > 0 {
+        3
+    } else {
+        1
+    }
 }
 
 pub(super) fn ingest(
@@ -111,7 +124,7 @@ pub(super) fn ingest(
         if a.json {
             print_json(&serde_json::json!({ "state": state, "counts": counts, "scenes": rows }))?;
         } else {
-            println!(
+            out!(
                 "{}: {}",
                 state.display(),
                 counts
@@ -119,9 +132,9 @@ pub(super) fn ingest(
                     .map(|(k, v)| format!("{v} {k}"))
                     .collect::<Vec<_>>()
                     .join(", ")
-            );
+            )?;
             for r in &rows {
-                println!(
+                out!(
                     "  {:<8} {} (attempts {}{}){}",
                     r.status.to_string(),
                     r.path,
@@ -131,7 +144,7 @@ pub(super) fn ingest(
                         .as_ref()
                         .map(|e| format!(": {e}"))
                         .unwrap_or_default()
-                );
+                )?;
             }
         }
         return Ok(0);
@@ -177,39 +190,55 @@ pub(super) fn ingest(
         },
     };
     let identity = crate::batch::run::Identity::of(&job.pipeline)?;
-    let print = |r: &crate::batch::ingest::IngestReport| {
+    let print = |r: &crate::batch::ingest::IngestReport| -> Result<()> {
         if a.json {
-            let _ = print_json(r);
-            return;
+            return print_json(r);
         }
         for s in &r.processed {
             match &s.error {
-                Some(e) => println!("  failed  {}: {e}", s.name),
-                None => println!("  done    {} ({:.1} s)", s.name, s.seconds),
+                Some(e) => out!("  failed  {}: {e}", s.name)?,
+                None => out!("  done    {} ({:.1} s)", s.name, s.seconds)?,
             }
         }
-        println!(
+        out!(
             "{} scene file(s): {} processed, {} failed, {} still being written",
             r.found,
             r.done,
             r.failed,
             r.waiting.len()
-        );
+        )?;
+        Ok(())
     };
     match interval {
         None => {
             let report = job.run_once(&identity, &super::signals::STOP)?;
-            print(&report);
-            Ok(if report.failed > 0 { 3 } else { 0 })
+            print(&report)?;
+            if report.failed == 0 {
+                return Ok(0);
+            }
+            // Completed scenes: this pass's, or any done by an earlier pass into this state.
+            let done_before = status(&job.state)
+                .map(|(_, counts)| counts.get("done").copied().unwrap_or(0))
+                .unwrap_or(0);
+            Ok(failure_code(report.done + done_before))
         }
         Some(interval) => {
             super::signals::stop_on_signals();
+            // A report that cannot be printed (stdout closed or full) stops the watch after
+            // this pass, like a signal.
+            let mut print_error = None;
             job.watch(&identity, interval, &super::signals::STOP, |r| {
-                if !r.processed.is_empty() {
-                    print(r);
+                if !r.processed.is_empty() && print_error.is_none() {
+                    if let Err(e) = print(r) {
+                        print_error = Some(e);
+                        super::signals::STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
                 }
             })?;
-            Ok(0)
+            match print_error {
+                Some(e) => Err(e),
+                None => Ok(0),
+            }
         }
     }
 }

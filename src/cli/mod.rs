@@ -3,6 +3,14 @@
 //! [`models`], [`scene`] and [`batch`] run them, [`print`] prints their reports, [`signals`]
 //! stops `watch`.
 
+/// `println!` that returns an error instead of panicking: `out!(...)?` writes one line to
+/// stdout; a closed pipe or a full disk comes back as a [`StdoutError`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!($($arg)*))
+    };
+}
+
 mod args;
 mod batch;
 mod models;
@@ -19,10 +27,42 @@ pub use args::{Cli, Command};
 
 use crate::options::{InvalidOption, KeyStyle, OptionsError};
 
+/// A write to stdout failed: the reader closed the pipe (`| head -1`) or the disk is full.
+#[derive(Debug, thiserror::Error)]
+#[error("writing to standard output: {0}")]
+pub struct StdoutError(pub std::io::Error);
+
+/// One line to stdout, an error instead of a panic when stdout is gone or full.
+pub(crate) fn write_stdout(args: std::fmt::Arguments) -> Result<(), StdoutError> {
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(args)
+        .and_then(|()| out.write_all(b"\n"))
+        .map_err(StdoutError)
+}
+
+/// A closed pipe anywhere in the chain of causes.
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<StdoutError>()
+            .is_some_and(|s| s.0.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Exit status: the command's, or 1 after one `tessera: error:` line. A reader that closed
+/// stdout early (`tessera doctor | head -1`) is a clean stop: no message, exit 0 (the reader
+/// had what it wanted; outputs are complete, being written before the report). A full stdout
+/// (`>/dev/full`) is an error.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    match run(cli) {
+    let result = run(cli).and_then(|code| {
+        std::io::stdout()
+            .flush()
+            .map_err(|e| anyhow::Error::new(StdoutError(e)))?;
+        Ok(code)
+    });
+    match result {
         Ok(code) => code,
+        Err(e) if broken_pipe(&e) => 0,
         Err(e) => {
             // One line: the chain of causes joined by ": ".
             let msg = format!("{e:#}").replace('\n', " ");
@@ -71,8 +111,10 @@ fn init_logging(verbose: u8) {
         1 => tracing::Level::INFO,
         _ => tracing::Level::DEBUG,
     };
+    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_max_level(level)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();

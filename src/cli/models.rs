@@ -24,10 +24,14 @@ struct Prepared {
 fn prepare(
     scene: &str,
     model: &Path,
+    out: Option<&Path>,
     common: &ModelCommandArgs,
     ort_lib: Option<PathBuf>,
     quiet: bool,
 ) -> Result<Prepared> {
+    if let Some(out) = out {
+        crate::output::refuse_input(out, scene)?;
+    }
     let ctx = JobContext {
         ort_lib,
         cache_dir: cache_dir(common.cache_dir.clone()),
@@ -48,7 +52,14 @@ fn prepare(
 }
 
 pub(super) fn classify(a: ClassifyArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Result<i32> {
-    let p = prepare(&a.scene, &a.options.model, &a.common, ort_lib, quiet)?;
+    let p = prepare(
+        &a.scene,
+        &a.options.model,
+        a.out.as_deref(),
+        &a.common,
+        ort_lib,
+        quiet,
+    )?;
     let job = a
         .options
         .job(
@@ -63,13 +74,20 @@ pub(super) fn classify(a: ClassifyArgs, ort_lib: Option<PathBuf>, quiet: bool) -
     if a.common.json {
         print_json(&report)?;
     } else {
-        print::classify(&report);
+        print::classify(&report)?;
     }
     Ok(0)
 }
 
 pub(super) fn caption(a: CaptionArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Result<i32> {
-    let p = prepare(&a.scene, &a.options.model, &a.common, ort_lib, quiet)?;
+    let p = prepare(
+        &a.scene,
+        &a.options.model,
+        a.out.as_deref(),
+        &a.common,
+        ort_lib,
+        quiet,
+    )?;
     let job = a
         .options
         .job(p.base, a.out.clone(), a.common.overwrite)
@@ -79,13 +97,20 @@ pub(super) fn caption(a: CaptionArgs, ort_lib: Option<PathBuf>, quiet: bool) -> 
     if a.common.json {
         print_json(&report)?;
     } else {
-        print::caption(&report);
+        print::caption(&report)?;
     }
     Ok(0)
 }
 
 pub(super) fn segment(a: SegmentArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Result<i32> {
-    let p = prepare(&a.scene, &a.options.model, &a.common, ort_lib, quiet)?;
+    let p = prepare(
+        &a.scene,
+        &a.options.model,
+        Some(a.out.as_path()),
+        &a.common,
+        ort_lib,
+        quiet,
+    )?;
     let job = a
         .options
         .job(p.base, a.out.clone(), a.common.overwrite)
@@ -95,13 +120,20 @@ pub(super) fn segment(a: SegmentArgs, ort_lib: Option<PathBuf>, quiet: bool) -> 
     if a.common.json {
         print_json(&report)?;
     } else {
-        print::segment(&report);
+        print::segment(&report)?;
     }
     Ok(0)
 }
 
 pub(super) fn detect(a: DetectArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Result<i32> {
-    let p = prepare(&a.scene, &a.options.model, &a.common, ort_lib, quiet)?;
+    let p = prepare(
+        &a.scene,
+        &a.options.model,
+        a.out.as_deref(),
+        &a.common,
+        ort_lib,
+        quiet,
+    )?;
     let job = a
         .options
         .job(p.base, a.out.clone(), a.common.overwrite)
@@ -111,7 +143,7 @@ pub(super) fn detect(a: DetectArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Re
     if a.common.json {
         print_json(&report)?;
     } else {
-        print::detect(&report);
+        print::detect(&report)?;
     }
     Ok(0)
 }
@@ -126,11 +158,11 @@ pub(super) fn models(a: ModelsArgs, ort_lib: Option<PathBuf>) -> Result<i32> {
                     &serde_json::json!({ "package": dir, "valid": problems.is_empty(), "problems": problems }),
                 )?;
             } else if problems.is_empty() {
-                println!("{}: valid model package", dir.display());
+                out!("{}: valid model package", dir.display())?;
             } else {
-                println!("{}: {} problem(s)", dir.display(), problems.len());
+                out!("{}: {} problem(s)", dir.display(), problems.len())?;
                 for p in &problems {
-                    println!("  - {p}");
+                    out!("  - {p}")?;
                 }
             }
             Ok(if problems.is_empty() { 0 } else { 1 })
@@ -145,6 +177,14 @@ pub(super) fn bench_model(a: BenchModelArgs, ort_lib: Option<PathBuf>) -> Result
         progress: false,
         jobs: 1,
     };
+    if let Some(b) = a.batch_size {
+        crate::options::TilingOptions {
+            batch_size: Some(b),
+            ..Default::default()
+        }
+        .validate()
+        .map_err(flag_error)?;
+    }
     let job = jobs::BenchModelJob {
         model: a.model.clone(),
         ort_lib,

@@ -6,7 +6,7 @@ use crate::jobs::{CaptionReport, ClassifyReport, DetectReport, SegmentReport, Ti
 
 pub(super) fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
     let s = serde_json::to_string_pretty(value).context("encoding JSON")?;
-    println!("{s}");
+    out!("{s}")?;
     Ok(())
 }
 
@@ -20,20 +20,24 @@ pub(super) fn fallback(reason: Option<&str>, provider: &str, quiet: bool) {
 }
 
 /// The note that a model's weights are random (its answers mean nothing).
+/// On stderr: it is a warning about the report, not part of it (`--json` stays parseable).
 fn untrained(trained: bool, model: &str, what: &str) {
     if !trained {
-        println!("note: {model} has untrained (random) weights: its {what} are meaningless");
+        eprintln!(
+            "tessera: note: {model} has untrained (random) weights: its {what} are meaningless"
+        );
     }
 }
 
-fn outputs(outputs: &[String]) {
+fn outputs(outputs: &[String]) -> Result<()> {
     for o in outputs {
-        println!("  wrote {o}");
+        out!("  wrote {o}")?;
     }
+    Ok(())
 }
 
-pub(super) fn tiles(report: &TilesReport) {
-    println!(
+pub(super) fn tiles(report: &TilesReport) -> Result<()> {
+    out!(
         "{}: {} tiles ({} cols x {} rows) of {} px, overlap {}: {} kept, {} skipped, {} padded",
         report.scene,
         report.stats.tiles_total,
@@ -44,13 +48,13 @@ pub(super) fn tiles(report: &TilesReport) {
         report.stats.tiles_read,
         report.stats.tiles_skipped,
         report.padded
-    );
-    outputs(&report.outputs);
+    )?;
+    outputs(&report.outputs)
 }
 
-pub(super) fn classify(report: &ClassifyReport) {
+pub(super) fn classify(report: &ClassifyReport) -> Result<()> {
     untrained(report.model_trained, &report.model, "labels");
-    println!(
+    out!(
         "{}: {} tiles classified ({} skipped) with {} on {} in {:.1} s",
         report.scene,
         report.tiles_read,
@@ -58,17 +62,17 @@ pub(super) fn classify(report: &ClassifyReport) {
         report.model,
         report.provider,
         report.timings.total_seconds
-    );
+    )?;
     for (label, n) in &report.label_counts {
-        println!("  {label:<20} {n}");
+        out!("  {label:<20} {n}")?;
     }
-    outputs(&report.outputs);
+    outputs(&report.outputs)
 }
 
-pub(super) fn caption(report: &CaptionReport) {
+pub(super) fn caption(report: &CaptionReport) -> Result<()> {
     untrained(report.model_trained, &report.model, "captions");
-    println!("scene: {}", report.scene_caption);
-    println!(
+    out!("scene: {}", report.scene_caption)?;
+    out!(
         "{} tiles captioned ({} skipped) on {} in {:.1} s ({:.1} captions/s, {:.0} tokens/s)",
         report.tiles_captioned,
         report.tiles_skipped,
@@ -76,12 +80,12 @@ pub(super) fn caption(report: &CaptionReport) {
         report.seconds,
         report.captions_per_second,
         report.tokens_per_second
-    );
-    outputs(&report.outputs);
+    )?;
+    outputs(&report.outputs)
 }
 
-pub(super) fn segment(report: &SegmentReport) {
-    println!(
+pub(super) fn segment(report: &SegmentReport) -> Result<()> {
+    out!(
         "{}: {} tiles segmented ({} skipped) on {} in {:.1} s; {} polygons",
         report.scene,
         report.tiles_read,
@@ -89,12 +93,12 @@ pub(super) fn segment(report: &SegmentReport) {
         report.provider,
         report.seconds,
         report.polygons
-    );
-    outputs(&report.outputs);
+    )?;
+    outputs(&report.outputs)
 }
 
-pub(super) fn detect(report: &DetectReport) {
-    println!(
+pub(super) fn detect(report: &DetectReport) -> Result<()> {
+    out!(
         "{}: {} objects ({} boxes before merging) in {} tiles on {} in {:.1} s",
         report.scene,
         report.detections,
@@ -102,9 +106,9 @@ pub(super) fn detect(report: &DetectReport) {
         report.tiles_read,
         report.provider,
         report.seconds
-    );
+    )?;
     for (label, n) in &report.counts {
-        println!("  {label:<20} {n}");
+        out!("  {label:<20} {n}")?;
     }
-    outputs(&report.outputs);
+    outputs(&report.outputs)
 }

@@ -24,49 +24,55 @@ pub(super) fn info(a: InfoArgs) -> Result<i32> {
         print_json(i)?;
         return Ok(0);
     }
-    println!("{}", i.path);
-    println!("  driver:      {}", i.driver);
-    println!(
+    out!("{}", i.path)?;
+    out!("  driver:      {}", i.driver)?;
+    out!(
         "  size:        {} x {} pixels, {} bands",
         i.width,
         i.height,
         i.bands.len()
-    );
+    )?;
     match &i.crs {
-        Some(c) => println!(
+        Some(c) => out!(
             "  crs:         {}{}",
             c.name.as_deref().unwrap_or("unnamed"),
             c.epsg.map(|e| format!(" (EPSG:{e})")).unwrap_or_default()
-        ),
-        None => println!("  crs:         none (pixel coordinates)"),
+        )?,
+        None => out!("  crs:         none (pixel coordinates)")?,
     }
     let g = i.geotransform.0;
-    println!(
+    out!(
         "  geotransform: [{}, {}, {}, {}, {}, {}]",
-        g[0], g[1], g[2], g[3], g[4], g[5]
-    );
+        g[0],
+        g[1],
+        g[2],
+        g[3],
+        g[4],
+        g[5]
+    )?;
     if !i.geotransform.is_north_up() {
-        println!("               (rotated or sheared)");
+        out!("               (rotated or sheared)")?;
     }
-    println!(
+    out!(
         "  resolution:  {} x {} (CRS units)",
-        i.resolution.0, i.resolution.1
-    );
+        i.resolution.0,
+        i.resolution.1
+    )?;
     if let Some((x, y)) = i.resolution_m {
-        println!("               {x:.4} x {y:.4} m");
+        out!("               {x:.4} x {y:.4} m")?;
     }
     let b = i.footprint.bounds;
-    println!("  bounds:      ({}, {}) - ({}, {})", b.0, b.1, b.2, b.3);
+    out!("  bounds:      ({}, {}) - ({}, {})", b.0, b.1, b.2, b.3)?;
     if let Some(ll) = &i.footprint.lonlat {
         let (lons, lats): (Vec<f64>, Vec<f64>) = ll[..4].iter().copied().unzip();
         let fold = |v: &[f64], f: fn(f64, f64) -> f64, init| v.iter().copied().fold(init, f);
-        println!(
+        out!(
             "  lon/lat:     ({:.6}, {:.6}) - ({:.6}, {:.6})",
             fold(&lons, f64::min, f64::INFINITY),
             fold(&lats, f64::min, f64::INFINITY),
             fold(&lons, f64::max, f64::NEG_INFINITY),
             fold(&lats, f64::max, f64::NEG_INFINITY)
-        );
+        )?;
     }
     for band in &i.bands {
         let nodata = band
@@ -83,7 +89,7 @@ pub(super) fn info(a: InfoArgs) -> Result<i32> {
                 .collect();
             format!(", overviews {}", sizes.join(" "))
         };
-        println!(
+        out!(
             "  band {}:      {} {}, mask {}{}, block {}x{}{}{}",
             band.index,
             band.dtype,
@@ -98,7 +104,7 @@ pub(super) fn info(a: InfoArgs) -> Result<i32> {
             } else {
                 format!(", \"{}\"", band.description)
             }
-        );
+        )?;
     }
     Ok(0)
 }
@@ -106,15 +112,8 @@ pub(super) fn info(a: InfoArgs) -> Result<i32> {
 pub(super) fn tiles(a: TilesArgs, quiet: bool) -> Result<i32> {
     let out = match &a.out {
         Some(path) => {
-            let format = match &a.output.format {
-                Some(name) => formats::by_name(name).ok_or_else(|| {
-                    crate::output::OutputError::UnknownFormat {
-                        path: path.display().to_string(),
-                        format: name.clone(),
-                    }
-                })?,
-                None => formats::for_path(path).unwrap_or(&formats::GeoPackage),
-            };
+            let format = formats::for_output(path, a.output.format.as_deref())?;
+            crate::output::refuse_input(path, &a.scene)?;
             Some((path.clone(), format))
         }
         None => {
@@ -135,6 +134,9 @@ pub(super) fn tiles(a: TilesArgs, quiet: bool) -> Result<i32> {
             );
         }
     }
+    if let Some(chips) = &a.chips {
+        crate::output::refuse_input(chips, &a.scene)?;
+    }
     let job = TilesJob {
         scene: a.scene.clone(),
         open: a.input.open(),
@@ -149,7 +151,7 @@ pub(super) fn tiles(a: TilesArgs, quiet: bool) -> Result<i32> {
     if a.json {
         print_json(&report)?;
     } else {
-        super::print::tiles(&report);
+        super::print::tiles(&report)?;
     }
     Ok(0)
 }
@@ -161,27 +163,27 @@ pub(super) fn doctor(a: DoctorArgs, ort_lib: Option<PathBuf>) -> Result<i32> {
         print_json(&report)?;
         return Ok(code);
     }
-    println!("tessera {}", report.tessera_version);
-    println!("GDAL {}", report.gdal_version);
+    out!("tessera {}", report.tessera_version)?;
+    out!("GDAL {}", report.gdal_version)?;
     for d in &report.drivers {
-        println!(
+        out!(
             "  {:<15} {:<4} {}",
             d.name,
             if d.available { "ok" } else { "MISSING" },
             d.purpose
-        );
+        )?;
     }
     match &report.onnxruntime {
         Ok(rt) => {
-            println!("ONNX Runtime {}", rt.version);
-            println!(
+            out!("ONNX Runtime {}", rt.version)?;
+            out!(
                 "  library:   {} (found via {})",
                 rt.library.path.display(),
                 rt.library.source
-            );
-            println!("  providers: {}", rt.providers.join(", "));
+            )?;
+            out!("  providers: {}", rt.providers.join(", "))?;
         }
-        Err(e) => println!("ONNX Runtime: NOT AVAILABLE: {e}"),
+        Err(e) => out!("ONNX Runtime: NOT AVAILABLE: {e}")?,
     }
     Ok(code)
 }

@@ -70,10 +70,15 @@ pub fn run_bench_model(job: BenchModelJob) -> Result<BenchModelReport, PipelineE
         input_size: size,
         mut run,
     } = graph.map_err(|e| match e {
-        ModelError::Unsupported(reason) => PipelineError::Unsupported(reason),
+        // The package named: a family bench-model does not time says only why.
+        ModelError::Unsupported(reason) => {
+            PipelineError::Unsupported(format!("{}: {reason}", job.model.display()))
+        }
         e => PipelineError::from(e),
     })?;
+    crate::options::check_batch_bytes(b, size)?;
     let provider = provider.to_string();
+    tracing::info!(model = %job.model.display(), %provider, input_size = size, "model loaded");
     let mut run = move |x: &Array4<f32>| run(x).map_err(PipelineError::from);
     let input = batch(b, size);
     for _ in 0..job.warmup {

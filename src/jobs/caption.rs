@@ -252,10 +252,17 @@ pub fn run_caption(mut job: CaptionJob) -> Result<CaptionReport, PipelineError> 
     let start = Instant::now();
     let runtime = Runtime::load(job.ort_lib.as_deref())?;
     let mut model = DecoderModel::load(runtime, &job.model, &job.session)?;
+    tracing::info!(
+        model = %job.model.display(),
+        provider = model.provider().0,
+        input_size = model.input_size(),
+        "model loaded"
+    );
     let params = job.params.clone().unwrap_or_else(|| model.default_params());
     // Fail on a prompt the model cannot take before reading anything.
     model.prompt_ids(&job.prompt)?;
     let size = model.input_size();
+    crate::options::check_batch_bytes(job.batch_size, size)?;
     let tiles = super::ModelTiles {
         size,
         any_size: false,
@@ -306,6 +313,12 @@ pub fn run_caption(mut job: CaptionJob) -> Result<CaptionReport, PipelineError> 
         new_tokens += swept.model.new_tokens;
         captions = swept.done;
         captions.sort_by_key(|c| (c.row, c.col));
+        tracing::info!(
+            read = stats.tiles_read,
+            skipped = stats.tiles_skipped,
+            new_tokens,
+            "tiles captioned"
+        );
     }
 
     let mut outputs = Vec::new();
@@ -313,6 +326,7 @@ pub fn run_caption(mut job: CaptionJob) -> Result<CaptionReport, PipelineError> 
         write_outputs(&job, &scene, &captions, &scene_caption, &pending)?;
         outputs = super::output_names(&pending.path(), dir)?;
         pending.commit()?;
+        super::log_outputs(&outputs);
     }
     let seconds = start.elapsed().as_secs_f64();
     let (provider, fallback) = model.provider();

@@ -197,7 +197,14 @@ pub fn run_classify(mut job: ClassifyJob) -> Result<ClassifyReport, PipelineErro
     validate_labels(&job)?;
     let runtime = Runtime::load(job.ort_lib.as_deref())?;
     let mut model = ClipModel::load(runtime, &job.model, &job.session).map_err(model_err)?;
+    tracing::info!(
+        model = %job.model.display(),
+        provider = model.image_provider().0,
+        input_size = model.input_size(),
+        "model loaded"
+    );
     let size = model.input_size();
+    crate::options::check_batch_bytes(job.batch_size, size)?;
     let tiles = super::ModelTiles {
         size,
         any_size: false,
@@ -234,6 +241,12 @@ pub fn run_classify(mut job: ClassifyJob) -> Result<ClassifyReport, PipelineErro
     } = swept;
     timings.model_seconds = model_seconds;
     timings.wait_seconds = wait_seconds;
+    tracing::info!(
+        read = stats.tiles_read,
+        skipped = stats.tiles_skipped,
+        model_seconds,
+        "tiles classified"
+    );
     results.sort_by_key(|r| (r.tile.row, r.tile.col));
 
     // Labels with the optional "unknown" class.
@@ -256,6 +269,7 @@ pub fn run_classify(mut job: ClassifyJob) -> Result<ClassifyReport, PipelineErro
         write_outputs(&job, &scene, &grid, &results, &names, &class_of, &pending)?;
         outputs = super::output_names(&pending.path(), dir)?;
         pending.commit()?;
+        super::log_outputs(&outputs);
     }
     timings.write_seconds = t.elapsed().as_secs_f64();
     timings.total_seconds = start.elapsed().as_secs_f64();

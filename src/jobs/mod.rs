@@ -265,6 +265,7 @@ pub(crate) fn model_input(
 > {
     use crate::raster::{BandMapping, Scaling, Scene};
     let scene = Scene::open(path, open)?;
+    log_scene(&scene);
     let defaults = model.defaults;
     let grid = request.resolve(
         model.size,
@@ -297,8 +298,36 @@ pub(crate) fn model_input(
     read.bands.validate(scene.info())?;
     let scaling = Scaling::resolve(scaling, &scene, &read.bands)?;
     let tile_grid = crate::tiling::TileGrid::new(scene.info(), grid)?;
+    tracing::info!(
+        tile_size = tile_grid.options.tile_size,
+        overlap = tile_grid.options.overlap,
+        cols = tile_grid.cols(),
+        rows = tile_grid.rows(),
+        "tile grid laid"
+    );
+    tracing::debug!(bands = ?read.bands, scaling = ?scaling, "reading");
     read.read_pixels = true;
     Ok((scene, scaling, tile_grid))
+}
+
+/// `-v`: the scene a job opened, with its size.
+pub(crate) fn log_scene(scene: &crate::raster::Scene) {
+    let i = scene.info();
+    tracing::info!(
+        scene = %i.path,
+        width = i.width,
+        height = i.height,
+        bands = i.bands.len(),
+        driver = %i.driver,
+        "scene opened"
+    );
+}
+
+/// `-v`: a job's outputs, once committed.
+pub(crate) fn log_outputs(outputs: &[String]) {
+    for o in outputs {
+        tracing::info!(output = %o, "written");
+    }
 }
 
 /// Stream a model's tiles to `consume`: scaled to `[0, 1]` and normalised for the model, in

@@ -99,6 +99,7 @@ pub const TILE_FIELDS: [FieldSpec; 11] = [
 /// under an output name unless the whole job succeeded.
 pub fn run_tiles(mut job: TilesJob) -> Result<TilesReport, PipelineError> {
     let scene = Scene::open(&job.scene, &job.open)?;
+    super::log_scene(&scene);
     if job.read.bands.is_empty() {
         job.read.bands = crate::raster::BandMapping::all_data_bands(scene.info());
     }
@@ -176,6 +177,12 @@ pub fn run_tiles(mut job: TilesJob) -> Result<TilesReport, PipelineError> {
     let stats =
         stream_tiles::<f64, PipelineError, _, _>(&scene, &grid, &job.read, |_| {}, &mut on_tile)?;
     bar.finish_and_clear();
+    tracing::info!(
+        total = stats.tiles_total,
+        read = stats.tiles_read,
+        skipped = stats.tiles_skipped,
+        "tiles read"
+    );
 
     let mut outputs = Vec::new();
     if let Some(layer) = layer {
@@ -196,6 +203,7 @@ pub fn run_tiles(mut job: TilesJob) -> Result<TilesReport, PipelineError> {
         );
         chips.finish()?;
     }
+    super::log_outputs(&outputs);
     Ok(TilesReport {
         scene: job.scene,
         tile_size: grid.options.tile_size,

@@ -435,6 +435,7 @@ pub struct TextSpec {
 #[serde(deny_unknown_fields)]
 pub struct Preprocess {
     /// Square input size in pixels.
+    #[serde(deserialize_with = "crate::options::de::input_size")]
     pub size: usize,
     pub mean: Vec<f32>,
     pub std: Vec<f32>,

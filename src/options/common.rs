@@ -55,6 +55,36 @@ impl InputOptions {
     }
 }
 
+/// The largest tile side (pixels): a tile's float32 RGB buffer is then at most 3 GiB. It also
+/// bounds a model package's input size.
+pub const MAX_TILE_SIZE: usize = 16_384;
+
+/// The most tiles one model call may take.
+pub const MAX_BATCH_SIZE: usize = 65_536;
+
+/// The finest target resolution, metres per pixel.
+pub const MIN_TARGET_GSD: f64 = 0.001;
+
+/// Refuse a batch of `batch` float32 tiles of 3 x `size` x `size` that does not fit the
+/// memory budget ([`crate::raster::memory_budget`]): the batch buffer is allocated whole.
+///
+/// # Errors
+/// `batch_size`, with the bytes and the budget.
+pub fn check_batch_bytes(batch: usize, size: usize) -> Result<(), InvalidOption> {
+    let bytes = batch as u128 * 3 * (size as u128) * (size as u128) * 4;
+    let budget = crate::raster::memory_budget();
+    if bytes > u128::from(budget) {
+        return Err(InvalidOption::new(
+            "batch_size",
+            format!(
+                "{batch}: a batch of {batch} tiles of 3 x {size} x {size} float32 would need {bytes} bytes, more than the memory budget of {budget} bytes (use a smaller batch, or set {} to raise the budget)",
+                crate::raster::MEMORY_BUDGET_VAR
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// `[tiling]`: the tile grid, batching and reading.
 #[derive(Clone, Debug, Default, Args, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -120,6 +150,31 @@ impl TilingOptions {
                     "target_gsd",
                     format!("must be positive, got {g}"),
                 ));
+            }
+            if g < MIN_TARGET_GSD {
+                return Err(InvalidOption::new(
+                    "target_gsd",
+                    format!("{g} is finer than {MIN_TARGET_GSD} m per pixel"),
+                ));
+            }
+        }
+        if let Some(size) = self.tile_size {
+            if size > MAX_TILE_SIZE {
+                return Err(InvalidOption::new(
+                    "tile_size",
+                    format!("{size} is larger than the limit of {MAX_TILE_SIZE} pixels"),
+                ));
+            }
+        }
+        if let Some(batch) = self.batch_size {
+            if batch > MAX_BATCH_SIZE {
+                return Err(InvalidOption::new(
+                    "batch_size",
+                    format!("{batch} is larger than the limit of {MAX_BATCH_SIZE} tiles"),
+                ));
+            }
+            if let Some(size) = self.tile_size {
+                check_batch_bytes(batch, size)?;
             }
         }
         if self.overlap.is_some() && self.stride.is_some() {

@@ -32,3 +32,20 @@ where
         Some(b) => Ok(Some(BandMapping::new(b))),
     }
 }
+
+/// A model package's square input size (`[preprocess] size`): positive (checked by the
+/// families) and at most [`super::MAX_TILE_SIZE`], so that no buffer sized from it can
+/// overflow or exhaust memory.
+pub(crate) fn input_size<'de, D>(d: D) -> Result<usize, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    let size = u64::deserialize(d)?;
+    match usize::try_from(size) {
+        Ok(s) if s <= super::MAX_TILE_SIZE => Ok(s),
+        _ => Err(serde::de::Error::custom(format!(
+            "input size {size} is larger than the limit of {} pixels",
+            super::MAX_TILE_SIZE
+        ))),
+    }
+}

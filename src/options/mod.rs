@@ -16,7 +16,7 @@
 
 mod choice;
 mod common;
-mod de;
+pub(crate) mod de;
 
 pub(crate) mod introspect;
 mod tasks;
@@ -24,7 +24,8 @@ mod tasks;
 pub use crate::task::TaskOptions;
 pub use choice::{closest, parse_choice, Choice};
 pub use common::{
-    cache_dir, InputOptions, JobContext, OutputOptions, RuntimeOptions, SceneJobBase, TilingOptions,
+    cache_dir, check_batch_bytes, InputOptions, JobContext, OutputOptions, RuntimeOptions,
+    SceneJobBase, TilingOptions, MAX_BATCH_SIZE, MAX_TILE_SIZE, MIN_TARGET_GSD,
 };
 pub use tasks::{
     CaptionOptions, ClassifyOptions, DetectOptions, OptionsError, SceneWindow, SegmentOptions,

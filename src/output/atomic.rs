@@ -35,6 +35,25 @@ fn write_err(path: &Path, e: impl std::fmt::Display) -> OutputError {
     }
 }
 
+/// Refuse an output `target` that is the input `scene` or a folder holding it (replacing it
+/// would destroy the input), comparing canonical paths. Targets or scenes that do not exist
+/// locally (not yet written; `/vsi...` paths) cannot be the same.
+///
+/// # Errors
+/// [`OutputError::ReplacesInput`].
+pub fn refuse_input(target: &Path, scene: &str) -> Result<()> {
+    let (Ok(t), Ok(s)) = (fs::canonicalize(target), fs::canonicalize(scene)) else {
+        return Ok(());
+    };
+    if s.starts_with(&t) {
+        return Err(OutputError::ReplacesInput {
+            path: target.display().to_string(),
+            input: scene.to_string(),
+        });
+    }
+    Ok(())
+}
+
 impl PendingOutput {
     /// Start writing the file `target` (plus any sidecars sharing its stem).
     ///

@@ -143,7 +143,15 @@ impl ChipWriter {
                 .write((0, 0), (size, size), &mut buf)
                 .map_err(|e| self.err(gdal_reason(&e)))?;
         }
+        // GTiff reports a failed flush on close (a full disk, a file size limit) only as a CPL
+        // error, with close itself succeeding: check both, so a truncated chip is an error.
+        // SAFETY: resets this thread's CPL error state.
+        unsafe { gdal_sys::CPLErrorReset() };
         ds.close().map_err(|e| self.err(gdal_reason(&e)))?;
+        // SAFETY: reads this thread's CPL error state.
+        if unsafe { gdal_sys::CPLGetLastErrorType() } >= CPLErr::CE_Failure {
+            return Err(self.err(last_cpl_message()));
+        }
         self.count += 1;
         Ok(())
     }

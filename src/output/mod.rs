@@ -12,7 +12,7 @@ pub mod polygonize_stream;
 mod raster;
 mod vector;
 
-pub use atomic::PendingOutput;
+pub use atomic::{refuse_input, PendingOutput};
 pub use chips::ChipWriter;
 pub use cog::{CogSpec, CogWriter, Resampling};
 pub use formats::VectorFormat;
@@ -33,6 +33,16 @@ pub enum OutputError {
     Write { path: String, reason: String },
     #[error("{path}: unknown vector format '{format}' (use {})", formats::names())]
     UnknownFormat { path: String, format: String },
+    /// `--out x.shp --format gpkg`: the file would be a GeoPackage named `.shp`.
+    #[error("{path}: the extension '.{ext}' {problem}")]
+    Extension {
+        path: String,
+        ext: String,
+        problem: String,
+    },
+    /// The output is the input scene, or a folder holding it that would be replaced.
+    #[error("{path}: would replace the input scene {input}; write elsewhere")]
+    ReplacesInput { path: String, input: String },
     #[error("{path}: {what} would need {bytes} bytes, more than the memory budget of {budget} bytes (refused before writing; set TESSERA_MEMORY_BUDGET=BYTES, with an optional K/M/G suffix, to allow it)")]
     OverBudget {
         path: String,

@@ -85,13 +85,13 @@ impl VectorLayerWriter {
         };
         let pending = PendingOutput::file(path, overwrite)?;
         let driver =
-            DriverManager::get_driver_by_name(format.driver()).map_err(|e| err(gdal_reason(&e)))?;
+            DriverManager::get_driver_by_name(format.driver()).map_err(|e| err(ogr_reason(&e)))?;
         let mut dataset = driver
             .create_vector_only(pending.path())
-            .map_err(|e| err(gdal_reason(&e)))?;
+            .map_err(|e| err(ogr_reason(&e)))?;
         let srs = match crs_wkt {
             Some(wkt) => {
-                let mut srs = SpatialRef::from_wkt(wkt).map_err(|e| err(gdal_reason(&e)))?;
+                let mut srs = SpatialRef::from_wkt(wkt).map_err(|e| err(ogr_reason(&e)))?;
                 srs.set_axis_mapping_strategy(AxisMappingStrategy::TraditionalGisOrder);
                 Some(srs)
             }
@@ -110,7 +110,7 @@ impl VectorLayerWriter {
                     },
                     options: Some(format.layer_options()),
                 })
-                .map_err(|e| err(gdal_reason(&e)))?;
+                .map_err(|e| err(ogr_reason(&e)))?;
             let defs: Vec<(&str, OGRFieldType::Type)> = stored
                 .iter()
                 .zip(fields)
@@ -124,7 +124,7 @@ impl VectorLayerWriter {
                 })
                 .collect();
             lyr.create_defn_fields(&defs)
-                .map_err(|e| err(gdal_reason(&e)))?;
+                .map_err(|e| err(ogr_reason(&e)))?;
         }
         let in_transaction = format.transactional()
             // SAFETY: the dataset handle is valid and owned here.
@@ -165,7 +165,7 @@ impl VectorLayerWriter {
             wkt.push_str(&format!("{x:.17} {y:.17}"));
         }
         wkt.push_str("))");
-        let geom = Geometry::from_wkt(&wkt).map_err(|e| self.err(gdal_reason(&e)))?;
+        let geom = Geometry::from_wkt(&wkt).map_err(|e| self.err(ogr_reason(&e)))?;
         self.add(geom, values)
     }
 
@@ -179,7 +179,7 @@ impl VectorLayerWriter {
         values: &[FieldValue],
     ) -> Result<()> {
         use gdal::vector::ToGdal;
-        let g = geometry.to_gdal().map_err(|e| self.err(gdal_reason(&e)))?;
+        let g = geometry.to_gdal().map_err(|e| self.err(ogr_reason(&e)))?;
         self.add(g, values)
     }
 
@@ -205,11 +205,11 @@ impl VectorLayerWriter {
             path: path.clone(),
             reason,
         };
-        let layer = dataset.layer(0).map_err(|e| werr(gdal_reason(&e)))?;
-        let mut feature = Feature::new(layer.defn()).map_err(|e| werr(gdal_reason(&e)))?;
+        let layer = dataset.layer(0).map_err(|e| werr(ogr_reason(&e)))?;
+        let mut feature = Feature::new(layer.defn()).map_err(|e| werr(ogr_reason(&e)))?;
         feature
             .set_geometry(geometry)
-            .map_err(|e| werr(gdal_reason(&e)))?;
+            .map_err(|e| werr(ogr_reason(&e)))?;
         for (i, (value, spec)) in values.iter().zip(&self.fields).enumerate() {
             let r = match (value, spec.kind) {
                 (FieldValue::String(s), FieldKind::String) => match max_str {
@@ -227,9 +227,9 @@ impl VectorLayerWriter {
                     )))
                 }
             };
-            r.map_err(|e| werr(gdal_reason(&e)))?;
+            r.map_err(|e| werr(ogr_reason(&e)))?;
         }
-        feature.create(&layer).map_err(|e| werr(gdal_reason(&e)))?;
+        feature.create(&layer).map_err(|e| werr(ogr_reason(&e)))?;
         self.count += 1;
         Ok(())
     }
@@ -241,6 +241,29 @@ impl VectorLayerWriter {
 
     pub fn is_empty(&self) -> bool {
         self.count == 0
+    }
+
+    /// The closed file holds every feature added (cheap for GeoPackage, FlatGeobuf and
+    /// Shapefile, whose headers count them; GeoJSON is parsed).
+    fn check_written(&self) -> Result<()> {
+        let path = self.pending.path();
+        let found = gdal::Dataset::open_ex(
+            &path,
+            gdal::DatasetOptions {
+                open_flags: gdal::GdalOpenFlags::GDAL_OF_VECTOR,
+                ..Default::default()
+            },
+        )
+        .ok()
+        .and_then(|ds| ds.layer(0).ok().map(|l| l.feature_count()));
+        if found != Some(self.count as u64) {
+            return Err(self.err(format!(
+                "the written file is incomplete ({} of {} features readable back); is the disk full?",
+                found.map_or("none".to_string(), |n| n.to_string()),
+                self.count
+            )));
+        }
+        Ok(())
     }
 
     /// Close the file and move it into place.
@@ -256,10 +279,67 @@ impl VectorLayerWriter {
                     return Err(self.err(crate::raster::last_cpl_message()));
                 }
             }
-            dataset.close().map_err(|e| self.err(gdal_reason(&e)))?;
+            // Drivers that write on close (FlatGeobuf, GeoJSON) report a failed write (a full
+            // disk) only as a CPL error, with close itself succeeding: check both.
+            // SAFETY: resets this thread's CPL error state.
+            unsafe { gdal_sys::CPLErrorReset() };
+            dataset.close().map_err(|e| self.err(ogr_reason(&e)))?;
+            // SAFETY: reads this thread's CPL error state.
+            let failed = unsafe { gdal_sys::CPLGetLastErrorType() } >= gdal_sys::CPLErr::CE_Failure;
+            if failed {
+                return Err(self.err(space_words(crate::raster::last_cpl_message())));
+            }
+            // Some drivers (GeoJSON) lose a failed buffered write without any error: read
+            // the feature count back, so that a truncated file is never committed.
+            self.check_written()?;
         }
         let Self { pending, .. } = self;
         pending.commit()
+    }
+}
+
+/// A GDAL/OGR error in words: OGR's numeric codes (`OGR method ... returned error: '6'`)
+/// named, with GDAL's last message, which says what failed (a full disk).
+pub(crate) fn ogr_reason(err: &gdal::errors::GdalError) -> String {
+    use gdal::errors::GdalError;
+    match err {
+        GdalError::OgrError { err, method_name } => {
+            let what = match *err {
+                1 => "not enough data",
+                2 => "not enough memory",
+                3 => "unsupported geometry type",
+                4 => "unsupported operation",
+                5 => "corrupt data",
+                6 => "failure",
+                7 => "unsupported spatial reference",
+                8 => "invalid handle",
+                9 => "no such feature",
+                _ => "error",
+            };
+            let detail = crate::raster::last_cpl_message();
+            space_words(format!("{method_name} failed ({what}): {detail}"))
+        }
+        other => space_words(gdal_reason(other)),
+    }
+}
+
+/// GDAL's and SQLite's ways of saying the disk is full, said plainly first.
+fn space_words(reason: String) -> String {
+    let lower = reason.to_ascii_lowercase();
+    if lower.contains("disk is full")
+        || lower.contains("no space left")
+        || lower.contains("not enough space")
+    {
+        // GeoPackage's message holds the whole SQL statement: keep its start.
+        let short = truncate_utf8(&reason, 120);
+        let more = if short.len() < reason.len() {
+            "..."
+        } else {
+            ""
+        };
+        format!("no space left on device ({short}{more})")
+    } else {
+        reason
     }
 }
 
@@ -275,6 +355,25 @@ fn truncate_utf8(s: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn full_disks_are_said_plainly() {
+        let long = format!(
+            "sqlite3_exec({}) failed: database or disk is full",
+            "x".repeat(500)
+        );
+        let said = space_words(long);
+        assert!(
+            said.starts_with("no space left on device (sqlite3_exec("),
+            "{said}"
+        );
+        assert!(said.len() < 200, "{said}");
+        assert_eq!(
+            space_words("No space left on device".into()),
+            "no space left on device (No space left on device)"
+        );
+        assert_eq!(space_words("corrupt".into()), "corrupt");
+    }
 
     #[test]
     fn truncation_respects_characters() {

@@ -314,6 +314,27 @@ impl Scene {
     }
 }
 
+/// GDAL's own name of a band's data type (`CInt16`, `CFloat32`: the gdal crate calls every
+/// complex type `Unknown`), marked when complex.
+fn gdal_type_name(band: &gdal::raster::RasterBand) -> String {
+    // SAFETY: the band handle is valid while `band` lives; GDAL returns a static string.
+    let (name, complex) = unsafe {
+        let t = gdal_sys::GDALGetRasterDataType(band.c_rasterband());
+        let p = gdal_sys::GDALGetDataTypeName(t);
+        let name = if p.is_null() {
+            "unknown".to_string()
+        } else {
+            std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+        };
+        (name, gdal_sys::GDALDataTypeIsComplex(t) != 0)
+    };
+    if complex {
+        format!("{name} (complex; convert it to real bands first, e.g. amplitude)")
+    } else {
+        name
+    }
+}
+
 fn dtype_name(t: GdalDataType) -> &'static str {
     match t {
         GdalDataType::UInt8 => "uint8",
@@ -352,7 +373,7 @@ fn describe(path: &str, ds: &Dataset, options: &OpenOptions) -> Result<SceneInfo
             return Err(RasterError::UnsupportedType {
                 path: path.into(),
                 band: index,
-                dtype: format!("{dtype:?}"),
+                dtype: gdal_type_name(&band),
             });
         }
         let flags = band.mask_flags().map_err(|e| RasterError::Open {

@@ -235,7 +235,7 @@ where
             Message::Skipped(i) => Some(*i),
             Message::Failed(_) => None,
         };
-        let mut ready = rx.iter().flat_map(|msg| {
+        let mut ready = rx.into_iter().flat_map(|msg| {
             let mut out = Vec::new();
             match index_of(&msg) {
                 Some(i) if options.ordered => {
@@ -273,7 +273,7 @@ where
             }
         }
         cancel.store(true, Ordering::Relaxed);
-        // Dropping the receiver unblocks readers waiting to send.
+        // Dropping the receiver (owned by `ready`) unblocks readers waiting to send.
         drop(ready);
         result
     })?;

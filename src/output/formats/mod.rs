@@ -80,6 +80,59 @@ pub fn for_path(path: &Path) -> Option<&'static dyn VectorFormat> {
     by_name(ext)
 }
 
+/// The format of the vector file `path`: `format` (a `--format` name) when given, whose
+/// extension `path` must then have (or none); else the one its extension names, GeoPackage
+/// when it has none.
+///
+/// # Errors
+/// An unknown format name, an extension that disagrees with `format`, or (without `format`)
+/// an extension that names no format.
+pub fn for_output(
+    path: &Path,
+    format: Option<&str>,
+) -> Result<&'static dyn VectorFormat, super::OutputError> {
+    let ext = path.extension().map(|e| e.to_string_lossy().into_owned());
+    let err = |ext: &str, problem: String| super::OutputError::Extension {
+        path: path.display().to_string(),
+        ext: ext.to_string(),
+        problem,
+    };
+    match format {
+        Some(name) => {
+            let f = by_name(name).ok_or_else(|| super::OutputError::UnknownFormat {
+                path: path.display().to_string(),
+                format: name.to_string(),
+            })?;
+            match &ext {
+                Some(e) if for_path(path).map(|g| g.name()) != Some(f.name()) => Err(err(
+                    e,
+                    format!(
+                        "disagrees with --format {name} (use .{} or change --format)",
+                        f.extension()
+                    ),
+                )),
+                _ => Ok(f),
+            }
+        }
+        None => match &ext {
+            None => Ok(&GeoPackage),
+            Some(e) => for_path(path).ok_or_else(|| {
+                err(
+                    e,
+                    format!(
+                        "names no vector format (use .{} or --format {})",
+                        ALL.iter()
+                            .map(|f| f.extension())
+                            .collect::<Vec<_>>()
+                            .join(", ."),
+                        names()
+                    ),
+                )
+            }),
+        },
+    }
+}
+
 /// Field names as the format will store them: truncated where the format limits them, and
 /// made unique (`top3_label` and `top3_labels` must not collide after truncation).
 pub fn field_names(format: &dyn VectorFormat, names: &[&str]) -> Vec<String> {
