@@ -131,3 +131,54 @@ fn the_same_run_from_two_folders_writes_the_same_record_and_item() {
     let j = again.success().json();
     assert_eq!(j["skipped"], 1, "{}", again.context());
 }
+
+#[test]
+fn a_class_raster_names_the_model_package_not_its_path() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("a/b")).expect("mkdir");
+    let status = Command::new("gdal_translate")
+        .args([
+            "-q", "-srcwin", "0", "0", "200", "200", "-b", "1", "-b", "2", "-b", "3",
+        ])
+        .arg(root().join("sample_data/sentinel2_rgbn_10m.tif"))
+        .arg(d.join("scene.tif"))
+        .status()
+        .expect("gdal_translate (gdal-bin) runs");
+    assert!(status.success());
+    common::copy_dir(&root().join("sample_data/models/clip-tiny"), &d.join("m"));
+    let classify = |cwd: &Path, prefix: &str, out: &str| {
+        let scene = format!("{prefix}scene.tif");
+        let model = format!("{prefix}m");
+        run(
+            cwd,
+            &[
+                "classify",
+                &scene,
+                "--model",
+                &model,
+                "--labels",
+                "water,forest",
+                "--no-cache",
+                "--out",
+                out,
+                "--quiet",
+            ],
+        )
+        .success();
+    };
+    classify(d, "", "one");
+    classify(&d.join("a/b"), "../../", "../../two");
+    let read = |p: &str| std::fs::read(d.join(p).join("classes.tif")).expect("classes.tif");
+    assert_eq!(
+        read("one"),
+        read("two"),
+        "classes.tif differs between working folders"
+    );
+    let info = Command::new("gdalinfo")
+        .arg(d.join("one/classes.tif"))
+        .output()
+        .expect("gdalinfo runs");
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(text.contains("TESSERA_MODEL=clip-tiny-random"), "{text}");
+}

@@ -266,7 +266,17 @@ pub fn run_classify(mut job: ClassifyJob) -> Result<ClassifyReport, PipelineErro
     let t = Instant::now();
     let mut outputs = Vec::new();
     if let (Some(pending), Some(dir)) = (pending, &job.out) {
-        write_outputs(&job, &scene, &grid, &results, &names, &class_of, &pending)?;
+        let model_name = model.package().manifest.name.clone();
+        write_outputs(
+            &job,
+            &scene,
+            &grid,
+            &results,
+            &names,
+            &class_of,
+            &pending,
+            &model_name,
+        )?;
         outputs = super::output_names(&pending.path(), dir)?;
         pending.commit()?;
         super::log_outputs(&outputs);
@@ -527,6 +537,7 @@ fn write_outputs(
     names: &[String],
     class_of: &dyn Fn(&TileResult) -> u8,
     pending: &PendingOutput,
+    model_name: &str,
 ) -> Result<(), PipelineError> {
     let dir = pending.path();
     let (cols, rows) = (grid.cols(), grid.rows());
@@ -553,7 +564,9 @@ fn write_outputs(
     };
     let metadata = vec![
         ("TESSERA_LABELS".to_string(), names.join(",")),
-        ("TESSERA_MODEL".to_string(), job.model.display().to_string()),
+        // The package's name, not its path: the same run from another folder writes the
+        // same bytes.
+        ("TESSERA_MODEL".to_string(), model_name.to_string()),
         ("TESSERA_TEMPLATES".to_string(), job.templates.join(" | ")),
     ];
     write_cog(

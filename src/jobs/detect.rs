@@ -224,6 +224,7 @@ pub fn run_detect(mut job: DetectJob) -> Result<DetectReport, PipelineError> {
         &job.scaling,
         &tiles,
     )?;
+    crate::options::check_batch_bytes(job.batch_size, grid.tile_size())?;
     let pending = match &job.out {
         Some(dir) => Some(PendingOutput::dir(dir, job.overwrite)?),
         None => None,

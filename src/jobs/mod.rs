@@ -474,6 +474,16 @@ mod tests {
                 false,
             ),
             (
+                "a mosaic over the memory budget",
+                PipelineError::Output(OutputError::OverBudget {
+                    path: "huge.tif".into(),
+                    what: "the mosaic's row buffers".into(),
+                    bytes: 1 << 40,
+                    budget: 1 << 32,
+                }),
+                false,
+            ),
+            (
                 "unknown format",
                 PipelineError::Output(OutputError::UnknownFormat {
                     path: "t.kml".into(),

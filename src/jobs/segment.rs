@@ -348,6 +348,7 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
         &tiles,
     )?;
     let size = grid.tile_size();
+    crate::options::check_batch_bytes(job.batch_size, size)?;
     job.read.order = ReadOrder::RowMajor;
     job.read.deliver_skipped = true;
     let pending = PendingOutput::dir(&job.out, job.overwrite)?;
