@@ -21,6 +21,7 @@ release: setup
 lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	python3 tools/export/tests/check_imports.py
 
 test: lint
 	$(CARGO) test
