@@ -108,6 +108,39 @@ fn failure_code(completed: usize) -> i32 {
     }
 }
 
+/// `ingest --status`: the scenes of the state database.
+fn print_status(state: &std::path::Path, json: bool) -> Result<i32> {
+    use crate::batch::ingest::status;
+    let (rows, counts) = status(state)?;
+    if json {
+        print_json(&serde_json::json!({ "state": state, "counts": counts, "scenes": rows }))?;
+    } else {
+        out!(
+            "{}: {}",
+            state.display(),
+            counts
+                .iter()
+                .map(|(k, v)| format!("{v} {k}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )?;
+        for r in &rows {
+            out!(
+                "  {:<8} {} (attempts {}{}){}",
+                r.status.to_string(),
+                r.path,
+                r.attempts,
+                r.seconds.map(|s| format!(", {s:.1} s")).unwrap_or_default(),
+                r.error
+                    .as_ref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            )?;
+        }
+    }
+    Ok(0)
+}
+
 pub(super) fn ingest(
     a: IngestArgs,
     interval: Option<f64>,
@@ -120,34 +153,7 @@ pub(super) fn ingest(
         .clone()
         .unwrap_or_else(|| IngestJob::default_state(&a.out));
     if a.status {
-        let (rows, counts) = status(&state)?;
-        if a.json {
-            print_json(&serde_json::json!({ "state": state, "counts": counts, "scenes": rows }))?;
-        } else {
-            out!(
-                "{}: {}",
-                state.display(),
-                counts
-                    .iter()
-                    .map(|(k, v)| format!("{v} {k}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )?;
-            for r in &rows {
-                out!(
-                    "  {:<8} {} (attempts {}{}){}",
-                    r.status.to_string(),
-                    r.path,
-                    r.attempts,
-                    r.seconds.map(|s| format!(", {s:.1} s")).unwrap_or_default(),
-                    r.error
-                        .as_ref()
-                        .map(|e| format!(": {e}"))
-                        .unwrap_or_default()
-                )?;
-            }
-        }
-        return Ok(0);
+        return print_status(&state, a.json);
     }
     let (Some(dir), Some(pipeline)) = (a.dir.clone(), a.pipeline.clone()) else {
         bail!("DIR and --pipeline are required");

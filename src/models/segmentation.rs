@@ -146,6 +146,55 @@ impl std::fmt::Debug for SegmentationModel {
     }
 }
 
+/// The `[segmentation]` and `[preprocess]` values a segmenter needs to be coherent, into
+/// `problems`; the background class (whose polygons are not written), where there is one.
+fn spec_problems(
+    spec: &SegmentationSpec,
+    pre: &Preprocess,
+    format: SegFormat,
+    problems: &mut Vec<String>,
+) -> Option<u8> {
+    if format == SegFormat::Probability && spec.classes.len() != 2 {
+        problems.push(format!(
+            "the probability format has 2 classes, the manifest names {}",
+            spec.classes.len()
+        ));
+    }
+    let background = match (&spec.background, format) {
+        (Some(b), SegFormat::Clipseg) => {
+            problems.push(format!(
+                "segmentation.background {b:?}: a prompted model's background is class 0"
+            ));
+            None
+        }
+        (Some(b), _) => match b.resolve(&spec.classes) {
+            Ok(i) => u8::try_from(i).ok(),
+            Err(e) => {
+                problems.push(format!("segmentation.background: {e}"));
+                None
+            }
+        },
+        // A binary model's negative class, and the prompted models' "background".
+        (None, SegFormat::Probability | SegFormat::Clipseg) => Some(0),
+        (None, _) => None,
+    };
+    if let Some(m) = spec.margin {
+        if 2 * m >= pre.size {
+            problems.push(format!(
+                "segmentation.margin {m} leaves nothing of a {} pixel tile",
+                pre.size
+            ));
+        }
+    }
+    if pre.mean.len() != 3
+        || pre.std.len() != 3
+        || pre.std.iter().any(|s| !(s.is_finite() && *s > 0.0))
+    {
+        problems.push("preprocess.mean and preprocess.std need 3 values each, std positive".into());
+    }
+    background
+}
+
 /// What is wrong with the graph's output for the format and the number of named classes.
 fn output_problems(
     o: &crate::runtime::TensorSpec,
@@ -266,45 +315,7 @@ impl SegmentationModel {
         } else {
             None
         };
-        if format == SegFormat::Probability && spec.classes.len() != 2 {
-            problems.push(format!(
-                "the probability format has 2 classes, the manifest names {}",
-                spec.classes.len()
-            ));
-        }
-        let background = match (&spec.background, format) {
-            (Some(b), SegFormat::Clipseg) => {
-                problems.push(format!(
-                    "segmentation.background {b:?}: a prompted model's background is class 0"
-                ));
-                None
-            }
-            (Some(b), _) => match b.resolve(&spec.classes) {
-                Ok(i) => u8::try_from(i).ok(),
-                Err(e) => {
-                    problems.push(format!("segmentation.background: {e}"));
-                    None
-                }
-            },
-            // A binary model's negative class, and the prompted models' "background".
-            (None, SegFormat::Probability | SegFormat::Clipseg) => Some(0),
-            (None, _) => None,
-        };
-        if let Some(m) = spec.margin {
-            if 2 * m >= pre.size {
-                problems.push(format!(
-                    "segmentation.margin {m} leaves nothing of a {} pixel tile",
-                    pre.size
-                ));
-            }
-        }
-        if pre.mean.len() != 3
-            || pre.std.len() != 3
-            || pre.std.iter().any(|s| !(s.is_finite() && *s > 0.0))
-        {
-            problems
-                .push("preprocess.mean and preprocess.std need 3 values each, std positive".into());
-        }
+        let background = spec_problems(&spec, &pre, format, &mut problems);
         let session = package.session(runtime, &graph.onnx, options)?;
         if !session.inputs().iter().any(|i| i.name == graph.input) {
             problems.push(format!("the graph has no input '{}'", graph.input));

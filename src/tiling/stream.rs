@@ -112,19 +112,10 @@ where
     P: Fn(&mut TileData<T>) + Sync,
     F: FnMut(TileData<T>) -> Result<(), E>,
 {
-    // Validate the mapping before starting threads.
-    WindowReader::new(scene, &options.bands, options.resampling).map_err(|e| E::from(e.into()))?;
     let threads = options.threads.max(1);
     let queue = options.queue.max(1);
-    check_tile_buffers::<T>(scene, grid, options, queue + threads + 2)
-        .map_err(|e| E::from(e.into()))?;
-    let stripes = stripes(grid, threads);
-    set_block_cache_bytes(cache_bytes(scene, grid, &options.bands, threads, &stripes));
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(|i| format!("tessera-read-{i}"))
-        .build()
-        .map_err(|e| E::from(TilingError::Threads(e.to_string())))?;
+    let (pool, stripes) =
+        reader_pool::<T>(scene, grid, options, threads, queue).map_err(E::from)?;
 
     let (tx, rx) = sync_channel::<Message<T>>(queue);
     // Tiles in flight: the queue, one per reader, one with the consumer (and one it may keep).
@@ -224,60 +215,96 @@ where
             drop(tx);
         });
 
-        let mut result = Ok(());
-        // Ordered delivery: messages wait here until every earlier grid position has gone.
-        let mut waiting: std::collections::BTreeMap<usize, Message<T>> = Default::default();
-        let mut next_index = 0usize;
-        let index_of = |m: &Message<T>| match m {
-            Message::Tile(t) | Message::SkippedTile(t) => {
-                Some(t.tile.row * grid.cols() + t.tile.col)
-            }
-            Message::Skipped(i) => Some(*i),
-            Message::Failed(_) => None,
-        };
-        let mut ready = rx.into_iter().flat_map(|msg| {
-            let mut out = Vec::new();
-            match index_of(&msg) {
-                Some(i) if options.ordered => {
-                    waiting.insert(i, msg);
-                    while let Some(m) = waiting.remove(&next_index) {
-                        out.push(m);
-                        next_index += 1;
-                    }
-                }
-                _ => out.push(msg),
-            }
-            out
-        });
-        for msg in &mut ready {
-            match msg {
-                Message::Tile(t) => {
-                    stats.tiles_read += 1;
-                    if let Err(e) = consume(t) {
-                        result = Err(e);
-                        break;
-                    }
-                }
-                Message::Skipped(_) => stats.tiles_skipped += 1,
-                Message::SkippedTile(t) => {
-                    stats.tiles_skipped += 1;
-                    if let Err(e) = consume(t) {
-                        result = Err(e);
-                        break;
-                    }
-                }
-                Message::Failed(e) => {
-                    result = Err(E::from(e));
-                    break;
-                }
-            }
-        }
+        let result = deliver(rx, grid, options.ordered, &mut stats, &mut consume);
         cancel.store(true, Ordering::Relaxed);
-        // Dropping the receiver (owned by `ready`) unblocks readers waiting to send.
-        drop(ready);
         result
     })?;
     Ok(stats)
+}
+
+/// Check the read against the scene and the memory budget, size GDAL's block cache for it and
+/// start the reader pool; the stripes of tile columns the readers take.
+fn reader_pool<T: Sample>(
+    scene: &Scene,
+    grid: &TileGrid,
+    options: &ReadOptions,
+    threads: usize,
+    queue: usize,
+) -> Result<(rayon::ThreadPool, Vec<std::ops::Range<usize>>), TilingError> {
+    // Validate the mapping before starting threads.
+    WindowReader::new(scene, &options.bands, options.resampling)?;
+    check_tile_buffers::<T>(scene, grid, options, queue + threads + 2)?;
+    let stripes = stripes(grid, threads);
+    set_block_cache_bytes(cache_bytes(scene, grid, &options.bands, threads, &stripes));
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("tessera-read-{i}"))
+        .build()
+        .map_err(|e| TilingError::Threads(e.to_string()))?;
+    Ok((pool, stripes))
+}
+
+/// The consumer side: hand the readers' tiles to `consume` (in grid order when `ordered`),
+/// counting them, until the readers are done or something fails. Returning drops the
+/// receiver, which unblocks readers waiting to send.
+fn deliver<T, E, F>(
+    rx: std::sync::mpsc::Receiver<Message<T>>,
+    grid: &TileGrid,
+    ordered: bool,
+    stats: &mut StreamStats,
+    consume: &mut F,
+) -> Result<(), E>
+where
+    E: From<TilingError>,
+    F: FnMut(TileData<T>) -> Result<(), E>,
+{
+    let mut result = Ok(());
+    // Ordered delivery: messages wait here until every earlier grid position has gone.
+    let mut waiting: std::collections::BTreeMap<usize, Message<T>> = Default::default();
+    let mut next_index = 0usize;
+    let index_of = |m: &Message<T>| match m {
+        Message::Tile(t) | Message::SkippedTile(t) => Some(t.tile.row * grid.cols() + t.tile.col),
+        Message::Skipped(i) => Some(*i),
+        Message::Failed(_) => None,
+    };
+    let mut ready = rx.into_iter().flat_map(|msg| {
+        let mut out = Vec::new();
+        match index_of(&msg) {
+            Some(i) if ordered => {
+                waiting.insert(i, msg);
+                while let Some(m) = waiting.remove(&next_index) {
+                    out.push(m);
+                    next_index += 1;
+                }
+            }
+            _ => out.push(msg),
+        }
+        out
+    });
+    for msg in &mut ready {
+        match msg {
+            Message::Tile(t) => {
+                stats.tiles_read += 1;
+                if let Err(e) = consume(t) {
+                    result = Err(e);
+                    break;
+                }
+            }
+            Message::Skipped(_) => stats.tiles_skipped += 1,
+            Message::SkippedTile(t) => {
+                stats.tiles_skipped += 1;
+                if let Err(e) = consume(t) {
+                    result = Err(e);
+                    break;
+                }
+            }
+            Message::Failed(e) => {
+                result = Err(E::from(e));
+                break;
+            }
+        }
+    }
+    result
 }
 
 /// Refuse reads whose tile buffers in flight (`in_flight` tiles of every mapped band) do not
