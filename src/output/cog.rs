@@ -34,7 +34,7 @@ const GHOST_PAYLOAD: &str = "LAYOUT=IFDS_BEFORE_DATA\nBLOCK_ORDER=ROW_MAJOR\nBLO
 
 /// How overview pixels are made from the level above.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Resampling {
+pub enum OverviewResampling {
     /// The top-left pixel of each 2 x 2 block (class rasters), as GDAL picks it.
     Nearest,
     /// The mean of a 2 x 2 block's valid pixels (continuous values).
@@ -108,7 +108,7 @@ pub struct CogSpec<'a> {
     pub legend: Option<&'a Legend>,
     /// Dataset metadata items.
     pub metadata: &'a [(String, String)],
-    pub resampling: Resampling,
+    pub resampling: OverviewResampling,
 }
 
 fn werr(path: &Path, reason: impl std::fmt::Display) -> OutputError {
@@ -147,7 +147,7 @@ pub struct CogWriter<T: CogSample> {
     bands: usize,
     nodata: Option<T>,
     fill: T,
-    resampling: Resampling,
+    resampling: OverviewResampling,
     levels: Vec<Level<T>>,
     /// Tags of the full-resolution IFD only (georeferencing, metadata), already encoded.
     main_tags: Vec<Tag>,
@@ -187,13 +187,13 @@ fn level_sizes(width: usize, height: usize) -> Vec<(usize, usize)> {
 /// The parent pixels (`start..end` along one axis) that make pixel `j` of a level of `dst`
 /// pixels from a parent of `src`: GDAL's choice for each overview made from the previous one
 /// (nearest: the pixel at `round(j * src / dst)`; average: from there to the next one's start).
-fn window(j: usize, src: usize, dst: usize, resampling: Resampling) -> (usize, usize) {
+fn window(j: usize, src: usize, dst: usize, resampling: OverviewResampling) -> (usize, usize) {
     let r = src as f64 / dst as f64;
     let at = |k: usize| ((k as f64 * r + 0.5) as usize).min(src - 1);
     let s = at(j);
     match resampling {
-        Resampling::Nearest => (s, s + 1),
-        Resampling::Average => {
+        OverviewResampling::Nearest => (s, s + 1),
+        OverviewResampling::Average => {
             let e = if j + 1 >= dst { src } else { at(j + 1) };
             (s, e.max(s + 1))
         }
@@ -577,7 +577,7 @@ fn downsample<T: CogSample>(
     rows: &[&[T]],
     col_windows: &[(usize, usize)],
     bands: usize,
-    resampling: Resampling,
+    resampling: OverviewResampling,
     nodata: Option<T>,
 ) -> Vec<T> {
     let mut out = Vec::with_capacity(col_windows.len() * bands);
@@ -585,12 +585,12 @@ fn downsample<T: CogSample>(
         return out;
     };
     match resampling {
-        Resampling::Nearest => {
+        OverviewResampling::Nearest => {
             for &(x, _) in col_windows {
                 out.extend_from_slice(&first[x * bands..(x + 1) * bands]);
             }
         }
-        Resampling::Average => {
+        OverviewResampling::Average => {
             let missing = nodata.unwrap_or_else(|| T::from_f64(f64::NAN));
             for &(x0, x1) in col_windows {
                 for b in 0..bands {
@@ -914,21 +914,21 @@ mod tests {
     #[test]
     fn nearest_and_average_downsampling() {
         // Windows: 5 -> 2 pixels (ratio 2.5): nearest at round(0) = 0 and round(2.5) = 3.
-        assert_eq!(window(0, 5, 2, Resampling::Nearest), (0, 1));
-        assert_eq!(window(1, 5, 2, Resampling::Nearest), (3, 4));
-        assert_eq!(window(0, 5, 2, Resampling::Average), (0, 3));
-        assert_eq!(window(1, 5, 2, Resampling::Average), (3, 5));
+        assert_eq!(window(0, 5, 2, OverviewResampling::Nearest), (0, 1));
+        assert_eq!(window(1, 5, 2, OverviewResampling::Nearest), (3, 4));
+        assert_eq!(window(0, 5, 2, OverviewResampling::Average), (0, 3));
+        assert_eq!(window(1, 5, 2, OverviewResampling::Average), (3, 5));
         let cols = [(0, 2), (2, 3)];
         let even = [1u8, 2, 3];
         let odd = [4u8, 5, 6];
-        let d = downsample(&[&even, &odd], &cols, 1, Resampling::Nearest, None);
+        let d = downsample(&[&even, &odd], &cols, 1, OverviewResampling::Nearest, None);
         assert_eq!(d, vec![1, 3]);
         let e = [1.0f32, f32::NAN, 3.0];
         let o = [3.0f32, f32::NAN, f32::NAN];
-        let d = downsample(&[&e, &o], &cols, 1, Resampling::Average, None);
+        let d = downsample(&[&e, &o], &cols, 1, OverviewResampling::Average, None);
         assert_eq!(d, vec![2.0, 3.0]);
         let all_nan = [f32::NAN; 2];
-        let d = downsample(&[&all_nan], &[(0, 2)], 1, Resampling::Average, None);
+        let d = downsample(&[&all_nan], &[(0, 2)], 1, OverviewResampling::Average, None);
         assert!(d[0].is_nan());
     }
 
@@ -966,7 +966,7 @@ mod tests {
             descriptions: &["class".to_string()],
             legend: Some(&legend),
             metadata: &[("TESSERA_CLASSES".into(), "bg,a,b,c".into())],
-            resampling: Resampling::Nearest,
+            resampling: OverviewResampling::Nearest,
         };
         let mut cog = CogWriter::<u8>::create(&path, &spec).expect("create");
         let mut y = 0;
@@ -1084,7 +1084,7 @@ mod tests {
             descriptions: &["p1".to_string(), "p2".to_string()],
             legend: None,
             metadata: &[],
-            resampling: Resampling::Average,
+            resampling: OverviewResampling::Average,
         };
         let mut cog = CogWriter::<f32>::create(&path, &spec).expect("create");
         // Band-sequential chunks of 250, 250 and 100 rows.
@@ -1157,7 +1157,7 @@ mod tests {
                 descriptions: &[],
                 legend: None,
                 metadata: &[],
-                resampling: Resampling::Nearest,
+                resampling: OverviewResampling::Nearest,
             };
             let mut cog = CogWriter::<u8>::create(&path, &spec).expect("create");
             cog.write_rows(&data).expect("rows");
@@ -1233,7 +1233,7 @@ mod tests {
             descriptions: &[],
             legend: None,
             metadata: &[],
-            resampling: Resampling::Average,
+            resampling: OverviewResampling::Average,
         };
         let mut cog = CogWriter::<f32>::create(&path, &spec).expect("create");
         cog.write_rows(&data).expect("rows");
@@ -1302,7 +1302,7 @@ mod tests {
             descriptions: &[],
             legend: None,
             metadata: &[],
-            resampling: Resampling::Nearest,
+            resampling: OverviewResampling::Nearest,
         };
         let mut pixels = Vec::new();
         for big in [false, true] {
@@ -1354,7 +1354,7 @@ mod tests {
             descriptions: &[],
             legend: None,
             metadata: &[],
-            resampling: Resampling::Nearest,
+            resampling: OverviewResampling::Nearest,
         };
         let mut cog = CogWriter::<u8>::create(&path, &spec).expect("create");
         cog.write_rows(&[7u8; 200]).expect("rows");
@@ -1390,7 +1390,7 @@ mod tests {
             descriptions: &[],
             legend: None,
             metadata: &[],
-            resampling: Resampling::Nearest,
+            resampling: OverviewResampling::Nearest,
         };
         let mut cog = CogWriter::<u8>::create(&path, &spec).expect("create");
         assert!(cog.write_rows(&[0u8; 15]).is_err(), "not whole rows");

@@ -14,7 +14,7 @@ mod vector;
 
 pub use atomic::{refuse_input, PendingOutput};
 pub use chips::ChipWriter;
-pub use cog::{CogSpec, CogWriter, Resampling};
+pub use cog::{CogSpec, CogWriter, OverviewResampling};
 pub use formats::VectorFormat;
 pub use mosaic::{MosaicSpec, MosaicWriter};
 pub use polygonize::polygonize_classes;

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::cog::{CogSpec, CogWriter, Resampling};
+use super::cog::{CogSpec, CogWriter, OverviewResampling};
 use super::polygonize_stream::StreamPolygonizer;
 use super::{Legend, OutputError, Result};
 use crate::raster::GeoTransform;
@@ -72,7 +72,7 @@ impl MosaicWriter {
                 descriptions: &["class".to_string()],
                 legend: Some(spec.legend),
                 metadata: &metadata,
-                resampling: Resampling::Nearest,
+                resampling: OverviewResampling::Nearest,
             },
         )?;
         let probs = if spec.prob_bands.is_empty() {
@@ -90,7 +90,7 @@ impl MosaicWriter {
                     descriptions: spec.prob_bands,
                     legend: None,
                     metadata: &[],
-                    resampling: Resampling::Average,
+                    resampling: OverviewResampling::Average,
                 },
             )?)
         };
