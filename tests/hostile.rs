@@ -8,59 +8,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{walk, Run};
-
-/// Address-space limit for every tessera run here (bytes).
-const ADDRESS_LIMIT: u64 = 6 << 30;
-
-/// Run tessera in `dir` under [`ADDRESS_LIMIT`] and a wall-clock limit, with `env` added.
-fn run_limited(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
-    use std::os::unix::process::CommandExt;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
-    cmd.args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            let lim = libc::rlimit {
-                rlim_cur: ADDRESS_LIMIT,
-                rlim_max: ADDRESS_LIMIT,
-            };
-            if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().expect("spawn tessera");
-    let pid = child.id();
-    // A watchdog: a run that blocks (a FIFO) or plans forever is killed and fails the test.
-    let (tx, rx) = std::sync::mpsc::channel();
-    let waiter = std::thread::spawn(move || {
-        let out = child.wait_with_output();
-        let _ = tx.send(());
-        out
-    });
-    if rx.recv_timeout(Duration::from_secs(120)).is_err() {
-        // SAFETY: signalling the child we spawned.
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-    }
-    let output = waiter.join().expect("join").expect("wait");
-    Run {
-        args: args.iter().map(|s| s.to_string()).collect(),
-        dir: dir.to_path_buf(),
-        output,
-    }
-}
+use common::limited::{assert_refused, leftovers, run_limited_env};
+use common::Run;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -79,43 +31,6 @@ fn oracle(name: &str) -> String {
         .join(name)
         .display()
         .to_string()
-}
-
-/// Temporary or partial entries left anywhere below `dir`.
-fn leftovers(dir: &Path) -> Vec<String> {
-    walk(dir)
-        .iter()
-        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .filter(|n| n.contains("tessera-tmp") || n.contains('~') || n.ends_with(".partial"))
-        .collect()
-}
-
-/// Assert a clean failure: exit `code`, one `tessera: error:` line naming every needle, no
-/// panic, nothing partial left in `dir`.
-fn assert_refused(r: &Run, code: i32, needles: &[&str]) {
-    assert_eq!(
-        r.output.status.code(),
-        Some(code),
-        "exit code{}",
-        r.context()
-    );
-    let err = r.stderr();
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "one error line expected{}", r.context());
-    assert!(lines[0].starts_with("tessera: error: "), "{}", r.context());
-    assert!(!err.contains("panicked"), "{}", r.context());
-    for n in needles {
-        assert!(
-            lines[0].contains(n),
-            "error should mention {n:?}{}",
-            r.context()
-        );
-    }
-    assert!(
-        leftovers(&r.dir).is_empty(),
-        "partial output left{}",
-        r.context()
-    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -339,7 +254,7 @@ fn headers_claiming_huge_blocks_or_band_counts_are_refused_with_the_numbers() {
             .iter()
             .map(|a| if *a == "IN" { file.as_str() } else { a })
             .collect();
-        let r = run_limited(dir.path(), &args, &[]);
+        let r = run_limited_env(dir.path(), &args, &[]);
         let mut all = vec![file.as_str()];
         all.extend(needles);
         assert_refused(&r, 1, &all);
@@ -405,7 +320,7 @@ fn fifos_are_refused_by_every_command_and_skipped_in_folders() {
     for args in cases {
         let dir = tempfile::tempdir().expect("tmp");
         mkfifo(&dir.path().join("pipe.tif"));
-        let r = run_limited(dir.path(), &args, &[]);
+        let r = run_limited_env(dir.path(), &args, &[]);
         assert_refused(&r, 1, &["pipe.tif", "FIFO", "not a regular file"]);
         assert!(!dir.path().join("o.tif").exists());
         assert!(!dir.path().join("chips").exists());
@@ -457,7 +372,7 @@ fn fifos_are_refused_by_every_command_and_skipped_in_folders() {
     let dir = tempfile::tempdir().expect("tmp");
     mkfifo(&dir.path().join("pipe.tif"));
     std::fs::write(dir.path().join("wrap.vrt"), wrapping_vrt("pipe.tif")).expect("write");
-    let r = run_limited(
+    let r = run_limited_env(
         dir.path(),
         &["tiles", "wrap.vrt", "--tile-size", "32", "--chips", "chips"],
         &[],
@@ -466,10 +381,10 @@ fn fifos_are_refused_by_every_command_and_skipped_in_folders() {
 
     // A list of scenes that is a FIFO: refused, not read.
     mkfifo(&d.join("list.txt"));
-    let r = run_limited(d, &["run", &p, "@list.txt", "--out", "out0"], &[]);
+    let r = run_limited_env(d, &["run", &p, "@list.txt", "--out", "out0"], &[]);
     assert_refused(&r, 1, &["list.txt", "FIFO"]);
     for (args, code) in table {
-        let r = run_limited(d, &args, &[]);
+        let r = run_limited_env(d, &args, &[]);
         assert_eq!(r.output.status.code(), Some(code), "{}", r.context());
         let out = r.stdout();
         assert!(out.contains("good"), "{}", r.context());
@@ -601,7 +516,7 @@ fn grids_beyond_the_tile_limit_are_refused_before_any_work() {
             std::fs::write(dir.path().join(name), bytes).expect("write");
         }
         let start = std::time::Instant::now();
-        let r = run_limited(dir.path(), &args, &env);
+        let r = run_limited_env(dir.path(), &args, &env);
         assert_refused(&r, 1, &needles);
         assert!(
             start.elapsed() < Duration::from_secs(30),
@@ -613,7 +528,7 @@ fn grids_beyond_the_tile_limit_are_refused_before_any_work() {
     }
     // The limit raised: the same grid is allowed.
     let dir = tempfile::tempdir().expect("tmp");
-    let r = run_limited(
+    let r = run_limited_env(
         dir.path(),
         &["tiles", &sample, "--tile-size", "32", "--out", "t.gpkg"],
         &[("TESSERA_MAX_TILES", "400")],
@@ -690,7 +605,7 @@ fn raw_vrt_bands_are_refused_unless_the_user_opts_in() {
     for (file, args) in cases {
         let dir = tempfile::tempdir().expect("tmp");
         secret_folder(dir.path());
-        let r = run_limited(dir.path(), &args, &[]);
+        let r = run_limited_env(dir.path(), &args, &[]);
         assert_refused(
             &r,
             1,
@@ -711,7 +626,7 @@ fn raw_vrt_bands_are_refused_unless_the_user_opts_in() {
     secret_folder(&d.join("in"));
     crop(&d.join("in/good.tif"), 0, 0, 128);
     let p = land_cover(d);
-    let r = run_limited(
+    let r = run_limited_env(
         d,
         &["run", &p, "in", "--out", "out", "--json", "--quiet"],
         &[],
@@ -741,7 +656,7 @@ fn raw_vrt_bands_are_refused_unless_the_user_opts_in() {
     // Opted in: the raw band is read (so the refusal above is what kept the bytes out).
     let dir = tempfile::tempdir().expect("tmp");
     secret_folder(dir.path());
-    let r = run_limited(
+    let r = run_limited_env(
         dir.path(),
         &["tiles", "raw.vrt", "--tile-size", "32", "--chips", "chips"],
         &[("GDAL_VRT_ENABLE_RAWRASTERBAND", "YES")],
@@ -793,7 +708,7 @@ fn folder_scans_survive_link_loops_and_links_to_the_root() {
         ),
     ];
     for (args, key) in table {
-        let r = run_limited(d, &args, &[]);
+        let r = run_limited_env(d, &args, &[]);
         assert_eq!(r.output.status.code(), Some(0), "{}", r.context());
         let j = r.json();
         let scenes = j[key].as_array().expect("scenes");
@@ -819,7 +734,7 @@ fn folder_scans_survive_link_loops_and_links_to_the_root() {
 
 /// `tessera ingest DIR` into `out` with settle 0, JSON report.
 fn ingest(d: &Path, dir: &str, p: &str, out: &str, settle: &str) -> Run {
-    run_limited(
+    run_limited_env(
         d,
         &[
             "ingest",
@@ -847,7 +762,7 @@ fn processed(r: &Run) -> Vec<serde_json::Value> {
 }
 
 fn state_rows(d: &Path, out: &str) -> Vec<serde_json::Value> {
-    let r = run_limited(d, &["ingest", "--status", "--out", out, "--json"], &[]);
+    let r = run_limited_env(d, &["ingest", "--status", "--out", out, "--json"], &[]);
     assert_eq!(r.output.status.code(), Some(0), "{}", r.context());
     r.json()["scenes"].as_array().expect("scenes").clone()
 }
@@ -1034,7 +949,7 @@ fn failing_scenes_are_isolated_in_run_and_ingest() {
     ];
     let env = [("TESSERA_TEST_PANIC_SCENE", "boom")];
 
-    let r = run_limited(
+    let r = run_limited_env(
         d,
         &["run", &p, "in", "--out", "out1", "--json", "--quiet"],
         &env,
@@ -1066,7 +981,7 @@ fn failing_scenes_are_isolated_in_run_and_ingest() {
     // Ingestion: passes until nothing is left to do; failing scenes end failed within their
     // attempts, the good one done.
     for pass in 0..4 {
-        let r = run_limited(
+        let r = run_limited_env(
             d,
             &[
                 "ingest",

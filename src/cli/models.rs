@@ -51,6 +51,20 @@ fn prepare(
     Ok(Prepared { base, ctx })
 }
 
+/// A model command's report: the fallback warning, then JSON or the text summary.
+fn finish<R>(report: &R, json: bool, quiet: bool, text: fn(&R) -> Result<()>) -> Result<i32>
+where
+    R: serde::Serialize + std::ops::Deref<Target = crate::jobs::SceneRunReport>,
+{
+    print::fallback(report.fallback.as_deref(), &report.provider, quiet);
+    if json {
+        print_json(report)?;
+    } else {
+        text(report)?;
+    }
+    Ok(0)
+}
+
 pub(super) fn classify(a: ClassifyArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Result<i32> {
     let p = prepare(
         &a.scene,
@@ -69,14 +83,12 @@ pub(super) fn classify(a: ClassifyArgs, ort_lib: Option<PathBuf>, quiet: bool) -
             p.ctx.cache_dir.as_deref(),
         )
         .map_err(flag_error)?;
-    let report = jobs::run_classify(job)?;
-    print::fallback(report.fallback.as_deref(), &report.provider, quiet);
-    if a.common.json {
-        print_json(&report)?;
-    } else {
-        print::classify(&report)?;
-    }
-    Ok(0)
+    finish(
+        &jobs::run_classify(job)?,
+        a.common.json,
+        quiet,
+        print::classify,
+    )
 }
 
 pub(super) fn caption(a: CaptionArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Result<i32> {
@@ -92,14 +104,12 @@ pub(super) fn caption(a: CaptionArgs, ort_lib: Option<PathBuf>, quiet: bool) -> 
         .options
         .job(p.base, a.out.clone(), a.common.overwrite)
         .map_err(options_error)?;
-    let report = jobs::run_caption(job)?;
-    print::fallback(report.fallback.as_deref(), &report.provider, quiet);
-    if a.common.json {
-        print_json(&report)?;
-    } else {
-        print::caption(&report)?;
-    }
-    Ok(0)
+    finish(
+        &jobs::run_caption(job)?,
+        a.common.json,
+        quiet,
+        print::caption,
+    )
 }
 
 pub(super) fn segment(a: SegmentArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Result<i32> {
@@ -115,14 +125,12 @@ pub(super) fn segment(a: SegmentArgs, ort_lib: Option<PathBuf>, quiet: bool) -> 
         .options
         .job(p.base, a.out.clone(), a.common.overwrite)
         .map_err(flag_error)?;
-    let report = jobs::run_segment(job)?;
-    print::fallback(report.fallback.as_deref(), &report.provider, quiet);
-    if a.common.json {
-        print_json(&report)?;
-    } else {
-        print::segment(&report)?;
-    }
-    Ok(0)
+    finish(
+        &jobs::run_segment(job)?,
+        a.common.json,
+        quiet,
+        print::segment,
+    )
 }
 
 pub(super) fn detect(a: DetectArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Result<i32> {
@@ -138,14 +146,7 @@ pub(super) fn detect(a: DetectArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Re
         .options
         .job(p.base, a.out.clone(), a.common.overwrite)
         .map_err(flag_error)?;
-    let report = jobs::run_detect(job)?;
-    print::fallback(report.fallback.as_deref(), &report.provider, quiet);
-    if a.common.json {
-        print_json(&report)?;
-    } else {
-        print::detect(&report)?;
-    }
-    Ok(0)
+    finish(&jobs::run_detect(job)?, a.common.json, quiet, print::detect)
 }
 
 pub(super) fn models(a: ModelsArgs, ort_lib: Option<PathBuf>) -> Result<i32> {
