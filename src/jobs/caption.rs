@@ -17,38 +17,26 @@ use super::driver::{drive, ModelStage, RunSpec, SceneSink};
 use super::{peak_rss_bytes, stream_model_tiles, PipelineError, TileBatch};
 use crate::models::decoder::{DecoderModel, GenerationParams};
 use crate::output::{
-    FieldKind, FieldSpec, FieldValue, GeometryKind, PendingOutput, VectorFormat, VectorLayerWriter,
+    FieldKind, FieldSpec, FieldValue, GeometryKind, PendingOutput, VectorLayerWriter,
 };
-use crate::raster::{
-    OpenOptions, Placement, Resampling, ScalingSpec, Scene, WindowReader, WindowRequest,
-};
-use crate::runtime::{Runtime, SessionOptions};
-use crate::tiling::{GridRequest, ReadOptions, Tile, TileData};
+use crate::raster::{Placement, Resampling, Scene, WindowReader, WindowRequest};
+use crate::runtime::Runtime;
+use crate::tiling::{Tile, TileData};
 
 /// What `tessera caption` does.
 #[derive(Debug)]
 pub struct CaptionJob {
-    pub scene: String,
-    pub open: OpenOptions,
-    pub model: PathBuf,
-    pub ort_lib: Option<PathBuf>,
-    pub session: SessionOptions,
+    /// The scene side: scene, model, runtime, grid, reading, scaling, batch, vector format.
+    pub base: crate::options::SceneJobBase,
     pub prompt: String,
     /// `None`: the manifest's defaults.
     pub params: Option<GenerationParams>,
-    /// `None` values: the model\'s (input size, recommended overlap and resolution).
-    pub grid: GridRequest,
-    pub read: ReadOptions,
-    pub scaling: ScalingSpec,
-    pub batch_size: usize,
     /// Caption every tile (false: the scene caption only).
     pub tiles: bool,
     /// Source pixel window (x, y, w, h) for the scene caption; `None`: the whole scene.
     pub scene_window: Option<(usize, usize, usize, usize)>,
     pub out: Option<PathBuf>,
-    pub format: &'static dyn VectorFormat,
     pub overwrite: bool,
-    pub progress: bool,
     /// Tiles from a shared read pass (multi-model pipelines) instead of reading the scene.
     pub feed: Option<super::feed::FeedPort>,
 }
@@ -212,7 +200,7 @@ fn caption_scene(
         )
         .into());
     }
-    let reader = WindowReader::new(scene, &job.read.bands, Resampling::Average)?;
+    let reader = WindowReader::new(scene, &job.base.read.bands, Resampling::Average)?;
     let req = WindowRequest {
         x: wx as f64,
         y: wy as f64,
@@ -250,10 +238,10 @@ fn caption_scene(
 /// is left under `--out`).
 pub fn run_caption(mut job: CaptionJob) -> Result<CaptionReport, PipelineError> {
     let start = Instant::now();
-    let runtime = Runtime::load(job.ort_lib.as_deref())?;
-    let mut model = DecoderModel::load(runtime, &job.model, &job.session)?;
+    let runtime = Runtime::load(job.base.ort_lib.as_deref())?;
+    let mut model = DecoderModel::load(runtime, &job.base.model, &job.base.session)?;
     tracing::info!(
-        model = %job.model.display(),
+        model = %job.base.model.display(),
         provider = model.provider().0,
         input_size = model.input_size(),
         "model loaded"
@@ -262,18 +250,18 @@ pub fn run_caption(mut job: CaptionJob) -> Result<CaptionReport, PipelineError> 
     // Fail on a prompt the model cannot take before reading anything.
     model.prompt_ids(&job.prompt)?;
     let size = model.input_size();
-    crate::options::check_batch_bytes(job.batch_size, size)?;
+    crate::options::check_batch_bytes(job.base.batch_size, size)?;
     let tiles = super::ModelTiles {
         size,
         any_size: false,
         defaults: None,
     };
     let (scene, scaling, grid) = super::model_input(
-        &job.scene,
-        &job.open,
-        &job.grid,
-        &mut job.read,
-        &job.scaling,
+        &job.base.scene,
+        &job.base.open,
+        &job.base.grid,
+        &mut job.base.read,
+        &job.base.scaling,
         &tiles,
     )?;
     let pending = match &job.out {
@@ -293,20 +281,28 @@ pub fn run_caption(mut job: CaptionJob) -> Result<CaptionReport, PipelineError> 
         let norm = model.normalizer();
         let spec = RunSpec {
             tiles: grid.len(),
-            progress: job.progress,
+            progress: job.base.progress,
             what: "captioning",
             sink: "caption",
         };
         let stage = Captioner {
             model: &mut model,
             params: &params,
-            prompts: vec![job.prompt.clone(); job.batch_size.max(1)],
+            prompts: vec![job.prompt.clone(); job.base.batch_size.max(1)],
             tile_size: size,
             new_tokens: 0,
         };
         let feed = job.feed.take();
         let swept = drive(&spec, stage, Captions(Vec::new()), |consume| {
-            stream_model_tiles(feed, &scene, &grid, &job.read, &scaling, &norm, consume)
+            stream_model_tiles(
+                feed,
+                &scene,
+                &grid,
+                &job.base.read,
+                &scaling,
+                &norm,
+                consume,
+            )
         })?;
         stats = swept.stats;
         model_seconds += swept.model_seconds;
@@ -333,8 +329,8 @@ pub fn run_caption(mut job: CaptionJob) -> Result<CaptionReport, PipelineError> 
     let n_captions = captions.len() + 1;
     Ok(CaptionReport {
         run: super::SceneRunReport {
-            scene: job.scene.clone(),
-            model: job.model.display().to_string(),
+            scene: job.base.scene.clone(),
+            model: job.base.model.display().to_string(),
             provider: provider.to_string(),
             fallback: fallback.map(str::to_string),
             tiles_total: stats.tiles_total,
@@ -371,7 +367,7 @@ fn write_outputs(
 ) -> Result<(), PipelineError> {
     let dir = pending.path();
     let crs = scene.crs_wkt();
-    let ext = job.format.extension();
+    let ext = job.base.format.extension();
 
     let jsonl = dir.join("captions.jsonl");
     let mut f =
@@ -383,7 +379,7 @@ fn write_outputs(
     f.flush().map_err(|e| write_err(&jsonl, e))?;
 
     // Shapefile strings stop at 254 bytes: the full text goes to a CSV keyed by tile id.
-    let limit = job.format.max_string_len();
+    let limit = job.base.format.max_string_len();
     let long: Vec<&TileCaption> = match limit {
         Some(max) => captions.iter().filter(|c| c.caption.len() > max).collect(),
         None => Vec::new(),
@@ -402,7 +398,7 @@ fn write_outputs(
 
     let mut tiles = VectorLayerWriter::create(
         &dir.join(format!("tiles.{ext}")),
-        job.format,
+        job.base.format,
         "tiles",
         GeometryKind::Polygon,
         crs,
@@ -425,7 +421,7 @@ fn write_outputs(
 
     let mut layer = VectorLayerWriter::create(
         &dir.join(format!("scene.{ext}")),
-        job.format,
+        job.base.format,
         "scene",
         GeometryKind::Polygon,
         crs,
@@ -435,7 +431,7 @@ fn write_outputs(
     layer.add_polygon(
         &scene.info().footprint.corners,
         &[
-            FieldValue::String(job.scene.clone()),
+            FieldValue::String(job.base.scene.clone()),
             FieldValue::String(job.prompt.clone()),
             FieldValue::String(scene_caption.to_string()),
         ],

@@ -20,11 +20,11 @@ use crate::models::{ImageElement, StagedBatch};
 use crate::options::InvalidOption;
 use crate::output::{
     class_color, polygonize_classes, write_cog, FieldKind, FieldSpec, FieldValue, GeometryKind,
-    Legend, PendingOutput, RasterSpec, VectorFormat, VectorLayerWriter,
+    Legend, PendingOutput, RasterSpec, VectorLayerWriter,
 };
-use crate::raster::{GeoTransform, OpenOptions, ScalingSpec, Scene};
-use crate::runtime::{Runtime, SessionOptions};
-use crate::tiling::{stream_tiles, GridRequest, ReadOptions, Tile, TileData, TileGrid};
+use crate::raster::{GeoTransform, Scene};
+use crate::runtime::Runtime;
+use crate::tiling::{stream_tiles, Tile, TileData, TileGrid};
 
 /// Class value of tiles whose best score is below `--min-score`.
 pub const UNKNOWN: &str = "unknown";
@@ -34,25 +34,14 @@ pub const CLASS_NODATA: u8 = 255;
 /// What `tessera classify` does.
 #[derive(Debug)]
 pub struct ClassifyJob {
-    pub scene: String,
-    pub open: OpenOptions,
-    pub model: PathBuf,
-    pub ort_lib: Option<PathBuf>,
-    pub session: SessionOptions,
+    /// The scene side: scene, model, runtime, grid, reading, scaling, batch, vector format.
+    pub base: crate::options::SceneJobBase,
     pub labels: Vec<String>,
     pub templates: Vec<String>,
     pub min_score: Option<f32>,
-    /// `None` values: the model\'s (input size, recommended overlap and resolution).
-    pub grid: GridRequest,
-    /// `bands` empty means the first three data bands (or the first repeated).
-    pub read: ReadOptions,
-    pub scaling: ScalingSpec,
-    pub batch_size: usize,
     pub out: Option<PathBuf>,
-    pub format: &'static dyn VectorFormat,
     pub overwrite: bool,
     pub cache_dir: Option<PathBuf>,
-    pub progress: bool,
     /// Tiles from a shared read pass (multi-model pipelines) instead of reading the scene.
     pub feed: Option<super::feed::FeedPort>,
 }
@@ -195,27 +184,28 @@ pub fn run_classify(mut job: ClassifyJob) -> Result<ClassifyReport, PipelineErro
     let start = Instant::now();
     let mut timings = Timings::default();
     validate_labels(&job)?;
-    let runtime = Runtime::load(job.ort_lib.as_deref())?;
-    let mut model = ClipModel::load(runtime, &job.model, &job.session).map_err(model_err)?;
+    let runtime = Runtime::load(job.base.ort_lib.as_deref())?;
+    let mut model =
+        ClipModel::load(runtime, &job.base.model, &job.base.session).map_err(model_err)?;
     tracing::info!(
-        model = %job.model.display(),
+        model = %job.base.model.display(),
         provider = model.image_provider().0,
         input_size = model.input_size(),
         "model loaded"
     );
     let size = model.input_size();
-    crate::options::check_batch_bytes(job.batch_size, size)?;
+    crate::options::check_batch_bytes(job.base.batch_size, size)?;
     let tiles = super::ModelTiles {
         size,
         any_size: false,
         defaults: None,
     };
     let (scene, scaling, grid) = super::model_input(
-        &job.scene,
-        &job.open,
-        &job.grid,
-        &mut job.read,
-        &job.scaling,
+        &job.base.scene,
+        &job.base.open,
+        &job.base.grid,
+        &mut job.base.read,
+        &job.base.scaling,
         &tiles,
     )?;
     timings.load_seconds = start.elapsed().as_secs_f64();
@@ -286,8 +276,8 @@ pub fn run_classify(mut job: ClassifyJob) -> Result<ClassifyReport, PipelineErro
     let (provider, fallback) = model.image_provider();
     Ok(ClassifyReport {
         run: super::SceneRunReport {
-            scene: job.scene.clone(),
-            model: job.model.display().to_string(),
+            scene: job.base.scene.clone(),
+            model: job.base.model.display().to_string(),
             provider: provider.to_string(),
             fallback: fallback.map(str::to_string),
             tiles_total: stats.tiles_total,
@@ -339,6 +329,7 @@ fn classify_tiles(
         && job.feed.is_none()
         && scaling.is_byte_range()
         && job
+            .base
             .read
             .bands
             .bands()
@@ -346,7 +337,7 @@ fn classify_tiles(
             .all(|&b| scene.info().bands[b - 1].dtype == "uint8");
     let spec = RunSpec {
         tiles: grid.len(),
-        progress: job.progress,
+        progress: job.base.progress,
         what: "classifying",
         sink: "results",
     };
@@ -356,10 +347,10 @@ fn classify_tiles(
     let stage = Classifier {
         model,
         labels,
-        batch_size: job.batch_size,
+        batch_size: job.base.batch_size,
     };
     let sink = Results(Vec::new());
-    let read = &job.read;
+    let read = &job.base.read;
     let swept = if bytes {
         let prepare = |t: &mut TileData<u8>| norm.apply_bytes(&mut t.pixels, &t.valid);
         let swept = drive(&spec, stage, sink, |consume| {
@@ -601,7 +592,7 @@ fn write_outputs(
         },
         false,
     )?;
-    let ext = job.format.extension();
+    let ext = job.base.format.extension();
     write_tile_layer(
         job,
         &dir.join(format!("tiles.{ext}")),
@@ -631,7 +622,7 @@ fn write_tile_layer(
 ) -> Result<(), PipelineError> {
     let mut tiles = VectorLayerWriter::create(
         path,
-        job.format,
+        job.base.format,
         "tiles",
         GeometryKind::Polygon,
         crs,
@@ -689,7 +680,7 @@ fn write_label_layer(
         })?;
     let mut labels = VectorLayerWriter::create(
         path,
-        job.format,
+        job.base.format,
         "labels",
         GeometryKind::MultiPolygon,
         crs,

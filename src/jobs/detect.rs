@@ -13,26 +13,17 @@ use super::driver::{drive, ModelStage, RunSpec, SceneSink};
 use super::{peak_rss_bytes, stream_model_tiles, PipelineError, TileBatch};
 use crate::models::detection::{DetectorModel, PixelBox};
 use crate::output::{
-    FieldKind, FieldSpec, FieldValue, GeometryKind, PendingOutput, VectorFormat, VectorLayerWriter,
+    FieldKind, FieldSpec, FieldValue, GeometryKind, PendingOutput, VectorLayerWriter,
 };
-use crate::raster::{OpenOptions, ScalingSpec};
-use crate::runtime::{Runtime, SessionOptions};
+use crate::runtime::Runtime;
 use crate::stitch::boxes::{merge, MapDetection, MergeMethod, MergeOptions};
-use crate::tiling::{GridRequest, ReadOptions, Tile, TileData};
+use crate::tiling::{Tile, TileData};
 
 /// What `tessera detect` does.
 #[derive(Debug)]
 pub struct DetectJob {
-    pub scene: String,
-    pub open: OpenOptions,
-    pub model: PathBuf,
-    pub ort_lib: Option<PathBuf>,
-    pub session: SessionOptions,
-    /// `None` values: the model\'s (input size, recommended overlap and resolution).
-    pub grid: GridRequest,
-    pub read: ReadOptions,
-    pub scaling: ScalingSpec,
-    pub batch_size: usize,
+    /// The scene side: scene, model, runtime, grid, reading, scaling, batch, vector format.
+    pub base: crate::options::SceneJobBase,
     pub confidence: Option<f32>,
     /// Text queries for open-vocabulary detectors (OWL-ViT).
     pub prompts: Vec<String>,
@@ -41,9 +32,7 @@ pub struct DetectJob {
     pub cut_ios: f64,
     pub class_aware: bool,
     pub out: Option<PathBuf>,
-    pub format: &'static dyn VectorFormat,
     pub overwrite: bool,
-    pub progress: bool,
     /// Tiles from a shared read pass (multi-model pipelines) instead of reading the scene.
     pub feed: Option<super::feed::FeedPort>,
 }
@@ -171,7 +160,7 @@ fn write_detections(
 ) -> Result<(), PipelineError> {
     let mut layer = VectorLayerWriter::create(
         path,
-        job.format,
+        job.base.format,
         "detections",
         GeometryKind::Polygon,
         scene.crs_wkt(),
@@ -199,12 +188,12 @@ fn write_detections(
 /// Bad scene, model or options; inference failure; unwritable outputs.
 pub fn run_detect(mut job: DetectJob) -> Result<DetectReport, PipelineError> {
     let start = Instant::now();
-    let runtime = Runtime::load(job.ort_lib.as_deref())?;
-    let mut model = DetectorModel::load(runtime, &job.model, &job.session)?;
+    let runtime = Runtime::load(job.base.ort_lib.as_deref())?;
+    let mut model = DetectorModel::load(runtime, &job.base.model, &job.base.session)?;
     if super::check_prompts(
         model.is_prompted(),
         &job.prompts,
-        &job.model,
+        &job.base.model,
         "an open-vocabulary detector",
         "text queries",
     )? {
@@ -217,14 +206,14 @@ pub fn run_detect(mut job: DetectJob) -> Result<DetectReport, PipelineError> {
         defaults: model.package().manifest.tiling.as_ref(),
     };
     let (scene, scaling, grid) = super::model_input(
-        &job.scene,
-        &job.open,
-        &job.grid,
-        &mut job.read,
-        &job.scaling,
+        &job.base.scene,
+        &job.base.open,
+        &job.base.grid,
+        &mut job.base.read,
+        &job.base.scaling,
         &tiles,
     )?;
-    crate::options::check_batch_bytes(job.batch_size, grid.tile_size())?;
+    crate::options::check_batch_bytes(job.base.batch_size, grid.tile_size())?;
     let pending = match &job.out {
         Some(dir) => Some(PendingOutput::dir(dir, job.overwrite)?),
         None => None,
@@ -233,16 +222,16 @@ pub fn run_detect(mut job: DetectJob) -> Result<DetectReport, PipelineError> {
     let norm = model.normalizer();
     let spec = RunSpec {
         tiles: grid.len(),
-        progress: job.progress,
+        progress: job.base.progress,
         what: "detecting",
         sink: "detection",
     };
     let stage = Detector {
         confidence: job.confidence.unwrap_or(model.confidence()),
         batch_size: crate::models::graph_batch_size(
-            job.batch_size,
+            job.base.batch_size,
             model.fixed_batch(),
-            &job.model,
+            &job.base.model,
         ),
         model: &mut model,
     };
@@ -252,7 +241,15 @@ pub fn run_detect(mut job: DetectJob) -> Result<DetectReport, PipelineError> {
     };
     let feed = job.feed.take();
     let swept = drive(&spec, stage, sink, |consume| {
-        stream_model_tiles(feed, &scene, &grid, &job.read, &scaling, &norm, consume)
+        stream_model_tiles(
+            feed,
+            &scene,
+            &grid,
+            &job.base.read,
+            &scaling,
+            &norm,
+            consume,
+        )
     })?;
     let (stats, model_seconds, dets) = (swept.stats, swept.model_seconds, swept.done);
 
@@ -272,7 +269,7 @@ pub fn run_detect(mut job: DetectJob) -> Result<DetectReport, PipelineError> {
     let counts = count_classes(&classes, &merged);
     let mut outputs = Vec::new();
     if let (Some(pending), Some(dir)) = (pending, &job.out) {
-        let name = format!("detections.{}", job.format.extension());
+        let name = format!("detections.{}", job.base.format.extension());
         write_detections(&job, &scene, &pending.path().join(&name), &merged, &classes)?;
         outputs.push(dir.join(name).display().to_string());
         pending.commit()?;
@@ -280,8 +277,8 @@ pub fn run_detect(mut job: DetectJob) -> Result<DetectReport, PipelineError> {
     let (provider, fallback) = model.provider();
     Ok(DetectReport {
         run: super::SceneRunReport {
-            scene: job.scene.clone(),
-            model: job.model.display().to_string(),
+            scene: job.base.scene.clone(),
+            model: job.base.model.display().to_string(),
             provider: provider.to_string(),
             fallback: fallback.map(str::to_string),
             tiles_total: stats.tiles_total,

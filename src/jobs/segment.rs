@@ -14,26 +14,17 @@ use super::{peak_rss_bytes, stream_model_tiles, PipelineError, TileBatch};
 use crate::models::segmentation::{SegFormat, SegmentationModel};
 use crate::output::{
     class_color, FieldKind, FieldSpec, FieldValue, GeometryKind, Legend, MosaicSpec, MosaicWriter,
-    PendingOutput, VectorFormat, VectorLayerWriter,
+    PendingOutput, VectorLayerWriter,
 };
-use crate::raster::{OpenOptions, ScalingSpec};
-use crate::runtime::{Runtime, SessionOptions};
+use crate::runtime::Runtime;
 use crate::stitch::mask::{BlendWindow, Decision, MaskStitcher};
-use crate::tiling::{GridRequest, ReadOptions, ReadOrder, Tile, TileData};
+use crate::tiling::{ReadOrder, Tile, TileData};
 
 /// What `tessera segment` does.
 #[derive(Debug)]
 pub struct SegmentJob {
-    pub scene: String,
-    pub open: OpenOptions,
-    pub model: PathBuf,
-    pub ort_lib: Option<PathBuf>,
-    pub session: SessionOptions,
-    /// `None` values: the model\'s (input size, recommended overlap and resolution).
-    pub grid: GridRequest,
-    pub read: ReadOptions,
-    pub scaling: ScalingSpec,
-    pub batch_size: usize,
+    /// The scene side: scene, model, runtime, grid, reading, scaling, batch, vector format.
+    pub base: crate::options::SceneJobBase,
     pub window: BlendWindow,
     /// Override of the model's probability threshold (binary and prompted models).
     pub threshold: Option<f32>,
@@ -43,9 +34,7 @@ pub struct SegmentJob {
     pub simplify: f64,
     pub min_area: f64,
     pub out: PathBuf,
-    pub format: &'static dyn VectorFormat,
     pub overwrite: bool,
-    pub progress: bool,
     /// Tiles from a shared read pass (multi-model pipelines) instead of reading the scene.
     pub feed: Option<super::feed::FeedPort>,
 }
@@ -290,10 +279,10 @@ fn write_polygons(
     polys: Vec<(u8, gdal::vector::Geometry)>,
     classes: &[String],
 ) -> Result<usize, PipelineError> {
-    let ext = job.format.extension();
+    let ext = job.base.format.extension();
     let mut layer = VectorLayerWriter::create(
         &dir.join(format!("polygons.{ext}")),
-        job.format,
+        job.base.format,
         "polygons",
         GeometryKind::Polygon,
         scene.crs_wkt(),
@@ -323,12 +312,12 @@ fn write_polygons(
 /// Bad scene, model or options; inference failure; unwritable outputs (nothing partial left).
 pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> {
     let start = Instant::now();
-    let runtime = Runtime::load(job.ort_lib.as_deref())?;
-    let mut model = SegmentationModel::load(runtime, &job.model, &job.session)?;
+    let runtime = Runtime::load(job.base.ort_lib.as_deref())?;
+    let mut model = SegmentationModel::load(runtime, &job.base.model, &job.base.session)?;
     if super::check_prompts(
         model.is_prompted(),
         &job.prompts,
-        &job.model,
+        &job.base.model,
         "a text-prompted model",
         "text prompts",
     )? {
@@ -340,17 +329,17 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
         defaults: model.package().manifest.tiling.as_ref(),
     };
     let (scene, scaling, grid) = super::model_input(
-        &job.scene,
-        &job.open,
-        &job.grid,
-        &mut job.read,
-        &job.scaling,
+        &job.base.scene,
+        &job.base.open,
+        &job.base.grid,
+        &mut job.base.read,
+        &job.base.scaling,
         &tiles,
     )?;
     let size = grid.tile_size();
-    crate::options::check_batch_bytes(job.batch_size, size)?;
-    job.read.order = ReadOrder::RowMajor;
-    job.read.deliver_skipped = true;
+    crate::options::check_batch_bytes(job.base.batch_size, size)?;
+    job.base.read.order = ReadOrder::RowMajor;
+    job.base.read.deliver_skipped = true;
     let pending = PendingOutput::dir(&job.out, job.overwrite)?;
     let classes: Vec<String> = model.classes();
     let dir = pending.path();
@@ -362,21 +351,29 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
     // keeps the tiles' order).
     let spec = RunSpec {
         tiles: grid.len(),
-        progress: job.progress,
+        progress: job.base.progress,
         what: "segmenting",
         sink: "stitching",
     };
     let stage = Segmenter {
         batch_size: crate::models::graph_batch_size(
-            job.batch_size,
+            job.base.batch_size,
             model.fixed_batch(),
-            &job.model,
+            &job.base.model,
         ),
         model: &mut model,
         tile_size: size,
     };
     let swept = drive(&spec, stage, sink, |consume| {
-        stream_model_tiles(feed, &scene, &grid, &job.read, &scaling, &norm, consume)
+        stream_model_tiles(
+            feed,
+            &scene,
+            &grid,
+            &job.base.read,
+            &scaling,
+            &norm,
+            consume,
+        )
     })?;
     let (stats, model_seconds) = (swept.stats, swept.model_seconds);
     let (peak_rows, cog_seconds, polygons) = swept.done;
@@ -396,8 +393,8 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
     let (provider, fallback) = model.provider();
     Ok(SegmentReport {
         run: super::SceneRunReport {
-            scene: job.scene.clone(),
-            model: job.model.display().to_string(),
+            scene: job.base.scene.clone(),
+            model: job.base.model.display().to_string(),
             provider: provider.to_string(),
             fallback: fallback.map(str::to_string),
             tiles_total: stats.tiles_total,

@@ -143,30 +143,20 @@ impl ClassifyOptions {
     ) -> Result<ClassifyJob, InvalidOption> {
         self.validate()?;
         Ok(ClassifyJob {
-            scene: base.scene,
-            open: base.open,
-            model: base.model,
-            ort_lib: base.ort_lib,
-            session: base.session,
+            base,
             labels: self.labels()?,
             templates: self
                 .templates
                 .clone()
                 .unwrap_or_else(|| DEFAULT_TEMPLATES.iter().map(|t| t.to_string()).collect()),
             min_score: self.min_score,
-            grid: base.grid,
-            read: base.read,
-            scaling: base.scaling,
-            batch_size: base.batch_size,
             out,
-            format: base.format,
             overwrite,
             cache_dir: if self.no_cache {
                 None
             } else {
                 cache_dir.map(|c| c.join("text-embeddings"))
             },
-            progress: base.progress,
             feed: None,
         })
     }
@@ -315,23 +305,13 @@ impl CaptionOptions {
         self.validate()?;
         let params = self.generation(&base.model)?;
         Ok(CaptionJob {
-            scene: base.scene,
-            open: base.open,
-            model: base.model,
-            ort_lib: base.ort_lib,
-            session: base.session,
+            base,
             prompt: self.prompt.clone().unwrap_or_default(),
             params,
-            grid: base.grid,
-            read: base.read,
-            scaling: base.scaling,
-            batch_size: base.batch_size,
             tiles: !self.scene_only,
             scene_window: self.scene_window.map(|w| (w.0, w.1, w.2, w.3)),
             out,
-            format: base.format,
             overwrite,
-            progress: base.progress,
             feed: None,
         })
     }
@@ -393,15 +373,7 @@ impl DetectOptions {
     ) -> Result<DetectJob, InvalidOption> {
         self.validate()?;
         Ok(DetectJob {
-            scene: base.scene,
-            open: base.open,
-            model: base.model,
-            ort_lib: base.ort_lib,
-            session: base.session,
-            grid: base.grid,
-            read: base.read,
-            scaling: base.scaling,
-            batch_size: base.batch_size,
+            base,
             confidence: self.confidence,
             prompts: prompt_list(&self.prompts)?,
             iou: self.iou,
@@ -409,9 +381,7 @@ impl DetectOptions {
             cut_ios: self.cut_ios.unwrap_or(0.6),
             class_aware: !self.class_agnostic,
             out,
-            format: base.format,
             overwrite,
-            progress: base.progress,
             feed: None,
         })
     }
@@ -473,15 +443,7 @@ impl SegmentOptions {
     ) -> Result<SegmentJob, InvalidOption> {
         self.validate()?;
         Ok(SegmentJob {
-            scene: base.scene,
-            open: base.open,
-            model: base.model,
-            ort_lib: base.ort_lib,
-            session: base.session,
-            grid: base.grid,
-            read: base.read,
-            scaling: base.scaling,
-            batch_size: base.batch_size,
+            base,
             window: self.blend.unwrap_or(BlendWindow::Cosine),
             threshold: self.threshold,
             prompts: prompt_list(&self.prompts)?,
@@ -489,9 +451,7 @@ impl SegmentOptions {
             simplify: self.simplify.unwrap_or(0.0),
             min_area: self.min_area.unwrap_or(0.0),
             out,
-            format: base.format,
             overwrite,
-            progress: base.progress,
             feed: None,
         })
     }
