@@ -14,7 +14,7 @@ use ndarray::Array4;
 use serde::Serialize;
 
 use super::driver::{drive, ModelStage, RunSpec, SceneSink};
-use super::{peak_rss_bytes, stream_model_tiles, PipelineError, TileBatch};
+use super::{stream_model_tiles, PipelineError, TileBatch};
 use crate::models::decoder::{DecoderModel, GenerationParams};
 use crate::output::{
     FieldKind, FieldSpec, FieldValue, GeometryKind, PendingOutput, VectorLayerWriter,
@@ -328,16 +328,7 @@ pub fn run_caption(mut job: CaptionJob) -> Result<CaptionReport, PipelineError> 
     let (provider, fallback) = model.provider();
     let n_captions = captions.len() + 1;
     Ok(CaptionReport {
-        run: super::SceneRunReport {
-            scene: job.base.scene.clone(),
-            model: job.base.model.display().to_string(),
-            provider: provider.to_string(),
-            fallback: fallback.map(str::to_string),
-            tiles_total: stats.tiles_total,
-            tiles_skipped: stats.tiles_skipped,
-            outputs,
-            peak_rss_bytes: peak_rss_bytes(),
-        },
+        run: super::SceneRunReport::new(&job.base, (provider, fallback), &stats, outputs),
         model_trained: model.package().manifest.trained,
         prompt: job.prompt.clone(),
         params,

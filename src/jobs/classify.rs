@@ -13,7 +13,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::driver::{drive, ModelStage, RunSpec, SceneSink};
-use super::{peak_rss_bytes, stream_model_tiles, PipelineError};
+use super::{stream_model_tiles, PipelineError};
 use crate::models::clip::{ClipModel, DeviceLabels};
 use crate::models::ModelError;
 use crate::models::{ImageElement, StagedBatch};
@@ -275,16 +275,7 @@ pub fn run_classify(mut job: ClassifyJob) -> Result<ClassifyReport, PipelineErro
     timings.total_seconds = start.elapsed().as_secs_f64();
     let (provider, fallback) = model.image_provider();
     Ok(ClassifyReport {
-        run: super::SceneRunReport {
-            scene: job.base.scene.clone(),
-            model: job.base.model.display().to_string(),
-            provider: provider.to_string(),
-            fallback: fallback.map(str::to_string),
-            tiles_total: stats.tiles_total,
-            tiles_skipped: stats.tiles_skipped,
-            outputs,
-            peak_rss_bytes: peak_rss_bytes(),
-        },
+        run: super::SceneRunReport::new(&job.base, (provider, fallback), &stats, outputs),
         model_trained: model.package().manifest.trained,
         pinned_input: model.pinned_input(),
         similarity_provider: model.head_provider().to_string(),

@@ -10,7 +10,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::driver::{drive, ModelStage, RunSpec, SceneSink};
-use super::{peak_rss_bytes, stream_model_tiles, PipelineError, TileBatch};
+use super::{stream_model_tiles, PipelineError, TileBatch};
 use crate::models::detection::{DetectorModel, PixelBox};
 use crate::output::{
     FieldKind, FieldSpec, FieldValue, GeometryKind, PendingOutput, VectorLayerWriter,
@@ -276,16 +276,7 @@ pub fn run_detect(mut job: DetectJob) -> Result<DetectReport, PipelineError> {
     }
     let (provider, fallback) = model.provider();
     Ok(DetectReport {
-        run: super::SceneRunReport {
-            scene: job.base.scene.clone(),
-            model: job.base.model.display().to_string(),
-            provider: provider.to_string(),
-            fallback: fallback.map(str::to_string),
-            tiles_total: stats.tiles_total,
-            tiles_skipped: stats.tiles_skipped,
-            outputs,
-            peak_rss_bytes: peak_rss_bytes(),
-        },
+        run: super::SceneRunReport::new(&job.base, (provider, fallback), &stats, outputs),
         classes,
         tile_size: size,
         overlap: grid.options.overlap,

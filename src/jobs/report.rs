@@ -26,6 +26,26 @@ pub struct SceneRunReport {
 }
 
 impl SceneRunReport {
+    /// The shared part of a finished run of `base`: the model ran on `provider` (with the
+    /// fallback reason, if it fell back), the stream's counts, the files written.
+    pub fn new(
+        base: &crate::options::SceneJobBase,
+        (provider, fallback): (&str, Option<&str>),
+        stats: &crate::tiling::StreamStats,
+        outputs: Vec<String>,
+    ) -> SceneRunReport {
+        SceneRunReport {
+            scene: base.scene.clone(),
+            model: base.model.display().to_string(),
+            provider: provider.to_string(),
+            fallback: fallback.map(str::to_string),
+            tiles_total: stats.tiles_total,
+            tiles_skipped: stats.tiles_skipped,
+            outputs,
+            peak_rss_bytes: super::peak_rss_bytes(),
+        }
+    }
+
     /// Outputs under `from` named under `to` instead (a batch run writes into a temporary
     /// folder and then renames it into place).
     pub fn rebase(&mut self, from: &Path, to: &Path) {

@@ -10,7 +10,7 @@ use ndarray::s;
 use serde::Serialize;
 
 use super::driver::{drive, ModelStage, RunSpec, SceneSink};
-use super::{peak_rss_bytes, stream_model_tiles, PipelineError, TileBatch};
+use super::{stream_model_tiles, PipelineError, TileBatch};
 use crate::models::segmentation::{SegFormat, SegmentationModel};
 use crate::output::{
     class_color, FieldKind, FieldSpec, FieldValue, GeometryKind, Legend, MosaicSpec, MosaicWriter,
@@ -392,16 +392,7 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
     pending.commit()?;
     let (provider, fallback) = model.provider();
     Ok(SegmentReport {
-        run: super::SceneRunReport {
-            scene: job.base.scene.clone(),
-            model: job.base.model.display().to_string(),
-            provider: provider.to_string(),
-            fallback: fallback.map(str::to_string),
-            tiles_total: stats.tiles_total,
-            tiles_skipped: stats.tiles_skipped,
-            outputs,
-            peak_rss_bytes: peak_rss_bytes(),
-        },
+        run: super::SceneRunReport::new(&job.base, (provider, fallback), &stats, outputs),
         classes,
         tile_size: size,
         overlap: grid.options.overlap,
