@@ -167,6 +167,7 @@ fn embeddings_and_probabilities_match_open_clip() {
     let img = model.encode_images(px.view()).expect("images");
     let want_img = matrix(&r["image_embeds"]);
     let e = rel_err(img.as_slice().expect("c"), want_img.as_slice().expect("c"));
+    eprintln!("image embeds: max rel err {e:.3e}");
     assert!(e < 1e-4, "image embeds rel err {e}");
     for i in 0..n {
         let one = model
@@ -184,6 +185,7 @@ fn embeddings_and_probabilities_match_open_clip() {
     let txt = model.encode_text(&prompts).expect("text");
     let want_txt = matrix(&r["text_embeds"]);
     let e = rel_err(txt.as_slice().expect("c"), want_txt.as_slice().expect("c"));
+    eprintln!("text embeds: max rel err {e:.3e}");
     assert!(e < 1e-4, "text embeds rel err {e}");
     let last = prompts.len() - 1;
     let one = model.encode_text(&prompts[last..]).expect("one");
@@ -209,12 +211,14 @@ fn embeddings_and_probabilities_match_open_clip() {
     let want_probs = matrix(&r["probs"]);
     let probs = model.probabilities(img.clone(), &lab);
     let d = max_abs(&probs, &want_probs);
+    eprintln!("host probs: max abs err {d:.3e}");
     assert!(d < 1e-4, "host probs abs err {d}");
 
     // The scoring head graph after the image encoder: the batch and one image alone.
     let there = model.device_labels(&lab).expect("device labels");
     let head = model.classify_images(px.view(), &there).expect("head");
     let d = max_abs(&head, &want_probs);
+    eprintln!("head probs: max abs err {d:.3e}");
     assert!(d < 1e-4, "head probs abs err {d}");
     for i in 0..n {
         let one = model
