@@ -214,6 +214,8 @@ def fit_problems(model, sd: dict) -> tuple[list[str], list[str], list[tuple[str,
     missing = sorted(set(want) - set(got))
     unexpected = sorted(set(got) - set(want))
     shapes = [(k, got[k], want[k]) for k in want if k in got and got[k] != want[k]]
+    # The patch embedding, then the rest of the image tower first: the most telling.
+    shapes.sort(key=lambda t: (t[0] != "visual.conv1.weight", not t[0].startswith("visual.")))
     return missing, unexpected, shapes
 
 
