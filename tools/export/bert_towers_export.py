@@ -89,7 +89,7 @@ class Spec:
 
 FLAVA = Spec(
     family="flava",
-    context_length=77,
+    context_length=77,     # what the transformers FLAVA examples pad to (max_length=77)
     ref_labels=["forest", "river", "city", "desert"],
     ref_templates=["a satellite photo of {}.", "an aerial image of {}."],
     tokenizer_cases=[
@@ -119,7 +119,7 @@ FLAVA = Spec(
 
 CHINESE_CLIP = Spec(
     family="chinese-clip",
-    context_length=52,
+    context_length=52,     # the default of the original cn_clip.clip.tokenize
     ref_labels=["森林", "水体", "城市"],
     ref_templates=CHINESE_CLIP_EUROSAT_TEMPLATES,
     tokenizer_cases=[
