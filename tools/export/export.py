@@ -23,6 +23,8 @@ COMMANDS = {
     "llava": "decoder_export",      # LLaVA / Llama image-text decoder      (family "image-text-decoder")
     "clipseg": "prompted_export",   # CLIPSeg text-prompted segmenter       (family "segmenter")
     "owlvit": "prompted_export",    # OWL-ViT text-prompted detector        (family "detector")
+    "siglip": "siglip_export",      # SigLIP image + text encoders          (family "siglip")
+    "siglip2": "siglip_export",     # fixed-resolution SigLIP2 encoders     (family "siglip")
     "scan-seeds": "clip_export",    # seed scan for clip --tiny
 }
 
