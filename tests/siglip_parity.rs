@@ -191,6 +191,7 @@ fn embeddings_and_sigmoid_probabilities_match_pytorch() {
         let want_img = matrix(&r["image_embeds"]);
         let e = rel_err(img.as_slice().expect("c"), want_img.as_slice().expect("c"));
         assert!(e < 1e-4, "{name}: image embeds rel err {e}");
+        let mut seen = vec![("image embeds rel", e)];
         for i in 0..n {
             let one = model
                 .encode_images(px.slice(s![i..i + 1, .., .., ..]))
@@ -208,6 +209,7 @@ fn embeddings_and_sigmoid_probabilities_match_pytorch() {
         let want_txt = matrix(&r["text_embeds"]);
         let e = rel_err(txt.as_slice().expect("c"), want_txt.as_slice().expect("c"));
         assert!(e < 1e-4, "{name}: text embeds rel err {e}");
+        seen.push(("text embeds rel", e));
         for (i, p) in prompts.iter().enumerate().take(3) {
             let one = model.encode_text(std::slice::from_ref(p)).expect("one");
             let e = rel_err(
@@ -228,6 +230,7 @@ fn embeddings_and_sigmoid_probabilities_match_pytorch() {
             matrix(&r["label_embeds"]).as_slice().expect("c"),
         );
         assert!(e < 1e-4, "{name}: label embeds rel err {e}");
+        seen.push(("label embeds rel", e));
         let want_scale = r["logit_scale"].as_f64().expect("scale");
         assert!((f64::from(model.logit_scale()) - want_scale).abs() < 1e-5);
         let manifest: toml::Value = toml::from_str(
@@ -244,12 +247,15 @@ fn embeddings_and_sigmoid_probabilities_match_pytorch() {
         let probs = model.probabilities(img.clone(), &lab);
         let e = max_abs(&probs, &want);
         assert!(e < 1e-4, "{name}: host probs abs err {e}");
+        seen.push(("host probs abs", e));
 
         // The built-in sigmoid head after the encoder: the batch, and one by one.
         let there = model.device_labels(&lab).expect("device labels");
         let head = model.classify_images(px.view(), &there).expect("head");
         let e = max_abs(&head, &want);
         assert!(e < 1e-4, "{name}: head probs abs err {e}");
+        seen.push(("head probs abs", e));
+        eprintln!("{name}: largest errors {seen:?}");
         assert!(max_abs(&head, &probs) < 1e-5, "{name}: host and head agree");
         for i in 0..n {
             let one = model
