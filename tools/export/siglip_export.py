@@ -637,6 +637,10 @@ def scan_seeds(architecture: str, n: int) -> None:
 
 def export_siglip(args) -> None:
     architecture = args.command
+    if args.scan_seeds and not args.tiny:
+        raise SystemExit("--scan-seeds only applies with --tiny")
+    if args.tiny and (args.template or args.keep_case):
+        raise SystemExit("--template and --keep-case only apply with --from")
     if args.scan_seeds:
         scan_seeds(architecture, args.scan_seeds)
         return
