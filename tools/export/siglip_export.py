@@ -38,8 +38,10 @@ How Hugging Face prepares SigLIP text (transformers 5.24), and what the packages
   fallback) configured by transformers' conversion as ``add_bos_token=False, add_eos_token=True``,
   right padding with ``<pad>`` (id 0), ``model_input_names=["input_ids"]`` (no mask). The model was
   trained on *lowercased* text: transformers' ``Siglip2Tokenizer`` is that Gemma tokenizer with a
-  ``Lowercase`` normalizer in front, and it is what this exporter writes (``--keep-case`` keeps a
-  checkpoint's tokenizer as it is). ``Siglip2Processor`` tokenises with ``padding="max_length",
+  ``Lowercase`` normalizer in front, and it is what this exporter writes. (The checkpoints'
+  tokenizer_config.json says ``do_lower_case: true``, which the ``GemmaTokenizer`` that
+  ``AutoTokenizer`` loads for them ignores; ``--keep-case``, or an explicit ``do_lower_case: false``,
+  keeps a checkpoint's tokenizer as it is.) ``Siglip2Processor`` tokenises with ``padding="max_length",
   max_length=64, truncation=True``. No punctuation removal for SigLIP2.
 * ``Siglip2Model`` (model_type "siglip2") is the **NaFlex** variant only: its image input is a sequence
   of patches with a mask and spatial shapes, not [B,3,S,S]. It is refused; export a fixed-resolution
@@ -498,7 +500,8 @@ def write_manifest(path: Path, *, architecture: str, name: str, trained: bool, s
         tok_comment = "SiglipTokenizer: lowercase, no ASCII punctuation, spaces collapsed, + </s>"
         pad_comment = "pad = </s>, padding='max_length' to 64, no mask (as trained)"
     else:
-        tok_comment = "Siglip2Tokenizer: Gemma BPE, lowercased, no bos, + <eos>"
+        lower = type(side.hf).__name__ == "Siglip2Tokenizer"
+        tok_comment = f"{type(side.hf).__name__}: Gemma BPE, {'lowercased' if lower else 'case kept'}, no bos, + <eos>"
         pad_comment = "<pad>, right padding='max_length' to 64, no mask (as trained)"
     tokenizer_keys = [
         ("file", "tokenizer.json", tok_comment),
@@ -574,6 +577,13 @@ def load_checkpoint(src: str, architecture: str, keep_case: bool):
                              "SigLIP (v1): use `export.py siglip`")
         from transformers import AutoTokenizer, Siglip2Tokenizer
 
+        # transformers' conversion writes do_lower_case=True into tokenizer_config.json, which the
+        # GemmaTokenizer that AutoTokenizer picks for model_type "siglip" ignores; Siglip2Tokenizer
+        # applies it. An explicit do_lower_case=false keeps the case, like --keep-case.
+        tok_cfg = C.read_json(src, "tokenizer_config.json") or {}
+        keep_case = keep_case or tok_cfg.get("do_lower_case") is False
+        if keep_case:
+            print(f"export: {src}: keeping the tokenizer's case (no lowercasing)", file=sys.stderr)
         tok = AutoTokenizer.from_pretrained(src) if keep_case else Siglip2Tokenizer.from_pretrained(src)
         if not keep_case and type(tok).__name__ != "Siglip2Tokenizer":
             raise SystemExit(f"export: {src}: could not load the tokenizer as Siglip2Tokenizer")
