@@ -27,6 +27,7 @@ COMMANDS = {
     "siglip2": "siglip_export",     # fixed-resolution SigLIP2 encoders     (family "siglip")
     "flava": "bert_towers_export",  # FLAVA contrastive image + text towers  (family "flava")
     "chinese-clip": "bert_towers_export",  # Chinese-CLIP image + text encoders (family "chinese-clip")
+    "openclip": "openclip_export",  # OpenCLIP checkpoints (RemoteCLIP, ...)  (family "openclip")
     "scan-seeds": "clip_export",    # seed scan for clip --tiny
 }
 
