@@ -11,6 +11,7 @@ pub mod clip;
 pub mod decoder;
 pub mod deepness;
 pub mod detection;
+pub mod import;
 mod manifest;
 pub mod package;
 pub mod preprocess;
