@@ -20,9 +20,11 @@
 //! the other tower's inputs become constants (one all-zero image, the empty prompt) and the
 //! outputs are cut to the one embedding. ONNX Runtime folds a tower whose inputs are all
 //! constants when it loads the graph, so each run computes only its own tower; the cost is
-//! disk (two rewritten copies of the graph's protobuf; external weight files are linked, not
-//! copied) and that each graph holds both towers' weights in memory (about twice the
-//! combined model's size, where split transformers.js graphs hold each tower once).
+//! disk (two rewritten copies of the graph's protobuf, and its external weight files
+//! hard-linked, or copied across file systems: ONNX Runtime refuses external data reached
+//! through a symbolic link that leaves the graph's folder) and that each graph holds both
+//! towers' weights in memory (about twice the combined model's size, where split
+//! transformers.js graphs hold each tower once).
 //!
 //! The package is written under a temporary name next to `--out`, checked with its family's
 //! [`super::registry::ModelFamily::check`], and renamed when valid; nothing is left otherwise.
@@ -270,6 +272,7 @@ pub fn import_folder(runtime: &Runtime, opts: &ImportOptions) -> Result<ImportRe
     let graphs = find_graphs(&dir, opts.variant)?;
     let cpu = SessionOptions::default();
     let session = |rel: &str| -> Result<ModelSession, ImportError> {
+        external_files(&dir, rel)?;
         create_session(runtime, &dir.join(rel), &cpu)
             .map_err(|e| source_err(&dir.join(rel), format!("cannot load: {e}")))
     };
@@ -296,8 +299,9 @@ pub fn import_folder(runtime: &Runtime, opts: &ImportOptions) -> Result<ImportRe
                     "--logit-scale"
                 },
                 reason: format!(
-                    "the scores' scale{} are not in config.json (only their initial values) and there is no combined model.onnx to recover them from",
-                    if siglip { " and bias" } else { "" }
+                    "the trained {} not in config.json (only the initial values are) and there is no combined model.onnx to recover {} from",
+                    if siglip { "logit_scale and logit_bias are" } else { "logit_scale is" },
+                    if siglip { "them" } else { "it" }
                 ),
             })
         }
@@ -314,6 +318,7 @@ pub fn import_folder(runtime: &Runtime, opts: &ImportOptions) -> Result<ImportRe
     // The package files: names kept as in the source folder.
     let mut files: BTreeSet<String> = BTreeSet::new();
     let mut generated: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut materialize: BTreeSet<String> = BTreeSet::new();
     let (image_rel, text_rel, image_spec, text_spec, layout) = match &graphs.split {
         Some((v, t)) => {
             let vs = session(v)?;
@@ -334,7 +339,7 @@ pub fn import_folder(runtime: &Runtime, opts: &ImportOptions) -> Result<ImportRe
             let path = dir.join(&rel);
             let cs = session(&rel)?;
             let bytes = std::fs::read(&path).map_err(|e| source_err(&path, e.to_string()))?;
-            let split = split_combined(&path, &bytes, &cs, &tokenizer, &tok, &pre)?;
+            let split = split_combined(&path, &cs, &tokenizer, &tok, &pre)?;
             let parent = parent_of(&rel);
             let image_rel = format!("{parent}image_encoder.onnx");
             let text_rel = format!("{parent}text_encoder.onnx");
@@ -348,18 +353,20 @@ pub fn import_folder(runtime: &Runtime, opts: &ImportOptions) -> Result<ImportRe
                 output: pick_output(&path, &cs.outputs(), text_out_names)?,
                 mask: split.attention_mask.clone(),
             };
-            let image_bytes = proto::rewrite(
-                &bytes,
-                &split.text_constants,
-                &[image.output.as_str()],
-            )
-            .map_err(|e| source_err(&path, e))?;
+            let image_bytes =
+                proto::rewrite(&bytes, &split.text_constants, &[image.output.as_str()])
+                    .map_err(|e| source_err(&path, e))?;
             let text_bytes =
                 proto::rewrite(&bytes, &split.image_constants, &[text.output.as_str()])
                     .map_err(|e| source_err(&path, e))?;
             generated.push((image_rel.clone(), image_bytes));
             generated.push((text_rel.clone(), text_bytes));
-            files.extend(external_files(&dir, &rel)?);
+            // ONNX Runtime refuses external data whose real path leaves the graph's folder:
+            // the rewritten graphs (files of the package) need their weights hard-linked (or
+            // copied), not symbolically linked.
+            let data = external_files(&dir, &rel)?;
+            materialize.extend(data.iter().cloned());
+            files.extend(data);
             let layout = if rel.contains('/') {
                 "transformers.js (combined graph only)"
             } else {
@@ -418,7 +425,18 @@ pub fn import_folder(runtime: &Runtime, opts: &ImportOptions) -> Result<ImportRe
         .into_owned();
     let tmp = parent.join(format!(".{out_name}.import-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    let written = write_package(&tmp, &out, &dir, &files, &generated, &manifest, opts.copy);
+    let written = write_package(
+        &tmp,
+        &out,
+        &dir,
+        &Contents {
+            files: &files,
+            materialize: &materialize,
+            generated: &generated,
+            manifest: &manifest,
+        },
+        opts.copy,
+    );
     let result = written.and_then(|()| {
         let package = ModelPackage::load(&tmp)?;
         let problems = family_impl.check(runtime, &package);
@@ -504,12 +522,9 @@ fn absolute_out(out: &Path) -> Result<PathBuf, ImportError> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let parent = parent.canonicalize().map_err(|e| {
-        output_err(
-            out,
-            format!("its parent folder {}: {e}", parent.display()),
-        )
-    })?;
+    let parent = parent
+        .canonicalize()
+        .map_err(|e| output_err(out, format!("its parent folder {}: {e}", parent.display())))?;
     Ok(parent.join(name))
 }
 
@@ -562,13 +577,19 @@ fn preprocess(dir: &Path, config: &Value) -> Result<super::Preprocess, ImportErr
             None => Err(bad(format!("no \"{key}\""))),
         }
     };
-    let normalize = pp.get("do_normalize").and_then(Value::as_bool).unwrap_or(true);
+    let normalize = pp
+        .get("do_normalize")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
     let (mean, std) = if normalize {
         (triple("image_mean")?, triple("image_std")?)
     } else {
         (vec![0.0; 3], vec![1.0; 3])
     };
-    let rescale = pp.get("do_rescale").and_then(Value::as_bool).unwrap_or(true);
+    let rescale = pp
+        .get("do_rescale")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
     let value_range = if rescale {
         match pp.get("rescale_factor").and_then(Value::as_f64) {
             Some(f) if f > 0.0 => (1.0 / f) as f32,
@@ -601,7 +622,11 @@ fn preprocess(dir: &Path, config: &Value) -> Result<super::Preprocess, ImportErr
             _ => Ok(None),
         }
     };
-    let crop = if pp.get("do_center_crop").and_then(Value::as_bool).unwrap_or(false) {
+    let crop = if pp
+        .get("do_center_crop")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+    {
         match pp.get("crop_size") {
             Some(v) => square(v, "crop_size")?,
             None => None,
@@ -617,7 +642,9 @@ fn preprocess(dir: &Path, config: &Value) -> Result<super::Preprocess, ImportErr
         },
     }
     .or(image_size)
-    .ok_or_else(|| bad("no \"size\" or \"crop_size\" (and no vision_config.image_size in config.json)".into()))?;
+    .ok_or_else(|| {
+        bad("no \"size\" or \"crop_size\" (and no vision_config.image_size in config.json)".into())
+    })?;
     if let Some(s) = image_size {
         if s != size {
             return Err(bad(format!(
@@ -666,7 +693,9 @@ fn tokenizer_spec(
     tokenizer: &tokenizers::Tokenizer,
 ) -> Result<TokenizerSpec, ImportError> {
     let text_cfg = sub(config, "text_config");
-    let positions = text_cfg.get("max_position_embeddings").and_then(Value::as_u64);
+    let positions = text_cfg
+        .get("max_position_embeddings")
+        .and_then(Value::as_u64);
     let tc_max = std::fs::read_to_string(dir.join("tokenizer_config.json"))
         .ok()
         .and_then(|t| serde_json::from_str::<Value>(&t).ok())
@@ -767,7 +796,8 @@ fn find_graphs(dir: &Path, variant: Variant) -> Result<Graphs, ImportError> {
                 ),
             ));
         };
-        let combined = fp32_combined.or_else(|| variant.suffixes().iter().find_map(|s| combined_of(s)));
+        let combined =
+            fp32_combined.or_else(|| variant.suffixes().iter().find_map(|s| combined_of(s)));
         return Ok(Graphs {
             split: Some(split),
             combined,
@@ -802,13 +832,20 @@ struct GraphIo {
     mask: Option<String>,
 }
 
-fn pick_output(path: &Path, outputs: &[TensorSpec], wanted: &[&str]) -> Result<String, ImportError> {
+fn pick_output(
+    path: &Path,
+    outputs: &[TensorSpec],
+    wanted: &[&str],
+) -> Result<String, ImportError> {
     for w in wanted {
         if let Some(o) = outputs.iter().find(|o| o.name == *w) {
             if o.dtype != "float32" {
                 return Err(source_err(
                     path,
-                    format!("output '{}' is {}; tessera reads float32 embeddings", o.name, o.dtype),
+                    format!(
+                        "output '{}' is {}; tessera reads float32 embeddings",
+                        o.name, o.dtype
+                    ),
                 ));
             }
             return Ok(o.name.clone());
@@ -892,7 +929,8 @@ fn text_io(path: &Path, s: &ModelSession, wanted: &[&str]) -> Result<GraphIo, Im
 
 /// `a/b/c.onnx` -> `a/b/`; `c.onnx` -> ``.
 fn parent_of(rel: &str) -> String {
-    rel.rfind('/').map_or_else(String::new, |i| rel[..=i].to_string())
+    rel.rfind('/')
+        .map_or_else(String::new, |i| rel[..=i].to_string())
 }
 
 /// The external data files a graph names (relative to the folder), checked to exist and to
@@ -906,8 +944,7 @@ fn external_files(dir: &Path, rel: &str) -> Result<Vec<String>, ImportError> {
     for loc in locations {
         let p = Path::new(&loc);
         if p.is_absolute()
-            || p
-                .components()
+            || p.components()
                 .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
         {
             return Err(source_err(
@@ -940,7 +977,6 @@ struct Split {
 
 fn split_combined(
     path: &Path,
-    _bytes: &[u8],
     s: &ModelSession,
     tokenizer: &tokenizers::Tokenizer,
     tok: &TokenizerSpec,
@@ -1063,7 +1099,9 @@ fn recover_scores(
             .map_err(|e| run(e.to_string()))?;
         let shape = a.shape().to_vec();
         if shape.len() != 2 {
-            return Err(run(format!("output '{name}' has shape {shape:?}, expected 2 axes")));
+            return Err(run(format!(
+                "output '{name}' has shape {shape:?}, expected 2 axes"
+            )));
         }
         Ok(Array2::from_shape_fn((shape[0], shape[1]), |(i, j)| {
             f64::from(a[[i, j]])
@@ -1098,7 +1136,8 @@ fn recover_scores(
         .map(|(c, l)| (l - (scale * c + bias)).abs())
         .fold(0.0, f64::max);
     let magnitude = l.iter().map(|v| v.abs()).fold(1.0, f64::max);
-    if !(worst <= 1e-4 * magnitude) || !(scale.is_finite() && scale > 0.0) {
+    let exact = worst.is_finite() && worst <= 1e-4 * magnitude;
+    if !(exact && scale.is_finite() && scale > 0.0) {
         return Err(ImportError::NeedsFlag {
             path: path.display().to_string(),
             flag: if siglip {
@@ -1107,8 +1146,12 @@ fn recover_scores(
                 "--logit-scale"
             },
             reason: format!(
-                "its logits_per_image are not {} (fit off by {worst:.3g}, scale {scale:.6})",
-                if siglip { "scale * cos + bias" } else { "scale * cos" }
+                "its logits_per_image are not {} (fit off by {worst:.3e}, scale {scale:.6})",
+                if siglip {
+                    "scale * cos + bias"
+                } else {
+                    "scale * cos"
+                }
             ),
         });
     }
@@ -1235,19 +1278,26 @@ fn relative(from: &Path, to: &Path) -> PathBuf {
     r
 }
 
+/// What a package holds: files of the source folder (linked, or hard-linked/copied when in
+/// `materialize`), generated files, the manifest.
+struct Contents<'a> {
+    files: &'a BTreeSet<String>,
+    materialize: &'a BTreeSet<String>,
+    generated: &'a [(String, Vec<u8>)],
+    manifest: &'a str,
+}
+
 /// Write the package into `tmp` (links computed for its final place `out`, a sibling).
 fn write_package(
     tmp: &Path,
     out: &Path,
     dir: &Path,
-    files: &BTreeSet<String>,
-    generated: &[(String, Vec<u8>)],
-    manifest: &str,
+    c: &Contents<'_>,
     copy: bool,
 ) -> Result<(), ImportError> {
     let werr = |p: &Path, e: std::io::Error| output_err(p, e.to_string());
     std::fs::create_dir_all(tmp).map_err(|e| werr(tmp, e))?;
-    for rel in files {
+    for rel in c.files {
         let src = dir.join(rel);
         let dst = tmp.join(rel);
         if let Some(p) = dst.parent() {
@@ -1255,6 +1305,10 @@ fn write_package(
         }
         if copy {
             std::fs::copy(&src, &dst).map_err(|e| werr(&dst, e))?;
+        } else if c.materialize.contains(rel) {
+            if std::fs::hard_link(&src, &dst).is_err() {
+                std::fs::copy(&src, &dst).map_err(|e| werr(&dst, e))?;
+            }
         } else {
             let final_parent = out.join(rel);
             let final_parent = final_parent.parent().unwrap_or(out);
@@ -1262,7 +1316,7 @@ fn write_package(
             link(&target, &dst).map_err(|e| werr(&dst, e))?;
         }
     }
-    for (rel, bytes) in generated {
+    for (rel, bytes) in c.generated {
         let dst = tmp.join(rel);
         if let Some(p) = dst.parent() {
             std::fs::create_dir_all(p).map_err(|e| werr(p, e))?;
@@ -1270,7 +1324,7 @@ fn write_package(
         std::fs::write(&dst, bytes).map_err(|e| werr(&dst, e))?;
     }
     let m = tmp.join("model.toml");
-    std::fs::write(&m, manifest).map_err(|e| werr(&m, e))
+    std::fs::write(&m, c.manifest).map_err(|e| werr(&m, e))
 }
 
 #[cfg(unix)]
@@ -1450,7 +1504,10 @@ mod proto {
                 }
                 (1, 2) => {
                     // NodeProto attribute (5): t (5), g (6), tensors (10), graphs (11).
-                    for a in fields(f.data)?.into_iter().filter(|a| a.number == 5 && a.wire == 2) {
+                    for a in fields(f.data)?
+                        .into_iter()
+                        .filter(|a| a.number == 5 && a.wire == 2)
+                    {
                         for v in fields(a.data)? {
                             match (v.number, v.wire) {
                                 (5 | 10, 2) => tensor_location(v.data, out)?,
@@ -1468,7 +1525,9 @@ mod proto {
 
     fn tensor_location(tensor: &[u8], out: &mut Vec<String>) -> Result<(), String> {
         let fs = fields(tensor)?;
-        let external = fs.iter().any(|f| f.number == 14 && f.wire == 0 && f.value == 1);
+        let external = fs
+            .iter()
+            .any(|f| f.number == 14 && f.wire == 0 && f.value == 1);
         if !external {
             return Ok(());
         }
@@ -1502,7 +1561,11 @@ mod proto {
         Ok(out)
     }
 
-    fn rewrite_graph(graph: &[u8], constants: &[Constant], keep: &[&str]) -> Result<Vec<u8>, String> {
+    fn rewrite_graph(
+        graph: &[u8],
+        constants: &[Constant],
+        keep: &[&str],
+    ) -> Result<Vec<u8>, String> {
         let mut out = Vec::with_capacity(graph.len() + 4096);
         let mut replaced = 0;
         let mut kept = 0;
@@ -1584,8 +1647,15 @@ mod tests {
         assert_eq!(fit(&c, &l, false), Some((14.5, 0.0)));
         let l: Vec<f64> = c.iter().map(|x| 10.0 * x - 3.0).collect();
         let (s, b) = fit(&c, &l, true).expect("fit");
-        assert!((s - 10.0).abs() < 1e-12 && (b + 3.0).abs() < 1e-12, "{s} {b}");
-        assert_eq!(fit(&[0.2, 0.2], &[1.0, 1.0], true), None, "one cosine: no line");
+        assert!(
+            (s - 10.0).abs() < 1e-12 && (b + 3.0).abs() < 1e-12,
+            "{s} {b}"
+        );
+        assert_eq!(
+            fit(&[0.2, 0.2], &[1.0, 1.0], true),
+            None,
+            "one cosine: no line"
+        );
     }
 
     #[test]

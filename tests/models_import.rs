@@ -1,0 +1,559 @@
+//! `tessera models import` on downloaded-folder layouts of the committed tiny CLIP
+//! (`sample_data/models/imports/clip-tiny-transformersjs`, made by
+//! `tools/fixtures/make_import_layouts.py` from the same seeded model as
+//! `sample_data/models/clip-tiny`): the imported package gives the probabilities PyTorch
+//! computed for clip-tiny (`reference/reference.json`), the scale recovered from the combined
+//! graph is clip-tiny's `logit_scale`, the int8 variant runs close to them, a combined graph
+//! alone (optimum layout) is split and gives the same numbers, and bad folders fail with one
+//! line naming the file and nothing written.
+//!
+//! The fixture's float32 graphs keep the token embedding as external data that is not
+//! committed (`assemble.json` names its bytes in clip-tiny's text encoder): [`transformers_js`]
+//! writes it into the temporary copy.
+//!
+//! No SigLIP case yet: `sample_data/models/siglip-tiny` is not on main; when it is, a
+//! transformers.js layout of it (vision/text graphs with `pooler_output`) belongs here.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use ndarray::{Array2, Array4};
+use serde_json::Value;
+use tessera::models::dual_encoder::DualEncoderModel;
+use tessera::runtime::{Runtime, SessionOptions};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn reference() -> Value {
+    let text = std::fs::read_to_string(common::clip_tiny().join("reference/reference.json"))
+        .expect("reference.json");
+    serde_json::from_str(&text).expect("json")
+}
+
+/// The transformers.js fixture assembled in `tmp/name` (external data and tokenizer written).
+fn transformers_js(tmp: &Path, name: &str) -> PathBuf {
+    let fixture = root().join("sample_data/models/imports/clip-tiny-transformersjs");
+    let dir = tmp.join(name);
+    common::copy_dir(&fixture, &dir);
+    let assemble: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture.join("assemble.json")).expect("read"),
+    )
+    .expect("json");
+    for (rel, spec) in assemble["files"].as_object().expect("files") {
+        let bytes = std::fs::read(root().join(spec["from"].as_str().expect("from"))).expect("from");
+        let bytes = match spec.get("offset") {
+            Some(off) => {
+                let off = off.as_u64().expect("offset") as usize;
+                let len = spec["length"].as_u64().expect("length") as usize;
+                bytes[off..off + len].to_vec()
+            }
+            None => bytes,
+        };
+        std::fs::write(dir.join(rel), bytes).expect("write");
+    }
+    std::fs::remove_file(dir.join("assemble.json")).expect("rm");
+    dir
+}
+
+/// The optimum layout (`optimum-cli export onnx`): the combined graph at the top level.
+fn optimum(tmp: &Path, name: &str) -> PathBuf {
+    let tjs = transformers_js(tmp, &format!("{name}-src"));
+    let dir = tmp.join(name);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    for f in [
+        "config.json",
+        "preprocessor_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ] {
+        std::fs::copy(tjs.join(f), dir.join(f)).expect("copy");
+    }
+    for f in ["model.onnx", "model.onnx_data"] {
+        std::fs::copy(tjs.join("onnx").join(f), dir.join(f)).expect("copy");
+    }
+    std::fs::remove_dir_all(&tjs).expect("rm");
+    dir
+}
+
+fn runtime() -> &'static Runtime {
+    Runtime::load(None).expect("ONNX Runtime (run `make setup`)")
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|s| s.as_str().expect("str").to_string())
+        .collect()
+}
+
+fn matrix(v: &Value) -> Array2<f32> {
+    let rows: Vec<Vec<f32>> = v
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .expect("row")
+                .iter()
+                .map(|x| x.as_f64().expect("num") as f32)
+                .collect()
+        })
+        .collect();
+    let (n, d) = (rows.len(), rows[0].len());
+    Array2::from_shape_vec((n, d), rows.into_iter().flatten().collect()).expect("shape")
+}
+
+/// The package's probabilities for clip-tiny's reference images, labels and templates.
+fn probabilities(package: &Path) -> Array2<f32> {
+    let r = reference();
+    let mut model =
+        DualEncoderModel::load(runtime(), package, &SessionOptions::default()).expect("load");
+    let (labels, _) = model
+        .label_embeddings(&strings(&r["labels"]), &strings(&r["templates"]), None)
+        .expect("labels");
+    let bytes = std::fs::read(common::clip_tiny().join("reference/pixels_f32.bin")).expect("px");
+    let px: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let s = model.input_size();
+    let n = px.len() / (3 * s * s);
+    let batch = Array4::from_shape_vec((n, 3, s, s), px).expect("shape");
+    let emb = model.encode_images(batch.view()).expect("encode");
+    model.probabilities(emb, &labels)
+}
+
+fn max_abs(a: &Array2<f32>, b: &Array2<f32>) -> f32 {
+    assert_eq!(a.shape(), b.shape());
+    a.iter()
+        .zip(b.iter())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn manifest(package: &Path) -> toml::Table {
+    std::fs::read_to_string(package.join("model.toml"))
+        .expect("model.toml")
+        .parse()
+        .expect("toml")
+}
+
+fn logit_scale(package: &Path) -> f64 {
+    manifest(package)["scores"]["logit_scale"]
+        .as_float()
+        .expect("logit_scale")
+}
+
+/// Nothing but `keep` in `dir` (no package, no temporary folder left).
+fn only(dir: &Path, keep: &[&str]) {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read_dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let mut want: Vec<String> = keep.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(names, want, "files left in {}", dir.display());
+}
+
+#[test]
+fn transformers_js_fp32_gives_the_pytorch_probabilities_and_scale() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = transformers_js(tmp.path(), "clip-tiny-tjs");
+    let run = common::run(
+        tmp.path(),
+        &[
+            "models",
+            "import",
+            "clip-tiny-tjs",
+            "--out",
+            "pkg",
+            "--json",
+        ],
+    );
+    run.success();
+    let report = run.json();
+    assert_eq!(report["family"], "clip");
+    assert_eq!(report["layout"], "transformers.js");
+    assert_eq!(report["variant"], "fp32");
+    assert_eq!(report["image_graph"], "onnx/vision_model.onnx");
+    assert_eq!(report["text_graph"], "onnx/text_model.onnx");
+    assert_eq!(report["scores_from"], "onnx/model.onnx");
+    let pkg = tmp.path().join("pkg");
+
+    // The scale recovered by running onnx/model.onnx is the checkpoint's exp(logit_scale).
+    let want = reference()["logit_scale"].as_f64().expect("scale");
+    let got = logit_scale(&pkg);
+    assert!(
+        ((got - want) / want).abs() < 1e-5,
+        "recovered logit_scale {got}, PyTorch {want}"
+    );
+
+    // The manifest: the graphs' own names, the text graph without a mask input.
+    let m = manifest(&pkg);
+    assert_eq!(m["family"].as_str(), Some("clip"));
+    assert_eq!(m["image"]["output"].as_str(), Some("image_embeds"));
+    assert_eq!(m["text"]["output"].as_str(), Some("text_embeds"));
+    assert!(m["text"].get("attention_mask").is_none());
+    assert_eq!(m["preprocess"]["size"].as_integer(), Some(64));
+    assert_eq!(m["preprocess"]["value_range"].as_float(), Some(255.0));
+    assert_eq!(m["tokenizer"]["context_length"].as_integer(), Some(77));
+    assert_eq!(m["tokenizer"]["pad_token_id"].as_integer(), Some(49407));
+    assert_eq!(m["tokenizer"]["bos_token_id"].as_integer(), Some(49406));
+    assert_eq!(m["tokenizer"]["eos_token_id"].as_integer(), Some(49407));
+    let source = m["source"].as_str().expect("source");
+    assert!(
+        source.contains("transformers.js") && source.contains("variant fp32"),
+        "{source}"
+    );
+
+    // Relative links into the source folder, external data included.
+    for rel in [
+        "onnx/vision_model.onnx",
+        "onnx/text_model.onnx",
+        "onnx/text_model.onnx_data",
+        "tokenizer.json",
+    ] {
+        let link = std::fs::read_link(pkg.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+        assert!(link.is_relative(), "{rel} -> {}", link.display());
+        assert_eq!(
+            pkg.join(rel).canonicalize().expect("target"),
+            src.join(rel).canonicalize().expect("source")
+        );
+    }
+
+    let got = probabilities(&pkg);
+    let want = matrix(&reference()["probs"]);
+    let err = max_abs(&got, &want);
+    assert!(err <= 1e-4, "probabilities differ from PyTorch by {err}");
+
+    common::run(tmp.path(), &["models", "check", "pkg"]).success();
+}
+
+#[test]
+fn the_int8_variant_imports_and_runs_close_to_fp32() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    transformers_js(tmp.path(), "src");
+    let run = common::run(
+        tmp.path(),
+        &[
+            "models",
+            "import",
+            "src",
+            "--out",
+            "pkg8",
+            "--variant",
+            "int8",
+            "--json",
+        ],
+    );
+    run.success();
+    // No `_int8` files: int8 falls back to transformers.js' `_quantized` (q8) graphs.
+    assert_eq!(
+        run.json()["image_graph"],
+        "onnx/vision_model_quantized.onnx"
+    );
+    assert_eq!(run.json()["text_graph"], "onnx/text_model_quantized.onnx");
+    let pkg = tmp.path().join("pkg8");
+    let m = manifest(&pkg);
+    assert!(m["source"]
+        .as_str()
+        .expect("source")
+        .contains("variant int8"));
+    let got = probabilities(&pkg);
+    let want = matrix(&reference()["probs"]);
+    let err = max_abs(&got, &want);
+    // Measured on x86-64 (ONNX Runtime 1.31 CPU): 0.021; int8 kernels differ between CPUs
+    // (VNNI or not), hence the margin.
+    assert!(
+        err > 1e-6 && err <= 0.05,
+        "int8 probabilities differ from PyTorch fp32 by {err}"
+    );
+    eprintln!("int8 variant: max |p - p_fp32| = {err}");
+    // The same variant by its transformers.js name.
+    common::run(
+        tmp.path(),
+        &[
+            "models",
+            "import",
+            "src",
+            "--out",
+            "pkgq",
+            "--variant",
+            "q8",
+        ],
+    )
+    .success();
+    assert_eq!(probabilities(&tmp.path().join("pkgq")), got);
+}
+
+#[test]
+fn copy_makes_a_package_that_outlives_the_folder() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    transformers_js(tmp.path(), "src");
+    common::run(
+        tmp.path(),
+        &[
+            "models", "import", "src", "--out", "pkg", "--copy", "--name", "mine",
+        ],
+    )
+    .success();
+    std::fs::remove_dir_all(tmp.path().join("src")).expect("rm");
+    let pkg = tmp.path().join("pkg");
+    for e in common::walk(&pkg) {
+        assert!(
+            !std::fs::symlink_metadata(&e)
+                .expect("meta")
+                .file_type()
+                .is_symlink(),
+            "{} is a link",
+            e.display()
+        );
+    }
+    assert_eq!(manifest(&pkg)["name"].as_str(), Some("mine"));
+    let err = max_abs(&probabilities(&pkg), &matrix(&reference()["probs"]));
+    assert!(err <= 1e-4, "{err}");
+}
+
+#[test]
+fn an_optimum_combined_graph_is_split_and_gives_the_same_numbers() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    optimum(tmp.path(), "opt");
+    let run = common::run(
+        tmp.path(),
+        &["models", "import", "opt", "--out", "pkg", "--json"],
+    );
+    run.success();
+    let r = run.json();
+    assert_eq!(r["layout"], "optimum");
+    assert_eq!(r["image_graph"], "image_encoder.onnx");
+    assert_eq!(r["text_graph"], "text_encoder.onnx");
+    assert_eq!(r["scores_from"], "model.onnx");
+    let pkg = tmp.path().join("pkg");
+    let m = manifest(&pkg);
+    assert_eq!(m["text"]["attention_mask"].as_str(), Some("attention_mask"));
+    // The rewritten graphs are files of the package.
+    assert!(!std::fs::symlink_metadata(pkg.join("image_encoder.onnx"))
+        .expect("meta")
+        .file_type()
+        .is_symlink());
+    // ONNX Runtime refuses external data through a link out of the graph's folder: the
+    // weights are hard-linked (same file system here), not symbolically linked.
+    assert!(!std::fs::symlink_metadata(pkg.join("model.onnx_data"))
+        .expect("meta")
+        .file_type()
+        .is_symlink());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let a = std::fs::metadata(pkg.join("model.onnx_data")).expect("meta");
+        let b = std::fs::metadata(tmp.path().join("opt/model.onnx_data")).expect("meta");
+        assert_eq!(a.ino(), b.ino(), "hard link");
+    }
+    let want = reference()["logit_scale"].as_f64().expect("scale");
+    assert!(((logit_scale(&pkg) - want) / want).abs() < 1e-5);
+    let err = max_abs(&probabilities(&pkg), &matrix(&reference()["probs"]));
+    assert!(
+        err <= 1e-4,
+        "split combined graph: probabilities off by {err}"
+    );
+    // Each split graph takes only its own tower's inputs.
+    let rt = runtime();
+    let img = tessera::runtime::create_session(
+        rt,
+        &pkg.join("image_encoder.onnx"),
+        &SessionOptions::default(),
+    )
+    .expect("image graph");
+    let names: Vec<String> = img.inputs().into_iter().map(|i| i.name).collect();
+    assert_eq!(names, ["pixel_values"]);
+    let outs: Vec<String> = img.outputs().into_iter().map(|o| o.name).collect();
+    assert_eq!(outs, ["image_embeds"]);
+}
+
+#[test]
+fn a_given_scale_is_used_when_there_is_no_combined_graph() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = transformers_js(tmp.path(), "src");
+    std::fs::remove_file(src.join("onnx/model.onnx")).expect("rm");
+    std::fs::remove_file(src.join("onnx/model.onnx_data")).expect("rm");
+    let want = reference()["logit_scale"].as_f64().expect("scale");
+    let scale = format!("{want}");
+    common::run(
+        tmp.path(),
+        &[
+            "models",
+            "import",
+            "src",
+            "--out",
+            "pkg",
+            "--logit-scale",
+            &scale,
+        ],
+    )
+    .success();
+    let pkg = tmp.path().join("pkg");
+    assert!(((logit_scale(&pkg) - want) / want).abs() < 1e-6);
+    assert!(manifest(&pkg)["source"]
+        .as_str()
+        .expect("source")
+        .contains("scores from --logit-scale"));
+    let err = max_abs(&probabilities(&pkg), &matrix(&reference()["probs"]));
+    assert!(err <= 1e-4, "{err}");
+}
+
+/// Bad folders and flags: one line naming the file (or flag) and the cause, exit 1, nothing
+/// written next to --out.
+#[test]
+fn bad_input_fails_with_one_line_and_writes_nothing() {
+    type Break = fn(&Path);
+    let cases: Vec<(&str, Break, Vec<&str>, Vec<&str>)> = vec![
+        (
+            "missing tokenizer.json",
+            |d| std::fs::remove_file(d.join("tokenizer.json")).expect("rm"),
+            vec![],
+            vec!["tokenizer.json", "no such file"],
+        ),
+        (
+            "unknown model_type",
+            |d| {
+                let p = d.join("config.json");
+                let t = std::fs::read_to_string(&p).expect("read");
+                std::fs::write(
+                    &p,
+                    t.replace("\"model_type\": \"clip\"", "\"model_type\": \"bert\""),
+                )
+                .expect("write");
+            },
+            vec![],
+            vec![
+                "config.json",
+                "model_type 'bert'",
+                "clip, siglip, siglip2, chinese_clip",
+            ],
+        ),
+        (
+            "missing variant",
+            |_| {},
+            vec!["--variant", "fp16"],
+            vec![
+                "no fp16 variant",
+                "vision_model_fp16.onnx",
+                "the folder has: fp32, int8, quantized",
+            ],
+        ),
+        (
+            "missing --logit-scale",
+            |d| {
+                std::fs::remove_file(d.join("onnx/model.onnx")).expect("rm");
+                std::fs::remove_file(d.join("onnx/model.onnx_data")).expect("rm");
+            },
+            vec![],
+            vec!["--logit-scale", "config.json", "model.onnx"],
+        ),
+        (
+            "missing external data",
+            |d| std::fs::remove_file(d.join("onnx/text_model.onnx_data")).expect("rm"),
+            vec![],
+            vec!["text_model.onnx_data", "no such file"],
+        ),
+        (
+            "--logit-bias for a softmax family",
+            |_| {},
+            vec!["--logit-scale", "10", "--logit-bias", "-3"],
+            vec!["--logit-bias", "only SigLIP"],
+        ),
+        (
+            "malformed config.json",
+            |d| std::fs::write(d.join("config.json"), "{ not json").expect("write"),
+            vec![],
+            vec!["config.json", "not valid JSON"],
+        ),
+        (
+            "non-square crop",
+            |d| {
+                let p = d.join("preprocessor_config.json");
+                let t = std::fs::read_to_string(&p).expect("read");
+                std::fs::write(&p, t.replacen("\"width\": 64", "\"width\": 48", 1)).expect("write");
+            },
+            vec![],
+            vec!["preprocessor_config.json", "64 x 48", "square"],
+        ),
+        (
+            // A family whose check refuses the package (chinese-clip wants a WordPiece
+            // tokenizer): the written package is removed.
+            "a package that fails its family's check",
+            |d| {
+                let p = d.join("config.json");
+                let t = std::fs::read_to_string(&p).expect("read");
+                std::fs::write(
+                    &p,
+                    t.replace(
+                        "\"model_type\": \"clip\"",
+                        "\"model_type\": \"chinese_clip\"",
+                    ),
+                )
+                .expect("write");
+            },
+            vec![],
+            vec!["not valid (removed)", "tokenizer"],
+        ),
+    ];
+    for (what, breaker, flags, needles) in cases {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let src = transformers_js(tmp.path(), "src");
+        breaker(&src);
+        let mut args = vec!["models", "import", "src", "--out", "pkg"];
+        args.extend(flags);
+        let run = common::run(tmp.path(), &args);
+        eprintln!("{what}: {}", run.stderr().trim());
+        run.fails_with(&needles);
+        only(tmp.path(), &["src"]);
+    }
+}
+
+#[test]
+fn an_existing_out_is_refused_and_left_alone() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    transformers_js(tmp.path(), "src");
+    std::fs::create_dir(tmp.path().join("pkg")).expect("mkdir");
+    std::fs::write(tmp.path().join("pkg/keep.txt"), "mine").expect("write");
+    common::run(tmp.path(), &["models", "import", "src", "--out", "pkg"])
+        .fails_with(&["pkg", "already exists and is not an empty folder"]);
+    only(&tmp.path().join("pkg"), &["keep.txt"]);
+    only(tmp.path(), &["src", "pkg"]);
+    // An existing file too; an empty folder is taken.
+    std::fs::write(tmp.path().join("file"), "x").expect("write");
+    common::run(tmp.path(), &["models", "import", "src", "--out", "file"])
+        .fails_with(&["file", "already exists"]);
+    std::fs::create_dir(tmp.path().join("empty")).expect("mkdir");
+    common::run(tmp.path(), &["models", "import", "src", "--out", "empty"]).success();
+    assert!(tmp.path().join("empty/model.toml").is_file());
+}
+
+#[test]
+fn help_explains_layouts_variants_and_scores() {
+    let run = common::run(&root(), &["models", "import", "--help"]);
+    run.success();
+    let help = run.stdout();
+    for needle in [
+        "--variant",
+        "q4f16",
+        "bnb4",
+        "--logit-scale",
+        "--logit-bias",
+        "--copy",
+        "transformers.js",
+        "optimum",
+        "model_type",
+        "the softmax probabilities do",
+    ] {
+        assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
+    }
+}
