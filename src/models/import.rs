@@ -1659,6 +1659,46 @@ mod tests {
     }
 
     #[test]
+    fn preprocessing_from_either_processor_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = serde_json::json!({"vision_config": {"image_size": 224}});
+        // transformers 5: processor_config.json with the settings nested, no crop.
+        std::fs::write(
+            dir.path().join("processor_config.json"),
+            r#"{"image_processor": {"size": {"shortest_edge": 224}, "do_center_crop": false,
+                "image_mean": [0.5, 0.5, 0.5], "image_std": 0.25, "rescale_factor": 0.5}}"#,
+        )
+        .expect("write");
+        let p = preprocess(dir.path(), &config).expect("preprocess");
+        assert_eq!((p.size, p.value_range), (224, 2.0));
+        assert_eq!(
+            (p.mean.clone(), p.std.clone()),
+            (vec![0.5; 3], vec![0.25; 3])
+        );
+        // preprocessor_config.json wins; no normalisation means mean 0, std 1.
+        std::fs::write(
+            dir.path().join("preprocessor_config.json"),
+            r#"{"size": {"height": 224, "width": 224}, "do_normalize": false, "do_rescale": false}"#,
+        )
+        .expect("write");
+        let p = preprocess(dir.path(), &config).expect("preprocess");
+        assert_eq!(
+            (p.mean, p.std, p.value_range),
+            (vec![0.0; 3], vec![1.0; 3], 1.0)
+        );
+        // A size that is not the vision tower's is an error naming the file.
+        let e = preprocess(
+            dir.path(),
+            &serde_json::json!({"vision_config": {"image_size": 384}}),
+        )
+        .expect_err("size");
+        assert!(
+            e.to_string().contains("preprocessor_config.json") && e.to_string().contains("384"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn relative_links() {
         assert_eq!(
             relative(Path::new("/a/out/onnx"), Path::new("/a/src/onnx/v.onnx")),
