@@ -11,8 +11,9 @@
 //! committed (`assemble.json` names its bytes in clip-tiny's text encoder): [`transformers_js`]
 //! writes it into the temporary copy.
 //!
-//! No SigLIP case yet: `sample_data/models/siglip-tiny` is not on main; when it is, a
-//! transformers.js layout of it (vision/text graphs with `pooler_output`) belongs here.
+//! SigLIP: `sample_data/models/imports/siglip-tiny-transformersjs` is a tiny random
+//! `SiglipModel` of its own (the SigLIP package `sample_data/models/siglip-tiny` was not on main
+//! when this was written), with its PyTorch references beside it.
 
 mod common;
 
@@ -556,4 +557,133 @@ fn help_explains_layouts_variants_and_scores() {
     ] {
         assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
     }
+}
+
+fn siglip_fixture() -> PathBuf {
+    root().join("sample_data/models/imports/siglip-tiny-transformersjs")
+}
+
+fn siglip_reference() -> Value {
+    let text =
+        std::fs::read_to_string(siglip_fixture().join("reference.json")).expect("reference.json");
+    serde_json::from_str(&text).expect("json")
+}
+
+#[test]
+fn siglip_transformers_js_recovers_scale_and_bias_and_gives_the_pytorch_scores() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("siglip");
+    common::copy_dir(&siglip_fixture(), &src);
+    let run = common::run(
+        tmp.path(),
+        &["models", "import", "siglip", "--out", "pkg", "--json"],
+    );
+    run.success();
+    assert_eq!(run.json()["family"], "siglip");
+    let pkg = tmp.path().join("pkg");
+    let m = manifest(&pkg);
+    assert_eq!(m["family"].as_str(), Some("siglip"));
+    assert_eq!(m["image"]["output"].as_str(), Some("pooler_output"));
+    assert_eq!(m["text"]["output"].as_str(), Some("pooler_output"));
+    assert!(m["text"].get("attention_mask").is_none(), "SigLIP: no mask");
+    assert_eq!(m["tokenizer"]["context_length"].as_integer(), Some(64));
+    assert!(m["tokenizer"].get("bos_token_id").is_none());
+    assert_eq!(
+        m["tokenizer"]["pad_token_id"].as_integer(),
+        m["tokenizer"]["eos_token_id"].as_integer()
+    );
+    assert_eq!(m["preprocess"]["mean"].as_array().map(Vec::len), Some(3));
+
+    let r = siglip_reference();
+    let want_scale = r["logit_scale"].as_f64().expect("scale");
+    let want_bias = r["logit_bias"].as_f64().expect("bias");
+    let scale = m["scores"]["logit_scale"].as_float().expect("scale");
+    let bias = m["scores"]["logit_bias"].as_float().expect("bias");
+    assert!(
+        ((scale - want_scale) / want_scale).abs() < 1e-5,
+        "recovered logit_scale {scale}, PyTorch {want_scale}"
+    );
+    assert!(
+        (bias - want_bias).abs() < 1e-4,
+        "recovered logit_bias {bias}, PyTorch {want_bias}"
+    );
+
+    let mut model =
+        DualEncoderModel::load(runtime(), &pkg, &SessionOptions::default()).expect("load");
+    let tokens = model.tokenize(&strings(&r["prompts"])).expect("tokenize");
+    let want_ids: Vec<i64> = r["token_ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .flat_map(|row| row.as_array().expect("row").clone())
+        .map(|v| v.as_i64().expect("id"))
+        .collect();
+    assert_eq!(tokens.ids, want_ids, "token ids");
+    let (labels, _) = model
+        .label_embeddings(&strings(&r["labels"]), &strings(&r["templates"]), None)
+        .expect("labels");
+    let u8s = std::fs::read(common::clip_tiny().join("reference/images_u8.bin")).expect("images");
+    let s = model.input_size();
+    let n = u8s.len() / (s * s * 3);
+    let batch = Array4::from_shape_fn((n, 3, s, s), |(i, c, y, x)| {
+        (f32::from(u8s[((i * s + y) * s + x) * 3 + c]) / 255.0 - 0.5) / 0.5
+    });
+    let emb = model.encode_images(batch.view()).expect("encode");
+    let got = model.probabilities(emb, &labels);
+    let err = max_abs(&got, &matrix(&r["probs"]));
+    assert!(
+        err <= 1e-4,
+        "SigLIP sigmoid scores differ from PyTorch by {err}"
+    );
+}
+
+#[test]
+fn siglip_without_a_combined_graph_needs_both_flags() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("siglip");
+    common::copy_dir(&siglip_fixture(), &src);
+    std::fs::remove_file(src.join("onnx/model.onnx")).expect("rm");
+    common::run(tmp.path(), &["models", "import", "siglip", "--out", "pkg"])
+        .fails_with(&["--logit-scale and --logit-bias", "logit_bias"]);
+    common::run(
+        tmp.path(),
+        &[
+            "models",
+            "import",
+            "siglip",
+            "--out",
+            "pkg",
+            "--logit-scale",
+            "10",
+        ],
+    )
+    .fails_with(&["--logit-bias"]);
+    only(tmp.path(), &["siglip"]);
+    let r = siglip_reference();
+    let (scale, bias) = (
+        format!("{}", r["logit_scale"].as_f64().expect("scale")),
+        format!("{}", r["logit_bias"].as_f64().expect("bias")),
+    );
+    common::run(
+        tmp.path(),
+        &[
+            "models",
+            "import",
+            "siglip",
+            "--out",
+            "pkg",
+            "--logit-scale",
+            &scale,
+            "--logit-bias",
+            &bias,
+        ],
+    )
+    .success();
+    let m = manifest(&tmp.path().join("pkg"));
+    assert!(
+        (m["scores"]["logit_bias"].as_float().expect("bias")
+            - r["logit_bias"].as_f64().expect("b"))
+        .abs()
+            < 1e-6
+    );
 }
