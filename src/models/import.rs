@@ -325,11 +325,33 @@ pub fn import_folder(runtime: &Runtime, opts: &ImportOptions) -> Result<ImportRe
             let ts = session(t)?;
             let image = image_io(&dir.join(v), &vs, image_out_names)?;
             let text = text_io(&dir.join(t), &ts, text_out_names)?;
-            for g in [v, t] {
-                files.insert(g.clone());
-                files.extend(external_files(&dir, g)?);
-            }
-            (v.clone(), t.clone(), image, text, "transformers.js")
+            files.insert(v.clone());
+            files.extend(external_files(&dir, v)?);
+            let text_rel = match &text.token_type {
+                None => {
+                    files.insert(t.clone());
+                    files.extend(external_files(&dir, t)?);
+                    t.clone()
+                }
+                Some(name) => {
+                    // token_type_ids (one segment: zeros) become a constant of a rewritten
+                    // copy of the text graph; its external data is hard-linked (see below).
+                    let path = dir.join(t);
+                    let bytes =
+                        std::fs::read(&path).map_err(|e| source_err(&path, e.to_string()))?;
+                    let l = tok.context_length;
+                    let zeros = proto::Constant::int64(name, &[1, l as i64], &vec![0; l]);
+                    let rewritten = proto::rewrite(&bytes, &[zeros], &[text.output.as_str()])
+                        .map_err(|e| source_err(&path, e))?;
+                    let rel = format!("{}text_encoder.onnx", parent_of(t));
+                    generated.push((rel.clone(), rewritten));
+                    let data = external_files(&dir, t)?;
+                    materialize.extend(data.iter().cloned());
+                    files.extend(data);
+                    rel
+                }
+            };
+            (v.clone(), text_rel, image, text, "transformers.js")
         }
         None => {
             let rel = graphs
@@ -344,14 +366,16 @@ pub fn import_folder(runtime: &Runtime, opts: &ImportOptions) -> Result<ImportRe
             let image_rel = format!("{parent}image_encoder.onnx");
             let text_rel = format!("{parent}text_encoder.onnx");
             let image = GraphIo {
-                input: split.pixel_values.clone(),
+                input: split.inputs.pixel_values.clone(),
                 output: pick_output(&path, &cs.outputs(), image_out_names)?,
                 mask: None,
+                token_type: None,
             };
             let text = GraphIo {
-                input: split.input_ids.clone(),
+                input: split.inputs.input_ids.clone(),
                 output: pick_output(&path, &cs.outputs(), text_out_names)?,
-                mask: split.attention_mask.clone(),
+                mask: split.inputs.attention_mask.clone(),
+                token_type: None,
             };
             let image_bytes =
                 proto::rewrite(&bytes, &split.text_constants, &[image.output.as_str()])
@@ -439,7 +463,12 @@ pub fn import_folder(runtime: &Runtime, opts: &ImportOptions) -> Result<ImportRe
     );
     let result = written.and_then(|()| {
         let package = ModelPackage::load(&tmp)?;
-        let problems = family_impl.check(runtime, &package);
+        let mut problems = family_impl.check(runtime, &package);
+        if problems.is_empty() {
+            if let Err(e) = smoke_run(runtime, &tmp) {
+                problems.push(e);
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -473,6 +502,34 @@ pub fn import_folder(runtime: &Runtime, opts: &ImportOptions) -> Result<ImportRe
         scores_from,
         files: if opts.copy { "copy" } else { "link" },
     })
+}
+
+/// Run the written package once: two prompts through the text graph, one image through the
+/// image graph (a rewritten graph whose constants do not fit fails here, not in `classify`).
+fn smoke_run(runtime: &Runtime, dir: &Path) -> Result<(), String> {
+    let mut m =
+        super::dual_encoder::DualEncoderModel::load(runtime, dir, &SessionOptions::default())
+            .map_err(|e| e.to_string())?;
+    let text = m
+        .encode_text(&["a satellite photo of a forest.".into(), "a river".into()])
+        .map_err(|e| format!("running the text graph: {e}"))?;
+    let s = m.input_size();
+    let image = m
+        .encode_images(Array4::<f32>::zeros((1, 3, s, s)).view())
+        .map_err(|e| format!("running the image graph: {e}"))?;
+    if text.nrows() != 2 || image.nrows() != 1 || text.ncols() != image.ncols() {
+        return Err(format!(
+            "one run gave {} text and {} image embeddings of widths {} and {}",
+            text.nrows(),
+            image.nrows(),
+            text.ncols(),
+            image.ncols()
+        ));
+    }
+    if text.iter().chain(image.iter()).any(|v| !v.is_finite()) {
+        return Err("one run gave non-finite embeddings".into());
+    }
+    Ok(())
 }
 
 fn check_score_flags(opts: &ImportOptions, siglip: bool) -> Result<(), ImportError> {
@@ -830,6 +887,8 @@ struct GraphIo {
     input: String,
     output: String,
     mask: Option<String>,
+    /// BERT-style `token_type_ids`: one segment, so all zeros, made a constant of the graph.
+    token_type: Option<String>,
 }
 
 fn pick_output(
@@ -895,6 +954,7 @@ fn image_io(path: &Path, s: &ModelSession, wanted: &[&str]) -> Result<GraphIo, I
         input: input.name.clone(),
         output: pick_output(path, &s.outputs(), wanted)?,
         mask: None,
+        token_type: None,
     })
 }
 
@@ -902,14 +962,16 @@ fn text_io(path: &Path, s: &ModelSession, wanted: &[&str]) -> Result<GraphIo, Im
     let inputs = s.inputs();
     let mut ids = None;
     let mut mask = None;
+    let mut token_type = None;
     for i in &inputs {
         match i.name.as_str() {
             "input_ids" => ids = Some(i.name.clone()),
             "attention_mask" => mask = Some(i.name.clone()),
+            "token_type_ids" if i.dtype == "int64" => token_type = Some(i.name.clone()),
             other => {
                 return Err(source_err(
                     path,
-                    format!("takes input '{other}', which tessera does not feed (it feeds input_ids and attention_mask)"),
+                    format!("takes input '{other}', which tessera does not feed (it feeds input_ids and attention_mask; token_type_ids are fixed to zeros)"),
                 ))
             }
         }
@@ -924,6 +986,7 @@ fn text_io(path: &Path, s: &ModelSession, wanted: &[&str]) -> Result<GraphIo, Im
         input,
         output: pick_output(path, &s.outputs(), wanted)?,
         mask,
+        token_type,
     })
 }
 
@@ -966,9 +1029,7 @@ fn external_files(dir: &Path, rel: &str) -> Result<Vec<String>, ImportError> {
 
 /// Constant inputs and names for splitting a combined graph.
 struct Split {
-    pixel_values: String,
-    input_ids: String,
-    attention_mask: Option<String>,
+    inputs: CombinedInputs,
     /// The text inputs as constants (for the image graph).
     text_constants: Vec<proto::Constant>,
     /// The image input as a constant (for the text graph).
@@ -982,46 +1043,59 @@ fn split_combined(
     tok: &TokenizerSpec,
     pre: &super::Preprocess,
 ) -> Result<Split, ImportError> {
-    let (pixel_values, input_ids, attention_mask) = combined_inputs(path, s)?;
+    let inputs = combined_inputs(path, s)?;
     let tokens = tokenize_prompts(tokenizer, tok, Path::new(&tok.file), &[String::new()])?;
     let l = tokens.context as i64;
-    let mut text_constants = vec![proto::Constant::int64(&input_ids, &[1, l], &tokens.ids)];
-    if let Some(m) = &attention_mask {
+    let mut text_constants = vec![proto::Constant::int64(
+        &inputs.input_ids,
+        &[1, l],
+        &tokens.ids,
+    )];
+    if let Some(m) = &inputs.attention_mask {
         text_constants.push(proto::Constant::int64(m, &[1, l], &tokens.mask));
     }
     let size = pre.size as i64;
     let zeros = vec![0f32; 3 * pre.size * pre.size];
-    let image_constants = vec![proto::Constant::float32(
-        &pixel_values,
+    let mut image_constants = vec![proto::Constant::float32(
+        &inputs.pixel_values,
         &[1, 3, size, size],
         &zeros,
     )];
+    if let Some(t) = &inputs.token_type_ids {
+        let zeros = vec![0i64; tokens.context];
+        text_constants.push(proto::Constant::int64(t, &[1, l], &zeros));
+        image_constants.push(proto::Constant::int64(t, &[1, l], &zeros));
+    }
     Ok(Split {
-        pixel_values,
-        input_ids,
-        attention_mask,
+        inputs,
         text_constants,
         image_constants,
     })
 }
 
-/// The combined graph's (pixel_values, input_ids, attention_mask) input names.
-fn combined_inputs(
-    path: &Path,
-    s: &ModelSession,
-) -> Result<(String, String, Option<String>), ImportError> {
+/// A combined graph's input names.
+struct CombinedInputs {
+    pixel_values: String,
+    input_ids: String,
+    attention_mask: Option<String>,
+    /// BERT-style text towers (Chinese-CLIP): one segment, all zeros.
+    token_type_ids: Option<String>,
+}
+
+fn combined_inputs(path: &Path, s: &ModelSession) -> Result<CombinedInputs, ImportError> {
     let inputs = s.inputs();
-    let (mut px, mut ids, mut mask) = (None, None, None);
+    let (mut px, mut ids, mut mask, mut types) = (None, None, None, None);
     for i in &inputs {
         match i.name.as_str() {
             "pixel_values" if i.dtype == "float32" => px = Some(i.name.clone()),
             "input_ids" if i.dtype == "int64" => ids = Some(i.name.clone()),
             "attention_mask" if i.dtype == "int64" => mask = Some(i.name.clone()),
+            "token_type_ids" if i.dtype == "int64" => types = Some(i.name.clone()),
             _ => {
                 return Err(source_err(
                     path,
                     format!(
-                        "input '{}' ({}) is not one tessera feeds (float32 pixel_values, int64 input_ids and attention_mask)",
+                        "input '{}' ({}) is not one tessera feeds (float32 pixel_values, int64 input_ids, attention_mask and token_type_ids)",
                         i.name, i.dtype
                     ),
                 ))
@@ -1029,7 +1103,12 @@ fn combined_inputs(
         }
     }
     match (px, ids) {
-        (Some(p), Some(i)) => Ok((p, i, mask)),
+        (Some(p), Some(i)) => Ok(CombinedInputs {
+            pixel_values: p,
+            input_ids: i,
+            attention_mask: mask,
+            token_type_ids: types,
+        }),
         _ => Err(source_err(
             path,
             format!(
@@ -1052,7 +1131,7 @@ fn recover_scores(
     pre: &super::Preprocess,
     siglip: bool,
 ) -> Result<(f32, Option<f32>), ImportError> {
-    let (px_name, ids_name, mask_name) = combined_inputs(path, s)?;
+    let names = combined_inputs(path, s)?;
     for o in ["logits_per_image", "text_embeds", "image_embeds"] {
         if !s.outputs().iter().any(|x| x.name == o) {
             return Err(ImportError::NeedsFlag {
@@ -1088,9 +1167,15 @@ fn recover_scores(
     let px_t = TensorRef::from_array_view(pixels.view()).map_err(|e| run(e.to_string()))?;
     let ids_t = TensorRef::from_array_view(ids.view()).map_err(|e| run(e.to_string()))?;
     let mask_t = TensorRef::from_array_view(mask.view()).map_err(|e| run(e.to_string()))?;
-    let mut inputs = ort::inputs![px_name.as_str() => px_t, ids_name.as_str() => ids_t];
-    if let Some(m) = &mask_name {
+    let types = Array2::<i64>::zeros((tokens.rows, tokens.context));
+    let types_t = TensorRef::from_array_view(types.view()).map_err(|e| run(e.to_string()))?;
+    let mut inputs =
+        ort::inputs![names.pixel_values.as_str() => px_t, names.input_ids.as_str() => ids_t];
+    if let Some(m) = &names.attention_mask {
         inputs.push((m.as_str().into(), mask_t.into()));
+    }
+    if let Some(t) = &names.token_type_ids {
+        inputs.push((t.as_str().into(), types_t.into()));
     }
     let outputs = s.session.run(inputs).map_err(|e| run(e.to_string()))?;
     let get = |name: &str| -> Result<Array2<f64>, ImportError> {
