@@ -11,6 +11,9 @@
 //! committed (`assemble.json` names its bytes in clip-tiny's text encoder): [`transformers_js`]
 //! writes it into the temporary copy.
 //!
+//! Chinese-CLIP: `sample_data/models/imports/chinese-clip-tiny-combined`, a tiny random
+//! `ChineseCLIPModel` whose folder has only the combined graph (with BERT's `token_type_ids`).
+//!
 //! SigLIP: `sample_data/models/imports/siglip-tiny-transformersjs` is a tiny random
 //! `SiglipModel` of its own (the SigLIP package `sample_data/models/siglip-tiny` was not on main
 //! when this was written), with its PyTorch references beside it.
@@ -685,5 +688,86 @@ fn siglip_without_a_combined_graph_needs_both_flags() {
             - r["logit_bias"].as_f64().expect("b"))
         .abs()
             < 1e-6
+    );
+}
+
+/// A package's probabilities for clip-tiny's reference images (`images_u8.bin`, normalised
+/// with the package's mean and std) against a fixture's `reference.json` labels and templates.
+fn probabilities_u8(pkg: &Path, r: &Value) -> (Array2<f32>, Vec<i64>) {
+    let mut model =
+        DualEncoderModel::load(runtime(), pkg, &SessionOptions::default()).expect("load");
+    let tokens = model.tokenize(&strings(&r["prompts"])).expect("tokenize");
+    let (labels, _) = model
+        .label_embeddings(&strings(&r["labels"]), &strings(&r["templates"]), None)
+        .expect("labels");
+    let u8s = std::fs::read(common::clip_tiny().join("reference/images_u8.bin")).expect("images");
+    let mean: Vec<f32> = r["mean"]
+        .as_array()
+        .expect("mean")
+        .iter()
+        .map(|v| v.as_f64().expect("m") as f32)
+        .collect();
+    let std: Vec<f32> = r["std"]
+        .as_array()
+        .expect("std")
+        .iter()
+        .map(|v| v.as_f64().expect("s") as f32)
+        .collect();
+    let s = model.input_size();
+    let n = u8s.len() / (s * s * 3);
+    let batch = Array4::from_shape_fn((n, 3, s, s), |(i, c, y, x)| {
+        (f32::from(u8s[((i * s + y) * s + x) * 3 + c]) / 255.0 - mean[c]) / std[c]
+    });
+    let emb = model.encode_images(batch.view()).expect("encode");
+    (model.probabilities(emb, &labels), tokens.ids)
+}
+
+#[test]
+fn chinese_clip_combined_graph_with_token_types_is_split_and_matches_pytorch() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let fixture = root().join("sample_data/models/imports/chinese-clip-tiny-combined");
+    common::copy_dir(&fixture, &tmp.path().join("cc"));
+    let run = common::run(
+        tmp.path(),
+        &["models", "import", "cc", "--out", "pkg", "--json"],
+    );
+    run.success();
+    let report = run.json();
+    assert_eq!(report["family"], "chinese-clip");
+    assert_eq!(report["layout"], "transformers.js (combined graph only)");
+    assert_eq!(report["image_graph"], "onnx/image_encoder.onnx");
+    assert_eq!(report["text_graph"], "onnx/text_encoder.onnx");
+    let pkg = tmp.path().join("pkg");
+    let m = manifest(&pkg);
+    assert_eq!(m["text"]["attention_mask"].as_str(), Some("attention_mask"));
+    assert_eq!(m["tokenizer"]["context_length"].as_integer(), Some(52));
+    // token_type_ids is a constant of the rewritten graphs, not an input.
+    let text = tessera::runtime::create_session(
+        runtime(),
+        &pkg.join("onnx/text_encoder.onnx"),
+        &SessionOptions::default(),
+    )
+    .expect("text graph");
+    let mut names: Vec<String> = text.inputs().into_iter().map(|i| i.name).collect();
+    names.sort();
+    assert_eq!(names, ["attention_mask", "input_ids"]);
+
+    let text = std::fs::read_to_string(fixture.join("reference.json")).expect("reference");
+    let r: Value = serde_json::from_str(&text).expect("json");
+    let want = r["logit_scale"].as_f64().expect("scale");
+    assert!(((logit_scale(&pkg) - want) / want).abs() < 1e-5);
+    let (probs, ids) = probabilities_u8(&pkg, &r);
+    let want_ids: Vec<i64> = r["token_ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .flat_map(|row| row.as_array().expect("row").clone())
+        .map(|v| v.as_i64().expect("id"))
+        .collect();
+    assert_eq!(ids, want_ids, "token ids");
+    let err = max_abs(&probs, &matrix(&r["probs"]));
+    assert!(
+        err <= 1e-4,
+        "Chinese-CLIP probabilities differ from PyTorch by {err}"
     );
 }
