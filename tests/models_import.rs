@@ -771,3 +771,84 @@ fn chinese_clip_combined_graph_with_token_types_is_split_and_matches_pytorch() {
         "Chinese-CLIP probabilities differ from PyTorch by {err}"
     );
 }
+
+/// A `2 x 2`-tile RGB GeoTIFF whose tile `k` (row-major) is clip-tiny's reference image `k`.
+fn reference_scene(path: &Path) {
+    let images =
+        std::fs::read(common::clip_tiny().join("reference/images_u8.bin")).expect("images");
+    let s = 64;
+    let (w, h) = (2 * s, 2 * s);
+    let driver = gdal::DriverManager::get_driver_by_name("GTiff").expect("driver");
+    let mut ds = driver
+        .create_with_band_type::<u8, _>(path, w, h, 3)
+        .expect("create");
+    ds.set_geo_transform(&[600_000.0, 2.0, 0.0, 5_000_000.0, 0.0, -2.0])
+        .expect("gt");
+    ds.set_spatial_ref(&gdal::spatial_ref::SpatialRef::from_epsg(32632).expect("srs"))
+        .expect("srs");
+    for band in 0..3 {
+        let mut plane = vec![0u8; w * h];
+        for y in 0..h {
+            for x in 0..w {
+                let img = (y / s) * 2 + x / s;
+                plane[y * w + x] = images[((img * s + y % s) * s + x % s) * 3 + band];
+            }
+        }
+        ds.rasterband(band + 1)
+            .expect("band")
+            .write(
+                (0, 0),
+                (w, h),
+                &mut gdal::raster::Buffer::new((w, h), plane),
+            )
+            .expect("write");
+    }
+    ds.close().expect("close");
+}
+
+/// The imported package (links into the folder, external data through them) runs through
+/// `tessera classify`: every tile's probabilities are PyTorch's for its reference image.
+#[test]
+fn classify_with_an_imported_package_matches_the_reference_per_tile() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    transformers_js(tmp.path(), "src");
+    common::run(tmp.path(), &["models", "import", "src", "--out", "pkg"]).success();
+    reference_scene(&tmp.path().join("scene.tif"));
+    let r = reference();
+    let labels = strings(&r["labels"]).join(",");
+    let mut args = vec![
+        "classify",
+        "scene.tif",
+        "--model",
+        "pkg",
+        "--labels",
+        &labels,
+        "--no-cache",
+        "--quiet",
+        "--out",
+        "out",
+    ];
+    let templates = strings(&r["templates"]);
+    for t in &templates {
+        args.extend(["--template", t.as_str()]);
+    }
+    common::run(tmp.path(), &args).success();
+    let want = matrix(&r["probs"]);
+    let ds = gdal::Dataset::open(tmp.path().join("out/probabilities.tif")).expect("probs");
+    assert_eq!(ds.raster_size(), (2, 2));
+    let mut worst = 0f32;
+    for k in 0..want.ncols() {
+        let band = ds
+            .rasterband(k + 1)
+            .expect("band")
+            .read_as::<f32>((0, 0), (2, 2), (2, 2), None)
+            .expect("read");
+        for (img, got) in band.data().iter().enumerate() {
+            worst = worst.max((got - want[[img, k]]).abs());
+        }
+    }
+    assert!(
+        worst <= 1e-4,
+        "classify probabilities differ from PyTorch by {worst}"
+    );
+}
