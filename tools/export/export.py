@@ -23,6 +23,8 @@ COMMANDS = {
     "llava": "decoder_export",      # LLaVA / Llama image-text decoder      (family "image-text-decoder")
     "clipseg": "prompted_export",   # CLIPSeg text-prompted segmenter       (family "segmenter")
     "owlvit": "prompted_export",    # OWL-ViT text-prompted detector        (family "detector")
+    "flava": "bert_towers_export",  # FLAVA contrastive image + text towers  (family "flava")
+    "chinese-clip": "bert_towers_export",  # Chinese-CLIP image + text encoders (family "chinese-clip")
     "scan-seeds": "clip_export",    # seed scan for clip --tiny
 }
 
