@@ -14,9 +14,8 @@
 //! Chinese-CLIP: `sample_data/models/imports/chinese-clip-tiny-combined`, a tiny random
 //! `ChineseCLIPModel` whose folder has only the combined graph (with BERT's `token_type_ids`).
 //!
-//! SigLIP: `sample_data/models/imports/siglip-tiny-transformersjs` is a tiny random
-//! `SiglipModel` of its own (the SigLIP package `sample_data/models/siglip-tiny` was not on main
-//! when this was written), with its PyTorch references beside it.
+//! SigLIP: `sample_data/models/imports/siglip-tiny-transformersjs` is `siglip-tiny`'s model in
+//! the transformers.js layout, compared with siglip-tiny's PyTorch references.
 
 mod common;
 
@@ -39,7 +38,13 @@ fn reference() -> Value {
 
 /// The transformers.js fixture assembled in `tmp/name` (external data and tokenizer written).
 fn transformers_js(tmp: &Path, name: &str) -> PathBuf {
-    let fixture = root().join("sample_data/models/imports/clip-tiny-transformersjs");
+    assemble("clip-tiny-transformersjs", tmp, name)
+}
+
+/// Fixture `fixture` of `sample_data/models/imports/` assembled in `tmp/name`: the files its
+/// `assemble.json` names copied in from the committed packages.
+fn assemble(fixture: &str, tmp: &Path, name: &str) -> PathBuf {
+    let fixture = root().join("sample_data/models/imports").join(fixture);
     let dir = tmp.join(name);
     common::copy_dir(&fixture, &dir);
     let assemble: Value = serde_json::from_str(
@@ -562,21 +567,23 @@ fn help_explains_layouts_variants_and_scores() {
     }
 }
 
-fn siglip_fixture() -> PathBuf {
-    root().join("sample_data/models/imports/siglip-tiny-transformersjs")
-}
-
+/// siglip-tiny's PyTorch references (`export.py siglip --tiny`), which the fixture's graphs
+/// (the same seeded model in the transformers.js layout) must reproduce.
 fn siglip_reference() -> Value {
-    let text =
-        std::fs::read_to_string(siglip_fixture().join("reference.json")).expect("reference.json");
+    let dir = root().join("sample_data/models/siglip-tiny/reference");
+    assert_eq!(
+        std::fs::read(dir.join("images_u8.bin")).expect("images"),
+        std::fs::read(common::clip_tiny().join("reference/images_u8.bin")).expect("images"),
+        "the reference images of siglip-tiny and clip-tiny"
+    );
+    let text = std::fs::read_to_string(dir.join("reference.json")).expect("reference.json");
     serde_json::from_str(&text).expect("json")
 }
 
 #[test]
 fn siglip_transformers_js_recovers_scale_and_bias_and_gives_the_pytorch_scores() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let src = tmp.path().join("siglip");
-    common::copy_dir(&siglip_fixture(), &src);
+    assemble("siglip-tiny-transformersjs", tmp.path(), "siglip");
     let run = common::run(
         tmp.path(),
         &["models", "import", "siglip", "--out", "pkg", "--json"],
@@ -644,7 +651,7 @@ fn siglip_transformers_js_recovers_scale_and_bias_and_gives_the_pytorch_scores()
 fn siglip_without_a_combined_graph_needs_both_flags() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let src = tmp.path().join("siglip");
-    common::copy_dir(&siglip_fixture(), &src);
+    assemble("siglip-tiny-transformersjs", tmp.path(), "siglip");
     std::fs::remove_file(src.join("onnx/model.onnx")).expect("rm");
     common::run(tmp.path(), &["models", "import", "siglip", "--out", "pkg"])
         .fails_with(&["--logit-scale and --logit-bias", "logit_bias"]);
