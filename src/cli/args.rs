@@ -73,7 +73,8 @@ pub enum Command {
     /// Ingest a folder continuously: a pass every --interval seconds until SIGINT/SIGTERM
     /// (the scene in progress finishes first).
     Watch(WatchArgs),
-    /// Model packages: validate one (`tessera models check DIR`).
+    /// Model packages: validate one (`tessera models check DIR`), or make one of a downloaded
+    /// ONNX folder (`tessera models import DIR --out PKG`).
     Models(ModelsArgs),
     /// Benchmark reading, tiling and scaling a scene into float32 CHW batches.
     BenchRead(BenchReadArgs),
@@ -295,6 +296,74 @@ pub enum ModelsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Make a model package of a downloaded ONNX folder (transformers.js or optimum layout).
+    #[command(after_long_help = IMPORT_HELP)]
+    Import(ImportArgs),
+}
+
+const IMPORT_HELP: &str = "\
+Layouts:
+  transformers.js (Xenova/*, onnx-community/*): config.json, preprocessor_config.json,
+    tokenizer.json, onnx/vision_model.onnx + onnx/text_model.onnx, precision variants
+    onnx/vision_model_<suffix>.onnx (fp16 _fp16, int8 _int8 else _quantized, uint8 _uint8,
+    q4 _q4, q4f16 _q4f16, bnb4 _bnb4, quantized/q8 _quantized), often onnx/model.onnx too.
+  optimum (optimum-cli export onnx): model.onnx (input_ids, pixel_values, attention_mask ->
+    logits_per_image, logits_per_text, text_embeds, image_embeds) with the same JSON files.
+    A combined graph alone is split into an image graph and a text graph whose other tower is
+    fed a constant (ONNX Runtime folds it when loading): same answers, but each graph file
+    holds both towers' weights (about twice the model's size in memory and on disk).
+Families, from config.json model_type: clip -> clip, siglip and siglip2 -> siglip,
+chinese_clip -> chinese-clip.
+
+Scores: config.json holds only the initial logit_scale (and SigLIP logit_bias), not the
+trained ones. With a combined graph in the folder (onnx/model.onnx, model.onnx) they are
+recovered by running it once on two small images and four texts (its logits are
+scale * cos (+ bias)); otherwise give --logit-scale (and --logit-bias for SigLIP): the
+checkpoint's exp(logit_scale), e.g. 100 for OpenAI CLIP. Labels (the argmax) do not depend
+on the scale; the softmax probabilities do, and SigLIP's sigmoid scores depend on both.
+
+The package is written under a temporary name, checked like `tessera models check`, and
+renamed into place; when it is not valid nothing is left.";
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The downloaded folder (with config.json, preprocessor_config.json, tokenizer.json and
+    /// the ONNX graphs).
+    pub dir: PathBuf,
+    /// The package folder to write (must not exist, or be empty).
+    #[arg(long, value_name = "PKG")]
+    pub out: PathBuf,
+    /// Precision variant of transformers.js folders: fp32, fp16, int8, uint8, q4, q4f16,
+    /// bnb4, quantized (q8). A variant the folder lacks is an error listing those it has.
+    #[arg(long, default_value = "fp32", value_name = "V", value_parser = parse_variant)]
+    pub variant: crate::models::import::Variant,
+    /// Copy the files into the package instead of linking them (relative symbolic links into
+    /// DIR, the default: no second copy of the weights, but DIR must stay where it is).
+    #[arg(long)]
+    pub copy: bool,
+    /// The trained score scale, exp(logit_scale) of the checkpoint (needed when the folder has
+    /// no combined model.onnx to recover it from; overrides the recovered one).
+    #[arg(long, value_name = "X", allow_negative_numbers = true)]
+    pub logit_scale: Option<f32>,
+    /// SigLIP's trained score bias (with --logit-scale).
+    #[arg(long, value_name = "Y", allow_negative_numbers = true)]
+    pub logit_bias: Option<f32>,
+    /// The package's name in model.toml (default: the folder's name).
+    #[arg(long, value_name = "N")]
+    pub name: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_variant(s: &str) -> Result<crate::models::import::Variant, String> {
+    crate::models::import::Variant::parse(s).ok_or_else(|| {
+        let names: Vec<&str> = crate::models::import::Variant::ALL
+            .iter()
+            .map(|v| v.name())
+            .collect();
+        format!("'{s}' is not a variant ({})", names.join(", "))
+    })
 }
 
 #[derive(Debug, Args)]

@@ -168,6 +168,50 @@ pub(super) fn models(a: ModelsArgs, ort_lib: Option<PathBuf>) -> Result<i32> {
             }
             Ok(if problems.is_empty() { 0 } else { 1 })
         }
+        ModelsCommand::Import(a) => {
+            let runtime = Runtime::load(ort_lib.as_deref())?;
+            let report = crate::models::import::import_folder(
+                runtime,
+                &crate::models::import::ImportOptions {
+                    dir: a.dir,
+                    out: a.out,
+                    variant: a.variant,
+                    copy: a.copy,
+                    logit_scale: a.logit_scale,
+                    logit_bias: a.logit_bias,
+                    name: a.name,
+                },
+            )?;
+            if a.json {
+                print_json(&report)?;
+            } else {
+                out!(
+                    "{}: {} package ({}, {} layout, variant {}), files {} from {}",
+                    report.package.display(),
+                    report.family,
+                    report.model_type,
+                    report.layout,
+                    report.variant,
+                    if report.files == "copy" {
+                        "copied"
+                    } else {
+                        "linked"
+                    },
+                    report.source.display()
+                )?;
+                let bias = report
+                    .logit_bias
+                    .map_or_else(String::new, |b| format!(", logit_bias {b}"));
+                out!(
+                    "  image {}, text {}; logit_scale {}{bias} (from {})",
+                    report.image_graph,
+                    report.text_graph,
+                    report.logit_scale,
+                    report.scores_from
+                )?;
+            }
+            Ok(0)
+        }
     }
 }
 

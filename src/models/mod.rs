@@ -14,6 +14,7 @@ pub mod deepness;
 pub mod detection;
 pub mod dual_encoder;
 pub mod flava;
+pub mod import;
 mod manifest;
 pub mod openclip;
 pub mod package;
