@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use ndarray::{Array2, Array4};
 use serde_json::Value;
-use tessera::models::clip::{normalize_rows, ClipModel};
+use tessera::models::dual_encoder::{normalize_rows, DualEncoderModel};
 use tessera::raster::{BandMapping, OpenOptions, Resampling, Scaling, ScalingSpec, Scene};
 use tessera::runtime::{Runtime, SessionOptions};
 use tessera::tiling::{stream_tiles, EdgeMode, GridOptions, ReadOptions, TileGrid, TilingError};
@@ -76,7 +76,7 @@ fn load_f32(name: &str) -> Vec<f32> {
 #[test]
 fn token_ids_are_identical() {
     let rt = runtime();
-    let model = ClipModel::load(rt, &package(), &SessionOptions::default()).expect("model");
+    let model = DualEncoderModel::load(rt, &package(), &SessionOptions::default()).expect("model");
     let r = reference();
     let prompts: Vec<String> = r["prompts"]
         .as_array()
@@ -135,7 +135,7 @@ fn token_ids_are_identical() {
 #[test]
 fn pixels_through_the_gdal_read_path_match() {
     let rt = runtime();
-    let model = ClipModel::load(rt, &package(), &SessionOptions::default()).expect("model");
+    let model = DualEncoderModel::load(rt, &package(), &SessionOptions::default()).expect("model");
     let r = reference();
     let s = model.input_size();
     let shp = shape(&r["images_u8"]);
@@ -221,7 +221,8 @@ fn pixels_through_the_gdal_read_path_match() {
 #[test]
 fn embeddings_and_probabilities_match_pytorch() {
     let rt = runtime();
-    let mut model = ClipModel::load(rt, &package(), &SessionOptions::default()).expect("model");
+    let mut model =
+        DualEncoderModel::load(rt, &package(), &SessionOptions::default()).expect("model");
     let r = reference();
     let shp = shape(&r["pixels_f32"]);
     let pixels =

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::driver::{drive, ModelStage, RunSpec, SceneSink};
 use super::{stream_model_tiles, PipelineError};
-use crate::models::clip::{ClipModel, DeviceLabels};
+use crate::models::dual_encoder::{DeviceLabels, DualEncoderModel};
 use crate::models::ModelError;
 use crate::models::{ImageElement, StagedBatch};
 use crate::options::InvalidOption;
@@ -37,6 +37,8 @@ pub struct ClassifyJob {
     /// The scene side: scene, model, runtime, grid, reading, scaling, batch, vector format.
     pub base: crate::options::SceneJobBase,
     pub labels: Vec<String>,
+    /// Prompt templates; empty: the package's `[prompts]` ensemble, else the family's
+    /// default ([`DualEncoderModel::default_templates`]).
     pub templates: Vec<String>,
     pub min_score: Option<f32>,
     pub out: Option<PathBuf>,
@@ -70,7 +72,7 @@ pub struct ClassifyReport {
     pub model_trained: bool,
     /// Batches are copied to the device from pinned host memory (CUDA, TensorRT).
     pub pinned_input: bool,
-    /// Where the image-label similarity and softmax ran (the built-in head after the image
+    /// Where the image-label similarity and scoring ran (the built-in head after the image
     /// encoder: CUDAExecutionProvider when the encoder is on a GPU).
     pub similarity_provider: String,
     /// Tiles went to the model as the bytes read (uint8-input model, 8-bit bands scaled
@@ -78,6 +80,9 @@ pub struct ClassifyReport {
     pub byte_tiles: bool,
     pub labels: Vec<String>,
     pub templates: Vec<String>,
+    /// How labels were scored: `softmax` (one label per tile, probabilities summing to 1) or
+    /// `sigmoid` (each label on its own: several can pass `--min-score` on one tile).
+    pub scoring: &'static str,
     pub text_cache_hit: bool,
     pub tile_size: usize,
     pub overlap: usize,
@@ -186,13 +191,17 @@ pub fn run_classify(mut job: ClassifyJob) -> Result<ClassifyReport, PipelineErro
     validate_labels(&job)?;
     let runtime = Runtime::load(job.base.ort_lib.as_deref())?;
     let mut model =
-        ClipModel::load(runtime, &job.base.model, &job.base.session).map_err(model_err)?;
+        DualEncoderModel::load(runtime, &job.base.model, &job.base.session).map_err(model_err)?;
     tracing::info!(
         model = %job.base.model.display(),
         provider = model.image_provider().0,
         input_size = model.input_size(),
         "model loaded"
     );
+    if job.templates.is_empty() {
+        job.templates = model.default_templates();
+    }
+    check_templates(&job.templates)?;
     let size = model.input_size();
     crate::options::check_batch_bytes(job.base.batch_size, size)?;
     let tiles = super::ModelTiles {
@@ -282,6 +291,11 @@ pub fn run_classify(mut job: ClassifyJob) -> Result<ClassifyReport, PipelineErro
         byte_tiles: bytes,
         labels: job.labels.clone(),
         templates: job.templates.clone(),
+        scoring: if model.multi_label() {
+            "sigmoid"
+        } else {
+            "softmax"
+        },
         text_cache_hit: cache_hit,
         tile_size: size,
         overlap: grid.options.overlap,
@@ -309,7 +323,7 @@ struct Classified {
 /// quantised).
 fn classify_tiles(
     job: &mut ClassifyJob,
-    model: &mut ClipModel,
+    model: &mut DualEncoderModel,
     scene: &Scene,
     scaling: &crate::raster::Scaling,
     grid: &TileGrid,
@@ -396,7 +410,7 @@ fn count_labels(
 /// inference. Batches are the same as with one thread (tiles arrive in grid order), so are
 /// the results.
 struct Classifier<'m> {
-    model: &'m mut ClipModel,
+    model: &'m mut DualEncoderModel,
     labels: DeviceLabels,
     batch_size: usize,
 }
@@ -485,10 +499,8 @@ fn validate_labels(job: &ClassifyJob) -> Result<(), PipelineError> {
         )
         .into());
     }
-    if job.templates.is_empty() || job.templates.iter().any(|t| !t.contains("{}")) {
-        return Err(
-            InvalidOption::new("templates", "must each contain {} where the label goes").into(),
-        );
+    if !job.templates.is_empty() {
+        check_templates(&job.templates)?;
     }
     if let Some(m) = job.min_score {
         if !(0.0..=1.0).contains(&m) {
@@ -498,6 +510,16 @@ fn validate_labels(job: &ClassifyJob) -> Result<(), PipelineError> {
             )
             .into());
         }
+    }
+    Ok(())
+}
+
+/// Every template has a `{}` where the label goes.
+fn check_templates(templates: &[String]) -> Result<(), PipelineError> {
+    if templates.is_empty() || templates.iter().any(|t| !t.contains("{}")) {
+        return Err(
+            InvalidOption::new("templates", "must each contain {} where the label goes").into(),
+        );
     }
     Ok(())
 }

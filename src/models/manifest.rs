@@ -472,8 +472,21 @@ pub struct TokenizerSpec {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Scores {
-    /// Multiplier of cosine similarities before the softmax (CLIP's `exp(logit_scale)`).
+    /// Multiplier of cosine similarities (the checkpoint's `exp(logit_scale)`).
     pub logit_scale: f32,
+    /// Added to the scaled cosine before the sigmoid of sigmoid-scored families (SigLIP's
+    /// `logit_bias`); refused by softmax families.
+    #[serde(default)]
+    pub logit_bias: Option<f32>,
+}
+
+/// A package's default prompt ensemble (`[prompts]`): the templates its authors published,
+/// used when the user gives none.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PromptsSpec {
+    /// Each with `{}` where the label goes.
+    pub templates: Vec<String>,
 }
 
 #[cfg(test)]
@@ -499,7 +512,7 @@ std = [0.5, 0.5, 0.5]
         assert_eq!(m.family, "clip");
         assert!(!m.trained);
         let clip = m
-            .sections::<crate::models::clip::ClipManifest>()
+            .sections::<crate::models::dual_encoder::DualEncoderManifest>()
             .expect("clip sections");
         let p = clip.preprocess.clone().expect("preprocess");
         assert_eq!(p.channel_order, "rgb");
@@ -521,7 +534,8 @@ std = [0.5, 0.5, 0.5]
         let err = Manifest::parse(&GOOD.replace("\"clip\"", "\"clap\"")).expect_err("family");
         assert_eq!(
             err,
-            "line 2: unknown model family 'clap' (known: clip, image-text-decoder, segmenter, detector)"
+            "line 2: unknown model family 'clap' (known: clip, openclip, siglip, flava, \
+             chinese-clip, image-text-decoder, segmenter, detector)"
         );
         // A section of another family is an unknown key.
         let err = Manifest::parse(&format!("{GOOD}[segmentation]\nformat = \"logits\"\n"))

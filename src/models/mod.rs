@@ -7,21 +7,26 @@
 //! the plumbing they share has files of its own ([`package`], [`tokenizer`], [`preprocess`],
 //! [`staging`]). [`check_package`] validates a package and reports every problem at once.
 
+pub mod chinese_clip;
 pub mod clip;
 pub mod decoder;
 pub mod deepness;
 pub mod detection;
+pub mod dual_encoder;
+pub mod flava;
 mod manifest;
+pub mod openclip;
 pub mod package;
 pub mod preprocess;
 pub mod registry;
 pub mod segmentation;
+pub mod siglip;
 pub mod staging;
 pub mod tokenizer;
 
 pub use manifest::{
     DecoderSpec, DetectionSpec, EmbedSpec, GenerationSpec, GraphSpec, ImageSpec, InputType,
-    Manifest, ManifestCommon, Preprocess, PromptSpec, PromptedSpec, Scores, Sections,
+    Manifest, ManifestCommon, Preprocess, PromptSpec, PromptedSpec, PromptsSpec, Scores, Sections,
     SegmentationSpec, TextSpec, TilingSpec, TokenizerSpec,
 };
 

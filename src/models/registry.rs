@@ -40,6 +40,12 @@ pub trait ModelFamily: Sync {
     /// manifest lacks the sections that say: [`ModelFamily::check`] reports that).
     fn input(&self, package: &ModelPackage) -> Option<InputContract>;
 
+    /// The dual-encoder kind of a zero-shot classification family (scoring, tokenizer,
+    /// default prompts); `None` for the other families.
+    fn dual_encoder(&'static self) -> Option<&'static super::dual_encoder::DualEncoderKind> {
+        None
+    }
+
     /// Whether `bench-model` times this family's image graph.
     fn timed(&self) -> bool {
         false
@@ -100,7 +106,11 @@ impl std::fmt::Debug for TimedGraph {
 
 /// Every family, in the order error messages list them.
 pub static FAMILIES: &[&dyn ModelFamily] = &[
-    &super::clip::Clip,
+    &super::clip::CLIP,
+    &super::openclip::OPENCLIP,
+    &super::siglip::SIGLIP,
+    &super::flava::FLAVA,
+    &super::chinese_clip::CHINESE_CLIP,
     &super::decoder::ImageTextDecoder,
     &super::segmentation::Segmenter,
     &super::detection::Detector,
@@ -184,9 +194,13 @@ mod tests {
         }
         assert_eq!(
             unknown_family("x"),
-            "unknown model family 'x' (known: clip, image-text-decoder, segmenter, detector)"
+            "unknown model family 'x' (known: clip, openclip, siglip, flava, chinese-clip, \
+             image-text-decoder, segmenter, detector)"
         );
-        assert_eq!(timed_names(), "clip, segmenter and detector");
+        assert_eq!(
+            timed_names(),
+            "clip, openclip, siglip, flava, chinese-clip, segmenter and detector"
+        );
     }
 
     #[test]
@@ -203,6 +217,8 @@ mod tests {
             "m is a 'clip' model; a detect stage needs a 'detector' model"
         );
         let clip = family("clip").expect("clip");
+        assert!(clip.dual_encoder().is_some());
+        assert!(family("detector").and_then(|f| f.dual_encoder()).is_none());
         assert!(
             clip.input(&package).is_none(),
             "no [preprocess]: no contract"

@@ -10,10 +10,10 @@ use crate::runtime::{ModelSession, SessionOptions};
 
 /// Tiles gathered straight into the image encoder's input memory (page-locked host memory
 /// when the encoder runs on a GPU): each tile is copied in once, and a full batch goes to ONNX
-/// Runtime as it is ([`ClipModel::classify_staged`]). Made by [`ClipModel::staged_batch`].
+/// Runtime as it is ([`DualEncoderModel::classify_staged`]). Made by [`DualEncoderModel::staged_batch`].
 ///
-/// [`ClipModel::classify_staged`]: super::clip::ClipModel::classify_staged
-/// [`ClipModel::staged_batch`]: super::clip::ClipModel::staged_batch
+/// [`DualEncoderModel::classify_staged`]: super::dual_encoder::DualEncoderModel::classify_staged
+/// [`DualEncoderModel::staged_batch`]: super::dual_encoder::DualEncoderModel::staged_batch
 pub struct StagedBatch<T: ImageElement> {
     pub(super) tensor: StagedTensor,
     pub(super) per_image: usize,

@@ -10,7 +10,6 @@ use serde::Deserialize;
 use super::common::SceneJobBase;
 use super::{de, InvalidOption};
 use crate::jobs::{CaptionJob, ClassifyJob, DetectJob, SegmentJob};
-use crate::models::clip::DEFAULT_TEMPLATES;
 use crate::models::decoder::GenerationParams;
 use crate::models::{ModelError, ModelPackage};
 use crate::options::JobContext;
@@ -67,7 +66,8 @@ pub struct ClassifyOptions {
     /// File with one label per line (blank lines and lines starting with # ignored).
     #[arg(long, value_name = "FILE", conflicts_with = "labels")]
     pub labels_file: Option<PathBuf>,
-    /// Prompt template with {} for the label; repeat to give an ensemble. Replaces the default
+    /// Prompt template with {} for the label; repeat to give an ensemble. Replaces the
+    /// package's published ensemble (`[prompts]` in model.toml), else the family's default
     /// satellite-imagery ensemble.
     #[arg(long = "template", alias = "templates", value_name = "TEMPLATE")]
     pub templates: Option<Vec<String>>,
@@ -145,10 +145,8 @@ impl ClassifyOptions {
         Ok(ClassifyJob {
             base,
             labels: self.labels()?,
-            templates: self
-                .templates
-                .clone()
-                .unwrap_or_else(|| DEFAULT_TEMPLATES.iter().map(|t| t.to_string()).collect()),
+            // None given: the package's or the family's ensemble, known once it is loaded.
+            templates: self.templates.clone().unwrap_or_default(),
             min_score: self.min_score,
             out,
             overwrite,
