@@ -55,6 +55,7 @@ def main():
     p.add_argument("--warmup", type=int, required=True)
     p.add_argument("--threads", type=int, required=True)
     p.add_argument("--seconds", type=int, default=None)
+    p.add_argument("--nice", default="0", help="the niceness both sides ran at")
     a = p.parse_args()
 
     env = {}
@@ -140,7 +141,7 @@ def main():
             f"{r['label']} {r['precision']}: {', '.join(fmt(v, '.2f') for v in r['tessera_rounds'])} | "
             f"{', '.join(fmt(v, '.2f') for v in r['peer_rounds'])}" for r in rows),
         f"- peer session: graph optimisation {next((r['peer_optimization'] for r in rows if r['peer_optimization']), '?')} "
-        f"(tessera's level), intra_op_num_threads {a.threads}.",
+        f"(tessera's level), intra_op_num_threads {a.threads}; both sides at niceness {a.nice}.",
         f"- load average before/after: {', '.join(f'{x:.1f}' for x in env.get('loadavg_before', []))} / "
         f"{', '.join(f'{x:.1f}' for x in env.get('loadavg_after', []))}"
         + (f"; section time {a.seconds} s." if a.seconds is not None else "."),
@@ -149,7 +150,7 @@ def main():
     with open(os.path.join(a.results, "models.md"), "w") as f:
         f.write(text)
     summary = {"date": now.isoformat(timespec="seconds"), "cpus": os.cpu_count(), "cpu": cpu_name(),
-               "machine": platform.machine(), "rounds": a.rounds, "section_seconds": a.seconds,
+               "machine": platform.machine(), "rounds": a.rounds, "nice": a.nice, "section_seconds": a.seconds,
                **env, "rows": rows}
     with open(os.path.join(a.results, "models_summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
