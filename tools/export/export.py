@@ -23,6 +23,11 @@ COMMANDS = {
     "llava": "decoder_export",      # LLaVA / Llama image-text decoder      (family "image-text-decoder")
     "clipseg": "prompted_export",   # CLIPSeg text-prompted segmenter       (family "segmenter")
     "owlvit": "prompted_export",    # OWL-ViT text-prompted detector        (family "detector")
+    "siglip": "siglip_export",      # SigLIP image + text encoders          (family "siglip")
+    "siglip2": "siglip_export",     # fixed-resolution SigLIP2 encoders     (family "siglip")
+    "flava": "bert_towers_export",  # FLAVA contrastive image + text towers  (family "flava")
+    "chinese-clip": "bert_towers_export",  # Chinese-CLIP image + text encoders (family "chinese-clip")
+    "openclip": "openclip_export",  # OpenCLIP checkpoints (RemoteCLIP, ...)  (family "openclip")
     "scan-seeds": "clip_export",    # seed scan for clip --tiny
 }
 
