@@ -473,6 +473,9 @@ bench_models() {
       rows+=("$name:${entry##*:}:$prec:$pkg")
     done
   done
+  if [ ${#rows[@]} = 0 ]; then
+    say "models: MODELS_ONLY='$MODELS_ONLY' names none of MODELS_SET ($MODELS_SET)"; exit 2
+  fi
   rm -rf "$dir" && mkdir -p "$dir"
   $PY -c 'import json, os; print(json.dumps({"loadavg_before": os.getloadavg()}))' > "$dir/env.json"
   for entry in "${rows[@]}"; do
