@@ -3,7 +3,7 @@
 #
 #   bash bench/run.sh                 every section
 #   bash bench/run.sh read classify   only the named sections, in that order (read, classify, caption,
-#                                     stitch, batch)
+#                                     stitch, batch, models)
 #
 # batch: `tessera run` over 20 generated 1280^2 scenes: --jobs 1 vs --jobs 2 (land-cover), the
 #   multi-model pipeline with one shared read pass vs one pass per stage, and a rerun where
@@ -36,6 +36,22 @@
 #   2 idle cores (6 min measured on 2026-11-27 with the machine loaded by other work; + ~30 s
 #   to export the mid model once into bench/results/models/).
 #   CAPTION_PEER=0 skips the PyTorch peer.
+#
+# models: model-only throughput (`tessera bench-model`: the image graph on one in-memory batch,
+#   no reading or preprocessing) of three random-weight packages of real shapes, fp32 and fp16
+#   (image graph float16, float32 in/out): ViT-B/32 CLIP (tools/export clip --tiny --shape
+#   vit-b32), SigLIP B/16 (224 px, patch 16, width 768, 12 layers) and OpenCLIP ViT-B/32
+#   (bench/make_model_packages.py). Peer, same run: bench/peer_models.py, ONNX Runtime from
+#   Python on the same .onnx with the same session settings (intra-op threads, optimisation
+#   level), batch size, warm-up, iterations and input batch; ratio = tessera images/s / peer
+#   images/s. Each pair runs MODELS_ROUNDS times (order alternated), the best round is reported.
+#   -> bench/results/models.md (+ models_summary.json, models.csv, models_runs/). About 4
+#   minutes of work on 2 idle cores (estimated from idle-machine rates; measured 26 min on
+#   2026-12-01 with the 2 cores shared with other work, load ~9), + ~2 min to build the
+#   packages once into bench/results/models/ (export venv).
+#   MODELS_BATCH (8), MODELS_WARMUP (1), MODELS_ROUNDS (3), MODELS_THREADS (nproc) override;
+#   MODELS_ONLY="clip-vit-b32 siglip-b16" picks models; MODELS_PRECISIONS="fp32" skips fp16;
+#   MODELS_NICE=-10 runs both sides at that priority (a machine busy with other work).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=bench/results
@@ -260,7 +276,7 @@ bench_caption() {
   caption_run mid_scene_beam3 "$CAPTION_MID" "$mid_scene" 1 --scene-only --num-beams 3
   rm -f "$RESULTS"/caption_peer_*.json
   if [ "$CAPTION_PEER" = 1 ]; then
-    ensure_export_venv
+    ensure_export_venv >&2
     say "PyTorch peer (transformers generate, fp32 CPU): mid, batch 16 and batch 1 ($CAPTION_PEER_B1_IMAGES captions)"
     .venv-export/bin/python bench/peer_caption.py --hf "$CAPTION_MID_HF" --scene "${mid_scene%.tif}.npy" \
       --batch-sizes 16 --max-new-tokens "$CAPTION_TOKENS" > "$RESULTS/caption_peer_mid_b16.json"
@@ -392,10 +408,101 @@ print("\n".join(lines))
 PY
 }
 
+# --- models: model-only images/s, tessera vs ONNX Runtime from Python -----------------------------
+# name:iterations (timed batches of MODELS_BATCH; the B/16 model is ~4x the work of a B/32 one).
+MODELS_SET=${MODELS_SET:-"clip-vit-b32:10 siglip-b16:3 openclip-vit-b32:10"}
+MODELS_ONLY=${MODELS_ONLY:-}
+MODELS_PRECISIONS=${MODELS_PRECISIONS:-"fp32 fp16"}
+MODELS_BATCH=${MODELS_BATCH:-8}
+MODELS_WARMUP=${MODELS_WARMUP:-1}
+MODELS_ROUNDS=${MODELS_ROUNDS:-3}
+MODELS_THREADS=${MODELS_THREADS:-$(nproc)}
+MODELS_NICE=${MODELS_NICE:-}   # e.g. -10 (root): both sides at that priority, on a machine shared with other work
+models_nice() { if [ -n "$MODELS_NICE" ]; then nice -n "$MODELS_NICE" "$@"; else "$@"; fi; }
+
+ensure_bench_package() {  # NAME PRECISION -> package path (built once into $MODELS)
+  local name=$1 prec=$2 pkg base
+  base=$MODELS/$name-random
+  pkg=$base; [ "$prec" = fp16 ] && pkg=$base-fp16
+  if [ ! -f "$base/model.toml" ]; then
+    case "$name" in
+      clip-vit-b32) ensure_clip_model >&2 ;;
+      siglip-b16|openclip-vit-b32)
+        ensure_export_venv >&2
+        say "building $base (random weights, bench/make_model_packages.py $name)"
+        .venv-export/bin/python bench/make_model_packages.py "$name" --out "$base" >&2 ;;
+      *) say "unknown model '$name' in MODELS_SET"; exit 2 ;;
+    esac
+  fi
+  if [ "$prec" = fp16 ] && { [ ! -f "$pkg/model.toml" ] || [ "$base/image_encoder.onnx" -nt "$pkg/model.toml" ]; }; then
+    ensure_export_venv >&2
+    say "building $pkg (image graph float16, float32 in/out)"
+    .venv-export/bin/python bench/make_model_packages.py fp16 --from "$base" --out "$pkg" >&2
+  fi
+  echo "$pkg"
+}
+
+models_tessera() {  # PKG ITERATIONS OUT: tessera bench-model; a failure is recorded, not fatal
+  local err
+  if ! models_nice "$T" bench-model "$1" --batch-size "$MODELS_BATCH" --iterations "$2" --warmup "$MODELS_WARMUP" \
+      --intra-threads "$MODELS_THREADS" > "$3" 2> "$3.stderr"; then
+    err=$(tail -1 "$3.stderr")
+    say "tessera bench-model failed: $err"
+    $PY -c 'import json, sys; print(json.dumps({"error": sys.argv[1]}))' "$err" > "$3"
+  fi
+}
+
+models_peer() {  # PKG ITERATIONS OUT
+  local err
+  if ! models_nice $PY bench/peer_models.py "$1" --batch-size "$MODELS_BATCH" --iterations "$2" --warmup "$MODELS_WARMUP" \
+      --threads "$MODELS_THREADS" > "$3" 2> "$3.stderr"; then
+    err=$(tail -1 "$3.stderr")
+    say "peer failed: $err"
+    $PY -c 'import json, sys; print(json.dumps({"error": sys.argv[1]}))' "$err" > "$3"
+  fi
+}
+
+bench_models() {
+  local dir="$RESULTS/models_runs" entry name iters prec pkg r t0 rows=()
+  t0=$(date +%s)
+  for entry in $MODELS_SET; do
+    name=${entry%%:*}
+    [ -z "$MODELS_ONLY" ] || [[ " $MODELS_ONLY " == *" $name "* ]] || continue
+    for prec in $MODELS_PRECISIONS; do
+      pkg=$(ensure_bench_package "$name" "$prec")
+      rows+=("$name:${entry##*:}:$prec:$pkg")
+    done
+  done
+  if [ ${#rows[@]} = 0 ]; then
+    say "models: MODELS_ONLY='$MODELS_ONLY' names none of MODELS_SET ($MODELS_SET)"; exit 2
+  fi
+  rm -rf "$dir" && mkdir -p "$dir"
+  $PY -c 'import json, os; print(json.dumps({"loadavg_before": os.getloadavg()}))' > "$dir/env.json"
+  for entry in "${rows[@]}"; do
+    IFS=: read -r name iters prec pkg <<< "$entry"
+    for r in $(seq 1 "$MODELS_ROUNDS"); do
+      sync
+      if [ $((r % 2)) = 1 ]; then
+        say "models: $name $prec, round $r: tessera bench-model, then peer"
+        models_tessera "$pkg" "$iters" "$dir/${name}_${prec}_tessera_r$r.json"
+        models_peer "$pkg" "$iters" "$dir/${name}_${prec}_peer_r$r.json"
+      else
+        say "models: $name $prec, round $r: peer, then tessera bench-model"
+        models_peer "$pkg" "$iters" "$dir/${name}_${prec}_peer_r$r.json"
+        models_tessera "$pkg" "$iters" "$dir/${name}_${prec}_tessera_r$r.json"
+      fi
+    done
+  done
+  $PY -c 'import json, os; print(json.dumps({"loadavg_after": os.getloadavg()}))' >> "$dir/env.json"
+  $PY bench/report_models.py "$RESULTS" --runs "$dir" --rows "${rows[@]}" --rounds "$MODELS_ROUNDS" \
+    --batch "$MODELS_BATCH" --warmup "$MODELS_WARMUP" --threads "$MODELS_THREADS" \
+    --seconds $(( $(date +%s) - t0 )) --nice "${MODELS_NICE:-0}"
+}
+
 # --- main -----------------------------------------------------------------------------------------
 install_peers
 sections=("$@")
-[ ${#sections[@]} -gt 0 ] || sections=(read classify caption stitch batch)
+[ ${#sections[@]} -gt 0 ] || sections=(read classify caption stitch batch models)
 for s in "${sections[@]}"; do
   case "$s" in
     read) bench_read ;;
@@ -403,6 +510,7 @@ for s in "${sections[@]}"; do
     caption) bench_caption ;;
     stitch) bench_stitch ;;
     batch) bench_batch ;;
-    *) say "unknown section '$s' (read, classify, caption, stitch, batch)"; exit 2 ;;
+    models) bench_models ;;
+    *) say "unknown section '$s' (read, classify, caption, stitch, batch, models)"; exit 2 ;;
   esac
 done
