@@ -515,7 +515,7 @@ fn ingest_waits_for_files_being_written_and_records_failures() {
     let whole = std::fs::read(incoming.join("scene00.tif")).expect("read");
     let growing = incoming.join("growing.tif");
     std::fs::write(&growing, &whole[..whole.len() / 2]).expect("write");
-    let report = ingest("2").json();
+    let report = ingest("30").json();
     let waiting: Vec<&str> = report["waiting"]
         .as_array()
         .expect("waiting")
@@ -529,8 +529,17 @@ fn ingest_waits_for_files_being_written_and_records_failures() {
     std::fs::write(&growing, &whole).expect("write");
     // A corrupt scene fails permanently: recorded, not retried until it changes.
     std::fs::write(incoming.join("broken.tif"), b"not a raster").expect("write");
-    std::thread::sleep(Duration::from_millis(2500));
-    let r = ingest("2");
+    // Every file settled: last modified a minute ago (set, rather than waited for, so that a
+    // loaded machine cannot make the passes above see them settled).
+    let past = std::time::SystemTime::now() - Duration::from_secs(60);
+    for e in std::fs::read_dir(&incoming).expect("incoming").flatten() {
+        let f = std::fs::File::options()
+            .write(true)
+            .open(e.path())
+            .expect("open");
+        f.set_modified(past).expect("set mtime");
+    }
+    let r = ingest("30");
     assert_eq!(r.output.status.code(), Some(3), "{}", r.context());
     let report = r.json();
     assert_eq!(report["done"], 3, "{report}");
@@ -559,7 +568,11 @@ fn ingest_waits_for_files_being_written_and_records_failures() {
     );
     // Fixed (the file changes): processed.
     std::fs::copy(incoming.join("scene01.tif"), incoming.join("broken.tif")).expect("copy");
-    std::thread::sleep(Duration::from_millis(2500));
+    std::fs::File::options()
+        .write(true)
+        .open(incoming.join("broken.tif"))
+        .and_then(|f| f.set_modified(past))
+        .expect("set mtime");
     let report = ingest("2").json();
     assert_eq!(report["done"], 1, "{report}");
     let status = ingest_status(d, "out");
@@ -589,7 +602,7 @@ fn ingest_retries_transient_failures_with_backoff() {
                 "--settle",
                 "0",
                 "--retry-after",
-                "1",
+                "600",
                 "--max-attempts",
                 "2",
                 "--json",
@@ -619,7 +632,17 @@ fn ingest_retries_transient_failures_with_backoff() {
         "{}",
         r.context()
     );
-    std::thread::sleep(Duration::from_millis(1200));
+    // The backoff over (moved into the past in the state database rather than waited for, so
+    // that a loaded machine cannot make the run above fall outside it).
+    let db = rusqlite::Connection::open(d.join("out/.tessera-state.sqlite")).expect("state db");
+    let moved = db
+        .execute(
+            "UPDATE scenes SET next_attempt_at = 0 WHERE status = 'retry'",
+            [],
+        )
+        .expect("update");
+    assert_eq!(moved, 1);
+    drop(db);
     // Second and last attempt fails too: now permanent.
     assert_eq!(ingest().output.status.code(), Some(1));
     let status = ingest_status(d, "out");
