@@ -1,6 +1,7 @@
 //! The cross-attention decoder against PyTorch: a tiny random `BlipForConditionalGeneration`
-//! exported by `tools/export/export.py blip --tiny`, with references from Hugging Face
-//! `generate` (greedy, beams, penalties; one tile and batches, with and without a text prefix).
+//! (`tools/export/export.py blip --tiny`) and `BlipForQuestionAnswering` (`blip-vqa --tiny`),
+//! with references from Hugging Face `generate` (greedy, beams, penalties; one tile and
+//! batches, with and without a text prefix, questions of one and of mixed lengths).
 //! Token-for-token equality; then `tessera caption` end to end, and bad packages.
 
 mod common;
@@ -15,11 +16,21 @@ use tessera::models::cross_decoder::CrossDecoderModel;
 use tessera::runtime::{Runtime, SessionOptions};
 
 fn package() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("sample_data/models/blip-tiny")
+    package_of("blip-tiny")
+}
+
+fn package_of(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("sample_data/models")
+        .join(name)
 }
 
 fn reference() -> Value {
-    let text = std::fs::read_to_string(package().join("reference/reference.json"))
+    reference_of("blip-tiny")
+}
+
+fn reference_of(name: &str) -> Value {
+    let text = std::fs::read_to_string(package_of(name).join("reference/reference.json"))
         .expect("reference.json");
     serde_json::from_str(&text).expect("json")
 }
@@ -70,10 +81,20 @@ fn strings(v: &Value) -> Vec<String> {
 
 #[test]
 fn blip_generates_the_pytorch_tokens() {
+    check_package("blip-tiny");
+}
+
+#[test]
+fn blip_vqa_answers_with_the_pytorch_tokens() {
+    check_package("blip-vqa-tiny");
+}
+
+fn check_package(pkg: &str) {
     let rt = Runtime::load(None).expect("ONNX Runtime (run `make setup`)");
     let mut model =
-        CrossDecoderModel::load(rt, &package(), &SessionOptions::default()).expect("model");
-    let r = reference();
+        CrossDecoderModel::load(rt, &package_of(pkg), &SessionOptions::default()).expect("model");
+    let r = reference_of(pkg);
+    let vqa = r["architecture"] == "blip-vqa";
     let px = pixels(&r);
     let sep = r["sep_token_id"].as_u64().expect("sep") as u32;
     let (mut beams, mut hf_batches, mut mixed, mut prefixed, mut bare, mut ended) =
@@ -93,14 +114,16 @@ fn blip_generates_the_pytorch_tokens() {
                 .slice_mut(ndarray::s![k, .., .., ..])
                 .assign(&px.slice(ndarray::s![i, .., .., ..]));
         }
-        // BLIP's start: [CLS] prefix [SEP] -> [DEC] prefix.
+        // BLIP's start: [CLS] prefix [SEP] -> [DEC] prefix; VQA: the question for the
+        // encoder as the tokenizer gives it (the decoder starts from [DEC]).
         for (k, prompt) in prompts.iter().enumerate() {
             let got = model.prompt_ids(prompt).expect("prompt ids");
-            assert_eq!(
-                got,
-                ids(&case["start_ids"][k]),
-                "{name}: start ids of {prompt:?}"
-            );
+            let want = if vqa {
+                &case["tokenized"][k]
+            } else {
+                &case["start_ids"][k]
+            };
+            assert_eq!(got, ids(want), "{pkg} {name}: ids of {prompt:?}");
         }
         let got = model
             .generate(batch.view(), &prompts, &p)
@@ -109,15 +132,25 @@ fn blip_generates_the_pytorch_tokens() {
         assert_eq!(got.len(), want.len(), "{name}");
         for (k, (g, w)) in got.iter().zip(want).enumerate() {
             let w: Vec<u32> = ids(w).iter().map(|&t| t as u32).collect();
-            assert_eq!(g, &w, "{name}: item {k} ({:?}) with {p:?}", prompts[k]);
+            assert_eq!(
+                g, &w,
+                "{pkg} {name}: item {k} ({:?}) with {p:?}",
+                prompts[k]
+            );
             ended |= w.last() == Some(&sep);
             compared += 1;
         }
         beams |= p.num_beams > 1;
         hf_batches |= images.len() > 1 && case["hf_batched"] == true;
-        mixed |= images.len() > 1 && case["hf_batched"] == false;
+        let lengths: std::collections::BTreeSet<usize> = case["tokenized"]
+            .as_array()
+            .expect("tokenized")
+            .iter()
+            .map(|t| t.as_array().map_or(0, Vec::len))
+            .collect();
+        mixed |= images.len() > 1 && lengths.len() > 1;
         prefixed |= prompts.iter().any(|p| !p.is_empty());
-        bare |= prompts.iter().any(String::is_empty);
+        bare |= vqa || prompts.iter().any(String::is_empty);
     }
     assert!(
         beams && hf_batches && mixed && prefixed && bare && ended && compared >= 20,
@@ -196,6 +229,50 @@ fn caption_command_runs_blip_on_a_scene() {
     let d = dir.path();
     let pick = block_scene(&d.join("scene.tif"), 3, 2);
     let model = package().display().to_string();
+    // BLIP VQA: the question to every tile.
+    let vqa = package_of("blip-vqa-tiny").display().to_string();
+    let r = reference_of("blip-vqa-tiny");
+    let case = r["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .find(|c| c["name"] == "greedy_batch_same_question")
+        .expect("case");
+    let question = case["prompts"][0].as_str().expect("question");
+    let res = run(
+        d,
+        &[
+            "caption",
+            "scene.tif",
+            "--model",
+            &vqa,
+            "--prompt",
+            question,
+            "--max-new-tokens",
+            "12",
+            "--batch-size",
+            "5",
+            "--out",
+            "vqa",
+            "--json",
+            "--quiet",
+        ],
+    );
+    assert_eq!(res.success().json()["tiles_captioned"], 6);
+    let jsonl = std::fs::read_to_string(d.join("vqa/captions.jsonl")).expect("jsonl");
+    for l in jsonl.lines() {
+        let l: Value = serde_json::from_str(l).expect("line");
+        let img = pick[l["row"].as_u64().expect("row") as usize * 3
+            + l["col"].as_u64().expect("col") as usize];
+        let k = dims(&case["images"])
+            .iter()
+            .position(|&i| i == img)
+            .expect("image in the case");
+        assert_eq!(
+            l["tokens"], case["new_tokens"][k],
+            "vqa tile of image {img}"
+        );
+    }
     for (prompt, beams, out) in [
         ("", "1", "plain"),
         ("a satellite image of", "1", "prefix"),

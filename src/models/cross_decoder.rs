@@ -54,6 +54,13 @@ pub struct EncoderSpec {
     pub onnx: String,
     /// float32 `[B, 3, S, S]`, normalised.
     pub pixel_values: String,
+    /// int64 `[B, L]`: when given, the user's prompt is the encoder's text (BLIP VQA: the
+    /// question, right padded) and the decoder starts from `[prompt] start_token_id` alone.
+    #[serde(default)]
+    pub input_ids: Option<String>,
+    /// int64 `[B, L]`, the mask of `input_ids`.
+    #[serde(default)]
+    pub attention_mask: Option<String>,
     /// float32 `[B, M, E]`.
     pub memory: String,
     /// int64 `[B, M]` output, when the memory has padding; all ones when absent.
@@ -113,14 +120,16 @@ pub struct StepSpec {
     pub max_positions: Option<usize>,
 }
 
-/// How the user's prompt becomes the decoder's start tokens.
+/// How the user's prompt becomes the decoder's start tokens (or, with `[encoder] input_ids`,
+/// the encoder's text).
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct StartSpec {
     /// Tokenize with the tokenizer's special tokens (BLIP: `[CLS] prompt [SEP]`).
     #[serde(default = "yes")]
     pub add_special_tokens: bool,
-    /// Replaces the first token (BLIP: `[DEC]`, the text decoder's bos).
+    /// Replaces the first token (BLIP: `[DEC]`, the text decoder's bos); with `[encoder]
+    /// input_ids`, the decoder's only start token (required there).
     #[serde(default)]
     pub start_token_id: Option<u32>,
     /// Tokens dropped from the end (BLIP: 1, the trailing `[SEP]`).
@@ -281,6 +290,8 @@ fn missing_names(
 ) -> Vec<String> {
     let s = match s {
         Ok(s) => s,
+        // Loading errors name the file's path already.
+        Err(e) if e.contains(file) => return vec![e.clone()],
         Err(e) => return vec![format!("{file}: {e}")],
     };
     let mut problems = Vec::new();
@@ -324,12 +335,19 @@ fn validate(cfg: &Config, g: &Loaded<'_>) -> Vec<String> {
     );
     let mut enc_out = vec![cfg.encoder.memory.clone()];
     enc_out.extend(cfg.encoder.memory_mask.clone());
-    problems.extend(missing_names(
-        enc_file,
-        g.encoder,
-        std::slice::from_ref(&cfg.encoder.pixel_values),
-        &enc_out,
-    ));
+    let mut enc_in = vec![cfg.encoder.pixel_values.clone()];
+    enc_in.extend(cfg.encoder.input_ids.clone());
+    enc_in.extend(cfg.encoder.attention_mask.clone());
+    problems.extend(missing_names(enc_file, g.encoder, &enc_in, &enc_out));
+    if cfg.encoder.input_ids.is_some() && cfg.start.start_token_id.is_none() {
+        problems.push(
+            "prompt.start_token_id is required when the encoder takes the prompt (encoder.input_ids)"
+                .into(),
+        );
+    }
+    if cfg.encoder.attention_mask.is_some() && cfg.encoder.input_ids.is_none() {
+        problems.push("encoder.attention_mask needs encoder.input_ids".into());
+    }
     let d = &cfg.decoder;
     let cross_out: Vec<String> = (0..d.layers)
         .flat_map(|i| {
@@ -483,7 +501,7 @@ fn tokenizer_problems(
         }
     }
     match t.encode("", cfg.start.add_special_tokens) {
-        Ok(e) if e.get_ids().len() <= cfg.start.trim_end => problems.push(format!(
+        Ok(e) if e.get_ids().len() <= cfg.start.trim_end && cfg.encoder.input_ids.is_none() => problems.push(format!(
             "{}: the empty prompt tokenizes to {} tokens, prompt.trim_end = {} leaves no start token",
             cfg.tok.file,
             e.get_ids().len(),
@@ -631,12 +649,19 @@ impl CrossDecoderModel {
         self.package.file(&self.cfg.tok.file).display().to_string()
     }
 
-    /// The decoder's start tokens for one prompt: tokenized (with the special tokens when
-    /// `[prompt] add_special_tokens`), the first replaced by `start_token_id`, `trim_end`
-    /// dropped from the end. BLIP: `""` -> `[DEC]`; `"a photo of"` -> `[DEC] a photo of`.
+    /// Whether the prompt is the encoder's text (BLIP VQA) rather than the decoder's start.
+    fn prompt_to_encoder(&self) -> bool {
+        self.cfg.encoder.input_ids.is_some()
+    }
+
+    /// The token ids of one prompt. For the decoder (BLIP captioning): tokenized (with the
+    /// special tokens when `[prompt] add_special_tokens`), the first replaced by
+    /// `start_token_id`, `trim_end` dropped from the end: `""` -> `[DEC]`, `"a photo of"` ->
+    /// `[DEC] a photo of`. For the encoder (BLIP VQA): tokenized, `trim_end` dropped:
+    /// `[CLS] question [SEP]`.
     ///
     /// # Errors
-    /// Tokenizer failure, a prompt that leaves no start token, or one longer than the decoder's
+    /// Tokenizer failure, a prompt that leaves no token, or one longer than the model's
     /// positions.
     pub fn prompt_ids(&self, prompt: &str) -> Result<Vec<i64>, ModelError> {
         let enc = self
@@ -649,11 +674,15 @@ impl CrossDecoderModel {
         let mut ids: Vec<i64> = enc.get_ids().iter().map(|&i| i64::from(i)).collect();
         let keep = ids.len().saturating_sub(self.cfg.start.trim_end);
         ids.truncate(keep);
-        match (ids.first_mut(), self.cfg.start.start_token_id) {
+        let start = match self.prompt_to_encoder() {
+            true => None,
+            false => self.cfg.start.start_token_id,
+        };
+        match (ids.first_mut(), start) {
             (None, _) => {
                 return Err(ModelError::Tokenizer {
                     path: self.tokenizer_path(),
-                    reason: format!("the prompt {prompt:?} leaves no decoder start token"),
+                    reason: format!("the prompt {prompt:?} leaves no token"),
                 })
             }
             (Some(first), Some(start)) => *first = i64::from(start),
@@ -665,6 +694,18 @@ impl CrossDecoderModel {
             }
         }
         Ok(ids)
+    }
+
+    /// The decoder's start tokens for one prompt.
+    fn start_ids(&self, prompt: &str) -> Result<Vec<i64>, ModelError> {
+        match (self.prompt_to_encoder(), self.cfg.start.start_token_id) {
+            (true, Some(start)) => Ok(vec![i64::from(start)]),
+            (true, None) => Err(ModelError::Input {
+                path: self.package.dir.join("model.toml").display().to_string(),
+                reason: "no prompt.start_token_id".into(),
+            }),
+            (false, _) => self.prompt_ids(prompt),
+        }
     }
 
     fn too_long(&self, len: usize, new_tokens: usize) -> ModelError {
@@ -720,6 +761,7 @@ impl CrossDecoderModel {
     fn encode(
         &mut self,
         pixels: ArrayView4<'_, f32>,
+        text: Option<(Array2<i64>, Array2<i64>)>,
     ) -> Result<(DynValue, Array2<i64>), ModelError> {
         let path = self.encoder.path.clone();
         let e = self.cfg.encoder.clone();
@@ -735,6 +777,19 @@ impl CrossDecoderModel {
             .map_err(|e| run_err(&path, e))?;
         let bind = |r: ort::Result<()>| r.map_err(|e| run_err(&path, e));
         bind(binding.bind_input(e.pixel_values.as_str(), &input))?;
+        let text = match text {
+            Some((ids, mask)) => Some((
+                Tensor::from_array(ids).map_err(|e| run_err(&path, e))?,
+                Tensor::from_array(mask).map_err(|e| run_err(&path, e))?,
+            )),
+            None => None,
+        };
+        if let (Some(name), Some((ids, _))) = (&e.input_ids, &text) {
+            bind(binding.bind_input(name.as_str(), ids))?;
+        }
+        if let (Some(name), Some((_, mask))) = (&e.attention_mask, &text) {
+            bind(binding.bind_input(name.as_str(), mask))?;
+        }
         bind(binding.bind_output_to_device(e.memory.as_str(), &self.cache_memory))?;
         if let Some(m) = &e.memory_mask {
             bind(binding.bind_output_to_device(m.as_str(), &self.host_memory))?;
@@ -967,7 +1022,7 @@ impl CrossDecoderModel {
         }
         let ids: Vec<Vec<i64>> = prompts
             .iter()
-            .map(|p| self.prompt_ids(p))
+            .map(|p| self.start_ids(p))
             .collect::<Result<_, _>>()?;
         let len = ids.iter().map(Vec::len).max().unwrap_or(0);
         if let Some(max) = self.cfg.decoder.max_positions {
@@ -975,7 +1030,28 @@ impl CrossDecoderModel {
                 return Err(self.too_long(len, params.max_new_tokens));
             }
         }
-        let (memory, memory_mask) = self.encode(pixels)?;
+        // The encoder's text (BLIP VQA's questions), right padded as BERT tokenizers pad.
+        let text = match self.prompt_to_encoder() {
+            false => None,
+            true => {
+                let q: Vec<Vec<i64>> = prompts
+                    .iter()
+                    .map(|p| self.prompt_ids(p))
+                    .collect::<Result<_, _>>()?;
+                let l = q.iter().map(Vec::len).max().unwrap_or(0);
+                let pad = i64::from(self.cfg.tok.pad_token_id);
+                let mut qids = Array2::<i64>::from_elem((b, l), pad);
+                let mut qmask = Array2::<i64>::zeros((b, l));
+                for (r, row) in q.iter().enumerate() {
+                    for (k, &t) in row.iter().enumerate() {
+                        qids[[r, k]] = t;
+                        qmask[[r, k]] = 1;
+                    }
+                }
+                Some((qids, qmask))
+            }
+        };
+        let (memory, memory_mask) = self.encode(pixels, text)?;
         let cross = self.cross_kv(&memory)?;
         drop(memory);
         let nb = params.num_beams;

@@ -49,7 +49,7 @@ from common import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 DEFAULT_SEED = 0
 DEFAULT_INIT_STD = 0.3
 #: added to the [SEP] logit bias of the prediction head in --tiny models, so that some references end.
-DEFAULT_EOS_SCALE = 3.5
+DEFAULT_EOS_SCALE = {"blip": 3.5, "blip-vqa": 1.5}
 #: --tiny: factor on the cross-attention output and feed-forward output weights of the text decoder
 #: (with every weight N(0, init std), those blocks swamp the token path and every step repeats the
 #: previous token).
@@ -93,22 +93,31 @@ def caption_corpus() -> list[str]:
     return lines
 
 
-def build_tiny_tokenizer(vocab_size: int = 400):
+def build_tiny_tokenizer():
     """(tokenizers.Tokenizer, ids) of a BERT-style uncased WordPiece tokenizer.
 
     No installed package ships bert-base-uncased's vocab.txt (30522 pieces would also not fit a
-    3 MB fixture), so a WordPiece vocabulary is trained here with BERT's normalizer,
-    pre-tokenizer, decoder and ``[CLS] $A [SEP]`` post-processor.
+    3 MB fixture), so the vocabulary is built from a small caption corpus, deterministically
+    (the ``tokenizers`` WordPiece trainer breaks ties in hash order, so two runs differ): the
+    special tokens, every character and its ``##`` continuation, then every word of the corpus
+    (BERT-normalised and pre-tokenized) by falling frequency, then alphabetically.  BERT's
+    normalizer, pre-tokenizer, decoder and ``[CLS] $A [SEP]`` post-processor.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    import string
+    from collections import Counter
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False)
-    tok.train_from_iterator(caption_corpus(), trainer=trainer)
-    ids = {t: tok.token_to_id(t) for t in SPECIALS}
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    norm, pre = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    words = Counter(w for line in caption_corpus()
+                    for w, _ in pre.pre_tokenize_str(norm.normalize_str(line)))
+    chars = sorted({c for w in words for c in w} | set("abcdefghijklmnopqrstuvwxyz0123456789" + string.punctuation))
+    pieces = SPECIALS + chars + ["##" + c for c in chars]
+    pieces += [w for w, _ in sorted(words.items(), key=lambda kv: (-kv[1], kv[0])) if w not in pieces]
+    vocab = {p: i for i, p in enumerate(pieces)}
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.normalizer, tok.pre_tokenizer, tok.decoder = norm, pre, decoders.WordPiece()
+    ids = {t: vocab[t] for t in SPECIALS}
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])])
@@ -140,30 +149,34 @@ def _reinit(model: nn.Module, std: float) -> None:
             nn.init.normal_(p, 0.0, 1.0)
 
 
-def build_tiny(seed: int, init_std: float, eos_scale: float):
-    """(model, tokenizer, ids): a seeded random BlipForConditionalGeneration of the real classes.
+def build_tiny(seed: int, init_std: float, eos_scale: float, vqa: bool = False):
+    """(model, tokenizer, ids): a seeded random BlipForConditionalGeneration (or, ``vqa``,
+    BlipForQuestionAnswering) of the real classes.
 
-    Vision width 48 and text width 32 differ (as in BLIP-large: 1024 vs 768), so the
-    cross-attention keys/values really map the memory width to the decoder's.  The prediction
-    head is not tied to the word embeddings (``tie_word_embeddings=False``): a tied random head
-    predicts the token it was fed, every caption one repeated token.
+    Captioning: vision width 48 and text width 32 differ (as in BLIP-large: 1024 vs 768), so the
+    cross-attention keys/values really map the memory width to the decoder's.  VQA: the answer
+    decoder cross-attends to the question encoding (text width), the question encoder to the
+    image, so both widths are 32 (as in BLIP-base VQA: 768 and 768).  The prediction head is not
+    tied to the word embeddings (``tie_word_embeddings=False``): a tied random head predicts the
+    token it was fed, every caption one repeated token.
     """
-    from transformers import BlipConfig, BlipForConditionalGeneration
+    from transformers import BlipConfig, BlipForConditionalGeneration, BlipForQuestionAnswering
 
     tok, ids = build_tiny_tokenizer()
     V = tok.get_vocab_size()
     torch.manual_seed(seed)
+    width = 32 if vqa else 48
     cfg = BlipConfig(
-        vision_config=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        text_config=dict(vocab_size=V, hidden_size=32, encoder_hidden_size=48, intermediate_size=64,
+        vision_config=dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
+                           num_attention_heads=2, image_size=32, patch_size=8),
+        text_config=dict(vocab_size=V, hidden_size=32, encoder_hidden_size=width, intermediate_size=64,
                          num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=64,
                          bos_token_id=ids["[DEC]"], eos_token_id=ids["[SEP]"], sep_token_id=ids["[SEP]"],
                          pad_token_id=ids["[PAD]"], tie_word_embeddings=False),
         tie_word_embeddings=False,
     )
     cfg._attn_implementation = "eager"
-    model = BlipForConditionalGeneration(cfg)
+    model = (BlipForQuestionAnswering if vqa else BlipForConditionalGeneration)(cfg)
     _reinit(model, init_std)
     with torch.no_grad():
         model.text_decoder.cls.predictions.decoder.bias[ids["[SEP]"]] += eos_scale
@@ -188,6 +201,42 @@ class VisionEncoder(nn.Module):
 
     def forward(self, pixel_values):
         return self.v(pixel_values=pixel_values)[0]
+
+
+class QuestionEncoder(nn.Module):
+    """BLIP VQA generate(): the ViT, then ``text_encoder`` (BlipTextModel, bidirectional, each
+    layer cross-attending to the image) on the question: ``question_embeds``.  Restated with
+    HF's modules (HF's mask helpers skip an all-ones mask, which tracing would bake in)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.v = model.vision_model
+        self.t = model.text_encoder
+        tc = model.config.text_config
+        self.heads = tc.num_attention_heads
+        self.head_dim = tc.hidden_size // tc.num_attention_heads
+
+    def forward(self, pixel_values, input_ids, attention_mask):
+        image = self.v(pixel_values=pixel_values)[0]
+        emb = self.t.embeddings
+        pos = torch.cumsum(torch.ones_like(input_ids), dim=1) - 1
+        h = emb.LayerNorm(emb.word_embeddings(input_ids) + emb.position_embeddings(pos))
+        neg = torch.tensor(torch.finfo(h.dtype).min, dtype=h.dtype)
+        mask = torch.where(attention_mask[:, None, None, :] != 0, torch.zeros((), dtype=h.dtype), neg)
+        B, Hd = h.shape[0], self.heads * self.head_dim
+
+        def heads(x):
+            return x.view(B, -1, self.heads, self.head_dim).transpose(1, 2)
+
+        for layer in self.t.encoder.layer:
+            a = layer.attention.self
+            ctx = _attend(heads(a.query(h)), heads(a.key(h)), heads(a.value(h)), mask)
+            h = layer.attention.output(ctx.transpose(1, 2).reshape(B, -1, Hd), h)
+            c = layer.crossattention.self
+            ctx = _attend(heads(c.query(h)), heads(c.key(image)), heads(c.value(image)), 0.0)
+            h = layer.crossattention.output(ctx.transpose(1, 2).reshape(B, -1, Hd), h)
+            h = layer.output(layer.intermediate(h), h)
+        return h
 
 
 class CrossKV(nn.Module):
@@ -279,17 +328,18 @@ class DecoderStep(nn.Module):
 class Parts:
     """Everything the exporter needs about one loaded BLIP captioning model."""
 
-    def __init__(self, model, hf_tok, size: int, mean, std):
-        self.model, self.hf_tok = model, hf_tok
+    def __init__(self, model, hf_tok, size: int, mean, std, vqa: bool = False):
+        self.model, self.hf_tok, self.vqa = model, hf_tok, vqa
+        self.architecture = "blip-vqa" if vqa else "blip"
         self.size, self.mean, self.std = size, list(mean), list(std)
         tc, vc = model.config.text_config, model.config.vision_config
-        self.encoder = VisionEncoder(model).eval()
+        self.encoder = (QuestionEncoder(model) if vqa else VisionEncoder(model)).eval()
         self.decoder = DecoderStep(model.text_decoder, tc).eval()
         self.layers, self.heads, self.head_dim = self.decoder.n_layers, self.decoder.heads, self.decoder.head_dim
         self.cross = CrossKV(model.text_decoder, self.heads, self.head_dim).eval()
         self.hidden = int(tc.hidden_size)
         self.cross_width = int(tc.encoder_hidden_size)
-        self.memory_width = int(vc.hidden_size)
+        self.memory_width = int(tc.hidden_size if vqa else vc.hidden_size)
         self.memory_tokens = (vc.image_size // vc.patch_size) ** 2 + 1
         self.vocab = int(tc.vocab_size)
         self.max_positions = int(tc.max_position_embeddings)
@@ -297,7 +347,10 @@ class Parts:
 
     # -- the prompt rule the Rust side implements (manifest [prompt]) -----------------------
     def start_ids(self, prefix: str) -> list[int]:
-        """BLIP generate's decoder start: tokenized with specials, first -> bos, last dropped."""
+        """BLIP generate's decoder start: tokenized with specials, first -> bos, last dropped.
+        VQA: the decoder starts from bos alone (the question goes to the encoder)."""
+        if self.vqa:
+            return [self.bos]
         ids = self.hf_tok(prefix)["input_ids"] if prefix else [self.bos, self.sep]
         ids = list(ids)
         ids[0] = self.bos
@@ -306,6 +359,13 @@ class Parts:
     def hf_generate(self, pixels: np.ndarray, prefixes: list[str], **kw) -> list[list[int]]:
         """HF generate on one batch (prefixes of one token length, or all empty): new tokens."""
         px = torch.from_numpy(pixels)
+        if self.vqa:
+            # BlipProcessor pads questions on the right (BERT); the answer decoder then sees
+            # question_embeds with an all-ones mask, pads included (HF's generate).
+            enc = self.hf_tok(prefixes, return_tensors="pt", padding=True)
+            out = self.model.generate(input_ids=enc["input_ids"], pixel_values=px,
+                                      attention_mask=enc["attention_mask"], **kw)
+            return [trim(r.tolist(), self.sep, self.pad) for r in out[:, 1:]]
         if all(p == "" for p in prefixes):
             out = self.model.generate(pixel_values=px, **kw)
             plen = 1
@@ -328,8 +388,23 @@ def trim(row: list[int], eos: int, pad: int) -> list[int]:
     return out
 
 
+#: the question the VQA graphs are checked and exported with
+CHECK_QUESTION = "how many rivers are there?"
+
+
+def encoder_args(parts: Parts, pixels: np.ndarray, questions: list[str] | None = None) -> tuple:
+    """The encoder graph's inputs: pixels, and for VQA the right-padded questions + mask."""
+    px = torch.from_numpy(np.ascontiguousarray(pixels))
+    if not parts.vqa:
+        return (px,)
+    qs = questions or [CHECK_QUESTION, "is there a forest?", "what is next to the dense green lake?"]
+    qs = [qs[k % len(qs)] for k in range(pixels.shape[0])]
+    enc = parts.hf_tok(qs, return_tensors="pt", padding=True)
+    return (px, enc["input_ids"], enc["attention_mask"])
+
+
 def memory_and_cross(parts: Parts, pixels: np.ndarray):
-    mem = parts.encoder(torch.from_numpy(pixels))
+    mem = parts.encoder(*encoder_args(parts, pixels))
     return mem, parts.cross(mem)
 
 
@@ -345,6 +420,15 @@ def check_decoder_against_hf(parts: Parts, pixels: np.ndarray) -> float:
     ids[:, 0] = parts.bos
     mem, cross = memory_and_cross(parts, pixels)
     mmask = torch.ones(mem.shape[:2], dtype=torch.long)
+    if parts.vqa:
+        px, qids, qmask = encoder_args(parts, pixels)
+        image = parts.model.vision_model(pixel_values=px)[0]
+        hf_mem = parts.model.text_encoder(input_ids=qids, attention_mask=qmask, encoder_hidden_states=image,
+                                          encoder_attention_mask=torch.ones(image.shape[:2], dtype=torch.long),
+                                          return_dict=False)[0]
+        diff = float((hf_mem - mem).abs().max())
+        if diff > 1e-4:
+            raise SystemExit(f"export: question encoder wrapper differs from HF text_encoder by {diff:.3g}")
     ref = parts.model.text_decoder(input_ids=ids, encoder_hidden_states=mem, encoder_attention_mask=mmask,
                                    use_cache=False).logits
     worst = 0.0
@@ -375,10 +459,13 @@ def io_names(layers: int):
 def export_graphs(parts: Parts, out: Path, opset: int) -> None:
     L = parts.layers
     cross_names, past_names, present_names = io_names(L)
-    px = torch.zeros(2, 3, parts.size, parts.size)
-    C.export_onnx(parts.encoder, (px,), out / "encoder.onnx", ["pixel_values"], ["memory"],
-                  {"pixel_values": {0: "batch"}, "memory": {0: "batch", 1: "memory"}}, opset)
-    mem = parts.encoder(px)
+    args = encoder_args(parts, np.zeros((2, 3, parts.size, parts.size), np.float32))
+    names = ["pixel_values", "input_ids", "attention_mask"][:len(args)]
+    axes = {"pixel_values": {0: "batch"}, "memory": {0: "batch", 1: "memory"},
+            "input_ids": {0: "batch", 1: "text"}, "attention_mask": {0: "batch", 1: "text"}}
+    C.export_onnx(parts.encoder, args, out / "encoder.onnx", names, ["memory"],
+                  {k: v for k, v in axes.items() if k in names or k == "memory"}, opset)
+    mem = parts.encoder(*args)
     axes = {"memory": {0: "batch", 1: "memory"}}
     axes.update({n: {0: "batch", 2: "memory"} for n in cross_names})
     C.export_onnx(parts.cross, (mem,), out / "cross_kv.onnx", ["memory"], cross_names, axes, opset)
@@ -407,7 +494,9 @@ def verify_onnx_against_torch(parts: Parts, out: Path, pixels: np.ndarray, tol: 
     L = parts.layers
     cross_names, past_names, present_names = io_names(L)
     mem_t, cross_t = memory_and_cross(parts, pixels)
-    mem = enc.run(None, {"pixel_values": pixels})[0]
+    args = encoder_args(parts, pixels)
+    names = ["pixel_values", "input_ids", "attention_mask"][:len(args)]
+    mem = enc.run(None, {n: a.numpy() for n, a in zip(names, args)})[0]
     worst = C.rel_diff(mem, mem_t.numpy())
     cross = crs.run(None, {"memory": mem})
     for a, b in zip(cross, cross_t):
@@ -459,11 +548,37 @@ def reference_cases(n_images: int) -> list[dict]:
     return cases
 
 
+#: VQA questions: two of one token length, and longer and shorter ones.
+REF_QUESTIONS = ["is there a river?", "is there a forest?", "how many bridges are there?",
+                 "what is next to the dense green lake in this picture?"]
+
+
+def vqa_reference_cases(n_images: int) -> list[dict]:
+    """VQA: every question goes to the encoder, the answer decoder starts from [DEC] alone.
+    HF pads a batch's questions on the right and its decoder sees the pads (an all-ones
+    question mask), so batches of mixed question lengths are compared with HF's batch as is."""
+    greedy = dict(max_new_tokens=12, num_beams=1, do_sample=False)
+    beams = dict(max_new_tokens=12, num_beams=3, do_sample=False, early_stopping=False, length_penalty=1.0)
+    q = REF_QUESTIONS
+    cases = [dict(name=f"greedy_img{i}", images=[i], prefixes=[q[i % len(q)]], gen=greedy) for i in range(n_images)]
+    cases.append(dict(name="beam3_img1", images=[1], prefixes=[q[2]], gen=beams))
+    cases.append(dict(name="greedy_batch_same_question", images=list(range(n_images)), prefixes=[q[0]] * n_images,
+                      gen=greedy))
+    cases.append(dict(name="greedy_batch_same_length", images=[2, 3], prefixes=q[:2], gen=greedy))
+    cases.append(dict(name="beam3_batch_same_length", images=[0, 1], prefixes=q[:2], gen=beams))
+    cases.append(dict(name="greedy_batch_mixed_padded", images=[0, 1, 2], prefixes=q[1:], gen=greedy))
+    cases.append(dict(name="beam3_batch_mixed_padded", images=[3, 2, 1], prefixes=q[1:], gen=beams))
+    cases.append(dict(name="greedy_penalties_img2", images=[2], prefixes=[q[3]],
+                      gen=dict(max_new_tokens=10, min_new_tokens=6, num_beams=1, do_sample=False,
+                               repetition_penalty=1.5)))
+    return cases
+
+
 def compute_references(parts: Parts, seed: int, init_std: float, eos_scale: float):
     names, images_u8 = C.make_reference_images(parts.size)
     pixels = C.preprocess_u8(images_u8, parts.mean, parts.std)
     out_cases = []
-    for c in reference_cases(len(names)):
+    for c in (vqa_reference_cases if parts.vqa else reference_cases)(len(names)):
         px = np.ascontiguousarray(pixels[c["images"]])
         lengths = {len(parts.start_ids(p)) for p in c["prefixes"]}
         mixed = len(lengths) > 1
@@ -481,7 +596,7 @@ def compute_references(parts: Parts, seed: int, init_std: float, eos_scale: floa
             "images": c["images"],
             "prompts": c["prefixes"],
             "hf_batched": not mixed,
-            "tokenized": [parts.hf_tok(p)["input_ids"] if p else [] for p in c["prefixes"]],
+            "tokenized": [parts.hf_tok(p)["input_ids"] if p or parts.vqa else [] for p in c["prefixes"]],
             "start_ids": [parts.start_ids(p) for p in c["prefixes"]],
             "generation": gen,
             "new_tokens": new,
@@ -492,9 +607,9 @@ def compute_references(parts: Parts, seed: int, init_std: float, eos_scale: floa
         print(f"export: {c['name']}: {new} batched={not mixed} batch==items={new == alone}", file=sys.stderr)
     mem, cross = memory_and_cross(parts, pixels[:1])
     ref = {
-        "description": "PyTorch BlipForConditionalGeneration.generate() references for this package "
-                       "(tools/export/export.py blip); new tokens only, prompt excluded.",
-        "architecture": "blip",
+        "description": f"PyTorch {type(parts.model).__name__}.generate() references for this package "
+                       f"(tools/export/export.py {parts.architecture}); new tokens only, prompt excluded.",
+        "architecture": parts.architecture,
         "seed": seed, "init_std": init_std, "eos_bias_added": eos_scale,
         "transformers": transformers.__version__, "torch": torch.__version__,
         **C.images_block(names, parts.size, len(names)),
@@ -525,10 +640,12 @@ def degeneracy_report(ref: dict) -> tuple[bool, str]:
 
 def write_manifest(path: Path, parts: Parts, *, name: str, trained: bool, source: str) -> None:
     C.write_toml(path, [
-        (None, [("family", FAMILY, ""), ("architecture", "blip", ""), ("name", name, ""),
+        (None, [("family", FAMILY, ""), ("architecture", parts.architecture, ""), ("name", name, ""),
                 ("trained", trained, ""), ("source", source, "")]),
         ("encoder", [("onnx", "encoder.onnx", "run once per tile"),
                      ("pixel_values", "pixel_values", "float32 [B,3,S,S], already normalised"),
+                     *([("input_ids", "input_ids", "int64 [B,L]: the question (right padded)"),
+                        ("attention_mask", "attention_mask", "int64 [B,L]")] if parts.vqa else []),
                      ("memory", "memory", "float32 [B,M,E]: what the decoder cross-attends to")]),
         ("cross", [("onnx", "cross_kv.onnx", "run once per tile, shared by its beams"),
                    ("memory", "memory", "float32 [B,M,E]"),
@@ -550,9 +667,12 @@ def write_manifest(path: Path, parts: Parts, *, name: str, trained: bool, source
                      ("cross_width", parts.cross_width, "E: the memory width the cross-attention takes"),
                      ("vocab", parts.vocab, ""),
                      ("max_positions", parts.max_positions, "longest start + generated sequence")]),
-        ("prompt", [("add_special_tokens", True, "tokenize the text prefix as [CLS] prefix [SEP]"),
-                    ("start_token_id", parts.bos, "replaces the first token (BLIP: [DEC])"),
-                    ("trim_end", 1, "tokens dropped from the end (BLIP: the trailing [SEP])")]),
+        ("prompt", [("add_special_tokens", True, "tokenize the question as [CLS] question [SEP]"),
+                    ("start_token_id", parts.bos, "the answer decoder starts from it ([DEC])")]
+         if parts.vqa else
+         [("add_special_tokens", True, "tokenize the text prefix as [CLS] prefix [SEP]"),
+          ("start_token_id", parts.bos, "replaces the first token (BLIP: [DEC])"),
+          ("trim_end", 1, "tokens dropped from the end (BLIP: the trailing [SEP])")]),
         C.preprocess_section(parts.size, parts.mean, parts.std),
         ("tokenizer", [("file", "tokenizer.json", ""), ("bos_token_id", parts.bos, "[DEC]"),
                        ("eos_token_id", parts.sep, "[SEP]: generation ends here"),
@@ -566,37 +686,38 @@ def write_manifest(path: Path, parts: Parts, *, name: str, trained: bool, source
 # --------------------------------------------------------------------------------------
 
 
-def load_checkpoint(src: str) -> Parts:
-    from transformers import AutoTokenizer, BlipForConditionalGeneration
+def load_checkpoint(src: str, vqa: bool) -> Parts:
+    from transformers import AutoTokenizer, BlipForConditionalGeneration, BlipForQuestionAnswering
 
     pp = C.image_processor_config(src)
     tok = AutoTokenizer.from_pretrained(src)
-    model = BlipForConditionalGeneration.from_pretrained(src, attn_implementation="eager",
-                                                         dtype=torch.float32).eval()
+    cls = BlipForQuestionAnswering if vqa else BlipForConditionalGeneration
+    model = cls.from_pretrained(src, attn_implementation="eager", dtype=torch.float32).eval()
     vc = model.config.vision_config
     size = C.square_size(pp, vc.image_size)
     if size != vc.image_size:
         raise ValueError(f"image processor size {size} != vision_config.image_size {vc.image_size}")
-    return Parts(model, tok, size, pp["image_mean"], pp["image_std"])
+    return Parts(model, tok, size, pp["image_mean"], pp["image_std"], vqa=vqa)
 
 
 def export_blip(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tv = transformers.__version__
+    vqa = args.command == "blip-vqa"
     if args.tiny:
         seed = DEFAULT_SEED if args.seed is None else args.seed
         init_std = DEFAULT_INIT_STD if args.init_std is None else args.init_std
-        eos_scale = DEFAULT_EOS_SCALE if args.eos_scale is None else args.eos_scale
-        model, tok, _ = build_tiny(seed, init_std, eos_scale)
+        eos_scale = DEFAULT_EOS_SCALE[args.command] if args.eos_scale is None else args.eos_scale
+        model, tok, _ = build_tiny(seed, init_std, eos_scale, vqa)
         parts = Parts(model, hf_tokenizer(tok), model.config.vision_config.image_size, OPENAI_CLIP_MEAN,
-                      OPENAI_CLIP_STD)
-        name = args.name or "blip-tiny-random"
+                      OPENAI_CLIP_STD, vqa=vqa)
+        name = args.name or f"{args.command}-tiny-random"
         source = (f"random init, seed {seed}, init std {init_std}, [SEP] bias +{eos_scale}, untied head, "
                   f"transformers {tv}, torch {torch.__version__}")
         trained = False
     else:
-        parts = load_checkpoint(args.source)
+        parts = load_checkpoint(args.source, vqa)
         name = args.name or Path(args.source.rstrip("/")).name
         source = f"{args.source}, exported with transformers {tv}, torch {torch.__version__}"
         trained = True
@@ -620,22 +741,30 @@ def export_blip(args) -> None:
     C.report_done(out)
 
 
+#: command -> (what, HF class, example hub id, what encoder.onnx holds)
+_COMMANDS = {
+    "blip": ("BLIP captioning", "BlipForConditionalGeneration", "Salesforce/blip-image-captioning-base",
+             "the ViT"),
+    "blip-vqa": ("BLIP visual question answering", "BlipForQuestionAnswering", "Salesforce/blip-vqa-base",
+                 "the ViT and the question encoder"),
+}
+
+
 def add_parser(sub, command: str) -> None:
-    """Add the ``blip`` subcommand (export.py's subparsers)."""
-    c = sub.add_parser(command, help="export BLIP captioning (BlipForConditionalGeneration) as a "
-                                     "cross-attention-decoder package",
-                       description="Export BLIP captioning: encoder.onnx (ViT), cross_kv.onnx (every layer's "
+    """Add the ``blip`` or ``blip-vqa`` subcommand (export.py's subparsers)."""
+    what, cls, example, enc = _COMMANDS[command]
+    c = sub.add_parser(command, help=f"export {what} ({cls}) as a cross-attention-decoder package",
+                       description=f"Export {what}: encoder.onnx ({enc}), cross_kv.onnx (every layer's "
                                    "cross-attention keys/values), decoder.onnx (BERT decoder step with a "
                                    "self-attention cache), tokenizer.json, model.toml.")
-    C.add_source_args(c, from_help="hub id (e.g. Salesforce/blip-image-captioning-base) or a save_pretrained "
-                                   "folder with the processor files",
-                      tiny_help="seeded random BlipForConditionalGeneration of the real classes")
+    C.add_source_args(c, from_help=f"hub id (e.g. {example}) or a save_pretrained folder with the processor files",
+                      tiny_help=f"seeded random {cls} of the real classes")
     C.add_out_arg(c)
     C.add_opset_arg(c)
     c.add_argument("--seed", type=int, default=None, help=f"--tiny: seed (default {DEFAULT_SEED})")
     c.add_argument("--init-std", type=float, default=None, help=f"--tiny: init std (default {DEFAULT_INIT_STD})")
     c.add_argument("--eos-scale", type=float, default=None,
-                   help=f"--tiny: added to the [SEP] bias of the prediction head (default {DEFAULT_EOS_SCALE})")
+                   help=f"--tiny: added to the [SEP] bias of the prediction head (default {DEFAULT_EOS_SCALE[command]})")
     C.add_name_arg(c)
     C.add_no_reference_arg(c)
     C.add_skip_verify_arg(c)

@@ -22,6 +22,7 @@ COMMANDS = {
     "blip2": "decoder_export",      # BLIP-2 / OPT image-text decoder       (family "image-text-decoder")
     "llava": "decoder_export",      # LLaVA / Llama image-text decoder      (family "image-text-decoder")
     "blip": "blip_export",          # BLIP ViT + BERT cross-attention decoder (family "cross-attention-decoder")
+    "blip-vqa": "blip_export",      # BLIP question encoder + answer decoder (family "cross-attention-decoder")
     "clipseg": "prompted_export",   # CLIPSeg text-prompted segmenter       (family "segmenter")
     "owlvit": "prompted_export",    # OWL-ViT text-prompted detector        (family "detector")
     "scan-seeds": "clip_export",    # seed scan for clip --tiny
