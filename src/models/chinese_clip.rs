@@ -10,13 +10,19 @@ use super::dual_encoder::{DualEncoderFamily, DualEncoderKind, Scoring};
 /// The family name in `model.toml`.
 pub const FAMILY: &str = "chinese-clip";
 
-/// Remote-sensing phrasings in Chinese ("a satellite image of {}", "an aerial photo of {}",
-/// "remote sensing imagery of {}", "a top-down view of {}").
+/// Eight of the 24 templates Chinese-CLIP's authors published for zero-shot EuroSAT
+/// (OFA-Sys/Chinese-CLIP, `cvinw_zeroshot_templates.py`): "a (high-definition, clear) satellite
+/// photo / image of {}". `export.py chinese-clip` writes all 24 as the package's `[prompts]`;
+/// these serve packages without that section.
 pub const DEFAULT_TEMPLATES: &[&str] = &[
-    "一张{}的卫星图像。",
-    "一张{}的航拍照片。",
-    "{}的遥感影像。",
-    "{}的俯视图。",
+    "一张{}的卫星照片",
+    "{}的卫星照片",
+    "一张{}的高清卫星照片",
+    "一张{}的清晰的卫星照片",
+    "一张{}的卫星图",
+    "{}的卫星图",
+    "一张{}的卫星图片",
+    "{}的卫星图片",
 ];
 
 /// The Chinese-CLIP family ([`super::registry`]).

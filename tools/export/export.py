@@ -25,6 +25,11 @@ COMMANDS = {
     "blip-vqa": "blip_export",      # BLIP question encoder + answer decoder (family "cross-attention-decoder")
     "clipseg": "prompted_export",   # CLIPSeg text-prompted segmenter       (family "segmenter")
     "owlvit": "prompted_export",    # OWL-ViT text-prompted detector        (family "detector")
+    "siglip": "siglip_export",      # SigLIP image + text encoders          (family "siglip")
+    "siglip2": "siglip_export",     # fixed-resolution SigLIP2 encoders     (family "siglip")
+    "flava": "bert_towers_export",  # FLAVA contrastive image + text towers  (family "flava")
+    "chinese-clip": "bert_towers_export",  # Chinese-CLIP image + text encoders (family "chinese-clip")
+    "openclip": "openclip_export",  # OpenCLIP checkpoints (RemoteCLIP, ...)  (family "openclip")
     "scan-seeds": "clip_export",    # seed scan for clip --tiny
 }
 
