@@ -101,24 +101,35 @@ def caption_corpus() -> list[str]:
     return lines
 
 
-def build_t5_tokenizer(vocab_size: int = 300):
-    """A ``T5TokenizerFast`` (transformers 5: ``T5Tokenizer``, tokenizers-backed) whose Unigram
-    vocabulary is trained here: <pad>=0, </s>=1, <unk>=2, T5's Metaspace pre-tokenizer and
-    ``$A </s>`` post-processor, no sentinel tokens; plus BLIP-2's ``<image>`` special token
-    (what ``Blip2Processor`` adds)."""
-    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, trainers
+def build_t5_tokenizer():
+    """A ``T5TokenizerFast`` (transformers 5: ``T5Tokenizer``, tokenizers-backed) on a tiny
+    Unigram vocabulary: <pad>=0, </s>=1, <unk>=2, T5's Metaspace pre-tokenizer and ``$A </s>``
+    post-processor, no sentinel tokens; plus BLIP-2's ``<image>`` special token (what
+    ``Blip2Processor`` adds).
+
+    The vocabulary is the corpus's unigram statistics, computed here rather than by the
+    ``tokenizers`` Unigram trainer (whose near-equal scores and ties come out in another order
+    from run to run): every ``▁word`` and every character, scored log(count / total), so a
+    known word is one piece and an unknown one falls apart into characters.
+    """
+    from collections import Counter
+
+    from tokenizers import AddedToken, pre_tokenizers
     from transformers import T5TokenizerFast
 
-    raw = Tokenizer(models.Unigram())
-    raw.pre_tokenizer = pre_tokenizers.Sequence([
+    pre = pre_tokenizers.Sequence([
         pre_tokenizers.WhitespaceSplit(),
         pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)])
-    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"],
-                                      unk_token="<unk>", show_progress=False)
-    raw.train_from_iterator(caption_corpus(), trainer=trainer)
-    # scores rounded: the trainer's last digits vary from run to run (the fixture is reproducible)
-    vocab = [(p, round(float(s), 6)) for p, s in json.loads(raw.to_str())["model"]["vocab"]]
-    assert [p for p, _ in vocab[:3]] == ["<pad>", "</s>", "<unk>"], vocab[:3]
+    words = Counter(w for line in caption_corpus() for w, _ in pre.pre_tokenize_str(line))
+    chars: Counter = Counter()
+    for w, n in words.items():
+        for c in w:
+            chars[c] += n
+    total = sum(words.values()) + sum(chars.values())
+    scored = [(p, round(math.log(n / total), 6)) for p, n in list(chars.items()) + list(words.items())
+              if not (p in words and len(p) == 1)]
+    scored.sort(key=lambda ps: (-ps[1], ps[0]))
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + scored
     tok = T5TokenizerFast(vocab=vocab, extra_ids=0)
     tok.add_tokens([AddedToken("<image>", normalized=False, special=True)], special_tokens=True)
     tok.image_token = "<image>"
