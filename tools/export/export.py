@@ -23,6 +23,7 @@ COMMANDS = {
     "llava": "decoder_export",      # LLaVA / Llama image-text decoder      (family "image-text-decoder")
     "instructblip": "t5_export",    # InstructBLIP / Flan-T5 encoder-decoder  (family "cross-attention-decoder")
     "blip": "blip_export",          # BLIP ViT + BERT cross-attention decoder (family "cross-attention-decoder")
+    "florence2": "florence2_export",  # Florence-2 DaViT + BART encoder-decoder (family "cross-attention-decoder")
     "clipseg": "prompted_export",   # CLIPSeg text-prompted segmenter       (family "segmenter")
     "owlvit": "prompted_export",    # OWL-ViT text-prompted detector        (family "detector")
     "scan-seeds": "clip_export",    # seed scan for clip --tiny
