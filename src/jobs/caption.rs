@@ -1,5 +1,7 @@
 //! `tessera caption`: a caption (or an answer to a question) for every tile and for the whole
-//! scene, from an image-conditioned language decoder (BLIP-2, LLaVA-style).
+//! scene, from an image-conditioned language decoder: one that takes the image as a prefix
+//! (BLIP-2, LLaVA-style; [`crate::models::decoder`]) or through cross-attention (BLIP;
+//! [`crate::models::cross_decoder`]), the family in `model.toml` choosing.
 //!
 //! Tiles are read, scaled and normalised by the reader threads and captioned in batches; the
 //! scene caption comes from a downsampled view of the whole scene (or a chosen window). Outputs:
@@ -15,7 +17,9 @@ use serde::Serialize;
 
 use super::driver::{drive, ModelStage, RunSpec, SceneSink};
 use super::{stream_model_tiles, PipelineError, TileBatch};
+use crate::models::cross_decoder::CrossDecoderModel;
 use crate::models::decoder::{DecoderModel, GenerationParams};
+use crate::models::{ModelError, ModelPackage, Normalizer};
 use crate::output::{
     FieldKind, FieldSpec, FieldValue, GeometryKind, PendingOutput, VectorLayerWriter,
 };
@@ -110,9 +114,82 @@ const SCENE_FIELDS: [FieldSpec; 3] = [
     },
 ];
 
+/// A captioning model of either decoder family: the one seam between the job and the families.
+enum CaptionModel {
+    /// `image-text-decoder`: the image as a prefix of the prompt.
+    Prefix(DecoderModel),
+    /// `cross-attention-decoder`: the image through cross-attention.
+    Cross(CrossDecoderModel),
+}
+
+/// `$m` bound to the model of either kind, `$body` evaluated with it.
+macro_rules! either {
+    ($self:expr, $m:ident => $body:expr) => {
+        match $self {
+            CaptionModel::Prefix($m) => $body,
+            CaptionModel::Cross($m) => $body,
+        }
+    };
+}
+
+impl CaptionModel {
+    /// The package's family picks the runner; every other family goes to the image-text
+    /// decoder, whose errors (wrong family included) are unchanged.
+    fn load(
+        runtime: &Runtime,
+        dir: &std::path::Path,
+        options: &crate::runtime::SessionOptions,
+    ) -> Result<CaptionModel, ModelError> {
+        let cross = ModelPackage::load(dir)
+            .is_ok_and(|p| p.manifest.family == crate::models::cross_decoder::FAMILY);
+        Ok(if cross {
+            CaptionModel::Cross(CrossDecoderModel::load(runtime, dir, options)?)
+        } else {
+            CaptionModel::Prefix(DecoderModel::load(runtime, dir, options)?)
+        })
+    }
+
+    fn generate(
+        &mut self,
+        pixels: ndarray::ArrayView4<'_, f32>,
+        prompts: &[String],
+        params: &GenerationParams,
+    ) -> Result<Vec<Vec<u32>>, ModelError> {
+        either!(self, m => m.generate(pixels, prompts, params))
+    }
+
+    fn decode(&self, ids: &[u32]) -> Result<String, ModelError> {
+        either!(self, m => m.decode(ids))
+    }
+
+    fn prompt_ids(&self, prompt: &str) -> Result<Vec<i64>, ModelError> {
+        either!(self, m => m.prompt_ids(prompt))
+    }
+
+    fn input_size(&self) -> usize {
+        either!(self, m => m.input_size())
+    }
+
+    fn normalizer(&self) -> Normalizer {
+        either!(self, m => m.normalizer())
+    }
+
+    fn default_params(&self) -> GenerationParams {
+        either!(self, m => m.default_params())
+    }
+
+    fn provider(&self) -> (&'static str, Option<&str>) {
+        either!(self, m => m.provider())
+    }
+
+    fn package(&self) -> &ModelPackage {
+        either!(self, m => m.package())
+    }
+}
+
 /// The model thread's part: captions for a batch of tiles.
 struct Captioner<'m> {
-    model: &'m mut DecoderModel,
+    model: &'m mut CaptionModel,
     params: &'m GenerationParams,
     /// The prompt once per batch slot.
     prompts: Vec<String>,
@@ -179,7 +256,7 @@ impl SceneSink for Captions {
 /// Returns the caption, its new tokens and the model's seconds.
 fn caption_scene(
     job: &CaptionJob,
-    model: &mut DecoderModel,
+    model: &mut CaptionModel,
     scene: &Scene,
     scaling: &crate::raster::Scaling,
     params: &GenerationParams,
@@ -239,7 +316,7 @@ fn caption_scene(
 pub fn run_caption(mut job: CaptionJob) -> Result<CaptionReport, PipelineError> {
     let start = Instant::now();
     let runtime = Runtime::load(job.base.ort_lib.as_deref())?;
-    let mut model = DecoderModel::load(runtime, &job.base.model, &job.base.session)?;
+    let mut model = CaptionModel::load(runtime, &job.base.model, &job.base.session)?;
     tracing::info!(
         model = %job.base.model.display(),
         provider = model.provider().0,

@@ -9,6 +9,7 @@
 
 pub mod chinese_clip;
 pub mod clip;
+pub mod cross_decoder;
 pub mod decoder;
 pub mod deepness;
 pub mod detection;

@@ -112,6 +112,7 @@ pub static FAMILIES: &[&dyn ModelFamily] = &[
     &super::flava::FLAVA,
     &super::chinese_clip::CHINESE_CLIP,
     &super::decoder::ImageTextDecoder,
+    &super::cross_decoder::CrossAttentionDecoder,
     &super::segmentation::Segmenter,
     &super::detection::Detector,
 ];
@@ -195,7 +196,7 @@ mod tests {
         assert_eq!(
             unknown_family("x"),
             "unknown model family 'x' (known: clip, openclip, siglip, flava, chinese-clip, \
-             image-text-decoder, segmenter, detector)"
+             image-text-decoder, cross-attention-decoder, segmenter, detector)"
         );
         assert_eq!(
             timed_names(),
