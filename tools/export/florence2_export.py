@@ -766,7 +766,12 @@ def load_checkpoint(src: str) -> Parts:
     proc = AutoProcessor.from_pretrained(src)
     model = Florence2ForConditionalGeneration.from_pretrained(src, attn_implementation="eager",
                                                               dtype=torch.float32).eval()
-    size = C.square_size(pp, 768)
+    # Florence-2 resizes to size (768x768) without a centre crop; its crop_size is unused.
+    ip = proc.image_processor
+    sz = ip.crop_size if getattr(ip, "do_center_crop", False) else ip.size
+    size = C.square_size({"size": dict(sz)}, 768)
+    if not getattr(ip, "do_resize", True):
+        raise SystemExit(f"export: {src}: the image processor does not resize; tessera needs a fixed size")
     g = model.generation_config.to_dict()
     return Parts(model, proc.tokenizer, proc, size, pp["image_mean"], pp["image_std"],
                  {k: g.get(k) for k in FLORENCE_GENERATION})
