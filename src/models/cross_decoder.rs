@@ -60,6 +60,23 @@ pub struct EncoderSpec {
     /// int64 `[B, M]` output, when the memory has padding; all ones when absent.
     #[serde(default)]
     pub memory_mask: Option<String>,
+    /// Encoder-decoder language models (BLIP-2 / InstructBLIP with Flan-T5): int64 `[B, L]`
+    /// input, the prompt's `[tokenizer]` ids, right padded. Present: the prompt goes into the
+    /// encoder and the decoder starts from `[prompt] decoder_start_token_id` alone.
+    #[serde(default)]
+    pub input_ids: Option<String>,
+    /// int64 `[B, L]` input: 1 for the prompt's real tokens (with `input_ids`).
+    #[serde(default)]
+    pub attention_mask: Option<String>,
+    /// InstructBLIP: int64 `[B, Lq]` input, the prompt's `[qformer_tokenizer]` ids.
+    #[serde(default)]
+    pub qformer_input_ids: Option<String>,
+    /// int64 `[B, Lq]` input (with `qformer_input_ids`).
+    #[serde(default)]
+    pub qformer_attention_mask: Option<String>,
+    /// The memory rows before the prompt's (the Q-Former's query tokens): informative.
+    #[serde(default)]
+    pub query_tokens: Option<usize>,
 }
 
 /// The graph computing every decoder layer's cross-attention keys and values from the memory.
@@ -127,6 +144,17 @@ pub struct StartSpec {
     /// Tokens dropped from the end (BLIP: 1, the trailing `[SEP]`).
     #[serde(default)]
     pub trim_end: usize,
+    /// Encoder-decoder models: the decoder starts from this token alone (T5: the pad id).
+    #[serde(default)]
+    pub decoder_start_token_id: Option<u32>,
+    /// Encoder-decoder models: the encoder's tokens for an empty prompt (HF `generate` without
+    /// `input_ids`: `[bos]`); absent: the empty prompt tokenized.
+    #[serde(default)]
+    pub empty_prompt_ids: Option<Vec<u32>>,
+    /// InstructBLIP: the Q-Former's positions; a prompt of more `[qformer_tokenizer]` tokens is
+    /// refused.
+    #[serde(default)]
+    pub max_qformer_tokens: Option<usize>,
 }
 
 fn yes() -> bool {
@@ -142,6 +170,8 @@ super::manifest::family_manifest! {
         pub prompt: Option<StartSpec>,
         pub preprocess: Option<Preprocess>,
         pub tokenizer: Option<TokenizerSpec>,
+        /// InstructBLIP: the Q-Former's own tokenizer (`[encoder] qformer_input_ids`).
+        pub qformer_tokenizer: Option<TokenizerSpec>,
         pub generation: Option<GenerationSpec>,
         /// Task tokens -> prompt texts (Florence-2, [`super::task_prompts`]).
         pub tasks: Option<TasksSpec>,
@@ -191,9 +221,17 @@ struct Config {
     start: StartSpec,
     pre: Preprocess,
     tok: TokenizerSpec,
+    qtok: Option<TokenizerSpec>,
     generation: GenerationSpec,
     tasks: Option<TasksSpec>,
     locations: Option<LocationsSpec>,
+}
+
+impl Config {
+    /// The prompt goes into the encoder graph (encoder-decoder language models).
+    fn prompt_in_encoder(&self) -> bool {
+        self.encoder.input_ids.is_some()
+    }
 }
 
 fn not_this_family(package: &ModelPackage) -> String {
@@ -222,9 +260,13 @@ fn config(package: &ModelPackage) -> Result<Config, Vec<String>> {
                 add_special_tokens: true,
                 start_token_id: None,
                 trim_end: 0,
+                decoder_start_token_id: None,
+                empty_prompt_ids: None,
+                max_qformer_tokens: None,
             }),
             pre: pre.clone(),
             tok: tok.clone(),
+            qtok: m.qformer_tokenizer.clone(),
             generation: m.generation.clone().unwrap_or_default(),
             tasks: m.tasks.clone(),
             locations: m.locations.clone(),
@@ -253,6 +295,8 @@ struct Loaded<'a> {
     cross: Result<&'a ModelSession, &'a String>,
     decoder: Result<&'a ModelSession, &'a String>,
     tokenizer: Result<&'a tokenizers::Tokenizer, &'a String>,
+    /// `[qformer_tokenizer]`, when the manifest has one.
+    qtokenizer: Option<Result<&'a tokenizers::Tokenizer, &'a String>>,
 }
 
 /// Every problem with a cross-attention decoder package (graphs loaded on the CPU).
@@ -270,6 +314,7 @@ pub fn check(runtime: &Runtime, package: &ModelPackage) -> Vec<String> {
     );
     let tokenizer =
         super::tokenizer::load_tokenizer(&package.file(&cfg.tok.file)).map_err(|e| e.to_string());
+    let qtokenizer = load_qformer_tokenizer(&cfg, package);
     validate(
         &cfg,
         &Loaded {
@@ -277,6 +322,7 @@ pub fn check(runtime: &Runtime, package: &ModelPackage) -> Vec<String> {
             cross: cross.as_ref(),
             decoder: decoder.as_ref(),
             tokenizer: tokenizer.as_ref(),
+            qtokenizer: qtokenizer.as_ref().map(Result::as_ref),
         },
     )
 }
@@ -310,6 +356,128 @@ fn missing_names(
     problems
 }
 
+/// `[qformer_tokenizer]`'s tokenizer, when the manifest has the section.
+fn load_qformer_tokenizer(
+    cfg: &Config,
+    package: &ModelPackage,
+) -> Option<Result<tokenizers::Tokenizer, String>> {
+    cfg.qtok.as_ref().map(|q| {
+        super::tokenizer::load_tokenizer(&package.file(&q.file)).map_err(|e| e.to_string())
+    })
+}
+
+/// The encoder graph's inputs: the pixels, and the prompt's tokens when it takes them.
+fn encoder_inputs(e: &EncoderSpec) -> Vec<String> {
+    let mut ins = vec![e.pixel_values.clone()];
+    for name in [
+        &e.input_ids,
+        &e.attention_mask,
+        &e.qformer_input_ids,
+        &e.qformer_attention_mask,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        ins.push(name.clone());
+    }
+    ins
+}
+
+/// The keys an encoder that takes the prompt needs together, and the Q-Former tokenizer.
+fn encoder_prompt_problems(cfg: &Config, g: &Loaded<'_>) -> Vec<String> {
+    let e = &cfg.encoder;
+    let mut problems = Vec::new();
+    let pairs = [
+        (
+            e.input_ids.is_some(),
+            e.attention_mask.is_some(),
+            "encoder.input_ids and encoder.attention_mask go together",
+        ),
+        (
+            e.qformer_input_ids.is_some(),
+            e.qformer_attention_mask.is_some(),
+            "encoder.qformer_input_ids and encoder.qformer_attention_mask go together",
+        ),
+        (
+            e.qformer_input_ids.is_some(),
+            cfg.qtok.is_some(),
+            "encoder.qformer_input_ids needs a [qformer_tokenizer] section (and the section needs them)",
+        ),
+    ];
+    for (a, b, what) in pairs {
+        if a != b {
+            problems.push(what.to_string());
+        }
+    }
+    if e.qformer_input_ids.is_some() && e.input_ids.is_none() {
+        problems.push(
+            "encoder.qformer_input_ids needs encoder.input_ids (the prompt goes into the encoder)"
+                .into(),
+        );
+    }
+    if cfg.prompt_in_encoder() {
+        if cfg.start.decoder_start_token_id.is_none() {
+            problems.push(format!(
+                "{}: the encoder takes the prompt (encoder.input_ids), so prompt.decoder_start_token_id must say where the decoder starts",
+                e.onnx
+            ));
+        }
+        if e.memory_mask.is_none() {
+            problems.push(format!(
+                "{}: the encoder takes the prompt (encoder.input_ids) but gives no encoder.memory_mask (padded prompts would be attended)",
+                e.onnx
+            ));
+        }
+        if cfg.start.start_token_id.is_some() || cfg.start.trim_end != 0 {
+            problems.push(
+                "prompt.start_token_id and prompt.trim_end shape a decoder prompt; with encoder.input_ids the decoder starts from prompt.decoder_start_token_id"
+                    .into(),
+            );
+        }
+    } else if cfg.start.decoder_start_token_id.is_some() || cfg.start.empty_prompt_ids.is_some() {
+        problems.push(
+            "prompt.decoder_start_token_id and prompt.empty_prompt_ids need encoder.input_ids (a prompt that goes into the encoder)"
+                .into(),
+        );
+    }
+    if let (Some(start), Some(v)) = (cfg.start.decoder_start_token_id, cfg.decoder.vocab) {
+        if start as usize >= v {
+            problems.push(format!(
+                "prompt.decoder_start_token_id {start} is outside the decoder's vocabulary of {v}"
+            ));
+        }
+    }
+    if let (Some(q), Some(t)) = (&cfg.qtok, g.qtokenizer) {
+        match t {
+            Err(err) => problems.push(err.clone()),
+            Ok(t) => {
+                let vocab = t.get_vocab_size(true) as u32;
+                if q.pad_token_id >= vocab || q.eos_token_id >= vocab {
+                    problems.push(format!(
+                        "qformer_tokenizer.pad_token_id / eos_token_id outside the vocabulary of {vocab} tokens ({})",
+                        q.file
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(ids) = &cfg.start.empty_prompt_ids {
+        if ids.is_empty() {
+            problems.push("prompt.empty_prompt_ids is empty".into());
+        }
+        if let Ok(t) = g.tokenizer {
+            let vocab = t.get_vocab_size(true) as u32;
+            if let Some(bad) = ids.iter().find(|&&i| i >= vocab) {
+                problems.push(format!(
+                    "prompt.empty_prompt_ids: {bad} is outside the vocabulary of {vocab} tokens ({})",
+                    cfg.tok.file
+                ));
+            }
+        }
+    }
+    problems
+}
+
 /// The decoder graph's inputs, in manifest order.
 fn decoder_inputs(d: &StepSpec) -> Vec<String> {
     let mut ins = vec![d.input_ids.clone(), d.attention_mask.clone()];
@@ -336,9 +504,10 @@ fn validate(cfg: &Config, g: &Loaded<'_>) -> Vec<String> {
     problems.extend(missing_names(
         enc_file,
         g.encoder,
-        std::slice::from_ref(&cfg.encoder.pixel_values),
+        &encoder_inputs(&cfg.encoder),
         &enc_out,
     ));
+    problems.extend(encoder_prompt_problems(cfg, g));
     let d = &cfg.decoder;
     let cross_out: Vec<String> = (0..d.layers)
         .flat_map(|i| {
@@ -544,6 +713,8 @@ pub struct CrossDecoderModel {
     decoder: ModelSession,
     gather: ModelSession,
     tokenizer: tokenizers::Tokenizer,
+    /// `[qformer_tokenizer]` (InstructBLIP); boxed, the model stays small for its owners.
+    qtokenizer: Option<Box<tokenizers::Tokenizer>>,
 }
 
 impl std::fmt::Debug for CrossDecoderModel {
@@ -590,6 +761,7 @@ impl CrossDecoderModel {
         let decoder = load(&cfg.decoder.onnx);
         let tokenizer = super::tokenizer::load_tokenizer(&package.file(&cfg.tok.file))
             .map_err(|e| e.to_string());
+        let qtokenizer = load_qformer_tokenizer(&cfg, &package);
         let problems = validate(
             &cfg,
             &Loaded {
@@ -597,8 +769,13 @@ impl CrossDecoderModel {
                 cross: cross.as_ref(),
                 decoder: decoder.as_ref(),
                 tokenizer: tokenizer.as_ref(),
+                qtokenizer: qtokenizer.as_ref().map(Result::as_ref),
             },
         );
+        let qtokenizer = match qtokenizer {
+            Some(Ok(t)) => Some(Box::new(t)),
+            Some(Err(_)) | None => None,
+        };
         let (Ok(encoder), Ok(cross), Ok(decoder), Ok(tokenizer), true) =
             (encoder, cross, decoder, tokenizer, problems.is_empty())
         else {
@@ -626,6 +803,7 @@ impl CrossDecoderModel {
             decoder,
             gather,
             tokenizer,
+            qtokenizer,
         })
     }
 
@@ -665,6 +843,16 @@ impl CrossDecoderModel {
     pub fn prompt_ids(&self, prompt: &str) -> Result<Vec<i64>, ModelError> {
         let text = self.task_prompt(prompt)?;
         let prompt = text.as_str();
+        if let (true, Some(start)) = (
+            self.cfg.prompt_in_encoder(),
+            self.cfg.start.decoder_start_token_id,
+        ) {
+            // Encoder-decoder: the prompt is the encoder's (checked here), the decoder starts
+            // from its start token alone.
+            self.encoder_prompt_ids(prompt)?;
+            self.qformer_prompt_ids(prompt)?;
+            return Ok(vec![i64::from(start)]);
+        }
         let enc = self
             .tokenizer
             .encode(prompt, self.cfg.start.add_special_tokens)
@@ -691,6 +879,108 @@ impl CrossDecoderModel {
             }
         }
         Ok(ids)
+    }
+
+    /// Encoder-decoder models: the encoder's tokens of one prompt (`[tokenizer]`, with its
+    /// special tokens when `[prompt] add_special_tokens`: T5's `prompt </s>`); the empty prompt
+    /// is `[prompt] empty_prompt_ids` when given.
+    ///
+    /// # Errors
+    /// Tokenizer failure, or a prompt that gives no token.
+    pub fn encoder_prompt_ids(&self, prompt: &str) -> Result<Vec<i64>, ModelError> {
+        let text = self.task_prompt(prompt)?;
+        let prompt = text.as_str();
+        if let (true, Some(ids)) = (prompt.is_empty(), &self.cfg.start.empty_prompt_ids) {
+            return Ok(ids.iter().map(|&i| i64::from(i)).collect());
+        }
+        let enc = self
+            .tokenizer
+            .encode(prompt, self.cfg.start.add_special_tokens)
+            .map_err(|e| ModelError::Tokenizer {
+                path: self.tokenizer_path(),
+                reason: e.to_string(),
+            })?;
+        if enc.get_ids().is_empty() {
+            return Err(ModelError::Tokenizer {
+                path: self.tokenizer_path(),
+                reason: format!("the prompt {prompt:?} gives the encoder no token"),
+            });
+        }
+        Ok(enc.get_ids().iter().map(|&i| i64::from(i)).collect())
+    }
+
+    /// InstructBLIP: the Q-Former's tokens of one prompt (`[qformer_tokenizer]`, with its
+    /// special tokens: `[CLS] prompt [SEP]`); `None` for a model without a Q-Former prompt.
+    ///
+    /// # Errors
+    /// Tokenizer failure, or more tokens than `[prompt] max_qformer_tokens`.
+    pub fn qformer_prompt_ids(&self, prompt: &str) -> Result<Option<Vec<i64>>, ModelError> {
+        let (Some(t), Some(spec)) = (&self.qtokenizer, &self.cfg.qtok) else {
+            return Ok(None);
+        };
+        let path = self.package.file(&spec.file).display().to_string();
+        let enc = t.encode(prompt, true).map_err(|e| ModelError::Tokenizer {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let n = enc.get_ids().len();
+        if let Some(max) = self.cfg.start.max_qformer_tokens {
+            if n > max {
+                return Err(ModelError::Input {
+                    path: self.package.dir.join("model.toml").display().to_string(),
+                    reason: format!(
+                        "the prompt takes {n} Q-Former tokens ({}), more than the encoder's {max} positions (prompt.max_qformer_tokens)",
+                        spec.file
+                    ),
+                });
+            }
+        }
+        Ok(Some(enc.get_ids().iter().map(|&i| i64::from(i)).collect()))
+    }
+
+    /// The encoder's prompt inputs of a batch (none unless it takes the prompt): the token ids
+    /// right padded with the pad id, and their masks.
+    fn prompt_inputs(&self, prompts: &[String]) -> Result<Vec<(String, Tensor<i64>)>, ModelError> {
+        let e = &self.cfg.encoder;
+        let path = self.encoder.path.clone();
+        let mut out = Vec::new();
+        let mut push =
+            |ids: &str, mask: &str, rows: Vec<Vec<i64>>, pad: u32| -> Result<(), ModelError> {
+                let (a, m) = right_pad(&rows, i64::from(pad));
+                out.push((
+                    ids.to_string(),
+                    Tensor::from_array(a).map_err(|e| run_err(&path, e))?,
+                ));
+                out.push((
+                    mask.to_string(),
+                    Tensor::from_array(m).map_err(|e| run_err(&path, e))?,
+                ));
+                Ok(())
+            };
+        if let (Some(ids), Some(mask)) = (&e.input_ids, &e.attention_mask) {
+            let rows = prompts
+                .iter()
+                .map(|p| self.encoder_prompt_ids(p))
+                .collect::<Result<Vec<_>, _>>()?;
+            push(ids, mask, rows, self.cfg.tok.pad_token_id)?;
+        }
+        if let (Some(ids), Some(mask), Some(q)) = (
+            &e.qformer_input_ids,
+            &e.qformer_attention_mask,
+            &self.cfg.qtok,
+        ) {
+            let mut rows = Vec::with_capacity(prompts.len());
+            for p in prompts {
+                rows.push(self.qformer_prompt_ids(p)?.ok_or_else(|| {
+                    run_err(
+                        &path,
+                        "encoder.qformer_input_ids without a Q-Former tokenizer",
+                    )
+                })?);
+            }
+            push(ids, mask, rows, q.pad_token_id)?;
+        }
+        Ok(out)
     }
 
     /// The text a prompt stands for: with `[tasks]`, a task token becomes its prompt text
@@ -769,9 +1059,11 @@ impl CrossDecoderModel {
     fn encode(
         &mut self,
         pixels: ArrayView4<'_, f32>,
+        prompts: &[String],
     ) -> Result<(DynValue, Array2<i64>), ModelError> {
         let path = self.encoder.path.clone();
         let e = self.cfg.encoder.clone();
+        let prompt_inputs = self.prompt_inputs(prompts)?;
         let n = pixels.shape()[0];
         // An owned tensor: ONNX Runtime's binding copies borrowed ones through a session of its
         // own, which deadlocks in ort 2.0.0-rc.15.
@@ -784,6 +1076,9 @@ impl CrossDecoderModel {
             .map_err(|e| run_err(&path, e))?;
         let bind = |r: ort::Result<()>| r.map_err(|e| run_err(&path, e));
         bind(binding.bind_input(e.pixel_values.as_str(), &input))?;
+        for (name, value) in &prompt_inputs {
+            bind(binding.bind_input(name.as_str(), value))?;
+        }
         bind(binding.bind_output_to_device(e.memory.as_str(), &self.cache_memory))?;
         if let Some(m) = &e.memory_mask {
             bind(binding.bind_output_to_device(m.as_str(), &self.host_memory))?;
@@ -1024,7 +1319,7 @@ impl CrossDecoderModel {
                 return Err(self.too_long(len, params.max_new_tokens));
             }
         }
-        let (memory, memory_mask) = self.encode(pixels)?;
+        let (memory, memory_mask) = self.encode(pixels, prompts)?;
         let cross = self.cross_kv(&memory)?;
         drop(memory);
         let nb = params.num_beams;
@@ -1064,6 +1359,20 @@ impl CrossDecoderModel {
             prompts: ids,
         })
     }
+}
+
+/// Rows of ids right padded with `pad` to the longest, and their masks (1: a real token).
+fn right_pad(rows: &[Vec<i64>], pad: i64) -> (Array2<i64>, Array2<i64>) {
+    let n = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = Array2::<i64>::from_elem((rows.len(), n), pad);
+    let mut mask = Array2::<i64>::zeros((rows.len(), n));
+    for (r, row) in rows.iter().enumerate() {
+        for (k, &t) in row.iter().enumerate() {
+            ids[[r, k]] = t;
+            mask[[r, k]] = 1;
+        }
+    }
+    (ids, mask)
 }
 
 /// Position ids `cumsum(mask) - 1`, 0 where the mask is 0 (left padding).
@@ -1173,6 +1482,13 @@ impl StepDecoder for CrossDecoderModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prompts_are_right_padded() {
+        let (ids, mask) = right_pad(&[vec![7, 1], vec![1], vec![4, 5, 1]], 0);
+        assert_eq!(ids, ndarray::array![[7, 1, 0], [1, 0, 0], [4, 5, 1]]);
+        assert_eq!(mask, ndarray::array![[1, 1, 0], [1, 0, 0], [1, 1, 1]]);
+    }
 
     #[test]
     fn positions_skip_left_padding() {
