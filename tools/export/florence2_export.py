@@ -68,8 +68,8 @@ FLORENCE_TOKENS = (['<od>', '</od>', '<ocr>', '</ocr>'] + [f'<loc_{x}>' for x in
 IMAGE_TOKEN = "<image>"
 
 #: Florence-2's generation defaults as published with the checkpoints (microsoft/Florence-2-*
-#: config.json text_config, and the model cards' ``num_beams=3``).  --tiny sets them as the tiny
-#: model's generation_config; --from reads the checkpoint's generation_config instead.
+#: config.json text_config, and the model cards' ``num_beams=3``; not re-checked offline).  --tiny
+#: sets them as the tiny model's generation_config; --from reads the checkpoint's instead.
 FLORENCE_GENERATION = dict(num_beams=3, no_repeat_ngram_size=3, early_stopping=True,
                            forced_bos_token_id=0, forced_eos_token_id=2)
 
