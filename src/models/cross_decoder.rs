@@ -32,6 +32,7 @@ use ort::value::{DynValue, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::manifest::{GenerationSpec, Preprocess, TokenizerSpec};
+use super::task_prompts::{LocationsSpec, TasksSpec};
 use super::{ModelError, ModelPackage};
 use crate::generation::{GenerationError, GenerationParams, Start, StepDecoder};
 use crate::runtime::{
@@ -172,6 +173,10 @@ super::manifest::family_manifest! {
         /// InstructBLIP: the Q-Former's own tokenizer (`[encoder] qformer_input_ids`).
         pub qformer_tokenizer: Option<TokenizerSpec>,
         pub generation: Option<GenerationSpec>,
+        /// Task tokens -> prompt texts (Florence-2, [`super::task_prompts`]).
+        pub tasks: Option<TasksSpec>,
+        /// The coordinate tokens of box-producing tasks (read by a later detector; checked).
+        pub locations: Option<LocationsSpec>,
     }
 }
 
@@ -218,6 +223,8 @@ struct Config {
     tok: TokenizerSpec,
     qtok: Option<TokenizerSpec>,
     generation: GenerationSpec,
+    tasks: Option<TasksSpec>,
+    locations: Option<LocationsSpec>,
 }
 
 impl Config {
@@ -260,6 +267,8 @@ fn config(package: &ModelPackage) -> Result<Config, Vec<String>> {
             tok: tok.clone(),
             qtok: m.qformer_tokenizer.clone(),
             generation: m.generation.clone().unwrap_or_default(),
+            tasks: m.tasks.clone(),
+            locations: m.locations.clone(),
         }),
         _ => Err([
             (m.encoder.is_none(), "[encoder]"),
@@ -532,6 +541,7 @@ fn validate(cfg: &Config, g: &Loaded<'_>) -> Vec<String> {
     }
     problems.extend(width_problems(cfg, g));
     problems.extend(tokenizer_problems(cfg, g.tokenizer));
+    problems.extend(task_problems(cfg, g.tokenizer));
     if cfg.generation.num_beams == 0 {
         problems.push("generation.num_beams must be at least 1".into());
     }
@@ -654,6 +664,20 @@ fn tokenizer_problems(
         )),
         Ok(_) => {}
         Err(e) => problems.push(format!("{}: {e}", cfg.tok.file)),
+    }
+    problems
+}
+
+/// `[tasks]` and `[locations]`: names that dangle, a default that is not a prompt, location
+/// tokens that are not the tokenizer's `<loc_k>` range.
+fn task_problems(cfg: &Config, tokenizer: Result<&tokenizers::Tokenizer, &String>) -> Vec<String> {
+    let mut problems = cfg.tasks.as_ref().map(TasksSpec::check).unwrap_or_default();
+    if let (Some(loc), Ok(t)) = (&cfg.locations, tokenizer) {
+        problems.extend(
+            loc.check(t)
+                .into_iter()
+                .map(|p| format!("{}: {p}", cfg.tok.file)),
+        );
     }
     problems
 }
@@ -821,6 +845,8 @@ impl CrossDecoderModel {
     /// Tokenizer failure, a prompt that leaves no token, or one longer than the model's
     /// positions (or the Q-Former's).
     pub fn prompt_ids(&self, prompt: &str) -> Result<Vec<i64>, ModelError> {
+        let text = self.task_prompt(prompt)?;
+        let prompt = text.as_str();
         if self.prompt_to_encoder() {
             self.qformer_prompt_ids(prompt)?;
             if let (true, Some(ids)) = (prompt.is_empty(), &self.cfg.start.empty_prompt_ids) {
@@ -939,7 +965,8 @@ impl CrossDecoderModel {
         if let (Some(ids), Some(q)) = (&e.qformer_input_ids, &self.cfg.qtok) {
             let mut rows = Vec::with_capacity(prompts.len());
             for p in prompts {
-                rows.push(self.qformer_prompt_ids(p)?.ok_or_else(|| {
+                let text = self.task_prompt(p)?;
+                rows.push(self.qformer_prompt_ids(&text)?.ok_or_else(|| {
                     run_err(
                         &path,
                         "encoder.qformer_input_ids without a Q-Former tokenizer",
@@ -949,6 +976,29 @@ impl CrossDecoderModel {
             push(ids, e.qformer_attention_mask.as_ref(), rows, q.pad_token_id)?;
         }
         Ok(out)
+    }
+
+    /// The text a prompt stands for: with `[tasks]`, a task token becomes its prompt text
+    /// (`<CAPTION>` -> "What does the image describe?", [`TasksSpec::caption_prompt`]) and the
+    /// empty prompt is `[tasks] default`; tasks answered with boxes or regions are refused.
+    /// Without `[tasks]`, the prompt itself.
+    ///
+    /// # Errors
+    /// A task that does not answer with text, a task token with other text around it.
+    pub fn task_prompt(&self, prompt: &str) -> Result<String, ModelError> {
+        let Some(tasks) = &self.cfg.tasks else {
+            return Ok(prompt.to_string());
+        };
+        let prompt = match (&tasks.default, prompt.is_empty()) {
+            (Some(d), true) => d.as_str(),
+            _ => prompt,
+        };
+        tasks
+            .caption_prompt(prompt)
+            .map_err(|reason| ModelError::Input {
+                path: self.package.dir.join("model.toml").display().to_string(),
+                reason,
+            })
     }
 
     fn too_long(&self, len: usize, new_tokens: usize) -> ModelError {
