@@ -396,6 +396,14 @@ fn bad_t5_packages_fail_with_the_file_and_the_cause() {
         edit(p, "start_token_id = 0", "")
     });
     check(&start, &["prompt.start_token_id", "encoder.input_ids"]);
+    // The key of the branch before the merge with BLIP VQA's: one clear line naming the key.
+    let old = broken(BLIP2_T5, "old", &|p: &Path| {
+        edit(p, "start_token_id = 0", "decoder_start_token_id = 0")
+    });
+    check(
+        &old,
+        &["model.toml", "unknown field `decoder_start_token_id`"],
+    );
     // InstructBLIP without its Q-Former tokenizer.
     let qtok = broken(INSTRUCTBLIP, "qtok", &|p: &Path| {
         std::fs::remove_file(p.join("qformer_tokenizer.json")).expect("rm")
