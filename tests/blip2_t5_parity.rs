@@ -404,6 +404,23 @@ fn bad_t5_packages_fail_with_the_file_and_the_cause() {
         &old,
         &["model.toml", "unknown field `decoder_start_token_id`"],
     );
+    // The encoder-prompt keys on a package whose encoder takes no prompt (BLIP captioning),
+    // and a Q-Former length without a Q-Former tokenizer.
+    let empty = broken("blip-tiny", "empty", &|p: &Path| {
+        edit(p, "trim_end = 1", "trim_end = 1\nempty_prompt_ids = [1]")
+    });
+    check(&empty, &["prompt.empty_prompt_ids needs encoder.input_ids"]);
+    let qmax = broken(BLIP2_T5, "qmax", &|p: &Path| {
+        edit(
+            p,
+            "empty_prompt_ids = [1]",
+            "empty_prompt_ids = [1]\nmax_qformer_tokens = 24",
+        )
+    });
+    check(
+        &qmax,
+        &["prompt.max_qformer_tokens needs a [qformer_tokenizer]"],
+    );
     // InstructBLIP without its Q-Former tokenizer.
     let qtok = broken(INSTRUCTBLIP, "qtok", &|p: &Path| {
         std::fs::remove_file(p.join("qformer_tokenizer.json")).expect("rm")
