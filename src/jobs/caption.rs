@@ -115,6 +115,8 @@ const SCENE_FIELDS: [FieldSpec; 3] = [
 ];
 
 /// A captioning model of either decoder family: the one seam between the job and the families.
+// One per run, so the variants' sizes do not matter (they differ by a tokenizer or so).
+#[allow(clippy::large_enum_variant)]
 enum CaptionModel {
     /// `image-text-decoder`: the image as a prefix of the prompt.
     Prefix(DecoderModel),

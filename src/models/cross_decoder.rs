@@ -32,6 +32,7 @@ use ort::value::{DynValue, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::manifest::{GenerationSpec, Preprocess, TokenizerSpec};
+use super::task_prompts::{LocationsSpec, TasksSpec};
 use super::{ModelError, ModelPackage};
 use crate::generation::{GenerationError, GenerationParams, Start, StepDecoder};
 use crate::runtime::{
@@ -54,8 +55,10 @@ pub struct EncoderSpec {
     pub onnx: String,
     /// float32 `[B, 3, S, S]`, normalised.
     pub pixel_values: String,
-    /// int64 `[B, L]`: when given, the user's prompt is the encoder's text (BLIP VQA: the
-    /// question, right padded) and the decoder starts from `[prompt] start_token_id` alone.
+    /// int64 `[B, L]`: when given, the user's prompt is the encoder's text, right padded (BLIP
+    /// VQA: the question; BLIP-2 / InstructBLIP with Flan-T5, Florence-2: the prompt of an
+    /// encoder-decoder language model) and the decoder starts from `[prompt] start_token_id`
+    /// alone.
     #[serde(default)]
     pub input_ids: Option<String>,
     /// int64 `[B, L]`, the mask of `input_ids`.
@@ -66,6 +69,15 @@ pub struct EncoderSpec {
     /// int64 `[B, M]` output, when the memory has padding; all ones when absent.
     #[serde(default)]
     pub memory_mask: Option<String>,
+    /// InstructBLIP: int64 `[B, Lq]` input, the prompt's `[qformer_tokenizer]` ids.
+    #[serde(default)]
+    pub qformer_input_ids: Option<String>,
+    /// int64 `[B, Lq]` input (with `qformer_input_ids`).
+    #[serde(default)]
+    pub qformer_attention_mask: Option<String>,
+    /// The memory rows before the prompt's (the Q-Former's query tokens): informative.
+    #[serde(default)]
+    pub query_tokens: Option<usize>,
 }
 
 /// The graph computing every decoder layer's cross-attention keys and values from the memory.
@@ -135,6 +147,14 @@ pub struct StartSpec {
     /// Tokens dropped from the end (BLIP: 1, the trailing `[SEP]`).
     #[serde(default)]
     pub trim_end: usize,
+    /// With `[encoder] input_ids`: the encoder's tokens for an empty prompt (HF `generate` without
+    /// `input_ids`: `[bos]`); absent: the empty prompt tokenized.
+    #[serde(default)]
+    pub empty_prompt_ids: Option<Vec<u32>>,
+    /// InstructBLIP: the Q-Former's positions; a prompt of more `[qformer_tokenizer]` tokens is
+    /// refused.
+    #[serde(default)]
+    pub max_qformer_tokens: Option<usize>,
 }
 
 fn yes() -> bool {
@@ -150,7 +170,13 @@ super::manifest::family_manifest! {
         pub prompt: Option<StartSpec>,
         pub preprocess: Option<Preprocess>,
         pub tokenizer: Option<TokenizerSpec>,
+        /// InstructBLIP: the Q-Former's own tokenizer (`[encoder] qformer_input_ids`).
+        pub qformer_tokenizer: Option<TokenizerSpec>,
         pub generation: Option<GenerationSpec>,
+        /// Task tokens -> prompt texts (Florence-2, [`super::task_prompts`]).
+        pub tasks: Option<TasksSpec>,
+        /// The coordinate tokens of box-producing tasks (read by a later detector; checked).
+        pub locations: Option<LocationsSpec>,
     }
 }
 
@@ -195,7 +221,17 @@ struct Config {
     start: StartSpec,
     pre: Preprocess,
     tok: TokenizerSpec,
+    qtok: Option<TokenizerSpec>,
     generation: GenerationSpec,
+    tasks: Option<TasksSpec>,
+    locations: Option<LocationsSpec>,
+}
+
+impl Config {
+    /// The prompt goes into the encoder graph (encoder-decoder language models).
+    fn prompt_in_encoder(&self) -> bool {
+        self.encoder.input_ids.is_some()
+    }
 }
 
 fn not_this_family(package: &ModelPackage) -> String {
@@ -224,10 +260,15 @@ fn config(package: &ModelPackage) -> Result<Config, Vec<String>> {
                 add_special_tokens: true,
                 start_token_id: None,
                 trim_end: 0,
+                empty_prompt_ids: None,
+                max_qformer_tokens: None,
             }),
             pre: pre.clone(),
             tok: tok.clone(),
+            qtok: m.qformer_tokenizer.clone(),
             generation: m.generation.clone().unwrap_or_default(),
+            tasks: m.tasks.clone(),
+            locations: m.locations.clone(),
         }),
         _ => Err([
             (m.encoder.is_none(), "[encoder]"),
@@ -253,6 +294,8 @@ struct Loaded<'a> {
     cross: Result<&'a ModelSession, &'a String>,
     decoder: Result<&'a ModelSession, &'a String>,
     tokenizer: Result<&'a tokenizers::Tokenizer, &'a String>,
+    /// `[qformer_tokenizer]`, when the manifest has one.
+    qtokenizer: Option<Result<&'a tokenizers::Tokenizer, &'a String>>,
 }
 
 /// Every problem with a cross-attention decoder package (graphs loaded on the CPU).
@@ -270,6 +313,7 @@ pub fn check(runtime: &Runtime, package: &ModelPackage) -> Vec<String> {
     );
     let tokenizer =
         super::tokenizer::load_tokenizer(&package.file(&cfg.tok.file)).map_err(|e| e.to_string());
+    let qtokenizer = load_qformer_tokenizer(&cfg, package);
     validate(
         &cfg,
         &Loaded {
@@ -277,6 +321,7 @@ pub fn check(runtime: &Runtime, package: &ModelPackage) -> Vec<String> {
             cross: cross.as_ref(),
             decoder: decoder.as_ref(),
             tokenizer: tokenizer.as_ref(),
+            qtokenizer: qtokenizer.as_ref().map(Result::as_ref),
         },
     )
 }
@@ -312,6 +357,121 @@ fn missing_names(
     problems
 }
 
+/// `[qformer_tokenizer]`'s tokenizer, when the manifest has the section.
+fn load_qformer_tokenizer(
+    cfg: &Config,
+    package: &ModelPackage,
+) -> Option<Result<tokenizers::Tokenizer, String>> {
+    cfg.qtok.as_ref().map(|q| {
+        super::tokenizer::load_tokenizer(&package.file(&q.file)).map_err(|e| e.to_string())
+    })
+}
+
+/// The encoder graph's inputs: the pixels, and the prompt's tokens when it takes them.
+fn encoder_inputs(e: &EncoderSpec) -> Vec<String> {
+    let mut ins = vec![e.pixel_values.clone()];
+    for name in [
+        &e.input_ids,
+        &e.attention_mask,
+        &e.qformer_input_ids,
+        &e.qformer_attention_mask,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        ins.push(name.clone());
+    }
+    ins
+}
+
+/// The keys an encoder that takes the prompt needs (the decoder start, the masks with their
+/// ids), and the Q-Former tokenizer.
+fn encoder_prompt_problems(cfg: &Config, g: &Loaded<'_>) -> Vec<String> {
+    let e = &cfg.encoder;
+    let mut problems = Vec::new();
+    if cfg.prompt_in_encoder() && cfg.start.start_token_id.is_none() {
+        problems.push(
+            "prompt.start_token_id is required when the encoder takes the prompt (encoder.input_ids)"
+                .into(),
+        );
+    }
+    if e.attention_mask.is_some() && e.input_ids.is_none() {
+        problems.push("encoder.attention_mask needs encoder.input_ids".into());
+    }
+    let pairs = [
+        (
+            e.qformer_input_ids.is_some(),
+            e.qformer_attention_mask.is_some(),
+            "encoder.qformer_input_ids and encoder.qformer_attention_mask go together",
+        ),
+        (
+            e.qformer_input_ids.is_some(),
+            cfg.qtok.is_some(),
+            "encoder.qformer_input_ids needs a [qformer_tokenizer] section (and the section needs them)",
+        ),
+    ];
+    for (a, b, what) in pairs {
+        if a != b {
+            problems.push(what.to_string());
+        }
+    }
+    if e.qformer_input_ids.is_some() && e.input_ids.is_none() {
+        problems.push(
+            "encoder.qformer_input_ids needs encoder.input_ids (the prompt goes into the encoder)"
+                .into(),
+        );
+    }
+    if cfg.start.max_qformer_tokens.is_some() && cfg.qtok.is_none() {
+        problems.push("prompt.max_qformer_tokens needs a [qformer_tokenizer] section".into());
+    }
+    if cfg.start.empty_prompt_ids.is_some() && !cfg.prompt_in_encoder() {
+        problems.push(
+            "prompt.empty_prompt_ids needs encoder.input_ids (a prompt that goes into the encoder)"
+                .into(),
+        );
+    }
+    if let (true, Some(start), Some(v)) = (
+        cfg.prompt_in_encoder(),
+        cfg.start.start_token_id,
+        cfg.decoder.vocab,
+    ) {
+        if start as usize >= v {
+            problems.push(format!(
+                "prompt.start_token_id {start} is outside the decoder's vocabulary of {v}"
+            ));
+        }
+    }
+    if let (Some(q), Some(t)) = (&cfg.qtok, g.qtokenizer) {
+        match t {
+            Err(err) => problems.push(err.clone()),
+            Ok(t) => {
+                let vocab = t.get_vocab_size(true) as u32;
+                if q.pad_token_id >= vocab || q.eos_token_id >= vocab {
+                    problems.push(format!(
+                        "qformer_tokenizer.pad_token_id / eos_token_id outside the vocabulary of {vocab} tokens ({})",
+                        q.file
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(ids) = &cfg.start.empty_prompt_ids {
+        if ids.is_empty() {
+            problems.push("prompt.empty_prompt_ids is empty".into());
+        }
+        if let Ok(t) = g.tokenizer {
+            let vocab = t.get_vocab_size(true) as u32;
+            if let Some(bad) = ids.iter().find(|&&i| i >= vocab) {
+                problems.push(format!(
+                    "prompt.empty_prompt_ids: {bad} is outside the vocabulary of {vocab} tokens ({})",
+                    cfg.tok.file
+                ));
+            }
+        }
+    }
+    problems
+}
+
 /// The decoder graph's inputs, in manifest order.
 fn decoder_inputs(d: &StepSpec) -> Vec<String> {
     let mut ins = vec![d.input_ids.clone(), d.attention_mask.clone()];
@@ -335,19 +495,13 @@ fn validate(cfg: &Config, g: &Loaded<'_>) -> Vec<String> {
     );
     let mut enc_out = vec![cfg.encoder.memory.clone()];
     enc_out.extend(cfg.encoder.memory_mask.clone());
-    let mut enc_in = vec![cfg.encoder.pixel_values.clone()];
-    enc_in.extend(cfg.encoder.input_ids.clone());
-    enc_in.extend(cfg.encoder.attention_mask.clone());
-    problems.extend(missing_names(enc_file, g.encoder, &enc_in, &enc_out));
-    if cfg.encoder.input_ids.is_some() && cfg.start.start_token_id.is_none() {
-        problems.push(
-            "prompt.start_token_id is required when the encoder takes the prompt (encoder.input_ids)"
-                .into(),
-        );
-    }
-    if cfg.encoder.attention_mask.is_some() && cfg.encoder.input_ids.is_none() {
-        problems.push("encoder.attention_mask needs encoder.input_ids".into());
-    }
+    problems.extend(missing_names(
+        enc_file,
+        g.encoder,
+        &encoder_inputs(&cfg.encoder),
+        &enc_out,
+    ));
+    problems.extend(encoder_prompt_problems(cfg, g));
     let d = &cfg.decoder;
     let cross_out: Vec<String> = (0..d.layers)
         .flat_map(|i| {
@@ -387,6 +541,7 @@ fn validate(cfg: &Config, g: &Loaded<'_>) -> Vec<String> {
     }
     problems.extend(width_problems(cfg, g));
     problems.extend(tokenizer_problems(cfg, g.tokenizer));
+    problems.extend(task_problems(cfg, g.tokenizer));
     if cfg.generation.num_beams == 0 {
         problems.push("generation.num_beams must be at least 1".into());
     }
@@ -513,6 +668,20 @@ fn tokenizer_problems(
     problems
 }
 
+/// `[tasks]` and `[locations]`: names that dangle, a default that is not a prompt, location
+/// tokens that are not the tokenizer's `<loc_k>` range.
+fn task_problems(cfg: &Config, tokenizer: Result<&tokenizers::Tokenizer, &String>) -> Vec<String> {
+    let mut problems = cfg.tasks.as_ref().map(TasksSpec::check).unwrap_or_default();
+    if let (Some(loc), Ok(t)) = (&cfg.locations, tokenizer) {
+        problems.extend(
+            loc.check(t)
+                .into_iter()
+                .map(|p| format!("{}: {p}", cfg.tok.file)),
+        );
+    }
+    problems
+}
+
 fn run_err(path: &Path, e: impl std::fmt::Display) -> ModelError {
     ModelError::Runtime(RuntimeError::Run {
         path: path.display().to_string(),
@@ -538,6 +707,8 @@ pub struct CrossDecoderModel {
     decoder: ModelSession,
     gather: ModelSession,
     tokenizer: tokenizers::Tokenizer,
+    /// `[qformer_tokenizer]` (InstructBLIP); boxed, the model stays small for its owners.
+    qtokenizer: Option<Box<tokenizers::Tokenizer>>,
 }
 
 impl std::fmt::Debug for CrossDecoderModel {
@@ -584,6 +755,7 @@ impl CrossDecoderModel {
         let decoder = load(&cfg.decoder.onnx);
         let tokenizer = super::tokenizer::load_tokenizer(&package.file(&cfg.tok.file))
             .map_err(|e| e.to_string());
+        let qtokenizer = load_qformer_tokenizer(&cfg, &package);
         let problems = validate(
             &cfg,
             &Loaded {
@@ -591,8 +763,13 @@ impl CrossDecoderModel {
                 cross: cross.as_ref(),
                 decoder: decoder.as_ref(),
                 tokenizer: tokenizer.as_ref(),
+                qtokenizer: qtokenizer.as_ref().map(Result::as_ref),
             },
         );
+        let qtokenizer = match qtokenizer {
+            Some(Ok(t)) => Some(Box::new(t)),
+            Some(Err(_)) | None => None,
+        };
         let (Ok(encoder), Ok(cross), Ok(decoder), Ok(tokenizer), true) =
             (encoder, cross, decoder, tokenizer, problems.is_empty())
         else {
@@ -620,6 +797,7 @@ impl CrossDecoderModel {
             decoder,
             gather,
             tokenizer,
+            qtokenizer,
         })
     }
 
@@ -649,21 +827,32 @@ impl CrossDecoderModel {
         self.package.file(&self.cfg.tok.file).display().to_string()
     }
 
-    /// Whether the prompt is the encoder's text (BLIP VQA) rather than the decoder's start.
+    /// Whether the prompt is the encoder's text (BLIP VQA, encoder-decoder language models)
+    /// rather than the decoder's start.
     fn prompt_to_encoder(&self) -> bool {
-        self.cfg.encoder.input_ids.is_some()
+        self.cfg.prompt_in_encoder()
     }
 
     /// The token ids of one prompt. For the decoder (BLIP captioning): tokenized (with the
     /// special tokens when `[prompt] add_special_tokens`), the first replaced by
     /// `start_token_id`, `trim_end` dropped from the end: `""` -> `[DEC]`, `"a photo of"` ->
-    /// `[DEC] a photo of`. For the encoder (BLIP VQA): tokenized, `trim_end` dropped:
-    /// `[CLS] question [SEP]`.
+    /// `[DEC] a photo of`. For the encoder (BLIP VQA, BLIP-2 / InstructBLIP with Flan-T5):
+    /// tokenized, `trim_end` dropped: `[CLS] question [SEP]`, T5's `prompt </s>`; the empty
+    /// prompt is `[prompt] empty_prompt_ids` when given. With a `[qformer_tokenizer]`, the
+    /// prompt's Q-Former tokens are checked too (see [`Self::qformer_prompt_ids`]).
     ///
     /// # Errors
     /// Tokenizer failure, a prompt that leaves no token, or one longer than the model's
-    /// positions.
+    /// positions (or the Q-Former's).
     pub fn prompt_ids(&self, prompt: &str) -> Result<Vec<i64>, ModelError> {
+        let text = self.task_prompt(prompt)?;
+        let prompt = text.as_str();
+        if self.prompt_to_encoder() {
+            self.qformer_prompt_ids(prompt)?;
+            if let (true, Some(ids)) = (prompt.is_empty(), &self.cfg.start.empty_prompt_ids) {
+                return Ok(ids.iter().map(|&i| i64::from(i)).collect());
+            }
+        }
         let enc = self
             .tokenizer
             .encode(prompt, self.cfg.start.add_special_tokens)
@@ -706,6 +895,110 @@ impl CrossDecoderModel {
             }),
             (false, _) => self.prompt_ids(prompt),
         }
+    }
+
+    /// InstructBLIP: the Q-Former's tokens of one prompt (`[qformer_tokenizer]`, with its
+    /// special tokens: `[CLS] prompt [SEP]`); `None` for a model without a Q-Former prompt.
+    ///
+    /// # Errors
+    /// Tokenizer failure, or more tokens than `[prompt] max_qformer_tokens`.
+    pub fn qformer_prompt_ids(&self, prompt: &str) -> Result<Option<Vec<i64>>, ModelError> {
+        let (Some(t), Some(spec)) = (&self.qtokenizer, &self.cfg.qtok) else {
+            return Ok(None);
+        };
+        let path = self.package.file(&spec.file).display().to_string();
+        let enc = t.encode(prompt, true).map_err(|e| ModelError::Tokenizer {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let n = enc.get_ids().len();
+        if let Some(max) = self.cfg.start.max_qformer_tokens {
+            if n > max {
+                return Err(ModelError::Input {
+                    path: self.package.dir.join("model.toml").display().to_string(),
+                    reason: format!(
+                        "the prompt takes {n} Q-Former tokens ({}), more than the encoder's {max} positions (prompt.max_qformer_tokens)",
+                        spec.file
+                    ),
+                });
+            }
+        }
+        Ok(Some(enc.get_ids().iter().map(|&i| i64::from(i)).collect()))
+    }
+
+    /// The encoder's prompt inputs of a batch (none unless it takes the prompt): the token ids
+    /// right padded with the pad id (as BERT and T5 tokenizers pad), and their masks.
+    fn prompt_inputs(&self, prompts: &[String]) -> Result<Vec<(String, Tensor<i64>)>, ModelError> {
+        let e = &self.cfg.encoder;
+        let path = self.encoder.path.clone();
+        let mut out = Vec::new();
+        let mut push = |ids: &str,
+                        mask: Option<&String>,
+                        rows: Vec<Vec<i64>>,
+                        pad: u32|
+         -> Result<(), ModelError> {
+            let (a, m) = right_pad(&rows, i64::from(pad));
+            out.push((
+                ids.to_string(),
+                Tensor::from_array(a).map_err(|e| run_err(&path, e))?,
+            ));
+            if let Some(mask) = mask {
+                out.push((
+                    mask.clone(),
+                    Tensor::from_array(m).map_err(|e| run_err(&path, e))?,
+                ));
+            }
+            Ok(())
+        };
+        if let Some(ids) = &e.input_ids {
+            let rows = prompts
+                .iter()
+                .map(|p| self.prompt_ids(p))
+                .collect::<Result<Vec<_>, _>>()?;
+            push(
+                ids,
+                e.attention_mask.as_ref(),
+                rows,
+                self.cfg.tok.pad_token_id,
+            )?;
+        }
+        if let (Some(ids), Some(q)) = (&e.qformer_input_ids, &self.cfg.qtok) {
+            let mut rows = Vec::with_capacity(prompts.len());
+            for p in prompts {
+                let text = self.task_prompt(p)?;
+                rows.push(self.qformer_prompt_ids(&text)?.ok_or_else(|| {
+                    run_err(
+                        &path,
+                        "encoder.qformer_input_ids without a Q-Former tokenizer",
+                    )
+                })?);
+            }
+            push(ids, e.qformer_attention_mask.as_ref(), rows, q.pad_token_id)?;
+        }
+        Ok(out)
+    }
+
+    /// The text a prompt stands for: with `[tasks]`, a task token becomes its prompt text
+    /// (`<CAPTION>` -> "What does the image describe?", [`TasksSpec::caption_prompt`]) and the
+    /// empty prompt is `[tasks] default`; tasks answered with boxes or regions are refused.
+    /// Without `[tasks]`, the prompt itself.
+    ///
+    /// # Errors
+    /// A task that does not answer with text, a task token with other text around it.
+    pub fn task_prompt(&self, prompt: &str) -> Result<String, ModelError> {
+        let Some(tasks) = &self.cfg.tasks else {
+            return Ok(prompt.to_string());
+        };
+        let prompt = match (&tasks.default, prompt.is_empty()) {
+            (Some(d), true) => d.as_str(),
+            _ => prompt,
+        };
+        tasks
+            .caption_prompt(prompt)
+            .map_err(|reason| ModelError::Input {
+                path: self.package.dir.join("model.toml").display().to_string(),
+                reason,
+            })
     }
 
     fn too_long(&self, len: usize, new_tokens: usize) -> ModelError {
@@ -761,10 +1054,11 @@ impl CrossDecoderModel {
     fn encode(
         &mut self,
         pixels: ArrayView4<'_, f32>,
-        text: Option<(Array2<i64>, Array2<i64>)>,
+        prompts: &[String],
     ) -> Result<(DynValue, Array2<i64>), ModelError> {
         let path = self.encoder.path.clone();
         let e = self.cfg.encoder.clone();
+        let prompt_inputs = self.prompt_inputs(prompts)?;
         let n = pixels.shape()[0];
         // An owned tensor: ONNX Runtime's binding copies borrowed ones through a session of its
         // own, which deadlocks in ort 2.0.0-rc.15.
@@ -777,18 +1071,8 @@ impl CrossDecoderModel {
             .map_err(|e| run_err(&path, e))?;
         let bind = |r: ort::Result<()>| r.map_err(|e| run_err(&path, e));
         bind(binding.bind_input(e.pixel_values.as_str(), &input))?;
-        let text = match text {
-            Some((ids, mask)) => Some((
-                Tensor::from_array(ids).map_err(|e| run_err(&path, e))?,
-                Tensor::from_array(mask).map_err(|e| run_err(&path, e))?,
-            )),
-            None => None,
-        };
-        if let (Some(name), Some((ids, _))) = (&e.input_ids, &text) {
-            bind(binding.bind_input(name.as_str(), ids))?;
-        }
-        if let (Some(name), Some((_, mask))) = (&e.attention_mask, &text) {
-            bind(binding.bind_input(name.as_str(), mask))?;
+        for (name, value) in &prompt_inputs {
+            bind(binding.bind_input(name.as_str(), value))?;
         }
         bind(binding.bind_output_to_device(e.memory.as_str(), &self.cache_memory))?;
         if let Some(m) = &e.memory_mask {
@@ -1030,28 +1314,7 @@ impl CrossDecoderModel {
                 return Err(self.too_long(len, params.max_new_tokens));
             }
         }
-        // The encoder's text (BLIP VQA's questions), right padded as BERT tokenizers pad.
-        let text = match self.prompt_to_encoder() {
-            false => None,
-            true => {
-                let q: Vec<Vec<i64>> = prompts
-                    .iter()
-                    .map(|p| self.prompt_ids(p))
-                    .collect::<Result<_, _>>()?;
-                let l = q.iter().map(Vec::len).max().unwrap_or(0);
-                let pad = i64::from(self.cfg.tok.pad_token_id);
-                let mut qids = Array2::<i64>::from_elem((b, l), pad);
-                let mut qmask = Array2::<i64>::zeros((b, l));
-                for (r, row) in q.iter().enumerate() {
-                    for (k, &t) in row.iter().enumerate() {
-                        qids[[r, k]] = t;
-                        qmask[[r, k]] = 1;
-                    }
-                }
-                Some((qids, qmask))
-            }
-        };
-        let (memory, memory_mask) = self.encode(pixels, text)?;
+        let (memory, memory_mask) = self.encode(pixels, prompts)?;
         let cross = self.cross_kv(&memory)?;
         drop(memory);
         let nb = params.num_beams;
@@ -1091,6 +1354,20 @@ impl CrossDecoderModel {
             prompts: ids,
         })
     }
+}
+
+/// Rows of ids right padded with `pad` to the longest, and their masks (1: a real token).
+fn right_pad(rows: &[Vec<i64>], pad: i64) -> (Array2<i64>, Array2<i64>) {
+    let n = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = Array2::<i64>::from_elem((rows.len(), n), pad);
+    let mut mask = Array2::<i64>::zeros((rows.len(), n));
+    for (r, row) in rows.iter().enumerate() {
+        for (k, &t) in row.iter().enumerate() {
+            ids[[r, k]] = t;
+            mask[[r, k]] = 1;
+        }
+    }
+    (ids, mask)
 }
 
 /// Position ids `cumsum(mask) - 1`, 0 where the mask is 0 (left padding).
@@ -1200,6 +1477,13 @@ impl StepDecoder for CrossDecoderModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prompts_are_right_padded() {
+        let (ids, mask) = right_pad(&[vec![7, 1], vec![1], vec![4, 5, 1]], 0);
+        assert_eq!(ids, ndarray::array![[7, 1, 0], [1, 0, 0], [4, 5, 1]]);
+        assert_eq!(mask, ndarray::array![[1, 1, 0], [1, 0, 0], [1, 1, 1]]);
+    }
 
     #[test]
     fn positions_skip_left_padding() {

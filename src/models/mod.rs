@@ -24,6 +24,7 @@ pub mod registry;
 pub mod segmentation;
 pub mod siglip;
 pub mod staging;
+pub mod task_prompts;
 pub mod tokenizer;
 
 pub use manifest::{

@@ -550,3 +550,37 @@ def write_reference(out: Path, ref: dict, bins: dict[str, bytes]) -> None:
     for fname, data in bins.items():
         (rdir / fname).write_bytes(data)
     (rdir / "reference.json").write_text(json.dumps(ref, indent=1) + "\n", encoding="utf-8")
+
+
+# --------------------------------------------------------------------------------------
+# One command, several language models (export.py blip2: OPT in decoder_export, T5 in t5_export)
+# --------------------------------------------------------------------------------------
+
+#: (command, text_config.model_type) -> export function, registered by the family module that
+#: exports that language model (exporters never import each other: export.py loads them all).
+LANGUAGE_MODEL_EXPORTERS: dict = {}
+
+
+def register_language_model_exporter(command: str, model_type: str, func) -> None:
+    LANGUAGE_MODEL_EXPORTERS[(command, model_type)] = func
+
+
+def language_model_type(args, default: str) -> str:
+    """The language model a command exports: ``--language-model`` with ``--tiny``, else
+    ``text_config.model_type`` of the checkpoint's config.json (``default`` when it says none)."""
+    if getattr(args, "tiny", False):
+        return getattr(args, "language_model", None) or default
+    if getattr(args, "language_model", None) is not None:
+        raise SystemExit("--language-model only applies with --tiny (with --from, config.json says)")
+    cfg = read_json(args.source, "config.json") or {}
+    return (cfg.get("text_config") or {}).get("model_type") or default
+
+
+def language_model_exporter(command: str, model_type: str):
+    """The export function registered for (command, model_type); SystemExit when none is."""
+    func = LANGUAGE_MODEL_EXPORTERS.get((command, model_type))
+    if func is None:
+        known = sorted(t for c, t in LANGUAGE_MODEL_EXPORTERS if c == command)
+        raise SystemExit(f"export.py {command}: no exporter for a {model_type!r} language model "
+                         f"(registered: {', '.join(known) or 'none'})")
+    return func

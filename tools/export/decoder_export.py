@@ -864,6 +864,10 @@ def load_checkpoint(kind: str, src: str) -> Parts:
 
 def export_decoder(args) -> None:
     kind = args.command
+    if kind == "blip2":
+        lm = C.language_model_type(args, "opt")
+        if lm != "opt":  # BLIP-2 with Flan-T5: a cross-attention-decoder package (t5_export.py)
+            return C.language_model_exporter(kind, lm)(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tv = transformers.__version__
@@ -973,6 +977,10 @@ def add_parser(sub, command: str) -> None:
                            if len(shapes) > 1 else ""))
     c.add_argument("--save-pretrained", metavar="DIR", default=None,
                    help="--tiny: also write the model + processor with save_pretrained (to test --from)")
+    if kind == "blip2":
+        c.add_argument("--language-model", choices=["opt", "t5"], default=None,
+                       help="--tiny: the language model (default opt); with --from it is read from config.json "
+                            "(text_config.model_type); t5 writes a cross-attention-decoder package")
     C.add_name_arg(c)
     C.add_no_reference_arg(c)
     C.add_skip_verify_arg(c)
