@@ -1,6 +1,8 @@
-//! Parity of the SigLIP family (SigLIP and fixed-resolution SigLIP2) with PyTorch / Hugging
-//! Face, on the committed tiny models and the references their export computed
-//! (`sample_data/models/siglip-tiny/reference/`, `siglip2-tiny/reference/`): token ids equal to
+//! Parity of the SigLIP family (SigLIP, fixed-resolution SigLIP2, and a NaFlex `Siglip2Model`
+//! exported at one tile size) with PyTorch / Hugging Face, on the committed tiny models and the
+//! references their export computed (`sample_data/models/siglip-tiny/reference/`,
+//! `siglip2-tiny/reference/`, `siglip2-naflex-tiny/reference/`, the last from HF's own NaFlex
+//! processor and forward, padding and mask included): token ids equal to
 //! the HF tokenizers, embeddings within 1e-4 relative error, per-label sigmoid probabilities
 //! within 1e-4 absolute (host scoring and the built-in head alike, batch and one by one),
 //! multi-label scores, `tessera classify` end to end, and broken packages refused cleanly.
@@ -16,7 +18,7 @@ use serde_json::Value;
 use tessera::models::dual_encoder::DualEncoderModel;
 use tessera::runtime::{Runtime, SessionOptions};
 
-const PACKAGES: [&str; 2] = ["siglip-tiny", "siglip2-tiny"];
+const PACKAGES: [&str; 3] = ["siglip-tiny", "siglip2-tiny", "siglip2-naflex-tiny"];
 const GT: [f64; 6] = [600_000.0, 2.0, 0.0, 5_000_000.0, 0.0, -2.0];
 
 fn package(name: &str) -> PathBuf {
@@ -295,6 +297,56 @@ fn embeddings_and_sigmoid_probabilities_match_pytorch() {
             let row: Vec<f64> = row.iter().map(|&p| f64::from(p)).collect();
             assert_eq!(labels[argmax(&row)], top1[i], "{name}: image {i}");
         }
+    }
+}
+
+#[test]
+fn naflex_package_is_one_fixed_tile_size_of_a_resized_position_grid() {
+    let name = "siglip2-naflex-tiny";
+    let r = reference(name);
+    let nf = &r["naflex"];
+    let (p, grid) = (
+        nf["patch_size"].as_u64().expect("p"),
+        nf["position_grid"].as_u64().expect("g"),
+    );
+    let size = r["images_u8"]["shape"][1].as_u64().expect("size");
+    // The tile's patch grid differs from the position grid (the resize is exercised), and HF's
+    // processor padded to more patches than the tile has (its mask is exercised).
+    assert_eq!(
+        nf["spatial_shapes"],
+        serde_json::json!([size / p, size / p])
+    );
+    assert_ne!(size / p, grid, "position grid resized");
+    assert!(nf["max_num_patches"].as_u64().expect("max") > (size / p) * (size / p));
+    let manifest: toml::Value =
+        toml::from_str(&std::fs::read_to_string(package(name).join("model.toml")).expect("toml"))
+            .expect("manifest");
+    assert_eq!(manifest["architecture"].as_str(), Some("siglip2-naflex"));
+    assert_eq!(
+        manifest["preprocess"]["size"].as_integer(),
+        Some(size as i64)
+    );
+    // The reference probabilities are HF's sigmoid(logits_per_image), one template.
+    assert_eq!(strings(&r["templates"]).len(), 1);
+    assert!(r["probs_formula"]
+        .as_str()
+        .expect("formula")
+        .contains("logits_per_image"));
+    // No interpolation left in the image graph (the test Python's onnx, when present).
+    if let Some(py) = venv_python() {
+        let o = Command::new(py)
+            .arg("-c")
+            .arg("import sys, onnx; print(sorted({n.op_type for n in onnx.load(sys.argv[1]).graph.node}))")
+            .arg(package(name).join("image_encoder.onnx"))
+            .output()
+            .expect("python");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let ops = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(ops.contains("MatMul"), "{ops}");
+        assert!(
+            !ops.contains("Resize") && !ops.contains("GridSample"),
+            "{ops}"
+        );
     }
 }
 

@@ -20,6 +20,10 @@ Usage::
     # seeded random tiny models of the real architecture (test fixtures)
     python tools/export/export.py siglip  --tiny --out sample_data/models/siglip-tiny
     python tools/export/export.py siglip2 --tiny --out sample_data/models/siglip2-tiny
+    python tools/export/export.py siglip2 --tiny --naflex --out sample_data/models/siglip2-naflex-tiny
+
+    # a NaFlex Siglip2Model checkpoint at one fixed tile size (default from max_num_patches)
+    python tools/export/export.py siglip2 --from ckpt/siglip2-base-patch16-naflex --size 256 --out models/s2-naflex
 
 How Hugging Face prepares SigLIP text (transformers 5.24), and what the packages do the same way:
 
@@ -43,9 +47,17 @@ How Hugging Face prepares SigLIP text (transformers 5.24), and what the packages
   ``AutoTokenizer`` loads for them ignores; ``--keep-case``, or an explicit ``do_lower_case: false``,
   keeps a checkpoint's tokenizer as it is.) ``Siglip2Processor`` tokenises with ``padding="max_length",
   max_length=64, truncation=True``. No punctuation removal for SigLIP2.
-* ``Siglip2Model`` (model_type "siglip2") is the **NaFlex** variant only: its image input is a sequence
-  of patches with a mask and spatial shapes, not [B,3,S,S]. It is refused; export a fixed-resolution
-  SigLIP2 checkpoint instead.
+* ``Siglip2Model`` (model_type "siglip2") is the **NaFlex** variant: its processor turns an image into
+  a sequence of patches (resized to at most ``max_num_patches``) with a mask and spatial shapes, and the
+  model resizes its position grid to each image's shape. tessera feeds fixed square tiles, so a NaFlex
+  checkpoint is exported at one tile size S (``--size``, default ``p * isqrt(max_num_patches)``, the
+  largest square that fits): the image graph takes [B,3,S,S] normalised pixels, patchifies them inside
+  the graph exactly as ``Siglip2ImageProcessor.convert_image_to_patches`` (patches row-major, pixels
+  row-major inside a patch, channels last), has every patch real (all-ones mask, so none is fed) and
+  spatial shapes (S/p, S/p), and adds the position embeddings resized once here by
+  ``Siglip2VisionEmbeddings.resize_positional_embeddings`` for that shape, baked in as a constant (no
+  interpolation in the graph). Every export checks the wrapper against HF's own NaFlex forward
+  (processor inputs, padding and mask included). ``architecture = "siglip2-naflex"``.
 
 Special-token strings typed into a prompt (``"</s>"``, ``"<unk>"``) are the one place where the fast
 tokenizer and the slow SigLIP tokenizer disagree (the slow one does not append a second ``</s>``);
@@ -548,9 +560,8 @@ def load_checkpoint(src: str, architecture: str, keep_case: bool):
     model_type = cfg.get("model_type")
     if model_type == "siglip2":
         raise SystemExit(
-            f"export: {src}: a Siglip2Model (model_type \"siglip2\") is SigLIP2's NaFlex variant: its image "
-            "input is a patch sequence with a mask and spatial shapes, not [B,3,S,S]; export a fixed-resolution "
-            "SigLIP2 checkpoint (model_type \"siglip\", e.g. google/siglip2-base-patch16-224) instead")
+            f"export: {src}: a Siglip2Model (model_type \"siglip2\") is SigLIP2's NaFlex variant: export it with "
+            "`export.py siglip2` (a fixed-size image graph, --size)")
     if model_type != "siglip":
         raise SystemExit(f"export: {src}: config.json model_type is {model_type!r}, expected \"siglip\" "
                          "(SiglipModel; fixed-resolution SigLIP2 checkpoints are SiglipModel too)")
@@ -651,6 +662,17 @@ def export_siglip(args) -> None:
         raise SystemExit("--scan-seeds only applies with --tiny")
     if args.tiny and (args.template or args.keep_case):
         raise SystemExit("--template and --keep-case only apply with --from")
+    naflex = getattr(args, "naflex", False) or (
+        not args.tiny and (C.read_json(args.source, "config.json") or {}).get("model_type") == "siglip2")
+    if getattr(args, "size", None) is not None and not naflex:
+        raise SystemExit("--size only applies to NaFlex (Siglip2Model) checkpoints and --tiny --naflex")
+    if naflex:
+        if architecture != "siglip2":
+            raise SystemExit(f"export: {args.source}: a Siglip2Model (NaFlex) checkpoint: use `export.py siglip2`")
+        if args.scan_seeds:
+            raise SystemExit("--scan-seeds does not apply to NaFlex")
+        export_naflex(args)
+        return
     if args.scan_seeds:
         scan_seeds(architecture, args.scan_seeds)
         return
@@ -737,7 +759,7 @@ def add_parser(sub, command: str) -> None:
     src.add_argument("--from", dest="source", metavar="DIR",
                      help="a local folder written by save_pretrained (SiglipModel + tokenizer files + processor "
                           "settings); " + ("spiece.model (SiglipTokenizer)" if command == "siglip" else
-                                           "tokenizer.json (Gemma tokenizer); NaFlex Siglip2Model is refused"))
+                                           "tokenizer.json (Gemma tokenizer); a NaFlex Siglip2Model exports at one --size"))
     src.add_argument("--tiny", action="store_true",
                      help="build a seeded, randomly initialised SiglipModel of the real architecture with a tiny "
                           "trained tokenizer instead (test fixture, trained = false, with reference/)")
@@ -750,13 +772,269 @@ def add_parser(sub, command: str) -> None:
     c.add_argument("--template", action="append", default=None, metavar="T",
                    help="--from only: write [prompts] templates (repeatable; default: tessera's family default)")
     if command == "siglip2":
+        c.add_argument("--naflex", action="store_true",
+                       help="--tiny only: a random Siglip2Model (NaFlex) instead of the fixed-resolution SiglipModel "
+                            "(a --from checkpoint with model_type \"siglip2\" is NaFlex by itself)")
+        c.add_argument("--size", type=int, default=None, metavar="S",
+                       help="NaFlex only: the fixed square tile size of the image graph, a multiple of the patch "
+                            "size p (default: the processor's max_num_patches -> S = p * isqrt(max_num_patches), "
+                            "the largest square that fits, e.g. 256 patches of 16 -> 256)")
         c.add_argument("--keep-case", action="store_true",
                        help="--from only: keep the checkpoint's tokenizer as it is instead of transformers' "
                             "Siglip2Tokenizer (which lowercases, as SigLIP2 was trained)")
     else:
-        c.set_defaults(keep_case=False)
+        c.set_defaults(keep_case=False, naflex=False, size=None)
     C.add_name_arg(c, help="manifest 'name' (default: derived from the source)")
     C.add_no_reference_arg(c, help="--tiny only: do not write reference/")
     C.add_skip_verify_arg(c, help="skip the ONNX Runtime vs PyTorch parity check")
     C.add_tolerance_arg(c, 1e-5, "max abs diff allowed between ONNX Runtime and PyTorch (default 1e-5)")
     c.set_defaults(func=export_siglip)
+
+
+# --------------------------------------------------------------------------------------
+# NaFlex (Siglip2Model) at one fixed square tile size
+# --------------------------------------------------------------------------------------
+
+#: The tiny NaFlex fixture: patch 16, a 6 x 6 position grid (num_patches 36) resized to the 4 x 4 patches
+#: of a 64 x 64 tile, and a processor max_num_patches of 20 -> default S = 16 * isqrt(20) = 64, so HF's
+#: own processor pads 4 patches (masked) that the fixed-size graph does not have.
+NAFLEX_TINY = {"patch_size": 16, "num_patches": 36, "max_num_patches": 20}
+#: One template, so that the reference probabilities are HF's own ``sigmoid(logits_per_image)``.
+NAFLEX_TEMPLATES = REF_TEMPLATES[:1]
+
+
+def naflex_default_size(patch_size: int, max_num_patches: int) -> int:
+    """The largest square tile S (a multiple of the patch size) whose (S/p)^2 patches fit max_num_patches."""
+    return patch_size * math.isqrt(int(max_num_patches))
+
+
+def naflex_patchify(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """[B,C,S,S] -> [B,(S/p)^2,p*p*C], exactly ``convert_image_to_patches`` of Siglip2ImageProcessor per
+    image: patches row-major over the grid, inside a patch row-major pixels, channels last."""
+    b, c, h, w = pixel_values.shape
+    gh, gw = h // patch_size, w // patch_size
+    x = pixel_values.reshape(b, c, gh, patch_size, gw, patch_size).permute(0, 2, 4, 3, 5, 1)
+    return x.reshape(b, gh * gw, patch_size * patch_size * c)
+
+
+class NaFlexImageEncoder(torch.nn.Module):
+    """pixel_values [B,3,S,S] -> image_embeds [B,D] of a Siglip2Model (NaFlex) at one tile size S: the
+    patches of the processor, an all-ones mask (no padding: every patch is real, so the mask is
+    dropped), spatial_shapes (S/p, S/p), and the position grid resized once here with
+    ``Siglip2VisionEmbeddings.resize_positional_embeddings`` and baked in as a constant."""
+
+    def __init__(self, model, size: int):
+        super().__init__()
+        vm = model.vision_model
+        p = int(vm.config.patch_size)
+        if size % p:
+            raise SystemExit(f"export: --size {size} is not a multiple of the patch size {p}")
+        self.vm, self.patch_size, self.grid = vm, p, size // p
+        emb = vm.embeddings
+        g = self.grid
+        with torch.no_grad():
+            grid = emb.position_embedding.weight.reshape(emb.position_embedding_size, emb.position_embedding_size, -1)
+            pos = emb.resize_positional_embeddings(grid, torch.tensor([[g, g]], dtype=torch.long), max_length=g * g)
+        self.register_buffer("pos", pos[0].detach().clone())
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        x = naflex_patchify(pixel_values, self.patch_size)
+        h = self.vm.embeddings.patch_embedding(x.to(self.vm.embeddings.patch_embedding.weight.dtype)) + self.pos
+        h = self.vm.encoder(inputs_embeds=h, attention_mask=None).last_hidden_state
+        h = self.vm.post_layernorm(h)
+        return self.vm.head(h, None)
+
+
+def build_random_naflex(seed: int, vocab_size: int, pad_id: int, eos_id: int):
+    from transformers import Siglip2Config, Siglip2Model
+
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    text = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=2, max_position_embeddings=CONTEXT_LENGTH, pad_token_id=pad_id,
+                bos_token_id=None, eos_token_id=eos_id, projection_size=32)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  patch_size=NAFLEX_TINY["patch_size"], num_patches=NAFLEX_TINY["num_patches"],
+                  vision_use_head=True)
+    config = Siglip2Config(text_config=text, vision_config=vision)
+    config._attn_implementation = "eager"
+    return Siglip2Model(config).eval()
+
+
+def naflex_hf_inputs(processor, images_u8: np.ndarray, size: int, patch_size: int, quiet: bool = False) -> dict:
+    """Siglip2ImageProcessor on the S x S reference images; checks it did not resize them (spatial shapes
+    (S/p, S/p), the real patches equal to the patches of the plain /255, mean/std normalisation)."""
+    enc = processor(images=[im for im in images_u8], return_tensors="pt")
+    g = size // patch_size
+    shapes = enc["spatial_shapes"].tolist()
+    if any(tuple(s) != (g, g) for s in shapes):
+        raise RuntimeError(f"Siglip2ImageProcessor resized the {size}x{size} images: spatial_shapes {shapes}")
+    mask = enc["pixel_attention_mask"]
+    if not (mask[:, :g * g] == 1).all() or (mask[:, g * g:] != 0).any():
+        raise RuntimeError(f"unexpected pixel_attention_mask {mask.tolist()}")
+    mine = naflex_patchify(torch.from_numpy(C.preprocess_u8(images_u8, processor.image_mean, processor.image_std)),
+                           patch_size)
+    diff = float((enc["pixel_values"][:, :g * g] - mine).abs().max())
+    if not diff < 1e-6:
+        raise RuntimeError(f"Siglip2ImageProcessor patches differ from the fixed-size patchify by {diff}")
+    if not quiet:
+        print(f"export: Siglip2ImageProcessor: spatial_shapes ({g}, {g}), {g * g} real patches of "
+              f"{mask.shape[1]}, patches == in-graph patchify (max abs diff {diff:.3g})", file=sys.stderr)
+    return {k: enc[k] for k in ("pixel_values", "pixel_attention_mask", "spatial_shapes")}
+
+
+def _hf_image_features(model, inputs: dict) -> np.ndarray:
+    with torch.no_grad():
+        return model.get_image_features(**inputs).pooler_output.numpy()
+
+
+def naflex_reference(model, processor, side: TextSide, size: int, patch_size: int, quiet: bool = False) -> dict:
+    """The reference from Hugging Face alone: processor -> get_image_features / get_text_features and
+    Siglip2Model.forward's sigmoid(logits_per_image) (one template: label embedding = prompt embedding)."""
+    names, images_u8 = C.make_reference_images(size)
+    pixels = C.preprocess_u8(images_u8, processor.image_mean, processor.image_std)
+    inputs = naflex_hf_inputs(processor, images_u8, size, patch_size, quiet)
+    prompts = [t.format(label) for label in REF_LABELS for t in NAFLEX_TEMPLATES]
+    ids, mask = side.encode(prompts, CONTEXT_LENGTH)
+    img = _hf_image_features(model, inputs)
+    with torch.no_grad():
+        txt = model.get_text_features(input_ids=torch.from_numpy(ids)).pooler_output.numpy()
+    label_embeds = _l2n(_l2n(txt.astype(np.float64)))
+    cos = _l2n(img.astype(np.float64)) @ label_embeds.T
+    return dict(names=names, images_u8=images_u8, pixels=pixels, prompts=prompts, ids=ids, mask=mask, img=img,
+                txt=txt, label_embeds=label_embeds, cos=cos, inputs=inputs)
+
+
+def _naflex_tiny(side: TextSide, seed: int, size: int, processor):
+    model = build_random_naflex(seed, len(side.hf.get_vocab()), side.pad_id, side.eos_id)
+    image_enc, text_enc = NaFlexImageEncoder(model, size).eval(), TextEncoder(model).eval()
+    # Centre the two output biases as for the fixed-resolution tiny models (centre_random_heads).
+    words = [w for w in _CORPUS_WORDS if w not in REF_LABELS][:80]
+    ids, mask = side.encode([t.format(w) for w in words for t in REF_TEMPLATES], CONTEXT_LENGTH)
+    with torch.no_grad():
+        model.text_model.head.bias.sub_(torch.from_numpy(_run_text(text_enc, ids, mask)).mean(0))
+        px = torch.randn(32, 3, size, size, generator=torch.Generator().manual_seed(99))
+        model.vision_model.head.mlp.fc2.bias.sub_(image_enc(px).mean(0))
+    r = naflex_reference(model, processor, side, size, NAFLEX_TINY["patch_size"], quiet=True)
+    scale, bias = spread_scale_bias(r["cos"])
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(scale))
+        model.logit_bias.fill_(bias)
+    return model, image_enc, text_enc, r
+
+
+def export_naflex(args) -> None:
+    """``export.py siglip2`` for a Siglip2Model (NaFlex): a fixed-size [B,3,S,S] image graph."""
+    from transformers import Siglip2ImageProcessor, Siglip2Model
+
+    out = Path(args.out)
+    tv = transformers.__version__
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.tiny:
+            tok, _ = build_tiny_gemma_tokenizer(Path(tmp))
+            side = TextSide(tok, tok.backend_tokenizer, "siglip2")
+            p = NAFLEX_TINY["patch_size"]
+            processor = Siglip2ImageProcessor(patch_size=p, max_num_patches=NAFLEX_TINY["max_num_patches"])
+            size = args.size or naflex_default_size(p, processor.max_num_patches)
+            seeds = [args.seed] if args.seed is not None else list(range(30))
+            for seed in seeds:
+                model, image_enc, text_enc, r = _naflex_tiny(side, seed, size, processor)
+                with torch.no_grad():
+                    probe = _sigmoid(float(model.logit_scale.exp()) * r["cos"] + float(model.logit_bias))
+                if seed_ok(separation_report(probe)) or args.seed is not None:
+                    break
+            name = args.name or "siglip2-naflex-tiny-random"
+            source = (f"random Siglip2Model (NaFlex), seed {seed} (the first of 0..29 that separates the reference "
+                      f"images), transformers {tv}, torch {torch.__version__}; head biases centred, logit_scale/"
+                      f"logit_bias spread the reference cosines over sigmoid logits [-{LOGIT_SPAN}, {LOGIT_SPAN}]; "
+                      f"Siglip2ImageProcessor(patch_size={p}, max_num_patches={processor.max_num_patches})")
+            trained, templates = False, NAFLEX_TEMPLATES
+        else:
+            src = args.source
+            pp = C.image_processor_config(src)
+            model = Siglip2Model.from_pretrained(src, attn_implementation="eager").eval()
+            p = int(model.config.vision_config.patch_size)
+            if int(pp.get("patch_size", p)) != p:
+                raise SystemExit(f"export: {src}: processor patch_size {pp.get('patch_size')} != model patch_size {p}")
+            if args.size is None and "max_num_patches" not in pp:
+                raise SystemExit(f"export: {src}: the image processor settings have no max_num_patches; give --size")
+            size = args.size or naflex_default_size(p, pp["max_num_patches"])
+            from transformers import AutoTokenizer, Siglip2Tokenizer
+
+            tok_cfg = C.read_json(src, "tokenizer_config.json") or {}
+            keep_case = args.keep_case or tok_cfg.get("do_lower_case") is False
+            tok = AutoTokenizer.from_pretrained(src) if keep_case else Siglip2Tokenizer.from_pretrained(src)
+            side = TextSide(tok, tok.backend_tokenizer, "siglip2")
+            image_enc = NaFlexImageEncoder(model, size).eval()
+            text_enc = (MaskedTextEncoder(model) if side.uses_mask else TextEncoder(model)).eval()
+            name = args.name or Path(src.rstrip("/")).name
+            source = f"{src} (NaFlex, fixed {size}x{size}), exported with transformers {tv}, torch {torch.__version__}"
+            trained, templates = True, args.template or None
+            # The checks feed HF's processor S x S images; with the checkpoint's max_num_patches it would
+            # resize any S other than the default one, so those use max_num_patches = (S/p)^2 (the model
+            # at exactly that shape).
+            max_patches = int(pp.get("max_num_patches", 0))
+            if naflex_default_size(p, max_patches) != size:
+                print(f"export: --size {size}: {(size // p) ** 2} patches (the checkpoint's processor would resize "
+                      f"a {size}x{size} tile to {naflex_default_size(p, max_patches) if max_patches else '?'} px); "
+                      f"checked at max_num_patches {(size // p) ** 2}", file=sys.stderr)
+                max_patches = (size // p) ** 2
+            processor = Siglip2ImageProcessor(patch_size=p, max_num_patches=max_patches,
+                                              image_mean=pp["image_mean"], image_std=pp["image_std"])
+        mean, std = list(processor.image_mean), list(processor.image_std)
+        context_length = CONTEXT_LENGTH
+        out.mkdir(parents=True, exist_ok=True)
+        logit_scale = float(model.logit_scale.detach().exp())
+        logit_bias = float(model.logit_bias.detach())
+        # The fixed-size wrapper == Hugging Face's own NaFlex path (processor inputs, with its padding).
+        names, images_u8 = C.make_reference_images(size)
+        hf = _hf_image_features(model, naflex_hf_inputs(processor, images_u8, size, p))
+        with torch.no_grad():
+            mine = image_enc(torch.from_numpy(C.preprocess_u8(images_u8, mean, std))).numpy()
+        d = float(np.abs(hf - mine).max())
+        print(f"export: fixed-size wrapper vs Siglip2Model NaFlex forward: max abs diff {d:.3g}", file=sys.stderr)
+        if not d < args.tolerance:
+            raise RuntimeError(f"the fixed-size wrapper differs from Hugging Face's NaFlex forward by {d}")
+
+        export_graphs(out, image_enc, text_enc, side, size, context_length, args.opset)
+        side.save(out / "tokenizer.json", context_length)
+        checked = verify_tokenizer_json(out / "tokenizer.json", side,
+                                        REF_TOKENIZER_TEXTS + [t.format(lb) for lb in REF_LABELS for t in REF_TEMPLATES]
+                                        + fuzz_texts(), context_length)
+        print(f"export: tokenizer.json == Hugging Face {type(side.hf).__name__} on {checked} texts", file=sys.stderr)
+        write_manifest(out / "model.toml", architecture="siglip2-naflex", name=name, trained=trained, source=source,
+                       size=size, mean=mean, std=std, context_length=context_length, side=side,
+                       logit_scale=logit_scale, logit_bias=logit_bias, templates=templates)
+        if not args.skip_verify:
+            verify_onnx_against_torch(out, image_enc, text_enc, side, size, context_length, args.tolerance)
+
+        if args.tiny and not args.no_reference:
+            r = naflex_reference(model, processor, side, size, p)
+            ref = compute_reference(r, side, size, mean, std, context_length, logit_scale, logit_bias)
+            with torch.no_grad():
+                fwd = model(input_ids=torch.from_numpy(r["ids"]), **r["inputs"])
+            probs = torch.sigmoid(fwd.logits_per_image).double().numpy()
+            formula = _sigmoid(logit_scale * r["cos"] + logit_bias)
+            print(f"export: sigmoid(logits_per_image) vs the cosine formula: max abs diff "
+                  f"{np.abs(probs - formula).max():.3g}", file=sys.stderr)
+            ref.update({
+                "description": "Hugging Face-computed parity fixtures: Siglip2ImageProcessor on the S x S images "
+                               "(no resize; padded to max_num_patches with the mask) -> Siglip2Model "
+                               "get_image_features / get_text_features, probs = sigmoid(logits_per_image) of "
+                               "Siglip2Model.forward (tools/export/export.py siglip2 --tiny --naflex).",
+                "templates": NAFLEX_TEMPLATES,
+                "probs": probs.tolist(),
+                "probs_formula": "sigmoid(logits_per_image) of Siglip2Model.forward (one template, so a label's "
+                                 "embedding is its prompt's)",
+                "top1": [REF_LABELS[int(i)] for i in probs.argmax(axis=1)],
+                "naflex": {"patch_size": p, "position_grid": int(model.vision_model.embeddings.position_embedding_size),
+                           "max_num_patches": int(processor.max_num_patches), "spatial_shapes": [size // p] * 2},
+                "seed": seed, "onnx_precision": "fp32", "tolerance": {"embeds_rel": 1e-4, "probs_abs": 1e-4},
+            })
+            rep = separation_report(probs)
+            ref["separation"] = rep
+            if not seed_ok(rep):
+                print(f"export: WARNING seed {seed} separates the reference images poorly: {rep}", file=sys.stderr)
+            C.write_reference(out, ref, C.image_bins(r["images_u8"], r["pixels"]))
+            print(f"export: reference top-1 {ref['top1']}, {json.dumps(rep)}", file=sys.stderr)
+    C.report_done(out)
