@@ -10,8 +10,6 @@ use std::path::Path;
 use common::{clip_tiny, copy_dir, inspect_outputs, run, walk};
 use serde_json::Value;
 
-const GT: [f64; 6] = [600_000.0, 2.0, 0.0, 5_000_000.0, 0.0, -2.0];
-
 fn reference() -> Value {
     let text =
         std::fs::read_to_string(clip_tiny().join("reference/reference.json")).expect("reference");
@@ -31,38 +29,6 @@ fn argmax(row: &[f64]) -> usize {
         .enumerate()
         .fold((0, f64::MIN), |b, (i, &p)| if p > b.1 { (i, p) } else { b })
         .0
-}
-
-/// Write a `cols x rows`-tile RGB scene where tile (r, c) is reference image `pick(r, c)`.
-fn block_scene(path: &Path, cols: usize, rows: usize, pick: impl Fn(usize, usize) -> usize) {
-    let r = reference();
-    let s = r["images_u8"]["shape"][1].as_u64().expect("size") as usize;
-    let images = std::fs::read(clip_tiny().join("reference/images_u8.bin")).expect("images");
-    let (w, h) = (cols * s, rows * s);
-    let driver = gdal::DriverManager::get_driver_by_name("GTiff").expect("driver");
-    let mut ds = driver
-        .create_with_band_type::<u8, _>(path, w, h, 3)
-        .expect("create");
-    ds.set_geo_transform(&GT).expect("gt");
-    ds.set_spatial_ref(&gdal::spatial_ref::SpatialRef::from_epsg(32632).expect("srs"))
-        .expect("srs");
-    for band in 0..3 {
-        let mut plane = vec![0u8; w * h];
-        for y in 0..h {
-            for x in 0..w {
-                let img = pick(y / s, x / s);
-                plane[y * w + x] = images[((img * s + y % s) * s + x % s) * 3 + band];
-            }
-        }
-        let mut b = ds.rasterband(band + 1).expect("band");
-        b.write(
-            (0, 0),
-            (w, h),
-            &mut gdal::raster::Buffer::new((w, h), plane),
-        )
-        .expect("write");
-    }
-    ds.close().expect("close");
 }
 
 fn classify_args<'a>(labels: &'a str, templates: &'a [String], extra: &[&'a str]) -> Vec<&'a str> {
@@ -103,7 +69,13 @@ fn block_scene_is_classified_as_the_reference_says() {
     let pick = |row: usize, col: usize| if (row + col) % 2 == 0 { a } else { b };
     let (cols, rows) = (4, 3);
     let dir = tempfile::tempdir().expect("tempdir");
-    block_scene(&dir.path().join("scene.tif"), cols, rows, pick);
+    common::reference::block_scene(
+        &clip_tiny(),
+        &dir.path().join("scene.tif"),
+        cols,
+        rows,
+        pick,
+    );
     let label_list = labels.join(",");
     let res = run(
         dir.path(),
@@ -219,7 +191,9 @@ fn vector_formats_cache_and_min_score() {
     let labels = strings(&r["labels"]).join(",");
     let templates = strings(&r["templates"]);
     let dir = tempfile::tempdir().expect("tempdir");
-    block_scene(&dir.path().join("scene.tif"), 3, 2, |r, c| (r + c) % 4);
+    common::reference::block_scene(&clip_tiny(), &dir.path().join("scene.tif"), 3, 2, |r, c| {
+        (r + c) % 4
+    });
     for (format, ext) in [("shp", "shp"), ("geojson", "geojson"), ("fgb", "fgb")] {
         let out = format!("out_{format}");
         run(
@@ -360,7 +334,7 @@ fn multiband_scenes_use_band_mapping_and_scaling() {
 fn bad_models_labels_and_devices_fail_cleanly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    block_scene(&d.join("scene.tif"), 2, 2, |_, _| 0);
+    common::reference::block_scene(&clip_tiny(), &d.join("scene.tif"), 2, 2, |_, _| 0);
     let model = clip_tiny().display().to_string();
     let base = |extra: &[&str]| -> Vec<String> {
         let mut v: Vec<String> = ["classify", "scene.tif", "--no-cache", "--quiet"]

@@ -10,13 +10,12 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use common::reference::{argmax, block_scene, ints as ids, matrix, max_abs, rel_err, strings};
 use common::{copy_dir, run};
 use ndarray::{s, Array2, Array4};
 use serde_json::Value;
 use tessera::models::dual_encoder::DualEncoderModel;
 use tessera::runtime::{Runtime, SessionOptions};
-
-const GT: [f64; 6] = [600_000.0, 2.0, 0.0, 5_000_000.0, 0.0, -2.0];
 
 fn package() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("sample_data/models/openclip-tiny")
@@ -26,68 +25,6 @@ fn reference() -> Value {
     let text = std::fs::read_to_string(package().join("reference/reference.json"))
         .expect("reference.json");
     serde_json::from_str(&text).expect("json")
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|s| s.as_str().expect("str").to_string())
-        .collect()
-}
-
-fn ids(v: &Value) -> Vec<i64> {
-    v.as_array()
-        .expect("rows")
-        .iter()
-        .flat_map(|row| match row {
-            Value::Array(r) => r.iter().map(|x| x.as_i64().expect("id")).collect(),
-            x => vec![x.as_i64().expect("id")],
-        })
-        .collect()
-}
-
-fn matrix(v: &Value) -> Array2<f32> {
-    let rows: Vec<Vec<f32>> = v
-        .as_array()
-        .expect("rows")
-        .iter()
-        .map(|r| {
-            r.as_array()
-                .expect("row")
-                .iter()
-                .map(|x| x.as_f64().expect("num") as f32)
-                .collect()
-        })
-        .collect();
-    let (n, d) = (rows.len(), rows[0].len());
-    Array2::from_shape_vec((n, d), rows.into_iter().flatten().collect()).expect("shape")
-}
-
-/// Largest error relative to the reference's largest magnitude.
-fn rel_err(got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len());
-    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
-    got.iter()
-        .zip(want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max)
-        / scale
-}
-
-fn max_abs(got: &Array2<f32>, want: &Array2<f32>) -> f32 {
-    assert_eq!(got.shape(), want.shape());
-    got.iter()
-        .zip(want.iter())
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max)
-}
-
-fn argmax(row: &[f32]) -> usize {
-    row.iter()
-        .enumerate()
-        .fold((0, f32::MIN), |b, (i, &p)| if p > b.1 { (i, p) } else { b })
-        .0
 }
 
 fn runtime() -> &'static Runtime {
@@ -252,38 +189,6 @@ fn embeddings_and_probabilities_match_open_clip() {
     assert!(d < 1e-4, "default probs abs err {d}");
 }
 
-/// A `cols x rows`-tile RGB scene where tile (r, c) is reference image `pick(r, c)`.
-fn block_scene(path: &Path, cols: usize, rows: usize, pick: impl Fn(usize, usize) -> usize) {
-    let r = reference();
-    let s = r["images_u8"]["shape"][1].as_u64().expect("size") as usize;
-    let images = std::fs::read(package().join("reference/images_u8.bin")).expect("images");
-    let (w, h) = (cols * s, rows * s);
-    let driver = gdal::DriverManager::get_driver_by_name("GTiff").expect("driver");
-    let mut ds = driver
-        .create_with_band_type::<u8, _>(path, w, h, 3)
-        .expect("create");
-    ds.set_geo_transform(&GT).expect("gt");
-    ds.set_spatial_ref(&gdal::spatial_ref::SpatialRef::from_epsg(32632).expect("srs"))
-        .expect("srs");
-    for band in 0..3 {
-        let mut plane = vec![0u8; w * h];
-        for y in 0..h {
-            for x in 0..w {
-                let img = pick(y / s, x / s);
-                plane[y * w + x] = images[((img * s + y % s) * s + x % s) * 3 + band];
-            }
-        }
-        let mut b = ds.rasterband(band + 1).expect("band");
-        b.write(
-            (0, 0),
-            (w, h),
-            &mut gdal::raster::Buffer::new((w, h), plane),
-        )
-        .expect("write");
-    }
-    ds.close().expect("close");
-}
-
 /// classes.tif and probabilities.tif of `out` hold, per tile, the reference row of its image.
 fn assert_tiles(
     out: &Path,
@@ -337,7 +242,7 @@ fn classify_end_to_end_matches_the_reference_per_tile() {
     let (cols, rows) = (4, 3);
     let pick = move |row: usize, col: usize| (row * cols + col + row) % n;
     let dir = tempfile::tempdir().expect("tempdir");
-    block_scene(&dir.path().join("scene.tif"), cols, rows, pick);
+    block_scene(&package(), &dir.path().join("scene.tif"), cols, rows, pick);
     let model = package().display().to_string();
     let label_list = labels.join(",");
     let base = |out: &str| -> Vec<String> {

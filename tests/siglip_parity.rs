@@ -12,14 +12,14 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::reference::{ints as ids, matrix, max_abs, rel_err, strings};
 use common::{copy_dir, run, venv_python, walk};
-use ndarray::{s, Array2, Array4};
+use ndarray::{s, Array4};
 use serde_json::Value;
 use tessera::models::dual_encoder::DualEncoderModel;
 use tessera::runtime::{Runtime, SessionOptions};
 
 const PACKAGES: [&str; 3] = ["siglip-tiny", "siglip2-tiny", "siglip2-naflex-tiny"];
-const GT: [f64; 6] = [600_000.0, 2.0, 0.0, 5_000_000.0, 0.0, -2.0];
 
 fn package(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -31,39 +31,6 @@ fn reference(name: &str) -> Value {
     let text = std::fs::read_to_string(package(name).join("reference/reference.json"))
         .expect("reference.json");
     serde_json::from_str(&text).expect("json")
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|s| s.as_str().expect("str").to_string())
-        .collect()
-}
-
-fn ids(v: &Value) -> Vec<i64> {
-    v.as_array()
-        .expect("ids")
-        .iter()
-        .map(|x| x.as_i64().expect("id"))
-        .collect()
-}
-
-fn matrix(v: &Value) -> Array2<f32> {
-    let rows: Vec<Vec<f32>> = v
-        .as_array()
-        .expect("rows")
-        .iter()
-        .map(|r| {
-            r.as_array()
-                .expect("row")
-                .iter()
-                .map(|x| x.as_f64().expect("num") as f32)
-                .collect()
-        })
-        .collect();
-    let (n, d) = (rows.len(), rows[0].len());
-    Array2::from_shape_vec((n, d), rows.into_iter().flatten().collect()).expect("shape")
 }
 
 fn probs64(r: &Value) -> Vec<Vec<f64>> {
@@ -86,25 +53,6 @@ fn argmax(row: &[f64]) -> usize {
         .enumerate()
         .fold((0, f64::MIN), |b, (i, &p)| if p > b.1 { (i, p) } else { b })
         .0
-}
-
-/// Largest error relative to the reference's largest magnitude.
-fn rel_err(got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len());
-    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
-    got.iter()
-        .zip(want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max)
-        / scale
-}
-
-fn max_abs(got: &Array2<f32>, want: &Array2<f32>) -> f32 {
-    assert_eq!(got.shape(), want.shape());
-    got.iter()
-        .zip(want.iter())
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max)
 }
 
 fn runtime() -> &'static Runtime {
@@ -350,44 +298,6 @@ fn naflex_package_is_one_fixed_tile_size_of_a_resized_position_grid() {
     }
 }
 
-/// Write a `cols x rows`-tile RGB scene where tile (r, c) is reference image `pick(r, c)`.
-fn block_scene(
-    name: &str,
-    path: &Path,
-    cols: usize,
-    rows: usize,
-    pick: impl Fn(usize, usize) -> usize,
-) {
-    let r = reference(name);
-    let s = r["images_u8"]["shape"][1].as_u64().expect("size") as usize;
-    let images = std::fs::read(package(name).join("reference/images_u8.bin")).expect("images");
-    let (w, h) = (cols * s, rows * s);
-    let driver = gdal::DriverManager::get_driver_by_name("GTiff").expect("driver");
-    let mut ds = driver
-        .create_with_band_type::<u8, _>(path, w, h, 3)
-        .expect("create");
-    ds.set_geo_transform(&GT).expect("gt");
-    ds.set_spatial_ref(&gdal::spatial_ref::SpatialRef::from_epsg(32632).expect("srs"))
-        .expect("srs");
-    for band in 0..3 {
-        let mut plane = vec![0u8; w * h];
-        for y in 0..h {
-            for x in 0..w {
-                let img = pick(y / s, x / s);
-                plane[y * w + x] = images[((img * s + y % s) * s + x % s) * 3 + band];
-            }
-        }
-        let mut b = ds.rasterband(band + 1).expect("band");
-        b.write(
-            (0, 0),
-            (w, h),
-            &mut gdal::raster::Buffer::new((w, h), plane),
-        )
-        .expect("write");
-    }
-    ds.close().expect("close");
-}
-
 fn read_classes(path: &Path, cols: usize, rows: usize) -> Vec<u8> {
     let ds = gdal::Dataset::open(path).expect("classes");
     assert_eq!(ds.raster_size(), (cols, rows));
@@ -411,7 +321,7 @@ fn classify_writes_best_labels_and_per_label_sigmoids() {
         let pick = |row: usize, col: usize| (row + col) % n;
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
-        block_scene(name, &d.join("scene.tif"), cols, rows, pick);
+        common::reference::block_scene(&package(name), &d.join("scene.tif"), cols, rows, pick);
         let model = package(name).display().to_string();
         let label_list = labels.join(",");
         // No --template: the package's [prompts] templates (the reference's) are used.
@@ -540,7 +450,13 @@ onnx.save(m, p)
 fn broken_siglip_packages_are_refused_with_one_line() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    block_scene("siglip-tiny", &d.join("scene.tif"), 1, 1, |_, _| 0);
+    common::reference::block_scene(
+        &package("siglip-tiny"),
+        &d.join("scene.tif"),
+        1,
+        1,
+        |_, _| 0,
+    );
     let edit = |from: &str, to: &str, f: &dyn Fn(&Path)| -> String {
         let p = d.join(to);
         copy_dir(&package(from), &p);

@@ -12,6 +12,8 @@ use serde_json::Value;
 use tessera::models::dual_encoder::DualEncoderModel;
 use tessera::runtime::{Runtime, SessionOptions};
 
+use crate::common::reference;
+pub use crate::common::reference::{argmax, ints, matrix, max_abs, rel_err, strings};
 use crate::common::{run, Run};
 
 /// A committed package and its reference.
@@ -64,68 +66,6 @@ impl Fixture {
 
 pub fn runtime() -> &'static Runtime {
     Runtime::load(None).expect("ONNX Runtime (run `make setup`)")
-}
-
-pub fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|s| s.as_str().expect("str").to_string())
-        .collect()
-}
-
-pub fn ints(v: &Value) -> Vec<i64> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .flat_map(|x| match x.as_array() {
-            Some(row) => row.iter().map(|v| v.as_i64().expect("int")).collect(),
-            None => vec![x.as_i64().expect("int")],
-        })
-        .collect()
-}
-
-pub fn matrix(v: &Value) -> Array2<f32> {
-    let rows: Vec<Vec<f32>> = v
-        .as_array()
-        .expect("rows")
-        .iter()
-        .map(|r| {
-            r.as_array()
-                .expect("row")
-                .iter()
-                .map(|x| x.as_f64().expect("num") as f32)
-                .collect()
-        })
-        .collect();
-    let (n, d) = (rows.len(), rows[0].len());
-    Array2::from_shape_vec((n, d), rows.into_iter().flatten().collect()).expect("shape")
-}
-
-/// Largest error relative to the reference's largest magnitude.
-pub fn rel_err(got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len());
-    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
-    got.iter()
-        .zip(want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max)
-        / scale
-}
-
-pub fn max_abs(got: &Array2<f32>, want: &Array2<f32>) -> f32 {
-    assert_eq!(got.shape(), want.shape());
-    got.iter()
-        .zip(want.iter())
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max)
-}
-
-pub fn argmax(row: &[f32]) -> usize {
-    row.iter()
-        .enumerate()
-        .fold((0, f32::MIN), |b, (i, &p)| if p > b.1 { (i, p) } else { b })
-        .0
 }
 
 /// Token ids and masks of every reference prompt and tokenizer case, identical.
@@ -230,9 +170,7 @@ pub fn embeddings_and_probabilities_match(f: &Fixture) -> [f32; 5] {
     [e_img, e_txt, e_lab, e_host, e_head]
 }
 
-pub const GT: [f64; 6] = [600_000.0, 2.0, 0.0, 5_000_000.0, 0.0, -2.0];
-
-/// Write a `cols x rows`-tile RGB scene where tile (r, c) is reference image `pick(r, c)`.
+/// [`reference::block_scene`] of the fixture's reference images.
 pub fn block_scene(
     f: &Fixture,
     path: &Path,
@@ -240,33 +178,7 @@ pub fn block_scene(
     rows: usize,
     pick: impl Fn(usize, usize) -> usize,
 ) {
-    let sz = f.r["images_u8"]["shape"][1].as_u64().expect("size") as usize;
-    let images = std::fs::read(f.dir.join("reference/images_u8.bin")).expect("images");
-    let (w, h) = (cols * sz, rows * sz);
-    let driver = gdal::DriverManager::get_driver_by_name("GTiff").expect("driver");
-    let mut ds = driver
-        .create_with_band_type::<u8, _>(path, w, h, 3)
-        .expect("create");
-    ds.set_geo_transform(&GT).expect("gt");
-    ds.set_spatial_ref(&gdal::spatial_ref::SpatialRef::from_epsg(32632).expect("srs"))
-        .expect("srs");
-    for band in 0..3 {
-        let mut plane = vec![0u8; w * h];
-        for y in 0..h {
-            for x in 0..w {
-                let img = pick(y / sz, x / sz);
-                plane[y * w + x] = images[((img * sz + y % sz) * sz + x % sz) * 3 + band];
-            }
-        }
-        let mut b = ds.rasterband(band + 1).expect("band");
-        b.write(
-            (0, 0),
-            (w, h),
-            &mut gdal::raster::Buffer::new((w, h), plane),
-        )
-        .expect("write");
-    }
-    ds.close().expect("close");
+    reference::block_scene(&f.dir, path, cols, rows, pick);
 }
 
 /// The checkerboard of two reference images the reference labels differently.

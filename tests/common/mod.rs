@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod limited;
+pub mod reference;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
