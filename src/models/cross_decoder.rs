@@ -31,9 +31,10 @@ use ort::memory::MemoryInfo;
 use ort::value::{DynValue, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::decoder::layer_name;
 use super::manifest::{GenerationSpec, Preprocess, TokenizerSpec};
 use super::task_prompts::{LocationsSpec, TasksSpec};
-use super::{ModelError, ModelPackage};
+use super::{run_err, ModelError, ModelPackage};
 use crate::generation::{GenerationError, GenerationParams, Start, StepDecoder};
 use crate::runtime::{
     create_session, create_session_from_memory, BindingMemory, ModelSession, Runtime, RuntimeError,
@@ -282,10 +283,6 @@ fn config(package: &ModelPackage) -> Result<Config, Vec<String>> {
         .map(|(_, s)| format!("a {FAMILY} manifest needs a {s} section"))
         .collect()),
     }
-}
-
-fn layer_name(pattern: &str, i: usize) -> String {
-    pattern.replace("{i}", &i.to_string())
 }
 
 /// The three graphs and the tokenizer, each loaded or the reason it could not be.
@@ -680,13 +677,6 @@ fn task_problems(cfg: &Config, tokenizer: Result<&tokenizers::Tokenizer, &String
         );
     }
     problems
-}
-
-fn run_err(path: &Path, e: impl std::fmt::Display) -> ModelError {
-    ModelError::Runtime(RuntimeError::Run {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })
 }
 
 /// Per-layer keys and values, as ONNX Runtime values on the decoder's device.

@@ -25,7 +25,7 @@ use ort::value::{DynValue, Tensor, TensorRef};
 use super::manifest::{
     DecoderSpec, EmbedSpec, GenerationSpec, ImageSpec, Preprocess, PromptSpec, TokenizerSpec,
 };
-use super::{ModelError, ModelPackage};
+use super::{run_err, ModelError, ModelPackage};
 use crate::generation::{GenerationError, Start, StepDecoder};
 use crate::runtime::{
     create_session, create_session_from_memory, BindingMemory, ModelSession, Runtime, RuntimeError,
@@ -169,7 +169,8 @@ fn config(package: &ModelPackage) -> Result<DecoderConfig, Vec<String>> {
     }
 }
 
-fn layer_name(pattern: &str, i: usize) -> String {
+/// The graph input or output name of layer `i`: `{i}` in the manifest's pattern replaced.
+pub(super) fn layer_name(pattern: &str, i: usize) -> String {
     pattern.replace("{i}", &i.to_string())
 }
 
@@ -387,13 +388,6 @@ impl std::fmt::Debug for DecoderModel {
             .field("dir", &self.package.dir)
             .finish()
     }
-}
-
-fn run_err(path: &Path, e: impl std::fmt::Display) -> ModelError {
-    ModelError::Runtime(RuntimeError::Run {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })
 }
 
 /// Per-row key/value caches, one pair per layer, kept as ONNX Runtime values on the

@@ -72,6 +72,14 @@ pub enum ModelError {
     Unsupported(String),
 }
 
+/// An inference failure of the graph at `path`.
+pub(crate) fn run_err(path: &Path, e: impl std::fmt::Display) -> ModelError {
+    ModelError::Runtime(RuntimeError::Run {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
 /// Everything wrong with a package, as a list (empty when it is valid). Loads every graph on
 /// the CPU to check its inputs and outputs against the manifest.
 pub fn check_package(runtime: &Runtime, dir: &Path) -> Vec<String> {

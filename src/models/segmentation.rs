@@ -14,8 +14,9 @@ use ort::value::TensorRef;
 use super::manifest::{family_manifest, GraphSpec, Manifest, Preprocess, SegmentationSpec};
 use super::preprocess::Normalizer;
 use super::registry::{InputContract, ModelFamily, TimedGraph};
+use super::run_err;
 use super::{ModelError, ModelPackage};
-use crate::runtime::{ModelSession, Runtime, RuntimeError, SessionOptions};
+use crate::runtime::{ModelSession, Runtime, SessionOptions};
 use crate::task::Task;
 
 /// The family name in `model.toml`.
@@ -226,13 +227,6 @@ fn output_problems(
         ));
     }
     problems
-}
-
-fn run_err(path: &Path, e: impl std::fmt::Display) -> ModelError {
-    ModelError::Runtime(RuntimeError::Run {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })
 }
 
 impl SegmentationModel {
