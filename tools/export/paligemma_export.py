@@ -47,7 +47,7 @@ from torch import nn
 import common as C
 
 DEFAULT_SEED = 0
-DEFAULT_EOS_SCALE = 2.0
+DEFAULT_EOS_SCALE = 4.0
 DEFAULT_INIT_STD = 1.0
 MEAN = [0.5, 0.5, 0.5]
 STD = [0.5, 0.5, 0.5]
