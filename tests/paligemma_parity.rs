@@ -83,7 +83,11 @@ fn fixture_is_small_and_prefix_lm() {
     assert!(m.contains("prefix_mask = \"prefix_mask\""), "{m}");
     let r = reference();
     assert_eq!(r["architecture"], "paligemma-gemma");
-    assert_eq!(r["degeneracy_check"]["ok"], true, "{}", r["degeneracy_check"]);
+    assert_eq!(
+        r["degeneracy_check"]["ok"], true,
+        "{}",
+        r["degeneracy_check"]
+    );
 }
 
 /// The prompt layout tessera builds (template `{image}<bos>{prompt}\n`, left padding) is the
@@ -154,7 +158,10 @@ fn the_prefix_mask_input_gives_hf_first_step_logits() {
     let ids = rows(&case["input_ids"]);
     let t = ids[0].len();
     let ids = Array2::from_shape_vec((1, t), ids[0].clone()).expect("ids");
-    let px = batch_of(&pixels(&r), &[case["images"][0].as_u64().expect("i") as usize]);
+    let px = batch_of(
+        &pixels(&r),
+        &[case["images"][0].as_u64().expect("i") as usize],
+    );
     let pre = {
         let input = ort::value::TensorRef::from_array_view(px.view()).expect("px");
         let out = prefix
@@ -192,10 +199,9 @@ fn the_prefix_mask_input_gives_hf_first_step_logits() {
     }
     let mask = Array2::<i64>::ones((1, t));
     let pos = Array2::from_shape_vec((1, t), (0..t as i64).collect()).expect("pos");
-    let m: toml::Table = toml::from_str(
-        &std::fs::read_to_string(package().join("model.toml")).expect("manifest"),
-    )
-    .expect("toml");
+    let m: toml::Table =
+        toml::from_str(&std::fs::read_to_string(package().join("model.toml")).expect("manifest"))
+            .expect("toml");
     let layers = m["decoder"]["layers"].as_integer().expect("layers") as usize;
     let kv = m["decoder"]["kv_heads"].as_integer().expect("kv") as usize;
     let hd = m["decoder"]["head_dim"].as_integer().expect("hd") as usize;
@@ -257,7 +263,10 @@ fn the_prefix_mask_input_gives_hf_first_step_logits() {
     let prefix_lm = err(&last_logits(mask.clone()));
     assert!(prefix_lm < 1e-4, "prefix-LM logits off by {prefix_lm}");
     let causal = err(&last_logits(Array2::zeros((1, t))));
-    assert!(causal > 1e-2, "a causal mask should change the logits ({causal})");
+    assert!(
+        causal > 1e-2,
+        "a causal mask should change the logits ({causal})"
+    );
 }
 
 #[test]
@@ -297,7 +306,9 @@ fn caption_command_gives_the_reference_tokens() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     // 2 x 2 tiles: reference images 0, 1 / 2, 3.
-    block_scene(&package(), &d.join("scene.tif"), 2, 2, |row, col| row * 2 + col);
+    block_scene(&package(), &d.join("scene.tif"), 2, 2, |row, col| {
+        row * 2 + col
+    });
     let mut greedy = std::collections::BTreeMap::new();
     for case in r["cases"].as_array().expect("cases") {
         let name = case["name"].as_str().expect("name");
@@ -334,7 +345,8 @@ fn caption_command_gives_the_reference_tokens() {
     let mut checked = 0;
     for l in jsonl.lines() {
         let l: Value = serde_json::from_str(l).expect("line");
-        let img = l["row"].as_u64().expect("r") as usize * 2 + l["col"].as_u64().expect("c") as usize;
+        let img =
+            l["row"].as_u64().expect("r") as usize * 2 + l["col"].as_u64().expect("c") as usize;
         if let Some(want) = greedy.get(&img) {
             assert_eq!(&ints(&l["tokens"]), want, "tile of image {img}");
             checked += 1;
@@ -342,6 +354,9 @@ fn caption_command_gives_the_reference_tokens() {
     }
     assert!(checked >= 3, "{checked} tiles checked");
 }
+
+/// A broken copy of the package: its name, the edit, what the error must say.
+type Breakage<'a> = (&'a str, Box<dyn Fn(&Path) + 'a>, Vec<&'a str>);
 
 /// Bad packages: `models check` lists the problem, `caption` fails with one line naming it
 /// and writes nothing.
@@ -362,7 +377,7 @@ fn bad_paligemma_packages_fail_with_one_line() {
         let other = package().join("../blip2-tiny/image_prefix.onnx");
         std::fs::copy(other, p.join("image_prefix.onnx")).expect("copy");
     };
-    let cases: Vec<(&str, Box<dyn Fn(&Path)>, Vec<&str>)> = vec![
+    let cases: Vec<Breakage> = vec![
         (
             "no-image-placeholder",
             Box::new(edit(
