@@ -90,11 +90,29 @@ fn fixture_is_small_and_prefix_lm() {
     );
 }
 
+/// tessera's left-padded prompt ids for `prompts`, and their attention mask.
+fn padded(model: &DecoderModel, prompts: &[String], pad: i64) -> (Vec<Vec<i64>>, Vec<Vec<i64>>) {
+    let ours: Vec<Vec<i64>> = prompts
+        .iter()
+        .map(|q| model.prompt_ids(q).expect("ids"))
+        .collect();
+    let len = ours.iter().map(Vec::len).max().expect("len");
+    let mut ids = Vec::new();
+    let mut masks = Vec::new();
+    for row in &ours {
+        let off = len - row.len();
+        let mut r = vec![pad; off];
+        r.extend(row);
+        ids.push(r);
+        masks.push((0..len).map(|t| i64::from(t >= off)).collect());
+    }
+    (ids, masks)
+}
+
 /// The prompt layout tessera builds (template `{image}<bos>{prompt}\n`, left padding) is the
-/// processor's `input_ids` / `attention_mask` exactly, and its prefix mask at the start step
-/// (the attention mask) is where the processor's `token_type_ids` are 0.
+/// processor's `input_ids` / `attention_mask` exactly: P image tokens, `<bos>`, the prompt.
 #[test]
-fn image_tokens_and_prefix_mask_equal_the_hf_processor() {
+fn image_tokens_equal_the_hf_processor() {
     let model = load();
     let r = reference();
     let pad = r["pad_token_id"].as_i64().expect("pad");
@@ -104,42 +122,87 @@ fn image_tokens_and_prefix_mask_equal_the_hf_processor() {
     let mut padded_seen = false;
     for case in r["cases"].as_array().expect("cases") {
         let name = case["name"].as_str().expect("name");
-        let prompts = strings(&case["prompts"]);
-        let want_ids = rows(&case["input_ids"]);
-        let want_mask = rows(&case["attention_mask"]);
-        let tt = rows(&case["token_type_ids"]);
-        let ours: Vec<Vec<i64>> = prompts
-            .iter()
-            .map(|q| model.prompt_ids(q).expect("ids"))
-            .collect();
-        let len = ours.iter().map(Vec::len).max().expect("len");
-        assert_eq!(len, want_ids[0].len(), "{name}: padded length");
-        for (k, row) in ours.iter().enumerate() {
-            let off = len - row.len();
+        let (ids, masks) = padded(&model, &strings(&case["prompts"]), pad);
+        assert_eq!(ids, rows(&case["input_ids"]), "{name}: input_ids");
+        assert_eq!(
+            masks,
+            rows(&case["attention_mask"]),
+            "{name}: attention_mask"
+        );
+        for (row, mask) in ids.iter().zip(&masks) {
+            let off = mask.iter().position(|&m| m == 1).expect("tokens");
             padded_seen |= off > 0;
-            let mut ids = vec![pad; off];
-            ids.extend(row);
-            let mask: Vec<i64> = (0..len).map(|t| i64::from(t >= off)).collect();
-            assert_eq!(ids, want_ids[k], "{name}: input_ids of item {k}");
-            assert_eq!(mask, want_mask[k], "{name}: attention_mask of item {k}");
-            // P image tokens, then <bos>, the prompt and "\n".
+            let row = &row[off..];
             assert!(row[..p].iter().all(|&t| t == image), "{name}: {row:?}");
             assert_eq!(row[p], bos, "{name}: <bos> after the image tokens");
             assert!(!row[p + 1..].contains(&image));
-            // Every real prompt token is in the bidirectional prefix (token_type_ids 0).
-            let prefix: Vec<i64> = (0..len)
-                .map(|t| i64::from(mask[t] == 1 && tt[k][t] == 0))
-                .collect();
-            assert_eq!(prefix, mask, "{name}: prefix mask of item {k}");
         }
+        let checks = &case["checks"];
         assert!(
-            case["checks"]["prefix_lm_mask_equal_hf"] == true
-                && case["checks"]["template_ids_equal_processor_ids"] == true,
-            "{name}: {}",
-            case["checks"]
+            checks["template_ids_equal_processor_ids_without_padding"] == true
+                && checks["template_layout_generate_equal"] == true,
+            "{name}: {checks}"
         );
     }
     assert!(padded_seen, "the references cover left padding");
+}
+
+/// The prefix-LM mask on its own, against the processor's `token_type_ids`: the prefix mask
+/// tessera feeds at the start step (its attention mask over the padded prompt) is 1 exactly
+/// where the processor's `token_type_ids` are 0 on real tokens; HF's mask from those
+/// `token_type_ids` is the graph's rule (checked at export), and HF `generate` without them
+/// (causal) gives other tokens, which the package does not.
+#[test]
+fn the_prefix_mask_is_the_processor_token_type_ids() {
+    let model = load();
+    let r = reference();
+    let pl = &r["prefix_lm"];
+    let pad = r["pad_token_id"].as_i64().expect("pad");
+    let (ids, masks) = padded(&model, &strings(&pl["prompts"]), pad);
+    assert_eq!(ids, rows(&pl["input_ids"]));
+    assert_eq!(masks, rows(&pl["attention_mask"]));
+    let tt = rows(&pl["token_type_ids"]);
+    let from_processor: Vec<Vec<i64>> = masks
+        .iter()
+        .zip(&tt)
+        .map(|(m, t)| {
+            m.iter()
+                .zip(t)
+                .map(|(&m, &t)| i64::from(m == 1 && t == 0))
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        from_processor, masks,
+        "every real prompt token is in the prefix"
+    );
+    assert_eq!(rows(&pl["prefix_mask"]), masks);
+    assert_eq!(pl["additive_mask_equal_hf_create_causal_mask"], true);
+    assert!(pl["processor_pixels_max_abs_diff"].as_f64().expect("diff") < 1e-6);
+    let with = rows(&pl["generate_with_token_type_ids"]);
+    assert_ne!(with, rows(&pl["generate_without_token_type_ids"]));
+    // tessera's tokens are the prefix-LM ones (8 new tokens; HF pads finished rows with <pad>).
+    let mut model = model;
+    let px = pixels(&r);
+    let p = GenerationParams {
+        max_new_tokens: 8,
+        min_new_tokens: 0,
+        num_beams: 1,
+        repetition_penalty: 1.0,
+        length_penalty: 1.0,
+    };
+    let got = model
+        .generate(
+            batch_of(&px, &[0, 1, 2]).view(),
+            &strings(&pl["prompts"]),
+            &p,
+        )
+        .expect("generate");
+    for (g, w) in got.iter().zip(&with) {
+        let g: Vec<i64> = g.iter().map(|&t| i64::from(t)).collect();
+        assert_eq!(g[..], w[..g.len()]);
+        assert!(w[g.len()..].iter().all(|&t| t == pad));
+    }
 }
 
 /// The decoder graph alone, fed the processor's ids: with the prefix mask it gives HF's
