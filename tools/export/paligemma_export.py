@@ -1,7 +1,9 @@
 """PaliGemma (SigLIP + Gemma, prefix-LM) -> ``image-text-decoder`` packages (``export.py paligemma``).
 
 Hugging Face ``PaliGemmaForConditionalGeneration`` (transformers 5.24, Gemma 1 language model).
-The package is the image-text-decoder layout (see decoder_export.py and tools/export/README.md)::
+A family on the prefix-decoder seam (``prefix_decoder.py``: ``PaliGemmaParts`` subclasses
+``PrefixParts``; the prefix mask is a decoder extra input; the plain Gemma step is registered as
+``gemma``).  The package is the image-text-decoder layout (tools/export/README.md)::
 
     image_prefix.onnx   pixel_values [B,3,S,S] -> prefix_embeds [B,P,H]   (SigLIP -> linear projector)
     embed_tokens.onnx   input_ids [B,T] -> inputs_embeds [B,T,H]          (Gemma's scaled embedding:
@@ -391,6 +393,8 @@ def load_checkpoint(src: str) -> PaliGemmaParts:
 
     pp = C.image_processor_config(src)  # SystemExit when the checkpoint has none
     cfg = C.read_json(src, "config.json") or {}
+    if cfg.get("model_type") != "paligemma":
+        raise SystemExit(f"export: {src}: config.json model_type is {cfg.get('model_type')!r}, not 'paligemma'")
     lm = (cfg.get("text_config") or {}).get("model_type", "gemma")
     if lm != "gemma":
         raise SystemExit(f"export: {src}: text_config.model_type is '{lm}'; only Gemma 1 (PaliGemma 1) is supported")

@@ -3,7 +3,8 @@
 
 Hugging Face ``Idefics3ForConditionalGeneration`` (the SmolVLM-256M/500M/Instruct checkpoints) or
 ``SmolVLMForConditionalGeneration`` (SmolVLM2), transformers 5.24, one image per prompt, **image
-splitting off**: a tile is already small, so it is the processor's single "global" image of
+splitting off**, on the prefix-decoder seam (``prefix_decoder.py``: ``SmolVLMParts`` subclasses
+``PrefixParts``, the language model is the registry's ``llama`` step): a tile is already small, so it is the processor's single "global" image of
 ``image_seq_len = (S / patch)^2 / scale_factor^2`` tokens.  The package is the image-text-decoder
 layout (decoder_export.py, tools/export/README.md)::
 
