@@ -32,6 +32,8 @@ COMMANDS = {
     "flava": "bert_towers_export",  # FLAVA contrastive image + text towers  (family "flava")
     "chinese-clip": "bert_towers_export",  # Chinese-CLIP image + text encoders (family "chinese-clip")
     "openclip": "openclip_export",  # OpenCLIP checkpoints (RemoteCLIP, ...)  (family "openclip")
+    "qwen2-vl": "qwen2vl_export",   # Qwen2-VL, M-RoPE image-text decoder   (family "image-text-decoder")
+    "qwen2.5-vl": "qwen2vl_export",  # Qwen2.5-VL, M-RoPE image-text decoder (family "image-text-decoder")
     "scan-seeds": "clip_export",    # seed scan for clip --tiny
 }
 
