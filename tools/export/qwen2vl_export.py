@@ -32,6 +32,7 @@ import transformers
 from torch import nn
 
 import common as C
+import prefix_decoder as PD
 from common import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 KINDS = ("qwen2-vl", "qwen2.5-vl")
@@ -40,6 +41,7 @@ DEFAULT_EOS_SCALE = {"qwen2-vl": 2.0, "qwen2.5-vl": 2.0}
 DEFAULT_INIT_STD = {"qwen2-vl": 1.0, "qwen2.5-vl": 1.0}
 #: The tiny models' tile size (patch 4, merge 2: an 8x8 patch grid, 4x4 = 16 image tokens).
 TINY_SIZE = 32
+TINY_PATCH, TINY_MERGE = 4, 2
 #: The default tile size of --from (Qwen2-VL's patch 14, merge 2: a multiple of 28; 16x16 = 256 image tokens).
 DEFAULT_SIZE = 448
 
@@ -52,7 +54,15 @@ SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "
 #: Qwen2's pre-tokenizer split (tokenizer.json of Qwen/Qwen2-VL-2B-Instruct).
 QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-REF_PROMPTS = ["Describe this image.", "这张卫星图像里有什么？", "Is there a river or a forest in this scene, and where?"]
+#: (single-image prompt, batch-of-3 prompts, batch-of-2 prompts) of the reference cases: English and Chinese.
+REF_PROMPTS = {
+    "qwen2-vl": ("描述这张图片。", ["Describe this image.", "这张卫星图像里有什么？",
+                                "Is there a river or a forest in this scene, and where?"],
+                 ["图中有河流吗？", "What is in this image?"]),
+    "qwen2.5-vl": ("Describe this image.", ["这张卫星图像里有什么？", "What is in this image?",
+                                            "Is there a river or a forest in this scene, and where?"],
+                   ["描述这张图片。", "Is there a road?"]),
+}
 
 _EN = ["forest", "river", "city", "desert", "farmland", "lake", "coast", "harbor", "airport", "mountain",
        "road", "bridge", "village", "field", "beach", "island"]
@@ -115,7 +125,7 @@ def build_tiny(kind: str, seed: int, init_std: float, eos_scale: float):
     text = dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2,
                 num_key_value_heads=1, max_position_embeddings=256, rms_norm_eps=1e-6,
                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]},
-                bos_token_id=None, eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+                bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
     top = dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
                vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
                tie_word_embeddings=False)
@@ -123,14 +133,14 @@ def build_tiny(kind: str, seed: int, init_std: float, eos_scale: float):
     if kind == "qwen2-vl":
         from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration as Cls
 
-        vision = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=4,
-                      temporal_patch_size=2, spatial_merge_size=2, in_channels=3, hidden_act="quick_gelu")
+        vision = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=TINY_PATCH,
+                      temporal_patch_size=2, spatial_merge_size=TINY_MERGE, in_channels=3, hidden_act="quick_gelu")
         cfg = Qwen2VLConfig(text_config=text, vision_config=vision, **top)
     else:
         from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration as Cls
 
-        vision = dict(depth=2, hidden_size=32, intermediate_size=48, out_hidden_size=64, num_heads=2, patch_size=4,
-                      temporal_patch_size=2, spatial_merge_size=2, in_channels=3, hidden_act="silu",
+        vision = dict(depth=2, hidden_size=32, intermediate_size=48, out_hidden_size=64, num_heads=2, patch_size=TINY_PATCH,
+                      temporal_patch_size=2, spatial_merge_size=TINY_MERGE, in_channels=3, hidden_act="silu",
                       window_size=16, fullatt_block_indexes=[1])
         cfg = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **top)
     cfg._attn_implementation = "eager"
@@ -140,7 +150,7 @@ def build_tiny(kind: str, seed: int, init_std: float, eos_scale: float):
         model.lm_head.weight[ids["<|im_end|>"]] *= eos_scale
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.generation_config.eos_token_id = ids["<|im_end|>"]
-    model.generation_config.bos_token_id = None
+    model.generation_config.bos_token_id = ids["<|endoftext|>"]
     return model, tok
 
 
@@ -281,17 +291,9 @@ class QwenVLPrefix(nn.Module):
         return out
 
 
-class EmbedTokens(nn.Module):
-    def __init__(self, emb: nn.Embedding):
-        super().__init__()
-        self.emb = emb
-
-    def forward(self, input_ids):
-        return self.emb(input_ids)
-
-
 def _additive_mask(attention_mask, q_len_like, dtype):
-    """[B,1,T,past+T]: 0 where key j <= query position and mask[b,j] == 1 (or j is the query), else min."""
+    """[B,1,T,past+T]: 0 where key j <= query position and mask[b,j] == 1 (or j is the query), else
+    min (the seam's rule for the Llama step, prefix_decoder._additive_mask)."""
     ones_k = torch.ones_like(attention_mask[:1, :])
     k_idx = torch.cumsum(ones_k, dim=1) - 1
     total = torch.sum(ones_k, dim=1, keepdim=True)
@@ -300,7 +302,9 @@ def _additive_mask(attention_mask, q_len_like, dtype):
     causal = k_idx[:, None, :] <= q_idx[:, :, None]
     diag = k_idx[:, None, :] == q_idx[:, :, None]
     allowed = (causal[:, None, :, :] & (attention_mask[:, None, None, :] != 0)) | diag[:, None, :, :]
-    return torch.where(allowed, torch.zeros((), dtype=dtype), torch.tensor(torch.finfo(dtype).min, dtype=dtype))
+    zero = torch.zeros((), dtype=dtype)
+    neg = torch.tensor(torch.finfo(dtype).min, dtype=dtype)
+    return torch.where(allowed, zero, neg)
 
 
 class MRopeQwen2Step(nn.Module):
@@ -385,387 +389,177 @@ def mrope_positions(ids: np.ndarray, mask: np.ndarray, image_token_id: int, grid
     return pos, np.array(deltas, np.int64)
 
 
+
+
+# The M-RoPE Qwen2 step for both families' text models (text_config.model_type).
+PD.register_lm_step("qwen2_vl_text", MRopeQwen2Step)
+PD.register_lm_step("qwen2_5_vl_text", MRopeQwen2Step)
+
+
 # --------------------------------------------------------------------------------------
-# One loaded model: graphs, prompt rules, HF processor
+# The family on the prefix-decoder seam
 # --------------------------------------------------------------------------------------
 
 
-class Parts:
-    """Everything the exporter needs to know about one loaded Qwen2-VL / Qwen2.5-VL model."""
+def _pseudo_mrope(mask: np.ndarray) -> np.ndarray:
+    """[3,B,T] position ids whose three rows differ (as in an image block), for the decoder checks."""
+    p = PD.position_ids_from_mask(mask)
+    return np.stack([p, p - p // 3, p + p % 2]).astype(np.int64)
+
+
+class QwenVLParts(PD.PrefixParts):
+    """Qwen2-VL / Qwen2.5-VL on the seam: the HF processor builds the ids and the patches, the decoder
+    takes M-RoPE position ids [3,B,T]."""
 
     def __init__(self, kind: str, model, hf_tok, size: int, mean, std, min_pixels: int, max_pixels: int):
-        self.kind, self.model, self.hf_tok = kind, model, hf_tok
-        self.size, self.mean, self.std = size, list(mean), list(std)
-        cfg = model.config
-        vc, tc = cfg.vision_config, cfg.text_config
-        self.architecture = "qwen2-vl" if kind == "qwen2-vl" else "qwen2.5-vl"
-        self.patch, self.merge = vc.patch_size, vc.spatial_merge_size
-        self.min_pixels, self.max_pixels = min_pixels, max_pixels
-        problem = tile_problem(size, self.patch, self.merge, min_pixels, max_pixels)
+        vc = model.config.vision_config
+        problem = tile_problem(size, vc.patch_size, vc.spatial_merge_size, min_pixels, max_pixels)
         if problem:
             raise SystemExit(f"export: {problem}")
-        g = size // self.patch // self.merge
+        g = size // vc.patch_size // vc.spatial_merge_size
         self.grid = (1, g, g)
-        self.tokens = g * g
-        self.prefix = QwenVLPrefix(kind, model, size).eval()
-        self.embed = EmbedTokens(model.get_input_embeddings()).eval()
-        self.decoder = MRopeQwen2Step(model.model.language_model, model.lm_head, tc).eval()
-        self.layers, self.kv_heads, self.head_dim = tc.num_hidden_layers, tc.num_key_value_heads, self.decoder.head_dim
-        self.hidden, self.vocab = tc.hidden_size, model.lm_head.out_features
-        self.max_positions = tc.max_position_embeddings
-        self.template = TEMPLATE
-        self.image_token = "<|image_pad|>"
-        self.image_token_id = cfg.image_token_id
-        self.add_bos = False
-        self.eos = hf_tok.convert_tokens_to_ids("<|im_end|>")
-        pad = hf_tok.pad_token_id
-        self.pad = pad if pad is not None else hf_tok.convert_tokens_to_ids("<|endoftext|>")
-        self.bos = None
+        self.merge = vc.spatial_merge_size
+        self.min_pixels, self.max_pixels = min_pixels, max_pixels
+        hf_tok.padding_side = "left"
+        super().__init__(
+            model, hf_tok, size, mean, std, architecture=kind, kind=kind,
+            prefix=QwenVLPrefix(kind, model, size), embed=model.get_input_embeddings(),
+            lm_backbone=model.model.language_model, lm_head=model.lm_head, text_cfg=model.config.text_config,
+            tokens=g * g, image_token_id=model.config.image_token_id, template=TEMPLATE, add_bos=False,
+            ref_prompts=REF_PROMPTS[kind])
         self.image_processor = image_processor(kind, model, size, mean, std, min_pixels, max_pixels)
         self.processor = hf_processor(kind, self.image_processor, hf_tok)
 
-    def prompt_text(self, prompt: str) -> str:
-        return self.template.replace("{image}", self.image_token * self.tokens).replace("{prompt}", prompt)
-
-    def template_ids(self, prompt: str) -> list[int]:
-        return self.hf_tok(self.prompt_text(prompt), add_special_tokens=self.add_bos)["input_ids"]
-
-    def left_pad(self, seqs):
-        L = max(len(s) for s in seqs)
-        ids = np.full((len(seqs), L), self.pad, np.int64)
-        mask = np.zeros((len(seqs), L), np.int64)
-        for r, s in enumerate(seqs):
-            ids[r, L - len(s):] = s
-            mask[r, L - len(s):] = 1
-        return ids, mask
+    def _texts(self, prompts):
+        return [self.template.replace("{image}", self.image_token).replace("{prompt}", p) for p in prompts]
 
     def processor_inputs(self, images_u8: np.ndarray, prompts: list[str]) -> dict:
-        """What Qwen2VLProcessor makes of the tiles and the chat-formatted prompts (one <|image_pad|> each)."""
+        """Qwen2VLProcessor on uint8 tiles and the chat-formatted prompts (one <|image_pad|> each)."""
         from PIL import Image
 
-        texts = [self.template.replace("{image}", self.image_token).replace("{prompt}", p) for p in prompts]
         imgs = [Image.fromarray(np.ascontiguousarray(im)) for im in images_u8]
-        return dict(self.processor(images=imgs, text=texts, return_tensors="pt", padding=True))
+        return dict(self.processor(images=imgs, text=self._texts(prompts), return_tensors="pt", padding=True))
 
-    def assemble_embeds(self, ids: np.ndarray, pixels: np.ndarray) -> torch.Tensor:
-        emb = self.embed(torch.from_numpy(ids)).clone()
-        pre = self.prefix(torch.from_numpy(pixels))
-        for r in range(ids.shape[0]):
-            emb[r, torch.from_numpy(ids[r] == self.image_token_id)] = pre[r]
-        return emb
+    def processor_ids(self, prompts):
+        """The processor's input_ids / attention_mask (the ids do not depend on the pixels)."""
+        blank = np.zeros((len(prompts), self.size, self.size, 3), np.uint8)
+        enc = self.processor_inputs(blank, prompts)
+        return enc["input_ids"].numpy().astype(np.int64), enc["attention_mask"].numpy().astype(np.int64)
 
+    def hf_inputs(self, ids, mask, pixels) -> dict:
+        """HF's inputs: the image processor's patches of the (already normalised) tiles, the grid and
+        the modality types, as the processor makes them."""
+        pe = self.image_processor(images=list(torch.from_numpy(pixels)), do_rescale=False, do_normalize=False,
+                                  return_tensors="pt")
+        return dict(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                    pixel_values=pe["pixel_values"], image_grid_thw=pe["image_grid_thw"],
+                    mm_token_type_ids=torch.from_numpy((ids == self.image_token_id).astype(np.int64)))
 
-def empty_past(parts: Parts, batch: int, length: int = 0) -> list[torch.Tensor]:
-    return [torch.zeros(batch, parts.kv_heads, length, parts.head_dim) for _ in range(2 * parts.layers)]
+    def position_ids(self, mask: np.ndarray) -> np.ndarray:
+        return _pseudo_mrope(mask)
 
+    def position_ids_axes(self) -> dict:
+        return {1: "batch", 2: "sequence"}
 
-def check_prefix_against_hf(parts: Parts, images_u8: np.ndarray, pixels: np.ndarray) -> dict:
-    """In-graph patchify == the processor's pixel_values; prefix == HF get_image_features."""
-    enc = parts.processor_inputs(images_u8, ["x"] * len(images_u8))
-    grid = enc["image_grid_thw"].tolist()
-    if any(tuple(g) != (1, parts.grid[1] * parts.merge, parts.grid[2] * parts.merge) for g in grid):
-        raise RuntimeError(f"the processor's image grid {grid} is not the baked one")
-    patch = float((parts.prefix.patchify(torch.from_numpy(pixels)) - enc["pixel_values"]).abs().max())
-    ref = torch.cat(parts.model.model.get_image_features(enc["pixel_values"], enc["image_grid_thw"]).pooler_output, 0)
-    got = parts.prefix(torch.from_numpy(pixels)).reshape(-1, ref.shape[-1])
-    rel = C.rel_diff(got.numpy(), ref.numpy())
-    if not (patch < 1e-5 and rel < 1e-4):
-        raise RuntimeError(f"image prefix differs from HF: patchify {patch}, merged tokens {rel}")
-    return {"patchify_max_abs_diff": patch, "prefix_rel_diff": rel}
+    def manifest_extra(self):
+        return [("decoder", [("positions", "mrope", "M-RoPE position ids [3,B,T], as HF get_rope_index"),
+                             ("mrope_grid", list(self.grid), "image grid [t, h, w] after the patch merger")])]
 
-
-def check_decoder_against_hf(parts: Parts, tol: float = 1e-4) -> float:
-    """The decoder wrapper (prefill + cached steps, M-RoPE positions) reproduces HF's language model
-    (max difference / max(1, max|logit|))."""
-    gen = torch.Generator().manual_seed(7)
-    B, T = 2, 9
-    emb = torch.randn(B, T, parts.hidden, generator=gen)
-    mask = np.ones((B, T), np.int64)
-    mask[1, :3] = 0
-    pos = np.zeros((3, B, T), np.int64)
-    pos[0, 0] = [0, 1, 2, 2, 2, 2, 4, 5, 6]   # an image-like block: t, h, w differ
-    pos[1, 0] = [0, 1, 2, 2, 3, 3, 4, 5, 6]
-    pos[2, 0] = [0, 1, 2, 3, 2, 3, 4, 5, 6]
-    pos[:, 1, 3:] = np.arange(6)
-    out = parts.model.model.language_model(inputs_embeds=emb, attention_mask=torch.from_numpy(mask),
-                                           position_ids=torch.from_numpy(pos), use_cache=False)
-    ref = parts.model.lm_head(out.last_hidden_state)
-    worst = 0.0
-    for split in (T, 5):
-        res = parts.decoder(emb[:, :split], torch.from_numpy(mask[:, :split]), torch.from_numpy(pos[:, :, :split]),
-                            *empty_past(parts, B))
-        logits, past = [res[0]], list(res[1:])
-        for t in range(split, T):
-            res = parts.decoder(emb[:, t:t + 1], torch.from_numpy(mask[:, :t + 1]),
-                                torch.from_numpy(pos[:, :, t:t + 1]), *past)
-            logits.append(res[0])
-            past = list(res[1:])
-        got = torch.cat(logits, 1)
-        valid = torch.from_numpy(mask).bool()
-        worst = max(worst, float((got - ref).abs()[valid].max()) / max(1.0, float(ref.abs()[valid].max())))
-    if not worst < tol:
-        raise RuntimeError(f"decoder wrapper differs from HF by {worst}")
-    return worst
+    def reference_extra(self) -> dict:
+        return {"mrope": mrope_references(self),
+                "position_ids_rule": "M-RoPE (HF get_rope_index): text tokens t=h=w=running position; an "
+                                     "image block at the running position + its (t, h, w) grid indices, then "
+                                     "running += max(h, w); padding 0; later steps: last column + 1"}
 
 
-# --------------------------------------------------------------------------------------
-# ONNX export and check
-# --------------------------------------------------------------------------------------
-
-
-def decoder_io_names(layers: int):
-    past, present = [], []
-    for i in range(layers):
-        past += [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
-        present += [f"present.{i}.key", f"present.{i}.value"]
-    return ["inputs_embeds", "attention_mask", "position_ids"] + past, ["logits"] + present
-
-
-def export_graphs(parts: Parts, out: Path, opset: int) -> None:
-    S, B = parts.size, 2
-    print(f"export: writing {out}/image_prefix.onnx (opset {opset})", file=sys.stderr)
-    C.export_onnx(parts.prefix, (torch.zeros(B, 3, S, S),), out / "image_prefix.onnx", ["pixel_values"],
-                  ["prefix_embeds"], {"pixel_values": {0: "batch"}, "prefix_embeds": {0: "batch"}}, opset)
-    print(f"export: writing {out}/embed_tokens.onnx", file=sys.stderr)
-    C.export_onnx(parts.embed, (torch.zeros(B, 3, dtype=torch.long),), out / "embed_tokens.onnx", ["input_ids"],
-                  ["inputs_embeds"], {"input_ids": {0: "batch", 1: "sequence"},
-                                      "inputs_embeds": {0: "batch", 1: "sequence"}}, opset)
-    print(f"export: writing {out}/decoder.onnx", file=sys.stderr)
-    ins, outs = decoder_io_names(parts.layers)
-    axes = {"inputs_embeds": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total"},
-            "position_ids": {1: "batch", 2: "sequence"}, "logits": {0: "batch", 1: "sequence"}}
-    for n in ins[3:]:
-        axes[n] = {0: "batch", 2: "past"}
-    for n in outs[1:]:
-        axes[n] = {0: "batch", 2: "total"}
-    past_len, T = 3, 2
-    args = (torch.randn(B, T, parts.hidden), torch.ones(B, past_len + T, dtype=torch.long),
-            torch.arange(past_len, past_len + T).repeat(3, B, 1), *empty_past(parts, B, past_len))
-    C.export_onnx(parts.decoder, args, out / "decoder.onnx", ins, outs, axes, opset)
-
-
-def verify_onnx_against_torch(parts: Parts, out: Path, tol: float) -> dict:
-    gen = torch.Generator().manual_seed(1234)
-    pre, emb, dec = (C.ort_session(out / n) for n in ("image_prefix.onnx", "embed_tokens.onnx", "decoder.onnx"))
-    ins, _ = decoder_io_names(parts.layers)
-    worst = {"prefix": 0.0, "embed": 0.0, "decoder": 0.0}
-    for B in (1, 3):
-        px = torch.randn(B, 3, parts.size, parts.size, generator=gen)
-        worst["prefix"] = max(worst["prefix"], C.rel_diff(pre.run(None, {"pixel_values": px.numpy()})[0],
-                                                          parts.prefix(px).numpy()))
-        ids = torch.randint(0, parts.vocab, (B, 5), generator=gen)
-        worst["embed"] = max(worst["embed"], float(np.abs(
-            emb.run(None, {"input_ids": ids.numpy()})[0] - parts.embed(ids).numpy()).max()))
-        T = 7
-        e = torch.randn(B, T, parts.hidden, generator=gen)
-        mask = np.ones((B, T), np.int64)
-        if B > 1:
-            mask[1, :2] = 0
-        pos = np.stack([np.cumsum(mask, 1) - 1, np.cumsum(mask, 1) // 2, np.cumsum(mask, 1) % 3]).astype(np.int64)
-        for split in (T, 4):
-            past_t = empty_past(parts, B)
-            past_o = [p.numpy() for p in past_t]
-            t0 = 0
-            for t1 in ([T] if split == T else [4, 5, 7]):
-                sl = slice(t0, t1)
-                ref = parts.decoder(e[:, sl], torch.from_numpy(mask[:, :t1]), torch.from_numpy(pos[:, :, sl]), *past_t)
-                feed = {"inputs_embeds": e[:, sl].numpy(), "attention_mask": mask[:, :t1],
-                        "position_ids": np.ascontiguousarray(pos[:, :, sl])}
-                feed.update(dict(zip(ins[3:], past_o)))
-                got = dec.run(None, feed)
-                for r, g in zip(ref, got):
-                    worst["decoder"] = max(worst["decoder"], C.rel_diff(g, r.numpy()))
-                past_t, past_o, t0 = list(ref[1:]), got[1:], t1
-    print("export: ONNX vs PyTorch max diff / max(1, max|ref|): " + ", ".join(f"{k} {v:.3g}" for k, v in worst.items()),
-          file=sys.stderr)
-    for k, v in worst.items():
-        if not v < tol:
-            raise RuntimeError(f"{k}: ONNX Runtime differs from PyTorch by {v} (tolerance {tol})")
-    return worst
-
-
-# --------------------------------------------------------------------------------------
-# References (--tiny): HF processor + generate
-# --------------------------------------------------------------------------------------
-
-
-def _gen_kwargs(parts: Parts, *, num_beams: int, min_new_tokens: int = 0, repetition_penalty: float = 1.0,
-                max_new_tokens: int = 12) -> dict:
-    return dict(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, num_beams=num_beams,
-                do_sample=False, repetition_penalty=repetition_penalty, length_penalty=1.0,
-                early_stopping=False, num_return_sequences=1, no_repeat_ngram_size=0,
-                bos_token_id=None, eos_token_id=parts.eos, pad_token_id=parts.pad)
-
-
-def reference_cases() -> list[dict]:
-    q, qb, qb2 = REF_PROMPTS[0], REF_PROMPTS, REF_PROMPTS[1:]
-    cases = [dict(name=f"greedy_img{k}", images=[k], prompts=[q], kw=dict(num_beams=1)) for k in range(3)]
-    cases += [
-        dict(name="greedy_img3_zh", images=[3], prompts=[REF_PROMPTS[1]], kw=dict(num_beams=1)),
-        dict(name="greedy_batch3", images=[0, 1, 2], prompts=qb, kw=dict(num_beams=1)),
-        dict(name="beam3_img3", images=[3], prompts=[q], kw=dict(num_beams=3)),
-        dict(name="beam3_img0_zh_rep1.3", images=[0], prompts=[REF_PROMPTS[1]],
-             kw=dict(num_beams=3, repetition_penalty=1.3)),
-        dict(name="beam3_batch2_min5", images=[1, 2], prompts=qb2, kw=dict(num_beams=3, min_new_tokens=5)),
-        dict(name="greedy_batch2_rep1.3_min5", images=[2, 3], prompts=qb2,
-             kw=dict(num_beams=1, repetition_penalty=1.3, min_new_tokens=5)),
-    ]
-    return cases
-
-
-def _trim(row, eos: int):
-    row = [int(t) for t in row]
-    if eos in row:
-        return row[: row.index(eos) + 1], True
-    return row, False
-
-
-def _generate_capturing_positions(parts: Parts, enc: dict, kw: dict):
-    """HF generate on the processor's inputs; also the M-RoPE position ids it fed its language model."""
+def _generate_capturing_positions(parts: QwenVLParts, enc: dict, kw: dict):
+    """HF generate on the processor's inputs, and the M-RoPE position ids it fed its language model."""
     seen = []
-    lm = parts.model.model.language_model
-    h = lm.register_forward_pre_hook(lambda mod, a, k: seen.append(k.get("position_ids")), with_kwargs=True)
+    h = parts.lm_backbone.register_forward_pre_hook(lambda mod, a, k: seen.append(k.get("position_ids")),
+                                                    with_kwargs=True)
     try:
         out = parts.model.generate(**enc, **kw)
     finally:
         h.remove()
-    T = enc["input_ids"].shape[1]
-    return out[:, T:].numpy(), seen
+    return out[:, enc["input_ids"].shape[1]:].numpy(), [s[1:] if s.shape[0] == 4 else s for s in seen]
 
 
-def compute_references(parts: Parts, seed: int, init_std: float, eos_scale: float):
+def _generate_on_template(parts: QwenVLParts, ids, mask, pixels, kw) -> np.ndarray:
+    """generate() on tessera's layout: template ids, our image prefix and our M-RoPE positions."""
+    emb = parts.assemble_embeds(ids, pixels)
+    pos, _ = mrope_positions(ids, mask, parts.image_token_id, parts.grid)
+    pos4 = torch.from_numpy(np.concatenate([PD.position_ids_from_mask(mask)[None], pos], 0))
+    out = parts.model.generate(input_ids=torch.from_numpy(ids), inputs_embeds=emb,
+                               attention_mask=torch.from_numpy(mask), position_ids=pos4, **kw)
+    return out[:, ids.shape[1]:].numpy()  # with input_ids given, generate returns prompt + new tokens
+
+
+def mrope_references(parts: QwenVLParts) -> dict:
+    """Per reference case, on the real uint8 tiles through Qwen2VLProcessor: the processor's ids, mask and
+    modality types, the position ids HF generate fed its language model (start step, then 3 steps) and
+    get_rope_index's deltas; self-checks that our rule (mrope_positions, the Rust rule) and our layout
+    (template ids, image prefix, positions) give the same numbers and tokens."""
     names, images_u8 = C.make_reference_images(parts.size)
     pixels = C.preprocess_u8(images_u8, parts.mean, parts.std)
-    prefix_check = check_prefix_against_hf(parts, images_u8, pixels)
-    out_cases = []
-    for c in reference_cases():
+    cases = []
+    for c in PD.reference_cases(parts):
         idx, prompts = c["images"], c["prompts"]
         enc = parts.processor_inputs(images_u8[idx], prompts)
         ids, mask = enc["input_ids"].numpy(), enc["attention_mask"].numpy()
-        gids, gmask = parts.left_pad([parts.template_ids(p) for p in prompts])
-        kw = _gen_kwargs(parts, **c["kw"])
+        kw = PD._gen_kwargs(parts, **c["kw"])
         new, seen = _generate_capturing_positions(parts, enc, kw)
-        # The HF rule for these inputs (get_rope_index) and ours (mrope_positions, what tessera does).
         hp, hd = parts.model.model.get_rope_index(enc["input_ids"], mm_token_type_ids=enc["mm_token_type_ids"],
                                                   image_grid_thw=enc["image_grid_thw"],
                                                   attention_mask=enc["attention_mask"])
         mp, md = mrope_positions(ids, mask, parts.image_token_id, parts.grid)
         nb = kw["num_beams"]
-        prefill = seen[0]
-        if prefill.shape[0] == 4:
-            prefill = prefill[1:]
-        prefill_rows = prefill[:, ::nb].numpy()
-        steps = [s[1:] if s.shape[0] == 4 else s for s in seen[1:4]]
-        steps = [s[:, ::nb, 0].numpy().tolist() for s in steps]
-        hf_ours_gen_equal = np.array_equal(new, _generate_on_template(parts, gids, gmask, pixels[idx], kw))
-        same_ids = all([int(t) for t, m in zip(ids[r], mask[r]) if m] == [int(t) for t, m in zip(gids[r], gmask[r]) if m]
-                       for r in range(len(idx)))
-        trimmed = [_trim(r, parts.eos) for r in new]
-        out_cases.append({
+        prefill = seen[0][:, ::nb].numpy()
+        gids, gmask = parts.left_pad([parts.template_ids(p) for p in prompts])
+        ours = _generate_on_template(parts, gids, gmask, pixels[idx], kw)
+        hf_in = parts.hf_inputs(ids, mask, pixels[idx])
+        checks = {
+            "get_rope_index_equals_generate_start": bool(np.array_equal(hp.numpy(), prefill)),
+            "mrope_positions_equal_get_rope_index": bool(np.array_equal(mp, hp.numpy())
+                                                         and np.array_equal(md, hd.numpy().ravel())),
+            "uint8_processor_generate_equals_normalised_pixels": bool(np.array_equal(
+                new, parts.hf_generate(ids, mask, pixels[idx], **kw))),
+            "mm_token_type_ids_equal_processor": bool(torch.equal(hf_in["mm_token_type_ids"],
+                                                                  enc["mm_token_type_ids"].long())),
+            "tessera_layout_generate_equal": bool(np.array_equal(new, ours)),
+        }
+        print(f"export: M-RoPE {c['name']}: {checks}", file=sys.stderr)
+        if not all(checks.values()):
+            raise RuntimeError(f"{c['name']}: M-RoPE reference self-checks failed: {checks}")
+        cases.append({
             "name": c["name"], "images": idx, "prompts": prompts,
-            "prompt_texts": [parts.prompt_text(p) for p in prompts],
             "input_ids": ids.tolist(), "attention_mask": mask.tolist(),
             "mm_token_type_ids": enc["mm_token_type_ids"].numpy().tolist(),
             "image_grid_thw": enc["image_grid_thw"].numpy().tolist(),
-            "template_input_ids": gids.tolist(), "template_attention_mask": gmask.tolist(),
-            "position_ids": prefill_rows.tolist(),
-            "rope_deltas": hd.numpy().ravel().tolist(),
-            "step_position_ids": steps,
-            "generation": dict(kw),
-            "output_ids": new.tolist(),
-            "new_tokens": [t for t, _ in trimmed], "hit_eos": [h_ for _, h_ in trimmed],
-            "text": [parts.hf_tok.decode(t, skip_special_tokens=True) for t, _ in trimmed],
-            "checks": {
-                "template_ids_equal_processor_ids_without_padding": bool(same_ids),
-                "template_layout_generate_equal": bool(hf_ours_gen_equal),
-                "get_rope_index_equals_generate_prefill": bool(np.array_equal(hp.numpy(), prefill_rows)),
-                "mrope_positions_equal_get_rope_index": bool(np.array_equal(mp, hp.numpy())
-                                                             and np.array_equal(md, hd.numpy().ravel())),
-            },
+            "position_ids": prefill.tolist(), "rope_deltas": hd.numpy().ravel().tolist(),
+            "step_position_ids": [s[:, ::nb, 0].numpy().tolist() for s in seen[1:4]],
+            "checks": checks,
         })
-        print(f"export: {c['name']}: {[t for t, _ in trimmed]} eos={[h_ for _, h_ in trimmed]} "
-              f"checks={out_cases[-1]['checks']}", file=sys.stderr)
-        if not all(out_cases[-1]["checks"].values()):
-            raise RuntimeError(f"{c['name']}: reference self-checks failed: {out_cases[-1]['checks']}")
-    ref = {
-        "description": "PyTorch / HF generate() references for this package (tools/export/export.py); "
-                       "new tokens only, prompt excluded; position ids as HF generate fed its language model.",
-        "architecture": parts.architecture,
-        "seed": seed, "init_std": init_std, "eos_logit_scale": eos_scale,
-        "transformers": transformers.__version__, "torch": torch.__version__,
-        **C.images_block(names, parts.size, len(names)),
-        "mean": parts.mean, "std": parts.std,
-        "template": parts.template, "add_bos": parts.add_bos, "image_tokens": parts.tokens,
-        "image_token_id": parts.image_token_id, "mrope_grid": list(parts.grid),
-        "eos_token_id": parts.eos, "pad_token_id": parts.pad,
-        "position_ids_rule": "M-RoPE: HF get_rope_index (text t=h=w running; image block at the running "
-                             "position + (t, h, w) grid indices; then running += max(h, w)); pads 0; "
-                             "later steps: last column + 1",
-        "prefix_check": prefix_check,
-        "cases": out_cases,
-        "tolerance": {"logits_abs": 1e-3},
-    }
-    return ref, images_u8, pixels
+    return {"grid": list(parts.grid), "prefix_check": check_prefix_against_hf(parts, images_u8, pixels),
+            "what": "position_ids [3,B,T]: what HF generate fed its language model at the start step "
+                    "(one row per batch item); step_position_ids[s][d][b]: the next 3 steps", "cases": cases}
 
 
-def _generate_on_template(parts: Parts, ids, mask, pixels, kw) -> np.ndarray:
-    """generate() on our own layout (template ids, our image prefix, our M-RoPE positions): the Rust rule."""
-    emb = parts.assemble_embeds(ids, pixels)
-    pos, _ = mrope_positions(ids, mask, parts.image_token_id, parts.grid)
-    text = np.where(mask == 0, 0, np.cumsum(mask, 1) - 1)
-    pos4 = torch.from_numpy(np.concatenate([text[None], pos], 0))
-    out = parts.model.generate(input_ids=torch.from_numpy(ids), inputs_embeds=emb, attention_mask=torch.from_numpy(mask), position_ids=pos4, **kw)
-    return out[:, ids.shape[1]:].numpy()  # with input_ids given, generate returns prompt + new tokens
-
-
-def degeneracy_report(ref: dict):
-    greedy = [c for c in ref["cases"] if c["name"].startswith("greedy_img")]
-    outs = [tuple(c["new_tokens"][0]) for c in greedy]
-    distinct_imgs = len(set(outs)) == len(outs)
-    min_distinct = min(len(set(o)) for o in outs)
-    eos_cases = [c["name"] for c in ref["cases"] if any(c["hit_eos"])]
-    ok = distinct_imgs and min_distinct >= 3 and len(eos_cases) > 0
-    return ok, f"distinct across images {distinct_imgs}, min distinct tokens {min_distinct}, EOS in {eos_cases}"
-
-
-# --------------------------------------------------------------------------------------
-# Manifest
-# --------------------------------------------------------------------------------------
-
-
-def write_manifest(path: Path, parts: Parts, *, name: str, trained: bool, source: str,
-                   max_new_tokens: int = 20) -> None:
-    C.write_toml(path, [
-        (None, [("family", "image-text-decoder", ""), ("architecture", parts.architecture, ""),
-                ("name", name, ""), ("trained", trained, ""), ("source", source, "")]),
-        ("image", [("onnx", "image_prefix.onnx", ""),
-                   ("input", "pixel_values", "float32 [B,3,S,S], already normalised"),
-                   ("output", "prefix_embeds", "float32 [B,P,H]"),
-                   ("tokens", parts.tokens, "P: image tokens per image (t*h*w of mrope_grid)")]),
-        ("embed", [("onnx", "embed_tokens.onnx", ""), ("input", "input_ids", "int64 [B,T]"),
-                   ("output", "inputs_embeds", "float32 [B,T,H]")]),
-        ("decoder", [("onnx", "decoder.onnx", ""), ("inputs_embeds", "inputs_embeds", "float32 [B,T,H]"),
-                     ("attention_mask", "attention_mask", "int64 [B,past+T]"),
-                     ("position_ids", "position_ids", "int64 [3,B,T] (temporal, height, width)"),
-                     ("positions", "mrope", "M-RoPE position ids, as HF get_rope_index"),
-                     ("mrope_grid", list(parts.grid), "image grid [t, h, w] after the patch merger"),
-                     ("logits", "logits", "float32 [B,T,V]"),
-                     ("past_key", "past_key_values.{i}.key", "float32 [B,kv_heads,past,head_dim]"),
-                     ("past_value", "past_key_values.{i}.value", ""),
-                     ("present_key", "present.{i}.key", "float32 [B,kv_heads,past+T,head_dim]"),
-                     ("present_value", "present.{i}.value", ""),
-                     ("layers", parts.layers, ""), ("kv_heads", parts.kv_heads, ""),
-                     ("head_dim", parts.head_dim, ""), ("hidden", parts.hidden, ""), ("vocab", parts.vocab, ""),
-                     ("max_positions", parts.max_positions, "longest prompt + generated sequence")]),
-        ("prompt", [("template", parts.template, ""), ("image_token", parts.image_token, ""),
-                    ("image_token_id", parts.image_token_id, ""),
-                    ("add_bos", parts.add_bos, "Qwen2 adds no BOS")]),
-        C.preprocess_section(parts.size, parts.mean, parts.std),
-        ("tokenizer", [("file", "tokenizer.json", ""),
-                       ("eos_token_id", parts.eos, "<|im_end|>"), ("pad_token_id", parts.pad, "<|endoftext|>")]),
-        ("generation", [("max_new_tokens", max_new_tokens, ""), ("num_beams", 1, ""),
-                        ("repetition_penalty", 1.0, "")]),
-    ])
+def check_prefix_against_hf(parts: QwenVLParts, images_u8: np.ndarray, pixels: np.ndarray) -> dict:
+    """On the uint8 tiles: the in-graph patchify == the processor's pixel_values, and the image prefix ==
+    HF get_image_features (the processor's grid must be the baked one)."""
+    enc = parts.processor_inputs(images_u8, ["x"] * len(images_u8))
+    want = [1, parts.grid[1] * parts.merge, parts.grid[2] * parts.merge]
+    if any(g != want for g in enc["image_grid_thw"].tolist()):
+        raise RuntimeError(f"the processor's image grid {enc['image_grid_thw'].tolist()} is not the baked {want}")
+    patch = float((parts.prefix.patchify(torch.from_numpy(pixels)) - enc["pixel_values"]).abs().max())
+    ref = torch.cat(parts.model.model.get_image_features(enc["pixel_values"], enc["image_grid_thw"]).pooler_output, 0)
+    got = parts.prefix(torch.from_numpy(pixels)).reshape(-1, ref.shape[-1])
+    rel = C.rel_diff(got.numpy(), ref.numpy())
+    print(f"export: image prefix vs HF processor + get_image_features: patchify {patch:.2g}, tokens {rel:.2g}",
+          file=sys.stderr)
+    if not (patch < 1e-5 and rel < 1e-4):
+        raise RuntimeError(f"image prefix differs from HF: patchify {patch}, merged tokens {rel}")
+    return {"patchify_max_abs_diff": patch, "prefix_rel_diff": rel}
 
 
 # --------------------------------------------------------------------------------------
@@ -780,8 +574,8 @@ def _pixels_bounds(pp: dict) -> tuple[int, int]:
     return int(lo), int(hi)
 
 
-def check_tile_before_loading(kind: str, src: str, size: int) -> dict:
-    """The checkpoint's processor settings; SystemExit (one line) when ``size`` cannot be baked."""
+def check_tile_before_loading(src: str, size: int) -> dict:
+    """The checkpoint's image processor settings; SystemExit (one line) when ``size`` cannot be baked."""
     pp = C.image_processor_config(src)
     cfg = C.read_json(src, "config.json") or {}
     vc = cfg.get("vision_config", {})
@@ -797,19 +591,18 @@ def check_tile_before_loading(kind: str, src: str, size: int) -> dict:
     return pp
 
 
-def load_checkpoint(kind: str, src: str, size: int) -> Parts:
+def load_checkpoint(kind: str, src: str, size: int) -> QwenVLParts:
     from transformers import AutoTokenizer
 
-    pp = check_tile_before_loading(kind, src, size)
+    pp = check_tile_before_loading(src, size)
     tok = AutoTokenizer.from_pretrained(src)
-    tok.padding_side = "left"
     if kind == "qwen2-vl":
         from transformers import Qwen2VLForConditionalGeneration as Cls
     else:
         from transformers import Qwen2_5_VLForConditionalGeneration as Cls
     model = Cls.from_pretrained(src, attn_implementation="eager", dtype=torch.float32).eval()
     lo, hi = _pixels_bounds(pp)
-    return Parts(kind, model, tok, size, pp["image_mean"], pp["image_std"], lo, hi)
+    return QwenVLParts(kind, model, tok, size, pp["image_mean"], pp["image_std"], lo, hi)
 
 
 # --------------------------------------------------------------------------------------
@@ -819,52 +612,43 @@ def load_checkpoint(kind: str, src: str, size: int) -> Parts:
 
 def export_qwen2vl(args) -> None:
     kind = args.command
-    out = Path(args.out)
     tv = transformers.__version__
+    seed_info = None
     if args.tiny:
         size = TINY_SIZE if args.size is None else args.size
         # The tile size first: a size the model cannot take fails before anything is built or written.
-        problem = tile_problem(size, 4, 2, size * size, size * size)
+        problem = tile_problem(size, TINY_PATCH, TINY_MERGE, size * size, size * size)
         if problem:
             raise SystemExit(f"export: {problem}")
         seed = DEFAULT_SEEDS[kind] if args.seed is None else args.seed
         init_std = DEFAULT_INIT_STD[kind] if args.init_std is None else args.init_std
         eos_scale = DEFAULT_EOS_SCALE[kind] if args.eos_scale is None else args.eos_scale
         model, tok = build_tiny(kind, seed, init_std, eos_scale)
-        parts = Parts(kind, model, hf_tokenizer(tok), size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, size * size, size * size)
+        parts = QwenVLParts(kind, model, hf_tokenizer(tok), size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
+                            size * size, size * size)
         name = args.name or f"{kind}-tiny-random"
         source = (f"random init, seed {seed}, init std {init_std}, eos logit scale {eos_scale}, "
                   f"transformers {tv}, torch {torch.__version__}")
         trained = False
+        if not args.no_reference:
+            seed_info = dict(seed=seed, init_std=init_std, eos_logit_scale=eos_scale)
+        if args.save_pretrained:
+            sp = Path(args.save_pretrained)
+            parts.model.save_pretrained(sp)
+            parts.processor.save_pretrained(sp)
+            print(f"export: wrote save_pretrained folder {sp}", file=sys.stderr)
     else:
         size = DEFAULT_SIZE if args.size is None else args.size
         parts = load_checkpoint(kind, args.source, size)
         name = args.name or Path(args.source.rstrip("/")).name
         source = f"{args.source}, tile {size}, exported with transformers {tv}, torch {torch.__version__}"
         trained = True
-    out.mkdir(parents=True, exist_ok=True)
-    if args.tiny and args.save_pretrained:
-        sp = Path(args.save_pretrained)
-        parts.model.save_pretrained(sp)
-        parts.processor.save_pretrained(sp)
-        print(f"export: wrote save_pretrained folder {sp}", file=sys.stderr)
-
-    worst = check_decoder_against_hf(parts)
-    print(f"export: decoder wrapper vs HF language model: max diff {worst:.3g}", file=sys.stderr)
-    export_graphs(parts, out, args.opset)
-    if not args.skip_verify:
-        verify_onnx_against_torch(parts, out, tol=args.tolerance)
-    C.save_plain_tokenizer_json(parts.hf_tok, out / "tokenizer.json")
-    write_manifest(out / "model.toml", parts, name=name, trained=trained, source=source)
-    if args.tiny and not args.no_reference:
-        ref, images_u8, pixels = compute_references(parts, seed, init_std, eos_scale)
-        ok, msg = degeneracy_report(ref)
-        ref["degeneracy_check"] = {"ok": ok, "summary": msg}
-        print(f"export: reference outputs: {msg}", file=sys.stderr)
-        if not ok:
-            print("export: WARNING the reference outputs are degenerate (see above)", file=sys.stderr)
-        C.write_reference(out, ref, C.image_bins(images_u8, pixels))
-    C.report_done(out)
+    PD.export_prefix_package(args, parts, name=name, source=source, trained=trained, reference_seed_info=seed_info)
+    # The seam writes the plain layout's comment for position_ids.
+    toml = Path(args.out) / "model.toml"
+    toml.write_text(toml.read_text(encoding="utf-8").replace(
+        '# int64 [B,T]\npositions = "mrope"', '# int64 [3,B,T] (temporal, height, width)\npositions = "mrope"'),
+        encoding="utf-8")
 
 
 _COMMANDS = {
@@ -883,20 +667,9 @@ def add_parser(sub, command: str) -> None:
     C.add_source_args(c, from_help=f"hub id (e.g. {example}) or a save_pretrained folder with the processor files",
                       tiny_help="seeded random model of the real architecture")
     C.add_out_arg(c)
-    C.add_opset_arg(c)
     c.add_argument("--size", type=int, default=None,
                    help=f"tile size S baked into the package: a multiple of patch_size * spatial_merge_size "
                         f"whose S*S the processor's min/max pixels allow (default {DEFAULT_SIZE}; --tiny {TINY_SIZE})")
-    c.add_argument("--seed", type=int, default=None, help=f"--tiny: seed (default {DEFAULT_SEEDS[command]})")
-    c.add_argument("--init-std", type=float, default=None,
-                   help=f"--tiny: init std (default {DEFAULT_INIT_STD[command]})")
-    c.add_argument("--eos-scale", type=float, default=None,
-                   help=f"--tiny: factor on the EOS row of lm_head (default {DEFAULT_EOS_SCALE[command]})")
-    c.add_argument("--save-pretrained", metavar="DIR", default=None,
-                   help="--tiny: also write the model + processor with save_pretrained (to test --from)")
-    C.add_name_arg(c)
-    C.add_no_reference_arg(c)
-    C.add_skip_verify_arg(c)
-    C.add_tolerance_arg(c, 1e-3,
-                        "max diff / max(1, max|ref|) allowed between ONNX Runtime and PyTorch (default 1e-3)")
+    PD.add_prefix_args(c, seed=DEFAULT_SEEDS[command], init_std=DEFAULT_INIT_STD[command],
+                       eos_scale=DEFAULT_EOS_SCALE[command])
     c.set_defaults(func=export_qwen2vl)
