@@ -274,6 +274,7 @@ fn validate(
         }
     }
     problems.extend(tokenizer_problems(cfg, tokenizer));
+    problems.extend(mrope_problems(cfg, decoder));
     if !cfg.prompt.template.contains("{image}") {
         problems.push("prompt.template must contain {image}".into());
     }
@@ -327,6 +328,138 @@ fn hidden_size_problems(
         }
     }
     problems
+}
+
+/// Whether the manifest asks for M-RoPE positions (`[decoder] positions = "mrope"`).
+fn is_mrope(d: &DecoderSpec) -> bool {
+    d.positions.as_deref() == Some("mrope")
+}
+
+/// The M-RoPE keys' problems: `positions` is `linear` or `mrope`; `mrope` needs a position
+/// input of rank 3 and an image grid whose `t * h * w` is the image token count.
+fn mrope_problems(cfg: &DecoderConfig, decoder: Result<&ModelSession, &String>) -> Vec<String> {
+    let d = &cfg.decoder;
+    let mut problems = Vec::new();
+    match d.positions.as_deref() {
+        None | Some("linear") => {
+            if d.mrope_grid.is_some() {
+                problems
+                    .push("decoder.mrope_grid is only for decoder.positions = \"mrope\"".into());
+            }
+            if let (Some(name), Ok(s)) = (&d.position_ids, decoder) {
+                if s.inputs()
+                    .into_iter()
+                    .any(|i| &i.name == name && i.shape.len() == 3)
+                {
+                    problems.push(format!("decoder input '{name}' takes M-RoPE position ids [3, B, T]: the manifest needs decoder.positions = \"mrope\""));
+                }
+            }
+            return problems;
+        }
+        Some("mrope") => {}
+        Some(other) => {
+            problems.push(format!(
+                "decoder.positions is '{other}'; it must be \"linear\" or \"mrope\""
+            ));
+            return problems;
+        }
+    }
+    match d.mrope_grid {
+        None => problems.push(
+            "decoder.positions = \"mrope\" needs decoder.mrope_grid = [t, h, w] (the image grid after merging)"
+                .into(),
+        ),
+        Some(g) if g.contains(&0) => {
+            problems.push(format!("decoder.mrope_grid {g:?} has a zero extent"));
+        }
+        Some(g) if g[0] * g[1] * g[2] != cfg.tokens => problems.push(format!(
+            "image.tokens is {} but decoder.mrope_grid {g:?} holds {} image tokens (the package's image token count disagrees with its tile grid)",
+            cfg.tokens,
+            g[0] * g[1] * g[2]
+        )),
+        Some(_) => {}
+    }
+    match (&d.position_ids, decoder) {
+        (None, _) => problems.push(
+            "decoder.positions = \"mrope\" needs decoder.position_ids (an int64 [3,B,T] input)"
+                .into(),
+        ),
+        (Some(name), Ok(s)) => {
+            if let Some(i) = s.inputs().into_iter().find(|i| &i.name == name) {
+                if i.shape.len() != 3 || (i.shape[0] > 0 && i.shape[0] != 3) {
+                    problems.push(format!(
+                        "decoder input '{name}' has shape {:?}; M-RoPE position ids are [3, B, T]",
+                        i.shape
+                    ));
+                }
+            }
+        }
+        (Some(_), Err(_)) => {}
+    }
+    problems
+}
+
+/// Hugging Face `get_rope_index` (Qwen2-VL, transformers 5) for left-padded rows: M-RoPE
+/// position ids `[3, B, T]` (temporal, height, width) and each row's rope delta
+/// (`max position + 1 - real tokens`). Over the real tokens of a row (mask 1), a text token
+/// takes the running position `p` in all three rows and `p += 1`; a run of `t * h * w` image
+/// tokens takes `p + (ti, hi, wi)` in row-major grid order and then `p += max(h, w)`. Padding
+/// is 0.
+///
+/// # Errors
+/// An image run shorter than the grid.
+pub fn mrope_position_ids(
+    ids: &Array2<i64>,
+    mask: &Array2<i64>,
+    image_token_id: i64,
+    grid: [usize; 3],
+) -> Result<(Array3<i64>, Vec<i64>), String> {
+    let (b, t) = ids.dim();
+    let [gt, gh, gw] = grid;
+    let n_image = gt * gh * gw;
+    let mut pos = Array3::<i64>::zeros((3, b, t));
+    let mut deltas = Vec::with_capacity(b);
+    for r in 0..b {
+        let cols: Vec<usize> = (0..t).filter(|&j| mask[[r, j]] != 0).collect();
+        let (mut cur, mut k, mut max) = (0i64, 0usize, -1i64);
+        while k < cols.len() {
+            if ids[[r, cols[k]]] == image_token_id {
+                if k + n_image > cols.len()
+                    || cols[k..k + n_image]
+                        .iter()
+                        .any(|&j| ids[[r, j]] != image_token_id)
+                {
+                    return Err(format!(
+                        "row {r}: an image run shorter than the M-RoPE grid {grid:?} ({n_image} tokens)"
+                    ));
+                }
+                let mut j = k;
+                for ti in 0..gt {
+                    for hi in 0..gh {
+                        for wi in 0..gw {
+                            let p = [cur + ti as i64, cur + hi as i64, cur + wi as i64];
+                            for (d, &v) in p.iter().enumerate() {
+                                pos[[d, r, cols[j]]] = v;
+                                max = max.max(v);
+                            }
+                            j += 1;
+                        }
+                    }
+                }
+                k += n_image;
+                cur += gh.max(gw) as i64;
+            } else {
+                for d in 0..3 {
+                    pos[[d, r, cols[k]]] = cur;
+                }
+                max = max.max(cur);
+                cur += 1;
+                k += 1;
+            }
+        }
+        deltas.push(max + 1 - cols.len() as i64);
+    }
+    Ok((pos, deltas))
 }
 
 /// The tokenizer's problems: the image token and the special token ids.
@@ -606,7 +739,7 @@ impl DecoderModel {
         &mut self,
         embeds: &Array3<f32>,
         mask: &Array2<i64>,
-        positions: &Array2<i64>,
+        positions: &ndarray::ArrayD<i64>,
         past: Option<&Past>,
         prompt_len: usize,
     ) -> Result<(Array2<f32>, Past), ModelError> {
@@ -813,7 +946,13 @@ impl DecoderModel {
                 .assign(&embeds.slice(ndarray::s![r / nb, .., ..]));
         }
         let positions0 = positions(&mask0);
-        let (logits, past) = self.run_decoder(&emb0, &mask0, &positions0, None, len)?;
+        let (positions_in, last_mrope) = if is_mrope(&self.cfg.decoder) {
+            let (p, last) = self.mrope_start(&id_arr, &mask, nb)?;
+            (p.into_dyn(), last)
+        } else {
+            (positions0.clone().into_dyn(), Vec::new())
+        };
+        let (logits, past) = self.run_decoder(&emb0, &mask0, &positions_in, None, len)?;
         let last_pos = match len {
             0 => vec![0; rows],
             _ => positions0.column(len - 1).to_vec(),
@@ -825,9 +964,44 @@ impl DecoderModel {
                 mask: mask0,
                 last_pos,
                 prompt_len: len,
+                last_mrope,
             },
             prompts: ids,
         })
+    }
+
+    /// M-RoPE position ids of the start step, every row expanded `nb` times, and each row's last
+    /// column (the next steps continue from it, as `generate` does).
+    fn mrope_start(
+        &self,
+        ids: &Array2<i64>,
+        mask: &Array2<i64>,
+        nb: usize,
+    ) -> Result<(Array3<i64>, Vec<[i64; 3]>), ModelError> {
+        let grid = self
+            .cfg
+            .decoder
+            .mrope_grid
+            .unwrap_or([1, 1, self.cfg.tokens]);
+        let image_id = i64::from(self.cfg.prompt.image_token_id);
+        let (p, _) = mrope_position_ids(ids, mask, image_id, grid)
+            .map_err(|e| run_err(&self.decoder.path, e))?;
+        let (b, len) = ids.dim();
+        let mut out = Array3::<i64>::zeros((3, b * nb, len));
+        let mut last = Vec::with_capacity(b * nb);
+        for r in 0..b * nb {
+            out.slice_mut(ndarray::s![.., r, ..])
+                .assign(&p.slice(ndarray::s![.., r / nb, ..]));
+            last.push(match len {
+                0 => [-1; 3],
+                _ => [
+                    p[[0, r / nb, len - 1]],
+                    p[[1, r / nb, len - 1]],
+                    p[[2, r / nb, len - 1]],
+                ],
+            });
+        }
+        Ok((out, last))
     }
 }
 
@@ -854,6 +1028,8 @@ pub struct DecoderCache {
     last_pos: Vec<i64>,
     /// Length of the start step (padded prompt): the prefix of a prefix-LM decoder.
     prompt_len: usize,
+    /// M-RoPE packages: each row's last (temporal, height, width) position; empty otherwise.
+    last_mrope: Vec<[i64; 3]>,
 }
 
 impl std::fmt::Debug for DecoderCache {
@@ -881,6 +1057,7 @@ impl StepDecoder for DecoderModel {
             mask,
             mut last_pos,
             prompt_len,
+            mut last_mrope,
         } = cache;
         let rows = tokens.len();
         let ids =
@@ -894,6 +1071,19 @@ impl StepDecoder for DecoderModel {
             *last += 1;
             *p = *last;
         }
+        let pos = if last_mrope.is_empty() {
+            pos.into_dyn()
+        } else {
+            // generate: the next position ids are the last column + 1, in each of the three rows.
+            let mut m = Array3::<i64>::zeros((3, rows, 1));
+            for (r, last) in last_mrope.iter_mut().enumerate() {
+                for (d, v) in last.iter_mut().enumerate() {
+                    *v += 1;
+                    m[[d, r, 0]] = *v;
+                }
+            }
+            m.into_dyn()
+        };
         let (logits, past) = self.run_decoder(&emb, &mask, &pos, Some(&past), prompt_len)?;
         Ok((
             logits,
@@ -902,6 +1092,7 @@ impl StepDecoder for DecoderModel {
                 mask,
                 last_pos,
                 prompt_len,
+                last_mrope,
             },
         ))
     }
@@ -926,6 +1117,11 @@ impl StepDecoder for DecoderModel {
             mask: cache.mask.select(ndarray::Axis(0), source),
             last_pos: source.iter().map(|&r| cache.last_pos[r]).collect(),
             prompt_len: cache.prompt_len,
+            last_mrope: if cache.last_mrope.is_empty() {
+                Vec::new()
+            } else {
+                source.iter().map(|&r| cache.last_mrope[r]).collect()
+            },
         })
     }
 
@@ -975,6 +1171,26 @@ mod tests {
             ndarray::array![[0, 1, 1, 0, 0], [1, 1, 1, 0, 0]]
         );
         assert_eq!(prefix_mask(mask.view(), 5), mask);
+    }
+
+    #[test]
+    fn mrope_positions_follow_get_rope_index() {
+        // Row 0: text, a 1x2x2 image, text. Row 1 left-padded by two.
+        let i = 9;
+        let ids = ndarray::array![[5, 6, i, i, i, i, 7, 8], [0, 0, 5, i, i, i, i, 7]];
+        let mask = ndarray::array![[1, 1, 1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1, 1, 1]];
+        let (p, d) = mrope_position_ids(&ids, &mask, i, [1, 2, 2]).expect("positions");
+        assert_eq!(
+            p,
+            ndarray::array![
+                [[0, 1, 2, 2, 2, 2, 4, 5], [0, 0, 0, 1, 1, 1, 1, 3]],
+                [[0, 1, 2, 2, 3, 3, 4, 5], [0, 0, 0, 1, 1, 2, 2, 3]],
+                [[0, 1, 2, 3, 2, 3, 4, 5], [0, 0, 0, 1, 2, 1, 2, 3]],
+            ]
+        );
+        assert_eq!(d, vec![-2, -2]);
+        let short = ndarray::array![[5, i, i, i]];
+        assert!(mrope_position_ids(&short, &ndarray::array![[1, 1, 1, 1]], i, [1, 2, 2]).is_err());
     }
 
     #[test]

@@ -324,6 +324,15 @@ pub struct DecoderSpec {
     /// both ways) and 0 on generated tokens (causal).
     #[serde(default)]
     pub prefix_mask: Option<String>,
+    /// How position ids are made: absent (or `"linear"`): `[B, T]`, `cumsum(mask) - 1`;
+    /// `"mrope"`: Qwen2-VL's multimodal rotary positions `[3, B, T]` (temporal, height, width),
+    /// as Hugging Face `get_rope_index`, with the image grid `mrope_grid`.
+    #[serde(default)]
+    pub positions: Option<String>,
+    /// `positions = "mrope"`: the image grid `[t, h, w]` after the patch merger
+    /// (`t * h * w` = `image.tokens`).
+    #[serde(default)]
+    pub mrope_grid: Option<[usize; 3]>,
 }
 
 /// How the decoder's input is assembled from the image and the user's prompt.

@@ -34,6 +34,8 @@ COMMANDS = {
     "openclip": "openclip_export",  # OpenCLIP checkpoints (RemoteCLIP, ...)  (family "openclip")
     "smolvlm": "smolvlm_export",    # SmolVLM / Idefics3 SigLIP + SmolLM2 decoder (family "image-text-decoder")
     "paligemma": "paligemma_export",  # PaliGemma SigLIP + Gemma prefix-LM decoder (family "image-text-decoder")
+    "qwen2-vl": "qwen2vl_export",   # Qwen2-VL, M-RoPE image-text decoder   (family "image-text-decoder")
+    "qwen2.5-vl": "qwen2vl_export",  # Qwen2.5-VL, M-RoPE image-text decoder (family "image-text-decoder")
     "scan-seeds": "clip_export",    # seed scan for clip --tiny
 }
 
