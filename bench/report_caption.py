@@ -68,7 +68,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("results", type=Path)
     ap.add_argument("--seconds", type=float, default=None, help="wall time of the whole section")
-    ap.add_argument("--keys", default=" ".join(LABELS), help="model keys, as bench/run.sh CAPTION_KEYS")
+    ap.add_argument("--keys", default=" ".join(LABELS), help="model keys, as bench/run.sh CAPTION_KEYS "
+                    "(default: every key; those without results are left out)")
     a = ap.parse_args()
     d = a.results
 
@@ -86,7 +87,7 @@ def main() -> None:
     summary = {"date": str(datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
                "cpus": os.cpu_count(), "machine": platform.machine(), "env": env, "load_at_start": loads,
                "section_seconds": a.seconds, "rows": []}
-    keys = a.keys.split()
+    keys = [k for k in a.keys.split() if any(d.glob(f"caption_{k.replace(':', '_')}_*.json"))]
     lines = [
         f"# Caption benchmark ({summary['date']}, {summary['cpus']} CPUs, {summary['machine']}, CPU provider)",
         "",
@@ -95,7 +96,9 @@ def main() -> None:
         f"tessera: tiles-only tokens/s over model time (the scene caption removed with a --scene-only run). "
         f"PyTorch: Hugging Face `generate` (fp32, CPU, same weights and tiles, min_new_tokens = max_new_tokens = 30, "
         f"one untimed warm-up batch), run right after tessera's run of the same configuration. "
-        f"ratio = tessera tokens/s / PyTorch tokens/s. load = 1-minute load average at the start of "
+        f"ratio = tessera tokens/s / PyTorch tokens/s; CPU-time ratio = PyTorch CPU seconds per token / tessera's "
+        f"(tessera: the tile run's process CPU time minus the scene-only run's; both sides' thread pools spin, "
+        f"so this counts some waiting as work on both sides). load = 1-minute load average at the start of "
         f"tessera's / the peer's run (2 vCPUs; above 2 the machine was shared with other work).",
         "",
         "Models:",
@@ -104,8 +107,8 @@ def main() -> None:
     for k in keys:
         fam, desc = LABELS.get(k, (k, ""))
         lines.append(f"- {fam} {desc} (`{k}`)")
-    lines += ["", "| model | shape | batch | beams | tessera tokens/s | PyTorch tokens/s | ratio | equal tokens | load (tessera / peer) |",
-              "|---|---|---:|---:|---:|---:|---:|---|---|"]
+    lines += ["", "| model | shape | batch | beams | tessera tokens/s | PyTorch tokens/s | ratio | CPU-time ratio | equal tokens | load (tessera / peer) |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
     peer_info = None
     for k in keys:
         name = k.replace(":", "_")
@@ -122,6 +125,16 @@ def main() -> None:
             prun = p["runs"][0] if p else None
             peer_info = peer_info or p
             ratio = (t["tokens_per_second"] / prun["tokens_per_second"]) if (t and prun) else None
+            # CPU time (robust to a shared machine): tessera's process CPU seconds of the tile run
+            # minus those of the scene-only run (loading and the scene caption cancel out), per
+            # new token, against the peer's process CPU seconds of its timed batches per new token.
+            cpu_ratio = None
+            pr = load(d, f"{name}_{cfg}_process")
+            ps = load(d, f"{name}_scene" + ("_beam3" if beams == 3 else "") + "_process")
+            if t and prun and pr and ps and prun.get("cpu_seconds"):
+                ours = pr["cpu_seconds"] - ps["cpu_seconds"]
+                if ours > 0:
+                    cpu_ratio = (prun["cpu_seconds"] / prun["new_tokens"]) / (ours / t["new_tokens"])
             agree = None
             tt = tokens_by_tile(d, f"{name}_{cfg}")
             if tt is not None and prun is not None:
@@ -131,14 +144,14 @@ def main() -> None:
                    "tessera": {"tiles_only": t, "model_seconds": r["model_seconds"], "seconds": r["seconds"],
                                "tiles": r["tiles_captioned"], "provider": r.get("provider")},
                    "peer": {kk: v for kk, v in prun.items() if kk != "tokens"} if prun else None,
-                   "ratio": ratio, "equal_tokens": agree,
+                   "ratio": ratio, "cpu_time_ratio": cpu_ratio, "equal_tokens": agree,
                    "load": [loads.get(f"{name}_{cfg}"), loads.get(f"peer_{peer_name}_{cfg}")]}
             summary["rows"].append(row)
             lt, lpeer = row["load"]
             fmt = lambda x, f="{:.1f}": "-" if x is None else f.format(x)  # noqa: E731
             lines.append(
                 f"| {fam} | {shape} | {batch} | {beams} | {fmt(t and t['tokens_per_second'])} | "
-                f"{fmt(prun and prun['tokens_per_second'])} | **{fmt(ratio, '{:.2f}')}x** | "
+                f"{fmt(prun and prun['tokens_per_second'])} | **{fmt(ratio, '{:.2f}')}x** | {fmt(cpu_ratio, '{:.2f}')}x | "
                 f"{'-' if agree is None else f'{agree[0]}/{agree[1]} tiles'} | {fmt(lt)} / {fmt(lpeer)} |")
     if peer_info:
         lines += ["", f"PyTorch peer: transformers {peer_info['transformers']}, torch {peer_info['torch']}, "

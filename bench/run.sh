@@ -174,6 +174,10 @@ ensure_export_venv() {
   if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     return
   fi
+  # BENCH_EXPORT_VENV=keep: use an existing venv as it is (one set up by other means, shared).
+  if [ "${BENCH_EXPORT_VENV:-}" = keep ] && [ -x "$venv/bin/python" ]; then
+    return
+  fi
   say "preparing the export virtualenv $venv (tools/export/requirements.txt; torch is ~3 GB)"
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   "$venv/bin/python" -m pip install --quiet -r tools/export/requirements.txt
@@ -220,13 +224,18 @@ bench_classify() {
 # MODEL KEYS (family:shape): tiny = the committed fixture, mid = a random benchmark shape exported
 # once into $MODELS (export.py <cmd> --tiny --shape mid); blip2-opt:mid-opt = the same mid package
 # with bench/optimize_decoder.py's decoder graph (last-position LM head, ORT transformer optimizer).
-CAPTION_KEYS=${CAPTION_KEYS:-"blip2-opt:tiny blip2-opt:mid blip2-opt:mid-opt blip:tiny blip:mid blip2-t5:tiny blip2-t5:mid florence2:tiny florence2:mid"}
+# (Mid shapes first: on a busy machine the section can be cut short and still report them.)
+CAPTION_KEYS=${CAPTION_KEYS:-"blip2-opt:mid blip2-opt:mid-opt blip:mid blip2-t5:mid florence2:mid blip2-opt:tiny blip:tiny blip2-t5:tiny florence2:tiny"}
 CAPTION_TOKENS=30
 CAPTION_PEER=${CAPTION_PEER:-1}
 CAPTION_COLS=${CAPTION_COLS:-4}   # scene of COLS x ROWS tiles (default 16: one full batch of 16)
 CAPTION_ROWS=${CAPTION_ROWS:-4}
-CAPTION_PEER_B1_IMAGES=${CAPTION_PEER_B1_IMAGES:-4}   # the peer's batch-1 runs: 4 captions (~2 s each, mid)
-CAPTION_PEER_B16_IMAGES=${CAPTION_PEER_B16_IMAGES:-16}
+CAPTION_B1_COLS=${CAPTION_B1_COLS:-2}   # batch-1 runs: a scene of 2 x 2 tiles (4 captions, both sides)
+CAPTION_B1_ROWS=${CAPTION_B1_ROWS:-2}
+CAPTION_PEER_B1_IMAGES=$((CAPTION_B1_COLS * CAPTION_B1_ROWS))
+CAPTION_PEER_B16_IMAGES=16
+# Decoding configurations (name batch beams): CAPTION_CONFIGS="b16 b16_beam3" runs only those.
+CAPTION_CONFIGS=${CAPTION_CONFIGS:-"b1 b1_beam3 b16 b16_beam3"}
 
 caption_export() {  # DIR EXPORT-ARGS...: export once (atomic)
   local dir=$1; shift
@@ -276,11 +285,11 @@ caption_model() {  # KEY -> package path (exported / optimised once)
   esac
 }
 
-caption_scene() {  # model -> scene path: COLS x ROWS tiles at the model's input size (+ .npy for the peer)
-  local size out
+caption_scene() {  # model [cols rows] -> scene path: cols x rows tiles at the model's input size (+ .npy for the peer)
+  local size out cols=${2:-$CAPTION_COLS} rows=${3:-$CAPTION_ROWS}
   size=$(sed -n 's/^size *= *\([0-9]*\).*/\1/p' "$1/model.toml" | head -1)
-  out="$DATA/caption_scene_${size}_${CAPTION_COLS}x${CAPTION_ROWS}.tif"
-  [ -f "$out" ] && [ -f "${out%.tif}.npy" ] || $PY bench/caption_scene.py "$out" --tile "$size" --cols "$CAPTION_COLS" --rows "$CAPTION_ROWS" >&2
+  out="$DATA/caption_scene_${size}_${cols}x${rows}.tif"
+  [ -f "$out" ] && [ -f "${out%.tif}.npy" ] || $PY bench/caption_scene.py "$out" --tile "$size" --cols "$cols" --rows "$rows" >&2
   echo "$out"
 }
 
@@ -295,7 +304,8 @@ caption_run() {  # NAME MODEL SCENE BATCH [extra tessera args...] -> $RESULTS/ca
   measured "$RESULTS/caption_${name}_process.json" "$RESULTS/caption_$name.json" \
     "$T" caption "$scene" --pixel-coords --model "$model" --batch-size "$batch" \
     --max-new-tokens "$CAPTION_TOKENS" --min-new-tokens "$CAPTION_TOKENS" \
-    --out "$RESULTS/caption_out/$name" --overwrite --json --quiet "$@"
+    --out "$RESULTS/caption_out/$name" --overwrite --json --quiet "$@" \
+    || { say "tessera caption $name failed (row left out)"; rm -f "$RESULTS/caption_$name.json"; }
 }
 
 caption_peer() {  # NAME KEY SCENE BATCH BEAMS IMAGES -> $RESULTS/caption_peer_NAME.json
@@ -303,45 +313,60 @@ caption_peer() {  # NAME KEY SCENE BATCH BEAMS IMAGES -> $RESULTS/caption_peer_N
   say "PyTorch peer (transformers generate, fp32 CPU): $name ($images captions)"
   caption_load "peer_$name"
   if [ "$fam" = blip2-opt ]; then
-    [ "$shape" = tiny ] && { say "no save_pretrained copy of the tiny BLIP-2/OPT: peer skipped"; return; }
-    .venv-export/bin/python bench/peer_caption.py --hf "$MODELS/blip2-mid-random-hf" --scene "${scene%.tif}.npy" \
+    local hf=$MODELS/blip2-mid-random-hf
+    if [ "$shape" = tiny ]; then  # the fixture's weights (same seed), as a save_pretrained folder, once
+      hf=$MODELS/blip2-tiny-hf
+      if [ ! -f "$hf/config.json" ]; then
+        rm -rf "$hf" "$MODELS/blip2-tiny-pkg.partial"
+        .venv-export/bin/python tools/export/export.py blip2 --tiny --no-reference --out "$MODELS/blip2-tiny-pkg.partial" \
+          --save-pretrained "$hf" >&2
+        rm -rf "$MODELS/blip2-tiny-pkg.partial"
+      fi
+    fi
+    .venv-export/bin/python bench/peer_caption.py --hf "$hf" --scene "${scene%.tif}.npy" \
       --batch-sizes "$batch" --images "$images" --num-beams "$beams" --max-new-tokens "$CAPTION_TOKENS" \
-      > "$RESULTS/caption_peer_$name.json"
+      > "$RESULTS/caption_peer_$name.json" || { say "peer $name failed"; rm -f "$RESULTS/caption_peer_$name.json"; }
   else
     .venv-export/bin/python bench/peer_caption_xdec.py --family "$fam" --shape "$shape" --scene "${scene%.tif}.npy" \
       --batch-sizes "$batch" --images "$images" --num-beams "$beams" --max-new-tokens "$CAPTION_TOKENS" \
-      > "$RESULTS/caption_peer_$name.json"
+      > "$RESULTS/caption_peer_$name.json" || { say "peer $name failed"; rm -f "$RESULTS/caption_peer_$name.json"; }
   fi
 }
 
 bench_caption() {
-  local key model scene name t0 peer_key
+  local key model scene scene1 sc name t0 peer_key
   t0=$(date +%s)
   for key in $CAPTION_KEYS; do caption_model "$key" > /dev/null; done
   $PY -c 'import json, os; print(json.dumps({"loadavg_before": os.getloadavg()}))' > "$RESULTS/caption_env.json"
-  rm -rf "$RESULTS/caption_out" "$RESULTS"/caption_*.json "$RESULTS/caption_load.jsonl"
   mkdir -p "$RESULTS/caption_out"
-  $PY -c 'import json, os; print(json.dumps({"loadavg_before": os.getloadavg()}))' > "$RESULTS/caption_env.json"
   for key in $CAPTION_KEYS; do
     model=$(caption_model "$key")
     scene=$(caption_scene "$model")
+    scene1=$(caption_scene "$model" "$CAPTION_B1_COLS" "$CAPTION_B1_ROWS")
     name=${key/:/_}
+    # A key's rows are replaced when it runs (CAPTION_KEYS=... reruns some, the report lists all).
+    rm -rf "$RESULTS/caption_out/${name}_"* "$RESULTS/caption_${name}_"*.json "$RESULTS/caption_peer_${name}_"*.json
     sync
     # Each tessera run is followed by the peer on the same configuration (same load, in turn).
-    caption_run "${name}_scene" "$model" "$scene" 1 --scene-only
-    caption_run "${name}_scene_beam3" "$model" "$scene" 1 --scene-only --num-beams 3
+    # the scene caption alone, greedy and 3 beams (subtracted from the tile runs of that decoding)
+    [[ " $CAPTION_CONFIGS " == *" b1 "* || " $CAPTION_CONFIGS " == *" b16 "* ]] &&
+      caption_run "${name}_scene" "$model" "$scene" 1 --scene-only
+    [[ " $CAPTION_CONFIGS " == *beam3* ]] &&
+      caption_run "${name}_scene_beam3" "$model" "$scene" 1 --scene-only --num-beams 3
     peer_key=$key; [ "$key" = blip2-opt:mid-opt ] && peer_key=blip2-opt:mid
     for cfg in "b1 1 1 $CAPTION_PEER_B1_IMAGES" "b1_beam3 1 3 $CAPTION_PEER_B1_IMAGES" \
                "b16 16 1 $CAPTION_PEER_B16_IMAGES" "b16_beam3 16 3 $CAPTION_PEER_B16_IMAGES"; do
       set -- $cfg
-      caption_run "${name}_$1" "$model" "$scene" "$2" --num-beams "$3"
+      [[ " $CAPTION_CONFIGS " == *" $1 "* ]] || continue
+      sc=$scene; [ "$2" = 1 ] && sc=$scene1
+      caption_run "${name}_$1" "$model" "$sc" "$2" --num-beams "$3"
       if [ "$CAPTION_PEER" = 1 ] && [ "$key" != blip2-opt:mid-opt ]; then
-        caption_peer "${name}_$1" "$peer_key" "$scene" "$2" "$3" "$4"
+        caption_peer "${name}_$1" "$peer_key" "$sc" "$2" "$3" "$4"
       fi
     done
   done
   $PY -c 'import json, os; print(json.dumps({"loadavg_after": os.getloadavg()}))' >> "$RESULTS/caption_env.json"
-  $PY bench/report_caption.py "$RESULTS" --seconds $(( $(date +%s) - t0 )) --keys "$CAPTION_KEYS"
+  $PY bench/report_caption.py "$RESULTS" --seconds $(( $(date +%s) - t0 ))
 }
 
 # --- stitch + COG + polygonize -------------------------------------------------------------------
