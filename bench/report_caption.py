@@ -40,7 +40,10 @@ CONFIGS = [("b1", 1, 1), ("b1_beam3", 1, 3), ("b16", 16, 1), ("b16_beam3", 16, 3
 
 def load(d: Path, name: str):
     p = d / f"caption_{name}.json"
-    return json.loads(p.read_text()) if p.is_file() else None
+    try:
+        return json.loads(p.read_text()) if p.is_file() else None
+    except json.JSONDecodeError:  # a run still writing it, or one that failed
+        return None
 
 
 def tiles_only(run: dict, scene: dict | None):

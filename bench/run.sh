@@ -23,19 +23,25 @@
 #   The package is exported once into bench/results/models/ with tools/export (which needs
 #   the export venv .venv-export, ~3 GB of torch, created here if missing).
 #
-# caption: BLIP-2 captioning speed, `tessera caption` with every caption exactly 30 new tokens
-#   (--max-new-tokens 30 --min-new-tokens 30), batch 1 and 16, on a generated scene of 8 x 4 = 32
-#   tiles at each model's input size (2 full batches of 16), with the tiny committed model
-#   (sample_data/models/blip2-tiny) and a mid-size random one (OPT-125m-shaped language model:
-#   hidden 768, 12 layers, vocab 50272; small vision tower, 32 query tokens, 224 px), greedy and,
-#   for the mid model at batch 16, beam search (3 beams). Peer, same run: Hugging Face
-#   `generate` (PyTorch fp32, CPU) on the same weights and tiles (bench/peer_caption.py, in the
-#   export venv). Every tessera run also makes one caption of the whole scene first (batch 1);
-#   a --scene-only run measures it so the report can give tile-only rates too.
-#   -> bench/results/caption.md (+ caption_*.json, caption_summary.json). About 2-3 minutes on
-#   2 idle cores (6 min measured on 2026-11-27 with the machine loaded by other work; + ~30 s
-#   to export the mid model once into bench/results/models/).
-#   CAPTION_PEER=0 skips the PyTorch peer.
+# caption: captioning speed, `tessera caption` with every caption exactly 30 new tokens
+#   (--max-new-tokens 30 --min-new-tokens 30) against Hugging Face `generate` (PyTorch fp32, CPU,
+#   in the export venv) on the same weights and tiles, each peer run right after tessera's run of
+#   the same configuration: batch 16 on a generated scene of 4 x 4 tiles at the model's input
+#   size, batch 1 on 2 x 2 tiles, greedy and 3 beams (CAPTION_CONFIGS="b1 b1_beam3 b16 b16_beam3").
+#   Models (CAPTION_KEYS, family:shape): BLIP-2/OPT, BLIP, BLIP-2/Flan-T5 and Florence-2, each
+#   as its tiny committed fixture and a mid-size random shape (`export.py ... --tiny --shape mid`,
+#   exported once into bench/results/models/), and blip2-opt:mid-opt, the BLIP-2/OPT mid package
+#   with its decoder graph rewritten by bench/optimize_decoder.py (last-position LM head, ONNX
+#   Runtime's transformer optimizer). Peers: bench/peer_caption.py (BLIP-2/OPT, from a
+#   save_pretrained copy) and bench/peer_caption_xdec.py (the others, built by the exporter's
+#   seeded tiny_parts). Every tessera run also makes one caption of the whole scene; a
+#   --scene-only run measures it so that the report gives tile-only rates. The 1-minute load
+#   average at the start of every run goes to caption_load.jsonl.
+#   -> bench/results/caption.md (+ caption_*.json, caption_summary.json). The mid models take
+#   minutes per configuration on 2 loaded cores (2026-12-02: ~4 min for tessera + peer at batch 16
+#   greedy on BLIP-2/OPT mid, load ~17); + ~2 min per mid model to export it once.
+#   CAPTION_PEER=0 skips the PyTorch peer; BENCH_EXPORT_VENV=keep uses an existing export venv
+#   as it is (no pip install into it).
 #
 # models: model-only throughput (`tessera bench-model`: the image graph on one in-memory batch,
 #   no reading or preprocessing) of three random-weight packages of real shapes, fp32 and fp16
