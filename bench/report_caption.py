@@ -2,12 +2,17 @@
 """Report of the `caption` benchmark section (bench/run.sh): reads bench/results/caption_*.json and
 writes caption.md and caption_summary.json.
 
-Rates are over model time (`model_seconds`: image prefix + prompt + decoding, the time inside
-`generate`), as tessera reports them. tessera counts the caption of the whole scene (one extra
-batch-1 caption, made first, so it also carries the first-run warm-up) in `captions_per_second`;
-the "tiles only" columns take it out with the --scene-only run of the same model and decoding:
-tiles / (model_seconds - scene-only model_seconds). The PyTorch peer times only tile batches after
-one untimed warm-up batch, so the tiles-only rates are the ones to compare with it.
+For every model key (family:shape, --keys) and decoding configuration (batch 1 / 16, greedy /
+3 beams): tessera's tiles-only rate and the PyTorch peer's (Hugging Face `generate`, same weights
+and tiles, run right after tessera's run of the same configuration), their ratio, and how many
+tiles got the same tokens on both sides.
+
+tessera's rates are over model time (`model_seconds`: image encoder + prompt + decoding), and
+tessera also captions the whole scene (one extra batch-1 caption, made first, so it also carries
+the first-run warm-up); "tiles only" takes it out with the --scene-only run of the same model and
+decoding: tokens / (model_seconds - scene-only model_seconds). The peer times only tile batches
+after one untimed warm-up batch. The machine may be shared: the 1-minute load average at the start
+of every run is in caption_load.jsonl and in the table.
 """
 
 from __future__ import annotations
@@ -19,10 +24,26 @@ import os
 import platform
 from pathlib import Path
 
+LABELS = {
+    "blip2-opt:tiny": ("BLIP-2 / OPT", "tiny (committed fixture: hidden 32, 2 layers, vocab 519, 32 px)"),
+    "blip2-opt:mid": ("BLIP-2 / OPT", "mid (OPT-125m LM: hidden 768, 12 layers, vocab 50272; small 224 px vision, 32 query tokens)"),
+    "blip2-opt:mid-opt": ("BLIP-2 / OPT", "mid, decoder graph through bench/optimize_decoder.py (last-position LM head, ORT optimizer)"),
+    "blip:tiny": ("BLIP", "tiny (committed fixture: text hidden 32, 2 layers, 32 px)"),
+    "blip:mid": ("BLIP", "mid (BLIP-base text decoder: hidden 768, 12 layers, vocab 30524; small 224 px ViT, 50 memory tokens)"),
+    "blip2-t5:tiny": ("BLIP-2 / Flan-T5", "tiny (committed fixture: d_model 32, 2 + 2 layers, 32 px)"),
+    "blip2-t5:mid": ("BLIP-2 / Flan-T5", "mid (Flan-T5-base LM: d_model 768, 12 + 12 layers, vocab 32128; small 224 px vision, 32 query tokens)"),
+    "florence2:tiny": ("Florence-2", "tiny (committed fixture: BART d_model 32, 2 + 2 layers, 64 px)"),
+    "florence2:mid": ("Florence-2", "mid (Florence-2-base BART: d_model 768, 6 + 6 layers, vocab 51289; tiny DaViT at 224 px, 50 image tokens)"),
+}
+CONFIGS = [("b1", 1, 1), ("b1_beam3", 1, 3), ("b16", 16, 1), ("b16_beam3", 16, 3)]
+
 
 def load(d: Path, name: str):
     p = d / f"caption_{name}.json"
-    return json.loads(p.read_text()) if p.is_file() else None
+    try:
+        return json.loads(p.read_text()) if p.is_file() else None
+    except json.JSONDecodeError:  # a run still writing it, or one that failed
+        return None
 
 
 def tiles_only(run: dict, scene: dict | None):
@@ -50,8 +71,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("results", type=Path)
     ap.add_argument("--seconds", type=float, default=None, help="wall time of the whole section")
-    ap.add_argument("--tiny", default="sample_data/models/blip2-tiny")
-    ap.add_argument("--mid", default="bench/results/models/blip2-mid-random")
+    ap.add_argument("--keys", default=" ".join(LABELS), help="model keys, as bench/run.sh CAPTION_KEYS "
+                    "(default: every key; those without results are left out)")
     a = ap.parse_args()
     d = a.results
 
@@ -60,95 +81,89 @@ def main() -> None:
     if envp.is_file():
         for line in envp.read_text().splitlines():
             env.update(json.loads(line))
+    loads = {}
+    lp = d / "caption_load.jsonl"
+    if lp.is_file():
+        for line in lp.read_text().splitlines():
+            loads.update(json.loads(line))
 
-    rows = []  # (label, model, batch, beams, run json, scene-only json)
-    spec = [("tiny", "tiny_b1", "tiny_scene"), ("tiny", "tiny_b16", "tiny_scene"),
-            ("mid", "mid_b1", "mid_scene"), ("mid", "mid_b16", "mid_scene"),
-            ("mid", "mid_b16_beam3", "mid_scene_beam3")]
-    summary = {"date": str(datetime.date.today()), "cpus": os.cpu_count(), "machine": platform.machine(),
-               "env": env, "section_seconds": a.seconds, "runs": {}, "peer": {}, "ratios": {}}
-    for model, name, scene_name in spec:
-        r = load(d, name)
-        if r is None:
-            continue
-        t = tiles_only(r, load(d, scene_name))
-        rows.append((model, name, r, t))
-        summary["runs"][name] = {k: r[k] for k in ("provider", "params", "tiles_captioned", "new_tokens", "seconds",
-                                                   "model_seconds", "captions_per_second", "tokens_per_second",
-                                                   "peak_rss_bytes")}
-        summary["runs"][name]["batch_size"] = int(name.split("_b")[1].split("_")[0])
-        summary["runs"][name]["tiles_only"] = t
-
-    peers = {}
-    for name in ("mid_b1", "mid_b16", "mid_b16_beam3"):
-        p = load(d, f"peer_{name}")
-        if p is not None:
-            peers[name] = p
-            run = p["runs"][0]
-            summary["peer"][name] = {k: v for k, v in run.items() if k != "tokens"}
-            summary["peer"][name].update({k: p[k] for k in ("transformers", "torch", "dtype", "threads",
-                                                            "attn_implementation", "num_beams")})
-
-    def cell(x, f="{:.2f}"):
-        return "-" if x is None else f.format(x)
-
-    first = rows[0][2] if rows else {}
+    summary = {"date": str(datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
+               "cpus": os.cpu_count(), "machine": platform.machine(), "env": env, "load_at_start": loads,
+               "section_seconds": a.seconds, "rows": []}
+    keys = [k for k in a.keys.split() if any(d.glob(f"caption_{k.replace(':', '_')}_*.json"))]
     lines = [
-        f"# BLIP-2 caption benchmark ({summary['date']}, {summary['cpus']} CPUs, {summary['machine']}, CPU provider)",
+        f"# Caption benchmark ({summary['date']}, {summary['cpus']} CPUs, {summary['machine']}, CPU provider)",
         "",
-        f"`tessera caption SCENE --model M --batch-size B --max-new-tokens 30 --min-new-tokens 30 --json` "
-        f"on a generated 8 x 4-tile scene at each model's input size (32 tiles: 2 full batches of 16); every "
-        f"caption is exactly 30 new tokens. Rates are over model time (`model_seconds`).",
+        f"`tessera caption SCENE --model M --batch-size B [--num-beams 3] --max-new-tokens 30 --min-new-tokens 30` "
+        f"on a generated scene of tiles at each model's input size; every caption is exactly 30 new tokens. "
+        f"tessera: tiles-only tokens/s over model time (the scene caption removed with a --scene-only run). "
+        f"PyTorch: Hugging Face `generate` (fp32, CPU, same weights and tiles, min_new_tokens = max_new_tokens = 30, "
+        f"one untimed warm-up batch), run right after tessera's run of the same configuration. "
+        f"ratio = tessera tokens/s / PyTorch tokens/s; CPU-time ratio = PyTorch CPU seconds per token / tessera's "
+        f"(tessera: the tile run's process CPU time minus the scene-only run's; both sides' thread pools spin, "
+        f"so this counts some waiting as work on both sides). load = 1-minute load average at the start of "
+        f"tessera's / the peer's run (2 vCPUs; above 2 the machine was shared with other work).",
         "",
-        f"- tiny: `{a.tiny}` (committed random BLIP-2/OPT: hidden 32, 2 layers, vocab 519, 8 query tokens, 32 px)",
-        f"- mid: `{a.mid}` (random BLIP-2 with an OPT-125m-shaped language model: hidden 768, 12 layers, "
-        f"12 heads, ffn 3072, vocab 50272; a 2-layer 64-wide vision tower and Q-Former, 32 query tokens, 224 px; "
-        f"`export.py blip2 --tiny --shape mid`)",
+        "Models:",
         "",
-        "| model | batch | beams | captions (tiles + scene) | new tokens | seconds | model s | captions/s | tokens/s | tiles only: captions/s | tiles only: tokens/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for model, name, r, t in rows:
-        b = summary["runs"][name]["batch_size"]
-        lines.append(
-            f"| {model} | {b} | {r['params']['num_beams']} | {r['tiles_captioned']} + 1 | {r['new_tokens']} | "
-            f"{r['seconds']:.2f} | {r['model_seconds']:.2f} | {r['captions_per_second']:.2f} | "
-            f"{r['tokens_per_second']:.1f} | {cell(t and t['captions_per_second'])} | "
-            f"{cell(t and t['tokens_per_second'], '{:.1f}')} |")
-    lines += ["", "`seconds` is end to end (loading the package, reading, decoding, writing the outputs); "
-              "\"tiles only\" removes the scene caption (one batch-1 caption, which also pays the first-run "
-              "warm-up) using a `--scene-only` run of the same model and decoding."]
-
-    if peers:
-        p0 = next(iter(peers.values()))
-        lines += ["", f"## PyTorch peer (same run, same weights and tiles)", "",
-                  f"Hugging Face `Blip2ForConditionalGeneration.generate`, transformers {p0['transformers']}, "
-                  f"torch {p0['torch']}, CPU, {p0['dtype']}, {p0['threads']} threads, attention "
-                  f"`{p0['attn_implementation']}`, min_new_tokens = max_new_tokens = 30, one untimed warm-up "
-                  f"batch (bench/peer_caption.py).", "",
-                  "| model | batch | beams | captions | seconds | captions/s | tokens/s | tessera tiles-only / PyTorch (captions/s) | tokens equal to tessera's |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for name, p in peers.items():
-            run = p["runs"][0]
-            ours = summary["runs"].get(name, {}).get("tiles_only")
-            ratio = ours["captions_per_second"] / run["captions_per_second"] if ours else None
-            summary["ratios"][name] = ratio
-            tt = tokens_by_tile(d, name)
-            agree = "-"
-            if tt is not None:
-                n = len(run["tokens"])
-                same = sum(1 for x, y in zip(tt[:n], run["tokens"]) if x == y)
-                agree = f"{same}/{n} tiles"
-                summary["peer"][name]["tiles_with_equal_tokens"] = same
-            lines.append(f"| mid | {run['batch_size']} | {p['num_beams']} | {run['images']} | {run['seconds']:.2f} | "
-                         f"{run['captions_per_second']:.2f} | {run['tokens_per_second']:.1f} | "
-                         f"**{cell(ratio)}x** | {agree} |")
-    if env:
-        lb, la = env.get("loadavg_before"), env.get("loadavg_after")
-        lines += ["", f"Load average before / after the section: {lb and round(lb[0], 2)} / {la and round(la[0], 2)} "
-                  "(the machine is shared: other work running at the same time slows both sides)."]
+    for k in keys:
+        fam, desc = LABELS.get(k, (k, ""))
+        lines.append(f"- {fam} {desc} (`{k}`)")
+    lines += ["", "| model | shape | batch | beams | tessera tokens/s | PyTorch tokens/s | ratio | CPU-time ratio | equal tokens | load (tessera / peer) |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    peer_info = None
+    for k in keys:
+        name = k.replace(":", "_")
+        fam = LABELS.get(k, (k,))[0]
+        shape = k.split(":", 1)[1]
+        peer_name = "blip2-opt_mid" if k == "blip2-opt:mid-opt" else name
+        for cfg, batch, beams in CONFIGS:
+            r = load(d, f"{name}_{cfg}")
+            if r is None:
+                continue
+            scene = load(d, f"{name}_scene" + ("_beam3" if beams == 3 else ""))
+            t = tiles_only(r, scene)
+            p = load(d, f"peer_{peer_name}_{cfg}")
+            prun = p["runs"][0] if p else None
+            peer_info = peer_info or p
+            ratio = (t["tokens_per_second"] / prun["tokens_per_second"]) if (t and prun) else None
+            # CPU time (robust to a shared machine): tessera's process CPU seconds of the tile run
+            # minus those of the scene-only run (loading and the scene caption cancel out), per
+            # new token, against the peer's process CPU seconds of its timed batches per new token.
+            cpu_ratio = None
+            pr = load(d, f"{name}_{cfg}_process")
+            ps = load(d, f"{name}_scene" + ("_beam3" if beams == 3 else "") + "_process")
+            if t and prun and pr and ps and prun.get("cpu_seconds"):
+                ours = pr["cpu_seconds"] - ps["cpu_seconds"]
+                if ours > 0:
+                    cpu_ratio = (prun["cpu_seconds"] / prun["new_tokens"]) / (ours / t["new_tokens"])
+            agree = None
+            tt = tokens_by_tile(d, f"{name}_{cfg}")
+            if tt is not None and prun is not None:
+                n = len(prun["tokens"])
+                agree = (sum(1 for x, y in zip(tt[:n], prun["tokens"]) if x == y), n)
+            row = {"key": k, "config": cfg, "batch": batch, "beams": beams,
+                   "tessera": {"tiles_only": t, "model_seconds": r["model_seconds"], "seconds": r["seconds"],
+                               "tiles": r["tiles_captioned"], "provider": r.get("provider")},
+                   "peer": {kk: v for kk, v in prun.items() if kk != "tokens"} if prun else None,
+                   "ratio": ratio, "cpu_time_ratio": cpu_ratio, "equal_tokens": agree,
+                   "load": [loads.get(f"{name}_{cfg}"), loads.get(f"peer_{peer_name}_{cfg}")]}
+            summary["rows"].append(row)
+            lt, lpeer = row["load"]
+            fmt = lambda x, f="{:.1f}": "-" if x is None else f.format(x)  # noqa: E731
+            lines.append(
+                f"| {fam} | {shape} | {batch} | {beams} | {fmt(t and t['tokens_per_second'])} | "
+                f"{fmt(prun and prun['tokens_per_second'])} | **{fmt(ratio, '{:.2f}')}x** | {fmt(cpu_ratio, '{:.2f}')}x | "
+                f"{'-' if agree is None else f'{agree[0]}/{agree[1]} tiles'} | {fmt(lt)} / {fmt(lpeer)} |")
+    if peer_info:
+        lines += ["", f"PyTorch peer: transformers {peer_info['transformers']}, torch {peer_info['torch']}, "
+                      f"{peer_info['threads']} threads, fp32, attention `{peer_info['attn_implementation']}`."]
+    lb, la = env.get("loadavg_before"), env.get("loadavg_after")
+    if lb or la:
+        lines += [f"Load average before / after the section: {lb and round(lb[0], 2)} / {la and round(la[0], 2)}."]
     if a.seconds is not None:
-        lines += [f"Section wall time (without the one-off export): {a.seconds:.0f} s."]
+        lines += [f"Section wall time (without one-off exports): {a.seconds:.0f} s."]
     text = "\n".join(lines) + "\n"
     (d / "caption.md").write_text(text)
     (d / "caption_summary.json").write_text(json.dumps(summary, indent=1) + "\n")

@@ -23,19 +23,25 @@
 #   The package is exported once into bench/results/models/ with tools/export (which needs
 #   the export venv .venv-export, ~3 GB of torch, created here if missing).
 #
-# caption: BLIP-2 captioning speed, `tessera caption` with every caption exactly 30 new tokens
-#   (--max-new-tokens 30 --min-new-tokens 30), batch 1 and 16, on a generated scene of 8 x 4 = 32
-#   tiles at each model's input size (2 full batches of 16), with the tiny committed model
-#   (sample_data/models/blip2-tiny) and a mid-size random one (OPT-125m-shaped language model:
-#   hidden 768, 12 layers, vocab 50272; small vision tower, 32 query tokens, 224 px), greedy and,
-#   for the mid model at batch 16, beam search (3 beams). Peer, same run: Hugging Face
-#   `generate` (PyTorch fp32, CPU) on the same weights and tiles (bench/peer_caption.py, in the
-#   export venv). Every tessera run also makes one caption of the whole scene first (batch 1);
-#   a --scene-only run measures it so the report can give tile-only rates too.
-#   -> bench/results/caption.md (+ caption_*.json, caption_summary.json). About 2-3 minutes on
-#   2 idle cores (6 min measured on 2026-11-27 with the machine loaded by other work; + ~30 s
-#   to export the mid model once into bench/results/models/).
-#   CAPTION_PEER=0 skips the PyTorch peer.
+# caption: captioning speed, `tessera caption` with every caption exactly 30 new tokens
+#   (--max-new-tokens 30 --min-new-tokens 30) against Hugging Face `generate` (PyTorch fp32, CPU,
+#   in the export venv) on the same weights and tiles, each peer run right after tessera's run of
+#   the same configuration: batch 16 on a generated scene of 4 x 4 tiles at the model's input
+#   size, batch 1 on 2 x 2 tiles, greedy and 3 beams (CAPTION_CONFIGS="b1 b1_beam3 b16 b16_beam3").
+#   Models (CAPTION_KEYS, family:shape): BLIP-2/OPT, BLIP, BLIP-2/Flan-T5 and Florence-2, each
+#   as its tiny committed fixture and a mid-size random shape (`export.py ... --tiny --shape mid`,
+#   exported once into bench/results/models/), and blip2-opt:mid-opt, the BLIP-2/OPT mid package
+#   with its decoder graph rewritten by bench/optimize_decoder.py (last-position LM head, ONNX
+#   Runtime's transformer optimizer). Peers: bench/peer_caption.py (BLIP-2/OPT, from a
+#   save_pretrained copy) and bench/peer_caption_xdec.py (the others, built by the exporter's
+#   seeded tiny_parts). Every tessera run also makes one caption of the whole scene; a
+#   --scene-only run measures it so that the report gives tile-only rates. The 1-minute load
+#   average at the start of every run goes to caption_load.jsonl.
+#   -> bench/results/caption.md (+ caption_*.json, caption_summary.json). The mid models take
+#   minutes per configuration on 2 loaded cores (2026-12-02: ~4 min for tessera + peer at batch 16
+#   greedy on BLIP-2/OPT mid, load ~17); + ~2 min per mid model to export it once.
+#   CAPTION_PEER=0 skips the PyTorch peer; BENCH_EXPORT_VENV=keep uses an existing export venv
+#   as it is (no pip install into it).
 #
 # models: model-only throughput (`tessera bench-model`: the image graph on one in-memory batch,
 #   no reading or preprocessing) of three random-weight packages of real shapes, fp32 and fp16
@@ -174,6 +180,10 @@ ensure_export_venv() {
   if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     return
   fi
+  # BENCH_EXPORT_VENV=keep: use an existing venv as it is (one set up by other means, shared).
+  if [ "${BENCH_EXPORT_VENV:-}" = keep ] && [ -x "$venv/bin/python" ]; then
+    return
+  fi
   say "preparing the export virtualenv $venv (tools/export/requirements.txt; torch is ~3 GB)"
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   "$venv/bin/python" -m pip install --quiet -r tools/export/requirements.txt
@@ -216,79 +226,153 @@ bench_classify() {
   $PY bench/report_classify.py "$RESULTS" --scene "$scene" --model "$CLASSIFY_MODEL"
 }
 
-# --- BLIP-2 caption ------------------------------------------------------------------------------
-CAPTION_TINY=sample_data/models/blip2-tiny
-CAPTION_MID=$MODELS/blip2-mid-random          # tessera package
-CAPTION_MID_HF=$MODELS/blip2-mid-random-hf    # the same weights, save_pretrained (for the peer)
+# --- captions: BLIP-2/OPT, BLIP, BLIP-2/Flan-T5, Florence-2 ------------------------------------
+# MODEL KEYS (family:shape): tiny = the committed fixture, mid = a random benchmark shape exported
+# once into $MODELS (export.py <cmd> --tiny --shape mid); blip2-opt:mid-opt = the same mid package
+# with bench/optimize_decoder.py's decoder graph (last-position LM head, ORT transformer optimizer).
+# (Mid shapes first: on a busy machine the section can be cut short and still report them.)
+CAPTION_KEYS=${CAPTION_KEYS:-"blip2-opt:mid blip2-opt:mid-opt blip:mid blip2-t5:mid florence2:mid blip2-opt:tiny blip:tiny blip2-t5:tiny florence2:tiny"}
 CAPTION_TOKENS=30
 CAPTION_PEER=${CAPTION_PEER:-1}
-CAPTION_PEER_B1_IMAGES=8   # the peer's batch 1 runs ~2 s per caption here: 8 captions are enough
+CAPTION_COLS=${CAPTION_COLS:-4}   # scene of COLS x ROWS tiles (default 16: one full batch of 16)
+CAPTION_ROWS=${CAPTION_ROWS:-4}
+CAPTION_B1_COLS=${CAPTION_B1_COLS:-2}   # batch-1 runs: a scene of 2 x 2 tiles (4 captions, both sides)
+CAPTION_B1_ROWS=${CAPTION_B1_ROWS:-2}
+CAPTION_PEER_B1_IMAGES=$((CAPTION_B1_COLS * CAPTION_B1_ROWS))
+CAPTION_PEER_B16_IMAGES=16
+# Decoding configurations (name batch beams): CAPTION_CONFIGS="b16 b16_beam3" runs only those.
+CAPTION_CONFIGS=${CAPTION_CONFIGS:-"b1 b1_beam3 b16 b16_beam3"}
 
-ensure_caption_model() {  # the mid-size random BLIP-2, exported once (package + save_pretrained folder)
-  local f ok=1
-  for f in "$CAPTION_MID"/{model.toml,image_prefix.onnx,embed_tokens.onnx,decoder.onnx,tokenizer.json} \
-           "$CAPTION_MID_HF"/{config.json,model.safetensors,preprocessor_config.json}; do
-    [ -f "$f" ] || ok=0
-  done
-  [ $ok = 1 ] && return
-  ensure_export_venv
-  say "exporting $CAPTION_MID (OPT-125m-shaped BLIP-2, random weights, ~650 MB + ~500 MB)"
-  rm -rf "$CAPTION_MID.partial" "$CAPTION_MID_HF.partial"
-  .venv-export/bin/python tools/export/export.py blip2 --tiny --shape mid --out "$CAPTION_MID.partial" \
-    --save-pretrained "$CAPTION_MID_HF.partial" >&2
-  rm -rf "$CAPTION_MID" "$CAPTION_MID_HF"
-  mv "$CAPTION_MID_HF.partial" "$CAPTION_MID_HF"
-  mv "$CAPTION_MID.partial" "$CAPTION_MID"
+caption_export() {  # DIR EXPORT-ARGS...: export once (atomic)
+  local dir=$1; shift
+  [ -f "$dir/model.toml" ] && return
+  ensure_export_venv >&2
+  say "exporting $dir (random weights: export.py $*)"
+  rm -rf "$dir.partial"
+  .venv-export/bin/python tools/export/export.py "$@" --out "$dir.partial" >&2
+  rm -rf "$dir" && mv "$dir.partial" "$dir"
 }
 
-caption_scene() {  # model -> scene path: 8 x 4 tiles at the model's input size (+ .npy for the peer)
-  local size out
+caption_model() {  # KEY -> package path (exported / optimised once)
+  case "$1" in
+    blip2-opt:tiny) echo sample_data/models/blip2-tiny ;;
+    blip2-opt:mid)
+      local f ok=1
+      for f in "$MODELS"/blip2-mid-random/{model.toml,decoder.onnx} "$MODELS"/blip2-mid-random-hf/{config.json,model.safetensors}; do
+        [ -f "$f" ] || ok=0
+      done
+      if [ $ok = 0 ]; then
+        ensure_export_venv >&2
+        say "exporting $MODELS/blip2-mid-random (OPT-125m-shaped BLIP-2, random weights) + save_pretrained copy"
+        rm -rf "$MODELS"/blip2-mid-random{,-hf}{,.partial}
+        .venv-export/bin/python tools/export/export.py blip2 --tiny --shape mid --out "$MODELS/blip2-mid-random.partial" \
+          --save-pretrained "$MODELS/blip2-mid-random-hf.partial" >&2
+        mv "$MODELS/blip2-mid-random-hf.partial" "$MODELS/blip2-mid-random-hf"
+        mv "$MODELS/blip2-mid-random.partial" "$MODELS/blip2-mid-random"
+      fi
+      echo "$MODELS/blip2-mid-random" ;;
+    blip2-opt:mid-opt)
+      caption_model blip2-opt:mid > /dev/null
+      if [ ! -f "$MODELS/blip2-mid-random-opt/model.toml" ] || [ "$MODELS/blip2-mid-random/decoder.onnx" -nt "$MODELS/blip2-mid-random-opt/model.toml" ]; then
+        ensure_export_venv >&2
+        say "optimising the decoder graph of $MODELS/blip2-mid-random (bench/optimize_decoder.py --fuse gpt2)"
+        .venv-export/bin/python bench/optimize_decoder.py "$MODELS/blip2-mid-random" --out "$MODELS/blip2-mid-random-opt" --fuse gpt2 >&2
+      fi
+      echo "$MODELS/blip2-mid-random-opt" ;;
+    blip:tiny) echo sample_data/models/blip-tiny ;;
+    blip2-t5:tiny) echo sample_data/models/blip2-t5-tiny ;;
+    florence2:tiny) echo sample_data/models/florence2-tiny ;;
+    blip:mid) caption_export "$MODELS/blip-mid-random" blip --tiny --shape mid; echo "$MODELS/blip-mid-random" ;;
+    blip2-t5:mid) caption_export "$MODELS/blip2-t5-mid-random" blip2 --tiny --language-model t5 --shape mid
+      echo "$MODELS/blip2-t5-mid-random" ;;
+    florence2:mid) caption_export "$MODELS/florence2-mid-random" florence2 --tiny --shape mid
+      echo "$MODELS/florence2-mid-random" ;;
+    *) say "unknown caption model '$1' in CAPTION_KEYS"; exit 2 ;;
+  esac
+}
+
+caption_scene() {  # model [cols rows] -> scene path: cols x rows tiles at the model's input size (+ .npy for the peer)
+  local size out cols=${2:-$CAPTION_COLS} rows=${3:-$CAPTION_ROWS}
   size=$(sed -n 's/^size *= *\([0-9]*\).*/\1/p' "$1/model.toml" | head -1)
-  out="$DATA/caption_scene_${size}.tif"
-  [ -f "$out" ] && [ -f "${out%.tif}.npy" ] || $PY bench/caption_scene.py "$out" --tile "$size" --cols 8 --rows 4 >&2
+  out="$DATA/caption_scene_${size}_${cols}x${rows}.tif"
+  [ -f "$out" ] && [ -f "${out%.tif}.npy" ] || $PY bench/caption_scene.py "$out" --tile "$size" --cols "$cols" --rows "$rows" >&2
   echo "$out"
+}
+
+caption_load() {  # NAME: the 1-minute load average when a run starts (the machine may be shared)
+  $PY -c 'import json, os, sys; print(json.dumps({sys.argv[1]: os.getloadavg()[0]}))' "$1" >> "$RESULTS/caption_load.jsonl"
 }
 
 caption_run() {  # NAME MODEL SCENE BATCH [extra tessera args...] -> $RESULTS/caption_NAME.json
   local name=$1 model=$2 scene=$3 batch=$4; shift 4
   say "tessera caption: $name"
-  "$T" caption "$scene" --pixel-coords --model "$model" --batch-size "$batch" \
+  caption_load "$name"
+  measured "$RESULTS/caption_${name}_process.json" "$RESULTS/caption_$name.json" \
+    "$T" caption "$scene" --pixel-coords --model "$model" --batch-size "$batch" \
     --max-new-tokens "$CAPTION_TOKENS" --min-new-tokens "$CAPTION_TOKENS" \
-    --out "$RESULTS/caption_out/$name" --overwrite --json --quiet "$@" > "$RESULTS/caption_$name.json"
+    --out "$RESULTS/caption_out/$name" --overwrite --json --quiet "$@" \
+    || { say "tessera caption $name failed (row left out)"; rm -f "$RESULTS/caption_$name.json"; }
+}
+
+caption_peer() {  # NAME KEY SCENE BATCH BEAMS IMAGES -> $RESULTS/caption_peer_NAME.json
+  local name=$1 key=$2 scene=$3 batch=$4 beams=$5 images=$6 fam=${2%%:*} shape=${2##*:}
+  say "PyTorch peer (transformers generate, fp32 CPU): $name ($images captions)"
+  caption_load "peer_$name"
+  if [ "$fam" = blip2-opt ]; then
+    local hf=$MODELS/blip2-mid-random-hf
+    if [ "$shape" = tiny ]; then  # the fixture's weights (same seed), as a save_pretrained folder, once
+      hf=$MODELS/blip2-tiny-hf
+      if [ ! -f "$hf/config.json" ]; then
+        rm -rf "$hf" "$MODELS/blip2-tiny-pkg.partial"
+        .venv-export/bin/python tools/export/export.py blip2 --tiny --no-reference --out "$MODELS/blip2-tiny-pkg.partial" \
+          --save-pretrained "$hf" >&2
+        rm -rf "$MODELS/blip2-tiny-pkg.partial"
+      fi
+    fi
+    .venv-export/bin/python bench/peer_caption.py --hf "$hf" --scene "${scene%.tif}.npy" \
+      --batch-sizes "$batch" --images "$images" --num-beams "$beams" --max-new-tokens "$CAPTION_TOKENS" \
+      > "$RESULTS/caption_peer_$name.json" || { say "peer $name failed"; rm -f "$RESULTS/caption_peer_$name.json"; }
+  else
+    .venv-export/bin/python bench/peer_caption_xdec.py --family "$fam" --shape "$shape" --scene "${scene%.tif}.npy" \
+      --batch-sizes "$batch" --images "$images" --num-beams "$beams" --max-new-tokens "$CAPTION_TOKENS" \
+      > "$RESULTS/caption_peer_$name.json" || { say "peer $name failed"; rm -f "$RESULTS/caption_peer_$name.json"; }
+  fi
 }
 
 bench_caption() {
-  ensure_caption_model
-  local tiny_scene mid_scene t0
+  local key model scene scene1 sc name t0 peer_key
   t0=$(date +%s)
-  tiny_scene=$(caption_scene "$CAPTION_TINY")
-  mid_scene=$(caption_scene "$CAPTION_MID")
+  for key in $CAPTION_KEYS; do caption_model "$key" > /dev/null; done
   $PY -c 'import json, os; print(json.dumps({"loadavg_before": os.getloadavg()}))' > "$RESULTS/caption_env.json"
-  rm -rf "$RESULTS/caption_out" && mkdir -p "$RESULTS/caption_out"
-  sync
-  caption_run tiny_b1 "$CAPTION_TINY" "$tiny_scene" 1
-  caption_run tiny_b16 "$CAPTION_TINY" "$tiny_scene" 16
-  caption_run tiny_scene "$CAPTION_TINY" "$tiny_scene" 1 --scene-only
-  caption_run mid_b1 "$CAPTION_MID" "$mid_scene" 1
-  caption_run mid_b16 "$CAPTION_MID" "$mid_scene" 16
-  caption_run mid_b16_beam3 "$CAPTION_MID" "$mid_scene" 16 --num-beams 3
-  caption_run mid_scene "$CAPTION_MID" "$mid_scene" 1 --scene-only
-  caption_run mid_scene_beam3 "$CAPTION_MID" "$mid_scene" 1 --scene-only --num-beams 3
-  rm -f "$RESULTS"/caption_peer_*.json
-  if [ "$CAPTION_PEER" = 1 ]; then
-    ensure_export_venv >&2
-    say "PyTorch peer (transformers generate, fp32 CPU): mid, batch 16 and batch 1 ($CAPTION_PEER_B1_IMAGES captions)"
-    .venv-export/bin/python bench/peer_caption.py --hf "$CAPTION_MID_HF" --scene "${mid_scene%.tif}.npy" \
-      --batch-sizes 16 --max-new-tokens "$CAPTION_TOKENS" > "$RESULTS/caption_peer_mid_b16.json"
-    .venv-export/bin/python bench/peer_caption.py --hf "$CAPTION_MID_HF" --scene "${mid_scene%.tif}.npy" \
-      --batch-sizes 1 --images "$CAPTION_PEER_B1_IMAGES" --max-new-tokens "$CAPTION_TOKENS" > "$RESULTS/caption_peer_mid_b1.json"
-    say "PyTorch peer: mid, batch 16, 3 beams (16 captions)"
-    .venv-export/bin/python bench/peer_caption.py --hf "$CAPTION_MID_HF" --scene "${mid_scene%.tif}.npy" \
-      --batch-sizes 16 --images 16 --num-beams 3 --max-new-tokens "$CAPTION_TOKENS" > "$RESULTS/caption_peer_mid_b16_beam3.json"
-  fi
+  mkdir -p "$RESULTS/caption_out"
+  for key in $CAPTION_KEYS; do
+    model=$(caption_model "$key")
+    scene=$(caption_scene "$model")
+    scene1=$(caption_scene "$model" "$CAPTION_B1_COLS" "$CAPTION_B1_ROWS")
+    name=${key/:/_}
+    # A key's rows are replaced when it runs (CAPTION_KEYS=... reruns some, the report lists all).
+    rm -rf "$RESULTS/caption_out/${name}_"* "$RESULTS/caption_${name}_"*.json "$RESULTS/caption_peer_${name}_"*.json
+    sync
+    # Each tessera run is followed by the peer on the same configuration (same load, in turn).
+    # the scene caption alone, greedy and 3 beams (subtracted from the tile runs of that decoding)
+    [[ " $CAPTION_CONFIGS " == *" b1 "* || " $CAPTION_CONFIGS " == *" b16 "* ]] &&
+      caption_run "${name}_scene" "$model" "$scene" 1 --scene-only
+    [[ " $CAPTION_CONFIGS " == *beam3* ]] &&
+      caption_run "${name}_scene_beam3" "$model" "$scene" 1 --scene-only --num-beams 3
+    peer_key=$key; [ "$key" = blip2-opt:mid-opt ] && peer_key=blip2-opt:mid
+    for cfg in "b1 1 1 $CAPTION_PEER_B1_IMAGES" "b1_beam3 1 3 $CAPTION_PEER_B1_IMAGES" \
+               "b16 16 1 $CAPTION_PEER_B16_IMAGES" "b16_beam3 16 3 $CAPTION_PEER_B16_IMAGES"; do
+      set -- $cfg
+      [[ " $CAPTION_CONFIGS " == *" $1 "* ]] || continue
+      sc=$scene; [ "$2" = 1 ] && sc=$scene1
+      caption_run "${name}_$1" "$model" "$sc" "$2" --num-beams "$3"
+      if [ "$CAPTION_PEER" = 1 ] && [ "$key" != blip2-opt:mid-opt ]; then
+        caption_peer "${name}_$1" "$peer_key" "$sc" "$2" "$3" "$4"
+      fi
+    done
+  done
   $PY -c 'import json, os; print(json.dumps({"loadavg_after": os.getloadavg()}))' >> "$RESULTS/caption_env.json"
-  $PY bench/report_caption.py "$RESULTS" --seconds $(( $(date +%s) - t0 )) \
-    --tiny "$CAPTION_TINY" --mid "$CAPTION_MID"
+  $PY bench/report_caption.py "$RESULTS" --seconds $(( $(date +%s) - t0 ))
 }
 
 # --- stitch + COG + polygonize -------------------------------------------------------------------

@@ -149,7 +149,36 @@ def _reinit(model: nn.Module, std: float) -> None:
             nn.init.normal_(p, 0.0, 1.0)
 
 
-def build_tiny(seed: int, init_std: float, eos_scale: float, vqa: bool = False):
+#: --shape choices ("tiny" first: the default, the test fixture with references; "mid": a random
+#: benchmark model without reference/, see _mid_config).
+SHAPES = ["tiny", "mid"]
+#: init std / EOS bias of the benchmark shape (near-uniform logits are fine there: benchmarks force
+#: the caption length with min_new_tokens).
+BENCH_INIT_STD = 0.02
+BENCH_EOS_SCALE = 1.0
+#: BERT's vocabulary size (bert-base-uncased + BLIP's [DEC]): the mid shape's logits are this wide,
+#: although the tiny tokenizer only knows its first few hundred ids (ids past it decode to nothing).
+BERT_VOCAB = 30524
+
+
+def _mid_config(ids: dict):
+    """BlipConfig of the benchmark shape ``mid``: the text decoder of BLIP-base (hidden 768,
+    12 layers, 12 heads, ffn 3072, vocab 30524), a small 2-layer 64-wide ViT at 224 px, patch 32
+    (50 memory tokens). Random weights, for timing only."""
+    from transformers import BlipConfig
+
+    return BlipConfig(
+        vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=224, patch_size=32),
+        text_config=dict(vocab_size=BERT_VOCAB, hidden_size=768, encoder_hidden_size=64, intermediate_size=3072,
+                         num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=512,
+                         bos_token_id=ids["[DEC]"], eos_token_id=ids["[SEP]"], sep_token_id=ids["[SEP]"],
+                         pad_token_id=ids["[PAD]"], tie_word_embeddings=False),
+        tie_word_embeddings=False,
+    )
+
+
+def build_tiny(seed: int, init_std: float, eos_scale: float, vqa: bool = False, shape: str = "tiny"):
     """(model, tokenizer, ids): a seeded random BlipForConditionalGeneration (or, ``vqa``,
     BlipForQuestionAnswering) of the real classes.
 
@@ -166,7 +195,9 @@ def build_tiny(seed: int, init_std: float, eos_scale: float, vqa: bool = False):
     V = tok.get_vocab_size()
     torch.manual_seed(seed)
     width = 32 if vqa else 48
-    cfg = BlipConfig(
+    if shape != "tiny" and vqa:
+        raise SystemExit(f"export.py blip-vqa: --shape {shape} is only for captioning (export.py blip)")
+    cfg = _mid_config(ids) if shape == "mid" else BlipConfig(
         vision_config=dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
                            num_attention_heads=2, image_size=32, patch_size=8),
         text_config=dict(vocab_size=V, hidden_size=32, encoder_hidden_size=width, intermediate_size=64,
@@ -180,7 +211,7 @@ def build_tiny(seed: int, init_std: float, eos_scale: float, vqa: bool = False):
     _reinit(model, init_std)
     with torch.no_grad():
         model.text_decoder.cls.predictions.decoder.bias[ids["[SEP]"]] += eos_scale
-        for layer in model.text_decoder.bert.encoder.layer:
+        for layer in (model.text_decoder.bert.encoder.layer if shape == "tiny" else []):
             layer.crossattention.output.dense.weight.mul_(TINY_BLOCK_SCALE)
             layer.output.dense.weight.mul_(TINY_BLOCK_SCALE)
     model.eval()
@@ -700,21 +731,34 @@ def load_checkpoint(src: str, vqa: bool) -> Parts:
     return Parts(model, tok, size, pp["image_mean"], pp["image_std"], vqa=vqa)
 
 
+def tiny_parts(command: str, shape: str = "tiny", seed=None, init_std=None, eos_scale=None):
+    """(parts, seed, init_std, eos_scale) of ``--tiny [--shape S]`` with these overrides (None: the
+    defaults); also what bench/peer_caption_xdec.py builds to time HF generate on the same weights."""
+    bench = shape != "tiny"
+    seed = DEFAULT_SEED if seed is None else seed
+    init_std = (BENCH_INIT_STD if bench else DEFAULT_INIT_STD) if init_std is None else init_std
+    eos_scale = (BENCH_EOS_SCALE if bench else DEFAULT_EOS_SCALE[command]) if eos_scale is None else eos_scale
+    vqa = command == "blip-vqa"
+    model, tok, _ = build_tiny(seed, init_std, eos_scale, vqa, shape)
+    parts = Parts(model, hf_tokenizer(tok), model.config.vision_config.image_size, OPENAI_CLIP_MEAN,
+                  OPENAI_CLIP_STD, vqa=vqa)
+    return parts, seed, init_std, eos_scale
+
+
 def export_blip(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tv = transformers.__version__
     vqa = args.command == "blip-vqa"
+    shape = getattr(args, "shape", "tiny")
+    if shape != "tiny" and not args.tiny:
+        raise SystemExit("--shape only applies with --tiny")
     if args.tiny:
-        seed = DEFAULT_SEED if args.seed is None else args.seed
-        init_std = DEFAULT_INIT_STD if args.init_std is None else args.init_std
-        eos_scale = DEFAULT_EOS_SCALE[args.command] if args.eos_scale is None else args.eos_scale
-        model, tok, _ = build_tiny(seed, init_std, eos_scale, vqa)
-        parts = Parts(model, hf_tokenizer(tok), model.config.vision_config.image_size, OPENAI_CLIP_MEAN,
-                      OPENAI_CLIP_STD, vqa=vqa)
-        name = args.name or f"{args.command}-tiny-random"
+        parts, seed, init_std, eos_scale = tiny_parts(args.command, shape, args.seed, args.init_std, args.eos_scale)
+        name = args.name or f"{args.command}-{shape}-random"
         source = (f"random init, seed {seed}, init std {init_std}, [SEP] bias +{eos_scale}, untied head, "
-                  f"transformers {tv}, torch {torch.__version__}")
+                  + ("" if shape == "tiny" else f"shape {shape}, ")
+                  + f"transformers {tv}, torch {torch.__version__}")
         trained = False
     else:
         parts = load_checkpoint(args.source, vqa)
@@ -730,7 +774,7 @@ def export_blip(args) -> None:
         verify_onnx_against_torch(parts, out, pixels[:3], args.tolerance)
     C.save_plain_tokenizer_json(parts.hf_tok, out / "tokenizer.json")
     write_manifest(out / "model.toml", parts, name=name, trained=trained, source=source)
-    if args.tiny and not args.no_reference:
+    if args.tiny and shape == "tiny" and not args.no_reference:
         ref, images_u8, pixels = compute_references(parts, seed, init_std, eos_scale)
         ok, msg = degeneracy_report(ref)
         ref["degeneracy_check"] = {"ok": ok, "summary": msg}
@@ -765,6 +809,11 @@ def add_parser(sub, command: str) -> None:
     c.add_argument("--init-std", type=float, default=None, help=f"--tiny: init std (default {DEFAULT_INIT_STD})")
     c.add_argument("--eos-scale", type=float, default=None,
                    help=f"--tiny: added to the [SEP] bias of the prediction head (default {DEFAULT_EOS_SCALE[command]})")
+    if command == "blip":
+        c.add_argument("--shape", choices=SHAPES, default="tiny",
+                       help="--tiny: 'tiny' (default: the test fixture with reference/) or 'mid', a random "
+                            "benchmark model without reference/ (BLIP-base text decoder: hidden 768, 12 layers, "
+                            "vocab 30524; a small 224 px ViT)")
     C.add_name_arg(c)
     C.add_no_reference_arg(c)
     C.add_skip_verify_arg(c)

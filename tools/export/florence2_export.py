@@ -161,7 +161,19 @@ def tiny_processor(hf_tok, size: int, image_tokens: int):
     return Florence2Processor(image_processor=ip, tokenizer=hf_tok)
 
 
-def build_tiny(seed: int, init_std: float, eos_scale: float, scratch: Path):
+#: --shape choices ("tiny": the test fixture with references; "mid": a random benchmark model
+#: without reference/: Florence-2-base's BART (d_model 768, 6 + 6 layers, 12 heads, ffn 3072, vocab
+#: 51289) on the tiny DaViT at 224 px (7 x 7 + 1 = 50 image tokens)).
+SHAPES = ["tiny", "mid"]
+#: init std / </s> logit offset of the benchmark shape (benchmarks force the caption length).
+BENCH_INIT_STD = 0.02
+BENCH_EOS_SCALE = 1.0
+#: Florence-2's vocabulary size: the mid shape's logits are this wide, although the tiny tokenizer
+#: only knows its first ids (ids past it decode to nothing).
+FLORENCE_VOCAB = 51289
+
+
+def build_tiny(seed: int, init_std: float, eos_scale: float, scratch: Path, shape: str = "tiny"):
     """(model, hf_tok, processor): a seeded random Florence2ForConditionalGeneration of the real
     classes: a 4-stage DaViT (strides 4,2,2,2 as Florence-2, window 2) on 64x64 images -> 2x2
     spatial + 1 temporal = 5 image tokens, and a 2+2 layer BART of width 32.
@@ -175,14 +187,19 @@ def build_tiny(seed: int, init_std: float, eos_scale: float, scratch: Path):
     hf_tok = build_tiny_tokenizer(scratch / "tokenizer", prompt_texts)
     V = len(hf_tok)
     torch.manual_seed(seed)
-    size = 64
+    mid = shape == "mid"
+    size = 224 if mid else 64
+    text = (dict(vocab_size=FLORENCE_VOCAB, d_model=768, encoder_layers=6, decoder_layers=6,
+                 encoder_attention_heads=12, decoder_attention_heads=12, encoder_ffn_dim=3072,
+                 decoder_ffn_dim=3072, max_position_embeddings=1024) if mid else
+            dict(vocab_size=V, d_model=32, encoder_layers=2, decoder_layers=2,
+                 encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
+                 decoder_ffn_dim=64, max_position_embeddings=128))
     cfg = Florence2Config(
         vision_config=dict(depths=[1, 1, 1, 1], embed_dim=[16, 24, 32, 48], num_heads=[1, 2, 2, 4],
-                           num_groups=[1, 2, 2, 4], window_size=2, projection_dim=32, drop_path_rate=0.0,
-                           max_position_embeddings=50, max_temporal_embeddings=100),
-        text_config=dict(model_type="bart", vocab_size=V, d_model=32, encoder_layers=2, decoder_layers=2,
-                         encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
-                         decoder_ffn_dim=64, max_position_embeddings=128, bos_token_id=0, pad_token_id=1,
+                           num_groups=[1, 2, 2, 4], window_size=2, projection_dim=768 if mid else 32,
+                           drop_path_rate=0.0, max_position_embeddings=50, max_temporal_embeddings=100),
+        text_config=dict(model_type="bart", **text, bos_token_id=0, pad_token_id=1,
                          eos_token_id=2, decoder_start_token_id=2, dropout=0.0, attention_dropout=0.0,
                          activation_dropout=0.0, scale_embedding=False, tie_word_embeddings=False),
         image_token_id=hf_tok.image_token_id,
@@ -198,7 +215,7 @@ def build_tiny(seed: int, init_std: float, eos_scale: float, scratch: Path):
         c = 0.3 * torch.randn(ln.bias.shape[0])
         ln.bias.copy_(c)
         model.lm_head.weight[2] += eos_scale * c / c.dot(c)
-        for layer in model.model.language_model.decoder.layers:
+        for layer in (model.model.language_model.decoder.layers if not mid else []):
             layer.encoder_attn.out_proj.weight.mul_(TINY_BLOCK_SCALE)
             layer.fc2.weight.mul_(TINY_BLOCK_SCALE)
     model.eval()
@@ -777,22 +794,35 @@ def load_checkpoint(src: str) -> Parts:
                  {k: g.get(k) for k in FLORENCE_GENERATION})
 
 
+def tiny_parts(scratch: Path, shape: str = "tiny", seed=None, init_std=None, eos_scale=None):
+    """(parts, seed, init_std, eos_scale) of ``--tiny [--shape S]`` with these overrides (None: the
+    defaults; ``scratch``: a folder for the tokenizer files); also what bench/peer_caption_xdec.py
+    builds to time HF generate on the same weights."""
+    bench = shape != "tiny"
+    seed = DEFAULT_SEED if seed is None else seed
+    init_std = (BENCH_INIT_STD if bench else DEFAULT_INIT_STD) if init_std is None else init_std
+    eos_scale = (BENCH_EOS_SCALE if bench else DEFAULT_EOS_SCALE) if eos_scale is None else eos_scale
+    model, hf_tok, proc, size = build_tiny(seed, init_std, eos_scale, scratch, shape)
+    parts = Parts(model, hf_tok, proc, size, IMAGENET_MEAN, IMAGENET_STD, dict(FLORENCE_GENERATION))
+    return parts, seed, init_std, eos_scale
+
+
 def export_florence2(args) -> None:
     import tempfile
 
+    shape = getattr(args, "shape", "tiny")
+    if shape != "tiny" and not args.tiny:
+        raise SystemExit("--shape only applies with --tiny")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tv = transformers.__version__
     with tempfile.TemporaryDirectory(prefix="florence2-export-") as tmp:
         if args.tiny:
-            seed = DEFAULT_SEED if args.seed is None else args.seed
-            init_std = DEFAULT_INIT_STD if args.init_std is None else args.init_std
-            eos_scale = DEFAULT_EOS_SCALE if args.eos_scale is None else args.eos_scale
-            model, hf_tok, proc, size = build_tiny(seed, init_std, eos_scale, Path(tmp))
-            parts = Parts(model, hf_tok, proc, size, IMAGENET_MEAN, IMAGENET_STD, dict(FLORENCE_GENERATION))
-            name = args.name or "florence2-tiny-random"
+            parts, seed, init_std, eos_scale = tiny_parts(Path(tmp), shape, args.seed, args.init_std, args.eos_scale)
+            name = args.name or f"florence2-{shape}-random"
             source = (f"random init, seed {seed}, init std {init_std}, </s> logit +{eos_scale}, untied head, "
-                      f"transformers {tv}, torch {torch.__version__}")
+                      + ("" if shape == "tiny" else f"shape {shape}, ")
+                      + f"transformers {tv}, torch {torch.__version__}")
             trained = False
         else:
             parts = load_checkpoint(args.source)
@@ -809,7 +839,7 @@ def export_florence2(args) -> None:
                                       args.tolerance)
         C.save_plain_tokenizer_json(parts.hf_tok, out / "tokenizer.json")
         write_manifest(out / "model.toml", parts, name=name, trained=trained, source=source)
-        if args.tiny and not args.no_reference:
+        if args.tiny and shape == "tiny" and not args.no_reference:
             ref, images_u8, pixels = compute_references(parts, seed, init_std, eos_scale)
             ok, msg = degeneracy_report(ref)
             ref["degeneracy_check"] = {"ok": ok, "summary": msg}
@@ -846,6 +876,10 @@ def add_parser(sub, command: str) -> None:
     c.add_argument("--init-std", type=float, default=None, help=f"--tiny: init std (default {DEFAULT_INIT_STD})")
     c.add_argument("--eos-scale", type=float, default=None,
                    help=f"--tiny: added to the </s> logit (default {DEFAULT_EOS_SCALE})")
+    c.add_argument("--shape", choices=SHAPES, default="tiny",
+                   help="--tiny: 'tiny' (default: the test fixture with reference/) or 'mid', a random benchmark "
+                        "model without reference/ (Florence-2-base's BART: d_model 768, 6 + 6 layers, vocab "
+                        "51289; the tiny DaViT at 224 px)")
     C.add_name_arg(c)
     C.add_no_reference_arg(c)
     C.add_skip_verify_arg(c)

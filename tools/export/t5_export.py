@@ -189,23 +189,48 @@ def tiny_t5_config(V: int, image_id: int) -> dict:
                 decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, bos_token_id=1)
 
 
-def build_tiny(kind: str, seed: int, init_std: float, eos_scale: float):
+#: --shape choices of ``export.py blip2 --language-model t5`` ("tiny": the test fixture with
+#: references; "mid": a random benchmark model without reference/, see mid_t5_config).
+SHAPES = ["tiny", "mid"]
+#: init std / </s> row factor of the benchmark shape (benchmarks force the caption length).
+BENCH_INIT_STD = 0.02
+BENCH_EOS_SCALE = 1.0
+#: Flan-T5's vocabulary size: the mid shape's logits are this wide, although the tiny tokenizer only
+#: knows its first few hundred ids (ids past it decode to nothing).
+T5_VOCAB = 32128
+
+
+def mid_t5_config(image_id: int) -> dict:
+    """Flan-T5-base's language model shape (d_model 768, 12 + 12 layers, 12 heads, d_ff 2048,
+    vocab 32128, 32 buckets up to 128), with the tiny config's special ids."""
+    c = tiny_t5_config(T5_VOCAB, image_id)
+    c.update(d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_decoder_layers=12, num_heads=12,
+             relative_attention_num_buckets=32, relative_attention_max_distance=128)
+    return c
+
+
+def build_tiny(kind: str, seed: int, init_std: float, eos_scale: float, shape: str = "tiny"):
     """(model, t5 tokenizer, qformer tokenizer or None): seeded random
-    ``Blip2ForConditionalGeneration`` / ``InstructBlipForConditionalGeneration`` with a T5."""
+    ``Blip2ForConditionalGeneration`` / ``InstructBlipForConditionalGeneration`` with a T5.
+    ``shape`` "mid": Flan-T5-base's language model, a small 2-layer 64-wide ViT at 224 px (patch
+    32) and Q-Former, 32 query tokens (random, for timing only)."""
     tok = build_t5_tokenizer()
     qtok = build_bert_tokenizer() if kind == "instructblip" else None
     V = len(tok)
     image_id = tok.convert_tokens_to_ids("<image>")
     torch.manual_seed(seed)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                  image_size=32, patch_size=8)
-    qformer = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                   encoder_hidden_size=32, max_position_embeddings=TINY_QFORMER_POSITIONS,
+    mid = shape == "mid"
+    w = 64 if mid else 32
+    vision = dict(hidden_size=w, intermediate_size=2 * w, num_hidden_layers=2, num_attention_heads=2,
+                  image_size=224 if mid else 32, patch_size=32 if mid else 8)
+    qformer = dict(hidden_size=w, intermediate_size=2 * w, num_hidden_layers=2, num_attention_heads=2,
+                   encoder_hidden_size=w, max_position_embeddings=TINY_QFORMER_POSITIONS,
                    vocab_size=len(qtok) if qtok is not None else V)
     if qtok is not None:
         qformer["pad_token_id"] = qtok.pad_token_id
-    common = dict(vision_config=vision, qformer_config=qformer, text_config=tiny_t5_config(V, image_id),
-                  num_query_tokens=NUM_QUERY_TOKENS, image_token_index=image_id)
+    common = dict(vision_config=vision, qformer_config=qformer,
+                  text_config=mid_t5_config(image_id) if mid else tiny_t5_config(V, image_id),
+                  num_query_tokens=32 if mid else NUM_QUERY_TOKENS, image_token_index=image_id)
     if kind == "blip2":
         from transformers import Blip2Config as Cfg, Blip2ForConditionalGeneration as Cls
     else:
@@ -850,26 +875,39 @@ def save_pretrained_dir(parts: Parts, sp: Path) -> None:
     (sp / "processor_config.json").write_text(json.dumps(proc, indent=1))
 
 
+def tiny_parts(kind: str, shape: str = "tiny", seed=None, init_std=None, eos_scale=None):
+    """(parts, seed, init_std, eos_scale) of ``--tiny [--shape S]`` with these overrides (None: the
+    defaults); also what bench/peer_caption_xdec.py builds to time HF generate on the same weights."""
+    bench = shape != "tiny"
+    seed = DEFAULT_SEED[kind] if seed is None else seed
+    init_std = (BENCH_INIT_STD if bench else DEFAULT_INIT_STD[kind]) if init_std is None else init_std
+    eos_scale = (BENCH_EOS_SCALE if bench else DEFAULT_EOS_SCALE[kind]) if eos_scale is None else eos_scale
+    model, tok, qtok = build_tiny(kind, seed, init_std, eos_scale, shape)
+    parts = Parts(kind, model, tok, qtok, model.config.vision_config.image_size, OPENAI_CLIP_MEAN,
+                  OPENAI_CLIP_STD)
+    return parts, seed, init_std, eos_scale
+
+
 def export_t5(args, kind: str | None = None) -> None:
     """``export.py instructblip``, and ``export.py blip2`` for a T5 language model."""
     kind = kind or args.command
     if getattr(args, "fp16", False):
         raise SystemExit(f"export.py {kind}: --fp16 is not supported for a T5 language model")
-    if getattr(args, "shape", "tiny") != "tiny":
-        raise SystemExit(f"export.py {kind}: --shape only applies to the OPT language model")
+    shape = getattr(args, "shape", "tiny")
+    if shape not in SHAPES or (kind != "blip2" and shape != "tiny"):
+        raise SystemExit(f"export.py {kind}: --shape {shape} is not available for a T5 language model "
+                         f"(blip2: {', '.join(SHAPES)})")
+    if shape != "tiny" and not args.tiny:
+        raise SystemExit("--shape only applies with --tiny")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tv = transformers.__version__
     if args.tiny:
-        seed = DEFAULT_SEED[kind] if args.seed is None else args.seed
-        init_std = DEFAULT_INIT_STD[kind] if args.init_std is None else args.init_std
-        eos_scale = DEFAULT_EOS_SCALE[kind] if args.eos_scale is None else args.eos_scale
-        model, tok, qtok = build_tiny(kind, seed, init_std, eos_scale)
-        parts = Parts(kind, model, tok, qtok, model.config.vision_config.image_size, OPENAI_CLIP_MEAN,
-                      OPENAI_CLIP_STD)
-        name = args.name or f"{parts.architecture}-tiny-random"
+        parts, seed, init_std, eos_scale = tiny_parts(kind, shape, args.seed, args.init_std, args.eos_scale)
+        name = args.name or f"{parts.architecture}-{shape}-random"
         source = (f"random init, seed {seed}, init std {init_std}, </s> row of lm_head x{eos_scale}, "
-                  f"transformers {tv}, torch {torch.__version__}")
+                  + ("" if shape == "tiny" else f"shape {shape}, ")
+                  + f"transformers {tv}, torch {torch.__version__}")
         trained = False
         if getattr(args, "save_pretrained", None):
             save_pretrained_dir(parts, Path(args.save_pretrained))
@@ -890,7 +928,7 @@ def export_t5(args, kind: str | None = None) -> None:
     if parts.qtok is not None:
         C.save_plain_tokenizer_json(parts.qtok, out / "qformer_tokenizer.json")
     write_manifest(out / "model.toml", parts, name=name, trained=trained, source=source)
-    if args.tiny and not args.no_reference:
+    if args.tiny and shape == "tiny" and not args.no_reference:
         ref, images_u8, pixels = compute_references(parts, seed, init_std, eos_scale)
         ok, msg = degeneracy_report(ref)
         ref["degeneracy_check"] = {"ok": ok, "summary": msg}
