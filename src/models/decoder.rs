@@ -8,7 +8,10 @@
 //! `[B, T, H]`) and one merged `decoder` (embeddings, attention mask, position ids and a
 //! possibly empty past -> logits and the new past). The prompt template places `P` image
 //! tokens; their embedding rows are replaced by the image prefix. Everything model-specific
-//! lives in the manifest.
+//! lives in the manifest. InstructBLIP with Vicuna (`InstructBlipForConditionalGeneration`
+//! with a Llama) has an instruction-aware Q-Former: its image graph also takes the prompt's
+//! `[qformer_tokenizer]` tokens (`[image] qformer_input_ids`), so the prefix is computed per
+//! tile and prompt.
 //!
 //! Decoding reproduces Hugging Face `generate` (transformers 5) with left padding for batches:
 //! the start step (image prefix and prompt through the decoder) is here, the searches and
