@@ -896,24 +896,15 @@ impl CrossDecoderModel {
         let (Some(t), Some(spec)) = (&self.qtokenizer, &self.cfg.qtok) else {
             return Ok(None);
         };
-        let path = self.package.file(&spec.file).display().to_string();
-        let enc = t.encode(prompt, true).map_err(|e| ModelError::Tokenizer {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        let n = enc.get_ids().len();
-        if let Some(max) = self.cfg.start.max_qformer_tokens {
-            if n > max {
-                return Err(ModelError::Input {
-                    path: self.package.dir.join("model.toml").display().to_string(),
-                    reason: format!(
-                        "the prompt takes {n} Q-Former tokens ({}), more than the encoder's {max} positions (prompt.max_qformer_tokens)",
-                        spec.file
-                    ),
-                });
-            }
-        }
-        Ok(Some(enc.get_ids().iter().map(|&i| i64::from(i)).collect()))
+        qformer_tokens(
+            &self.package,
+            t,
+            spec,
+            self.cfg.start.max_qformer_tokens,
+            "encoder's",
+            prompt,
+        )
+        .map(Some)
     }
 
     /// The encoder's prompt inputs of a batch (none unless it takes the prompt): the token ids
@@ -1346,8 +1337,44 @@ impl CrossDecoderModel {
     }
 }
 
+/// InstructBLIP: the Q-Former's tokens of one prompt, tokenized with `[qformer_tokenizer]`'s
+/// special tokens (`[CLS] prompt [SEP]`); shared with the image-text decoder's Q-Former input.
+///
+/// # Errors
+/// Tokenizer failure, or more tokens than `max` (`[prompt] max_qformer_tokens`), named as the
+/// `whose` positions (the encoder's, the Q-Former's).
+pub(super) fn qformer_tokens(
+    package: &ModelPackage,
+    tokenizer: &tokenizers::Tokenizer,
+    spec: &TokenizerSpec,
+    max: Option<usize>,
+    whose: &str,
+    prompt: &str,
+) -> Result<Vec<i64>, ModelError> {
+    let path = package.file(&spec.file).display().to_string();
+    let enc = tokenizer
+        .encode(prompt, true)
+        .map_err(|e| ModelError::Tokenizer {
+            path,
+            reason: e.to_string(),
+        })?;
+    let n = enc.get_ids().len();
+    if let Some(max) = max {
+        if n > max {
+            return Err(ModelError::Input {
+                path: package.dir.join("model.toml").display().to_string(),
+                reason: format!(
+                    "the prompt takes {n} Q-Former tokens ({}), more than the {whose} {max} positions (prompt.max_qformer_tokens)",
+                    spec.file
+                ),
+            });
+        }
+    }
+    Ok(enc.get_ids().iter().map(|&i| i64::from(i)).collect())
+}
+
 /// Rows of ids right padded with `pad` to the longest, and their masks (1: a real token).
-fn right_pad(rows: &[Vec<i64>], pad: i64) -> (Array2<i64>, Array2<i64>) {
+pub(super) fn right_pad(rows: &[Vec<i64>], pad: i64) -> (Array2<i64>, Array2<i64>) {
     let n = rows.iter().map(Vec::len).max().unwrap_or(0);
     let mut ids = Array2::<i64>::from_elem((rows.len(), n), pad);
     let mut mask = Array2::<i64>::zeros((rows.len(), n));

@@ -8,7 +8,10 @@
 //! `[B, T, H]`) and one merged `decoder` (embeddings, attention mask, position ids and a
 //! possibly empty past -> logits and the new past). The prompt template places `P` image
 //! tokens; their embedding rows are replaced by the image prefix. Everything model-specific
-//! lives in the manifest.
+//! lives in the manifest. InstructBLIP with Vicuna (`InstructBlipForConditionalGeneration`
+//! with a Llama) has an instruction-aware Q-Former: its image graph also takes the prompt's
+//! `[qformer_tokenizer]` tokens (`[image] qformer_input_ids`), so the prefix is computed per
+//! tile and prompt.
 //!
 //! Decoding reproduces Hugging Face `generate` (transformers 5) with left padding for batches:
 //! the start step (image prefix and prompt through the decoder) is here, the searches and
@@ -51,6 +54,8 @@ super::manifest::family_manifest! {
         pub preprocess: Option<Preprocess>,
         pub tokenizer: Option<TokenizerSpec>,
         pub generation: Option<GenerationSpec>,
+        /// InstructBLIP: the Q-Former's own tokenizer (`[image] qformer_input_ids`).
+        pub qformer_tokenizer: Option<TokenizerSpec>,
     }
 }
 
@@ -97,6 +102,8 @@ struct DecoderConfig {
     pre: Preprocess,
     tok: TokenizerSpec,
     generation: GenerationSpec,
+    /// `[qformer_tokenizer]` (InstructBLIP).
+    qtok: Option<TokenizerSpec>,
 }
 
 fn config(package: &ModelPackage) -> Result<DecoderConfig, Vec<String>> {
@@ -164,6 +171,7 @@ fn config(package: &ModelPackage) -> Result<DecoderConfig, Vec<String>> {
                 repetition_penalty: 1.0,
                 length_penalty: 1.0,
             }),
+            qtok: m.qformer_tokenizer.clone(),
         }),
         _ => Err(missing),
     }
@@ -189,13 +197,91 @@ pub fn check(runtime: &Runtime, package: &ModelPackage) -> Vec<String> {
         create_session(runtime, &package.file(&cfg.decoder.onnx), &o).map_err(|e| e.to_string());
     let tokenizer =
         super::tokenizer::load_tokenizer(&package.file(&cfg.tok.file)).map_err(|e| e.to_string());
+    let qtokenizer = load_qformer_tokenizer(&cfg, package);
     validate(
         &cfg,
         image.as_ref(),
         embed.as_ref(),
         decoder.as_ref(),
         tokenizer.as_ref(),
+        qtokenizer.as_ref().map(Result::as_ref),
     )
+}
+
+/// `[qformer_tokenizer]`'s tokenizer, when the manifest has the section.
+fn load_qformer_tokenizer(
+    cfg: &DecoderConfig,
+    package: &ModelPackage,
+) -> Option<Result<tokenizers::Tokenizer, String>> {
+    cfg.qtok.as_ref().map(|q| {
+        super::tokenizer::load_tokenizer(&package.file(&q.file)).map_err(|e| e.to_string())
+    })
+}
+
+/// The image graph's inputs: the pixels, and the prompt's Q-Former tokens when it takes them.
+fn image_inputs(image: &ImageSpec) -> Vec<String> {
+    let mut ins = vec![image.input.clone()];
+    ins.extend(image.qformer_input_ids.clone());
+    ins.extend(image.qformer_attention_mask.clone());
+    ins
+}
+
+/// The keys of an image graph that reads the prompt (InstructBLIP's Q-Former), the Q-Former
+/// tokenizer, and inputs of the image graph the manifest does not name.
+fn qformer_problems(
+    cfg: &DecoderConfig,
+    image: Result<&ModelSession, &String>,
+    qtokenizer: Option<Result<&tokenizers::Tokenizer, &String>>,
+) -> Vec<String> {
+    let i = &cfg.image;
+    let mut problems = Vec::new();
+    for (a, b, what) in [
+        (
+            i.qformer_input_ids.is_some(),
+            i.qformer_attention_mask.is_some(),
+            "image.qformer_input_ids and image.qformer_attention_mask go together",
+        ),
+        (
+            i.qformer_input_ids.is_some(),
+            cfg.qtok.is_some(),
+            "image.qformer_input_ids needs a [qformer_tokenizer] section (and the section needs them)",
+        ),
+    ] {
+        if a != b {
+            problems.push(what.to_string());
+        }
+    }
+    if cfg.prompt.max_qformer_tokens.is_some() && cfg.qtok.is_none() {
+        problems.push("prompt.max_qformer_tokens needs a [qformer_tokenizer] section".into());
+    }
+    if let (Some(q), Some(Ok(t))) = (&cfg.qtok, qtokenizer) {
+        let vocab = t.get_vocab_size(true) as u32;
+        if q.pad_token_id >= vocab || q.eos_token_id >= vocab {
+            problems.push(format!(
+                "qformer_tokenizer.pad_token_id / eos_token_id outside the vocabulary of {vocab} tokens ({})",
+                q.file
+            ));
+        }
+    }
+    if let Some(Err(e)) = qtokenizer {
+        problems.push(e.clone());
+    }
+    if let Ok(s) = image {
+        let named = image_inputs(i);
+        let extra: Vec<String> = s
+            .inputs()
+            .into_iter()
+            .filter(|t| !named.contains(&t.name))
+            .map(|t| t.name)
+            .collect();
+        if !extra.is_empty() {
+            problems.push(format!(
+                "image prefix inputs {} are not in the manifest (an instruction-aware Q-Former needs image.qformer_input_ids and image.qformer_attention_mask)",
+                extra.join(", ")
+            ));
+        }
+    }
+    problems
 }
 
 fn validate(
@@ -204,6 +290,7 @@ fn validate(
     embed: Result<&ModelSession, &String>,
     decoder: Result<&ModelSession, &String>,
     tokenizer: Result<&tokenizers::Tokenizer, &String>,
+    qtokenizer: Option<Result<&tokenizers::Tokenizer, &String>>,
 ) -> Vec<String> {
     let mut problems = Vec::new();
     let mut need = |what: &str,
@@ -236,7 +323,7 @@ fn validate(
     need(
         "image prefix",
         image,
-        std::slice::from_ref(&cfg.image.input),
+        &image_inputs(&cfg.image),
         std::slice::from_ref(&cfg.image.output),
     );
     need(
@@ -275,8 +362,13 @@ fn validate(
     }
     problems.extend(tokenizer_problems(cfg, tokenizer));
     problems.extend(mrope_problems(cfg, decoder));
+    problems.extend(qformer_problems(cfg, image, qtokenizer));
     if !cfg.prompt.template.contains("{image}") {
         problems.push("prompt.template must contain {image}".into());
+    }
+    if cfg.prompt.image_ids_first && !cfg.prompt.template.starts_with("{image}") {
+        problems
+            .push("prompt.image_ids_first needs a prompt.template that starts with {image}".into());
     }
     if cfg.generation.num_beams == 0 {
         problems.push("generation.num_beams must be at least 1".into());
@@ -514,6 +606,8 @@ pub struct DecoderModel {
     decoder: ModelSession,
     reorder: ModelSession,
     tokenizer: tokenizers::Tokenizer,
+    /// `[qformer_tokenizer]` (InstructBLIP); boxed, the model stays small for its owners.
+    qtokenizer: Option<Box<tokenizers::Tokenizer>>,
 }
 
 impl std::fmt::Debug for DecoderModel {
@@ -569,13 +663,19 @@ impl DecoderModel {
             .map_err(|e| e.to_string());
         let tokenizer = super::tokenizer::load_tokenizer(&package.file(&cfg.tok.file))
             .map_err(|e| e.to_string());
+        let qtokenizer = load_qformer_tokenizer(&cfg, &package);
         let problems = validate(
             &cfg,
             image.as_ref(),
             embed.as_ref(),
             decoder.as_ref(),
             tokenizer.as_ref(),
+            qtokenizer.as_ref().map(Result::as_ref),
         );
+        let qtokenizer = match qtokenizer {
+            Some(Ok(t)) => Some(Box::new(t)),
+            Some(Err(_)) | None => None,
+        };
         let (Ok(image), Ok(embed), Ok(decoder), Ok(tokenizer), true) =
             (image, embed, decoder, tokenizer, problems.is_empty())
         else {
@@ -605,6 +705,7 @@ impl DecoderModel {
             decoder,
             reorder,
             tokenizer,
+            qtokenizer,
         })
     }
 
@@ -630,12 +731,21 @@ impl DecoderModel {
         (self.decoder.provider, self.decoder.fallback.as_deref())
     }
 
-    /// Token ids for one prompt: the template with `P` image tokens and the prompt, tokenized.
+    /// Token ids for one prompt: the template with `P` image tokens and the prompt, tokenized
+    /// (with `[prompt] image_ids_first`: the `P` image token ids, then the rest of the template
+    /// tokenized). With a `[qformer_tokenizer]`, the prompt's Q-Former tokens are checked too
+    /// (see [`Self::qformer_prompt_ids`]).
     ///
     /// # Errors
-    /// Tokenizer failure, or a tokenization that does not keep exactly `P` image tokens.
+    /// Tokenizer failure, a tokenization that does not keep exactly `P` image tokens, or a
+    /// prompt longer than the Q-Former's positions.
     pub fn prompt_ids(&self, prompt: &str) -> Result<Vec<i64>, ModelError> {
-        let image = self.cfg.prompt.image_token.repeat(self.cfg.tokens);
+        self.qformer_prompt_ids(prompt)?;
+        let first = self.cfg.prompt.image_ids_first;
+        let image = match first {
+            true => String::new(),
+            false => self.cfg.prompt.image_token.repeat(self.cfg.tokens),
+        };
         let text = self
             .cfg
             .prompt
@@ -650,7 +760,9 @@ impl DecoderModel {
                 path: tok_path.clone(),
                 reason: e.to_string(),
             })?;
-        let ids: Vec<i64> = enc.get_ids().iter().map(|&i| i64::from(i)).collect();
+        let image_id = i64::from(self.cfg.prompt.image_token_id);
+        let mut ids: Vec<i64> = vec![image_id; if first { self.cfg.tokens } else { 0 }];
+        ids.extend(enc.get_ids().iter().map(|&i| i64::from(i)));
         let n = ids
             .iter()
             .filter(|&&i| i == i64::from(self.cfg.prompt.image_token_id))
@@ -665,6 +777,26 @@ impl DecoderModel {
             });
         }
         Ok(ids)
+    }
+
+    /// InstructBLIP: the Q-Former's tokens of one prompt (`[qformer_tokenizer]`, with its
+    /// special tokens: `[CLS] prompt [SEP]`); `None` for an image graph that takes no prompt.
+    ///
+    /// # Errors
+    /// Tokenizer failure, or more tokens than `[prompt] max_qformer_tokens`.
+    pub fn qformer_prompt_ids(&self, prompt: &str) -> Result<Option<Vec<i64>>, ModelError> {
+        let (Some(t), Some(spec)) = (&self.qtokenizer, &self.cfg.qtok) else {
+            return Ok(None);
+        };
+        super::cross_decoder::qformer_tokens(
+            &self.package,
+            t,
+            spec,
+            self.cfg.prompt.max_qformer_tokens,
+            "Q-Former's",
+            prompt,
+        )
+        .map(Some)
     }
 
     /// Decode token ids to text (special tokens skipped). Control characters other than new
@@ -687,14 +819,46 @@ impl DecoderModel {
             .collect())
     }
 
-    fn image_prefix(&mut self, pixels: ArrayView4<'_, f32>) -> Result<Array3<f32>, ModelError> {
+    /// The image tokens of a batch; an instruction-aware Q-Former also reads each row's prompt
+    /// (its `[qformer_tokenizer]` ids, right padded with the pad id, and their mask).
+    fn image_prefix(
+        &mut self,
+        pixels: ArrayView4<'_, f32>,
+        prompts: &[String],
+    ) -> Result<Array3<f32>, ModelError> {
         let path = self.image.path.clone();
         let pixels = pixels.as_standard_layout();
         let input = TensorRef::from_array_view(pixels.view()).map_err(|e| run_err(&path, e))?;
+        let mut inputs = ort::inputs![self.cfg.image.input.as_str() => input];
+        let i = &self.cfg.image;
+        if let (Some(ids), Some(mask), Some(q)) = (
+            &i.qformer_input_ids,
+            &i.qformer_attention_mask,
+            &self.cfg.qtok,
+        ) {
+            let mut rows = Vec::with_capacity(prompts.len());
+            for p in prompts {
+                rows.push(self.qformer_prompt_ids(p)?.ok_or_else(|| {
+                    run_err(
+                        &path,
+                        "image.qformer_input_ids without a Q-Former tokenizer",
+                    )
+                })?);
+            }
+            let (a, m) = super::cross_decoder::right_pad(&rows, i64::from(q.pad_token_id));
+            inputs.push((
+                ids.clone().into(),
+                Tensor::from_array(a).map_err(|e| run_err(&path, e))?.into(),
+            ));
+            inputs.push((
+                mask.clone().into(),
+                Tensor::from_array(m).map_err(|e| run_err(&path, e))?.into(),
+            ));
+        }
         let out = self
             .image
             .session
-            .run(ort::inputs![self.cfg.image.input.as_str() => input])
+            .run(inputs)
             .map_err(|e| run_err(&path, e))?;
         let a = out[self.cfg.image.output.as_str()]
             .try_extract_array::<f32>()
@@ -922,7 +1086,7 @@ impl DecoderModel {
         }
         let (id_arr, mask) = left_pad(&ids, len, i64::from(self.cfg.tok.pad_token_id));
         let mut embeds = self.embed_tokens(&id_arr)?;
-        let prefix = self.image_prefix(pixels)?;
+        let prefix = self.image_prefix(pixels, prompts)?;
         let image_id = i64::from(self.cfg.prompt.image_token_id);
         for r in 0..b {
             let mut k = 0;

@@ -1236,6 +1236,8 @@ mod tests {
                 input_type: super::super::InputType::Float32,
                 output: "image_embeds".into(),
                 tokens: None,
+                qformer_input_ids: None,
+                qformer_attention_mask: None,
             },
             text: TextSpec {
                 onnx: "t.onnx".into(),

@@ -346,6 +346,16 @@ pub struct PromptSpec {
     /// Tokenize with the tokenizer's special tokens (BOS) added.
     #[serde(default = "yes")]
     pub add_bos: bool,
+    /// The `tokens` image token ids go in front of the tokenized rest of the template (which
+    /// must then start with `{image}`), as the BLIP-2 / InstructBLIP processors build
+    /// `[image] * P + tokenizer(prompt)`, instead of the whole template being tokenized as one
+    /// text (after an added token, a Llama tokenizer would drop the first word's `▁`).
+    #[serde(default)]
+    pub image_ids_first: bool,
+    /// InstructBLIP: the Q-Former's text positions (`[image] qformer_input_ids`); a prompt of
+    /// more `[qformer_tokenizer]` tokens is refused.
+    #[serde(default)]
+    pub max_qformer_tokens: Option<usize>,
 }
 
 fn yes() -> bool {
@@ -409,6 +419,13 @@ pub struct ImageSpec {
     /// Image tokens per image (decoder models: the prefix length).
     #[serde(default)]
     pub tokens: Option<usize>,
+    /// Image-text decoders with an instruction-aware Q-Former (InstructBLIP): int64 `[B, Lq]`
+    /// input, the prompt's `[qformer_tokenizer]` ids (right padded).
+    #[serde(default)]
+    pub qformer_input_ids: Option<String>,
+    /// int64 `[B, Lq]` input, the mask of `qformer_input_ids`.
+    #[serde(default)]
+    pub qformer_attention_mask: Option<String>,
 }
 
 /// Element type of an image input.

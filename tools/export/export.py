@@ -22,6 +22,7 @@ COMMANDS = {
     "blip2": "decoder_export",      # BLIP-2 / OPT image-text decoder       (family "image-text-decoder")
     "llava": "decoder_export",      # LLaVA / Llama image-text decoder      (family "image-text-decoder")
     "instructblip": "t5_export",    # InstructBLIP / Flan-T5 encoder-decoder  (family "cross-attention-decoder")
+    "instructblip-vicuna": "instructblip_vicuna_export",  # InstructBLIP / Vicuna (Llama) image-text decoder; also instructblip on a Llama
     "blip": "blip_export",          # BLIP ViT + BERT cross-attention decoder (family "cross-attention-decoder")
     "blip-vqa": "blip_export",      # BLIP question encoder + answer decoder (family "cross-attention-decoder")
     "florence2": "florence2_export",  # Florence-2 DaViT + BART encoder-decoder (family "cross-attention-decoder")

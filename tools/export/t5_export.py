@@ -891,6 +891,10 @@ def tiny_parts(kind: str, shape: str = "tiny", seed=None, init_std=None, eos_sca
 def export_t5(args, kind: str | None = None) -> None:
     """``export.py instructblip``, and ``export.py blip2`` for a T5 language model."""
     kind = kind or args.command
+    if kind == "instructblip":
+        lm = C.language_model_type(args, "t5")
+        if lm != "t5":  # InstructBLIP with Vicuna: an image-text-decoder package (instructblip_vicuna_export.py)
+            return C.language_model_exporter(kind, lm)(args)
     if getattr(args, "fp16", False):
         raise SystemExit(f"export.py {kind}: --fp16 is not supported for a T5 language model")
     shape = getattr(args, "shape", "tiny")
@@ -945,6 +949,8 @@ def _export_blip2_t5(args) -> None:
 
 # ``export.py blip2`` (decoder_export) hands a T5 language model over to this module.
 C.register_language_model_exporter("blip2", "t5", _export_blip2_t5)
+# ``export.py instructblip`` itself (its Llama / Vicuna variant: instructblip_vicuna_export.py).
+C.register_language_model_exporter("instructblip", "t5", export_t5)
 
 
 def add_parser(sub, command: str) -> None:
@@ -967,6 +973,9 @@ def add_parser(sub, command: str) -> None:
                    help=f"--tiny: factor on the </s> row of lm_head (default {DEFAULT_EOS_SCALE[command]})")
     c.add_argument("--save-pretrained", metavar="DIR", default=None,
                    help="--tiny: also write the model + processor with save_pretrained (to test --from)")
+    c.add_argument("--language-model", choices=["t5", "llama"], default=None,
+                   help="--tiny: the language model (default t5); with --from it is read from config.json "
+                        "(text_config.model_type); llama (Vicuna) writes an image-text-decoder package")
     C.add_name_arg(c)
     C.add_no_reference_arg(c)
     C.add_skip_verify_arg(c)
