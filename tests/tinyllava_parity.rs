@@ -10,6 +10,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use common::reference::{block_scene, strings};
 use common::run;
 use ndarray::Array4;
 use serde_json::Value;
@@ -47,14 +48,6 @@ fn pixels(name: &str, r: &Value) -> Array4<f32> {
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
     Array4::from_shape_vec((shape[0], shape[1], shape[2], shape[3]), data).expect("array")
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|s| s.as_str().expect("string").to_string())
-        .collect()
 }
 
 fn rows(v: &Value) -> Vec<Vec<i64>> {
@@ -195,50 +188,14 @@ fn tinyllava_fixtures_are_what_they_claim() {
     }
 }
 
-/// A scene whose `cols x rows` tiles are reference images of a package, and the image index
-/// of each tile.
-fn block_scene(name: &str, path: &Path, cols: usize, rows: usize) -> Vec<usize> {
-    let r = reference(name);
-    let shape = shape_of(&r, "images_u8");
-    let (n, s) = (shape[0], shape[1]);
-    let images = std::fs::read(package(name).join("reference/images_u8.bin")).expect("images");
-    let (w, h) = (cols * s, rows * s);
-    let pick: Vec<usize> = (0..rows * cols).map(|k| k % n).collect();
-    let driver = gdal::DriverManager::get_driver_by_name("GTiff").expect("driver");
-    let mut ds = driver
-        .create_with_band_type::<u8, _>(path, w, h, 3)
-        .expect("create");
-    ds.set_geo_transform(&[300_000.0, 1.0, 0.0, 4_000_000.0, 0.0, -1.0])
-        .expect("gt");
-    ds.set_spatial_ref(&gdal::spatial_ref::SpatialRef::from_epsg(32631).expect("srs"))
-        .expect("srs");
-    for band in 0..3 {
-        let mut plane = vec![0u8; w * h];
-        for y in 0..h {
-            for x in 0..w {
-                let img = pick[(y / s) * cols + x / s];
-                plane[y * w + x] = images[((img * s + y % s) * s + x % s) * 3 + band];
-            }
-        }
-        ds.rasterband(band + 1)
-            .expect("band")
-            .write(
-                (0, 0),
-                (w, h),
-                &mut gdal::raster::Buffer::new((w, h), plane),
-            )
-            .expect("write");
-    }
-    ds.close().expect("close");
-    pick
-}
-
 /// `tessera caption` on a 3x2 scene of reference images: every tile whose image has a greedy
 /// single-image reference (with that prompt) gets exactly HF's tokens.
 fn caption_end_to_end(name: &str) {
     let r = reference(name);
     let dir = tempfile::tempdir().expect("tempdir");
-    let pick = block_scene(name, &dir.path().join("scene.tif"), 3, 2);
+    let n_images = shape_of(&r, "images_u8")[0];
+    let pick = |row: usize, col: usize| (row * 3 + col) % n_images;
+    block_scene(&package(name), &dir.path().join("scene.tif"), 3, 2, pick);
     let mut prompt = None;
     let mut greedy: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
     for case in r["cases"].as_array().expect("cases") {
@@ -286,7 +243,7 @@ fn caption_end_to_end(name: &str) {
             l["row"].as_u64().expect("r") as usize,
             l["col"].as_u64().expect("c") as usize,
         );
-        let img = pick[row * 3 + col];
+        let img = pick(row, col);
         if let Some(want) = greedy.get(&img) {
             let got: Vec<u64> = l["tokens"]
                 .as_array()
