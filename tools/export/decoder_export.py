@@ -161,24 +161,6 @@ class Blip2Prefix(nn.Module):
         return m.language_projection(out)
 
 
-class LlavaPrefix(nn.Module):
-    """LLaVA: vision tower hidden_states[vision_feature_layer] (CLS dropped for 'default') -> projector."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.m = model
-        cfg = model.config
-        self.layer = cfg.vision_feature_layer
-        self.strategy = cfg.vision_feature_select_strategy
-
-    def forward(self, pixel_values):
-        vt = self.m.model.vision_tower
-        hs = vt(pixel_values, output_hidden_states=True, return_dict=True).hidden_states
-        layers = [self.layer] if isinstance(self.layer, int) else list(self.layer)
-        feats = [hs[i][:, 1:] if self.strategy == "default" else hs[i] for i in layers]
-        return self.m.model.multi_modal_projector(torch.cat(feats, dim=-1))
-
-
 
 # --------------------------------------------------------------------------------------
 # The two families on the seam
@@ -225,32 +207,13 @@ class Blip2Parts(PD.PrefixParts):
                                          position_ids=torch.from_numpy(pos), use_cache=False).logits
 
 
-def llava_image_tokens(cfg) -> int:
-    """P of a LlavaForConditionalGeneration config: (S/patch)^2 (+1 CLS for strategy "full")."""
-    vc = cfg.vision_config
-    n = (vc.image_size // vc.patch_size) ** 2 + 1  # + CLS
-    if cfg.vision_feature_select_strategy == "default":
-        n -= 1
-    return n
+class LlavaParts(PD.LlavaLayoutParts):
+    """LLaVA-1.5 (``LlavaForConditionalGeneration``, CLIP tower, Llama/Vicuna LM)."""
 
-
-class LlavaParts(PD.PrefixParts):
-    """LLaVA (``LlavaForConditionalGeneration``): the language model comes from the registry
-    (``text_config.model_type``), the prompt rule is ``LlavaProcessor``'s (the default)."""
-
-    def __init__(self, model, hf_tok, size: int, mean, std, *, architecture: str = "llava-llama",
-                 template: str = LLAVA_TEMPLATE, ref_prompts=None, tokens: int | None = None,
-                 prefix: nn.Module | None = None, kind: str = "llava"):
-        cfg = model.config
-        super().__init__(model, hf_tok, size, mean, std, kind=kind, architecture=architecture,
-                         prefix=prefix if prefix is not None else LlavaPrefix(model),
-                         embed=model.get_input_embeddings(),
-                         lm_backbone=model.model.language_model, lm_head=model.lm_head,
-                         text_cfg=cfg.text_config,
-                         tokens=llava_image_tokens(cfg) if tokens is None else tokens,
-                         image_token_id=cfg.image_token_id, template=template, add_bos=True,
-                         ref_prompts=ref_prompts or (REF_PROMPTS_LLAVA[0], REF_PROMPTS_LLAVA,
-                                                     REF_PROMPTS_LLAVA[:2]))
+    def __init__(self, model, hf_tok, size: int, mean, std):
+        super().__init__(model, hf_tok, size, mean, std, kind="llava", architecture="llava-llama",
+                         template=LLAVA_TEMPLATE, add_bos=True,
+                         ref_prompts=(REF_PROMPTS_LLAVA[0], REF_PROMPTS_LLAVA, REF_PROMPTS_LLAVA[:2]))
 
 
 def make_parts(kind: str, model, hf_tok, size: int, mean, std) -> PD.PrefixParts:
@@ -288,11 +251,8 @@ def load_checkpoint(kind: str, src: str) -> PD.PrefixParts:
     pc = C.read_json(src, "processor_config.json") or {}
     if kind == "blip2" and pc.get("num_query_tokens") not in (None, parts.tokens):
         raise ValueError(f"processor num_query_tokens {pc['num_query_tokens']} != model {parts.tokens}")
-    if kind == "llava" and "patch_size" in pc:
-        n = (size // pc["patch_size"]) ** 2 + pc.get("num_additional_image_tokens", 0)
-        n -= 1 if pc.get("vision_feature_select_strategy") == "default" else 0
-        if n != parts.tokens:
-            raise ValueError(f"processor expands <image> to {n} tokens, the model yields {parts.tokens}")
+    if kind == "llava":
+        PD.check_llava_processor_tokens(parts, src)
     return parts
 
 
@@ -345,18 +305,12 @@ def export_decoder(args) -> None:
 
 def parts_proc_dir(parts: PD.PrefixParts, sp: Path) -> None:
     """Processor config files next to a save_pretrained tiny model (what the hub repos carry)."""
+    if parts.kind != "blip2":
+        return PD.llava_processor_files(parts, sp)
     pre = {"image_mean": parts.mean, "image_std": parts.std, "do_normalize": True, "do_rescale": True,
            "rescale_factor": 1 / 255}
-    if parts.kind == "blip2":
-        pre.update(image_processor_type="BlipImageProcessor", size={"height": parts.size, "width": parts.size})
-        proc = {"processor_class": "Blip2Processor", "num_query_tokens": parts.tokens}
-    else:
-        pre.update(image_processor_type="CLIPImageProcessor", size={"shortest_edge": parts.size},
-                   crop_size={"height": parts.size, "width": parts.size})
-        proc = {"processor_class": "LlavaProcessor",
-                "patch_size": parts.model.config.vision_config.patch_size,
-                "vision_feature_select_strategy": parts.model.config.vision_feature_select_strategy,
-                "num_additional_image_tokens": 1}
+    pre.update(image_processor_type="BlipImageProcessor", size={"height": parts.size, "width": parts.size})
+    proc = {"processor_class": "Blip2Processor", "num_query_tokens": parts.tokens}
     (sp / "preprocessor_config.json").write_text(json.dumps(pre, indent=1))
     (sp / "processor_config.json").write_text(json.dumps(proc, indent=1))
 

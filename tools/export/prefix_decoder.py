@@ -19,8 +19,8 @@ This module holds everything that does not depend on the vision side:
   (logits, *presents)`` and which has the attributes ``n_layers``, ``kv_heads``, ``head_dim``.
   ``lm_backbone`` is the language model's base model (``AutoModel``: ``OPTModel``,
   ``LlamaModel``...; what ``LlavaModel.language_model`` is), ``lm_head`` its output projection.
-  Registered here: ``opt``, ``llama`` (Llama, Vicuna, TinyLlama, SmolLM/SmolLM2, Mistral-free
-  Llama layouts).  Adding a decoder-only language model is one ``register_lm_step`` call; the Rust
+  Registered here: ``opt``, ``llama`` (Llama, Vicuna, TinyLlama, SmolLM/SmolLM2), ``qwen2``,
+  ``phi`` (Phi-2 layout).  Adding a decoder-only language model is one ``register_lm_step`` call; the Rust
   runner needs nothing new.
 * ``PrefixParts``: one loaded model (graphs' modules, prompt template, token ids, preprocessing)
   with overridable family hooks (processor-exact prompt ids, HF generate, where to hook HF's
@@ -91,12 +91,14 @@ def caption_corpus() -> list[str]:
     return lines
 
 
-def build_tiny_tokenizer(arch: str, vocab_size: int = 800):
-    """(tokenizers.Tokenizer, specials dict) for the tiny models.
+def build_tiny_tokenizer(arch: str, vocab_size: int = 800, prepend_bos: bool = True):
+    """(tokenizers.Tokenizer, roles, ids) for the tiny models.
 
     blip2-opt mirrors OPT's GPT-2 style: <s>=0, <pad>=1, </s>=2 (bos = eos = 2), <unk>=3, and the
-    post-processor prepends </s>.  llava-llama mirrors Llama: <unk>=0, <s>=1 (bos), </s>=2 (eos),
-    <pad>=3, and the post-processor prepends <s>.  "<image>" is special token 4 in both.
+    post-processor prepends </s>.  Any other ``arch`` (llava-llama...) mirrors Llama: <unk>=0,
+    <s>=1 (bos), </s>=2 (eos), <pad>=3, and the post-processor prepends <s>.  "<image>" is special
+    token 4 in both.  ``prepend_bos=False``: no post-processor (as the Qwen2 and Phi-2 tokenizers,
+    which add no BOS).
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
@@ -113,8 +115,9 @@ def build_tiny_tokenizer(arch: str, vocab_size: int = 800):
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(caption_corpus(), trainer=trainer)
     bos = roles["bos"]
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))])
+    if prepend_bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))])
     ids = {k: tok.token_to_id(v) for k, v in roles.items()}
     return tok, roles, ids
 
@@ -286,6 +289,67 @@ class LlamaDecoderStep(nn.Module):
         return (self.lm_head(h), *presents)
 
 
+class PhiDecoderStep(nn.Module):
+    """HF PhiForCausalLM (Phi-2 layout, eager), with explicit position_ids and a tensor KV cache.
+
+    Per layer: one input LayerNorm feeding attention and MLP in parallel
+    (``h = h + dense(attn(ln(h))) + fc2(act(fc1(ln(h))))``), q/k/v/dense with biases, optional
+    q/k LayerNorms, rotary embedding on the first ``partial_rotary_factor * head_dim`` dims only;
+    ``final_layernorm`` at the end.
+    """
+
+    def __init__(self, text_model, lm_head, cfg):
+        super().__init__()
+        self.m = text_model
+        self.lm_head = lm_head
+        self.n_layers = cfg.num_hidden_layers
+        self.heads = cfg.num_attention_heads
+        self.kv_heads = cfg.num_key_value_heads or cfg.num_attention_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.rot = text_model.layers[0].self_attn.rotary_ndims
+
+    def forward(self, inputs_embeds, attention_mask, position_ids, *past):
+        from transformers.models.phi.modeling_phi import apply_rotary_pos_emb
+
+        m = self.m
+        h = inputs_embeds
+        cos, sin = m.rotary_emb(h, position_ids)
+        mask_add = _additive_mask(attention_mask, inputs_embeds, h.dtype)
+        B = h.shape[0]
+        r = self.rot
+        presents = []
+        for i, layer in enumerate(m.layers):
+            a = layer.self_attn
+            residual = h
+            x = layer.input_layernorm(h)
+            q = a.q_proj(x).view(B, -1, self.heads, self.head_dim).transpose(1, 2)
+            k = a.k_proj(x).view(B, -1, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = a.v_proj(x).view(B, -1, self.kv_heads, self.head_dim).transpose(1, 2)
+            if a.qk_layernorm:
+                q, k = a.q_layernorm(q), a.k_layernorm(k)
+            q_rot, k_rot = apply_rotary_pos_emb(q[..., :r], k[..., :r], cos, sin)
+            q = torch.cat((q_rot, q[..., r:]), dim=-1)
+            k = torch.cat((k_rot, k[..., r:]), dim=-1)
+            k = torch.cat([past[2 * i], k], dim=2)
+            v = torch.cat([past[2 * i + 1], v], dim=2)
+            presents += [k, v]
+            o = _attend(q, k, v, mask_add, self.heads // self.kv_heads, a.scaling)
+            attn = a.dense(o.reshape(B, -1, self.heads * self.head_dim))
+            h = attn + layer.mlp(x) + residual
+        h = m.final_layernorm(h)
+        return (self.lm_head(h), *presents)
+
+
+def _llama_like(backbone, head, cfg):
+    """Llama's step for the Llama-architecture variants (Qwen2: q/k/v biases, which the HF
+    Linear modules carry); sliding-window attention layers are not implemented and refused."""
+    sliding = [i for i, t in enumerate(getattr(cfg, "layer_types", None) or []) if t != "full_attention"]
+    if sliding and getattr(cfg, "sliding_window", None) is not None:
+        raise SystemExit(f"export: {cfg.model_type} layers {sliding} use sliding-window attention, "
+                         "which the exported decoder step does not implement")
+    return LlamaDecoderStep(backbone, head, cfg)
+
+
 # --------------------------------------------------------------------------------------
 # The language-model step registry
 # --------------------------------------------------------------------------------------
@@ -323,7 +387,9 @@ def lm_step(lm_backbone, lm_head, text_config) -> nn.Module:
 
 # OPT: the backbone is OPTModel (or its OPTDecoder); Llama-architecture models share one step.
 register_lm_step("opt", lambda backbone, head, cfg: OPTDecoderStep(getattr(backbone, "decoder", backbone), head, cfg))
-register_lm_step("llama", LlamaDecoderStep)
+register_lm_step("llama", _llama_like)   # Llama, Vicuna, TinyLlama, SmolLM / SmolLM2
+register_lm_step("qwen2", _llama_like)   # Qwen2 / Qwen2.5 (q/k/v biases)
+register_lm_step("phi", PhiDecoderStep)  # Phi-1.5 / Phi-2 (parallel attention + MLP, partial rotary)
 
 
 # --------------------------------------------------------------------------------------
@@ -406,14 +472,15 @@ class PrefixParts:
         """input_ids/attention_mask exactly as the family's transformers processor builds them.
 
         Default: the ``LlavaProcessor`` text path (transformers 5.24): every "<image>" of the
-        formatted template is replaced by P image tokens, then ``tok(texts, padding=True)`` (BOS
-        added by the tokenizer when ``add_bos``, left padding).  Families whose processor does
+        formatted template is replaced by P image tokens, then ``tok(texts, padding=True)`` (the
+        tokenizer's own special tokens, i.e. BOS where it adds one; left padding).  The reference
+        check ``template_ids_equal_processor_ids_without_padding`` then proves ``add_bos`` right.  Families whose processor does
         something else (BLIP-2 puts the image tokens in front of the padded text) override it.
         """
         self.hf_tok.padding_side = "left"
         texts = [self.template.replace("{image}", self.image_token).replace("{prompt}", p) for p in prompts]
         texts = [t.replace(self.image_token, self.image_token * self.tokens) for t in texts]
-        enc = self.hf_tok(texts, padding=True, add_special_tokens=self.add_bos)
+        enc = self.hf_tok(texts, padding=True)
         return np.asarray(enc["input_ids"], np.int64), np.asarray(enc["attention_mask"], np.int64)
 
     # -- torch reconstruction of what the Rust runner does ------------------------------------
@@ -505,6 +572,96 @@ class PrefixParts:
         return {}
 
 
+# --------------------------------------------------------------------------------------
+# The LLaVA layout (LlavaForConditionalGeneration: vision tower -> projector -> any LM)
+# --------------------------------------------------------------------------------------
+
+
+class LlavaPrefix(nn.Module):
+    """LLaVA: vision tower hidden_states[vision_feature_layer] (CLS dropped for 'default') -> projector.
+
+    Exactly ``LlavaModel.get_image_features`` (transformers 5.24), for any vision tower
+    ``AutoModel`` builds from ``vision_config`` (CLIP, SigLIP...)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.m = model
+        cfg = model.config
+        self.layer = cfg.vision_feature_layer
+        self.strategy = cfg.vision_feature_select_strategy
+
+    def forward(self, pixel_values):
+        vt = self.m.model.vision_tower
+        hs = vt(pixel_values, output_hidden_states=True, return_dict=True).hidden_states
+        layers = [self.layer] if isinstance(self.layer, int) else list(self.layer)
+        feats = [hs[i][:, 1:] if self.strategy == "default" else hs[i] for i in layers]
+        return self.m.model.multi_modal_projector(torch.cat(feats, dim=-1))
+
+
+#: vision_config.model_type -> leading non-patch tokens of its hidden states (CLIP: CLS)
+VISION_EXTRA_TOKENS = {"clip_vision_model": 1, "siglip_vision_model": 0}
+
+
+def llava_image_tokens(cfg) -> int:
+    """P of a LlavaForConditionalGeneration config: (S/patch)^2 + CLS (CLIP: 1, SigLIP: 0), minus 1
+    for strategy "default" (which drops the first row, as HF and LlavaProcessor do)."""
+    vc = cfg.vision_config
+    if vc.model_type not in VISION_EXTRA_TOKENS:
+        raise SystemExit(f"export: LLaVA vision tower {vc.model_type!r} is not supported "
+                         f"(known: {', '.join(sorted(VISION_EXTRA_TOKENS))})")
+    n = (vc.image_size // vc.patch_size) ** 2 + VISION_EXTRA_TOKENS[vc.model_type]
+    if cfg.vision_feature_select_strategy == "default":
+        n -= 1
+    return n
+
+
+class LlavaLayoutParts(PrefixParts):
+    """A ``LlavaForConditionalGeneration`` (LLaVA-1.5, TinyLLaVA's HF-format checkpoints...): the
+    image prefix is ``LlavaPrefix``, the language model comes from the registry by
+    ``text_config.model_type``, the prompt rule is ``LlavaProcessor``'s (the default)."""
+
+    def __init__(self, model, hf_tok, size: int, mean, std, *, architecture: str, template: str,
+                 add_bos: bool, ref_prompts, kind: str | None = None):
+        cfg = model.config
+        super().__init__(model, hf_tok, size, mean, std, kind=kind, architecture=architecture,
+                         prefix=LlavaPrefix(model), embed=model.get_input_embeddings(),
+                         lm_backbone=model.model.language_model, lm_head=model.lm_head,
+                         text_cfg=cfg.text_config, tokens=llava_image_tokens(cfg),
+                         image_token_id=cfg.image_token_id, template=template, add_bos=add_bos,
+                         ref_prompts=ref_prompts)
+
+
+def llava_processor_files(parts: PrefixParts, sp: Path, image_processor_type: str = "CLIPImageProcessor",
+                          num_additional_image_tokens: int = 1) -> None:
+    """preprocessor_config.json + processor_config.json next to a save_pretrained tiny LLaVA-layout
+    model (what the hub repos carry), for the ``--from`` round trip."""
+    import json
+
+    vc = parts.model.config.vision_config
+    pre = {"image_mean": parts.mean, "image_std": parts.std, "do_normalize": True, "do_rescale": True,
+           "rescale_factor": 1 / 255, "image_processor_type": image_processor_type}
+    if image_processor_type == "CLIPImageProcessor":
+        pre.update(size={"shortest_edge": parts.size}, crop_size={"height": parts.size, "width": parts.size})
+    else:
+        pre.update(size={"height": parts.size, "width": parts.size})
+    proc = {"processor_class": "LlavaProcessor", "patch_size": vc.patch_size,
+            "vision_feature_select_strategy": parts.model.config.vision_feature_select_strategy,
+            "num_additional_image_tokens": num_additional_image_tokens}
+    (sp / "preprocessor_config.json").write_text(json.dumps(pre, indent=1))
+    (sp / "processor_config.json").write_text(json.dumps(proc, indent=1))
+
+
+def check_llava_processor_tokens(parts: PrefixParts, src: str) -> None:
+    """processor_config.json's expansion of <image> (patch_size, num_additional_image_tokens,
+    strategy) must equal the P the model yields."""
+    pc = C.read_json(src, "processor_config.json") or {}
+    if "patch_size" in pc:
+        n = (parts.size // pc["patch_size"]) ** 2 + pc.get("num_additional_image_tokens", 0)
+        n -= 1 if pc.get("vision_feature_select_strategy") == "default" else 0
+        if n != parts.tokens:
+            raise ValueError(f"processor expands <image> to {n} tokens, the model yields {parts.tokens}")
+
+
 def position_ids_from_mask(mask: np.ndarray) -> np.ndarray:
     """transformers 5.24 generate(): cumsum(mask) - 1, with 0 where mask == 0."""
     p = np.cumsum(mask, axis=1) - 1
@@ -524,7 +681,9 @@ def _step_args(parts: PrefixParts, emb: torch.Tensor, mask: np.ndarray, pos: np.
 
 
 def check_decoder_against_hf(parts: PrefixParts, tol: float = 1e-4) -> float:
-    """The decoder wrapper (prefill + cached steps) reproduces HF's language model logits."""
+    """The decoder wrapper (prefill + cached steps) reproduces HF's language model logits:
+    max |diff| / max(1, max |HF logit|) < tol over the non-padding positions (the tiny models'
+    logits reach tens, where float32 rounding of the cached path alone is ~1e-4 absolute)."""
     gen = torch.Generator().manual_seed(7)
     B, T = 2, 9
     emb = torch.randn(B, T, parts.hidden, generator=gen)
