@@ -811,7 +811,11 @@ impl DecoderModel {
                 mask: mask0,
                 last_pos,
             },
-            prompts: ids,
+            prompts: if self.cfg.prompt.repetition_penalty_on_prompt {
+                ids
+            } else {
+                vec![Vec::new(); b]
+            },
         })
     }
 }

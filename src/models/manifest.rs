@@ -332,6 +332,11 @@ pub struct PromptSpec {
     /// Tokenize with the tokenizer's special tokens (BOS) added.
     #[serde(default = "yes")]
     pub add_bos: bool,
+    /// Whether the repetition penalty counts the prompt's tokens (Hugging Face `generate` on
+    /// `input_ids`) or only the generated ones (`generate(inputs_embeds=...)` alone, as
+    /// MiniGPT-4's and MobileVLM's own code call it).
+    #[serde(default = "yes")]
+    pub repetition_penalty_on_prompt: bool,
 }
 
 fn yes() -> bool {
