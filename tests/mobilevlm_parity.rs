@@ -17,10 +17,27 @@ use prefix_decoder::{check_generate, greedy_by_image, package, reference};
 use serde_json::Value;
 
 const NAME: &str = "mobilevlm-tiny";
+/// The same assembly with MobileVLM V2's LDPv2 projector (`--projector ldpnetv2`).
+const NAME_V2: &str = "mobilevlm2-tiny";
 
 #[test]
 fn mobilevlm_generates_the_pytorch_tokens() {
     let (greedy, beams, batched) = check_generate(&package(NAME));
+    assert!(
+        greedy >= 4 && beams >= 3 && batched,
+        "{greedy} {beams} {batched}"
+    );
+}
+
+#[test]
+fn mobilevlm_v2_generates_the_pytorch_tokens() {
+    let r = reference(&package(NAME_V2));
+    assert_eq!(r["architecture"], "mobilevlm-ldpnetv2-llama");
+    // 24 x 24 patches average-pooled to 12 x 12
+    assert_eq!(r["image_tokens"], 144);
+    assert_eq!(r["authors_path_check"]["embeds_max_abs_diff"], 0.0);
+    assert_eq!(r["degeneracy_check"]["ok"], true);
+    let (greedy, beams, batched) = check_generate(&package(NAME_V2));
     assert!(
         greedy >= 4 && beams >= 3 && batched,
         "{greedy} {beams} {batched}"

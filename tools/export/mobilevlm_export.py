@@ -160,7 +160,14 @@ class TokenDownLayer(nn.Module):
 
     def forward(self, x):
         b, h = _grid(x)
-        x = x.permute(0, 2, 1).reshape(b, -1, h, h)
+        x = x.permute(0, 2, 1).reshape(b, x.shape[2], h, h)
+        g = self.dwn[0].output_size
+        g = (g, g) if isinstance(g, int) else tuple(g)
+        if h % g[0] == 0 and h % g[1] == 0:
+            # adaptive pooling over an evenly divisible grid is plain average pooling (exported
+            # without the static input size that ONNX's adaptive_avg_pool2d needs)
+            k = (h // g[0], h // g[1])
+            return nn.functional.avg_pool2d(x, k, k).flatten(2).transpose(1, 2)
         return self.dwn(x).flatten(2).transpose(1, 2)
 
 
