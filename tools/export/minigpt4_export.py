@@ -277,7 +277,7 @@ def template_from(args) -> str:
     return t
 
 
-def add_image_token(tok, vocab: int) -> int:
+def add_image_token(tok) -> int:
     """The id of the image placeholder token, added to the tokenizer as a special token when
     missing (Vicuna has none: the authors splice embeddings, the package replaces token rows)."""
     from tokenizers import AddedToken
@@ -308,7 +308,7 @@ class Parts(PD.PrefixParts):
         llm = model.llama_model
         tok = model.tokenizer
         tok.padding_side = "left"
-        image_id = add_image_token(tok, llm.config.vocab_size)
+        image_id = add_image_token(tok)
         embed = extended_embedding(llm.get_input_embeddings(), max(llm.config.vocab_size, image_id + 1))
         super().__init__(llm, tok, size, mean, std, architecture="minigpt4-llama", prefix=Prefix(model),
                          embed=embed, lm_backbone=llm.model, lm_head=llm.lm_head, text_cfg=llm.config,
@@ -316,6 +316,7 @@ class Parts(PD.PrefixParts):
                          template=template.replace(PLACEHOLDER, "{image}"), add_bos=True,
                          ref_prompts=(REF_PROMPTS[0], REF_PROMPTS, REF_PROMPTS[:2]), kind="minigpt4")
         self.mg, self.authors_template = model, template
+        self._authors: dict = {}
 
     def authors_text(self, prompt: str) -> str:
         return self.authors_template.replace("{prompt}", prompt)
