@@ -248,6 +248,7 @@ fn validate(
     let d = &cfg.decoder;
     let mut ins = vec![d.inputs_embeds.clone(), d.attention_mask.clone()];
     ins.extend(d.position_ids.clone());
+    ins.extend(d.prefix_mask.clone());
     let mut outs = vec![d.logits.clone()];
     for i in 0..d.layers {
         ins.push(layer_name(&d.past_key, i));
@@ -599,12 +600,15 @@ impl DecoderModel {
     }
 
     /// One decoder call: returns the last position's logits `[rows, V]` and the new cache.
+    /// `prompt_len`: the start step's length (the bidirectional prefix of a prefix-LM
+    /// decoder, `[decoder] prefix_mask`).
     fn run_decoder(
         &mut self,
         embeds: &Array3<f32>,
         mask: &Array2<i64>,
         positions: &Array2<i64>,
         past: Option<&Past>,
+        prompt_len: usize,
     ) -> Result<(Array2<f32>, Past), ModelError> {
         let d = self.cfg.decoder.clone();
         let path = self.decoder.path.clone();
@@ -615,6 +619,13 @@ impl DecoderModel {
                 Tensor::from_array(([rows, d.kv_heads, 0, d.head_dim], Vec::<f32>::new()))
                     .map_err(|e| run_err(&path, e))?,
             ),
+        };
+        let prefix = match &d.prefix_mask {
+            Some(_) => Some(
+                Tensor::from_array(prefix_mask(mask.view(), prompt_len))
+                    .map_err(|e| run_err(&path, e))?,
+            ),
+            None => None,
         };
         // ONNX Runtime needs contiguous buffers (a concatenated mask may not be).
         let embeds = Tensor::from_array(embeds.as_standard_layout().to_owned())
@@ -637,6 +648,9 @@ impl DecoderModel {
         bind(binding.bind_input(d.attention_mask.as_str(), &mask))?;
         if let Some(p) = &d.position_ids {
             bind(binding.bind_input(p.as_str(), &positions))?;
+        }
+        if let (Some(name), Some(prefix)) = (&d.prefix_mask, &prefix) {
+            bind(binding.bind_input(name.as_str(), prefix))?;
         }
         for i in 0..d.layers {
             match (past, &empty) {
@@ -799,7 +813,7 @@ impl DecoderModel {
                 .assign(&embeds.slice(ndarray::s![r / nb, .., ..]));
         }
         let positions0 = positions(&mask0);
-        let (logits, past) = self.run_decoder(&emb0, &mask0, &positions0, None)?;
+        let (logits, past) = self.run_decoder(&emb0, &mask0, &positions0, None, len)?;
         let last_pos = match len {
             0 => vec![0; rows],
             _ => positions0.column(len - 1).to_vec(),
@@ -810,6 +824,7 @@ impl DecoderModel {
                 past,
                 mask: mask0,
                 last_pos,
+                prompt_len: len,
             },
             prompts: if self.cfg.prompt.repetition_penalty_on_prompt {
                 ids
@@ -841,6 +856,8 @@ pub struct DecoderCache {
     past: Past,
     mask: Array2<i64>,
     last_pos: Vec<i64>,
+    /// Length of the start step (padded prompt): the prefix of a prefix-LM decoder.
+    prompt_len: usize,
 }
 
 impl std::fmt::Debug for DecoderCache {
@@ -867,6 +884,7 @@ impl StepDecoder for DecoderModel {
             past,
             mask,
             mut last_pos,
+            prompt_len,
         } = cache;
         let rows = tokens.len();
         let ids =
@@ -880,13 +898,14 @@ impl StepDecoder for DecoderModel {
             *last += 1;
             *p = *last;
         }
-        let (logits, past) = self.run_decoder(&emb, &mask, &pos, Some(&past))?;
+        let (logits, past) = self.run_decoder(&emb, &mask, &pos, Some(&past), prompt_len)?;
         Ok((
             logits,
             DecoderCache {
                 past,
                 mask,
                 last_pos,
+                prompt_len,
             },
         ))
     }
@@ -910,6 +929,7 @@ impl StepDecoder for DecoderModel {
             past: self.reorder_past(&cache.past, &idx)?,
             mask: cache.mask.select(ndarray::Axis(0), source),
             last_pos: source.iter().map(|&r| cache.last_pos[r]).collect(),
+            prompt_len: cache.prompt_len,
         })
     }
 
@@ -935,9 +955,31 @@ fn positions(mask: &Array2<i64>) -> Array2<i64> {
     out
 }
 
+/// The prefix-LM mask `[rows, past+T]` (`[decoder] prefix_mask`): the attention mask on the
+/// first `prompt_len` columns (image and prompt tokens: one bidirectional block, padding
+/// excluded), 0 on the generated tokens after them (causal), as Hugging Face's PaliGemma
+/// builds it from `token_type_ids`.
+fn prefix_mask(mask: ndarray::ArrayView2<'_, i64>, prompt_len: usize) -> Array2<i64> {
+    let mut out = mask.as_standard_layout().to_owned();
+    if prompt_len < out.ncols() {
+        out.slice_mut(ndarray::s![.., prompt_len..]).fill(0);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_prefix_is_the_start_step() {
+        let mask = ndarray::array![[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]];
+        assert_eq!(
+            prefix_mask(mask.view(), 3),
+            ndarray::array![[0, 1, 1, 0, 0], [1, 1, 1, 0, 0]]
+        );
+        assert_eq!(prefix_mask(mask.view(), 5), mask);
+    }
 
     #[test]
     fn positions_follow_the_mask() {

@@ -319,6 +319,11 @@ pub struct DecoderSpec {
     /// Longest sequence (prompt + generated tokens) the decoder's positions allow.
     #[serde(default)]
     pub max_positions: Option<usize>,
+    /// Prefix-LM decoders (PaliGemma): the input, int64 `[B, past+T]` like the attention
+    /// mask, that is 1 on the start step's tokens (image and prompt: they attend to each other
+    /// both ways) and 0 on generated tokens (causal).
+    #[serde(default)]
+    pub prefix_mask: Option<String>,
 }
 
 /// How the decoder's input is assembled from the image and the user's prompt.

@@ -34,6 +34,8 @@ COMMANDS = {
     "flava": "bert_towers_export",  # FLAVA contrastive image + text towers  (family "flava")
     "chinese-clip": "bert_towers_export",  # Chinese-CLIP image + text encoders (family "chinese-clip")
     "openclip": "openclip_export",  # OpenCLIP checkpoints (RemoteCLIP, ...)  (family "openclip")
+    "smolvlm": "smolvlm_export",    # SmolVLM / Idefics3 SigLIP + SmolLM2 decoder (family "image-text-decoder")
+    "paligemma": "paligemma_export",  # PaliGemma SigLIP + Gemma prefix-LM decoder (family "image-text-decoder")
     "scan-seeds": "clip_export",    # seed scan for clip --tiny
 }
 

@@ -49,8 +49,9 @@ TEMPLATES = {
 PLACEHOLDER = "<image>"
 PROJECTORS = ("ldpnet", "ldpnetv2")
 
-#: --tiny seed: seeds 0-2 put the decoder step 0.7e-4 to 2.2e-4 away from HF's forward (float32
-#: rounding on logits of magnitude ~35), around prefix_decoder's absolute 1e-4; seed 3 gives 4e-5.
+#: --tiny seed, chosen when prefix_decoder's decoder check was an absolute 1e-4: seeds 0-2 put the
+#: step 0.7e-4 to 2.2e-4 away from HF's forward (float32 rounding on logits of magnitude ~35), seed 3
+#: 4e-5.  (The check is now relative to max(1, max|ref|); seed 3 keeps the fixtures as committed.)
 DEFAULT_SEED = 3
 DEFAULT_INIT_STD = 1.0
 DEFAULT_EOS_SCALE = 2.0

@@ -542,9 +542,11 @@ def check_decoder_against_hf(parts: PrefixParts, tol: float = 1e-4) -> float:
             past = list(res[1:])
         got = torch.cat(logits, 1)
         valid = torch.from_numpy(mask).bool()
-        worst = max(worst, float((got - ref).abs()[valid].max()))
+        # relative to max(1, max|ref|), as the ONNX checks: random tiny models with init std 1
+        # (PaliGemma's tied, sqrt(H)-scaled embeddings) have logits in the hundreds
+        worst = max(worst, float((got - ref).abs()[valid].max()) / max(1.0, float(ref.abs()[valid].max())))
     if not worst < tol:
-        raise RuntimeError(f"decoder wrapper differs from HF by {worst}")
+        raise RuntimeError(f"decoder wrapper differs from HF by {worst} (relative to max(1, max|ref|))")
     return worst
 
 
@@ -828,7 +830,7 @@ def export_prefix_package(args, parts: PrefixParts, *, name: str, source: str, t
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     worst = check_decoder_against_hf(parts)
-    print(f"export: decoder wrapper vs HF language model: max abs diff {worst:.3g}", file=sys.stderr)
+    print(f"export: decoder wrapper vs HF language model: max diff / max(1, max|ref|) {worst:.3g}", file=sys.stderr)
     export_graphs(parts, out, args.opset)
     if not args.skip_verify:
         verify_onnx_against_torch(parts, out, tol=5e-2 if args.fp16 else args.tolerance)
