@@ -1130,7 +1130,11 @@ impl DecoderModel {
                 prompt_len: len,
                 last_mrope,
             },
-            prompts: ids,
+            prompts: if self.cfg.prompt.repetition_penalty_on_prompt {
+                ids
+            } else {
+                vec![Vec::new(); b]
+            },
         })
     }
 

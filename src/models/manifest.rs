@@ -356,6 +356,11 @@ pub struct PromptSpec {
     /// more `[qformer_tokenizer]` tokens is refused.
     #[serde(default)]
     pub max_qformer_tokens: Option<usize>,
+    /// Whether the repetition penalty counts the prompt's tokens (Hugging Face `generate` on
+    /// `input_ids`) or only the generated ones (`generate(inputs_embeds=...)` alone, as
+    /// MiniGPT-4's and MobileVLM's own code call it).
+    #[serde(default = "yes")]
+    pub repetition_penalty_on_prompt: bool,
 }
 
 fn yes() -> bool {

@@ -584,3 +584,56 @@ def language_model_exporter(command: str, model_type: str):
         raise SystemExit(f"export.py {command}: no exporter for a {model_type!r} language model "
                          f"(registered: {', '.join(known) or 'none'})")
     return func
+
+
+# --------------------------------------------------------------------------------------
+# Checkpoint folders assembled from parts (MiniGPT-4's BLIP-2 folder, MobileVLM's checkpoint)
+# --------------------------------------------------------------------------------------
+
+
+def read_state_dict(folder, prefixes: tuple[str, ...]) -> dict:
+    """The tensors of a save_pretrained folder whose names start with one of ``prefixes``
+    (``*.safetensors`` read lazily, else ``pytorch_model*.bin``), as float32; SystemExit with one
+    line when the folder holds no weights."""
+    import torch
+
+    d = Path(folder)
+    files = sorted(d.glob("*.safetensors"))
+    out = {}
+    if files:
+        from safetensors import safe_open
+
+        for f in files:
+            with safe_open(str(f), framework="pt") as h:
+                for k in h.keys():
+                    if k.startswith(prefixes):
+                        out[k] = h.get_tensor(k).float()
+        return out
+    files = sorted(d.glob("pytorch_model*.bin"))
+    if not files:
+        raise SystemExit(f"{d}: no *.safetensors or pytorch_model*.bin weights")
+    for f in files:
+        sd = torch.load(f, map_location="cpu", weights_only=True)
+        out.update({k: v.float() for k, v in sd.items() if k.startswith(prefixes)})
+    return out
+
+
+def load_prefixed(module, state: dict, prefix: str, where) -> None:
+    """``module.load_state_dict`` of the ``prefix``-ed entries of ``state`` (prefix removed),
+    strictly: SystemExit with one line naming ``where`` and the first missing / unexpected /
+    mis-shaped weights."""
+    sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    own = module.state_dict()
+    shapes = [f"{prefix}{k} {tuple(v.shape)} (expected {tuple(own[k].shape)})"
+              for k, v in sub.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if shapes:
+        raise SystemExit(f"{where}: mis-shaped weights: {', '.join(shapes[:3])}")
+    # buffers that checkpoints do not carry (e.g. position_ids) keep their initial values
+    buffers = {n for n, _ in module.named_buffers()}
+    missing = [k for k in own if k not in sub and k not in buffers]
+    unexpected = [k for k in sub if k not in own]
+    if missing or unexpected:
+        what = ([f"missing {prefix}{', '.join(missing[:3])}"] if missing else []) + \
+               ([f"unexpected {prefix}{', '.join(unexpected[:3])}"] if unexpected else [])
+        raise SystemExit(f"{where}: weights do not fit the model: {'; '.join(what)}")
+    module.load_state_dict(sub, strict=False)

@@ -22,6 +22,8 @@ COMMANDS = {
     "blip2": "decoder_export",      # BLIP-2 / OPT image-text decoder       (family "image-text-decoder")
     "llava": "decoder_export",      # LLaVA / Llama image-text decoder      (family "image-text-decoder")
     "tinyllava": "tinyllava_export",  # TinyLLaVA / Phi, Qwen2, Llama        (family "image-text-decoder")
+    "minigpt4": "minigpt4_export",  # MiniGPT-4: BLIP-2 ViT-g + Q-Former, llama_proj, Vicuna (family "image-text-decoder")
+    "mobilevlm": "mobilevlm_export",  # MobileVLM: CLIP ViT, LDP projector, MobileLLaMA (family "image-text-decoder")
     "instructblip": "t5_export",    # InstructBLIP / Flan-T5 encoder-decoder  (family "cross-attention-decoder")
     "instructblip-vicuna": "instructblip_vicuna_export",  # InstructBLIP / Vicuna (Llama) image-text decoder; also instructblip on a Llama
     "blip": "blip_export",          # BLIP ViT + BERT cross-attention decoder (family "cross-attention-decoder")
