@@ -23,6 +23,13 @@
 //! BLIP `generate`'s `input_ids[:, 0] = bos` and `input_ids[:, :-1]`. Batches of different
 //! prompt lengths are left padded with explicit position ids, so an item decodes as it does
 //! alone. Searches and logits processors are [`crate::generation`]'s.
+//!
+//! Flamingo-style models (IDEFICS, OpenFlamingo: a perceiver resampler in the encoder graph,
+//! gated cross-attention layers inside a Llama decoder) use the same graphs with three optional
+//! keys: `[prompt] template` (the chat text around the prompt), `[decoder] cross_layers` (fewer
+//! cross-attention layers than layers) and `[decoder] image_attention` with `[prompt]
+//! image_token_id`: a per-token 0/1 input, 1 from the `<image>` token on, as `IdeficsProcessor`
+//! builds `image_attention_mask` (`image_flags`); new tokens repeat each row's last flag.
 
 use std::path::Path;
 
