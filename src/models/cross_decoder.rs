@@ -23,6 +23,13 @@
 //! BLIP `generate`'s `input_ids[:, 0] = bos` and `input_ids[:, :-1]`. Batches of different
 //! prompt lengths are left padded with explicit position ids, so an item decodes as it does
 //! alone. Searches and logits processors are [`crate::generation`]'s.
+//!
+//! Flamingo-style models (IDEFICS, OpenFlamingo: a perceiver resampler in the encoder graph,
+//! gated cross-attention layers inside a Llama decoder) use the same graphs with three optional
+//! keys: `[prompt] template` (the chat text around the prompt), `[decoder] cross_layers` (fewer
+//! cross-attention layers than layers) and `[decoder] image_attention` with `[prompt]
+//! image_token_id`: a per-token 0/1 input, 1 from the `<image>` token on, as `IdeficsProcessor`
+//! builds `image_attention_mask` (`image_flags`); new tokens repeat each row's last flag.
 
 use std::path::Path;
 
@@ -108,6 +115,11 @@ pub struct StepSpec {
     /// int64 `[B, M]`: the cross-attention mask.
     #[serde(default)]
     pub memory_mask: Option<String>,
+    /// int64 `[B, T]`: 1 where a token attends to the tile's image (IDEFICS's
+    /// `image_attention_mask` for one image): from `[prompt] image_token_id` on, as
+    /// `IdeficsProcessor` makes it; new tokens repeat the last prompt token's value.
+    #[serde(default)]
+    pub image_attention: Option<String>,
     /// Input name patterns of the cross keys/values (`{i}`: layer).
     pub cross_key: String,
     pub cross_value: String,
@@ -119,6 +131,11 @@ pub struct StepSpec {
     /// float32 `[B, T, V]`.
     pub logits: String,
     pub layers: usize,
+    /// Layers with cross-attention keys/values (`cross.{i}` for `i < cross_layers`), when not
+    /// every layer has them (IDEFICS: a gated cross-attention layer every
+    /// `cross_layer_interval` layers); default `layers`.
+    #[serde(default)]
+    pub cross_layers: Option<usize>,
     pub heads: usize,
     pub head_dim: usize,
     #[serde(default)]
@@ -156,6 +173,15 @@ pub struct StartSpec {
     /// refused.
     #[serde(default)]
     pub max_qformer_tokens: Option<usize>,
+    /// The text tokenized for a prompt, `{prompt}` standing for it (IDEFICS:
+    /// `<s>User:<fake_token_around_image><image><fake_token_around_image>{prompt}<end_of_utterance>\nAssistant:`);
+    /// absent: the prompt itself.
+    #[serde(default)]
+    pub template: Option<String>,
+    /// The token from which on the prompt attends to the image (`<image>`; needs `[decoder]
+    /// image_attention`).
+    #[serde(default)]
+    pub image_token_id: Option<u32>,
 }
 
 fn yes() -> bool {
@@ -233,6 +259,19 @@ impl Config {
     fn prompt_in_encoder(&self) -> bool {
         self.encoder.input_ids.is_some()
     }
+
+    /// The number of layers with cross keys/values.
+    fn cross_layers(&self) -> usize {
+        self.decoder.cross_layers.unwrap_or(self.decoder.layers)
+    }
+
+    /// The text tokenized for `prompt` (`[prompt] template`).
+    fn templated(&self, prompt: &str) -> String {
+        match &self.start.template {
+            Some(t) => t.replace("{prompt}", prompt),
+            None => prompt.to_string(),
+        }
+    }
 }
 
 fn not_this_family(package: &ModelPackage) -> String {
@@ -263,6 +302,8 @@ fn config(package: &ModelPackage) -> Result<Config, Vec<String>> {
                 trim_end: 0,
                 empty_prompt_ids: None,
                 max_qformer_tokens: None,
+                template: None,
+                image_token_id: None,
             }),
             pre: pre.clone(),
             tok: tok.clone(),
@@ -474,9 +515,12 @@ fn decoder_inputs(d: &StepSpec) -> Vec<String> {
     let mut ins = vec![d.input_ids.clone(), d.attention_mask.clone()];
     ins.extend(d.position_ids.clone());
     ins.extend(d.memory_mask.clone());
-    for i in 0..d.layers {
+    ins.extend(d.image_attention.clone());
+    for i in 0..d.cross_layers.unwrap_or(d.layers) {
         ins.push(layer_name(&d.cross_key, i));
         ins.push(layer_name(&d.cross_value, i));
+    }
+    for i in 0..d.layers {
         ins.push(layer_name(&d.past_key, i));
         ins.push(layer_name(&d.past_value, i));
     }
@@ -500,7 +544,7 @@ fn validate(cfg: &Config, g: &Loaded<'_>) -> Vec<String> {
     ));
     problems.extend(encoder_prompt_problems(cfg, g));
     let d = &cfg.decoder;
-    let cross_out: Vec<String> = (0..d.layers)
+    let cross_out: Vec<String> = (0..cfg.cross_layers())
         .flat_map(|i| {
             [
                 layer_name(&cfg.cross.key, i),
@@ -537,6 +581,7 @@ fn validate(cfg: &Config, g: &Loaded<'_>) -> Vec<String> {
         }
     }
     problems.extend(width_problems(cfg, g));
+    problems.extend(image_attention_problems(cfg));
     problems.extend(tokenizer_problems(cfg, g.tokenizer));
     problems.extend(task_problems(cfg, g.tokenizer));
     if cfg.generation.num_beams == 0 {
@@ -555,6 +600,41 @@ fn validate(cfg: &Config, g: &Loaded<'_>) -> Vec<String> {
         if start as usize >= v {
             problems.push(format!(
                 "prompt.start_token_id {start} is outside the decoder's vocabulary of {v}"
+            ));
+        }
+    }
+    problems
+}
+
+/// `[decoder] image_attention`, `[prompt] image_token_id` and `template`, `cross_layers`.
+fn image_attention_problems(cfg: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    let d = &cfg.decoder;
+    if d.image_attention.is_some() != cfg.start.image_token_id.is_some() {
+        problems.push(
+            "decoder.image_attention and prompt.image_token_id go together (the token from which on the prompt attends to the image)"
+                .into(),
+        );
+    }
+    if let Some(t) = &cfg.start.template {
+        if !t.contains("{prompt}") {
+            problems.push(format!(
+                "prompt.template {t:?} has no {{prompt}} (where the user's prompt goes)"
+            ));
+        }
+    }
+    if let (Some(id), Some(v)) = (cfg.start.image_token_id, d.vocab) {
+        if id as usize >= v {
+            problems.push(format!(
+                "prompt.image_token_id {id} is outside the decoder's vocabulary of {v}"
+            ));
+        }
+    }
+    if let Some(c) = d.cross_layers {
+        if c == 0 || c > d.layers {
+            problems.push(format!(
+                "decoder.cross_layers = {c} must be between 1 and decoder.layers = {}",
+                d.layers
             ));
         }
     }
@@ -602,7 +682,7 @@ fn width_problems(cfg: &Config, g: &Loaded<'_>) -> Vec<String> {
             ));
         }
     }
-    for i in 0..d.layers.min(1) {
+    for i in 0..cfg.cross_layers().min(1) {
         let k = layer_name(&cfg.cross.key, i);
         for (axis, want, what) in [(1, d.heads, "heads"), (3, d.head_dim, "head_dim")] {
             if let Some(have) = dim(g.cross, &k, false, Axis::At(axis)) {
@@ -652,7 +732,7 @@ fn tokenizer_problems(
             }
         }
     }
-    match t.encode("", cfg.start.add_special_tokens) {
+    match t.encode(cfg.templated(""), cfg.start.add_special_tokens) {
         Ok(e) if e.get_ids().len() <= cfg.start.trim_end && cfg.encoder.input_ids.is_none() => problems.push(format!(
             "{}: the empty prompt tokenizes to {} tokens, prompt.trim_end = {} leaves no start token",
             cfg.tok.file,
@@ -845,7 +925,10 @@ impl CrossDecoderModel {
         }
         let enc = self
             .tokenizer
-            .encode(prompt, self.cfg.start.add_special_tokens)
+            .encode(
+                self.cfg.templated(prompt),
+                self.cfg.start.add_special_tokens,
+            )
             .map_err(|e| ModelError::Tokenizer {
                 path: self.tokenizer_path(),
                 reason: e.to_string(),
@@ -1112,7 +1195,7 @@ impl CrossDecoderModel {
             .map_err(|e| run_err(&path, e))?;
         let bind = |r: ort::Result<()>| r.map_err(|e| run_err(&path, e));
         bind(binding.bind_input(c.memory.as_str(), memory))?;
-        let layers = self.cfg.decoder.layers;
+        let layers = self.cfg.cross_layers();
         for i in 0..layers {
             bind(binding.bind_output_to_device(layer_name(&c.key, i), &self.cache_memory))?;
             bind(binding.bind_output_to_device(layer_name(&c.value, i), &self.cache_memory))?;
@@ -1169,12 +1252,16 @@ impl CrossDecoderModel {
     fn run_decoder(
         &mut self,
         ids: &Array2<i64>,
-        mask: &Array2<i64>,
-        positions: &Array2<i64>,
-        memory_mask: &Array2<i64>,
+        masks: StepMasks<'_>,
         cross: &Kv,
         past: Option<&Kv>,
     ) -> Result<(Array2<f32>, Kv), ModelError> {
+        let StepMasks {
+            attention: mask,
+            positions,
+            memory: memory_mask,
+            image,
+        } = masks;
         let d = self.cfg.decoder.clone();
         let path = self.decoder.path.clone();
         let rows = ids.nrows();
@@ -1188,11 +1275,12 @@ impl CrossDecoderModel {
         let tensor = |a: &Array2<i64>| {
             Tensor::from_array(a.as_standard_layout().to_owned()).map_err(|e| run_err(&path, e))
         };
-        let (ids, mask, positions, memory_mask) = (
+        let (ids, mask, positions, memory_mask, image) = (
             tensor(ids)?,
             tensor(mask)?,
             tensor(positions)?,
             tensor(memory_mask)?,
+            tensor(image)?,
         );
         let mut binding = self
             .decoder
@@ -1208,9 +1296,14 @@ impl CrossDecoderModel {
         if let Some(m) = &d.memory_mask {
             bind(binding.bind_input(m.as_str(), &memory_mask))?;
         }
+        if let Some(m) = &d.image_attention {
+            bind(binding.bind_input(m.as_str(), &image))?;
+        }
+        for (i, (k, v)) in cross.keys.iter().zip(&cross.values).enumerate() {
+            bind(binding.bind_input(layer_name(&d.cross_key, i), k))?;
+            bind(binding.bind_input(layer_name(&d.cross_value, i), v))?;
+        }
         for i in 0..d.layers {
-            bind(binding.bind_input(layer_name(&d.cross_key, i), &cross.keys[i]))?;
-            bind(binding.bind_input(layer_name(&d.cross_value, i), &cross.values[i]))?;
             match (past, &empty) {
                 (Some(c), _) => {
                     bind(binding.bind_input(layer_name(&d.past_key, i), &c.keys[i]))?;
@@ -1260,6 +1353,23 @@ impl CrossDecoderModel {
             }
         }
         Ok((last, kv))
+    }
+
+    /// The image attention flag of each token of one prompt's ids ([`Self::prompt_ids`]): 1 where
+    /// the token attends to the image (IDEFICS's `image_attention_mask`); all ones without
+    /// `[prompt] image_token_id`.
+    pub fn image_attention(&self, ids: &[i64]) -> Vec<i64> {
+        let row = Array2::from_shape_fn((1, ids.len()), |(_, t)| ids[t]);
+        self.image_flags(&row).row(0).to_vec()
+    }
+
+    /// The image attention flags of the (left padded) start tokens; all ones without
+    /// `[prompt] image_token_id` (the graph then has no such input).
+    fn image_flags(&self, ids: &Array2<i64>) -> Array2<i64> {
+        match self.cfg.start.image_token_id {
+            Some(image) => image_flags(ids, i64::from(image), self.end_token_id()),
+            None => Array2::<i64>::ones(ids.raw_dim()),
+        }
     }
 
     /// The start step: the tiles through the encoder and the cross graph once, the cross
@@ -1320,9 +1430,20 @@ impl CrossDecoderModel {
             }
         }
         let positions = positions(&mask);
-        let (logits, past) =
-            self.run_decoder(&id_arr, &mask, &positions, &memory_mask, &cross, None)?;
+        let image = self.image_flags(&id_arr);
+        let (logits, past) = self.run_decoder(
+            &id_arr,
+            StepMasks {
+                attention: &mask,
+                positions: &positions,
+                memory: &memory_mask,
+                image: &image,
+            },
+            &cross,
+            None,
+        )?;
         let last_pos = positions.column(len - 1).to_vec();
+        let image_last = image.column(len - 1).to_vec();
         Ok(Start {
             logits,
             cache: CrossCache {
@@ -1331,6 +1452,7 @@ impl CrossDecoderModel {
                 memory_mask,
                 mask,
                 last_pos,
+                image_last,
             },
             prompts: ids,
         })
@@ -1373,6 +1495,35 @@ pub(super) fn qformer_tokens(
     Ok(enc.get_ids().iter().map(|&i| i64::from(i)).collect())
 }
 
+/// The masks of one decoder call, each `[rows, T]` (`memory`: `[rows, M]`).
+struct StepMasks<'a> {
+    attention: &'a Array2<i64>,
+    positions: &'a Array2<i64>,
+    memory: &'a Array2<i64>,
+    image: &'a Array2<i64>,
+}
+
+/// IdeficsProcessor's image attention for one image per row (`image_attention_mask_for_packed_input_ids`
+/// with one image class): 0 before the first `image` token, 1 from it on, 0 again after an
+/// `eos` token or from a second `image` token on (`num_classes = 1`).
+fn image_flags(ids: &Array2<i64>, image: i64, eos: i64) -> Array2<i64> {
+    let mut out = Array2::<i64>::zeros(ids.raw_dim());
+    for (r, row) in ids.outer_iter().enumerate() {
+        let (mut count, mut seen_eod) = (-1i64, false);
+        for (t, &id) in row.iter().enumerate() {
+            if id == image {
+                count += 1;
+                seen_eod = false;
+            }
+            out[[r, t]] = i64::from(!seen_eod && count == 0);
+            if id == eos {
+                seen_eod = true;
+            }
+        }
+    }
+    out
+}
+
 /// Rows of ids right padded with `pad` to the longest, and their masks (1: a real token).
 pub(super) fn right_pad(rows: &[Vec<i64>], pad: i64) -> (Array2<i64>, Array2<i64>) {
     let n = rows.iter().map(Vec::len).max().unwrap_or(0);
@@ -1409,6 +1560,8 @@ pub struct CrossCache {
     memory_mask: Array2<i64>,
     mask: Array2<i64>,
     last_pos: Vec<i64>,
+    /// Each row's image attention flag, repeated for every new token (HF `generate`).
+    image_last: Vec<i64>,
 }
 
 impl std::fmt::Debug for CrossCache {
@@ -1436,6 +1589,7 @@ impl StepDecoder for CrossDecoderModel {
             memory_mask,
             mask,
             mut last_pos,
+            image_last,
         } = cache;
         let rows = tokens.len();
         let ids =
@@ -1448,8 +1602,19 @@ impl StepDecoder for CrossDecoderModel {
             *last += 1;
             *p = *last;
         }
-        let (logits, past) =
-            self.run_decoder(&ids, &mask, &pos, &memory_mask, &cross, Some(&past))?;
+        let image =
+            Array2::from_shape_vec((rows, 1), image_last.clone()).map_err(|e| run_err(&path, e))?;
+        let (logits, past) = self.run_decoder(
+            &ids,
+            StepMasks {
+                attention: &mask,
+                positions: &pos,
+                memory: &memory_mask,
+                image: &image,
+            },
+            &cross,
+            Some(&past),
+        )?;
         Ok((
             logits,
             CrossCache {
@@ -1458,6 +1623,7 @@ impl StepDecoder for CrossDecoderModel {
                 memory_mask,
                 mask,
                 last_pos,
+                image_last,
             },
         ))
     }
@@ -1479,6 +1645,7 @@ impl StepDecoder for CrossDecoderModel {
             memory_mask: cache.memory_mask,
             mask: cache.mask.select(ndarray::Axis(0), source),
             last_pos: source.iter().map(|&r| cache.last_pos[r]).collect(),
+            image_last: source.iter().map(|&r| cache.image_last[r]).collect(),
         })
     }
 
@@ -1508,6 +1675,16 @@ mod tests {
         assert_eq!(
             positions(&mask),
             ndarray::array![[0, 0, 0, 1], [0, 1, 2, 3]]
+        );
+    }
+
+    #[test]
+    fn image_attention_is_idefics_processors() {
+        // pad <s> User : <fake> <image> <fake> text </s> more <image> x
+        let ids = ndarray::array![[0, 1, 7, 8, 30, 31, 30, 9, 2, 10, 31, 11]];
+        assert_eq!(
+            image_flags(&ids, 31, 2),
+            ndarray::array![[0, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0]]
         );
     }
 

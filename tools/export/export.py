@@ -29,6 +29,8 @@ COMMANDS = {
     "blip": "blip_export",          # BLIP ViT + BERT cross-attention decoder (family "cross-attention-decoder")
     "blip-vqa": "blip_export",      # BLIP question encoder + answer decoder (family "cross-attention-decoder")
     "florence2": "florence2_export",  # Florence-2 DaViT + BART encoder-decoder (family "cross-attention-decoder")
+    "idefics": "idefics_export",    # IDEFICS ViT + perceiver + gated cross-attention Llama (family "cross-attention-decoder")
+    "openflamingo": "openflamingo_export",  # OpenFlamingo (open_flamingo) in the IDEFICS layout (family "cross-attention-decoder")
     "clipseg": "prompted_export",   # CLIPSeg text-prompted segmenter       (family "segmenter")
     "owlvit": "prompted_export",    # OWL-ViT text-prompted detector        (family "detector")
     "siglip": "siglip_export",      # SigLIP image + text encoders          (family "siglip")
