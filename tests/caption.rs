@@ -70,13 +70,7 @@ fn check_package(name: &str) {
             .map(|v| v.as_str().expect("s").to_string())
             .collect();
         let g = as_json(&case["generation"]);
-        let params = GenerationParams {
-            max_new_tokens: g["max_new_tokens"].as_u64().expect("max") as usize,
-            min_new_tokens: g["min_new_tokens"].as_u64().unwrap_or(0) as usize,
-            num_beams: g["num_beams"].as_u64().unwrap_or(1) as usize,
-            repetition_penalty: g["repetition_penalty"].as_f64().unwrap_or(1.0) as f32,
-            length_penalty: g["length_penalty"].as_f64().unwrap_or(1.0) as f32,
-        };
+        let params: GenerationParams = common::reference::generation_params(&g);
         assert_eq!(
             g["early_stopping"], false,
             "{case_name}: the runner implements early_stopping=False"

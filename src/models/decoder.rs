@@ -157,13 +157,7 @@ fn config(package: &ModelPackage) -> Result<DecoderConfig, Vec<String>> {
             prompt: prompt.clone(),
             pre: pre.clone(),
             tok: tok.clone(),
-            generation: m.generation.clone().unwrap_or(GenerationSpec {
-                max_new_tokens: 30,
-                min_new_tokens: 0,
-                num_beams: 1,
-                repetition_penalty: 1.0,
-                length_penalty: 1.0,
-            }),
+            generation: m.generation.clone().unwrap_or_default(),
         }),
         _ => Err(missing),
     }

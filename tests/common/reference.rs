@@ -113,3 +113,37 @@ pub fn block_scene(
     }
     ds.close().expect("close");
 }
+
+/// The generation settings of a reference case (its `generation` object, Hugging Face
+/// `generate`'s keyword arguments; absent keys take `GenerationParams::default()`'s values).
+pub fn generation_params(g: &Value) -> tessera::generation::GenerationParams {
+    let d = tessera::generation::GenerationParams::default();
+    let early_stopping = match &g["early_stopping"] {
+        Value::Null => d.early_stopping,
+        Value::Bool(b) => b.to_string().parse().expect("early_stopping"),
+        v => v
+            .as_str()
+            .expect("early_stopping")
+            .parse()
+            .expect("early_stopping"),
+    };
+    tessera::generation::GenerationParams {
+        max_new_tokens: g["max_new_tokens"].as_u64().expect("max_new_tokens") as usize,
+        min_new_tokens: g["min_new_tokens"]
+            .as_u64()
+            .map_or(d.min_new_tokens, |v| v as usize),
+        num_beams: g["num_beams"].as_u64().map_or(d.num_beams, |v| v as usize),
+        repetition_penalty: g["repetition_penalty"]
+            .as_f64()
+            .map_or(d.repetition_penalty, |v| v as f32),
+        length_penalty: g["length_penalty"]
+            .as_f64()
+            .map_or(d.length_penalty, |v| v as f32),
+        no_repeat_ngram_size: g["no_repeat_ngram_size"]
+            .as_u64()
+            .map_or(d.no_repeat_ngram_size, |v| v as usize),
+        early_stopping,
+        forced_bos_token_id: g["forced_bos_token_id"].as_i64(),
+        forced_eos_token_id: g["forced_eos_token_id"].as_i64(),
+    }
+}
