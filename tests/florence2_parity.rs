@@ -360,44 +360,7 @@ fn box_tasks_fail_with_the_manifest_and_the_task() {
 /// A georeferenced scene whose `cols x rows` tiles are the reference images; the image index
 /// of each tile.
 fn block_scene(path: &Path, cols: usize, rows: usize) -> Vec<usize> {
-    let r = reference();
-    let shape: Vec<usize> = r["images_u8"]["shape"]
-        .as_array()
-        .expect("shape")
-        .iter()
-        .map(|d| d.as_u64().expect("dim") as usize)
-        .collect();
-    let (n, s) = (shape[0], shape[1]);
-    let images = std::fs::read(package().join("reference/images_u8.bin")).expect("images");
-    let (w, h) = (cols * s, rows * s);
-    let pick: Vec<usize> = (0..rows * cols).map(|k| (k * 3 + 1) % n).collect();
-    let driver = gdal::DriverManager::get_driver_by_name("GTiff").expect("driver");
-    let mut ds = driver
-        .create_with_band_type::<u8, _>(path, w, h, 3)
-        .expect("create");
-    ds.set_geo_transform(&[500_000.0, 10.0, 0.0, 5_000_000.0, 0.0, -10.0])
-        .expect("gt");
-    ds.set_spatial_ref(&gdal::spatial_ref::SpatialRef::from_epsg(32633).expect("srs"))
-        .expect("srs");
-    for band in 0..3 {
-        let mut plane = vec![0u8; w * h];
-        for y in 0..h {
-            for x in 0..w {
-                let img = pick[(y / s) * cols + x / s];
-                plane[y * w + x] = images[((img * s + y % s) * s + x % s) * 3 + band];
-            }
-        }
-        ds.rasterband(band + 1)
-            .expect("band")
-            .write(
-                (0, 0),
-                (w, h),
-                &mut gdal::raster::Buffer::new((w, h), plane),
-            )
-            .expect("write");
-    }
-    ds.close().expect("close");
-    pick
+    common::reference::mapped_block_scene(&package(), path, cols, rows, common::reference::shuffled)
 }
 
 /// The package's `[generation]` (Florence-2's defaults: beams 3, n-gram blocking, forced

@@ -147,3 +147,27 @@ pub fn generation_params(g: &Value) -> tessera::generation::GenerationParams {
         forced_eos_token_id: g["forced_eos_token_id"].as_i64(),
     }
 }
+
+/// A [`block_scene`] whose tile `k` (row-major) is reference image `pick(k, n)` of the
+/// package's `n`; returns the image of every tile, row-major (what the caption tests compare
+/// each tile's output with).
+pub fn mapped_block_scene(
+    package: &Path,
+    path: &Path,
+    cols: usize,
+    rows: usize,
+    pick: impl Fn(usize, usize) -> usize,
+) -> Vec<usize> {
+    let text =
+        std::fs::read_to_string(package.join("reference/reference.json")).expect("reference.json");
+    let r: Value = serde_json::from_str(&text).expect("json");
+    let n = r["images_u8"]["shape"][0].as_u64().expect("images") as usize;
+    let map: Vec<usize> = (0..rows * cols).map(|k| pick(k, n)).collect();
+    block_scene(package, path, cols, rows, |row, col| map[row * cols + col]);
+    map
+}
+
+/// Tile `k` shows image `(3k + 1) mod n`: every image appears, out of order.
+pub fn shuffled(k: usize, n: usize) -> usize {
+    (k * 3 + 1) % n
+}
