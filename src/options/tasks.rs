@@ -754,8 +754,7 @@ mod generation_tests {
             .to_string();
         assert!(e.contains("--early-stopping") && e.contains("never"), "{e}");
         let e = toml::from_str::<CaptionOptions>(&format!("model = {m:?}\nearly_stopping = 3"))
-            .err()
-            .expect("bad key")
+            .expect_err("bad key")
             .to_string();
         assert!(e.contains("early_stopping"), "{e}");
         // without overrides the model's own settings are used untouched
