@@ -4,9 +4,12 @@
     python3 tools/export/tests/check_imports.py [DIR]     (DIR: default tools/export)
 
 * every .py file under tools/export compiles (``py_compile``);
-* a family exporter (``*_export.py``) imports ``common`` and no other exporter (no other
-  ``*_export`` module, not ``export``);
-* ``common.py`` imports no exporter;
+* a family exporter (``*_export.py``) imports ``common``, and of the local modules only the
+  shared library modules (``LIBRARIES``: ``common``, ``prefix_decoder``) and stand-alone tools:
+  no other exporter (no other ``*_export`` module, not ``export``);
+* a shared library module imports only other shared library modules (never an exporter);
+* every local module is a family exporter, a shared library module, ``export.py`` or a
+  stand-alone tool;
 * ``export.py`` imports only ``common`` of the local modules, and every module named in its
   ``COMMANDS`` table is a family exporter file that defines ``add_parser``;
 * the stand-alone tools (``uint8_prefix.py``, ``verify_*.py``) import no exporter, no
@@ -26,6 +29,8 @@ from pathlib import Path
 
 HERE = Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else Path(__file__).resolve().parents[1]
 HEAVY = {"torch", "transformers"}
+#: shared library modules: importable by exporters, not commands themselves
+LIBRARIES = {"common", "prefix_decoder"}
 
 
 def imports_of(path: Path) -> set[str]:
@@ -65,14 +70,20 @@ def main() -> int:
     local = {f.stem: f for f in HERE.glob("*.py")}
     families = {n for n in local if n.endswith("_export")}
     graph = {n: imports_of(f) & set(local) for n, f in local.items()}
+    tools = [n for n in local if n == "uint8_prefix" or n.startswith("verify_")]
 
     for fam in sorted(families):
         if "common" not in graph[fam]:
             problems.append(f"{fam}.py: does not import common")
         for other in sorted(graph[fam] & (families | {"export"})):
             problems.append(f"{fam}.py: imports the exporter {other}")
-    for bad in sorted(graph.get("common", set()) & (families | {"export"})):
-        problems.append(f"common.py: imports the exporter {bad}")
+        for other in sorted(graph[fam] - families - {"export"} - LIBRARIES - set(tools)):
+            problems.append(f"{fam}.py: imports {other}, which is not a shared library module")
+    for lib in sorted(LIBRARIES & set(local)):
+        for bad in sorted(graph[lib] & (families | {"export"})):
+            problems.append(f"{lib}.py: imports the exporter {bad}")
+        for bad in sorted(graph[lib] - families - {"export"} - LIBRARIES):
+            problems.append(f"{lib}.py: imports {bad}, which is not a shared library module")
     if "export" in graph:
         for bad in sorted(graph["export"] - {"common"} - families):
             problems.append(f"export.py: imports {bad}")
@@ -84,9 +95,11 @@ def main() -> int:
                 problems.append(f"export.py: command {cmd!r} maps to {mod!r}, not a family exporter file")
             elif not defines(local[mod], "add_parser"):
                 problems.append(f"{mod}.py: no add_parser (needed for command {cmd!r})")
-    tools = [n for n in local if n == "uint8_prefix" or n.startswith("verify_")]
+    for odd in sorted(set(local) - families - LIBRARIES - {"export"} - set(tools)):
+        problems.append(f"{odd}.py: neither a family exporter (*_export.py), a shared library module "
+                        f"({', '.join(sorted(LIBRARIES))}), export.py nor a stand-alone tool")
     for tool in sorted(tools):
-        for bad in sorted((imports_of(local[tool]) & HEAVY) | (graph[tool] & (families | {"export", "common"}))):
+        for bad in sorted((imports_of(local[tool]) & HEAVY) | (graph[tool] & (families | {"export"} | LIBRARIES))):
             problems.append(f"{tool}.py: imports {bad} (stand-alone tools stay torch-free and self-contained)")
 
     # cycles (depth-first search over the local graph)
@@ -110,7 +123,8 @@ def main() -> int:
         print(f"check_imports: {p}")
     if problems:
         return 1
-    print(f"check_imports: ok: {len(files)} files compile; families {sorted(families)} import only common; "
+    print(f"check_imports: ok: {len(files)} files compile; families {sorted(families)} import only "
+          f"the shared library modules {sorted(LIBRARIES)}; "
           f"export.py dispatches {len(commands_table(local['export']))} commands; no cycle; "
           f"{sorted(tools)} torch-free")
     for n in sorted(graph):

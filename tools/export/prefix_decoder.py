@@ -1,0 +1,879 @@
+"""Shared library of the prefix-decoder exporters (family ``image-text-decoder``); not a command.
+
+A *prefix decoder* VLM turns each image into P embedding rows ("the prefix"), writes them over
+the P image-placeholder tokens of the prompt, and runs a decoder-only language model with a KV
+cache.  Every such package has the same three graphs (see tools/export/README.md, "Image-text
+decoders")::
+
+    image_prefix.onnx   pixel_values [B,3,S,S] f32 -> prefix_embeds [B,P,H] f32
+    embed_tokens.onnx   input_ids [B,T] i64 -> inputs_embeds [B,T,H] f32
+    decoder.onnx        inputs_embeds [B,T,H], attention_mask [B,past+T] i64, position_ids [B,T] i64,
+                        past_key_values.{i}.key/.value [B,kv,past,hd]
+                        -> logits [B,T,V], present.{i}.key/.value [B,kv,past+T,hd]
+
+This module holds everything that does not depend on the vision side:
+
+* the **language-model step registry**: ``register_lm_step(model_type, factory)`` /
+  ``lm_step_for(text_config)``.  ``factory(lm_backbone, lm_head, text_config)`` returns an
+  ``nn.Module`` whose forward is ``(inputs_embeds, attention_mask, position_ids, *past) ->
+  (logits, *presents)`` and which has the attributes ``n_layers``, ``kv_heads``, ``head_dim``.
+  ``lm_backbone`` is the language model's base model (``AutoModel``: ``OPTModel``,
+  ``LlamaModel``...; what ``LlavaModel.language_model`` is), ``lm_head`` its output projection.
+  Registered here: ``opt``, ``llama`` (Llama, Vicuna, TinyLlama, SmolLM/SmolLM2, Mistral-free
+  Llama layouts).  Adding a decoder-only language model is one ``register_lm_step`` call; the Rust
+  runner needs nothing new.
+* ``PrefixParts``: one loaded model (graphs' modules, prompt template, token ids, preprocessing)
+  with overridable family hooks (processor-exact prompt ids, HF generate, where to hook HF's
+  language-model input);
+* ``export_prefix_package(args, parts, ...)``: the whole export after the model is built (decoder
+  check against HF, the three graphs, ONNX Runtime vs PyTorch, fp16, tokenizer.json, model.toml,
+  ``reference/`` from HF ``generate``, degeneracy report);
+* the tiny caption tokenizer and ``reinit`` used by every ``--tiny`` model.
+
+A new family module: build the HF/torch model, subclass ``PrefixParts`` (or pass the family bits
+to its constructor), call ``export_prefix_package``, and register its command(s) in export.py.
+
+Extension hooks (override in the ``PrefixParts`` subclass; the defaults give the layout above):
+
+* extra **decoder** inputs: ``decoder_extra_input_names`` (+ ``decoder_extra_inputs``,
+  ``decoder_extra_axes``), fed to the step module after ``position_ids`` and before the past
+  (e.g. PaliGemma's prefix-LM mask); a different ``position_ids`` (Qwen2-VL's [3,B,T]):
+  ``position_ids`` (numpy, last axis = time) and ``position_ids_axes``;
+* extra **image-graph** inputs: ``prefix_input_names`` / ``prefix_example_inputs`` /
+  ``prefix_verify_inputs`` / ``prefix_embeds`` (e.g. InstructBLIP's Q-Former reads the
+  instruction ids);
+* extra **manifest** keys: ``manifest_extra()`` (keys appended to existing sections, or new
+  sections), extra **reference** keys: ``reference_extra()``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import transformers
+from torch import nn
+
+import common as C
+
+# --------------------------------------------------------------------------------------
+# Tiny tokenizer (real BPE, trained on a small caption corpus)
+# --------------------------------------------------------------------------------------
+
+_SUBJECTS = ["forest", "river", "city", "desert", "farmland", "lake", "coast", "harbor", "airport",
+             "mountain", "glacier", "wetland", "vineyard", "road", "bridge", "village", "field",
+             "orchard", "beach", "island", "canal", "quarry", "dam", "highway", "suburb"]
+_ADJS = ["dense", "green", "dry", "flooded", "bright", "dark", "sandy", "snowy", "urban", "rural",
+         "small", "large", "narrow", "wide", "irrigated", "burned", "cloudy", "clear"]
+_FRAMES = ["a satellite image of a {a} {s}",
+           "an aerial photo of the {s} with {a} {t}",
+           "a {a} {s} next to a {t}",
+           "sentinel-2 scene showing {a} {s} and a {t}",
+           "the {s} is {a} and surrounded by {t}",
+           "what is in this image? a {a} {s}.",
+           "describe the scene: {a} {s}, {t}, clouds.",
+           "is there a {s} in this picture? yes, a {a} one near the {t}.",
+           "USER: what do you see? ASSISTANT: a {a} {s}"]
+
+
+def caption_corpus() -> list[str]:
+    """A few hundred deterministic caption-like lines (the tiny tokenizers' training text)."""
+    lines = []
+    for i in range(360):
+        s = _SUBJECTS[i % len(_SUBJECTS)]
+        t = _SUBJECTS[(i * 7 + 3) % len(_SUBJECTS)]
+        a = _ADJS[(i * 5 + i // 9) % len(_ADJS)]
+        lines.append(_FRAMES[i % len(_FRAMES)].format(a=a, s=s, t=t))
+    return lines
+
+
+def build_tiny_tokenizer(arch: str, vocab_size: int = 800):
+    """(tokenizers.Tokenizer, specials dict) for the tiny models.
+
+    blip2-opt mirrors OPT's GPT-2 style: <s>=0, <pad>=1, </s>=2 (bos = eos = 2), <unk>=3, and the
+    post-processor prepends </s>.  llava-llama mirrors Llama: <unk>=0, <s>=1 (bos), </s>=2 (eos),
+    <pad>=3, and the post-processor prepends <s>.  "<image>" is special token 4 in both.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    if arch == "blip2-opt":
+        specials = ["<s>", "<pad>", "</s>", "<unk>", "<image>"]
+        roles = {"bos": "</s>", "eos": "</s>", "pad": "<pad>", "unk": "<unk>", "image": "<image>"}
+    else:
+        specials = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+        roles = {"bos": "<s>", "eos": "</s>", "pad": "<pad>", "unk": "<unk>", "image": "<image>"}
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(caption_corpus(), trainer=trainer)
+    bos = roles["bos"]
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))])
+    ids = {k: tok.token_to_id(v) for k, v in roles.items()}
+    return tok, roles, ids
+
+
+def hf_tokenizer(tok, roles: dict):
+    """Wrap a tokenizers.Tokenizer as an HF tokenizer (left padding, as for generation)."""
+    from transformers import PreTrainedTokenizerFast
+
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=roles["bos"], eos_token=roles["eos"],
+                                 pad_token=roles["pad"], unk_token=roles["unk"],
+                                 extra_special_tokens={"image_token": roles["image"]},
+                                 padding_side="left")
+    return hf
+
+
+# --------------------------------------------------------------------------------------
+# Tiny models: weight re-initialisation
+# --------------------------------------------------------------------------------------
+
+
+def reinit(model: nn.Module, std: float) -> None:
+    """Re-draw every Linear/Embedding weight N(0, std) (biases N(0, std/4)); norms stay 1/0.
+
+    (HF's default std 0.02 gives near-uniform logits: every image then yields the same token.)"""
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, 0.0, std)
+            if getattr(m, "bias", None) is not None:
+                nn.init.normal_(m.bias, 0.0, std / 4)
+        elif isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, 0.0, std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    for name, p in model.named_parameters():
+        if name.endswith("query_tokens") or name.endswith("class_embedding"):
+            nn.init.normal_(p, 0.0, 1.0)
+
+
+
+
+# --------------------------------------------------------------------------------------
+# Graph modules: embed_tokens and the language-model decoder steps
+# --------------------------------------------------------------------------------------
+
+
+class EmbedTokens(nn.Module):
+    def __init__(self, emb: nn.Embedding):
+        super().__init__()
+        self.emb = emb
+
+    def forward(self, input_ids):
+        return self.emb(input_ids)
+
+
+def _additive_mask(attention_mask: torch.Tensor, q_len_like: torch.Tensor, dtype) -> torch.Tensor:
+    """[B,1,T,past+T] additive mask: 0 where key j <= query position and mask[b,j]==1, else finfo.min."""
+    ones_k = torch.ones_like(attention_mask[:1, :])
+    k_idx = torch.cumsum(ones_k, dim=1) - 1                                     # [1, K]
+    total = torch.sum(ones_k, dim=1, keepdim=True)                              # [1, 1]
+    ones_q = torch.ones_like(q_len_like[:1, :, 0], dtype=torch.long)            # [1, T]
+    q_idx = torch.cumsum(ones_q, dim=1) - 1 + (total - torch.sum(ones_q, dim=1, keepdim=True))  # [1, T]
+    causal = k_idx[:, None, :] <= q_idx[:, :, None]                             # [1, T, K]
+    diag = k_idx[:, None, :] == q_idx[:, :, None]                               # [1, T, K]
+    # A padding query (mask 0) may still attend to itself, so that no row is fully masked (keeps
+    # fp16 graphs NaN-free); rows of non-padding tokens are exactly HF's causal & padding mask.
+    allowed = (causal[:, None, :, :] & (attention_mask[:, None, None, :] != 0)) | diag[:, None, :, :]
+    zero = torch.zeros((), dtype=dtype)
+    neg = torch.tensor(torch.finfo(dtype).min, dtype=dtype)
+    return torch.where(allowed, zero, neg)
+
+
+def _attend(q, k, v, mask_add, n_rep: int, scaling: float):
+    if n_rep > 1:
+        b, h, s, d = k.shape
+        k = k[:, :, None].expand(b, h, n_rep, s, d).reshape(b, h * n_rep, s, d)
+        v = v[:, :, None].expand(b, h, n_rep, s, d).reshape(b, h * n_rep, s, d)
+    w = torch.matmul(q, k.transpose(2, 3)) * scaling + mask_add
+    w = torch.softmax(w.float(), dim=-1).to(q.dtype)
+    o = torch.matmul(w, v)
+    return o.transpose(1, 2)
+
+
+class OPTDecoderStep(nn.Module):
+    """HF OPTForCausalLM (eager), with explicit position_ids and a tensor KV cache."""
+
+    def __init__(self, decoder, lm_head, cfg):
+        super().__init__()
+        self.dec = decoder
+        self.lm_head = lm_head
+        self.n_layers = cfg.num_hidden_layers
+        self.heads = cfg.num_attention_heads
+        self.head_dim = cfg.hidden_size // cfg.num_attention_heads
+        self.kv_heads = self.heads
+        self.pre_ln = cfg.do_layer_norm_before
+
+    def forward(self, inputs_embeds, attention_mask, position_ids, *past):
+        d = self.dec
+        h = inputs_embeds
+        if d.project_in is not None:
+            h = d.project_in(h)
+        pe = d.embed_positions
+        h = h + nn.functional.embedding(position_ids + pe.offset, pe.weight)
+        mask_add = _additive_mask(attention_mask, inputs_embeds, h.dtype)
+        B = h.shape[0]
+        presents = []
+        for i, layer in enumerate(d.layers):
+            a = layer.self_attn
+            residual = h
+            x = layer.self_attn_layer_norm(h) if self.pre_ln else h
+            q = (a.q_proj(x) * a.scaling).view(B, -1, self.heads, self.head_dim).transpose(1, 2)
+            k = a.k_proj(x).view(B, -1, self.heads, self.head_dim).transpose(1, 2)
+            v = a.v_proj(x).view(B, -1, self.heads, self.head_dim).transpose(1, 2)
+            k = torch.cat([past[2 * i], k], dim=2)
+            v = torch.cat([past[2 * i + 1], v], dim=2)
+            presents += [k, v]
+            o = _attend(q, k, v, mask_add, 1, 1.0).reshape(B, -1, self.heads * self.head_dim)
+            h = residual + a.out_proj(o)
+            if not self.pre_ln:
+                h = layer.self_attn_layer_norm(h)
+            residual = h
+            x = layer.final_layer_norm(h) if self.pre_ln else h
+            h = residual + layer.fc2(layer.activation_fn(layer.fc1(x)))
+            if not self.pre_ln:
+                h = layer.final_layer_norm(h)
+        if d.final_layer_norm is not None:
+            h = d.final_layer_norm(h)
+        if d.project_out is not None:
+            h = d.project_out(h)
+        return (self.lm_head(h), *presents)
+
+
+class LlamaDecoderStep(nn.Module):
+    """HF LlamaForCausalLM (eager), with explicit position_ids and a tensor KV cache."""
+
+    def __init__(self, text_model, lm_head, cfg):
+        super().__init__()
+        self.m = text_model
+        self.lm_head = lm_head
+        self.n_layers = cfg.num_hidden_layers
+        self.heads = cfg.num_attention_heads
+        self.kv_heads = cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+    def forward(self, inputs_embeds, attention_mask, position_ids, *past):
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        m = self.m
+        h = inputs_embeds
+        cos, sin = m.rotary_emb(h, position_ids)
+        mask_add = _additive_mask(attention_mask, inputs_embeds, h.dtype)
+        B = h.shape[0]
+        presents = []
+        for i, layer in enumerate(m.layers):
+            a = layer.self_attn
+            residual = h
+            x = layer.input_layernorm(h)
+            q = a.q_proj(x).view(B, -1, self.heads, self.head_dim).transpose(1, 2)
+            k = a.k_proj(x).view(B, -1, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = a.v_proj(x).view(B, -1, self.kv_heads, self.head_dim).transpose(1, 2)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            k = torch.cat([past[2 * i], k], dim=2)
+            v = torch.cat([past[2 * i + 1], v], dim=2)
+            presents += [k, v]
+            o = _attend(q, k, v, mask_add, self.heads // self.kv_heads, a.scaling)
+            h = residual + a.o_proj(o.reshape(B, -1, self.heads * self.head_dim))
+            residual = h
+            h = residual + layer.mlp(layer.post_attention_layernorm(h))
+        h = m.norm(h)
+        return (self.lm_head(h), *presents)
+
+
+# --------------------------------------------------------------------------------------
+# The language-model step registry
+# --------------------------------------------------------------------------------------
+
+#: text_config.model_type -> factory(lm_backbone, lm_head, text_config) -> step module
+_LM_STEPS: dict[str, Callable] = {}
+
+
+def register_lm_step(model_type: str, factory: Callable) -> None:
+    """Register the decoder step of a decoder-only language model (``text_config.model_type``).
+
+    ``factory(lm_backbone, lm_head, text_config)`` returns an ``nn.Module`` whose forward is
+    ``(inputs_embeds, attention_mask, position_ids, *past) -> (logits, *presents)`` (past/presents:
+    key, value per layer, [B, kv_heads, past(+T), head_dim]; attention_mask [B, past+T] int64 with
+    0 for padding; position_ids [B, T]), with attributes ``n_layers``, ``kv_heads``, ``head_dim``.
+    It must read every weight from the HF modules it is given (so the numbers are HF's);
+    ``check_decoder_against_hf`` compares it with the HF language model at every export.
+    """
+    _LM_STEPS[model_type] = factory
+
+
+def lm_step_for(text_config) -> Callable:
+    """The registered factory for ``text_config.model_type``; SystemExit naming the known ones."""
+    mt = getattr(text_config, "model_type", None)
+    if mt not in _LM_STEPS:
+        raise SystemExit(f"export: language model type {mt!r} has no decoder step "
+                         f"(registered: {', '.join(sorted(_LM_STEPS))}; see prefix_decoder.register_lm_step)")
+    return _LM_STEPS[mt]
+
+
+def lm_step(lm_backbone, lm_head, text_config) -> nn.Module:
+    """``lm_step_for(text_config)(lm_backbone, lm_head, text_config)``, in eval mode."""
+    return lm_step_for(text_config)(lm_backbone, lm_head, text_config).eval()
+
+
+# OPT: the backbone is OPTModel (or its OPTDecoder); Llama-architecture models share one step.
+register_lm_step("opt", lambda backbone, head, cfg: OPTDecoderStep(getattr(backbone, "decoder", backbone), head, cfg))
+register_lm_step("llama", LlamaDecoderStep)
+
+
+# --------------------------------------------------------------------------------------
+# One loaded model: the three graphs' modules + prompt rules
+# --------------------------------------------------------------------------------------
+
+
+class PrefixParts:
+    """Everything the exporter needs to know about one loaded prefix-decoder model.
+
+    Constructor arguments are the family-specific bits:
+
+    * ``model``: the HF model (``generate`` is called on it, see ``hf_generate``);
+    * ``hf_tok``: the HF tokenizer; ``size``/``mean``/``std``: the square input and normalisation;
+    * ``architecture``: the manifest's informative ``architecture`` string;
+    * ``prefix``: module ``pixel_values -> prefix_embeds [B,P,H]`` (image_prefix.onnx);
+    * ``embed``: the LM's input ``nn.Embedding`` (wrapped as embed_tokens.onnx);
+    * ``lm_backbone`` / ``lm_head`` / ``text_cfg``: the language model's base model, output
+      projection and config; the decoder step comes from the registry (``decoder`` overrides it);
+    * ``tokens``: P; ``image_token_id``: the placeholder id; ``template`` (with ``{image}``, which
+      becomes P placeholder tokens, and ``{prompt}``) and ``add_bos``: the prompt rule the Rust side
+      implements;
+    * ``gen_model``: the module whose ``generation_config`` HF ``generate`` uses (default ``model``);
+    * ``hook_module``: the module whose forward gets HF's own ``inputs_embeds`` (default
+      ``lm_backbone``), for the reference check that our embedding assembly equals HF's;
+    * ``ref_prompts``: (single-image prompt, batch-of-3 prompts, batch-of-2 prompts) of the
+      reference cases.
+
+    Override in a subclass: ``processor_ids`` (the default is the LLaVA processor rule),
+    ``hf_generate``, ``hf_lm_logits``, and the extension hooks named in the module docstring.
+    """
+
+    def __init__(self, model, hf_tok, size: int, mean, std, *, architecture: str, prefix: nn.Module,
+                 embed: nn.Embedding, lm_backbone, lm_head, text_cfg, tokens: int, image_token_id: int,
+                 template: str, add_bos: bool, ref_prompts, gen_model=None, hook_module=None,
+                 decoder: nn.Module | None = None, kind: str | None = None):
+        self.kind = kind or architecture
+        self.model, self.hf_tok = model, hf_tok
+        self.size, self.mean, self.std = size, list(mean), list(std)
+        self.architecture = architecture
+        self.prefix = prefix.eval()
+        self.embed = EmbedTokens(embed).eval()
+        self.lm_backbone, self.lm_head, self.text_cfg = lm_backbone, lm_head, text_cfg
+        self.decoder = decoder.eval() if decoder is not None else lm_step(lm_backbone, lm_head, text_cfg)
+        self.tokens, self.image_token_id = int(tokens), int(image_token_id)
+        self.template, self.add_bos = template, add_bos
+        self.gen_model = gen_model if gen_model is not None else model
+        self.hook_module = hook_module if hook_module is not None else lm_backbone
+        self.ref_prompt, self.ref_batch_prompts, self.ref_batch2_prompts = ref_prompts
+        self.image_token = hf_tok.convert_ids_to_tokens(self.image_token_id)
+        d = self.decoder
+        self.layers, self.kv_heads, self.head_dim = d.n_layers, d.kv_heads, d.head_dim
+        self.hidden = int(self.embed.emb.weight.shape[1])
+        self.vocab = int(self.text_cfg.vocab_size)
+        self.max_positions = int(self.text_cfg.max_position_embeddings)
+        self.bos, self.eos, self.pad = (self.text_cfg.bos_token_id, self.text_cfg.eos_token_id,
+                                        self.text_cfg.pad_token_id)
+        if isinstance(self.eos, (list, tuple)):
+            self.eos = self.eos[0]
+        if self.pad is None:
+            self.pad = hf_tok.pad_token_id if hf_tok.pad_token_id is not None else self.eos
+
+    # -- prompt assembly (the rule the Rust side implements) ---------------------------------
+    def prompt_text(self, prompt: str) -> str:
+        return self.template.replace("{image}", self.image_token * self.tokens).replace("{prompt}", prompt)
+
+    def template_ids(self, prompt: str) -> list[int]:
+        return self.hf_tok(self.prompt_text(prompt), add_special_tokens=self.add_bos)["input_ids"]
+
+    def left_pad(self, seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        n = max(len(s) for s in seqs)
+        ids = np.full((len(seqs), n), self.pad, np.int64)
+        mask = np.zeros((len(seqs), n), np.int64)
+        for r, s in enumerate(seqs):
+            ids[r, n - len(s):] = s
+            mask[r, n - len(s):] = 1
+        return ids, mask
+
+    def processor_ids(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """input_ids/attention_mask exactly as the family's transformers processor builds them.
+
+        Default: the ``LlavaProcessor`` text path (transformers 5.24): every "<image>" of the
+        formatted template is replaced by P image tokens, then ``tok(texts, padding=True)`` (BOS
+        added by the tokenizer when ``add_bos``, left padding).  Families whose processor does
+        something else (BLIP-2 puts the image tokens in front of the padded text) override it.
+        """
+        self.hf_tok.padding_side = "left"
+        texts = [self.template.replace("{image}", self.image_token).replace("{prompt}", p) for p in prompts]
+        texts = [t.replace(self.image_token, self.image_token * self.tokens) for t in texts]
+        enc = self.hf_tok(texts, padding=True, add_special_tokens=self.add_bos)
+        return np.asarray(enc["input_ids"], np.int64), np.asarray(enc["attention_mask"], np.int64)
+
+    # -- torch reconstruction of what the Rust runner does ------------------------------------
+    def prefix_embeds(self, pixels: np.ndarray) -> torch.Tensor:
+        """prefix_embeds of the image graph (hook: a family with more image-graph inputs overrides)."""
+        return self.prefix(torch.from_numpy(pixels))
+
+    def assemble_embeds(self, ids: np.ndarray, pixels: np.ndarray) -> torch.Tensor:
+        """embed_tokens(ids) with the image-token rows replaced, in order, by prefix_embeds."""
+        emb = self.embed(torch.from_numpy(ids)).clone()
+        pre = self.prefix_embeds(pixels)
+        for b in range(ids.shape[0]):
+            rows = np.nonzero(ids[b] == self.image_token_id)[0]
+            assert len(rows) == self.tokens, (len(rows), self.tokens)
+            emb[b, torch.from_numpy(rows)] = pre[b]
+        return emb
+
+    def hf_inputs(self, ids, mask, pixels) -> dict:
+        """The keyword arguments of HF's forward/generate for one batch (hook: e.g. image_grid_thw)."""
+        return dict(pixel_values=torch.from_numpy(pixels), input_ids=torch.from_numpy(ids),
+                    attention_mask=torch.from_numpy(mask))
+
+    def hf_generate(self, ids, mask, pixels, **kw) -> np.ndarray:
+        """PyTorch generate(); returns only the new tokens [B*num_return, new]."""
+        out = self.model.generate(**self.hf_inputs(ids, mask, pixels), **kw)
+        return out[:, ids.shape[1]:].numpy()
+
+    def hf_lm_inputs_embeds(self, ids, mask, pixels) -> torch.Tensor:
+        """The inputs_embeds HF's own forward feeds its language model (captured with a hook)."""
+        seen = []
+        h = self.hook_module.register_forward_pre_hook(lambda mod, a, k: seen.append(k.get("inputs_embeds")),
+                                                       with_kwargs=True)
+        try:
+            self.model.generate(**self.hf_inputs(ids, mask, pixels), max_new_tokens=1, do_sample=False,
+                                num_beams=1)
+        finally:
+            h.remove()
+        return seen[0]
+
+    def hf_lm_logits(self, emb: torch.Tensor, mask: np.ndarray, pos: np.ndarray) -> torch.Tensor:
+        """HF's language model logits for inputs_embeds (the reference of check_decoder_against_hf)."""
+        out = self.lm_backbone(inputs_embeds=emb, attention_mask=torch.from_numpy(mask),
+                               position_ids=torch.from_numpy(pos), use_cache=False)
+        return self.lm_head(out.last_hidden_state)
+
+    # -- extension hooks (defaults: the plain layout) ------------------------------------------
+    def position_ids(self, mask: np.ndarray) -> np.ndarray:
+        """position_ids of a left-padded batch (numpy int64, time on the LAST axis: [B,T] here;
+        Qwen2-VL-style M-RoPE would return [3,B,T] and override ``position_ids_axes``)."""
+        return position_ids_from_mask(mask)
+
+    def position_ids_axes(self) -> dict:
+        return {0: "batch", 1: "sequence"}
+
+    #: names of extra decoder.onnx inputs, fed after position_ids and before the past
+    decoder_extra_input_names: tuple[str, ...] = ()
+
+    def decoder_extra_inputs(self, mask: np.ndarray, t0: int, t1: int) -> list[np.ndarray]:
+        """Values of ``decoder_extra_input_names`` for steps t0..t1 of a batch with this mask."""
+        return []
+
+    def decoder_extra_axes(self) -> dict:
+        """Dynamic axes of the extra decoder inputs (name -> {axis: name})."""
+        return {}
+
+    def prefix_input_names(self) -> list[str]:
+        """Inputs of image_prefix.onnx (hook: e.g. InstructBLIP's instruction ids after pixel_values)."""
+        return ["pixel_values"]
+
+    def prefix_example_inputs(self, batch: int) -> tuple:
+        """Example inputs for exporting image_prefix.onnx (in ``prefix_input_names`` order)."""
+        return (torch.zeros(batch, 3, self.size, self.size),)
+
+    def prefix_axes(self) -> dict:
+        return {"pixel_values": {0: "batch"}, "prefix_embeds": {0: "batch"}}
+
+    def prefix_verify_inputs(self, batch: int, gen: torch.Generator) -> tuple:
+        """Random inputs for the ONNX-vs-PyTorch check of image_prefix.onnx."""
+        return (torch.randn(batch, 3, self.size, self.size, generator=gen),)
+
+    def manifest_extra(self) -> list[tuple[str, list]]:
+        """Extra manifest keys: ``[(section, [(key, value, comment), ...]), ...]``; keys of an
+        existing section (``image``, ``decoder``, ``prompt``...) are appended to it, other
+        sections are appended at the end."""
+        return []
+
+    def reference_extra(self) -> dict:
+        """Extra top-level keys of reference/reference.json."""
+        return {}
+
+
+def position_ids_from_mask(mask: np.ndarray) -> np.ndarray:
+    """transformers 5.24 generate(): cumsum(mask) - 1, with 0 where mask == 0."""
+    p = np.cumsum(mask, axis=1) - 1
+    return np.where(mask == 0, 0, p).astype(np.int64)
+
+
+def empty_past(parts: PrefixParts, batch: int, length: int = 0) -> list[torch.Tensor]:
+    return [torch.zeros(batch, parts.kv_heads, length, parts.head_dim) for _ in range(2 * parts.layers)]
+
+
+def _step_args(parts: PrefixParts, emb: torch.Tensor, mask: np.ndarray, pos: np.ndarray, t0: int, t1: int,
+               past: list) -> tuple:
+    """Torch arguments of one decoder step over positions t0..t1 (mask up to t1)."""
+    extra = [torch.from_numpy(x) for x in parts.decoder_extra_inputs(mask, t0, t1)]
+    return (emb[:, t0:t1], torch.from_numpy(mask[:, :t1]), torch.from_numpy(np.ascontiguousarray(pos[..., t0:t1])),
+            *extra, *past)
+
+
+def check_decoder_against_hf(parts: PrefixParts, tol: float = 1e-4) -> float:
+    """The decoder wrapper (prefill + cached steps) reproduces HF's language model logits."""
+    gen = torch.Generator().manual_seed(7)
+    B, T = 2, 9
+    emb = torch.randn(B, T, parts.hidden, generator=gen)
+    mask = np.ones((B, T), np.int64)
+    mask[1, :3] = 0  # left padding in row 1
+    pos = parts.position_ids(mask)
+    ref = parts.hf_lm_logits(emb, mask, pos)
+    worst = 0.0
+    for split in (T, 5):
+        res = parts.decoder(*_step_args(parts, emb, mask, pos, 0, split, empty_past(parts, B)))
+        logits, past = [res[0]], list(res[1:])
+        for t in range(split, T):
+            res = parts.decoder(*_step_args(parts, emb, mask, pos, t, t + 1, past))
+            logits.append(res[0])
+            past = list(res[1:])
+        got = torch.cat(logits, 1)
+        valid = torch.from_numpy(mask).bool()
+        worst = max(worst, float((got - ref).abs()[valid].max()))
+    if not worst < tol:
+        raise RuntimeError(f"decoder wrapper differs from HF by {worst}")
+    return worst
+
+
+# --------------------------------------------------------------------------------------
+# ONNX export
+# --------------------------------------------------------------------------------------
+
+
+#: Graphs whose weights are bigger than this are written with their weights in one external data
+#: file next to them (``<name>.onnx.data``; ONNX Runtime finds it by itself): a protobuf holds 2 GB at
+#: most.  Smaller graphs (every --tiny model) keep their weights inside, as before.
+EXTERNAL_DATA_BYTES = int(float(os.environ.get("TESSERA_EXPORT_EXTERNAL_DATA_BYTES", 1.5e9)))
+
+
+def _export(module, args, path: Path, inputs: list[str], outputs: list[str], axes: dict, opset: int):
+    C.export_onnx(module, args, path, inputs, outputs, axes, opset, external_data_bytes=EXTERNAL_DATA_BYTES)
+
+
+def decoder_io_names(layers: int, extra: tuple[str, ...] | list[str] = ()) -> tuple[list[str], list[str]]:
+    """decoder.onnx input and output names: inputs_embeds, attention_mask, position_ids, *extra, past..."""
+    past, present = [], []
+    for i in range(layers):
+        past += [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
+        present += [f"present.{i}.key", f"present.{i}.value"]
+    return ["inputs_embeds", "attention_mask", "position_ids", *extra] + past, ["logits"] + present
+
+
+def export_graphs(parts: PrefixParts, out: Path, opset: int) -> None:
+    B = 2
+    print(f"export: writing {out}/image_prefix.onnx (opset {opset})", file=sys.stderr)
+    _export(parts.prefix, parts.prefix_example_inputs(B), out / "image_prefix.onnx", parts.prefix_input_names(),
+            ["prefix_embeds"], parts.prefix_axes(), opset)
+    print(f"export: writing {out}/embed_tokens.onnx", file=sys.stderr)
+    _export(parts.embed, (torch.zeros(B, 3, dtype=torch.long),), out / "embed_tokens.onnx", ["input_ids"],
+            ["inputs_embeds"], {"input_ids": {0: "batch", 1: "sequence"},
+                                "inputs_embeds": {0: "batch", 1: "sequence"}}, opset)
+    print(f"export: writing {out}/decoder.onnx", file=sys.stderr)
+    extra = tuple(parts.decoder_extra_input_names)
+    ins, outs = decoder_io_names(parts.layers, extra)
+    axes = {"inputs_embeds": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total"},
+            "position_ids": parts.position_ids_axes(), **parts.decoder_extra_axes(),
+            "logits": {0: "batch", 1: "sequence"}}
+    for n in ins[3 + len(extra):]:
+        axes[n] = {0: "batch", 2: "past"}
+    for n in outs[1:]:
+        axes[n] = {0: "batch", 2: "total"}
+    past_len, T = 3, 2
+    mask = np.ones((B, past_len + T), np.int64)
+    pos = np.ascontiguousarray(parts.position_ids(mask)[..., past_len:])
+    args = (torch.randn(B, T, parts.hidden), torch.from_numpy(mask), torch.from_numpy(pos),
+            *[torch.from_numpy(x) for x in parts.decoder_extra_inputs(mask, past_len, past_len + T)],
+            *empty_past(parts, B, past_len))
+    _export(parts.decoder, args, out / "decoder.onnx", ins, outs, axes, opset)
+
+
+def verify_onnx_against_torch(parts: PrefixParts, out: Path, tol: float) -> dict:
+    """ORT vs PyTorch (error relative to the largest |value|): prefix (batch 1, 3), embed, decoder prefill (past 0) and cached steps."""
+    gen = torch.Generator().manual_seed(1234)
+    pre, emb, dec = (C.ort_session(out / n) for n in ("image_prefix.onnx", "embed_tokens.onnx", "decoder.onnx"))
+    extra = tuple(parts.decoder_extra_input_names)
+    ins, outs = decoder_io_names(parts.layers, extra)
+    worst = {"prefix": 0.0, "embed": 0.0, "decoder": 0.0}
+    for B in (1, 3):
+        px = parts.prefix_verify_inputs(B, gen)
+        r = parts.prefix(*px).numpy()
+        feed = {n: x.numpy() for n, x in zip(parts.prefix_input_names(), px)}
+        worst["prefix"] = max(worst["prefix"], C.rel_diff(pre.run(None, feed)[0], r))
+        ids = torch.randint(0, parts.vocab, (B, 5), generator=gen)
+        worst["embed"] = max(worst["embed"], float(np.abs(
+            emb.run(None, {"input_ids": ids.numpy()})[0] - parts.embed(ids).numpy()).max()))
+        T = 7
+        e = torch.randn(B, T, parts.hidden, generator=gen)
+        mask = np.ones((B, T), np.int64)
+        if B > 1:
+            mask[1, :2] = 0
+        pos = parts.position_ids(mask)
+        for split in (T, 4):  # prefill all, or prefill 4 then 1-token and 2-token steps
+            past_t = empty_past(parts, B)
+            past_o = [p.numpy() for p in past_t]
+            t0 = 0
+            for t1 in ([T] if split == T else [4, 5, 7]):
+                a = _step_args(parts, e, mask, pos, t0, t1, past_t)
+                ref = parts.decoder(*a)
+                feed = {n: x.numpy() for n, x in zip(ins[:3 + len(extra)], a)}
+                feed.update(dict(zip(ins[3 + len(extra):], past_o)))
+                got = dec.run(None, feed)
+                for r, g in zip(ref, got):
+                    worst["decoder"] = max(worst["decoder"], C.rel_diff(g, r.numpy()))
+                past_t, past_o, t0 = list(ref[1:]), got[1:], t1
+    print("export: ONNX vs PyTorch max diff / max(1, max|ref|): " + ", ".join(f"{k} {v:.3g}" for k, v in worst.items()),
+          file=sys.stderr)
+    for k, v in worst.items():
+        if not v < tol:
+            raise RuntimeError(f"{k}: ONNX Runtime differs from PyTorch by {v} (tolerance {tol})")
+    return worst
+
+
+# --------------------------------------------------------------------------------------
+# References (--tiny): PyTorch generate()
+# --------------------------------------------------------------------------------------
+
+
+def _gen_kwargs(parts: PrefixParts, *, num_beams: int, min_new_tokens: int = 0, repetition_penalty: float = 1.0,
+                max_new_tokens: int = 12, no_repeat_ngram_size: int = 0) -> dict:
+    return dict(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, num_beams=num_beams,
+                do_sample=False, repetition_penalty=repetition_penalty, length_penalty=1.0,
+                early_stopping=False, num_return_sequences=1, no_repeat_ngram_size=no_repeat_ngram_size,
+                bos_token_id=parts.bos, eos_token_id=parts.eos, pad_token_id=parts.pad)
+
+
+def reference_cases(parts: PrefixParts) -> list[dict]:
+    """The reference cases (greedy and 3 beams, batch 1 and batches of tiles with different prompts)."""
+    q, qb, qb2 = parts.ref_prompt, list(parts.ref_batch_prompts), list(parts.ref_batch2_prompts)
+    cases = [dict(name=f"greedy_img{k}", images=[k], prompts=[q], kw=dict(num_beams=1)) for k in range(3)]
+    cases += [
+        dict(name="greedy_batch3", images=[0, 1, 2], prompts=qb, kw=dict(num_beams=1)),
+        dict(name="beam3_img3", images=[3], prompts=[q], kw=dict(num_beams=3)),
+        dict(name="beam3_img0_rep1.3", images=[0], prompts=[q], kw=dict(num_beams=3, repetition_penalty=1.3)),
+        dict(name="beam3_batch2_min5", images=[1, 2], prompts=qb2, kw=dict(num_beams=3, min_new_tokens=5)),
+        dict(name="greedy_batch2_rep1.3_min5", images=[2, 3], prompts=qb2,
+             kw=dict(num_beams=1, repetition_penalty=1.3, min_new_tokens=5)),
+        # n-gram blocking over prompt (image tokens, BOS) and generated tokens, left-padded batches
+        dict(name="greedy_batch3_ngram1", images=[0, 1, 2], prompts=qb, kw=dict(num_beams=1, no_repeat_ngram_size=1)),
+        dict(name="greedy_batch3_ngram2_max20", images=[0, 1, 2], prompts=qb,
+             kw=dict(num_beams=1, no_repeat_ngram_size=2, max_new_tokens=20)),
+        dict(name="beam3_batch3_ngram1", images=[0, 1, 2], prompts=qb, kw=dict(num_beams=3, no_repeat_ngram_size=1)),
+        dict(name="beam3_batch3_ngram2_max20", images=[0, 1, 2], prompts=qb,
+             kw=dict(num_beams=3, no_repeat_ngram_size=2, max_new_tokens=20)),
+    ]
+    return cases
+
+
+def _trim(row: np.ndarray, eos: int) -> tuple[list[int], bool]:
+    row = [int(t) for t in row]
+    if eos in row:
+        return row[: row.index(eos) + 1], True
+    return row, False
+
+
+def compute_references(parts: PrefixParts, seed_info: dict):
+    """reference.json content (+ the images): HF generate on the reference cases.
+
+    ``seed_info``: the keys that say how the tiny model was drawn, written as they are after
+    ``architecture`` (the existing packages: ``seed``, ``init_std``, ``eos_logit_scale``)."""
+    names, images_u8 = C.make_reference_images(parts.size)
+    pixels = C.preprocess_u8(images_u8, parts.mean, parts.std)
+    out_cases = []
+    for c in reference_cases(parts):
+        idx, prompts = c["images"], c["prompts"]
+        ids, mask = parts.processor_ids(prompts)
+        px = pixels[idx]
+        # The Rust rule: format the template, tokenize, left-pad the whole sequence.
+        gids, gmask = parts.left_pad([parts.template_ids(p) for p in prompts])
+        kw = _gen_kwargs(parts, **c["kw"])
+        new = parts.hf_generate(ids, mask, px, **kw)
+        new_generic = parts.hf_generate(gids, gmask, px, **kw)
+        # What HF feeds its language model == our reconstruction from the template layout.
+        hf_emb = parts.hf_lm_inputs_embeds(ids, mask, px)
+        ours = parts.assemble_embeds(ids, px)
+        emb_diff = float((hf_emb - ours).abs()[torch.from_numpy(mask).bool()].max())
+        same_ids_unpadded = all(
+            [int(t) for t, m in zip(ids[r], mask[r]) if m] == [int(t) for t, m in zip(gids[r], gmask[r]) if m]
+            for r in range(len(idx)))
+        trimmed = [_trim(r, parts.eos) for r in new]
+        out_cases.append({
+            "name": c["name"],
+            "images": idx,
+            "prompts": prompts,
+            "prompt_texts": [parts.prompt_text(p) for p in prompts],
+            "input_ids": ids.tolist(),
+            "attention_mask": mask.tolist(),
+            "template_input_ids": gids.tolist(),
+            "template_attention_mask": gmask.tolist(),
+            "generation": {k: v for k, v in kw.items()},
+            "output_ids": new.tolist(),
+            "new_tokens": [t for t, _ in trimmed],
+            "hit_eos": [h for _, h in trimmed],
+            "text": [parts.hf_tok.decode(t, skip_special_tokens=True) for t, _ in trimmed],
+            "checks": {
+                "template_ids_equal_processor_ids_without_padding": bool(same_ids_unpadded),
+                "template_layout_generate_equal": bool(np.array_equal(new, new_generic)),
+                "lm_inputs_embeds_max_abs_diff": emb_diff,
+            },
+        })
+        print(f"export: {c['name']}: {[t for t, _ in trimmed]} eos={[h for _, h in trimmed]} "
+              f"emb_diff={emb_diff:.2g} same_ids={same_ids_unpadded} "
+              f"generic_equal={np.array_equal(new, new_generic)}", file=sys.stderr)
+    # first decoding step logits (greedy_img0), HF forward
+    c0 = out_cases[0]
+    ids0, m0 = np.array(c0["input_ids"]), np.array(c0["attention_mask"])
+    logits0 = parts.model(**parts.hf_inputs(ids0, m0, pixels[c0["images"]])).logits[0, -1].numpy()
+    ref = {
+        "description": "PyTorch generate() references for this package (tools/export/export.py); "
+                       "new tokens only, prompt excluded.",
+        "architecture": parts.architecture,
+        **seed_info,
+        "transformers": transformers.__version__, "torch": torch.__version__,
+        **C.images_block(names, parts.size, len(names)),
+        "mean": parts.mean, "std": parts.std,
+        "template": parts.template, "add_bos": parts.add_bos, "image_tokens": parts.tokens,
+        "image_token_id": parts.image_token_id,
+        "bos_token_id": parts.bos, "eos_token_id": parts.eos, "pad_token_id": parts.pad,
+        "position_ids_rule": "cumsum(attention_mask) - 1, 0 where attention_mask == 0",
+        "cases": out_cases,
+        "first_step_logits": {"case": c0["name"], "row": 0,
+                              "what": "HF forward logits at the last prompt position (before any processor)",
+                              "logits": logits0.astype(np.float64).tolist()},
+        "tolerance": {"logits_abs": 1e-3},
+        **parts.reference_extra(),
+    }
+    return ref, images_u8, pixels
+
+
+def degeneracy_report(ref: dict) -> tuple[bool, str]:
+    greedy = [c for c in ref["cases"] if c["name"].startswith("greedy_img")]
+    outs = [tuple(c["new_tokens"][0]) for c in greedy]
+    distinct_imgs = len(set(outs)) == len(outs)
+    min_distinct = min(len(set(o)) for o in outs)
+    eos_cases = [c["name"] for c in ref["cases"] if any(c["hit_eos"])]
+    ok = distinct_imgs and min_distinct >= 3 and len(eos_cases) > 0
+    return ok, f"distinct across images {distinct_imgs}, min distinct tokens {min_distinct}, EOS in {eos_cases}"
+
+
+# --------------------------------------------------------------------------------------
+# Manifest
+# --------------------------------------------------------------------------------------
+
+
+def write_manifest(path: Path, parts: PrefixParts, *, name: str, trained: bool, source: str,
+                   max_new_tokens: int = 20) -> None:
+    """model.toml of an image-text-decoder package (+ ``parts.manifest_extra()``)."""
+    sections = [
+        (None, [("family", "image-text-decoder", ""), ("architecture", parts.architecture, ""),
+                ("name", name, ""), ("trained", trained, ""), ("source", source, "")]),
+        ("image", [("onnx", "image_prefix.onnx", ""),
+                   ("input", "pixel_values", "float32 [B,3,S,S], already normalised"),
+                   ("output", "prefix_embeds", "float32 [B,P,H]"),
+                   ("tokens", parts.tokens, "P: image tokens per image")]),
+        ("embed", [("onnx", "embed_tokens.onnx", ""), ("input", "input_ids", "int64 [B,T]"),
+                   ("output", "inputs_embeds", "float32 [B,T,H]")]),
+        ("decoder", [("onnx", "decoder.onnx", ""), ("inputs_embeds", "inputs_embeds", "float32 [B,T,H]"),
+                     ("attention_mask", "attention_mask", "int64 [B,past+T]"),
+                     ("position_ids", "position_ids", "int64 [B,T]"),
+                     ("logits", "logits", "float32 [B,T,V]"),
+                     ("past_key", "past_key_values.{i}.key", "float32 [B,kv_heads,past,head_dim]"),
+                     ("past_value", "past_key_values.{i}.value", ""),
+                     ("present_key", "present.{i}.key", "float32 [B,kv_heads,past+T,head_dim]"),
+                     ("present_value", "present.{i}.value", ""),
+                     ("layers", parts.layers, ""), ("kv_heads", parts.kv_heads, ""),
+                     ("head_dim", parts.head_dim, ""), ("hidden", parts.hidden, ""), ("vocab", parts.vocab, ""),
+                     ("max_positions", parts.max_positions, "longest prompt + generated sequence")]),
+        ("prompt", [("template", parts.template, ""), ("image_token", parts.image_token, ""),
+                    ("image_token_id", parts.image_token_id, ""),
+                    ("add_bos", parts.add_bos, "tokenize with add_special_tokens = add_bos")]),
+        C.preprocess_section(parts.size, parts.mean, parts.std),
+        ("tokenizer", [("file", "tokenizer.json", ""), ("bos_token_id", parts.bos, ""),
+                       ("eos_token_id", parts.eos, ""), ("pad_token_id", parts.pad, "")]),
+        ("generation", [("max_new_tokens", max_new_tokens, ""), ("num_beams", 1, ""),
+                        ("repetition_penalty", 1.0, "")]),
+    ]
+    for header, keys in parts.manifest_extra():
+        for h, existing in sections:
+            if h == header:
+                existing.extend(keys)
+                break
+        else:
+            sections.append((header, list(keys)))
+    C.write_toml(path, sections)
+
+
+
+
+# --------------------------------------------------------------------------------------
+# The whole export of one built model
+# --------------------------------------------------------------------------------------
+
+
+def export_prefix_package(args, parts: PrefixParts, *, name: str, source: str, trained: bool,
+                          reference_seed_info: dict | None = None, max_new_tokens: int = 20) -> None:
+    """Everything after the model is built: decoder step vs HF, graphs, ORT vs PyTorch, fp16,
+    tokenizer.json, model.toml, and (when ``reference_seed_info`` is given: --tiny fixtures)
+    ``reference/`` from HF generate with its degeneracy report.
+
+    ``args`` supplies ``out``, ``opset``, ``fp16``, ``skip_verify``, ``tolerance`` (see
+    ``add_prefix_args``).  ``reference_seed_info``: the reference.json keys saying how the tiny
+    model was drawn (e.g. ``dict(seed=0, init_std=1.0, eos_logit_scale=2.0)``); None: no reference.
+    """
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    worst = check_decoder_against_hf(parts)
+    print(f"export: decoder wrapper vs HF language model: max abs diff {worst:.3g}", file=sys.stderr)
+    export_graphs(parts, out, args.opset)
+    if not args.skip_verify:
+        verify_onnx_against_torch(parts, out, tol=5e-2 if args.fp16 else args.tolerance)
+    if args.fp16:
+        for n in ("image_prefix.onnx", "embed_tokens.onnx", "decoder.onnx"):
+            print(f"export: converting {out}/{n} to float16", file=sys.stderr)
+            C.to_fp16(out / n)
+    C.save_plain_tokenizer_json(parts.hf_tok, out / "tokenizer.json")
+    write_manifest(out / "model.toml", parts, name=name, trained=trained,
+                   source=source + (", fp16" if args.fp16 else ""), max_new_tokens=max_new_tokens)
+
+    if reference_seed_info is not None:
+        ref, images_u8, pixels = compute_references(parts, reference_seed_info)
+        ref["onnx_precision"] = "fp16" if args.fp16 else "fp32"
+        ok, msg = degeneracy_report(ref)
+        ref["degeneracy_check"] = {"ok": ok, "summary": msg}
+        print(f"export: reference outputs: {msg}", file=sys.stderr)
+        if not ok:
+            print("export: WARNING the reference outputs are degenerate (see above)", file=sys.stderr)
+        C.write_reference(out, ref, C.image_bins(images_u8, pixels))
+    C.report_done(out)
+
+
+def add_prefix_args(c, *, seed: int, init_std: float, eos_scale: float, tolerance: float = 1e-3) -> None:
+    """The options every prefix-decoder command shares (after add_source_args / add_out_arg):
+    --opset, --fp16, --seed, --init-std, --eos-scale, --save-pretrained, --name, --no-reference,
+    --skip-verify, --tolerance.  Families add theirs (--shape, --language-model...) around it."""
+    C.add_opset_arg(c)
+    c.add_argument("--fp16", action="store_true",
+                   help="float16 weights/compute, float32 graph inputs/outputs")
+    c.add_argument("--seed", type=int, default=None, help=f"--tiny: seed (default {seed})")
+    c.add_argument("--init-std", type=float, default=None, help=f"--tiny: init std (default {init_std})")
+    c.add_argument("--eos-scale", type=float, default=None,
+                   help=f"--tiny: factor on the EOS row of lm_head (default {eos_scale})")
+    c.add_argument("--save-pretrained", metavar="DIR", default=None,
+                   help="--tiny: also write the model + processor with save_pretrained (to test --from)")
+    C.add_name_arg(c)
+    C.add_no_reference_arg(c)
+    C.add_skip_verify_arg(c)
+    C.add_tolerance_arg(c, tolerance,
+                        f"max diff / max(1, max|ref|) allowed between ONNX Runtime and PyTorch (default {tolerance:g})")
