@@ -70,13 +70,7 @@ fn check_package(name: &str) {
             .map(|v| v.as_str().expect("s").to_string())
             .collect();
         let g = as_json(&case["generation"]);
-        let params = GenerationParams {
-            max_new_tokens: g["max_new_tokens"].as_u64().expect("max") as usize,
-            min_new_tokens: g["min_new_tokens"].as_u64().unwrap_or(0) as usize,
-            num_beams: g["num_beams"].as_u64().unwrap_or(1) as usize,
-            repetition_penalty: g["repetition_penalty"].as_f64().unwrap_or(1.0) as f32,
-            length_penalty: g["length_penalty"].as_f64().unwrap_or(1.0) as f32,
-        };
+        let params: GenerationParams = common::reference::generation_params(&g);
         assert_eq!(
             g["early_stopping"], false,
             "{case_name}: the runner implements early_stopping=False"
@@ -135,47 +129,10 @@ fn llava_generates_the_pytorch_tokens() {
     check_package("llava-tiny");
 }
 
-/// A scene whose `cols x rows` tiles are reference images of a package, and the image index
-/// of each tile.
+/// A georeferenced scene whose `cols x rows` tiles are the reference images of package
+/// `name`; the image index of each tile.
 fn block_scene(name: &str, path: &Path, cols: usize, rows: usize) -> Vec<usize> {
-    let r = reference(name);
-    let shape: Vec<usize> = r["images_u8"]["shape"]
-        .as_array()
-        .expect("shape")
-        .iter()
-        .map(|d| d.as_u64().expect("d") as usize)
-        .collect();
-    let (n, s) = (shape[0], shape[1]);
-    let images = std::fs::read(package(name).join("reference/images_u8.bin")).expect("images");
-    let (w, h) = (cols * s, rows * s);
-    let pick: Vec<usize> = (0..rows * cols).map(|k| k % n).collect();
-    let driver = gdal::DriverManager::get_driver_by_name("GTiff").expect("driver");
-    let mut ds = driver
-        .create_with_band_type::<u8, _>(path, w, h, 3)
-        .expect("create");
-    ds.set_geo_transform(&[300_000.0, 1.0, 0.0, 4_000_000.0, 0.0, -1.0])
-        .expect("gt");
-    ds.set_spatial_ref(&gdal::spatial_ref::SpatialRef::from_epsg(32631).expect("srs"))
-        .expect("srs");
-    for band in 0..3 {
-        let mut plane = vec![0u8; w * h];
-        for y in 0..h {
-            for x in 0..w {
-                let img = pick[(y / s) * cols + x / s];
-                plane[y * w + x] = images[((img * s + y % s) * s + x % s) * 3 + band];
-            }
-        }
-        ds.rasterband(band + 1)
-            .expect("band")
-            .write(
-                (0, 0),
-                (w, h),
-                &mut gdal::raster::Buffer::new((w, h), plane),
-            )
-            .expect("write");
-    }
-    ds.close().expect("close");
-    pick
+    common::reference::mapped_block_scene(&package(name), path, cols, rows, |k, n| k % n)
 }
 
 #[test]

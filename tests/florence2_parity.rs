@@ -2,15 +2,12 @@
 //! florence2 --tiny`) against PyTorch: the task-prompt table and the tokenizer reproduce what
 //! Hugging Face's `Florence2Processor` fed the model in every reference case (the prompt text
 //! of each task token, the encoder's token ids); the runtime generates HF `generate`'s tokens
-//! (greedy, beams 3, batches of tiles with different task prompts, penalties) on the
+//! (greedy, beams 3, batches of tiles with different task prompts, penalties, and Florence-2's
+//! own defaults: n-gram blocking, forced `<s>` / `</s>`, `early_stopping=True`) on the
 //! encoder-decoder path of the `cross-attention-decoder` family; the captions decode to HF's
-//! text; `tessera caption --prompt "<CAPTION>"` end to end; the location tokens are the id
-//! range the manifest names; box-producing tasks and broken `[tasks]` / `[locations]` are
-//! refused with the file and the cause.
-//!
-//! Florence-2's own generation defaults (n-gram blocking, forced `<s>`/`</s>`, HF
-//! `early_stopping=True`) are not in `src/generation`: those reference cases carry
-//! `supported: false` and are skipped here (tools/export/README.md, "Florence-2").
+//! text; `tessera caption --prompt "<CAPTION>"` end to end under the package's `[generation]`;
+//! the location tokens are the id range the manifest names; box-producing tasks and broken
+//! `[tasks]` / `[locations]` are refused with the file and the cause.
 
 mod common;
 
@@ -250,13 +247,7 @@ fn pixels(r: &Value) -> Array4<f32> {
 }
 
 fn params(g: &Value) -> GenerationParams {
-    GenerationParams {
-        max_new_tokens: g["max_new_tokens"].as_u64().expect("max") as usize,
-        min_new_tokens: g["min_new_tokens"].as_u64().unwrap_or(0) as usize,
-        num_beams: g["num_beams"].as_u64().unwrap_or(1) as usize,
-        repetition_penalty: g["repetition_penalty"].as_f64().unwrap_or(1.0) as f32,
-        length_penalty: g["length_penalty"].as_f64().unwrap_or(1.0) as f32,
-    }
+    common::reference::generation_params(g)
 }
 
 fn batch_of(px: &Array4<f32>, images: &[usize]) -> Array4<f32> {
@@ -280,20 +271,15 @@ fn florence2_generates_the_pytorch_tokens() {
     let px = pixels(&r);
     let (mut beams, mut batches, mut tasks_mixed, mut ended, mut compared) =
         (false, false, false, false, 0);
+    let mut defaults = 0;
     for case in r["cases"].as_array().expect("cases") {
         let name = case["name"].as_str().expect("name");
         let g = &case["generation"];
-        // Florence-2's own defaults (n-gram blocking, forced <s>/</s>, early stopping) are not
-        // in src/generation yet; HF's empty prompt is <s></s>, tessera's is [tasks] default.
-        if case["supported"] != true || name.contains("empty_prompt") {
+        // HF's empty prompt is <s></s>, tessera's is [tasks] default (checked below).
+        if name.contains("empty_prompt") {
             continue;
         }
-        assert_eq!(g["early_stopping"], false, "{name}");
-        assert_eq!(g["no_repeat_ngram_size"], 0, "{name}");
-        assert!(
-            g["forced_bos_token_id"].is_null() && g["forced_eos_token_id"].is_null(),
-            "{name}"
-        );
+        assert_eq!(case["supported"], true, "{name}");
         let images: Vec<usize> = case["images"]
             .as_array()
             .expect("images")
@@ -318,6 +304,13 @@ fn florence2_generates_the_pytorch_tokens() {
             compared += 1;
         }
         beams |= p.num_beams > 1;
+        if p == model.default_params() {
+            assert!(
+                p.no_repeat_ngram_size == 3 && p.forced_bos_token_id == Some(0),
+                "{name}"
+            );
+            defaults += 1;
+        }
         batches |= images.len() > 1;
         tasks_mixed |= prompts
             .iter()
@@ -328,6 +321,10 @@ fn florence2_generates_the_pytorch_tokens() {
     assert!(
         beams && batches && tasks_mixed && ended && compared >= 20,
         "{compared} compared"
+    );
+    assert!(
+        defaults >= 2,
+        "{defaults} cases under the package's own defaults"
     );
     // tessera's empty prompt is the package's default task
     let one = batch_of(&px, &[0]);
@@ -363,59 +360,26 @@ fn box_tasks_fail_with_the_manifest_and_the_task() {
 /// A georeferenced scene whose `cols x rows` tiles are the reference images; the image index
 /// of each tile.
 fn block_scene(path: &Path, cols: usize, rows: usize) -> Vec<usize> {
-    let r = reference();
-    let shape: Vec<usize> = r["images_u8"]["shape"]
-        .as_array()
-        .expect("shape")
-        .iter()
-        .map(|d| d.as_u64().expect("dim") as usize)
-        .collect();
-    let (n, s) = (shape[0], shape[1]);
-    let images = std::fs::read(package().join("reference/images_u8.bin")).expect("images");
-    let (w, h) = (cols * s, rows * s);
-    let pick: Vec<usize> = (0..rows * cols).map(|k| (k * 3 + 1) % n).collect();
-    let driver = gdal::DriverManager::get_driver_by_name("GTiff").expect("driver");
-    let mut ds = driver
-        .create_with_band_type::<u8, _>(path, w, h, 3)
-        .expect("create");
-    ds.set_geo_transform(&[500_000.0, 10.0, 0.0, 5_000_000.0, 0.0, -10.0])
-        .expect("gt");
-    ds.set_spatial_ref(&gdal::spatial_ref::SpatialRef::from_epsg(32633).expect("srs"))
-        .expect("srs");
-    for band in 0..3 {
-        let mut plane = vec![0u8; w * h];
-        for y in 0..h {
-            for x in 0..w {
-                let img = pick[(y / s) * cols + x / s];
-                plane[y * w + x] = images[((img * s + y % s) * s + x % s) * 3 + band];
-            }
-        }
-        ds.rasterband(band + 1)
-            .expect("band")
-            .write(
-                (0, 0),
-                (w, h),
-                &mut gdal::raster::Buffer::new((w, h), plane),
-            )
-            .expect("write");
-    }
-    ds.close().expect("close");
-    pick
+    common::reference::mapped_block_scene(&package(), path, cols, rows, common::reference::shuffled)
 }
 
-/// The single-tile references of `prompt` under the package's [generation] (12 new tokens,
-/// beams 3), by image.
+/// The package's `[generation]` (Florence-2's defaults: beams 3, n-gram blocking, forced
+/// `<s>` / `</s>`, early stopping).
+fn package_params() -> GenerationParams {
+    let spec: tessera::models::GenerationSpec = manifest()["generation"]
+        .clone()
+        .try_into()
+        .expect("[generation]");
+    GenerationParams::from(&spec)
+}
+
+/// The references of `prompt` under the package's [generation], by image.
 fn beam_refs(prompt: &str) -> std::collections::BTreeMap<usize, Vec<u32>> {
     let r = reference();
+    let want = package_params();
     let mut out = std::collections::BTreeMap::new();
     for case in r["cases"].as_array().expect("cases") {
-        let g = &case["generation"];
-        if case["supported"] != true
-            || g["num_beams"] != 3
-            || g["max_new_tokens"] != 12
-            || g["repetition_penalty"] != 1.0
-            || g["min_new_tokens"] != 0
-        {
+        if params(&case["generation"]) != want {
             continue;
         }
         for (k, img) in case["images"]

@@ -65,13 +65,7 @@ fn pixels(r: &Value) -> Array4<f32> {
 }
 
 fn params(g: &Value) -> GenerationParams {
-    GenerationParams {
-        max_new_tokens: g["max_new_tokens"].as_u64().expect("max") as usize,
-        min_new_tokens: g["min_new_tokens"].as_u64().unwrap_or(0) as usize,
-        num_beams: g["num_beams"].as_u64().unwrap_or(1) as usize,
-        repetition_penalty: g["repetition_penalty"].as_f64().unwrap_or(1.0) as f32,
-        length_penalty: g["length_penalty"].as_f64().unwrap_or(1.0) as f32,
-    }
+    crate::common::reference::generation_params(g)
 }
 
 fn batch_of(px: &Array4<f32>, images: &[usize]) -> Array4<f32> {

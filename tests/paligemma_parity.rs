@@ -57,13 +57,7 @@ fn rows(v: &Value) -> Vec<Vec<i64>> {
 }
 
 fn params(g: &Value) -> GenerationParams {
-    GenerationParams {
-        max_new_tokens: g["max_new_tokens"].as_u64().expect("max") as usize,
-        min_new_tokens: g["min_new_tokens"].as_u64().unwrap_or(0) as usize,
-        num_beams: g["num_beams"].as_u64().unwrap_or(1) as usize,
-        repetition_penalty: g["repetition_penalty"].as_f64().unwrap_or(1.0) as f32,
-        length_penalty: g["length_penalty"].as_f64().unwrap_or(1.0) as f32,
-    }
+    crate::common::reference::generation_params(g)
 }
 
 fn load() -> DecoderModel {
@@ -190,6 +184,7 @@ fn the_prefix_mask_is_the_processor_token_type_ids() {
         num_beams: 1,
         repetition_penalty: 1.0,
         length_penalty: 1.0,
+        ..GenerationParams::default()
     };
     let got = model
         .generate(

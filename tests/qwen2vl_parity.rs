@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use common::{copy_dir, run};
 use ndarray::{Array2, Array4};
 use serde_json::Value;
-use tessera::models::decoder::{mrope_position_ids, DecoderModel, GenerationParams};
+use tessera::models::decoder::{mrope_position_ids, DecoderModel};
 use tessera::runtime::{Runtime, SessionOptions};
 
 const PACKAGES: [&str; 2] = ["qwen2-vl-tiny", "qwen2.5-vl-tiny"];
@@ -197,13 +197,7 @@ fn check_package(name: &str) {
             .collect();
         let prompts = strings(&case["prompts"]);
         let g = &case["generation"];
-        let params = GenerationParams {
-            max_new_tokens: g["max_new_tokens"].as_u64().expect("max") as usize,
-            min_new_tokens: g["min_new_tokens"].as_u64().unwrap_or(0) as usize,
-            num_beams: g["num_beams"].as_u64().unwrap_or(1) as usize,
-            repetition_penalty: g["repetition_penalty"].as_f64().unwrap_or(1.0) as f32,
-            length_penalty: g["length_penalty"].as_f64().unwrap_or(1.0) as f32,
-        };
+        let params = crate::common::reference::generation_params(g);
         assert_eq!(g["early_stopping"], false);
         beams_seen |= params.num_beams == 3;
         batched_seen |= images.len() > 1 && prompts.iter().any(|p| p != &prompts[0]);

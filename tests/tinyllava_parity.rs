@@ -69,13 +69,7 @@ fn params_of(g: &Value) -> GenerationParams {
         g["early_stopping"], false,
         "the runner implements early_stopping=False"
     );
-    GenerationParams {
-        max_new_tokens: g["max_new_tokens"].as_u64().expect("max") as usize,
-        min_new_tokens: g["min_new_tokens"].as_u64().unwrap_or(0) as usize,
-        num_beams: g["num_beams"].as_u64().unwrap_or(1) as usize,
-        repetition_penalty: g["repetition_penalty"].as_f64().unwrap_or(1.0) as f32,
-        length_penalty: g["length_penalty"].as_f64().unwrap_or(1.0) as f32,
-    }
+    crate::common::reference::generation_params(g)
 }
 
 /// Every reference case: the template's prompt ids equal HF's processor ids (padding removed),

@@ -7,12 +7,14 @@
 //!
 //! - greedy search (`num_beams = 1`): the best processed logit of every row, rows that
 //!   produced the end token continue with the pad token until every row has ended;
-//! - beam search (`num_beams > 1`, Hugging Face `_beam_search` with `early_stopping=False`):
-//!   log-softmax, logits processors on the log-probabilities, the top `2 * num_beams`
-//!   continuations of each item, finished hypotheses scored by
-//!   `sum_logprobs / new_len ^ length_penalty`;
-//! - logits processors (module `logits`): repetition penalty, then the end-token suppression of
-//!   `min_new_tokens`.
+//! - beam search (`num_beams > 1`, Hugging Face `_beam_search`): log-softmax, logits
+//!   processors on the log-probabilities, the top `2 * num_beams` continuations of each item,
+//!   finished hypotheses scored by `sum_logprobs / new_len ^ length_penalty`, stopping as
+//!   [`EarlyStopping`] says;
+//! - logits processors (module `logits`), in Hugging Face's order: repetition penalty, n-gram
+//!   blocking (`no_repeat_ngram_size`), the end-token suppression of `min_new_tokens`, the
+//!   forced first token (`forced_bos_token_id`) and the forced last token
+//!   (`forced_eos_token_id`).
 
 mod logits;
 mod math;
@@ -24,7 +26,7 @@ use ndarray::Array2;
 
 use crate::models::{GenerationSpec, ModelError};
 
-/// Decoding settings.
+/// Decoding settings (Hugging Face `GenerationConfig` names and meanings).
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct GenerationParams {
     pub max_new_tokens: usize,
@@ -32,6 +34,16 @@ pub struct GenerationParams {
     pub num_beams: usize,
     pub repetition_penalty: f32,
     pub length_penalty: f32,
+    /// Every n-gram of this many tokens occurs at most once in a sequence (prompt included);
+    /// 0: no blocking.
+    pub no_repeat_ngram_size: usize,
+    /// When beam search stops.
+    pub early_stopping: EarlyStopping,
+    /// The token every sequence's first position is forced to, where the sequence starts from
+    /// a single token (an encoder-decoder's decoder start token).
+    pub forced_bos_token_id: Option<i64>,
+    /// The token the last position (`max_new_tokens`) is forced to.
+    pub forced_eos_token_id: Option<i64>,
 }
 
 impl From<&GenerationSpec> for GenerationParams {
@@ -42,6 +54,88 @@ impl From<&GenerationSpec> for GenerationParams {
             num_beams: g.num_beams,
             repetition_penalty: g.repetition_penalty,
             length_penalty: g.length_penalty,
+            no_repeat_ngram_size: g.no_repeat_ngram_size,
+            early_stopping: g.early_stopping,
+            forced_bos_token_id: g.forced_bos_token_id,
+            forced_eos_token_id: g.forced_eos_token_id,
+        }
+    }
+}
+
+impl Default for GenerationParams {
+    /// The settings of a manifest without a `[generation]` section.
+    fn default() -> Self {
+        GenerationParams::from(&GenerationSpec::default())
+    }
+}
+
+/// Hugging Face's `early_stopping` for beam search: when an item is done.
+///
+/// - `False` (the default): an item is done when its best running beam, scored with the
+///   length penalty at its current length, cannot beat its worst finished hypothesis, once it
+///   has `num_beams` of them;
+/// - `True`: also done as soon as it has `num_beams` finished hypotheses (no later hypothesis
+///   may enter them then), and the search stops when every item is;
+/// - `Never`: as `False`, but with a positive length penalty the running beam is scored at
+///   the longest length it could reach (`max_new_tokens`), so the search runs longer.
+///
+/// Written `true`, `false` or `"never"` in `model.toml` and pipeline files, and
+/// `--early-stopping true|false|never` on the command line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EarlyStopping {
+    #[default]
+    False,
+    True,
+    Never,
+}
+
+impl std::str::FromStr for EarlyStopping {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "false" => Ok(EarlyStopping::False),
+            "true" => Ok(EarlyStopping::True),
+            "never" => Ok(EarlyStopping::Never),
+            _ => Err(format!("early stopping is true, false or never, not '{s}'")),
+        }
+    }
+}
+
+impl std::fmt::Display for EarlyStopping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EarlyStopping::False => "false",
+            EarlyStopping::True => "true",
+            EarlyStopping::Never => "never",
+        })
+    }
+}
+
+impl serde::Serialize for EarlyStopping {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            EarlyStopping::False => s.serialize_bool(false),
+            EarlyStopping::True => s.serialize_bool(true),
+            EarlyStopping::Never => s.serialize_str("never"),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for EarlyStopping {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Bool(bool),
+            Text(String),
+        }
+        match Repr::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("early_stopping is true, false or \"never\""))?
+        {
+            Repr::Bool(false) => Ok(EarlyStopping::False),
+            Repr::Bool(true) => Ok(EarlyStopping::True),
+            Repr::Text(s) => s.parse().map_err(serde::de::Error::custom),
         }
     }
 }
@@ -140,7 +234,8 @@ pub struct Start<C> {
     /// The cache after the prompt, for the first [`StepDecoder::step`].
     pub cache: C,
     /// Each item's prompt token ids without padding (`batch` entries, so this also gives the
-    /// batch size): what the repetition penalty counts as already in the sequence besides the
-    /// generated tokens. For an encoder-decoder, the decoder's start tokens.
+    /// batch size): what the repetition penalty and the n-gram blocking count as already in
+    /// the sequence besides the generated tokens. For an encoder-decoder, the decoder's start
+    /// tokens (then a forced first token applies).
     pub prompts: Vec<Vec<i64>>,
 }

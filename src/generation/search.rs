@@ -2,9 +2,9 @@
 
 use ndarray::Array2;
 
-use super::logits::{length_normalised, process};
+use super::logits::{length_normalised, process, Position};
 use super::math::{argmax, log_softmax, top_k};
-use super::{GenerationError, GenerationParams, Start, StepDecoder};
+use super::{EarlyStopping, GenerationError, GenerationParams, Start, StepDecoder};
 
 /// The score that takes a beam out of the running (Hugging Face's `-1e9`).
 const OUT: f32 = -1e9;
@@ -17,8 +17,8 @@ const OUT: f32 = -1e9;
 /// `start.prompts.len() * params.num_beams` rows).
 ///
 /// # Errors
-/// No beams or no new tokens asked for, logits with the wrong number of rows, or the
-/// decoder failing.
+/// No beams or no new tokens asked for, a forced token outside the vocabulary, logits with
+/// the wrong number of rows, or the decoder failing.
 pub fn generate<D: StepDecoder>(
     decoder: &mut D,
     start: Start<D::Cache>,
@@ -30,6 +30,17 @@ pub fn generate<D: StepDecoder>(
         ));
     }
     check_logits(&start.logits, start.prompts.len() * params.num_beams)?;
+    let vocab = start.logits.ncols();
+    for (key, id) in [
+        ("forced_bos_token_id", params.forced_bos_token_id),
+        ("forced_eos_token_id", params.forced_eos_token_id),
+    ] {
+        if let Some(id) = id.filter(|&id| usize::try_from(id).map_or(true, |i| i >= vocab)) {
+            return Err(GenerationError::Invalid(format!(
+                "{key} = {id} is not a token of the decoder's vocabulary of {vocab}"
+            )));
+        }
+    }
     if params.num_beams == 1 {
         greedy(decoder, start, params)
     } else {
@@ -45,6 +56,11 @@ fn check_logits(logits: &Array2<f32>, rows: usize) -> Result<(), GenerationError
         )));
     }
     Ok(())
+}
+
+/// The batch's prompt width (Hugging Face's padded input length).
+fn width(prompts: &[Vec<i64>]) -> usize {
+    prompts.iter().map(Vec::len).max().unwrap_or(0)
 }
 
 /// One step of the decoder, with its logits checked.
@@ -70,13 +86,19 @@ fn greedy<D: StepDecoder>(
     } = start;
     let (eos, pad) = (decoder.end_token_id(), decoder.pad_token_id());
     let rows = prompts.len();
+    let width = width(&prompts);
     let mut seqs = prompts.clone();
     let mut unfinished = vec![true; rows];
     for generated in 0..params.max_new_tokens {
         let mut next = vec![pad; rows];
         for r in 0..rows {
             let mut scores = logits.row(r).to_vec();
-            process(&mut scores, &seqs[r], generated, params, eos);
+            let at = Position {
+                seq: &seqs[r],
+                generated,
+                width,
+            };
+            process(&mut scores, at, params, eos);
             let best = argmax(&scores) as i64;
             next[r] = if unfinished[r] { best } else { pad };
             seqs[r].push(next[r]);
@@ -156,6 +178,8 @@ struct BeamSearch<'a> {
     open: Vec<bool>,
     /// Tokens generated so far.
     generated: usize,
+    /// The batch's prompt width.
+    width: usize,
 }
 
 impl<'a> BeamSearch<'a> {
@@ -182,6 +206,7 @@ impl<'a> BeamSearch<'a> {
             seqs,
             open: vec![true; prompts.len()],
             generated: 0,
+            width: width(prompts),
         }
     }
 
@@ -200,13 +225,12 @@ impl<'a> BeamSearch<'a> {
                 Some(s) => log_softmax(s),
                 None => log_softmax(&row.to_vec()),
             };
-            process(
-                &mut lp,
-                &self.seqs[r],
-                self.generated,
-                self.params,
-                self.eos,
-            );
+            let at = Position {
+                seq: &self.seqs[r],
+                generated: self.generated,
+                width: self.width,
+            };
+            process(&mut lp, at, self.params, self.eos);
             acc.extend(lp.iter().map(|v| v + self.scores[r]));
         }
         // max(2, 1 + one end token) * beams
@@ -264,14 +288,19 @@ impl<'a> BeamSearch<'a> {
     }
 
     /// Merges the candidates of item `i` that just ended among its top `beams` into the
-    /// item's finished hypotheses, scored with the length penalty.
+    /// item's finished hypotheses, scored with the length penalty. None enters once the item
+    /// is closed, nor, with `early_stopping = true`, once all its slots hold finished ones.
     fn merge_finished(&mut self, i: usize, cands: &[Candidate], ended: &[bool]) {
         let nb = self.beams;
         let slots = i * nb..(i + 1) * nb;
         let mut merged: Vec<Hypothesis> = self.finished[slots.clone()].to_vec();
+        let full = self.params.early_stopping == EarlyStopping::True && self.item_full(i);
         for (j, c) in cands.iter().enumerate() {
             let just = ended[j] && j < nb;
             let mut s = length_normalised(c.score, self.generated + 1, self.params.length_penalty);
+            if full {
+                s += OUT;
+            }
             if !self.open[i] {
                 s += OUT;
             }
@@ -290,17 +319,28 @@ impl<'a> BeamSearch<'a> {
         }
     }
 
-    /// Hugging Face's `early_stopping=False` heuristic: an item stays open while its best
-    /// running beam, length-normalised now, beats the worst of its finished hypotheses.
+    /// Whether every finished slot of item `i` holds a finished hypothesis.
+    fn item_full(&self, i: usize) -> bool {
+        self.finished[i * self.beams..(i + 1) * self.beams]
+            .iter()
+            .all(|h| h.done)
+    }
+
+    /// Hugging Face's `_check_early_stop_heuristic`: an item stays open while its best
+    /// running beam, length-normalised at its current length (`early_stopping = "never"` with a
+    /// positive length penalty: at `max_new_tokens`), beats the worst of its finished
+    /// hypotheses.
     fn close_items(&mut self) {
         let nb = self.beams;
+        let lp = self.params.length_penalty;
+        let length = if self.params.early_stopping == EarlyStopping::Never && lp > 0.0 {
+            self.params.max_new_tokens
+        } else {
+            self.generated
+        };
         for i in 0..self.batch() {
             let fin = &self.finished[i * nb..(i + 1) * nb];
-            let best = length_normalised(
-                self.scores[i * nb],
-                self.generated,
-                self.params.length_penalty,
-            );
+            let best = length_normalised(self.scores[i * nb], length, lp);
             let any_better = fin.iter().any(|h| {
                 let worst = if h.done {
                     fin.iter().map(|q| q.score).fold(f32::INFINITY, f32::min)
@@ -313,8 +353,12 @@ impl<'a> BeamSearch<'a> {
         }
     }
 
+    /// Hugging Face's `_beam_search_has_unfinished_sequences` negated: no item can improve,
+    /// or (`early_stopping = true`) every item has `beams` finished hypotheses.
     fn is_done(&self) -> bool {
         !self.open.iter().any(|&o| o)
+            || (self.params.early_stopping == EarlyStopping::True
+                && (0..self.batch()).all(|i| self.item_full(i)))
     }
 
     /// Each item's best finished hypothesis, new tokens only.
@@ -349,7 +393,8 @@ mod tests {
     /// A toy language model over the vocabulary {pad, end, A, B}: next-token probabilities
     /// depend on the row's history (prompt, then fed tokens), which is its whole cache.
     /// Prompt 5: A 0.5, B 0.4, end 0.1; after A: end 0.3, A 0.35, B 0.35; after B: end 0.9;
-    /// later: end 0.4. Prompt 6: end 0.9 at every position.
+    /// later: end 0.4. Prompt 6: end 0.9 at every position. Prompt 7: end 0.4, A 0.35, B 0.25;
+    /// after A: end 0.6, A 0.3, B 0.1; after B: A 0.99.
     #[derive(Default)]
     struct Toy {
         fed: Vec<Vec<i64>>,
@@ -362,6 +407,9 @@ mod tests {
             [5] => [0.0, 0.1, 0.5, 0.4],
             [5, A] => [0.0, 0.3, 0.35, 0.35],
             [5, B] => [0.0, 0.9, 0.05, 0.05],
+            [7] => [0.0, 0.4, 0.35, 0.25],
+            [7, A] => [0.0, 0.6, 0.3, 0.1],
+            [7, B] => [0.0, 0.005, 0.99, 0.005],
             _ => [0.0, 0.4, 0.3, 0.3],
         }
     }
@@ -424,10 +472,8 @@ mod tests {
     fn params(max_new_tokens: usize, num_beams: usize) -> GenerationParams {
         GenerationParams {
             max_new_tokens,
-            min_new_tokens: 0,
             num_beams,
-            repetition_penalty: 1.0,
-            length_penalty: 1.0,
+            ..GenerationParams::default()
         }
     }
 
@@ -476,6 +522,102 @@ mod tests {
             }
         }
         assert_eq!(toy.reorders[0], vec![0, 0, 2, 2]);
+    }
+
+    #[test]
+    fn ngram_blocking_and_forced_tokens_in_greedy_search() {
+        // unigram blocking: A may not follow A, so B (0.35) then end
+        let mut toy = Toy::default();
+        let p = GenerationParams {
+            no_repeat_ngram_size: 1,
+            ..params(5, 1)
+        };
+        let got = generate(&mut toy, start(&[5], 1), &p).expect("greedy");
+        assert_eq!(got, vec![vec![A as u32, B as u32, EOS as u32]]);
+        // the forced end token at the last position; a forced first token after a one-token
+        // start (B, then "after B": end 0.9)
+        let mut toy = Toy::default();
+        let p = GenerationParams {
+            forced_eos_token_id: Some(EOS),
+            ..params(2, 1)
+        };
+        let got = generate(&mut toy, start(&[5], 1), &p).expect("greedy");
+        assert_eq!(got, vec![vec![A as u32, EOS as u32]]);
+        let p = GenerationParams {
+            forced_bos_token_id: Some(B),
+            ..params(5, 1)
+        };
+        let got = generate(&mut toy, start(&[5, 6], 1), &p).expect("greedy");
+        assert_eq!(
+            got,
+            vec![vec![B as u32, EOS as u32], vec![B as u32, EOS as u32]]
+        );
+        // forced ids outside the vocabulary are refused
+        for p in [
+            GenerationParams {
+                forced_bos_token_id: Some(4),
+                ..params(5, 1)
+            },
+            GenerationParams {
+                forced_eos_token_id: Some(-1),
+                ..params(5, 2)
+            },
+        ] {
+            let beams = p.num_beams;
+            let err = generate(&mut toy, start(&[5], beams), &p).expect_err("vocab");
+            assert!(err.to_string().contains("vocabulary of 4"), "{err}");
+        }
+    }
+
+    #[test]
+    fn early_stopping_true_stops_once_every_item_has_num_beams_finished() {
+        // Prompt 7, 2 beams, 4 new tokens, length penalty 1. The first step finishes "end"
+        // (ln 0.4 = -0.916), the second "A end" (-1.561 / 2 = -0.780): both slots are full. The best
+        // running beam "B A" (-1.396 / 2 = -0.698) still beats the worse of them: `true` stops
+        // with "A end", `false` runs on to "B A end" (-2.312 / 3 = -0.771) and closes the item
+        // when "B A A" (-2.600 / 3) cannot win; `never` scores that beam at max_new_tokens
+        // (-2.600 / 4 = -0.650) and runs one step more, to the same result.
+        let run = |early_stopping| {
+            let mut toy = Toy::default();
+            let p = GenerationParams {
+                early_stopping,
+                ..params(4, 2)
+            };
+            let got = generate(&mut toy, start(&[7], 2), &p).expect("beam");
+            (got, toy.fed.len())
+        };
+        let (a, b, e) = (A as u32, B as u32, EOS as u32);
+        assert_eq!(run(EarlyStopping::True), (vec![vec![a, e]], 1));
+        assert_eq!(run(EarlyStopping::False), (vec![vec![b, a, e]], 2));
+        assert_eq!(run(EarlyStopping::Never), (vec![vec![b, a, e]], 3));
+    }
+
+    #[test]
+    fn early_stopping_spellings() {
+        for (text, want) in [
+            ("false", EarlyStopping::False),
+            ("true", EarlyStopping::True),
+            ("never", EarlyStopping::Never),
+        ] {
+            assert_eq!(text.parse::<EarlyStopping>(), Ok(want));
+            assert_eq!(want.to_string(), text);
+        }
+        assert!("yes".parse::<EarlyStopping>().is_err());
+        #[derive(serde::Deserialize)]
+        struct G {
+            early_stopping: EarlyStopping,
+        }
+        for (text, want) in [
+            ("early_stopping = true", EarlyStopping::True),
+            ("early_stopping = false", EarlyStopping::False),
+            ("early_stopping = \"never\"", EarlyStopping::Never),
+        ] {
+            let g: G = toml::from_str(text).expect(text);
+            assert_eq!(g.early_stopping, want, "{text}");
+        }
+        for bad in ["early_stopping = 1", "early_stopping = \"always\""] {
+            assert!(toml::from_str::<G>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -381,6 +381,19 @@ pub struct GenerationSpec {
     pub repetition_penalty: f32,
     #[serde(default = "one_f")]
     pub length_penalty: f32,
+    /// n-grams of this many tokens occur at most once (0: off); HF `no_repeat_ngram_size`.
+    #[serde(default)]
+    pub no_repeat_ngram_size: usize,
+    /// Beam search stopping: `true`, `false` or `"never"`; HF `early_stopping`.
+    #[serde(default)]
+    pub early_stopping: crate::generation::EarlyStopping,
+    /// The token forced at the first position of a one-token start (encoder-decoders);
+    /// HF `forced_bos_token_id`.
+    #[serde(default)]
+    pub forced_bos_token_id: Option<i64>,
+    /// The token forced at the last position (`max_new_tokens`); HF `forced_eos_token_id`.
+    #[serde(default)]
+    pub forced_eos_token_id: Option<i64>,
 }
 
 impl Default for GenerationSpec {
@@ -392,6 +405,10 @@ impl Default for GenerationSpec {
             num_beams: one(),
             repetition_penalty: one_f(),
             length_penalty: one_f(),
+            no_repeat_ngram_size: 0,
+            early_stopping: crate::generation::EarlyStopping::False,
+            forced_bos_token_id: None,
+            forced_eos_token_id: None,
         }
     }
 }

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::common::SceneJobBase;
 use super::{de, InvalidOption};
+use crate::generation::EarlyStopping;
 use crate::jobs::{CaptionJob, ClassifyJob, DetectJob, SegmentJob};
 use crate::models::decoder::GenerationParams;
 use crate::models::{ModelError, ModelPackage};
@@ -209,6 +210,16 @@ pub struct CaptionOptions {
     /// Beam search: finished hypotheses score sum_logprobs / length^P.
     #[arg(long, value_name = "P")]
     pub length_penalty: Option<f32>,
+    /// No n-gram of N tokens may occur twice in a sequence, prompt included (0: off). Default:
+    /// the model's.
+    #[arg(long, value_name = "N")]
+    pub no_repeat_ngram_size: Option<usize>,
+    /// Beam search stopping (Hugging Face's early_stopping): false stops an item when its best
+    /// running beam cannot beat its finished ones, true as soon as it has num-beams finished
+    /// ones, never as false but (length-penalty > 0) scoring the running beam at
+    /// max-new-tokens. Default: the model's.
+    #[arg(long, value_name = "true|false|never")]
+    pub early_stopping: Option<EarlyStopping>,
     /// Caption only the whole scene, not every tile.
     #[arg(long)]
     pub scene_only: bool,
@@ -225,6 +236,8 @@ impl CaptionOptions {
             || self.min_new_tokens.is_some()
             || self.repetition_penalty.is_some()
             || self.length_penalty.is_some()
+            || self.no_repeat_ngram_size.is_some()
+            || self.early_stopping.is_some()
     }
 
     /// Generation settings: these options over the model's defaults (`None`: the model's
@@ -246,6 +259,10 @@ impl CaptionOptions {
             num_beams: self.num_beams.unwrap_or(g.num_beams),
             repetition_penalty: self.repetition_penalty.unwrap_or(g.repetition_penalty),
             length_penalty: self.length_penalty.unwrap_or(g.length_penalty),
+            no_repeat_ngram_size: self.no_repeat_ngram_size.unwrap_or(g.no_repeat_ngram_size),
+            early_stopping: self.early_stopping.unwrap_or(g.early_stopping),
+            forced_bos_token_id: g.forced_bos_token_id,
+            forced_eos_token_id: g.forced_eos_token_id,
         };
         if p.min_new_tokens > p.max_new_tokens {
             return Err(InvalidOption::new(
@@ -677,5 +694,73 @@ mod tests {
             e.render(crate::options::KeyStyle::Flag),
             "--min-new-tokens 9 is above --max-new-tokens 3"
         );
+    }
+}
+
+#[cfg(test)]
+mod generation_tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::generation::EarlyStopping;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        caption: CaptionOptions,
+    }
+
+    fn florence2() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("sample_data/models/florence2-tiny")
+    }
+
+    #[test]
+    fn ngram_and_early_stopping_flags_and_keys_override_the_package() {
+        let model = florence2();
+        let m = model.display().to_string();
+        let flags = Flags::try_parse_from([
+            "t",
+            "--model",
+            &m,
+            "--no-repeat-ngram-size",
+            "2",
+            "--early-stopping",
+            "never",
+        ])
+        .expect("flags")
+        .caption;
+        let keys: CaptionOptions = toml::from_str(&format!(
+            "model = {m:?}\nno_repeat_ngram_size = 2\nearly_stopping = \"never\""
+        ))
+        .expect("keys");
+        for o in [flags, keys] {
+            let p = o.generation(&model).expect("load").expect("overridden");
+            assert_eq!(p.no_repeat_ngram_size, 2);
+            assert_eq!(p.early_stopping, EarlyStopping::Never);
+            // the rest stays the package's (Florence-2's defaults)
+            assert_eq!((p.num_beams, p.max_new_tokens), (3, 12));
+            assert_eq!(
+                (p.forced_bos_token_id, p.forced_eos_token_id),
+                (Some(0), Some(2))
+            );
+        }
+        let keys: CaptionOptions =
+            toml::from_str(&format!("model = {m:?}\nearly_stopping = false")).expect("bool key");
+        assert_eq!(keys.early_stopping, Some(EarlyStopping::False));
+        // bad spellings name the option
+        let e = Flags::try_parse_from(["t", "--model", &m, "--early-stopping", "yes"])
+            .err()
+            .expect("bad flag")
+            .to_string();
+        assert!(e.contains("--early-stopping") && e.contains("never"), "{e}");
+        let e = toml::from_str::<CaptionOptions>(&format!("model = {m:?}\nearly_stopping = 3"))
+            .expect_err("bad key")
+            .to_string();
+        assert!(e.contains("early_stopping"), "{e}");
+        // without overrides the model's own settings are used untouched
+        let plain = Flags::try_parse_from(["t", "--model", &m])
+            .expect("plain")
+            .caption;
+        assert!(plain.generation(&model).expect("plain").is_none());
     }
 }

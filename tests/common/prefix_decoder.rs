@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use ndarray::Array4;
 use serde_json::Value;
-use tessera::models::decoder::{DecoderModel, GenerationParams};
+use tessera::models::decoder::DecoderModel;
 use tessera::runtime::{Runtime, SessionOptions};
 
 pub fn package(name: &str) -> PathBuf {
@@ -71,13 +71,7 @@ pub fn check_generate(dir: &Path) -> (usize, usize, bool) {
             .map(|v| v.as_str().expect("s").to_string())
             .collect();
         let g = &case["generation"];
-        let params = GenerationParams {
-            max_new_tokens: g["max_new_tokens"].as_u64().expect("max") as usize,
-            min_new_tokens: g["min_new_tokens"].as_u64().unwrap_or(0) as usize,
-            num_beams: g["num_beams"].as_u64().unwrap_or(1) as usize,
-            repetition_penalty: g["repetition_penalty"].as_f64().unwrap_or(1.0) as f32,
-            length_penalty: g["length_penalty"].as_f64().unwrap_or(1.0) as f32,
-        };
+        let params = crate::common::reference::generation_params(g);
         assert_eq!(g["early_stopping"], false, "{name}");
         if params.num_beams > 1 {
             beams += 1;

@@ -113,3 +113,61 @@ pub fn block_scene(
     }
     ds.close().expect("close");
 }
+
+/// The generation settings of a reference case (its `generation` object, Hugging Face
+/// `generate`'s keyword arguments; absent keys take `GenerationParams::default()`'s values).
+pub fn generation_params(g: &Value) -> tessera::generation::GenerationParams {
+    let d = tessera::generation::GenerationParams::default();
+    let early_stopping = match &g["early_stopping"] {
+        Value::Null => d.early_stopping,
+        Value::Bool(b) => b.to_string().parse().expect("early_stopping"),
+        v => v
+            .as_str()
+            .expect("early_stopping")
+            .parse()
+            .expect("early_stopping"),
+    };
+    tessera::generation::GenerationParams {
+        max_new_tokens: g["max_new_tokens"].as_u64().expect("max_new_tokens") as usize,
+        min_new_tokens: g["min_new_tokens"]
+            .as_u64()
+            .map_or(d.min_new_tokens, |v| v as usize),
+        num_beams: g["num_beams"].as_u64().map_or(d.num_beams, |v| v as usize),
+        repetition_penalty: g["repetition_penalty"]
+            .as_f64()
+            .map_or(d.repetition_penalty, |v| v as f32),
+        length_penalty: g["length_penalty"]
+            .as_f64()
+            .map_or(d.length_penalty, |v| v as f32),
+        no_repeat_ngram_size: g["no_repeat_ngram_size"]
+            .as_u64()
+            .map_or(d.no_repeat_ngram_size, |v| v as usize),
+        early_stopping,
+        forced_bos_token_id: g["forced_bos_token_id"].as_i64(),
+        forced_eos_token_id: g["forced_eos_token_id"].as_i64(),
+    }
+}
+
+/// A [`block_scene`] whose tile `k` (row-major) is reference image `pick(k, n)` of the
+/// package's `n`; returns the image of every tile, row-major (what the caption tests compare
+/// each tile's output with).
+pub fn mapped_block_scene(
+    package: &Path,
+    path: &Path,
+    cols: usize,
+    rows: usize,
+    pick: impl Fn(usize, usize) -> usize,
+) -> Vec<usize> {
+    let text =
+        std::fs::read_to_string(package.join("reference/reference.json")).expect("reference.json");
+    let r: Value = serde_json::from_str(&text).expect("json");
+    let n = r["images_u8"]["shape"][0].as_u64().expect("images") as usize;
+    let map: Vec<usize> = (0..rows * cols).map(|k| pick(k, n)).collect();
+    block_scene(package, path, cols, rows, |row, col| map[row * cols + col]);
+    map
+}
+
+/// Tile `k` shows image `(3k + 1) mod n`: every image appears, out of order.
+pub fn shuffled(k: usize, n: usize) -> usize {
+    (k * 3 + 1) % n
+}

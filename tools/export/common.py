@@ -637,3 +637,36 @@ def load_prefixed(module, state: dict, prefix: str, where) -> None:
                ([f"unexpected {prefix}{', '.join(unexpected[:3])}"] if unexpected else [])
         raise SystemExit(f"{where}: weights do not fit the model: {'; '.join(what)}")
     module.load_state_dict(sub, strict=False)
+
+
+def cross_decoder_sections(*, layers: int, heads: int, head_dim: int, hidden: int, cross_width: int, vocab: int,
+                           position_ids: str | None = None, max_positions: tuple[int, str] | None = None) -> list:
+    """The ``[cross]`` and ``[decoder]`` sections of a ``cross-attention-decoder`` package (BLIP, BLIP-2 /
+    InstructBLIP with T5, Florence-2): the cross K/V graph and the decoder step graph, with the tensor
+    names every exporter of that family gives them. ``position_ids``: the comment of the decoder's
+    ``position_ids`` input (None: the graph has none, T5); ``max_positions``: (value, comment), or None."""
+    decoder = [("onnx", "decoder.onnx", "one step graph (prefill: past length 0)"),
+               ("input_ids", "input_ids", "int64 [B,T]"),
+               ("attention_mask", "attention_mask", "int64 [B,past+T] (self-attention)")]
+    if position_ids is not None:
+        decoder.append(("position_ids", "position_ids", position_ids))
+    decoder += [("memory_mask", "memory_mask", "int64 [B,M] (cross-attention)"),
+                ("cross_key", "cross.{i}.key", ""), ("cross_value", "cross.{i}.value", ""),
+                ("past_key", "past.{i}.key", "float32 [B,heads,past,head_dim]"),
+                ("past_value", "past.{i}.value", ""),
+                ("logits", "logits", "float32 [B,T,V]"),
+                ("present_key", "present.{i}.key", "float32 [B,heads,past+T,head_dim]"),
+                ("present_value", "present.{i}.value", ""),
+                ("layers", layers, ""), ("heads", heads, ""), ("head_dim", head_dim, ""),
+                ("hidden", hidden, ""),
+                ("cross_width", cross_width, "E: the memory width the cross-attention takes"),
+                ("vocab", vocab, "")]
+    if max_positions is not None:
+        decoder.append(("max_positions", max_positions[0], max_positions[1]))
+    return [
+        ("cross", [("onnx", "cross_kv.onnx", "run once per tile, shared by its beams"),
+                   ("memory", "memory", "float32 [B,M,E]"),
+                   ("key", "cross.{i}.key", "float32 [B,heads,M,head_dim], {i} = layer"),
+                   ("value", "cross.{i}.value", "")]),
+        ("decoder", decoder),
+    ]

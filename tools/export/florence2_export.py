@@ -570,8 +570,9 @@ def verify_onnx_against_torch(parts: Parts, out: Path, pixels: np.ndarray, promp
 # References
 # --------------------------------------------------------------------------------------
 
-#: The search the Rust runtime implements: no n-gram blocking, no forced tokens, HF
-#: early_stopping=False.
+#: The plain search (no n-gram blocking, no forced tokens, HF early_stopping=False) of most cases;
+#: the florence_defaults_* cases use Florence-2's own defaults, the *_ngram* / *_early_stop* cases
+#: one setting each.
 SUPPORTED = dict(no_repeat_ngram_size=0, forced_bos_token_id=None, forced_eos_token_id=None, early_stopping=False)
 
 
@@ -593,13 +594,25 @@ def reference_cases(n_images: int) -> list[dict]:
     cases.append(dict(name="greedy_penalties_img3", images=[3], prompts=["<DETAILED_CAPTION>"],
                       gen=dict(max_new_tokens=10, min_new_tokens=6, num_beams=1, do_sample=False,
                                repetition_penalty=1.5, **SUPPORTED)))
-    # Florence-2's own defaults (n-gram blocking, forced <s>/</s>, early stopping): the Rust
-    # search does not implement them yet ("supported": false).
+    # Florence-2's own defaults (n-gram blocking, forced <s>/</s>, early stopping): the package's
+    # [generation].
     fl = dict(max_new_tokens=12, do_sample=False, **FLORENCE_GENERATION)
-    cases.append(dict(name="florence_defaults_caption_img0", images=[0], prompts=["<CAPTION>"], gen=fl,
-                      unsupported=True))
-    cases.append(dict(name="florence_defaults_batch_tasks", images=[0, 1, 2, 3], prompts=CAPTION_TASKS, gen=fl,
-                      unsupported=True))
+    cases.append(dict(name="florence_defaults_caption_img0", images=[0], prompts=["<CAPTION>"], gen=fl))
+    cases.append(dict(name="florence_defaults_batch_tasks", images=[0, 1, 2, 3], prompts=CAPTION_TASKS, gen=fl))
+    # One of those settings at a time, where it changes the tokens of this tiny model.
+    plain = {**SUPPORTED}
+    cases.append(dict(name="greedy_ngram2_batch_tasks", images=[0, 1, 2, 3], prompts=CAPTION_TASKS,
+                      gen=dict(greedy, no_repeat_ngram_size=2)))
+    cases.append(dict(name="beam3_ngram2_batch_tasks", images=[0, 1, 2, 3], prompts=CAPTION_TASKS,
+                      gen=dict(beams, max_new_tokens=20, no_repeat_ngram_size=2)))
+    mixed = dict(images=[1, 1, 2, 3], prompts=["<CAPTION>", "<DETAILED_CAPTION>", "<CAPTION>", "<OCR>"])
+    for name, es, lp in [("beam3_early_stop_false_batch", False, 1.0), ("beam3_early_stop_true_batch", True, 1.0),
+                         ("beam3_early_stop_never_lp2_batch", "never", 2.0),
+                         ("beam3_early_stop_true_lp2_batch", True, 2.0)]:
+        cases.append(dict(name=name, **mixed, gen=dict(max_new_tokens=20, num_beams=3, do_sample=False,
+                                                       length_penalty=lp, **dict(plain, early_stopping=es))))
+    cases.append(dict(name="greedy_forced_bos_eos_batch_tasks", images=[0, 1, 2, 3], prompts=CAPTION_TASKS,
+                      gen=dict(greedy, forced_bos_token_id=0, forced_eos_token_id=2)))
     return cases
 
 
@@ -619,7 +632,7 @@ def compute_references(parts: Parts, seed: int, init_std: float, eos_scale: floa
         gen.update({k: v for k, v in c["gen"].items() if k != "do_sample"})
         out_cases.append({
             "name": c["name"],
-            "supported": not c.get("unsupported", False),
+            "supported": True,
             "images": sel,
             "prompts": c["prompts"],
             "prompt_texts": [parts.prompt_text(p) for p in c["prompts"]],
@@ -637,8 +650,8 @@ def compute_references(parts: Parts, seed: int, init_std: float, eos_scale: floa
     ref = {
         "description": "PyTorch Florence2ForConditionalGeneration.generate() references for this package "
                        "(tools/export/export.py florence2), inputs from Florence2Processor; new tokens only "
-                       "(the decoder start token excluded). Cases with supported=false use Florence-2's "
-                       "generation defaults, which the Rust search does not implement yet.",
+                       "(the decoder start token excluded). Cases florence_defaults_* use Florence-2's "
+                       "generation defaults (the package's [generation]).",
         "architecture": "florence2",
         "seed": seed, "init_std": init_std, "eos_scale": eos_scale,
         "transformers": transformers.__version__, "torch": torch.__version__,
@@ -710,10 +723,6 @@ def _q(key: str) -> str:
     return json.dumps(key)
 
 
-def _generation_comment(g: dict) -> str:
-    return ", ".join(f"{k}={json.dumps(g.get(k))}" for k in FLORENCE_GENERATION)
-
-
 def write_manifest(path: Path, parts: Parts, *, name: str, trained: bool, source: str) -> None:
     caption_tasks = [t for t, kind in parts.task_outputs.items() if kind == "pure_text"]
     C.write_toml(path, [
@@ -726,26 +735,10 @@ def write_manifest(path: Path, parts: Parts, *, name: str, trained: bool, source
                      ("memory", "memory", "float32 [B,M,E], M = query_tokens + L"),
                      ("memory_mask", "memory_mask", "int64 [B,M] output: the cross-attention mask"),
                      ("query_tokens", parts.image_tokens, "memory rows before the prompt's (image tokens)")]),
-        ("cross", [("onnx", "cross_kv.onnx", "run once per tile, shared by its beams"),
-                   ("memory", "memory", "float32 [B,M,E]"),
-                   ("key", "cross.{i}.key", "float32 [B,heads,M,head_dim], {i} = layer"),
-                   ("value", "cross.{i}.value", "")]),
-        ("decoder", [("onnx", "decoder.onnx", "one step graph (prefill: past length 0)"),
-                     ("input_ids", "input_ids", "int64 [B,T]"),
-                     ("attention_mask", "attention_mask", "int64 [B,past+T] (self-attention)"),
-                     ("position_ids", "position_ids", "int64 [B,T]: 0 for the start token (BART)"),
-                     ("memory_mask", "memory_mask", "int64 [B,M] (cross-attention)"),
-                     ("cross_key", "cross.{i}.key", ""), ("cross_value", "cross.{i}.value", ""),
-                     ("past_key", "past.{i}.key", "float32 [B,heads,past,head_dim]"),
-                     ("past_value", "past.{i}.value", ""),
-                     ("logits", "logits", "float32 [B,T,V]"),
-                     ("present_key", "present.{i}.key", "float32 [B,heads,past+T,head_dim]"),
-                     ("present_value", "present.{i}.value", ""),
-                     ("layers", parts.layers, ""), ("heads", parts.heads, ""), ("head_dim", parts.head_dim, ""),
-                     ("hidden", parts.hidden, ""),
-                     ("cross_width", parts.hidden, "E: the memory width the cross-attention takes"),
-                     ("vocab", parts.vocab, ""),
-                     ("max_positions", parts.max_positions, "decoder positions; also the encoder's M")]),
+        *C.cross_decoder_sections(layers=parts.layers, heads=parts.heads, head_dim=parts.head_dim,
+                                  hidden=parts.hidden, cross_width=parts.hidden, vocab=parts.vocab,
+                                  position_ids="int64 [B,T]: 0 for the start token (BART)",
+                                  max_positions=(parts.max_positions, "decoder positions; also the encoder's M")),
         ("prompt", [("add_special_tokens", True, "tokenize the prompt text as <s> text </s>"),
                     ("empty_prompt_ids", parts.prompt_ids(""), "HF with no text: <s></s>"),
                     ("start_token_id", parts.decoder_start, "the decoder starts from </s> alone (its decoder_start_token_id)")]),
@@ -762,13 +755,32 @@ def write_manifest(path: Path, parts: Parts, *, name: str, trained: bool, source
                        ("eos_token_id", parts.eos, "</s>: generation ends here"),
                        ("pad_token_id", parts.pad, "<pad>")]),
         ("generation", [("max_new_tokens", 12, ""), ("num_beams", int(parts.generation.get("num_beams") or 1),
-                                                     "the checkpoint's generation_config"),
-                        ("repetition_penalty", 1.0, "")]),
+                                                     "the checkpoint's generation_config, as the rest"),
+                        ("repetition_penalty", 1.0, "")] + generation_keys(parts.generation)),
     ])
-    # The checkpoint's other generation defaults, which src/generation does not implement yet.
-    with path.open("a", encoding="utf-8") as f:
-        f.write(f"# HF generation_config: {_generation_comment(parts.generation)}; the Rust search runs\n"
-                "# num_beams with early_stopping=false and has no no_repeat_ngram_size / forced_bos / forced_eos\n")
+
+
+def generation_keys(g: dict) -> list:
+    """``[generation]`` keys for the checkpoint's n-gram blocking, forced tokens and early stopping
+    (HF generation_config names), the ones it sets."""
+    keys = []
+    if g.get("no_repeat_ngram_size"):
+        n = int(g["no_repeat_ngram_size"])
+        keys.append(("no_repeat_ngram_size", n, f"no {n} tokens twice in the same order"))
+    es = g.get("early_stopping")
+    if es is not None and es is not False:
+        keys.append(("early_stopping", es, "beam search stops once each item has num_beams finished"
+                     if es is True else ""))
+    if g.get("forced_bos_token_id") is not None:
+        keys.append(("forced_bos_token_id", int(g["forced_bos_token_id"]), "<s> as the first generated token"))
+    if g.get("forced_eos_token_id") is not None:
+        eos = g["forced_eos_token_id"]
+        if isinstance(eos, (list, tuple)):
+            if len(eos) != 1:
+                raise SystemExit(f"export: forced_eos_token_id {eos}: tessera takes one token")
+            eos = eos[0]
+        keys.append(("forced_eos_token_id", int(eos), "</s> as the token at max_new_tokens"))
+    return keys
 
 
 # --------------------------------------------------------------------------------------

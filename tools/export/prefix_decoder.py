@@ -809,10 +809,10 @@ def verify_onnx_against_torch(parts: PrefixParts, out: Path, tol: float) -> dict
 
 
 def _gen_kwargs(parts: PrefixParts, *, num_beams: int, min_new_tokens: int = 0, repetition_penalty: float = 1.0,
-                max_new_tokens: int = 12) -> dict:
+                max_new_tokens: int = 12, no_repeat_ngram_size: int = 0) -> dict:
     return dict(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, num_beams=num_beams,
                 do_sample=False, repetition_penalty=repetition_penalty, length_penalty=1.0,
-                early_stopping=False, num_return_sequences=1, no_repeat_ngram_size=0,
+                early_stopping=False, num_return_sequences=1, no_repeat_ngram_size=no_repeat_ngram_size,
                 bos_token_id=parts.bos, eos_token_id=parts.eos, pad_token_id=parts.pad)
 
 
@@ -827,6 +827,13 @@ def reference_cases(parts: PrefixParts) -> list[dict]:
         dict(name="beam3_batch2_min5", images=[1, 2], prompts=qb2, kw=dict(num_beams=3, min_new_tokens=5)),
         dict(name="greedy_batch2_rep1.3_min5", images=[2, 3], prompts=qb2,
              kw=dict(num_beams=1, repetition_penalty=1.3, min_new_tokens=5)),
+        # n-gram blocking over prompt (image tokens, BOS) and generated tokens, left-padded batches
+        dict(name="greedy_batch3_ngram1", images=[0, 1, 2], prompts=qb, kw=dict(num_beams=1, no_repeat_ngram_size=1)),
+        dict(name="greedy_batch3_ngram2_max20", images=[0, 1, 2], prompts=qb,
+             kw=dict(num_beams=1, no_repeat_ngram_size=2, max_new_tokens=20)),
+        dict(name="beam3_batch3_ngram1", images=[0, 1, 2], prompts=qb, kw=dict(num_beams=3, no_repeat_ngram_size=1)),
+        dict(name="beam3_batch3_ngram2_max20", images=[0, 1, 2], prompts=qb,
+             kw=dict(num_beams=3, no_repeat_ngram_size=2, max_new_tokens=20)),
     ]
     return cases
 

@@ -97,7 +97,7 @@ class Package:
         return self.embed.run(None, {self.m["embed"]["input"]: tokens.reshape(-1, 1).astype(np.int64)})[0]
 
 
-# -- logits processors (transformers 5.24 order: repetition penalty, then min_new_tokens) ---------
+# -- logits processors (transformers 5.24 order: repetition penalty, n-gram blocking, min_new_tokens) ---
 
 
 def process(scores, seqs, ignore, gen, prompt_len, eos):
@@ -108,6 +108,16 @@ def process(scores, seqs, ignore, gen, prompt_len, eos):
             ids = np.unique(np.asarray(seqs[r][ignore[r]:], np.int64))
             s = scores[r, ids]
             scores[r, ids] = np.where(s < 0, s * np.float32(p), s / np.float32(p))
+    n = gen.get("no_repeat_ngram_size") or 0
+    if n > 0 and len(seqs[0]) >= n:
+        # NoRepeatNGramLogitsProcessor over the padded rows: windows whose first n-1 ids equal the
+        # last n-1 ids ban their last id
+        for r in range(scores.shape[0]):
+            seq = seqs[r]
+            prefix = seq[len(seq) + 1 - n:]
+            for i in range(len(seq) - n + 1):
+                if seq[i:i + n - 1] == prefix and seq[i + n - 1] < scores.shape[1]:
+                    scores[r, seq[i + n - 1]] = -np.inf
     if len(seqs[0]) - prompt_len < gen["min_new_tokens"]:
         scores[:, eos] = -np.inf
     return scores
