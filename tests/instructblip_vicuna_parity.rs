@@ -220,6 +220,7 @@ fn single_refs(prompt: &str, num_beams: u64) -> std::collections::BTreeMap<usize
         let g = &case["generation"];
         let plain = g["repetition_penalty"].as_f64().unwrap_or(1.0) == 1.0
             && g["min_new_tokens"].as_u64().unwrap_or(0) == 0
+            && g["no_repeat_ngram_size"].as_u64().unwrap_or(0) == 0
             && g["max_new_tokens"] == 12
             && g["num_beams"] == num_beams;
         if !plain {
