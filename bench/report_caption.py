@@ -34,6 +34,12 @@ LABELS = {
     "blip2-t5:mid": ("BLIP-2 / Flan-T5", "mid (Flan-T5-base LM: d_model 768, 12 + 12 layers, vocab 32128; small 224 px vision, 32 query tokens)"),
     "florence2:tiny": ("Florence-2", "tiny (committed fixture: BART d_model 32, 2 + 2 layers, 64 px)"),
     "florence2:mid": ("Florence-2", "mid (Florence-2-base BART: d_model 768, 6 + 6 layers, vocab 51289; tiny DaViT at 224 px, 50 image tokens)"),
+    "qwen2-vl:tiny": ("Qwen2-VL", "tiny (committed fixture: hidden 64, 2 layers, M-RoPE, 32 px, 16 image tokens)"),
+    "qwen2-vl:mid": ("Qwen2-VL", "mid (Qwen2-0.5B's decoder layout: hidden 896, 14 heads / 2 kv heads, ffn 4864, 8 of its 24 layers, M-RoPE; tiny vocab 652; small vision tower at 224 px / patch 14 / merge 2, 64 image tokens)"),
+    "smolvlm:tiny": ("SmolVLM", "tiny (committed fixture: Llama hidden 64, 2 layers, 32 px, 16 image tokens)"),
+    "smolvlm:mid": ("SmolVLM", "mid (SmolLM2-135M's language model: hidden 576, 30 layers, 9 heads / 3 kv heads, ffn 1536; tiny vocab 400; small SigLIP at 512 px / patch 16, pixel shuffle 4, 64 image tokens)"),
+    "paligemma:tiny": ("PaliGemma", "tiny (committed fixture: Gemma hidden 64, 2 layers, prefix-LM, 32 px, 16 image tokens)"),
+    "paligemma:mid": ("PaliGemma", "mid (Gemma of Gemma-2b's layout: hidden 1024, 4 heads of 256 / 1 kv head, ffn 4096, 8 layers, prefix-LM; tiny vocab 1453; small SigLIP at 224 px / patch 28, 64 image tokens)"),
 }
 CONFIGS = [("b1", 1, 1), ("b1_beam3", 1, 3), ("b16", 16, 1), ("b16_beam3", 16, 3)]
 

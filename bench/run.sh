@@ -30,12 +30,15 @@
 #   size, batch 1 on 2 x 2 tiles, greedy and 3 beams (CAPTION_CONFIGS="b1 b1_beam3 b16 b16_beam3").
 #   Models (CAPTION_KEYS, family:shape): BLIP-2/OPT, BLIP, BLIP-2/Flan-T5 and Florence-2, each
 #   as its tiny committed fixture and a mid-size random shape (`export.py ... --tiny --shape mid`,
-#   exported once into bench/results/models/), and blip2-opt:mid-opt, the BLIP-2/OPT mid package
+#   exported once into bench/results/models/), the prefix decoders Qwen2-VL (qwen2-vl:mid, Qwen2-0.5B's
+#   layout with 8 layers), SmolVLM (smolvlm:mid, SmolLM2-135M's language model) and PaliGemma
+#   (paligemma:mid, a ~120 M Gemma of Gemma-2b's layout), each with a small vision tower and 64
+#   image tokens (and their tiny fixtures), and blip2-opt:mid-opt, the BLIP-2/OPT mid package
 #   with its decoder graph rewritten by bench/optimize_decoder.py (last-position LM head, ONNX
 #   Runtime's transformer optimizer). Peers: bench/peer_caption.py (BLIP-2/OPT, from a
-#   save_pretrained copy) and bench/peer_caption_xdec.py (the others, built by the exporter's
-#   seeded tiny_parts). Every tessera run also makes one caption of the whole scene; a
-#   --scene-only run measures it so that the report gives tile-only rates. The 1-minute load
+#   save_pretrained copy), bench/peer_caption_xdec.py (the cross decoders) and
+#   bench/peer_caption_prefix.py (the prefix decoders), both built by the exporter's seeded
+#   tiny_parts. Every tessera run also makes one caption of the whole scene; a --scene-only run measures it so that the report gives tile-only rates. The 1-minute load
 #   average at the start of every run goes to caption_load.jsonl.
 #   -> bench/results/caption.md (+ caption_*.json, caption_summary.json). The mid models take
 #   minutes per configuration on 2 loaded cores (2026-12-02: ~4 min for tessera + peer at batch 16
@@ -226,12 +229,12 @@ bench_classify() {
   $PY bench/report_classify.py "$RESULTS" --scene "$scene" --model "$CLASSIFY_MODEL"
 }
 
-# --- captions: BLIP-2/OPT, BLIP, BLIP-2/Flan-T5, Florence-2 ------------------------------------
+# --- captions: BLIP-2/OPT, BLIP, BLIP-2/Flan-T5, Florence-2, Qwen2-VL, SmolVLM, PaliGemma -------
 # MODEL KEYS (family:shape): tiny = the committed fixture, mid = a random benchmark shape exported
 # once into $MODELS (export.py <cmd> --tiny --shape mid); blip2-opt:mid-opt = the same mid package
 # with bench/optimize_decoder.py's decoder graph (last-position LM head, ORT transformer optimizer).
 # (Mid shapes first: on a busy machine the section can be cut short and still report them.)
-CAPTION_KEYS=${CAPTION_KEYS:-"blip2-opt:mid blip2-opt:mid-opt blip:mid blip2-t5:mid florence2:mid blip2-opt:tiny blip:tiny blip2-t5:tiny florence2:tiny"}
+CAPTION_KEYS=${CAPTION_KEYS:-"blip2-opt:mid blip2-opt:mid-opt blip:mid blip2-t5:mid florence2:mid qwen2-vl:mid smolvlm:mid paligemma:mid blip2-opt:tiny blip:tiny blip2-t5:tiny florence2:tiny qwen2-vl:tiny smolvlm:tiny paligemma:tiny"}
 CAPTION_TOKENS=30
 CAPTION_PEER=${CAPTION_PEER:-1}
 CAPTION_COLS=${CAPTION_COLS:-4}   # scene of COLS x ROWS tiles (default 16: one full batch of 16)
@@ -287,6 +290,15 @@ caption_model() {  # KEY -> package path (exported / optimised once)
       echo "$MODELS/blip2-t5-mid-random" ;;
     florence2:mid) caption_export "$MODELS/florence2-mid-random" florence2 --tiny --shape mid
       echo "$MODELS/florence2-mid-random" ;;
+    qwen2-vl:mid) caption_export "$MODELS/qwen2-vl-mid-random" qwen2-vl --tiny --shape mid
+      echo "$MODELS/qwen2-vl-mid-random" ;;
+    smolvlm:mid) caption_export "$MODELS/smolvlm-mid-random" smolvlm --tiny --shape mid
+      echo "$MODELS/smolvlm-mid-random" ;;
+    paligemma:mid) caption_export "$MODELS/paligemma-mid-random" paligemma --tiny --shape mid
+      echo "$MODELS/paligemma-mid-random" ;;
+    qwen2-vl:tiny) echo sample_data/models/qwen2-vl-tiny ;;
+    smolvlm:tiny) echo sample_data/models/smolvlm-tiny ;;
+    paligemma:tiny) echo sample_data/models/paligemma-tiny ;;
     *) say "unknown caption model '$1' in CAPTION_KEYS"; exit 2 ;;
   esac
 }
@@ -330,6 +342,10 @@ caption_peer() {  # NAME KEY SCENE BATCH BEAMS IMAGES -> $RESULTS/caption_peer_N
       fi
     fi
     .venv-export/bin/python bench/peer_caption.py --hf "$hf" --scene "${scene%.tif}.npy" \
+      --batch-sizes "$batch" --images "$images" --num-beams "$beams" --max-new-tokens "$CAPTION_TOKENS" \
+      > "$RESULTS/caption_peer_$name.json" || { say "peer $name failed"; rm -f "$RESULTS/caption_peer_$name.json"; }
+  elif [ "$fam" = qwen2-vl ] || [ "$fam" = smolvlm ] || [ "$fam" = paligemma ]; then
+    .venv-export/bin/python bench/peer_caption_prefix.py --family "$fam" --shape "$shape" --scene "${scene%.tif}.npy" \
       --batch-sizes "$batch" --images "$images" --num-beams "$beams" --max-new-tokens "$CAPTION_TOKENS" \
       > "$RESULTS/caption_peer_$name.json" || { say "peer $name failed"; rm -f "$RESULTS/caption_peer_$name.json"; }
   else

@@ -55,6 +55,11 @@ DEFAULT_INIT_STD = 1.0
 MEAN = [0.5, 0.5, 0.5]
 STD = [0.5, 0.5, 0.5]
 TEMPLATE = "{image}<bos>{prompt}\n"
+#: --shape choices ("tiny" first: the default, the test fixture with references).
+SHAPES = ["tiny", "mid"]
+#: init std / EOS logit scale of the benchmark shape (HF-like init; benchmarks force the caption length).
+BENCH_INIT_STD = 0.02
+BENCH_EOS_SCALE = 1.0
 REF_PROMPTS = ["caption en", "describe the river delta", "answer en is there a city near the coast?"]
 
 _WORDS = ("forest river city desert farmland lake coast harbor airport mountain glacier wetland road "
@@ -103,27 +108,40 @@ def build_processor(tok, size: int, tokens: int):
     return proc
 
 
-def build_tiny(seed: int, init_std: float, eos_scale: float, tmp: Path):
+def build_tiny(seed: int, init_std: float, eos_scale: float, tmp: Path, shape: str = "tiny"):
     """(model, processor) of a seeded random PaliGemma (SigLIP 32 px / patch 8 -> 16 image tokens,
-    Gemma 2 layers, hidden 64, 4 heads, 1 kv head as Gemma-2b)."""
+    Gemma 2 layers, hidden 64, 4 heads, 1 kv head as Gemma-2b).
+
+    ``shape="mid"`` (benchmarks, no references): a small Gemma of Gemma-2b's layout (head_dim 256,
+    1 kv head, GeGLU) at hidden 1024, 4 heads, ffn 4096, 8 layers (~120 M parameters besides the
+    tiny vocabulary), and a small SigLIP at 224 px / patch 28 (64 image tokens)."""
     from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration
 
     tok = build_tiny_tokenizer(tmp)
-    size, patch = 32, 8
+    size, patch = (32, 8) if shape == "tiny" else (224, 28)
     tokens = (size // patch) ** 2
     proc = build_processor(tok, size, tokens)
     tok = proc.tokenizer
     V = len(tok)
     torch.manual_seed(seed)
+    if shape == "tiny":
+        vis = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+        lm = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=1, head_dim=16)
+    elif shape == "mid":
+        vis = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
+        lm = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=8, num_attention_heads=4,
+                  num_key_value_heads=1, head_dim=256)
+    else:
+        raise ValueError(f"unknown paligemma --shape {shape!r}")
     cfg = PaliGemmaConfig(
-        vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64,
-                           num_hidden_layers=2, num_attention_heads=2, image_size=size, patch_size=patch,
+        vision_config=dict(model_type="siglip_vision_model", **vis, image_size=size, patch_size=patch,
                            vision_use_head=False),
-        text_config=dict(model_type="gemma", vocab_size=V, hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+        text_config=dict(model_type="gemma", vocab_size=V, **lm,
                          max_position_embeddings=256, bos_token_id=tok.bos_token_id,
                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
-        image_token_index=proc.image_token_id, projection_dim=64, hidden_size=64, vocab_size=V,
+        image_token_index=proc.image_token_id, projection_dim=lm["hidden_size"], hidden_size=lm["hidden_size"],
+        vocab_size=V,
     )
     cfg._attn_implementation = "eager"
     model = PaliGemmaForConditionalGeneration(cfg)
@@ -413,26 +431,42 @@ def load_checkpoint(src: str) -> PaliGemmaParts:
     return parts
 
 
+def tiny_parts(shape: str = "tiny", seed=None, init_std=None, eos_scale=None, tmp: Path | None = None):
+    """(parts, seed, init_std, eos_scale) of ``--tiny [--shape S]`` with these overrides (None: the
+    defaults); also what bench/peer_caption_prefix.py builds to time HF generate on the same weights."""
+    bench = shape != "tiny"
+    seed = DEFAULT_SEED if seed is None else seed
+    init_std = (BENCH_INIT_STD if bench else DEFAULT_INIT_STD) if init_std is None else init_std
+    eos_scale = (BENCH_EOS_SCALE if bench else DEFAULT_EOS_SCALE) if eos_scale is None else eos_scale
+    if tmp is None:
+        with tempfile.TemporaryDirectory() as t:
+            return tiny_parts(shape, seed, init_std, eos_scale, Path(t))
+    model, proc = build_tiny(seed, init_std, eos_scale, tmp, shape)
+    parts = PaliGemmaParts(model, proc, model.config.vision_config.image_size, MEAN, STD)
+    return parts, seed, init_std, eos_scale
+
+
 def export_paligemma(args) -> None:
     tv = transformers.__version__
     seed_info = None
+    shape = getattr(args, "shape", "tiny")
+    if shape != "tiny" and not args.tiny:
+        raise SystemExit("--shape only applies with --tiny")
     with tempfile.TemporaryDirectory() as tmp:
         if args.tiny:
-            seed = DEFAULT_SEED if args.seed is None else args.seed
-            init_std = DEFAULT_INIT_STD if args.init_std is None else args.init_std
-            eos_scale = DEFAULT_EOS_SCALE if args.eos_scale is None else args.eos_scale
-            model, proc = build_tiny(seed, init_std, eos_scale, Path(tmp))
-            parts = PaliGemmaParts(model, proc, model.config.vision_config.image_size, MEAN, STD)
-            name = args.name or "paligemma-tiny-random"
+            parts, seed, init_std, eos_scale = tiny_parts(shape, args.seed, args.init_std, args.eos_scale, Path(tmp))
+            model, proc = parts.model, parts.proc
+            name = args.name or f"paligemma-{shape}-random"
             source = (f"random init, seed {seed}, init std {init_std}, eos logit scale {eos_scale}, "
-                      f"transformers {tv}, torch {torch.__version__}")
+                      + ("" if shape == "tiny" else f"shape {shape}, ")
+                      + f"transformers {tv}, torch {torch.__version__}")
             trained = False
             if args.save_pretrained:
                 sp = Path(args.save_pretrained)
                 model.save_pretrained(sp)
                 proc.save_pretrained(sp)
                 print(f"export: wrote save_pretrained folder {sp}", file=sys.stderr)
-            if not args.no_reference:
+            if shape == "tiny" and not args.no_reference:
                 seed_info = dict(seed=seed, init_std=init_std, eos_logit_scale=eos_scale)
         else:
             parts = load_checkpoint(args.source)
@@ -454,4 +488,8 @@ def add_parser(sub, command: str) -> None:
                       tiny_help="seeded random model of the real architecture (the test fixture, with reference/)")
     C.add_out_arg(c)
     PD.add_prefix_args(c, seed=DEFAULT_SEED, init_std=DEFAULT_INIT_STD, eos_scale=DEFAULT_EOS_SCALE)
+    c.add_argument("--shape", choices=SHAPES, default="tiny",
+                   help="--tiny: 'tiny' (the test fixture) or 'mid' (benchmarks: a ~120 M-parameter Gemma of "
+                        f"Gemma-2b's layout, small SigLIP at 224 px, 64 image tokens; init std {BENCH_INIT_STD}, "
+                        "no reference/)")
     c.set_defaults(func=export_paligemma)

@@ -42,6 +42,13 @@ DEFAULT_INIT_STD = {"qwen2-vl": 1.0, "qwen2.5-vl": 1.0}
 #: The tiny models' tile size (patch 4, merge 2: an 8x8 patch grid, 4x4 = 16 image tokens).
 TINY_SIZE = 32
 TINY_PATCH, TINY_MERGE = 4, 2
+#: --shape choices ("tiny" first: the default, the test fixture with references); qwen2-vl only has "mid".
+SHAPES = {"qwen2-vl": ["tiny", "mid"], "qwen2.5-vl": ["tiny"]}
+#: The benchmark shape's tile size, patch and merge (Qwen2-VL's patch 14, merge 2: 8x8 = 64 image tokens).
+MID_SIZE, MID_PATCH, MID_MERGE = 224, 14, 2
+#: init std / EOS logit scale of the benchmark shape (HF-like init; benchmarks force the caption length).
+BENCH_INIT_STD = 0.02
+BENCH_EOS_SCALE = 1.0
 #: The default tile size of --from (Qwen2-VL's patch 14, merge 2: a multiple of 28; 16x16 = 256 image tokens).
 DEFAULT_SIZE = 448
 
@@ -118,13 +125,28 @@ def _reinit(model: nn.Module, std: float) -> None:
             nn.init.normal_(m.weight, 0.0, std / 4)
 
 
-def build_tiny(kind: str, seed: int, init_std: float, eos_scale: float):
+def build_tiny(kind: str, seed: int, init_std: float, eos_scale: float, shape: str = "tiny"):
+    """(model, tokenizer) of a seeded random Qwen2-VL / Qwen2.5-VL.
+
+    ``shape="mid"`` (qwen2-vl, benchmarks, no references): Qwen2-0.5B's decoder layout (hidden 896,
+    14 heads, 2 kv heads, ffn 4864, rope theta 1e6; mrope_section [8, 12, 12]: Qwen2-VL's [16, 24, 24] scaled to head_dim 64) with 8 of its 24
+    layers (~120 M parameters besides the tiny vocabulary) and a small vision tower at patch 14,
+    merge 2 (224 px tiles: 64 image tokens)."""
     tok = build_tiny_tokenizer()
     V = tok.get_vocab_size()
     ids = {s: tok.token_to_id(s) for s in SPECIALS}
-    text = dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2,
-                num_key_value_heads=1, max_position_embeddings=256, rms_norm_eps=1e-6,
-                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]},
+    if shape == "tiny":
+        dims = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2,
+                    num_key_value_heads=1)
+        rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]}
+    elif shape == "mid" and kind == "qwen2-vl":
+        dims = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=8, num_attention_heads=14,
+                    num_key_value_heads=2)
+        rope = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [8, 12, 12]}
+    else:
+        raise ValueError(f"unknown {kind} --shape {shape!r}")
+    text = dict(vocab_size=V, **dims, max_position_embeddings=256, rms_norm_eps=1e-6,
+                rope_parameters=rope,
                 bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
     top = dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
                vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
@@ -133,8 +155,14 @@ def build_tiny(kind: str, seed: int, init_std: float, eos_scale: float):
     if kind == "qwen2-vl":
         from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration as Cls
 
-        vision = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=TINY_PATCH,
-                      temporal_patch_size=2, spatial_merge_size=TINY_MERGE, in_channels=3, hidden_act="quick_gelu")
+        if shape == "tiny":
+            vision = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=TINY_PATCH,
+                          temporal_patch_size=2, spatial_merge_size=TINY_MERGE, in_channels=3,
+                          hidden_act="quick_gelu")
+        else:
+            vision = dict(depth=2, embed_dim=64, hidden_size=dims["hidden_size"], num_heads=2, mlp_ratio=2,
+                          patch_size=MID_PATCH, temporal_patch_size=2, spatial_merge_size=MID_MERGE, in_channels=3,
+                          hidden_act="quick_gelu")
         cfg = Qwen2VLConfig(text_config=text, vision_config=vision, **top)
     else:
         from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration as Cls
@@ -610,27 +638,44 @@ def load_checkpoint(kind: str, src: str, size: int) -> QwenVLParts:
 # --------------------------------------------------------------------------------------
 
 
+def tiny_parts(kind: str, shape: str = "tiny", size=None, seed=None, init_std=None, eos_scale=None):
+    """(parts, seed, init_std, eos_scale) of ``--tiny [--shape S] [--size N]`` with these overrides
+    (None: the defaults); also what bench/peer_caption_prefix.py builds to time HF generate on the
+    same weights."""
+    bench = shape != "tiny"
+    if bench and kind != "qwen2-vl":
+        raise SystemExit(f"export: {kind}: --shape {shape} is not available (only 'tiny')")
+    size = (MID_SIZE if bench else TINY_SIZE) if size is None else size
+    # The tile size first: a size the model cannot take fails before anything is built or written.
+    patch, merge = (MID_PATCH, MID_MERGE) if bench else (TINY_PATCH, TINY_MERGE)
+    problem = tile_problem(size, patch, merge, size * size, size * size)
+    if problem:
+        raise SystemExit(f"export: {problem}")
+    seed = DEFAULT_SEEDS[kind] if seed is None else seed
+    init_std = (BENCH_INIT_STD if bench else DEFAULT_INIT_STD[kind]) if init_std is None else init_std
+    eos_scale = (BENCH_EOS_SCALE if bench else DEFAULT_EOS_SCALE[kind]) if eos_scale is None else eos_scale
+    model, tok = build_tiny(kind, seed, init_std, eos_scale, shape)
+    parts = QwenVLParts(kind, model, hf_tokenizer(tok), size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
+                        size * size, size * size)
+    return parts, seed, init_std, eos_scale
+
+
 def export_qwen2vl(args) -> None:
     kind = args.command
     tv = transformers.__version__
     seed_info = None
+    shape = getattr(args, "shape", "tiny")
+    if shape != "tiny" and not args.tiny:
+        raise SystemExit("--shape only applies with --tiny")
     if args.tiny:
-        size = TINY_SIZE if args.size is None else args.size
-        # The tile size first: a size the model cannot take fails before anything is built or written.
-        problem = tile_problem(size, TINY_PATCH, TINY_MERGE, size * size, size * size)
-        if problem:
-            raise SystemExit(f"export: {problem}")
-        seed = DEFAULT_SEEDS[kind] if args.seed is None else args.seed
-        init_std = DEFAULT_INIT_STD[kind] if args.init_std is None else args.init_std
-        eos_scale = DEFAULT_EOS_SCALE[kind] if args.eos_scale is None else args.eos_scale
-        model, tok = build_tiny(kind, seed, init_std, eos_scale)
-        parts = QwenVLParts(kind, model, hf_tokenizer(tok), size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
-                            size * size, size * size)
-        name = args.name or f"{kind}-tiny-random"
+        parts, seed, init_std, eos_scale = tiny_parts(kind, shape, args.size, args.seed, args.init_std,
+                                                      args.eos_scale)
+        name = args.name or f"{kind}-{shape}-random"
         source = (f"random init, seed {seed}, init std {init_std}, eos logit scale {eos_scale}, "
-                  f"transformers {tv}, torch {torch.__version__}")
+                  + ("" if shape == "tiny" else f"shape {shape}, ")
+                  + f"transformers {tv}, torch {torch.__version__}")
         trained = False
-        if not args.no_reference:
+        if shape == "tiny" and not args.no_reference:
             seed_info = dict(seed=seed, init_std=init_std, eos_logit_scale=eos_scale)
         if args.save_pretrained:
             sp = Path(args.save_pretrained)
@@ -672,4 +717,9 @@ def add_parser(sub, command: str) -> None:
                         f"whose S*S the processor's min/max pixels allow (default {DEFAULT_SIZE}; --tiny {TINY_SIZE})")
     PD.add_prefix_args(c, seed=DEFAULT_SEEDS[command], init_std=DEFAULT_INIT_STD[command],
                        eos_scale=DEFAULT_EOS_SCALE[command])
+    if len(SHAPES[command]) > 1:
+        c.add_argument("--shape", choices=SHAPES[command], default="tiny",
+                       help="--tiny: 'tiny' (the test fixture) or 'mid' (benchmarks: Qwen2-0.5B's decoder layout "
+                            f"with 8 layers, small vision tower at {MID_SIZE} px, 64 image tokens; init std "
+                            f"{BENCH_INIT_STD}, no reference/)")
     c.set_defaults(func=export_qwen2vl)

@@ -53,6 +53,11 @@ TEMPLATE = ("<|im_start|>User:<fake_token_around_image><global-img>{image}<fake_
             "{prompt}<end_of_utterance>\nAssistant:")
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<fake_token_around_image>", "<image>",
             "<end_of_utterance>", "<global-img>"]
+#: --shape choices ("tiny" first: the default, the test fixture with references).
+SHAPES = ["tiny", "mid"]
+#: init std / EOS logit scale of the benchmark shape (HF-like init; benchmarks force the caption length).
+BENCH_INIT_STD = 0.02
+BENCH_EOS_SCALE = 1.0
 REF_PROMPTS = ["What is in this image?", "Describe it.",
                "Is there a river or a forest in this satellite scene, and where?"]
 
@@ -103,24 +108,37 @@ def build_processor(tok, size: int, tokens: int):
     return Idefics3Processor(image_processor=ip, tokenizer=tok, image_seq_len=tokens, chat_template=CHAT_TEMPLATE)
 
 
-def build_tiny(seed: int, init_std: float, eos_scale: float):
+def build_tiny(seed: int, init_std: float, eos_scale: float, shape: str = "tiny"):
     """(model, processor): seeded random Idefics3 (SigLIP 32 px / patch 4 -> 64 patches, pixel
-    shuffle 2 -> 16 image tokens; Llama 2 layers, hidden 64, 4 heads, 2 kv heads)."""
+    shuffle 2 -> 16 image tokens; Llama 2 layers, hidden 64, 4 heads, 2 kv heads).
+
+    ``shape="mid"`` (benchmarks, no references): SmolLM2-135M's language model (Llama, hidden 576,
+    30 layers, 9 heads, 3 kv heads, ffn 1536; ~106 M parameters besides the tiny vocabulary) and a
+    small SigLIP at SmolVLM-256M's 512 px / patch 16 with its pixel shuffle 4 (64 image tokens)."""
     from transformers import Idefics3Config, Idefics3ForConditionalGeneration
 
     tok = build_tiny_tokenizer()
-    size, patch, scale = 32, 4, 2
+    if shape == "tiny":
+        size, patch, scale = 32, 4, 2
+        vis = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+        lm = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16, max_position_embeddings=256)
+    elif shape == "mid":
+        size, patch, scale = 512, 16, 4
+        vis = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
+        lm = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                  num_key_value_heads=3, head_dim=64, max_position_embeddings=256)
+    else:
+        raise ValueError(f"unknown smolvlm --shape {shape!r}")
     tokens = (size // patch) ** 2 // scale ** 2
     proc = build_processor(tok, size, tokens)
     tok = proc.tokenizer
     V = len(tok)
     torch.manual_seed(seed)
     cfg = Idefics3Config(
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=size, patch_size=patch),
-        text_config=dict(model_type="llama", vocab_size=V, hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                         max_position_embeddings=256, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        vision_config=dict(**vis, image_size=size, patch_size=patch),
+        text_config=dict(model_type="llama", vocab_size=V, **lm,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                          pad_token_id=tok.pad_token_id, tie_word_embeddings=False),
         image_token_id=tok.convert_tokens_to_ids("<image>"), scale_factor=scale, tie_word_embeddings=False,
         pad_token_id=tok.pad_token_id,
@@ -290,25 +308,39 @@ def load_checkpoint(src: str) -> SmolVLMParts:
     return parts
 
 
+def tiny_parts(shape: str = "tiny", seed=None, init_std=None, eos_scale=None):
+    """(parts, seed, init_std, eos_scale, processor) of ``--tiny [--shape S]`` with these overrides
+    (None: the defaults); also what bench/peer_caption_prefix.py builds to time HF generate on the
+    same weights."""
+    bench = shape != "tiny"
+    seed = DEFAULT_SEED if seed is None else seed
+    init_std = (BENCH_INIT_STD if bench else DEFAULT_INIT_STD) if init_std is None else init_std
+    eos_scale = (BENCH_EOS_SCALE if bench else DEFAULT_EOS_SCALE) if eos_scale is None else eos_scale
+    model, proc = build_tiny(seed, init_std, eos_scale, shape)
+    parts = SmolVLMParts(model, proc.tokenizer, model.config.vision_config.image_size, MEAN, STD, proc=proc)
+    return parts, seed, init_std, eos_scale, proc
+
+
 def export_smolvlm(args) -> None:
     tv = transformers.__version__
     seed_info = None
+    shape = getattr(args, "shape", "tiny")
+    if shape != "tiny" and not args.tiny:
+        raise SystemExit("--shape only applies with --tiny")
     if args.tiny:
-        seed = DEFAULT_SEED if args.seed is None else args.seed
-        init_std = DEFAULT_INIT_STD if args.init_std is None else args.init_std
-        eos_scale = DEFAULT_EOS_SCALE if args.eos_scale is None else args.eos_scale
-        model, proc = build_tiny(seed, init_std, eos_scale)
-        parts = SmolVLMParts(model, proc.tokenizer, model.config.vision_config.image_size, MEAN, STD, proc=proc)
-        name = args.name or "smolvlm-tiny-random"
+        parts, seed, init_std, eos_scale, proc = tiny_parts(shape, args.seed, args.init_std, args.eos_scale)
+        model = parts.model
+        name = args.name or f"smolvlm-{shape}-random"
         source = (f"random init, seed {seed}, init std {init_std}, eos logit scale {eos_scale}, "
-                  f"transformers {tv}, torch {torch.__version__}")
+                  + ("" if shape == "tiny" else f"shape {shape}, ")
+                  + f"transformers {tv}, torch {torch.__version__}")
         trained = False
         if args.save_pretrained:
             sp = Path(args.save_pretrained)
             model.save_pretrained(sp)
             proc.save_pretrained(sp)
             print(f"export: wrote save_pretrained folder {sp}", file=sys.stderr)
-        if not args.no_reference:
+        if shape == "tiny" and not args.no_reference:
             seed_info = dict(seed=seed, init_std=init_std, eos_logit_scale=eos_scale)
     else:
         parts = load_checkpoint(args.source)
@@ -329,4 +361,7 @@ def add_parser(sub, command: str) -> None:
                       tiny_help="seeded random model of the real architecture (the test fixture, with reference/)")
     C.add_out_arg(c)
     PD.add_prefix_args(c, seed=DEFAULT_SEED, init_std=DEFAULT_INIT_STD, eos_scale=DEFAULT_EOS_SCALE)
+    c.add_argument("--shape", choices=SHAPES, default="tiny",
+                   help="--tiny: 'tiny' (the test fixture) or 'mid' (benchmarks: SmolLM2-135M's language model, "
+                        f"small SigLIP at 512 px, 64 image tokens; init std {BENCH_INIT_STD}, no reference/)")
     c.set_defaults(func=export_smolvlm)
