@@ -83,6 +83,14 @@ def main() -> None:
         gen = dict(max_new_tokens=a.max_new_tokens, min_new_tokens=a.max_new_tokens, num_beams=a.num_beams,
                    do_sample=False, early_stopping=False, length_penalty=1.0, repetition_penalty=1.0,
                    no_repeat_ngram_size=0, forced_bos_token_id=None, forced_eos_token_id=None)
+        if a.family == "florence2":
+            # The package's [generation] carries Florence-2's generation_config (n-gram blocking,
+            # forced BOS/EOS, early stopping) and tessera applies it; so must the peer.
+            gc = model.generation_config
+            for k in ("no_repeat_ngram_size", "early_stopping", "forced_bos_token_id", "forced_eos_token_id"):
+                gen[k] = getattr(gc, k)
+            print(f"peer: florence2 generation_config: { {k: gen[k] for k in ('no_repeat_ngram_size', 'early_stopping', 'forced_bos_token_id', 'forced_eos_token_id')} }",
+                  file=sys.stderr)
 
         results = []
         for bs in [int(x) for x in a.batch_sizes.split(",")]:
