@@ -20,7 +20,7 @@ use crate::models::{ImageElement, StagedBatch};
 use crate::options::InvalidOption;
 use crate::output::{
     class_color, polygonize_classes, write_cog, FieldKind, FieldSpec, FieldValue, GeometryKind,
-    Legend, PendingOutput, RasterSpec, VectorLayerWriter,
+    LayerArea, Legend, PendingOutput, RasterSpec, VectorLayerWriter,
 };
 use crate::raster::{GeoTransform, Scene};
 use crate::runtime::Runtime;
@@ -171,7 +171,7 @@ pub const LABEL_FIELDS: [FieldSpec; 4] = [
         kind: FieldKind::Integer,
     },
     FieldSpec {
-        name: "area",
+        name: "area_m2",
         kind: FieldKind::Real,
     },
 ];
@@ -700,11 +700,20 @@ fn write_label_layer(
         &LABEL_FIELDS,
         false,
     )?;
+    let areas = LayerArea::for_layer(crs).map_err(|reason| crate::output::OutputError::Write {
+        path: path.display().to_string(),
+        reason: format!("label areas: {reason}"),
+    })?;
     for (class, polys) in polygons {
-        use geo::Area;
         let count = classes.iter().filter(|&&c| c == class).count();
         let mp = geo::MultiPolygon(polys);
-        let area = mp.unsigned_area();
+        let area =
+            areas
+                .multi_polygon(&mp)
+                .map_err(|reason| crate::output::OutputError::Write {
+                    path: path.display().to_string(),
+                    reason: format!("label areas: {reason}"),
+                })?;
         labels.add_multipolygon(
             &mp,
             &[

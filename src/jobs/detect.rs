@@ -13,7 +13,7 @@ use super::driver::{drive, ModelStage, RunSpec, SceneSink};
 use super::{stream_model_tiles, PipelineError, TileBatch};
 use crate::models::detection::{DetectorModel, PixelBox};
 use crate::output::{
-    FieldKind, FieldSpec, FieldValue, GeometryKind, PendingOutput, VectorLayerWriter,
+    FieldKind, FieldSpec, FieldValue, GeometryKind, LayerArea, PendingOutput, VectorLayerWriter,
 };
 use crate::runtime::Runtime;
 use crate::stitch::boxes::{merge, MapDetection, MergeMethod, MergeOptions};
@@ -57,7 +57,7 @@ pub struct DetectReport {
     pub merge_seconds: f64,
 }
 
-const FIELDS: [FieldSpec; 4] = [
+const FIELDS: [FieldSpec; 5] = [
     FieldSpec {
         name: "class",
         kind: FieldKind::Integer,
@@ -73,6 +73,10 @@ const FIELDS: [FieldSpec; 4] = [
     FieldSpec {
         name: "tile_id",
         kind: FieldKind::String,
+    },
+    FieldSpec {
+        name: "area_m2",
+        kind: FieldKind::Real,
     },
 ];
 
@@ -167,7 +171,16 @@ fn write_detections(
         &FIELDS,
         false,
     )?;
+    let area_err = |reason: String| crate::output::OutputError::Write {
+        path: path.display().to_string(),
+        reason: format!("box areas: {reason}"),
+    };
+    let areas = LayerArea::for_layer(scene.crs_wkt()).map_err(area_err)?;
     for d in merged {
+        let footprint = geo::Polygon::new(geo::LineString::from(d.corners.to_vec()), vec![]);
+        let area = areas
+            .multi_polygon(&geo::MultiPolygon(vec![footprint]))
+            .map_err(area_err)?;
         layer.add_polygon(
             &d.corners,
             &[
@@ -175,6 +188,7 @@ fn write_detections(
                 FieldValue::String(classes.get(d.class).cloned().unwrap_or_default()),
                 FieldValue::Real(f64::from(d.score)),
                 FieldValue::String(d.tile.clone()),
+                FieldValue::Real(area),
             ],
         )?;
     }

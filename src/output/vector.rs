@@ -375,6 +375,59 @@ mod tests {
         assert_eq!(space_words("corrupt".into()), "corrupt");
     }
 
+    /// An empty layer still says what it would hold: geometry type and CRS (GeoJSON has no
+    /// geometry type member; RFC 7946 GeoJSON is WGS 84 by definition, and GDAL reads it so).
+    #[test]
+    fn empty_layers_keep_geometry_type_and_crs() {
+        use crate::output::formats;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let utm = SpatialRef::from_epsg(32633)
+            .expect("srs")
+            .to_wkt()
+            .expect("wkt");
+        let cases: [(&'static dyn VectorFormat, Option<u32>, bool); 5] = [
+            (&formats::GeoPackage, Some(32633), true),
+            (&formats::Shapefile, Some(32633), true),
+            (&formats::FlatGeobuf, Some(32633), true),
+            (&formats::GeoJsonNativeCrs, Some(32633), false),
+            (&formats::GeoJson, Some(4326), false),
+        ];
+        for (i, (format, epsg, typed)) in cases.into_iter().enumerate() {
+            let path = dir.path().join(format!("empty{i}.{}", format.extension()));
+            let fields = [FieldSpec {
+                name: "label",
+                kind: FieldKind::String,
+            }];
+            VectorLayerWriter::create(
+                &path,
+                format,
+                "empty",
+                GeometryKind::Polygon,
+                Some(&utm),
+                &fields,
+                false,
+            )
+            .expect("create")
+            .finish()
+            .expect("finish");
+            let ds = Dataset::open(&path).expect("open");
+            let layer = ds.layer(0).expect("layer");
+            assert_eq!(layer.feature_count(), 0);
+            let srs = layer.spatial_ref().expect("a CRS");
+            let code = srs.auth_code().ok().map(|c| c as u32);
+            assert_eq!(code, epsg, "{}", format.name());
+            if typed {
+                let ty = layer
+                    .defn()
+                    .geom_fields()
+                    .next()
+                    .expect("geometry")
+                    .field_type();
+                assert_eq!(ty, OGRwkbGeometryType::wkbPolygon, "{}", format.name());
+            }
+        }
+    }
+
     #[test]
     fn truncation_respects_characters() {
         assert_eq!(truncate_utf8("abcdef", 3), "abc");
