@@ -130,6 +130,30 @@ fn block_scene_is_classified_as_the_reference_says() {
         }
     }
 
+    // In QGIS: the class raster paletted with the labels, the layers categorised by label in
+    // the raster's colours.
+    if let Some(q) = common::qgis_styles(&out) {
+        let raster = &q["classes.tif"];
+        assert_eq!(raster["renderer"], "paletted", "{q}");
+        let classes = raster["classes"].as_array().expect("classes");
+        let names: Vec<&str> = classes
+            .iter()
+            .map(|c| c["label"].as_str().expect("label"))
+            .collect();
+        assert_eq!(names, labels.iter().map(String::as_str).collect::<Vec<_>>());
+        for layer in ["tiles.gpkg", "labels.gpkg"] {
+            let l = &q[layer];
+            assert_eq!(l["renderer"], "categorizedSymbol", "{layer}: {q}");
+            assert_eq!(l["attribute"], "label");
+            let cats = l["categories"].as_array().expect("categories");
+            assert_eq!(cats.len(), classes.len(), "{layer}");
+            for (cat, class) in cats.iter().zip(classes) {
+                assert_eq!(cat["value"], class["label"]);
+                assert_eq!(cat["fill"], class["color"], "{layer}");
+            }
+        }
+    }
+
     // And in geopandas / rasterio, with the right CRS and extent; rasters are valid COGs.
     let Some(found) = inspect_outputs(&out) else {
         return;

@@ -226,6 +226,79 @@ fn stitched_threshold_masks_equal_the_painted_shapes() {
     }
 }
 
+/// The outputs open in QGIS styled by default: the class raster paletted with the class names
+/// and colours, the polygons categorised by label in the same colours (GeoPackage
+/// `layer_styles`; `.qml` beside a Shapefile).
+#[test]
+fn qgis_opens_the_outputs_styled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (w, h) = (96, 64);
+    let (inside, _) = shapes();
+    paint(&dir.path().join("scene.tif"), w, h, |x, y| {
+        if inside(x, y) {
+            [220, 40, 40]
+        } else {
+            [30, 120, 60]
+        }
+    });
+    let model = oracle("seg-threshold");
+    for format in ["gpkg", "shp"] {
+        let out = format!("out_{format}");
+        run(
+            dir.path(),
+            &[
+                "segment",
+                "scene.tif",
+                "--model",
+                &model,
+                "--tile-size",
+                "32",
+                "--format",
+                format,
+                "--out",
+                &out,
+                "--quiet",
+            ],
+        )
+        .success();
+        let out = dir.path().join(&out);
+        if format == "shp" {
+            assert!(out.join("polygons.qml").is_file());
+        }
+        assert!(out.join("classes.qml").is_file());
+        let Some(q) = common::qgis_styles(&out) else {
+            return;
+        };
+        let raster = &q["classes.tif"];
+        assert_eq!(raster["renderer"], "paletted", "{q}");
+        let classes = raster["classes"].as_array().expect("classes");
+        let names: Vec<&str> = classes
+            .iter()
+            .map(|c| c["label"].as_str().expect("label"))
+            .collect();
+        let toml = std::fs::read_to_string(Path::new(&model).join("model.toml")).expect("toml");
+        for n in &names {
+            assert!(
+                toml.contains(&format!("\"{n}\"")),
+                "{n} not a class of the model"
+            );
+        }
+        assert_eq!(classes.len(), names.len());
+        let polygons = &q[format!("polygons.{format}").as_str()];
+        assert_eq!(polygons["valid"], true);
+        assert_eq!(polygons["renderer"], "categorizedSymbol", "{q}");
+        assert_eq!(polygons["attribute"], "label");
+        let cats = polygons["categories"].as_array().expect("categories");
+        assert_eq!(cats.len(), classes.len());
+        // The same colour for a class in the raster and the layer.
+        for (cat, class) in cats.iter().zip(classes) {
+            assert_eq!(cat["value"], class["label"]);
+            assert_eq!(cat["fill"], class["color"], "{q}");
+            assert_eq!(cat["style"], "solid");
+        }
+    }
+}
+
 /// `area_m2` and `--min-area` are square metres on the ellipsoid even when the scene's CRS is
 /// in degrees: two squares of 20 x 20 and 10 x 10 pixels of 1e-4 degrees at 60 N, where a
 /// pixel is about 5.6 m x 11.1 m; a threshold between their ground areas keeps the larger.

@@ -171,6 +171,15 @@ fn write_detections(
         &FIELDS,
         false,
     )?;
+    let legend = crate::output::Legend {
+        names: classes.to_vec(),
+        colors: (0..classes.len()).map(crate::output::class_color).collect(),
+    };
+    layer.set_style(super::label_style(
+        &legend,
+        crate::output::Symbol::Outline,
+        Some("label"),
+    ));
     let area_err = |reason: String| crate::output::OutputError::Write {
         path: path.display().to_string(),
         reason: format!("box areas: {reason}"),

@@ -14,7 +14,7 @@ use super::{stream_model_tiles, PipelineError, TileBatch};
 use crate::models::segmentation::{SegFormat, SegmentationModel};
 use crate::output::{
     class_color, FieldKind, FieldSpec, FieldValue, GeometryKind, LayerArea, Legend, MosaicSpec,
-    MosaicWriter, PendingOutput, VectorLayerWriter,
+    MosaicWriter, PendingOutput, Symbol, VectorLayerWriter,
 };
 use crate::runtime::Runtime;
 use crate::stitch::mask::{BlendWindow, Decision, MaskStitcher};
@@ -226,6 +226,22 @@ fn class_setup(model: &SegmentationModel, job: &SegmentJob) -> (Decision, usize,
     (decision, n_classes, prob_bands)
 }
 
+/// The class raster's legend: black background (class 0), then distinct colours.
+fn legend(classes: &[String]) -> Legend {
+    Legend {
+        names: classes.to_vec(),
+        colors: (0..classes.len())
+            .map(|i| {
+                if i == 0 {
+                    [0, 0, 0]
+                } else {
+                    class_color(i - 1)
+                }
+            })
+            .collect(),
+    }
+}
+
 /// The mosaic writer and its stitcher over `grid`, writing into `dir`.
 fn stitching(
     model: &SegmentationModel,
@@ -236,18 +252,7 @@ fn stitching(
 ) -> Result<Stitching, PipelineError> {
     let classes = model.classes();
     let (decision, n_classes, prob_bands) = class_setup(model, job);
-    let legend = Legend {
-        names: classes.clone(),
-        colors: (0..classes.len())
-            .map(|i| {
-                if i == 0 {
-                    [0, 0, 0]
-                } else {
-                    class_color(i - 1)
-                }
-            })
-            .collect(),
-    };
+    let legend = legend(&classes);
     let skip: Vec<u8> = model.background().into_iter().collect();
     // The kept probability bands are the last `prob_bands` classes.
     let band_names: Vec<String> = classes[classes.len() - prob_bands.min(classes.len())..].to_vec();
@@ -296,6 +301,7 @@ fn write_polygons(
         &POLYGON_FIELDS,
         false,
     )?;
+    layer.set_style(super::label_style(&legend(classes), Symbol::Fill, None));
     let n_polys = polys.len();
     for (class, g, area) in polys {
         let label = classes.get(class as usize).cloned().unwrap_or_default();
@@ -395,6 +401,7 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
     })?;
     let polys = finish_polygons(polygons, job.simplify, job.min_area, &areas, &classes_tif)?;
     let polygons_done = Instant::now();
+    super::write_raster_style(&classes_tif, &legend(&classes))?;
     let n_polys = write_polygons(&job, &scene, &dir, polys, &classes)?;
     let outputs = super::output_names(&dir, &job.out)?;
     pending.commit()?;

@@ -11,6 +11,7 @@ mod mosaic;
 mod polygonize;
 pub mod polygonize_stream;
 mod raster;
+pub mod style;
 mod vector;
 
 pub use atomic::{refuse_input, PendingOutput};
@@ -22,6 +23,7 @@ pub use mosaic::{MosaicSpec, MosaicWriter};
 pub use polygonize::polygonize_classes;
 pub use polygonize_stream::StreamPolygonizer;
 pub use raster::{class_color, write_cog, Legend, RasterSpec};
+pub use style::{raster_qml, LayerStyle, Symbol};
 pub use vector::{FieldKind, FieldSpec, FieldValue, GeometryKind, VectorLayerWriter};
 
 use thiserror::Error;

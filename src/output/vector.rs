@@ -9,6 +9,7 @@ use gdal::vector::{
 use gdal::{Dataset, DriverManager};
 
 use super::formats::{field_names, VectorFormat};
+use super::style::{gpkg_style_sql, LayerStyle};
 use super::{OutputError, PendingOutput, Result};
 use crate::raster::gdal_reason;
 
@@ -51,6 +52,8 @@ pub struct VectorLayerWriter {
     fields: Vec<FieldSpec>,
     in_transaction: bool,
     count: usize,
+    /// The default style QGIS loads ([`VectorLayerWriter::set_style`]).
+    style: Option<LayerStyle>,
 }
 
 impl std::fmt::Debug for VectorLayerWriter {
@@ -136,6 +139,7 @@ impl VectorLayerWriter {
             fields: fields.to_vec(),
             in_transaction,
             count: 0,
+            style: None,
         })
     }
 
@@ -234,6 +238,37 @@ impl VectorLayerWriter {
         Ok(())
     }
 
+    /// Give the layer a default style that QGIS loads with it: in the GeoPackage's
+    /// `layer_styles` table, or a `.qml` beside the other formats' files.
+    pub fn set_style(&mut self, style: LayerStyle) {
+        self.style = Some(style);
+    }
+
+    /// Store the style: in `layer_styles` for a GeoPackage (inside the layer's transaction),
+    /// else as `<stem>.qml` beside the temporary file, which commits with it.
+    fn write_style(&self, dataset: &Dataset) -> Result<()> {
+        let Some(style) = &self.style else {
+            return Ok(());
+        };
+        let qml = style.qml();
+        if self.format.driver() == "GPKG" {
+            let layer = dataset.layer(0).map_err(|e| self.err(ogr_reason(&e)))?;
+            let geometry_column = layer
+                .defn()
+                .geom_fields()
+                .next()
+                .map_or_else(|| "geom".to_string(), |f| f.name());
+            for sql in gpkg_style_sql(&layer.name(), &geometry_column, &qml) {
+                dataset
+                    .execute_sql(sql, None, gdal::vector::sql::Dialect::DEFAULT)
+                    .map_err(|e| self.err(format!("layer style: {}", ogr_reason(&e))))?;
+            }
+            return Ok(());
+        }
+        let path = self.pending.path().with_extension("qml");
+        std::fs::write(&path, qml).map_err(|e| self.err(format!("layer style: {e}")))
+    }
+
     /// Features written so far.
     pub fn len(&self) -> usize {
         self.count
@@ -272,6 +307,7 @@ impl VectorLayerWriter {
     /// The driver failing to flush, or the rename failing.
     pub fn finish(mut self) -> Result<()> {
         if let Some(dataset) = self.dataset.take() {
+            self.write_style(&dataset)?;
             if self.in_transaction {
                 // SAFETY: valid handle; the transaction was started on it.
                 let rv = unsafe { gdal_sys::GDALDatasetCommitTransaction(dataset.c_dataset()) };
