@@ -534,27 +534,78 @@ def owlv2_reference(model, tok, size, mean, std) -> tuple[dict, dict]:
 # Subcommands
 # --------------------------------------------------------------------------------------
 
+def tiny_processor(kind: str, tok, size: int, mean, std):
+    """The HF processor of a tiny model (what ``--save-pretrained`` writes beside it)."""
+    if kind == "grounding-dino":
+        from transformers import GroundingDinoImageProcessor, GroundingDinoProcessor
+
+        ip = GroundingDinoImageProcessor(size={"shortest_edge": size, "longest_edge": size}, image_mean=mean,
+                                         image_std=std)
+        return GroundingDinoProcessor(image_processor=ip, tokenizer=tok)
+    from transformers import Owlv2ImageProcessor, Owlv2Processor
+
+    ip = Owlv2ImageProcessor(size={"height": size, "width": size}, image_mean=mean, image_std=std)
+    return Owlv2Processor(image_processor=ip, tokenizer=tok)
+
+
+def load_checkpoint(kind: str, src: str):
+    """(model, tokenizer, size, mean, std) of a checkpoint (hub id or save_pretrained folder
+    with its processor files)."""
+    from transformers import AutoTokenizer
+
+    cfg = C.image_processor_config(src)
+    size = C.square_size(cfg, SIZES[kind])
+    mean, std = [float(x) for x in cfg["image_mean"]], [float(x) for x in cfg["image_std"]]
+    if kind == "grounding-dino":
+        from transformers import GroundingDinoForObjectDetection as Model
+    else:
+        from transformers import Owlv2ForObjectDetection as Model
+    model = Model.from_pretrained(src).eval()
+    if kind == "owlv2":
+        model.config._attn_implementation = "eager"
+    tok = AutoTokenizer.from_pretrained(src)
+    if kind == "grounding-dino":
+        ids = tok("a. b?")["input_ids"]
+        special = model.model.special_tokens.tolist()
+        if ids[0] not in special or ids[-1] not in special:
+            raise SystemExit(f"export: {src}: the tokenizer's [CLS]/[SEP] ids {ids[0]}, {ids[-1]} are not among "
+                             f"the model's special tokens {special}")
+        if model.config.max_text_len < 8:
+            raise SystemExit(f"export: {src}: max_text_len {model.config.max_text_len} is too short")
+    elif tok.pad_token_id != 0:
+        raise SystemExit(f"export: {src}: the OWLv2 pad token has id {tok.pad_token_id}, expected 0 ('!')")
+    return model, tok, size, mean, std
+
+
 def export_open_vocab(args) -> None:
     kind = args.command
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if not args.tiny:
-        raise SystemExit(f"{kind}: only --tiny is implemented (no hub access here); see tools/export/README.md")
-    seed = DEFAULT_SEEDS[kind] if args.seed is None else args.seed
-    init_std = DEFAULT_INIT_STD[kind] if args.init_std is None else args.init_std
-    size = SIZES[kind]
-    if kind == "grounding-dino":
-        tok = gdino_tokenizer()
-        model = build_tiny_gdino(seed, init_std, len(tok))
-        _check_text_masks(model, tok)
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    if args.tiny:
+        seed = DEFAULT_SEEDS[kind] if args.seed is None else args.seed
+        init_std = DEFAULT_INIT_STD[kind] if args.init_std is None else args.init_std
+        size = SIZES[kind]
+        if kind == "grounding-dino":
+            tok = gdino_tokenizer()
+            model = build_tiny_gdino(seed, init_std, len(tok))
+            mean, std = IMAGENET_MEAN, IMAGENET_STD
+        else:
+            tok = owlv2_tokenizer()
+            model = build_tiny_owlv2(seed, init_std, tok)
+            mean, std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+        name = args.name or f"{kind}-tiny-random"
+        source = (f"random init, seed {seed}, init std {init_std}, transformers {transformers.__version__}, "
+                  f"torch {torch.__version__}")
+        if args.save_pretrained:
+            model.save_pretrained(args.save_pretrained)
+            tiny_processor(kind, tok, size, mean, std).save_pretrained(args.save_pretrained)
+            print(f"export: saved the tiny model and processor to {args.save_pretrained}", file=sys.stderr)
     else:
-        tok = owlv2_tokenizer()
-        model = build_tiny_owlv2(seed, init_std, tok)
-        mean, std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-    name = args.name or f"{kind}-tiny-random"
-    source = (f"random init, seed {seed}, init std {init_std}, transformers {transformers.__version__}, "
-              f"torch {torch.__version__}")
+        model, tok, size, mean, std = load_checkpoint(kind, args.source)
+        name = args.name or Path(args.source.rstrip("/")).name
+        source = f"{args.source}, transformers {transformers.__version__}, torch {torch.__version__}"
+    if kind == "grounding-dino":
+        _check_text_masks(model, tok)
 
     onnx_path = out / "model.onnx"
     print(f"export: writing {onnx_path} (opset {args.opset})", file=sys.stderr)
@@ -584,13 +635,13 @@ def export_open_vocab(args) -> None:
                       onnx_path, ["pixel_values", "input_ids", "attention_mask"], ["logits", "pred_boxes"], axes,
                       args.opset)
         C.save_tokenizer_json(tok, out / "tokenizer.json", OWLV2_CONTEXT)
-    write_manifest(out / "model.toml", kind, name=name, trained=False, source=source, size=size, mean=mean, std=std,
-                   tok=tok)
+    write_manifest(out / "model.toml", kind, name=name, trained=not args.tiny, source=source, size=size, mean=mean,
+                   std=std, tok=tok)
 
     checks = {}
     if not args.skip_verify:
         checks = verify(kind, onnx_path, model, tok, size, args.tolerance)
-    if not args.no_reference:
+    if args.tiny and not args.no_reference:
         if kind == "grounding-dino":
             ref, bins = gdino_reference(out, model, tok, size, mean, std, args.text_threshold or [0.25, 0.6])
         else:
@@ -617,12 +668,16 @@ def add_parser(sub, command: str) -> None:
     c = sub.add_parser(kind, help=f"export {desc}",
                        description=f"Export {desc}: one model.onnx taking images + text prompts, "
                                    "tokenizer.json, model.toml (see tools/export/README.md).")
-    C.add_source_args(c, from_help="not implemented yet", tiny_help="seeded random model of the real architecture")
+    C.add_source_args(c, from_help="a hub id or a local save_pretrained folder of the model with its processor "
+                                    "files (tokenizer, processor_config.json or preprocessor_config.json)",
+                      tiny_help="seeded random model of the real architecture, with PyTorch references")
     C.add_out_arg(c)
     C.add_opset_arg(c)
     c.add_argument("--seed", type=int, default=None, help=f"--tiny: seed (default {DEFAULT_SEEDS[kind]})")
     c.add_argument("--init-std", type=float, default=None,
                    help=f"--tiny: std of the random weights (default {DEFAULT_INIT_STD[kind]})")
+    c.add_argument("--save-pretrained", default=None, metavar="DIR",
+                   help="--tiny: also save the tiny model and its processor there (for --from)")
     if kind == "grounding-dino":
         c.add_argument("--text-threshold", type=float, action="append", default=None,
                        help="text threshold of a reference case (repeatable; default 0.25 and 0.6)")
