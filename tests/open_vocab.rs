@@ -388,4 +388,23 @@ fn broken_open_vocab_packages_fail_in_one_line() {
         .fails_with(&[message]);
         assert!(!d.join("o").exists(), "{sub}: partial output");
     }
+    // `models check` reports every problem of a package at once.
+    std::fs::create_dir_all(d.join("d5")).expect("dir");
+    let pkg = broken(&d.join("d5"), "grounding-dino-tiny", |t| {
+        t.replace("boxes = \"pred_boxes\"", "boxes = \"boxes\"")
+            .replace("input_ids = \"input_ids\"", "input_ids = \"ids\"")
+    });
+    let out = common::tessera()
+        .args(["models", "check", &pkg])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("2 problem(s)")
+            && text.contains("no output 'boxes' (prompted.boxes)")
+            && text.contains("no input 'ids' (prompted.input_ids)"),
+        "{text}"
+    );
 }

@@ -735,6 +735,34 @@ mod tests {
     }
 
     #[test]
+    fn merged_detections_keep_the_best_ranked_phrase() {
+        // NMS: the duplicate's phrase goes with it.
+        let mut a = det(0, 0.9, 0.0, 0.0, 10.0, 10.0);
+        a.phrase = Some(3);
+        let mut b = det(0, 0.8, 0.5, 0.2, 10.5, 10.2);
+        b.phrase = Some(7);
+        let out = merge(vec![b.clone(), a.clone()], &MergeOptions::default());
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].phrase, Some(3));
+        // WBF fuses the corners and keeps the leader's phrase.
+        let wbf = MergeOptions {
+            method: MergeMethod::Wbf,
+            ..MergeOptions::default()
+        };
+        let out = merge(vec![b.clone(), a.clone()], &wbf);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].phrase, Some(3));
+        // A seam join takes the better-ranked part's phrase.
+        let mut left = cut(det(0, 0.6, 0.0, 0.0, 10.0, 10.0));
+        left.phrase = Some(1);
+        let mut right = cut(det(0, 0.7, 4.0, 0.0, 20.0, 10.0));
+        right.phrase = Some(2);
+        let out = merge(vec![left, right], &MergeOptions::default());
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].phrase, Some(2));
+    }
+
+    #[test]
     fn nms_suppresses_duplicates_from_overlapping_tiles() {
         let mut a = det(0, 0.9, 0.0, 0.0, 10.0, 10.0);
         a.tile = "r0000c0000".into();

@@ -626,6 +626,9 @@ def export_open_vocab(args) -> None:
                           args.opset)
         finally:
             mg.generate_masks_with_special_tokens_and_transfer_map = hf_masks
+        # one text, no padding or truncation (a checkpoint's tokenizer may come with either)
+        tok.backend_tokenizer.no_padding()
+        tok.backend_tokenizer.no_truncation()
         C.save_plain_tokenizer_json(tok, out / "tokenizer.json")
     else:
         ids, mask = tokenize(kind, tok, ["a photo", "an aerial image of a river", "a car"])
