@@ -163,6 +163,15 @@ fn grounding_dino_boxes_and_phrases_match_hf_post_processing() {
         .expect("one");
     let want = wanted(&case["detections"][2], size as f32);
     compare(&one[0], &want, model.phrases(), "image 2 alone");
+    // 130 prompts make 262 tokens: more than the 256 text positions.
+    let e = model
+        .set_queries(&vec!["ship".to_string(); 130])
+        .expect_err("too long");
+    assert!(
+        e.to_string()
+            .contains("the queries make 262 tokens, more than the model's 256 text positions"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -787,6 +787,18 @@ impl DetectorModel {
                 })
                 .collect();
             let ids: Vec<i64> = enc.get_ids().iter().map(|&t| i64::from(t)).collect();
+            // tokenizer.context_length: the model's max_text_len (256 in the published
+            // checkpoints), its text positions.
+            let t = p.tok.context_length;
+            if t > 0 && ids.len() > t {
+                return Err(super::ModelError::Input {
+                    path,
+                    reason: format!(
+                        "the queries make {} tokens, more than the model's {t} text positions",
+                        ids.len()
+                    ),
+                });
+            }
             p.tokens = Some(super::Tokens {
                 mask: vec![1; ids.len()],
                 rows: 1,

@@ -314,7 +314,8 @@ def verify(kind: str, path: Path, model, tok, size: int, tol: float) -> dict:
 # --------------------------------------------------------------------------------------
 
 
-def write_manifest(path: Path, kind: str, *, name, trained, source, size, mean, std, tok) -> None:
+def write_manifest(path: Path, kind: str, *, name, trained, source, size, mean, std, tok,
+                   max_text_len: int = GDINO_MAX_TEXT_LEN) -> None:
     if kind == "grounding-dino":
         prompted = [
             ("input_ids", "input_ids", "int64 [B,L]: the merged prompt text 'a. b.', one row per image"),
@@ -322,6 +323,7 @@ def write_manifest(path: Path, kind: str, *, name, trained, source, size, mean, 
             ("boxes", "pred_boxes", "float32 [B,Q,4], cx cy w h in [0,1]"),
         ]
         tokenizer = [("file", "tokenizer.json", "BERT uncased WordPiece, [CLS] text [SEP], no padding"),
+                     ("context_length", int(max_text_len), "max_text_len: the most tokens the text may have"),
                      ("pad_token_id", int(tok.pad_token_id), ""),
                      ("bos_token_id", int(tok.cls_token_id), "[CLS]"),
                      ("eos_token_id", int(tok.sep_token_id), "[SEP]")]
@@ -639,7 +641,7 @@ def export_open_vocab(args) -> None:
                       args.opset)
         C.save_tokenizer_json(tok, out / "tokenizer.json", OWLV2_CONTEXT)
     write_manifest(out / "model.toml", kind, name=name, trained=not args.tiny, source=source, size=size, mean=mean,
-                   std=std, tok=tok)
+                   std=std, tok=tok, max_text_len=getattr(model.config, "max_text_len", 0))
 
     checks = {}
     if not args.skip_verify:
