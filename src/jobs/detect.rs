@@ -25,8 +25,10 @@ pub struct DetectJob {
     /// The scene side: scene, model, runtime, grid, reading, scaling, batch, vector format.
     pub base: crate::options::SceneJobBase,
     pub confidence: Option<f32>,
-    /// Text queries for open-vocabulary detectors (OWL-ViT).
+    /// Text queries for open-vocabulary detectors (OWL-ViT, OWLv2, Grounding DINO).
     pub prompts: Vec<String>,
+    /// Grounding DINO's text threshold (default: the model's).
+    pub text_threshold: Option<f32>,
     pub iou: Option<f32>,
     pub method: MergeMethod,
     pub cut_ios: f64,
@@ -80,6 +82,11 @@ const FIELDS: [FieldSpec; 5] = [
     },
 ];
 
+const PHRASE: FieldSpec = FieldSpec {
+    name: "phrase",
+    kind: FieldKind::String,
+};
+
 /// Keep the part of a box inside the scene: boxes wholly in a tile's padding are dropped.
 fn inside(b: &PixelBox, tile: &Tile) -> Option<PixelBox> {
     let (w, h) = (tile.inside_w as f32, tile.inside_h as f32);
@@ -113,7 +120,8 @@ impl ModelStage<f32> for Detector<'_> {
 
     fn run(&mut self, batch: &mut TileBatch<Tile>) -> Result<Self::Output, PipelineError> {
         let (pixels, tiles) = batch.take();
-        let boxes = self.model.detect(pixels, self.confidence)?;
+        let inside: Vec<_> = tiles.iter().map(|t| (t.inside_w, t.inside_h)).collect();
+        let boxes = self.model.detect_tiles(pixels, &inside, self.confidence)?;
         Ok((tiles, boxes))
     }
 }
@@ -161,14 +169,20 @@ fn write_detections(
     path: &std::path::Path,
     merged: &[MapDetection],
     classes: &[String],
+    phrases: Option<&[String]>,
 ) -> Result<(), PipelineError> {
+    // Grounding DINO: a `phrase` column, the text its tokens above the text threshold make.
+    let mut fields = FIELDS.to_vec();
+    if phrases.is_some() {
+        fields.push(PHRASE);
+    }
     let mut layer = VectorLayerWriter::create(
         path,
         job.base.format,
         "detections",
         GeometryKind::Polygon,
         scene.crs_wkt(),
-        &FIELDS,
+        &fields,
         false,
     )?;
     let legend = crate::output::Legend {
@@ -190,16 +204,18 @@ fn write_detections(
         let area = areas
             .multi_polygon(&geo::MultiPolygon(vec![footprint]))
             .map_err(area_err)?;
-        layer.add_polygon(
-            &d.corners,
-            &[
-                FieldValue::Integer(d.class as i64),
-                FieldValue::String(classes.get(d.class).cloned().unwrap_or_default()),
-                FieldValue::Real(f64::from(d.score)),
-                FieldValue::String(d.tile.clone()),
-                FieldValue::Real(area),
-            ],
-        )?;
+        let mut values = vec![
+            FieldValue::Integer(d.class as i64),
+            FieldValue::String(classes.get(d.class).cloned().unwrap_or_default()),
+            FieldValue::Real(f64::from(d.score)),
+            FieldValue::String(d.tile.clone()),
+            FieldValue::Real(area),
+        ];
+        if let Some(phrases) = phrases {
+            let phrase = d.phrase.and_then(|k| phrases.get(k as usize));
+            values.push(FieldValue::String(phrase.cloned().unwrap_or_default()));
+        }
+        layer.add_polygon(&d.corners, &values)?;
     }
     layer.finish()?;
     Ok(())
@@ -222,6 +238,7 @@ pub fn run_detect(mut job: DetectJob) -> Result<DetectReport, PipelineError> {
     )? {
         model.set_queries(&job.prompts)?;
     }
+    model.set_text_threshold(job.text_threshold)?;
     let size = model.input_size();
     let tiles = super::ModelTiles {
         size,
@@ -293,7 +310,15 @@ pub fn run_detect(mut job: DetectJob) -> Result<DetectReport, PipelineError> {
     let mut outputs = Vec::new();
     if let (Some(pending), Some(dir)) = (pending, &job.out) {
         let name = format!("detections.{}", job.base.format.extension());
-        write_detections(&job, &scene, &pending.path().join(&name), &merged, &classes)?;
+        let phrases = model.has_phrases().then(|| model.phrases());
+        write_detections(
+            &job,
+            &scene,
+            &pending.path().join(&name),
+            &merged,
+            &classes,
+            phrases,
+        )?;
         outputs.push(dir.join(name).display().to_string());
         pending.commit()?;
     }

@@ -260,6 +260,7 @@ fn detector(
         iou: iou.map_or(0.45, |v| v as f32),
         strides: None,
         decoded: false,
+        text_threshold: None,
     };
     let common = parts.common(super::detection::FAMILY);
     let tiling = Some(parts.tiling);

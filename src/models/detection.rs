@@ -147,6 +147,8 @@ pub struct PixelBox {
     pub y0: f32,
     pub x1: f32,
     pub y1: f32,
+    /// Grounding DINO: the box's phrase, an index into [`DetectorModel::phrases`].
+    pub phrase: Option<u32>,
 }
 
 impl PixelBox {
@@ -368,6 +370,7 @@ impl Clip {
             y0: (cy - h / 2.0).clamp(0.0, self.h),
             x1: (cx + w / 2.0).clamp(0.0, self.w),
             y1: (cy + h / 2.0).clamp(0.0, self.h),
+            phrase: None,
         };
         (b.x1 > b.x0 && b.y1 > b.y0).then_some(b)
     }
@@ -421,7 +424,7 @@ impl ModelFamily for Detector {
         Some(InputContract {
             size: m.preprocess.as_ref()?.size,
             any_size: false,
-            prompted: m.detection.as_ref()?.format == "owlvit",
+            prompted: OpenVocab::from_format(&m.detection.as_ref()?.format).is_some(),
             bytes: false,
         })
     }
@@ -468,13 +471,71 @@ pub struct DetectorModel {
     prompted: Option<PromptedQueries>,
 }
 
+/// The open-vocabulary detector formats (`[detection] format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OpenVocab {
+    /// OWL-ViT: logits `[B, P, Q]` (one per patch and query), boxes `[B, P, 4]`.
+    OwlVit,
+    /// OWLv2: as OWL-ViT; its processor pads images to a square with black before resizing,
+    /// so tiles cut by the scene edge are padded with black (not the mean colour).
+    Owlv2,
+    /// Grounding DINO: one merged text `"a. b."`, logits `[B, Q, T]` per text position.
+    GroundingDino,
+}
+
+impl OpenVocab {
+    fn from_format(format: &str) -> Option<OpenVocab> {
+        match format {
+            "owlvit" => Some(OpenVocab::OwlVit),
+            "owlv2" => Some(OpenVocab::Owlv2),
+            "grounding-dino" => Some(OpenVocab::GroundingDino),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            OpenVocab::OwlVit => "owlvit",
+            OpenVocab::Owlv2 => "owlv2",
+            OpenVocab::GroundingDino => "grounding-dino",
+        }
+    }
+}
+
 /// The text side of an open-vocabulary detector.
 struct PromptedQueries {
+    kind: OpenVocab,
     spec: super::PromptedSpec,
     tok: super::TokenizerSpec,
     tokenizer: tokenizers::Tokenizer,
     queries: Vec<String>,
     tokens: Option<super::Tokens>,
+    /// Grounding DINO: for each token of the merged text, the query it belongs to (`None`
+    /// for `[CLS]`, the `.` separators and `[SEP]`).
+    token_query: Vec<Option<usize>>,
+    /// Grounding DINO: the text threshold of the phrases.
+    text_threshold: f32,
+    /// Grounding DINO: every phrase seen so far ([`PixelBox::phrase`] indexes it).
+    phrases: Vec<String>,
+    phrase_ids: std::collections::HashMap<String, u32>,
+}
+
+/// Grounding DINO's prompt text, as `GroundingDinoProcessor` merges a list of labels:
+/// each trimmed and lower-cased, joined by `". "`, with a final `"."`. Also returns each
+/// label's byte range in the text.
+pub fn grounding_text(labels: &[String]) -> (String, Vec<std::ops::Range<usize>>) {
+    let mut text = String::new();
+    let mut spans = Vec::with_capacity(labels.len());
+    for (i, l) in labels.iter().enumerate() {
+        if i > 0 {
+            text.push_str(". ");
+        }
+        let l = l.trim().to_lowercase();
+        spans.push(text.len()..text.len() + l.len());
+        text.push_str(&l);
+    }
+    text.push('.');
+    (text, spans)
 }
 
 impl std::fmt::Debug for DetectorModel {
@@ -527,26 +588,45 @@ impl DetectorModel {
                 "a detector manifest needs [model], [preprocess] and [detection] sections".into(),
             ]));
         };
-        // OWL-ViT: text queries, logits [B, N, Q] and normalised boxes [B, N, 4].
-        let prompted = if spec.format == "owlvit" {
+        // Open-vocabulary detectors: text queries, logits and normalised boxes [B, N, 4].
+        let prompted = if let Some(kind) = OpenVocab::from_format(&spec.format) {
+            let name = kind.name();
             let (Some(p), Some(tok)) = (m.prompted.clone(), m.tokenizer.clone()) else {
-                return Err(invalid(vec![
-                    "the owlvit format needs [prompted] (with boxes) and [tokenizer] sections"
-                        .into(),
-                ]));
+                return Err(invalid(vec![format!(
+                    "the {name} format needs [prompted] (with boxes) and [tokenizer] sections"
+                )]));
             };
             if p.boxes.is_none() {
+                return Err(invalid(vec![format!(
+                    "the {name} format needs prompted.boxes (the box output)"
+                )]));
+            }
+            let text_threshold = match (kind, spec.text_threshold) {
+                (OpenVocab::GroundingDino, t) => t.unwrap_or(0.25),
+                (_, None) => 0.0,
+                (_, Some(_)) => {
+                    return Err(invalid(vec![format!(
+                        "detection.text_threshold is for the grounding-dino format, not {name}"
+                    )]))
+                }
+            };
+            if !(0.0..=1.0).contains(&text_threshold) {
                 return Err(invalid(vec![
-                    "the owlvit format needs prompted.boxes (the box output)".into(),
+                    "detection.text_threshold must be between 0 and 1".into(),
                 ]));
             }
             let tokenizer = super::tokenizer::load_tokenizer(&package.file(&tok.file))?;
             Some(PromptedQueries {
+                kind,
                 spec: p,
                 tok,
                 tokenizer,
                 queries: Vec::new(),
                 tokens: None,
+                token_query: Vec::new(),
+                text_threshold,
+                phrases: Vec::new(),
+                phrase_ids: std::collections::HashMap::new(),
             })
         } else {
             None
@@ -597,6 +677,24 @@ impl DetectorModel {
         }
         if !session.outputs().iter().any(|o| o.name == graph.output) {
             problems.push(format!("the graph has no output '{}'", graph.output));
+        }
+        if let Some(p) = &prompted {
+            let boxes = p.spec.boxes.as_deref().unwrap_or_default();
+            if !session.outputs().iter().any(|o| o.name == boxes) {
+                problems.push(format!(
+                    "the graph has no output '{boxes}' (prompted.boxes)"
+                ));
+            }
+            for (key, name) in [
+                ("prompted.input_ids", Some(&p.spec.input_ids)),
+                ("prompted.attention_mask", p.spec.attention_mask.as_ref()),
+            ] {
+                if let Some(name) = name {
+                    if !session.inputs().iter().any(|i| &i.name == name) {
+                        problems.push(format!("the graph has no input '{name}' ({key})"));
+                    }
+                }
+            }
         }
         if !problems.is_empty() {
             return Err(invalid(problems));
@@ -657,15 +755,139 @@ impl DetectorModel {
                 reason: "give at least one non-empty query".into(),
             });
         }
-        let tokens = super::tokenize_prompts(
-            &p.tokenizer,
-            &p.tok,
-            &self.package.file(&p.tok.file),
-            queries,
-        )?;
+        let file = self.package.file(&p.tok.file);
+        if p.kind == OpenVocab::GroundingDino {
+            // GroundingDinoProcessor merges a list of labels into one text only when no label
+            // holds a '.' (else it reads the list as a batch of texts).
+            if let Some(q) = queries.iter().find(|q| q.contains('.')) {
+                return Err(super::ModelError::Input {
+                    path,
+                    reason: format!(
+                        "query '{q}' holds a '.': Grounding DINO separates the queries with '.'"
+                    ),
+                });
+            }
+            let (text, spans) = grounding_text(queries);
+            let enc = p.tokenizer.encode(text.as_str(), true).map_err(|e| {
+                super::ModelError::Tokenizer {
+                    path: file.display().to_string(),
+                    reason: format!("'{text}': {e}"),
+                }
+            })?;
+            let special = enc.get_special_tokens_mask();
+            p.token_query = enc
+                .get_offsets()
+                .iter()
+                .enumerate()
+                .map(|(k, &(a, b))| {
+                    let special = special.get(k).is_some_and(|&m| m != 0);
+                    (!special && b > a)
+                        .then(|| spans.iter().position(|s| a >= s.start && b <= s.end))
+                        .flatten()
+                })
+                .collect();
+            let ids: Vec<i64> = enc.get_ids().iter().map(|&t| i64::from(t)).collect();
+            // tokenizer.context_length: the model's max_text_len (256 in the published
+            // checkpoints), its text positions.
+            let t = p.tok.context_length;
+            if t > 0 && ids.len() > t {
+                return Err(super::ModelError::Input {
+                    path,
+                    reason: format!(
+                        "the queries make {} tokens, more than the model's {t} text positions",
+                        ids.len()
+                    ),
+                });
+            }
+            p.tokens = Some(super::Tokens {
+                mask: vec![1; ids.len()],
+                rows: 1,
+                context: ids.len(),
+                ids,
+            });
+        } else {
+            p.tokens = Some(super::tokenize_prompts(
+                &p.tokenizer,
+                &p.tok,
+                &file,
+                queries,
+            )?);
+        }
         p.queries = queries.to_vec();
-        p.tokens = Some(tokens);
         Ok(())
+    }
+
+    /// Set the text threshold of a Grounding DINO package (`None`: the manifest's).
+    ///
+    /// # Errors
+    /// A threshold for a detector that has no text threshold.
+    pub fn set_text_threshold(&mut self, t: Option<f32>) -> Result<(), super::ModelError> {
+        let Some(t) = t else { return Ok(()) };
+        match self.prompted.as_mut() {
+            Some(p) if p.kind == OpenVocab::GroundingDino => {
+                p.text_threshold = t;
+                Ok(())
+            }
+            _ => Err(super::ModelError::Input {
+                path: self.package.dir.display().to_string(),
+                reason: "this detector takes no text threshold (--text-threshold / \
+                         text_threshold is for Grounding DINO packages)"
+                    .into(),
+            }),
+        }
+    }
+
+    /// The phrases that [`PixelBox::phrase`] indexes (Grounding DINO), else empty.
+    pub fn phrases(&self) -> &[String] {
+        self.prompted.as_ref().map_or(&[], |p| &p.phrases)
+    }
+
+    /// True when boxes carry phrases (Grounding DINO).
+    pub fn has_phrases(&self) -> bool {
+        self.prompted
+            .as_ref()
+            .is_some_and(|p| p.kind == OpenVocab::GroundingDino)
+    }
+
+    /// Boxes of a batch of tiles, `inside` giving each tile's `(width, height)` inside the
+    /// scene (the rest is padding). OWLv2 pads images to a square with black before
+    /// resizing (`Owlv2ImageProcessor`), so there the padding becomes black; the boxes then
+    /// scale by the padded side, as its post-processing does. Other detectors: [`Self::detect`].
+    ///
+    /// # Errors
+    /// As [`Self::detect`].
+    pub fn detect_tiles(
+        &mut self,
+        batch: ndarray::ArrayView4<'_, f32>,
+        inside: &[(usize, usize)],
+        confidence: f32,
+    ) -> Result<Vec<Vec<PixelBox>>, super::ModelError> {
+        let s = self.pre.size;
+        let owlv2 = self
+            .prompted
+            .as_ref()
+            .is_some_and(|p| p.kind == OpenVocab::Owlv2);
+        if !owlv2 || inside.iter().all(|&(w, h)| w >= s && h >= s) {
+            return self.detect(batch, confidence);
+        }
+        let mut padded = batch.to_owned();
+        self.pad_black(&mut padded, inside);
+        self.detect(padded.view(), confidence)
+    }
+
+    /// Set the pixels of image `i` outside `inside[i]` to black, normalised.
+    fn pad_black(&self, batch: &mut ndarray::Array4<f32>, inside: &[(usize, usize)]) {
+        let norm = self.normalizer();
+        for (mut img, &(w, h)) in batch.outer_iter_mut().zip(inside) {
+            for (c, mut plane) in img.outer_iter_mut().enumerate() {
+                let black = -norm.mean[c.min(2)] * norm.inv_std[c.min(2)];
+                for ((y, x), v) in plane.indexed_iter_mut() {
+                    if x >= w || y >= h {
+                        *v = black;
+                    }
+                }
+            }
+        }
     }
 
     pub fn confidence(&self) -> f32 {
@@ -772,6 +994,9 @@ impl DetectorModel {
         let Some(p) = &self.prompted else {
             return Err(err(&"not an open-vocabulary detector"));
         };
+        if p.kind == OpenVocab::GroundingDino {
+            return self.detect_grounded(batch, confidence);
+        }
         let Some(tokens) = &p.tokens else {
             return Err(super::ModelError::Input {
                 path: path.display().to_string(),
@@ -814,7 +1039,10 @@ impl DetectorModel {
             || ls[2] != q
             || bs[2] != 4
         {
-            return Err(err(&format!("outputs {ls:?} and {bs:?} do not fit OWL-ViT: expected [{b}, N, {q}] and [{b}, N, 4]")));
+            return Err(err(&format!(
+                "outputs {ls:?} and {bs:?} do not fit {}: expected [{b}, N, {q}] and [{b}, N, 4]",
+                p.kind.name()
+            )));
         }
         let s = self.pre.size as f32;
         let mut out = Vec::with_capacity(b);
@@ -855,6 +1083,152 @@ impl DetectorModel {
                         y0,
                         x1,
                         y1,
+                        phrase: None,
+                    });
+                }
+            }
+            found.sort_by(|a, b| b.score.total_cmp(&a.score));
+            out.push(found);
+        }
+        Ok(out)
+    }
+}
+
+impl DetectorModel {
+    /// Grounding DINO, as `GroundingDinoProcessor.post_process_grounded_object_detection`:
+    /// per query, probabilities = sigmoid(logits) over the text positions, score = their
+    /// maximum, kept when above `confidence`; box = normalised `cx, cy, w, h` scaled to the
+    /// input (and clipped to it); phrase = the tokens at positions `1..T-1` whose probability
+    /// is above the text threshold, decoded with special tokens kept
+    /// (`get_phrases_from_posmap`). The class is the query holding the most probable token.
+    fn detect_grounded(
+        &mut self,
+        batch: ndarray::ArrayView4<'_, f32>,
+        confidence: f32,
+    ) -> Result<Vec<Vec<PixelBox>>, super::ModelError> {
+        let path = self.session.path.clone();
+        let err = |e: &dyn std::fmt::Display| {
+            super::ModelError::Runtime(crate::runtime::RuntimeError::Run {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })
+        };
+        let Some(p) = self.prompted.as_mut() else {
+            return Err(err(&"not an open-vocabulary detector"));
+        };
+        let Some(tokens) = &p.tokens else {
+            return Err(super::ModelError::Input {
+                path: path.display().to_string(),
+                reason: "no text queries given (--prompts)".into(),
+            });
+        };
+        let b = batch.shape()[0];
+        let l = tokens.context;
+        let row = ndarray::ArrayView1::from(&tokens.ids);
+        let ids = row
+            .broadcast((b, l))
+            .ok_or_else(|| err(&"token ids"))?
+            .to_owned();
+        let mask = ndarray::Array2::<i64>::ones((b, l));
+        let batch = batch.as_standard_layout();
+        let mut inputs = ort::inputs![
+            self.graph.input.as_str() => ort::value::TensorRef::from_array_view(batch.view()).map_err(|e| err(&e))?,
+            p.spec.input_ids.as_str() => ort::value::TensorRef::from_array_view(ids.view()).map_err(|e| err(&e))?,
+        ];
+        if let Some(m) = &p.spec.attention_mask {
+            inputs.push((
+                m.as_str().into(),
+                ort::value::TensorRef::from_array_view(mask.view())
+                    .map_err(|e| err(&e))?
+                    .into(),
+            ));
+        }
+        let boxes_name = p.spec.boxes.clone().unwrap_or_default();
+        let outputs = self.session.session.run(inputs).map_err(|e| err(&e))?;
+        let logits = outputs[self.graph.output.as_str()]
+            .try_extract_array::<f32>()
+            .map_err(|e| err(&e))?;
+        let boxes = outputs[boxes_name.as_str()]
+            .try_extract_array::<f32>()
+            .map_err(|e| err(&e))?;
+        let (ls, bs) = (logits.shape().to_vec(), boxes.shape().to_vec());
+        if ls.len() != 3
+            || bs.len() != 3
+            || ls[0] != b
+            || bs[0] != b
+            || ls[1] != bs[1]
+            || bs[2] != 4
+        {
+            return Err(err(&format!(
+                "outputs {ls:?} and {bs:?} do not fit grounding-dino: expected [{b}, Q, T] and [{b}, Q, 4]"
+            )));
+        }
+        let t = ls[2];
+        if l > t {
+            return Err(super::ModelError::Input {
+                path: self.package.dir.display().to_string(),
+                reason: format!(
+                    "the queries make {l} tokens, more than the model's {t} text positions"
+                ),
+            });
+        }
+        let s = self.pre.size as f32;
+        let threshold = p.text_threshold;
+        let sigmoid = |v: f32| 1.0 / (1.0 + (-v).exp());
+        let mut out = Vec::with_capacity(b);
+        for i in 0..b {
+            let mut found = Vec::new();
+            for q in 0..ls[1] {
+                let probs: Vec<f32> = (0..t).map(|k| sigmoid(logits[[i, q, k]])).collect();
+                let score = probs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                if score.is_nan() || score <= confidence {
+                    continue;
+                }
+                // get_phrases_from_posmap: positions 0 and T-1 never count.
+                let phrase_ids: Vec<u32> = (1..t.saturating_sub(1))
+                    .filter(|&k| k < l && probs[k] > threshold)
+                    .map(|k| tokens.ids[k] as u32)
+                    .collect();
+                let phrase = p
+                    .tokenizer
+                    .decode(&phrase_ids, false)
+                    .map_err(|e| err(&e))?;
+                let next = p.phrases.len() as u32;
+                let id = *p.phrase_ids.entry(phrase.clone()).or_insert(next);
+                if id == next {
+                    p.phrases.push(phrase);
+                }
+                let mut class = (None, f32::NEG_INFINITY);
+                for (k, query) in p.token_query.iter().enumerate() {
+                    if let Some(query) = query {
+                        if probs[k] > class.1 {
+                            class = (Some(*query), probs[k]);
+                        }
+                    }
+                }
+                let (cx, cy, w, h) = (
+                    boxes[[i, q, 0]],
+                    boxes[[i, q, 1]],
+                    boxes[[i, q, 2]],
+                    boxes[[i, q, 3]],
+                );
+                let (x0, y0) = (
+                    ((cx - w / 2.0) * s).clamp(0.0, s),
+                    ((cy - h / 2.0) * s).clamp(0.0, s),
+                );
+                let (x1, y1) = (
+                    ((cx + w / 2.0) * s).clamp(0.0, s),
+                    ((cy + h / 2.0) * s).clamp(0.0, s),
+                );
+                if x1 > x0 && y1 > y0 {
+                    found.push(PixelBox {
+                        class: class.0.unwrap_or(0),
+                        score,
+                        x0,
+                        y0,
+                        x1,
+                        y1,
+                        phrase: Some(id),
                     });
                 }
             }
@@ -1173,6 +1547,7 @@ mod tests {
             y0: 20.0,
             x1: 30.0,
             y1: 40.0,
+            phrase: None,
         };
         let s = b.scaled(0.5, 2.0);
         assert_eq!((s.x0, s.y0, s.x1, s.y1), (5.0, 40.0, 15.0, 80.0));

@@ -193,7 +193,7 @@ pub struct GraphSpec {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DetectionSpec {
-    /// `yolov8`, `yolov5` or `yolox`.
+    /// `yolov8`, `yolov5`, `yolox`, or the open-vocabulary `owlvit`, `owlv2`, `grounding-dino`.
     pub format: String,
     pub classes: Vec<String>,
     #[serde(default = "default_confidence")]
@@ -206,6 +206,10 @@ pub struct DetectionSpec {
     /// YOLOX: the graph already decodes boxes.
     #[serde(default)]
     pub decoded: bool,
+    /// Grounding DINO: text positions whose probability is above this make a box's phrase
+    /// (Hugging Face's `text_threshold`).
+    #[serde(default)]
+    pub text_threshold: Option<f32>,
 }
 
 fn default_confidence() -> f32 {

@@ -345,9 +345,14 @@ pub struct DetectOptions {
     /// Keep boxes scoring at least this (default: the model's).
     #[arg(long, value_name = "P")]
     pub confidence: Option<f32>,
-    /// Text queries for open-vocabulary detectors (OWL-ViT), comma-separated: "car,ship".
+    /// Text queries for open-vocabulary detectors (OWL-ViT, OWLv2, Grounding DINO),
+    /// comma-separated: "car,ship".
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub prompts: Option<Vec<String>>,
+    /// Grounding DINO: text tokens whose probability is above this make a box's phrase
+    /// (default: the model's, 0.25 as Hugging Face). An error for other detectors.
+    #[arg(long, value_name = "P")]
+    pub text_threshold: Option<f32>,
     /// Overlap (IoU) above which two boxes of a class are the same object (default: the
     /// model's).
     #[arg(long, value_name = "IOU")]
@@ -371,6 +376,7 @@ impl DetectOptions {
     /// The first bad value, with its key.
     pub fn validate(&self) -> Result<(), InvalidOption> {
         unit("confidence", self.confidence.map(f64::from))?;
+        unit("text_threshold", self.text_threshold.map(f64::from))?;
         unit("iou", self.iou.map(f64::from))?;
         unit("cut_ios", self.cut_ios)?;
         prompt_list(&self.prompts).map(|_| ())
@@ -391,6 +397,7 @@ impl DetectOptions {
             base,
             confidence: self.confidence,
             prompts: prompt_list(&self.prompts)?,
+            text_threshold: self.text_threshold,
             iou: self.iou,
             method: self.merge.unwrap_or(MergeMethod::Nms),
             cut_ios: self.cut_ios.unwrap_or(0.6),
@@ -562,6 +569,8 @@ mod tests {
             "0.4",
             "--prompts",
             "car, ship",
+            "--text-threshold",
+            "0.3",
             "--merge",
             "WBF",
             "--cut-ios",
@@ -597,6 +606,7 @@ mod tests {
             model = "m"
             confidence = 0.4
             prompts = ["car", " ship"]
+            text_threshold = 0.3
             merge = "wbf"
             cut_ios = 0.5
             class_agnostic = true
@@ -646,14 +656,25 @@ mod tests {
         );
         assert_eq!(a, b);
         assert!(
-            a.contains("Wbf") && a.contains("overlap: Some(56)") && a.contains("\"ship\""),
+            a.contains("Wbf")
+                && a.contains("overlap: Some(56)")
+                && a.contains("\"ship\"")
+                && a.contains("text_threshold: Some(0.3)"),
             "{a}"
         );
     }
 
     #[test]
     fn bad_values_name_their_key() {
-        let cases: [(&str, DetectOptions, &str); 3] = [
+        let cases: [(&str, DetectOptions, &str); 4] = [
+            (
+                "text_threshold",
+                DetectOptions {
+                    text_threshold: Some(-0.5),
+                    ..Default::default()
+                },
+                "text_threshold must be between 0 and 1, got -0.5",
+            ),
             (
                 "confidence",
                 DetectOptions {

@@ -57,6 +57,10 @@ pub struct MapDetection {
     pub corners: [(f64, f64); 4],
     /// Source tile id (for merged detections: the tile of the best-ranked member).
     pub tile: String,
+    /// The detector's phrase for the box, an index into its phrase table (Grounding DINO:
+    /// the text tokens above the text threshold); merged detections keep the best-ranked
+    /// member's.
+    pub phrase: Option<u32>,
     /// True when the pixel box touches an edge of its tile that is not the scene edge, so the
     /// object may continue in the neighbouring tile. False in the output of [`merge`], where
     /// cut parts have been joined.
@@ -92,6 +96,7 @@ impl MapDetection {
             score: b.score,
             corners,
             tile: tile.id.clone(),
+            phrase: b.phrase,
             cut,
         }
     }
@@ -433,7 +438,7 @@ impl Merger {
 }
 
 /// The union of `a` and `b` in the pixel frame of the better-ranked one (`a` when
-/// `a_first`), with the higher score; class, tile from the better-ranked; cut only when both
+/// `a_first`), with the higher score; class, tile and phrase from the better-ranked; cut only when both
 /// were cut.
 fn join(a: &MapDetection, b: &MapDetection, a_first: bool) -> MapDetection {
     let (first, second) = if a_first { (a, b) } else { (b, a) };
@@ -442,6 +447,7 @@ fn join(a: &MapDetection, b: &MapDetection, a_first: bool) -> MapDetection {
         score: a.score.max(b.score),
         corners: union_in_frame(&first.corners, &second.corners),
         tile: first.tile.clone(),
+        phrase: first.phrase,
         cut: a.cut && b.cut,
     }
 }
@@ -614,6 +620,7 @@ mod tests {
             score,
             corners: [(x0, y0), (x1, y0), (x1, y1), (x0, y1)],
             tile: "t".into(),
+            phrase: None,
             cut: false,
         }
     }
@@ -646,6 +653,7 @@ mod tests {
             y0,
             x1,
             y1,
+            phrase: None,
         }
     }
 
@@ -724,6 +732,34 @@ mod tests {
         }
         // Area is preserved by a rotation: 10 x 20 pixels of 2 m.
         assert!(close(d.area(), 10.0 * 20.0 * 4.0));
+    }
+
+    #[test]
+    fn merged_detections_keep_the_best_ranked_phrase() {
+        // NMS: the duplicate's phrase goes with it.
+        let mut a = det(0, 0.9, 0.0, 0.0, 10.0, 10.0);
+        a.phrase = Some(3);
+        let mut b = det(0, 0.8, 0.5, 0.2, 10.5, 10.2);
+        b.phrase = Some(7);
+        let out = merge(vec![b.clone(), a.clone()], &MergeOptions::default());
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].phrase, Some(3));
+        // WBF fuses the corners and keeps the leader's phrase.
+        let wbf = MergeOptions {
+            method: MergeMethod::Wbf,
+            ..MergeOptions::default()
+        };
+        let out = merge(vec![b.clone(), a.clone()], &wbf);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].phrase, Some(3));
+        // A seam join takes the better-ranked part's phrase.
+        let mut left = cut(det(0, 0.6, 0.0, 0.0, 10.0, 10.0));
+        left.phrase = Some(1);
+        let mut right = cut(det(0, 0.7, 4.0, 0.0, 20.0, 10.0));
+        right.phrase = Some(2);
+        let out = merge(vec![left, right], &MergeOptions::default());
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].phrase, Some(2));
     }
 
     #[test]
@@ -907,6 +943,7 @@ mod tests {
                     score: (rng.unit() as f32 * 100.0).round() / 100.0,
                     corners: [(x, y), (x + w, y), (x + w, y + h), (x, y + h)],
                     tile: format!("r{:04}c0000", i % 7),
+                    phrase: None,
                     cut: rng.next() % 10 == 0,
                 }
             })

@@ -33,6 +33,8 @@ COMMANDS = {
     "openflamingo": "openflamingo_export",  # OpenFlamingo (open_flamingo) in the IDEFICS layout (family "cross-attention-decoder")
     "clipseg": "prompted_export",   # CLIPSeg text-prompted segmenter       (family "segmenter")
     "owlvit": "prompted_export",    # OWL-ViT text-prompted detector        (family "detector")
+    "grounding-dino": "open_vocab_export",  # Grounding DINO open-vocabulary detector (family "detector")
+    "owlv2": "open_vocab_export",   # OWLv2 text-prompted detector          (family "detector")
     "siglip": "siglip_export",      # SigLIP image + text encoders          (family "siglip")
     "siglip2": "siglip_export",     # fixed-resolution SigLIP2 encoders     (family "siglip")
     "flava": "bert_towers_export",  # FLAVA contrastive image + text towers  (family "flava")
