@@ -250,47 +250,33 @@ struct BoxState {
     polygons: Vec<Polygon<f64>>,
 }
 
-/// The streaming instance stitcher over one tile grid.
-pub struct InstanceStitcher {
+/// The boxes over one tile grid, and which of them each tile refines: shared (read-only) by
+/// the model stage, which asks [`BoxPrompts::prompts`], and the stitcher.
+pub struct BoxPrompts {
     width: usize,
     height: usize,
     col_cuts: Vec<usize>,
     row_cuts: Vec<usize>,
-    cols: usize,
-    geotransform: GeoTransform,
     boxes: Vec<PromptBox>,
     /// Each box's pixels in the scene (`None`: none).
     rects: Vec<Option<PixelRect>>,
     index: RTree<GeomWithData<Rectangle<[i64; 2]>, usize>>,
-    state: Vec<BoxState>,
-    /// Boxes with pixels, by first row (then index): opened as their first row passes.
-    by_top: Vec<usize>,
-    next_top: usize,
-    open: Vec<usize>,
-    rows: VecDeque<Claims>,
-    spare: Vec<Claims>,
-    first_row: usize,
-    peak_rows: usize,
-    tiles_done: Vec<usize>,
-    next_tile_row: usize,
-    next_id: u32,
 }
 
-impl std::fmt::Debug for InstanceStitcher {
+impl std::fmt::Debug for BoxPrompts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InstanceStitcher")
+        f.debug_struct("BoxPrompts")
             .field("width", &self.width)
             .field("height", &self.height)
             .field("boxes", &self.boxes.len())
-            .field("first_row", &self.first_row)
             .finish()
     }
 }
 
-impl InstanceStitcher {
-    /// A stitcher over `grid`'s working grid for `boxes` (in working-grid pixels); their
-    /// order breaks ties between masks claiming a pixel.
-    pub fn new(grid: &TileGrid, boxes: Vec<PromptBox>) -> InstanceStitcher {
+impl BoxPrompts {
+    /// `boxes` (in working-grid pixels) over `grid`; their order breaks ties between masks
+    /// claiming a pixel.
+    pub fn new(grid: &TileGrid, boxes: Vec<PromptBox>) -> BoxPrompts {
         let (w, h) = (grid.working_width, grid.working_height);
         let size = grid.tile_size();
         let rects: Vec<Option<PixelRect>> = boxes.iter().map(|b| b.pixels(w, h)).collect();
@@ -308,29 +294,14 @@ impl InstanceStitcher {
                 })
             })
             .collect();
-        let mut by_top: Vec<usize> = (0..boxes.len()).filter(|&i| rects[i].is_some()).collect();
-        by_top.sort_by_key(|&i| (rects[i].map_or(0, |r| r.y0), i));
-        InstanceStitcher {
+        BoxPrompts {
             width: w,
             height: h,
             col_cuts: core_cuts(&grid.col_offsets, size, w),
             row_cuts: core_cuts(&grid.row_offsets, size, h),
-            cols: grid.cols(),
-            geotransform: grid.geotransform,
-            state: (0..boxes.len()).map(|_| BoxState::default()).collect(),
             boxes,
             rects,
             index: RTree::bulk_load(entries),
-            by_top,
-            next_top: 0,
-            open: Vec::new(),
-            rows: VecDeque::new(),
-            spare: Vec::new(),
-            first_row: 0,
-            peak_rows: 0,
-            tiles_done: vec![0; grid.rows()],
-            next_tile_row: 0,
-            next_id: 1,
         }
     }
 
@@ -377,6 +348,59 @@ impl InstanceStitcher {
             })
             .collect()
     }
+}
+
+/// The streaming instance stitcher over one tile grid.
+pub struct InstanceStitcher {
+    prompts: std::sync::Arc<BoxPrompts>,
+    cols: usize,
+    geotransform: GeoTransform,
+    state: Vec<BoxState>,
+    /// Boxes with pixels, by first row (then index): opened as their first row passes.
+    by_top: Vec<usize>,
+    next_top: usize,
+    open: Vec<usize>,
+    rows: VecDeque<Claims>,
+    spare: Vec<Claims>,
+    first_row: usize,
+    peak_rows: usize,
+    tiles_done: Vec<usize>,
+    next_tile_row: usize,
+    next_id: u32,
+}
+
+impl std::fmt::Debug for InstanceStitcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstanceStitcher")
+            .field("prompts", &self.prompts)
+            .field("first_row", &self.first_row)
+            .finish()
+    }
+}
+
+impl InstanceStitcher {
+    /// A stitcher over `grid` (the grid `prompts` was made for).
+    pub fn new(grid: &TileGrid, prompts: std::sync::Arc<BoxPrompts>) -> InstanceStitcher {
+        let rects = &prompts.rects;
+        let mut by_top: Vec<usize> = (0..rects.len()).filter(|&i| rects[i].is_some()).collect();
+        by_top.sort_by_key(|&i| (rects[i].map_or(0, |r| r.y0), i));
+        InstanceStitcher {
+            cols: grid.cols(),
+            geotransform: grid.geotransform,
+            state: (0..rects.len()).map(|_| BoxState::default()).collect(),
+            by_top,
+            next_top: 0,
+            open: Vec::new(),
+            rows: VecDeque::new(),
+            spare: Vec::new(),
+            first_row: 0,
+            peak_rows: 0,
+            tiles_done: vec![0; grid.rows()],
+            next_tile_row: 0,
+            next_id: 1,
+            prompts,
+        }
+    }
 
     /// Most rows held at once so far.
     pub fn peak_rows(&self) -> usize {
@@ -384,7 +408,7 @@ impl InstanceStitcher {
     }
 
     fn ensure_rows(&mut self, end: usize) {
-        let w = self.width;
+        let w = self.prompts.width;
         while self.first_row + self.rows.len() < end {
             let row = match self.spare.pop() {
                 Some(mut c) => {
@@ -414,9 +438,8 @@ impl InstanceStitcher {
         masks: Option<(&[TileInstance], &[u8])>,
         sink: &mut S,
     ) -> Result<(), S::Error> {
-        let core = self.core(tile);
-        if let (Some((instances, valid)), true) = (masks, core.x0 < core.x1 && core.y0 < core.y1)
-        {
+        let core = self.prompts.core(tile);
+        if let (Some((instances, valid)), true) = (masks, core.x0 < core.x1 && core.y0 < core.y1) {
             self.ensure_rows(core.y1);
             let n = tile.size;
             for y in core.y0.max(self.first_row)..core.y1 {
@@ -430,6 +453,7 @@ impl InstanceStitcher {
             }
             for inst in instances {
                 let Some(r) = self
+                    .prompts
                     .rects
                     .get(inst.index)
                     .copied()
@@ -469,7 +493,7 @@ impl InstanceStitcher {
         {
             self.next_tile_row += 1;
         }
-        let end = self.row_cuts[self.next_tile_row];
+        let end = self.prompts.row_cuts[self.next_tile_row];
         self.flush(end, sink)
     }
 
@@ -478,7 +502,7 @@ impl InstanceStitcher {
             return Ok(());
         }
         self.ensure_rows(end);
-        let (w, n) = (self.width, end - self.first_row);
+        let (w, n) = (self.prompts.width, end - self.first_row);
         let mut ids = vec![0u32; n * w];
         let mut classes = vec![NODATA_CLASS; n * w];
         let mut flags = Vec::new();
@@ -506,7 +530,7 @@ impl InstanceStitcher {
                 st.pixels += 1;
                 st.score_sum += f64::from(row.score[x]);
                 ids[at] = st.id;
-                classes[at] = (self.boxes[k].class + 1).min(254) as u8;
+                classes[at] = (self.prompts.boxes[k].class + 1).min(254) as u8;
             }
             self.polygon_row(y, &row.owner, &mut flags);
             self.spare.push(row);
@@ -520,21 +544,25 @@ impl InstanceStitcher {
     /// on it, finishing those that end on it).
     fn polygon_row(&mut self, y: usize, owner: &[u32], flags: &mut Vec<u8>) {
         while let Some(&k) = self.by_top.get(self.next_top) {
-            let Some(r) = self.rects[k] else {
+            let Some(r) = self.prompts.rects[k] else {
                 self.next_top += 1;
                 continue;
             };
             if r.y0 > y {
                 break;
             }
-            let gt = self.geotransform.sub_grid(r.x0 as f64, r.y0 as f64, 1.0, 1.0);
+            let gt = self
+                .geotransform
+                .sub_grid(r.x0 as f64, r.y0 as f64, 1.0, 1.0);
             self.state[k].polygonizer = Some(StreamPolygonizer::new(r.width(), gt, &[0]));
             self.open.push(k);
             self.next_top += 1;
         }
         let mut closed = false;
         for &k in &self.open {
-            let Some(r) = self.rects[k] else { continue };
+            let Some(r) = self.prompts.rects[k] else {
+                continue;
+            };
             let claim = k as u32 + 1;
             flags.clear();
             flags.extend(owner[r.x0..r.x1].iter().map(|&o| u8::from(o == claim)));
@@ -553,7 +581,7 @@ impl InstanceStitcher {
             }
         }
         if closed {
-            let rects = &self.rects;
+            let rects = &self.prompts.rects;
             self.open
                 .retain(|&k| rects[k].is_some_and(|r| y + 1 < r.y1));
         }
@@ -564,7 +592,7 @@ impl InstanceStitcher {
     /// # Errors
     /// The sink's error.
     pub fn finish<S: InstanceSink>(mut self, sink: &mut S) -> Result<Stitched, S::Error> {
-        let h = self.height;
+        let h = self.prompts.height;
         self.flush(h, sink)?;
         let mut instances: Vec<Instance> = self
             .state
@@ -574,7 +602,7 @@ impl InstanceStitcher {
             .map(|(k, s)| Instance {
                 id: s.id,
                 index: k,
-                class: self.boxes[k].class,
+                class: self.prompts.boxes[k].class,
                 score: (s.score_sum / s.pixels.max(1) as f64) as f32,
                 pixels: s.pixels,
                 polygons: s.polygons,
@@ -582,7 +610,7 @@ impl InstanceStitcher {
             .collect();
         instances.sort_by_key(|i| i.id);
         Ok(Stitched {
-            empty_boxes: self.boxes.len() - instances.len(),
+            empty_boxes: self.prompts.boxes.len() - instances.len(),
             instances,
             peak_rows: self.peak_rows,
         })
@@ -651,7 +679,7 @@ mod tests {
     /// A "refiner" that sees the truth: the mask of a box in a tile is the tile's pixels
     /// inside the box where `truth` names that box's object.
     fn refine(
-        s: &InstanceStitcher,
+        s: &BoxPrompts,
         tile: &Tile,
         truth: &dyn Fn(usize, usize) -> Option<usize>,
         score: &dyn Fn(usize, &Tile) -> f32,
@@ -690,7 +718,8 @@ mod tests {
         score: &dyn Fn(usize, &Tile) -> f32,
         order: &[usize],
     ) -> (Collect, Stitched) {
-        let mut s = InstanceStitcher::new(g, boxes);
+        let p = std::sync::Arc::new(BoxPrompts::new(g, boxes));
+        let mut s = InstanceStitcher::new(g, p.clone());
         let mut sink = Collect {
             width: g.working_width,
             ..Default::default()
@@ -699,7 +728,7 @@ mod tests {
         for &k in order {
             let t = &tiles[k];
             let valid = vec![1u8; t.size * t.size];
-            let inst = refine(&s, t, truth, score);
+            let inst = refine(&p, t, truth, score);
             s.add(t, Some((&inst, &valid)), &mut sink).expect("add");
         }
         let done = s.finish(&mut sink).expect("finish");
@@ -726,7 +755,10 @@ mod tests {
             assert_eq!(cuts.len(), g.col_offsets.len() + 1);
             assert_eq!((cuts[0], cuts[cuts.len() - 1]), (0, extent));
             for (k, &o) in g.col_offsets.iter().enumerate() {
-                assert!(cuts[k] <= cuts[k + 1], "{extent}/{size}/{overlap}: {cuts:?}");
+                assert!(
+                    cuts[k] <= cuts[k + 1],
+                    "{extent}/{size}/{overlap}: {cuts:?}"
+                );
                 // Inside its own tile, at least half the overlap from an inner edge.
                 assert!(cuts[k] >= o && cuts[k + 1] <= o + size, "{cuts:?} {o}");
                 if k > 0 {
@@ -751,7 +783,12 @@ mod tests {
                 y1: 8
             })
         );
-        assert_eq!(bx(-5.0, -5.0, 2.4, 1.0, 0).pixels(10, 10).map(|r| (r.x1, r.y1)), Some((2, 1)));
+        assert_eq!(
+            bx(-5.0, -5.0, 2.4, 1.0, 0)
+                .pixels(10, 10)
+                .map(|r| (r.x1, r.y1)),
+            Some((2, 1))
+        );
         assert_eq!(bx(20.0, 0.0, 30.0, 5.0, 0).pixels(10, 10), None);
         assert_eq!(bx(3.2, 0.0, 3.4, 5.0, 0).pixels(10, 10), None);
     }
@@ -777,7 +814,15 @@ mod tests {
         let boxes: Vec<PromptBox> = discs
             .iter()
             .enumerate()
-            .map(|(i, &(cx, cy, r))| bx(cx - r - 1.0, cy - r - 1.0, cx + r + 1.0, cy + r + 1.0, i % 2))
+            .map(|(i, &(cx, cy, r))| {
+                bx(
+                    cx - r - 1.0,
+                    cy - r - 1.0,
+                    cx + r + 1.0,
+                    cy + r + 1.0,
+                    i % 2,
+                )
+            })
             .collect();
         for (size, overlap) in [(32, 8), (32, 0), (24, 11), (40, 16)] {
             let g = grid(w, h, size, overlap);
@@ -790,6 +835,13 @@ mod tests {
             order.swap(last, last - 1);
             let (sink2, done2) = run(&g, boxes.clone(), &truth, &score, &order);
             assert_eq!(sink.ids, sink2.ids, "{size}/{overlap}");
+            let key = |d: &Stitched| -> Vec<(u32, usize, u64)> {
+                d.instances
+                    .iter()
+                    .map(|i| (i.id, i.index, i.pixels))
+                    .collect()
+            };
+            assert_eq!(key(&done), key(&done2), "{size}/{overlap}");
             assert_eq!(done.instances.len(), discs.len(), "{size}/{overlap}");
             assert_eq!(done.empty_boxes, 0);
             // Ids in raster order of first pixels: disc 1 (top right, y 13) before disc 0
@@ -810,17 +862,26 @@ mod tests {
                 assert_eq!(inst.index, k, "{size}/{overlap}");
                 assert_eq!(inst.class, k % 2);
                 assert!((inst.score - 0.8).abs() < 1e-6);
-                let painted = (0..w * h).filter(|&i| truth(i % w, i / w) == Some(k)).count();
+                let painted = (0..w * h)
+                    .filter(|&i| truth(i % w, i / w) == Some(k))
+                    .count();
                 assert_eq!(inst.pixels as usize, painted, "{size}/{overlap} disc {k}");
                 assert_eq!(inst.polygons.len(), 1, "{size}/{overlap} disc {k}");
                 use geo::Area;
                 // Pixels of 2 x 2 map units.
                 let area = inst.polygons[0].unsigned_area();
-                assert!((area - 4.0 * painted as f64).abs() < 1e-6, "{area} {painted}");
+                assert!(
+                    (area - 4.0 * painted as f64).abs() < 1e-6,
+                    "{area} {painted}"
+                );
             }
             for i in 0..w * h {
-                let want = truth(i % w, i / w)
-                    .map_or(0, |k| done.instances.iter().find(|x| x.index == k).map_or(0, |x| x.id));
+                let want = truth(i % w, i / w).map_or(0, |k| {
+                    done.instances
+                        .iter()
+                        .find(|x| x.index == k)
+                        .map_or(0, |x| x.id)
+                });
                 assert_eq!(sink.ids[i], want, "{size}/{overlap} pixel {i}");
                 let class = truth(i % w, i / w).map_or(0, |k| (k % 2 + 1) as u8);
                 assert_eq!(sink.classes[i], class);
@@ -846,13 +907,14 @@ mod tests {
             bx(32.0, 32.0, 39.0, 39.0, 0),
         ];
         for (s0, s1, winner) in [(0.5f32, 0.7f32, 1usize), (0.9, 0.7, 0), (0.6, 0.6, 0)] {
-            let mut s = InstanceStitcher::new(&g, boxes.clone());
+            let p = std::sync::Arc::new(BoxPrompts::new(&g, boxes.clone()));
+            let mut s = InstanceStitcher::new(&g, p.clone());
             let mut sink = Collect {
                 width: w,
                 ..Default::default()
             };
             for t in g.tiles() {
-                let inst: Vec<TileInstance> = s
+                let inst: Vec<TileInstance> = p
                     .prompts(&t)
                     .into_iter()
                     .map(|p| {
@@ -885,13 +947,14 @@ mod tests {
     fn skipped_tiles_are_nodata_and_masks_stay_in_their_box() {
         let g = grid(40, 20, 20, 0);
         let boxes = vec![bx(2.0, 2.0, 10.0, 10.0, 0)];
-        let mut s = InstanceStitcher::new(&g, boxes);
+        let p = std::sync::Arc::new(BoxPrompts::new(&g, boxes));
+        let mut s = InstanceStitcher::new(&g, p.clone());
         let mut sink = Collect {
             width: 40,
             ..Default::default()
         };
         let t0 = g.tile(0, 0);
-        let prompts = s.prompts(&t0);
+        let prompts = p.prompts(&t0);
         assert_eq!(prompts.len(), 1);
         assert_eq!(prompts[0].tile_box, [2.0, 2.0, 10.0, 10.0]);
         // The whole tile "masked": only the box's pixels count.
@@ -912,7 +975,7 @@ mod tests {
         let mut valid = vec![1u8; 400];
         valid[5 * 20 + 5] = 0;
         s.add(&t0, Some((&inst, &valid)), &mut sink).expect("add");
-        assert!(s.prompts(&g.tile(0, 1)).is_empty());
+        assert!(p.prompts(&g.tile(0, 1)).is_empty());
         s.add(&g.tile(0, 1), None, &mut sink).expect("skip");
         let done = s.finish(&mut sink).expect("finish");
         assert_eq!(done.instances.len(), 1);
