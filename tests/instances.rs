@@ -3,8 +3,8 @@
 //! of a box is the red pixels inside it) segments exactly, and the boxes come from a box
 //! file (the shapes' bounding boxes, in the scene's CRS or in WGS 84) or from the det-grid
 //! oracle detector. For several tile sizes and overlaps, with shapes across tile corners,
-//! seams and overlaps, every shape must be exactly one instance and one polygon, with IoU
-//! >= 0.99 against the painted pixels, no id shared, and the same ids on a rerun. Then bad
+//! seams and overlaps, every shape must be exactly one instance and one polygon, with an IoU
+//! of at least 0.99 against the painted pixels, no id shared, and the same ids on a rerun. Then bad
 //! inputs: one line, nothing written.
 
 mod common;
