@@ -574,3 +574,56 @@ fn bad_refiners_and_boxes_say_one_line_and_write_nothing() {
         assert!(leftovers.is_empty(), "case {k}: {leftovers:?}");
     }
 }
+
+/// A pipeline stage takes the same keys as the command (paths relative to the pipeline
+/// file) and writes the same instances.
+#[test]
+fn a_pipeline_stage_refines_boxes_like_the_command() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shapes = shapes();
+    let owner = red_scene(dir.path(), &shapes);
+    std::fs::create_dir_all(dir.path().join("conf/data")).expect("mkdir");
+    box_file(
+        &dir.path().join("conf/data/boxes.geojson"),
+        &shapes,
+        3.0,
+        (0.0, 0.0),
+        false,
+    );
+    refiner(&dir.path().join("conf"), 96);
+    std::fs::write(
+        dir.path().join("conf/instances.toml"),
+        r#"name = "instances"
+
+[tiling]
+tile_size = 96
+overlap = 24
+
+[[stage]]
+name = "objects"
+task = "segment"
+refiner = "sam-96"
+boxes = "data/boxes.geojson"
+"#,
+    )
+    .expect("pipeline");
+    run(
+        dir.path(),
+        &[
+            "run",
+            "conf/instances.toml",
+            "scene.tif",
+            "--out",
+            "out",
+            "--quiet",
+        ],
+    )
+    .success();
+    let found: Vec<PathBuf> = common::walk(&dir.path().join("out"))
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n == "instances.tif"))
+        .collect();
+    assert_eq!(found.len(), 1, "{found:?}");
+    let stage = found[0].parent().expect("stage dir").to_path_buf();
+    check_instances(&stage, &owner, &shapes, "pipeline");
+}
