@@ -186,6 +186,11 @@ impl TileEmbedding {
     pub fn tile_size(&self) -> (usize, usize) {
         self.tile
     }
+
+    /// The encoder output `i` (manifest order) for this tile, with its batch axis of 1.
+    pub fn tensor(&self, i: usize) -> Option<&ArrayD<f32>> {
+        self.tensors.get(i)
+    }
 }
 
 /// The mask of one prompt, at the tile's size.
@@ -720,12 +725,25 @@ mod tests {
 
     #[test]
     fn antialiased_resize_matches_torch() {
-        // torch.nn.functional.interpolate(torch.arange(16.).reshape(1,1,4,4), size=(2,2),
+        // torch.nn.functional.interpolate(torch.arange(30.).reshape(1, 1, 5, 6), size=(2, 4),
         //     mode="bilinear", align_corners=False, antialias=True)
-        // -> [[3.5714, 5.0000], [9.5714, 11.0000]]... computed below by hand for a 2x
-        // downscale: support 2, centre 1 and 3, weights (1/3 * [1/4..]) -- see the
-        // integration parity test for the checked values; here the invariants: a constant
-        // stays constant and an upscale equals plain bilinear.
+        let a = Array4::from_shape_vec((1, 1, 5, 6), (0..30).map(|v| v as f32).collect())
+            .expect("shape");
+        let r = resize_antialiased(a.view(), 2, 4);
+        let want = [
+            [6.375, 7.77778, 9.22222, 10.625],
+            [18.375, 19.77778, 21.22222, 22.625],
+        ];
+        for y in 0..2 {
+            for x in 0..4 {
+                assert!(
+                    (r[[0, 0, y, x]] - want[y][x]).abs() < 1e-4,
+                    "({y},{x}) {}",
+                    r[[0, 0, y, x]]
+                );
+            }
+        }
+        // A constant stays constant, and an upscale is plain bilinear.
         let ones = Array4::<f32>::from_elem((1, 1, 6, 5), 2.5);
         let r = resize_antialiased(ones.view(), 3, 4);
         assert!(r.iter().all(|v| (v - 2.5).abs() < 1e-6));
