@@ -627,3 +627,60 @@ boxes = "data/boxes.geojson"
     let stage = found[0].parent().expect("stage dir").to_path_buf();
     check_instances(&stage, &owner, &shapes, "pipeline");
 }
+
+/// The tiny SAM package (random weights) as the refiner: the run completes and writes valid
+/// outputs (its masks are not meaningful, so only their form is checked).
+#[test]
+fn the_tiny_sam_package_refines_boxes_end_to_end() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shapes = shapes();
+    red_scene(dir.path(), &shapes);
+    box_file(
+        &dir.path().join("boxes.geojson"),
+        &shapes,
+        3.0,
+        (0.0, 0.0),
+        false,
+    );
+    let sam = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample_data/models/sam-tiny");
+    let res = run(
+        dir.path(),
+        &[
+            "segment",
+            "scene.tif",
+            "--refiner",
+            &sam.display().to_string(),
+            "--boxes",
+            "boxes.geojson",
+            "--overlap",
+            "32",
+            "--out",
+            "out",
+            "--json",
+            "--quiet",
+        ],
+    );
+    let j = res.success().json();
+    assert_eq!(j["tile_size"], 128, "{}", res.context());
+    let inst = &j["instances"];
+    assert_eq!(inst["boxes"], shapes.len());
+    let n = inst["instances"].as_u64().expect("instances");
+    assert_eq!(
+        n + inst["empty_boxes"].as_u64().expect("empty"),
+        shapes.len() as u64
+    );
+    assert!(inst["masks_decoded"].as_u64().expect("decoded") >= shapes.len() as u64);
+    let (ids, nodata, dtype) = read_ids(&dir.path().join("out/instances.tif"));
+    assert_eq!((dtype.as_str(), nodata), ("UInt32", Some(0.0)));
+    let distinct: std::collections::BTreeSet<u32> =
+        ids.iter().copied().filter(|&v| v > 0).collect();
+    assert_eq!(distinct.len() as u64, n);
+    assert!(distinct.iter().all(|&v| u64::from(v) <= n), "{distinct:?}");
+    let rows = read_layer(&dir.path().join("out/instances.gpkg"));
+    assert_eq!(rows.len() as u64, n);
+    for r in &rows {
+        assert!(r.2.is_finite() && r.3 >= 0.0 && r.4 >= 1, "{r:?}");
+        let pixels = ids.iter().filter(|&&v| i64::from(v) == r.0).count() as f64;
+        assert!((r.5 - pixels).abs() < 1e-6, "{r:?} vs {pixels} pixels");
+    }
+}
