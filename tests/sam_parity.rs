@@ -1,6 +1,7 @@
 //! Parity of the promptable-segmenter family (SAM) with Hugging Face, on the committed tiny
-//! `SamModel` (`sample_data/models/sam-tiny`, written by `export.py sam --tiny`) and the
-//! references its export computed with `SamProcessor` + `SamModel(multimask_output=False)` +
+//! `SamModel` and `Sam2Model` (`sample_data/models/sam-tiny`, `sam2-tiny`, written by
+//! `export.py sam --tiny` and `export.py sam2 --tiny`) and the references their export computed
+//! with `SamProcessor` / `Sam2Processor` + the model (`multimask_output=False`) +
 //! `post_process_masks`: tiles at the model size, smaller (upscaled), bigger (antialiased
 //! downscale) and not square (padded), boxes with 0, 1 and 2 points. The image embedding within
 //! 1e-4 (relative), every mask with IoU >= 0.99 and every score within 1e-4 of HF's; broken
@@ -19,13 +20,22 @@ use tessera::models::promptable::{
 };
 use tessera::runtime::{Runtime, SessionOptions};
 
-fn package() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("sample_data/models/sam-tiny")
+/// The SAM and SAM 2 fixtures (`export.py sam --tiny`, `export.py sam2 --tiny`).
+const PACKAGES: [&str; 2] = ["sam-tiny", "sam2-tiny"];
+
+fn package_of(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("sample_data/models")
+        .join(name)
 }
 
-fn reference() -> Value {
-    let text = std::fs::read_to_string(package().join("reference/reference.json"))
-        .expect("reference.json");
+fn package() -> PathBuf {
+    package_of("sam-tiny")
+}
+
+fn reference(pkg: &Path) -> Value {
+    let text =
+        std::fs::read_to_string(pkg.join("reference/reference.json")).expect("reference.json");
     serde_json::from_str(&text).expect("json")
 }
 
@@ -33,12 +43,12 @@ fn runtime() -> &'static Runtime {
     Runtime::load(None).expect("ONNX Runtime (run `make setup`)")
 }
 
-fn bin(name: &str) -> Vec<u8> {
-    std::fs::read(package().join("reference").join(name)).expect("reference bin")
+fn bin(pkg: &Path, name: &str) -> Vec<u8> {
+    std::fs::read(pkg.join("reference").join(name)).expect("reference bin")
 }
 
-fn floats(name: &str) -> Vec<f32> {
-    bin(name)
+fn floats(pkg: &Path, name: &str) -> Vec<f32> {
+    bin(pkg, name)
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect()
@@ -50,11 +60,12 @@ fn num(v: &Value) -> f32 {
 
 /// The tile `[1, 3, H, W]` as tessera hands it to the model: `v / 255`, then normalised.
 fn tile(sam: &PromptableSegmenter, t: &Value) -> Array4<f32> {
+    let pkg = sam.package().dir.clone();
     let (h, w) = (
         t["height"].as_u64().expect("h") as usize,
         t["width"].as_u64().expect("w") as usize,
     );
-    let hwc = bin(t["image"]["file"].as_str().expect("file"));
+    let hwc = bin(&pkg, t["image"]["file"].as_str().expect("file"));
     let mut x = Array4::<f32>::zeros((1, 3, h, w));
     for y in 0..h {
         for c in 0..w {
@@ -109,17 +120,22 @@ fn iou(a: &Array2<bool>, b: &[u8]) -> f64 {
 
 /// Masks and scores of one tile's prompts against HF's.
 fn check_tile(sam: &mut PromptableSegmenter, t: &Value, emb: &TileEmbedding) {
-    let name = t["name"].as_str().expect("name");
+    let pkg = sam.package().dir.clone();
+    let name = format!(
+        "{}/{}",
+        pkg.file_name().expect("name").to_string_lossy(),
+        t["name"].as_str().expect("name")
+    );
     let (h, w) = (
         t["height"].as_u64().expect("h") as usize,
         t["width"].as_u64().expect("w") as usize,
     );
     assert_eq!(emb.tile_size(), (h, w), "{name}");
-    let want_emb = floats(t["embedding"]["file"].as_str().expect("file"));
-    let got_emb = emb.tensor(0).expect("image_embeddings");
+    let want_emb = floats(&pkg, t["embedding"]["file"].as_str().expect("file"));
+    let got_emb = emb.tensors().last().expect("image_embeddings");
     let e = rel_err(got_emb.as_slice().expect("contiguous"), &want_emb);
     assert!(e < 1e-4, "{name}: image embedding rel err {e}");
-    let want_masks = bin(t["masks"]["file"].as_str().expect("file"));
+    let want_masks = bin(&pkg, t["masks"]["file"].as_str().expect("file"));
     let scores: Vec<f32> = t["iou_scores"]
         .as_array()
         .expect("scores")
@@ -146,9 +162,15 @@ fn check_tile(sam: &mut PromptableSegmenter, t: &Value, emb: &TileEmbedding) {
 
 #[test]
 fn masks_and_scores_equal_hugging_face_for_every_tile_size() {
-    let r = reference();
-    let mut sam = PromptableSegmenter::load(runtime(), &package(), &SessionOptions::default())
-        .expect("load sam-tiny");
+    for name in PACKAGES {
+        check_package(&package_of(name));
+    }
+}
+
+fn check_package(pkg: &Path) {
+    let r = reference(pkg);
+    let mut sam = PromptableSegmenter::load(runtime(), pkg, &SessionOptions::default())
+        .expect("load the package");
     assert_eq!(sam.input_size(), 128);
     let tiles = r["tiles"].as_array().expect("tiles");
     assert_eq!(tiles.len(), 5);

@@ -15,7 +15,9 @@
 //! at the bottom and right. Box and point coordinates are scaled by the same factors.
 //! Post-processing is `post_process_masks`: the logits are resized bilinearly (half-pixel
 //! centres) to `size x size`, cropped to the resized tile, resized to the tile, and
-//! thresholded (`> mask_threshold`, 0).
+//! thresholded (`> mask_threshold`, 0); for `resize = "square"` (SAM 2, `Sam2Processor`) they
+//! are resized to the tile in one step. SAM 2's encoder has three outputs (two
+//! high-resolution feature maps, then `image_embeddings`), all passed to its mask decoder.
 
 use std::path::Path;
 
@@ -187,9 +189,9 @@ impl TileEmbedding {
         self.tile
     }
 
-    /// The encoder output `i` (manifest order) for this tile, with its batch axis of 1.
-    pub fn tensor(&self, i: usize) -> Option<&ArrayD<f32>> {
-        self.tensors.get(i)
+    /// The encoder outputs (manifest order) for this tile, each with its batch axis of 1.
+    pub fn tensors(&self) -> &[ArrayD<f32>] {
+        &self.tensors
     }
 }
 
@@ -587,7 +589,15 @@ impl PromptableSegmenter {
                 .to_owned()
                 .into_shape_with_order((1, 1, mh, mw))
                 .map_err(|e| run_err(&path, e))?;
-            let mask = post_process(low.view(), self.pre.size, (rh, rw), (h, w), self.threshold);
+            let mask = match self.resize {
+                Resize::Longest => {
+                    post_process(low.view(), self.pre.size, (rh, rw), (h, w), self.threshold)
+                }
+                // Sam2Processor.post_process_masks: one resize of the logits to the tile.
+                Resize::Square => upsample(low.view(), h, w)
+                    .slice(s![0, 0, .., ..])
+                    .mapv(|v| v > self.threshold),
+            };
             masks.push(InstanceMask {
                 mask,
                 score: scores[[k, 0]],
