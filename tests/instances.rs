@@ -558,6 +558,17 @@ fn bad_refiners_and_boxes_say_one_line_and_write_nothing() {
             ],
             vec!["--probabilities"],
         ),
+        (
+            vec![
+                "--refiner",
+                &pkg,
+                "--boxes",
+                "boxes.geojson",
+                "--min-area",
+                "5",
+            ],
+            vec!["--min-area", "is not taken with --refiner"],
+        ),
     ];
     for (k, (args, needles)) in cases.iter().enumerate() {
         let out = format!("out{k}");

@@ -506,6 +506,19 @@ impl SegmentOptions {
                 "is not taken with `refiner` (instances have one score each, in instances.<ext>)",
             ));
         }
+        for (key, given) in [
+            ("blend", self.blend.is_some()),
+            ("threshold", self.threshold.is_some()),
+            ("simplify", self.simplify.is_some()),
+            ("min_area", self.min_area.is_some()),
+        ] {
+            if given {
+                return Err(InvalidOption::new(
+                    key,
+                    "is not taken with `refiner` (semantic segmentation only: instance masks are not blended, thresholded by it, simplified or filtered)",
+                ));
+            }
+        }
         let source = match (&self.detector, &self.boxes) {
             (Some(d), None) => BoxSource::Detector(d.clone()),
             (None, Some(b)) => BoxSource::File(b.clone()),
