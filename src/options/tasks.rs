@@ -445,7 +445,9 @@ pub struct SegmentOptions {
     /// (or the prompt) class (default: the model's).
     #[arg(long, value_name = "P")]
     pub threshold: Option<f32>,
-    /// Text prompts for text-prompted models (CLIPSeg), comma-separated: "building,road".
+    /// Text prompts for text-prompted models (CLIPSeg), comma-separated: "building,road";
+    /// with --refiner, the queries of an open-vocabulary --detector, or the one label of
+    /// --boxes without a `label` field.
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub prompts: Option<Vec<String>>,
     /// Also write probabilities.tif (float32; P(object) for binary models, one band per class
