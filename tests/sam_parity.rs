@@ -207,6 +207,10 @@ fn check_package(pkg: &Path) {
     assert_eq!(alone[0].mask, all[4].mask);
     assert!((alone[0].score - all[4].score).abs() < 1e-5);
     assert!(sam.masks(&emb[0], &[]).expect("none").is_empty());
+    let e = sam
+        .masks(&emb[0], &[Prompt::from_box([1.0, f32::NAN, 3.0, 4.0])])
+        .expect_err("NaN box");
+    assert!(e.to_string().contains("not a finite number"), "{e}");
 }
 
 #[test]
@@ -265,6 +269,10 @@ fn models_check_accepts_the_package_and_names_what_is_broken() {
         edit(p, "resize = \"longest\"", "resize = \"crop\"");
     });
     check(&resize, &["promptable.resize 'crop'"]);
+    let size = broken("size", &|p| {
+        edit(p, "size = 128", "size = 256");
+    });
+    check(&size, &["image_encoder", "preprocess.size is 256"]);
 }
 
 #[test]

@@ -331,7 +331,7 @@ impl PromptableSegmenter {
         for (graph, file) in [("image_encoder", &enc.onnx), ("mask_decoder", &dec.onnx)] {
             if !package.file(file).is_file() {
                 problems.push(format!(
-                    "{graph}.onnx: no such file '{file}' in the package"
+                    "{graph}.onnx = '{file}': no such file in the package"
                 ));
             }
         }
@@ -351,6 +351,15 @@ impl PromptableSegmenter {
             ));
         }
         expect_rank(&mut problems, "image_encoder", image_in.as_ref(), 4);
+        if let Some(t) = image_in.as_ref().filter(|t| t.shape.len() == 4) {
+            let fixed: Vec<i64> = t.shape[2..].iter().copied().filter(|&d| d > 0).collect();
+            if fixed.iter().any(|&d| d as usize != pre.size) {
+                problems.push(format!(
+                    "image_encoder: input '{}' has shape {:?}, but preprocess.size is {}",
+                    t.name, t.shape, pre.size
+                ));
+            }
+        }
         for o in &enc.outputs {
             if find(&eout, o).is_none() {
                 problems.push(format!("image_encoder: the graph has no output '{o}'"));
@@ -471,12 +480,26 @@ impl PromptableSegmenter {
     /// (each exactly as Hugging Face would run it alone: no padding points).
     ///
     /// # Errors
-    /// Inference failure or outputs of an unexpected shape.
+    /// A coordinate that is not finite ([`ModelError::Input`]), inference failure or outputs
+    /// of an unexpected shape.
     pub fn masks(
         &mut self,
         embedding: &TileEmbedding,
         prompts: &[Prompt],
     ) -> Result<Vec<InstanceMask>, ModelError> {
+        let finite = |p: &Prompt| {
+            p.bbox.iter().all(|v| v.is_finite())
+                && p.points.iter().all(|q| q.xy.iter().all(|v| v.is_finite()))
+        };
+        if let Some(i) = prompts.iter().position(|p| !finite(p)) {
+            return Err(ModelError::Input {
+                path: self.package.dir.display().to_string(),
+                reason: format!(
+                    "prompt {i} has a coordinate that is not a finite number: {:?}",
+                    prompts[i]
+                ),
+            });
+        }
         let mut out: Vec<Option<InstanceMask>> = vec![None; prompts.len()];
         let mut counts: Vec<usize> = prompts.iter().map(|p| p.points.len()).collect();
         counts.sort_unstable();
