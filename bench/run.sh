@@ -3,7 +3,7 @@
 #
 #   bash bench/run.sh                 every section
 #   bash bench/run.sh read classify   only the named sections, in that order (read, classify, caption,
-#                                     stitch, batch, models)
+#                                     stitch, instances, batch, models)
 #
 # batch: `tessera run` over 20 generated 1280^2 scenes: --jobs 1 vs --jobs 2 (land-cover), the
 #   multi-model pipeline with one shared read pass vs one pass per stage, and a rerun where
@@ -445,6 +445,50 @@ bench_stitch() {
     --model "$STITCH_MODEL" --seconds $(( $(date +%s) - t0 ))
 }
 
+# --- instances: segment --refiner over a generated scene ------------------------------------------
+# instances: oracle-refined instance segmentation (`tessera segment --refiner --boxes`) of
+#   generated scenes of red discs, one every 64 px (bench/instances_scene.py: EPSG:32633, 0.5 m,
+#   boxes in a GeoPackage), refined by sample_data/models/oracles/sam-box-threshold (copied with
+#   its input size set to the tile size, so its masks are exact) on 512 px tiles with 64 px of
+#   overlap. Three scenes: a base, one as wide but 4x as tall, one 4x as wide: peak RSS should grow
+#   with the width, not the area. Time per instance is the wall time over the instances found.
+#   Peer, same run: `tessera segment --model seg-threshold` (semantic stitching) on the same
+#   scenes and tiles. -> bench/results/instances.md (+ instances_summary.json)
+#   INSTANCES_SHAPES="base:2048x2048 tall:2048x8192 wide:8192x2048" overrides the scenes.
+INSTANCES_SHAPES=${INSTANCES_SHAPES:-"base:2048x2048 tall:2048x8192 wide:8192x2048"}
+
+bench_instances() {
+  local entry name shape w h scene pkg="$MODELS/sam-box-threshold-512" t0
+  t0=$(date +%s)
+  if [ ! -f "$pkg/model.toml" ]; then
+    rm -rf "$pkg.partial" && cp -r sample_data/models/oracles/sam-box-threshold "$pkg.partial"
+    sed -i 's/^size = 256/size = 512/' "$pkg.partial/model.toml"
+    mv "$pkg.partial" "$pkg"
+  fi
+  rm -rf "$RESULTS/instances_out" && mkdir -p "$RESULTS/instances_out"
+  for entry in $INSTANCES_SHAPES; do
+    name=${entry%%:*}; shape=${entry#*:}; w=${shape%x*}; h=${shape#*x}
+    scene="$DATA/instances_${shape}.tif"
+    if [ ! -f "$scene" ] || [ ! -f "${scene%.tif}.json" ]; then
+      say "generating $scene"
+      $PY bench/instances_scene.py "$scene" --width "$w" --height "$h"
+    fi
+    cp "${scene%.tif}.json" "$RESULTS/instances_data_${name}.json"
+    sync
+    say "tessera segment --refiner (instances), $name ${shape}"
+    measured "$RESULTS/instances_tessera_${name}_process.json" "$RESULTS/instances_tessera_${name}.json" \
+      "$T" segment "$scene" --refiner "$pkg" --boxes "${scene%.tif}.boxes.gpkg" --tile-size 512 --overlap 64 \
+      --scale range:0,255 --out "$RESULTS/instances_out/tessera_$name" --overwrite --json --quiet
+    sync
+    say "peer: tessera segment --model seg-threshold (semantic), $name ${shape}"
+    measured "$RESULTS/instances_peer_${name}_process.json" "$RESULTS/instances_peer_${name}.json" \
+      "$T" segment "$scene" --model "$STITCH_MODEL" --tile-size 512 --overlap 64 --scale range:0,255 \
+      --out "$RESULTS/instances_out/semantic_$name" --overwrite --json --quiet
+  done
+  $PY bench/report_instances.py "$RESULTS" --shapes $INSTANCES_SHAPES --tile "512/64" \
+    --seconds $(( $(date +%s) - t0 ))
+}
+
 # --- batch: many scenes, --jobs, one read pass vs several ----------------------------------------
 bench_batch() {
   local dir="$RESULTS/batch" i t0
@@ -602,15 +646,16 @@ bench_models() {
 # --- main -----------------------------------------------------------------------------------------
 install_peers
 sections=("$@")
-[ ${#sections[@]} -gt 0 ] || sections=(read classify caption stitch batch models)
+[ ${#sections[@]} -gt 0 ] || sections=(read classify caption stitch instances batch models)
 for s in "${sections[@]}"; do
   case "$s" in
     read) bench_read ;;
     classify) bench_classify ;;
     caption) bench_caption ;;
     stitch) bench_stitch ;;
+    instances) bench_instances ;;
     batch) bench_batch ;;
     models) bench_models ;;
-    *) say "unknown section '$s' (read, classify, caption, stitch, batch, models)"; exit 2 ;;
+    *) say "unknown section '$s' (read, classify, caption, stitch, instances, batch, models)"; exit 2 ;;
   esac
 done

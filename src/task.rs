@@ -32,6 +32,12 @@ pub trait StageOptions {
     fn model(&self) -> &Path;
     /// The model, to resolve it against the pipeline file's folder.
     fn model_mut(&mut self) -> &mut PathBuf;
+    /// Resolve the model and every other path the stage names against `base` (the pipeline
+    /// file's folder).
+    fn resolve_paths(&mut self, base: &Path) {
+        let model = self.model_mut();
+        *model = base.join(&*model);
+    }
     /// # Errors
     /// The first bad value, with its key.
     fn validate(&self) -> Result<(), InvalidOption>;
@@ -112,12 +118,12 @@ macro_rules! tasks {
                 }
             }
 
-            /// Resolve the model path against `base` (the pipeline file's folder).
+            /// Resolve the model path (and the stage's other paths) against `base` (the pipeline
+            /// file's folder).
             pub fn resolve_model(&mut self, base: &Path) {
-                let model = match self {
-                    $(TaskOptions::$variant(o) => o.model_mut(),)*
-                };
-                *model = base.join(&*model);
+                match self {
+                    $(TaskOptions::$variant(o) => o.resolve_paths(base),)*
+                }
             }
 
             /// # Errors

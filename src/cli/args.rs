@@ -56,7 +56,8 @@ pub enum Command {
     /// image-conditioned language model (BLIP-2, LLaVA-style).
     Caption(CaptionArgs),
     /// Semantic segmentation of a whole scene: tiles stitched into one seamless mosaic (class
-    /// COG, optional probabilities) and polygons made from the mosaic.
+    /// COG, optional probabilities) and polygons made from the mosaic; with --refiner, instance
+    /// segmentation (boxes refined by SAM, one instance per object across tile seams).
     Segment(SegmentArgs),
     /// Object detection over a whole scene: boxes mapped to map coordinates and merged across
     /// tiles (NMS or weighted box fusion, boxes cut by tile edges joined).
@@ -260,7 +261,8 @@ pub struct SegmentArgs {
     pub scene: String,
     #[command(flatten)]
     pub options: SegmentOptions,
-    /// Output folder: classes.tif, [probabilities.tif], polygons.<ext>.
+    /// Output folder: classes.tif, [probabilities.tif], polygons.<ext>; with --refiner
+    /// classes.tif, instances.tif and instances.<ext>.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     #[command(flatten)]

@@ -115,7 +115,7 @@ pub(super) fn caption(a: CaptionArgs, ort_lib: Option<PathBuf>, quiet: bool) -> 
 pub(super) fn segment(a: SegmentArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Result<i32> {
     let p = prepare(
         &a.scene,
-        &a.options.model,
+        a.options.main_model(),
         Some(a.out.as_path()),
         &a.common,
         ort_lib,

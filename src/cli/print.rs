@@ -85,6 +85,20 @@ pub(super) fn caption(report: &CaptionReport) -> Result<()> {
 }
 
 pub(super) fn segment(report: &SegmentReport) -> Result<()> {
+    if let Some(i) = &report.instances {
+        out!(
+            "{}: {} instances from {} boxes ({} empty) in {} tiles ({} skipped) on {} in {:.1} s",
+            report.scene,
+            i.instances,
+            i.boxes,
+            i.empty_boxes,
+            report.tiles_read,
+            report.tiles_skipped,
+            report.provider,
+            report.seconds
+        )?;
+        return outputs(&report.outputs);
+    }
     out!(
         "{}: {} tiles segmented ({} skipped) on {} in {:.1} s; {} polygons",
         report.scene,

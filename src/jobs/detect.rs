@@ -165,7 +165,7 @@ fn count_classes(classes: &[String], merged: &[MapDetection]) -> BTreeMap<String
 /// The detection layer `path`.
 fn write_detections(
     job: &DetectJob,
-    scene: &crate::raster::Scene,
+    crs_wkt: Option<&str>,
     path: &std::path::Path,
     merged: &[MapDetection],
     classes: &[String],
@@ -181,7 +181,7 @@ fn write_detections(
         job.base.format,
         "detections",
         GeometryKind::Polygon,
-        scene.crs_wkt(),
+        crs_wkt,
         &fields,
         false,
     )?;
@@ -198,7 +198,7 @@ fn write_detections(
         path: path.display().to_string(),
         reason: format!("box areas: {reason}"),
     };
-    let areas = LayerArea::for_layer(scene.crs_wkt()).map_err(area_err)?;
+    let areas = LayerArea::for_layer(crs_wkt).map_err(area_err)?;
     for d in merged {
         let footprint = geo::Polygon::new(geo::LineString::from(d.corners.to_vec()), vec![]);
         let area = areas
@@ -221,12 +221,33 @@ fn write_detections(
     Ok(())
 }
 
-/// Run the job.
+/// A detection sweep over a scene: the merged boxes and what the report needs.
+pub(crate) struct Detected {
+    pub merged: Vec<MapDetection>,
+    pub raw: usize,
+    pub classes: Vec<String>,
+    pub stats: crate::tiling::StreamStats,
+    pub model_seconds: f64,
+    pub merge_seconds: f64,
+    pub tile_size: usize,
+    pub overlap: usize,
+    pub target_gsd: Option<f64>,
+    pub provider: (&'static str, Option<String>),
+    pub crs_wkt: Option<String>,
+    /// Grounding DINO's phrase table (what `MapDetection::phrase` indexes).
+    pub phrases: Option<Vec<String>>,
+}
+
+/// Detect over the whole scene and merge across tiles (no output written); `before_sweep`
+/// runs once the scene and model are open, before any tile is read (the caller claims its
+/// output folder there, so that a folder that exists fails before the work).
 ///
 /// # Errors
-/// Bad scene, model or options; inference failure; unwritable outputs.
-pub fn run_detect(mut job: DetectJob) -> Result<DetectReport, PipelineError> {
-    let start = Instant::now();
+/// Bad scene, model or options; inference failure; the error of `before_sweep`.
+pub(crate) fn detect_merged(
+    job: &mut DetectJob,
+    before_sweep: &mut dyn FnMut(&crate::raster::Scene) -> Result<(), PipelineError>,
+) -> Result<Detected, PipelineError> {
     let runtime = Runtime::load(job.base.ort_lib.as_deref())?;
     let mut model = DetectorModel::load(runtime, &job.base.model, &job.base.session)?;
     if super::check_prompts(
@@ -254,10 +275,7 @@ pub fn run_detect(mut job: DetectJob) -> Result<DetectReport, PipelineError> {
         &tiles,
     )?;
     crate::options::check_batch_bytes(job.base.batch_size, grid.tile_size())?;
-    let pending = match &job.out {
-        Some(dir) => Some(PendingOutput::dir(dir, job.overwrite)?),
-        None => None,
-    };
+    before_sweep(&scene)?;
     let iou = f64::from(job.iou.unwrap_or(model.iou()));
     let norm = model.normalizer();
     let spec = RunSpec {
@@ -304,38 +322,71 @@ pub fn run_detect(mut job: DetectJob) -> Result<DetectReport, PipelineError> {
             class_aware: job.class_aware,
         },
     );
-    let merge_seconds = t.elapsed().as_secs_f64();
-    let classes = model.classes();
-    let counts = count_classes(&classes, &merged);
+    let (provider, fallback) = model.provider();
+    Ok(Detected {
+        merged,
+        raw,
+        classes: model.classes(),
+        stats,
+        model_seconds,
+        merge_seconds: t.elapsed().as_secs_f64(),
+        tile_size: size,
+        overlap: grid.options.overlap,
+        target_gsd: grid.options.target_gsd,
+        provider: (provider, fallback.map(str::to_string)),
+        crs_wkt: scene.crs_wkt().map(str::to_string),
+        phrases: model.has_phrases().then(|| model.phrases().to_vec()),
+    })
+}
+
+/// Run the job.
+///
+/// # Errors
+/// Bad scene, model or options; inference failure; unwritable outputs.
+pub fn run_detect(mut job: DetectJob) -> Result<DetectReport, PipelineError> {
+    let start = Instant::now();
+    let mut pending = None;
+    let out = job.out.clone();
+    let overwrite = job.overwrite;
+    let d = detect_merged(&mut job, &mut |_scene| {
+        if let Some(dir) = &out {
+            pending = Some(PendingOutput::dir(dir, overwrite)?);
+        }
+        Ok(())
+    })?;
+    let counts = count_classes(&d.classes, &d.merged);
     let mut outputs = Vec::new();
     if let (Some(pending), Some(dir)) = (pending, &job.out) {
         let name = format!("detections.{}", job.base.format.extension());
-        let phrases = model.has_phrases().then(|| model.phrases());
         write_detections(
             &job,
-            &scene,
+            d.crs_wkt.as_deref(),
             &pending.path().join(&name),
-            &merged,
-            &classes,
-            phrases,
+            &d.merged,
+            &d.classes,
+            d.phrases.as_deref(),
         )?;
         outputs.push(dir.join(name).display().to_string());
         pending.commit()?;
     }
-    let (provider, fallback) = model.provider();
     Ok(DetectReport {
-        run: super::SceneRunReport::new(&job.base, (provider, fallback), &stats, outputs),
-        classes,
-        tile_size: size,
-        overlap: grid.options.overlap,
-        target_gsd: grid.options.target_gsd,
-        tiles_read: stats.tiles_read,
-        raw_detections: raw,
-        detections: merged.len(),
+        run: super::SceneRunReport::new(
+            &job.base,
+            (d.provider.0, d.provider.1.as_deref()),
+            &d.stats,
+            outputs,
+        ),
+        classes: d.classes,
+        tile_size: d.tile_size,
+        overlap: d.overlap,
+        target_gsd: d.target_gsd,
+        tiles_read: d.stats.tiles_read,
+        raw_detections: d.raw,
+        detections: d.merged.len(),
         counts,
         seconds: start.elapsed().as_secs_f64(),
-        model_seconds,
-        merge_seconds,
+        model_seconds: d.model_seconds,
+        merge_seconds: d.merge_seconds,
     })
 }
 

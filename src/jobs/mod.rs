@@ -10,6 +10,7 @@ mod detect;
 mod doctor;
 mod driver;
 pub mod feed;
+mod instances;
 mod report;
 mod segment;
 mod tiles;
@@ -21,6 +22,7 @@ pub use caption::{run_caption, CaptionJob, CaptionReport, TileCaption};
 pub use classify::{run_classify, ClassifyJob, ClassifyReport, TileResult, Timings};
 pub use detect::{run_detect, DetectJob, DetectReport};
 pub use doctor::{run_doctor, DoctorReport};
+pub use instances::{BoxSource, InstanceSpec, InstancesReport};
 pub use report::SceneRunReport;
 pub use segment::{run_segment, SegmentJob, SegmentReport};
 pub use tiles::{run_tiles, TilesJob, TilesReport};
@@ -64,6 +66,10 @@ pub enum PipelineError {
         second: String,
         difference: String,
     },
+    /// A box file that cannot be used (unreadable, outside the scene, a CRS that cannot be
+    /// transformed).
+    #[error("{path}: {reason}")]
+    Boxes { path: String, reason: String },
     /// A model this command does not handle (bench-model and prompted models, ...).
     #[error("{0}")]
     Unsupported(String),

@@ -34,6 +34,8 @@ pub struct SegmentJob {
     pub simplify: f64,
     /// Smallest polygon kept, in m^2 ([`LayerArea`]).
     pub min_area: f64,
+    /// Instance segmentation: the boxes the model (a promptable segmenter) refines.
+    pub instances: Option<super::InstanceSpec>,
     pub out: PathBuf,
     pub overwrite: bool,
     /// Tiles from a shared read pass (multi-model pipelines) instead of reading the scene.
@@ -60,6 +62,9 @@ pub struct SegmentReport {
     /// Wall seconds of each phase: the sweep (read, model, stitch, COG tiles), COG assembly,
     /// polygonizing, and the vector layer.
     pub phase_seconds: PhaseSeconds,
+    /// Instance segmentation (a refiner): boxes, instances, time per instance.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instances: Option<super::InstancesReport>,
 }
 
 /// Polygons as GDAL geometries with their area in m^2 ([`LayerArea`]), simplified by
@@ -323,6 +328,9 @@ fn write_polygons(
 /// # Errors
 /// Bad scene, model or options; inference failure; unwritable outputs (nothing partial left).
 pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> {
+    if let Some(spec) = job.instances.take() {
+        return super::instances::run_instances(job, spec);
+    }
     let start = Instant::now();
     let runtime = Runtime::load(job.base.ort_lib.as_deref())?;
     let mut model = SegmentationModel::load(runtime, &job.base.model, &job.base.session)?;
@@ -424,6 +432,7 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
             polygonize: (polygons_done - cog_done).as_secs_f64(),
             vector: polygons_done.elapsed().as_secs_f64(),
         },
+        instances: None,
     })
 }
 

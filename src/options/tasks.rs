@@ -409,16 +409,40 @@ impl DetectOptions {
     }
 }
 
-/// `segment`: a seamless class mosaic and its polygons.
+/// `segment`: a seamless class mosaic and its polygons; with a refiner, instances.
 #[derive(Clone, Debug, Default, Args, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SegmentOptions {
     /// Pipeline files: the stage's output folder name (default: the task).
     #[arg(skip)]
     pub name: Option<String>,
-    /// Model package folder (model.toml + ONNX) or an ONNX file with Deepness metadata.
-    #[arg(long, value_name = "PATH")]
-    pub model: PathBuf,
+    /// Model package folder (model.toml + ONNX) or an ONNX file with Deepness metadata
+    /// (semantic segmentation; give --refiner instead for instances).
+    #[arg(long, value_name = "PATH", required_unless_present = "refiner")]
+    pub model: Option<PathBuf>,
+    /// Instance segmentation: a promptable-segmenter package (SAM) that turns every box of
+    /// --detector or --boxes into a mask; writes instances.tif (uint32 ids) and
+    /// instances.<ext> beside classes.tif. Its input size is the default tile size.
+    #[arg(long, value_name = "DIR")]
+    pub refiner: Option<PathBuf>,
+    /// With --refiner: a detector package run over the scene first (at its own input size
+    /// and tiling defaults); its boxes, merged across its tiles, are refined. Open-vocabulary
+    /// detectors take --prompts.
+    #[arg(long, value_name = "PATH", requires = "refiner")]
+    pub detector: Option<PathBuf>,
+    /// With --refiner: a vector layer of boxes to refine (each feature's bounding box in the
+    /// scene's pixel grid; reprojected from the layer's CRS). A `label` field names each
+    /// box's class (else the one --prompts label, else "object"), a `score` field its score.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "refiner",
+        conflicts_with = "detector"
+    )]
+    pub boxes: Option<PathBuf>,
+    /// With --detector: keep boxes scoring at least this (default: the detector's).
+    #[arg(long, value_name = "P", requires = "detector")]
+    pub confidence: Option<f32>,
     /// Weighting of overlapping predictions: flat, linear or cosine ramp toward tile edges.
     /// Default: cosine.
     #[arg(long, value_name = "WINDOW")]
@@ -428,7 +452,9 @@ pub struct SegmentOptions {
     /// (or the prompt) class (default: the model's).
     #[arg(long, value_name = "P")]
     pub threshold: Option<f32>,
-    /// Text prompts for text-prompted models (CLIPSeg), comma-separated: "building,road".
+    /// Text prompts for text-prompted models (CLIPSeg), comma-separated: "building,road";
+    /// with --refiner, the queries of an open-vocabulary --detector, or the one label of
+    /// --boxes without a `label` field.
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub prompts: Option<Vec<String>>,
     /// Also write probabilities.tif (float32; P(object) for binary models, one band per class
@@ -445,10 +471,98 @@ pub struct SegmentOptions {
 }
 
 impl SegmentOptions {
+    /// The package whose tiles the job reads: the refiner for instances, else the model.
+    pub fn main_model(&self) -> &Path {
+        self.refiner
+            .as_deref()
+            .or(self.model.as_deref())
+            .unwrap_or(Path::new(""))
+    }
+
+    /// Instance segmentation: the refiner's box source, checked.
+    fn instances(&self) -> Result<Option<crate::jobs::InstanceSpec>, InvalidOption> {
+        use crate::jobs::{BoxSource, InstanceSpec};
+        let given = |v: bool, key: &'static str| -> Result<(), InvalidOption> {
+            if v {
+                Err(InvalidOption::new(key, "is only taken with `refiner`"))
+            } else {
+                Ok(())
+            }
+        };
+        let Some(refiner) = &self.refiner else {
+            given(self.detector.is_some(), "detector")?;
+            given(self.boxes.is_some(), "boxes")?;
+            given(self.confidence.is_some(), "confidence")?;
+            if self.model.is_none() {
+                return Err(InvalidOption::new(
+                    "model",
+                    "is required (or `refiner` with `detector` or `boxes` for instances)",
+                ));
+            }
+            return Ok(None);
+        };
+        if self.model.is_some() {
+            return Err(InvalidOption::new(
+                "model",
+                format!(
+                    "and `refiner` are two kinds of segmentation: give one ({} refines boxes into instances)",
+                    refiner.display()
+                ),
+            ));
+        }
+        if self.probabilities {
+            return Err(InvalidOption::new(
+                "probabilities",
+                "is not taken with `refiner` (instances have one score each, in instances.<ext>)",
+            ));
+        }
+        for (key, given) in [
+            ("blend", self.blend.is_some()),
+            ("threshold", self.threshold.is_some()),
+            ("simplify", self.simplify.is_some()),
+            ("min_area", self.min_area.is_some()),
+        ] {
+            if given {
+                return Err(InvalidOption::new(
+                    key,
+                    "is not taken with `refiner` (semantic segmentation only: instance masks are not blended, thresholded by it, simplified or filtered)",
+                ));
+            }
+        }
+        let source = match (&self.detector, &self.boxes) {
+            (Some(d), None) => BoxSource::Detector(d.clone()),
+            (None, Some(b)) => BoxSource::File(b.clone()),
+            (Some(_), Some(_)) => {
+                return Err(InvalidOption::new(
+                    "boxes",
+                    "and `detector` are two sources of boxes: give one",
+                ))
+            }
+            (None, None) => {
+                return Err(InvalidOption::new(
+                    "refiner",
+                    "needs boxes to refine: `detector` or `boxes`",
+                ))
+            }
+        };
+        if self.confidence.is_some() && self.detector.is_none() {
+            return Err(InvalidOption::new(
+                "confidence",
+                "is only taken with `detector`",
+            ));
+        }
+        Ok(Some(InstanceSpec {
+            source,
+            confidence: self.confidence,
+        }))
+    }
+
     /// # Errors
     /// The first bad value, with its key.
     pub fn validate(&self) -> Result<(), InvalidOption> {
         unit("threshold", self.threshold.map(f64::from))?;
+        unit("confidence", self.confidence.map(f64::from))?;
+        self.instances()?;
         not_negative("simplify", self.simplify)?;
         not_negative("min_area", self.min_area)?;
         prompt_list(&self.prompts).map(|_| ())
@@ -473,6 +587,7 @@ impl SegmentOptions {
             probabilities: self.probabilities,
             simplify: self.simplify.unwrap_or(0.0),
             min_area: self.min_area.unwrap_or(0.0),
+            instances: self.instances()?,
             out,
             overwrite,
             feed: None,
@@ -497,10 +612,13 @@ macro_rules! stage_options {
                 self.name.as_deref()
             }
             fn model(&self) -> &Path {
-                &self.model
+                self.stage_model()
             }
             fn model_mut(&mut self) -> &mut PathBuf {
-                &mut self.model
+                self.stage_model_mut()
+            }
+            fn resolve_paths(&mut self, base: &Path) {
+                self.resolve_own_paths(base);
             }
             fn validate(&self) -> Result<(), InvalidOption> {
                 <$options>::validate(self)
@@ -516,6 +634,58 @@ macro_rules! stage_options {
             }
         }
     )*};
+}
+
+/// The package a stage names as its model, and the paths a pipeline file's folder resolves.
+trait StagePaths {
+    fn stage_model(&self) -> &Path;
+    fn stage_model_mut(&mut self) -> &mut PathBuf;
+    /// Resolve the model (and any other path the stage takes) against `base`.
+    fn resolve_own_paths(&mut self, base: &Path) {
+        let m = self.stage_model_mut();
+        *m = base.join(&*m);
+    }
+}
+
+macro_rules! plain_paths {
+    ($($options:ty),*) => {$(
+        impl StagePaths for $options {
+            fn stage_model(&self) -> &Path {
+                &self.model
+            }
+            fn stage_model_mut(&mut self) -> &mut PathBuf {
+                &mut self.model
+            }
+        }
+    )*};
+}
+
+plain_paths!(ClassifyOptions, CaptionOptions, DetectOptions);
+
+impl StagePaths for SegmentOptions {
+    /// The refiner of an instance stage (its tiles are the refiner's), else the model.
+    fn stage_model(&self) -> &Path {
+        self.main_model()
+    }
+    fn stage_model_mut(&mut self) -> &mut PathBuf {
+        match &mut self.refiner {
+            Some(r) => r,
+            None => self.model.get_or_insert_with(PathBuf::new),
+        }
+    }
+    fn resolve_own_paths(&mut self, base: &Path) {
+        for p in [
+            self.model.as_mut(),
+            self.refiner.as_mut(),
+            self.detector.as_mut(),
+            self.boxes.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *p = base.join(&*p);
+        }
+    }
 }
 
 stage_options! {

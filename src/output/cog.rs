@@ -72,6 +72,26 @@ impl CogSample for u8 {
     }
 }
 
+impl CogSample for u32 {
+    const BITS: u16 = 32;
+    const FORMAT: u16 = 1;
+    fn extend_le(values: &[u32], out: &mut Vec<u8>) {
+        out.reserve(values.len() * 4);
+        for v in values {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+    fn from_f64(v: f64) -> u32 {
+        v.round().clamp(0.0, f64::from(u32::MAX)) as u32
+    }
+    fn is_missing(self, nodata: Option<u32>) -> bool {
+        nodata == Some(self)
+    }
+}
+
 impl CogSample for f32 {
     const BITS: u16 = 32;
     const FORMAT: u16 = 3;
