@@ -2,6 +2,12 @@
 //! map coordinates through the tile's geotransform (rotated footprints stay exact), then merged
 //! across tiles: duplicates from overlaps removed (class-aware NMS or weighted box fusion) and
 //! boxes cut by a tile edge joined with their other part, with a spatial index throughout.
+//!
+//! Two kinds of package detect: detector packages (YOLO layouts, OWL-ViT;
+//! [`crate::models::detection`]) and generative packages with a `[grounding]` section, whose
+//! generated text is parsed into boxes ([`crate::models::grounding`]). Both give boxes in tile
+//! pixels; from there on they are treated alike. Generative packages label boxes with the user's
+//! prompt or the phrase the model wrote, and the layer gets a `phrase` field.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,6 +18,8 @@ use serde::Serialize;
 use super::driver::{drive, ModelStage, RunSpec, SceneSink};
 use super::{stream_model_tiles, PipelineError, TileBatch};
 use crate::models::detection::{DetectorModel, PixelBox};
+use crate::models::grounding::detector::{is_generative, GroundedBox, GroundedDetector};
+use crate::models::ModelPackage;
 use crate::output::{
     FieldKind, FieldSpec, FieldValue, GeometryKind, PendingOutput, VectorLayerWriter,
 };
@@ -25,7 +33,7 @@ pub struct DetectJob {
     /// The scene side: scene, model, runtime, grid, reading, scaling, batch, vector format.
     pub base: crate::options::SceneJobBase,
     pub confidence: Option<f32>,
-    /// Text queries for open-vocabulary detectors (OWL-ViT).
+    /// Text queries for open-vocabulary detectors (OWL-ViT) and generative packages.
     pub prompts: Vec<String>,
     pub iou: Option<f32>,
     pub method: MergeMethod,
@@ -56,6 +64,12 @@ pub struct DetectReport {
     pub model_seconds: f64,
     pub merge_seconds: f64,
 }
+
+/// The `phrase` field of generative packages' layers.
+const PHRASE: FieldSpec = FieldSpec {
+    name: "phrase",
+    kind: FieldKind::String,
+};
 
 const FIELDS: [FieldSpec; 4] = [
     FieldSpec {
@@ -88,16 +102,106 @@ fn inside(b: &PixelBox, tile: &Tile) -> Option<PixelBox> {
     (c.x1 > c.x0 && c.y1 > c.y0).then_some(c)
 }
 
+/// A detecting model of either kind.
+// One per run, so the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+enum DetectModel {
+    /// A detector package (fixed classes or OWL-ViT queries).
+    Boxes(DetectorModel),
+    /// A generative package with `[grounding]`.
+    Grounded(GroundedDetector),
+}
+
+/// `$m` bound to the model of either kind, `$body` evaluated with it.
+macro_rules! either {
+    ($self:expr, $m:ident => $body:expr) => {
+        match $self {
+            DetectModel::Boxes($m) => $body,
+            DetectModel::Grounded($m) => $body,
+        }
+    };
+}
+
+impl DetectModel {
+    fn load(
+        runtime: &Runtime,
+        dir: &std::path::Path,
+        options: &crate::runtime::SessionOptions,
+    ) -> Result<DetectModel, crate::models::ModelError> {
+        let generative = ModelPackage::load(dir).is_ok_and(|p| is_generative(&p));
+        Ok(if generative {
+            DetectModel::Grounded(GroundedDetector::load(runtime, dir, options)?)
+        } else {
+            DetectModel::Boxes(DetectorModel::load(runtime, dir, options)?)
+        })
+    }
+
+    fn input_size(&self) -> usize {
+        either!(self, m => m.input_size())
+    }
+
+    fn package(&self) -> &ModelPackage {
+        either!(self, m => m.package())
+    }
+
+    fn iou(&self) -> f32 {
+        either!(self, m => m.iou())
+    }
+
+    fn confidence(&self) -> f32 {
+        either!(self, m => m.confidence())
+    }
+
+    fn normalizer(&self) -> crate::models::Normalizer {
+        either!(self, m => m.normalizer())
+    }
+
+    fn provider(&self) -> (&'static str, Option<&str>) {
+        either!(self, m => m.provider())
+    }
+
+    fn fixed_batch(&self) -> Option<usize> {
+        match self {
+            DetectModel::Boxes(m) => m.fixed_batch(),
+            DetectModel::Grounded(_) => None,
+        }
+    }
+}
+
+/// A box in tile pixels with its label and phrase (generative packages) or class.
+#[derive(Clone, Debug)]
+enum TileBox {
+    Class(PixelBox),
+    Text(GroundedBox),
+}
+
+impl TileBox {
+    /// The box with `class` (0 for text boxes: their class is set by the sink).
+    fn pixel_box(&self) -> PixelBox {
+        match self {
+            TileBox::Class(b) => *b,
+            TileBox::Text(g) => PixelBox {
+                class: 0,
+                score: g.score,
+                x0: g.x0,
+                y0: g.y0,
+                x1: g.x1,
+                y1: g.y1,
+            },
+        }
+    }
+}
+
 /// The model thread's part: boxes (in tile pixels) for a batch of tiles.
 struct Detector<'m> {
-    model: &'m mut DetectorModel,
+    model: &'m mut DetectModel,
     batch_size: usize,
     confidence: f32,
 }
 
 impl ModelStage<f32> for Detector<'_> {
     type Batch = TileBatch<Tile>;
-    type Output = (Vec<Tile>, Vec<Vec<PixelBox>>);
+    type Output = (Vec<Tile>, Vec<Vec<TileBox>>);
 
     fn new_batch(&self) -> Result<TileBatch<Tile>, PipelineError> {
         Ok(TileBatch::new(self.batch_size, self.model.input_size()))
@@ -109,24 +213,52 @@ impl ModelStage<f32> for Detector<'_> {
 
     fn run(&mut self, batch: &mut TileBatch<Tile>) -> Result<Self::Output, PipelineError> {
         let (pixels, tiles) = batch.take();
-        let boxes = self.model.detect(pixels, self.confidence)?;
+        let boxes = match self.model {
+            DetectModel::Boxes(m) => m
+                .detect(pixels, self.confidence)?
+                .into_iter()
+                .map(|v| v.into_iter().map(TileBox::Class).collect())
+                .collect(),
+            DetectModel::Grounded(m) => m
+                .detect(pixels, self.confidence)?
+                .boxes
+                .into_iter()
+                .map(|v| v.into_iter().map(TileBox::Text).collect())
+                .collect(),
+        };
         Ok((tiles, boxes))
     }
 }
 
-/// The sink's part: every box inside the scene, in map coordinates.
+/// The sink's part: every box inside the scene, in map coordinates. Text boxes get the class of
+/// their (label, phrase) pair, numbered in order of appearance (renumbered at the end).
 struct Boxes {
     working: (usize, usize),
     dets: Vec<MapDetection>,
+    /// (label, phrase) of each class of text boxes.
+    texts: Vec<(String, String)>,
 }
 
 impl SceneSink for Boxes {
-    type Input = (Vec<Tile>, Vec<Vec<PixelBox>>);
-    type Done = Vec<MapDetection>;
+    type Input = (Vec<Tile>, Vec<Vec<TileBox>>);
+    type Done = (Vec<MapDetection>, Vec<(String, String)>);
 
     fn consume(&mut self, (tiles, boxes): Self::Input) -> Result<(), PipelineError> {
         for (tile, tile_boxes) in tiles.into_iter().zip(boxes) {
-            for b in tile_boxes.iter().filter_map(|b| inside(b, &tile)) {
+            for tb in tile_boxes {
+                let Some(mut b) = inside(&tb.pixel_box(), &tile) else {
+                    continue;
+                };
+                if let TileBox::Text(g) = &tb {
+                    let key = (g.label.clone(), g.phrase.clone());
+                    b.class = match self.texts.iter().position(|t| *t == key) {
+                        Some(i) => i,
+                        None => {
+                            self.texts.push(key);
+                            self.texts.len() - 1
+                        }
+                    };
+                }
                 self.dets
                     .push(MapDetection::from_pixel_box(&b, &tile, self.working));
             }
@@ -134,9 +266,34 @@ impl SceneSink for Boxes {
         Ok(())
     }
 
-    fn finish(self) -> Result<Vec<MapDetection>, PipelineError> {
-        Ok(self.dets)
+    fn finish(self) -> Result<Self::Done, PipelineError> {
+        Ok((self.dets, self.texts))
     }
+}
+
+/// Text classes in a fixed order whatever order the tiles came in: the user's prompts first
+/// (in their order), then the rest sorted by (label, phrase). Renumbers `dets`.
+fn order_texts(
+    dets: &mut [MapDetection],
+    texts: Vec<(String, String)>,
+    prompts: &[String],
+) -> Vec<(String, String)> {
+    let mut order: Vec<usize> = (0..texts.len()).collect();
+    let rank = |i: usize| {
+        prompts
+            .iter()
+            .position(|p| *p == texts[i].0)
+            .unwrap_or(usize::MAX)
+    };
+    order.sort_by(|&a, &b| rank(a).cmp(&rank(b)).then_with(|| texts[a].cmp(&texts[b])));
+    let mut new_index = vec![0; texts.len()];
+    for (new, &old) in order.iter().enumerate() {
+        new_index[old] = new;
+    }
+    for d in dets.iter_mut() {
+        d.class = new_index[d.class];
+    }
+    order.into_iter().map(|i| texts[i].clone()).collect()
 }
 
 /// Class counts of the merged boxes (every class, 0 for those without any).
@@ -150,33 +307,42 @@ fn count_classes(classes: &[String], merged: &[MapDetection]) -> BTreeMap<String
     counts
 }
 
-/// The detection layer `path`.
+/// The detection layer `path`; `phrases` (generative packages): each class's phrase, written
+/// as the `phrase` field.
 fn write_detections(
     job: &DetectJob,
     scene: &crate::raster::Scene,
     path: &std::path::Path,
     merged: &[MapDetection],
     classes: &[String],
+    phrases: Option<&[String]>,
 ) -> Result<(), PipelineError> {
+    let mut fields = FIELDS.to_vec();
+    if phrases.is_some() {
+        fields.insert(2, PHRASE);
+    }
     let mut layer = VectorLayerWriter::create(
         path,
         job.base.format,
         "detections",
         GeometryKind::Polygon,
         scene.crs_wkt(),
-        &FIELDS,
+        &fields,
         false,
     )?;
     for d in merged {
-        layer.add_polygon(
-            &d.corners,
-            &[
-                FieldValue::Integer(d.class as i64),
-                FieldValue::String(classes.get(d.class).cloned().unwrap_or_default()),
-                FieldValue::Real(f64::from(d.score)),
-                FieldValue::String(d.tile.clone()),
-            ],
-        )?;
+        let mut values = vec![
+            FieldValue::Integer(d.class as i64),
+            FieldValue::String(classes.get(d.class).cloned().unwrap_or_default()),
+        ];
+        if let Some(p) = phrases {
+            values.push(FieldValue::String(
+                p.get(d.class).cloned().unwrap_or_default(),
+            ));
+        }
+        values.push(FieldValue::Real(f64::from(d.score)));
+        values.push(FieldValue::String(d.tile.clone()));
+        layer.add_polygon(&d.corners, &values)?;
     }
     layer.finish()?;
     Ok(())
@@ -189,15 +355,31 @@ fn write_detections(
 pub fn run_detect(mut job: DetectJob) -> Result<DetectReport, PipelineError> {
     let start = Instant::now();
     let runtime = Runtime::load(job.base.ort_lib.as_deref())?;
-    let mut model = DetectorModel::load(runtime, &job.base.model, &job.base.session)?;
-    if super::check_prompts(
-        model.is_prompted(),
-        &job.prompts,
-        &job.base.model,
-        "an open-vocabulary detector",
-        "text queries",
-    )? {
-        model.set_queries(&job.prompts)?;
+    let mut model = DetectModel::load(runtime, &job.base.model, &job.base.session)?;
+    match &mut model {
+        DetectModel::Boxes(m) => {
+            if super::check_prompts(
+                m.is_prompted(),
+                &job.prompts,
+                &job.base.model,
+                "an open-vocabulary detector",
+                "text queries",
+            )? {
+                m.set_queries(&job.prompts)?;
+            }
+        }
+        DetectModel::Grounded(m) => {
+            if m.requires_prompts() {
+                super::check_prompts(
+                    true,
+                    &job.prompts,
+                    &job.base.model,
+                    "a grounded detector without a default task (grounding.task)",
+                    "text prompts",
+                )?;
+            }
+            m.set_prompts(&job.prompts)?;
+        }
     }
     let size = model.input_size();
     let tiles = super::ModelTiles {
@@ -238,6 +420,7 @@ pub fn run_detect(mut job: DetectJob) -> Result<DetectReport, PipelineError> {
     let sink = Boxes {
         working: (grid.working_width, grid.working_height),
         dets: Vec::new(),
+        texts: Vec::new(),
     };
     let feed = job.feed.take();
     let swept = drive(&spec, stage, sink, |consume| {
@@ -251,7 +434,15 @@ pub fn run_detect(mut job: DetectJob) -> Result<DetectReport, PipelineError> {
             consume,
         )
     })?;
-    let (stats, model_seconds, dets) = (swept.stats, swept.model_seconds, swept.done);
+    let (stats, model_seconds, (mut dets, texts)) = (swept.stats, swept.model_seconds, swept.done);
+    let (classes, phrases) = match &model {
+        DetectModel::Boxes(m) => (m.classes(), None),
+        DetectModel::Grounded(_) => {
+            let texts = order_texts(&mut dets, texts, &job.prompts);
+            let (labels, phrases): (Vec<String>, Vec<String>) = texts.into_iter().unzip();
+            (labels, Some(phrases))
+        }
+    };
 
     let raw = dets.len();
     let t = Instant::now();
@@ -265,19 +456,38 @@ pub fn run_detect(mut job: DetectJob) -> Result<DetectReport, PipelineError> {
         },
     );
     let merge_seconds = t.elapsed().as_secs_f64();
-    let classes = model.classes();
-    let counts = count_classes(&classes, &merged);
+    let mut counts = count_classes(&classes, &merged);
+    // Every prompt counts, with or without boxes; report each label once.
+    let mut report_classes: Vec<String> = Vec::new();
+    if let DetectModel::Grounded(m) = &model {
+        for l in m.labels() {
+            counts.entry(l.clone()).or_default();
+            report_classes.push(l);
+        }
+    }
+    for c in &classes {
+        if !report_classes.contains(c) {
+            report_classes.push(c.clone());
+        }
+    }
     let mut outputs = Vec::new();
     if let (Some(pending), Some(dir)) = (pending, &job.out) {
         let name = format!("detections.{}", job.base.format.extension());
-        write_detections(&job, &scene, &pending.path().join(&name), &merged, &classes)?;
+        write_detections(
+            &job,
+            &scene,
+            &pending.path().join(&name),
+            &merged,
+            &classes,
+            phrases.as_deref(),
+        )?;
         outputs.push(dir.join(name).display().to_string());
         pending.commit()?;
     }
     let (provider, fallback) = model.provider();
     Ok(DetectReport {
         run: super::SceneRunReport::new(&job.base, (provider, fallback), &stats, outputs),
-        classes,
+        classes: report_classes,
         tile_size: size,
         overlap: grid.options.overlap,
         target_gsd: grid.options.target_gsd,

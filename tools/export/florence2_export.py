@@ -151,6 +151,15 @@ def _reinit(model: nn.Module, std: float) -> None:
                 nn.init.normal_(m.bias, 0.0, std / 4)
 
 
+#: --tiny: the processor's ``post_processor_config`` (the checkpoints' processor_config.json has
+#: one; without it ``post_process_generation`` refuses every task). The banned grounding phrases
+#: are the tiny fixture's: the real list comes with a checkpoint (--from) and goes to the manifest.
+TINY_POST_PROCESSOR = {"ocr": {"PATTERN": None, "AREA_THRESHOLD": 0.0},
+                       "phrase_grounding": {"banned_grounding_tokens": ["the image"]},
+                       "pure_text": {}, "description_with_bboxes": {}, "description_with_polygons": {},
+                       "polygons": {}, "bboxes": {}, "description_with_bboxes_or_polygons": {}}
+
+
 def tiny_processor(hf_tok, size: int, image_tokens: int):
     from transformers import CLIPImageProcessor, Florence2Processor
 
@@ -158,7 +167,7 @@ def tiny_processor(hf_tok, size: int, image_tokens: int):
                             do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
                             image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
     ip.image_seq_length = image_tokens
-    return Florence2Processor(image_processor=ip, tokenizer=hf_tok)
+    return Florence2Processor(image_processor=ip, tokenizer=hf_tok, post_processor_config=TINY_POST_PROCESSOR)
 
 
 #: --shape choices ("tiny": the test fixture with references; "mid": a random benchmark model
@@ -385,6 +394,8 @@ class Parts:
             raise SystemExit("export: the tokenizer's <loc_0>..<loc_999> are not one contiguous id range")
         self.loc_first = int(loc[0])
         self.generation = generation
+        ppc = getattr(processor, "post_processor_config", None) or {}
+        self.banned_phrases = [str(t) for t in ppc.get("phrase_grounding", {}).get("banned_grounding_tokens", [])]
 
     # -- the prompt rule the Rust side implements (manifest [tasks] + [prompt]) --------------
     def prompt_text(self, prompt: str) -> str:
@@ -749,6 +760,10 @@ def write_manifest(path: Path, parts: Parts, *, name: str, trained: bool, source
         ("locations", [("first_token_id", parts.loc_first, "<loc_0>; <loc_k> = first_token_id + k"),
                        ("count", 1000, "<loc_0>..<loc_999>"),
                        ("bins", [1000, 1000], "x, y: coordinate = (k + 0.5) * size / bins")]),
+        ("grounding", [("task", "<OD>", "tessera detect without --prompts"),
+                       ("prompt", "<OPEN_VOCABULARY_DETECTION>{prompt}", "what each --prompts entry becomes"),
+                       ("banned_phrases", parts.banned_phrases,
+                        "phrase grounding drops these (processor banned_grounding_tokens)")]),
         C.preprocess_section(parts.size, parts.mean, parts.std),
         ("tokenizer", [("file", "tokenizer.json", "byte-level BPE (BART) + Florence-2's added tokens"),
                        ("bos_token_id", parts.bos, "<s>"),
