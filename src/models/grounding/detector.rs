@@ -61,6 +61,8 @@ pub struct GroundedBox {
 pub struct Answer {
     pub prompt: String,
     pub tokens: Vec<u32>,
+    /// Each token's log-probability ([`Generated`]).
+    pub logprobs: Vec<f32>,
     pub text: String,
 }
 
@@ -302,9 +304,14 @@ impl GroundedDetector {
         self.spec.iou
     }
 
-    /// The decoding settings (the manifest's `[generation]`).
+    /// The decoding settings (the manifest's `[generation]` unless set).
     pub fn params(&self) -> &GenerationParams {
         &self.params
+    }
+
+    /// Decode with other settings than the manifest's.
+    pub fn set_params(&mut self, params: GenerationParams) {
+        self.params = params;
     }
 
     /// The boxes of every image of a normalised batch `[B, 3, S, S]` scoring at least
@@ -365,6 +372,7 @@ impl GroundedDetector {
                 answers[i].push(Answer {
                     prompt: q.prompt.clone(),
                     tokens: g.tokens,
+                    logprobs: g.logprobs,
                     text,
                 });
             }
