@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what tessera needs to build, test and run, idempotently:
-#   1. Debian packages: libgdal-dev gdal-bin pkg-config libsqlite3-dev (GDAL 3.6 on Debian 12)
+#   1. Debian packages: libgdal-dev gdal-bin pkg-config libsqlite3-dev (GDAL 3.6 on Debian 12),
+#      and python3-qgis (QGIS 3.22, headless, without recommends) for the tests that open the
+#      outputs in QGIS
 #   2. ONNX Runtime's CPU library, taken from the PyPI wheel onnxruntime==1.31.1
 #      (hash-checked) into .tessera/ort/
 #   3. A project-local Python virtualenv (.venv) with the tools the tests use
@@ -32,6 +34,21 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   else
     say "missing system packages: ${need_apt[*]}"
     say "run:  sudo apt-get update && sudo apt-get install -y ${need_apt[*]}"
+    exit 1
+  fi
+fi
+
+# QGIS for the tests that open outputs the way QGIS does (styles): the library and its Python
+# bindings only (about 170 MB), not the desktop's recommended providers and plugins.
+if ! QT_QPA_PLATFORM=offscreen /usr/bin/python3 -c 'import qgis.core' >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ]; then
+    say "installing python3-qgis (QGIS, headless) with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends python3-qgis >/dev/null
+  else
+    say "missing system package: python3-qgis"
+    say "run:  sudo apt-get install -y --no-install-recommends python3-qgis"
     exit 1
   fi
 fi

@@ -130,6 +130,30 @@ fn block_scene_is_classified_as_the_reference_says() {
         }
     }
 
+    // In QGIS: the class raster paletted with the labels, the layers categorised by label in
+    // the raster's colours.
+    if let Some(q) = common::qgis_styles(&out) {
+        let raster = &q["classes.tif"];
+        assert_eq!(raster["renderer"], "paletted", "{q}");
+        let classes = raster["classes"].as_array().expect("classes");
+        let names: Vec<&str> = classes
+            .iter()
+            .map(|c| c["label"].as_str().expect("label"))
+            .collect();
+        assert_eq!(names, labels.iter().map(String::as_str).collect::<Vec<_>>());
+        for layer in ["tiles.gpkg", "labels.gpkg"] {
+            let l = &q[layer];
+            assert_eq!(l["renderer"], "categorizedSymbol", "{layer}: {q}");
+            assert_eq!(l["attribute"], "label");
+            let cats = l["categories"].as_array().expect("categories");
+            assert_eq!(cats.len(), classes.len(), "{layer}");
+            for (cat, class) in cats.iter().zip(classes) {
+                assert_eq!(cat["value"], class["label"]);
+                assert_eq!(cat["fill"], class["color"], "{layer}");
+            }
+        }
+    }
+
     // And in geopandas / rasterio, with the right CRS and extent; rasters are valid COGs.
     let Some(found) = inspect_outputs(&out) else {
         return;
@@ -168,9 +192,25 @@ fn block_scene_is_classified_as_the_reference_says() {
         serde_json::json!(["MultiPolygon"])
     );
     assert_eq!(labels_layer["valid"], true);
-    for rec in labels_layer["records"].as_array().expect("records") {
+    let geodesic = labels_layer["geodesic_area_m2"].as_array().expect("areas");
+    for (rec, want) in labels_layer["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .zip(geodesic)
+    {
         assert_eq!(rec["tiles"], 6);
-        assert!((rec["area"].as_f64().expect("area") - 6.0 * 128.0 * 128.0).abs() < 1e-6);
+        // area_m2 is on the ellipsoid (pyproj's value), not the UTM plane's 6 x 128^2 m^2,
+        // from which it differs by the zone's scale factor (within 0.2 % here).
+        let got = rec["area_m2"].as_f64().expect("area_m2");
+        let want = want.as_f64().expect("pyproj area");
+        assert!((got - want).abs() / want < 1e-7, "{got} vs pyproj {want}");
+        let planar = 6.0 * 128.0 * 128.0;
+        assert!(
+            (got / planar - 1.0).abs() < 2e-3,
+            "{got} vs planar {planar}"
+        );
+        assert!((got - planar).abs() > 1e-3, "{got}: planar, not geodesic");
     }
     let tiles = &found["tiles.gpkg"]["records"];
     for rec in tiles.as_array().expect("records") {
@@ -194,18 +234,22 @@ fn vector_formats_cache_and_min_score() {
     common::reference::block_scene(&clip_tiny(), &dir.path().join("scene.tif"), 3, 2, |r, c| {
         (r + c) % 4
     });
-    for (format, ext) in [("shp", "shp"), ("geojson", "geojson"), ("fgb", "fgb")] {
-        let out = format!("out_{format}");
-        run(
-            dir.path(),
-            &classify_args(&labels, &templates, &["--out", &out, "--format", format]),
-        )
-        .success();
+    // GeoJSON is RFC 7946 (WGS 84 longitude, latitude) unless --geojson-native-crs.
+    for (format, ext, extra, epsg) in [
+        ("shp", "shp", None, 32632),
+        ("geojson", "geojson", None, 4326),
+        ("geojson", "geojson", Some("--geojson-native-crs"), 32632),
+        ("fgb", "fgb", None, 32632),
+    ] {
+        let out = format!("out_{format}_{epsg}");
+        let mut more = vec!["--out", &out, "--format", format];
+        more.extend(extra);
+        run(dir.path(), &classify_args(&labels, &templates, &more)).success();
         let Some(found) = inspect_outputs(&dir.path().join(&out)) else {
             return;
         };
         let tiles = &found[format!("tiles.{ext}").as_str()];
-        assert_eq!(tiles["epsg"], 32632, "{format}: {tiles}");
+        assert_eq!(tiles["epsg"], epsg, "{format}: {tiles}");
         assert_eq!(tiles["rows"], 6);
         let cols: Vec<String> = strings(&tiles["columns"]);
         for want in [
@@ -218,7 +262,24 @@ fn vector_formats_cache_and_min_score() {
         ] {
             assert!(cols.iter().any(|c| c == want), "{format}: {cols:?}");
         }
-        assert_eq!(found[format!("labels.{ext}").as_str()]["epsg"], 32632);
+        let labels_layer = &found[format!("labels.{ext}").as_str()];
+        assert_eq!(labels_layer["epsg"], epsg);
+        // The same ground areas whatever the format and CRS.
+        for (rec, want) in labels_layer["records"]
+            .as_array()
+            .expect("records")
+            .iter()
+            .zip(labels_layer["geodesic_area_m2"].as_array().expect("areas"))
+        {
+            let (got, want) = (
+                rec["area_m2"].as_f64().expect("area_m2"),
+                want.as_f64().expect("pyproj"),
+            );
+            assert!(
+                (got - want).abs() / want < 1e-6,
+                "{format}: {got} vs {want}"
+            );
+        }
     }
 
     // The text-embedding cache: the second run with the same model and prompts hits it.

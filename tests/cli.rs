@@ -109,17 +109,40 @@ fn tiles_writes_every_vector_format_with_crs_and_extent() {
         );
         assert_eq!(layer.feature_count(), 12);
         let srs = layer.spatial_ref().expect("srs");
-        assert_eq!(srs.auth_code().ok(), Some(32633), "{name}");
         let ext = layer.get_extent().expect("extent");
         // Tiles of 32 px at 10 m: from x=500000 to 500000 + (72+32)*10, padded past the scene.
-        assert!(
-            (ext.MinX - 500_000.0).abs() < 1e-6 && (ext.MaxX - 501_040.0).abs() < 1e-6,
-            "{name} {ext:?}"
-        );
-        assert!(
-            (ext.MaxY - 4_600_000.0).abs() < 1e-6
-                && (ext.MinY - (4_600_000.0 - 800.0)).abs() < 1e-6
-        );
+        let (x0, x1, y0, y1) = (500_000.0, 501_040.0, 4_600_000.0 - 800.0, 4_600_000.0);
+        if name.ends_with(".geojson") {
+            // RFC 7946: WGS 84 longitude, latitude; the corners as PROJ transforms them, to
+            // 1e-6 degrees (the tiles' vertices along the edges bow by less than that).
+            assert_eq!(srs.auth_code().ok(), Some(4326), "{name}");
+            let mut utm = gdal::spatial_ref::SpatialRef::from_epsg(32633).expect("utm");
+            let mut wgs = gdal::spatial_ref::SpatialRef::from_epsg(4326).expect("wgs");
+            for s in [&mut utm, &mut wgs] {
+                s.set_axis_mapping_strategy(
+                    gdal::spatial_ref::AxisMappingStrategy::TraditionalGisOrder,
+                );
+            }
+            let t = gdal::spatial_ref::CoordTransform::new(&utm, &wgs).expect("transform");
+            let (mut xs, mut ys, mut zs) =
+                (vec![x0, x1, x1, x0], vec![y0, y0, y1, y1], vec![0.0; 4]);
+            t.transform_coords(&mut xs, &mut ys, &mut zs)
+                .expect("corners");
+            let min = |v: &[f64]| v.iter().copied().fold(f64::MAX, f64::min);
+            let max = |v: &[f64]| v.iter().copied().fold(f64::MIN, f64::max);
+            let want = [min(&xs), max(&xs), min(&ys), max(&ys)];
+            let got = [ext.MinX, ext.MaxX, ext.MinY, ext.MaxY];
+            for (g, w) in got.iter().zip(want) {
+                assert!((g - w).abs() < 1e-6, "{name} {got:?} vs {want:?}");
+            }
+        } else {
+            assert_eq!(srs.auth_code().ok(), Some(32633), "{name}");
+            assert!(
+                (ext.MinX - x0).abs() < 1e-6 && (ext.MaxX - x1).abs() < 1e-6,
+                "{name} {ext:?}"
+            );
+            assert!((ext.MaxY - y1).abs() < 1e-6 && (ext.MinY - y0).abs() < 1e-6);
+        }
         let defn = layer.defn();
         let names: Vec<String> = defn.fields().map(|f| f.name()).collect();
         for want in ["tile_id", "row", "col", "valid_frac", "padded"] {

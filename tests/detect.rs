@@ -175,8 +175,72 @@ fn every_painted_object_is_detected_once_with_its_box() {
     let cols = &found["detections.gpkg"]["columns"];
     assert_eq!(
         cols,
-        &serde_json::json!(["class", "label", "score", "tile_id"])
+        &serde_json::json!(["class", "label", "score", "tile_id", "area_m2"])
     );
+    let layer = &found["detections.gpkg"];
+    for (rec, want) in layer["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .zip(layer["geodesic_area_m2"].as_array().expect("areas"))
+    {
+        let (got, want) = (
+            rec["area_m2"].as_f64().expect("area_m2"),
+            want.as_f64().expect("pyproj"),
+        );
+        // pyproj joins the vertices by geodesics; tessera first splits the long edges,
+        // which are straight in the map CRS: the two differ by ~1e-8 of the area.
+        assert!(
+            (got - want).abs() / want < 1e-7,
+            "area_m2 {got} vs pyproj {want}"
+        );
+    }
+}
+
+/// Detections open in QGIS as outlines in a colour per label, labelled with it.
+#[test]
+fn qgis_draws_detections_as_labelled_outlines() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    paint(&dir.path().join("scene.tif"), 500, 420);
+    let model = oracle("det-grid-v8");
+    for format in ["gpkg", "fgb"] {
+        let out = format!("out_{format}");
+        run(
+            dir.path(),
+            &[
+                "detect",
+                "scene.tif",
+                "--model",
+                &model,
+                "--format",
+                format,
+                "--out",
+                &out,
+                "--quiet",
+            ],
+        )
+        .success();
+        let Some(q) = common::qgis_styles(&dir.path().join(&out)) else {
+            return;
+        };
+        let layer = &q[format!("detections.{format}").as_str()];
+        assert_eq!(layer["valid"], true, "{q}");
+        assert_eq!(layer["renderer"], "categorizedSymbol", "{q}");
+        assert_eq!(layer["attribute"], "label");
+        assert_eq!(layer["labels_enabled"], true);
+        assert_eq!(layer["label_field"], "label");
+        let cats = layer["categories"].as_array().expect("categories");
+        let toml = std::fs::read_to_string(Path::new(&model).join("model.toml")).expect("toml");
+        assert!(!cats.is_empty());
+        let mut outlines = std::collections::BTreeSet::new();
+        for c in cats {
+            assert!(toml.contains(c["value"].as_str().expect("value")), "{c}");
+            assert_eq!(c["style"], "no", "{c}");
+            assert_eq!(c["fill_alpha"], 0, "{c}");
+            outlines.insert(c["outline"].as_str().expect("outline").to_string());
+        }
+        assert_eq!(outlines.len(), cats.len(), "one colour per label: {q}");
+    }
 }
 
 #[test]

@@ -21,17 +21,29 @@ fn oracle(name: &str) -> String {
         .to_string()
 }
 
-/// Write a 1 m RGB scene from a per-pixel colour function.
+/// Write a 1 m RGB scene in UTM 33N from a per-pixel colour function.
 fn paint(path: &Path, w: usize, h: usize, color: impl Fn(usize, usize) -> [u8; 3]) {
+    let gt = [ORIGIN.0, 1.0, 0.0, ORIGIN.1, 0.0, -1.0];
+    paint_in(path, w, h, gt, 32633, color);
+}
+
+/// Write an RGB scene on the grid `gt` in EPSG:`epsg`.
+fn paint_in(
+    path: &Path,
+    w: usize,
+    h: usize,
+    gt: [f64; 6],
+    epsg: u32,
+    color: impl Fn(usize, usize) -> [u8; 3],
+) {
     let driver = gdal::DriverManager::get_driver_by_name("GTiff").expect("driver");
     let opts: gdal::raster::RasterCreationOptions =
         "TILED=YES COMPRESS=DEFLATE".parse().expect("opts");
     let mut ds = driver
         .create_with_band_type_with_options::<u8, _>(path, w, h, 3, &opts)
         .expect("create");
-    ds.set_geo_transform(&[ORIGIN.0, 1.0, 0.0, ORIGIN.1, 0.0, -1.0])
-        .expect("gt");
-    ds.set_spatial_ref(&gdal::spatial_ref::SpatialRef::from_epsg(32633).expect("srs"))
+    ds.set_geo_transform(&gt).expect("gt");
+    ds.set_spatial_ref(&gdal::spatial_ref::SpatialRef::from_epsg(epsg).expect("srs"))
         .expect("srs");
     for b in 0..3 {
         let plane: Vec<u8> = (0..h)
@@ -194,6 +206,161 @@ fn stitched_threshold_masks_equal_the_painted_shapes() {
     assert_eq!(found["polygons.gpkg"]["epsg"], 32633);
     assert_eq!(found["polygons.gpkg"]["valid"], true);
     assert_eq!(found["polygons.gpkg"]["rows"], n_shapes as u64);
+    let polygons = &found["polygons.gpkg"];
+    for (rec, want) in polygons["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .zip(polygons["geodesic_area_m2"].as_array().expect("areas"))
+    {
+        let (got, want) = (
+            rec["area_m2"].as_f64().expect("area_m2"),
+            want.as_f64().expect("pyproj"),
+        );
+        // pyproj joins the vertices by geodesics; tessera first splits the long edges,
+        // which are straight in the map CRS: the two differ by ~1e-8 of the area.
+        assert!(
+            (got - want).abs() / want < 1e-7,
+            "area_m2 {got} vs pyproj {want}"
+        );
+    }
+}
+
+/// The outputs open in QGIS styled by default: the class raster paletted with the class names
+/// and colours, the polygons categorised by label in the same colours (GeoPackage
+/// `layer_styles`; `.qml` beside a Shapefile).
+#[test]
+fn qgis_opens_the_outputs_styled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (w, h) = (96, 64);
+    let (inside, _) = shapes();
+    paint(&dir.path().join("scene.tif"), w, h, |x, y| {
+        if inside(x, y) {
+            [220, 40, 40]
+        } else {
+            [30, 120, 60]
+        }
+    });
+    let model = oracle("seg-threshold");
+    for format in ["gpkg", "shp"] {
+        let out = format!("out_{format}");
+        run(
+            dir.path(),
+            &[
+                "segment",
+                "scene.tif",
+                "--model",
+                &model,
+                "--tile-size",
+                "32",
+                "--format",
+                format,
+                "--out",
+                &out,
+                "--quiet",
+            ],
+        )
+        .success();
+        let out = dir.path().join(&out);
+        if format == "shp" {
+            assert!(out.join("polygons.qml").is_file());
+        }
+        assert!(out.join("classes.qml").is_file());
+        let Some(q) = common::qgis_styles(&out) else {
+            return;
+        };
+        let raster = &q["classes.tif"];
+        assert_eq!(raster["renderer"], "paletted", "{q}");
+        let classes = raster["classes"].as_array().expect("classes");
+        let names: Vec<&str> = classes
+            .iter()
+            .map(|c| c["label"].as_str().expect("label"))
+            .collect();
+        let toml = std::fs::read_to_string(Path::new(&model).join("model.toml")).expect("toml");
+        for n in &names {
+            assert!(
+                toml.contains(&format!("\"{n}\"")),
+                "{n} not a class of the model"
+            );
+        }
+        assert_eq!(classes.len(), names.len());
+        let polygons = &q[format!("polygons.{format}").as_str()];
+        assert_eq!(polygons["valid"], true);
+        assert_eq!(polygons["renderer"], "categorizedSymbol", "{q}");
+        assert_eq!(polygons["attribute"], "label");
+        let cats = polygons["categories"].as_array().expect("categories");
+        assert_eq!(cats.len(), classes.len());
+        // The same colour for a class in the raster and the layer.
+        for (cat, class) in cats.iter().zip(classes) {
+            assert_eq!(cat["value"], class["label"]);
+            assert_eq!(cat["fill"], class["color"], "{q}");
+            assert_eq!(cat["style"], "solid");
+        }
+    }
+}
+
+/// `area_m2` and `--min-area` are square metres on the ellipsoid even when the scene's CRS is
+/// in degrees: two squares of 20 x 20 and 10 x 10 pixels of 1e-4 degrees at 60 N, where a
+/// pixel is about 5.6 m x 11.1 m; a threshold between their ground areas keeps the larger.
+#[test]
+fn areas_and_min_area_are_square_metres_in_degree_scenes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (w, h) = (96, 64);
+    let gt = [10.0, 1e-4, 0.0, 60.0, 0.0, -1e-4];
+    let big = |x: usize, y: usize| (10..30).contains(&x) && (10..30).contains(&y);
+    let small = |x: usize, y: usize| (60..70).contains(&x) && (20..30).contains(&y);
+    paint_in(&dir.path().join("scene.tif"), w, h, gt, 4326, |x, y| {
+        if big(x, y) || small(x, y) {
+            [220, 40, 40]
+        } else {
+            [30, 120, 60]
+        }
+    });
+    let model = oracle("seg-threshold");
+    let segment = |out: &str, more: &[&str]| {
+        let mut args = vec![
+            "segment",
+            "scene.tif",
+            "--model",
+            &model,
+            "--tile-size",
+            "32",
+            "--out",
+            out,
+            "--json",
+            "--quiet",
+        ];
+        args.extend(more);
+        run(dir.path(), &args).success().json()
+    };
+    segment("all", &[]);
+    let Some(found) = inspect_outputs(&dir.path().join("all")) else {
+        return;
+    };
+    let layer = &found["polygons.gpkg"];
+    assert_eq!(layer["rows"], 2);
+    let mut areas: Vec<(f64, f64)> = layer["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .zip(layer["geodesic_area_m2"].as_array().expect("areas"))
+        .map(|(r, a)| {
+            (
+                r["area_m2"].as_f64().expect("area_m2"),
+                a.as_f64().expect("pyproj"),
+            )
+        })
+        .collect();
+    areas.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for (got, want) in &areas {
+        assert!((got - want).abs() / want < 1e-7, "{got} vs pyproj {want}");
+    }
+    // About 100 pixels of ~62 m^2 and 400 of them; not 1e-6 and 4e-6 square degrees.
+    assert!((5_000.0..7_000.0).contains(&areas[0].0), "{areas:?}");
+    assert!((20_000.0..28_000.0).contains(&areas[1].0), "{areas:?}");
+    let between = format!("{}", (areas[0].0 + areas[1].0) / 2.0);
+    let j = segment("big", &["--min-area", &between]);
+    assert_eq!(j["polygons"], 1, "{j}");
 }
 
 #[test]

@@ -93,6 +93,7 @@ pub struct Asset {
 /// | `.jsonl`, `.ndjson` | `application/x-ndjson` | data |
 /// | `.csv` | `text/csv` | data |
 /// | `.json` | `application/json` | metadata |
+/// | `.qml` (QGIS style) | `application/xml` | metadata |
 /// | `.parquet` | `application/vnd.apache.parquet` | data |
 /// | `.png` / `.jpg`, `.jpeg` | `image/png` / `image/jpeg` | data |
 /// | anything else | `application/octet-stream` | data |
@@ -122,6 +123,7 @@ fn media_type_and_role(ext: &str) -> (&'static str, &'static str) {
         "jsonl" | "ndjson" => ("application/x-ndjson", "data"),
         "csv" => ("text/csv", "data"),
         "json" => ("application/json", "metadata"),
+        "qml" => ("application/xml", "metadata"),
         "parquet" => ("application/vnd.apache.parquet", "data"),
         "png" => ("image/png", "data"),
         "jpg" | "jpeg" => ("image/jpeg", "data"),

@@ -20,7 +20,7 @@ use crate::models::{ImageElement, StagedBatch};
 use crate::options::InvalidOption;
 use crate::output::{
     class_color, polygonize_classes, write_cog, FieldKind, FieldSpec, FieldValue, GeometryKind,
-    Legend, PendingOutput, RasterSpec, VectorLayerWriter,
+    LayerArea, LayerStyle, Legend, PendingOutput, RasterSpec, Symbol, VectorLayerWriter,
 };
 use crate::raster::{GeoTransform, Scene};
 use crate::runtime::Runtime;
@@ -171,7 +171,7 @@ pub const LABEL_FIELDS: [FieldSpec; 4] = [
         kind: FieldKind::Integer,
     },
     FieldSpec {
-        name: "area",
+        name: "area_m2",
         kind: FieldKind::Real,
     },
 ];
@@ -605,6 +605,8 @@ fn write_outputs(
         },
         false,
     )?;
+    super::write_raster_style(&dir.join("classes.tif"), &legend)?;
+    let style = super::label_style(&legend, Symbol::Fill, None);
     let ext = job.base.format.extension();
     write_tile_layer(
         job,
@@ -613,6 +615,7 @@ fn write_outputs(
         results,
         names,
         class_of,
+        &style,
     )?;
     write_label_layer(
         job,
@@ -621,6 +624,7 @@ fn write_outputs(
         &classes,
         (cols, rows, &gt),
         names,
+        &style,
     )
 }
 
@@ -632,6 +636,7 @@ fn write_tile_layer(
     results: &[TileResult],
     names: &[String],
     class_of: &dyn Fn(&TileResult) -> u8,
+    style: &LayerStyle,
 ) -> Result<(), PipelineError> {
     let mut tiles = VectorLayerWriter::create(
         path,
@@ -642,6 +647,7 @@ fn write_tile_layer(
         &TILE_FIELDS,
         false,
     )?;
+    tiles.set_style(style.clone());
     for r in results {
         let top = r.top(3);
         let label_at = |i: usize| {
@@ -683,6 +689,7 @@ fn write_label_layer(
     classes: &[u8],
     (cols, rows, gt): (usize, usize, &GeoTransform),
     names: &[String],
+    style: &LayerStyle,
 ) -> Result<(), PipelineError> {
     let polygons =
         polygonize_classes(classes, cols, rows, gt, Some(CLASS_NODATA)).map_err(|reason| {
@@ -700,11 +707,21 @@ fn write_label_layer(
         &LABEL_FIELDS,
         false,
     )?;
+    labels.set_style(style.clone());
+    let areas = LayerArea::for_layer(crs).map_err(|reason| crate::output::OutputError::Write {
+        path: path.display().to_string(),
+        reason: format!("label areas: {reason}"),
+    })?;
     for (class, polys) in polygons {
-        use geo::Area;
         let count = classes.iter().filter(|&&c| c == class).count();
         let mp = geo::MultiPolygon(polys);
-        let area = mp.unsigned_area();
+        let area =
+            areas
+                .multi_polygon(&mp)
+                .map_err(|reason| crate::output::OutputError::Write {
+                    path: path.display().to_string(),
+                    reason: format!("label areas: {reason}"),
+                })?;
         labels.add_multipolygon(
             &mp,
             &[

@@ -21,7 +21,7 @@ use crate::models::detection::{DetectorModel, PixelBox};
 use crate::models::grounding::detector::{is_generative, GroundedBox, GroundedDetector};
 use crate::models::ModelPackage;
 use crate::output::{
-    FieldKind, FieldSpec, FieldValue, GeometryKind, PendingOutput, VectorLayerWriter,
+    FieldKind, FieldSpec, FieldValue, GeometryKind, LayerArea, PendingOutput, VectorLayerWriter,
 };
 use crate::runtime::Runtime;
 use crate::stitch::boxes::{merge, MapDetection, MergeMethod, MergeOptions};
@@ -71,7 +71,7 @@ const PHRASE: FieldSpec = FieldSpec {
     kind: FieldKind::String,
 };
 
-const FIELDS: [FieldSpec; 4] = [
+const FIELDS: [FieldSpec; 5] = [
     FieldSpec {
         name: "class",
         kind: FieldKind::Integer,
@@ -87,6 +87,10 @@ const FIELDS: [FieldSpec; 4] = [
     FieldSpec {
         name: "tile_id",
         kind: FieldKind::String,
+    },
+    FieldSpec {
+        name: "area_m2",
+        kind: FieldKind::Real,
     },
 ];
 
@@ -330,7 +334,33 @@ fn write_detections(
         &fields,
         false,
     )?;
+    // The style categorises by label; generative packages' classes may share one (a prompt
+    // with several phrases): each label once.
+    let mut names: Vec<String> = Vec::new();
+    for c in classes {
+        if !names.contains(c) {
+            names.push(c.clone());
+        }
+    }
+    let legend = crate::output::Legend {
+        colors: (0..names.len()).map(crate::output::class_color).collect(),
+        names,
+    };
+    layer.set_style(super::label_style(
+        &legend,
+        crate::output::Symbol::Outline,
+        Some("label"),
+    ));
+    let area_err = |reason: String| crate::output::OutputError::Write {
+        path: path.display().to_string(),
+        reason: format!("box areas: {reason}"),
+    };
+    let areas = LayerArea::for_layer(scene.crs_wkt()).map_err(area_err)?;
     for d in merged {
+        let footprint = geo::Polygon::new(geo::LineString::from(d.corners.to_vec()), vec![]);
+        let area = areas
+            .multi_polygon(&geo::MultiPolygon(vec![footprint]))
+            .map_err(area_err)?;
         let mut values = vec![
             FieldValue::Integer(d.class as i64),
             FieldValue::String(classes.get(d.class).cloned().unwrap_or_default()),
@@ -342,6 +372,7 @@ fn write_detections(
         }
         values.push(FieldValue::Real(f64::from(d.score)));
         values.push(FieldValue::String(d.tile.clone()));
+        values.push(FieldValue::Real(area));
         layer.add_polygon(&d.corners, &values)?;
     }
     layer.finish()?;

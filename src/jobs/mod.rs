@@ -380,6 +380,48 @@ where
 ///
 /// # Errors
 /// The folder cannot be listed.
+/// The categorised style of a layer whose `label` field holds the legend's class names, in the
+/// legend's colours ([`crate::output::style`]).
+pub(crate) fn label_style(
+    legend: &crate::output::Legend,
+    symbol: crate::output::Symbol,
+    label_field: Option<&str>,
+) -> crate::output::LayerStyle {
+    crate::output::LayerStyle {
+        field: "label".into(),
+        categories: legend
+            .names
+            .iter()
+            .cloned()
+            .zip(legend.colors.iter().copied())
+            .collect(),
+        symbol,
+        label_field: label_field.map(str::to_string),
+    }
+}
+
+/// `<raster stem>.qml` beside a class raster: QGIS's paletted renderer with the legend's
+/// classes, names and colours (QGIS loads it with the raster).
+pub(crate) fn write_raster_style(
+    raster: &std::path::Path,
+    legend: &crate::output::Legend,
+) -> Result<(), PipelineError> {
+    let classes: Vec<(u32, String, [u8; 3])> = legend
+        .names
+        .iter()
+        .zip(&legend.colors)
+        .enumerate()
+        .map(|(i, (n, c))| (i as u32, n.clone(), *c))
+        .collect();
+    let path = raster.with_extension("qml");
+    std::fs::write(&path, crate::output::raster_qml(&classes)).map_err(|e| {
+        PipelineError::Output(crate::output::OutputError::Write {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
+    })
+}
+
 pub(crate) fn output_names(
     pending: &std::path::Path,
     out: &std::path::Path,

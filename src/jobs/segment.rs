@@ -13,8 +13,8 @@ use super::driver::{drive, ModelStage, RunSpec, SceneSink};
 use super::{stream_model_tiles, PipelineError, TileBatch};
 use crate::models::segmentation::{SegFormat, SegmentationModel};
 use crate::output::{
-    class_color, FieldKind, FieldSpec, FieldValue, GeometryKind, Legend, MosaicSpec, MosaicWriter,
-    PendingOutput, VectorLayerWriter,
+    class_color, FieldKind, FieldSpec, FieldValue, GeometryKind, LayerArea, Legend, MosaicSpec,
+    MosaicWriter, PendingOutput, Symbol, VectorLayerWriter,
 };
 use crate::runtime::Runtime;
 use crate::stitch::mask::{BlendWindow, Decision, MaskStitcher};
@@ -32,6 +32,7 @@ pub struct SegmentJob {
     pub prompts: Vec<String>,
     pub probabilities: bool,
     pub simplify: f64,
+    /// Smallest polygon kept, in m^2 ([`LayerArea`]).
     pub min_area: f64,
     pub out: PathBuf,
     pub overwrite: bool,
@@ -61,31 +62,37 @@ pub struct SegmentReport {
     pub phase_seconds: PhaseSeconds,
 }
 
-/// Polygons as GDAL geometries, simplified by `tolerance` map units (topology preserved) and
-/// without those under `min_area` square map units.
+/// Polygons as GDAL geometries with their area in m^2 ([`LayerArea`]), simplified by
+/// `tolerance` map units (topology preserved) and without those under `min_area_m2`.
 fn finish_polygons(
     polygons: Vec<(u8, geo::Polygon<f64>)>,
     tolerance: f64,
-    min_area: f64,
+    min_area_m2: f64,
+    areas: &LayerArea,
     raster: &std::path::Path,
-) -> Result<Vec<(u8, gdal::vector::Geometry)>, crate::output::OutputError> {
+) -> Result<Vec<(u8, gdal::vector::Geometry, f64)>, crate::output::OutputError> {
     use gdal::vector::ToGdal;
-    let err = |e: gdal::errors::GdalError| crate::output::OutputError::Write {
+    let err = |reason: String| crate::output::OutputError::Write {
         path: raster.display().to_string(),
-        reason: format!("polygon geometry: {e}"),
+        reason: format!("polygon geometry: {reason}"),
     };
     let mut out = Vec::with_capacity(polygons.len());
     for (class, p) in polygons {
-        let g = p.to_gdal().map_err(err)?;
+        let g = p.to_gdal().map_err(|e| err(e.to_string()))?;
         let g = if tolerance > 0.0 {
-            g.simplify_preserve_topology(tolerance).map_err(err)?
+            g.simplify_preserve_topology(tolerance)
+                .map_err(|e| err(e.to_string()))?
         } else {
             g
         };
-        if g.is_empty() || g.area() < min_area {
+        if g.is_empty() {
             continue;
         }
-        out.push((class, g));
+        let area = areas.gdal(&g).map_err(err)?;
+        if area < min_area_m2 {
+            continue;
+        }
+        out.push((class, g, area));
     }
     Ok(out)
 }
@@ -113,7 +120,7 @@ const POLYGON_FIELDS: [FieldSpec; 3] = [
         kind: FieldKind::String,
     },
     FieldSpec {
-        name: "area",
+        name: "area_m2",
         kind: FieldKind::Real,
     },
 ];
@@ -219,6 +226,22 @@ fn class_setup(model: &SegmentationModel, job: &SegmentJob) -> (Decision, usize,
     (decision, n_classes, prob_bands)
 }
 
+/// The class raster's legend: black background (class 0), then distinct colours.
+fn legend(classes: &[String]) -> Legend {
+    Legend {
+        names: classes.to_vec(),
+        colors: (0..classes.len())
+            .map(|i| {
+                if i == 0 {
+                    [0, 0, 0]
+                } else {
+                    class_color(i - 1)
+                }
+            })
+            .collect(),
+    }
+}
+
 /// The mosaic writer and its stitcher over `grid`, writing into `dir`.
 fn stitching(
     model: &SegmentationModel,
@@ -229,18 +252,7 @@ fn stitching(
 ) -> Result<Stitching, PipelineError> {
     let classes = model.classes();
     let (decision, n_classes, prob_bands) = class_setup(model, job);
-    let legend = Legend {
-        names: classes.clone(),
-        colors: (0..classes.len())
-            .map(|i| {
-                if i == 0 {
-                    [0, 0, 0]
-                } else {
-                    class_color(i - 1)
-                }
-            })
-            .collect(),
-    };
+    let legend = legend(&classes);
     let skip: Vec<u8> = model.background().into_iter().collect();
     // The kept probability bands are the last `prob_bands` classes.
     let band_names: Vec<String> = classes[classes.len() - prob_bands.min(classes.len())..].to_vec();
@@ -276,7 +288,7 @@ fn write_polygons(
     job: &SegmentJob,
     scene: &crate::raster::Scene,
     dir: &std::path::Path,
-    polys: Vec<(u8, gdal::vector::Geometry)>,
+    polys: Vec<(u8, gdal::vector::Geometry, f64)>,
     classes: &[String],
 ) -> Result<usize, PipelineError> {
     let ext = job.base.format.extension();
@@ -289,9 +301,9 @@ fn write_polygons(
         &POLYGON_FIELDS,
         false,
     )?;
+    layer.set_style(super::label_style(&legend(classes), Symbol::Fill, None));
     let n_polys = polys.len();
-    for (class, g) in polys {
-        let area = g.area();
+    for (class, g, area) in polys {
         let label = classes.get(class as usize).cloned().unwrap_or_default();
         layer.add(
             g,
@@ -380,13 +392,16 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
 
     // The COGs were assembled at the end of the sweep, on the stitching thread.
     let cog_done = Instant::now();
-    let polys = finish_polygons(
-        polygons,
-        job.simplify,
-        job.min_area,
-        &dir.join("classes.tif"),
-    )?;
+    let classes_tif = dir.join("classes.tif");
+    let areas = LayerArea::for_layer(scene.crs_wkt()).map_err(|reason| {
+        crate::output::OutputError::Write {
+            path: classes_tif.display().to_string(),
+            reason: format!("polygon areas: {reason}"),
+        }
+    })?;
+    let polys = finish_polygons(polygons, job.simplify, job.min_area, &areas, &classes_tif)?;
     let polygons_done = Instant::now();
+    super::write_raster_style(&classes_tif, &legend(&classes))?;
     let n_polys = write_polygons(&job, &scene, &dir, polys, &classes)?;
     let outputs = super::output_names(&dir, &job.out)?;
     pending.commit()?;

@@ -588,7 +588,8 @@ std = [0.5, 0.5, 0.5]
         assert_eq!(
             err,
             "line 2: unknown model family 'clap' (known: clip, openclip, siglip, flava, \
-             chinese-clip, image-text-decoder, cross-attention-decoder, segmenter, detector)"
+             chinese-clip, image-text-decoder, cross-attention-decoder, segmenter, detector, \
+             promptable-segmenter)"
         );
         // A section of another family is an unknown key.
         let err = Manifest::parse(&format!("{GOOD}[segmentation]\nformat = \"logits\"\n"))

@@ -3,7 +3,7 @@
 //! A model package is a folder: ONNX graph(s), a `tokenizer.json` where text is involved, and
 //! a manifest `model.toml` naming the family, the graphs, their input and output names,
 //! preprocessing, tokenizer settings and score scaling. One file per family implements it
-//! ([`clip`], [`decoder`], [`segmentation`], [`detection`]), listed once in [`registry`];
+//! ([`clip`], [`decoder`], [`segmentation`], [`detection`], [`promptable`]), listed once in [`registry`];
 //! the plumbing they share has files of its own ([`package`], [`tokenizer`], [`preprocess`],
 //! [`staging`]). [`check_package`] validates a package and reports every problem at once.
 
@@ -21,6 +21,7 @@ mod manifest;
 pub mod openclip;
 pub mod package;
 pub mod preprocess;
+pub mod promptable;
 pub mod registry;
 pub mod segmentation;
 pub mod siglip;
@@ -68,6 +69,12 @@ pub enum ModelError {
         /// The families that would, quoted: `'clip'` or `'clip' or 'siglip'`.
         wanted: String,
     },
+    /// A package used as a refiner (promptable segmenter) that is of another family.
+    #[error(
+        "{path} is a '{family}' model, not a promptable segmenter: a refiner needs a \
+         'promptable-segmenter' package (SAM: export.py sam)"
+    )]
+    NotPromptable { path: String, family: String },
     /// Something a family or package does not do (the reason says what).
     #[error("{0}")]
     Unsupported(String),

@@ -115,6 +115,7 @@ pub static FAMILIES: &[&dyn ModelFamily] = &[
     &super::cross_decoder::CrossAttentionDecoder,
     &super::segmentation::Segmenter,
     &super::detection::Detector,
+    &super::promptable::PromptableFamily,
 ];
 
 /// The family named `name` in a manifest.
@@ -196,7 +197,8 @@ mod tests {
         assert_eq!(
             unknown_family("x"),
             "unknown model family 'x' (known: clip, openclip, siglip, flava, chinese-clip, \
-             image-text-decoder, cross-attention-decoder, segmenter, detector)"
+             image-text-decoder, cross-attention-decoder, segmenter, detector, \
+             promptable-segmenter)"
         );
         assert_eq!(
             timed_names(),

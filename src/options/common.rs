@@ -347,6 +347,10 @@ pub struct OutputOptions {
     /// Vector format: gpkg (default), shp, geojson, fgb (or their long names).
     #[arg(long, value_name = "FORMAT")]
     pub format: Option<String>,
+    /// GeoJSON layers in the scene's CRS (GeoJSON 2008 `crs` member) instead of RFC 7946's
+    /// WGS 84 longitude, latitude; other formats always keep the scene's CRS.
+    #[arg(long)]
+    pub geojson_native_crs: bool,
 }
 
 impl OutputOptions {
@@ -355,14 +359,18 @@ impl OutputOptions {
     /// # Errors
     /// An unknown format name, listing the known ones.
     pub fn vector_format(&self) -> Result<&'static dyn VectorFormat, InvalidOption> {
-        let Some(name) = self.format.as_deref() else {
-            return Ok(formats::ALL[0]);
+        let format = match self.format.as_deref() {
+            None => formats::ALL[0],
+            Some(name) => formats::by_name(name).ok_or_else(|| {
+                InvalidOption::new(
+                    "format",
+                    format!("'{name}' is not a vector format ({})", formats::names()),
+                )
+            })?,
         };
-        formats::by_name(name).ok_or_else(|| {
-            InvalidOption::new(
-                "format",
-                format!("'{name}' is not a vector format ({})", formats::names()),
-            )
+        Ok(match (self.geojson_native_crs, format.native_crs()) {
+            (true, Some(native)) => native,
+            _ => format,
         })
     }
 }

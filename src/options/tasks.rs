@@ -436,7 +436,8 @@ pub struct SegmentOptions {
     /// Simplify polygons with this tolerance in map units (topology preserved; 0: none).
     #[arg(long, value_name = "TOL")]
     pub simplify: Option<f64>,
-    /// Drop polygons smaller than this area in square map units.
+    /// Drop polygons smaller than this area in square metres (geodesic, on the ellipsoid of
+    /// the scene's CRS, whatever its units; for a scene without a CRS, in its pixel units).
     #[arg(long, value_name = "AREA")]
     pub min_area: Option<f64>,
 }

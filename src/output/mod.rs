@@ -6,20 +6,24 @@ mod atomic;
 mod chips;
 pub mod cog;
 pub mod formats;
+pub mod geodesic;
 mod mosaic;
 mod polygonize;
 pub mod polygonize_stream;
 mod raster;
+pub mod style;
 mod vector;
 
 pub use atomic::{refuse_input, PendingOutput};
 pub use chips::ChipWriter;
 pub use cog::{CogSpec, CogWriter, OverviewResampling};
 pub use formats::VectorFormat;
+pub use geodesic::{GeodesicArea, LayerArea};
 pub use mosaic::{MosaicSpec, MosaicWriter};
 pub use polygonize::polygonize_classes;
 pub use polygonize_stream::StreamPolygonizer;
 pub use raster::{class_color, write_cog, Legend, RasterSpec};
+pub use style::{raster_qml, LayerStyle, Symbol};
 pub use vector::{FieldKind, FieldSpec, FieldValue, GeometryKind, VectorLayerWriter};
 
 use thiserror::Error;

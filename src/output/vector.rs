@@ -9,6 +9,7 @@ use gdal::vector::{
 use gdal::{Dataset, DriverManager};
 
 use super::formats::{field_names, VectorFormat};
+use super::style::{gpkg_style_sql, LayerStyle};
 use super::{OutputError, PendingOutput, Result};
 use crate::raster::gdal_reason;
 
@@ -51,6 +52,8 @@ pub struct VectorLayerWriter {
     fields: Vec<FieldSpec>,
     in_transaction: bool,
     count: usize,
+    /// The default style QGIS loads ([`VectorLayerWriter::set_style`]).
+    style: Option<LayerStyle>,
 }
 
 impl std::fmt::Debug for VectorLayerWriter {
@@ -136,6 +139,7 @@ impl VectorLayerWriter {
             fields: fields.to_vec(),
             in_transaction,
             count: 0,
+            style: None,
         })
     }
 
@@ -234,6 +238,37 @@ impl VectorLayerWriter {
         Ok(())
     }
 
+    /// Give the layer a default style that QGIS loads with it: in the GeoPackage's
+    /// `layer_styles` table, or a `.qml` beside the other formats' files.
+    pub fn set_style(&mut self, style: LayerStyle) {
+        self.style = Some(style);
+    }
+
+    /// Store the style: in `layer_styles` for a GeoPackage (inside the layer's transaction),
+    /// else as `<stem>.qml` beside the temporary file, which commits with it.
+    fn write_style(&self, dataset: &Dataset) -> Result<()> {
+        let Some(style) = &self.style else {
+            return Ok(());
+        };
+        let qml = style.qml();
+        if self.format.driver() == "GPKG" {
+            let layer = dataset.layer(0).map_err(|e| self.err(ogr_reason(&e)))?;
+            let geometry_column = layer
+                .defn()
+                .geom_fields()
+                .next()
+                .map_or_else(|| "geom".to_string(), |f| f.name());
+            for sql in gpkg_style_sql(&layer.name(), &geometry_column, &qml) {
+                dataset
+                    .execute_sql(sql, None, gdal::vector::sql::Dialect::DEFAULT)
+                    .map_err(|e| self.err(format!("layer style: {}", ogr_reason(&e))))?;
+            }
+            return Ok(());
+        }
+        let path = self.pending.path().with_extension("qml");
+        std::fs::write(&path, qml).map_err(|e| self.err(format!("layer style: {e}")))
+    }
+
     /// Features written so far.
     pub fn len(&self) -> usize {
         self.count
@@ -272,6 +307,7 @@ impl VectorLayerWriter {
     /// The driver failing to flush, or the rename failing.
     pub fn finish(mut self) -> Result<()> {
         if let Some(dataset) = self.dataset.take() {
+            self.write_style(&dataset)?;
             if self.in_transaction {
                 // SAFETY: valid handle; the transaction was started on it.
                 let rv = unsafe { gdal_sys::GDALDatasetCommitTransaction(dataset.c_dataset()) };
@@ -373,6 +409,59 @@ mod tests {
             "no space left on device (No space left on device)"
         );
         assert_eq!(space_words("corrupt".into()), "corrupt");
+    }
+
+    /// An empty layer still says what it would hold: geometry type and CRS (GeoJSON has no
+    /// geometry type member; RFC 7946 GeoJSON is WGS 84 by definition, and GDAL reads it so).
+    #[test]
+    fn empty_layers_keep_geometry_type_and_crs() {
+        use crate::output::formats;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let utm = SpatialRef::from_epsg(32633)
+            .expect("srs")
+            .to_wkt()
+            .expect("wkt");
+        let cases: [(&'static dyn VectorFormat, Option<u32>, bool); 5] = [
+            (&formats::GeoPackage, Some(32633), true),
+            (&formats::Shapefile, Some(32633), true),
+            (&formats::FlatGeobuf, Some(32633), true),
+            (&formats::GeoJsonNativeCrs, Some(32633), false),
+            (&formats::GeoJson, Some(4326), false),
+        ];
+        for (i, (format, epsg, typed)) in cases.into_iter().enumerate() {
+            let path = dir.path().join(format!("empty{i}.{}", format.extension()));
+            let fields = [FieldSpec {
+                name: "label",
+                kind: FieldKind::String,
+            }];
+            VectorLayerWriter::create(
+                &path,
+                format,
+                "empty",
+                GeometryKind::Polygon,
+                Some(&utm),
+                &fields,
+                false,
+            )
+            .expect("create")
+            .finish()
+            .expect("finish");
+            let ds = Dataset::open(&path).expect("open");
+            let layer = ds.layer(0).expect("layer");
+            assert_eq!(layer.feature_count(), 0);
+            let srs = layer.spatial_ref().expect("a CRS");
+            let code = srs.auth_code().ok().map(|c| c as u32);
+            assert_eq!(code, epsg, "{}", format.name());
+            if typed {
+                let ty = layer
+                    .defn()
+                    .geom_fields()
+                    .next()
+                    .expect("geometry")
+                    .field_type();
+                assert_eq!(ty, OGRwkbGeometryType::wkbPolygon, "{}", format.name());
+            }
+        }
     }
 
     #[test]

@@ -320,6 +320,42 @@ pub fn inspect_outputs(dir: &Path) -> Option<serde_json::Value> {
     Some(serde_json::from_slice(&out.stdout).expect("json"))
 }
 
+/// Every output in `dir` as QGIS opens it, default styles included (tests/python/qgis_styles.py
+/// with the system python3 and Debian's python3-qgis, installed by `make setup`); `None`, with
+/// a note, where PyQGIS is absent outside CI.
+#[allow(dead_code)]
+pub fn qgis_styles(dir: &Path) -> Option<serde_json::Value> {
+    let has_qgis = Command::new("/usr/bin/python3")
+        .args(["-c", "import qgis.core"])
+        .env("QT_QPA_PLATFORM", "offscreen")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_qgis {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "PyQGIS is absent: `make setup` should have installed python3-qgis"
+        );
+        eprintln!("skipping QGIS checks: PyQGIS is absent (run `make setup`)");
+        return None;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/qgis_styles.py");
+    let out = Command::new("/usr/bin/python3")
+        .arg(script)
+        .arg(dir)
+        .env("QT_QPA_PLATFORM", "offscreen")
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "qgis_styles failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // QGIS may print its own lines first; the report is the last line.
+    let last = stdout.lines().last().unwrap_or("");
+    Some(serde_json::from_str(last).expect("json"))
+}
+
 /// The committed tiny CLIP package.
 pub fn clip_tiny() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("sample_data/models/clip-tiny")

@@ -1,6 +1,8 @@
 """Open every output in a folder the way a GIS analyst's Python would, and report what was
 found as JSON (the Rust tests assert on it): vectors with geopandas (pyogrio), rasters with
-rasterio, COG validity with rio-cogeo."""
+rasterio, COG validity with rio-cogeo. `geodesic_area_m2` is each feature's area on the
+ellipsoid of its CRS as pyproj computes it (GeographicLib through PROJ), the reference for
+tessera's `area_m2`."""
 import json
 import sys
 from pathlib import Path
@@ -10,6 +12,21 @@ import rasterio
 from rio_cogeo.cogeo import cog_validate
 
 VECTORS = {".gpkg", ".shp", ".geojson", ".fgb"}
+
+
+def geodesic_areas(df):
+    """Each feature's geodesic area in m^2 (None without a CRS or for non-polygons)."""
+    if df.crs is None or not len(df):
+        return [None] * len(df)
+    geod = df.crs.get_geod()
+    lonlat = df.to_crs(df.crs.geodetic_crs)
+    out = []
+    for g in lonlat.geometry:
+        if g is None or g.geom_type not in ("Polygon", "MultiPolygon"):
+            out.append(None)
+        else:
+            out.append(abs(geod.geometry_area_perimeter(g)[0]))
+    return out
 
 
 def main(folder):
@@ -26,6 +43,7 @@ def main(folder):
                 "geom_types": sorted(set(df.geom_type)),
                 "valid": bool(df.geometry.is_valid.all()),
                 "records": json.loads(df.drop(columns="geometry").to_json(orient="records")),
+                "geodesic_area_m2": geodesic_areas(df),
             }
         elif path.suffix == ".tif":
             with rasterio.open(path) as src:

@@ -42,6 +42,8 @@ COMMANDS = {
     "paligemma": "paligemma_export",  # PaliGemma SigLIP + Gemma prefix-LM decoder (family "image-text-decoder")
     "qwen2-vl": "qwen2vl_export",   # Qwen2-VL, M-RoPE image-text decoder   (family "image-text-decoder")
     "qwen2.5-vl": "qwen2vl_export",  # Qwen2.5-VL, M-RoPE image-text decoder (family "image-text-decoder")
+    "sam": "sam_export",            # SAM image encoder + prompt/mask decoder (family "promptable-segmenter")
+    "sam2": "sam_export",           # SAM 2 image predictor, same layout   (family "promptable-segmenter")
     "scan-seeds": "clip_export",    # seed scan for clip --tiny
 }
 

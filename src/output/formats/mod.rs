@@ -10,7 +10,7 @@ mod shapefile;
 use std::path::Path;
 
 pub use flatgeobuf::FlatGeobuf;
-pub use geojson::GeoJson;
+pub use geojson::{GeoJson, GeoJsonNativeCrs};
 pub use geopackage::GeoPackage;
 pub use shapefile::Shapefile;
 
@@ -40,6 +40,15 @@ pub trait VectorFormat: Sync + std::fmt::Debug {
     /// Longest string value the format keeps, if limited.
     fn max_string_len(&self) -> Option<usize> {
         None
+    }
+    /// The variant that keeps the layer's CRS, for a format that otherwise reprojects
+    /// (GeoJSON's RFC 7946 mode); `None` for formats that always keep it.
+    fn native_crs(&self) -> Option<&'static dyn VectorFormat> {
+        None
+    }
+    /// Whether files are written in WGS 84 longitude, latitude whatever the layer CRS.
+    fn writes_wgs84(&self) -> bool {
+        false
     }
     /// Whether the whole layer should be written in one transaction (much faster in SQLite).
     fn transactional(&self) -> bool {
