@@ -556,7 +556,7 @@ mod tests {
         let m = message(parse(&format!(
             "[[stage]]\ntask = \"detect\"\nmodel = \"{CLIP}\"\n"
         )));
-        assert!(m.contains("needs a 'detector' model"), "{m}");
+        assert!(m.contains("or 'detector' model"), "{m}");
     }
 
     #[test]

@@ -20,7 +20,7 @@ mod logits;
 mod math;
 mod search;
 
-pub use search::generate;
+pub use search::{generate, generate_scored};
 
 use ndarray::Array2;
 
@@ -222,6 +222,19 @@ pub trait StepDecoder {
 
     /// The padding token id, fed to greedy rows that have already ended.
     fn pad_token_id(&self) -> i64;
+}
+
+/// One item's generated tokens with the log-probability the search chose each with.
+///
+/// `logprobs[t]` belongs to `tokens[t]`: the log-softmax of the processed scores of its step
+/// (Hugging Face `compute_transition_scores(sequences, scores, beam_indices,
+/// normalize_logits=True)` for greedy search, `compute_transition_scores(sequences, scores,
+/// beam_indices)` for beam search, whose scores are processed log-probabilities already). A
+/// forced token has log-probability 0.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Generated {
+    pub tokens: Vec<u32>,
+    pub logprobs: Vec<f32>,
 }
 
 /// What a model's start step hands to [`generate`]: the prompt has been run, the first

@@ -4,7 +4,7 @@ use ndarray::Array2;
 
 use super::logits::{length_normalised, process, Position};
 use super::math::{argmax, log_softmax, top_k};
-use super::{EarlyStopping, GenerationError, GenerationParams, Start, StepDecoder};
+use super::{EarlyStopping, Generated, GenerationError, GenerationParams, Start, StepDecoder};
 
 /// The score that takes a beam out of the running (Hugging Face's `-1e9`).
 const OUT: f32 = -1e9;
@@ -24,6 +24,23 @@ pub fn generate<D: StepDecoder>(
     start: Start<D::Cache>,
     params: &GenerationParams,
 ) -> Result<Vec<Vec<u32>>, GenerationError> {
+    Ok(generate_scored(decoder, start, params)?
+        .into_iter()
+        .map(|g| g.tokens)
+        .collect())
+}
+
+/// [`generate`], with the log-probability of every chosen token ([`Generated`]). The tokens
+/// are the same as [`generate`]'s: the search is the same, the log-probabilities are only
+/// recorded along the way.
+///
+/// # Errors
+/// As [`generate`].
+pub fn generate_scored<D: StepDecoder>(
+    decoder: &mut D,
+    start: Start<D::Cache>,
+    params: &GenerationParams,
+) -> Result<Vec<Generated>, GenerationError> {
     if params.num_beams == 0 || params.max_new_tokens == 0 {
         return Err(GenerationError::Invalid(
             "num_beams and max_new_tokens must be at least 1".into(),
@@ -78,7 +95,7 @@ fn greedy<D: StepDecoder>(
     decoder: &mut D,
     start: Start<D::Cache>,
     params: &GenerationParams,
-) -> Result<Vec<Vec<u32>>, GenerationError> {
+) -> Result<Vec<Generated>, GenerationError> {
     let Start {
         mut logits,
         mut cache,
@@ -88,6 +105,7 @@ fn greedy<D: StepDecoder>(
     let rows = prompts.len();
     let width = width(&prompts);
     let mut seqs = prompts.clone();
+    let mut logprobs: Vec<Vec<f32>> = vec![Vec::new(); rows];
     let mut unfinished = vec![true; rows];
     for generated in 0..params.max_new_tokens {
         let mut next = vec![pad; rows];
@@ -99,7 +117,11 @@ fn greedy<D: StepDecoder>(
                 width,
             };
             process(&mut scores, at, params, eos);
-            let best = argmax(&scores) as i64;
+            let best = argmax(&scores);
+            // HF `compute_transition_scores(..., normalize_logits=True)`: the log-softmax of
+            // the processed scores.
+            logprobs[r].push(log_softmax(&scores)[best]);
+            let best = best as i64;
             next[r] = if unfinished[r] { best } else { pad };
             seqs[r].push(next[r]);
             if next[r] == eos {
@@ -114,15 +136,25 @@ fn greedy<D: StepDecoder>(
     Ok(seqs
         .iter()
         .zip(&prompts)
-        .map(|(s, p)| new_tokens(&s[p.len()..], eos))
+        .zip(logprobs)
+        .map(|((s, p), lp)| scored(new_tokens(&s[p.len()..], eos), &lp))
         .collect())
+}
+
+/// `tokens` with the first `tokens.len()` of `logprobs`.
+fn scored(tokens: Vec<u32>, logprobs: &[f32]) -> Generated {
+    let n = tokens.len().min(logprobs.len());
+    Generated {
+        logprobs: logprobs[..n].to_vec(),
+        tokens,
+    }
 }
 
 fn beam<D: StepDecoder>(
     decoder: &mut D,
     start: Start<D::Cache>,
     params: &GenerationParams,
-) -> Result<Vec<Vec<u32>>, GenerationError> {
+) -> Result<Vec<Generated>, GenerationError> {
     let Start {
         mut logits,
         mut cache,
@@ -153,6 +185,8 @@ struct Candidate {
     score: f32,
     beam: usize,
     token: i64,
+    /// The token's own (processed) log-probability.
+    logprob: f32,
 }
 
 /// A finished hypothesis slot (Hugging Face's `beam_scores`/`sequences` of the finished set).
@@ -160,6 +194,8 @@ struct Candidate {
 struct Hypothesis {
     score: f32,
     seq: Vec<i64>,
+    /// The log-probability of each generated token of `seq`.
+    logprobs: Vec<f32>,
     done: bool,
 }
 
@@ -172,6 +208,8 @@ struct BeamSearch<'a> {
     seqs: Vec<Vec<i64>>,
     /// Their cumulative log-probabilities.
     scores: Vec<f32>,
+    /// The log-probability of each of their generated tokens.
+    logprobs: Vec<Vec<f32>>,
     /// The `beams` best finished hypotheses of each item, best first.
     finished: Vec<Hypothesis>,
     /// Whether an item's running beams can still beat its finished ones.
@@ -200,9 +238,11 @@ impl<'a> BeamSearch<'a> {
                 .map(|s| Hypothesis {
                     score: OUT,
                     seq: s.clone(),
+                    logprobs: Vec::new(),
                     done: false,
                 })
                 .collect(),
+            logprobs: vec![Vec::new(); rows],
             seqs,
             open: vec![true; prompts.len()],
             generated: 0,
@@ -218,6 +258,7 @@ impl<'a> BeamSearch<'a> {
     fn candidates(&self, logits: &Array2<f32>, i: usize) -> Vec<Candidate> {
         let vocab = logits.ncols();
         let mut acc: Vec<f32> = Vec::with_capacity(self.beams * vocab);
+        let mut own: Vec<f32> = Vec::with_capacity(self.beams * vocab);
         for k in 0..self.beams {
             let r = i * self.beams + k;
             let row = logits.row(r);
@@ -232,6 +273,7 @@ impl<'a> BeamSearch<'a> {
             };
             process(&mut lp, at, self.params, self.eos);
             acc.extend(lp.iter().map(|v| v + self.scores[r]));
+            own.extend_from_slice(&lp);
         }
         // max(2, 1 + one end token) * beams
         top_k(&acc, 2 * self.beams)
@@ -240,6 +282,7 @@ impl<'a> BeamSearch<'a> {
                 score: acc[j],
                 beam: j / vocab,
                 token: (j % vocab) as i64,
+                logprob: own[j],
             })
             .collect()
     }
@@ -252,6 +295,7 @@ impl<'a> BeamSearch<'a> {
         let mut all_ended = true;
         let mut seqs = Vec::with_capacity(rows);
         let mut scores = Vec::with_capacity(rows);
+        let mut logprobs = Vec::with_capacity(rows);
         let mut source = Vec::with_capacity(rows);
         for i in 0..self.batch() {
             let cands = self.candidates(logits, i);
@@ -268,6 +312,7 @@ impl<'a> BeamSearch<'a> {
                 .collect();
             for j in top_k(&running, nb) {
                 seqs.push(self.extend(i, &cands[j]));
+                logprobs.push(self.extend_logprobs(i, &cands[j]));
                 scores.push(running[j]);
                 source.push(i * nb + cands[j].beam);
             }
@@ -275,6 +320,7 @@ impl<'a> BeamSearch<'a> {
         }
         self.seqs = seqs;
         self.scores = scores;
+        self.logprobs = logprobs;
         self.generated += 1;
         self.close_items();
         (source, all_ended)
@@ -284,6 +330,13 @@ impl<'a> BeamSearch<'a> {
     fn extend(&self, i: usize, c: &Candidate) -> Vec<i64> {
         let mut s = self.seqs[i * self.beams + c.beam].clone();
         s.push(c.token);
+        s
+    }
+
+    /// The token log-probabilities of candidate `c` of item `i`.
+    fn extend_logprobs(&self, i: usize, c: &Candidate) -> Vec<f32> {
+        let mut s = self.logprobs[i * self.beams + c.beam].clone();
+        s.push(c.logprob);
         s
     }
 
@@ -310,6 +363,7 @@ impl<'a> BeamSearch<'a> {
             merged.push(Hypothesis {
                 score: s,
                 seq: self.extend(i, c),
+                logprobs: self.extend_logprobs(i, c),
                 done: just,
             });
         }
@@ -362,11 +416,14 @@ impl<'a> BeamSearch<'a> {
     }
 
     /// Each item's best finished hypothesis, new tokens only.
-    fn results(&self, prompts: &[Vec<i64>]) -> Vec<Vec<u32>> {
+    fn results(&self, prompts: &[Vec<i64>]) -> Vec<Generated> {
         prompts
             .iter()
             .enumerate()
-            .map(|(i, p)| new_tokens(&self.finished[i * self.beams].seq[p.len()..], self.eos))
+            .map(|(i, p)| {
+                let best = &self.finished[i * self.beams];
+                scored(new_tokens(&best.seq[p.len()..], self.eos), &best.logprobs)
+            })
             .collect()
     }
 }
@@ -487,6 +544,38 @@ mod tests {
         );
         assert_eq!(toy.fed, vec![vec![A, EOS], vec![A, PAD]]);
         assert!(toy.reorders.is_empty());
+    }
+
+    #[test]
+    fn scored_generation_keeps_the_tokens_and_gives_each_its_log_probability() {
+        for beams in [1, 2, 3] {
+            for max_new in [2, 5] {
+                let p = params(max_new, beams);
+                let plain =
+                    generate(&mut Toy::default(), start(&[5, 7], beams), &p).expect("plain");
+                let scored = generate_scored(&mut Toy::default(), start(&[5, 7], beams), &p)
+                    .expect("scored");
+                for ((g, tokens), prompt) in scored.iter().zip(&plain).zip([5, 7]) {
+                    assert_eq!(&g.tokens, tokens, "beams {beams}");
+                    assert_eq!(g.logprobs.len(), tokens.len());
+                    // The toy's own probability of each token after its history.
+                    let mut history = vec![prompt];
+                    for (&t, &lp) in tokens.iter().zip(&g.logprobs) {
+                        let want = probabilities(&history)[t as usize].ln();
+                        assert!((lp - want).abs() < 1e-5, "beams {beams}: {lp} != {want}");
+                        history.push(i64::from(t));
+                    }
+                }
+            }
+        }
+        // A forced token has probability 1.
+        let p = GenerationParams {
+            forced_eos_token_id: Some(EOS),
+            ..params(2, 1)
+        };
+        let g = generate_scored(&mut Toy::default(), start(&[5], 1), &p).expect("forced");
+        assert_eq!(g[0].tokens, vec![A as u32, EOS as u32]);
+        assert_eq!(g[0].logprobs[1], 0.0);
     }
 
     #[test]

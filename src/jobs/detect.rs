@@ -2,6 +2,12 @@
 //! map coordinates through the tile's geotransform (rotated footprints stay exact), then merged
 //! across tiles: duplicates from overlaps removed (class-aware NMS or weighted box fusion) and
 //! boxes cut by a tile edge joined with their other part, with a spatial index throughout.
+//!
+//! Two kinds of package detect: detector packages (YOLO layouts, OWL-ViT;
+//! [`crate::models::detection`]) and generative packages with a `[grounding]` section, whose
+//! generated text is parsed into boxes ([`crate::models::grounding`]). Both give boxes in tile
+//! pixels; from there on they are treated alike. Generative packages label boxes with the user's
+//! prompt or the phrase the model wrote, and the layer gets a `phrase` field.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,6 +18,8 @@ use serde::Serialize;
 use super::driver::{drive, ModelStage, RunSpec, SceneSink};
 use super::{stream_model_tiles, PipelineError, TileBatch};
 use crate::models::detection::{DetectorModel, PixelBox};
+use crate::models::grounding::detector::{is_generative, GroundedBox, GroundedDetector};
+use crate::models::ModelPackage;
 use crate::output::{
     FieldKind, FieldSpec, FieldValue, GeometryKind, LayerArea, PendingOutput, VectorLayerWriter,
 };
@@ -25,7 +33,8 @@ pub struct DetectJob {
     /// The scene side: scene, model, runtime, grid, reading, scaling, batch, vector format.
     pub base: crate::options::SceneJobBase,
     pub confidence: Option<f32>,
-    /// Text queries for open-vocabulary detectors (OWL-ViT, OWLv2, Grounding DINO).
+    /// Text queries for open-vocabulary detectors (OWL-ViT, OWLv2, Grounding DINO) and
+    /// generative packages.
     pub prompts: Vec<String>,
     /// Grounding DINO's text threshold (default: the model's).
     pub text_threshold: Option<f32>,
@@ -59,6 +68,12 @@ pub struct DetectReport {
     pub merge_seconds: f64,
 }
 
+/// The `phrase` field of generative packages' layers.
+const PHRASE: FieldSpec = FieldSpec {
+    name: "phrase",
+    kind: FieldKind::String,
+};
+
 const FIELDS: [FieldSpec; 5] = [
     FieldSpec {
         name: "class",
@@ -82,11 +97,6 @@ const FIELDS: [FieldSpec; 5] = [
     },
 ];
 
-const PHRASE: FieldSpec = FieldSpec {
-    name: "phrase",
-    kind: FieldKind::String,
-};
-
 /// Keep the part of a box inside the scene: boxes wholly in a tile's padding are dropped.
 fn inside(b: &PixelBox, tile: &Tile) -> Option<PixelBox> {
     let (w, h) = (tile.inside_w as f32, tile.inside_h as f32);
@@ -99,16 +109,108 @@ fn inside(b: &PixelBox, tile: &Tile) -> Option<PixelBox> {
     (c.x1 > c.x0 && c.y1 > c.y0).then_some(c)
 }
 
+/// A detecting model of either kind.
+// One per run, so the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+enum DetectModel {
+    /// A detector package (fixed classes or OWL-ViT queries).
+    Boxes(DetectorModel),
+    /// A generative package with `[grounding]`.
+    Grounded(GroundedDetector),
+}
+
+/// `$m` bound to the model of either kind, `$body` evaluated with it.
+macro_rules! either {
+    ($self:expr, $m:ident => $body:expr) => {
+        match $self {
+            DetectModel::Boxes($m) => $body,
+            DetectModel::Grounded($m) => $body,
+        }
+    };
+}
+
+impl DetectModel {
+    fn load(
+        runtime: &Runtime,
+        dir: &std::path::Path,
+        options: &crate::runtime::SessionOptions,
+    ) -> Result<DetectModel, crate::models::ModelError> {
+        let generative = ModelPackage::load(dir).is_ok_and(|p| is_generative(&p));
+        Ok(if generative {
+            DetectModel::Grounded(GroundedDetector::load(runtime, dir, options)?)
+        } else {
+            DetectModel::Boxes(DetectorModel::load(runtime, dir, options)?)
+        })
+    }
+
+    fn input_size(&self) -> usize {
+        either!(self, m => m.input_size())
+    }
+
+    fn package(&self) -> &ModelPackage {
+        either!(self, m => m.package())
+    }
+
+    fn iou(&self) -> f32 {
+        either!(self, m => m.iou())
+    }
+
+    fn confidence(&self) -> f32 {
+        either!(self, m => m.confidence())
+    }
+
+    fn normalizer(&self) -> crate::models::Normalizer {
+        either!(self, m => m.normalizer())
+    }
+
+    fn provider(&self) -> (&'static str, Option<&str>) {
+        either!(self, m => m.provider())
+    }
+
+    fn fixed_batch(&self) -> Option<usize> {
+        match self {
+            DetectModel::Boxes(m) => m.fixed_batch(),
+            DetectModel::Grounded(_) => None,
+        }
+    }
+}
+
+/// A box in tile pixels with its label and phrase (generative packages) or class.
+#[derive(Clone, Debug)]
+enum TileBox {
+    Class(PixelBox),
+    Text(GroundedBox),
+}
+
+impl TileBox {
+    /// The box with `class` (0 for text boxes: their class is set by the sink).
+    fn pixel_box(&self) -> PixelBox {
+        match self {
+            TileBox::Class(b) => *b,
+            TileBox::Text(g) => PixelBox {
+                class: 0,
+                score: g.score,
+                x0: g.x0,
+                y0: g.y0,
+                x1: g.x1,
+                y1: g.y1,
+                // A text box's phrase is its class's (the sink numbers them).
+                phrase: None,
+            },
+        }
+    }
+}
+
 /// The model thread's part: boxes (in tile pixels) for a batch of tiles.
 struct Detector<'m> {
-    model: &'m mut DetectorModel,
+    model: &'m mut DetectModel,
     batch_size: usize,
     confidence: f32,
 }
 
 impl ModelStage<f32> for Detector<'_> {
     type Batch = TileBatch<Tile>;
-    type Output = (Vec<Tile>, Vec<Vec<PixelBox>>);
+    type Output = (Vec<Tile>, Vec<Vec<TileBox>>);
 
     fn new_batch(&self) -> Result<TileBatch<Tile>, PipelineError> {
         Ok(TileBatch::new(self.batch_size, self.model.input_size()))
@@ -120,25 +222,54 @@ impl ModelStage<f32> for Detector<'_> {
 
     fn run(&mut self, batch: &mut TileBatch<Tile>) -> Result<Self::Output, PipelineError> {
         let (pixels, tiles) = batch.take();
-        let inside: Vec<_> = tiles.iter().map(|t| (t.inside_w, t.inside_h)).collect();
-        let boxes = self.model.detect_tiles(pixels, &inside, self.confidence)?;
+        let boxes = match self.model {
+            DetectModel::Boxes(m) => {
+                let inside: Vec<_> = tiles.iter().map(|t| (t.inside_w, t.inside_h)).collect();
+                m.detect_tiles(pixels, &inside, self.confidence)?
+                    .into_iter()
+                    .map(|v| v.into_iter().map(TileBox::Class).collect())
+                    .collect()
+            }
+            DetectModel::Grounded(m) => m
+                .detect(pixels, self.confidence)?
+                .boxes
+                .into_iter()
+                .map(|v| v.into_iter().map(TileBox::Text).collect())
+                .collect(),
+        };
         Ok((tiles, boxes))
     }
 }
 
-/// The sink's part: every box inside the scene, in map coordinates.
+/// The sink's part: every box inside the scene, in map coordinates. Text boxes get the class of
+/// their (label, phrase) pair, numbered in order of appearance (renumbered at the end).
 struct Boxes {
     working: (usize, usize),
     dets: Vec<MapDetection>,
+    /// (label, phrase) of each class of text boxes.
+    texts: Vec<(String, String)>,
 }
 
 impl SceneSink for Boxes {
-    type Input = (Vec<Tile>, Vec<Vec<PixelBox>>);
-    type Done = Vec<MapDetection>;
+    type Input = (Vec<Tile>, Vec<Vec<TileBox>>);
+    type Done = (Vec<MapDetection>, Vec<(String, String)>);
 
     fn consume(&mut self, (tiles, boxes): Self::Input) -> Result<(), PipelineError> {
         for (tile, tile_boxes) in tiles.into_iter().zip(boxes) {
-            for b in tile_boxes.iter().filter_map(|b| inside(b, &tile)) {
+            for tb in tile_boxes {
+                let Some(mut b) = inside(&tb.pixel_box(), &tile) else {
+                    continue;
+                };
+                if let TileBox::Text(g) = &tb {
+                    let key = (g.label.clone(), g.phrase.clone());
+                    b.class = match self.texts.iter().position(|t| *t == key) {
+                        Some(i) => i,
+                        None => {
+                            self.texts.push(key);
+                            self.texts.len() - 1
+                        }
+                    };
+                }
                 self.dets
                     .push(MapDetection::from_pixel_box(&b, &tile, self.working));
             }
@@ -146,9 +277,34 @@ impl SceneSink for Boxes {
         Ok(())
     }
 
-    fn finish(self) -> Result<Vec<MapDetection>, PipelineError> {
-        Ok(self.dets)
+    fn finish(self) -> Result<Self::Done, PipelineError> {
+        Ok((self.dets, self.texts))
     }
+}
+
+/// Text classes in a fixed order whatever order the tiles came in: the user's prompts first
+/// (in their order), then the rest sorted by (label, phrase). Renumbers `dets`.
+fn order_texts(
+    dets: &mut [MapDetection],
+    texts: Vec<(String, String)>,
+    prompts: &[String],
+) -> Vec<(String, String)> {
+    let mut order: Vec<usize> = (0..texts.len()).collect();
+    let rank = |i: usize| {
+        prompts
+            .iter()
+            .position(|p| *p == texts[i].0)
+            .unwrap_or(usize::MAX)
+    };
+    order.sort_by(|&a, &b| rank(a).cmp(&rank(b)).then_with(|| texts[a].cmp(&texts[b])));
+    let mut new_index = vec![0; texts.len()];
+    for (new, &old) in order.iter().enumerate() {
+        new_index[old] = new;
+    }
+    for d in dets.iter_mut() {
+        d.class = new_index[d.class];
+    }
+    order.into_iter().map(|i| texts[i].clone()).collect()
 }
 
 /// Class counts of the merged boxes (every class, 0 for those without any).
@@ -162,7 +318,8 @@ fn count_classes(classes: &[String], merged: &[MapDetection]) -> BTreeMap<String
     counts
 }
 
-/// The detection layer `path`.
+/// The detection layer `path`; `phrases` (generative packages and Grounding DINO): each merged
+/// box's phrase, written as the `phrase` field.
 fn write_detections(
     job: &DetectJob,
     crs_wkt: Option<&str>,
@@ -171,10 +328,9 @@ fn write_detections(
     classes: &[String],
     phrases: Option<&[String]>,
 ) -> Result<(), PipelineError> {
-    // Grounding DINO: a `phrase` column, the text its tokens above the text threshold make.
     let mut fields = FIELDS.to_vec();
     if phrases.is_some() {
-        fields.push(PHRASE);
+        fields.insert(2, PHRASE);
     }
     let mut layer = VectorLayerWriter::create(
         path,
@@ -185,9 +341,17 @@ fn write_detections(
         &fields,
         false,
     )?;
+    // The style categorises by label; generative packages' classes may share one (a prompt
+    // with several phrases): each label once.
+    let mut names: Vec<String> = Vec::new();
+    for c in classes {
+        if !names.contains(c) {
+            names.push(c.clone());
+        }
+    }
     let legend = crate::output::Legend {
-        names: classes.to_vec(),
-        colors: (0..classes.len()).map(crate::output::class_color).collect(),
+        colors: (0..names.len()).map(crate::output::class_color).collect(),
+        names,
     };
     layer.set_style(super::label_style(
         &legend,
@@ -199,7 +363,7 @@ fn write_detections(
         reason: format!("box areas: {reason}"),
     };
     let areas = LayerArea::for_layer(crs_wkt).map_err(area_err)?;
-    for d in merged {
+    for (i, d) in merged.iter().enumerate() {
         let footprint = geo::Polygon::new(geo::LineString::from(d.corners.to_vec()), vec![]);
         let area = areas
             .multi_polygon(&geo::MultiPolygon(vec![footprint]))
@@ -207,14 +371,13 @@ fn write_detections(
         let mut values = vec![
             FieldValue::Integer(d.class as i64),
             FieldValue::String(classes.get(d.class).cloned().unwrap_or_default()),
-            FieldValue::Real(f64::from(d.score)),
-            FieldValue::String(d.tile.clone()),
-            FieldValue::Real(area),
         ];
-        if let Some(phrases) = phrases {
-            let phrase = d.phrase.and_then(|k| phrases.get(k as usize));
-            values.push(FieldValue::String(phrase.cloned().unwrap_or_default()));
+        if let Some(p) = phrases {
+            values.push(FieldValue::String(p.get(i).cloned().unwrap_or_default()));
         }
+        values.push(FieldValue::Real(f64::from(d.score)));
+        values.push(FieldValue::String(d.tile.clone()));
+        values.push(FieldValue::Real(area));
         layer.add_polygon(&d.corners, &values)?;
     }
     layer.finish()?;
@@ -225,7 +388,11 @@ fn write_detections(
 pub(crate) struct Detected {
     pub merged: Vec<MapDetection>,
     pub raw: usize,
+    /// The class of each merged box's `class` index.
     pub classes: Vec<String>,
+    /// The classes the report lists: every prompt of a generative package (with or without
+    /// boxes), then the other classes, each label once.
+    pub report_classes: Vec<String>,
     pub stats: crate::tiling::StreamStats,
     pub model_seconds: f64,
     pub merge_seconds: f64,
@@ -234,7 +401,7 @@ pub(crate) struct Detected {
     pub target_gsd: Option<f64>,
     pub provider: (&'static str, Option<String>),
     pub crs_wkt: Option<String>,
-    /// Grounding DINO's phrase table (what `MapDetection::phrase` indexes).
+    /// Each merged box's phrase (generative packages, Grounding DINO).
     pub phrases: Option<Vec<String>>,
 }
 
@@ -249,17 +416,42 @@ pub(crate) fn detect_merged(
     before_sweep: &mut dyn FnMut(&crate::raster::Scene) -> Result<(), PipelineError>,
 ) -> Result<Detected, PipelineError> {
     let runtime = Runtime::load(job.base.ort_lib.as_deref())?;
-    let mut model = DetectorModel::load(runtime, &job.base.model, &job.base.session)?;
-    if super::check_prompts(
-        model.is_prompted(),
-        &job.prompts,
-        &job.base.model,
-        "an open-vocabulary detector",
-        "text queries",
-    )? {
-        model.set_queries(&job.prompts)?;
+    let mut model = DetectModel::load(runtime, &job.base.model, &job.base.session)?;
+    match &mut model {
+        DetectModel::Boxes(m) => {
+            if super::check_prompts(
+                m.is_prompted(),
+                &job.prompts,
+                &job.base.model,
+                "an open-vocabulary detector",
+                "text queries",
+            )? {
+                m.set_queries(&job.prompts)?;
+            }
+            m.set_text_threshold(job.text_threshold)?;
+        }
+        DetectModel::Grounded(m) => {
+            if m.requires_prompts() {
+                super::check_prompts(
+                    true,
+                    &job.prompts,
+                    &job.base.model,
+                    "a grounded detector without a default task (grounding.task)",
+                    "text prompts",
+                )?;
+            }
+            if job.text_threshold.is_some() {
+                return Err(PipelineError::Model(
+                    crate::models::ModelError::Unsupported(format!(
+                        "{}: text_threshold applies to Grounding DINO packages, not to \
+                         generative ones",
+                        job.base.model.display()
+                    )),
+                ));
+            }
+            m.set_prompts(&job.prompts)?;
+        }
     }
-    model.set_text_threshold(job.text_threshold)?;
     let size = model.input_size();
     let tiles = super::ModelTiles {
         size,
@@ -296,6 +488,7 @@ pub(crate) fn detect_merged(
     let sink = Boxes {
         working: (grid.working_width, grid.working_height),
         dets: Vec::new(),
+        texts: Vec::new(),
     };
     let feed = job.feed.take();
     let swept = drive(&spec, stage, sink, |consume| {
@@ -309,7 +502,15 @@ pub(crate) fn detect_merged(
             consume,
         )
     })?;
-    let (stats, model_seconds, dets) = (swept.stats, swept.model_seconds, swept.done);
+    let (stats, model_seconds, (mut dets, texts)) = (swept.stats, swept.model_seconds, swept.done);
+    let (classes, class_phrases) = match &model {
+        DetectModel::Boxes(m) => (m.classes(), None),
+        DetectModel::Grounded(_) => {
+            let texts = order_texts(&mut dets, texts, &job.prompts);
+            let (labels, phrases): (Vec<String>, Vec<String>) = texts.into_iter().unzip();
+            (labels, Some(phrases))
+        }
+    };
 
     let raw = dets.len();
     let t = Instant::now();
@@ -322,20 +523,55 @@ pub(crate) fn detect_merged(
             class_aware: job.class_aware,
         },
     );
+    let merge_seconds = t.elapsed().as_secs_f64();
+    // Generative packages: a phrase per class; Grounding DINO: a phrase per box.
+    let phrases = match (&model, class_phrases) {
+        (_, Some(p)) => Some(
+            merged
+                .iter()
+                .map(|d| p.get(d.class).cloned().unwrap_or_default())
+                .collect(),
+        ),
+        (DetectModel::Boxes(m), None) if m.has_phrases() => {
+            let table = m.phrases();
+            Some(
+                merged
+                    .iter()
+                    .map(|d| {
+                        d.phrase
+                            .and_then(|k| table.get(k as usize))
+                            .cloned()
+                            .unwrap_or_default()
+                    })
+                    .collect(),
+            )
+        }
+        _ => None,
+    };
+    let mut report_classes: Vec<String> = Vec::new();
+    if let DetectModel::Grounded(m) = &model {
+        report_classes.extend(m.labels());
+    }
+    for c in &classes {
+        if !report_classes.contains(c) {
+            report_classes.push(c.clone());
+        }
+    }
     let (provider, fallback) = model.provider();
     Ok(Detected {
         merged,
         raw,
-        classes: model.classes(),
+        classes,
+        report_classes,
         stats,
         model_seconds,
-        merge_seconds: t.elapsed().as_secs_f64(),
+        merge_seconds,
         tile_size: size,
         overlap: grid.options.overlap,
         target_gsd: grid.options.target_gsd,
         provider: (provider, fallback.map(str::to_string)),
         crs_wkt: scene.crs_wkt().map(str::to_string),
-        phrases: model.has_phrases().then(|| model.phrases().to_vec()),
+        phrases,
     })
 }
 
@@ -354,7 +590,11 @@ pub fn run_detect(mut job: DetectJob) -> Result<DetectReport, PipelineError> {
         }
         Ok(())
     })?;
-    let counts = count_classes(&d.classes, &d.merged);
+    let mut counts = count_classes(&d.classes, &d.merged);
+    // Every listed class counts, with or without boxes.
+    for c in &d.report_classes {
+        counts.entry(c.clone()).or_default();
+    }
     let mut outputs = Vec::new();
     if let (Some(pending), Some(dir)) = (pending, &job.out) {
         let name = format!("detections.{}", job.base.format.extension());
@@ -376,7 +616,7 @@ pub fn run_detect(mut job: DetectJob) -> Result<DetectReport, PipelineError> {
             &d.stats,
             outputs,
         ),
-        classes: d.classes,
+        classes: d.report_classes,
         tile_size: d.tile_size,
         overlap: d.overlap,
         target_gsd: d.target_gsd,

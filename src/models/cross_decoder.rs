@@ -202,8 +202,11 @@ super::manifest::family_manifest! {
         pub generation: Option<GenerationSpec>,
         /// Task tokens -> prompt texts (Florence-2, [`super::task_prompts`]).
         pub tasks: Option<TasksSpec>,
-        /// The coordinate tokens of box-producing tasks (read by a later detector; checked).
+        /// The coordinate tokens of box-producing tasks (checked; their bins are the box
+        /// parsers' quantisation).
         pub locations: Option<LocationsSpec>,
+        /// How the package serves `tessera detect` ([`super::grounding`]).
+        pub grounding: Option<super::grounding::GroundingSpec>,
     }
 }
 
@@ -217,7 +220,8 @@ impl super::registry::ModelFamily for CrossAttentionDecoder {
     }
 
     fn tasks(&self) -> &'static [crate::task::Task] {
-        &[crate::task::Task::Caption]
+        // Detect: packages with a `[grounding]` section (checked when one loads).
+        &[crate::task::Task::Caption, crate::task::Task::Detect]
     }
 
     fn check(&self, runtime: &Runtime, package: &ModelPackage) -> Vec<String> {
@@ -252,6 +256,7 @@ struct Config {
     generation: GenerationSpec,
     tasks: Option<TasksSpec>,
     locations: Option<LocationsSpec>,
+    grounding: Option<super::grounding::GroundingSpec>,
 }
 
 impl Config {
@@ -311,6 +316,7 @@ fn config(package: &ModelPackage) -> Result<Config, Vec<String>> {
             generation: m.generation.clone().unwrap_or_default(),
             tasks: m.tasks.clone(),
             locations: m.locations.clone(),
+            grounding: m.grounding.clone(),
         }),
         _ => Err([
             (m.encoder.is_none(), "[encoder]"),
@@ -584,6 +590,20 @@ fn validate(cfg: &Config, g: &Loaded<'_>) -> Vec<String> {
     problems.extend(image_attention_problems(cfg));
     problems.extend(tokenizer_problems(cfg, g.tokenizer));
     problems.extend(task_problems(cfg, g.tokenizer));
+    if let Some(spec) = &cfg.grounding {
+        let output = |p: &str| {
+            let tasks = cfg.tasks.as_ref()?;
+            let task = tasks.task_of(p)?;
+            Some(
+                tasks
+                    .outputs
+                    .get(task)
+                    .cloned()
+                    .unwrap_or_else(|| super::task_prompts::PLAIN_TEXT.to_string()),
+            )
+        };
+        problems.extend(super::grounding::check_spec(spec, &output));
+    }
     if cfg.generation.num_beams == 0 {
         problems.push("generation.num_beams must be at least 1".into());
     }
@@ -779,6 +799,8 @@ pub struct CrossDecoderModel {
     tokenizer: tokenizers::Tokenizer,
     /// `[qformer_tokenizer]` (InstructBLIP); boxed, the model stays small for its owners.
     qtokenizer: Option<Box<tokenizers::Tokenizer>>,
+    /// Tasks answered with boxes or regions are allowed ([`Self::allow_box_tasks`]).
+    box_tasks: bool,
 }
 
 impl std::fmt::Debug for CrossDecoderModel {
@@ -868,6 +890,7 @@ impl CrossDecoderModel {
             gather,
             tokenizer,
             qtokenizer,
+            box_tasks: false,
         })
     }
 
@@ -1057,12 +1080,15 @@ impl CrossDecoderModel {
             (Some(d), true) => d.as_str(),
             _ => prompt,
         };
-        tasks
-            .caption_prompt(prompt)
-            .map_err(|reason| ModelError::Input {
-                path: self.package.dir.join("model.toml").display().to_string(),
-                reason,
-            })
+        let text = if self.box_tasks {
+            tasks.prompt_text(prompt)
+        } else {
+            tasks.caption_prompt(prompt)
+        };
+        text.map_err(|reason| ModelError::Input {
+            path: self.package.dir.join("model.toml").display().to_string(),
+            reason,
+        })
     }
 
     fn too_long(&self, len: usize, new_tokens: usize) -> ModelError {
@@ -1112,6 +1138,46 @@ impl CrossDecoderModel {
             GenerationError::Model(e) => e,
             GenerationError::Invalid(reason) => ModelError::Input { path, reason },
         })
+    }
+
+    /// [`Self::generate`] with each chosen token's log-probability
+    /// ([`crate::generation::Generated`]); the same tokens.
+    ///
+    /// # Errors
+    /// As [`Self::generate`].
+    pub fn generate_scored(
+        &mut self,
+        pixels: ArrayView4<'_, f32>,
+        prompts: &[String],
+        params: &GenerationParams,
+    ) -> Result<Vec<crate::generation::Generated>, ModelError> {
+        let start = self.start(pixels, prompts, params)?;
+        let path = self.decoder.path.display().to_string();
+        crate::generation::generate_scored(self, start, params).map_err(|e| match e {
+            GenerationError::Model(e) => e,
+            GenerationError::Invalid(reason) => ModelError::Input { path, reason },
+        })
+    }
+
+    /// Let prompts name tasks answered with boxes or regions (`<OD>`, phrase grounding), which
+    /// the caption command refuses: the detect command's box parsers read their answers.
+    pub fn allow_box_tasks(&mut self) {
+        self.box_tasks = true;
+    }
+
+    /// The tokenizer (the box parsers decode with special tokens kept).
+    pub fn tokenizer(&self) -> &tokenizers::Tokenizer {
+        &self.tokenizer
+    }
+
+    /// `[locations]`, when the manifest has one.
+    pub fn locations(&self) -> Option<&LocationsSpec> {
+        self.cfg.locations.as_ref()
+    }
+
+    /// `[tasks]`, when the manifest has one.
+    pub fn tasks(&self) -> Option<&TasksSpec> {
+        self.cfg.tasks.as_ref()
     }
 
     /// The memory of a batch of tiles, left on the decoder's device, and its mask `[B, M]`.

@@ -56,6 +56,8 @@ super::manifest::family_manifest! {
         pub generation: Option<GenerationSpec>,
         /// InstructBLIP: the Q-Former's own tokenizer (`[image] qformer_input_ids`).
         pub qformer_tokenizer: Option<TokenizerSpec>,
+        /// How the package serves `tessera detect` ([`super::grounding`]).
+        pub grounding: Option<super::grounding::GroundingSpec>,
     }
 }
 
@@ -69,7 +71,8 @@ impl super::registry::ModelFamily for ImageTextDecoder {
     }
 
     fn tasks(&self) -> &'static [crate::task::Task] {
-        &[crate::task::Task::Caption]
+        // Detect: packages with a `[grounding]` section (checked when one loads).
+        &[crate::task::Task::Caption, crate::task::Task::Detect]
     }
 
     fn check(&self, runtime: &Runtime, package: &ModelPackage) -> Vec<String> {
@@ -192,14 +195,23 @@ pub fn check(runtime: &Runtime, package: &ModelPackage) -> Vec<String> {
     let tokenizer =
         super::tokenizer::load_tokenizer(&package.file(&cfg.tok.file)).map_err(|e| e.to_string());
     let qtokenizer = load_qformer_tokenizer(&cfg, package);
-    validate(
+    let mut problems = validate(
         &cfg,
         image.as_ref(),
         embed.as_ref(),
         decoder.as_ref(),
         tokenizer.as_ref(),
         qtokenizer.as_ref().map(Result::as_ref),
-    )
+    );
+    let grounding = package
+        .manifest
+        .sections::<DecoderManifest>()
+        .and_then(|m| m.grounding.as_ref());
+    if let Some(g) = grounding {
+        // No [tasks] here: every prompt's parser is grounding.output.
+        problems.extend(super::grounding::check_spec(g, &|_| None));
+    }
+    problems
 }
 
 /// `[qformer_tokenizer]`'s tokenizer, when the manifest has the section.
@@ -1038,6 +1050,30 @@ impl DecoderModel {
             GenerationError::Model(e) => e,
             GenerationError::Invalid(reason) => ModelError::Input { path, reason },
         })
+    }
+
+    /// [`Self::generate`] with each chosen token's log-probability
+    /// ([`crate::generation::Generated`]); the same tokens.
+    ///
+    /// # Errors
+    /// As [`Self::generate`].
+    pub fn generate_scored(
+        &mut self,
+        pixels: ArrayView4<'_, f32>,
+        prompts: &[String],
+        params: &GenerationParams,
+    ) -> Result<Vec<crate::generation::Generated>, ModelError> {
+        let start = self.start(pixels, prompts, params)?;
+        let path = self.decoder.path.display().to_string();
+        crate::generation::generate_scored(self, start, params).map_err(|e| match e {
+            GenerationError::Model(e) => e,
+            GenerationError::Invalid(reason) => ModelError::Input { path, reason },
+        })
+    }
+
+    /// The tokenizer (the box parsers decode with special tokens kept).
+    pub fn tokenizer(&self) -> &tokenizers::Tokenizer {
+        &self.tokenizer
     }
 
     /// The start step: the prompts (left padded, image token rows replaced by the image

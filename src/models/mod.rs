@@ -15,6 +15,7 @@ pub mod deepness;
 pub mod detection;
 pub mod dual_encoder;
 pub mod flava;
+pub mod grounding;
 pub mod import;
 mod manifest;
 pub mod openclip;

@@ -217,7 +217,7 @@ mod tests {
         let e = check_serves(&package, Task::Detect, Path::new("m")).expect_err("detect");
         assert_eq!(
             e.to_string(),
-            "m is a 'clip' model; a detect stage needs a 'detector' model"
+            "m is a 'clip' model; a detect stage needs a 'image-text-decoder' or 'cross-attention-decoder' or 'detector' model"
         );
         let clip = family("clip").expect("clip");
         assert!(clip.dual_encoder().is_some());

@@ -345,8 +345,12 @@ pub struct DetectOptions {
     /// Keep boxes scoring at least this (default: the model's).
     #[arg(long, value_name = "P")]
     pub confidence: Option<f32>,
-    /// Text queries for open-vocabulary detectors (OWL-ViT, OWLv2, Grounding DINO),
-    /// comma-separated: "car,ship".
+    /// Text queries, comma-separated: "car,ship". Open-vocabulary detectors (OWL-ViT, OWLv2,
+    /// Grounding DINO): one query each. Generative packages with [grounding] (Florence-2): each
+    /// entry becomes the package's grounding prompt (Florence-2:
+    /// <OPEN_VOCABULARY_DETECTION>entry) and labels its boxes; an entry holding a task token
+    /// runs as it is ("<CAPTION_TO_PHRASE_GROUNDING>a ship near a tank"); none: the package's
+    /// grounding task (<OD>).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub prompts: Option<Vec<String>>,
     /// Grounding DINO: text tokens whose probability is above this make a box's phrase

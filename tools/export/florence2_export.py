@@ -151,6 +151,15 @@ def _reinit(model: nn.Module, std: float) -> None:
                 nn.init.normal_(m.bias, 0.0, std / 4)
 
 
+#: --tiny: the processor's ``post_processor_config`` (the checkpoints' processor_config.json has
+#: one; without it ``post_process_generation`` refuses every task). The banned grounding phrases
+#: are the tiny fixture's: the real list comes with a checkpoint (--from) and goes to the manifest.
+TINY_POST_PROCESSOR = {"ocr": {"PATTERN": None, "AREA_THRESHOLD": 0.0},
+                       "phrase_grounding": {"banned_grounding_tokens": ["the image"]},
+                       "pure_text": {}, "description_with_bboxes": {}, "description_with_polygons": {},
+                       "polygons": {}, "bboxes": {}, "description_with_bboxes_or_polygons": {}}
+
+
 def tiny_processor(hf_tok, size: int, image_tokens: int):
     from transformers import CLIPImageProcessor, Florence2Processor
 
@@ -158,13 +167,13 @@ def tiny_processor(hf_tok, size: int, image_tokens: int):
                             do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
                             image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
     ip.image_seq_length = image_tokens
-    return Florence2Processor(image_processor=ip, tokenizer=hf_tok)
+    return Florence2Processor(image_processor=ip, tokenizer=hf_tok, post_processor_config=TINY_POST_PROCESSOR)
 
 
 #: --shape choices ("tiny": the test fixture with references; "mid": a random benchmark model
 #: without reference/: Florence-2-base's BART (d_model 768, 6 + 6 layers, 12 heads, ffn 3072, vocab
 #: 51289) on the tiny DaViT at 224 px (7 x 7 + 1 = 50 image tokens)).
-SHAPES = ["tiny", "mid"]
+SHAPES = ["tiny", "mid", "od"]
 #: init std / </s> logit offset of the benchmark shape (benchmarks force the caption length).
 BENCH_INIT_STD = 0.02
 BENCH_EOS_SCALE = 1.0
@@ -218,11 +227,55 @@ def build_tiny(seed: int, init_std: float, eos_scale: float, scratch: Path, shap
         for layer in (model.model.language_model.decoder.layers if not mid else []):
             layer.encoder_attn.out_proj.weight.mul_(TINY_BLOCK_SCALE)
             layer.fc2.weight.mul_(TINY_BLOCK_SCALE)
+    if shape == "od":
+        write_boxes(model, hf_tok)
     model.eval()
     for k, v in FLORENCE_GENERATION.items():
         setattr(model.generation_config, k, v)
     image_tokens = (size // 32) ** 2 + 1
     return model, hf_tok, tiny_processor(hf_tok, size, image_tokens), size
+
+
+#: --shape od: the answer the biased model writes, one entry per decoder position from 1 (position
+#: 0, the start token, gives the forced <s>): tokens by name, or (first, count) location ranges
+#: whose tokens are raised alike (the image and the random weights pick one). Two boxes: "ROAD"
+#: and "the image" (a banned grounding phrase of the tiny processor), then </s>.
+OD_ANSWER = ["ĠROAD", (100, 40), (200, 40), (500, 40), (600, 40),
+             "Ġthe", "Ġimage", (300, 40), (20, 40), (900, 40), (940, 40), "</s>"]
+#: --shape od: the position signal added to the decoder's position embeddings, and the head's
+#: gain along it.
+OD_POSITION_SCALE = 20.0
+OD_HEAD_GAIN = 3.0
+#: --shape od: generation length (the answer is 13 tokens with <s>).
+OD_MAX_NEW_TOKENS = 16
+
+
+def write_boxes(model, hf_tok) -> None:
+    """--shape od: make the tiny model write ``OD_ANSWER`` whatever the task: position p of the
+    decoder gets a large embedding along a unit direction u_p of its own (mean zero, so layer norms
+    keep it; u_p orthogonal to the others), and the head's rows of position p's tokens get
+    ``OD_HEAD_GAIN * u_p``. The random weights, the image and the prompt still move every logit, so
+    the location picked in each range, and the probabilities, are the model's."""
+    with torch.no_grad():
+        _write_boxes(model, hf_tok)
+
+
+def _write_boxes(model, hf_tok) -> None:
+    dec = model.model.language_model.decoder
+    d = int(dec.embed_positions.weight.shape[1])
+    if 2 * len(OD_ANSWER) > d:
+        raise SystemExit("export: --shape od: the answer is longer than the decoder width allows")
+    off = int(dec.embed_positions.offset)
+    for p, want in enumerate(OD_ANSWER, start=1):
+        u = torch.zeros(d)
+        u[2 * (p - 1)], u[2 * (p - 1) + 1] = 2 ** -0.5, -(2 ** -0.5)
+        ids = ([hf_tok.convert_tokens_to_ids(want)] if isinstance(want, str)
+               else [hf_tok.convert_tokens_to_ids(f"<loc_{k}>") for k in range(want[0], want[0] + want[1])])
+        if any(i is None or i == hf_tok.unk_token_id for i in ids):
+            raise SystemExit(f"export: --shape od: the tiny tokenizer has no {want}")
+        dec.embed_positions.weight[p + off] += OD_POSITION_SCALE * u
+        for i in ids:
+            model.lm_head.weight[i] += OD_HEAD_GAIN * u
 
 
 def _task_tables(processor):
@@ -385,6 +438,9 @@ class Parts:
             raise SystemExit("export: the tokenizer's <loc_0>..<loc_999> are not one contiguous id range")
         self.loc_first = int(loc[0])
         self.generation = generation
+        self.max_new_tokens = 12
+        ppc = getattr(processor, "post_processor_config", None) or {}
+        self.banned_phrases = [str(t) for t in ppc.get("phrase_grounding", {}).get("banned_grounding_tokens", [])]
 
     # -- the prompt rule the Rust side implements (manifest [tasks] + [prompt]) --------------
     def prompt_text(self, prompt: str) -> str:
@@ -668,6 +724,69 @@ def compute_references(parts: Parts, seed: int, init_std: float, eos_scale: floa
     return ref, images_u8, pixels
 
 
+#: --shape od reference cases: (name, images, prompts, generation overrides of the package's).
+OD_CASES = [
+    ("od_img{k}", "each", ["<OD>"], {}),
+    ("ovd_ship_img{k}", "each", ["<OPEN_VOCABULARY_DETECTION>ship"], {}),
+    ("grounding_img{k}", "each", ["<CAPTION_TO_PHRASE_GROUNDING>the image and a ROAD"], {}),
+    ("region_proposal_img0", [0], ["<REGION_PROPOSAL>"], {}),
+    ("od_greedy_batch", [0, 1, 2, 3], ["<OD>"] * 4, {"num_beams": 1}),
+]
+
+
+def compute_od_references(parts: Parts, seed: int, init_std: float, eos_scale: float):
+    """--shape od: HF generate under the package's [generation] (and greedy), each answer's
+    token log-probabilities (``compute_transition_scores``), its text
+    (``batch_decode(..., skip_special_tokens=False)``) and ``post_process_generation``."""
+    names, images_u8 = C.make_reference_images(parts.size)
+    pixels = C.preprocess_u8(images_u8, parts.mean, parts.std)
+    base = dict(max_new_tokens=parts.max_new_tokens, do_sample=False, **FLORENCE_GENERATION)
+    cases = []
+    for name, sel, prompts, over in OD_CASES:
+        groups = [[k] for k in range(len(names))] if sel == "each" else [sel]
+        for g in groups:
+            gen = {**base, **over}
+            px = np.ascontiguousarray(pixels[g])
+            enc = parts.hf_inputs(images_u8[g], prompts)
+            out = parts.model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                       pixel_values=torch.from_numpy(px), output_scores=True,
+                                       return_dict_in_generate=True, **gen)
+            lps = parts.model.compute_transition_scores(out.sequences, out.scores, getattr(out, "beam_indices", None),
+                                                        normalize_logits=gen["num_beams"] == 1)
+            items = []
+            for b in range(len(g)):
+                seq = out.sequences[b].tolist()
+                new = trim(seq[1:], parts.eos)
+                text = parts.processor.batch_decode([seq], skip_special_tokens=False)[0]
+                task = next(t for t in parts.task_prompts if t in prompts[b])
+                parsed = parts.processor.post_process_generation(text, task=task, image_size=(parts.size, parts.size))
+                items.append({"image": g[b], "prompt": prompts[b], "task": task, "new_tokens": new,
+                              "logprobs": [float(x) for x in lps[b, :len(new)].tolist()],
+                              "text": text,
+                              "new_text": parts.hf_tok.decode(new, skip_special_tokens=False),
+                              "post_processed": parsed[task]})
+            cname = name.format(k=g[0])
+            cases.append({"name": cname, "generation": {k: v for k, v in gen.items() if k != "do_sample"},
+                          "items": items})
+            print(f"export: {cname}: {[i['new_tokens'] for i in items]} -> {[i['post_processed'] for i in items]}",
+                  file=sys.stderr)
+    ref = {
+        "description": "Florence-2 --shape od references (tools/export/export.py florence2 --tiny --shape od): "
+                       "HF generate's new tokens (the decoder start excluded), their log-probabilities "
+                       "(compute_transition_scores: normalised for greedy, the processed beam log-probabilities "
+                       "for beams), the sequence decoded with special tokens and "
+                       "Florence2Processor.post_process_generation of it at image_size (S, S).",
+        "architecture": "florence2", "seed": seed, "init_std": init_std, "eos_scale": eos_scale,
+        "od_answer": [w if isinstance(w, str) else list(w) for w in OD_ANSWER],
+        "transformers": transformers.__version__, "torch": torch.__version__,
+        **C.images_block(names, parts.size, len(names)),
+        "mean": parts.mean, "std": parts.std, "eos_token_id": parts.eos,
+        "loc_first_token_id": parts.loc_first, "image_size": [parts.size, parts.size],
+        "cases": cases,
+    }
+    return ref, images_u8, pixels
+
+
 def ort_greedy(parts: Parts, out: Path, pixels: np.ndarray, prompts: list[str], max_new: int) -> list[list[int]]:
     """The package's rules run with ONNX Runtime alone (what the Rust runtime does): right-padded
     prompt ids into the encoder, the cross K/V once, the decoder from [decoder_start] with
@@ -749,12 +868,16 @@ def write_manifest(path: Path, parts: Parts, *, name: str, trained: bool, source
         ("locations", [("first_token_id", parts.loc_first, "<loc_0>; <loc_k> = first_token_id + k"),
                        ("count", 1000, "<loc_0>..<loc_999>"),
                        ("bins", [1000, 1000], "x, y: coordinate = (k + 0.5) * size / bins")]),
+        ("grounding", [("task", "<OD>", "tessera detect without --prompts"),
+                       ("prompt", "<OPEN_VOCABULARY_DETECTION>{prompt}", "what each --prompts entry becomes"),
+                       ("banned_phrases", parts.banned_phrases,
+                        "phrase grounding drops these (processor banned_grounding_tokens)")]),
         C.preprocess_section(parts.size, parts.mean, parts.std),
         ("tokenizer", [("file", "tokenizer.json", "byte-level BPE (BART) + Florence-2's added tokens"),
                        ("bos_token_id", parts.bos, "<s>"),
                        ("eos_token_id", parts.eos, "</s>: generation ends here"),
                        ("pad_token_id", parts.pad, "<pad>")]),
-        ("generation", [("max_new_tokens", 12, ""), ("num_beams", int(parts.generation.get("num_beams") or 1),
+        ("generation", [("max_new_tokens", parts.max_new_tokens, ""), ("num_beams", int(parts.generation.get("num_beams") or 1),
                                                      "the checkpoint's generation_config, as the rest"),
                         ("repetition_penalty", 1.0, "")] + generation_keys(parts.generation)),
     ])
@@ -810,7 +933,7 @@ def tiny_parts(scratch: Path, shape: str = "tiny", seed=None, init_std=None, eos
     """(parts, seed, init_std, eos_scale) of ``--tiny [--shape S]`` with these overrides (None: the
     defaults; ``scratch``: a folder for the tokenizer files); also what bench/peer_caption_xdec.py
     builds to time HF generate on the same weights."""
-    bench = shape != "tiny"
+    bench = shape not in ("tiny", "od")
     seed = DEFAULT_SEED if seed is None else seed
     init_std = (BENCH_INIT_STD if bench else DEFAULT_INIT_STD) if init_std is None else init_std
     eos_scale = (BENCH_EOS_SCALE if bench else DEFAULT_EOS_SCALE) if eos_scale is None else eos_scale
@@ -850,6 +973,8 @@ def export_florence2(args) -> None:
             verify_onnx_against_torch(parts, out, pixels[:3], ["<CAPTION>", "<DETAILED_CAPTION>", "<OCR>"],
                                       args.tolerance)
         C.save_plain_tokenizer_json(parts.hf_tok, out / "tokenizer.json")
+        if shape == "od":
+            parts.max_new_tokens = OD_MAX_NEW_TOKENS
         write_manifest(out / "model.toml", parts, name=name, trained=trained, source=source)
         if args.tiny and shape == "tiny" and not args.no_reference:
             ref, images_u8, pixels = compute_references(parts, seed, init_std, eos_scale)
@@ -866,6 +991,23 @@ def export_florence2(args) -> None:
             print("export: ONNX Runtime greedy loop over the package == HF generate (greedy_batch_tasks)",
                   file=sys.stderr)
             ref["checks"] = {"ort_greedy_equals_hf": "greedy_batch_tasks"}
+            C.write_reference(out, ref, C.image_bins(images_u8, pixels))
+        if args.tiny and shape == "od" and not args.no_reference:
+            ref, images_u8, pixels = compute_od_references(parts, seed, init_std, eos_scale)
+            # The plain greedy loop of ort_greedy against HF's plain greedy search.
+            sel, prompts = [0, 1, 2, 3], ["<OD>"] * 4
+            px = np.ascontiguousarray(pixels[sel])
+            got = ort_greedy(parts, out, px, prompts, parts.max_new_tokens)
+            want = parts.hf_generate(images_u8[sel], px, prompts, max_new_tokens=parts.max_new_tokens,
+                                     num_beams=1, do_sample=False, **SUPPORTED)
+            if got != want:
+                raise SystemExit(f"export: ONNX Runtime greedy loop {got} != HF generate {want}")
+            boxes = sum(len(i["post_processed"].get("bboxes", [])) for c in ref["cases"] for i in c["items"])
+            if boxes == 0:
+                raise SystemExit("export: --shape od: the processor parsed no box from the references")
+            print(f"export: ONNX Runtime greedy loop == HF generate (od_greedy_batch); {boxes} reference boxes",
+                  file=sys.stderr)
+            ref["checks"] = {"ort_greedy_equals_hf": "plain greedy <OD> on images 0-3"}
             C.write_reference(out, ref, C.image_bins(images_u8, pixels))
     C.report_done(out)
 
@@ -889,9 +1031,11 @@ def add_parser(sub, command: str) -> None:
     c.add_argument("--eos-scale", type=float, default=None,
                    help=f"--tiny: added to the </s> logit (default {DEFAULT_EOS_SCALE})")
     c.add_argument("--shape", choices=SHAPES, default="tiny",
-                   help="--tiny: 'tiny' (default: the test fixture with reference/) or 'mid', a random benchmark "
+                   help="--tiny: 'tiny' (default: the test fixture with reference/), 'mid', a random benchmark "
                         "model without reference/ (Florence-2-base's BART: d_model 768, 6 + 6 layers, vocab "
-                        "51289; the tiny DaViT at 224 px)")
+                        "51289; the tiny DaViT at 224 px), or 'od': 'tiny' with position embeddings and head "
+                        "rows biased so that it writes two boxes of location tokens, with detection "
+                        "references (tokens, log-probabilities, post_process_generation)")
     C.add_name_arg(c)
     C.add_no_reference_arg(c)
     C.add_skip_verify_arg(c)
