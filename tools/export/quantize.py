@@ -462,58 +462,62 @@ def convert(src: Path, out: Path, precision: str, *, scene: str | None = None, t
     calib = None
     if scene is not None:
         tnames, tu8 = scene_tiles(scene, pkg.size, tiles)
-        calib = {"scene": str(scene), "tiles": len(tnames), "tile_size": pkg.size}
+        calib = {"scene": Path(scene).name, "tiles": len(tnames), "tile_size": pkg.size}
         names, u8 = names + tnames, np.concatenate([u8, tu8])
         say(f"{len(tnames)} tiles of {scene} ({pkg.size} px)")
     pixels = preprocess(pkg, u8)
 
+    graphs = pkg.graphs()
+    targets = plan(pkg, precision)
     part = out.with_name(out.name + ".partial")
     shutil.rmtree(part, ignore_errors=True)
     part.mkdir(parents=True)
-    graphs = pkg.graphs()
-    targets = plan(pkg, precision)
-    for f in src.iterdir():
-        if f.name in ("reference", "quantization.json", "model.toml") or f.name in graphs.values():
-            continue
-        (shutil.copytree if f.is_dir() else shutil.copy2)(f, part / f.name)
-    record = {}
-    for sec, g in graphs.items():
-        want, dst = targets[sec], part / g
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        say(f"[{sec}] {g}: {want}")
-        if want == "fp32":
-            shutil.copy2(src / g, dst)
-            method = "unchanged (float32)"
-        elif want == "int8-dynamic":
-            method = quantize_dynamic(src / g, dst)
-        elif want == "int8-static":
-            if calib is None:
-                raise QuantizeError("--int8 static needs --calibrate SCENE")
-            method = quantize_static(src / g, dst, pkg.m["image"]["input"], pixels[len(pixels) - calib["tiles"]:])
-        else:
-            method = quantize_int4(src / g, dst)
-        onnx.checker.check_model(str(dst))
-        record[g] = {"section": sec, "precision": want, "method": method,
-                     "fp32_bytes": (src / g).stat().st_size, "bytes": dst.stat().st_size}
-    note = f"{precision} by tools/export/quantize.py (onnxruntime {onnxruntime.__version__})"
-    (part / "model.toml").write_text(manifest_with_precision(pkg.text, precision, note))
+    try:
+        for f in src.iterdir():
+            if f.name in ("reference", "quantization.json", "model.toml") or f.name in graphs.values():
+                continue
+            (shutil.copytree if f.is_dir() else shutil.copy2)(f, part / f.name)
+        record = {}
+        for sec, g in graphs.items():
+            want, dst = targets[sec], part / g
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            say(f"[{sec}] {g}: {want}")
+            if want == "fp32":
+                shutil.copy2(src / g, dst)
+                method = "unchanged (float32)"
+            elif want == "int8-dynamic":
+                method = quantize_dynamic(src / g, dst)
+            elif want == "int8-static":
+                if calib is None:
+                    raise QuantizeError("--int8 static needs --calibrate SCENE")
+                method = quantize_static(src / g, dst, pkg.m["image"]["input"], pixels[len(pixels) - calib["tiles"]:])
+            else:
+                method = quantize_int4(src / g, dst)
+            onnx.checker.check_model(str(dst))
+            record[g] = {"section": sec, "precision": want, "method": method,
+                         "fp32_bytes": (src / g).stat().st_size, "bytes": dst.stat().st_size}
+        note = f"{precision} by tools/export/quantize.py (onnxruntime {onnxruntime.__version__})"
+        (part / "model.toml").write_text(manifest_with_precision(pkg.text, precision, note))
 
-    quant = Package(part, variant=True)
-    agreement = (agree_dual if pkg.family in DUAL_ENCODERS else agree_decoder)(pkg, quant, names, pixels)
-    total = lambda d: sum(p.stat().st_size for p in d.rglob("*") if p.is_file() and p.name != "reference")  # noqa: E731
-    q = {
-        "precision": precision,
-        "fp32_package": pkg.m["name"],
-        "tool": "tools/export/quantize.py",
-        "onnxruntime": onnxruntime.__version__,
-        "graphs": record,
-        "calibration": calib,
-        "fp32_package_bytes": sum(p.stat().st_size for p in src.rglob("*") if p.is_file() and "reference" not in p.parts),
-        "agreement": agreement,
-    }
-    q["package_bytes"] = total(part) + len(json.dumps(q, indent=1))
-    (part / "quantization.json").write_text(json.dumps(q, indent=1) + "\n")
-    report(q)
+        quant = Package(part, variant=True)
+        agreement = (agree_dual if pkg.family in DUAL_ENCODERS else agree_decoder)(pkg, quant, names, pixels)
+        total = lambda d: sum(p.stat().st_size for p in d.rglob("*") if p.is_file() and p.name != "reference")  # noqa: E731
+        q = {
+            "precision": precision,
+            "fp32_package": pkg.m["name"],
+            "tool": "tools/export/quantize.py",
+            "onnxruntime": onnxruntime.__version__,
+            "graphs": record,
+            "calibration": calib,
+            "fp32_package_bytes": sum(p.stat().st_size for p in src.rglob("*") if p.is_file() and "reference" not in p.parts),
+            "agreement": agreement,
+        }
+        q["package_bytes"] = total(part) + len(json.dumps(q, indent=1))
+        (part / "quantization.json").write_text(json.dumps(q, indent=1) + "\n")
+        report(q)
+    except BaseException:
+        shutil.rmtree(part, ignore_errors=True)
+        raise
     if out.exists():
         shutil.rmtree(out)
     part.rename(out)
