@@ -68,8 +68,9 @@
 #   same labels, templates and batch size as `classify`: tiles/s ratio (goal >= 2x) and top-1
 #   agreement with fp32 over the tiles whose fp32 top-2 margin is above 0.01 (goal >= 97%). The
 #   mid-size BLIP-2/OPT package of `caption` and its int4 variant (quantize.py --int4: the
-#   decoder's MatMuls 4-bit): `tessera caption` of a 4 x 4-tile scene, batch 16, greedy, 30 new
-#   tokens: tokens/s ratio (goal >= 2x) and first-token agreement. Sizes on disk of all four.
+#   decoder's MatMuls 4-bit): `tessera caption`, greedy, 30 new tokens per caption, batch 16 on
+#   the caption bench's 4 x 4-tile scene and batch 1 on its 2 x 2 one: tokens/s ratio (goal >= 2x)
+#   and first-token agreement. Sizes on disk of all four.
 #   Each pair runs QUANT_ROUNDS times (order alternated), the best round of each is reported.
 #   -> bench/results/quant.md (+ quant_summary.json, quant_runs/). The variants are made once
 #   into bench/results/models/ (export venv; ~3 minutes).
@@ -627,7 +628,7 @@ quant_variant() {  # FP32-PKG OUT FLAGS...: quantize.py once (atomic: it writes 
 }
 
 bench_quant() {
-  local dir="$RESULTS/quant_runs" clip clip8 blip blip4 scene cscene t tpl=() r p name pkg order t0
+  local dir="$RESULTS/quant_runs" clip clip8 blip blip4 scene cscene cscene1 t tpl=() r p name pkg order t0
   t0=$(date +%s)
   ensure_clip_model
   clip=$CLASSIFY_MODEL
@@ -636,6 +637,7 @@ bench_quant() {
   blip4=$(quant_variant "$blip" "$blip-int4" --int4)
   scene=$(make_scene "$QUANT_CLASSIFY_SIZE")
   cscene=$(caption_scene "$blip")
+  cscene1=$(caption_scene "$blip" "$CAPTION_B1_COLS" "$CAPTION_B1_ROWS")
   for t in "${CLASSIFY_TEMPLATES[@]}"; do tpl+=(--template "$t"); done
   rm -rf "$dir" && mkdir -p "$dir"
   $PY -c 'import json, os; print(json.dumps({"loadavg_before": os.getloadavg()}))' > "$dir/env.json"
@@ -651,15 +653,18 @@ bench_quant() {
         --batch-size "$CLASSIFY_BATCH" --out "$dir/$name" --overwrite --json --quiet --no-cache
     done
     order="fp32 int4"; [ $((r % 2)) = 0 ] && order="int4 fp32"
-    for p in $order; do
-      pkg=$blip; [ "$p" = int4 ] && pkg=$blip4
-      name=caption_${p}_r$r
-      sync
-      say "quant: tessera caption 4 x 4 tiles, BLIP-2/OPT mid $p, batch 16, round $r"
-      measured "$dir/${name}_process.json" "$dir/$name.json" \
-        "$T" caption "$cscene" --pixel-coords --model "$pkg" --batch-size 16 \
-        --max-new-tokens "$CAPTION_TOKENS" --min-new-tokens "$CAPTION_TOKENS" \
-        --out "$dir/$name" --overwrite --json --quiet
+    for cfg in "b16 16 $cscene" "b1 1 $cscene1"; do
+      set -- $cfg
+      for p in $order; do
+        pkg=$blip; [ "$p" = int4 ] && pkg=$blip4
+        name=caption_${1}_${p}_r$r
+        sync
+        say "quant: tessera caption, BLIP-2/OPT mid $p, batch $2, round $r"
+        measured "$dir/${name}_process.json" "$dir/$name.json" \
+          "$T" caption "$3" --pixel-coords --model "$pkg" --batch-size "$2" \
+          --max-new-tokens "$CAPTION_TOKENS" --min-new-tokens "$CAPTION_TOKENS" \
+          --out "$dir/$name" --overwrite --json --quiet
+      done
     done
   done
   $PY -c 'import json, os; print(json.dumps({"loadavg_after": os.getloadavg()}))' >> "$dir/env.json"

@@ -45,8 +45,15 @@ fn argmax(row: &[f64]) -> usize {
         .expect("non-empty")
 }
 
-/// (variant, its fp32 package, precision, graph precisions)
-const VARIANTS: [(&str, &str, &str, &[(&str, &str)]); 3] = [
+/// A committed variant: (its package, its fp32 package, precision, precision of each graph).
+type Variant = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
+
+const VARIANTS: [Variant; 3] = [
     (
         "siglip-tiny-int8",
         "siglip-tiny",

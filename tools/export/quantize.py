@@ -30,8 +30,8 @@ the package's reference images (``reference/images_u8.bin``, else eight seeded s
   labels and templates), top-1 agreement (also over the images whose fp32 top-2 margin is above
   0.01) and the per-image scores of both (what the Rust tests compare tessera with);
 * image-text decoders: first-step logits max abs diff, first-token and whole-caption agreement
-  of greedy decoding (the manifest's generation settings, the empty prompt) and the tokens of
-  both.
+  of greedy decoding (the manifest's generation settings, the empty prompt), the fp32 top-2
+  logit margin of each first token (how near a tie it was) and the tokens of both.
 
 Other families (cross-attention decoders, segmenters, detectors) are refused: their agreement
 check is not written yet.  The package is written under NEW.partial and renamed at the end; the
@@ -400,7 +400,7 @@ def agree_decoder(fp32: Package, quant: Package, names, pixels) -> dict:
     gen = dict(max_new_tokens=20, num_beams=1, repetition_penalty=1.0, min_new_tokens=0, no_repeat_ngram_size=0)
     gen.update({k: v for k, v in fp32.m.get("generation", {}).items() if k in gen})
     gen["num_beams"] = 1
-    toks_a, toks_b, dl = [], [], 0.0
+    toks_a, toks_b, dl, margins = [], [], 0.0, []
     for p in pixels:
         ids, mask = a.left_pad([a.prompt_ids("")])
         oa, fa = V.greedy(a, a.prompt_embeds(ids, p[None]), ids, mask, gen)
@@ -408,6 +408,8 @@ def agree_decoder(fp32: Package, quant: Package, names, pixels) -> dict:
         toks_a.append(V.trim(oa[0], a.eos))
         toks_b.append(V.trim(ob[0], b.eos))
         dl = max(dl, _max_abs(fa, fb))
+        top = np.sort(fa[0].astype(np.float64))
+        margins.append(float(top[-1] - top[-2]))
     first = [x[:1] == y[:1] for x, y in zip(toks_a, toks_b)]
     same = [x == y for x, y in zip(toks_a, toks_b)]
     return {
@@ -415,6 +417,7 @@ def agree_decoder(fp32: Package, quant: Package, names, pixels) -> dict:
         "prompt": "",
         "generation": gen,
         "first_step_logits_max_abs_diff": dl,
+        "fp32_first_step_top2_margins": margins,
         "first_token_agreement": float(np.mean(first)),
         "caption_agreement": float(np.mean(same)),
         "fp32_tokens": toks_a,
@@ -537,7 +540,8 @@ def report(q: dict) -> None:
     else:
         say(f"agreement with fp32 on {len(a['images'])} images (greedy, empty prompt): first-step logits "
             f"max abs diff {a['first_step_logits_max_abs_diff']:.3g}, first token "
-            f"{a['first_token_agreement']:.1%}, whole caption {a['caption_agreement']:.1%}")
+            f"{a['first_token_agreement']:.1%}, whole caption {a['caption_agreement']:.1%} (fp32 top-2 logit "
+            f"margins of the first token: median {np.median(a['fp32_first_step_top2_margins']):.3g})")
 
 
 def main(argv=None) -> None:
