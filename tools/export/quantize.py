@@ -234,11 +234,25 @@ def scene_tiles(path: str, size: int, n: int) -> tuple[list[str], np.ndarray]:
 # --------------------------------------------------------------------------------------
 
 
+def external_files(path: Path) -> set[str]:
+    """The external data files a graph's initializers live in (the exporters write
+    ``NAME.onnx.data`` for graphs over 2 GB)."""
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    out = set()
+    for t in m.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            out |= {e.value for e in t.external_data if e.key == "location"}
+    return out
+
+
 def quantize_dynamic(src: Path, dst: Path) -> str:
     from onnxruntime.quantization import QuantType, quantize_dynamic as qd
 
     qd(str(src), str(dst), op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8,
-       per_channel=False, extra_options={"MatMulConstBOnly": True})
+       per_channel=False, extra_options={"MatMulConstBOnly": True},
+       use_external_data_format=bool(external_files(src)))
     return "onnxruntime quantize_dynamic: MatMul/Gemm with constant weights, int8 weights per tensor, " \
            "uint8 activations quantised at run time"
 
@@ -261,6 +275,7 @@ def quantize_static(src: Path, dst: Path, input_name: str, pixels: np.ndarray) -
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         qs(str(pre), str(dst), _Reader(input_name, pixels), quant_format=QuantFormat.QDQ,
+           use_external_data_format=bool(external_files(src)),
            op_types_to_quantize=["MatMul", "Gemm", "Conv"], per_channel=True,
            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
            calibrate_method=CalibrationMethod.MinMax,
@@ -277,7 +292,11 @@ def quantize_int4(src: Path, dst: Path) -> str:
     cfg = DefaultWeightOnlyQuantConfig(block_size=INT4_BLOCK, is_symmetric=True, accuracy_level=4)
     q = MatMulNBitsQuantizer(model, algo_config=cfg)
     q.process()
-    onnx.save_model(q.model.model, str(dst))
+    if external_files(src):  # the fp32 graph kept its weights outside (over 2 GB): so does this one
+        onnx.save_model(q.model.model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=dst.name + ".data", size_threshold=1024)
+    else:
+        onnx.save_model(q.model.model, str(dst))
     return f"onnxruntime MatMulNBitsQuantizer: MatMul weights 4-bit (block {INT4_BLOCK}, symmetric), " \
            "accuracy level 4 (int8 activations in the kernel)"
 
@@ -476,8 +495,11 @@ def convert(src: Path, out: Path, precision: str, *, scene: str | None = None, t
     shutil.rmtree(part, ignore_errors=True)
     part.mkdir(parents=True)
     try:
+        skip = {"reference", "quantization.json", "model.toml", *graphs.values()}
+        for g in graphs.values():  # a graph's external data is rewritten with it
+            skip |= external_files(src / g)
         for f in src.iterdir():
-            if f.name in ("reference", "quantization.json", "model.toml") or f.name in graphs.values():
+            if f.name in skip:
                 continue
             (shutil.copytree if f.is_dir() else shutil.copy2)(f, part / f.name)
         record = {}
@@ -487,6 +509,8 @@ def convert(src: Path, out: Path, precision: str, *, scene: str | None = None, t
             say(f"[{sec}] {g}: {want}")
             if want == "fp32":
                 shutil.copy2(src / g, dst)
+                for x in external_files(src / g):
+                    shutil.copy2(src / x, part / x)
                 method = "unchanged (float32)"
             elif want == "int8-dynamic":
                 method = quantize_dynamic(src / g, dst)
@@ -497,8 +521,10 @@ def convert(src: Path, out: Path, precision: str, *, scene: str | None = None, t
             else:
                 method = quantize_int4(src / g, dst)
             onnx.checker.check_model(str(dst))
+            nbytes = lambda root, g: (root / g).stat().st_size + sum(  # noqa: E731
+                (root / x).stat().st_size for x in external_files(root / g))
             record[g] = {"section": sec, "precision": want, "method": method,
-                         "fp32_bytes": (src / g).stat().st_size, "bytes": dst.stat().st_size}
+                         "fp32_bytes": nbytes(src, g), "bytes": nbytes(part, g)}
         note = f"{precision} by tools/export/quantize.py (onnxruntime {onnxruntime.__version__})"
         (part / "model.toml").write_text(manifest_with_precision(pkg.text, precision, note))
 

@@ -12,6 +12,8 @@ Cases:
   chinese-clip-tiny-int8-static byte for byte;
 * int8-dynamic graphs hold DynamicQuantizeLinear + MatMulInteger, the static image graph
   QuantizeLinear / DequantizeLinear, the int4 decoder MatMulNBits and no float MatMul weight;
+* a package whose graphs keep their weights in external data files (as exports over 2 GB do)
+  converts with its data files rewritten, to the same tokens;
 * exit status 1 and one stderr line naming the cause for: --int8 static without --calibrate,
   --int4 on a dual encoder, a cross-attention-decoder package, an already quantised package,
   an existing --out, a scene that is not a raster; no output folder left behind.
@@ -22,6 +24,8 @@ it. Exit status 0 when every check passes.
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -89,6 +93,24 @@ def main() -> int:
             n = float_weight_matmuls(d / "decoder.onnx")
             check(n == 0, f"int4 decoder: no MatMul with a float weight ({n})")
             check(ops(d / "image_prefix.onnx") == ops(MODELS / "blip2-tiny/image_prefix.onnx"), "int4: vision graph untouched")
+
+        # a package whose graphs keep their weights in external data files (exports over 2 GB)
+        ext = t / "blip2-ext"
+        shutil.copytree(MODELS / "blip2-tiny", ext)
+        for g in ("decoder.onnx", "image_prefix.onnx"):
+            onnx.save_model(onnx.load(str(ext / g)), str(ext / g), save_as_external_data=True,
+                            all_tensors_to_one_file=True, location=g + ".data", size_threshold=1024)
+        r = quantize(ext, "--out", t / "blip2-ext-int4", "--int4")
+        check(r.returncode == 0, "external-data package: --int4 exits 0")
+        if r.returncode == 0:
+            q = json.loads((t / "blip2-ext-int4" / "quantization.json").read_text())
+            want = json.loads((MODELS / "blip2-tiny-int4" / "quantization.json").read_text())
+            check(q["agreement"]["tokens"] == want["agreement"]["tokens"], "external-data package: the same int4 tokens")
+            d4 = onnx.load(str(t / "blip2-ext-int4" / "decoder.onnx"), load_external_data=False)
+            locs = {e.value for i in d4.graph.initializer for e in i.external_data if e.key == "location"}
+            check(locs == {"decoder.onnx.data"}, f"int4 decoder keeps one external data file ({locs})")
+            check(q["graphs"]["decoder.onnx"]["bytes"] < q["graphs"]["decoder.onnx"]["fp32_bytes"],
+                  "external-data sizes counted (graph + data file)")
 
         not_raster = t / "scene.tif"
         not_raster.write_text("not a raster")
