@@ -124,6 +124,8 @@ def run(args) -> None:
     torch.set_grad_enabled(False)
     if precision is None:
         args.func(args)
+        if getattr(args, "fp16", False) and (Path(args.out) / "model.toml").is_file():
+            quantize.mark_fp16(Path(args.out))  # precision = "fp16" in the manifest
         return
     out = Path(args.out)
     if out.exists():

@@ -449,6 +449,25 @@ def agree_decoder(fp32: Package, quant: Package, names, pixels) -> dict:
 # --------------------------------------------------------------------------------------
 
 
+def insert_precision(text: str, precision: str) -> str:
+    """``precision = "..."`` after the manifest's top-level keys (before its first section)."""
+    lines = text.splitlines()
+    at = next((i for i, line in enumerate(lines) if line.startswith("[")), len(lines))
+    while at > 0 and not lines[at - 1].strip():
+        at -= 1
+    lines.insert(at, f'precision = "{precision}"                   # quantization.json: per graph, agreement with fp32'
+                 if precision != "fp16" else f'precision = "{precision}"')
+    return "\n".join(lines) + "\n"
+
+
+def mark_fp16(pkg: Path) -> None:
+    """``export.py ... --fp16``: record the precision of the float16 graphs it wrote."""
+    p = pkg / "model.toml"
+    text = p.read_text()
+    if "precision" not in tomllib.loads(text):
+        p.write_text(insert_precision(text, "fp16"))
+
+
 def manifest_with_precision(text: str, precision: str, note: str) -> str:
     lines = text.splitlines()
     for i, line in enumerate(lines):
@@ -457,12 +476,7 @@ def manifest_with_precision(text: str, precision: str, note: str) -> str:
         if re.match(r"^source\s*=", line):
             src = tomllib.loads(line)["source"]
             lines[i] = "source = " + json.dumps(f"{src}; {note}", ensure_ascii=False)
-    # the top-level keys end at the first section header
-    at = next((i for i, line in enumerate(lines) if line.startswith("[")), len(lines))
-    while at > 0 and not lines[at - 1].strip():
-        at -= 1
-    lines.insert(at, f'precision = "{precision}"                   # quantization.json: per graph, agreement with fp32')
-    return "\n".join(lines) + "\n"
+    return insert_precision("\n".join(lines), precision)
 
 
 def convert(src: Path, out: Path, precision: str, *, scene: str | None = None, tiles: int = 32,
