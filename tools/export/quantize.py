@@ -137,6 +137,14 @@ class Package:
                 f"{mpath}: family {self.family!r}: quantised variants are made of the dual encoders "
                 f"({', '.join(DUAL_ENCODERS)}) and image-text-decoder packages only (the agreement "
                 "check of the other families is not written yet)")
+        if self.family in DECODERS:
+            odd = sorted(({"prefix_mask", "positions", "mrope_grid"} & set(self.m.get("decoder", {})))
+                         | ({"qformer_input_ids"} & set(self.m.get("image", {}))))
+            if odd:
+                raise QuantizeError(
+                    f"{mpath}: an image-text-decoder with {', '.join(odd)} (PaliGemma's prefix mask, "
+                    "Qwen2-VL's M-RoPE positions, InstructBLIP's Q-Former prompt): the agreement "
+                    "check (verify_decoder.py's runner) does not feed those yet")
         for sec, g in self.graphs().items():
             if not (root / g).is_file():
                 raise QuantizeError(f"{mpath}: [{sec}] onnx = {g!r}: no such file")

@@ -15,7 +15,7 @@ Cases:
 * a package whose graphs keep their weights in external data files (as exports over 2 GB do)
   converts with its data files rewritten, to the same tokens;
 * exit status 1 and one stderr line naming the cause for: --int8 static without --calibrate,
-  --int4 on a dual encoder, a cross-attention-decoder package, an already quantised package,
+  --int4 on a dual encoder, a cross-attention-decoder package, a Qwen2-VL package (M-RoPE positions), an already quantised package,
   an existing --out, a scene that is not a raster; no output folder left behind.
 
 Needs onnx + onnxruntime + tokenizers + rasterio (the exporter's venv, no torch); CI does not run
@@ -118,6 +118,7 @@ def main() -> int:
             ([MODELS / "siglip-tiny", "--out", t / "a", "--int8", "static"], "needs --calibrate SCENE"),
             ([MODELS / "siglip-tiny", "--out", t / "b", "--int4"], "has none"),
             ([MODELS / "blip-tiny", "--out", t / "c"], "family 'cross-attention-decoder'"),
+            ([MODELS / "qwen2-vl-tiny", "--out", t / "f", "--int4"], "M-RoPE"),
             ([MODELS / "siglip-tiny-int8", "--out", t / "d"], "precision is already 'int8-dynamic'"),
             ([MODELS / "siglip-tiny", "--out", t / "siglip-tiny-int8"], "already exists"),
             ([MODELS / "siglip-tiny", "--out", t / "e", "--calibrate", not_raster], str(not_raster)),
