@@ -3,7 +3,7 @@
 #
 #   bash bench/run.sh                 every section
 #   bash bench/run.sh read classify   only the named sections, in that order (read, classify, caption,
-#                                     stitch, instances, batch, models)
+#                                     stitch, instances, batch, models, quant)
 #
 # batch: `tessera run` over 20 generated 1280^2 scenes: --jobs 1 vs --jobs 2 (land-cover), the
 #   multi-model pipeline with one shared read pass vs one pass per stage, and a rerun where
@@ -61,6 +61,19 @@
 #   MODELS_BATCH (8), MODELS_WARMUP (1), MODELS_ROUNDS (3), MODELS_THREADS (nproc) override;
 #   MODELS_ONLY="clip-vit-b32 siglip-b16" picks models; MODELS_PRECISIONS="fp32" skips fp16;
 #   MODELS_NICE=-10 runs both sides at that priority (a machine busy with other work).
+#
+# quant: quantised variants against their fp32 package, same run, CPU. The ViT-B/32-shaped CLIP
+#   package of `classify` and its int8 variant (tools/export/quantize.py --int8 dynamic):
+#   `tessera classify` of the classify bench scene (QUANT_CLASSIFY_SIZE, default CLASSIFY_SIZE),
+#   same labels, templates and batch size as `classify`: tiles/s ratio (goal >= 2x) and top-1
+#   agreement with fp32 over the tiles whose fp32 top-2 margin is above 0.01 (goal >= 97%). The
+#   mid-size BLIP-2/OPT package of `caption` and its int4 variant (quantize.py --int4: the
+#   decoder's MatMuls 4-bit): `tessera caption`, greedy, 30 new tokens per caption, batch 16 on
+#   the caption bench's 4 x 4-tile scene and batch 1 on its 2 x 2 one: tokens/s ratio (goal >= 2x)
+#   and first-token agreement. Sizes on disk of all four.
+#   Each pair runs QUANT_ROUNDS times (order alternated), the best round of each is reported.
+#   -> bench/results/quant.md (+ quant_summary.json, quant_runs/). The variants are made once
+#   into bench/results/models/ (export venv; ~3 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=bench/results
@@ -643,10 +656,70 @@ bench_models() {
     --seconds $(( $(date +%s) - t0 )) --nice "${MODELS_NICE:-0}"
 }
 
+# --- quant: int8 / int4 variants vs fp32 ---------------------------------------------------------
+QUANT_CLASSIFY_SIZE=${QUANT_CLASSIFY_SIZE:-$CLASSIFY_SIZE}
+QUANT_ROUNDS=${QUANT_ROUNDS:-2}
+
+quant_variant() {  # FP32-PKG OUT FLAGS...: quantize.py once (atomic: it writes OUT.partial)
+  local src=$1 out=$2; shift 2
+  if [ ! -f "$out/quantization.json" ] || [ "$src/model.toml" -nt "$out/quantization.json" ]; then
+    ensure_export_venv >&2
+    say "making $out (tools/export/quantize.py $*)"
+    rm -rf "$out"
+    .venv-export/bin/python tools/export/quantize.py "$src" --out "$out" "$@" >&2
+  fi
+  echo "$out"
+}
+
+bench_quant() {
+  local dir="$RESULTS/quant_runs" clip clip8 blip blip4 scene cscene cscene1 t tpl=() r p name pkg order t0
+  t0=$(date +%s)
+  ensure_clip_model
+  clip=$CLASSIFY_MODEL
+  clip8=$(quant_variant "$clip" "$clip-int8" --int8 dynamic)
+  blip=$(caption_model blip2-opt:mid)
+  blip4=$(quant_variant "$blip" "$blip-int4" --int4)
+  scene=$(make_scene "$QUANT_CLASSIFY_SIZE")
+  cscene=$(caption_scene "$blip")
+  cscene1=$(caption_scene "$blip" "$CAPTION_B1_COLS" "$CAPTION_B1_ROWS")
+  for t in "${CLASSIFY_TEMPLATES[@]}"; do tpl+=(--template "$t"); done
+  rm -rf "$dir" && mkdir -p "$dir"
+  $PY -c 'import json, os; print(json.dumps({"loadavg_before": os.getloadavg()}))' > "$dir/env.json"
+  for r in $(seq 1 "$QUANT_ROUNDS"); do
+    order="fp32 int8"; [ $((r % 2)) = 0 ] && order="int8 fp32"
+    for p in $order; do
+      pkg=$clip; [ "$p" = int8 ] && pkg=$clip8
+      name=classify_${p}_r$r
+      sync
+      say "quant: tessera classify ${QUANT_CLASSIFY_SIZE}^2, ViT-B/32 $p, round $r"
+      measured "$dir/${name}_process.json" "$dir/$name.json" \
+        "$T" classify "$scene" --model "$pkg" --labels "$CLASSIFY_LABELS" "${tpl[@]}" \
+        --batch-size "$CLASSIFY_BATCH" --out "$dir/$name" --overwrite --json --quiet --no-cache
+    done
+    order="fp32 int4"; [ $((r % 2)) = 0 ] && order="int4 fp32"
+    for cfg in "b16 16 $cscene" "b1 1 $cscene1"; do
+      set -- $cfg
+      for p in $order; do
+        pkg=$blip; [ "$p" = int4 ] && pkg=$blip4
+        name=caption_${1}_${p}_r$r
+        sync
+        say "quant: tessera caption, BLIP-2/OPT mid $p, batch $2, round $r"
+        measured "$dir/${name}_process.json" "$dir/$name.json" \
+          "$T" caption "$3" --pixel-coords --model "$pkg" --batch-size "$2" \
+          --max-new-tokens "$CAPTION_TOKENS" --min-new-tokens "$CAPTION_TOKENS" \
+          --out "$dir/$name" --overwrite --json --quiet
+      done
+    done
+  done
+  $PY -c 'import json, os; print(json.dumps({"loadavg_after": os.getloadavg()}))' >> "$dir/env.json"
+  $PY bench/report_quant.py "$RESULTS" --runs "$dir" --rounds "$QUANT_ROUNDS" --clip "$clip" --clip-int8 "$clip8" \
+    --blip "$blip" --blip-int4 "$blip4" --scene "$scene" --seconds $(( $(date +%s) - t0 ))
+}
+
 # --- main -----------------------------------------------------------------------------------------
 install_peers
 sections=("$@")
-[ ${#sections[@]} -gt 0 ] || sections=(read classify caption stitch instances batch models)
+[ ${#sections[@]} -gt 0 ] || sections=(read classify caption stitch instances batch models quant)
 for s in "${sections[@]}"; do
   case "$s" in
     read) bench_read ;;
@@ -656,6 +729,7 @@ for s in "${sections[@]}"; do
     instances) bench_instances ;;
     batch) bench_batch ;;
     models) bench_models ;;
-    *) say "unknown section '$s' (read, classify, caption, stitch, instances, batch, models)"; exit 2 ;;
+    quant) bench_quant ;;
+    *) say "unknown section '$s' (read, classify, caption, stitch, instances, batch, models, quant)"; exit 2 ;;
   esac
 done

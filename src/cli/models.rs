@@ -153,13 +153,22 @@ pub(super) fn models(a: ModelsArgs, ort_lib: Option<PathBuf>) -> Result<i32> {
     match a.command {
         ModelsCommand::Check { dir, json } => {
             let runtime = Runtime::load(ort_lib.as_deref())?;
-            let problems = crate::models::check_package(runtime, &dir);
+            let report = crate::models::inspect_package(runtime, &dir);
+            let problems = report.problems;
             if json {
-                print_json(
-                    &serde_json::json!({ "package": dir, "valid": problems.is_empty(), "problems": problems }),
-                )?;
+                print_json(&serde_json::json!({
+                    "package": dir,
+                    "valid": problems.is_empty(),
+                    "problems": problems,
+                    "family": report.family,
+                    "precision": report.precision,
+                }))?;
             } else if problems.is_empty() {
-                out!("{}: valid model package", dir.display())?;
+                let what = match (&report.family, report.precision) {
+                    (Some(f), Some(p)) => format!(" ({f}, precision {p})"),
+                    _ => String::new(),
+                };
+                out!("{}: valid model package{what}", dir.display())?;
             } else {
                 out!("{}: {} problem(s)", dir.display(), problems.len())?;
                 for p in &problems {

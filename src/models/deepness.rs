@@ -9,7 +9,8 @@ use std::path::Path;
 
 use super::detection::DetectorManifest;
 use super::manifest::{
-    DetectionSpec, GraphSpec, Manifest, ManifestCommon, Preprocess, SegmentationSpec, TilingSpec,
+    DetectionSpec, GraphSpec, Manifest, ManifestCommon, Precision, Preprocess, SegmentationSpec,
+    TilingSpec,
 };
 use super::segmentation::SegmenterManifest;
 use super::{ModelError, ModelPackage};
@@ -190,6 +191,7 @@ impl Parts {
             name: self.name.clone(),
             trained: true,
             source: Some("Deepness metadata_props".into()),
+            precision: Precision::default(),
         }
     }
 }

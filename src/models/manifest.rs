@@ -22,6 +22,8 @@ pub struct Manifest {
     /// False for randomly initialised test models: their answers mean nothing.
     pub trained: bool,
     pub source: Option<String>,
+    /// `precision`: the numeric format of the package's graphs (fp32 when absent).
+    pub precision: Precision,
     /// `[tiling]`, for the families that take one: defaults for the command line.
     pub tiling: Option<TilingSpec>,
     /// `[generation]`, for the families that take one: default decoding settings.
@@ -37,6 +39,51 @@ pub struct ManifestCommon {
     pub name: String,
     pub trained: bool,
     pub source: Option<String>,
+    pub precision: Precision,
+}
+
+/// The numeric format of a package's graphs (`precision = "..."`, top level of `model.toml`),
+/// as `tools/export/quantize.py` (and `export.py --int8 / --int4`) record it. Informative for
+/// the runner (ONNX Runtime reads the graphs as they are); reported by `models check` and read
+/// by whoever compares variants. Which graph got which format, and how far each quantised
+/// graph is from its fp32 original, is in the package's `quantization.json`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub enum Precision {
+    /// float32 graphs (also what a manifest without `precision` means).
+    #[default]
+    #[serde(rename = "fp32")]
+    Fp32,
+    /// float16 weights and compute (float32 inputs and outputs).
+    #[serde(rename = "fp16")]
+    Fp16,
+    /// int8 MatMul/Gemm weights, activations quantised at run time (per batch).
+    #[serde(rename = "int8-dynamic")]
+    Int8Dynamic,
+    /// int8 QDQ graphs with activation scales calibrated on tiles of a scene.
+    #[serde(rename = "int8-static")]
+    Int8Static,
+    /// 4-bit weight-only MatMuls (ONNX Runtime `MatMulNBits`) in the language-model graphs.
+    #[serde(rename = "int4")]
+    Int4,
+}
+
+impl Precision {
+    /// The manifest spelling: `fp32`, `fp16`, `int8-dynamic`, `int8-static`, `int4`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Fp16 => "fp16",
+            Precision::Int8Dynamic => "int8-dynamic",
+            Precision::Int8Static => "int8-static",
+            Precision::Int4 => "int4",
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A family's typed manifest sections (any `'static` value that is `Debug`, `Send` and `Sync`).
@@ -64,6 +111,7 @@ impl Manifest {
             name: common.name,
             trained: common.trained,
             source: common.source,
+            precision: common.precision,
             tiling,
             generation,
             sections: Arc::new(sections),
@@ -117,7 +165,7 @@ fn line_of(text: &str, at: usize) -> usize {
 
 /// Declare a family's typed manifest: the struct of its own sections, and
 /// `from_toml(text) -> Result<(ManifestCommon, Self), String>`, which parses the common keys
-/// (`family`, `architecture`, `name`, `trained`, `source`) and those sections and rejects
+/// (`family`, `architecture`, `name`, `trained`, `source`, `precision`) and those sections and rejects
 /// every other key.
 macro_rules! family_manifest {
     (
@@ -151,6 +199,8 @@ macro_rules! family_manifest {
                     trained: bool,
                     #[serde(default)]
                     source: Option<String>,
+                    #[serde(default)]
+                    precision: $crate::models::Precision,
                     $($(#[$fmeta])* $field: $ty,)*
                 }
                 let f: File = $crate::models::manifest::from_toml(text)?;
@@ -160,6 +210,7 @@ macro_rules! family_manifest {
                     name: f.name,
                     trained: f.trained,
                     source: f.source,
+                    precision: f.precision,
                 };
                 Ok((common, $name { $($field: f.$field,)* }))
             }
@@ -584,6 +635,32 @@ std = [0.5, 0.5, 0.5]
         let bad = GOOD.replace("size = 64", "size = \"big\"");
         let err = Manifest::parse(&bad).expect_err("type");
         assert!(err.contains("line 9"), "{err}");
+    }
+
+    #[test]
+    fn precision_defaults_to_fp32_and_names_a_bad_value() {
+        assert_eq!(
+            Manifest::parse(GOOD).expect("parse").precision,
+            Precision::Fp32
+        );
+        for (text, want) in [
+            ("int8-dynamic", Precision::Int8Dynamic),
+            ("int8-static", Precision::Int8Static),
+            ("int4", Precision::Int4),
+            ("fp16", Precision::Fp16),
+        ] {
+            let m = Manifest::parse(&GOOD.replace(
+                "name = \"t\"",
+                &format!("name = \"t\"\nprecision = \"{text}\""),
+            ))
+            .expect(text);
+            assert_eq!(m.precision, want);
+            assert_eq!(m.precision.to_string(), text);
+        }
+        let err =
+            Manifest::parse(&GOOD.replace("name = \"t\"", "name = \"t\"\nprecision = \"int3\""))
+                .expect_err("bad precision");
+        assert!(err.contains("line 4") && err.contains("int3"), "{err}");
     }
 
     #[test]

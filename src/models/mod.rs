@@ -31,8 +31,8 @@ pub mod tokenizer;
 
 pub use manifest::{
     DecoderSpec, DetectionSpec, EmbedSpec, GenerationSpec, GraphSpec, ImageSpec, InputType,
-    Manifest, ManifestCommon, Preprocess, PromptSpec, PromptedSpec, PromptsSpec, Scores, Sections,
-    SegmentationSpec, TextSpec, TilingSpec, TokenizerSpec,
+    Manifest, ManifestCommon, Precision, Preprocess, PromptSpec, PromptedSpec, PromptsSpec, Scores,
+    Sections, SegmentationSpec, TextSpec, TilingSpec, TokenizerSpec,
 };
 
 pub(crate) use package::hex;
@@ -91,13 +91,38 @@ pub(crate) fn run_err(path: &Path, e: impl std::fmt::Display) -> ModelError {
 /// Everything wrong with a package, as a list (empty when it is valid). Loads every graph on
 /// the CPU to check its inputs and outputs against the manifest.
 pub fn check_package(runtime: &Runtime, dir: &Path) -> Vec<String> {
+    inspect_package(runtime, dir).problems
+}
+
+/// What `models check` reports of a package: its problems (empty when it is valid) and, when
+/// its manifest parses, its family and precision.
+#[derive(Clone, Debug)]
+pub struct PackageCheck {
+    pub problems: Vec<String>,
+    pub family: Option<String>,
+    pub precision: Option<Precision>,
+}
+
+/// [`check_package`], with the family and precision of a package whose manifest parses.
+pub fn inspect_package(runtime: &Runtime, dir: &Path) -> PackageCheck {
     let package = match load_package(runtime, dir) {
         Ok(p) => p,
-        Err(e) => return vec![e.to_string()],
+        Err(e) => {
+            return PackageCheck {
+                problems: vec![e.to_string()],
+                family: None,
+                precision: None,
+            }
+        }
     };
-    match registry::family(&package.manifest.family) {
+    let problems = match registry::family(&package.manifest.family) {
         Some(family) => family.check(runtime, &package),
         None => vec![registry::unknown_family(&package.manifest.family)],
+    };
+    PackageCheck {
+        problems,
+        family: Some(package.manifest.family.clone()),
+        precision: Some(package.manifest.precision),
     }
 }
 

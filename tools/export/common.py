@@ -99,13 +99,46 @@ def reject_tiny_only_flags(args) -> None:
             raise SystemExit(f"--{flag.replace('_', '-')} only applies with --tiny")
 
 
+def add_quantize_args(sub) -> None:
+    """``--int8 [dynamic|static]``, ``--int4``, ``--calibrate SCENE``, ``--calibration-tiles N`` on
+    every command of ``sub`` that writes a package (has ``--out``): the package is exported in
+    fp32 (verified as usual), then converted by ``quantize.py`` (README "Quantised variants")."""
+    import quantize
+
+    for parser in sub.choices.values():
+        if any("--out" in a.option_strings for a in parser._actions):
+            quantize.add_args(parser, exporter=True)
+
+
 def run(args) -> None:
-    """Run a parsed command (its ``func``), without autograd."""
+    """Run a parsed command (its ``func``), without autograd; with ``--int8`` / ``--int4``, export
+    into ``OUT.fp32.partial`` and write the quantised variant of it to ``OUT``."""
     import torch
 
+    import quantize
+
     reject_tiny_only_flags(args)
+    precision = quantize.precision_of(args) if hasattr(args, "int4") else None
+    if precision is not None and getattr(args, "fp16", False):
+        raise SystemExit(f"--fp16 and --{precision.split('-')[0]}: choose one precision")
     torch.set_grad_enabled(False)
-    args.func(args)
+    if precision is None:
+        args.func(args)
+        if getattr(args, "fp16", False) and (Path(args.out) / "model.toml").is_file():
+            quantize.mark_fp16(Path(args.out))  # precision = "fp16" in the manifest
+        return
+    out = Path(args.out)
+    if out.exists():
+        raise SystemExit(f"{out}: already exists (a quantised export writes a new folder)")
+    fp32 = out.with_name(out.name + ".fp32.partial")
+    shutil.rmtree(fp32, ignore_errors=True)
+    args.out = str(fp32)
+    try:
+        args.func(args)
+        quantize.convert(fp32, out, precision, scene=args.calibrate, tiles=args.calibration_tiles)
+    finally:
+        shutil.rmtree(fp32, ignore_errors=True)
+    report_done(out)
 
 
 def report_done(out: Path) -> None:

@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for command, module in COMMANDS.items():
         importlib.import_module(module).add_parser(sub, command)
+    common.add_quantize_args(sub)  # --int8 / --int4 / --calibrate on every command that writes a package
     return p
 
 

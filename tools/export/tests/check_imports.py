@@ -7,12 +7,13 @@
 * a family exporter (``*_export.py``) imports ``common``, and of the local modules only the
   shared library modules (``LIBRARIES``: ``common``, ``prefix_decoder``) and stand-alone tools:
   no other exporter (no other ``*_export`` module, not ``export``);
-* a shared library module imports only other shared library modules (never an exporter);
+* a shared library module imports only other shared library modules and stand-alone tools
+  (never an exporter; ``common`` runs ``quantize.py`` for the ``--int8`` / ``--int4`` flags);
 * every local module is a family exporter, a shared library module, ``export.py`` or a
   stand-alone tool;
 * ``export.py`` imports only ``common`` of the local modules, and every module named in its
   ``COMMANDS`` table is a family exporter file that defines ``add_parser``;
-* the stand-alone tools (``uint8_prefix.py``, ``verify_*.py``) import no exporter, no
+* the stand-alone tools (``uint8_prefix.py``, ``quantize.py``, ``verify_*.py``) import no exporter, no
   ``common`` and not torch / transformers (the Rust tests run ``uint8_prefix.py`` with only numpy
   and onnx installed);
 * the local import graph has no cycle.
@@ -70,7 +71,7 @@ def main() -> int:
     local = {f.stem: f for f in HERE.glob("*.py")}
     families = {n for n in local if n.endswith("_export")}
     graph = {n: imports_of(f) & set(local) for n, f in local.items()}
-    tools = [n for n in local if n == "uint8_prefix" or n.startswith("verify_")]
+    tools = [n for n in local if n in ("uint8_prefix", "quantize") or n.startswith("verify_")]
 
     for fam in sorted(families):
         if "common" not in graph[fam]:
@@ -82,8 +83,8 @@ def main() -> int:
     for lib in sorted(LIBRARIES & set(local)):
         for bad in sorted(graph[lib] & (families | {"export"})):
             problems.append(f"{lib}.py: imports the exporter {bad}")
-        for bad in sorted(graph[lib] - families - {"export"} - LIBRARIES):
-            problems.append(f"{lib}.py: imports {bad}, which is not a shared library module")
+        for bad in sorted(graph[lib] - families - {"export"} - LIBRARIES - set(tools)):
+            problems.append(f"{lib}.py: imports {bad}, which is neither a shared library module nor a stand-alone tool")
     if "export" in graph:
         for bad in sorted(graph["export"] - {"common"} - families):
             problems.append(f"export.py: imports {bad}")
