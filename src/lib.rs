@@ -9,6 +9,7 @@ pub mod batch;
 pub mod cli;
 pub mod generation;
 pub mod jobs;
+pub mod labels;
 pub mod metrics;
 pub mod models;
 pub mod options;

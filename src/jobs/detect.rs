@@ -182,12 +182,20 @@ fn write_detections(
     Ok(())
 }
 
-/// Run the job.
+/// What a detection pass found: its report and the merged detections, in the scene's CRS
+/// (best first), for callers that use the boxes themselves (`tessera eval`).
+#[derive(Debug)]
+pub struct DetectOutcome {
+    pub report: DetectReport,
+    pub detections: Vec<MapDetection>,
+}
+
+/// Load the detector `job` names (and set its text queries when it is open-vocabulary).
 ///
 /// # Errors
-/// Bad scene, model or options; inference failure; unwritable outputs.
-pub fn run_detect(mut job: DetectJob) -> Result<DetectReport, PipelineError> {
-    let start = Instant::now();
+/// No ONNX Runtime, a bad package, queries given to a closed-set detector or missing for an
+/// open-vocabulary one.
+pub fn load_detector(job: &DetectJob) -> Result<DetectorModel, PipelineError> {
     let runtime = Runtime::load(job.base.ort_lib.as_deref())?;
     let mut model = DetectorModel::load(runtime, &job.base.model, &job.base.session)?;
     if super::check_prompts(
@@ -199,6 +207,31 @@ pub fn run_detect(mut job: DetectJob) -> Result<DetectReport, PipelineError> {
     )? {
         model.set_queries(&job.prompts)?;
     }
+    Ok(model)
+}
+
+/// Run the job.
+///
+/// # Errors
+/// Bad scene, model or options; inference failure; unwritable outputs.
+pub fn run_detect(job: DetectJob) -> Result<DetectReport, PipelineError> {
+    let start = Instant::now();
+    let mut model = load_detector(&job)?;
+    let mut outcome = detect_with(job, &mut model)?;
+    outcome.report.seconds = start.elapsed().as_secs_f64();
+    Ok(outcome.report)
+}
+
+/// Run the job with a loaded detector (one model over many scenes, e.g. the chips of an
+/// evaluation); the report's `seconds` count from here, without loading the model.
+///
+/// # Errors
+/// Bad scene or options; inference failure; unwritable outputs.
+pub fn detect_with(
+    mut job: DetectJob,
+    model: &mut DetectorModel,
+) -> Result<DetectOutcome, PipelineError> {
+    let start = Instant::now();
     let size = model.input_size();
     let tiles = super::ModelTiles {
         size,
@@ -233,7 +266,7 @@ pub fn run_detect(mut job: DetectJob) -> Result<DetectReport, PipelineError> {
             model.fixed_batch(),
             &job.base.model,
         ),
-        model: &mut model,
+        model,
     };
     let sink = Boxes {
         working: (grid.working_width, grid.working_height),
@@ -275,7 +308,7 @@ pub fn run_detect(mut job: DetectJob) -> Result<DetectReport, PipelineError> {
         pending.commit()?;
     }
     let (provider, fallback) = model.provider();
-    Ok(DetectReport {
+    let report = DetectReport {
         run: super::SceneRunReport::new(&job.base, (provider, fallback), &stats, outputs),
         classes,
         tile_size: size,
@@ -288,6 +321,10 @@ pub fn run_detect(mut job: DetectJob) -> Result<DetectReport, PipelineError> {
         seconds: start.elapsed().as_secs_f64(),
         model_seconds,
         merge_seconds,
+    };
+    Ok(DetectOutcome {
+        report,
+        detections: merged,
     })
 }
 

@@ -19,7 +19,7 @@ pub use bench::{run_bench_read, BenchReadJob, BenchReadReport};
 pub use bench_model::{run_bench_model, BenchModelJob, BenchModelReport};
 pub use caption::{run_caption, CaptionJob, CaptionReport, TileCaption};
 pub use classify::{run_classify, ClassifyJob, ClassifyReport, TileResult, Timings};
-pub use detect::{run_detect, DetectJob, DetectReport};
+pub use detect::{detect_with, load_detector, run_detect, DetectJob, DetectOutcome, DetectReport};
 pub use doctor::{run_doctor, DoctorReport};
 pub use report::SceneRunReport;
 pub use segment::{run_segment, SegmentJob, SegmentReport};
