@@ -148,6 +148,11 @@ pub struct DetectionMetrics {
     pub at_confidence: Counts,
     pub params: EvalParams,
     pub classes: Vec<ClassResult>,
+    /// Per ground truth, in the order given: found at IoU 0.5 by a detection scoring at least
+    /// the confidence (false for crowd and ignored ones). Two models' agreement is the
+    /// fraction of ground truths on which these agree.
+    #[serde(skip)]
+    pub found: Vec<bool>,
 }
 
 /// pycocotools' `iouThrs`: `np.linspace(.5, 0.95, 10)`, computed as numpy does.
@@ -203,6 +208,9 @@ struct ImageEval {
     ignored: Vec<Vec<bool>>,
     /// Non-ignored ground truths.
     n_gt: usize,
+    /// Indexes (in the caller's list) of the non-ignored ground truths matched at IoU 0.5 by
+    /// a non-ignored detection scoring at least the confidence.
+    found: Vec<usize>,
 }
 
 fn by_score_desc(scores: &[f64]) -> Vec<usize> {
@@ -217,20 +225,25 @@ fn by_score_desc(scores: &[f64]) -> Vec<usize> {
 }
 
 fn evaluate_image(
-    gts: &[&GroundTruth],
+    gts: &[(usize, &GroundTruth)],
     dts: &[&Prediction],
     max_dets: usize,
     thresholds: &[f64],
+    confidence: f64,
 ) -> Option<ImageEval> {
     if gts.is_empty() && dts.is_empty() {
         return None;
     }
     let outside = |a: f64| a < AREA_ALL.0 || a > AREA_ALL.1;
-    let gt_ignore: Vec<bool> = gts.iter().map(|g| g.crowd || outside(g.area)).collect();
+    let gt_ignore: Vec<bool> = gts
+        .iter()
+        .map(|(_, g)| g.crowd || outside(g.area))
+        .collect();
     // Ground truths: not ignored first (stable).
     let mut g_order: Vec<usize> = (0..gts.len()).collect();
     g_order.sort_by_key(|&i| gt_ignore[i]);
-    let gts: Vec<&GroundTruth> = g_order.iter().map(|&i| gts[i]).collect();
+    let gt_index: Vec<usize> = g_order.iter().map(|&i| gts[i].0).collect();
+    let gts: Vec<&GroundTruth> = g_order.iter().map(|&i| gts[i].1).collect();
     let g_ig: Vec<bool> = g_order.iter().map(|&i| gt_ignore[i]).collect();
     let scores: Vec<f64> = dts.iter().map(|d| d.score).collect();
     let mut d_order = by_score_desc(&scores);
@@ -247,6 +260,7 @@ fn evaluate_image(
     let nt = thresholds.len();
     let mut matched = vec![vec![false; dts.len()]; nt];
     let mut ignored = vec![vec![false; dts.len()]; nt];
+    let mut found = Vec::new();
     for (ti, &t) in thresholds.iter().enumerate() {
         let mut gt_taken = vec![false; gts.len()];
         for (di, _) in dts.iter().enumerate() {
@@ -271,6 +285,9 @@ fn evaluate_image(
                 ignored[ti][di] = g_ig[mi];
                 matched[ti][di] = true;
                 gt_taken[mi] = true;
+                if ti == 0 && !g_ig[mi] && dts[di].score >= confidence {
+                    found.push(gt_index[mi]);
+                }
             }
         }
         for (di, d) in dts.iter().enumerate() {
@@ -285,6 +302,7 @@ fn evaluate_image(
         matched,
         ignored,
         n_gt: g_ig.iter().filter(|&&i| !i).count(),
+        found,
     })
 }
 
@@ -337,12 +355,13 @@ pub fn evaluate(
     let thresholds = iou_thresholds();
     let rec_thrs = recall_thresholds();
     let nc = classes.len();
-    let mut gt_by: Vec<Vec<Vec<&GroundTruth>>> = vec![vec![Vec::new(); n_images]; nc];
-    for g in ground_truth {
+    let mut gt_by: Vec<Vec<Vec<(usize, &GroundTruth)>>> = vec![vec![Vec::new(); n_images]; nc];
+    for (n, g) in ground_truth.iter().enumerate() {
         if g.class < nc && g.image < n_images {
-            gt_by[g.class][g.image].push(g);
+            gt_by[g.class][g.image].push((n, g));
         }
     }
+    let mut found = vec![false; ground_truth.len()];
     let mut dt_by: Vec<Vec<Vec<&Prediction>>> = vec![vec![Vec::new(); n_images]; nc];
     for d in predictions {
         if d.class < nc && d.image < n_images {
@@ -357,9 +376,18 @@ pub fn evaluate(
     for (k, name) in classes.iter().enumerate() {
         let evals: Vec<ImageEval> = (0..n_images)
             .filter_map(|i| {
-                evaluate_image(&gt_by[k][i], &dt_by[k][i], params.max_dets, &thresholds)
+                evaluate_image(
+                    &gt_by[k][i],
+                    &dt_by[k][i],
+                    params.max_dets,
+                    &thresholds,
+                    params.confidence,
+                )
             })
             .collect();
+        for &n in evals.iter().flat_map(|e| &e.found) {
+            found[n] = true;
+        }
         let n_gt: usize = evals.iter().map(|e| e.n_gt).sum();
         // Every image's kept detections, ranked by score (stable over images in order).
         let mut flat: Vec<(usize, usize)> = Vec::new();
@@ -432,6 +460,7 @@ pub fn evaluate(
         at_confidence: Counts::new(tp_all, fp_all, fn_all),
         params: params.clone(),
         classes: results,
+        found,
     }
 }
 
