@@ -10,8 +10,6 @@ pub mod cli;
 pub mod eval;
 pub mod generation;
 pub mod jobs;
-pub mod labels;
-pub mod metrics;
 pub mod models;
 pub mod options;
 pub mod output;

@@ -1,4 +1,4 @@
-//! tessera's COCO-style detection metrics (`tessera::metrics::detection`) against pycocotools
+//! tessera's COCO-style detection metrics (`tessera::eval::metrics::detection`) against pycocotools
 //! on the same boxes, to 1e-9: generated sets of several images and classes with the edge
 //! cases that decide COCO's numbers (a class without predictions, a class without ground
 //! truth, tied scores, boxes of a pixel or two, more detections than `max_dets` in an image,
@@ -7,7 +7,7 @@
 mod common;
 
 use common::coco::{assert_same, pycocotools, write_coco, DtBox, GtBox};
-use tessera::metrics::detection::{evaluate, EvalParams, GroundTruth, Prediction};
+use tessera::eval::metrics::detection::{evaluate, EvalParams, GroundTruth, Prediction};
 
 /// A small deterministic generator (64-bit LCG, Knuth's constants).
 struct Lcg(u64);

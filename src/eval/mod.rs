@@ -12,10 +12,12 @@
 //! more file and one line in [`registry::EVALUATORS`]). Metrics are plain functions in
 //! [`metrics`], checked against scikit-learn and pycocoevalcap in the tests.
 
+pub mod boxes;
 pub mod caption;
 pub mod charts;
 pub mod chips;
 pub mod classify;
+pub mod detect;
 pub mod labels;
 pub mod metrics;
 pub mod record;
@@ -55,6 +57,9 @@ pub enum EvalError {
     Output(#[from] OutputError),
     #[error(transparent)]
     Raster(#[from] crate::raster::RasterError),
+    /// Unusable box labels (`--coco`, `--voc`).
+    #[error(transparent)]
+    Boxes(#[from] boxes::LabelError),
     #[error("{path}: {error}")]
     Io { path: String, error: std::io::Error },
 }

@@ -135,6 +135,7 @@ pub struct PrCurve {
 /// Every task's evaluator.
 pub static EVALUATORS: &[&dyn TaskEvaluator] = &[
     &super::classify::ClassifyEval,
+    &super::detect::DetectEval,
     &super::segment::SegmentEval,
     &super::caption::CaptionEval,
 ];

@@ -52,6 +52,22 @@ pub struct EvalOptions {
     /// (default: the package's, else the family's).
     #[arg(long = "template", value_name = "TEMPLATE")]
     pub templates: Option<Vec<String>>,
+    /// Detection: the score at or above which a box counts for precision, recall and F1
+    /// (default: the model's detection.confidence). mAP uses every box from --min-score.
+    #[arg(long, value_name = "P")]
+    pub confidence: Option<f64>,
+    /// Detection: the lowest score a box is kept at for mAP (COCO-style evaluations keep
+    /// nearly all boxes; Ultralytics validates at 0.001).
+    #[arg(long, value_name = "P", default_value_t = 0.001)]
+    pub min_score: f64,
+    /// Detection: the best boxes kept per image (a scene is one image) and class, as
+    /// pycocotools' maxDets (100). Raise it for scenes with more objects of a class.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub max_dets: usize,
+    /// Detection: model classes that are label classes under another name, comma-separated
+    /// MODEL=LABEL pairs ("target=Tree,car=vehicle"); other classes match by equal name.
+    #[arg(long, value_name = "PAIRS", value_delimiter = ',')]
+    pub class_map: Option<Vec<String>>,
 }
 
 impl EvalOptions {
@@ -69,6 +85,18 @@ impl EvalOptions {
                 ));
             }
         }
+        for (key, v) in [
+            ("confidence", self.confidence),
+            ("min_score", Some(self.min_score)),
+        ] {
+            if v.is_some_and(|v| !(0.0..=1.0).contains(&v)) {
+                return Err(InvalidOption::new(key, "must be between 0 and 1"));
+            }
+        }
+        if self.max_dets == 0 {
+            return Err(InvalidOption::new("max_dets", "must be at least 1"));
+        }
+        self.class_pairs()?;
         let mut seen = std::collections::HashSet::new();
         for m in &self.models {
             if !seen.insert(m) {
@@ -79,6 +107,31 @@ impl EvalOptions {
             }
         }
         Ok(())
+    }
+
+    /// `--class-map` as (model class, label class) pairs.
+    ///
+    /// # Errors
+    /// A pair that is not `MODEL=LABEL` with both names non-empty, or a model class given twice.
+    pub fn class_pairs(&self) -> Result<Vec<(String, String)>, InvalidOption> {
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        for p in self.class_map.iter().flatten() {
+            let (m, l) = p
+                .split_once('=')
+                .map(|(m, l)| (m.trim(), l.trim()))
+                .filter(|(m, l)| !m.is_empty() && !l.is_empty())
+                .ok_or_else(|| {
+                    InvalidOption::new("class_map", format!("'{p}' is not MODEL=LABEL"))
+                })?;
+            if pairs.iter().any(|(seen, _)| seen == m) {
+                return Err(InvalidOption::new(
+                    "class_map",
+                    format!("model class '{m}' is mapped twice"),
+                ));
+            }
+            pairs.push((m.to_string(), l.to_string()));
+        }
+        Ok(pairs)
     }
 
     /// `key` is given though `task` takes no such option.

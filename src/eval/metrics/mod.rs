@@ -3,6 +3,7 @@
 //! as pycocoevalcap does ([`text`]). The tests check them against those libraries on the
 //! same predictions.
 
+pub mod detection;
 pub mod text;
 
 /// A confusion matrix over `k` classes, with a column for units that got no prediction

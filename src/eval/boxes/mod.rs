@@ -1,14 +1,11 @@
-//! Labelled boxes for evaluating detectors (`tessera eval --task detect`): a vector layer over a
-//! scene (any OGR format: GeoPackage, Shapefile, GeoJSON...) read into the scene's CRS
-//! ([`read_layer`]), or image chips with COCO JSON ([`read_coco`]) or Pascal VOC XML
-//! ([`read_voc`]) boxes in pixels.
+//! Labelled boxes on image chips for evaluating detectors (`tessera eval --task detect`): COCO
+//! JSON ([`read_coco`]) or Pascal VOC XML ([`read_voc`]). (Box labels over a scene are a
+//! polygon layer, read by [`super::labels::read`].)
 //!
-//! Every box is `[x, y, w, h]` with `(x, y)` its smallest corner, as COCO writes boxes: map
-//! coordinates for a layer, pixel coordinates (x right, y down, the image's top-left corner at
-//! `(0, 0)`, continuous) for chips.
+//! Every box is `[x, y, w, h]` with `(x, y)` its smallest corner, as COCO writes boxes, in pixel
+//! coordinates: x right, y down, the image's top-left corner at `(0, 0)`, continuous.
 
 pub mod coco;
-pub mod layer;
 pub mod voc;
 
 use std::path::PathBuf;
@@ -17,7 +14,6 @@ use serde::Serialize;
 use thiserror::Error;
 
 pub use coco::read_coco;
-pub use layer::read_layer;
 pub use voc::read_voc;
 
 /// Why labels could not be read. Every variant names the file.
@@ -28,25 +24,10 @@ pub enum LabelError {
     NotFound { path: String },
     #[error("{path}: cannot read labels: {reason}")]
     Unreadable { path: String, reason: String },
-    #[error("{path}: no field '{field}' in layer '{layer}' (fields: {available})")]
-    NoField {
-        path: String,
-        field: String,
-        layer: String,
-        available: String,
-    },
-    #[error("{path}: feature {feature}: {reason}")]
-    Feature {
-        path: String,
-        feature: u64,
-        reason: String,
-    },
     #[error("{path}: malformed COCO JSON: {reason}")]
     Coco { path: String, reason: String },
     #[error("{path}: malformed Pascal VOC XML: {reason}")]
     Voc { path: String, reason: String },
-    #[error("{path}: cannot reproject the labels to the scene's CRS: {reason}")]
-    Reproject { path: String, reason: String },
     #[error("{path}: image '{image}' not found (looked for {looked})")]
     NoImage {
         path: String,
@@ -65,32 +46,6 @@ pub struct LabelBox {
     pub crowd: bool,
 }
 
-impl LabelBox {
-    /// The box `[x, y, w, h]` around points `(x, y)`; `None` without points or with a
-    /// non-finite coordinate.
-    pub fn around(class: &str, points: impl IntoIterator<Item = (f64, f64)>) -> Option<LabelBox> {
-        let mut b = [
-            f64::INFINITY,
-            f64::INFINITY,
-            f64::NEG_INFINITY,
-            f64::NEG_INFINITY,
-        ];
-        let mut any = false;
-        for (x, y) in points {
-            if !x.is_finite() || !y.is_finite() {
-                return None;
-            }
-            any = true;
-            b = [b[0].min(x), b[1].min(y), b[2].max(x), b[3].max(y)];
-        }
-        any.then(|| LabelBox {
-            class: class.to_string(),
-            bbox: [b[0], b[1], b[2] - b[0], b[3] - b[1]],
-            crowd: false,
-        })
-    }
-}
-
 /// Labelled chips: images and the boxes on each, in pixels.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct ChipLabels {
@@ -103,7 +58,7 @@ pub struct ChipLabels {
 }
 
 /// Where a chip named `name` by a label file is: under `images_dir` when given, else beside
-/// the label file (`label_dir`); `None` when the file is not there.
+/// the label file (`label_dir`).
 fn find_image(
     name: &str,
     images_dir: Option<&std::path::Path>,
