@@ -166,6 +166,27 @@ fn tree_crowns_scene_coco_and_voc_match_pycocotools() {
     std::fs::copy(&tif, chips.join("OSBS_029.tif")).expect("copy");
     std::fs::copy(data.join("OSBS_029.xml"), chips.join("OSBS_029.xml")).expect("copy");
     std::fs::rename(dir.join("coco.json"), chips.join("coco.json")).expect("mv");
+    // And as a PNG chip without georeferencing (the labels name it instead).
+    let png_dir = dir.join("png");
+    std::fs::create_dir_all(&png_dir).expect("mkdir");
+    let src = gdal::Dataset::open(&tif).expect("open");
+    let png = png_dir.join("OSBS_029.png");
+    let driver = gdal::DriverManager::get_driver_by_name("PNG").expect("png driver");
+    src.create_copy(
+        &driver,
+        &png,
+        &gdal::raster::RasterCreationOptions::default(),
+    )
+    .expect("png")
+    .close()
+    .expect("close");
+    let _ = std::fs::remove_file(png_dir.join("OSBS_029.png.aux.xml"));
+    let text = std::fs::read_to_string(chips.join("coco.json")).expect("coco");
+    std::fs::write(
+        png_dir.join("coco.json"),
+        text.replace("OSBS_029.tif", "OSBS_029.png"),
+    )
+    .expect("write");
     for (flag, value, name) in [
         ("--coco", chips.join("coco.json"), "coco"),
         ("--voc", chips.clone(), "voc"),
@@ -178,6 +199,18 @@ fn tree_crowns_scene_coco_and_voc_match_pycocotools() {
         run(dir, &args).success();
         assert_matches(&metrics_of(&out), &want, &["Tree"]);
     }
+    // The PNG has no nodata (the GeoTIFF's 255s are valid pixels there), so its boxes differ:
+    // its reference is pycocotools on the COCO file itself and `tessera detect --pixel-coords`.
+    let png_coco = png_dir.join("coco.json");
+    let (png_s, coco_s) = (s(&png), s(&png_coco));
+    let png_want = reference(&py, dir, &png_s, &png_coco, map, &["--pixel-coords"]);
+    let out = dir.join("png-eval");
+    let o = s(&out);
+    let mut args = vec!["eval", "--task", "detect", "--coco", &coco_s];
+    args.extend(common);
+    args.extend(["--out", &o]);
+    run(dir, &args).success();
+    assert_matches(&metrics_of(&out), &png_want, &["Tree"]);
 }
 
 #[test]

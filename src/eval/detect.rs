@@ -419,10 +419,15 @@ impl Prepared for PreparedDetect {
             .classes
             .iter()
             .filter(|r| !r.pr_curve.is_empty())
-            .map(|r| PrCurve {
-                class: r.name.clone(),
-                recall: thresholds.clone(),
-                precision: r.pr_curve.clone(),
+            .map(|r| {
+                // The chart stops at the class's final recall (pycocotools reads 0 beyond).
+                let top = r.max_recall.unwrap_or(1.0);
+                let n = thresholds.iter().take_while(|&&t| t <= top).count().max(1);
+                PrCurve {
+                    class: r.name.clone(),
+                    recall: thresholds[..n].to_vec(),
+                    precision: r.pr_curve[..n].to_vec(),
+                }
             })
             .collect();
         Ok(Scored {

@@ -93,6 +93,15 @@ impl EvalOptions {
                 return Err(InvalidOption::new(key, "must be between 0 and 1"));
             }
         }
+        if self.confidence.is_some_and(|c| c < self.min_score) {
+            return Err(InvalidOption::new(
+                "confidence",
+                format!(
+                    "is below --min-score {}: boxes under it are not kept",
+                    self.min_score
+                ),
+            ));
+        }
         if self.max_dets == 0 {
             return Err(InvalidOption::new("max_dets", "must be at least 1"));
         }
