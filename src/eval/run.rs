@@ -202,6 +202,17 @@ pub fn run_eval(job: EvalJob) -> Result<EvalReport, EvalError> {
     std::fs::remove_dir_all(&work).map_err(|e| EvalError::io(&work, e))?;
 
     let charts = super::charts::write_charts(&records, &scores, &dir)?;
+    for (i, s) in scores.iter().enumerate() {
+        if !s.rows.is_empty() {
+            let path = dir.join(format!("predictions_{}.jsonl", i + 1));
+            let mut text = String::new();
+            for r in &s.rows {
+                text.push_str(&r.to_string());
+                text.push('\n');
+            }
+            std::fs::write(&path, text).map_err(|e| EvalError::io(&path, e))?;
+        }
+    }
     let mut report = EvalReport {
         task: task.name(),
         data: prepared.describe(),
