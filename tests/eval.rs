@@ -570,6 +570,63 @@ fn segment_metrics_match_scikit_learn_on_the_class_mosaic() {
     );
     assert_eq!(ev["models"]["seg-copy"]["miou"], rec["miou"]);
     assert_eq!(ev["charts"].as_array().map(Vec::len), Some(3));
+
+    // Label polygons, by class name, burnt on the mosaic's grid.
+    let (x0, y0) = ORIGIN;
+    let rect = |c: &str, a: f64, b: f64, w: f64, h: f64| {
+        format!(
+            "{{\"type\":\"Feature\",\"properties\":{{\"kind\":\"{c}\"}},\"geometry\":{{\"type\":\"Polygon\",\"coordinates\":[[[{},{}],[{},{}],[{},{}],[{},{}],[{},{}]]]}}}}",
+            x0 + a, y0 - b, x0 + a + w, y0 - b, x0 + a + w, y0 - b - h, x0 + a, y0 - b - h, x0 + a, y0 - b
+        )
+    };
+    let features = [
+        rect("red", 0.0, 0.0, 100.0, 190.0),
+        rect("green", 100.3, 0.0, 79.4, 256.0),
+        rect("blue", 180.0, 10.5, 76.0, 150.0),
+        rect("red", 20.0, 190.0, 40.0, 40.0),
+    ];
+    std::fs::write(
+        tmp.path().join("labels.geojson"),
+        format!("{{\"type\":\"FeatureCollection\",\"crs\":{{\"type\":\"name\",\"properties\":{{\"name\":\"EPSG:32633\"}}}},\"features\":[{}]}}", features.join(",")),
+    )
+    .expect("geojson");
+    run(
+        tmp.path(),
+        &[
+            "eval",
+            "--task",
+            "segment",
+            "--model",
+            &seg,
+            "--scene",
+            "scene.tif",
+            "--labels",
+            "labels.geojson",
+            "--label-field",
+            "kind",
+            "--out",
+            "eval-poly",
+            "-q",
+        ],
+    )
+    .success();
+    let ev = read_json(&tmp.path().join("eval-poly/eval.json"));
+    let rec = &ev["models"][seg.as_str()];
+    let poly = tmp.path().join("labels.geojson").display().to_string();
+    let Some(r) = reference(&[
+        "segment-poly",
+        &poly,
+        "kind",
+        &classes,
+        "[\"red\",\"green\",\"blue\"]",
+    ]) else {
+        return;
+    };
+    for k in ["miou", "f1", "pixel_accuracy"] {
+        close(&rec[k], &r[k], k);
+    }
+    assert_eq!(rec["pixels_evaluated"], r["pixels"]);
+    assert!(rec["pixel_accuracy"].as_f64().expect("acc") < 0.99, "{rec}");
 }
 
 #[test]

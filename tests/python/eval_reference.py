@@ -49,7 +49,6 @@ def classify(pred, classes_json):
 
 def segment(labels, classes_tif, k):
     import rasterio
-    from sklearn.metrics import accuracy_score, f1_score, jaccard_score
     k = int(k)
     with rasterio.open(labels) as d:
         t = d.read(1).astype(np.int64)
@@ -57,6 +56,26 @@ def segment(labels, classes_tif, k):
             t[t == int(d.nodata)] = -1
     with rasterio.open(classes_tif) as d:
         p = d.read(1).astype(np.int64)
+    pixel_metrics(t, p, k)
+
+
+def segment_poly(labels, field, classes_tif, names_json):
+    """Polygons burnt with rasterio (pixel centres inside) on the class mosaic's grid."""
+    import geopandas
+    import rasterio
+    from rasterio import features
+    names = json.loads(names_json)
+    with rasterio.open(classes_tif) as d:
+        p = d.read(1).astype(np.int64)
+        shape, transform = d.shape, d.transform
+    gdf = geopandas.read_file(labels)
+    shapes = [(g, names.index(v)) for g, v in zip(gdf.geometry, gdf[field])]
+    t = features.rasterize(shapes, out_shape=shape, transform=transform, fill=-1, dtype="int32")
+    pixel_metrics(t.astype(np.int64), p, len(names))
+
+
+def pixel_metrics(t, p, k):
+    from sklearn.metrics import accuracy_score, f1_score, jaccard_score
     keep = (t >= 0) & (t < k)
     y, q = t[keep], p[keep]
     present = sorted(set(np.unique(y)) | (set(np.unique(q)) - {255}))
@@ -90,4 +109,4 @@ def ptb(sentences_json):
 
 
 if __name__ == "__main__":
-    {"classify": classify, "segment": segment, "caption": caption, "ptb": ptb}[sys.argv[1]](*sys.argv[2:])
+    {"classify": classify, "segment": segment, "segment-poly": segment_poly, "caption": caption, "ptb": ptb}[sys.argv[1]](*sys.argv[2:])
