@@ -749,6 +749,52 @@ fn caption_bleu_and_cider_match_pycocoevalcap() {
         close(&rec["cider"], &r["cider"], "cider");
     }
     assert_eq!(rec["tiles"], 3);
+
+    // Tiles of a scene, by tile id (blip-tiny's tiles are 32 pixels: 2 tiles here).
+    image(
+        &tmp.path().join("scene.tif"),
+        "GTiff",
+        64,
+        32,
+        true,
+        |x, y| [noise(9, x, y), 80, 20],
+    );
+    let first = rows[0]["tokens"].as_str().expect("tokens").to_string();
+    std::fs::write(
+        &refs,
+        serde_json::json!({"tile_id": "r0000c0001", "captions": [first, "a field"]}).to_string(),
+    )
+    .expect("refs");
+    run(
+        tmp.path(),
+        &[
+            "eval",
+            "--task",
+            "caption",
+            "--model",
+            &blip,
+            "--scene",
+            "scene.tif",
+            "--references",
+            "refs.jsonl",
+            "--out",
+            "eval-scene",
+            "-q",
+        ],
+    )
+    .success();
+    let ev = read_json(&tmp.path().join("eval-scene/eval.json"));
+    let rec = &ev["models"][blip.as_str()];
+    assert_eq!(
+        (rec["tiles"].as_u64(), rec["tiles_evaluated"].as_u64()),
+        (Some(2), Some(1))
+    );
+    let p = tmp.path().join("eval-scene/predictions_1.jsonl");
+    assert_eq!(jsonl(&p)[0]["unit"], "r0000c0001");
+    if let Some(r) = reference(&["caption", &p.display().to_string()]) {
+        close(&rec["bleu4"], &r["bleu4"], "bleu4 (scene)");
+        close(&rec["cider"], &r["cider"], "cider (scene)");
+    }
 }
 
 #[test]

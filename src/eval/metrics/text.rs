@@ -257,7 +257,7 @@ mod tests {
         );
         assert_eq!(
             tokenize("two  planes... parked (left)"),
-            "two planes parked left"
+            "two planes parked -lrb- left -rrb-"
         );
         assert_eq!(tokenize("a b c"), "a b c");
     }
