@@ -26,6 +26,8 @@ command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 # copy in the binary would interpose GDAL's and crash its GeoPackage driver).
 [ -e /usr/include/sqlite3.h ] || need_apt+=(libsqlite3-dev)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+# Java for pycocoevalcap's PTB tokenizer (tests/eval.rs checks tessera's tokenisation with it).
+command -v java >/dev/null 2>&1 || need_apt+=(default-jre-headless)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     say "installing ${need_apt[*]} with apt-get"

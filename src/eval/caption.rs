@@ -222,6 +222,7 @@ impl Prepared for PreparedCaption {
             .map(|s| chips::mosaic_cols(s.chips.len()));
         let mut hyps = Vec::new();
         let mut refs = Vec::new();
+        let mut rows = Vec::new();
         for c in &lines {
             let key = match (&self.chips, cols) {
                 (Some(set), Some(cols)) => set
@@ -230,8 +231,15 @@ impl Prepared for PreparedCaption {
                     .map(|chip| chip.name.clone()),
                 _ => Some(c.tile_id.clone()),
             };
-            if let Some(r) = key.and_then(|k| self.references.get(&k)) {
-                hyps.push(tokenize(&c.caption));
+            if let Some((k, r)) = key.and_then(|k| self.references.get(&k).map(|r| (k, r))) {
+                let tokens = tokenize(&c.caption);
+                rows.push(serde_json::json!({
+                    "unit": k,
+                    "caption": c.caption,
+                    "tokens": tokens,
+                    "references": r,
+                }));
+                hyps.push(tokens);
                 refs.push(r.clone());
             }
         }
@@ -259,6 +267,7 @@ impl Prepared for PreparedCaption {
             predictions: Predictions::Texts(lines.into_iter().map(|c| c.caption).collect()),
             confusion: None,
             curves: Vec::new(),
+            rows,
         })
     }
 }

@@ -374,6 +374,24 @@ impl Prepared for PreparedClassify {
             });
         }
         let (metrics, confusion) = classification_metrics(&self.classes, &truth, &scored_probs);
+        let rows = probs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let unit = match &self.data {
+                    Data::Chips(set) => set.chips[i].name.clone(),
+                    Data::Scene { .. } => format!("r{:04}c{:04}", i / cols, i % cols),
+                };
+                let name =
+                    |c: Option<usize>| c.map_or(Value::Null, |c| self.classes[c].clone().into());
+                json!({
+                    "unit": unit,
+                    "truth": name(truth_of_tile[i]),
+                    "predicted": name(top_k(p, 1).first().copied()),
+                    "scores": p,
+                })
+            })
+            .collect();
         let predictions = probs
             .iter()
             .map(|p| top_k(p, 1).first().map_or(u32::MAX, |&c| c as u32))
@@ -386,6 +404,7 @@ impl Prepared for PreparedClassify {
             predictions: Predictions::Classes(predictions),
             confusion: Some(confusion),
             curves: Vec::new(),
+            rows,
         })
     }
 }

@@ -63,8 +63,9 @@ impl ModelRecord {
         let mut m = Map::new();
         m.insert("name".into(), self.name.clone().into());
         m.insert("family".into(), self.family.clone().into());
+        // Not `precision`: that is a metric (classification, detection).
         m.insert(
-            "precision".into(),
+            "model_precision".into(),
             self.precision.clone().map_or(Value::Null, Value::from),
         );
         m.insert("provider".into(), self.provider.clone().into());
@@ -158,7 +159,7 @@ pub fn markdown(report: &EvalReport) -> String {
     let precision = report.models.iter().any(|m| m.precision.is_some());
     let mut head = vec!["model".to_string()];
     if precision {
-        head.push("precision".into());
+        head.push("weights".into());
     }
     head.extend(metrics.iter().map(|m| m.to_string()));
     head.extend(

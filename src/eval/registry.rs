@@ -85,6 +85,9 @@ pub struct Scored {
     pub confusion: Option<Confusion>,
     /// Precision-recall curves (detection), one per class.
     pub curves: Vec<PrCurve>,
+    /// One JSON object per evaluated unit (its key, truth, prediction, scores), written as
+    /// `predictions_N.jsonl` for error analysis and for checking the metrics elsewhere.
+    pub rows: Vec<Value>,
 }
 
 /// Per-unit predictions of a model.

@@ -51,11 +51,16 @@ pub const WORKER_OUT: &str = "--worker-out";
 /// and under the table).
 pub const METHOD: &str = "Each model runs alone in a child process (the same eval command with worker flags) through the task's ordinary job. tiles/s: tiles (or chips) the job read and ran, over the job's wall seconds from the first tile read to the last result (model and scene loading, text embeddings and output writing excluded). peak RSS: the child's VmHWM (/proc/self/status) at the end of its job: that model's process alone. size: bytes of every file in the package folder. agreement: fraction of tiles (pixels for segmentation) where the model's prediction equals the first model's.";
 
-/// The `precision` a manifest records (`precision = "int8"` at its top level), if any.
+/// The `precision` a manifest records (`precision = "int8"` at its top level, or in a
+/// `[quantization]` section), if any.
 fn manifest_precision(dir: &Path) -> Option<String> {
     let text = std::fs::read_to_string(dir.join("model.toml")).ok()?;
     let value: toml::Value = toml::from_str(&text).ok()?;
-    value.get("precision")?.as_str().map(str::to_string)
+    value
+        .get("precision")
+        .or_else(|| value.get("quantization")?.get("precision"))?
+        .as_str()
+        .map(str::to_string)
 }
 
 /// Check that every model is a package of a family that serves `task`.
@@ -202,6 +207,17 @@ pub fn run_eval(job: EvalJob) -> Result<EvalReport, EvalError> {
     std::fs::remove_dir_all(&work).map_err(|e| EvalError::io(&work, e))?;
 
     let charts = super::charts::write_charts(&records, &scores, &dir)?;
+    for (i, s) in scores.iter().enumerate() {
+        if !s.rows.is_empty() {
+            let path = dir.join(format!("predictions_{}.jsonl", i + 1));
+            let mut text = String::new();
+            for r in &s.rows {
+                text.push_str(&r.to_string());
+                text.push('\n');
+            }
+            std::fs::write(&path, text).map_err(|e| EvalError::io(&path, e))?;
+        }
+    }
     let mut report = EvalReport {
         task: task.name(),
         data: prepared.describe(),
@@ -232,4 +248,33 @@ pub fn run_worker(mut job: WorkerJob) -> Result<Value, EvalError> {
     })?;
     job.base.model = model;
     ev.run_model(&job.options, job.base, &job.work, job.out, &job.ctx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_manifest_precision_is_read_where_a_package_records_it() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let m = dir.path().join("model.toml");
+        std::fs::write(&m, "family = \"clip\"\nprecision = \"int8\"\n").expect("write");
+        assert_eq!(manifest_precision(dir.path()).as_deref(), Some("int8"));
+        std::fs::write(
+            &m,
+            "family = \"clip\"\n[quantization]\nprecision = \"int4\"\n",
+        )
+        .expect("write");
+        assert_eq!(manifest_precision(dir.path()).as_deref(), Some("int4"));
+        std::fs::write(&m, "family = \"clip\"\n").expect("write");
+        assert_eq!(manifest_precision(dir.path()), None);
+    }
+
+    #[test]
+    fn a_failed_child_is_reported_by_its_error_line() {
+        let status = std::process::Command::new("false").status().expect("false");
+        let stderr = "tessera: note: x\ntessera: error: s.tif: not a raster\n";
+        assert_eq!(child_error(stderr, status), "s.tif: not a raster");
+        assert_eq!(child_error("boom\n", status), "boom");
+    }
 }

@@ -230,6 +230,7 @@ impl Prepared for PreparedSegment {
             ),
             confusion: Some(confusion),
             curves: Vec::new(),
+            rows: Vec::new(),
         })
     }
 }

@@ -6,16 +6,17 @@
 //! PTB tokenizer, lower-cased, punctuation tokens removed) without Java: lower case; the
 //! clitics `'s 're 've 'll 'd 'm n't` split off as PTB does; every other non-alphanumeric
 //! character a token of its own; the punctuation tokens pycocoevalcap removes (see
-//! `DROPPED`: `.` `,` `?` `!` `:` `;` `-` `--` `...`, quotes and brackets) dropped. On plain
-//! captions it gives what the PTB tokenizer gives; text that is already tokenised this way is
+//! `DROPPED`: `.` `,` `?` `!` `:` `;` `-` `--` `...` and quotes) dropped; brackets become
+//! PTB's `-lrb-` `-rrb-` `-lsb-` `-rsb-` `-lcb-` `-rcb-`, which pycocoevalcap keeps (it
+//! removes them in upper case, after lower-casing). On plain captions it gives what the PTB
+//! tokenizer gives (checked against it in tests/eval.rs); text already tokenised this way is
 //! unchanged.
 
 use std::collections::HashMap;
 
 /// Tokens pycocoevalcap's tokenizer removes (with the brackets PTB turns into -LRB- etc).
 const DROPPED: &[&str] = &[
-    "''", "'", "``", "`", "\"", "(", ")", "[", "]", "{", "}", ".", "?", "!", ",", ":", "-", "--",
-    "...", ";",
+    "''", "'", "``", "`", "\"", ".", "?", "!", ",", ":", "-", "--", "...", ";",
 ];
 
 const CLITICS: &[&str] = &["n't", "'s", "'re", "'ve", "'ll", "'d", "'m"];
@@ -49,7 +50,16 @@ pub fn tokenize(text: &str) -> String {
                 pieces.push("--".into());
                 i += 2;
             } else {
-                pieces.push(c.to_string());
+                let bracket = match c {
+                    '(' => Some("-lrb-"),
+                    ')' => Some("-rrb-"),
+                    '[' => Some("-lsb-"),
+                    ']' => Some("-rsb-"),
+                    '{' => Some("-lcb-"),
+                    '}' => Some("-rcb-"),
+                    _ => None,
+                };
+                pieces.push(bracket.map_or_else(|| c.to_string(), str::to_string));
                 i += 1;
             }
         }
@@ -247,7 +257,7 @@ mod tests {
         );
         assert_eq!(
             tokenize("two  planes... parked (left)"),
-            "two planes parked left"
+            "two planes parked -lrb- left -rrb-"
         );
         assert_eq!(tokenize("a b c"), "a b c");
     }
