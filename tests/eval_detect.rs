@@ -159,6 +159,21 @@ fn tree_crowns_scene_coco_and_voc_match_pycocotools() {
     let scene = metrics_of(&out);
     assert_matches(&scene, &want, &["Tree"]);
     assert_eq!(scene["per_class"]["Tree"]["ground_truths"], 61);
+    // predictions_1.jsonl: every label with whether it was found, every box scored.
+    let text = std::fs::read_to_string(out.join("predictions_1.jsonl")).expect("rows");
+    let rows: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("row"))
+        .collect();
+    let labels: Vec<&Value> = rows.iter().filter(|r| r["kind"] == "label").collect();
+    assert_eq!(labels.len(), 61);
+    let found = labels.iter().filter(|r| r["found"] == true).count();
+    assert_eq!(Some(found as u64), want["tp"].as_u64());
+    let results: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).expect("results"))
+            .expect("json");
+    let boxes = rows.iter().filter(|r| r["kind"] == "box").count();
+    assert_eq!(Some(boxes), results.as_array().map(Vec::len));
 
     // The same boxes as COCO JSON (pixels, the chip beside it) and as the wheel's VOC XML.
     let chips = dir.join("chips");

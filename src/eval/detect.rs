@@ -57,6 +57,8 @@ struct ModelBoxes {
 
 struct PreparedDetect {
     what: String,
+    /// Each image's name in `predictions_N.jsonl`: the scene, or the chip's path.
+    images: Vec<String>,
     n_images: usize,
     classes: Vec<String>,
     truth: Vec<GroundTruth>,
@@ -110,7 +112,7 @@ impl TaskEvaluator for DetectEval {
             )
             .into());
         }
-        let (what, chips, classes, truth) = if let Some(scene) = &opts.scene {
+        let (what, mut chips, classes, truth) = if let Some(scene) = &opts.scene {
             if opts.chips.is_some() {
                 return Err(InvalidOption::new("chips", "is not taken with --scene").into());
             }
@@ -145,7 +147,7 @@ impl TaskEvaluator for DetectEval {
                 scene,
                 path.display()
             );
-            (what, Vec::new(), layer.classes, truth)
+            (what, vec![PathBuf::from(scene)], layer.classes, truth)
         } else {
             for (given, key) in [
                 (opts.labels.is_some(), "labels"),
@@ -176,6 +178,10 @@ impl TaskEvaluator for DetectEval {
         if classes.is_empty() {
             return Err(InvalidOption::new("labels", "define no class").into());
         }
+        let images: Vec<String> = chips.iter().map(|c| c.display().to_string()).collect();
+        if opts.scene.is_some() {
+            chips.clear();
+        }
         let data = WorkData {
             chips: chips.clone(),
             classes: classes.clone(),
@@ -186,7 +192,8 @@ impl TaskEvaluator for DetectEval {
         std::fs::write(&path, text).map_err(|e| EvalError::io(&path, e))?;
         Ok(Box::new(PreparedDetect {
             what,
-            n_images: chips.len().max(1),
+            n_images: images.len(),
+            images,
             classes,
             truth,
             class_map: opts.class_pairs()?,
@@ -430,7 +437,23 @@ impl Prepared for PreparedDetect {
                 }
             })
             .collect();
+        // Every label (found or not at --confidence) and every box scored, for error analysis
+        // and for recomputing the metrics elsewhere (pycocotools on these boxes).
+        let mut rows = Vec::with_capacity(self.truth.len() + predictions.len());
+        for (g, f) in self.truth.iter().zip(&m.found) {
+            rows.push(json!({
+                "kind": "label", "image": self.images.get(g.image), "class": self.classes[g.class],
+                "bbox": g.bbox, "crowd": g.crowd, "found": f,
+            }));
+        }
+        for p in &predictions {
+            rows.push(json!({
+                "kind": "box", "image": self.images.get(p.image), "class": self.classes[p.class],
+                "bbox": p.bbox, "score": p.score,
+            }));
+        }
         Ok(Scored {
+            rows,
             metrics,
             headline: "map_50",
             tiles: run.report["tiles_read"].as_u64().unwrap_or(0) as usize,
