@@ -292,6 +292,13 @@ fn bad_label_files_fail_with_one_line_and_write_nothing() {
     std::fs::write(&coco, r#"{"images": [], "annotations": [}"#).expect("write");
     let no_cats = dir.join("nocats.json");
     std::fs::write(&no_cats, r#"{"images": [], "annotations": []}"#).expect("write");
+    let empty_coco = dir.join("empty.json");
+    std::fs::write(
+        &empty_coco,
+        r#"{"images": [], "annotations": [], "categories": [{"id": 1, "name": "car"}]}"#,
+    )
+    .expect("write");
+    let empty = s(&empty_coco);
     let model = oracle();
     let out = dir.join("out");
     let o = s(&out);
@@ -325,6 +332,14 @@ fn bad_label_files_fail_with_one_line_and_write_nothing() {
         (
             vec!["--coco", &n],
             vec!["nocats.json", "missing field `categories`"],
+        ),
+        (
+            vec!["--coco", &empty],
+            vec!["empty.json", "lists no images"],
+        ),
+        (
+            vec!["--coco", &n, "--confidence", "0.0001"],
+            vec!["--confidence", "below --min-score"],
         ),
         (
             vec![

@@ -68,6 +68,15 @@ struct PreparedDetect {
     min_score: f64,
 }
 
+/// "1 class", "3 classes".
+fn classes_count(n: usize) -> String {
+    if n == 1 {
+        "1 class".into()
+    } else {
+        format!("{n} classes")
+    }
+}
+
 /// Box labels as ground truth over the classes `classes`.
 fn truth_of(boxes: &[(usize, boxes::LabelBox)], classes: &[String]) -> Vec<GroundTruth> {
     boxes
@@ -140,9 +149,9 @@ impl TaskEvaluator for DetectEval {
             }
             let truth = truth_of(&labelled, &layer.classes);
             let what = format!(
-                "{} boxes in {} classes ({}) over {} from {}",
+                "{} boxes in {} ({}) over {} from {}",
                 truth.len(),
-                layer.classes.len(),
+                classes_count(layer.classes.len()),
                 layer.classes.join(", "),
                 scene,
                 path.display()
@@ -164,11 +173,14 @@ impl TaskEvaluator for DetectEval {
                     return Err(InvalidOption::new("coco", "or --voc is required").into())
                 }
             };
+            if labels.images.is_empty() {
+                return Err(EvalError::data(source, "lists no images"));
+            }
             let truth = truth_of(&labels.boxes, &labels.classes);
             let what = format!(
-                "{} boxes in {} classes ({}) on {} chips from {}",
+                "{} boxes in {} ({}) on {} chips from {}",
                 truth.len(),
-                labels.classes.len(),
+                classes_count(labels.classes.len()),
                 labels.classes.join(", "),
                 labels.images.len(),
                 source.display()
