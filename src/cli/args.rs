@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::options::{
-    CaptionOptions, ClassifyOptions, DetectOptions, InputOptions, OutputOptions, RuntimeOptions,
-    SegmentOptions, TilingOptions,
+    CaptionOptions, ClassifyOptions, DetectOptions, EvalOptions, InputOptions, OutputOptions,
+    RuntimeOptions, SegmentOptions, TilingOptions,
 };
 
 const AFTER_HELP: &str = "\
@@ -62,6 +62,10 @@ pub enum Command {
     /// Object detection over a whole scene: boxes mapped to map coordinates and merged across
     /// tiles (NMS or weighted box fusion, boxes cut by tile edges joined).
     Detect(DetectArgs),
+    /// Evaluate model packages on labelled data: accuracy (top-1/top-5, mAP, mIoU, BLEU-4 and
+    /// CIDEr), tiles/s, size on disk, peak memory and agreement with the first model, in one
+    /// table (eval.md, eval.json) with charts (PNG).
+    Eval(EvalArgs),
     /// Run a pipeline file (pipelines/*.toml) over many scenes: files, folders, globs, @lists
     /// of paths or STAC Items. Scenes run in parallel, each into OUT/<scene>/ (written under a
     /// temporary name, renamed when complete, with record.json and a STAC item.json); scenes
@@ -82,6 +86,41 @@ pub enum Command {
     /// Benchmark a model alone: images/s of a package's image graph (CLIP, segmenter,
     /// detector) on a device, batches already in memory.
     BenchModel(BenchModelArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub options: EvalOptions,
+    /// Output folder (created; written under a temporary name until complete): eval.json,
+    /// eval.md and the charts (accuracy_vs_speed.png, confusion_N.png, pr_curves_N.png).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub input: InputOptions,
+    #[command(flatten)]
+    pub tiling: TilingOptions,
+    #[command(flatten)]
+    pub runtime: RuntimeOptions,
+    /// Cache folder: text embeddings (default: $TESSERA_CACHE_DIR, $XDG_CACHE_HOME/tessera
+    /// or ~/.cache/tessera).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Replace an existing output folder.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Print the table as JSON (what eval.json holds, with the files written).
+    #[arg(long)]
+    pub json: bool,
+    /// Internal: run only this model (the index into --model) and print its job's report.
+    #[arg(long, hide = true, requires_all = ["worker_dir", "worker_out"])]
+    pub worker_model: Option<usize>,
+    /// Internal: the evaluation's scratch folder.
+    #[arg(long, hide = true, value_name = "DIR")]
+    pub worker_dir: Option<PathBuf>,
+    /// Internal: the model's output folder.
+    #[arg(long, hide = true, value_name = "DIR")]
+    pub worker_out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

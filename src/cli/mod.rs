@@ -13,6 +13,7 @@ macro_rules! out {
 
 mod args;
 mod batch;
+mod eval;
 mod models;
 mod print;
 mod scene;
@@ -86,6 +87,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Detect(a) => models::detect(a, ort_lib, quiet),
         Command::Models(a) => models::models(a, ort_lib),
         Command::BenchModel(a) => models::bench_model(a, ort_lib),
+        Command::Eval(a) => eval::eval(a, ort_lib, quiet),
         Command::Run(a) => batch::run_pipeline(a, ort_lib, quiet),
         Command::Ingest(a) => batch::ingest(a, None, ort_lib, quiet),
         Command::Watch(a) => batch::ingest(a.ingest, Some(a.interval), ort_lib, quiet),

@@ -72,6 +72,9 @@ pub struct CaptionReport {
     pub new_tokens: usize,
     pub seconds: f64,
     pub model_seconds: f64,
+    /// Wall seconds of the pass over the tiles (reading and captioning them; the scene
+    /// caption, loading and writing excluded).
+    pub tiles_seconds: f64,
     pub captions_per_second: f64,
     pub tokens_per_second: f64,
 }
@@ -356,6 +359,7 @@ pub fn run_caption(mut job: CaptionJob) -> Result<CaptionReport, PipelineError> 
         tiles_total: grid.len(),
         ..Default::default()
     };
+    let tiles_start = Instant::now();
     if job.tiles {
         let norm = model.normalizer();
         let spec = RunSpec {
@@ -396,6 +400,7 @@ pub fn run_caption(mut job: CaptionJob) -> Result<CaptionReport, PipelineError> 
         );
     }
 
+    let tiles_seconds = tiles_start.elapsed().as_secs_f64();
     let mut outputs = Vec::new();
     if let (Some(pending), Some(dir)) = (pending, &job.out) {
         write_outputs(&job, &scene, &captions, &scene_caption, &pending)?;
@@ -416,6 +421,7 @@ pub fn run_caption(mut job: CaptionJob) -> Result<CaptionReport, PipelineError> 
         new_tokens,
         seconds,
         model_seconds,
+        tiles_seconds,
         captions_per_second: n_captions as f64 / model_seconds.max(1e-9),
         tokens_per_second: new_tokens as f64 / model_seconds.max(1e-9),
     })

@@ -415,6 +415,12 @@ pub(crate) fn detect_merged(
     job: &mut DetectJob,
     before_sweep: &mut dyn FnMut(&crate::raster::Scene) -> Result<(), PipelineError>,
 ) -> Result<Detected, PipelineError> {
+    let mut model = load_for_job(job)?;
+    detect_merged_with(job, &mut model, before_sweep)
+}
+
+/// The package `job` names, loaded, with its prompts and text threshold set.
+fn load_for_job(job: &DetectJob) -> Result<DetectModel, PipelineError> {
     let runtime = Runtime::load(job.base.ort_lib.as_deref())?;
     let mut model = DetectModel::load(runtime, &job.base.model, &job.base.session)?;
     match &mut model {
@@ -452,6 +458,15 @@ pub(crate) fn detect_merged(
             m.set_prompts(&job.prompts)?;
         }
     }
+    Ok(model)
+}
+
+/// [`detect_merged`] with a loaded model.
+fn detect_merged_with(
+    job: &mut DetectJob,
+    model: &mut DetectModel,
+    before_sweep: &mut dyn FnMut(&crate::raster::Scene) -> Result<(), PipelineError>,
+) -> Result<Detected, PipelineError> {
     let size = model.input_size();
     let tiles = super::ModelTiles {
         size,
@@ -483,7 +498,7 @@ pub(crate) fn detect_merged(
             model.fixed_batch(),
             &job.base.model,
         ),
-        model: &mut model,
+        model,
     };
     let sink = Boxes {
         working: (grid.working_width, grid.working_height),
@@ -503,7 +518,7 @@ pub(crate) fn detect_merged(
         )
     })?;
     let (stats, model_seconds, (mut dets, texts)) = (swept.stats, swept.model_seconds, swept.done);
-    let (classes, class_phrases) = match &model {
+    let (classes, class_phrases) = match &*model {
         DetectModel::Boxes(m) => (m.classes(), None),
         DetectModel::Grounded(_) => {
             let texts = order_texts(&mut dets, texts, &job.prompts);
@@ -525,7 +540,7 @@ pub(crate) fn detect_merged(
     );
     let merge_seconds = t.elapsed().as_secs_f64();
     // Generative packages: a phrase per class; Grounding DINO: a phrase per box.
-    let phrases = match (&model, class_phrases) {
+    let phrases = match (&*model, class_phrases) {
         (_, Some(p)) => Some(
             merged
                 .iter()
@@ -549,7 +564,7 @@ pub(crate) fn detect_merged(
         _ => None,
     };
     let mut report_classes: Vec<String> = Vec::new();
-    if let DetectModel::Grounded(m) = &model {
+    if let DetectModel::Grounded(m) = &*model {
         report_classes.extend(m.labels());
     }
     for c in &classes {
@@ -579,12 +594,99 @@ pub(crate) fn detect_merged(
 ///
 /// # Errors
 /// Bad scene, model or options; inference failure; unwritable outputs.
-pub fn run_detect(mut job: DetectJob) -> Result<DetectReport, PipelineError> {
+pub fn run_detect(job: DetectJob) -> Result<DetectReport, PipelineError> {
+    let start = Instant::now();
+    let mut model = LoadedDetector(load_for_job(&job)?);
+    let mut outcome = detect_with(job, &mut model)?;
+    outcome.report.seconds = start.elapsed().as_secs_f64();
+    Ok(outcome.report)
+}
+
+/// What a detection pass found: its report and the merged detections, in the scene's CRS
+/// (best first), for callers that use the boxes themselves (`tessera eval`).
+#[derive(Debug)]
+pub struct DetectOutcome {
+    pub report: DetectReport,
+    pub detections: Vec<MapDetection>,
+}
+
+/// A detector package loaded once for many runs ([`detect_with`]; `tessera eval` runs one
+/// over every chip). Detector packages only: a generative package's classes are the phrases
+/// of each run, which a fixed class list cannot hold.
+pub struct LoadedDetector(DetectModel);
+
+impl std::fmt::Debug for LoadedDetector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedDetector").finish_non_exhaustive()
+    }
+}
+
+impl LoadedDetector {
+    /// Load the detector package at `dir`.
+    ///
+    /// # Errors
+    /// A bad package, or a generative one ([`ModelError::Unsupported`]).
+    pub fn load(
+        runtime: &Runtime,
+        dir: &std::path::Path,
+        options: &crate::runtime::SessionOptions,
+    ) -> Result<LoadedDetector, crate::models::ModelError> {
+        match DetectModel::load(runtime, dir, options)? {
+            DetectModel::Grounded(_) => Err(crate::models::ModelError::Unsupported(format!(
+                "{}: a generative package; evaluation takes detector packages",
+                dir.display()
+            ))),
+            m => Ok(LoadedDetector(m)),
+        }
+    }
+
+    /// Whether it takes text queries.
+    pub fn is_prompted(&self) -> bool {
+        match &self.0 {
+            DetectModel::Boxes(m) => m.is_prompted(),
+            DetectModel::Grounded(_) => true,
+        }
+    }
+
+    /// Set the text queries of an open-vocabulary detector.
+    ///
+    /// # Errors
+    /// As [`DetectorModel::set_queries`].
+    pub fn set_queries(&mut self, queries: &[String]) -> Result<(), crate::models::ModelError> {
+        match &mut self.0 {
+            DetectModel::Boxes(m) => m.set_queries(queries),
+            DetectModel::Grounded(m) => m.set_prompts(queries),
+        }
+    }
+
+    /// The classes its boxes' `class` indexes.
+    pub fn classes(&self) -> Vec<String> {
+        match &self.0 {
+            DetectModel::Boxes(m) => m.classes(),
+            DetectModel::Grounded(m) => m.labels(),
+        }
+    }
+
+    /// Its default confidence threshold.
+    pub fn confidence(&self) -> f32 {
+        self.0.confidence()
+    }
+}
+
+/// Run the job with a loaded detector (one model over many scenes, e.g. the chips of an
+/// evaluation); the report's `seconds` count from here, without loading the model.
+///
+/// # Errors
+/// Bad scene or options; inference failure; unwritable outputs.
+pub fn detect_with(
+    mut job: DetectJob,
+    model: &mut LoadedDetector,
+) -> Result<DetectOutcome, PipelineError> {
     let start = Instant::now();
     let mut pending = None;
     let out = job.out.clone();
     let overwrite = job.overwrite;
-    let d = detect_merged(&mut job, &mut |_scene| {
+    let d = detect_merged_with(&mut job, &mut model.0, &mut |_scene| {
         if let Some(dir) = &out {
             pending = Some(PendingOutput::dir(dir, overwrite)?);
         }
@@ -609,7 +711,7 @@ pub fn run_detect(mut job: DetectJob) -> Result<DetectReport, PipelineError> {
         outputs.push(dir.join(name).display().to_string());
         pending.commit()?;
     }
-    Ok(DetectReport {
+    let report = DetectReport {
         run: super::SceneRunReport::new(
             &job.base,
             (d.provider.0, d.provider.1.as_deref()),
@@ -627,6 +729,10 @@ pub fn run_detect(mut job: DetectJob) -> Result<DetectReport, PipelineError> {
         seconds: start.elapsed().as_secs_f64(),
         model_seconds: d.model_seconds,
         merge_seconds: d.merge_seconds,
+    };
+    Ok(DetectOutcome {
+        report,
+        detections: d.merged,
     })
 }
 

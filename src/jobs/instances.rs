@@ -675,6 +675,7 @@ pub(crate) fn run_instances(
     let start = Instant::now();
     let runtime = Runtime::load(job.base.ort_lib.as_deref())?;
     let mut model = PromptableSegmenter::load(runtime, &job.base.model, &job.base.session)?;
+    let load_seconds = start.elapsed().as_secs_f64();
     // The detector reads the scene its own way (its size, its tiling defaults).
     let detector_base = crate::options::SceneJobBase {
         grid: crate::tiling::GridRequest {
@@ -825,6 +826,7 @@ pub(crate) fn run_instances(
         peak_rows: done.peak_rows,
         seconds,
         model_seconds: refiner_seconds,
+        load_seconds,
         phase_seconds: super::segment::PhaseSeconds {
             sweep: sweep_seconds,
             cog: 0.0,

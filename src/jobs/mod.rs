@@ -20,7 +20,7 @@ pub use bench::{run_bench_read, BenchReadJob, BenchReadReport};
 pub use bench_model::{run_bench_model, BenchModelJob, BenchModelReport};
 pub use caption::{run_caption, CaptionJob, CaptionReport, TileCaption};
 pub use classify::{run_classify, ClassifyJob, ClassifyReport, TileResult, Timings};
-pub use detect::{run_detect, DetectJob, DetectReport};
+pub use detect::{detect_with, run_detect, DetectJob, DetectOutcome, DetectReport, LoadedDetector};
 pub use doctor::{run_doctor, DoctorReport};
 pub use instances::{BoxSource, InstanceSpec, InstancesReport};
 pub use report::SceneRunReport;

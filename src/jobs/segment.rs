@@ -59,6 +59,8 @@ pub struct SegmentReport {
     pub peak_rows: usize,
     pub seconds: f64,
     pub model_seconds: f64,
+    /// Loading the model and opening the scene (the first part of the sweep).
+    pub load_seconds: f64,
     /// Wall seconds of each phase: the sweep (read, model, stitch, COG tiles), COG assembly,
     /// polygonizing, and the vector layer.
     pub phase_seconds: PhaseSeconds,
@@ -356,6 +358,7 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
         &job.base.scaling,
         &tiles,
     )?;
+    let load_seconds = start.elapsed().as_secs_f64();
     let size = grid.tile_size();
     crate::options::check_batch_bytes(job.base.batch_size, size)?;
     job.base.read.order = ReadOrder::RowMajor;
@@ -426,6 +429,7 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
         peak_rows,
         seconds: start.elapsed().as_secs_f64(),
         model_seconds,
+        load_seconds,
         phase_seconds: PhaseSeconds {
             sweep: (cog_done - start).as_secs_f64() - cog_seconds,
             cog: cog_seconds,

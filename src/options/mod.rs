@@ -9,6 +9,7 @@
 //! | [`TilingOptions`] | `[tiling]` | `--tile-size`, `--overlap`, `--stride`, `--target-gsd`, ... |
 //! | [`RuntimeOptions`] | `[runtime]` | `--device`, `--allow-fallback`, `--intra-threads`, ... |
 //! | [`OutputOptions`] | `[output]` | `--format` |
+//! | [`EvalOptions`] | (none: `eval` is a command only) | `--task`, `--model`, `--chips`, `--scene`, `--labels`, ... |
 //! | [`ClassifyOptions`], [`CaptionOptions`], [`DetectOptions`], [`SegmentOptions`] | a `[[stage]]` of that `task` | the command's own flags |
 //!
 //! [`TaskOptions`] is the stage of a pipeline file: tagged by `task`, each task with its own
@@ -17,6 +18,7 @@
 mod choice;
 mod common;
 pub(crate) mod de;
+mod eval;
 
 pub(crate) mod introspect;
 mod tasks;
@@ -27,6 +29,7 @@ pub use common::{
     cache_dir, check_batch_bytes, InputOptions, JobContext, OutputOptions, RuntimeOptions,
     SceneJobBase, TilingOptions, MAX_BATCH_SIZE, MAX_TILE_SIZE, MIN_TARGET_GSD,
 };
+pub use eval::EvalOptions;
 pub use tasks::{
     CaptionOptions, ClassifyOptions, DetectOptions, OptionsError, SceneWindow, SegmentOptions,
 };

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod coco;
 pub mod limited;
 pub mod reference;
 
