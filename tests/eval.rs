@@ -886,6 +886,24 @@ fn bad_inputs_fail_in_one_line_and_write_nothing() {
     )
     .fails_with(&["refs.jsonl", "a/2.png"]);
     nothing_written(t, &out);
+    // An output folder holding the data is refused, even with --overwrite.
+    run(
+        t,
+        &[
+            "eval",
+            "--task",
+            "classify",
+            "--model",
+            &clip,
+            "--chips",
+            "chips/a/..",
+            "--out",
+            "chips",
+            "--overwrite",
+        ],
+    )
+    .fails_with(&["chips", "would replace the input"]);
+    assert!(t.join("chips/a/1.png").is_file());
     run(
         t,
         &[

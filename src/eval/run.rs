@@ -158,8 +158,20 @@ pub fn run_eval(job: EvalJob) -> Result<EvalReport, EvalError> {
     let task = opts.task;
     let ev = evaluator(task)?;
     let packages = check_models(&opts.models, task)?;
-    for m in &opts.models {
-        crate::output::refuse_input(&job.out, &m.display().to_string())?;
+    // The output folder (replaced with --overwrite) must hold no input.
+    let inputs = opts
+        .models
+        .iter()
+        .chain(&opts.chips)
+        .chain(&opts.labels)
+        .chain(&opts.references)
+        .chain(&opts.prompts)
+        .chain(&opts.coco)
+        .chain(&opts.voc)
+        .map(|p| p.display().to_string())
+        .chain(opts.scene.clone());
+    for input in inputs {
+        crate::output::refuse_input(&job.out, &input)?;
     }
     let pending = PendingOutput::dir(&job.out, job.overwrite)?;
     let dir = pending.path();
