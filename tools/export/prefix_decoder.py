@@ -1038,3 +1038,100 @@ def add_prefix_args(c, *, seed: int, init_std: float, eos_scale: float, toleranc
     C.add_skip_verify_arg(c)
     C.add_tolerance_arg(c, tolerance,
                         f"max diff / max(1, max|ref|) allowed between ONNX Runtime and PyTorch (default {tolerance:g})")
+
+
+# --------------------------------------------------------------------------------------
+# Grounding fixtures: a tiny model whose greedy output is a fixed box sequence
+# --------------------------------------------------------------------------------------
+
+
+class _ForceTokens:
+    """A logits processor that makes step ``k`` choose ``target[k]`` (only to read the hidden
+    states along the target sequence; the exported model is never run with it)."""
+
+    def __init__(self, target: list[int], prompt_len: int):
+        self.target, self.prompt_len = list(target), prompt_len
+
+    def __call__(self, input_ids, scores):
+        k = input_ids.shape[1] - self.prompt_len
+        out = torch.full_like(scores, float("-inf"))
+        out[:, self.target[k]] = 0.0
+        return out
+
+
+def _states_along(parts: PrefixParts, ids, mask, pixels, target: list[int]) -> torch.Tensor:
+    """The lm_head inputs [T, H] at the T greedy steps that choose ``target`` (HF generate, forced)."""
+    from transformers import LogitsProcessorList
+
+    seen = []
+    h = parts.lm_head.register_forward_pre_hook(lambda mod, a: seen.append(a[0][:, -1, :].detach().clone()))
+    try:
+        parts.model.generate(**parts.hf_inputs(ids, mask, pixels), max_new_tokens=len(target), min_new_tokens=0,
+                             do_sample=False, num_beams=1, bos_token_id=parts.bos, eos_token_id=parts.eos,
+                             pad_token_id=parts.pad,
+                             logits_processor=LogitsProcessorList([_ForceTokens(target, ids.shape[1])]))
+    finally:
+        h.remove()
+    return torch.cat(seen[: len(target)], 0)
+
+
+def force_sequences(parts: PrefixParts, cases: list[tuple[str, list[int]]], *, image: int = 0,
+                    margin: float = 10.0) -> dict:
+    """Change ``lm_head.weight`` (least norm) so that greedy decoding of each ``(prompt, target)``
+    case on reference image ``image`` yields ``target`` (ending with EOS); checked with plain HF
+    ``generate``.  Nothing else changes and the architecture stays Hugging Face's (its lm_head has
+    no bias; a bias would be the same at every step and could not spell a sequence).  A tied
+    lm_head (Gemma) is untied first, so the embedding stays the drawn one.
+
+    The final hidden states h[t] along each target are read with a forced HF generate (they do
+    not depend on an untied lm_head); D solves ``H @ D.T = z - H @ W.T`` exactly (least norm),
+    ``z`` being W h with the target's logit put ``margin`` above the best other token, so the
+    steps (all cases together) must number at most the hidden size.  A random tiny model's states
+    move a lot with the image, so one linear head cannot spell the same sequence on every image:
+    the sequence is forced on one reference image (the tests' tiles are that image), and the
+    report says on how many of the other reference images it holds too."""
+    W = parts.lm_head.weight
+    if W.data_ptr() == parts.embed.emb.weight.data_ptr():
+        parts.lm_head.weight = nn.Parameter(W.detach().clone())
+        for cfg in (parts.model.config, getattr(parts.model.config, "text_config", None)):
+            if cfg is not None and hasattr(cfg, "tie_word_embeddings"):
+                cfg.tie_word_embeddings = False
+    if any(t[-1] != parts.eos for _, t in cases):
+        raise ValueError("a forced sequence must end with the EOS token")
+    steps = sum(len(t) for _, t in cases)
+    if steps > parts.hidden:
+        raise ValueError(f"{steps} forced steps exceed the hidden size {parts.hidden}")
+    _, images_u8 = C.make_reference_images(parts.size)
+    pixels = C.preprocess_u8(images_u8, parts.mean, parts.std)
+    enc = [(parts.processor_ids([p]), list(t)) for p, t in cases]
+    H = torch.cat([_states_along(parts, ids, mask, pixels[image:image + 1], t) for (ids, mask), t in enc], 0)
+    y = torch.tensor([tok for _, t in enc for tok in t])
+    rows = torch.arange(len(y))
+    L = H @ parts.lm_head.weight.detach().T
+    other = L.clone()
+    other[rows, y] = float("-inf")
+    z = L.clone()
+    z[rows, y] = other.max(1).values + margin
+    D = (torch.linalg.pinv(H) @ (z - L)).T  # [V, H]
+    with torch.no_grad():
+        parts.lm_head.weight += D
+
+    def holds(i: int) -> list[bool]:
+        out = []
+        for (ids, mask), t in enc:
+            g = parts.hf_generate(ids, mask, pixels[i:i + 1], max_new_tokens=len(t) + 4, do_sample=False,
+                                  num_beams=1, bos_token_id=parts.bos, eos_token_id=parts.eos,
+                                  pad_token_id=parts.pad)[0].tolist()
+            out.append(g[: len(t)] == t)
+        return out
+
+    if not all(holds(image)):
+        raise RuntimeError("the forced sequences do not come out of plain greedy generate")
+    others = {i: holds(i) for i in range(len(images_u8)) if i != image}
+    L = H @ parts.lm_head.weight.detach().T
+    top2 = L.topk(2, dim=1).values
+    report = {"image": image, "steps": steps, "margin": margin, "update_norm": float(D.norm()),
+              "min_margin": float((top2[:, 0] - top2[:, 1]).min()),
+              "other_images_where_it_holds": [i for i, v in others.items() if all(v)]}
+    print(f"export: grounding fixture: {report}", file=sys.stderr)
+    return report
