@@ -432,6 +432,41 @@ fn prompts_the_package_cannot_answer_with_boxes_fail_in_one_line() {
 }
 
 #[test]
+fn a_broken_grounding_section_is_reported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pkg = dir.path().join("pkg");
+    common::copy_dir(&package(), &pkg);
+    let toml = pkg.join("model.toml");
+    let text = std::fs::read_to_string(&toml).expect("model.toml");
+    let broken = text.replace(
+        "prompt = \"<OPEN_VOCABULARY_DETECTION>{prompt}\"",
+        "prompt = \"<CAPTION>\"",
+    );
+    assert_ne!(broken, text);
+    std::fs::write(&toml, broken).expect("write");
+    scene(&dir.path().join("scene.tif"), 64);
+    let p = pkg.display().to_string();
+    let needles = [
+        "grounding.prompt \"<CAPTION>\" has no {prompt}",
+        "answers with 'pure_text', which no box parser reads",
+    ];
+    // `models check` lists every problem on stdout.
+    let check = common::run(dir.path(), &["models", "check", p.as_str()]);
+    assert!(!check.output.status.success(), "{}", check.context());
+    for n in needles {
+        assert!(check.stdout().contains(n), "{n}{}", check.context());
+    }
+    let mut one_line = vec!["pkg: invalid model package"];
+    one_line.extend(needles);
+    common::run(
+        dir.path(),
+        &["detect", "scene.tif", "--model", p.as_str(), "--out", "out"],
+    )
+    .fails_with(&one_line);
+    assert!(!dir.path().join("out").exists());
+}
+
+#[test]
 fn fixture_is_small() {
     let total: u64 = common::walk(&package())
         .iter()

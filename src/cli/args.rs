@@ -273,7 +273,8 @@ pub struct DetectArgs {
     pub scene: String,
     #[command(flatten)]
     pub options: DetectOptions,
-    /// Output folder: detections.<ext> (polygons with class, label, score, tile_id).
+    /// Output folder: detections.<ext> (polygons with class, label, score, tile_id; and phrase,
+    /// the text the model wrote, for generative packages).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     #[command(flatten)]

@@ -547,6 +547,38 @@ mod tests {
     }
 
     #[test]
+    fn scored_generation_keeps_the_tokens_and_gives_each_its_log_probability() {
+        for beams in [1, 2, 3] {
+            for max_new in [2, 5] {
+                let p = params(max_new, beams);
+                let plain =
+                    generate(&mut Toy::default(), start(&[5, 7], beams), &p).expect("plain");
+                let scored = generate_scored(&mut Toy::default(), start(&[5, 7], beams), &p)
+                    .expect("scored");
+                for ((g, tokens), prompt) in scored.iter().zip(&plain).zip([5, 7]) {
+                    assert_eq!(&g.tokens, tokens, "beams {beams}");
+                    assert_eq!(g.logprobs.len(), tokens.len());
+                    // The toy's own probability of each token after its history.
+                    let mut history = vec![prompt];
+                    for (&t, &lp) in tokens.iter().zip(&g.logprobs) {
+                        let want = probabilities(&history)[t as usize].ln();
+                        assert!((lp - want).abs() < 1e-5, "beams {beams}: {lp} != {want}");
+                        history.push(i64::from(t));
+                    }
+                }
+            }
+        }
+        // A forced token has probability 1.
+        let p = GenerationParams {
+            forced_eos_token_id: Some(EOS),
+            ..params(2, 1)
+        };
+        let g = generate_scored(&mut Toy::default(), start(&[5], 1), &p).expect("forced");
+        assert_eq!(g[0].tokens, vec![A as u32, EOS as u32]);
+        assert_eq!(g[0].logprobs[1], 0.0);
+    }
+
+    #[test]
     fn greedy_does_not_step_after_the_last_token() {
         let mut toy = Toy::default();
         let got = generate(&mut toy, start(&[5], 1), &params(2, 1)).expect("greedy");

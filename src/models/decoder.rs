@@ -195,14 +195,23 @@ pub fn check(runtime: &Runtime, package: &ModelPackage) -> Vec<String> {
     let tokenizer =
         super::tokenizer::load_tokenizer(&package.file(&cfg.tok.file)).map_err(|e| e.to_string());
     let qtokenizer = load_qformer_tokenizer(&cfg, package);
-    validate(
+    let mut problems = validate(
         &cfg,
         image.as_ref(),
         embed.as_ref(),
         decoder.as_ref(),
         tokenizer.as_ref(),
         qtokenizer.as_ref().map(Result::as_ref),
-    )
+    );
+    let grounding = package
+        .manifest
+        .sections::<DecoderManifest>()
+        .and_then(|m| m.grounding.as_ref());
+    if let Some(g) = grounding {
+        // No [tasks] here: every prompt's parser is grounding.output.
+        problems.extend(super::grounding::check_spec(g, &|_| None));
+    }
+    problems
 }
 
 /// `[qformer_tokenizer]`'s tokenizer, when the manifest has the section.

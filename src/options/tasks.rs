@@ -345,7 +345,12 @@ pub struct DetectOptions {
     /// Keep boxes scoring at least this (default: the model's).
     #[arg(long, value_name = "P")]
     pub confidence: Option<f32>,
-    /// Text queries for open-vocabulary detectors (OWL-ViT), comma-separated: "car,ship".
+    /// Text queries, comma-separated: "car,ship". Open-vocabulary detectors (OWL-ViT): one
+    /// query each. Generative packages with [grounding] (Florence-2): each entry becomes the
+    /// package's grounding prompt (Florence-2: <OPEN_VOCABULARY_DETECTION>entry) and labels its
+    /// boxes; an entry holding a task token runs as it is
+    /// ("<CAPTION_TO_PHRASE_GROUNDING>a ship near a tank"); none: the package's grounding task
+    /// (<OD>).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub prompts: Option<Vec<String>>,
     /// Overlap (IoU) above which two boxes of a class are the same object (default: the

@@ -139,7 +139,8 @@ impl GroundedDetector {
         let bins = match &model {
             Generator::Cross(m) => m.locations().map(|l| l.bins),
             Generator::Prefix(_) => None,
-        };
+        }
+        .or(spec.bins);
         let params = either!(&model, m => m.default_params());
         let mut d = GroundedDetector {
             model,

@@ -42,6 +42,7 @@ use serde::{Deserialize, Serialize};
 /// task = "<OD>"                                     # run when no --prompts are given
 /// prompt = "<OPEN_VOCABULARY_DETECTION>{prompt}"    # what each --prompts entry becomes
 /// output = "paligemma"                              # parser, when the prompt has no [tasks] token
+/// bins = [1024, 1024]                               # location bins, without [locations]
 /// banned_phrases = ["the image"]                    # phrases the parser drops (Florence-2)
 /// ```
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -62,6 +63,10 @@ pub struct GroundingSpec {
     /// .banned_grounding_tokens`).
     #[serde(default)]
     pub banned_phrases: Vec<String>,
+    /// Quantisation bins `[x, y]` of location tokens for packages without `[locations]`
+    /// (PaliGemma: `[1024, 1024]`); handed to the parser as [`ParseInput::bins`].
+    #[serde(default)]
+    pub bins: Option<[u32; 2]>,
     /// The default `--confidence`: boxes scoring below are dropped (default 0: every box the
     /// model wrote).
     #[serde(default)]
@@ -87,8 +92,8 @@ pub struct ParseInput<'a> {
     pub output: &'a str,
     /// The model input the boxes are in, `(width, height)` pixels.
     pub image_size: (u32, u32),
-    /// Quantisation bins `[x, y]` of location tokens (`[locations] bins`), when the manifest
-    /// has them.
+    /// Quantisation bins `[x, y]` of location tokens (`[locations] bins`, else
+    /// `[grounding] bins`), when the manifest has them.
     pub bins: Option<[u32; 2]>,
     /// Phrases to drop ([`GroundingSpec::banned_phrases`]).
     pub banned: &'a [String],
@@ -236,6 +241,9 @@ pub fn check_spec(
             Some(_) => {}
         }
     }
+    if spec.bins.is_some_and(|b| b.contains(&0)) {
+        problems.push("grounding.bins must be positive".into());
+    }
     if !(0.0..=1.0).contains(&spec.confidence) || !(0.0..=1.0).contains(&spec.iou) {
         problems.push("grounding.confidence and grounding.iou must be between 0 and 1".into());
     }
@@ -276,6 +284,7 @@ mod tests {
             prompt: "<OPEN_VOCABULARY_DETECTION>".into(),
             output: Some("nope".into()),
             banned_phrases: vec![],
+            bins: None,
             confidence: 0.0,
             iou: 0.5,
         };
