@@ -528,8 +528,10 @@ def export_paligemma(args) -> None:
         g.force(parts)
         name = args.name or "paligemma-det-tiny-random"
         source += f", lm_head forced to write detect answers on reference image 0 ({PD.FORCING_NOTE})"
+    elif trained:
+        g = grounding()  # a checkpoint detects with its [grounding] section (no forcing, no reference)
     PD.export_prefix_package(args, parts, name=name, source=source, trained=trained, reference_seed_info=seed_info,
-                             max_new_tokens=64 if g else 20, grounding=g)
+                             max_new_tokens=64 if g and not trained else 20, grounding=g)
 
 
 def add_parser(sub, command: str) -> None:

@@ -831,8 +831,10 @@ def export_qwen2vl(args) -> None:
         name = args.name or f"{kind}-det-tiny-random"
         source += (f", {len(BOX_SPECIALS)} box tokens appended, " if kind == "qwen2-vl" else ", ") + \
             f"lm_head forced to write grounding answers on reference image 0 ({PD.FORCING_NOTE})"
+    elif trained:
+        g = grounding(kind, parts)  # a checkpoint detects with its [grounding] section (no forcing)
     PD.export_prefix_package(args, parts, name=name, source=source, trained=trained, reference_seed_info=seed_info,
-                             max_new_tokens=64 if g else 20, grounding=g)
+                             max_new_tokens=64 if g and not trained else 20, grounding=g)
     # The seam writes the plain layout's comment for position_ids.
     toml = Path(args.out) / "model.toml"
     toml.write_text(toml.read_text(encoding="utf-8").replace(

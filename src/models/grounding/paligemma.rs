@@ -30,8 +30,9 @@ pub struct PaliGemma;
 /// `[grounding] output` of PaliGemma packages.
 pub const OUTPUT: &str = "paligemma_detect";
 
-/// The location bins of every PaliGemma checkpoint (`<loc0000>` .. `<loc1023>`).
-const BINS: f64 = 1024.0;
+/// The location bins of every PaliGemma checkpoint (`<loc0000>` .. `<loc1023>`), unless
+/// `[grounding] bins` says otherwise.
+const BINS: [u32; 2] = [1024, 1024];
 
 /// The demo's `_SEGMENT_DETECT_RE`, anchored as `re.match` is.
 static DETECT: LazyLock<Regex> = LazyLock::new(|| {
@@ -51,6 +52,7 @@ impl BoxParser for PaliGemma {
 
     fn parse(&self, input: &ParseInput<'_>) -> Vec<ParsedBox> {
         let (w, h) = (f64::from(input.image_size.0), f64::from(input.image_size.1));
+        let [bx, by] = input.bins.unwrap_or(BINS).map(f64::from);
         let mut out = Vec::new();
         let mut at = 0;
         while at < input.text.len() {
@@ -60,12 +62,14 @@ impl BoxParser for PaliGemma {
             let (Some(whole), Some(first), Some(last)) = (c.get(0), c.get(2), c.get(5)) else {
                 break;
             };
-            let loc = |i: usize| {
+            let loc = |i: usize, bins: f64| {
                 c.get(i)
                     .and_then(|m| m.as_str().parse::<u32>().ok())
-                    .map(|k| f64::from(k) / BINS)
+                    .map(|k| f64::from(k) / bins)
             };
-            let (Some(y0), Some(x0), Some(y1), Some(x1)) = (loc(2), loc(3), loc(4), loc(5)) else {
+            let (Some(y0), Some(x0), Some(y1), Some(x1)) =
+                (loc(2, by), loc(3, bx), loc(4, by), loc(5, bx))
+            else {
                 break;
             };
             let name = c.get(22).map_or("", |m| m.as_str());
