@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -405,6 +406,49 @@ def check_prefix_lm_matters(parts: PaliGemmaParts) -> float:
 # --------------------------------------------------------------------------------------
 
 
+# --------------------------------------------------------------------------------------
+# Grounding fixture (--grounding-fixture): a tiny model that answers `detect ...` with boxes
+# --------------------------------------------------------------------------------------
+
+#: The official recipe's pattern (big-vision/paligemma-hf demo, app.py, ``_SEGMENT_DETECT_RE``).
+_SEGMENT_DETECT_RE = re.compile(r"(.*?)" + r"<loc(\d{4})>" * 4 + r"\s*" + "(?:%s)?" % (r"<seg(\d{3})>" * 16)
+                                + r"\s*([^;<>]+)? ?(?:; )?")
+
+
+def extract_objs(text: str, width: int, height: int) -> list[dict]:
+    """The demo's ``extract_objs`` (boxes only): ``y1, x1, y2, x2`` from ``<locYYYY>`` / 1024 times
+    the image height / width, ``round``-ed; ``coords``: the characters of the four tokens."""
+    objs, at = [], 0
+    while text[at:]:
+        m = _SEGMENT_DETECT_RE.match(text[at:])
+        if not m:
+            break
+        gs = list(m.groups())
+        gs.pop(0)
+        name = gs.pop()
+        y1, x1, y2, x2 = [int(x) / 1024 for x in gs[:4]]
+        y1, x1, y2, x2 = map(round, (y1 * height, x1 * width, y2 * height, x2 * width))
+        objs.append({"bbox": [x1, y1, x2, y2], "phrase": (name or "").strip(), "recipe_name": name,
+                     "coords": (at + m.start(2) - 4, at + m.end(5) + 1)})
+        at += len(m.group())
+    return objs
+
+
+#: --prompts entry -> the answer the fixture is forced to write on reference image 0.
+GROUNDING_ANSWERS = {
+    "ship": "<loc0256><loc0384><loc0640><loc0896> ship ; <loc0100><loc0050><loc0300><loc0200> ship",
+    "storage tank": "<loc0612><loc0700><loc0900><loc1000> storage tank",
+}
+
+
+def grounding() -> PD.Grounding:
+    return PD.Grounding(
+        prompt="detect {prompt}", output="paligemma_detect", answers=GROUNDING_ANSWERS, parse=extract_objs,
+        recipe_skips_special=True,
+        convention="<locYYYY> x4 = y0, x0, y1, x1 in 1024 bins of the input height/width, then the label; ' ; ' between objects",
+        recipe="big-vision/paligemma-hf (Hugging Face space) app.py extract_objs: _SEGMENT_DETECT_RE, int(loc) / 1024 * size, round")
+
+
 def load_checkpoint(src: str) -> PaliGemmaParts:
     """A save_pretrained folder (or hub id in the local cache) with the processor files."""
     from transformers import AutoProcessor, PaliGemmaForConditionalGeneration
@@ -476,7 +520,18 @@ def export_paligemma(args) -> None:
     d = check_prefix_lm_matters(parts)
     print(f"export: a causal mask changes the logits by {d:.3g} (relative): the prefix-LM mask matters",
           file=sys.stderr)
-    PD.export_prefix_package(args, parts, name=name, source=source, trained=trained, reference_seed_info=seed_info)
+    g = None
+    if getattr(args, "grounding_fixture", False):
+        if not args.tiny or shape != "tiny":
+            raise SystemExit("--grounding-fixture only applies with --tiny (shape tiny)")
+        g = grounding()
+        g.force(parts)
+        name = args.name or "paligemma-det-tiny-random"
+        source += f", lm_head forced to write detect answers on reference image 0 ({PD.FORCING_NOTE})"
+    elif trained:
+        g = grounding()  # a checkpoint detects with its [grounding] section (no forcing, no reference)
+    PD.export_prefix_package(args, parts, name=name, source=source, trained=trained, reference_seed_info=seed_info,
+                             max_new_tokens=64 if g and not trained else 20, grounding=g)
 
 
 def add_parser(sub, command: str) -> None:
@@ -492,4 +547,9 @@ def add_parser(sub, command: str) -> None:
                    help="--tiny: 'tiny' (the test fixture) or 'mid' (benchmarks: a ~120 M-parameter Gemma of "
                         f"Gemma-2b's layout, small SigLIP at 224 px, 64 image tokens; init std {BENCH_INIT_STD}, "
                         "no reference/)")
+    c.add_argument("--grounding-fixture", action="store_true",
+                   help="--tiny: the detection fixture (paligemma-det-tiny): lm_head changed (least norm) so that "
+                        "'detect ship' and 'detect storage tank' are answered with <loc> boxes on reference image 0; "
+                        "a [grounding] section; reference.json gains the HF answers, log-probabilities and the "
+                        "official recipe's boxes")
     c.set_defaults(func=export_paligemma)

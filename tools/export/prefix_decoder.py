@@ -935,7 +935,7 @@ def degeneracy_report(ref: dict) -> tuple[bool, str]:
 
 
 def write_manifest(path: Path, parts: PrefixParts, *, name: str, trained: bool, source: str,
-                   max_new_tokens: int = 20) -> None:
+                   max_new_tokens: int = 20, extra: list | None = None) -> None:
     """model.toml of an image-text-decoder package (+ ``parts.manifest_extra()``)."""
     sections = [
         (None, [("family", "image-text-decoder", ""), ("architecture", parts.architecture, ""),
@@ -966,7 +966,7 @@ def write_manifest(path: Path, parts: PrefixParts, *, name: str, trained: bool, 
         ("generation", [("max_new_tokens", max_new_tokens, ""), ("num_beams", 1, ""),
                         ("repetition_penalty", 1.0, "")]),
     ]
-    for header, keys in parts.manifest_extra():
+    for header, keys in parts.manifest_extra() + list(extra or []):
         for h, existing in sections:
             if h == header:
                 existing.extend(keys)
@@ -984,7 +984,8 @@ def write_manifest(path: Path, parts: PrefixParts, *, name: str, trained: bool, 
 
 
 def export_prefix_package(args, parts: PrefixParts, *, name: str, source: str, trained: bool,
-                          reference_seed_info: dict | None = None, max_new_tokens: int = 20) -> None:
+                          reference_seed_info: dict | None = None, max_new_tokens: int = 20,
+                          grounding: "Grounding | None" = None) -> None:
     """Everything after the model is built: decoder step vs HF, graphs, ORT vs PyTorch, fp16,
     tokenizer.json, model.toml, and (when ``reference_seed_info`` is given: --tiny fixtures)
     ``reference/`` from HF generate with its degeneracy report.
@@ -1006,11 +1007,14 @@ def export_prefix_package(args, parts: PrefixParts, *, name: str, source: str, t
             C.to_fp16(out / n)
     C.save_plain_tokenizer_json(parts.hf_tok, out / "tokenizer.json")
     write_manifest(out / "model.toml", parts, name=name, trained=trained,
-                   source=source + (", fp16" if args.fp16 else ""), max_new_tokens=max_new_tokens)
+                   source=source + (", fp16" if args.fp16 else ""), max_new_tokens=max_new_tokens,
+                   extra=[grounding.manifest_section()] if grounding is not None else [])
 
     if reference_seed_info is not None:
         ref, images_u8, pixels = compute_references(parts, reference_seed_info)
         ref["onnx_precision"] = "fp16" if args.fp16 else "fp32"
+        if grounding is not None:
+            ref["grounding"] = grounding.reference(parts, max_new_tokens)
         ok, msg = degeneracy_report(ref)
         ref["degeneracy_check"] = {"ok": ok, "summary": msg}
         print(f"export: reference outputs: {msg}", file=sys.stderr)
@@ -1038,3 +1042,192 @@ def add_prefix_args(c, *, seed: int, init_std: float, eos_scale: float, toleranc
     C.add_skip_verify_arg(c)
     C.add_tolerance_arg(c, tolerance,
                         f"max diff / max(1, max|ref|) allowed between ONNX Runtime and PyTorch (default {tolerance:g})")
+
+
+# --------------------------------------------------------------------------------------
+# Grounding fixtures: a tiny model whose greedy output is a fixed box sequence
+# --------------------------------------------------------------------------------------
+
+
+class _ForceTokens:
+    """A logits processor that makes step ``k`` choose ``target[k]`` (only to read the hidden
+    states along the target sequence; the exported model is never run with it)."""
+
+    def __init__(self, target: list[int], prompt_len: int):
+        self.target, self.prompt_len = list(target), prompt_len
+
+    def __call__(self, input_ids, scores):
+        k = input_ids.shape[1] - self.prompt_len
+        out = torch.full_like(scores, float("-inf"))
+        out[:, self.target[k]] = 0.0
+        return out
+
+
+def _states_along(parts: PrefixParts, ids, mask, pixels, target: list[int]) -> torch.Tensor:
+    """The lm_head inputs [T, H] at the T greedy steps that choose ``target`` (HF generate, forced)."""
+    from transformers import LogitsProcessorList
+
+    seen = []
+    h = parts.lm_head.register_forward_pre_hook(lambda mod, a: seen.append(a[0][:, -1, :].detach().clone()))
+    try:
+        parts.model.generate(**parts.hf_inputs(ids, mask, pixels), max_new_tokens=len(target), min_new_tokens=0,
+                             do_sample=False, num_beams=1, bos_token_id=parts.bos, eos_token_id=parts.eos,
+                             pad_token_id=parts.pad,
+                             logits_processor=LogitsProcessorList([_ForceTokens(target, ids.shape[1])]))
+    finally:
+        h.remove()
+    return torch.cat(seen[: len(target)], 0)
+
+
+def force_sequences(parts: PrefixParts, cases: list[tuple[str, list[int]]], *, image: int = 0,
+                    margin: float = 10.0) -> dict:
+    """Change ``lm_head.weight`` (least norm) so that greedy decoding of each ``(prompt, target)``
+    case on reference image ``image`` yields ``target`` (ending with EOS); checked with plain HF
+    ``generate``.  Nothing else changes and the architecture stays Hugging Face's (its lm_head has
+    no bias; a bias would be the same at every step and could not spell a sequence).  A tied
+    lm_head (Gemma) is untied first, so the embedding stays the drawn one.
+
+    The final hidden states h[t] along each target are read with a forced HF generate (they do
+    not depend on an untied lm_head); D solves ``H @ D.T = z - H @ W.T`` exactly (least norm),
+    ``z`` being W h with the target's logit put ``margin`` above the best other token, so the
+    steps (all cases together) must number at most the hidden size.  A random tiny model's states
+    move a lot with the image, so one linear head cannot spell the same sequence on every image:
+    the sequence is forced on one reference image (the tests' tiles are that image), and the
+    report says on how many of the other reference images it holds too."""
+    W = parts.lm_head.weight
+    if W.data_ptr() == parts.embed.emb.weight.data_ptr():
+        parts.lm_head.weight = nn.Parameter(W.detach().clone())
+        for cfg in (parts.model.config, getattr(parts.model.config, "text_config", None)):
+            if cfg is not None and hasattr(cfg, "tie_word_embeddings"):
+                cfg.tie_word_embeddings = False
+    if any(t[-1] != parts.eos for _, t in cases):
+        raise ValueError("a forced sequence must end with the EOS token")
+    steps = sum(len(t) for _, t in cases)
+    if steps > parts.hidden:
+        raise ValueError(f"{steps} forced steps exceed the hidden size {parts.hidden}")
+    _, images_u8 = C.make_reference_images(parts.size)
+    pixels = C.preprocess_u8(images_u8, parts.mean, parts.std)
+    enc = [(parts.processor_ids([p]), list(t)) for p, t in cases]
+    H = torch.cat([_states_along(parts, ids, mask, pixels[image:image + 1], t) for (ids, mask), t in enc], 0)
+    y = torch.tensor([tok for _, t in enc for tok in t])
+    rows = torch.arange(len(y))
+    L = H @ parts.lm_head.weight.detach().T
+    other = L.clone()
+    other[rows, y] = float("-inf")
+    z = L.clone()
+    z[rows, y] = other.max(1).values + margin
+    D = (torch.linalg.pinv(H) @ (z - L)).T  # [V, H]
+    with torch.no_grad():
+        parts.lm_head.weight += D
+
+    def holds(i: int) -> list[bool]:
+        out = []
+        for (ids, mask), t in enc:
+            g = parts.hf_generate(ids, mask, pixels[i:i + 1], max_new_tokens=len(t) + 4, do_sample=False,
+                                  num_beams=1, bos_token_id=parts.bos, eos_token_id=parts.eos,
+                                  pad_token_id=parts.pad)[0].tolist()
+            out.append(g[: len(t)] == t)
+        return out
+
+    if not all(holds(image)):
+        raise RuntimeError("the forced sequences do not come out of plain greedy generate")
+    others = {i: holds(i) for i in range(len(images_u8)) if i != image}
+    L = H @ parts.lm_head.weight.detach().T
+    top2 = L.topk(2, dim=1).values
+    report = {"image": image, "steps": steps, "margin": margin, "update_norm": float(D.norm()),
+              "min_margin": float((top2[:, 0] - top2[:, 1]).min()),
+              "other_images_where_it_holds": [i for i, v in others.items() if all(v)]}
+    print(f"export: grounding fixture: {report}", file=sys.stderr)
+    return report
+
+
+def token_spans(hf_tok, ids: list[int], *, skip_special_tokens: bool) -> tuple[str, list[tuple[int, int]]]:
+    """The decoded text of ``ids`` and each token's character range in it (from the decodes of the
+    growing prefixes)."""
+    text = hf_tok.decode(ids, skip_special_tokens=skip_special_tokens)
+    spans, last = [], 0
+    for k in range(1, len(ids) + 1):
+        prefix = hf_tok.decode(ids[:k], skip_special_tokens=skip_special_tokens)
+        end = last
+        while end < min(len(prefix), len(text)) and prefix[end] == text[end]:
+            end += 1
+        end = max(end, last)
+        spans.append((last, end))
+        last = end
+    return text, spans
+
+
+#: How a grounding fixture is made (the model.toml source line).
+FORCING_NOTE = "prefix_decoder.force_sequences"
+
+
+class Grounding:
+    """A grounding fixture of a prefix-decoder family (``--grounding-fixture``): the
+    ``[grounding]`` manifest keys and the forced answers.
+
+    * ``prompt``: the ``[grounding] prompt`` template (``{prompt}`` = each ``--prompts`` entry);
+    * ``output``: the ``[grounding] output`` convention (the Rust parser);
+    * ``answers``: ``{entry: forced answer text}`` (the family's real output format);
+    * ``parse(text, width, height)``: the official recipe in Python, returning a list of
+      ``dict(bbox=[x0, y0, x1, y1], phrase=str, coords=(start, end))`` (character range of the
+      coordinates in ``text``) plus whatever raw values the recipe gives;
+    * ``recipe_skips_special``: whether the recipe decodes with ``skip_special_tokens=True``;
+    * ``convention``: one line on the coordinate convention (reference.json)."""
+
+    def __init__(self, *, prompt: str, output: str, answers: dict, parse, recipe_skips_special: bool,
+                 convention: str, recipe: str):
+        self.prompt, self.output, self.answers, self.parse = prompt, output, dict(answers), parse
+        self.recipe_skips_special, self.convention, self.recipe = recipe_skips_special, convention, recipe
+        self.forcing: dict | None = None
+
+    def prompt_of(self, entry: str) -> str:
+        return self.prompt.replace("{prompt}", entry)
+
+    def force(self, parts: PrefixParts) -> None:
+        """Make the tiny model write the answers (``force_sequences`` on reference image 0)."""
+        cases = [(self.prompt_of(e), parts.hf_tok(a, add_special_tokens=False)["input_ids"] + [parts.eos])
+                 for e, a in self.answers.items()]
+        self.forcing = force_sequences(parts, cases)
+
+    def manifest_section(self) -> tuple:
+        return ("grounding", [("prompt", self.prompt, ""),
+                              ("output", self.output, "")])
+
+    def reference(self, parts: PrefixParts, max_new_tokens: int) -> dict:
+        """Per entry and reference image 0..3: HF greedy ``generate`` (the package's [generation]),
+        the chosen tokens' log-probabilities (``compute_transition_scores(normalize_logits=True)``),
+        the text decoded with special tokens (what tessera parses) and as the recipe decodes it, and
+        the recipe's boxes with the indices of the tokens that hold each box's coordinates."""
+        _, images_u8 = C.make_reference_images(parts.size)
+        pixels = C.preprocess_u8(images_u8, parts.mean, parts.std)
+        kw = _gen_kwargs(parts, num_beams=1, max_new_tokens=max_new_tokens)
+        cases = []
+        for entry in self.answers:
+            prompt = self.prompt_of(entry)
+            ids, mask = parts.processor_ids([prompt])
+            for i in range(min(4, len(images_u8))):
+                out = parts.model.generate(**parts.hf_inputs(ids, mask, pixels[i:i + 1]), **kw,
+                                           output_scores=True, return_dict_in_generate=True)
+                lp = parts.gen_model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+                new = out.sequences[0, ids.shape[1]:].tolist()
+                new, _ = _trim(np.asarray(new), parts.eos)
+                logprobs = lp[0, : len(new)].double().tolist()
+                text, _ = token_spans(parts.hf_tok, new, skip_special_tokens=False)
+                rtext, spans = token_spans(parts.hf_tok, new, skip_special_tokens=self.recipe_skips_special)
+                boxes = []
+                for b in self.parse(rtext, parts.size, parts.size):
+                    s, e = b.pop("coords")
+                    b["coordinate_tokens"] = [k for k, (a, z) in enumerate(spans) if a < e and z > s]
+                    boxes.append(b)
+                forced = parts.hf_tok(self.answers[entry], add_special_tokens=False)["input_ids"] + [parts.eos]
+                cases.append({"name": f"{entry.replace(' ', '_')}_img{i}", "entry": entry, "prompt": prompt,
+                              "image": i, "new_tokens": new, "logprobs": logprobs, "text": text,
+                              "recipe_text": rtext, "boxes": boxes, "forced": new == forced})
+                print(f"export: grounding {cases[-1]['name']}: {text!r} -> {len(boxes)} boxes", file=sys.stderr)
+        if not any(c["forced"] and c["boxes"] for c in cases):
+            raise RuntimeError("no grounding case writes the forced boxes")
+        return {"what": "HF greedy generate per --prompts entry (the [grounding] prompt) and reference image; "
+                        "boxes: the recipe's parse of recipe_text in the model input's pixels",
+                "output": self.output, "prompt_template": self.prompt, "convention": self.convention,
+                "recipe": self.recipe, "image_size": [parts.size, parts.size],
+                "generation": {k: v for k, v in kw.items()}, "forcing": self.forcing, "cases": cases}

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -88,7 +89,12 @@ def corpus() -> list[str]:
     return lines
 
 
-def build_tiny_tokenizer(vocab_size: int = 700):
+#: Qwen2-VL's grounding special tokens (ids 151646..151649 in Qwen/Qwen2-VL-2B-Instruct, special); the
+#: grounding fixture appends them after the trained vocabulary, as the real vocabulary has them after its BPE.
+BOX_SPECIALS = ["<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>"]
+
+
+def build_tiny_tokenizer(vocab_size: int = 700, box_tokens: bool = False):
     """A byte-level BPE with Qwen2's pre-tokenizer and special tokens, trained on English and
     Chinese caption lines: <|endoftext|> = 0 (pad), <|im_start|> = 1, <|im_end|> = 2 (eos), ...,
     <|image_pad|> = 5.  No BOS, as Qwen2."""
@@ -103,6 +109,8 @@ def build_tiny_tokenizer(vocab_size: int = 700):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(corpus(), trainer=trainer)
+    if box_tokens:
+        tok.add_special_tokens(BOX_SPECIALS)
     return tok
 
 
@@ -125,14 +133,15 @@ def _reinit(model: nn.Module, std: float) -> None:
             nn.init.normal_(m.weight, 0.0, std / 4)
 
 
-def build_tiny(kind: str, seed: int, init_std: float, eos_scale: float, shape: str = "tiny"):
+def build_tiny(kind: str, seed: int, init_std: float, eos_scale: float, shape: str = "tiny",
+               box_tokens: bool = False):
     """(model, tokenizer) of a seeded random Qwen2-VL / Qwen2.5-VL.
 
     ``shape="mid"`` (qwen2-vl, benchmarks, no references): Qwen2-0.5B's decoder layout (hidden 896,
     14 heads, 2 kv heads, ffn 4864, rope theta 1e6; mrope_section [8, 12, 12]: Qwen2-VL's [16, 24, 24] scaled to head_dim 64) with 8 of its 24
     layers (~120 M parameters besides the tiny vocabulary) and a small vision tower at patch 14,
     merge 2 (224 px tiles: 64 image tokens)."""
-    tok = build_tiny_tokenizer()
+    tok = build_tiny_tokenizer(box_tokens=box_tokens)
     V = tok.get_vocab_size()
     ids = {s: tok.token_to_id(s) for s in SPECIALS}
     if shape == "tiny":
@@ -591,6 +600,129 @@ def check_prefix_against_hf(parts: QwenVLParts, images_u8: np.ndarray, pixels: n
 
 
 # --------------------------------------------------------------------------------------
+# Grounding fixtures (--grounding-fixture)
+# --------------------------------------------------------------------------------------
+
+_REF = re.compile(r"<\|object_ref_start\|>(.*?)<\|object_ref_end\|>|<\|box_start\|>(.*?)<\|box_end\|>", re.S)
+
+
+def qwen2_vl_boxes(text: str, width: int, height: int) -> list[dict]:
+    """Qwen-VL's ``_fetch_all_box_with_ref`` + ``draw_bbox_on_latest_picture`` (tokenization_qwen.py)
+    with Qwen2-VL's tokens: ref and box elements in order (other text is an element too); a box is
+    ``tuple(map(int, content.replace("(", "").replace(")", "").split(",")))`` of length 4, with the
+    ref of the element right before it; ``int(x / 1000 * width)``, ``int(y / 1000 * height)``."""
+    elements, at = [], 0
+    for m in _REF.finditer(text):
+        if m.start() > at:
+            elements.append(("text", None, None))
+        if m.group(1) is not None:
+            elements.append(("ref", m.group(1), None))
+        else:
+            elements.append(("box", m.group(2), (m.start(2), m.end(2))))
+        at = m.end()
+    out = []
+    for i, (kind, body, span) in enumerate(elements):
+        if kind != "box":
+            continue
+        try:
+            b = tuple(map(int, body.replace("(", "").replace(")", "").split(",")))
+        except ValueError:
+            continue
+        if len(b) != 4:
+            continue
+        ref = elements[i - 1][1].strip() if i > 0 and elements[i - 1][0] == "ref" else ""
+        x1, y1, x2, y2 = (int(b[0] / 1000 * width), int(b[1] / 1000 * height), int(b[2] / 1000 * width),
+                          int(b[3] / 1000 * height))
+        out.append({"bbox": [x1, y1, x2, y2], "phrase": ref, "recipe_box": list(b), "coords": span})
+    return out
+
+
+def _parse_json(json_output: str) -> str:
+    """The Qwen2.5-VL cookbook's ``parse_json`` (cookbooks/spatial_understanding.ipynb)."""
+    lines = json_output.splitlines()
+    for i, line in enumerate(lines):
+        if line == "```json":
+            json_output = "\n".join(lines[i + 1:])
+            json_output = json_output.split("```")[0]
+            break
+    return json_output
+
+
+def qwen2_5_vl_boxes(text: str, width: int, height: int, input_width: int, input_height: int) -> list[dict]:
+    """The cookbook's ``plot_bounding_boxes`` (boxes only): ``parse_json``, ``ast.literal_eval`` (else
+    the text up to the last '"}' + "]"), ``int(bbox_2d[i] / input_size * size)``, corners swapped when
+    reversed, ``label``."""
+    import ast
+
+    boxes = _parse_json(text)
+    try:
+        items = ast.literal_eval(boxes)
+    except Exception:
+        end_idx = boxes.rfind('"}') + len('"}')
+        try:
+            items = ast.literal_eval(boxes[:end_idx] + "]")
+        except Exception:
+            return []
+    if isinstance(items, dict):
+        items = [items]
+    key = '"bbox_2d"'
+    at, out = max(text.find("```json"), 0), []
+    for it in items if isinstance(items, list) else []:
+        if not isinstance(it, dict) or "bbox_2d" not in it:
+            continue
+        k = text.find(key, at)
+        o = text.find("[", k + len(key)) if k >= 0 else -1
+        c = text.find("]", o) + 1 if o >= 0 else 0
+        span, at = ((o, c), c) if k >= 0 and o >= 0 and c > 0 else ((0, 0), at)
+        b = it["bbox_2d"]
+        if not (isinstance(b, (list, tuple)) and len(b) == 4):
+            continue
+        y1, x1 = int(b[1] / input_height * height), int(b[0] / input_width * width)
+        y2, x2 = int(b[3] / input_height * height), int(b[2] / input_width * width)
+        x1, x2 = min(x1, x2), max(x1, x2)
+        y1, y2 = min(y1, y2), max(y1, y2)
+        out.append({"bbox": [x1, y1, x2, y2], "phrase": str(it.get("label", "")), "recipe_box": list(b),
+                    "coords": span})
+    return out
+
+
+#: The fixtures' prompt templates and forced answers (on reference image 0; 32 px input).
+GROUNDING = {
+    "qwen2-vl": ("Output the bounding box of the {prompt} in the image.",
+                 {"ship": "<|object_ref_start|>ship<|object_ref_end|><|box_start|>(120,250),(560,810)<|box_end|>"
+                          "<|object_ref_start|>ship<|object_ref_end|><|box_start|>(625,94),(937,406)<|box_end|>"}),
+    "qwen2.5-vl": ("Locate every {prompt} in the image and output the bbox coordinates in JSON format.",
+                   {"ship": '```json\n[\n\t{"bbox_2d": [4, 8, 18, 26], "label": "ship"}\n]\n```'}),
+}
+
+
+def grounding(kind: str, parts: QwenVLParts) -> PD.Grounding:
+    """The grounding fixture of ``kind``; Qwen2.5-VL's input size is the processor's smart-resized image
+    (``image_grid_thw`` times the patch size), which the baked tile size leaves unchanged."""
+    prompt, answers = GROUNDING[kind]
+    if kind == "qwen2-vl":
+        return PD.Grounding(
+            prompt=prompt, output="qwen2_vl_boxes", answers=answers, parse=qwen2_vl_boxes,
+            recipe_skips_special=False,
+            convention="<|object_ref_start|>phrase<|object_ref_end|><|box_start|>(x0,y0),(x1,y1)<|box_end|>, "
+                       "coordinates in [0, 1000) of the input width/height",
+            recipe="Qwen-VL tokenization_qwen.py _fetch_all_box_with_ref + draw_bbox_on_latest_picture "
+                   "(int(v / 1000 * size)), Qwen2-VL's ref/box tokens")
+    grid = parts.processor_inputs(C.make_reference_images(parts.size)[1][:1], ["x"])["image_grid_thw"][0].tolist()
+    patch = parts.model.config.vision_config.patch_size
+    ih, iw = grid[1] * patch, grid[2] * patch
+    if (ih, iw) != (parts.size, parts.size):
+        raise RuntimeError(f"the processor resizes the {parts.size} px tile to {iw}x{ih}")
+    return PD.Grounding(
+        prompt=prompt, output="qwen2_5_vl_json", answers=answers,
+        parse=lambda t, w, h: qwen2_5_vl_boxes(t, w, h, iw, ih), recipe_skips_special=True,
+        convention="JSON list of {bbox_2d: [x0, y0, x1, y1], label}, absolute pixels of the smart-resized input "
+                   f"(here {iw}x{ih}, the tile size)",
+        recipe="Qwen2.5-VL cookbooks/spatial_understanding.ipynb parse_json + plot_bounding_boxes "
+               "(ast.literal_eval with the truncation fallback, int(v / input_size * size), corners swapped)")
+
+
+# --------------------------------------------------------------------------------------
 # Real checkpoints
 # --------------------------------------------------------------------------------------
 
@@ -638,7 +770,8 @@ def load_checkpoint(kind: str, src: str, size: int) -> QwenVLParts:
 # --------------------------------------------------------------------------------------
 
 
-def tiny_parts(kind: str, shape: str = "tiny", size=None, seed=None, init_std=None, eos_scale=None):
+def tiny_parts(kind: str, shape: str = "tiny", size=None, seed=None, init_std=None, eos_scale=None,
+               box_tokens: bool = False):
     """(parts, seed, init_std, eos_scale) of ``--tiny [--shape S] [--size N]`` with these overrides
     (None: the defaults); also what bench/peer_caption_prefix.py builds to time HF generate on the
     same weights."""
@@ -654,7 +787,7 @@ def tiny_parts(kind: str, shape: str = "tiny", size=None, seed=None, init_std=No
     seed = DEFAULT_SEEDS[kind] if seed is None else seed
     init_std = (BENCH_INIT_STD if bench else DEFAULT_INIT_STD[kind]) if init_std is None else init_std
     eos_scale = (BENCH_EOS_SCALE if bench else DEFAULT_EOS_SCALE[kind]) if eos_scale is None else eos_scale
-    model, tok = build_tiny(kind, seed, init_std, eos_scale, shape)
+    model, tok = build_tiny(kind, seed, init_std, eos_scale, shape, box_tokens=box_tokens)
     parts = QwenVLParts(kind, model, hf_tokenizer(tok), size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
                         size * size, size * size)
     return parts, seed, init_std, eos_scale
@@ -667,9 +800,13 @@ def export_qwen2vl(args) -> None:
     shape = getattr(args, "shape", "tiny")
     if shape != "tiny" and not args.tiny:
         raise SystemExit("--shape only applies with --tiny")
+    g = None
+    if getattr(args, "grounding_fixture", False) and (not args.tiny or shape != "tiny"):
+        raise SystemExit("--grounding-fixture only applies with --tiny (shape tiny)")
     if args.tiny:
         parts, seed, init_std, eos_scale = tiny_parts(kind, shape, args.size, args.seed, args.init_std,
-                                                      args.eos_scale)
+                                                      args.eos_scale,
+                                                      box_tokens=args.grounding_fixture and kind == "qwen2-vl")
         name = args.name or f"{kind}-{shape}-random"
         source = (f"random init, seed {seed}, init std {init_std}, eos logit scale {eos_scale}, "
                   + ("" if shape == "tiny" else f"shape {shape}, ")
@@ -688,7 +825,16 @@ def export_qwen2vl(args) -> None:
         name = args.name or Path(args.source.rstrip("/")).name
         source = f"{args.source}, tile {size}, exported with transformers {tv}, torch {torch.__version__}"
         trained = True
-    PD.export_prefix_package(args, parts, name=name, source=source, trained=trained, reference_seed_info=seed_info)
+    if getattr(args, "grounding_fixture", False):
+        g = grounding(kind, parts)
+        g.force(parts)
+        name = args.name or f"{kind}-det-tiny-random"
+        source += (f", {len(BOX_SPECIALS)} box tokens appended, " if kind == "qwen2-vl" else ", ") + \
+            f"lm_head forced to write grounding answers on reference image 0 ({PD.FORCING_NOTE})"
+    elif trained:
+        g = grounding(kind, parts)  # a checkpoint detects with its [grounding] section (no forcing)
+    PD.export_prefix_package(args, parts, name=name, source=source, trained=trained, reference_seed_info=seed_info,
+                             max_new_tokens=64 if g and not trained else 20, grounding=g)
     # The seam writes the plain layout's comment for position_ids.
     toml = Path(args.out) / "model.toml"
     toml.write_text(toml.read_text(encoding="utf-8").replace(
@@ -722,4 +868,10 @@ def add_parser(sub, command: str) -> None:
                        help="--tiny: 'tiny' (the test fixture) or 'mid' (benchmarks: Qwen2-0.5B's decoder layout "
                             f"with 8 layers, small vision tower at {MID_SIZE} px, 64 image tokens; init std "
                             f"{BENCH_INIT_STD}, no reference/)")
+    c.add_argument("--grounding-fixture", action="store_true",
+                   help="--tiny: the detection fixture (" + command + "-det-tiny): lm_head changed (least norm) so "
+                        "that the [grounding] prompt for 'ship' is answered with "
+                        + ("box tokens" if command == "qwen2-vl" else "a bbox_2d JSON list")
+                        + " on reference image 0; reference.json gains the HF answers, log-probabilities and "
+                          "the Qwen recipe's boxes")
     c.set_defaults(func=export_qwen2vl)

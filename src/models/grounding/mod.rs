@@ -12,7 +12,8 @@
 //! - the **output convention** of a prompt names its parser: for packages with `[tasks]`
 //!   (Florence-2), `[tasks.outputs]` of the prompt's task token (`<OD>` ->
 //!   `description_with_bboxes`); otherwise `[grounding] output`. Never the family name;
-//! - the parsers, one file per convention family ([`florence2`]), listed once in [`PARSERS`].
+//! - the parsers, one file per convention family ([`florence2`], [`paligemma`], [`qwen2_vl`],
+//!   [`qwen2_5_vl`]), listed once in [`PARSERS`].
 //!   A parser reads the generated text as the model's Hugging Face processor post-processes it
 //!   and returns boxes with the byte range of their coordinates in that text.
 //!
@@ -26,6 +27,9 @@
 
 pub mod detector;
 pub mod florence2;
+pub mod paligemma;
+pub mod qwen2_5_vl;
+pub mod qwen2_vl;
 
 use std::ops::Range;
 
@@ -117,7 +121,12 @@ pub trait BoxParser: Sync {
 }
 
 /// Every box parser, one line each.
-pub static PARSERS: &[&dyn BoxParser] = &[&florence2::Florence2];
+pub static PARSERS: &[&dyn BoxParser] = &[
+    &florence2::Florence2,
+    &paligemma::PaliGemma,
+    &qwen2_vl::Qwen2Vl,
+    &qwen2_5_vl::Qwen25Vl,
+];
 
 /// The parser of output convention `output`.
 pub fn parser(output: &str) -> Option<&'static dyn BoxParser> {
