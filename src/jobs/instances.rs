@@ -459,57 +459,33 @@ impl SceneSink for Stitching {
     }
 }
 
-/// Areas of instance polygons: geodesic on the scene CRS's ellipsoid (through WGS 84
-/// longitudes and latitudes), or planar when the scene has no CRS.
-struct Areas {
-    to_lonlat: Option<gdal::spatial_ref::CoordTransform>,
-}
+/// Areas of instance polygons in m^2, as every polygon layer's `area_m2`
+/// ([`crate::output::LayerArea`]): geodesic on the scene CRS's ellipsoid, or planar when the
+/// scene has no CRS.
+struct Areas(crate::output::LayerArea);
 
 impl Areas {
     fn new(crs_wkt: Option<&str>, path: &Path) -> Result<Areas, PipelineError> {
-        use gdal::spatial_ref::{AxisMappingStrategy, CoordTransform, SpatialRef};
-        let err = |e: gdal::errors::GdalError| {
-            PipelineError::Output(crate::output::OutputError::Write {
-                path: path.display().to_string(),
-                reason: format!("geodesic areas: {}", crate::raster::gdal_reason(&e)),
+        crate::output::LayerArea::for_layer(crs_wkt)
+            .map(Areas)
+            .map_err(|reason| {
+                PipelineError::Output(crate::output::OutputError::Write {
+                    path: path.display().to_string(),
+                    reason: format!("geodesic areas: {reason}"),
+                })
             })
-        };
-        let Some(wkt) = crs_wkt else {
-            return Ok(Areas { to_lonlat: None });
-        };
-        let mut from = SpatialRef::from_wkt(wkt).map_err(err)?;
-        from.set_axis_mapping_strategy(AxisMappingStrategy::TraditionalGisOrder);
-        let mut to = SpatialRef::from_epsg(4326).map_err(err)?;
-        to.set_axis_mapping_strategy(AxisMappingStrategy::TraditionalGisOrder);
-        Ok(Areas {
-            to_lonlat: Some(CoordTransform::new(&from, &to).map_err(err)?),
-        })
     }
 
     fn kind(&self) -> &'static str {
-        if self.to_lonlat.is_some() {
-            "geodesic"
-        } else {
-            "planar (no CRS: pixel units)"
+        match self.0 {
+            crate::output::LayerArea::Geodesic(_) => "geodesic",
+            crate::output::LayerArea::Planar => "planar (no CRS: pixel units)",
         }
     }
 
+    /// NaN for a polygon with a vertex outside the CRS's domain.
     fn area(&self, polys: &geo::MultiPolygon<f64>) -> f64 {
-        use geo::{Area, GeodesicArea, MapCoords};
-        let Some(t) = &self.to_lonlat else {
-            return polys.unsigned_area();
-        };
-        let lonlat = polys.map_coords(|c| {
-            let (mut x, mut y, mut z) = ([c.x], [c.y], [0.0]);
-            match t.transform_coords(&mut x, &mut y, &mut z) {
-                Ok(()) => geo::Coord { x: x[0], y: y[0] },
-                Err(_) => geo::Coord {
-                    x: f64::NAN,
-                    y: f64::NAN,
-                },
-            }
-        });
-        lonlat.geodesic_area_unsigned()
+        self.0.multi_polygon(polys).unwrap_or(f64::NAN)
     }
 }
 
