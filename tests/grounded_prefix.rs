@@ -173,35 +173,16 @@ fn image_of(row: usize, col: usize) -> usize {
     [[0, 1, 0], [2, 0, 3]][row][col]
 }
 
-/// A GeoTIFF of `COLS x ROWS` reference images of `name`.
+/// A GeoTIFF of `COLS x ROWS` reference images of `name` (of size `s`).
 fn scene(name: &str, path: &Path, s: usize) {
-    let images = std::fs::read(package(name).join("reference/images_u8.bin")).expect("images");
-    let (w, h) = (COLS * s, ROWS * s);
-    let driver = gdal::DriverManager::get_driver_by_name("GTiff").expect("driver");
-    let mut ds = driver
-        .create_with_band_type::<u8, _>(path, w, h, 3)
-        .expect("create");
-    ds.set_geo_transform(&GT).expect("gt");
-    ds.set_spatial_ref(&gdal::spatial_ref::SpatialRef::from_epsg(32633).expect("srs"))
-        .expect("srs");
-    for band in 0..3 {
-        let mut plane = vec![0u8; w * h];
-        for y in 0..h {
-            for x in 0..w {
-                let img = image_of(y / s, x / s);
-                plane[y * w + x] = images[((img * s + y % s) * s + x % s) * 3 + band];
-            }
-        }
-        ds.rasterband(band + 1)
-            .expect("band")
-            .write(
-                (0, 0),
-                (w, h),
-                &mut gdal::raster::Buffer::new((w, h), plane),
-            )
-            .expect("write");
-    }
-    ds.close().expect("close");
+    let size = common::reference::block_scene_on(
+        &package(name),
+        path,
+        (COLS, ROWS),
+        (&GT, 32633),
+        image_of,
+    );
+    assert_eq!(size, s, "reference image size");
 }
 
 type Det = (String, String, f64, [f64; 4]);

@@ -74,7 +74,8 @@ pub fn argmax(row: &[f32]) -> usize {
 }
 
 /// Write a `cols x rows`-tile RGB scene where tile (r, c) is reference image `pick(r, c)` of
-/// the package in `package` (its `reference/images_u8.bin`, `[N, S, S, 3]`).
+/// the package in `package` (its `reference/images_u8.bin`, `[N, S, S, 3]`), on [`GT`] in
+/// EPSG:32632.
 pub fn block_scene(
     package: &Path,
     path: &Path,
@@ -82,6 +83,17 @@ pub fn block_scene(
     rows: usize,
     pick: impl Fn(usize, usize) -> usize,
 ) {
+    block_scene_on(package, path, (cols, rows), (&GT, 32632), pick);
+}
+
+/// [`block_scene`] on the geotransform `gt` in EPSG:`epsg`; returns the image size `S`.
+pub fn block_scene_on(
+    package: &Path,
+    path: &Path,
+    (cols, rows): (usize, usize),
+    (gt, epsg): (&[f64; 6], u32),
+    pick: impl Fn(usize, usize) -> usize,
+) -> usize {
     let text =
         std::fs::read_to_string(package.join("reference/reference.json")).expect("reference.json");
     let r: Value = serde_json::from_str(&text).expect("json");
@@ -92,8 +104,8 @@ pub fn block_scene(
     let mut ds = driver
         .create_with_band_type::<u8, _>(path, w, h, 3)
         .expect("create");
-    ds.set_geo_transform(&GT).expect("gt");
-    ds.set_spatial_ref(&gdal::spatial_ref::SpatialRef::from_epsg(32632).expect("srs"))
+    ds.set_geo_transform(gt).expect("gt");
+    ds.set_spatial_ref(&gdal::spatial_ref::SpatialRef::from_epsg(epsg).expect("srs"))
         .expect("srs");
     for band in 0..3 {
         let mut plane = vec![0u8; w * h];
@@ -112,6 +124,7 @@ pub fn block_scene(
         .expect("write");
     }
     ds.close().expect("close");
+    s
 }
 
 /// The generation settings of a reference case (its `generation` object, Hugging Face
