@@ -18,7 +18,6 @@ use crate::options::{
     CaptionOptions, EvalOptions, InvalidOption, JobContext, OptionsError, SceneJobBase,
 };
 use crate::task::Task;
-use crate::tiling::GridRequest;
 
 pub struct CaptionEval;
 
@@ -157,22 +156,7 @@ impl TaskEvaluator for CaptionEval {
         out: PathBuf,
         _ctx: &JobContext,
     ) -> Result<Value, EvalError> {
-        if opts.chips.is_some() {
-            let set = chips::load(&work.join(CHIPS_JSON))?;
-            let size = chips::package_input_size(&base.model)?;
-            let vrt = out.with_extension("vrt");
-            chips::write_mosaic(&set, size, &vrt)?;
-            base.scene = vrt.display().to_string();
-            base.open.pixel_coords = true;
-            base.grid = GridRequest {
-                tile_size: None,
-                overlap: Some(0),
-                target_gsd: None,
-                edge: base.grid.edge,
-            };
-        } else {
-            base.scene = opts.scene.clone().unwrap_or_default();
-        }
+        chips::aim_at_input(opts, &mut base, &work.join(CHIPS_JSON), &out)?;
         let options = CaptionOptions {
             model: base.model.clone(),
             ..Default::default()

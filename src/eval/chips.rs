@@ -270,6 +270,38 @@ pub fn package_input_size(model: &Path) -> Result<usize, EvalError> {
         })
 }
 
+/// Point a model run's scene at its input: with `--chips`, the mosaic of the chip set recorded
+/// in `chips_json`, written beside the run's output `out` at the model's input size, one tile
+/// per chip (no overlap, pixel coordinates); otherwise the `--scene`.
+///
+/// # Errors
+/// The chip set or the package cannot be read, or the mosaic cannot be written.
+pub fn aim_at_input(
+    opts: &crate::options::EvalOptions,
+    base: &mut crate::options::SceneJobBase,
+    chips_json: &Path,
+    out: &Path,
+) -> Result<(), EvalError> {
+    if opts.chips.is_none() {
+        base.scene = opts.scene.clone().unwrap_or_default();
+        return Ok(());
+    }
+    let set = load(chips_json)?;
+    let size = package_input_size(&base.model)?;
+    let vrt = out.with_extension("vrt");
+    write_mosaic(&set, size, &vrt)?;
+    base.scene = vrt.display().to_string();
+    base.open.pixel_coords = true;
+    // One tile per chip: the mosaic's cells are the model's input size.
+    base.grid = crate::tiling::GridRequest {
+        tile_size: None,
+        overlap: Some(0),
+        target_gsd: None,
+        edge: base.grid.edge,
+    };
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

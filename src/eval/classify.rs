@@ -16,7 +16,6 @@ use super::registry::{Confusion, ModelRun, Predictions, Prepared, Scored, TaskEv
 use super::EvalError;
 use crate::options::{ClassifyOptions, EvalOptions, JobContext, SceneJobBase};
 use crate::task::Task;
-use crate::tiling::GridRequest;
 
 pub struct ClassifyEval;
 
@@ -189,23 +188,7 @@ impl TaskEvaluator for ClassifyEval {
         out: PathBuf,
         ctx: &JobContext,
     ) -> Result<Value, EvalError> {
-        if opts.chips.is_some() {
-            let set = chips::load(&work.join(CHIPS_JSON))?;
-            let size = chips::package_input_size(&base.model)?;
-            let vrt = out.with_extension("vrt");
-            chips::write_mosaic(&set, size, &vrt)?;
-            base.scene = vrt.display().to_string();
-            base.open.pixel_coords = true;
-            // One tile per chip: the mosaic's cells are the model's input size.
-            base.grid = GridRequest {
-                tile_size: None,
-                overlap: Some(0),
-                target_gsd: None,
-                edge: base.grid.edge,
-            };
-        } else {
-            base.scene = opts.scene.clone().unwrap_or_default();
-        }
+        chips::aim_at_input(opts, &mut base, &work.join(CHIPS_JSON), &out)?;
         let options = ClassifyOptions {
             model: base.model.clone(),
             labels_file: Some(work.join(LABELS_TXT)),
