@@ -369,4 +369,26 @@ fn bad_label_files_fail_with_one_line_and_write_nothing() {
         run(dir, &args).fails_with(&needles);
         assert!(!out.exists(), "{args:?} left {}", out.display());
     }
+    // A generative package (boxes from generated text) is refused, naming it.
+    let generative = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("sample_data/models/florence2-od-tiny")
+        .display()
+        .to_string();
+    let args = [
+        "eval",
+        "--task",
+        "detect",
+        "--model",
+        &generative,
+        "--scene",
+        &sc,
+        "--labels",
+        &l,
+        "--label-field",
+        "kind",
+        "--out",
+        &o,
+    ];
+    run(dir, &args).fails_with(&["florence2-od-tiny", "a generative package"]);
+    assert!(!out.exists(), "{args:?} left {}", out.display());
 }

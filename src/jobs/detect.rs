@@ -632,10 +632,10 @@ impl LoadedDetector {
         options: &crate::runtime::SessionOptions,
     ) -> Result<LoadedDetector, crate::models::ModelError> {
         match DetectModel::load(runtime, dir, options)? {
-            DetectModel::Grounded(_) => Err(crate::models::ModelError::Unsupported(format!(
-                "{}: a generative package; evaluation takes detector packages",
-                dir.display()
-            ))),
+            // The caller names the package in its message.
+            DetectModel::Grounded(_) => Err(crate::models::ModelError::Unsupported(
+                "a generative package; evaluation takes detector packages".into(),
+            )),
             m => Ok(LoadedDetector(m)),
         }
     }
