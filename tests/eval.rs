@@ -629,6 +629,87 @@ fn segment_metrics_match_scikit_learn_on_the_class_mosaic() {
     assert!(rec["pixel_accuracy"].as_f64().expect("acc") < 0.99, "{rec}");
 }
 
+/// Real labels: the RGI 6.0 glacier outlines (EPSG:4326) over the Everest Landsat 7 scene
+/// (EPSG:32645) in `../shared/data`: the outlines are reprojected onto the scene's grid by
+/// tessera (OGR) and by the reference (pyproj through geopandas), then burnt and compared.
+#[test]
+fn glacier_outlines_over_everest_landsat_match_scikit_learn() {
+    let Some(shared) = common::shared_data() else {
+        return;
+    };
+    let scene = shared.join("geoutils_Everest_LE7_RGB.tif");
+    let outlines = shared.join("geoutils_Everest_rgi60_glacier_outlines.gpkg");
+    if !scene.is_file() || !outlines.is_file() {
+        eprintln!("skipping: the Everest scene or its glacier outlines are absent");
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tmp");
+    // Every outline is a glacier: give them the oracle's class name with ogr2ogr (GDAL's SQL).
+    let status = Command::new("ogr2ogr")
+        .arg("-f")
+        .arg("GPKG")
+        .arg(tmp.path().join("glaciers.gpkg"))
+        .arg(&outlines)
+        .args([
+            "-nln",
+            "glaciers",
+            "-sql",
+            "SELECT geom, 'object' AS kind FROM glacier_outlines",
+        ])
+        .status()
+        .expect("ogr2ogr");
+    assert!(status.success(), "ogr2ogr");
+    let seg = model("oracles/seg-threshold");
+    let scene = scene.display().to_string();
+    run(
+        tmp.path(),
+        &[
+            "eval",
+            "--task",
+            "segment",
+            "--model",
+            &seg,
+            "--scene",
+            &scene,
+            "--labels",
+            "glaciers.gpkg",
+            "--label-field",
+            "kind",
+            "--out",
+            "eval",
+            "-q",
+        ],
+    )
+    .success();
+    run(
+        tmp.path(),
+        &["segment", &scene, "--model", &seg, "--out", "seg", "-q"],
+    )
+    .success();
+    let ev = read_json(&tmp.path().join("eval/eval.json"));
+    let rec = &ev["models"][seg.as_str()];
+    let labels = tmp.path().join("glaciers.gpkg").display().to_string();
+    let classes = tmp.path().join("seg/classes.tif").display().to_string();
+    let Some(r) = reference(&[
+        "segment-poly",
+        &labels,
+        "kind",
+        &classes,
+        "[\"background\",\"object\"]",
+    ]) else {
+        return;
+    };
+    for k in ["miou", "f1", "pixel_accuracy"] {
+        close(&rec[k], &r[k], k);
+    }
+    assert_eq!(rec["pixels_evaluated"], r["pixels"]);
+    // The outlines cover a real part of the scene and the oracle gets some of it wrong.
+    let pixels = rec["pixels_evaluated"].as_u64().expect("pixels");
+    assert!(pixels > 20_000, "{rec}");
+    let acc = rec["pixel_accuracy"].as_f64().expect("acc");
+    assert!(acc > 0.05 && acc < 0.999, "{rec}");
+}
+
 #[test]
 fn caption_bleu_and_cider_match_pycocoevalcap() {
     let tmp = tempfile::tempdir().expect("tmp");

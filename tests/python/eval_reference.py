@@ -60,15 +60,18 @@ def segment(labels, classes_tif, k):
 
 
 def segment_poly(labels, field, classes_tif, names_json):
-    """Polygons burnt with rasterio (pixel centres inside) on the class mosaic's grid."""
+    """Polygons (reprojected with pyproj when their CRS differs) burnt with rasterio (pixel
+    centres inside) on the class mosaic's grid."""
     import geopandas
     import rasterio
     from rasterio import features
     names = json.loads(names_json)
     with rasterio.open(classes_tif) as d:
         p = d.read(1).astype(np.int64)
-        shape, transform = d.shape, d.transform
+        shape, transform, crs = d.shape, d.transform, d.crs
     gdf = geopandas.read_file(labels)
+    if gdf.crs is not None and crs is not None and gdf.crs != crs:
+        gdf = gdf.to_crs(crs)
     shapes = [(g, names.index(v)) for g, v in zip(gdf.geometry, gdf[field])]
     t = features.rasterize(shapes, out_shape=shape, transform=transform, fill=-1, dtype="int32")
     pixel_metrics(t.astype(np.int64), p, len(names))
