@@ -1001,4 +1001,21 @@ fn bad_inputs_fail_in_one_line_and_write_nothing() {
     )
     .fails_with(&["--labels", "required"]);
     nothing_written(t, &out);
+    // Detection-only options are refused by the other tasks, not silently ignored.
+    for (flag, value) in [
+        ("--confidence", "0.5"),
+        ("--min-score", "0.1"),
+        ("--max-dets", "10"),
+        ("--class-map", "a=b"),
+    ] {
+        run(
+            t,
+            &[
+                "eval", "--task", "classify", "--model", &clip, "--chips", "chips", "--out",
+                "eval", flag, value,
+            ],
+        )
+        .fails_with(&[flag, "is not taken by --task classify"]);
+        nothing_written(t, &out);
+    }
 }

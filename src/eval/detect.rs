@@ -210,8 +210,8 @@ impl TaskEvaluator for DetectEval {
             truth,
             class_map: opts.class_pairs()?,
             confidence: opts.confidence,
-            max_dets: opts.max_dets,
-            min_score: opts.min_score,
+            max_dets: opts.max_dets(),
+            min_score: opts.min_score(),
         }))
     }
 
@@ -238,7 +238,7 @@ impl TaskEvaluator for DetectEval {
         }
         let options = DetectOptions {
             model: base.model.clone(),
-            confidence: Some(opts.min_score as f32),
+            confidence: Some(opts.min_score() as f32),
             ..Default::default()
         };
         let scenes: Vec<(String, bool)> = if data.chips.is_empty() {

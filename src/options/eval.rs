@@ -57,13 +57,14 @@ pub struct EvalOptions {
     #[arg(long, value_name = "P")]
     pub confidence: Option<f64>,
     /// Detection: the lowest score a box is kept at for mAP (COCO-style evaluations keep
-    /// nearly all boxes; Ultralytics validates at 0.001).
-    #[arg(long, value_name = "P", default_value_t = 0.001)]
-    pub min_score: f64,
+    /// nearly all boxes; Ultralytics validates at 0.001). [default: 0.001]
+    #[arg(long, value_name = "P")]
+    pub min_score: Option<f64>,
     /// Detection: the best boxes kept per image (a scene is one image) and class, as
     /// pycocotools' maxDets (100). Raise it for scenes with more objects of a class.
-    #[arg(long, value_name = "N", default_value_t = 100)]
-    pub max_dets: usize,
+    /// [default: 100]
+    #[arg(long, value_name = "N")]
+    pub max_dets: Option<usize>,
     /// Detection: model classes that are label classes under another name, comma-separated
     /// MODEL=LABEL pairs ("target=Tree,car=vehicle"); other classes match by equal name.
     #[arg(long, value_name = "PAIRS", value_delimiter = ',')]
@@ -77,6 +78,18 @@ impl EvalOptions {
     /// # Errors
     /// A missing option, or one the task does not take.
     pub fn validate(&self) -> Result<(), InvalidOption> {
+        if self.task != Task::Detect {
+            for (given, key) in [
+                (self.confidence.is_some(), "confidence"),
+                (self.min_score.is_some(), "min_score"),
+                (self.max_dets.is_some(), "max_dets"),
+                (self.class_map.is_some(), "class_map"),
+            ] {
+                if given {
+                    return Err(self.not_taken(key));
+                }
+            }
+        }
         if let Some(t) = &self.templates {
             if t.iter().any(|t| !t.contains("{}")) {
                 return Err(InvalidOption::new(
@@ -87,22 +100,22 @@ impl EvalOptions {
         }
         for (key, v) in [
             ("confidence", self.confidence),
-            ("min_score", Some(self.min_score)),
+            ("min_score", self.min_score),
         ] {
             if v.is_some_and(|v| !(0.0..=1.0).contains(&v)) {
                 return Err(InvalidOption::new(key, "must be between 0 and 1"));
             }
         }
-        if self.confidence.is_some_and(|c| c < self.min_score) {
+        if self.confidence.is_some_and(|c| c < self.min_score()) {
             return Err(InvalidOption::new(
                 "confidence",
                 format!(
                     "is below --min-score {}: boxes under it are not kept",
-                    self.min_score
+                    self.min_score()
                 ),
             ));
         }
-        if self.max_dets == 0 {
+        if self.max_dets == Some(0) {
             return Err(InvalidOption::new("max_dets", "must be at least 1"));
         }
         self.class_pairs()?;
@@ -116,6 +129,16 @@ impl EvalOptions {
             }
         }
         Ok(())
+    }
+
+    /// Detection: the lowest score kept for mAP (`--min-score`, default 0.001).
+    pub fn min_score(&self) -> f64 {
+        self.min_score.unwrap_or(0.001)
+    }
+
+    /// Detection: the best boxes kept per image and class (`--max-dets`, default 100).
+    pub fn max_dets(&self) -> usize {
+        self.max_dets.unwrap_or(100)
     }
 
     /// `--class-map` as (model class, label class) pairs.
