@@ -448,6 +448,7 @@ fn slurm_array_writes_one_runs_outputs_and_a_cancelled_task_requeued_completes()
     let tmp = tempfile::tempdir().expect("tmp");
     let d = tmp.path();
     let mut cluster = Cluster::start(&d.join("cluster"));
+    let mut phases = vec![("cluster up", started.elapsed())];
 
     let scenes = d.join("scenes");
     std::fs::create_dir(&scenes).expect("mkdir");
@@ -481,6 +482,7 @@ fn slurm_array_writes_one_runs_outputs_and_a_cancelled_task_requeued_completes()
         &["run", &p, &s, "--out", &o, "--jobs", "2", "--quiet"],
     );
     local.success();
+    phases.push(("local run", started.elapsed()));
     std::fs::rename(&out, d.join("local")).expect("move the local run aside");
 
     // The shipped script, unchanged but for the array's size; tessera from this build.
@@ -562,12 +564,14 @@ fn slurm_array_writes_one_runs_outputs_and_a_cancelled_task_requeued_completes()
     eprintln!(
         "cancelled task {task_id} during scene {killed_scene} (complete then: {complete_at_kill:?}); requeueing it"
     );
+    phases.push(("task cancelled", started.elapsed()));
     cluster.output("scontrol", &["requeue", &task_id]);
     cluster.wait_for("the array to finish", Duration::from_secs(120), |c| {
         c.output("squeue", &["-h", "-j", &job, "-o", "%i"])
             .trim()
             .is_empty()
     });
+    phases.push(("array complete", started.elapsed()));
     let mut reports = BTreeMap::new();
     for t in 0..TASKS {
         let id = format!("{job}_{t}");
@@ -654,6 +658,7 @@ fn slurm_array_writes_one_runs_outputs_and_a_cancelled_task_requeued_completes()
             .args(["run", &p, &s, "--out", &o])
             .args(&flags)
             .current_dir(&work)
+            .env_remove("SLURM_ARRAY_TASK_ID")
             .env("JOB_COMPLETION_INDEX", t.to_string())
             .env("TESSERA_SHARD_COUNT", TASKS.to_string())
             .output()
@@ -676,7 +681,8 @@ fn slurm_array_writes_one_runs_outputs_and_a_cancelled_task_requeued_completes()
     cluster.stop();
     let left = cluster.processes_using_dir();
     assert!(left.is_empty(), "processes left after stopping: {left:?}");
-    eprintln!("the Slurm cluster test took {:?}", started.elapsed());
+    phases.push(("stopped", started.elapsed()));
+    eprintln!("the Slurm cluster test, seconds from its start: {phases:?}");
 }
 
 /// The Kubernetes Indexed Job example, as PyYAML reads it.
@@ -687,6 +693,9 @@ struct KubernetesJob {
     shard_count: String,
     /// The container's `command` after `tessera run PIPELINE SCENES --out OUT`.
     flags: Vec<String>,
+    /// `resources.requests`: `cpu` and `memory`.
+    cpu: String,
+    memory: String,
 }
 
 const READ_JOB: &str = r#"
@@ -697,7 +706,8 @@ assert job["kind"] == "Job" and spec["completionMode"] == "Indexed", "not an Ind
 c = spec["template"]["spec"]["containers"][0]
 env = {e["name"]: e.get("value") for e in c.get("env", [])}
 print(json.dumps({"completions": spec["completions"], "parallelism": spec["parallelism"],
-                  "shard_count": env.get("TESSERA_SHARD_COUNT"), "command": c["command"]}))
+                  "shard_count": env.get("TESSERA_SHARD_COUNT"), "command": c["command"],
+                  "requests": c["resources"]["requests"]}))
 "#;
 
 /// The example's fields, or None without the project's Python (`make setup`).
@@ -732,11 +742,16 @@ fn kubernetes_job() -> Option<KubernetesJob> {
             .expect("TESSERA_SHARD_COUNT")
             .to_string(),
         flags: command[6..].to_vec(),
+        cpu: j["requests"]["cpu"].as_str().expect("cpu").to_string(),
+        memory: j["requests"]["memory"]
+            .as_str()
+            .expect("memory")
+            .to_string(),
     })
 }
 
 /// The Slurm and Kubernetes examples shard the same way: as many shards as array tasks and
-/// Job completions, and the same `tessera run` flags.
+/// Job completions, the same `tessera run` flags and the same resources per shard.
 #[test]
 fn the_slurm_and_kubernetes_examples_agree() {
     let script = std::fs::read_to_string(root().join("deploy/slurm/tessera-array.sbatch"))
@@ -769,4 +784,18 @@ fn the_slurm_and_kubernetes_examples_agree() {
         .take_while(|w| *w != "\\")
         .collect();
     assert_eq!(flags, k8s.flags, "the same tessera run flags");
+    let directive = |key: &str| {
+        script
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("#SBATCH --{key}=")))
+            .unwrap_or_else(|| panic!("#SBATCH --{key}="))
+            .to_string()
+    };
+    assert_eq!(directive("cpus-per-task"), k8s.cpu, "CPUs per shard");
+    // Slurm's G is 1024^3 bytes: Kubernetes' Gi.
+    assert_eq!(
+        directive("mem").replace('G', "Gi"),
+        k8s.memory,
+        "memory per shard"
+    );
 }
