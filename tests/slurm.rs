@@ -519,7 +519,7 @@ fn slurm_array_writes_one_runs_outputs_and_a_cancelled_task_requeued_completes()
         .expect("job id")
         .to_string();
 
-    // Cancel a task in the middle of a scene after it finished another one: the pid in a
+    // Cancel a task in the middle of its scenes, after it finished one: the pid in a
     // temporary folder's name is a task's tessera, whose environment names the array task.
     // (With these names, shard 2 of 3 has three scenes, run two at a time.)
     let mut seen: BTreeMap<u32, BTreeSet<String>> = BTreeMap::new();
@@ -532,20 +532,23 @@ fn slurm_array_writes_one_runs_outputs_and_a_cancelled_task_requeued_completes()
             for (scene, pid) in scenes_in_progress(&out) {
                 let before = seen.entry(pid).or_default();
                 let one_complete = before.iter().any(|y| *y != scene && complete(y));
-                before.insert(scene.clone());
+                before.insert(scene);
                 if one_complete && environ(pid, "SLURM_ARRAY_JOB_ID").as_ref() == Some(&job) {
-                    victim = environ(pid, "SLURM_ARRAY_TASK_ID").map(|t| (scene, t));
+                    victim = environ(pid, "SLURM_ARRAY_TASK_ID").map(|t| (t, pid));
                     return victim.is_some();
                 }
             }
             false
         },
     );
-    let (killed_scene, task) = victim.expect("victim");
+    let (task, pid) = victim.expect("victim");
     let task_id = format!("{job}_{task}");
     cluster.output("scancel", &[&task_id]);
     cluster.wait_for("the task to be cancelled", Duration::from_secs(20), |c| {
         c.job(&task_id).get("JobState").map(String::as_str) == Some("CANCELLED")
+    });
+    cluster.wait_for("the task's tessera to end", Duration::from_secs(20), |_| {
+        !Path::new(&format!("/proc/{pid}")).exists()
     });
     // Slurm does not requeue a cancelled task, even with --requeue: it stays cancelled.
     std::thread::sleep(Duration::from_secs(1));
@@ -554,15 +557,20 @@ fn slurm_array_writes_one_runs_outputs_and_a_cancelled_task_requeued_completes()
     assert_eq!(cancelled["Requeue"], "1", "--requeue from the script");
     let complete_at_kill: BTreeSet<String> = (0..SCENES)
         .map(|i| format!("s{i}"))
-        .filter(|n| out.join(n).join("record.json").exists())
+        .filter(|n| complete(n))
+        .collect();
+    // Killed in the middle of a scene: its temporary folder is left (the next run removes it).
+    let interrupted: Vec<String> = scenes_in_progress(&out)
+        .into_iter()
+        .filter(|(_, p)| *p == pid)
+        .map(|(scene, _)| scene)
         .collect();
     assert!(
-        !complete_at_kill.contains(&killed_scene),
-        "{killed_scene} was in progress when its task was cancelled"
+        !interrupted.is_empty(),
+        "task {task_id} (tessera pid {pid}) was cancelled between scenes, not in one"
     );
-
     eprintln!(
-        "cancelled task {task_id} during scene {killed_scene} (complete then: {complete_at_kill:?}); requeueing it"
+        "cancelled task {task_id} during {interrupted:?} (complete then: {complete_at_kill:?}); requeueing it"
     );
     phases.push(("task cancelled", started.elapsed()));
     cluster.output("scontrol", &["requeue", &task_id]);
@@ -606,10 +614,9 @@ fn slurm_array_writes_one_runs_outputs_and_a_cancelled_task_requeued_completes()
             assert_eq!(status, expect, "task {t}, scene {scene}: {reports:?}");
         }
     }
-    assert_eq!(
-        reports[&task].get(&killed_scene).map(String::as_str),
-        Some("done")
-    );
+    for scene in &interrupted {
+        assert_eq!(reports[&task][scene], "done", "{scene} was redone");
+    }
     assert!(
         reports[&task].values().any(|v| v == "skipped"),
         "the requeued task skipped its complete scenes: {reports:?}"
