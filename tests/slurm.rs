@@ -435,7 +435,9 @@ fn environ(pid: u32, key: &str) -> Option<String> {
     })
 }
 
-const TASKS: usize = 3;
+/// The array's tasks, as `--array=0-4:2` makes them: shards 0, 1 and 2 of 3.
+const TASK_IDS: [usize; 3] = [0, 2, 4];
+const TASKS: usize = TASK_IDS.len();
 const SCENES: usize = 6;
 
 #[test]
@@ -485,7 +487,8 @@ fn slurm_array_writes_one_runs_outputs_and_a_cancelled_task_requeued_completes()
     phases.push(("local run", started.elapsed()));
     std::fs::rename(&out, d.join("local")).expect("move the local run aside");
 
-    // The shipped script, unchanged but for the array's size; tessera from this build.
+    // The shipped script, unchanged but for the array (a stepped range: tasks 0, 2, 4);
+    // tessera from this build.
     let bin = Path::new(env!("CARGO_BIN_EXE_tessera"))
         .parent()
         .expect("bin dir")
@@ -498,7 +501,7 @@ fn slurm_array_writes_one_runs_outputs_and_a_cancelled_task_requeued_completes()
     let script = root().join("deploy/slurm/tessera-array.sbatch");
     let submitted = cluster
         .command("sbatch")
-        .args(["--parsable", &format!("--array=0-{}", TASKS - 1)])
+        .args(["--parsable", "--array=0-4:2"])
         .arg(&script)
         .current_dir(&work)
         .env("PATH", &path)
@@ -521,7 +524,7 @@ fn slurm_array_writes_one_runs_outputs_and_a_cancelled_task_requeued_completes()
 
     // Cancel a task in the middle of its scenes, after it finished one: the pid in a
     // temporary folder's name is a task's tessera, whose environment names the array task.
-    // (With these names, shard 2 of 3 has three scenes, run two at a time.)
+    // (With these names, shard 2 of 3, task 4, has three scenes, run two at a time.)
     let mut seen: BTreeMap<u32, BTreeSet<String>> = BTreeMap::new();
     let mut victim = None;
     let complete = |scene: &str| out.join(scene).join("record.json").exists();
@@ -581,7 +584,7 @@ fn slurm_array_writes_one_runs_outputs_and_a_cancelled_task_requeued_completes()
     });
     phases.push(("array complete", started.elapsed()));
     let mut reports = BTreeMap::new();
-    for t in 0..TASKS {
+    for (shard, t) in TASK_IDS.into_iter().enumerate() {
         let id = format!("{job}_{t}");
         let info = cluster.job(&id);
         let log = std::fs::read_to_string(work.join(format!("logs/tessera-{id}.log")))
@@ -598,7 +601,10 @@ fn slurm_array_writes_one_runs_outputs_and_a_cancelled_task_requeued_completes()
             &std::fs::read(work.join(format!("logs/tessera-{id}.json"))).expect("report"),
         )
         .unwrap_or_else(|e| panic!("logs/tessera-{id}.json: {e}\n{log}"));
-        assert_eq!(report["shard"]["index"], t, "the shard is the array task");
+        assert_eq!(
+            report["shard"]["index"], shard,
+            "task {id}: (ID - MIN) / STEP"
+        );
         assert_eq!(report["shard"]["count"], TASKS);
         reports.insert(t.to_string(), statuses(&report));
     }
@@ -654,19 +660,19 @@ fn slurm_array_writes_one_runs_outputs_and_a_cancelled_task_requeued_completes()
     }
 
     // The Kubernetes Indexed Job's command with its variables takes the same shards: over the
-    // finished output, each index finds its Slurm task's scenes complete.
+    // finished output, index I finds the scenes of shard I (Slurm task 2I) complete.
     let flags = kubernetes_job().map_or_else(
         || vec!["--quiet".to_string(), "--json".to_string()],
         |k| k.flags,
     );
     assert!(flags.iter().any(|f| f == "--json"), "{flags:?}");
-    for t in 0..TASKS {
+    for (index, t) in TASK_IDS.into_iter().enumerate() {
         let again = common::tessera()
             .args(["run", &p, &s, "--out", &o])
             .args(&flags)
             .current_dir(&work)
             .env_remove("SLURM_ARRAY_TASK_ID")
-            .env("JOB_COMPLETION_INDEX", t.to_string())
+            .env("JOB_COMPLETION_INDEX", index.to_string())
             .env("TESSERA_SHARD_COUNT", TASKS.to_string())
             .output()
             .expect("tessera");
@@ -680,9 +686,9 @@ fn slurm_array_writes_one_runs_outputs_and_a_cancelled_task_requeued_completes()
         assert_eq!(
             st.keys().collect::<Vec<_>>(),
             reports[&t.to_string()].keys().collect::<Vec<_>>(),
-            "index {t}"
+            "index {index}"
         );
-        assert!(st.values().all(|v| v == "skipped"), "index {t}: {st:?}");
+        assert!(st.values().all(|v| v == "skipped"), "index {index}: {st:?}");
     }
 
     cluster.stop();
