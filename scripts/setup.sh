@@ -2,7 +2,7 @@
 # Installs what tessera needs to build, test and run, idempotently:
 #   1. Debian packages: libgdal-dev gdal-bin pkg-config libsqlite3-dev (GDAL 3.6 on Debian 12),
 #      and python3-qgis (QGIS 3.22, headless, without recommends) for the tests that open the
-#      outputs in QGIS
+#      outputs in QGIS; slurm-wlm and munge (Slurm 22.05) for tests/slurm.rs, as root only
 #   2. ONNX Runtime's CPU library, taken from the PyPI wheel onnxruntime==1.31.1
 #      (hash-checked) into .tessera/ort/
 #   3. A project-local Python virtualenv (.venv) with the tools the tests use
@@ -40,6 +40,21 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     say "missing system packages: ${need_apt[*]}"
     say "run:  sudo apt-get update && sudo apt-get install -y ${need_apt[*]}"
     exit 1
+  fi
+fi
+
+# Slurm and MUNGE for tests/slurm.rs, which starts a one-node cluster of its own (config, key,
+# socket, ports and state in a temporary folder; the packages' system services are not used).
+# That test needs root, so without root this is a note, not a failure.
+if ! command -v slurmctld >/dev/null 2>&1 || ! command -v munged >/dev/null 2>&1 \
+  || ! command -v sbatch >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ]; then
+    say "installing slurm-wlm munge with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq slurm-wlm munge >/dev/null
+  else
+    say "not installing slurm-wlm munge (not root): tests/slurm.rs will skip"
   fi
 fi
 

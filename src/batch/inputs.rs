@@ -440,13 +440,20 @@ impl Shard {
     }
 
     /// The shard from the scheduler's environment: Slurm job arrays
-    /// (`SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN` of `SLURM_ARRAY_TASK_COUNT`) or Kubernetes
-    /// Indexed Jobs (`JOB_COMPLETION_INDEX` of `TESSERA_SHARD_COUNT`).
+    /// (`(SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN) / SLURM_ARRAY_TASK_STEP` of
+    /// `SLURM_ARRAY_TASK_COUNT`: a range `A-B` or `A-B:S`) or Kubernetes Indexed Jobs
+    /// (`JOB_COMPLETION_INDEX` of `TESSERA_SHARD_COUNT`).
     ///
     /// # Errors
-    /// Variables present but not numbers, or an index outside the count.
+    /// Variables present but not numbers, an index outside the count, or a Slurm array that
+    /// is a list with gaps (`--array=1,3,7`: its tasks are not the shards 0..COUNT-1).
     pub fn from_env() -> Result<Option<Shard>, String> {
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Shard::from_vars(|k| std::env::var(k).ok())
+    }
+
+    /// [`Shard::from_env`] over a variable lookup.
+    fn from_vars(lookup: impl Fn(&str) -> Option<String>) -> Result<Option<Shard>, String> {
+        let var = |k: &str| lookup(k).filter(|v| !v.is_empty());
         let num = |k: &str, v: String| -> Result<usize, String> {
             v.trim()
                 .parse()
@@ -458,9 +465,24 @@ impl Shard {
                 Some(m) => num("SLURM_ARRAY_TASK_MIN", m)?,
                 None => 0,
             };
+            let step = match var("SLURM_ARRAY_TASK_STEP") {
+                Some(s) => num("SLURM_ARRAY_TASK_STEP", s)?.max(1),
+                None => 1,
+            };
             let id = num("SLURM_ARRAY_TASK_ID", id)?;
             let count = num("SLURM_ARRAY_TASK_COUNT", count)?;
-            return Shard::parse(&format!("{}/{count}", id.saturating_sub(min))).map(Some);
+            let offset = id.saturating_sub(min);
+            let index = offset / step;
+            if offset % step != 0 || index >= count {
+                return Err(format!(
+                    "SLURM_ARRAY_TASK_ID={id} is not one of the {count} tasks of a range \
+                     {min}-{}:{step} (SLURM_ARRAY_TASK_MIN, _COUNT, _STEP): submit the array as \
+                     a range such as --array=0-{}, not a list, or pass --shard I/N",
+                    min + step * count.saturating_sub(1),
+                    count.saturating_sub(1)
+                ));
+            }
+            return Shard::parse(&format!("{index}/{count}")).map(Some);
         }
         if let Some(index) = var("JOB_COMPLETION_INDEX") {
             let count = var("TESSERA_SHARD_COUNT").ok_or(
@@ -535,6 +557,53 @@ mod tests {
         let s = expand(std::slice::from_ref(&item_path), Some("nope")).expect("bad asset");
         let e = s[0].error.clone().expect("an error");
         assert!(e.contains("no asset with key or role 'nope'"), "{e}");
+    }
+
+    /// Shards from the variables a Slurm 22.05 array task gets (as printed by `env` in
+    /// tasks of `--array=0-2`, `--array=0-9:4` and `--array=1,3,7`) and from Kubernetes'.
+    #[test]
+    fn shards_from_slurm_arrays_and_indexed_jobs() {
+        let from = |vars: &[(&str, &str)]| {
+            let vars: Vec<(String, String)> = vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            Shard::from_vars(move |k| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
+        };
+        let slurm = |id: &str, min: &str, count: &str, step: &str| {
+            from(&[
+                ("SLURM_ARRAY_TASK_ID", id),
+                ("SLURM_ARRAY_TASK_MIN", min),
+                ("SLURM_ARRAY_TASK_COUNT", count),
+                ("SLURM_ARRAY_TASK_STEP", step),
+            ])
+        };
+        let shard = |index, count| Ok(Some(Shard { index, count }));
+        assert_eq!(slurm("2", "0", "3", "1"), shard(2, 3));
+        assert_eq!(slurm("7", "5", "3", "1"), shard(2, 3));
+        // --array=0-9:4 is tasks 0, 4, 8.
+        assert_eq!(slurm("0", "0", "3", "4"), shard(0, 3));
+        assert_eq!(slurm("4", "0", "3", "4"), shard(1, 3));
+        assert_eq!(slurm("8", "0", "3", "4"), shard(2, 3));
+        // --array=1,3,7: MIN 1, COUNT 3, STEP 1; task 7 is no shard of 3.
+        let list = slurm("7", "1", "3", "1").expect_err("a list");
+        assert!(
+            list.contains("SLURM_ARRAY_TASK_ID=7") && list.contains("--array=0-2"),
+            "{list}"
+        );
+        assert!(slurm("5", "0", "3", "4").is_err(), "5 is between the steps");
+        assert!(slurm("x", "0", "3", "1")
+            .expect_err("nan")
+            .contains("SLURM_ARRAY_TASK_ID='x'"));
+        assert_eq!(
+            from(&[("JOB_COMPLETION_INDEX", "7"), ("TESSERA_SHARD_COUNT", "8")]),
+            shard(7, 8)
+        );
+        assert!(from(&[("JOB_COMPLETION_INDEX", "7")])
+            .expect_err("no count")
+            .contains("TESSERA_SHARD_COUNT"));
+        assert!(from(&[("JOB_COMPLETION_INDEX", "8"), ("TESSERA_SHARD_COUNT", "8")]).is_err());
+        assert_eq!(from(&[]), Ok(None));
     }
 
     #[test]

@@ -149,8 +149,9 @@ pub struct RunArgs {
     #[arg(long, conflicts_with = "force")]
     pub resume: bool,
     /// Process only shard I of N (0-based): a deterministic share of the scenes. Default:
-    /// from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT (Slurm job arrays) or
-    /// JOB_COMPLETION_INDEX/TESSERA_SHARD_COUNT (Kubernetes Indexed Jobs); all scenes otherwise.
+    /// from SLURM_ARRAY_TASK_ID/_MIN/_STEP/_COUNT (a Slurm job array over a range, task
+    /// MIN + I*STEP is shard I of COUNT) or JOB_COMPLETION_INDEX/TESSERA_SHARD_COUNT
+    /// (Kubernetes Indexed Jobs); all scenes otherwise.
     #[arg(long, value_name = "I/N")]
     pub shard: Option<String>,
     /// STAC Item inputs: the asset to read, by key or role (default: the pipeline's
