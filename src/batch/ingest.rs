@@ -31,14 +31,15 @@ pub struct IngestJob {
     pub dir: PathBuf,
     pub pipeline: Pipeline,
     pub out: PathBuf,
-    /// The state database.
+    /// The state: a SQLite file, or a PostgreSQL database for instances on several hosts.
     pub state: StateLocation,
     /// File-name patterns of scenes.
     pub patterns: Vec<glob::Pattern>,
     /// A file is taken once it has not been modified for this long.
     pub settle_seconds: f64,
     pub retry: RetryPolicy,
-    /// A claim by another host older than this is taken over (that host is presumed dead).
+    /// A claim older than this is taken over (its instance is presumed dead): by another host
+    /// for a SQLite state, by any instance for PostgreSQL.
     pub lease_seconds: f64,
     /// Instances on several hosts share the database (rollback journal instead of WAL).
     pub shared_fs: bool,
@@ -64,10 +65,7 @@ pub struct IngestReport {
 }
 
 fn state_err(e: super::state::StateError) -> BatchError {
-    BatchError::Output {
-        path: "state database".into(),
-        reason: e.to_string(),
-    }
+    BatchError::State(e)
 }
 
 impl IngestJob {
@@ -156,12 +154,20 @@ impl IngestJob {
         stop: &AtomicBool,
     ) -> Result<IngestReport, BatchError> {
         let start = Instant::now();
+        // A database is reached before anything is written; a SQLite file may live in `out`.
+        let early = match &self.state {
+            StateLocation::Sqlite(_) => None,
+            _ => Some(self.open_state()?),
+        };
         std::fs::create_dir_all(&self.out).map_err(|e| BatchError::Output {
             path: self.out.display().to_string(),
             reason: format!("cannot create the output folder: {e}"),
         })?;
         remove_stale_temporaries(&self.out);
-        let db = self.open_state()?;
+        let db = match early {
+            Some(db) => db,
+            None => self.open_state()?,
+        };
         let (stable, waiting) = self.scan(now());
         db.observe_all(&stable, now()).map_err(state_err)?;
         let reports: Mutex<Vec<SceneReport>> = Mutex::new(Vec::new());
@@ -218,6 +224,8 @@ impl IngestJob {
         deferred: &Mutex<Vec<String>>,
     ) -> Result<(), BatchError> {
         let db = self.open_state()?;
+        // The renewals of a running scene's claim go through a connection of their own.
+        let renewer = Mutex::new(self.open_state()?);
         let owner = Owner::current();
         let mut changed: HashSet<String> = HashSet::new();
         while !stop.load(Ordering::SeqCst) {
@@ -268,7 +276,7 @@ impl IngestJob {
             // on other hosts do not take a long scene over.
             let running = AtomicBool::new(true);
             let report = std::thread::scope(|s| {
-                s.spawn(|| self.keep_claim(&claim, &owner, &running));
+                s.spawn(|| self.keep_claim(&renewer, &claim, &owner, &running));
                 let report = process_scene(&self.pipeline, identity, &scene, &self.out, false, ctx);
                 running.store(false, Ordering::SeqCst);
                 report
@@ -339,9 +347,15 @@ impl IngestJob {
     }
 
     /// Renew `claim` every quarter lease (1 s to 5 min) until `running` is cleared.
-    fn keep_claim(&self, claim: &Claim, owner: &Owner, running: &AtomicBool) {
+    fn keep_claim(
+        &self,
+        db: &Mutex<Box<dyn StateStore>>,
+        claim: &Claim,
+        owner: &Owner,
+        running: &AtomicBool,
+    ) {
         let every = (self.lease_seconds / 4.0).clamp(1.0, 300.0);
-        let Ok(db) = self.open_state() else {
+        let Ok(db) = db.lock() else {
             return;
         };
         let mut last = Instant::now();

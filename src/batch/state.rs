@@ -61,7 +61,7 @@ CREATE INDEX IF NOT EXISTS scenes_by_status ON scenes (status, queued_at, path);
 ";
 
 /// Columns read into a [`SceneRow`], in its field order.
-const ROW_COLUMNS: &str = "path, status, attempts, size, mtime_ns, owner, claimed_at, \
+pub(super) const ROW_COLUMNS: &str = "path, status, attempts, size, mtime_ns, owner, claimed_at, \
                            finished_at, seconds, error, next_attempt_at, output";
 
 #[derive(Debug, Error)]
@@ -291,20 +291,30 @@ pub enum StateLocation {
     /// A SQLite file: one host (or hosts sharing a network file system, with
     /// [`JournalMode::Delete`]).
     Sqlite(PathBuf),
+    /// A PostgreSQL database, by its URL (`postgresql://` or `postgres://`): instances on
+    /// any number of hosts ([`super::state_postgres`]).
+    Postgres(String),
 }
 
 impl StateLocation {
-    /// The location named by `--state`.
+    /// The location named by `--state`: a `postgresql://` or `postgres://` URL, else a file.
     #[must_use]
     pub fn parse(text: &str) -> StateLocation {
-        StateLocation::Sqlite(PathBuf::from(text))
+        let lower = text.to_ascii_lowercase();
+        if lower.starts_with("postgresql://") || lower.starts_with("postgres://") {
+            StateLocation::Postgres(text.to_owned())
+        } else {
+            StateLocation::Sqlite(PathBuf::from(text))
+        }
     }
 
-    /// Whether the state has been created (`--status` refuses a missing one).
+    /// Whether the state has been created (`--status` refuses a missing SQLite file; a
+    /// database is asked).
     #[must_use]
     pub fn exists(&self) -> bool {
         match self {
             StateLocation::Sqlite(path) => path.exists(),
+            StateLocation::Postgres(_) => true,
         }
     }
 
@@ -316,6 +326,9 @@ impl StateLocation {
     pub fn open(&self, journal: JournalMode) -> Result<Box<dyn StateStore>> {
         match self {
             StateLocation::Sqlite(path) => Ok(Box::new(StateDb::open_with(path, journal)?)),
+            StateLocation::Postgres(url) => {
+                Ok(Box::new(super::state_postgres::PgState::open(url)?))
+            }
         }
     }
 }
@@ -325,6 +338,7 @@ impl fmt::Display for StateLocation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StateLocation::Sqlite(path) => write!(f, "{}", path.display()),
+            StateLocation::Postgres(url) => f.write_str(&super::state_postgres::redact(url)),
         }
     }
 }
@@ -332,7 +346,7 @@ impl fmt::Display for StateLocation {
 /// The operations of an ingest state, whatever keeps it. Every call is atomic with respect to
 /// every other instance using the same state, and committed before it returns. The SQLite
 /// implementation ([`StateDb`]) documents the semantics of each.
-pub trait StateStore: Send {
+pub trait StateStore: Send + fmt::Debug {
     /// What messages name: the file, or the database URL without its password.
     fn location(&self) -> String;
 
@@ -917,45 +931,54 @@ impl StateDb {
     }
 
     fn row(&self, r: RawRow) -> Result<SceneRow> {
-        let status = r
-            .status
-            .parse::<SceneStatus>()
-            .map_err(|e| self.corrupt(format!("{}: {e}", r.path)))?;
-        let attempts = u32::try_from(r.attempts)
-            .map_err(|_| self.corrupt(format!("{}: attempts {}", r.path, r.attempts)))?;
-        let size = u64::try_from(r.size)
-            .map_err(|_| self.corrupt(format!("{}: size {}", r.path, r.size)))?;
-        Ok(SceneRow {
-            path: r.path,
-            status,
-            attempts,
-            size,
-            mtime_ns: r.mtime_ns,
-            owner: r.owner,
-            claimed_at: r.claimed_at,
-            finished_at: r.finished_at,
-            seconds: r.seconds,
-            error: r.error,
-            next_attempt_at: r.next_attempt_at,
-            output: r.output,
-        })
+        checked_row(&self.path.display().to_string(), r)
     }
 }
 
-/// A row as SQLite returns it, checked by [`StateDb::row`].
-struct RawRow {
-    path: String,
-    status: String,
-    attempts: i64,
-    size: i64,
-    mtime_ns: i64,
-    owner: Option<String>,
-    claimed_at: Option<f64>,
-    finished_at: Option<f64>,
-    seconds: Option<f64>,
-    error: Option<String>,
-    next_attempt_at: Option<f64>,
-    output: Option<String>,
+/// A stored row checked into a [`SceneRow`]; `location` names the state in errors.
+pub(super) fn checked_row(location: &str, r: RawRow) -> Result<SceneRow> {
+    let corrupt = |reason: String| StateError::Corrupt {
+        path: location.to_owned(),
+        reason,
+    };
+    let status = r
+        .status
+        .parse::<SceneStatus>()
+        .map_err(|e| corrupt(format!("{}: {e}", r.path)))?;
+    let attempts = u32::try_from(r.attempts)
+        .map_err(|_| corrupt(format!("{}: attempts {}", r.path, r.attempts)))?;
+    let size =
+        u64::try_from(r.size).map_err(|_| corrupt(format!("{}: size {}", r.path, r.size)))?;
+    Ok(SceneRow {
+        path: r.path,
+        status,
+        attempts,
+        size,
+        mtime_ns: r.mtime_ns,
+        owner: r.owner,
+        claimed_at: r.claimed_at,
+        finished_at: r.finished_at,
+        seconds: r.seconds,
+        error: r.error,
+        next_attempt_at: r.next_attempt_at,
+        output: r.output,
+    })
+}
+
+/// A row as the database returns it, checked by [`checked_row`].
+pub(super) struct RawRow {
+    pub(super) path: String,
+    pub(super) status: String,
+    pub(super) attempts: i64,
+    pub(super) size: i64,
+    pub(super) mtime_ns: i64,
+    pub(super) owner: Option<String>,
+    pub(super) claimed_at: Option<f64>,
+    pub(super) finished_at: Option<f64>,
+    pub(super) seconds: Option<f64>,
+    pub(super) error: Option<String>,
+    pub(super) next_attempt_at: Option<f64>,
+    pub(super) output: Option<String>,
 }
 
 impl RawRow {
@@ -977,7 +1000,7 @@ impl RawRow {
     }
 }
 
-fn size_to_sql(path: &str, size: u64) -> Result<i64> {
+pub(super) fn size_to_sql(path: &str, size: u64) -> Result<i64> {
     i64::try_from(size).map_err(|_| StateError::Value {
         scene: path.to_owned(),
         reason: format!("size {size} is too large to record"),
