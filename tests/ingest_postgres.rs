@@ -309,6 +309,20 @@ fn the_postgres_state_behaves_as_the_sqlite_state_does() {
         "60"
     );
 
+    // The same state through the server's unix socket (a percent-encoded folder as host).
+    let socket: String = pg.socket_dir().display().to_string().replace('/', "%2F");
+    let by_socket = format!(
+        "postgresql://{}@{socket}:{}/{}",
+        pg.user,
+        pg.port(),
+        pg.database
+    );
+    let db = StateLocation::parse(&by_socket)
+        .open(Default::default())
+        .expect("open through the socket");
+    assert_eq!(db.list().expect("list").len(), 60);
+    drop(db);
+
     // A schema of a newer tessera is refused, naming the database.
     pg.psql("UPDATE tessera_ingest_meta SET value = 99");
     let err = StateLocation::parse(&url)

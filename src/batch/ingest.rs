@@ -1,7 +1,7 @@
 //! Scheduled ingestion: `tessera ingest DIR` (one pass, for cron or a systemd timer) and
 //! `tessera watch DIR` (passes until stopped). New or changed scenes of a folder are processed
-//! once, with their status, attempts, timings and errors in a SQLite state database
-//! ([`super::state`]). A file still being written (modified within the settle time, or its size
+//! once, with their status, attempts, timings and errors in a state database
+//! ([`super::state`]: a SQLite file, or PostgreSQL for instances on several hosts). A file still being written (modified within the settle time, or its size
 //! changing during the scan) waits for a later pass. Transient failures are retried with
 //! exponential backoff up to a limit; permanent ones are not retried until the file changes.
 //! Several instances may share one database: a scene is claimed in a transaction, so it is

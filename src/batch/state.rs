@@ -1,4 +1,8 @@
-//! The state database of `tessera ingest` / `tessera watch`: one SQLite file that records every
+//! The state of `tessera ingest` / `tessera watch` behind [`StateStore`], chosen by
+//! [`StateLocation`] (`--state`): this file's SQLite [`StateDb`] (the default, one host), or
+//! PostgreSQL ([`super::state_postgres`], several hosts).
+//!
+//! The SQLite state database: one file that records every
 //! scene a scan has seen, whether it is waiting, being processed, done, waiting to be retried or
 //! failed for good, and who processed it, when, for how long and with what result.
 //!
@@ -364,7 +368,9 @@ pub trait StateStore: Send + fmt::Debug {
     /// A database error; nothing is recorded then.
     fn observe_all(&self, files: &[(String, Fingerprint)], now: f64) -> Result<()>;
 
-    /// See [`StateDb::claim_next`].
+    /// See [`StateDb::claim_next`]. Stores differ only in which `running` claims are stale:
+    /// SQLite also takes over, at once, the claims of dead processes on this host;
+    /// PostgreSQL goes by the lease alone.
     ///
     /// # Errors
     /// A database error.
