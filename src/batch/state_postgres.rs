@@ -331,6 +331,8 @@ impl StateStore for PgState {
         }
         self.transaction(|tx| {
             for (paths, sizes, mtimes) in &chunks {
+                // New files. DO NOTHING leaves known rows unlocked: an upsert would lock every
+                // known row until commit, and claims (SKIP LOCKED) would pass them over.
                 tx.execute(
                     "INSERT INTO tessera_ingest_scenes
                          (path, status, attempts, size, mtime_ns, queued_at)
@@ -338,15 +340,19 @@ impl StateStore for PgState {
                      FROM unnest($1::text[], $2::bigint[], $3::bigint[])
                           WITH ORDINALITY AS f(path, size, mtime_ns, n)
                      ORDER BY f.n
-                     ON CONFLICT (path) DO UPDATE SET
+                     ON CONFLICT (path) DO NOTHING",
+                    &[paths, sizes, mtimes, &now],
+                )?;
+                // Changed files (only those rows are locked), unless running.
+                tx.execute(
+                    "UPDATE tessera_ingest_scenes AS s SET
                          status = 'pending', attempts = 0,
-                         size = excluded.size, mtime_ns = excluded.mtime_ns,
-                         queued_at = excluded.queued_at,
+                         size = f.size, mtime_ns = f.mtime_ns, queued_at = $4,
                          owner = NULL, claimed_at = NULL, finished_at = NULL, seconds = NULL,
                          error = NULL, next_attempt_at = NULL, output = NULL
-                     WHERE tessera_ingest_scenes.status <> 'running'
-                       AND (tessera_ingest_scenes.size <> excluded.size
-                            OR tessera_ingest_scenes.mtime_ns <> excluded.mtime_ns)",
+                     FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS f(path, size, mtime_ns)
+                     WHERE s.path = f.path AND s.status <> 'running'
+                       AND (s.size <> f.size OR s.mtime_ns <> f.mtime_ns)",
                     &[paths, sizes, mtimes, &now],
                 )?;
             }
