@@ -1,7 +1,7 @@
 //! Scheduled ingestion: `tessera ingest DIR` (one pass, for cron or a systemd timer) and
 //! `tessera watch DIR` (passes until stopped). New or changed scenes of a folder are processed
-//! once, with their status, attempts, timings and errors in a SQLite state database
-//! ([`super::state`]). A file still being written (modified within the settle time, or its size
+//! once, with their status, attempts, timings and errors in a state database
+//! ([`super::state`]: a SQLite file, or PostgreSQL for instances on several hosts). A file still being written (modified within the settle time, or its size
 //! changing during the scan) waits for a later pass. Transient failures are retried with
 //! exponential backoff up to a limit; permanent ones are not retried until the file changes.
 //! Several instances may share one database: a scene is claimed in a transaction, so it is
@@ -19,7 +19,9 @@ use super::inputs::{safe_name, short_hash, walk, SceneInput, Shard};
 use super::record::{self, now};
 use super::run::{process_scene, remove_stale_temporaries, Identity, SceneOutcome, SceneReport};
 use super::spec::{JobContext, Pipeline};
-use super::state::{Fingerprint, JournalMode, Owner, RetryPolicy, SceneRow, StateDb};
+use super::state::{
+    Claim, Fingerprint, JournalMode, Owner, RetryPolicy, SceneRow, StateLocation, StateStore,
+};
 use super::BatchError;
 
 /// What `tessera ingest` and `tessera watch` do.
@@ -29,14 +31,15 @@ pub struct IngestJob {
     pub dir: PathBuf,
     pub pipeline: Pipeline,
     pub out: PathBuf,
-    /// The state database.
-    pub state: PathBuf,
+    /// The state: a SQLite file, or a PostgreSQL database for instances on several hosts.
+    pub state: StateLocation,
     /// File-name patterns of scenes.
     pub patterns: Vec<glob::Pattern>,
     /// A file is taken once it has not been modified for this long.
     pub settle_seconds: f64,
     pub retry: RetryPolicy,
-    /// A claim by another host older than this is taken over (that host is presumed dead).
+    /// A claim older than this is taken over (its instance is presumed dead): by another host
+    /// for a SQLite state, by any instance for PostgreSQL.
     pub lease_seconds: f64,
     /// Instances on several hosts share the database (rollback journal instead of WAL).
     pub shared_fs: bool,
@@ -62,25 +65,22 @@ pub struct IngestReport {
 }
 
 fn state_err(e: super::state::StateError) -> BatchError {
-    BatchError::Output {
-        path: "state database".into(),
-        reason: e.to_string(),
-    }
+    BatchError::State(e)
 }
 
 impl IngestJob {
     /// The default state database of an output folder.
-    pub fn default_state(out: &Path) -> PathBuf {
-        out.join(".tessera-state.sqlite")
+    pub fn default_state(out: &Path) -> StateLocation {
+        StateLocation::Sqlite(out.join(".tessera-state.sqlite"))
     }
 
-    fn open_state(&self) -> Result<StateDb, BatchError> {
+    fn open_state(&self) -> Result<Box<dyn StateStore>, BatchError> {
         let mode = if self.shared_fs {
             JournalMode::Delete
         } else {
             JournalMode::Wal
         };
-        StateDb::open_with(&self.state, mode).map_err(state_err)
+        self.state.open(mode).map_err(state_err)
     }
 
     /// The watched folder's canonical path (what scene keys and names are relative to).
@@ -154,15 +154,22 @@ impl IngestJob {
         stop: &AtomicBool,
     ) -> Result<IngestReport, BatchError> {
         let start = Instant::now();
+        // A database is reached before anything is written; a SQLite file may live in `out`.
+        let early = match &self.state {
+            StateLocation::Sqlite(_) => None,
+            _ => Some(self.open_state()?),
+        };
         std::fs::create_dir_all(&self.out).map_err(|e| BatchError::Output {
             path: self.out.display().to_string(),
             reason: format!("cannot create the output folder: {e}"),
         })?;
         remove_stale_temporaries(&self.out);
-        let db = self.open_state()?;
+        let db = match early {
+            Some(db) => db,
+            None => self.open_state()?,
+        };
         let (stable, waiting) = self.scan(now());
-        db.observe_all(stable.iter().map(|(p, f)| (p.as_str(), *f)), now())
-            .map_err(state_err)?;
+        db.observe_all(&stable, now()).map_err(state_err)?;
         let reports: Mutex<Vec<SceneReport>> = Mutex::new(Vec::new());
         let deferred: Mutex<Vec<String>> = Mutex::new(Vec::new());
         let failure: Mutex<Option<BatchError>> = Mutex::new(None);
@@ -197,7 +204,7 @@ impl IngestJob {
         waiting.sort();
         waiting.dedup();
         Ok(IngestReport {
-            state: self.state.display().to_string(),
+            state: self.state.to_string(),
             found,
             waiting,
             done: processed.len() - failed,
@@ -217,6 +224,8 @@ impl IngestJob {
         deferred: &Mutex<Vec<String>>,
     ) -> Result<(), BatchError> {
         let db = self.open_state()?;
+        // The renewals of a running scene's claim go through a connection of their own.
+        let renewer = Mutex::new(self.open_state()?);
         let owner = Owner::current();
         let mut changed: HashSet<String> = HashSet::new();
         while !stop.load(Ordering::SeqCst) {
@@ -267,7 +276,7 @@ impl IngestJob {
             // on other hosts do not take a long scene over.
             let running = AtomicBool::new(true);
             let report = std::thread::scope(|s| {
-                s.spawn(|| self.keep_claim(&claim, &owner, &running));
+                s.spawn(|| self.keep_claim(&renewer, &claim, &owner, &running));
                 let report = process_scene(&self.pipeline, identity, &scene, &self.out, false, ctx);
                 running.store(false, Ordering::SeqCst);
                 report
@@ -338,9 +347,15 @@ impl IngestJob {
     }
 
     /// Renew `claim` every quarter lease (1 s to 5 min) until `running` is cleared.
-    fn keep_claim(&self, claim: &super::state::Claim, owner: &Owner, running: &AtomicBool) {
+    fn keep_claim(
+        &self,
+        db: &Mutex<Box<dyn StateStore>>,
+        claim: &Claim,
+        owner: &Owner,
+        running: &AtomicBool,
+    ) {
         let every = (self.lease_seconds / 4.0).clamp(1.0, 300.0);
-        let Ok(db) = self.open_state() else {
+        let Ok(db) = db.lock() else {
             return;
         };
         let mut last = Instant::now();
@@ -398,14 +413,16 @@ fn ingest_name(root: &Path, path: &Path) -> String {
 ///
 /// # Errors
 /// The database cannot be opened.
-pub fn status(state: &Path) -> Result<(Vec<SceneRow>, BTreeMap<String, usize>), BatchError> {
+pub fn status(
+    state: &StateLocation,
+) -> Result<(Vec<SceneRow>, BTreeMap<String, usize>), BatchError> {
     if !state.exists() {
         return Err(BatchError::Output {
-            path: state.display().to_string(),
+            path: state.to_string(),
             reason: "no state database here (nothing was ingested into this folder yet)".into(),
         });
     }
-    let db = StateDb::open(state).map_err(state_err)?;
+    let db = state.open(JournalMode::Wal).map_err(state_err)?;
     let rows = db.list().map_err(state_err)?;
     let mut counts = BTreeMap::new();
     for r in &rows {

@@ -14,6 +14,7 @@ pub mod run;
 pub mod spec;
 pub mod stac;
 pub mod state;
+pub mod state_postgres;
 
 pub use inputs::{expand, SceneInput, Shard};
 pub use run::{run_batch, BatchJob, BatchReport, SceneOutcome, SceneReport};
@@ -37,6 +38,9 @@ pub enum BatchError {
     Output { path: String, reason: String },
     #[error("{path}: {reason}")]
     Model { path: String, reason: String },
+    /// The ingest state (its message names the file or database URL).
+    #[error(transparent)]
+    State(#[from] state::StateError),
 }
 
 /// This machine's name (for claims and temporary names; several hosts may share a folder).

@@ -1,4 +1,8 @@
-//! The state database of `tessera ingest` / `tessera watch`: one SQLite file that records every
+//! The state of `tessera ingest` / `tessera watch` behind [`StateStore`], chosen by
+//! [`StateLocation`] (`--state`): this file's SQLite [`StateDb`] (the default, one host), or
+//! PostgreSQL ([`super::state_postgres`], several hosts).
+//!
+//! The SQLite state database: one file that records every
 //! scene a scan has seen, whether it is waiting, being processed, done, waiting to be retried or
 //! failed for good, and who processed it, when, for how long and with what result.
 //!
@@ -61,7 +65,7 @@ CREATE INDEX IF NOT EXISTS scenes_by_status ON scenes (status, queued_at, path);
 ";
 
 /// Columns read into a [`SceneRow`], in its field order.
-const ROW_COLUMNS: &str = "path, status, attempts, size, mtime_ns, owner, claimed_at, \
+pub(super) const ROW_COLUMNS: &str = "path, status, attempts, size, mtime_ns, owner, claimed_at, \
                            finished_at, seconds, error, next_attempt_at, output";
 
 #[derive(Debug, Error)]
@@ -281,6 +285,212 @@ impl JournalMode {
             JournalMode::Wal => "wal",
             JournalMode::Delete => "delete",
         }
+    }
+}
+
+/// Where the ingest state is kept, as given to `--state`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StateLocation {
+    /// A SQLite file: one host (or hosts sharing a network file system, with
+    /// [`JournalMode::Delete`]).
+    Sqlite(PathBuf),
+    /// A PostgreSQL database, by its URL (`postgresql://` or `postgres://`): instances on
+    /// any number of hosts ([`super::state_postgres`]).
+    Postgres(String),
+}
+
+impl StateLocation {
+    /// The location named by `--state`: a `postgresql://` or `postgres://` URL, else a file.
+    #[must_use]
+    pub fn parse(text: &str) -> StateLocation {
+        let lower = text.to_ascii_lowercase();
+        if lower.starts_with("postgresql://") || lower.starts_with("postgres://") {
+            StateLocation::Postgres(text.to_owned())
+        } else {
+            StateLocation::Sqlite(PathBuf::from(text))
+        }
+    }
+
+    /// Whether the state has been created (`--status` refuses a missing SQLite file; a
+    /// database is asked).
+    #[must_use]
+    pub fn exists(&self) -> bool {
+        match self {
+            StateLocation::Sqlite(path) => path.exists(),
+            StateLocation::Postgres(_) => true,
+        }
+    }
+
+    /// Open (creating it if missing) the state; each thread or process opens its own.
+    /// `journal` applies to a SQLite file.
+    ///
+    /// # Errors
+    /// As for [`StateDb::open_with`].
+    pub fn open(&self, journal: JournalMode) -> Result<Box<dyn StateStore>> {
+        match self {
+            StateLocation::Sqlite(path) => Ok(Box::new(StateDb::open_with(path, journal)?)),
+            StateLocation::Postgres(url) => {
+                Ok(Box::new(super::state_postgres::PgState::open(url)?))
+            }
+        }
+    }
+}
+
+impl fmt::Display for StateLocation {
+    /// The file, or the database URL without its password: what messages name.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StateLocation::Sqlite(path) => write!(f, "{}", path.display()),
+            StateLocation::Postgres(url) => f.write_str(&super::state_postgres::redact(url)),
+        }
+    }
+}
+
+/// The operations of an ingest state, whatever keeps it. Every call is atomic with respect to
+/// every other instance using the same state, and committed before it returns. The SQLite
+/// implementation ([`StateDb`]) documents the semantics of each.
+pub trait StateStore: Send + fmt::Debug {
+    /// What messages name: the file, or the database URL without its password.
+    fn location(&self) -> String;
+
+    /// See [`StateDb::observe`].
+    ///
+    /// # Errors
+    /// A database error.
+    fn observe(&self, path: &str, fp: Fingerprint, now: f64) -> Result<()> {
+        self.observe_all(&[(path.to_owned(), fp)], now)
+    }
+
+    /// See [`StateDb::observe_all`]: many files in one transaction.
+    ///
+    /// # Errors
+    /// A database error; nothing is recorded then.
+    fn observe_all(&self, files: &[(String, Fingerprint)], now: f64) -> Result<()>;
+
+    /// See [`StateDb::claim_next`]. Stores differ only in which `running` claims are stale:
+    /// SQLite also takes over, at once, the claims of dead processes on this host;
+    /// PostgreSQL goes by the lease alone.
+    ///
+    /// # Errors
+    /// A database error.
+    fn claim_next(&self, owner: &Owner, now: f64, lease_seconds: f64) -> Result<Option<Claim>>;
+
+    /// See [`StateDb::finish_ok`].
+    ///
+    /// # Errors
+    /// [`StateError::ClaimLost`], or a database error.
+    fn finish_ok(
+        &self,
+        claim: &Claim,
+        owner: &Owner,
+        now: f64,
+        seconds: f64,
+        output: &str,
+    ) -> Result<()>;
+
+    /// See [`StateDb::finish_err`].
+    ///
+    /// # Errors
+    /// [`StateError::ClaimLost`], or a database error.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_err(
+        &self,
+        claim: &Claim,
+        owner: &Owner,
+        now: f64,
+        seconds: f64,
+        error: &str,
+        transient: bool,
+        policy: &RetryPolicy,
+    ) -> Result<SceneStatus>;
+
+    /// See [`StateDb::release`].
+    ///
+    /// # Errors
+    /// [`StateError::ClaimLost`], or a database error.
+    fn release(&self, claim: &Claim, owner: &Owner) -> Result<()>;
+
+    /// See [`StateDb::defer`].
+    ///
+    /// # Errors
+    /// [`StateError::ClaimLost`], or a database error.
+    fn defer(&self, claim: &Claim, owner: &Owner, not_before: f64, note: &str) -> Result<()>;
+
+    /// See [`StateDb::renew`].
+    ///
+    /// # Errors
+    /// [`StateError::ClaimLost`], or a database error.
+    fn renew(&self, claim: &Claim, owner: &Owner, now: f64) -> Result<()>;
+
+    /// One scene, if known.
+    ///
+    /// # Errors
+    /// A database error.
+    fn get(&self, path: &str) -> Result<Option<SceneRow>>;
+
+    /// Every scene, ordered by path.
+    ///
+    /// # Errors
+    /// A database error.
+    fn list(&self) -> Result<Vec<SceneRow>>;
+}
+
+impl StateStore for StateDb {
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn observe_all(&self, files: &[(String, Fingerprint)], now: f64) -> Result<()> {
+        StateDb::observe_all(self, files.iter().map(|(p, f)| (p.as_str(), *f)), now)
+    }
+
+    fn claim_next(&self, owner: &Owner, now: f64, lease_seconds: f64) -> Result<Option<Claim>> {
+        StateDb::claim_next(self, owner, now, lease_seconds)
+    }
+
+    fn finish_ok(
+        &self,
+        claim: &Claim,
+        owner: &Owner,
+        now: f64,
+        seconds: f64,
+        output: &str,
+    ) -> Result<()> {
+        StateDb::finish_ok(self, claim, owner, now, seconds, output)
+    }
+
+    fn finish_err(
+        &self,
+        claim: &Claim,
+        owner: &Owner,
+        now: f64,
+        seconds: f64,
+        error: &str,
+        transient: bool,
+        policy: &RetryPolicy,
+    ) -> Result<SceneStatus> {
+        StateDb::finish_err(self, claim, owner, now, seconds, error, transient, policy)
+    }
+
+    fn release(&self, claim: &Claim, owner: &Owner) -> Result<()> {
+        StateDb::release(self, claim, owner)
+    }
+
+    fn defer(&self, claim: &Claim, owner: &Owner, not_before: f64, note: &str) -> Result<()> {
+        StateDb::defer(self, claim, owner, not_before, note)
+    }
+
+    fn renew(&self, claim: &Claim, owner: &Owner, now: f64) -> Result<()> {
+        StateDb::renew(self, claim, owner, now)
+    }
+
+    fn get(&self, path: &str) -> Result<Option<SceneRow>> {
+        StateDb::get(self, path)
+    }
+
+    fn list(&self) -> Result<Vec<SceneRow>> {
+        StateDb::list(self)
     }
 }
 
@@ -727,45 +937,54 @@ impl StateDb {
     }
 
     fn row(&self, r: RawRow) -> Result<SceneRow> {
-        let status = r
-            .status
-            .parse::<SceneStatus>()
-            .map_err(|e| self.corrupt(format!("{}: {e}", r.path)))?;
-        let attempts = u32::try_from(r.attempts)
-            .map_err(|_| self.corrupt(format!("{}: attempts {}", r.path, r.attempts)))?;
-        let size = u64::try_from(r.size)
-            .map_err(|_| self.corrupt(format!("{}: size {}", r.path, r.size)))?;
-        Ok(SceneRow {
-            path: r.path,
-            status,
-            attempts,
-            size,
-            mtime_ns: r.mtime_ns,
-            owner: r.owner,
-            claimed_at: r.claimed_at,
-            finished_at: r.finished_at,
-            seconds: r.seconds,
-            error: r.error,
-            next_attempt_at: r.next_attempt_at,
-            output: r.output,
-        })
+        checked_row(&self.path.display().to_string(), r)
     }
 }
 
-/// A row as SQLite returns it, checked by [`StateDb::row`].
-struct RawRow {
-    path: String,
-    status: String,
-    attempts: i64,
-    size: i64,
-    mtime_ns: i64,
-    owner: Option<String>,
-    claimed_at: Option<f64>,
-    finished_at: Option<f64>,
-    seconds: Option<f64>,
-    error: Option<String>,
-    next_attempt_at: Option<f64>,
-    output: Option<String>,
+/// A stored row checked into a [`SceneRow`]; `location` names the state in errors.
+pub(super) fn checked_row(location: &str, r: RawRow) -> Result<SceneRow> {
+    let corrupt = |reason: String| StateError::Corrupt {
+        path: location.to_owned(),
+        reason,
+    };
+    let status = r
+        .status
+        .parse::<SceneStatus>()
+        .map_err(|e| corrupt(format!("{}: {e}", r.path)))?;
+    let attempts = u32::try_from(r.attempts)
+        .map_err(|_| corrupt(format!("{}: attempts {}", r.path, r.attempts)))?;
+    let size =
+        u64::try_from(r.size).map_err(|_| corrupt(format!("{}: size {}", r.path, r.size)))?;
+    Ok(SceneRow {
+        path: r.path,
+        status,
+        attempts,
+        size,
+        mtime_ns: r.mtime_ns,
+        owner: r.owner,
+        claimed_at: r.claimed_at,
+        finished_at: r.finished_at,
+        seconds: r.seconds,
+        error: r.error,
+        next_attempt_at: r.next_attempt_at,
+        output: r.output,
+    })
+}
+
+/// A row as the database returns it, checked by [`checked_row`].
+pub(super) struct RawRow {
+    pub(super) path: String,
+    pub(super) status: String,
+    pub(super) attempts: i64,
+    pub(super) size: i64,
+    pub(super) mtime_ns: i64,
+    pub(super) owner: Option<String>,
+    pub(super) claimed_at: Option<f64>,
+    pub(super) finished_at: Option<f64>,
+    pub(super) seconds: Option<f64>,
+    pub(super) error: Option<String>,
+    pub(super) next_attempt_at: Option<f64>,
+    pub(super) output: Option<String>,
 }
 
 impl RawRow {
@@ -787,7 +1006,7 @@ impl RawRow {
     }
 }
 
-fn size_to_sql(path: &str, size: u64) -> Result<i64> {
+pub(super) fn size_to_sql(path: &str, size: u64) -> Result<i64> {
     i64::try_from(size).map_err(|_| StateError::Value {
         scene: path.to_owned(),
         reason: format!("size {size} is too large to record"),

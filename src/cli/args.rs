@@ -178,9 +178,11 @@ pub struct IngestArgs {
     /// Output folder: one sub-folder per scene (its path below DIR, '/' as '_').
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
-    /// State database (default: OUT/.tessera-state.sqlite).
-    #[arg(long, value_name = "FILE")]
-    pub state: Option<PathBuf>,
+    /// The ingestion state: a SQLite file (default: OUT/.tessera-state.sqlite; one host), or a
+    /// PostgreSQL database URL, postgresql://USER[:PASSWORD]@HOST[:PORT]/DB (or postgres://),
+    /// for instances on several hosts.
+    #[arg(long, value_name = "FILE|URL")]
+    pub state: Option<String>,
     /// List the scenes of the state database (done, failed, retry, pending, running) and exit.
     #[arg(long)]
     pub status: bool,
@@ -196,12 +198,15 @@ pub struct IngestArgs {
     /// Wait before the second attempt; doubled for each further one.
     #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
     pub retry_after: f64,
-    /// A claim by an instance on another host older than this is taken over (that host is
-    /// presumed dead). Claims of dead processes on this host are taken over at once.
-    #[arg(long, default_value_t = 21600.0, value_name = "SECONDS")]
-    pub lease: f64,
-    /// Instances on several hosts share the state database over a network file system (uses
-    /// SQLite's rollback journal, which needs working file locks, instead of WAL).
+    /// A claim not renewed for this long is taken over (its instance is presumed dead); a
+    /// running scene renews its claim every quarter of it. SQLite state: claims of instances on
+    /// other hosts (default 21600; dead processes on this host are taken over at once).
+    /// PostgreSQL state: every claim (default 300).
+    #[arg(long, value_name = "SECONDS")]
+    pub lease: Option<f64>,
+    /// Instances on several hosts share the SQLite state file over a network file system (uses
+    /// SQLite's rollback journal, which needs working file locks, instead of WAL). A
+    /// PostgreSQL state (--state postgresql://...) needs no shared file system.
     #[arg(long)]
     pub shared_fs: bool,
     /// Scenes processed at once.

@@ -109,15 +109,17 @@ fn failure_code(completed: usize) -> i32 {
 }
 
 /// `ingest --status`: the scenes of the state database.
-fn print_status(state: &std::path::Path, json: bool) -> Result<i32> {
+fn print_status(state: &crate::batch::state::StateLocation, json: bool) -> Result<i32> {
     use crate::batch::ingest::status;
     let (rows, counts) = status(state)?;
     if json {
-        print_json(&serde_json::json!({ "state": state, "counts": counts, "scenes": rows }))?;
+        print_json(
+            &serde_json::json!({ "state": state.to_string(), "counts": counts, "scenes": rows }),
+        )?;
     } else {
         out!(
             "{}: {}",
-            state.display(),
+            state,
             counts
                 .iter()
                 .map(|(k, v)| format!("{v} {k}"))
@@ -148,10 +150,11 @@ pub(super) fn ingest(
     quiet: bool,
 ) -> Result<i32> {
     use crate::batch::ingest::{status, IngestJob};
+    use crate::batch::state::StateLocation;
     let state = a
         .state
-        .clone()
-        .unwrap_or_else(|| IngestJob::default_state(&a.out));
+        .as_deref()
+        .map_or_else(|| IngestJob::default_state(&a.out), StateLocation::parse);
     if a.status {
         return print_status(&state, a.json);
     }
@@ -164,8 +167,13 @@ pub(super) fn ingest(
     if a.jobs == 0 || a.max_attempts == 0 {
         bail!("--jobs and --max-attempts must be at least 1");
     }
-    if !(a.settle >= 0.0 && a.retry_after >= 0.0 && a.lease > 0.0) {
+    let postgres = matches!(state, StateLocation::Postgres(_));
+    let lease = a.lease.unwrap_or(if postgres { 300.0 } else { 21600.0 });
+    if !(a.settle >= 0.0 && a.retry_after >= 0.0 && lease > 0.0) {
         bail!("--settle and --retry-after must not be negative, --lease must be positive");
+    }
+    if postgres && a.shared_fs {
+        bail!("--shared-fs is for a SQLite state file; a PostgreSQL --state needs no shared file system");
     }
     let patterns = a
         .patterns
@@ -184,7 +192,7 @@ pub(super) fn ingest(
             max_attempts: a.max_attempts,
             backoff_seconds: a.retry_after,
         },
-        lease_seconds: a.lease,
+        lease_seconds: lease,
         shared_fs: a.shared_fs,
         jobs: a.jobs,
         shard: shard(a.shard.as_deref())?,
