@@ -15,7 +15,7 @@ pub mod spec;
 pub mod stac;
 pub mod state;
 
-pub use inputs::{expand, SceneInput, Shard};
+pub use inputs::{expand, InputItem, SceneInput, Shard};
 pub use run::{run_batch, BatchJob, BatchReport, SceneOutcome, SceneReport};
 pub use spec::{JobContext, Pipeline, Stage, StageJob, Task};
 
