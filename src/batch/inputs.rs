@@ -40,6 +40,47 @@ impl InputItem {
         });
         file_url(&abs)
     }
+
+    /// The `derived_from` link of an Item made from this one.
+    pub fn link(&self) -> super::stac::Link {
+        let id = self.json.get("id").and_then(|i| i.as_str()).unwrap_or("");
+        super::stac::Link {
+            href: self.link_href(),
+            media_type: Some("application/geo+json".into()),
+            title: Some(format!("input STAC Item {id}").trim_end().to_string()),
+        }
+    }
+
+    /// The Item's acquisition time: its `datetime` and its `start_datetime`/`end_datetime`
+    /// range when it has both, in UTC (offsets converted); `None` when it has neither.
+    ///
+    /// # Errors
+    /// A time that is not an RFC 3339 timestamp, naming the Item and the property.
+    #[allow(clippy::type_complexity)]
+    pub fn times(&self) -> Result<Option<(Option<String>, Option<(String, String)>)>, String> {
+        let props = self.json.get("properties");
+        let get = |key: &str| -> Result<Option<String>, String> {
+            match props.and_then(|p| p.get(key)) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(v) => v
+                    .as_str()
+                    .and_then(super::stac::to_rfc3339_utc)
+                    .map(Some)
+                    .ok_or_else(|| {
+                        format!(
+                            "{}: properties.{key} {v} is not an RFC 3339 timestamp",
+                            self.href
+                        )
+                    }),
+            }
+        };
+        let datetime = get("datetime")?;
+        let range = match (get("start_datetime")?, get("end_datetime")?) {
+            (Some(a), Some(b)) => Some((a, b)),
+            _ => None,
+        };
+        Ok((datetime.is_some() || range.is_some()).then_some((datetime, range)))
+    }
 }
 
 /// An absolute path as a `file://` URL, with every byte outside RFC 3986's unreserved set

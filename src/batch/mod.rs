@@ -13,6 +13,7 @@ pub mod record;
 pub mod run;
 pub mod spec;
 pub mod stac;
+pub mod stac_assets;
 pub mod state;
 
 pub use inputs::{expand, InputItem, SceneInput, Shard};
