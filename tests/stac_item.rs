@@ -417,3 +417,41 @@ fn run_on_a_stac_item_writes_a_complete_item() {
         "{text}"
     );
 }
+
+#[test]
+fn vendored_schemas_match_their_recorded_hashes() {
+    use sha2::{Digest, Sha256};
+    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/stac-schemas");
+    let sums = std::fs::read_to_string(here.join("SHA256SUMS")).expect("SHA256SUMS");
+    let mut listed = Vec::new();
+    for line in sums.lines() {
+        let (hash, rel) = line.split_once("  ").expect("`HASH  PATH` lines");
+        let bytes = std::fs::read(here.join(rel)).expect(rel);
+        let got: String = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(got, hash, "{rel} differs from the copy update.sh extracted");
+        listed.push(rel.to_string());
+    }
+    // Every schema the map resolves to, and the licence, are recorded.
+    let map: Value = serde_json::from_slice(
+        &std::fs::read(here.join("schema-map.json")).expect("schema-map.json"),
+    )
+    .expect("json");
+    for (url, rel) in map["schemas"].as_object().expect("schemas") {
+        let rel = rel.as_str().expect("path");
+        assert!(
+            listed.iter().any(|l| l == rel),
+            "{url} -> {rel} has no recorded hash"
+        );
+    }
+    for url in [
+        PROJECTION_EXTENSION,
+        RASTER_EXTENSION,
+        CLASSIFICATION_EXTENSION,
+    ] {
+        assert!(map["schemas"].get(url).is_some(), "{url} is not mapped");
+    }
+    assert!(listed.iter().any(|l| l == "LICENSE"));
+}

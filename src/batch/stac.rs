@@ -116,6 +116,7 @@ pub struct Link {
 /// | `.aux.xml` (GDAL metadata) | `application/xml` | metadata |
 /// | `.sld` (SLD style) | `application/vnd.ogc.sld+xml` | metadata |
 /// | `.ovr` (external overviews) | `image/tiff; application=geotiff` | metadata |
+/// | `.qix` (shapefile spatial index) | `application/octet-stream` | metadata |
 /// | `.jsonl`, `.ndjson` | `application/x-ndjson` | data |
 /// | `.csv` | `text/csv` | data |
 /// | `.json` | `application/json` | metadata |
@@ -142,7 +143,7 @@ pub fn asset_for(key: String, href: String) -> Asset {
 
 /// Extensions of GIS sidecar files (lower case, without the dot) and what they are: metadata
 /// assets of the file they accompany.
-pub const SIDECARS: [(&str, &str, &str); 11] = [
+pub const SIDECARS: [(&str, &str, &str); 12] = [
     ("aux.xml", "application/xml", "GDAL metadata"),
     ("qml", "application/xml", "QGIS style"),
     ("sld", "application/vnd.ogc.sld+xml", "SLD style"),
@@ -153,6 +154,7 @@ pub const SIDECARS: [(&str, &str, &str); 11] = [
     ("jgw", "text/plain", "world file"),
     ("prj", "text/plain", "projection"),
     ("cpg", "text/plain", "encoding"),
+    ("qix", "application/octet-stream", "spatial index"),
     ("ovr", "image/tiff; application=geotiff", "overviews"),
 ];
 
@@ -1058,6 +1060,7 @@ mod tests {
                 "metadata",
             ),
             ("style.sld", "application/vnd.ogc.sld+xml", "metadata"),
+            ("p.qix", "application/octet-stream", "metadata"),
             ("notes.xml", "application/octet-stream", "data"),
             ("captions.jsonl", "application/x-ndjson", "data"),
             ("captions.csv", "text/csv", "data"),

@@ -137,7 +137,12 @@ fn title(rel: &str, files: &[String]) -> String {
                 .unwrap_or_else(|| what(base));
             format!("{main}, {kind}")
         }
-        None => what(rel),
+        None => match extension(rel).as_str() {
+            // The other two mandatory files of a Shapefile: data, named after the .shp.
+            "shx" => format!("{}, shapefile index", what(rel)),
+            "dbf" => format!("{}, shapefile attributes", what(rel)),
+            _ => what(rel),
+        },
     };
     match stage {
         Some(s) => format!("{s}: {body}"),
@@ -412,6 +417,8 @@ mod tests {
             "landcover/labels.qml",
             "masks/polygons.shp",
             "masks/polygons.prj",
+            "masks/polygons.dbf",
+            "masks/polygons.qix",
             "other.bin",
         ]
         .iter()
@@ -434,6 +441,14 @@ mod tests {
         assert_eq!(
             t("masks/polygons.prj"),
             "masks: segment polygons, projection"
+        );
+        assert_eq!(
+            t("masks/polygons.dbf"),
+            "masks: segment polygons, shapefile attributes"
+        );
+        assert_eq!(
+            t("masks/polygons.qix"),
+            "masks: segment polygons, spatial index"
         );
         assert_eq!(t("other.bin"), "other.bin");
     }
