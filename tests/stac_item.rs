@@ -455,3 +455,45 @@ fn vendored_schemas_match_their_recorded_hashes() {
     }
     assert!(listed.iter().any(|l| l == "LICENSE"));
 }
+
+#[test]
+fn an_input_item_with_a_bad_datetime_fails_naming_it_and_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample_data/sentinel2_rgbn_10m.tif");
+    let item = json!({
+        "type": "Feature", "stac_version": "1.1.0", "id": "bad-time", "geometry": null,
+        "links": [], "properties": {"datetime": "1 June 2024"},
+        "assets": {"visual": {"href": sample.display().to_string(), "roles": ["data"]}}
+    });
+    std::fs::write(d.join("item.json"), item.to_string()).expect("write");
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample_data/models/clip-tiny");
+    std::fs::write(
+        d.join("p.toml"),
+        format!(
+            "[[stage]]\nname = \"c\"\ntask = \"classify\"\nmodel = \"{}\"\nlabels = [\"a\", \"b\"]\n",
+            model.display()
+        ),
+    )
+    .expect("pipeline");
+    let r = common::run(
+        d,
+        &[
+            "run",
+            "p.toml",
+            "item.json",
+            "--out",
+            "out",
+            "--json",
+            "--quiet",
+        ],
+    );
+    assert_eq!(r.output.status.code(), Some(1), "{}", r.context());
+    let report = r.json();
+    let e = report["scenes"][0]["error"].as_str().expect("error");
+    assert!(
+        e.contains("item.json: properties.datetime \"1 June 2024\" is not an RFC 3339 timestamp"),
+        "{e}"
+    );
+    assert!(!d.join("out/bad-time").exists());
+}

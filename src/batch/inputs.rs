@@ -151,10 +151,15 @@ impl SceneInput {
                     // A local asset: its own changes count too (the record fingerprints it).
                     scene.source = Some(PathBuf::from(&scene.raster));
                 }
-                scene.stac_item = Some(InputItem {
+                let input = InputItem {
                     href: href.to_string(),
                     json,
-                });
+                };
+                // A time the output Item would take but cannot: refused before any work.
+                if let Err(e) = input.times() {
+                    scene.error = Some(e);
+                }
+                scene.stac_item = Some(input);
             }
             Err(e) => scene.error = Some(format!("{href}: {e}")),
         }

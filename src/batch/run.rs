@@ -396,9 +396,6 @@ fn write_item(
     if opened.crs_wkt().is_none() {
         return Ok(());
     }
-    let Some(grid) = super::stac_assets::SceneGrid::of(opened.info()) else {
-        return Ok(());
-    };
     let from_item = match &scene.stac_item {
         Some(input) => input.times()?,
         None => None,
@@ -427,7 +424,14 @@ fn write_item(
         .into_iter()
         .map(|o| o.path)
         .collect();
-    item.assets = super::stac_assets::describe(dir, &files, &grid)?;
+    item.assets = match super::stac_assets::SceneGrid::of(opened.info()) {
+        Some(grid) => super::stac_assets::describe(dir, &files, &grid)?,
+        // A CRS GDAL cannot read: scene_item reports it.
+        None => files
+            .iter()
+            .map(|f| super::stac::asset_for(f.clone(), f.clone()))
+            .collect(),
+    };
     item.properties.insert(
         "tessera:pipeline".into(),
         serde_json::Value::String(pipeline.name.clone()),

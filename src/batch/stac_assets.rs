@@ -237,10 +237,21 @@ fn crs_fields(srs: &SpatialRef, fields: &mut Map<String, Value>) -> Result<(), S
 /// `proj:*` of a vector file whose (first) layer's CRS differs from the scene's: its code,
 /// WKT2 and the scene footprint's bounds in that CRS (the area the layer covers, empty or not).
 fn vector_fields(path: &Path, scene: &SceneGrid) -> Result<Map<String, Value>, String> {
-    let ds = open(path, GdalOpenFlags::GDAL_OF_VECTOR)?;
     let mut fields = Map::new();
-    let Some(srs) = ds.layer(0).ok().and_then(|l| l.spatial_ref()) else {
-        return Ok(fields);
+    let sniffed = if extension(&path.display().to_string()) == "geojson" {
+        geojson_crs(path)?
+    } else {
+        None
+    };
+    let srs = match sniffed {
+        Some(srs) => srs,
+        None => {
+            let ds = open(path, GdalOpenFlags::GDAL_OF_VECTOR)?;
+            let Some(srs) = ds.layer(0).ok().and_then(|l| l.spatial_ref()) else {
+                return Ok(fields);
+            };
+            srs
+        }
     };
     if srs == scene.srs {
         return Ok(fields);
@@ -267,6 +278,37 @@ fn vector_fields(path: &Path, scene: &SceneGrid) -> Result<Map<String, Value>, S
         ]),
     );
     Ok(fields)
+}
+
+/// The CRS of a GeoJSON file from its head, without parsing the whole file (OGR reads all of
+/// it to open it): no `crs` member before `"features"` is WGS 84 lon/lat (RFC 7946, and the
+/// 2008 format's default), a named `crs` member is that CRS. `None` when the head does not
+/// say (the caller opens the file with OGR then).
+fn geojson_crs(path: &Path) -> Result<Option<SpatialRef>, String> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(1 << 16);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(1 << 16).read_to_end(&mut head))
+        .map_err(|e| format!("cannot read: {e}"))?;
+    let head = String::from_utf8_lossy(&head);
+    let Some(features) = head.find("\"features\"") else {
+        return Ok(None);
+    };
+    let top = &head[..features];
+    let Some(crs) = top.find("\"crs\"") else {
+        let mut wgs84 = SpatialRef::from_epsg(4326).map_err(|e| gdal_reason(&e))?;
+        wgs84.set_axis_mapping_strategy(AxisMappingStrategy::TraditionalGisOrder);
+        return Ok(Some(wgs84));
+    };
+    let rest = &top[crs..];
+    // The first `"name": "..."` member (not the `"type": "name"` value before it).
+    let name = rest
+        .match_indices("\"name\"")
+        .find_map(|(i, _)| rest[i + 6..].trim_start().strip_prefix(':'))
+        .and_then(|r| r.trim_start().strip_prefix('"'))
+        .and_then(|r| r.split_once('"'))
+        .map(|(name, _)| name);
+    Ok(name.and_then(|n| SpatialRef::from_definition(n).ok()))
 }
 
 /// The Raster extension's name of a GDAL data type.
@@ -451,6 +493,87 @@ mod tests {
             "masks: segment polygons, spatial index"
         );
         assert_eq!(t("other.bin"), "other.bin");
+    }
+
+    fn utm18() -> SceneGrid {
+        SceneGrid {
+            width: 100,
+            height: 50,
+            geotransform: GeoTransform([441_730.0, 10.0, 0.0, 4_173_460.0, 0.0, -10.0]),
+            srs: SpatialRef::from_epsg(32618).expect("EPSG:32618"),
+        }
+    }
+
+    #[test]
+    fn geojson_crs_from_the_head_agrees_with_ogr() {
+        init_gdal();
+        let dir = tempfile::tempdir().expect("tmp");
+        let feature = r#"{"type":"Feature","properties":{"crs":"x"},"geometry":{"type":"Point","coordinates":[1,2]}}"#;
+        for (name, crs) in [
+            ("rfc7946.geojson", ""),
+            (
+                "native.geojson",
+                r#""crs": { "type": "name", "properties": { "name": "urn:ogc:def:crs:EPSG::32618" } },"#,
+            ),
+        ] {
+            let p = dir.path().join(name);
+            let text = format!(
+                "{{\"type\":\"FeatureCollection\",\"name\":\"l\",{crs}\"features\":[{feature}]}}"
+            );
+            std::fs::write(&p, text).expect("write");
+            let sniffed = geojson_crs(&p).expect("read").expect("a CRS");
+            let ds = open(&p, GdalOpenFlags::GDAL_OF_VECTOR).expect("open");
+            let ogr = ds.layer(0).expect("layer").spatial_ref().expect("srs");
+            assert!(sniffed == ogr, "{name}");
+            let f = vector_fields(&p, &utm18()).expect("fields");
+            if crs.is_empty() {
+                assert_eq!(f["proj:code"], json!("EPSG:4326"));
+                assert!(f["proj:wkt2"]
+                    .as_str()
+                    .is_some_and(|w| w.starts_with("GEOGCRS")));
+            } else {
+                assert!(f.is_empty(), "the scene's CRS: nothing to override: {f:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_raster_in_another_crs_and_grid_carries_its_own() {
+        init_gdal();
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("other.tif");
+        let driver = gdal::DriverManager::get_driver_by_name("GTiff").expect("GTiff");
+        {
+            let mut ds = driver
+                .create_with_band_type::<u16, _>(&p, 30, 20, 2)
+                .expect("create");
+            ds.set_geo_transform(&[-8_420_000.0, 30.0, 0.0, 4_540_000.0, 0.0, -30.0])
+                .expect("gt");
+            ds.set_spatial_ref(&SpatialRef::from_epsg(3857).expect("3857"))
+                .expect("srs");
+            let mut band = ds.rasterband(2).expect("band");
+            band.set_no_data_value(Some(0.0)).expect("nodata");
+            band.set_scale(0.0001).expect("scale");
+        }
+        let f = raster_fields(&p, &utm18()).expect("fields");
+        assert_eq!(f["proj:code"], json!("EPSG:3857"));
+        assert!(f["proj:wkt2"]
+            .as_str()
+            .is_some_and(|w| w.contains("Pseudo-Mercator")));
+        assert_eq!(f["proj:shape"], json!([20, 30]));
+        assert_eq!(
+            f["proj:transform"],
+            json!([30.0, 0.0, -8_420_000.0, 0.0, -30.0, 4_540_000.0])
+        );
+        assert_eq!(
+            f["proj:bbox"],
+            json!([-8_420_000.0, 4_539_400.0, -8_419_100.0, 4_540_000.0])
+        );
+        assert_eq!(
+            f["raster:bands"],
+            // GeoTIFF keeps one nodata value for all bands (GDAL applies it to both).
+            json!([{ "data_type": "uint16", "nodata": 0 }, { "data_type": "uint16", "nodata": 0, "scale": 0.0001 }])
+        );
     }
 
     #[test]
