@@ -119,6 +119,7 @@ pub struct Link {
 /// | `.qix` (shapefile spatial index) | `application/octet-stream` | metadata |
 /// | `.jsonl`, `.ndjson` | `application/x-ndjson` | data |
 /// | `.csv` | `text/csv` | data |
+/// | `.html`, `.htm` (the scene's report) | `text/html` | metadata |
 /// | `.json` | `application/json` | metadata |
 /// | `.qml` (QGIS style) | `application/xml` | metadata |
 /// | `.parquet` | `application/vnd.apache.parquet` | data |
@@ -179,6 +180,7 @@ fn media_type_and_role(href: &str, ext: &str) -> (&'static str, &'static str) {
         "txt" => ("text/plain", "metadata"),
         "jsonl" | "ndjson" => ("application/x-ndjson", "data"),
         "csv" => ("text/csv", "data"),
+        "html" | "htm" => ("text/html", "metadata"),
         "json" => ("application/json", "metadata"),
         "parquet" => ("application/vnd.apache.parquet", "data"),
         "png" => ("image/png", "data"),
@@ -1064,6 +1066,7 @@ mod tests {
             ("notes.xml", "application/octet-stream", "data"),
             ("captions.jsonl", "application/x-ndjson", "data"),
             ("captions.csv", "text/csv", "data"),
+            ("report.html", "text/html", "metadata"),
             ("run.json", "application/json", "metadata"),
             ("t.parquet", "application/vnd.apache.parquet", "data"),
             ("q.png", "image/png", "data"),

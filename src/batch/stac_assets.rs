@@ -107,6 +107,7 @@ fn what(rel: &str) -> String {
         ("detections", false) => "detections",
         ("captions", false) => "captions",
         ("answers", false) => "answers",
+        ("report", false) if extension(rel) == "html" => "report",
         _ => return name,
     };
     known.to_string()
@@ -493,6 +494,7 @@ mod tests {
             "masks: segment polygons, spatial index"
         );
         assert_eq!(t("other.bin"), "other.bin");
+        assert_eq!(t("report.html"), "report");
     }
 
     fn utm18() -> SceneGrid {
