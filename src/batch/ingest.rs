@@ -268,8 +268,7 @@ impl IngestJob {
                 name: self.scene_name(&path),
                 raster: claim.path.clone(),
                 source: Some(path.clone()),
-                item: None,
-                error: None,
+                ..SceneInput::default()
             };
             tracing::info!(scene = %scene.name, attempt = claim.attempt, "ingesting");
             // While the scene runs, its claim is renewed well within the lease, so instances

@@ -13,8 +13,93 @@ use super::BatchError;
 /// File extensions taken from directories.
 const RASTER_EXTENSIONS: [&str; 6] = ["tif", "tiff", "jp2", "img", "vrt", "ntf"];
 
-/// One scene of a batch.
+/// The STAC Item a scene was made from, as read: where it is and its JSON. The scene's own
+/// Item takes `datetime`, `start_datetime`/`end_datetime` and a `derived_from` link from it
+/// (`super::stac`), whichever way the Item came (a local file, a STAC API, a static catalog).
 #[derive(Clone, Debug, Serialize)]
+pub struct InputItem {
+    /// Where the Item is: a local path (as given) or an `http(s)://` URL.
+    pub href: String,
+    /// The Item JSON (not serialized in reports).
+    #[serde(skip)]
+    pub json: serde_json::Value,
+}
+
+impl InputItem {
+    /// `href` as a URL for a link: `http(s)://` URLs as they are, local paths as absolute
+    /// `file://` URLs (made absolute against the current folder, percent-encoded).
+    pub fn link_href(&self) -> String {
+        if self.href.contains("://") {
+            return self.href.clone();
+        }
+        let path = Path::new(&self.href);
+        let abs = std::fs::canonicalize(path).unwrap_or_else(|_| {
+            std::env::current_dir()
+                .map(|d| d.join(path))
+                .unwrap_or_else(|_| path.to_path_buf())
+        });
+        file_url(&abs)
+    }
+
+    /// The `derived_from` link of an Item made from this one.
+    pub fn link(&self) -> super::stac::Link {
+        let id = self.json.get("id").and_then(|i| i.as_str()).unwrap_or("");
+        super::stac::Link {
+            href: self.link_href(),
+            media_type: Some("application/geo+json".into()),
+            title: Some(format!("input STAC Item {id}").trim_end().to_string()),
+        }
+    }
+
+    /// The Item's acquisition time: its `datetime` and its `start_datetime`/`end_datetime`
+    /// range when it has both, in UTC (offsets converted); `None` when it has neither.
+    ///
+    /// # Errors
+    /// A time that is not an RFC 3339 timestamp, naming the Item and the property.
+    #[allow(clippy::type_complexity)]
+    pub fn times(&self) -> Result<Option<(Option<String>, Option<(String, String)>)>, String> {
+        let props = self.json.get("properties");
+        let get = |key: &str| -> Result<Option<String>, String> {
+            match props.and_then(|p| p.get(key)) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(v) => v
+                    .as_str()
+                    .and_then(super::stac::to_rfc3339_utc)
+                    .map(Some)
+                    .ok_or_else(|| {
+                        format!(
+                            "{}: properties.{key} {v} is not an RFC 3339 timestamp",
+                            self.href
+                        )
+                    }),
+            }
+        };
+        let datetime = get("datetime")?;
+        let range = match (get("start_datetime")?, get("end_datetime")?) {
+            (Some(a), Some(b)) => Some((a, b)),
+            _ => None,
+        };
+        Ok((datetime.is_some() || range.is_some()).then_some((datetime, range)))
+    }
+}
+
+/// An absolute path as a `file://` URL, with every byte outside RFC 3986's unreserved set
+/// and '/' percent-encoded.
+pub(crate) fn file_url(abs: &Path) -> String {
+    let text = abs.to_string_lossy();
+    let mut url = String::from("file://");
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            url.push(char::from(b));
+        } else {
+            url.push_str(&format!("%{b:02X}"));
+        }
+    }
+    url
+}
+
+/// One scene of a batch.
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct SceneInput {
     /// Folder name of the scene's outputs (unique in the batch, stable across runs).
     pub name: String,
@@ -23,8 +108,10 @@ pub struct SceneInput {
     /// The local file whose change means the scene must be redone: the raster, or the STAC
     /// Item for remote assets (`None` for bare remote paths).
     pub source: Option<PathBuf>,
-    /// The STAC Item the scene came from.
+    /// The local STAC Item file the scene came from (its changes mean a redo).
     pub item: Option<PathBuf>,
+    /// The STAC Item the scene came from, local or remote, with its JSON.
+    pub stac_item: Option<InputItem>,
     /// Why the input could not be resolved (the scene is reported as failed).
     pub error: Option<String>,
 }
@@ -37,8 +124,46 @@ impl SceneInput {
             raster: path.to_string(),
             source: local.then(|| PathBuf::from(path)),
             item: None,
+            stac_item: None,
             error: None,
         }
+    }
+
+    /// A scene from a STAC Item already read: `href` is where it is (a local path or an
+    /// `http(s)://` URL; relative asset hrefs resolve against it), `json` the Item. The asset
+    /// is the one named by key or role (`asset`), else the first GeoTIFF data asset (roles
+    /// "data" or key "visual"/"image"), else the first GeoTIFF asset. A JSON that is not a
+    /// usable Item gives a scene with an `error` naming `href`.
+    pub fn from_item_json(href: &str, json: serde_json::Value, asset: Option<&str>) -> SceneInput {
+        let mut scene = SceneInput {
+            name: stem(href),
+            raster: href.to_string(),
+            source: None,
+            item: None,
+            stac_item: None,
+            error: None,
+        };
+        match resolve_item(href, &json, asset) {
+            Ok((id, raster)) => {
+                scene.name = safe_name(&id);
+                scene.raster = raster;
+                if !is_remote(&scene.raster) {
+                    // A local asset: its own changes count too (the record fingerprints it).
+                    scene.source = Some(PathBuf::from(&scene.raster));
+                }
+                let input = InputItem {
+                    href: href.to_string(),
+                    json,
+                };
+                // A time the output Item would take but cannot: refused before any work.
+                if let Err(e) = input.times() {
+                    scene.error = Some(e);
+                }
+                scene.stac_item = Some(input);
+            }
+            Err(e) => scene.error = Some(format!("{href}: {e}")),
+        }
+        scene
     }
 }
 
@@ -320,33 +445,38 @@ fn looks_like_item(p: &Path) -> bool {
         .is_some_and(|v| v.get("type").and_then(|t| t.as_str()) == Some("Feature"))
 }
 
-/// A scene from a STAC Item: the asset named by key or role, else the first GeoTIFF data
-/// asset (roles "data" or key "visual"/"image"), else the first GeoTIFF asset.
+/// A scene from a local STAC Item file (see [`SceneInput::from_item_json`]).
 fn from_item(item: &Path, asset: Option<&str>) -> SceneInput {
-    let mut scene = SceneInput {
-        name: stem(&item.display().to_string()),
-        raster: item.display().to_string(),
-        source: Some(item.to_path_buf()),
-        item: Some(item.to_path_buf()),
-        error: None,
+    let href = item.display().to_string();
+    let read = std::fs::read_to_string(item)
+        .map_err(|e| format!("cannot read: {e}"))
+        .and_then(|text| {
+            serde_json::from_str::<serde_json::Value>(&text).map_err(|e| format!("not JSON: {e}"))
+        });
+    let mut scene = match read {
+        Ok(json) => SceneInput::from_item_json(&href, json, asset),
+        Err(e) => SceneInput {
+            name: stem(&href),
+            raster: href.clone(),
+            error: Some(format!("{href}: {e}")),
+            ..SceneInput::default()
+        },
     };
-    match resolve_item(item, asset) {
-        Ok((id, raster)) => {
-            scene.name = safe_name(&id);
-            scene.raster = raster;
-            if !is_remote(&scene.raster) {
-                // A local asset: its own changes count too (the record fingerprints both).
-                scene.source = Some(PathBuf::from(&scene.raster));
-            }
-        }
-        Err(e) => scene.error = Some(format!("{}: {e}", item.display())),
+    // The Item file itself: its changes mean a redo, and the remote assets it names have
+    // no local file of their own.
+    scene.item = Some(item.to_path_buf());
+    if scene.source.is_none() {
+        scene.source = Some(item.to_path_buf());
     }
     scene
 }
 
-fn resolve_item(item: &Path, asset: Option<&str>) -> Result<(String, String), String> {
-    let text = std::fs::read_to_string(item).map_err(|e| format!("cannot read: {e}"))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("not JSON: {e}"))?;
+/// The Item's id and the GDAL path of its chosen asset.
+fn resolve_item(
+    item_href: &str,
+    v: &serde_json::Value,
+    asset: Option<&str>,
+) -> Result<(String, String), String> {
     if v.get("type").and_then(|t| t.as_str()) != Some("Feature") {
         return Err("not a STAC Item (type is not \"Feature\")".into());
     }
@@ -404,14 +534,46 @@ fn resolve_item(item: &Path, asset: Option<&str>) -> Result<(String, String), St
         gdal_path(href)
     } else if Path::new(href).is_absolute() {
         href.to_string()
+    } else if item_href.contains("://") {
+        // Relative to a remote Item: against its URL's folder.
+        gdal_path(&join_url(item_href, href))
     } else {
-        item.parent()
+        Path::new(item_href)
+            .parent()
             .unwrap_or(Path::new("."))
             .join(href)
             .display()
             .to_string()
     };
     Ok((id, raster))
+}
+
+/// `rel` resolved against the URL `base` (RFC 3986 reference resolution for path
+/// references: `./` and `../` segments, and `/path` against the authority).
+fn join_url(base: &str, rel: &str) -> String {
+    let base = base.split(['?', '#']).next().unwrap_or(base);
+    let (scheme, rest) = base.split_once("://").unwrap_or(("", base));
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let mut segments: Vec<&str> = if rel.starts_with('/') {
+        Vec::new()
+    } else {
+        let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
+        dir.split('/').filter(|s| !s.is_empty()).collect()
+    };
+    let parts: Vec<&str> = rel.split('/').collect();
+    for (i, part) in parts.iter().enumerate() {
+        match *part {
+            "." | "" if i + 1 < parts.len() => {}
+            ".." => {
+                segments.pop();
+            }
+            p => segments.push(p),
+        }
+    }
+    format!("{scheme}://{authority}/{}", segments.join("/"))
 }
 
 /// A deterministic share of a batch: scene `name` belongs to shard `sha256(name) mod count`,
@@ -604,6 +766,58 @@ mod tests {
             .contains("TESSERA_SHARD_COUNT"));
         assert!(from(&[("JOB_COMPLETION_INDEX", "8"), ("TESSERA_SHARD_COUNT", "8")]).is_err());
         assert_eq!(from(&[]), Ok(None));
+    }
+
+    #[test]
+    fn items_keep_their_href_and_json_and_remote_items_resolve_against_their_url() {
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::write(dir.path().join("x.tif"), b"x").expect("write");
+        let item = serde_json::json!({
+            "type": "Feature", "id": "S2B 7", "properties": {"datetime": "2024-06-01T10:00:00Z"},
+            "assets": {"visual": {"href": "x.tif", "type": "image/tiff", "roles": ["data"]}}
+        });
+        let path = dir.path().join("item.json");
+        std::fs::write(&path, item.to_string()).expect("write");
+        let s = expand(&[path.display().to_string()], None).expect("item");
+        let from = s[0].stac_item.as_ref().expect("the input Item");
+        assert_eq!(from.href, path.display().to_string());
+        assert_eq!(from.json, item);
+        assert_eq!(s[0].name, "S2B_7");
+        assert_eq!(s[0].item.as_deref(), Some(path.as_path()));
+        let canonical = std::fs::canonicalize(&path).expect("canonical");
+        assert_eq!(from.link_href(), format!("file://{}", canonical.display()));
+
+        // The same Item from a STAC API: its relative assets are under its URL.
+        let url = "https://stac.example.org/collections/s2/items/S2B%207";
+        let s = SceneInput::from_item_json(url, item.clone(), None);
+        assert_eq!(
+            s.raster,
+            "/vsicurl/https://stac.example.org/collections/s2/items/x.tif"
+        );
+        assert_eq!(s.source, None);
+        assert_eq!(s.stac_item.as_ref().expect("item").link_href(), url);
+        let bad = SceneInput::from_item_json(url, serde_json::json!({"type": "Collection"}), None);
+        let e = bad.error.expect("an error");
+        assert!(e.starts_with(url) && e.contains("not a STAC Item"), "{e}");
+        assert!(bad.stac_item.is_none());
+
+        assert_eq!(
+            join_url("https://h/a/b/item.json", "../c/d.tif"),
+            "https://h/a/c/d.tif"
+        );
+        assert_eq!(
+            join_url("https://h/a/item.json?x=1", "./d.tif"),
+            "https://h/a/d.tif"
+        );
+        assert_eq!(
+            join_url("https://h/a/item.json", "/r/d.tif"),
+            "https://h/r/d.tif"
+        );
+        assert_eq!(join_url("https://h", "d.tif"), "https://h/d.tif");
+        assert_eq!(
+            file_url(Path::new("/data/my scenes/ä#1.json")),
+            "file:///data/my%20scenes/%C3%A4%231.json"
+        );
     }
 
     #[test]

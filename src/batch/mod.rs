@@ -13,10 +13,11 @@ pub mod record;
 pub mod run;
 pub mod spec;
 pub mod stac;
+pub mod stac_assets;
 pub mod state;
 pub mod state_postgres;
 
-pub use inputs::{expand, SceneInput, Shard};
+pub use inputs::{expand, InputItem, SceneInput, Shard};
 pub use run::{run_batch, BatchJob, BatchReport, SceneOutcome, SceneReport};
 pub use spec::{JobContext, Pipeline, Stage, StageJob, Task};
 

@@ -379,38 +379,59 @@ fn process_scene_inner(
 }
 
 /// `dir/item.json`: a STAC Item of the scene's footprint (projection extension) with every
-/// output as an asset. The datetime is the scene's acquisition time when its metadata has one
-/// (TIFFTAG_DATETIME), else the input file's modification time, so reruns write the same Item.
-/// Scenes in pixel coordinates (no CRS) get no Item.
+/// output as an asset, described from the file itself ([`super::stac_assets`]). The datetime
+/// (or time range) is the input STAC Item's when the scene came from one, else the scene's
+/// acquisition time when its metadata has one (TIFFTAG_DATETIME), else the input file's
+/// modification time, so reruns write the same Item. `derived_from` links the input Item (or,
+/// for a bare raster, the raster). Scenes in pixel coordinates (no CRS) get no Item.
 fn write_item(
     pipeline: &Pipeline,
     scene: &SceneInput,
     stamps: &[InputStamp],
     dir: &Path,
 ) -> Result<(), String> {
-    use super::stac::{asset_for, scene_item, ItemInput};
+    use super::stac::{scene_item, ItemInput, Link};
     let opened = crate::raster::Scene::open(&scene.raster, &pipeline.open_options())
         .map_err(|e| e.to_string())?;
     if opened.crs_wkt().is_none() {
         return Ok(());
     }
-    let datetime = opened
-        .dataset()
-        .metadata_item("TIFFTAG_DATETIME", "")
-        .and_then(|t| tiff_datetime(&t))
-        .or_else(|| {
-            stamps
-                .first()
-                .map(|s| record::rfc3339(s.mtime_ns as f64 / 1e9))
-        })
-        .unwrap_or_else(|| record::rfc3339(record::now()));
-    let mut item = ItemInput::for_scene(&scene.name, opened.info(), datetime);
-    let mut files = Vec::new();
-    record::output_stamps(dir)
+    let from_item = match &scene.stac_item {
+        Some(input) => input.times()?,
+        None => None,
+    };
+    let (datetime, time_range) = match from_item {
+        Some(times) => times,
+        None => {
+            let datetime = opened
+                .dataset()
+                .metadata_item("TIFFTAG_DATETIME", "")
+                .and_then(|t| tiff_datetime(&t))
+                .or_else(|| {
+                    stamps
+                        .first()
+                        .map(|s| record::rfc3339(s.mtime_ns as f64 / 1e9))
+                })
+                .unwrap_or_else(|| record::rfc3339(record::now()));
+            (Some(datetime), None)
+        }
+    };
+    let mut item = ItemInput::for_scene(&scene.name, opened.info(), String::new());
+    item.datetime = datetime;
+    item.time_range = time_range;
+    let files: Vec<String> = record::output_stamps(dir)
         .map_err(|e| e.to_string())?
         .into_iter()
-        .for_each(|o| files.push(o.path));
-    item.assets = files.into_iter().map(|f| asset_for(f.clone(), f)).collect();
+        .map(|o| o.path)
+        .collect();
+    item.assets = match super::stac_assets::SceneGrid::of(opened.info()) {
+        Some(grid) => super::stac_assets::describe(dir, &files, &grid)?,
+        // A CRS GDAL cannot read: scene_item reports it.
+        None => files
+            .iter()
+            .map(|f| super::stac::asset_for(f.clone(), f.clone()))
+            .collect(),
+    };
     item.properties.insert(
         "tessera:pipeline".into(),
         serde_json::Value::String(pipeline.name.clone()),
@@ -419,9 +440,23 @@ fn write_item(
         "tessera:version".into(),
         serde_json::Value::String(env!("CARGO_PKG_VERSION").into()),
     );
-    item.source_href = Some(match stamps.first() {
-        Some(s) => s.path.clone(),
-        None => scene.raster.clone(),
+    item.derived_from = Some(match &scene.stac_item {
+        Some(input) => input.link(),
+        None => {
+            let href = match stamps.first() {
+                Some(s) => super::inputs::file_url(Path::new(&s.path)),
+                None => scene
+                    .raster
+                    .strip_prefix("/vsicurl/")
+                    .unwrap_or(&scene.raster)
+                    .to_string(),
+            };
+            Link {
+                href,
+                media_type: None,
+                title: Some("input raster".into()),
+            }
+        }
     });
     let value = scene_item(&item).map_err(|e| e.to_string())?;
     let bytes = serde_json::to_vec_pretty(&value).map_err(|e| e.to_string())?;

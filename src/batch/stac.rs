@@ -3,9 +3,12 @@
 //! [`scene_item`] describes one scene and the files written for it as a STAC 1.1.0 Item with
 //! the Projection extension v2.0.0: the footprint in WGS 84 lon/lat (`geometry`, `bbox`), the
 //! scene grid in its own CRS (`proj:code`, `proj:wkt2`, `proj:shape`, `proj:transform`,
-//! `proj:bbox`), the acquisition `datetime`, caller-supplied properties, one asset per output
-//! file ([`asset_for`] picks media type and roles from the file name) and an optional
-//! `derived_from` link to the source scene.
+//! `proj:bbox`), the acquisition `datetime` (or `start_datetime`/`end_datetime`),
+//! caller-supplied properties, one asset per output file ([`asset_for`] picks media type and
+//! roles from the file name; [`super::stac_assets`] adds what it reads from the files: titles,
+//! per-asset `proj:*`, `raster:bands`, `classification:classes`) and an optional
+//! `derived_from` link to the input. The Raster (v1.1.0) and Classification (v2.0.0)
+//! extensions are declared when an asset uses their fields.
 //!
 //! Output is deterministic: objects are `serde_json` maps, which keep keys sorted, and every
 //! array is built in a fixed order, so equal inputs give byte-identical JSON.
@@ -29,6 +32,13 @@ pub const STAC_VERSION: &str = "1.1.0";
 pub const PROJECTION_EXTENSION: &str =
     "https://stac-extensions.github.io/projection/v2.0.0/schema.json";
 
+/// Schema URL of the Raster extension (`raster:bands`: data type, nodata, scale... per band).
+pub const RASTER_EXTENSION: &str = "https://stac-extensions.github.io/raster/v1.1.0/schema.json";
+
+/// Schema URL of the Classification extension (`classification:classes`).
+pub const CLASSIFICATION_EXTENSION: &str =
+    "https://stac-extensions.github.io/classification/v2.0.0/schema.json";
+
 /// Points per footprint edge (the corner plus evenly spaced points before the next corner),
 /// so that a footprint reprojected to lon/lat follows the curved image of a straight edge.
 pub const POINTS_PER_EDGE: usize = 10;
@@ -40,8 +50,10 @@ pub const MEDIA_COG: &str = "image/tiff; application=geotiff; profile=cloud-opti
 const LONLAT_DECIMALS: i32 = 9;
 
 /// Properties [`scene_item`] sets itself; callers cannot override them.
-const RESERVED_PROPERTIES: [&str; 6] = [
+const RESERVED_PROPERTIES: [&str; 8] = [
     "datetime",
+    "start_datetime",
+    "end_datetime",
     "proj:code",
     "proj:wkt2",
     "proj:shape",
@@ -77,6 +89,17 @@ pub struct Asset {
     pub media_type: &'static str,
     pub roles: Vec<&'static str>,
     pub title: Option<String>,
+    /// Further asset fields (`proj:*` where the file's grid or CRS differs from the scene's,
+    /// `raster:bands`, ...); they may not set `href`, `type`, `roles` or `title`.
+    pub fields: Map<String, Value>,
+}
+
+/// A link of the Item (`rel` is set by the field it is given in).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Link {
+    pub href: String,
+    pub media_type: Option<String>,
+    pub title: Option<String>,
 }
 
 /// An asset for the file `href` (relative to the item), with media type and roles from its
@@ -89,9 +112,14 @@ pub struct Asset {
 /// | `.geojson` | `application/geo+json` | data |
 /// | `.fgb` | `application/vnd.flatgeobuf` | data |
 /// | `.shp`, `.shx`, `.dbf` | `application/vnd.shp`, `application/vnd.shx`, `application/vnd.dbf` (IANA) | data |
-/// | `.prj`, `.cpg` (shapefile sidecars), `.txt` | `text/plain` | metadata |
+/// | `.prj`, `.cpg` (shapefile sidecars), world files (`.tfw`, `.wld`, ...), `.txt` | `text/plain` | metadata |
+/// | `.aux.xml` (GDAL metadata) | `application/xml` | metadata |
+/// | `.sld` (SLD style) | `application/vnd.ogc.sld+xml` | metadata |
+/// | `.ovr` (external overviews) | `image/tiff; application=geotiff` | metadata |
+/// | `.qix` (shapefile spatial index) | `application/octet-stream` | metadata |
 /// | `.jsonl`, `.ndjson` | `application/x-ndjson` | data |
 /// | `.csv` | `text/csv` | data |
+/// | `.html`, `.htm` (the scene's report) | `text/html` | metadata |
 /// | `.json` | `application/json` | metadata |
 /// | `.qml` (QGIS style) | `application/xml` | metadata |
 /// | `.parquet` | `application/vnd.apache.parquet` | data |
@@ -103,27 +131,57 @@ pub fn asset_for(key: String, href: String) -> Asset {
         .and_then(|e| e.to_str())
         .map(str::to_ascii_lowercase)
         .unwrap_or_default();
-    let (media_type, role) = media_type_and_role(&ext);
+    let (media_type, role) = media_type_and_role(&href, &ext);
     Asset {
         key,
         href,
         media_type,
         roles: vec![role],
         title: None,
+        fields: Map::new(),
     }
 }
 
-fn media_type_and_role(ext: &str) -> (&'static str, &'static str) {
+/// Extensions of GIS sidecar files (lower case, without the dot) and what they are: metadata
+/// assets of the file they accompany.
+pub const SIDECARS: [(&str, &str, &str); 12] = [
+    ("aux.xml", "application/xml", "GDAL metadata"),
+    ("qml", "application/xml", "QGIS style"),
+    ("sld", "application/vnd.ogc.sld+xml", "SLD style"),
+    ("tfw", "text/plain", "world file"),
+    ("tifw", "text/plain", "world file"),
+    ("wld", "text/plain", "world file"),
+    ("pgw", "text/plain", "world file"),
+    ("jgw", "text/plain", "world file"),
+    ("prj", "text/plain", "projection"),
+    ("cpg", "text/plain", "encoding"),
+    ("qix", "application/octet-stream", "spatial index"),
+    ("ovr", "image/tiff; application=geotiff", "overviews"),
+];
+
+/// The sidecar entry of [`SIDECARS`] that `href` is, by its (case-insensitive) suffix.
+pub fn sidecar_of(href: &str) -> Option<(&'static str, &'static str, &'static str)> {
+    let lower = href.to_ascii_lowercase();
+    SIDECARS
+        .iter()
+        .copied()
+        .find(|(ext, _, _)| lower.ends_with(&format!(".{ext}")))
+}
+
+fn media_type_and_role(href: &str, ext: &str) -> (&'static str, &'static str) {
+    if let Some((_, media, _)) = sidecar_of(href) {
+        return (media, "metadata");
+    }
     if let Some(media) = crate::output::formats::media_type(ext) {
         return (media, "data");
     }
     match ext {
         "tif" | "tiff" => (MEDIA_COG, "data"),
-        "prj" | "cpg" | "txt" => ("text/plain", "metadata"),
+        "txt" => ("text/plain", "metadata"),
         "jsonl" | "ndjson" => ("application/x-ndjson", "data"),
         "csv" => ("text/csv", "data"),
+        "html" | "htm" => ("text/html", "metadata"),
         "json" => ("application/json", "metadata"),
-        "qml" => ("application/xml", "metadata"),
         "parquet" => ("application/vnd.apache.parquet", "data"),
         "png" => ("image/png", "data"),
         "jpg" | "jpeg" => ("image/jpeg", "data"),
@@ -143,15 +201,19 @@ pub struct ItemInput<'a> {
     pub geotransform: GeoTransform,
     /// The scene CRS as WKT; `None` (pixel-coordinate scenes) is an error.
     pub crs_wkt: Option<&'a str>,
-    /// Acquisition time, RFC 3339 in UTC (`Z` or `+00:00`), as STAC requires.
-    pub datetime: String,
+    /// Acquisition time, RFC 3339 in UTC (`Z` or `+00:00`), as STAC requires; `None` (written
+    /// as `null`) only with a time range.
+    pub datetime: Option<String>,
+    /// The acquisition's time range (`start_datetime`, `end_datetime`), RFC 3339 UTC.
+    pub time_range: Option<(String, String)>,
     /// Further Item properties, e.g. `"tessera:pipeline"`. They may not set `datetime` or
     /// the `proj:` fields written here.
     pub properties: Map<String, Value>,
     /// Output files; keys must be unique.
     pub assets: Vec<Asset>,
-    /// The source scene, linked with `rel: derived_from` when given.
-    pub source_href: Option<String>,
+    /// The input (the STAC Item the scene came from, else its raster), linked with
+    /// `rel: derived_from` when given.
+    pub derived_from: Option<Link>,
 }
 
 impl<'a> ItemInput<'a> {
@@ -163,10 +225,11 @@ impl<'a> ItemInput<'a> {
             height: info.height,
             geotransform: info.geotransform,
             crs_wkt: info.crs.as_ref().map(|c| c.wkt.as_str()),
-            datetime,
+            datetime: Some(datetime),
+            time_range: None,
             properties: Map::new(),
             assets: Vec::new(),
-            source_href: None,
+            derived_from: None,
         }
     }
 }
@@ -197,11 +260,22 @@ pub fn scene_item(input: &ItemInput) -> Result<Value, StacError> {
     if gt.0.iter().any(|v| !v.is_finite()) || gt.invert().is_none() {
         return Err(invalid(format!("degenerate geotransform {:?}", gt.0)));
     }
-    if !is_rfc3339_utc(&input.datetime) {
-        return Err(StacError::Datetime {
-            id: id.into(),
-            value: input.datetime.clone(),
-        });
+    let times = input
+        .datetime
+        .iter()
+        .chain(input.time_range.iter().flat_map(|(a, b)| [a, b]));
+    for t in times {
+        if !is_rfc3339_utc(t) {
+            return Err(StacError::Datetime {
+                id: id.into(),
+                value: t.clone(),
+            });
+        }
+    }
+    if input.datetime.is_none() && input.time_range.is_none() {
+        return Err(invalid(
+            "neither a datetime nor a start and end datetime".into(),
+        ));
     }
     let wkt = input
         .crs_wkt
@@ -233,6 +307,10 @@ pub fn scene_item(input: &ItemInput) -> Result<Value, StacError> {
         properties.insert(key.clone(), value.clone());
     }
     properties.insert("datetime".into(), json!(input.datetime));
+    if let Some((start, end)) = &input.time_range {
+        properties.insert("start_datetime".into(), json!(start));
+        properties.insert("end_datetime".into(), json!(end));
+    }
     properties.insert("proj:code".into(), json!(code));
     properties.insert("proj:wkt2".into(), json!(wkt2));
     properties.insert("proj:shape".into(), json!([input.height, input.width]));
@@ -246,6 +324,8 @@ pub fn scene_item(input: &ItemInput) -> Result<Value, StacError> {
     );
 
     let mut assets = Map::new();
+    let mut uses_raster = false;
+    let mut uses_classification = false;
     for asset in &input.assets {
         if asset.key.is_empty() {
             return Err(invalid(format!("asset {:?} has an empty key", asset.href)));
@@ -260,22 +340,58 @@ pub fn scene_item(input: &ItemInput) -> Result<Value, StacError> {
         if let Some(title) = &asset.title {
             a.insert("title".into(), json!(title));
         }
+        for (key, value) in &asset.fields {
+            if ["href", "type", "roles", "title"].contains(&key.as_str()) {
+                return Err(invalid(format!(
+                    "asset {:?}: field {key:?} is written by the item builder",
+                    asset.key
+                )));
+            }
+            uses_raster |= key.starts_with("raster:");
+            uses_classification |= key.starts_with("classification:")
+                || (key == "raster:bands"
+                    && value.as_array().is_some_and(|bands| {
+                        bands.iter().any(|b| {
+                            b.as_object()
+                                .is_some_and(|b| b.keys().any(|k| k.starts_with("classification:")))
+                        })
+                    }));
+            a.insert(key.clone(), value.clone());
+        }
         if assets.insert(asset.key.clone(), Value::Object(a)).is_some() {
             return Err(invalid(format!("duplicate asset key {:?}", asset.key)));
         }
     }
 
     let links: Vec<Value> = input
-        .source_href
+        .derived_from
         .iter()
-        .map(|href| json!({ "rel": "derived_from", "href": href }))
+        .map(|link| {
+            let mut l = Map::new();
+            l.insert("rel".into(), json!("derived_from"));
+            l.insert("href".into(), json!(link.href));
+            if let Some(t) = &link.media_type {
+                l.insert("type".into(), json!(t));
+            }
+            if let Some(t) = &link.title {
+                l.insert("title".into(), json!(t));
+            }
+            Value::Object(l)
+        })
         .collect();
+    let mut extensions = vec![PROJECTION_EXTENSION];
+    if uses_raster {
+        extensions.push(RASTER_EXTENSION);
+    }
+    if uses_classification {
+        extensions.push(CLASSIFICATION_EXTENSION);
+    }
 
     let coordinates: Vec<[f64; 2]> = ring.iter().map(|&(lon, lat)| [lon, lat]).collect();
     Ok(json!({
         "type": "Feature",
         "stac_version": STAC_VERSION,
-        "stac_extensions": [PROJECTION_EXTENSION],
+        "stac_extensions": extensions,
         "id": id,
         "geometry": { "type": "Polygon", "coordinates": [coordinates] },
         "bbox": bbox,
@@ -287,7 +403,7 @@ pub fn scene_item(input: &ItemInput) -> Result<Value, StacError> {
 
 /// `"AUTHORITY:CODE"` of the CRS (e.g. `"EPSG:32633"`): the root authority of the WKT, else
 /// the EPSG code GDAL identifies for it, else `None` (written as `null`).
-fn crs_code(wkt: &str, srs: &SpatialRef) -> Option<String> {
+pub(crate) fn crs_code(wkt: &str, srs: &SpatialRef) -> Option<String> {
     if let Ok(code) = srs.authority() {
         return Some(code);
     }
@@ -297,7 +413,7 @@ fn crs_code(wkt: &str, srs: &SpatialRef) -> Option<String> {
 }
 
 /// The CRS as single-line WKT2 (2019).
-fn export_wkt2(srs: &SpatialRef) -> Result<String, String> {
+pub(crate) fn export_wkt2(srs: &SpatialRef) -> Result<String, String> {
     let mut options = gdal::cpl::CslStringList::new();
     options
         .set_name_value("FORMAT", "WKT2_2019")
@@ -332,7 +448,7 @@ fn export_wkt2(srs: &SpatialRef) -> Result<String, String> {
 
 /// The closed, densified footprint ring in the scene CRS: [`POINTS_PER_EDGE`] points per edge
 /// clockwise in pixel space from the top-left corner, then the first point again.
-fn footprint_ring(gt: &GeoTransform, w: f64, h: f64) -> Vec<(f64, f64)> {
+pub(crate) fn footprint_ring(gt: &GeoTransform, w: f64, h: f64) -> Vec<(f64, f64)> {
     let corners = [(0.0, 0.0), (w, 0.0), (w, h), (0.0, h)];
     let mut ring = Vec::with_capacity(4 * POINTS_PER_EDGE + 1);
     for i in 0..4 {
@@ -466,6 +582,65 @@ pub fn is_rfc3339_utc(s: &str) -> bool {
         && sec <= 60
 }
 
+/// An RFC 3339 timestamp with any UTC offset (`2024-06-01T12:20:30.5+02:00`) as the same
+/// instant in UTC (`2024-06-01T10:20:30.5Z`); UTC ones are returned as they are. `None` for
+/// anything else (a date alone, no offset, out-of-range fields).
+pub fn to_rfc3339_utc(s: &str) -> Option<String> {
+    if is_rfc3339_utc(s) {
+        return Some(s.to_string());
+    }
+    let (local, sign, off) = match s
+        .len()
+        .checked_sub(6)
+        .and_then(|i| s.get(i..).map(|o| (i, o)))
+    {
+        Some((i, o)) if (o.starts_with('+') || o.starts_with('-')) && o.as_bytes()[3] == b':' => {
+            (&s[..i], if o.starts_with('-') { -1 } else { 1 }, &o[1..])
+        }
+        _ => return None,
+    };
+    let (oh, om) = off.split_once(':')?;
+    let digits = |t: &str| -> Option<i64> {
+        (t.len() == 2 && t.bytes().all(|c| c.is_ascii_digit()))
+            .then(|| t.parse().ok())
+            .flatten()
+    };
+    let (oh, om) = (digits(oh)?, digits(om)?);
+    if oh > 23 || om > 59 {
+        return None;
+    }
+    // Checks the local part's form through the UTC check.
+    let as_utc = format!("{local}Z");
+    if !is_rfc3339_utc(&as_utc) {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> i64 { local[r].parse().unwrap_or(0) };
+    let (y, mo, d) = (num(0..4), num(5..7) as u32, num(8..10) as u32);
+    let (h, mi, sec) = (num(11..13), num(14..16), num(17..19));
+    let frac = &local[19..];
+    let days = days_from_civil(y, mo, d);
+    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - sign * (oh * 3600 + om * 60);
+    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
+    let rem = secs.rem_euclid(86_400);
+    Some(format!(
+        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}{frac}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    ))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = i64::from(if m > 2 { m - 3 } else { m + 9 });
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// `time` as an RFC 3339 UTC timestamp with whole seconds, e.g. `2024-05-01T10:20:30Z`
 /// (for `created`/`updated` properties). Times before 1970 give the epoch.
 pub fn rfc3339_utc(time: SystemTime) -> String {
@@ -514,10 +689,15 @@ mod tests {
             height: h,
             geotransform: GeoTransform(gt),
             crs_wkt: wkt,
-            datetime: "2024-06-01T10:20:30Z".into(),
+            datetime: Some("2024-06-01T10:20:30Z".into()),
+            time_range: None,
             properties: Map::new(),
             assets: vec![asset_for("classes".into(), "classes.tif".into())],
-            source_href: Some("../scenes/scene-1.tif".into()),
+            derived_from: Some(Link {
+                href: "../scenes/scene-1.tif".into(),
+                media_type: None,
+                title: None,
+            }),
         }
     }
 
@@ -810,7 +990,7 @@ mod tests {
         let wkt = utm33n_wkt();
         let gt = [500_000.0, 10.0, 0.0, 5_000_000.0, 0.0, -10.0];
         let mut inp = input(Some(&wkt), gt, 10, 10);
-        inp.datetime = "2024-06-01 10:20:30".into();
+        inp.datetime = Some("2024-06-01 10:20:30".into());
         assert!(matches!(
             scene_item(&inp).unwrap_err(),
             StacError::Datetime { .. }
@@ -849,7 +1029,7 @@ mod tests {
         let mut a = asset_for("polygons".into(), "polygons.gpkg".into());
         a.title = Some("Segments".into());
         inp.assets.push(a);
-        inp.source_href = None;
+        inp.derived_from = None;
         let one = serde_json::to_string(&scene_item(&inp).unwrap()).unwrap();
         let two = serde_json::to_string(&scene_item(&inp.clone()).unwrap()).unwrap();
         assert_eq!(one, two);
@@ -872,8 +1052,21 @@ mod tests {
             ("p.dbf", "application/vnd.dbf", "data"),
             ("p.prj", "text/plain", "metadata"),
             ("p.cpg", "text/plain", "metadata"),
+            ("c/classes.tif.aux.xml", "application/xml", "metadata"),
+            ("c/classes.QML", "application/xml", "metadata"),
+            ("c/classes.tfw", "text/plain", "metadata"),
+            ("c/classes.wld", "text/plain", "metadata"),
+            (
+                "c/classes.tif.ovr",
+                "image/tiff; application=geotiff",
+                "metadata",
+            ),
+            ("style.sld", "application/vnd.ogc.sld+xml", "metadata"),
+            ("p.qix", "application/octet-stream", "metadata"),
+            ("notes.xml", "application/octet-stream", "data"),
             ("captions.jsonl", "application/x-ndjson", "data"),
             ("captions.csv", "text/csv", "data"),
+            ("report.html", "text/html", "metadata"),
             ("run.json", "application/json", "metadata"),
             ("t.parquet", "application/vnd.apache.parquet", "data"),
             ("q.png", "image/png", "data"),
@@ -921,5 +1114,82 @@ mod tests {
         let t = UNIX_EPOCH + std::time::Duration::from_secs(951_782_400);
         assert_eq!(rfc3339_utc(t), "2000-02-29T00:00:00Z");
         assert!(is_rfc3339_utc(&rfc3339_utc(SystemTime::now())));
+    }
+
+    #[test]
+    fn offsets_are_converted_to_utc() {
+        // References: `date -u -d '2024-06-01T01:20:30-09:30' +%FT%TZ` (GNU coreutils).
+        let cases = [
+            ("2024-06-01T12:20:30+02:00", "2024-06-01T10:20:30Z"),
+            ("2024-06-01T12:20:30.25+02:00", "2024-06-01T10:20:30.25Z"),
+            ("2024-06-01T01:20:30-09:30", "2024-06-01T10:50:30Z"),
+            ("2024-03-01T00:30:00+01:00", "2024-02-29T23:30:00Z"),
+            ("2023-12-31T20:00:00-05:00", "2024-01-01T01:00:00Z"),
+            ("2024-06-01T10:20:30Z", "2024-06-01T10:20:30Z"),
+        ];
+        for (given, utc) in cases {
+            assert_eq!(to_rfc3339_utc(given).as_deref(), Some(utc), "{given}");
+        }
+        for bad in [
+            "2024-06-01",
+            "2024-06-01T10:20:30",
+            "2024-06-01T10:20:30+2:00",
+            "x",
+        ] {
+            assert_eq!(to_rfc3339_utc(bad), None, "{bad}");
+        }
+        for days in [-800_000, -1, 0, 59, 11_016, 19_875, 2_000_000] {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days);
+        }
+    }
+
+    #[test]
+    fn time_ranges_and_asset_fields_declare_their_extensions() {
+        let wkt = utm33n_wkt();
+        let gt = [500_000.0, 10.0, 0.0, 5_000_000.0, 0.0, -10.0];
+        let mut inp = input(Some(&wkt), gt, 10, 10);
+        inp.datetime = None;
+        inp.time_range = Some(("2024-06-01T00:00:00Z".into(), "2024-06-30T23:59:59Z".into()));
+        let item = scene_item(&inp).unwrap();
+        assert_eq!(item["properties"]["datetime"], Value::Null);
+        assert_eq!(
+            item["properties"]["start_datetime"],
+            json!("2024-06-01T00:00:00Z")
+        );
+        assert_eq!(
+            item["properties"]["end_datetime"],
+            json!("2024-06-30T23:59:59Z")
+        );
+        assert_eq!(item["stac_extensions"], json!([PROJECTION_EXTENSION]));
+        inp.time_range = None;
+        assert!(scene_item(&inp)
+            .unwrap_err()
+            .to_string()
+            .contains("neither a datetime"));
+
+        let mut inp = input(Some(&wkt), gt, 10, 10);
+        inp.assets[0].fields.insert(
+            "raster:bands".into(),
+            json!([{ "data_type": "uint8", "classification:classes": [{ "value": 0, "name": "a" }] }]),
+        );
+        let item = scene_item(&inp).unwrap();
+        assert_eq!(
+            item["stac_extensions"],
+            json!([
+                PROJECTION_EXTENSION,
+                RASTER_EXTENSION,
+                CLASSIFICATION_EXTENSION
+            ])
+        );
+        assert_eq!(
+            item["assets"]["classes"]["raster:bands"][0]["data_type"],
+            json!("uint8")
+        );
+        inp.assets[0].fields.insert("href".into(), json!("x"));
+        assert!(scene_item(&inp)
+            .unwrap_err()
+            .to_string()
+            .contains("\"href\""));
     }
 }

@@ -68,8 +68,10 @@ pub enum Command {
     Eval(EvalArgs),
     /// Run a pipeline file (pipelines/*.toml) over many scenes: files, folders, globs, @lists
     /// of paths or STAC Items. Scenes run in parallel, each into OUT/<scene>/ (written under a
-    /// temporary name, renamed when complete, with record.json and a STAC item.json); scenes
-    /// already complete with the same inputs, pipeline and models are skipped.
+    /// temporary name, renamed when complete, with record.json and a STAC item.json: every
+    /// output as an asset with its grid, bands and class legend, times and a derived_from
+    /// link from the input Item); scenes already complete with the same inputs, pipeline and
+    /// models are skipped.
     Run(RunArgs),
     /// One ingestion pass over a folder (for cron or a systemd timer): new or changed scenes
     /// are run through a pipeline once, with status, attempts, timings and errors kept in a

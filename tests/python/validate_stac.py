@@ -6,7 +6,8 @@ Usage: validate_stac.py [--schemas DIR] ITEM.json [ITEM.json ...]
 For each item:
   1. stac-validator (the `stac_validator` module of the pinned `stac-valid` package) checks it
      against the core Item schema and every schema listed in `stac_extensions`. Every schema
-     URL, including the `$ref`s inside schemas, is resolved through
+     URL (the Projection, Raster and Classification extensions tessera declares among them),
+     including the `$ref`s inside schemas, is resolved through
      tests/stac-schemas/schema-map.json to the local copies in tests/stac-schemas/. The network
      is switched off for this process, so an unmapped schema fails at once with its URL
      instead of being fetched.

@@ -30,8 +30,14 @@ for name in ["item", "common", "basics", "bands", "datetime", "data-values",
 for name in ["Feature", "Geometry"]:
     files[f"geojson/{name}.json"] = (
         pystac, f"pystac/validation/jsonschemas/geojson/{name}.json")
-files["projection/v2.0.0/schema.json"] = (
-    wheel("eopf"), "eopf/product/stac_extensions/extensions/projection_v2.0.0.json")
+eopf = wheel("eopf")
+extensions = {"projection": "v2.0.0", "raster": "v1.1.0", "classification": "v2.0.0"}
+for name, version in extensions.items():
+    files[f"{name}/{version}/schema.json"] = (
+        eopf, f"eopf/product/stac_extensions/extensions/{name}_{version}.json")
+# The Apache-2.0 licence text the schemas are distributed under (the eopf wheel's; the
+# pystac-core wheel ships none, its metadata names Apache-2.0 too).
+files["LICENSE"] = (eopf, "eopf-2.8.1.dist-info/licenses/LICENSE")
 
 for rel, (z, member) in files.items():
     dst = os.path.join(here, rel)
@@ -45,10 +51,18 @@ base = "https://schemas.stacspec.org/v1.1.0/item-spec/json-schema"
 schema_map = {f"{base}/{os.path.basename(rel)}": rel for rel in files if rel.startswith(core)}
 schema_map["https://geojson.org/schema/Feature.json"] = "geojson/Feature.json"
 schema_map["https://geojson.org/schema/Geometry.json"] = "geojson/Geometry.json"
-schema_map["https://stac-extensions.github.io/projection/v2.0.0/schema.json"] = (
-    "projection/v2.0.0/schema.json")
+for name, version in extensions.items():
+    schema_map[f"https://stac-extensions.github.io/{name}/{version}/schema.json"] = (
+        f"{name}/{version}/schema.json")
 with open(os.path.join(here, "schema-map.json"), "w") as f:
     json.dump({"schemas": dict(sorted(schema_map.items()))}, f, indent=2)
     f.write("\n")
+
+# The sha256 of every file taken from the wheels, checked by `sha256sum -c SHA256SUMS`.
+import hashlib
+with open(os.path.join(here, "SHA256SUMS"), "w") as f:
+    for rel in sorted(files):
+        with open(os.path.join(here, rel), "rb") as src:
+            f.write(f"{hashlib.sha256(src.read()).hexdigest()}  {rel}\n")
 print(f"wrote {len(files)} schemas and schema-map.json to {here}")
 PY
