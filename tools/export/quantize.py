@@ -538,8 +538,11 @@ def agree_decoder(fp32: Package, quant: Package, names, pixels) -> dict:
 # --------------------------------------------------------------------------------------
 
 
-def _sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))
+def _sigmoid32(x):
+    """``1 / (1 + exp(-x))`` in float32, as tessera computes it: large logits saturate to 1.0
+    and tie (the first prompt then wins, as in the stitcher), which float64 would not."""
+    with np.errstate(over="ignore"):
+        return (np.float32(1) / (np.float32(1) + np.exp(-np.asarray(x, np.float32)))).astype(np.float32)
 
 
 def upsample(a: np.ndarray, oh: int, ow: int) -> np.ndarray:
@@ -570,6 +573,8 @@ def prompt_tokens(pkg: Package, prompts: list[str]) -> tuple[np.ndarray, np.ndar
 
     t = pkg.m["tokenizer"]
     tok = Tokenizer.from_file(str(pkg.root / t["file"]))
+    tok.no_padding()  # tessera pads itself (a tokenizer.json may pad to max_length)
+    tok.no_truncation()
     L = int(t["context_length"])
     ids = np.full((len(prompts), L), int(t["pad_token_id"]), np.int64)
     mask = np.zeros((len(prompts), L), np.int64)
@@ -618,7 +623,7 @@ class Segmenter:
                 feeds[self.m["prompted"]["attention_mask"]] = self.mask
             raw = self.g.run([md["output"]], feeds)[0]
             raw = raw.reshape(n, raw.shape[-2], raw.shape[-1])
-            p = _sigmoid(upsample(raw, S, S)).astype(np.float32)
+            p = _sigmoid32(upsample(raw, S, S))
             return np.concatenate([np.zeros((1, S, S), np.float32), p])
         raw = self.g.run([md["output"]], {md["input"]: px[None]})[0][0]
         raw = upsample(raw, S, S)
