@@ -957,7 +957,7 @@ class CrossDecoder:
         first, seq, out, last = logits.copy(), list(start), [], len(start) - 1
         for _ in range(gen["max_new_tokens"]):
             sc = V.process(logits, [seq], [0], gen, len(start), self.eos)
-            nxt = int(sc[0].argmax())
+            nxt = next_token(sc[0], gen, len(start), len(out))
             seq.append(nxt)
             out.append(nxt)
             if nxt == self.eos:
@@ -970,10 +970,21 @@ class CrossDecoder:
 
 
 def generation_settings(pkg: Package) -> dict:
-    gen = dict(max_new_tokens=20, num_beams=1, repetition_penalty=1.0, min_new_tokens=0, no_repeat_ngram_size=0)
+    gen = dict(max_new_tokens=20, num_beams=1, repetition_penalty=1.0, min_new_tokens=0, no_repeat_ngram_size=0,
+               forced_bos_token_id=None, forced_eos_token_id=None)
     gen.update({k: v for k, v in pkg.m.get("generation", {}).items() if k in gen})
     gen["num_beams"] = 1
     return gen
+
+
+def next_token(scores: np.ndarray, gen: dict, start_len: int, generated: int) -> int:
+    """Greedy choice after the processors (``generation::logits::process``): the forced first
+    token of a one-token start (encoder-decoders), the forced last token at max_new_tokens."""
+    if gen.get("forced_bos_token_id") is not None and start_len + generated == 1:
+        return int(gen["forced_bos_token_id"])
+    if gen.get("forced_eos_token_id") is not None and generated + 1 == gen["max_new_tokens"]:
+        return int(gen["forced_eos_token_id"])
+    return int(scores.argmax())
 
 
 def tokens_agreement(names, prompt, gen, toks_a, toks_b, firsts_a, firsts_b) -> dict:
@@ -1092,7 +1103,7 @@ class PrefixDecoder:
         first, seq, out = logits.copy(), list(ids), []
         for _ in range(gen["max_new_tokens"]):
             sc = V.process(logits, [seq], [0], gen, P, self.v.eos)
-            nxt = int(sc[0].argmax())
+            nxt = next_token(sc[0], gen, P, len(out))
             seq.append(nxt)
             out.append(nxt)
             if nxt == self.v.eos:
