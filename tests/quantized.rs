@@ -540,26 +540,32 @@ fn matched(a: &[PixelBox], b: &[PixelBox]) -> usize {
 
 /// OWLv2 with int8 weights: tessera's boxes of each reference image (batch 1, the recorded
 /// queries) equal quantize.py's for the variant and for fp32 (class; score within 1e-3, corners
-/// within 0.05 px of the 64 px input), and the matched boxes (IoU >= 0.5, same class) at the
+/// within 0.05 px of the input), and the matched boxes (IoU >= 0.5, same class) at the
 /// manifest's confidence and at the fp32 median score are the numbers it reported.
 #[test]
 fn int8_detector_reproduces_the_recorded_boxes_and_box_agreement() {
-    let (name, fp32) = ("owlv2-tiny-int8", "owlv2-tiny");
-    let q = quantization(name);
+    detector_reproduces_the_recorded_boxes(&package("owlv2-tiny-int8"), "owlv2-tiny");
+}
+
+fn detector_reproduces_the_recorded_boxes(variant: &Path, fp32: &str) {
+    let name = variant.file_name().expect("name").to_str().expect("utf-8");
+    let q: Value = serde_json::from_str(
+        &std::fs::read_to_string(variant.join("quantization.json")).expect("quantization"),
+    )
+    .expect("json");
     let a = &q["agreement"];
     let prompts = common::reference::strings(&a["prompts"]);
     let confidence = num(&a["confidence"]) as f32;
     let median = num(&a["at_fp32_median_score"]["confidence"]) as f32;
     let rt = Runtime::load(None).expect("ONNX Runtime (run `make setup`)");
-    let load = |p: &str| {
-        let mut m =
-            DetectorModel::load(rt, &package(p), &SessionOptions::default()).expect("model");
+    let load = |p: &Path| {
+        let mut m = DetectorModel::load(rt, p, &SessionOptions::default()).expect("model");
         m.set_queries(&prompts).expect("queries");
         m
     };
-    let (mut mq, mut mf) = (load(name), load(fp32));
+    let (mut mq, mut mf) = (load(variant), load(&package(fp32)));
     let n = a["images"].as_array().expect("images").len();
-    let px = reference_pixels(fp32, n, 64, &mf.normalizer());
+    let px = reference_pixels(fp32, n, mf.input_size(), &mf.normalizer());
     let (mut all, mut above, mut score_diff) = (0, 0, 0f32);
     for i in 0..n {
         let x = px.slice(ndarray::s![i..i + 1, .., .., ..]);

@@ -145,8 +145,8 @@ class Package:
             fmt = self.m.get("detection", {}).get("format")
             raise QuantizeError(
                 f"{mpath}: detection format {fmt!r}: the agreement check runs the open-vocabulary "
-                f"formats {', '.join(OPEN_VOCAB_BOXES)} only (grid decoders and Grounding DINO's "
-                "token spans are not ported to it)")
+                f"formats {', '.join(OPEN_VOCAB_BOXES)} only (the grid decoders of the YOLO formats "
+                "are not ported to it)")
         for sec, g in self.graphs().items():
             if not (root / g).is_file():
                 raise QuantizeError(f"{mpath}: [{sec}] onnx = {g!r}: no such file")
@@ -362,7 +362,11 @@ def calibration_feeds(pkg: Package, pixels: np.ndarray) -> list[dict]:
         if "prompted" not in m:
             return [{md["input"]: p[None]} for p in pixels]
         pr = m["prompted"]
-        ids, mask = prompt_tokens(pkg, package_prompts(pkg))
+        if m.get("detection", {}).get("format") == "grounding-dino":
+            ids = grounding_tokens(pkg, package_prompts(pkg))[0]
+            mask = np.ones_like(ids)
+        else:
+            ids, mask = prompt_tokens(pkg, package_prompts(pkg))
         rows = len(ids) if fam == "segmenter" else 1  # CLIPSeg: one row per (tile, prompt)
         feeds = []
         for p in pixels:
@@ -678,7 +682,7 @@ def agree_segmenter(fp32: Package, quant: Package, names, pixels) -> dict:
     }
 
 
-OPEN_VOCAB_BOXES = ("owlv2", "owlvit")
+OPEN_VOCAB_BOXES = ("owlv2", "owlvit", "grounding-dino")
 
 
 class Detector:
@@ -689,9 +693,42 @@ class Detector:
         self.pkg, self.m = pkg, pkg.m
         self.g = pkg.session(self.m["model"]["onnx"])
         self.confidence = float(self.m["detection"]["confidence"])
-        self.ids, self.mask = prompt_tokens(pkg, prompts)
+        self.grounded = self.m["detection"]["format"] == "grounding-dino"
+        if self.grounded:
+            self.ids, self.token_query = grounding_tokens(pkg, prompts)
+            self.mask = np.ones_like(self.ids)
+        else:
+            self.ids, self.mask = prompt_tokens(pkg, prompts)
+
+    def detect_grounded(self, px: np.ndarray) -> list[dict]:
+        """``detect_grounded``: per query, score = max over the text positions of the float32
+        sigmoid, kept above the confidence; class = the prompt of the most probable token."""
+        md, pr = self.m["model"], self.m["prompted"]
+        feeds = {md["input"]: px[None], pr["input_ids"]: self.ids}
+        if pr.get("attention_mask"):
+            feeds[pr["attention_mask"]] = self.mask
+        logits, boxes = self.g.run([md["output"], pr["boxes"]], feeds)
+        S = np.float32(px.shape[-1])
+        out = []
+        for q in range(logits.shape[1]):
+            probs = _sigmoid32(logits[0, q])
+            score = float(probs.max())
+            if not score > self.confidence:
+                continue
+            cls, best = 0, -np.inf
+            for k, query in enumerate(self.token_query):
+                if query is not None and probs[k] > best:
+                    cls, best = query, probs[k]
+            cx, cy, w, h = boxes[0, q]
+            x0, y0 = np.clip((cx - w / 2) * S, 0, S), np.clip((cy - h / 2) * S, 0, S)
+            x1, y1 = np.clip((cx + w / 2) * S, 0, S), np.clip((cy + h / 2) * S, 0, S)
+            if x1 > x0 and y1 > y0:
+                out.append({"class": int(cls), "score": score, "box": [float(x0), float(y0), float(x1), float(y1)]})
+        return sorted(out, key=lambda d: -d["score"])
 
     def detect(self, px: np.ndarray) -> list[dict]:
+        if self.grounded:
+            return self.detect_grounded(px)
         md, pr = self.m["model"], self.m["prompted"]
         feeds = {md["input"]: px[None], pr["input_ids"]: self.ids}
         if pr.get("attention_mask"):
@@ -710,6 +747,31 @@ class Detector:
             if x1 > x0 and y1 > y0:
                 out.append({"class": k, "score": score, "box": [float(x0), float(y0), float(x1), float(y1)]})
         return sorted(out, key=lambda d: -d["score"])
+
+
+def grounding_tokens(pkg: Package, prompts: list[str]):
+    """``grounding_text`` + ``set_queries`` of a Grounding DINO package: the prompts lower-cased,
+    joined by ". " with a final "."; the ids [1, T] and each token's prompt (None for special
+    tokens and the separators)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(pkg.root / pkg.m["tokenizer"]["file"]))
+    tok.no_padding()
+    tok.no_truncation()
+    text, spans = "", []
+    for i, p in enumerate(prompts):
+        if i:
+            text += ". "
+        p = p.strip().lower()
+        spans.append((len(text.encode()), len(text.encode()) + len(p.encode())))
+        text += p
+    text += "."
+    enc = tok.encode(text, add_special_tokens=True)
+    query = []
+    for (a, b), special in zip(enc.offsets, enc.special_tokens_mask):
+        hit = [i for i, (s0, s1) in enumerate(spans) if a >= s0 and b <= s1] if not special and b > a else []
+        query.append(hit[0] if hit else None)
+    return np.asarray([enc.ids], np.int64), query
 
 
 def box_iou(a, b) -> float:

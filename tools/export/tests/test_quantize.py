@@ -17,7 +17,7 @@ Cases:
 * a package whose graphs keep their weights in external data files (as exports over 2 GB do)
   converts with its data files rewritten, to the same tokens;
 * exit status 1 and one stderr line naming the cause for: --int8 static without --calibrate,
-  --int4 on a dual encoder or a segmenter, a Grounding DINO package, a graph without weights
+  --int4 on a dual encoder or a segmenter, a YOLO-format detector, a graph without weights
   (an oracle), an already quantised package,
   an existing --out, a scene that is not a raster; no output folder left behind.
 
@@ -104,7 +104,8 @@ def main() -> int:
 
         scene = ROOT / "sample_data/sentinel2_rgbn_10m.tif"
         for src, graph in [("blip-tiny", "encoder.onnx"), ("clipseg-tiny", "model.onnx"),
-                           ("owlv2-tiny", "model.onnx"), ("sam-tiny", "image_encoder.onnx")]:
+                           ("owlv2-tiny", "model.onnx"), ("grounding-dino-tiny", "model.onnx"),
+                           ("sam-tiny", "image_encoder.onnx")]:
             out = t / f"{src}-static"
             r = quantize(MODELS / src, "--out", out, "--calibrate", scene, "--calibration-tiles", "4")
             check(r.returncode == 0, f"{src} --int8 static exits 0 {r.stderr[-300:] if r.returncode else ''}")
@@ -135,7 +136,7 @@ def main() -> int:
             ([MODELS / "siglip-tiny", "--out", t / "a", "--int8", "static"], "needs --calibrate SCENE"),
             ([MODELS / "siglip-tiny", "--out", t / "b", "--int4"], "has none"),
             ([MODELS / "clipseg-tiny", "--out", t / "c", "--int4"], "a 'segmenter' package has none"),
-            ([MODELS / "grounding-dino-tiny", "--out", t / "f"], "detection format 'grounding-dino'"),
+            ([MODELS / "oracles/det-grid-v8", "--out", t / "f"], "detection format 'yolov8'"),
             ([MODELS / "oracles/seg-threshold", "--out", t / "g"], "int8 would change nothing"),
             ([MODELS / "siglip-tiny-int8", "--out", t / "d"], "precision is already 'int8-dynamic'"),
             ([MODELS / "siglip-tiny", "--out", t / "siglip-tiny-int8"], "already exists"),
