@@ -10,15 +10,17 @@ No torch: onnx, onnxruntime (``onnxruntime.quantization``), numpy, tokenizers an
 
 * ``--int8 dynamic`` (the default): ``quantize_dynamic`` on every graph, MatMul and Gemm weights
   as int8 (per tensor), activations quantised at run time per batch (``int8-dynamic``);
-* ``--int8 static`` (needs ``--calibrate SCENE``): the image graph (the one tessera feeds tiles)
+* ``--int8 static`` (needs ``--calibrate SCENE``): the image graph (the one tessera feeds tiles:
+  ``IMAGE_GRAPH``, its other inputs fed as tessera builds them)
   as a QDQ graph (``quantize_static``: int8 weights per channel, uint8 activations whose scales
   are calibrated (MinMax) on tiles read from SCENE and preprocessed as the manifest says); the
   other graphs, whose inputs are not tiles, get the dynamic int8 of ``--int8 dynamic``
   (``int8-static``);
 * ``--int4``: ONNX Runtime's 4-bit weight-only ``MatMulNBits`` (``MatMulNBitsQuantizer``, block
   size 32, symmetric, accuracy level 4: int8 activations inside the kernel) on the
-  language-model graphs of a captioning package (the decoder step graph; the token-embedding
-  Gather stays float32) (``int4``).
+  language-model graphs of a captioning package (the decoder step graph, and the cross
+  keys/values graph of a cross-attention decoder; the token-embedding Gather stays float32)
+  (``int4``).
 
 The manifest gets ``precision = "..."`` (read by tessera: ``models check`` prints it) and
 ``quantization.json`` records, per graph, its precision, the method and both sizes, and the
@@ -31,10 +33,18 @@ the package's reference images (``reference/images_u8.bin``, else eight seeded s
   0.01) and the per-image scores of both (what the Rust tests compare tessera with);
 * image-text decoders: first-step logits max abs diff, first-token and whole-caption agreement
   of greedy decoding (the manifest's generation settings, the empty prompt), the fp32 top-2
-  logit margin of each first token (how near a tie it was) and the tokens of both.
+  logit margin of each first token (how near a tie it was) and the tokens of both;
+* cross-attention decoders and the image-text decoders with a prefix mask, M-RoPE positions or
+  a Q-Former prompt: the same tokens measures, with their own runners (``CrossDecoder``,
+  ``PrefixDecoder``);
+* segmenters: pixel agreement of the class maps, class IoU, probabilities max abs diff;
+* detectors: boxes matched by class and IoU >= 0.5 (at the manifest's confidence and at the
+  fp32 median score);
+* promptable segmenters: mask IoU and IoU scores of six box prompts per tile.
 
-Other families (cross-attention decoders, segmenters, detectors) are refused: their agreement
-check is not written yet.  The package is written under NEW.partial and renamed at the end; the
+tools/export/README.md, "Quantised variants", lists every family's runner.  A graph without
+weights (nothing to quantise) and ``--int4`` without a language-model graph are refused with one
+line.  The package is written under NEW.partial and renamed at the end; the
 fp32 package's ``reference/`` (PyTorch outputs the variant does not reproduce) is not copied.
 """
 
@@ -141,12 +151,10 @@ class Package:
         if self.family not in FAMILIES:
             raise QuantizeError(
                 f"{mpath}: family {self.family!r}: quantize.py knows {', '.join(FAMILIES)}")
-        if self.family == "detector" and self.m.get("detection", {}).get("format") not in OPEN_VOCAB_BOXES:
-            fmt = self.m.get("detection", {}).get("format")
-            raise QuantizeError(
-                f"{mpath}: detection format {fmt!r}: the agreement check runs the open-vocabulary "
-                f"formats {', '.join(OPEN_VOCAB_BOXES)} only (the grid decoders of the YOLO formats "
-                "are not ported to it)")
+        fmt = str(self.m.get("detection", {}).get("format", "")).strip().lower()
+        if self.family == "detector" and fmt not in OPEN_VOCAB_BOXES + GRID_BOXES:
+            raise QuantizeError(f"{mpath}: detection format {fmt!r}: the agreement check decodes "
+                                f"{', '.join(OPEN_VOCAB_BOXES + GRID_BOXES)}")
         for sec, g in self.graphs().items():
             if not (root / g).is_file():
                 raise QuantizeError(f"{mpath}: [{sec}] onnx = {g!r}: no such file")
@@ -360,7 +368,9 @@ def calibration_feeds(pkg: Package, pixels: np.ndarray) -> list[dict]:
     if fam in ("segmenter", "detector"):
         md = m["model"]
         if "prompted" not in m:
-            return [{md["input"]: p[None]} for p in pixels]
+            b = fixed_batch(pkg.session(md["onnx"]))
+            return [{md["input"]: np.concatenate([p[None], np.zeros((b - 1, *p.shape), np.float32)])}
+                    for p in pixels]
         pr = m["prompted"]
         if m.get("detection", {}).get("format") == "grounding-dino":
             ids = grounding_tokens(pkg, package_prompts(pkg))[0]
@@ -629,7 +639,9 @@ class Segmenter:
             raw = raw.reshape(n, raw.shape[-2], raw.shape[-1])
             p = _sigmoid32(upsample(raw, S, S))
             return np.concatenate([np.zeros((1, S, S), np.float32), p])
-        raw = self.g.run([md["output"]], {md["input"]: px[None]})[0][0]
+        x = np.zeros((fixed_batch(self.g), *px.shape), np.float32)  # a fixed batch is padded
+        x[0] = px
+        raw = self.g.run([md["output"]], {md["input"]: x})[0][0]
         raw = upsample(raw, S, S)
         if self.fmt == "logits":
             z = raw.astype(np.float64) - raw.max(axis=0, keepdims=True)
@@ -683,18 +695,22 @@ def agree_segmenter(fp32: Package, quant: Package, names, pixels) -> dict:
 
 
 OPEN_VOCAB_BOXES = ("owlv2", "owlvit", "grounding-dino")
+GRID_BOXES = ("yolov8", "yolo11", "yolov11", "yolov5", "yolov7", "yolox", "yolox-decoded")
 
 
 class Detector:
     """tessera's ``DetectorModel::detect`` of an OWL-ViT / OWLv2 package on one tile: per patch
     the best query's sigmoid score, kept above the confidence, boxes in input pixels (clipped)."""
 
-    def __init__(self, pkg: Package, prompts: list[str]):
+    def __init__(self, pkg: Package, prompts: list[str] | None):
         self.pkg, self.m = pkg, pkg.m
         self.g = pkg.session(self.m["model"]["onnx"])
         self.confidence = float(self.m["detection"]["confidence"])
-        self.grounded = self.m["detection"]["format"] == "grounding-dino"
-        if self.grounded:
+        self.format = str(self.m["detection"]["format"]).strip().lower()
+        self.grounded = self.format == "grounding-dino"
+        if self.format in GRID_BOXES:
+            self.batch = fixed_batch(self.g)
+        elif self.grounded:
             self.ids, self.token_query = grounding_tokens(pkg, prompts)
             self.mask = np.ones_like(self.ids)
         else:
@@ -726,7 +742,57 @@ class Detector:
                 out.append({"class": int(cls), "score": score, "box": [float(x0), float(y0), float(x1), float(y1)]})
         return sorted(out, key=lambda d: -d["score"])
 
+    def detect_grid(self, px: np.ndarray) -> list[dict]:
+        """``detection::decode`` of a YOLO-style output: each candidate's best class, score (times
+        the objectness for v5 / YOLOX) at or above the confidence, YOLOX grid cells decoded,
+        boxes clipped; best first, equal scores in output order. A graph of fixed batch size gets
+        the tile padded with zero tiles, as tessera pads its last chunk."""
+        md, det = self.m["model"], self.m["detection"]
+        x = np.zeros((self.batch, *px.shape), np.float32)
+        x[0] = px
+        out = self.g.run([md["output"]], {md["input"]: x})[0][0]
+        C, S = len(det["classes"]), px.shape[-1]
+        W = H = np.float32(S)
+        found = []
+
+        def push(i, cls, score, cx, cy, w, h):
+            if not all(np.isfinite(v) for v in (cx, cy, w, h)):
+                return
+            x0, y0 = np.clip(cx - w / 2, 0, W), np.clip(cy - h / 2, 0, H)
+            x1, y1 = np.clip(cx + w / 2, 0, W), np.clip(cy + h / 2, 0, H)
+            if x1 > x0 and y1 > y0:
+                found.append((i, {"class": int(cls), "score": float(score),
+                                  "box": [float(x0), float(y0), float(x1), float(y1)]}))
+
+        if self.format in ("yolov8", "yolo11", "yolov11"):
+            for i in range(out.shape[1]):
+                col = out[:, i]
+                k = int(np.argmax(col[4:4 + C]))
+                if col[4 + k] >= self.confidence:
+                    push(i, k, col[4 + k], *col[:4])
+        else:
+            cells = None
+            if self.format == "yolox" and not det.get("decoded", False):
+                cells = [(gx, gy, st) for st in det.get("strides") or [8, 16, 32]
+                         for gy in range(-(-S // st)) for gx in range(-(-S // st))]
+            for i, row in enumerate(out):
+                k = int(np.argmax(row[5:5 + C]))
+                score = np.float32(row[4] * row[5 + k])
+                if not score >= self.confidence:
+                    continue
+                if cells:
+                    gx, gy, st = cells[i]
+                    cx, cy = (row[0] + gx) * st, (row[1] + gy) * st
+                    w, h = np.exp(row[2]) * st, np.exp(row[3]) * st
+                else:
+                    cx, cy, w, h = row[:4]
+                push(i, k, score, np.float32(cx), np.float32(cy), np.float32(w), np.float32(h))
+        found.sort(key=lambda t: (-t[1]["score"], t[0]))
+        return [b for _, b in found[:10_000]]
+
     def detect(self, px: np.ndarray) -> list[dict]:
+        if self.format in GRID_BOXES:
+            return self.detect_grid(px)
         if self.grounded:
             return self.detect_grounded(px)
         md, pr = self.m["model"], self.m["prompted"]
@@ -800,8 +866,14 @@ def match_boxes(fa: list[dict], fb: list[dict], thr: float = 0.5) -> list[float]
     return ious
 
 
+def fixed_batch(session) -> int:
+    """The image input's batch size when the graph fixes it (tessera pads to it), else 1."""
+    d = session.get_inputs()[0].shape[0]
+    return d if isinstance(d, int) and d > 1 else 1
+
+
 def agree_detector(fp32: Package, quant: Package, names, pixels) -> dict:
-    prompts = package_prompts(fp32)
+    prompts = package_prompts(fp32) if "prompted" in fp32.m else None
     a, b = Detector(fp32, prompts), Detector(quant, prompts)
     boxes_a, boxes_b, matched, na, nb, top_same, top_iou = [], [], [], 0, 0, [], []
     for px in pixels:

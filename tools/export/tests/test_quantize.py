@@ -17,7 +17,7 @@ Cases:
 * a package whose graphs keep their weights in external data files (as exports over 2 GB do)
   converts with its data files rewritten, to the same tokens;
 * exit status 1 and one stderr line naming the cause for: --int8 static without --calibrate,
-  --int4 on a dual encoder or a segmenter, a YOLO-format detector, a graph without weights
+  --int4 on a dual encoder or a segmenter, a YOLO-format oracle, a graph without weights
   (an oracle), an already quantised package,
   an existing --out, a scene that is not a raster; no output folder left behind.
 
@@ -136,7 +136,7 @@ def main() -> int:
             ([MODELS / "siglip-tiny", "--out", t / "a", "--int8", "static"], "needs --calibrate SCENE"),
             ([MODELS / "siglip-tiny", "--out", t / "b", "--int4"], "has none"),
             ([MODELS / "clipseg-tiny", "--out", t / "c", "--int4"], "a 'segmenter' package has none"),
-            ([MODELS / "oracles/det-grid-v8", "--out", t / "f"], "detection format 'yolov8'"),
+            ([MODELS / "oracles/det-grid-v8", "--out", t / "f"], "int8 would change nothing"),
             ([MODELS / "oracles/seg-threshold", "--out", t / "g"], "int8 would change nothing"),
             ([MODELS / "siglip-tiny-int8", "--out", t / "d"], "precision is already 'int8-dynamic'"),
             ([MODELS / "siglip-tiny", "--out", t / "siglip-tiny-int8"], "already exists"),
