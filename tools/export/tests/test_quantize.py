@@ -7,15 +7,18 @@ packages, each graph holds the operators of its precision, and bad requests fail
 Cases:
 
 * ``quantize.py siglip-tiny --out T`` and ``blip2-tiny --int4`` (and chinese-clip-tiny
-  ``--calibrate sample_data/sentinel2_rgbn_10m.tif``) give the graphs, model.toml and
-  quantization.json of sample_data/models/siglip-tiny-int8 / blip2-tiny-int4 /
-  chinese-clip-tiny-int8-static byte for byte;
+  ``--calibrate sample_data/sentinel2_rgbn_10m.tif``, blip-tiny, clipseg-tiny, owlv2-tiny,
+  sam2-tiny, qwen2-vl-tiny ``--int4``) give the graphs, model.toml and quantization.json of
+  the committed sample_data/models/<fp32>-<suffix> variants byte for byte;
+* ``--int8 static`` of a cross-attention decoder, a prompted segmenter, a detector and a
+  promptable segmenter (graphs with more inputs than the tile) exits 0 with a QDQ image graph;
 * int8-dynamic graphs hold DynamicQuantizeLinear + MatMulInteger, the static image graph
   QuantizeLinear / DequantizeLinear, the int4 decoder MatMulNBits and no float MatMul weight;
 * a package whose graphs keep their weights in external data files (as exports over 2 GB do)
   converts with its data files rewritten, to the same tokens;
 * exit status 1 and one stderr line naming the cause for: --int8 static without --calibrate,
-  --int4 on a dual encoder, a cross-attention-decoder package, a Qwen2-VL package (M-RoPE positions), an already quantised package,
+  --int4 on a dual encoder or a segmenter, a YOLO-format oracle, a graph without weights
+  (an oracle), an already quantised package,
   an existing --out, a scene that is not a raster; no output folder left behind.
 
 Needs onnx + onnxruntime + tokenizers + rasterio (the exporter's venv, no torch); CI does not run
@@ -67,6 +70,11 @@ def main() -> int:
             ("siglip-tiny-int8", "siglip-tiny", []),
             ("chinese-clip-tiny-int8-static", "chinese-clip-tiny", ["--calibrate", ROOT / "sample_data/sentinel2_rgbn_10m.tif"]),
             ("blip2-tiny-int4", "blip2-tiny", ["--int4"]),
+            ("blip-tiny-int8", "blip-tiny", []),
+            ("clipseg-tiny-int8", "clipseg-tiny", []),
+            ("owlv2-tiny-int8", "owlv2-tiny", []),
+            ("sam2-tiny-int8", "sam2-tiny", []),
+            ("qwen2-vl-tiny-int4", "qwen2-vl-tiny", ["--int4"]),
         ]:
             out = t / fixture
             r = quantize(MODELS / src, "--out", out, *flags)
@@ -94,6 +102,16 @@ def main() -> int:
             check(n == 0, f"int4 decoder: no MatMul with a float weight ({n})")
             check(ops(d / "image_prefix.onnx") == ops(MODELS / "blip2-tiny/image_prefix.onnx"), "int4: vision graph untouched")
 
+        scene = ROOT / "sample_data/sentinel2_rgbn_10m.tif"
+        for src, graph in [("blip-tiny", "encoder.onnx"), ("clipseg-tiny", "model.onnx"),
+                           ("owlv2-tiny", "model.onnx"), ("grounding-dino-tiny", "model.onnx"),
+                           ("sam-tiny", "image_encoder.onnx")]:
+            out = t / f"{src}-static"
+            r = quantize(MODELS / src, "--out", out, "--calibrate", scene, "--calibration-tiles", "4")
+            check(r.returncode == 0, f"{src} --int8 static exits 0 {r.stderr[-300:] if r.returncode else ''}")
+            if r.returncode == 0:
+                check({"QuantizeLinear", "DequantizeLinear"} <= ops(out / graph), f"{src}: QDQ {graph}")
+
         # a package whose graphs keep their weights in external data files (exports over 2 GB)
         ext = t / "blip2-ext"
         shutil.copytree(MODELS / "blip2-tiny", ext)
@@ -117,8 +135,9 @@ def main() -> int:
         for args, needle in [
             ([MODELS / "siglip-tiny", "--out", t / "a", "--int8", "static"], "needs --calibrate SCENE"),
             ([MODELS / "siglip-tiny", "--out", t / "b", "--int4"], "has none"),
-            ([MODELS / "blip-tiny", "--out", t / "c"], "family 'cross-attention-decoder'"),
-            ([MODELS / "qwen2-vl-tiny", "--out", t / "f", "--int4"], "M-RoPE"),
+            ([MODELS / "clipseg-tiny", "--out", t / "c", "--int4"], "a 'segmenter' package has none"),
+            ([MODELS / "oracles/det-grid-v8", "--out", t / "f"], "int8 would change nothing"),
+            ([MODELS / "oracles/seg-threshold", "--out", t / "g"], "int8 would change nothing"),
             ([MODELS / "siglip-tiny-int8", "--out", t / "d"], "precision is already 'int8-dynamic'"),
             ([MODELS / "siglip-tiny", "--out", t / "siglip-tiny-int8"], "already exists"),
             ([MODELS / "siglip-tiny", "--out", t / "e", "--calibrate", not_raster], str(not_raster)),
