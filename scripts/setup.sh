@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what tessera needs to build, test and run, idempotently:
 #   1. Debian packages: libgdal-dev gdal-bin pkg-config libsqlite3-dev (GDAL 3.6 on Debian 12),
+#      nginx-light (a static STAC catalog over HTTP in the tests),
 #      and python3-qgis (QGIS 3.22, headless, without recommends) for the tests that open the
 #      outputs in QGIS
 #   2. ONNX Runtime's CPU library, taken from the PyPI wheel onnxruntime==1.31.1
@@ -30,6 +31,9 @@ command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 # Java for pycocoevalcap's PTB tokenizer (tests/eval.rs checks tessera's tokenisation with it).
 command -v java >/dev/null 2>&1 || need_apt+=(default-jre-headless)
+# nginx for tests/stac_ingest.rs: serves a static STAC catalog and its COGs with HTTP range
+# requests (started by the test on localhost with its own config; the system service is unused).
+[ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     say "installing ${need_apt[*]} with apt-get"

@@ -6,8 +6,14 @@
 //! exponential backoff up to a limit; permanent ones are not retried until the file changes.
 //! Several instances may share one database: a scene is claimed in a transaction, so it is
 //! processed by exactly one of them.
+//!
+//! Scenes may also come from a STAC API or a static STAC catalog ([`super::stac_source`]):
+//! each pass lists the Items, records them keyed `stac:<collection>/<id>` with their version
+//! (`updated`, else a hash of the Item), and processes those new or changed since the last
+//! pass, reading the chosen asset through GDAL. Items that cannot be listed are reported,
+//! one line each, and the pass goes on with the others.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -15,18 +21,24 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::inputs::{safe_name, short_hash, walk, SceneInput, Shard};
+use super::inputs::{from_remote_item, safe_name, short_hash, walk, SceneInput, Shard};
 use super::record::{self, now};
 use super::run::{process_scene, remove_stale_temporaries, Identity, SceneOutcome, SceneReport};
 use super::spec::{JobContext, Pipeline};
+use super::stac_source::{RemoteItem, StacSource};
 use super::state::{Fingerprint, JournalMode, Owner, RetryPolicy, SceneRow, StateDb};
 use super::BatchError;
 
 /// What `tessera ingest` and `tessera watch` do.
 #[derive(Debug)]
 pub struct IngestJob {
-    /// The folder scenes arrive in (searched recursively; hidden entries skipped).
+    /// The folder scenes arrive in (searched recursively; hidden entries skipped); unused when
+    /// `stac` is given.
     pub dir: PathBuf,
+    /// Scenes are the Items of this STAC API or catalog instead of the folder's files.
+    pub stac: Option<StacSource>,
+    /// STAC Items: the asset to read, by key or role (default: the first GeoTIFF data asset).
+    pub asset: Option<String>,
     pub pipeline: Pipeline,
     pub out: PathBuf,
     /// The state database.
@@ -49,8 +61,11 @@ pub struct IngestJob {
 #[derive(Debug, Default, Serialize)]
 pub struct IngestReport {
     pub state: String,
-    /// Scene files found.
+    /// Scene files (or STAC Items) found.
     pub found: usize,
+    /// What a STAC source could not list (a child catalog, a page or an Item that cannot be
+    /// read, a malformed Item): one line each, its URL and the cause.
+    pub problems: Vec<String>,
     /// Files still being written (taken by a later pass), including files that changed while
     /// they were processed (a failure then is not recorded).
     pub waiting: Vec<String>,
@@ -154,13 +169,23 @@ impl IngestJob {
         stop: &AtomicBool,
     ) -> Result<IngestReport, BatchError> {
         let start = Instant::now();
+        // A source that cannot be listed leaves nothing behind.
+        let (stable, waiting, items, problems) = match &self.stac {
+            None => {
+                let (stable, waiting) = self.scan(now());
+                (stable, waiting, HashMap::new(), Vec::new())
+            }
+            Some(source) => self.list_items(source)?,
+        };
         std::fs::create_dir_all(&self.out).map_err(|e| BatchError::Output {
             path: self.out.display().to_string(),
             reason: format!("cannot create the output folder: {e}"),
         })?;
         remove_stale_temporaries(&self.out);
         let db = self.open_state()?;
-        let (stable, waiting) = self.scan(now());
+        for p in &problems {
+            tracing::warn!("{p}");
+        }
         db.observe_all(stable.iter().map(|(p, f)| (p.as_str(), *f)), now())
             .map_err(state_err)?;
         let reports: Mutex<Vec<SceneReport>> = Mutex::new(Vec::new());
@@ -173,7 +198,7 @@ impl IngestJob {
         std::thread::scope(|s| {
             for _ in 0..ctx.jobs {
                 s.spawn(|| {
-                    if let Err(e) = self.worker(identity, &ctx, stop, &reports, &deferred) {
+                    if let Err(e) = self.worker(identity, &ctx, stop, &items, &reports, &deferred) {
                         if let Ok(mut f) = failure.lock() {
                             f.get_or_insert(e);
                         }
@@ -199,6 +224,7 @@ impl IngestJob {
         Ok(IngestReport {
             state: self.state.display().to_string(),
             found,
+            problems,
             waiting,
             done: processed.len() - failed,
             failed,
@@ -207,12 +233,43 @@ impl IngestJob {
         })
     }
 
+    /// The Items of a STAC source (of this shard), as scan results keyed for the state.
+    #[allow(clippy::type_complexity)]
+    fn list_items(
+        &self,
+        source: &StacSource,
+    ) -> Result<
+        (
+            Vec<(String, Fingerprint)>,
+            Vec<String>,
+            HashMap<String, RemoteItem>,
+            Vec<String>,
+        ),
+        BatchError,
+    > {
+        let listing = source
+            .list()
+            .map_err(|e| BatchError::Inputs(e.to_string()))?;
+        let mut stable = Vec::new();
+        let mut items = HashMap::new();
+        for item in listing.items {
+            if self.shard.is_some_and(|s| !s.takes(&stac_name(&item))) {
+                continue;
+            }
+            stable.push((item.key.clone(), item.fingerprint));
+            items.insert(item.key.clone(), item);
+        }
+        stable.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok((stable, Vec::new(), items, listing.problems))
+    }
+
     /// Claim and process scenes until none is eligible.
     fn worker(
         &self,
         identity: &Identity,
         ctx: &JobContext,
         stop: &AtomicBool,
+        items: &HashMap<String, RemoteItem>,
         reports: &Mutex<Vec<SceneReport>>,
         deferred: &Mutex<Vec<String>>,
     ) -> Result<(), BatchError> {
@@ -226,7 +283,6 @@ impl IngestJob {
             else {
                 break;
             };
-            let path = PathBuf::from(&claim.path);
             if claim.attempt > self.retry.max_attempts {
                 // Claimed again after crashes (each crash used an attempt): give up.
                 db.finish_err(
@@ -241,6 +297,39 @@ impl IngestJob {
                 .map_err(state_err)?;
                 continue;
             }
+            if let Some(source) = &self.stac {
+                // An Item of this pass's listing, as listed; anything else (a scene of another
+                // source sharing the state, an Item no longer listed, a version another
+                // instance listed) waits for a pass that lists it.
+                let Some(item) = items
+                    .get(&claim.path)
+                    .filter(|i| i.fingerprint == claim.fingerprint)
+                else {
+                    let note = format!(
+                        "{}: not listed by {} in this pass; left for a pass that lists it",
+                        claim.path,
+                        source.url()
+                    );
+                    match db.defer(&claim, &owner, now() + self.settle_seconds.max(10.0), &note) {
+                        Err(super::state::StateError::ClaimLost { .. }) => {}
+                        r => r.map_err(state_err)?,
+                    }
+                    continue;
+                };
+                let scene = from_remote_item(
+                    &item.value,
+                    &item.url,
+                    stac_name(item),
+                    self.asset.as_deref(),
+                );
+                let report = self.process_claimed(identity, ctx, &claim, &owner, &scene, true);
+                self.record(&db, &claim, &owner, &scene, &report)?;
+                if let Ok(mut all) = reports.lock() {
+                    all.push(report);
+                }
+                continue;
+            }
+            let path = PathBuf::from(&claim.path);
             // The file must still be what was observed; otherwise a later pass takes it.
             let current = record::stat(&path)
                 .ok()
@@ -260,18 +349,10 @@ impl IngestJob {
                 raster: claim.path.clone(),
                 source: Some(path.clone()),
                 item: None,
+                item_href: None,
                 error: None,
             };
-            tracing::info!(scene = %scene.name, attempt = claim.attempt, "ingesting");
-            // While the scene runs, its claim is renewed well within the lease, so instances
-            // on other hosts do not take a long scene over.
-            let running = AtomicBool::new(true);
-            let report = std::thread::scope(|s| {
-                s.spawn(|| self.keep_claim(&claim, &owner, &running));
-                let report = process_scene(&self.pipeline, identity, &scene, &self.out, false, ctx);
-                running.store(false, Ordering::SeqCst);
-                report
-            });
+            let report = self.process_claimed(identity, ctx, &claim, &owner, &scene, false);
             let finished = now();
             if report.error.is_some() {
                 // A file whose size or time moved since the scan was still being written: its
@@ -300,41 +381,77 @@ impl IngestJob {
                     continue;
                 }
             }
-            let recorded = match &report.error {
-                None => db.finish_ok(
-                    &claim,
-                    &owner,
-                    finished,
-                    report.seconds,
-                    report.output.as_deref().unwrap_or(""),
-                ),
-                Some(e) => db
-                    .finish_err(
-                        &claim,
-                        &owner,
-                        finished,
-                        report.seconds,
-                        e,
-                        report.transient,
-                        &self.retry,
-                    )
-                    .map(|status| {
-                        tracing::warn!(scene = %scene.name, error = %e, ?status, "scene failed");
-                    }),
-            };
-            match recorded {
-                // Taken over meanwhile (this host looked dead to another one): the other
-                // instance records the scene; the output folder is complete either way.
-                Err(super::state::StateError::ClaimLost { .. }) => {
-                    tracing::warn!(scene = %scene.name, "claim taken over by another instance");
-                }
-                r => r.map_err(state_err)?,
-            }
+            self.record(&db, &claim, &owner, &scene, &report)?;
             if let Ok(mut all) = reports.lock() {
                 all.push(report);
             }
         }
         Ok(())
+    }
+
+    /// Process a claimed scene, renewing the claim while it runs (well within the lease, so
+    /// instances on other hosts do not take a long scene over). `force`: redo a scene whose
+    /// output folder looks complete (STAC Items: the state, not the folder, says what is new).
+    fn process_claimed(
+        &self,
+        identity: &Identity,
+        ctx: &JobContext,
+        claim: &super::state::Claim,
+        owner: &Owner,
+        scene: &SceneInput,
+        force: bool,
+    ) -> SceneReport {
+        tracing::info!(scene = %scene.name, attempt = claim.attempt, "ingesting");
+        let running = AtomicBool::new(true);
+        std::thread::scope(|s| {
+            s.spawn(|| self.keep_claim(claim, owner, &running));
+            let report = process_scene(&self.pipeline, identity, scene, &self.out, force, ctx);
+            running.store(false, Ordering::SeqCst);
+            report
+        })
+    }
+
+    /// Record a processed claim's outcome in the state.
+    fn record(
+        &self,
+        db: &StateDb,
+        claim: &super::state::Claim,
+        owner: &Owner,
+        scene: &SceneInput,
+        report: &SceneReport,
+    ) -> Result<(), BatchError> {
+        let finished = now();
+        let recorded = match &report.error {
+            None => db.finish_ok(
+                claim,
+                owner,
+                finished,
+                report.seconds,
+                report.output.as_deref().unwrap_or(""),
+            ),
+            Some(e) => db
+                .finish_err(
+                    claim,
+                    owner,
+                    finished,
+                    report.seconds,
+                    e,
+                    report.transient,
+                    &self.retry,
+                )
+                .map(|status| {
+                    tracing::warn!(scene = %scene.name, error = %e, ?status, "scene failed");
+                }),
+        };
+        match recorded {
+            // Taken over meanwhile (this host looked dead to another one): the other
+            // instance records the scene; the output folder is complete either way.
+            Err(super::state::StateError::ClaimLost { .. }) => {
+                tracing::warn!(scene = %scene.name, "claim taken over by another instance");
+                Ok(())
+            }
+            r => r.map_err(state_err),
+        }
     }
 
     /// Renew `claim` every quarter lease (1 s to 5 min) until `running` is cleared.
@@ -376,6 +493,25 @@ impl IngestJob {
             }
         }
         Ok(())
+    }
+}
+
+/// The output folder name of a STAC Item: `<collection>.<id>` (`<id>` without a collection),
+/// made safe; a name that had to be changed gets a short hash of the Item's key, so names of
+/// distinct Items never collide (ids are unique within a collection only: Sentinel-2 L1C and
+/// L2A Items of one scene share theirs).
+fn stac_name(item: &RemoteItem) -> String {
+    let plain = match &item.collection {
+        Some(c) => format!("{c}.{}", item.id),
+        None => item.id.clone(),
+    };
+    let name = safe_name(&plain);
+    let dotted = item.collection.as_ref().is_some_and(|c| c.contains('.'))
+        || (item.collection.is_none() && item.id.contains('.'));
+    if name == plain && !dotted {
+        name
+    } else {
+        format!("{name}-{}", short_hash(&item.key))
     }
 }
 

@@ -25,6 +25,9 @@ pub struct SceneInput {
     pub source: Option<PathBuf>,
     /// The STAC Item the scene came from.
     pub item: Option<PathBuf>,
+    /// The URL of the STAC Item the scene came from, for Items read from a STAC API or a
+    /// remote catalog (the output Item's `derived_from` link).
+    pub item_href: Option<String>,
     /// Why the input could not be resolved (the scene is reported as failed).
     pub error: Option<String>,
 }
@@ -37,6 +40,7 @@ impl SceneInput {
             raster: path.to_string(),
             source: local.then(|| PathBuf::from(path)),
             item: None,
+            item_href: None,
             error: None,
         }
     }
@@ -328,6 +332,7 @@ fn from_item(item: &Path, asset: Option<&str>) -> SceneInput {
         raster: item.display().to_string(),
         source: Some(item.to_path_buf()),
         item: Some(item.to_path_buf()),
+        item_href: None,
         error: None,
     };
     match resolve_item(item, asset) {
@@ -344,9 +349,60 @@ fn from_item(item: &Path, asset: Option<&str>) -> SceneInput {
     scene
 }
 
+/// A scene from a STAC Item read from a STAC API or a catalog at `url` (relative asset hrefs
+/// resolve against it): the asset chosen as for Item files ([`from_item`]), read through GDAL
+/// (`/vsicurl/` for http(s), `/vsis3/` for s3). `name` is the scene's output folder.
+pub(crate) fn from_remote_item(
+    v: &serde_json::Value,
+    url: &url::Url,
+    name: String,
+    asset: Option<&str>,
+) -> SceneInput {
+    let mut scene = SceneInput {
+        name,
+        raster: url.to_string(),
+        source: None,
+        item: None,
+        item_href: Some(url.to_string()),
+        error: None,
+    };
+    match resolve_value(v, &ItemBase::Url(url), asset) {
+        Ok((_, raster)) => {
+            if !is_remote(&raster) {
+                // A local asset (a catalog on disk): its changes count too.
+                scene.source = Some(PathBuf::from(&raster));
+            }
+            scene.raster = raster;
+        }
+        Err(e) => scene.error = Some(format!("{url}: {e}")),
+    }
+    scene
+}
+
+/// What the relative hrefs of an Item are relative to.
+enum ItemBase<'a> {
+    /// The folder of an Item file.
+    Dir(&'a Path),
+    /// The URL an Item was read from (`file://` for catalogs on disk).
+    Url(&'a url::Url),
+}
+
 fn resolve_item(item: &Path, asset: Option<&str>) -> Result<(String, String), String> {
     let text = std::fs::read_to_string(item).map_err(|e| format!("cannot read: {e}"))?;
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("not JSON: {e}"))?;
+    resolve_value(
+        &v,
+        &ItemBase::Dir(item.parent().unwrap_or(Path::new("."))),
+        asset,
+    )
+}
+
+/// The id of STAC Item `v` and the GDAL path of its chosen asset.
+fn resolve_value(
+    v: &serde_json::Value,
+    base: &ItemBase<'_>,
+    asset: Option<&str>,
+) -> Result<(String, String), String> {
     if v.get("type").and_then(|t| t.as_str()) != Some("Feature") {
         return Err("not a STAC Item (type is not \"Feature\")".into());
     }
@@ -400,16 +456,28 @@ fn resolve_item(item: &Path, asset: Option<&str>) -> Result<(String, String), St
         .get("href")
         .and_then(|h| h.as_str())
         .ok_or("the asset has no href")?;
-    let raster = if href.contains("://") {
+    let file_url = href
+        .starts_with("file://")
+        .then(|| url::Url::parse(href).ok()?.to_file_path().ok())
+        .flatten();
+    let raster = if let Some(path) = file_url {
+        path.display().to_string()
+    } else if href.contains("://") {
         gdal_path(href)
-    } else if Path::new(href).is_absolute() {
-        href.to_string()
     } else {
-        item.parent()
-            .unwrap_or(Path::new("."))
-            .join(href)
-            .display()
-            .to_string()
+        match base {
+            ItemBase::Dir(_) if Path::new(href).is_absolute() => href.to_string(),
+            ItemBase::Dir(dir) => dir.join(href).display().to_string(),
+            ItemBase::Url(url) => {
+                let joined = url
+                    .join(href)
+                    .map_err(|e| format!("asset href '{href}' is not a valid URL: {e}"))?;
+                match joined.to_file_path() {
+                    Ok(p) if joined.scheme() == "file" => p.display().to_string(),
+                    _ => gdal_path(joined.as_str()),
+                }
+            }
+        }
     };
     Ok((id, raster))
 }

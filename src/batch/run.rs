@@ -419,9 +419,11 @@ fn write_item(
         "tessera:version".into(),
         serde_json::Value::String(env!("CARGO_PKG_VERSION").into()),
     );
-    item.source_href = Some(match stamps.first() {
-        Some(s) => s.path.clone(),
-        None => scene.raster.clone(),
+    // The input Item read from a STAC API or catalog, else the input file.
+    item.source_href = Some(match (&scene.item_href, stamps.first()) {
+        (Some(href), _) => href.clone(),
+        (None, Some(s)) => s.path.clone(),
+        (None, None) => scene.raster.clone(),
     });
     let value = scene_item(&item).map_err(|e| e.to_string())?;
     let bytes = serde_json::to_vec_pretty(&value).map_err(|e| e.to_string())?;
