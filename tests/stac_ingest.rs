@@ -697,3 +697,76 @@ fn unreachable_sources_and_bad_options_are_one_line() {
             })
     );
 }
+
+#[test]
+fn watch_waits_out_a_missing_catalog_then_ingests_a_local_one() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    let p = pipeline(d);
+    let catalog = d.join("stac/catalog.json");
+    let child = common::tessera()
+        .args(["watch", "--stac-catalog"])
+        .arg(&catalog)
+        .args([
+            "--pipeline",
+            &p,
+            "--out",
+            "out",
+            "--interval",
+            "0.3",
+            "--quiet",
+        ])
+        .current_dir(d)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(Duration::from_millis(800));
+    // The catalog appears (on disk: relative hrefs resolve against its files).
+    cog(&d.join("stac/data/x.tif"), 0, 0, 128);
+    write_json(
+        &d.join("stac/c/x.json"),
+        &item(
+            "x",
+            "c",
+            "2024-06-10T00:00:00Z",
+            "image",
+            "../data/x.tif",
+            0,
+        ),
+    );
+    let mut c = collection("c");
+    c["links"] = json!([{"rel": "item", "href": "./x.json"}]);
+    write_json(&d.join("stac/c/collection.json"), &c);
+    let tmp = d.join("stac/catalog.json.partial");
+    write_json(
+        &tmp,
+        &json!({"type": "Catalog", "stac_version": "1.0.0", "id": "r", "description": "r",
+                "links": [{"rel": "child", "href": "c/collection.json"}]}),
+    );
+    std::fs::rename(&tmp, &catalog).expect("rename");
+    let record = d.join("out/c.x/record.json");
+    let t = Instant::now();
+    while !record.exists() && t.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(record.exists(), "watch ingested the Item:\n{stderr}");
+    assert!(out.status.success(), "{:?}\n{stderr}", out.status);
+    let first = stderr.lines().next().unwrap_or("");
+    assert!(
+        first.starts_with(&format!(
+            "tessera: warning: {}: cannot read",
+            catalog.display()
+        )) && first.contains("trying again"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let linked = derived_from(&d.join("out"), "c.x");
+    assert_eq!(linked.len(), 1);
+    assert_eq!(linked, vec![d.join("stac/c/x.json").display().to_string()]);
+}

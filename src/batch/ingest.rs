@@ -249,7 +249,7 @@ impl IngestJob {
     > {
         let listing = source
             .list()
-            .map_err(|e| BatchError::Inputs(e.to_string()))?;
+            .map_err(|e| BatchError::Source(e.to_string()))?;
         let mut stable = Vec::new();
         let mut items = HashMap::new();
         for item in listing.items {
@@ -473,7 +473,8 @@ impl IngestJob {
     }
 
     /// Passes every `interval` seconds until `stop` is set (SIGINT/SIGTERM: the scene in
-    /// progress finishes first).
+    /// progress finishes first). A STAC source that cannot be listed is a warning line, and
+    /// the next pass tries again.
     ///
     /// # Errors
     /// As [`IngestJob::run_once`].
@@ -485,8 +486,14 @@ impl IngestJob {
         mut on_pass: impl FnMut(&IngestReport),
     ) -> Result<(), BatchError> {
         while !stop.load(Ordering::SeqCst) {
-            let report = self.run_once(identity, stop)?;
-            on_pass(&report);
+            match self.run_once(identity, stop) {
+                Ok(report) => on_pass(&report),
+                // A STAC API or catalog out of reach now may answer by the next pass.
+                Err(BatchError::Source(e)) => {
+                    eprintln!("tessera: warning: {e}; trying again in {interval} s");
+                }
+                Err(e) => return Err(e),
+            }
             let until = Instant::now() + std::time::Duration::from_secs_f64(interval.max(0.1));
             while Instant::now() < until && !stop.load(Ordering::SeqCst) {
                 std::thread::sleep(std::time::Duration::from_millis(100));

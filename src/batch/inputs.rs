@@ -363,7 +363,7 @@ pub(crate) fn from_remote_item(
         raster: url.to_string(),
         source: None,
         item: None,
-        item_href: Some(url.to_string()),
+        item_href: Some(super::stac_source::shown(url)),
         error: None,
     };
     match resolve_value(v, &ItemBase::Url(url), asset) {
@@ -374,7 +374,7 @@ pub(crate) fn from_remote_item(
             }
             scene.raster = raster;
         }
-        Err(e) => scene.error = Some(format!("{url}: {e}")),
+        Err(e) => scene.error = Some(format!("{}: {e}", super::stac_source::shown(url))),
     }
     scene
 }
@@ -603,6 +603,41 @@ mod tests {
         let s = expand(std::slice::from_ref(&item_path), Some("nope")).expect("bad asset");
         let e = s[0].error.clone().expect("an error");
         assert!(e.contains("no asset with key or role 'nope'"), "{e}");
+    }
+
+    #[test]
+    fn remote_items_resolve_hrefs_against_their_url() {
+        let item = serde_json::json!({
+            "type": "Feature", "id": "S2B_0001", "stac_version": "1.0.0",
+            "assets": {
+                "visual": {"href": "../data/x.tif", "type": "image/tiff; application=geotiff", "roles": ["data"]},
+                "s3": {"href": "s3://bucket/key/b.tif", "roles": ["overview"]},
+                "abs": {"href": "/srv/c.tif", "roles": ["other"]}
+            }
+        });
+        let url = url::Url::parse("https://host/cat/items/a.json").expect("url");
+        let s = from_remote_item(&item, &url, "n".into(), None);
+        assert_eq!(s.raster, "/vsicurl/https://host/cat/data/x.tif");
+        assert_eq!(
+            s.item_href.as_deref(),
+            Some("https://host/cat/items/a.json")
+        );
+        assert_eq!((s.source, s.error), (None, None));
+        let s = from_remote_item(&item, &url, "n".into(), Some("overview"));
+        assert_eq!(s.raster, "/vsis3/bucket/key/b.tif");
+        let s = from_remote_item(&item, &url, "n".into(), Some("abs"));
+        assert_eq!(s.raster, "/vsicurl/https://host/srv/c.tif");
+        let local = url::Url::parse("file:///cat/items/a.json").expect("url");
+        let s = from_remote_item(&item, &local, "n".into(), None);
+        assert_eq!(s.raster, "/cat/data/x.tif");
+        assert_eq!(s.source, Some(PathBuf::from("/cat/data/x.tif")));
+        assert_eq!(s.item_href.as_deref(), Some("/cat/items/a.json"));
+        let s = from_remote_item(&item, &url, "n".into(), Some("nope"));
+        let e = s.error.expect("an error");
+        assert!(
+            e.starts_with("https://host/cat/items/a.json: no asset with key or role 'nope'"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub enum BatchError {
     Output { path: String, reason: String },
     #[error("{path}: {reason}")]
     Model { path: String, reason: String },
+    /// A STAC API or catalog that cannot be listed (unreachable, not STAC).
+    #[error("{0}")]
+    Source(String),
 }
 
 /// This machine's name (for claims and temporary names; several hosts may share a folder).

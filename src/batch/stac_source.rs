@@ -153,7 +153,7 @@ impl StacSource {
     /// GET (`body` None) or POST a JSON document.
     fn fetch(&self, url: &Url, body: Option<&Value>) -> Result<Value, SourceError> {
         let fail = |reason: String| SourceError::Fetch {
-            url: url.to_string(),
+            url: shown(url),
             reason,
         };
         let bytes = if url.scheme() == "file" {
@@ -339,7 +339,7 @@ impl StacSource {
             "Catalog" | "Collection" | "Feature" | "FeatureCollection"
         ) {
             return Err(SourceError::Invalid {
-                url: root.to_string(),
+                url: shown(root),
                 reason: format!("not a STAC catalog, collection or Item (type '{kind}')"),
             });
         }
@@ -362,7 +362,7 @@ impl StacSource {
                             listing.items.push(item);
                         }
                     }
-                    Err(reason) => listing.problems.push(format!("{url}: {reason}")),
+                    Err(reason) => listing.problems.push(format!("{}: {reason}", shown(&url))),
                 },
                 Some("Catalog" | "Collection") => {
                     let collection = (doc.get("type").and_then(Value::as_str)
@@ -378,7 +378,7 @@ impl StacSource {
                         let Some(href) = l.get("href").and_then(Value::as_str) else {
                             listing
                                 .problems
-                                .push(format!("{url}: a {rel} link without an href"));
+                                .push(format!("{}: a {rel} link without an href", shown(&url)));
                             continue;
                         };
                         match url.join(href) {
@@ -387,9 +387,10 @@ impl StacSource {
                                     queue.push_back((u, collection.clone()));
                                 }
                             }
-                            Err(e) => listing
-                                .problems
-                                .push(format!("{url}: {rel} link '{href}' is not a URL: {e}")),
+                            Err(e) => listing.problems.push(format!(
+                                "{}: {rel} link '{href}' is not a URL: {e}",
+                                shown(&url)
+                            )),
                         }
                     }
                 }
@@ -407,14 +408,17 @@ impl StacSource {
                                     listing.items.push(item);
                                 }
                             }
-                            Err(reason) => listing
-                                .problems
-                                .push(format!("{url} (feature {}): {reason}", i + 1)),
+                            Err(reason) => listing.problems.push(format!(
+                                "{} (feature {}): {reason}",
+                                shown(&url),
+                                i + 1
+                            )),
                         }
                     }
                 }
                 other => listing.problems.push(format!(
-                    "{url}: not a STAC catalog, collection or Item (type {})",
+                    "{}: not a STAC catalog, collection or Item (type {})",
+                    shown(&url),
                     other.map_or("missing".to_string(), |t| format!("'{t}'"))
                 )),
             }
@@ -433,6 +437,14 @@ impl StacSource {
             }
         }
         Ok(listing)
+    }
+}
+
+/// A URL as messages and links show it: a local file as its path.
+pub(crate) fn shown(url: &Url) -> String {
+    match url.to_file_path() {
+        Ok(p) if url.scheme() == "file" => p.display().to_string(),
+        _ => url.to_string(),
     }
 }
 
