@@ -26,7 +26,9 @@ use super::record::{self, now};
 use super::run::{process_scene, remove_stale_temporaries, Identity, SceneOutcome, SceneReport};
 use super::spec::{JobContext, Pipeline};
 use super::stac_source::{RemoteItem, StacSource};
-use super::state::{Fingerprint, JournalMode, Owner, RetryPolicy, SceneRow, StateDb};
+use super::state::{
+    Claim, Fingerprint, JournalMode, Owner, RetryPolicy, SceneRow, StateLocation, StateStore,
+};
 use super::BatchError;
 
 /// What `tessera ingest` and `tessera watch` do.
@@ -42,7 +44,7 @@ pub struct IngestJob {
     pub pipeline: Pipeline,
     pub out: PathBuf,
     /// The state database.
-    pub state: PathBuf,
+    pub state: StateLocation,
     /// File-name patterns of scenes.
     pub patterns: Vec<glob::Pattern>,
     /// A file is taken once it has not been modified for this long.
@@ -85,17 +87,17 @@ fn state_err(e: super::state::StateError) -> BatchError {
 
 impl IngestJob {
     /// The default state database of an output folder.
-    pub fn default_state(out: &Path) -> PathBuf {
-        out.join(".tessera-state.sqlite")
+    pub fn default_state(out: &Path) -> StateLocation {
+        StateLocation::Sqlite(out.join(".tessera-state.sqlite"))
     }
 
-    fn open_state(&self) -> Result<StateDb, BatchError> {
+    fn open_state(&self) -> Result<Box<dyn StateStore>, BatchError> {
         let mode = if self.shared_fs {
             JournalMode::Delete
         } else {
             JournalMode::Wal
         };
-        StateDb::open_with(&self.state, mode).map_err(state_err)
+        self.state.open(mode).map_err(state_err)
     }
 
     /// The watched folder's canonical path (what scene keys and names are relative to).
@@ -186,8 +188,7 @@ impl IngestJob {
         for p in &problems {
             tracing::warn!("{p}");
         }
-        db.observe_all(stable.iter().map(|(p, f)| (p.as_str(), *f)), now())
-            .map_err(state_err)?;
+        db.observe_all(&stable, now()).map_err(state_err)?;
         let reports: Mutex<Vec<SceneReport>> = Mutex::new(Vec::new());
         let deferred: Mutex<Vec<String>> = Mutex::new(Vec::new());
         let failure: Mutex<Option<BatchError>> = Mutex::new(None);
@@ -222,7 +223,7 @@ impl IngestJob {
         waiting.sort();
         waiting.dedup();
         Ok(IngestReport {
-            state: self.state.display().to_string(),
+            state: self.state.to_string(),
             found,
             problems,
             waiting,
@@ -323,7 +324,7 @@ impl IngestJob {
                     self.asset.as_deref(),
                 );
                 let report = self.process_claimed(identity, ctx, &claim, &owner, &scene, true);
-                self.record(&db, &claim, &owner, &scene, &report)?;
+                self.record(db.as_ref(), &claim, &owner, &scene, &report)?;
                 if let Ok(mut all) = reports.lock() {
                     all.push(report);
                 }
@@ -381,7 +382,7 @@ impl IngestJob {
                     continue;
                 }
             }
-            self.record(&db, &claim, &owner, &scene, &report)?;
+            self.record(db.as_ref(), &claim, &owner, &scene, &report)?;
             if let Ok(mut all) = reports.lock() {
                 all.push(report);
             }
@@ -396,7 +397,7 @@ impl IngestJob {
         &self,
         identity: &Identity,
         ctx: &JobContext,
-        claim: &super::state::Claim,
+        claim: &Claim,
         owner: &Owner,
         scene: &SceneInput,
         force: bool,
@@ -414,8 +415,8 @@ impl IngestJob {
     /// Record a processed claim's outcome in the state.
     fn record(
         &self,
-        db: &StateDb,
-        claim: &super::state::Claim,
+        db: &dyn StateStore,
+        claim: &Claim,
         owner: &Owner,
         scene: &SceneInput,
         report: &SceneReport,
@@ -455,7 +456,7 @@ impl IngestJob {
     }
 
     /// Renew `claim` every quarter lease (1 s to 5 min) until `running` is cleared.
-    fn keep_claim(&self, claim: &super::state::Claim, owner: &Owner, running: &AtomicBool) {
+    fn keep_claim(&self, claim: &Claim, owner: &Owner, running: &AtomicBool) {
         let every = (self.lease_seconds / 4.0).clamp(1.0, 300.0);
         let Ok(db) = self.open_state() else {
             return;
@@ -541,14 +542,16 @@ fn ingest_name(root: &Path, path: &Path) -> String {
 ///
 /// # Errors
 /// The database cannot be opened.
-pub fn status(state: &Path) -> Result<(Vec<SceneRow>, BTreeMap<String, usize>), BatchError> {
+pub fn status(
+    state: &StateLocation,
+) -> Result<(Vec<SceneRow>, BTreeMap<String, usize>), BatchError> {
     if !state.exists() {
         return Err(BatchError::Output {
-            path: state.display().to_string(),
+            path: state.to_string(),
             reason: "no state database here (nothing was ingested into this folder yet)".into(),
         });
     }
-    let db = StateDb::open(state).map_err(state_err)?;
+    let db = state.open(JournalMode::Wal).map_err(state_err)?;
     let rows = db.list().map_err(state_err)?;
     let mut counts = BTreeMap::new();
     for r in &rows {

@@ -284,6 +284,196 @@ impl JournalMode {
     }
 }
 
+/// Where the ingest state is kept, as given to `--state`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StateLocation {
+    /// A SQLite file: one host (or hosts sharing a network file system, with
+    /// [`JournalMode::Delete`]).
+    Sqlite(PathBuf),
+}
+
+impl StateLocation {
+    /// The location named by `--state`.
+    #[must_use]
+    pub fn parse(text: &str) -> StateLocation {
+        StateLocation::Sqlite(PathBuf::from(text))
+    }
+
+    /// Whether the state has been created (`--status` refuses a missing one).
+    #[must_use]
+    pub fn exists(&self) -> bool {
+        match self {
+            StateLocation::Sqlite(path) => path.exists(),
+        }
+    }
+
+    /// Open (creating it if missing) the state; each thread or process opens its own.
+    /// `journal` applies to a SQLite file.
+    ///
+    /// # Errors
+    /// As for [`StateDb::open_with`].
+    pub fn open(&self, journal: JournalMode) -> Result<Box<dyn StateStore>> {
+        match self {
+            StateLocation::Sqlite(path) => Ok(Box::new(StateDb::open_with(path, journal)?)),
+        }
+    }
+}
+
+impl fmt::Display for StateLocation {
+    /// The file, or the database URL without its password: what messages name.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StateLocation::Sqlite(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// The operations of an ingest state, whatever keeps it. Every call is atomic with respect to
+/// every other instance using the same state, and committed before it returns. The SQLite
+/// implementation ([`StateDb`]) documents the semantics of each.
+pub trait StateStore: Send {
+    /// What messages name: the file, or the database URL without its password.
+    fn location(&self) -> String;
+
+    /// See [`StateDb::observe`].
+    ///
+    /// # Errors
+    /// A database error.
+    fn observe(&self, path: &str, fp: Fingerprint, now: f64) -> Result<()> {
+        self.observe_all(&[(path.to_owned(), fp)], now)
+    }
+
+    /// See [`StateDb::observe_all`]: many files in one transaction.
+    ///
+    /// # Errors
+    /// A database error; nothing is recorded then.
+    fn observe_all(&self, files: &[(String, Fingerprint)], now: f64) -> Result<()>;
+
+    /// See [`StateDb::claim_next`].
+    ///
+    /// # Errors
+    /// A database error.
+    fn claim_next(&self, owner: &Owner, now: f64, lease_seconds: f64) -> Result<Option<Claim>>;
+
+    /// See [`StateDb::finish_ok`].
+    ///
+    /// # Errors
+    /// [`StateError::ClaimLost`], or a database error.
+    fn finish_ok(
+        &self,
+        claim: &Claim,
+        owner: &Owner,
+        now: f64,
+        seconds: f64,
+        output: &str,
+    ) -> Result<()>;
+
+    /// See [`StateDb::finish_err`].
+    ///
+    /// # Errors
+    /// [`StateError::ClaimLost`], or a database error.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_err(
+        &self,
+        claim: &Claim,
+        owner: &Owner,
+        now: f64,
+        seconds: f64,
+        error: &str,
+        transient: bool,
+        policy: &RetryPolicy,
+    ) -> Result<SceneStatus>;
+
+    /// See [`StateDb::release`].
+    ///
+    /// # Errors
+    /// [`StateError::ClaimLost`], or a database error.
+    fn release(&self, claim: &Claim, owner: &Owner) -> Result<()>;
+
+    /// See [`StateDb::defer`].
+    ///
+    /// # Errors
+    /// [`StateError::ClaimLost`], or a database error.
+    fn defer(&self, claim: &Claim, owner: &Owner, not_before: f64, note: &str) -> Result<()>;
+
+    /// See [`StateDb::renew`].
+    ///
+    /// # Errors
+    /// [`StateError::ClaimLost`], or a database error.
+    fn renew(&self, claim: &Claim, owner: &Owner, now: f64) -> Result<()>;
+
+    /// One scene, if known.
+    ///
+    /// # Errors
+    /// A database error.
+    fn get(&self, path: &str) -> Result<Option<SceneRow>>;
+
+    /// Every scene, ordered by path.
+    ///
+    /// # Errors
+    /// A database error.
+    fn list(&self) -> Result<Vec<SceneRow>>;
+}
+
+impl StateStore for StateDb {
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn observe_all(&self, files: &[(String, Fingerprint)], now: f64) -> Result<()> {
+        StateDb::observe_all(self, files.iter().map(|(p, f)| (p.as_str(), *f)), now)
+    }
+
+    fn claim_next(&self, owner: &Owner, now: f64, lease_seconds: f64) -> Result<Option<Claim>> {
+        StateDb::claim_next(self, owner, now, lease_seconds)
+    }
+
+    fn finish_ok(
+        &self,
+        claim: &Claim,
+        owner: &Owner,
+        now: f64,
+        seconds: f64,
+        output: &str,
+    ) -> Result<()> {
+        StateDb::finish_ok(self, claim, owner, now, seconds, output)
+    }
+
+    fn finish_err(
+        &self,
+        claim: &Claim,
+        owner: &Owner,
+        now: f64,
+        seconds: f64,
+        error: &str,
+        transient: bool,
+        policy: &RetryPolicy,
+    ) -> Result<SceneStatus> {
+        StateDb::finish_err(self, claim, owner, now, seconds, error, transient, policy)
+    }
+
+    fn release(&self, claim: &Claim, owner: &Owner) -> Result<()> {
+        StateDb::release(self, claim, owner)
+    }
+
+    fn defer(&self, claim: &Claim, owner: &Owner, not_before: f64, note: &str) -> Result<()> {
+        StateDb::defer(self, claim, owner, not_before, note)
+    }
+
+    fn renew(&self, claim: &Claim, owner: &Owner, now: f64) -> Result<()> {
+        StateDb::renew(self, claim, owner, now)
+    }
+
+    fn get(&self, path: &str) -> Result<Option<SceneRow>> {
+        StateDb::get(self, path)
+    }
+
+    fn list(&self) -> Result<Vec<SceneRow>> {
+        StateDb::list(self)
+    }
+}
+
 /// A connection to the state database. Each thread or process opens its own.
 #[derive(Debug)]
 pub struct StateDb {

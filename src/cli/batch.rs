@@ -109,15 +109,17 @@ fn failure_code(completed: usize) -> i32 {
 }
 
 /// `ingest --status`: the scenes of the state database.
-fn print_status(state: &std::path::Path, json: bool) -> Result<i32> {
+fn print_status(state: &crate::batch::state::StateLocation, json: bool) -> Result<i32> {
     use crate::batch::ingest::status;
     let (rows, counts) = status(state)?;
     if json {
-        print_json(&serde_json::json!({ "state": state, "counts": counts, "scenes": rows }))?;
+        print_json(
+            &serde_json::json!({ "state": state.to_string(), "counts": counts, "scenes": rows }),
+        )?;
     } else {
         out!(
             "{}: {}",
-            state.display(),
+            state,
             counts
                 .iter()
                 .map(|(k, v)| format!("{v} {k}"))
@@ -148,10 +150,10 @@ pub(super) fn ingest(
     quiet: bool,
 ) -> Result<i32> {
     use crate::batch::ingest::{status, IngestJob};
-    let state = a
-        .state
-        .clone()
-        .unwrap_or_else(|| IngestJob::default_state(&a.out));
+    let state = a.state.as_deref().map_or_else(
+        || IngestJob::default_state(&a.out),
+        |s| crate::batch::state::StateLocation::Sqlite(s.to_owned()),
+    );
     if a.status {
         return print_status(&state, a.json);
     }

@@ -5,6 +5,7 @@
 
 pub mod coco;
 pub mod limited;
+pub mod postgres;
 pub mod reference;
 
 use std::path::{Path, PathBuf};
