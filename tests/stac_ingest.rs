@@ -704,7 +704,7 @@ fn watch_waits_out_a_missing_catalog_then_ingests_a_local_one() {
     let d = dir.path();
     let p = pipeline(d);
     let catalog = d.join("stac/catalog.json");
-    let child = common::tessera()
+    let mut child = common::tessera()
         .args(["watch", "--stac-catalog"])
         .arg(&catalog)
         .args([
@@ -721,7 +721,28 @@ fn watch_waits_out_a_missing_catalog_then_ingests_a_local_one() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
-    std::thread::sleep(Duration::from_millis(800));
+    // Its first pass finds no catalog: a warning line, and it goes on.
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let stderr_pipe = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr_pipe)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let first = lines
+        .recv_timeout(Duration::from_secs(60))
+        .expect("a warning line about the missing catalog");
+    assert!(
+        first.starts_with(&format!(
+            "tessera: warning: {}: cannot read",
+            catalog.display()
+        )) && first.contains("trying again"),
+        "{first}"
+    );
     // The catalog appears (on disk: relative hrefs resolve against its files).
     cog(&d.join("stac/data/x.tif"), 0, 0, 128);
     write_json(
@@ -753,18 +774,12 @@ fn watch_waits_out_a_missing_catalog_then_ingests_a_local_one() {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
-    let out = child.wait_with_output().expect("wait");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let status = child.wait().expect("wait");
+    reader.join().expect("reader");
+    let stderr: Vec<String> = lines.try_iter().collect();
+    let stderr = stderr.join("\n");
     assert!(record.exists(), "watch ingested the Item:\n{stderr}");
-    assert!(out.status.success(), "{:?}\n{stderr}", out.status);
-    let first = stderr.lines().next().unwrap_or("");
-    assert!(
-        first.starts_with(&format!(
-            "tessera: warning: {}: cannot read",
-            catalog.display()
-        )) && first.contains("trying again"),
-        "{stderr}"
-    );
+    assert!(status.success(), "{status:?}\n{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     let linked = derived_from(&d.join("out"), "c.x");
     assert_eq!(linked.len(), 1);
