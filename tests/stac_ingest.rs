@@ -1,7 +1,9 @@
 //! `tessera ingest --stac-catalog` / `--stac-api` against real servers started here on
 //! localhost: a static catalog and its COG assets served by nginx (which answers HTTP range
-//! requests; its access log shows that GDAL reads the assets by ranges), and a STAC API served
-//! by rustac (`rustac serve`, from PyPI: Item Search with paging through `next` links).
+//! requests; its access log shows that GDAL reads the assets by ranges), and two STAC APIs from
+//! PyPI: rustac's (`rustac serve`, in memory: POST Item Search, paged by `next` links with a
+//! body) and stac-fastapi-pgstac (on pgstac in a throwaway PostgreSQL + PostGIS server: GET
+//! Item Search, paged by `next` links with a token).
 //! Each Item is processed exactly once over passes, a changed Item (new `updated`) again, the
 //! output Items link back to the input Items, and bad input (an unreachable catalog or API, an
 //! Item without the asset, a malformed Item) is one line naming the URL while the pass goes on.
@@ -784,4 +786,175 @@ fn watch_waits_out_a_missing_catalog_then_ingests_a_local_one() {
     let linked = derived_from(&d.join("out"), "c.x");
     assert_eq!(linked.len(), 1);
     assert_eq!(linked, vec![d.join("stac/c/x.json").display().to_string()]);
+}
+
+/// `.venv/bin/NAME`, or `None` (a skip outside CI) when `make setup` has not installed it.
+fn venv_tool(name: &str) -> Option<PathBuf> {
+    let exe = root().join(".venv/bin").join(name);
+    if exe.is_file() {
+        return Some(exe);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{} is absent: `make setup` installs it (tests/requirements.txt)",
+        exe.display()
+    );
+    eprintln!("skipping: {} is absent (run `make setup`)", exe.display());
+    None
+}
+
+fn pypgstac(exe: &Path, args: &[&str]) {
+    let out = Command::new(exe).args(args).output().expect("run pypgstac");
+    assert!(
+        out.status.success(),
+        "pypgstac {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_pgstac_api_is_paged_with_get_links_and_tokens() {
+    let (Some(pypgstac_exe), Some(python)) = (venv_tool("pypgstac"), venv_tool("python")) else {
+        return;
+    };
+    let Some(pg) = common::postgres::PgServer::start() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "no PostgreSQL server could be started"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    let site = d.join("site");
+    let ids = ["p0", "p1"];
+    for (i, id) in ids.iter().enumerate() {
+        cog(&site.join(format!("{id}.tif")), i * 96, 96, 128);
+    }
+    let Some(assets) = nginx(&site, &d.join("nginx")) else {
+        return;
+    };
+    // pgstac's schema (PostGIS included), one collection, two Items.
+    let dsn = pg.url();
+    pypgstac(&pypgstac_exe, &["migrate", "--dsn", &dsn]);
+    write_json(&d.join("collection.json"), &collection("scenes"));
+    pypgstac(
+        &pypgstac_exe,
+        &[
+            "load",
+            "collections",
+            &d.join("collection.json").display().to_string(),
+            "--dsn",
+            &dsn,
+            "--method",
+            "insert",
+        ],
+    );
+    let load_items = |updated: &[&str]| {
+        let lines: Vec<String> = ids
+            .iter()
+            .zip(updated)
+            .enumerate()
+            .map(|(i, (id, upd))| {
+                item(
+                    id,
+                    "scenes",
+                    upd,
+                    "visual",
+                    &format!("{}/{id}.tif", assets.url()),
+                    i,
+                )
+                .to_string()
+            })
+            .collect();
+        let path = d.join("items.ndjson");
+        std::fs::write(&path, lines.join("\n") + "\n").expect("write");
+        pypgstac(
+            &pypgstac_exe,
+            &[
+                "load",
+                "items",
+                &path.display().to_string(),
+                "--dsn",
+                &dsn,
+                "--method",
+                "upsert",
+            ],
+        );
+    };
+    let updated = "2024-06-10T00:00:00Z";
+    load_items(&[updated, updated]);
+    let port = free_port();
+    let mut child = Command::new(python)
+        .args([
+            "-m",
+            "uvicorn",
+            "stac_fastapi.pgstac.app:create_app",
+            "--factory",
+        ])
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .env("PGHOST", "127.0.0.1")
+        .env("PGPORT", pg.port().to_string())
+        .env("PGUSER", &pg.user)
+        .env("PGPASSWORD", "")
+        .env("PGDATABASE", &pg.database)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start uvicorn");
+    wait_for_port(port, &mut child, "stac-fastapi-pgstac");
+    let api = Server { child, port };
+    let p = pipeline(d);
+    let root_url = api.url();
+    let ingest = || {
+        run(
+            d,
+            &[
+                "ingest",
+                "--stac-api",
+                &root_url,
+                "--collections",
+                "scenes",
+                "--search-method",
+                "GET",
+                "--page-size",
+                "1",
+                "--datetime",
+                "2024-01-01T00:00:00Z/2024-12-31T00:00:00Z",
+                "--pipeline",
+                &p,
+                "--out",
+                "out",
+                "--json",
+                "--quiet",
+            ],
+        )
+    };
+    let first = ingest();
+    first.success();
+    // Two pages of one Item, the second through a GET `next` link with pgstac's token.
+    assert_eq!(first.json()["found"], 2, "{}", first.context());
+    assert_eq!(
+        processed(&first),
+        vec![pair("scenes.p0", "done"), pair("scenes.p1", "done")],
+        "{}",
+        first.context()
+    );
+    assert_eq!(
+        derived_from(&d.join("out"), "scenes.p1"),
+        vec![format!("{}/collections/scenes/items/p1", api.url())]
+    );
+    let second = ingest();
+    assert_eq!(processed(&second), vec![], "{}", second.context());
+    // p0 updated in the database: the next pass takes p0 alone.
+    load_items(&["2024-08-01T00:00:00Z", updated]);
+    let third = ingest();
+    assert_eq!(
+        processed(&third),
+        vec![pair("scenes.p0", "done")],
+        "{}",
+        third.context()
+    );
 }

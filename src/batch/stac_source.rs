@@ -70,6 +70,8 @@ enum Kind {
         bbox: Option<[f64; 4]>,
         datetime: Option<String>,
         page_size: usize,
+        /// `Some(true)`: POST, `Some(false)`: GET, `None`: POST when offered.
+        post: Option<bool>,
     },
     Catalog {
         url: Url,
@@ -121,6 +123,10 @@ impl StacSource {
                 bbox: o.bbox.map(|b| b.0),
                 datetime: o.datetime.clone(),
                 page_size: o.page_size.unwrap_or(DEFAULT_PAGE_SIZE),
+                post: o
+                    .search_method
+                    .as_ref()
+                    .map(|m| m.eq_ignore_ascii_case("post")),
             },
             (None, Some(catalog)) => Kind::Catalog {
                 url: url_of(catalog)?,
@@ -200,6 +206,7 @@ impl StacSource {
             bbox,
             datetime,
             page_size,
+            post: want_post,
         } = &self.kind
         else {
             return Ok(Listing::default());
@@ -220,10 +227,13 @@ impl StacSource {
                 .unwrap_or("GET")
                 .to_ascii_uppercase()
         };
-        let chosen = searches
-            .iter()
-            .find(|l| method(l) == "POST")
-            .or_else(|| searches.iter().find(|l| method(l) == "GET"));
+        let of = |m: &str| searches.iter().find(|l| method(l) == m);
+        let chosen = match want_post {
+            // The method asked for, at the link that offers it (or the API's only one).
+            Some(true) => of("POST").or_else(|| searches.first()),
+            Some(false) => of("GET").or_else(|| searches.first()),
+            None => of("POST").or_else(|| of("GET")),
+        };
         let (search_url, post) = match chosen {
             Some(l) => {
                 let href = l.get("href").and_then(Value::as_str).unwrap_or("search");
@@ -231,7 +241,7 @@ impl StacSource {
                     url: url.to_string(),
                     reason: format!("search link '{href}' is not a URL: {e}"),
                 })?;
-                (u, method(l) == "POST")
+                (u, want_post.unwrap_or(method(l) == "POST"))
             }
             None => {
                 return Err(SourceError::Invalid {

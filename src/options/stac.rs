@@ -112,6 +112,10 @@ pub struct StacOptions {
     /// open end), e.g. 2024-06-01T00:00:00Z/2024-07-01T00:00:00Z.
     #[arg(long, value_name = "RANGE")]
     pub datetime: Option<String>,
+    /// --stac-api: how to search, GET or POST (default: POST when the API offers it, else
+    /// GET); the pages that follow are asked for as their `next` links say.
+    #[arg(long, value_name = "GET|POST")]
+    pub search_method: Option<String>,
     /// --stac-api: Items asked for per page (default 100).
     #[arg(long, value_name = "N")]
     pub page_size: Option<usize>,
@@ -185,6 +189,7 @@ impl StacOptions {
             },
             bbox: self.bbox.or(file.bbox),
             datetime: self.datetime.or_else(|| file.datetime.clone()),
+            search_method: self.search_method.or_else(|| file.search_method.clone()),
             page_size: self.page_size.or(file.page_size),
             http_timeout: self.http_timeout.or(file.http_timeout),
         }
@@ -232,6 +237,7 @@ impl StacOptions {
                 ("bbox", self.bbox.is_some()),
                 ("datetime", self.datetime.is_some()),
                 ("page_size", self.page_size.is_some()),
+                ("search_method", self.search_method.is_some()),
             ];
             if let Some((key, _)) = search_only.iter().find(|(_, given)| *given) {
                 return Err(InvalidOption::new(
@@ -245,6 +251,14 @@ impl StacOptions {
                 "collections",
                 format!("has an empty collection id ('{c}')"),
             ));
+        }
+        if let Some(m) = &self.search_method {
+            if !m.eq_ignore_ascii_case("get") && !m.eq_ignore_ascii_case("post") {
+                return Err(InvalidOption::new(
+                    "search_method",
+                    format!("'{m}' is neither GET nor POST"),
+                ));
+            }
         }
         if let Some(d) = &self.datetime {
             check_datetime(d).map_err(|m| InvalidOption::new("datetime", m))?;
@@ -311,6 +325,11 @@ mod tests {
             Err("stac_api")
         );
         assert_eq!(api(|o| o.page_size = Some(0)), Err("page_size"));
+        assert_eq!(api(|o| o.search_method = Some("get".into())), Ok(()));
+        assert_eq!(
+            api(|o| o.search_method = Some("PUT".into())),
+            Err("search_method")
+        );
         assert_eq!(api(|o| o.http_timeout = Some(-1.0)), Err("http_timeout"));
         let catalog = StacOptions {
             stac_catalog: Some("c.json".into()),
