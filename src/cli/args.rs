@@ -173,16 +173,11 @@ pub struct IngestArgs {
     /// The folder scenes arrive in (searched recursively; hidden files and folders skipped).
     /// Not with --stac-api / --stac-catalog (or a pipeline's [ingest] source).
     pub dir: Option<PathBuf>,
-    #[command(flatten)]
-    pub stac: StacOptions,
-    /// STAC Items: the asset to read, by key or role (default: the pipeline's [input] asset,
-    /// else the first GeoTIFF data asset).
-    #[arg(long, value_name = "KEY")]
-    pub asset: Option<String>,
     /// The pipeline file.
     #[arg(long, value_name = "FILE", required_unless_present = "status")]
     pub pipeline: Option<PathBuf>,
-    /// Output folder: one sub-folder per scene (its path below DIR, '/' as '_').
+    /// Output folder: one sub-folder per scene (its path below DIR, '/' as '_'; a STAC Item's
+    /// <collection>.<id>).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// State database (default: OUT/.tessera-state.sqlite).
@@ -223,15 +218,21 @@ pub struct IngestArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub stac: StacOptions,
+    /// STAC Items: the asset to read, by key or role (default: the pipeline's [input] asset,
+    /// else the first GeoTIFF data asset).
+    #[arg(long, value_name = "KEY")]
+    pub asset: Option<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct WatchArgs {
-    #[command(flatten)]
-    pub ingest: IngestArgs,
     /// Seconds between passes.
     #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
     pub interval: f64,
+    #[command(flatten)]
+    pub ingest: IngestArgs,
 }
 
 #[derive(Debug, Args)]
