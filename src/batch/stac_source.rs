@@ -340,7 +340,7 @@ impl StacSource {
     /// Items; each document is read once.
     fn walk(&self, root: &Url) -> Result<Listing, SourceError> {
         let mut listing = Listing::default();
-        let mut queue: VecDeque<(Url, Option<String>)> = VecDeque::new();
+        let mut queue: VecDeque<(Url, Option<Value>, Option<String>)> = VecDeque::new();
         let mut seen: HashSet<Url> = HashSet::new();
         let first = self.fetch(root, None)?;
         let kind = first.get("type").and_then(Value::as_str).unwrap_or("");
@@ -355,16 +355,28 @@ impl StacSource {
         }
         seen.insert(root.clone());
         let mut seen_items = HashSet::new();
-        let mut docs = vec![(root.clone(), first, None::<String>)];
+        // (where, the document when already read, the collection of the parent)
+        queue.push_back((root.clone(), Some(first), None));
         let mut count = 0;
-        while let Some((url, doc, parent_collection)) = docs.pop() {
+        while let Some((url, doc, parent_collection)) = queue.pop_front() {
             count += 1;
             if count > MAX_DOCUMENTS {
                 listing.problems.push(format!(
-                    "{root}: more than {MAX_DOCUMENTS} documents; the rest not read"
+                    "{}: more than {MAX_DOCUMENTS} documents; the rest not read",
+                    shown(root)
                 ));
                 break;
             }
+            let doc = match doc {
+                Some(doc) => doc,
+                None => match self.fetch(&url, None) {
+                    Ok(doc) => doc,
+                    Err(e) => {
+                        listing.problems.push(e.to_string());
+                        continue;
+                    }
+                },
+            };
             match doc.get("type").and_then(Value::as_str) {
                 Some("Feature") => match item_of(&doc, &url, parent_collection.as_deref()) {
                     Ok(item) => {
@@ -394,7 +406,7 @@ impl StacSource {
                         match url.join(href) {
                             Ok(u) => {
                                 if seen.insert(u.clone()) {
-                                    queue.push_back((u, collection.clone()));
+                                    queue.push_back((u, None, collection.clone()));
                                 }
                             }
                             Err(e) => listing.problems.push(format!(
@@ -431,19 +443,6 @@ impl StacSource {
                     shown(&url),
                     other.map_or("missing".to_string(), |t| format!("'{t}'"))
                 )),
-            }
-            if docs.is_empty() {
-                // Read the next document of the queue (one at a time: catalogs are walked in
-                // order, and a bad one is one problem).
-                while let Some((u, parent)) = queue.pop_front() {
-                    match self.fetch(&u, None) {
-                        Ok(doc) => {
-                            docs.push((u, doc, parent));
-                            break;
-                        }
-                        Err(e) => listing.problems.push(e.to_string()),
-                    }
-                }
             }
         }
         Ok(listing)
