@@ -785,7 +785,8 @@ fn watch_waits_out_a_missing_catalog_then_ingests_a_local_one() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     let linked = derived_from(&d.join("out"), "c.x");
     assert_eq!(linked.len(), 1);
-    assert_eq!(linked, vec![d.join("stac/c/x.json").display().to_string()]);
+    let canonical = std::fs::canonicalize(d.join("stac/c/x.json")).expect("canonical");
+    assert_eq!(linked, vec![format!("file://{}", canonical.display())]);
 }
 
 /// `.venv/bin/NAME`, or `None` (a skip outside CI) when `make setup` has not installed it.

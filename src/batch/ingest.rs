@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::inputs::{from_remote_item, safe_name, short_hash, walk, SceneInput, Shard};
+use super::inputs::{safe_name, short_hash, walk, SceneInput, Shard};
 use super::record::{self, now};
 use super::run::{process_scene, remove_stale_temporaries, Identity, SceneOutcome, SceneReport};
 use super::spec::{JobContext, Pipeline};
@@ -317,12 +317,14 @@ impl IngestJob {
                     }
                     continue;
                 };
-                let scene = from_remote_item(
-                    &item.value,
-                    &item.url,
-                    stac_name(item),
+                // Through the same seam as Item files: asset choice, relative hrefs against the
+                // Item's URL (a path for catalogs on disk), the Item kept for the output Item.
+                let mut scene = SceneInput::from_item_json(
+                    &super::stac_source::shown(&item.url),
+                    item.value.clone(),
                     self.asset.as_deref(),
                 );
+                scene.name = stac_name(item);
                 let report = self.process_claimed(identity, ctx, &claim, &owner, &scene, true);
                 self.record(db.as_ref(), &claim, &owner, &scene, &report)?;
                 if let Ok(mut all) = reports.lock() {
@@ -349,9 +351,7 @@ impl IngestJob {
                 name: self.scene_name(&path),
                 raster: claim.path.clone(),
                 source: Some(path.clone()),
-                item: None,
-                item_href: None,
-                error: None,
+                ..SceneInput::default()
             };
             let report = self.process_claimed(identity, ctx, &claim, &owner, &scene, false);
             let finished = now();

@@ -13,8 +13,52 @@ use super::BatchError;
 /// File extensions taken from directories.
 const RASTER_EXTENSIONS: [&str; 6] = ["tif", "tiff", "jp2", "img", "vrt", "ntf"];
 
-/// One scene of a batch.
+/// The STAC Item a scene was made from, as read: where it is and its JSON. The scene's own
+/// Item takes `datetime`, `start_datetime`/`end_datetime` and a `derived_from` link from it
+/// (`super::stac`), whichever way the Item came (a local file, a STAC API, a static catalog).
 #[derive(Clone, Debug, Serialize)]
+pub struct InputItem {
+    /// Where the Item is: a local path (as given) or an `http(s)://` URL.
+    pub href: String,
+    /// The Item JSON (not serialized in reports).
+    #[serde(skip)]
+    pub json: serde_json::Value,
+}
+
+impl InputItem {
+    /// `href` as a URL for a link: `http(s)://` URLs as they are, local paths as absolute
+    /// `file://` URLs (made absolute against the current folder, percent-encoded).
+    pub fn link_href(&self) -> String {
+        if self.href.contains("://") {
+            return self.href.clone();
+        }
+        let path = Path::new(&self.href);
+        let abs = std::fs::canonicalize(path).unwrap_or_else(|_| {
+            std::env::current_dir()
+                .map(|d| d.join(path))
+                .unwrap_or_else(|_| path.to_path_buf())
+        });
+        file_url(&abs)
+    }
+}
+
+/// An absolute path as a `file://` URL, with every byte outside RFC 3986's unreserved set
+/// and '/' percent-encoded.
+pub(crate) fn file_url(abs: &Path) -> String {
+    let text = abs.to_string_lossy();
+    let mut url = String::from("file://");
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            url.push(char::from(b));
+        } else {
+            url.push_str(&format!("%{b:02X}"));
+        }
+    }
+    url
+}
+
+/// One scene of a batch.
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct SceneInput {
     /// Folder name of the scene's outputs (unique in the batch, stable across runs).
     pub name: String,
@@ -23,11 +67,10 @@ pub struct SceneInput {
     /// The local file whose change means the scene must be redone: the raster, or the STAC
     /// Item for remote assets (`None` for bare remote paths).
     pub source: Option<PathBuf>,
-    /// The STAC Item the scene came from.
+    /// The local STAC Item file the scene came from (its changes mean a redo).
     pub item: Option<PathBuf>,
-    /// The URL of the STAC Item the scene came from, for Items read from a STAC API or a
-    /// remote catalog (the output Item's `derived_from` link).
-    pub item_href: Option<String>,
+    /// The STAC Item the scene came from, local or remote, with its JSON.
+    pub stac_item: Option<InputItem>,
     /// Why the input could not be resolved (the scene is reported as failed).
     pub error: Option<String>,
 }
@@ -40,9 +83,41 @@ impl SceneInput {
             raster: path.to_string(),
             source: local.then(|| PathBuf::from(path)),
             item: None,
-            item_href: None,
+            stac_item: None,
             error: None,
         }
+    }
+
+    /// A scene from a STAC Item already read: `href` is where it is (a local path or an
+    /// `http(s)://` URL; relative asset hrefs resolve against it), `json` the Item. The asset
+    /// is the one named by key or role (`asset`), else the first GeoTIFF data asset (roles
+    /// "data" or key "visual"/"image"), else the first GeoTIFF asset. A JSON that is not a
+    /// usable Item gives a scene with an `error` naming `href`.
+    pub fn from_item_json(href: &str, json: serde_json::Value, asset: Option<&str>) -> SceneInput {
+        let mut scene = SceneInput {
+            name: stem(href),
+            raster: href.to_string(),
+            source: None,
+            item: None,
+            stac_item: None,
+            error: None,
+        };
+        match resolve_item(href, &json, asset) {
+            Ok((id, raster)) => {
+                scene.name = safe_name(&id);
+                scene.raster = raster;
+                if !is_remote(&scene.raster) {
+                    // A local asset: its own changes count too (the record fingerprints it).
+                    scene.source = Some(PathBuf::from(&scene.raster));
+                }
+                scene.stac_item = Some(InputItem {
+                    href: href.to_string(),
+                    json,
+                });
+            }
+            Err(e) => scene.error = Some(format!("{href}: {e}")),
+        }
+        scene
     }
 }
 
@@ -324,83 +399,36 @@ fn looks_like_item(p: &Path) -> bool {
         .is_some_and(|v| v.get("type").and_then(|t| t.as_str()) == Some("Feature"))
 }
 
-/// A scene from a STAC Item: the asset named by key or role, else the first GeoTIFF data
-/// asset (roles "data" or key "visual"/"image"), else the first GeoTIFF asset.
+/// A scene from a local STAC Item file (see [`SceneInput::from_item_json`]).
 fn from_item(item: &Path, asset: Option<&str>) -> SceneInput {
-    let mut scene = SceneInput {
-        name: stem(&item.display().to_string()),
-        raster: item.display().to_string(),
-        source: Some(item.to_path_buf()),
-        item: Some(item.to_path_buf()),
-        item_href: None,
-        error: None,
+    let href = item.display().to_string();
+    let read = std::fs::read_to_string(item)
+        .map_err(|e| format!("cannot read: {e}"))
+        .and_then(|text| {
+            serde_json::from_str::<serde_json::Value>(&text).map_err(|e| format!("not JSON: {e}"))
+        });
+    let mut scene = match read {
+        Ok(json) => SceneInput::from_item_json(&href, json, asset),
+        Err(e) => SceneInput {
+            name: stem(&href),
+            raster: href.clone(),
+            error: Some(format!("{href}: {e}")),
+            ..SceneInput::default()
+        },
     };
-    match resolve_item(item, asset) {
-        Ok((id, raster)) => {
-            scene.name = safe_name(&id);
-            scene.raster = raster;
-            if !is_remote(&scene.raster) {
-                // A local asset: its own changes count too (the record fingerprints both).
-                scene.source = Some(PathBuf::from(&scene.raster));
-            }
-        }
-        Err(e) => scene.error = Some(format!("{}: {e}", item.display())),
+    // The Item file itself: its changes mean a redo, and the remote assets it names have
+    // no local file of their own.
+    scene.item = Some(item.to_path_buf());
+    if scene.source.is_none() {
+        scene.source = Some(item.to_path_buf());
     }
     scene
 }
 
-/// A scene from a STAC Item read from a STAC API or a catalog at `url` (relative asset hrefs
-/// resolve against it): the asset chosen as for Item files ([`from_item`]), read through GDAL
-/// (`/vsicurl/` for http(s), `/vsis3/` for s3). `name` is the scene's output folder.
-pub(crate) fn from_remote_item(
+/// The Item's id and the GDAL path of its chosen asset.
+fn resolve_item(
+    item_href: &str,
     v: &serde_json::Value,
-    url: &url::Url,
-    name: String,
-    asset: Option<&str>,
-) -> SceneInput {
-    let mut scene = SceneInput {
-        name,
-        raster: url.to_string(),
-        source: None,
-        item: None,
-        item_href: Some(super::stac_source::shown(url)),
-        error: None,
-    };
-    match resolve_value(v, &ItemBase::Url(url), asset) {
-        Ok((_, raster)) => {
-            if !is_remote(&raster) {
-                // A local asset (a catalog on disk): its changes count too.
-                scene.source = Some(PathBuf::from(&raster));
-            }
-            scene.raster = raster;
-        }
-        Err(e) => scene.error = Some(format!("{}: {e}", super::stac_source::shown(url))),
-    }
-    scene
-}
-
-/// What the relative hrefs of an Item are relative to.
-enum ItemBase<'a> {
-    /// The folder of an Item file.
-    Dir(&'a Path),
-    /// The URL an Item was read from (`file://` for catalogs on disk).
-    Url(&'a url::Url),
-}
-
-fn resolve_item(item: &Path, asset: Option<&str>) -> Result<(String, String), String> {
-    let text = std::fs::read_to_string(item).map_err(|e| format!("cannot read: {e}"))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("not JSON: {e}"))?;
-    resolve_value(
-        &v,
-        &ItemBase::Dir(item.parent().unwrap_or(Path::new("."))),
-        asset,
-    )
-}
-
-/// The id of STAC Item `v` and the GDAL path of its chosen asset.
-fn resolve_value(
-    v: &serde_json::Value,
-    base: &ItemBase<'_>,
     asset: Option<&str>,
 ) -> Result<(String, String), String> {
     if v.get("type").and_then(|t| t.as_str()) != Some("Feature") {
@@ -456,30 +484,50 @@ fn resolve_value(
         .get("href")
         .and_then(|h| h.as_str())
         .ok_or("the asset has no href")?;
-    let file_url = href
-        .starts_with("file://")
-        .then(|| url::Url::parse(href).ok()?.to_file_path().ok())
-        .flatten();
-    let raster = if let Some(path) = file_url {
-        path.display().to_string()
-    } else if href.contains("://") {
+    let raster = if href.contains("://") {
         gdal_path(href)
+    } else if Path::new(href).is_absolute() {
+        href.to_string()
+    } else if item_href.contains("://") {
+        // Relative to a remote Item: against its URL's folder.
+        gdal_path(&join_url(item_href, href))
     } else {
-        match base {
-            ItemBase::Dir(_) if Path::new(href).is_absolute() => href.to_string(),
-            ItemBase::Dir(dir) => dir.join(href).display().to_string(),
-            ItemBase::Url(url) => {
-                let joined = url
-                    .join(href)
-                    .map_err(|e| format!("asset href '{href}' is not a valid URL: {e}"))?;
-                match joined.to_file_path() {
-                    Ok(p) if joined.scheme() == "file" => p.display().to_string(),
-                    _ => gdal_path(joined.as_str()),
-                }
-            }
-        }
+        Path::new(item_href)
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(href)
+            .display()
+            .to_string()
     };
     Ok((id, raster))
+}
+
+/// `rel` resolved against the URL `base` (RFC 3986 reference resolution for path
+/// references: `./` and `../` segments, and `/path` against the authority).
+fn join_url(base: &str, rel: &str) -> String {
+    let base = base.split(['?', '#']).next().unwrap_or(base);
+    let (scheme, rest) = base.split_once("://").unwrap_or(("", base));
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let mut segments: Vec<&str> = if rel.starts_with('/') {
+        Vec::new()
+    } else {
+        let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
+        dir.split('/').filter(|s| !s.is_empty()).collect()
+    };
+    let parts: Vec<&str> = rel.split('/').collect();
+    for (i, part) in parts.iter().enumerate() {
+        match *part {
+            "." | "" if i + 1 < parts.len() => {}
+            ".." => {
+                segments.pop();
+            }
+            p => segments.push(p),
+        }
+    }
+    format!("{scheme}://{authority}/{}", segments.join("/"))
 }
 
 /// A deterministic share of a batch: scene `name` belongs to shard `sha256(name) mod count`,
@@ -606,37 +654,54 @@ mod tests {
     }
 
     #[test]
-    fn remote_items_resolve_hrefs_against_their_url() {
+    fn items_keep_their_href_and_json_and_remote_items_resolve_against_their_url() {
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::write(dir.path().join("x.tif"), b"x").expect("write");
         let item = serde_json::json!({
-            "type": "Feature", "id": "S2B_0001", "stac_version": "1.0.0",
-            "assets": {
-                "visual": {"href": "../data/x.tif", "type": "image/tiff; application=geotiff", "roles": ["data"]},
-                "s3": {"href": "s3://bucket/key/b.tif", "roles": ["overview"]},
-                "abs": {"href": "/srv/c.tif", "roles": ["other"]}
-            }
+            "type": "Feature", "id": "S2B 7", "properties": {"datetime": "2024-06-01T10:00:00Z"},
+            "assets": {"visual": {"href": "x.tif", "type": "image/tiff", "roles": ["data"]}}
         });
-        let url = url::Url::parse("https://host/cat/items/a.json").expect("url");
-        let s = from_remote_item(&item, &url, "n".into(), None);
-        assert_eq!(s.raster, "/vsicurl/https://host/cat/data/x.tif");
+        let path = dir.path().join("item.json");
+        std::fs::write(&path, item.to_string()).expect("write");
+        let s = expand(&[path.display().to_string()], None).expect("item");
+        let from = s[0].stac_item.as_ref().expect("the input Item");
+        assert_eq!(from.href, path.display().to_string());
+        assert_eq!(from.json, item);
+        assert_eq!(s[0].name, "S2B_7");
+        assert_eq!(s[0].item.as_deref(), Some(path.as_path()));
+        let canonical = std::fs::canonicalize(&path).expect("canonical");
+        assert_eq!(from.link_href(), format!("file://{}", canonical.display()));
+
+        // The same Item from a STAC API: its relative assets are under its URL.
+        let url = "https://stac.example.org/collections/s2/items/S2B%207";
+        let s = SceneInput::from_item_json(url, item.clone(), None);
         assert_eq!(
-            s.item_href.as_deref(),
-            Some("https://host/cat/items/a.json")
+            s.raster,
+            "/vsicurl/https://stac.example.org/collections/s2/items/x.tif"
         );
-        assert_eq!((s.source, s.error), (None, None));
-        let s = from_remote_item(&item, &url, "n".into(), Some("overview"));
-        assert_eq!(s.raster, "/vsis3/bucket/key/b.tif");
-        let s = from_remote_item(&item, &url, "n".into(), Some("abs"));
-        assert_eq!(s.raster, "/vsicurl/https://host/srv/c.tif");
-        let local = url::Url::parse("file:///cat/items/a.json").expect("url");
-        let s = from_remote_item(&item, &local, "n".into(), None);
-        assert_eq!(s.raster, "/cat/data/x.tif");
-        assert_eq!(s.source, Some(PathBuf::from("/cat/data/x.tif")));
-        assert_eq!(s.item_href.as_deref(), Some("/cat/items/a.json"));
-        let s = from_remote_item(&item, &url, "n".into(), Some("nope"));
-        let e = s.error.expect("an error");
-        assert!(
-            e.starts_with("https://host/cat/items/a.json: no asset with key or role 'nope'"),
-            "{e}"
+        assert_eq!(s.source, None);
+        assert_eq!(s.stac_item.as_ref().expect("item").link_href(), url);
+        let bad = SceneInput::from_item_json(url, serde_json::json!({"type": "Collection"}), None);
+        let e = bad.error.expect("an error");
+        assert!(e.starts_with(url) && e.contains("not a STAC Item"), "{e}");
+        assert!(bad.stac_item.is_none());
+
+        assert_eq!(
+            join_url("https://h/a/b/item.json", "../c/d.tif"),
+            "https://h/a/c/d.tif"
+        );
+        assert_eq!(
+            join_url("https://h/a/item.json?x=1", "./d.tif"),
+            "https://h/a/d.tif"
+        );
+        assert_eq!(
+            join_url("https://h/a/item.json", "/r/d.tif"),
+            "https://h/r/d.tif"
+        );
+        assert_eq!(join_url("https://h", "d.tif"), "https://h/d.tif");
+        assert_eq!(
+            file_url(Path::new("/data/my scenes/ä#1.json")),
+            "file:///data/my%20scenes/%C3%A4%231.json"
         );
     }
 

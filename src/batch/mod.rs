@@ -16,7 +16,7 @@ pub mod stac;
 pub mod stac_source;
 pub mod state;
 
-pub use inputs::{expand, SceneInput, Shard};
+pub use inputs::{expand, InputItem, SceneInput, Shard};
 pub use run::{run_batch, BatchJob, BatchReport, SceneOutcome, SceneReport};
 pub use spec::{JobContext, Pipeline, Stage, StageJob, Task};
 

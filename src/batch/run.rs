@@ -419,9 +419,11 @@ fn write_item(
         "tessera:version".into(),
         serde_json::Value::String(env!("CARGO_PKG_VERSION").into()),
     );
-    // The input Item read from a STAC API or catalog, else the input file.
-    item.source_href = Some(match (&scene.item_href, stamps.first()) {
-        (Some(href), _) => href.clone(),
+    // The input Item read from a STAC API or catalog (no local Item file), else the input
+    // file.
+    let remote_item = scene.stac_item.as_ref().filter(|_| scene.item.is_none());
+    item.source_href = Some(match (remote_item, stamps.first()) {
+        (Some(input), _) => input.link_href(),
         (None, Some(s)) => s.path.clone(),
         (None, None) => scene.raster.clone(),
     });
