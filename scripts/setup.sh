@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what tessera needs to build, test and run, idempotently:
 #   1. Debian packages: libgdal-dev gdal-bin pkg-config libsqlite3-dev (GDAL 3.6 on Debian 12),
-#      postgresql (a throwaway server for the PostgreSQL ingest-state tests),
+#      nginx-light (a static STAC catalog over HTTP in the tests),
+#      postgresql (a throwaway server for the PostgreSQL ingest-state tests), postgresql-postgis
+#      (pgstac's STAC API in the STAC ingest tests),
 #      and python3-qgis (QGIS 3.22, headless, without recommends) for the tests that open the
 #      outputs in QGIS; slurm-wlm and munge (Slurm 22.05) for tests/slurm.rs, as root only
 #   2. ONNX Runtime's CPU library, taken from the PyPI wheel onnxruntime==1.31.1
@@ -31,9 +33,14 @@ command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 # Java for pycocoevalcap's PTB tokenizer (tests/eval.rs checks tessera's tokenisation with it).
 command -v java >/dev/null 2>&1 || need_apt+=(default-jre-headless)
+# nginx for tests/stac_ingest.rs: serves a static STAC catalog and its COGs with HTTP range
+# requests (started by the test on localhost with its own config; the system service is unused).
+[ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
 # PostgreSQL for the tests of `ingest --state postgresql://...` (tests/common/postgres.rs runs a
 # throwaway server from these binaries; the package's own cluster is not used).
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
+# PostGIS for pgstac (tests/stac_ingest.rs serves a STAC API from a throwaway PostgreSQL server).
+compgen -G '/usr/share/postgresql/*/extension/postgis.control' >/dev/null || need_apt+=(postgresql-postgis)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     say "installing ${need_apt[*]} with apt-get"

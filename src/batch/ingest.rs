@@ -6,8 +6,14 @@
 //! exponential backoff up to a limit; permanent ones are not retried until the file changes.
 //! Several instances may share one database: a scene is claimed in a transaction, so it is
 //! processed by exactly one of them.
+//!
+//! Scenes may also come from a STAC API or a static STAC catalog ([`super::stac_source`]):
+//! each pass lists the Items, records them keyed `stac:<collection>/<id>` with their version
+//! (`updated`, else a hash of the Item), and processes those new or changed since the last
+//! pass, reading the chosen asset through GDAL. Items that cannot be listed are reported,
+//! one line each, and the pass goes on with the others.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -19,6 +25,7 @@ use super::inputs::{safe_name, short_hash, walk, SceneInput, Shard};
 use super::record::{self, now};
 use super::run::{process_scene, remove_stale_temporaries, Identity, SceneOutcome, SceneReport};
 use super::spec::{JobContext, Pipeline};
+use super::stac_source::{RemoteItem, StacSource};
 use super::state::{
     Claim, Fingerprint, JournalMode, Owner, RetryPolicy, SceneRow, StateLocation, StateStore,
 };
@@ -27,8 +34,13 @@ use super::BatchError;
 /// What `tessera ingest` and `tessera watch` do.
 #[derive(Debug)]
 pub struct IngestJob {
-    /// The folder scenes arrive in (searched recursively; hidden entries skipped).
+    /// The folder scenes arrive in (searched recursively; hidden entries skipped); unused when
+    /// `stac` is given.
     pub dir: PathBuf,
+    /// Scenes are the Items of this STAC API or catalog instead of the folder's files.
+    pub stac: Option<StacSource>,
+    /// STAC Items: the asset to read, by key or role (default: the first GeoTIFF data asset).
+    pub asset: Option<String>,
     pub pipeline: Pipeline,
     pub out: PathBuf,
     /// The state: a SQLite file, or a PostgreSQL database for instances on several hosts.
@@ -52,8 +64,11 @@ pub struct IngestJob {
 #[derive(Debug, Default, Serialize)]
 pub struct IngestReport {
     pub state: String,
-    /// Scene files found.
+    /// Scene files (or STAC Items) found.
     pub found: usize,
+    /// What a STAC source could not list (a child catalog, a page or an Item that cannot be
+    /// read, a malformed Item): one line each, its URL and the cause.
+    pub problems: Vec<String>,
     /// Files still being written (taken by a later pass), including files that changed while
     /// they were processed (a failure then is not recorded).
     pub waiting: Vec<String>,
@@ -154,6 +169,14 @@ impl IngestJob {
         stop: &AtomicBool,
     ) -> Result<IngestReport, BatchError> {
         let start = Instant::now();
+        // A source that cannot be listed leaves nothing behind.
+        let (stable, waiting, items, problems) = match &self.stac {
+            None => {
+                let (stable, waiting) = self.scan(now());
+                (stable, waiting, HashMap::new(), Vec::new())
+            }
+            Some(source) => self.list_items(source)?,
+        };
         // A database is reached before anything is written; a SQLite file may live in `out`.
         let early = match &self.state {
             StateLocation::Sqlite(_) => None,
@@ -168,7 +191,9 @@ impl IngestJob {
             Some(db) => db,
             None => self.open_state()?,
         };
-        let (stable, waiting) = self.scan(now());
+        for p in &problems {
+            tracing::warn!("{p}");
+        }
         db.observe_all(&stable, now()).map_err(state_err)?;
         let reports: Mutex<Vec<SceneReport>> = Mutex::new(Vec::new());
         let deferred: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -180,7 +205,7 @@ impl IngestJob {
         std::thread::scope(|s| {
             for _ in 0..ctx.jobs {
                 s.spawn(|| {
-                    if let Err(e) = self.worker(identity, &ctx, stop, &reports, &deferred) {
+                    if let Err(e) = self.worker(identity, &ctx, stop, &items, &reports, &deferred) {
                         if let Ok(mut f) = failure.lock() {
                             f.get_or_insert(e);
                         }
@@ -206,6 +231,7 @@ impl IngestJob {
         Ok(IngestReport {
             state: self.state.to_string(),
             found,
+            problems,
             waiting,
             done: processed.len() - failed,
             failed,
@@ -214,12 +240,43 @@ impl IngestJob {
         })
     }
 
+    /// The Items of a STAC source (of this shard), as scan results keyed for the state.
+    #[allow(clippy::type_complexity)]
+    fn list_items(
+        &self,
+        source: &StacSource,
+    ) -> Result<
+        (
+            Vec<(String, Fingerprint)>,
+            Vec<String>,
+            HashMap<String, RemoteItem>,
+            Vec<String>,
+        ),
+        BatchError,
+    > {
+        let listing = source
+            .list()
+            .map_err(|e| BatchError::Source(e.to_string()))?;
+        let mut stable = Vec::new();
+        let mut items = HashMap::new();
+        for item in listing.items {
+            if self.shard.is_some_and(|s| !s.takes(&stac_name(&item))) {
+                continue;
+            }
+            stable.push((item.key.clone(), item.fingerprint));
+            items.insert(item.key.clone(), item);
+        }
+        stable.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok((stable, Vec::new(), items, listing.problems))
+    }
+
     /// Claim and process scenes until none is eligible.
     fn worker(
         &self,
         identity: &Identity,
         ctx: &JobContext,
         stop: &AtomicBool,
+        items: &HashMap<String, RemoteItem>,
         reports: &Mutex<Vec<SceneReport>>,
         deferred: &Mutex<Vec<String>>,
     ) -> Result<(), BatchError> {
@@ -235,7 +292,6 @@ impl IngestJob {
             else {
                 break;
             };
-            let path = PathBuf::from(&claim.path);
             if claim.attempt > self.retry.max_attempts {
                 // Claimed again after crashes (each crash used an attempt): give up.
                 db.finish_err(
@@ -250,6 +306,41 @@ impl IngestJob {
                 .map_err(state_err)?;
                 continue;
             }
+            if let Some(source) = &self.stac {
+                // An Item of this pass's listing, as listed; anything else (a scene of another
+                // source sharing the state, an Item no longer listed, a version another
+                // instance listed) waits for a pass that lists it.
+                let Some(item) = items
+                    .get(&claim.path)
+                    .filter(|i| i.fingerprint == claim.fingerprint)
+                else {
+                    let note = format!(
+                        "{}: not listed by {} in this pass; left for a pass that lists it",
+                        claim.path,
+                        source.url()
+                    );
+                    match db.defer(&claim, &owner, now() + self.settle_seconds.max(10.0), &note) {
+                        Err(super::state::StateError::ClaimLost { .. }) => {}
+                        r => r.map_err(state_err)?,
+                    }
+                    continue;
+                };
+                // Through the same seam as Item files: asset choice, relative hrefs against the
+                // Item's URL (a path for catalogs on disk), the Item kept for the output Item.
+                let mut scene = SceneInput::from_item_json(
+                    &super::stac_source::shown(&item.url),
+                    item.value.clone(),
+                    self.asset.as_deref(),
+                );
+                scene.name = stac_name(item);
+                let report = self.process_claimed(&renewer, identity, ctx, &claim, &owner, &scene);
+                self.record(db.as_ref(), &claim, &owner, &scene, &report)?;
+                if let Ok(mut all) = reports.lock() {
+                    all.push(report);
+                }
+                continue;
+            }
+            let path = PathBuf::from(&claim.path);
             // The file must still be what was observed; otherwise a later pass takes it.
             let current = record::stat(&path)
                 .ok()
@@ -270,16 +361,7 @@ impl IngestJob {
                 source: Some(path.clone()),
                 ..SceneInput::default()
             };
-            tracing::info!(scene = %scene.name, attempt = claim.attempt, "ingesting");
-            // While the scene runs, its claim is renewed well within the lease, so instances
-            // on other hosts do not take a long scene over.
-            let running = AtomicBool::new(true);
-            let report = std::thread::scope(|s| {
-                s.spawn(|| self.keep_claim(&renewer, &claim, &owner, &running));
-                let report = process_scene(&self.pipeline, identity, &scene, &self.out, false, ctx);
-                running.store(false, Ordering::SeqCst);
-                report
-            });
+            let report = self.process_claimed(&renewer, identity, ctx, &claim, &owner, &scene);
             let finished = now();
             if report.error.is_some() {
                 // A file whose size or time moved since the scan was still being written: its
@@ -308,41 +390,78 @@ impl IngestJob {
                     continue;
                 }
             }
-            let recorded = match &report.error {
-                None => db.finish_ok(
-                    &claim,
-                    &owner,
-                    finished,
-                    report.seconds,
-                    report.output.as_deref().unwrap_or(""),
-                ),
-                Some(e) => db
-                    .finish_err(
-                        &claim,
-                        &owner,
-                        finished,
-                        report.seconds,
-                        e,
-                        report.transient,
-                        &self.retry,
-                    )
-                    .map(|status| {
-                        tracing::warn!(scene = %scene.name, error = %e, ?status, "scene failed");
-                    }),
-            };
-            match recorded {
-                // Taken over meanwhile (this host looked dead to another one): the other
-                // instance records the scene; the output folder is complete either way.
-                Err(super::state::StateError::ClaimLost { .. }) => {
-                    tracing::warn!(scene = %scene.name, "claim taken over by another instance");
-                }
-                r => r.map_err(state_err)?,
-            }
+            self.record(db.as_ref(), &claim, &owner, &scene, &report)?;
             if let Ok(mut all) = reports.lock() {
                 all.push(report);
             }
         }
         Ok(())
+    }
+
+    /// Process a claimed scene, renewing the claim while it runs (well within the lease, so
+    /// instances on other hosts do not take a long scene over). A STAC Item is processed even
+    /// when its output folder looks complete: the state, not the folder, says what is new.
+    fn process_claimed(
+        &self,
+        renewer: &Mutex<Box<dyn StateStore>>,
+        identity: &Identity,
+        ctx: &JobContext,
+        claim: &Claim,
+        owner: &Owner,
+        scene: &SceneInput,
+    ) -> SceneReport {
+        tracing::info!(scene = %scene.name, attempt = claim.attempt, "ingesting");
+        let force = scene.stac_item.is_some();
+        let running = AtomicBool::new(true);
+        std::thread::scope(|s| {
+            s.spawn(|| self.keep_claim(renewer, claim, owner, &running));
+            let report = process_scene(&self.pipeline, identity, scene, &self.out, force, ctx);
+            running.store(false, Ordering::SeqCst);
+            report
+        })
+    }
+
+    /// Record a processed claim's outcome in the state.
+    fn record(
+        &self,
+        db: &dyn StateStore,
+        claim: &Claim,
+        owner: &Owner,
+        scene: &SceneInput,
+        report: &SceneReport,
+    ) -> Result<(), BatchError> {
+        let finished = now();
+        let recorded = match &report.error {
+            None => db.finish_ok(
+                claim,
+                owner,
+                finished,
+                report.seconds,
+                report.output.as_deref().unwrap_or(""),
+            ),
+            Some(e) => db
+                .finish_err(
+                    claim,
+                    owner,
+                    finished,
+                    report.seconds,
+                    e,
+                    report.transient,
+                    &self.retry,
+                )
+                .map(|status| {
+                    tracing::warn!(scene = %scene.name, error = %e, ?status, "scene failed");
+                }),
+        };
+        match recorded {
+            // Taken over meanwhile (this host looked dead to another one): the other
+            // instance records the scene; the output folder is complete either way.
+            Err(super::state::StateError::ClaimLost { .. }) => {
+                tracing::warn!(scene = %scene.name, "claim taken over by another instance");
+                Ok(())
+            }
+            r => r.map_err(state_err),
+        }
     }
 
     /// Renew `claim` every quarter lease (1 s to 5 min) until `running` is cleared.
@@ -370,7 +489,8 @@ impl IngestJob {
     }
 
     /// Passes every `interval` seconds until `stop` is set (SIGINT/SIGTERM: the scene in
-    /// progress finishes first).
+    /// progress finishes first). A STAC source that cannot be listed is a warning line, and
+    /// the next pass tries again.
     ///
     /// # Errors
     /// As [`IngestJob::run_once`].
@@ -382,14 +502,39 @@ impl IngestJob {
         mut on_pass: impl FnMut(&IngestReport),
     ) -> Result<(), BatchError> {
         while !stop.load(Ordering::SeqCst) {
-            let report = self.run_once(identity, stop)?;
-            on_pass(&report);
+            match self.run_once(identity, stop) {
+                Ok(report) => on_pass(&report),
+                // A STAC API or catalog out of reach now may answer by the next pass.
+                Err(BatchError::Source(e)) => {
+                    eprintln!("tessera: warning: {e}; trying again in {interval} s");
+                }
+                Err(e) => return Err(e),
+            }
             let until = Instant::now() + std::time::Duration::from_secs_f64(interval.max(0.1));
             while Instant::now() < until && !stop.load(Ordering::SeqCst) {
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
         }
         Ok(())
+    }
+}
+
+/// The output folder name of a STAC Item: `<collection>.<id>` (`<id>` without a collection),
+/// made safe; a name that had to be changed gets a short hash of the Item's key, so names of
+/// distinct Items never collide (ids are unique within a collection only: Sentinel-2 L1C and
+/// L2A Items of one scene share theirs).
+fn stac_name(item: &RemoteItem) -> String {
+    let plain = match &item.collection {
+        Some(c) => format!("{c}.{}", item.id),
+        None => item.id.clone(),
+    };
+    let name = safe_name(&plain);
+    let dotted = item.collection.as_ref().is_some_and(|c| c.contains('.'))
+        || (item.collection.is_none() && item.id.contains('.'));
+    if name == plain && !dotted {
+        name
+    } else {
+        format!("{name}-{}", short_hash(&item.key))
     }
 }
 

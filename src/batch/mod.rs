@@ -1,7 +1,7 @@
 //! Batch orchestration: pipeline files ([`spec`]), many scenes per run ([`run`]), per-scene
 //! records that make reruns skip finished work ([`record`]), STAC Items describing each
-//! scene's outputs ([`stac`]), and scheduled ingestion of a folder with a state database
-//! ([`ingest`], [`state`]).
+//! scene's outputs ([`stac`]), and scheduled ingestion of a folder, a STAC API or a static STAC
+//! catalog ([`stac_source`]) with a state database ([`ingest`], [`state`]).
 //!
 //! Every scene is written into a hidden temporary folder and renamed into place only when all
 //! its outputs and its record are complete, so a crash at any point leaves either the previous
@@ -14,6 +14,7 @@ pub mod run;
 pub mod spec;
 pub mod stac;
 pub mod stac_assets;
+pub mod stac_source;
 pub mod state;
 pub mod state_postgres;
 
@@ -42,6 +43,9 @@ pub enum BatchError {
     /// The ingest state (its message names the file or database URL).
     #[error(transparent)]
     State(#[from] state::StateError),
+    /// A STAC API or catalog that cannot be listed (unreachable, not STAC).
+    #[error("{0}")]
+    Source(String),
 }
 
 /// This machine's name (for claims and temporary names; several hosts may share a folder).

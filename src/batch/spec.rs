@@ -13,8 +13,8 @@ use sha2::{Digest, Sha256};
 
 use super::BatchError;
 use crate::options::{
-    InputOptions, InvalidOption, OutputOptions, RuntimeOptions, SceneJobBase, TaskOptions,
-    TilingOptions,
+    InputOptions, InvalidOption, OutputOptions, RuntimeOptions, SceneJobBase, StacOptions,
+    TaskOptions, TilingOptions,
 };
 use crate::output::VectorFormat;
 use crate::raster::OpenOptions;
@@ -36,6 +36,8 @@ struct PipelineFile {
     runtime: RuntimeOptions,
     #[serde(default)]
     output: OutputOptions,
+    #[serde(default)]
+    ingest: StacOptions,
     #[serde(default, rename = "stage")]
     stages: Vec<toml::Spanned<TaskOptions>>,
 }
@@ -63,6 +65,8 @@ pub struct Pipeline {
     pub shared_pass: bool,
     /// STAC Item inputs: asset key or role to read.
     pub asset: Option<String>,
+    /// `[ingest]`: the STAC API or catalog `ingest` and `watch` take scenes from.
+    pub ingest: StacOptions,
     pub format: &'static dyn VectorFormat,
     input: InputOptions,
     tiling: TilingOptions,
@@ -311,6 +315,13 @@ impl Pipeline {
             err(line, message)
         })?;
         let format = file.output.vector_format().map_err(|e| invalid(None, e))?;
+        let ingest_line = text
+            .lines()
+            .position(|l| l.trim_start().starts_with("[ingest]"))
+            .map(|i| i + 1);
+        file.ingest
+            .validate()
+            .map_err(|e| invalid(ingest_line, e))?;
         let name = file.name.clone().unwrap_or_else(|| {
             path.file_stem()
                 .map_or("pipeline".into(), |s| s.to_string_lossy().into_owned())
@@ -322,6 +333,7 @@ impl Pipeline {
             shared_pass,
             stages,
             asset: file.input.asset.clone(),
+            ingest: file.ingest,
             format,
             input: file.input,
             tiling: file.tiling,

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::options::{
     CaptionOptions, ClassifyOptions, DetectOptions, EvalOptions, InputOptions, OutputOptions,
-    RuntimeOptions, SegmentOptions, TilingOptions,
+    RuntimeOptions, SegmentOptions, StacOptions, TilingOptions,
 };
 
 const AFTER_HELP: &str = "\
@@ -73,11 +73,13 @@ pub enum Command {
     /// link from the input Item); scenes already complete with the same inputs, pipeline and
     /// models are skipped.
     Run(RunArgs),
-    /// One ingestion pass over a folder (for cron or a systemd timer): new or changed scenes
-    /// are run through a pipeline once, with status, attempts, timings and errors kept in a
-    /// state database; `--status` lists what was done, failed and is pending.
+    /// One ingestion pass over a folder, a STAC API (--stac-api) or a static STAC catalog
+    /// (--stac-catalog), for cron or a systemd timer: new or changed scenes (files, or Items by
+    /// id and `updated`) are run through a pipeline once, with status, attempts, timings and
+    /// errors kept in a state database; `--status` lists what was done, failed and is pending.
     Ingest(IngestArgs),
-    /// Ingest a folder continuously: a pass every --interval seconds until SIGINT/SIGTERM
+    /// Ingest a folder or STAC source continuously: a pass every --interval seconds until
+    /// SIGINT/SIGTERM
     /// (the scene in progress finishes first).
     Watch(WatchArgs),
     /// Model packages: validate one (`tessera models check DIR`), or make one of a downloaded
@@ -172,12 +174,13 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 pub struct IngestArgs {
     /// The folder scenes arrive in (searched recursively; hidden files and folders skipped).
-    #[arg(required_unless_present = "status")]
+    /// Not with --stac-api / --stac-catalog (or a pipeline's [ingest] source).
     pub dir: Option<PathBuf>,
     /// The pipeline file.
     #[arg(long, value_name = "FILE", required_unless_present = "status")]
     pub pipeline: Option<PathBuf>,
-    /// Output folder: one sub-folder per scene (its path below DIR, '/' as '_').
+    /// Output folder: one sub-folder per scene (its path below DIR, '/' as '_'; a STAC Item's
+    /// <collection>.<id>).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// The ingestion state: a SQLite file (default: OUT/.tessera-state.sqlite; one host), or a
@@ -223,15 +226,21 @@ pub struct IngestArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub stac: StacOptions,
+    /// STAC Items: the asset to read, by key or role (default: the pipeline's [input] asset,
+    /// else the first GeoTIFF data asset).
+    #[arg(long, value_name = "KEY")]
+    pub asset: Option<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct WatchArgs {
-    #[command(flatten)]
-    pub ingest: IngestArgs,
     /// Seconds between passes.
     #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
     pub interval: f64,
+    #[command(flatten)]
+    pub ingest: IngestArgs,
 }
 
 #[derive(Debug, Args)]

@@ -158,12 +158,9 @@ pub(super) fn ingest(
     if a.status {
         return print_status(&state, a.json);
     }
-    let (Some(dir), Some(pipeline)) = (a.dir.clone(), a.pipeline.clone()) else {
-        bail!("DIR and --pipeline are required");
+    let Some(pipeline) = a.pipeline.clone() else {
+        bail!("--pipeline is required");
     };
-    if !dir.is_dir() {
-        bail!("{}: not a folder", dir.display());
-    }
     if a.jobs == 0 || a.max_attempts == 0 {
         bail!("--jobs and --max-attempts must be at least 1");
     }
@@ -181,8 +178,27 @@ pub(super) fn ingest(
         .map(|p| glob::Pattern::new(p).map_err(|e| anyhow::anyhow!("--pattern '{p}': {e}")))
         .collect::<Result<Vec<_>>>()?;
     let pipeline = crate::batch::Pipeline::load(&pipeline)?;
+    let stac = a.stac.clone().or(&pipeline.ingest);
+    stac.validate()
+        .map_err(|e| anyhow::anyhow!(e.render(crate::options::KeyStyle::Flag)))?;
+    let source = crate::batch::stac_source::StacSource::from_options(&stac)?;
+    let dir = match (&a.dir, &source) {
+        (Some(_), Some(_)) => {
+            bail!("DIR and a STAC source (--stac-api, --stac-catalog or [ingest]) are two sources: give one")
+        }
+        (None, None) => bail!("give DIR, --stac-api URL or --stac-catalog URL|FILE"),
+        (Some(dir), None) => {
+            if !dir.is_dir() {
+                bail!("{}: not a folder", dir.display());
+            }
+            dir.clone()
+        }
+        (None, Some(_)) => PathBuf::new(),
+    };
     let job = IngestJob {
         dir,
+        stac: source,
+        asset: a.asset.clone().or_else(|| pipeline.asset.clone()),
         pipeline,
         out: a.out.clone(),
         state,
@@ -205,6 +221,9 @@ pub(super) fn ingest(
     };
     let identity = crate::batch::run::Identity::of(&job.pipeline)?;
     let print = |r: &crate::batch::ingest::IngestReport| -> Result<()> {
+        for p in &r.problems {
+            eprintln!("tessera: warning: {p}");
+        }
         if a.json {
             return print_json(r);
         }
@@ -214,20 +233,30 @@ pub(super) fn ingest(
                 None => out!("  done    {} ({:.1} s)", s.name, s.seconds)?,
             }
         }
-        out!(
-            "{} scene file(s): {} processed, {} failed, {} still being written",
-            r.found,
-            r.done,
-            r.failed,
-            r.waiting.len()
-        )?;
+        if job.stac.is_some() {
+            out!(
+                "{} STAC Item(s): {} processed, {} failed, {} not listed (malformed or unreadable)",
+                r.found,
+                r.done,
+                r.failed,
+                r.problems.len()
+            )?;
+        } else {
+            out!(
+                "{} scene file(s): {} processed, {} failed, {} still being written",
+                r.found,
+                r.done,
+                r.failed,
+                r.waiting.len()
+            )?;
+        }
         Ok(())
     };
     match interval {
         None => {
             let report = job.run_once(&identity, &super::signals::STOP)?;
             print(&report)?;
-            if report.failed == 0 {
+            if report.failed == 0 && report.problems.is_empty() {
                 return Ok(0);
             }
             // Completed scenes: this pass's, or any done by an earlier pass into this state.

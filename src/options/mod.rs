@@ -9,6 +9,7 @@
 //! | [`TilingOptions`] | `[tiling]` | `--tile-size`, `--overlap`, `--stride`, `--target-gsd`, ... |
 //! | [`RuntimeOptions`] | `[runtime]` | `--device`, `--allow-fallback`, `--intra-threads`, ... |
 //! | [`OutputOptions`] | `[output]` | `--format` |
+//! | [`StacOptions`] | `[ingest]` | `--stac-api`, `--stac-catalog`, `--collections`, `--bbox`, `--datetime`, ... (`ingest`, `watch`) |
 //! | [`EvalOptions`] | (none: `eval` is a command only) | `--task`, `--model`, `--chips`, `--scene`, `--labels`, ... |
 //! | [`ClassifyOptions`], [`CaptionOptions`], [`DetectOptions`], [`SegmentOptions`] | a `[[stage]]` of that `task` | the command's own flags |
 //!
@@ -19,6 +20,7 @@ mod choice;
 mod common;
 pub(crate) mod de;
 mod eval;
+mod stac;
 
 pub(crate) mod introspect;
 mod tasks;
@@ -30,6 +32,7 @@ pub use common::{
     SceneJobBase, TilingOptions, MAX_BATCH_SIZE, MAX_TILE_SIZE, MIN_TARGET_GSD,
 };
 pub use eval::EvalOptions;
+pub use stac::{Bbox, StacOptions, DEFAULT_PAGE_SIZE};
 pub use tasks::{
     CaptionOptions, ClassifyOptions, DetectOptions, OptionsError, SceneWindow, SegmentOptions,
 };
