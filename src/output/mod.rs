@@ -24,7 +24,9 @@ pub use polygonize::polygonize_classes;
 pub use polygonize_stream::StreamPolygonizer;
 pub use raster::{class_color, write_cog, Legend, RasterSpec};
 pub use style::{raster_qml, LayerStyle, Symbol};
-pub use vector::{FieldKind, FieldSpec, FieldValue, GeometryKind, VectorLayerWriter};
+pub use vector::{
+    FieldKind, FieldSpec, FieldValue, GeometryKind, LayerSink, LayerSpec, VectorLayerWriter,
+};
 
 use thiserror::Error;
 

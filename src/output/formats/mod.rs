@@ -1,6 +1,7 @@
-//! Vector formats. Each format is one file with one [`VectorFormat`] implementation: GDAL does
-//! the encoding; a format states its driver, its layer options, and its limits (Shapefile's
-//! 10-character field names and 254-character strings).
+//! Vector formats. Each format is one file with one [`VectorFormat`] implementation: it states
+//! its driver, its layer options, and its limits (Shapefile's 10-character field names and
+//! 254-character strings), and its [`Backend`]: GDAL does the encoding unless the format
+//! brings a writer of its own.
 
 mod flatgeobuf;
 mod geojson;
@@ -9,16 +10,38 @@ mod shapefile;
 
 use std::path::Path;
 
+use super::vector::{LayerSink, LayerSpec};
+
 pub use flatgeobuf::FlatGeobuf;
 pub use geojson::{GeoJson, GeoJsonNativeCrs};
 pub use geopackage::GeoPackage;
 pub use shapefile::Shapefile;
 
+/// How a format's files are encoded.
+#[derive(Clone, Copy)]
+pub enum Backend {
+    /// By the GDAL/OGR driver [`VectorFormat::driver`], with [`VectorFormat::layer_options`].
+    Gdal,
+    /// By the format's own writer: creates the layer at [`LayerSpec::path`] (the temporary
+    /// name) and returns its [`LayerSink`].
+    Native(fn(&LayerSpec<'_>) -> super::Result<Box<dyn LayerSink>>),
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Gdal => "Gdal",
+            Backend::Native(_) => "Native",
+        })
+    }
+}
+
 /// One vector output format.
 pub trait VectorFormat: Sync + std::fmt::Debug {
     /// Short name used by `--format` and pipeline files.
     fn name(&self) -> &'static str;
-    /// GDAL/OGR driver name.
+    /// GDAL/OGR driver name (for a format with a writer of its own, the name GDAL's driver
+    /// for it has, which `--format` also accepts).
     fn driver(&self) -> &'static str;
     /// File extension without the dot.
     fn extension(&self) -> &'static str;
@@ -53,6 +76,10 @@ pub trait VectorFormat: Sync + std::fmt::Debug {
     /// Whether the whole layer should be written in one transaction (much faster in SQLite).
     fn transactional(&self) -> bool {
         false
+    }
+    /// Who encodes the files: GDAL (the default) or the format's own writer.
+    fn backend(&self) -> Backend {
+        Backend::Gdal
     }
 }
 
