@@ -1,6 +1,6 @@
-//! Output writers: vector layers (GeoPackage, Shapefile, GeoJSON, FlatGeobuf), GeoTIFF chips,
-//! and the write-to-a-temporary-name-then-rename discipline every writer follows, so a failed
-//! or interrupted run never leaves a partial output under the final name.
+//! Output writers: vector layers (GeoPackage, Shapefile, GeoJSON, FlatGeobuf, GeoParquet),
+//! GeoTIFF chips, and the write-to-a-temporary-name-then-rename discipline every writer
+//! follows, so a failed or interrupted run never leaves a partial output under the final name.
 
 mod atomic;
 mod chips;

@@ -77,8 +77,9 @@ impl LayerSpec<'_> {
 
 /// One layer being encoded by a format's backend. [`VectorLayerWriter`] hands it features
 /// whose values already match the fields (in number and kind, strings within the format's
-/// limit) and asks it to finish once; it never sees the final name, only the temporary one.
-pub trait LayerSink {
+/// limit) and asks it to finish once; it writes only under the temporary name (the final one
+/// is for messages).
+pub trait LayerSink: Send {
     /// Write one feature.
     ///
     /// # Errors

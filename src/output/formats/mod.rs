@@ -6,6 +6,7 @@
 mod flatgeobuf;
 mod geojson;
 mod geopackage;
+mod geoparquet;
 mod shapefile;
 
 use std::path::Path;
@@ -15,6 +16,7 @@ use super::vector::{LayerSink, LayerSpec};
 pub use flatgeobuf::FlatGeobuf;
 pub use geojson::{GeoJson, GeoJsonNativeCrs};
 pub use geopackage::GeoPackage;
+pub use geoparquet::GeoParquet;
 pub use shapefile::Shapefile;
 
 /// How a format's files are encoded.
@@ -84,7 +86,8 @@ pub trait VectorFormat: Sync + std::fmt::Debug {
 }
 
 /// Every supported format.
-pub const ALL: [&dyn VectorFormat; 4] = [&GeoPackage, &Shapefile, &GeoJson, &FlatGeobuf];
+pub const ALL: [&dyn VectorFormat; 5] =
+    [&GeoPackage, &Shapefile, &GeoJson, &FlatGeobuf, &GeoParquet];
 
 /// The format named `name`: its name, extension, driver or an alias.
 pub fn by_name(name: &str) -> Option<&'static dyn VectorFormat> {
