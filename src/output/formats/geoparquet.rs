@@ -100,7 +100,7 @@ impl ParquetLayer {
         for reserved in [GEOMETRY, BBOX] {
             if spec.names.iter().any(|n| n == reserved) {
                 return Err(spec.err(format!(
-                    "the field name '{reserved}' is the GeoParquet {reserved} column's"
+                    "a field named '{reserved}' would clash with GeoParquet's {reserved} column"
                 )));
             }
         }
