@@ -359,7 +359,7 @@ fn failed_writes_are_errors() {
     let dir = tempfile::tempdir().expect("tmp");
     let d = dir.path();
     let s = sample();
-    let cases: [(Vec<&str>, &[&str]); 3] = [
+    let cases: [(Vec<&str>, &[&str]); 4] = [
         (
             vec![
                 "tiles",
@@ -381,11 +381,15 @@ fn failed_writes_are_errors() {
             vec!["tiles", &s, "--tile-size", "8", "--out", "g.fgb"],
             &["g.fgb", "I/O"],
         ),
+        (
+            vec!["tiles", &s, "--tile-size", "8", "--out", "g.parquet"],
+            &["g.parquet", "File too large"],
+        ),
     ];
     for (args, needles) in &cases {
         let r = run_file_limited(d, args, 16 << 10);
         assert_refused(&r, 1, needles);
-        for out in ["chips", "g.geojson", "g.fgb"] {
+        for out in ["chips", "g.geojson", "g.fgb", "g.parquet"] {
             assert!(!d.join(out).exists(), "{out} committed{}", r.context());
         }
     }

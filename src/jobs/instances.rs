@@ -184,7 +184,16 @@ pub(crate) fn read_box_file(
             ..Default::default()
         },
     )
-    .map_err(|_| boxes_err(path, "not a vector layer GDAL can read"))?;
+    .map_err(|_| {
+        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("parquet")) {
+            boxes_err(
+                path,
+                "GeoParquet cannot be read back here (GDAL has no Parquet driver); write the boxes with --format gpkg",
+            )
+        } else {
+            boxes_err(path, "not a vector layer GDAL can read")
+        }
+    })?;
     let mut layer = ds
         .layer(0)
         .map_err(|_| boxes_err(path, "holds no vector layer"))?;

@@ -344,7 +344,8 @@ impl RuntimeOptions {
 #[serde(default, deny_unknown_fields)]
 #[command(next_help_heading = "Output")]
 pub struct OutputOptions {
-    /// Vector format: gpkg (default), shp, geojson, fgb (or their long names).
+    /// Vector format: gpkg (default), shp, geojson, fgb, parquet (GeoParquet 1.1), or their
+    /// long names.
     #[arg(long, value_name = "FORMAT")]
     pub format: Option<String>,
     /// GeoJSON layers in the scene's CRS (GeoJSON 2008 `crs` member) instead of RFC 7946's

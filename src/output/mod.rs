@@ -1,6 +1,6 @@
-//! Output writers: vector layers (GeoPackage, Shapefile, GeoJSON, FlatGeobuf), GeoTIFF chips,
-//! and the write-to-a-temporary-name-then-rename discipline every writer follows, so a failed
-//! or interrupted run never leaves a partial output under the final name.
+//! Output writers: vector layers (GeoPackage, Shapefile, GeoJSON, FlatGeobuf, GeoParquet),
+//! GeoTIFF chips, and the write-to-a-temporary-name-then-rename discipline every writer
+//! follows, so a failed or interrupted run never leaves a partial output under the final name.
 
 mod atomic;
 mod chips;
@@ -24,7 +24,9 @@ pub use polygonize::polygonize_classes;
 pub use polygonize_stream::StreamPolygonizer;
 pub use raster::{class_color, write_cog, Legend, RasterSpec};
 pub use style::{raster_qml, LayerStyle, Symbol};
-pub use vector::{FieldKind, FieldSpec, FieldValue, GeometryKind, VectorLayerWriter};
+pub use vector::{
+    FieldKind, FieldSpec, FieldValue, GeometryKind, LayerSink, LayerSpec, VectorLayerWriter,
+};
 
 use thiserror::Error;
 

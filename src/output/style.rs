@@ -3,8 +3,8 @@
 //!
 //! - Vector layers: a QGIS style document (QML) stored in the GeoPackage's `layer_styles`
 //!   table as the layer's default style (the table QGIS itself writes, and reads when it opens
-//!   a layer); for Shapefile, GeoJSON and FlatGeobuf, a `.qml` file beside the data with the
-//!   same stem, which QGIS loads as the default style.
+//!   a layer); for Shapefile, GeoJSON, FlatGeobuf and GeoParquet, a `.qml` file beside the
+//!   data with the same stem, which QGIS loads as the default style.
 //! - Class rasters: a `.qml` beside the GeoTIFF with a paletted renderer: one entry per class,
 //!   its colour and name.
 //!

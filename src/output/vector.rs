@@ -1,4 +1,9 @@
 //! A single-layer vector writer over any [`VectorFormat`], written atomically.
+//!
+//! [`VectorLayerWriter`] owns what every format shares: the temporary name and its commit,
+//! checking values against the fields, counting features, and the `.qml` style beside the
+//! file. The encoding is the format's [`Backend`]: GDAL's driver ([`Backend::Gdal`], the
+//! GDAL layer below), or a [`LayerSink`] of the format's own ([`Backend::Native`]).
 
 use std::path::Path;
 
@@ -8,7 +13,7 @@ use gdal::vector::{
 };
 use gdal::{Dataset, DriverManager};
 
-use super::formats::{field_names, VectorFormat};
+use super::formats::{field_names, Backend, VectorFormat};
 use super::style::{gpkg_style_sql, LayerStyle};
 use super::{OutputError, PendingOutput, Result};
 use crate::raster::gdal_reason;
@@ -43,14 +48,68 @@ pub enum FieldValue {
     Real(f64),
 }
 
+/// What a backend needs to create its layer.
+#[derive(Clone, Copy, Debug)]
+pub struct LayerSpec<'a> {
+    pub format: &'static dyn VectorFormat,
+    /// Where to write: the file under its temporary name.
+    pub path: &'a Path,
+    /// The final name, for messages.
+    pub target: &'a Path,
+    pub layer: &'a str,
+    pub geometry: GeometryKind,
+    /// The layer CRS as WKT; `None` for pixel coordinates.
+    pub crs_wkt: Option<&'a str>,
+    pub fields: &'a [FieldSpec],
+    /// The field names as the format stores them ([`field_names`]), in field order.
+    pub names: &'a [String],
+}
+
+impl LayerSpec<'_> {
+    /// A write error naming the final file.
+    pub fn err(&self, reason: impl Into<String>) -> OutputError {
+        OutputError::Write {
+            path: self.target.display().to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// One layer being encoded by a format's backend. [`VectorLayerWriter`] hands it features
+/// whose values already match the fields (in number and kind, strings within the format's
+/// limit) and asks it to finish once; it writes only under the temporary name (the final one
+/// is for messages).
+pub trait LayerSink: Send {
+    /// Write one feature.
+    ///
+    /// # Errors
+    /// The encoder or the file failing.
+    fn add(&mut self, geometry: Geometry, values: &[FieldValue]) -> Result<()>;
+
+    /// Store the QGIS style inside the file when the format can (GeoPackage's
+    /// `layer_styles`); `false` has the writer put a `.qml` beside the file instead.
+    ///
+    /// # Errors
+    /// The format failing to store it.
+    fn embed_style(&mut self, _style: &LayerStyle) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// Flush and close the file, and make sure it holds all `count` features written (a
+    /// full disk must not pass for a complete file).
+    ///
+    /// # Errors
+    /// The encoder or the file failing, or a file that does not read back whole.
+    fn finish(self: Box<Self>, count: usize) -> Result<()>;
+}
+
 /// Writes polygons with attributes into one layer of a new file, under a temporary name until
 /// [`VectorLayerWriter::finish`].
 pub struct VectorLayerWriter {
     pending: PendingOutput,
-    dataset: Option<Dataset>,
+    sink: Option<Box<dyn LayerSink>>,
     format: &'static dyn VectorFormat,
     fields: Vec<FieldSpec>,
-    in_transaction: bool,
     count: usize,
     /// The default style QGIS loads ([`VectorLayerWriter::set_style`]).
     style: Option<LayerStyle>,
@@ -82,62 +141,29 @@ impl VectorLayerWriter {
         overwrite: bool,
     ) -> Result<VectorLayerWriter> {
         crate::raster::init_gdal();
-        let err = |reason: String| OutputError::Write {
-            path: path.display().to_string(),
-            reason,
-        };
         let pending = PendingOutput::file(path, overwrite)?;
-        let driver =
-            DriverManager::get_driver_by_name(format.driver()).map_err(|e| err(ogr_reason(&e)))?;
-        let mut dataset = driver
-            .create_vector_only(pending.path())
-            .map_err(|e| err(ogr_reason(&e)))?;
-        let srs = match crs_wkt {
-            Some(wkt) => {
-                let mut srs = SpatialRef::from_wkt(wkt).map_err(|e| err(ogr_reason(&e)))?;
-                srs.set_axis_mapping_strategy(AxisMappingStrategy::TraditionalGisOrder);
-                Some(srs)
-            }
-            None => None,
-        };
         let names: Vec<&str> = fields.iter().map(|f| f.name).collect();
         let stored = field_names(format, &names);
-        {
-            let lyr = dataset
-                .create_layer(LayerOptions {
-                    name: layer,
-                    srs: srs.as_ref(),
-                    ty: match geometry {
-                        GeometryKind::Polygon => OGRwkbGeometryType::wkbPolygon,
-                        GeometryKind::MultiPolygon => OGRwkbGeometryType::wkbMultiPolygon,
-                    },
-                    options: Some(format.layer_options()),
-                })
-                .map_err(|e| err(ogr_reason(&e)))?;
-            let defs: Vec<(&str, OGRFieldType::Type)> = stored
-                .iter()
-                .zip(fields)
-                .map(|(name, f)| {
-                    let t = match f.kind {
-                        FieldKind::String => OGRFieldType::OFTString,
-                        FieldKind::Integer => OGRFieldType::OFTInteger64,
-                        FieldKind::Real => OGRFieldType::OFTReal,
-                    };
-                    (name.as_str(), t)
-                })
-                .collect();
-            lyr.create_defn_fields(&defs)
-                .map_err(|e| err(ogr_reason(&e)))?;
-        }
-        let in_transaction = format.transactional()
-            // SAFETY: the dataset handle is valid and owned here.
-            && unsafe { gdal_sys::GDALDatasetStartTransaction(dataset.c_dataset(), 0) } == 0;
+        let temp = pending.path();
+        let spec = LayerSpec {
+            format,
+            path: &temp,
+            target: path,
+            layer,
+            geometry,
+            crs_wkt,
+            fields,
+            names: &stored,
+        };
+        let sink = match format.backend() {
+            Backend::Gdal => Box::new(GdalLayer::create(&spec)?) as Box<dyn LayerSink>,
+            Backend::Native(create) => create(&spec)?,
+        };
         Ok(VectorLayerWriter {
             pending,
-            dataset: Some(dataset),
+            sink: Some(sink),
             format,
             fields: fields.to_vec(),
-            in_transaction,
             count: 0,
             style: None,
         })
@@ -199,41 +225,44 @@ impl VectorLayerWriter {
                 self.fields.len()
             )));
         }
-        let max_str = self.format.max_string_len();
+        for (value, spec) in values.iter().zip(&self.fields) {
+            let fits = matches!(
+                (value, spec.kind),
+                (FieldValue::String(_), FieldKind::String)
+                    | (FieldValue::Integer(_), FieldKind::Integer)
+                    | (FieldValue::Real(_), FieldKind::Real)
+            );
+            if !fits {
+                return Err(self.err(format!(
+                    "value {value:?} does not fit field '{}' ({:?})",
+                    spec.name, spec.kind
+                )));
+            }
+        }
+        let too_long = |v: &FieldValue| match (v, self.format.max_string_len()) {
+            (FieldValue::String(s), Some(max)) => s.len() > max,
+            _ => false,
+        };
+        let truncated: Vec<FieldValue>;
+        let values = if values.iter().any(too_long) {
+            let max = self.format.max_string_len().unwrap_or(usize::MAX);
+            truncated = values
+                .iter()
+                .map(|v| match v {
+                    FieldValue::String(s) => FieldValue::String(truncate_utf8(s, max).to_string()),
+                    other => other.clone(),
+                })
+                .collect();
+            &truncated
+        } else {
+            values
+        };
         let path = self.pending.target().display().to_string();
-        let dataset = self.dataset.as_ref().ok_or_else(|| OutputError::Write {
-            path: path.clone(),
+        let sink = self.sink.as_mut().ok_or_else(|| OutputError::Write {
+            path,
             reason: "already finished".into(),
         })?;
-        let werr = |reason: String| OutputError::Write {
-            path: path.clone(),
-            reason,
-        };
-        let layer = dataset.layer(0).map_err(|e| werr(ogr_reason(&e)))?;
-        let mut feature = Feature::new(layer.defn()).map_err(|e| werr(ogr_reason(&e)))?;
-        feature
-            .set_geometry(geometry)
-            .map_err(|e| werr(ogr_reason(&e)))?;
-        for (i, (value, spec)) in values.iter().zip(&self.fields).enumerate() {
-            let r = match (value, spec.kind) {
-                (FieldValue::String(s), FieldKind::String) => match max_str {
-                    Some(max) if s.len() > max => {
-                        feature.set_field_string(i, truncate_utf8(s, max))
-                    }
-                    _ => feature.set_field_string(i, s),
-                },
-                (FieldValue::Integer(v), FieldKind::Integer) => feature.set_field_integer64(i, *v),
-                (FieldValue::Real(v), FieldKind::Real) => feature.set_field_double(i, *v),
-                _ => {
-                    return Err(werr(format!(
-                        "value {value:?} does not fit field '{}' ({:?})",
-                        spec.name, spec.kind
-                    )))
-                }
-            };
-            r.map_err(|e| werr(ogr_reason(&e)))?;
-        }
-        feature.create(&layer).map_err(|e| werr(ogr_reason(&e)))?;
+        sink.add(geometry, values)?;
         self.count += 1;
         Ok(())
     }
@@ -244,29 +273,19 @@ impl VectorLayerWriter {
         self.style = Some(style);
     }
 
-    /// Store the style: in `layer_styles` for a GeoPackage (inside the layer's transaction),
-    /// else as `<stem>.qml` beside the temporary file, which commits with it.
-    fn write_style(&self, dataset: &Dataset) -> Result<()> {
+    /// Store the style: inside the file where the backend can (GeoPackage, inside the layer's
+    /// transaction), else as `<stem>.qml` beside the temporary file, which commits with it.
+    fn write_style(&mut self) -> Result<()> {
         let Some(style) = &self.style else {
             return Ok(());
         };
-        let qml = style.qml();
-        if self.format.driver() == "GPKG" {
-            let layer = dataset.layer(0).map_err(|e| self.err(ogr_reason(&e)))?;
-            let geometry_column = layer
-                .defn()
-                .geom_fields()
-                .next()
-                .map_or_else(|| "geom".to_string(), |f| f.name());
-            for sql in gpkg_style_sql(&layer.name(), &geometry_column, &qml) {
-                dataset
-                    .execute_sql(sql, None, gdal::vector::sql::Dialect::DEFAULT)
-                    .map_err(|e| self.err(format!("layer style: {}", ogr_reason(&e))))?;
+        if let Some(sink) = self.sink.as_mut() {
+            if sink.embed_style(style)? {
+                return Ok(());
             }
-            return Ok(());
         }
         let path = self.pending.path().with_extension("qml");
-        std::fs::write(&path, qml).map_err(|e| self.err(format!("layer style: {e}")))
+        std::fs::write(&path, style.qml()).map_err(|e| self.err(format!("layer style: {e}")))
     }
 
     /// Features written so far.
@@ -278,60 +297,195 @@ impl VectorLayerWriter {
         self.count == 0
     }
 
-    /// The closed file holds every feature added (cheap for GeoPackage, FlatGeobuf and
-    /// Shapefile, whose headers count them; GeoJSON is parsed).
-    fn check_written(&self) -> Result<()> {
-        let path = self.pending.path();
-        let found = gdal::Dataset::open_ex(
-            &path,
-            gdal::DatasetOptions {
-                open_flags: gdal::GdalOpenFlags::GDAL_OF_VECTOR,
-                ..Default::default()
-            },
-        )
-        .ok()
-        .and_then(|ds| ds.layer(0).ok().map(|l| l.feature_count()));
-        if found != Some(self.count as u64) {
-            return Err(self.err(format!(
-                "the written file is incomplete ({} of {} features readable back); is the disk full?",
-                found.map_or("none".to_string(), |n| n.to_string()),
-                self.count
-            )));
-        }
-        Ok(())
-    }
-
     /// Close the file and move it into place.
     ///
     /// # Errors
     /// The driver failing to flush, or the rename failing.
     pub fn finish(mut self) -> Result<()> {
-        if let Some(dataset) = self.dataset.take() {
-            self.write_style(&dataset)?;
-            if self.in_transaction {
-                // SAFETY: valid handle; the transaction was started on it.
-                let rv = unsafe { gdal_sys::GDALDatasetCommitTransaction(dataset.c_dataset()) };
-                if rv != 0 {
-                    return Err(self.err(crate::raster::last_cpl_message()));
-                }
-            }
-            // Drivers that write on close (FlatGeobuf, GeoJSON) report a failed write (a full
-            // disk) only as a CPL error, with close itself succeeding: check both.
-            // SAFETY: resets this thread's CPL error state.
-            unsafe { gdal_sys::CPLErrorReset() };
-            dataset.close().map_err(|e| self.err(ogr_reason(&e)))?;
-            // SAFETY: reads this thread's CPL error state.
-            let failed = unsafe { gdal_sys::CPLGetLastErrorType() } >= gdal_sys::CPLErr::CE_Failure;
-            if failed {
-                return Err(self.err(space_words(crate::raster::last_cpl_message())));
-            }
-            // Some drivers (GeoJSON) lose a failed buffered write without any error: read
-            // the feature count back, so that a truncated file is never committed.
-            self.check_written()?;
+        self.write_style()?;
+        if let Some(sink) = self.sink.take() {
+            sink.finish(self.count)?;
         }
         let Self { pending, .. } = self;
         pending.commit()
     }
+}
+
+/// The GDAL backend ([`Backend::Gdal`]): one layer of a dataset created by the format's
+/// driver, with its layer options, written in one transaction where the format asks for it.
+struct GdalLayer {
+    dataset: Dataset,
+    format: &'static dyn VectorFormat,
+    path: std::path::PathBuf,
+    target: std::path::PathBuf,
+    in_transaction: bool,
+}
+
+impl GdalLayer {
+    fn create(spec: &LayerSpec<'_>) -> Result<GdalLayer> {
+        let format = spec.format;
+        let err = |reason: String| spec.err(reason);
+        let driver =
+            DriverManager::get_driver_by_name(format.driver()).map_err(|e| err(ogr_reason(&e)))?;
+        let mut dataset = driver
+            .create_vector_only(spec.path)
+            .map_err(|e| err(ogr_reason(&e)))?;
+        let srs = match spec.crs_wkt {
+            Some(wkt) => {
+                let mut srs = SpatialRef::from_wkt(wkt).map_err(|e| err(ogr_reason(&e)))?;
+                srs.set_axis_mapping_strategy(AxisMappingStrategy::TraditionalGisOrder);
+                Some(srs)
+            }
+            None => None,
+        };
+        {
+            let lyr = dataset
+                .create_layer(LayerOptions {
+                    name: spec.layer,
+                    srs: srs.as_ref(),
+                    ty: match spec.geometry {
+                        GeometryKind::Polygon => OGRwkbGeometryType::wkbPolygon,
+                        GeometryKind::MultiPolygon => OGRwkbGeometryType::wkbMultiPolygon,
+                    },
+                    options: Some(format.layer_options()),
+                })
+                .map_err(|e| err(ogr_reason(&e)))?;
+            let defs: Vec<(&str, OGRFieldType::Type)> = spec
+                .names
+                .iter()
+                .zip(spec.fields)
+                .map(|(name, f)| {
+                    let t = match f.kind {
+                        FieldKind::String => OGRFieldType::OFTString,
+                        FieldKind::Integer => OGRFieldType::OFTInteger64,
+                        FieldKind::Real => OGRFieldType::OFTReal,
+                    };
+                    (name.as_str(), t)
+                })
+                .collect();
+            lyr.create_defn_fields(&defs)
+                .map_err(|e| err(ogr_reason(&e)))?;
+        }
+        let in_transaction = format.transactional()
+            // SAFETY: the dataset handle is valid and owned here.
+            && unsafe { gdal_sys::GDALDatasetStartTransaction(dataset.c_dataset(), 0) } == 0;
+        Ok(GdalLayer {
+            dataset,
+            format,
+            path: spec.path.to_path_buf(),
+            target: spec.target.to_path_buf(),
+            in_transaction,
+        })
+    }
+
+    fn err(&self, reason: String) -> OutputError {
+        OutputError::Write {
+            path: self.target.display().to_string(),
+            reason,
+        }
+    }
+}
+
+impl LayerSink for GdalLayer {
+    fn add(&mut self, geometry: Geometry, values: &[FieldValue]) -> Result<()> {
+        let target = self.target.display().to_string();
+        let werr = |reason: String| OutputError::Write {
+            path: target.clone(),
+            reason,
+        };
+        let layer = self.dataset.layer(0).map_err(|e| werr(ogr_reason(&e)))?;
+        let mut feature = Feature::new(layer.defn()).map_err(|e| werr(ogr_reason(&e)))?;
+        feature
+            .set_geometry(geometry)
+            .map_err(|e| werr(ogr_reason(&e)))?;
+        for (i, value) in values.iter().enumerate() {
+            let r = match value {
+                FieldValue::String(s) => feature.set_field_string(i, s),
+                FieldValue::Integer(v) => feature.set_field_integer64(i, *v),
+                FieldValue::Real(v) => feature.set_field_double(i, *v),
+            };
+            r.map_err(|e| werr(ogr_reason(&e)))?;
+        }
+        feature.create(&layer).map_err(|e| werr(ogr_reason(&e)))?;
+        Ok(())
+    }
+
+    fn embed_style(&mut self, style: &LayerStyle) -> Result<bool> {
+        if self.format.driver() != "GPKG" {
+            return Ok(false);
+        }
+        let qml = style.qml();
+        let layer = self
+            .dataset
+            .layer(0)
+            .map_err(|e| self.err(ogr_reason(&e)))?;
+        let geometry_column = layer
+            .defn()
+            .geom_fields()
+            .next()
+            .map_or_else(|| "geom".to_string(), |f| f.name());
+        for sql in gpkg_style_sql(&layer.name(), &geometry_column, &qml) {
+            self.dataset
+                .execute_sql(sql, None, gdal::vector::sql::Dialect::DEFAULT)
+                .map_err(|e| self.err(format!("layer style: {}", ogr_reason(&e))))?;
+        }
+        Ok(true)
+    }
+
+    fn finish(self: Box<Self>, count: usize) -> Result<()> {
+        if self.in_transaction {
+            // SAFETY: valid handle; the transaction was started on it.
+            let rv = unsafe { gdal_sys::GDALDatasetCommitTransaction(self.dataset.c_dataset()) };
+            if rv != 0 {
+                return Err(self.err(crate::raster::last_cpl_message()));
+            }
+        }
+        let GdalLayer {
+            dataset,
+            path,
+            target,
+            ..
+        } = *self;
+        let err = |reason: String| OutputError::Write {
+            path: target.display().to_string(),
+            reason,
+        };
+        // Drivers that write on close (FlatGeobuf, GeoJSON) report a failed write (a full
+        // disk) only as a CPL error, with close itself succeeding: check both.
+        // SAFETY: resets this thread's CPL error state.
+        unsafe { gdal_sys::CPLErrorReset() };
+        dataset.close().map_err(|e| err(ogr_reason(&e)))?;
+        // SAFETY: reads this thread's CPL error state.
+        let failed = unsafe { gdal_sys::CPLGetLastErrorType() } >= gdal_sys::CPLErr::CE_Failure;
+        if failed {
+            return Err(err(space_words(crate::raster::last_cpl_message())));
+        }
+        // Some drivers (GeoJSON) lose a failed buffered write without any error: read the
+        // feature count back, so that a truncated file is never committed.
+        check_written(&path, count).map_err(err)
+    }
+}
+
+/// The closed file `path` holds all `count` features (cheap for GeoPackage, FlatGeobuf and
+/// Shapefile, whose headers count them; GeoJSON is parsed).
+fn check_written(path: &Path, count: usize) -> std::result::Result<(), String> {
+    let found = gdal::Dataset::open_ex(
+        path,
+        gdal::DatasetOptions {
+            open_flags: gdal::GdalOpenFlags::GDAL_OF_VECTOR,
+            ..Default::default()
+        },
+    )
+    .ok()
+    .and_then(|ds| ds.layer(0).ok().map(|l| l.feature_count()));
+    if found != Some(count as u64) {
+        return Err(format!(
+            "the written file is incomplete ({} of {} features readable back); is the disk full?",
+            found.map_or("none".to_string(), |n| n.to_string()),
+            count
+        ));
+    }
+    Ok(())
 }
 
 /// A GDAL/OGR error in words: OGR's numeric codes (`OGR method ... returned error: '6'`)

@@ -1,24 +1,49 @@
-//! Vector formats. Each format is one file with one [`VectorFormat`] implementation: GDAL does
-//! the encoding; a format states its driver, its layer options, and its limits (Shapefile's
-//! 10-character field names and 254-character strings).
+//! Vector formats. Each format is one file with one [`VectorFormat`] implementation: it states
+//! its driver, its layer options, and its limits (Shapefile's 10-character field names and
+//! 254-character strings), and its [`Backend`]: GDAL does the encoding unless the format
+//! brings a writer of its own.
 
 mod flatgeobuf;
 mod geojson;
 mod geopackage;
+mod geoparquet;
 mod shapefile;
 
 use std::path::Path;
 
+use super::vector::{LayerSink, LayerSpec};
+
 pub use flatgeobuf::FlatGeobuf;
 pub use geojson::{GeoJson, GeoJsonNativeCrs};
 pub use geopackage::GeoPackage;
+pub use geoparquet::GeoParquet;
 pub use shapefile::Shapefile;
+
+/// How a format's files are encoded.
+#[derive(Clone, Copy)]
+pub enum Backend {
+    /// By the GDAL/OGR driver [`VectorFormat::driver`], with [`VectorFormat::layer_options`].
+    Gdal,
+    /// By the format's own writer: creates the layer at [`LayerSpec::path`] (the temporary
+    /// name) and returns its [`LayerSink`].
+    Native(fn(&LayerSpec<'_>) -> super::Result<Box<dyn LayerSink>>),
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Gdal => "Gdal",
+            Backend::Native(_) => "Native",
+        })
+    }
+}
 
 /// One vector output format.
 pub trait VectorFormat: Sync + std::fmt::Debug {
     /// Short name used by `--format` and pipeline files.
     fn name(&self) -> &'static str;
-    /// GDAL/OGR driver name.
+    /// GDAL/OGR driver name (for a format with a writer of its own, the name GDAL's driver
+    /// for it has, which `--format` also accepts).
     fn driver(&self) -> &'static str;
     /// File extension without the dot.
     fn extension(&self) -> &'static str;
@@ -54,10 +79,15 @@ pub trait VectorFormat: Sync + std::fmt::Debug {
     fn transactional(&self) -> bool {
         false
     }
+    /// Who encodes the files: GDAL (the default) or the format's own writer.
+    fn backend(&self) -> Backend {
+        Backend::Gdal
+    }
 }
 
 /// Every supported format.
-pub const ALL: [&dyn VectorFormat; 4] = [&GeoPackage, &Shapefile, &GeoJson, &FlatGeobuf];
+pub const ALL: [&dyn VectorFormat; 5] =
+    [&GeoPackage, &Shapefile, &GeoJson, &FlatGeobuf, &GeoParquet];
 
 /// The format named `name`: its name, extension, driver or an alias.
 pub fn by_name(name: &str) -> Option<&'static dyn VectorFormat> {
