@@ -311,6 +311,7 @@ impl Pipeline {
             err(line, message)
         })?;
         let format = file.output.vector_format().map_err(|e| invalid(None, e))?;
+        file.output.cog_options().map_err(|e| invalid(None, e))?;
         let name = file.name.clone().unwrap_or_else(|| {
             path.file_stem()
                 .map_or("pipeline".into(), |s| s.to_string_lossy().into_owned())

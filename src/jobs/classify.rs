@@ -586,6 +586,7 @@ fn write_outputs(
             descriptions: &["class".to_string()],
             legend: Some(&legend),
             metadata: &metadata,
+            options: job.base.cog,
         },
         false,
     )?;
@@ -602,6 +603,7 @@ fn write_outputs(
             descriptions: &job.labels,
             legend: None,
             metadata: &metadata,
+            options: job.base.cog,
         },
         false,
     )?;

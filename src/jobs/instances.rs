@@ -716,6 +716,7 @@ pub(crate) fn run_instances(
             legend: &legend,
             prob_bands: &[],
             polygons_skip: None,
+            options: job.base.cog,
         },
     )?;
     let ids = CogWriter::<u32>::create(
@@ -731,6 +732,7 @@ pub(crate) fn run_instances(
             legend: None,
             metadata: &[("TESSERA_LABELS".to_string(), labels.join(","))],
             resampling: OverviewResampling::Nearest,
+            options: job.base.cog,
         },
     )?;
     let sink = Stitching {

@@ -277,6 +277,7 @@ fn stitching(
             // Polygons of every class but the background (if the model has one), made from
             // the stitched rows as they are final (never per tile).
             polygons_skip: Some(skip.as_slice()),
+            options: job.base.cog,
         },
     )?;
     let mut stitcher = MaskStitcher::new(grid, n_classes, job.window, decision);
