@@ -310,3 +310,132 @@ fn bad_creation_options_fail_in_one_line() {
         .iter()
         .all(|p| !p.to_string_lossy().contains(".tessera-tmp-")));
 }
+
+/// `(value, colour, label)` of every palette entry of a QGIS `.qml`.
+fn qml_palette(path: &Path) -> Vec<(u64, String, String)> {
+    let text = std::fs::read_to_string(path).expect("qml");
+    let opts = roxmltree::ParsingOptions {
+        allow_dtd: true,
+        ..roxmltree::ParsingOptions::default()
+    };
+    let doc = roxmltree::Document::parse_with_options(&text, opts).expect("qml parses");
+    doc.descendants()
+        .filter(|n| n.has_tag_name("paletteEntry"))
+        .map(|n| {
+            (
+                n.attribute("value").expect("value").parse().expect("int"),
+                n.attribute("color").expect("color").to_string(),
+                n.attribute("label").expect("label").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// `classes.tif` copied alone (no `.aux.xml`, no `.qml`) still says which classes it holds:
+/// their names and colours as band metadata inside the TIFF, the same colours in its colour
+/// map (256 entries: 3 x 2^8 by the TIFF format) and in the QGIS style; beside its `.aux.xml`
+/// GDAL also gives the category names. For segment's streaming writer and classify's GDAL one;
+/// names from the model package and from `--labels`, read by gdalinfo and rasterio.
+#[test]
+fn class_rasters_carry_their_classes_inside_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    paint(&d.join("scene.tif"), 96, 64);
+    run(
+        d,
+        &[
+            "segment",
+            "scene.tif",
+            "--model",
+            &oracle("seg-threshold"),
+            "--tile-size",
+            "32",
+            "--out",
+            "seg",
+            "--quiet",
+        ],
+    )
+    .success();
+    run(
+        d,
+        &[
+            "classify",
+            "scene.tif",
+            "--model",
+            &clip_tiny().display().to_string(),
+            "--labels",
+            "forest,water,fields",
+            "--no-cache",
+            "--quiet",
+            "--out",
+            "cls",
+        ],
+    )
+    .success();
+    for (out, names) in [
+        ("seg", vec!["background", "object"]),
+        ("cls", vec!["forest", "water", "fields"]),
+    ] {
+        let classes = d.join(out).join("classes.tif");
+        // Beside its .aux.xml: GDAL's category names.
+        let info = gdalinfo(&classes);
+        assert_eq!(
+            info["bands"][0]["categories"],
+            serde_json::json!(names),
+            "{out}: {info}"
+        );
+        let alone = d.join(format!("alone_{out}"));
+        std::fs::create_dir(&alone).expect("mkdir");
+        std::fs::copy(&classes, alone.join("classes.tif")).expect("copy");
+        let info = gdalinfo(&alone.join("classes.tif"));
+        let band = &info["bands"][0];
+        let meta = &band["metadata"][""];
+        assert_eq!(
+            meta["CLASS_COUNT"],
+            names.len().to_string(),
+            "{out}: {band}"
+        );
+        let entries = band["colorTable"]["entries"]
+            .as_array()
+            .expect("colour table");
+        assert_eq!(entries.len(), 256, "{out}");
+        let palette = qml_palette(&d.join(out).join("classes.qml"));
+        assert_eq!(palette.len(), names.len(), "{out}: {palette:?}");
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(meta[format!("CLASS_{i}")], *name, "{out}: {band}");
+            let color = meta[format!("CLASS_{i}_COLOR")].as_str().expect("colour");
+            let hex: Vec<u64> = (0..3)
+                .map(|k| u64::from_str_radix(&color[1 + 2 * k..3 + 2 * k], 16).expect("hex"))
+                .collect();
+            let entry: Vec<u64> = entries[i].as_array().expect("entry")[..3]
+                .iter()
+                .map(|v| v.as_u64().expect("n"))
+                .collect();
+            assert_eq!(entry, hex, "{out}: class {i}");
+            assert_eq!(
+                palette[i],
+                (i as u64, color.to_string(), name.to_string()),
+                "{out}"
+            );
+        }
+        if let Some(py) = common::venv_python() {
+            let script = "import json, sys, rasterio\nwith rasterio.open(sys.argv[1]) as s:\n    print(json.dumps({'tags': s.tags(1), 'cmap': [list(s.colormap(1)[i]) for i in range(4)]}))";
+            let out_py = Command::new(py)
+                .args(["-c", script])
+                .arg(alone.join("classes.tif"))
+                .output()
+                .expect("python");
+            assert!(
+                out_py.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out_py.stderr)
+            );
+            let r: Value = serde_json::from_slice(&out_py.stdout).expect("json");
+            for (i, name) in names.iter().enumerate() {
+                assert_eq!(r["tags"][format!("CLASS_{i}")], *name, "{r}");
+                let cmap = r["cmap"][i].as_array().expect("cmap");
+                assert_eq!(cmap[..3], entries[i].as_array().expect("e")[..3], "{r}");
+            }
+        }
+    }
+}

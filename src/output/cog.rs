@@ -822,6 +822,18 @@ fn metadata_tags<T: CogSample>(
             xml_escape(d)
         ));
     }
+    let class_raster = spec.legend.filter(|_| spec.bands == 1 && T::BITS == 8);
+    if let Some(legend) = class_raster {
+        // Inside the file: the classes as band metadata (GDAL 3.6 keeps category names only
+        // in the `.aux.xml`, which a copied COG loses).
+        for (k, v) in super::raster::class_items(legend) {
+            items.push_str(&format!(
+                "  <Item name=\"{}\" sample=\"0\">{}</Item>\n",
+                xml_escape(&k),
+                xml_escape(&v)
+            ));
+        }
+    }
     if !items.is_empty() {
         main.push(Tag::ascii(
             42112,
@@ -845,12 +857,33 @@ fn metadata_tags<T: CogSample>(
             common.push(Tag::short(320, &map));
         }
     }
+    // Beside the file: the category names GDAL reads (`GetCategoryNames`), with the
+    // georeferencing GDAL itself put there.
+    let aux = match class_raster {
+        Some(legend) => Some(with_category_names(aux.as_deref(), &legend.names)),
+        None => aux,
+    };
     Ok(EncodedMetadata {
         main,
         common,
         photometric,
         aux_xml: aux,
     })
+}
+
+/// GDAL's `.aux.xml` (`pam`, or an empty one) with band 1's category names.
+fn with_category_names(pam: Option<&[u8]>, names: &[String]) -> Vec<u8> {
+    let mut band = String::from("  <PAMRasterBand band=\"1\">\n    <CategoryNames>\n");
+    for n in names {
+        band.push_str(&format!("      <Category>{}</Category>\n", xml_escape(n)));
+    }
+    band.push_str("    </CategoryNames>\n  </PAMRasterBand>\n");
+    let text = pam.map(String::from_utf8_lossy).unwrap_or_default();
+    let out = match text.rfind("</PAMDataset>") {
+        Some(end) => format!("{}{band}{}", &text[..end], &text[end..]),
+        None => format!("<PAMDataset>\n{band}</PAMDataset>\n"),
+    };
+    out.into_bytes()
 }
 
 /// The tags [`metadata_tags`] encodes.
@@ -1028,11 +1061,60 @@ mod tests {
         }
         assert_eq!(y, h);
         cog.finish().expect("finish");
-        let names: Vec<String> = std::fs::read_dir(dir.path())
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
             .expect("ls")
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(names, vec!["classes.tif".to_string()], "temporaries left");
+        names.sort();
+        assert_eq!(
+            names,
+            vec!["classes.tif".to_string(), "classes.tif.aux.xml".to_string()],
+            "temporaries left"
+        );
+        // The category names GDAL reads from the .aux.xml, and the classes inside the file
+        // (band metadata) that a copy without the .aux.xml keeps.
+        let category_names = |path: &Path| -> Vec<String> {
+            let ds = Dataset::open(path).expect("open");
+            // GDAL 3.6's GTiff loads the .aux.xml lazily, on a georeferencing or metadata
+            // request (as gdalinfo makes), not on GetCategoryNames alone.
+            let _ = ds.geo_transform();
+            let band = ds.rasterband(1).expect("band");
+            // SAFETY: valid band handle; the list belongs to the band.
+            let list = unsafe { gdal_sys::GDALGetRasterCategoryNames(band.c_rasterband()) };
+            let mut out = Vec::new();
+            let mut i = 0;
+            while !list.is_null() {
+                // SAFETY: a NULL-terminated list of C strings.
+                let p = unsafe { *list.add(i) };
+                if p.is_null() {
+                    break;
+                }
+                // SAFETY: a NUL-terminated string owned by the band.
+                out.push(
+                    unsafe { std::ffi::CStr::from_ptr(p) }
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+                i += 1;
+            }
+            out
+        };
+        assert_eq!(category_names(&path), vec!["bg", "a", "b", "c"]);
+        let alone = tempfile::tempdir().expect("tempdir");
+        std::fs::copy(&path, alone.path().join("classes.tif")).expect("copy");
+        let copy = Dataset::open(&alone.path().join("classes.tif")).expect("open copy");
+        let band = copy.rasterband(1).expect("band");
+        assert_eq!(band.metadata_item("CLASS_COUNT", "").as_deref(), Some("4"));
+        assert_eq!(band.metadata_item("CLASS_2", "").as_deref(), Some("b"));
+        assert_eq!(
+            band.metadata_item("CLASS_3_COLOR", "").as_deref(),
+            Some("#0a0ac8")
+        );
+        let ct = band.color_table().expect("colour table of the copy");
+        let c = ct.entry_as_rgb(1).expect("entry");
+        assert_eq!((c.r, c.g, c.b), (200, 10, 10));
+        // 3 x 2^8 entries in the TIFF colour map, by the format.
+        assert_eq!(ct.entry_count(), 256);
 
         let ds = Dataset::open(&path).expect("open");
         assert_eq!(ds.raster_size(), (w, h));

@@ -96,9 +96,31 @@ fn in_memory<T: Sample>(spec: &RasterSpec<'_, T>, target: &Path) -> Result<Datas
             }
             band.set_color_table(&ct);
             set_category_names(&band, &legend.names).map_err(|r| werr(target, r))?;
+            for (k, v) in class_items(legend) {
+                band.set_metadata_item(&k, &v, "").map_err(e)?;
+            }
         }
     }
     Ok(ds)
+}
+
+/// A class raster's classes as band metadata items, kept inside the TIFF (GDAL_METADATA):
+/// `CLASS_<value>` = name and `CLASS_<value>_COLOR` = `#rrggbb` for every class, and
+/// `CLASS_COUNT`. The TIFF colour map itself has 256 entries whatever the classes
+/// (3 x 2^BitsPerSample by the TIFF format), and GDAL 3.6 keeps category names only in the
+/// `.aux.xml`: these items are what a copied file still says about its classes.
+pub(crate) fn class_items(legend: &Legend) -> Vec<(String, String)> {
+    let mut out = vec![("CLASS_COUNT".to_string(), legend.names.len().to_string())];
+    for (i, name) in legend.names.iter().enumerate() {
+        out.push((format!("CLASS_{i}"), name.clone()));
+        if let Some(c) = legend.colors.get(i) {
+            out.push((
+                format!("CLASS_{i}_COLOR"),
+                format!("#{:02x}{:02x}{:02x}", c[0], c[1], c[2]),
+            ));
+        }
+    }
+    out
 }
 
 fn set_category_names(
