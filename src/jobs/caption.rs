@@ -367,6 +367,7 @@ pub fn run_caption(mut job: CaptionJob) -> Result<CaptionReport, PipelineError> 
             progress: job.base.progress,
             what: "captioning",
             sink: "caption",
+            finishing: None,
         };
         let stage = Captioner {
             model: &mut model,

@@ -490,6 +490,7 @@ fn detect_merged_with(
         progress: job.base.progress,
         what: "detecting",
         sink: "detection",
+        finishing: None,
     };
     let stage = Detector {
         confidence: job.confidence.unwrap_or(model.confidence()),

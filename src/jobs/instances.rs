@@ -746,6 +746,7 @@ pub(crate) fn run_instances(
         progress: job.base.progress,
         what: "refining",
         sink: "stitching",
+        finishing: Some("assembling COGs"),
     };
     let stage = Refining {
         batch_size: job.base.batch_size.max(1),

@@ -397,7 +397,7 @@ pub struct JobContext {
     pub ort_lib: Option<PathBuf>,
     /// Text-embedding and engine cache folder.
     pub cache_dir: Option<PathBuf>,
-    pub progress: bool,
+    pub progress: crate::jobs::Progress,
     /// Scenes running at once (CPU threads are divided between them).
     pub jobs: usize,
 }
@@ -428,7 +428,7 @@ pub struct SceneJobBase {
     pub format: &'static dyn VectorFormat,
     /// COG creation options of every raster the job writes.
     pub cog: CogOptions,
-    pub progress: bool,
+    pub progress: crate::jobs::Progress,
 }
 
 impl SceneJobBase {

@@ -1102,7 +1102,7 @@ mod tests {
         assert_eq!(category_names(&path), vec!["bg", "a", "b", "c"]);
         let alone = tempfile::tempdir().expect("tempdir");
         std::fs::copy(&path, alone.path().join("classes.tif")).expect("copy");
-        let copy = Dataset::open(&alone.path().join("classes.tif")).expect("open copy");
+        let copy = Dataset::open(alone.path().join("classes.tif")).expect("open copy");
         let band = copy.rasterband(1).expect("band");
         assert_eq!(band.metadata_item("CLASS_COUNT", "").as_deref(), Some("4"));
         assert_eq!(band.metadata_item("CLASS_2", "").as_deref(), Some("b"));
