@@ -354,7 +354,8 @@ pub struct OutputOptions {
     /// A COG creation option for every raster written, as GDAL takes it (`gdal_translate -of
     /// COG -co`); repeatable: COMPRESS=NONE|LZW|DEFLATE|LZMA|ZSTD (default DEFLATE),
     /// LEVEL=N (DEFLATE 1-12, ZSTD 1-22, LZMA 0-9), PREDICTOR=YES|NO|STANDARD|FLOATING_POINT
-    /// (default NO), BLOCKSIZE=N (tile edge, multiple of 16, 128-4096; default 512),
+    /// (default NO; YES for classify's rasters of probabilities), BLOCKSIZE=N (tile edge,
+    /// multiple of 16, 128-4096; default 512, 256 for classify's tile-stride rasters),
     /// OVERVIEW_RESAMPLING=NEAREST|AVERAGE (default: NEAREST for class rasters, AVERAGE for
     /// probabilities). Pipeline files: `co = ["COMPRESS=ZSTD", "LEVEL=9"]` in `[output]`.
     #[arg(long = "co", value_name = "KEY=VALUE")]

@@ -1,8 +1,9 @@
 //! A streaming Cloud-Optimised GeoTIFF writer.
 //!
 //! Rows arrive top to bottom (a stitched mosaic is finished row by row); every full strip of
-//! 512 rows is cut into 512 x 512 tiles, DEFLATE-compressed in parallel and appended to a
-//! temporary file per resolution level, while the same rows are decimated into every overview
+//! tile-high rows (512, or `BLOCKSIZE`) is cut into tiles, compressed in parallel (DEFLATE, or
+//! the `--co` compression and predictor, [`super::codec`]) and appended to a temporary file
+//! per resolution level, while the same rows are decimated into every overview
 //! level on the fly. At the end the COG is assembled by copying the compressed tiles, never
 //! recompressing them: header, GDAL's structural-metadata ghost area, the IFDs (full resolution
 //! first, then the overviews by decreasing size) with their tag data, then the tile data of the
