@@ -269,7 +269,7 @@ pub fn lzw(raw: &[u8]) -> Vec<u8> {
         n: 0,
     };
     let (mut nbits, mut maxcode, mut free) = (9u32, 511u32, FIRST);
-    let mut table: HashMap<u32, u32> = HashMap::with_capacity(4096);
+    let mut table: HashMap<u32, u32, BuildMul> = HashMap::with_capacity_and_hasher(4096, BuildMul);
     bits.put(CLEAR, nbits);
     let Some((&first, rest)) = raw.split_first() else {
         bits.put(EOI, nbits);
@@ -307,6 +307,37 @@ pub fn lzw(raw: &[u8]) -> Vec<u8> {
     }
     bits.put(EOI, nbits);
     bits.flush()
+}
+
+/// A multiplicative hash for LZW's (prefix code, byte) keys: the table is probed once per
+/// input byte, where SipHash would dominate the encoder.
+#[derive(Clone, Copy, Default)]
+struct BuildMul;
+
+#[derive(Default)]
+struct MulHasher(u64);
+
+impl std::hash::Hasher for MulHasher {
+    fn finish(&self) -> u64 {
+        // The product's high bits depend on every bit of the key: fold them into the low
+        // bits the table indexes with.
+        self.0 ^ (self.0 >> 29)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.0 = u64::from(v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+impl std::hash::BuildHasher for BuildMul {
+    type Hasher = MulHasher;
+    fn build_hasher(&self) -> MulHasher {
+        MulHasher(0)
+    }
 }
 
 /// `CPLCompressor` of `cpl_compressor.h` (GDAL >= 3.4).
