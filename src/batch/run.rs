@@ -138,7 +138,7 @@ pub fn run_batch(job: BatchJob) -> Result<BatchReport, BatchError> {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(scene) = scenes.get(i) else { break };
-                bar.set_message(scene.name.clone());
+                bar.bar_handle().set_message(scene.name.clone());
                 let r = process_scene(&job.pipeline, &identity, scene, &job.out, job.force, &ctx);
                 match r.status {
                     SceneOutcome::Failed => tracing::warn!(
@@ -157,7 +157,7 @@ pub fn run_batch(job: BatchJob) -> Result<BatchReport, BatchError> {
             });
         }
     });
-    bar.finish_and_clear();
+    bar.finish();
     let mut scenes = reports.into_inner().unwrap_or_default();
     scenes.sort_by(|a, b| a.name.cmp(&b.name));
     let count = |o: SceneOutcome| scenes.iter().filter(|s| s.status == o).count();

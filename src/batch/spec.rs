@@ -322,6 +322,7 @@ impl Pipeline {
         file.ingest
             .validate()
             .map_err(|e| invalid(ingest_line, e))?;
+        file.output.cog_options().map_err(|e| invalid(None, e))?;
         let name = file.name.clone().unwrap_or_else(|| {
             path.file_stem()
                 .map_or("pipeline".into(), |s| s.to_string_lossy().into_owned())

@@ -28,8 +28,14 @@ pub struct Cli {
     pub ort_lib: Option<PathBuf>,
 
     /// No progress bars.
-    #[arg(long, short, global = true)]
+    #[arg(long, short, global = true, conflicts_with = "progress")]
     pub quiet: bool,
+
+    /// Show the progress of every phase (reading, model, stitching, COG assembly,
+    /// polygonizing, writing) even when stderr is not a terminal: plain lines then, for logs.
+    /// Default: bars on a terminal only.
+    #[arg(long, global = true)]
+    pub progress: bool,
 
     /// Log what happens on stderr (-v: scenes and stages, -vv: details).
     #[arg(long, short, global = true, action = clap::ArgAction::Count)]

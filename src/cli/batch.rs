@@ -57,7 +57,7 @@ pub(super) fn run_pipeline(a: RunArgs, ort_lib: Option<PathBuf>, quiet: bool) ->
         ctx: crate::batch::JobContext {
             ort_lib,
             cache_dir: cache_dir(a.cache_dir.clone()),
-            progress: !quiet,
+            progress: super::progress(quiet),
             jobs: a.jobs,
         },
     };
@@ -215,7 +215,7 @@ pub(super) fn ingest(
         ctx: crate::batch::JobContext {
             ort_lib,
             cache_dir: cache_dir(a.cache_dir.clone()),
-            progress: !quiet,
+            progress: super::progress(quiet),
             jobs: a.jobs,
         },
     };

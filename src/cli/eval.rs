@@ -63,7 +63,7 @@ fn worker(
     let ctx = JobContext {
         ort_lib,
         cache_dir: cache_dir(a.cache_dir.clone()),
-        progress: false,
+        progress: crate::jobs::Progress::Off,
         jobs: 1,
     };
     let path = a.options.models.get(model).cloned().unwrap_or_default();

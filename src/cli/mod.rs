@@ -73,8 +73,21 @@ pub fn main() -> i32 {
     }
 }
 
+/// `--progress` of this process's command line.
+static PROGRESS_FLAG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// How jobs show their progress: off with `--quiet`, always with `--progress`, else on a
+/// terminal only.
+fn progress(quiet: bool) -> crate::jobs::Progress {
+    crate::jobs::Progress::from_flags(
+        quiet,
+        PROGRESS_FLAG.load(std::sync::atomic::Ordering::Relaxed),
+    )
+}
+
 fn run(cli: Cli) -> Result<i32> {
     init_logging(cli.verbose);
+    PROGRESS_FLAG.store(cli.progress, std::sync::atomic::Ordering::Relaxed);
     let (ort_lib, quiet) = (cli.ort_lib, cli.quiet);
     match cli.command {
         Command::Info(a) => scene::info(a),

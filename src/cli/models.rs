@@ -35,7 +35,7 @@ fn prepare(
     let ctx = JobContext {
         ort_lib,
         cache_dir: cache_dir(common.cache_dir.clone()),
-        progress: !quiet,
+        progress: super::progress(quiet),
         jobs: 1,
     };
     let base = SceneJobBase::new(
@@ -228,7 +228,7 @@ pub(super) fn bench_model(a: BenchModelArgs, ort_lib: Option<PathBuf>) -> Result
     let ctx = JobContext {
         ort_lib: ort_lib.clone(),
         cache_dir: cache_dir(None),
-        progress: false,
+        progress: crate::jobs::Progress::Off,
         jobs: 1,
     };
     if let Some(b) = a.batch_size {

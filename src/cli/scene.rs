@@ -145,7 +145,7 @@ pub(super) fn tiles(a: TilesArgs, quiet: bool) -> Result<i32> {
         out,
         chips: a.chips.clone(),
         overwrite: a.overwrite,
-        progress: !quiet,
+        progress: super::progress(quiet),
     };
     let report = jobs::run_tiles(job)?;
     if a.json {

@@ -320,6 +320,7 @@ fn caption_scene(
 /// is left under `--out`).
 pub fn run_caption(mut job: CaptionJob) -> Result<CaptionReport, PipelineError> {
     let start = Instant::now();
+    let loading = super::Phase::spinner(job.base.progress, "loading model");
     let runtime = Runtime::load(job.base.ort_lib.as_deref())?;
     let mut model = CaptionModel::load(runtime, &job.base.model, &job.base.session)?;
     tracing::info!(
@@ -346,12 +347,15 @@ pub fn run_caption(mut job: CaptionJob) -> Result<CaptionReport, PipelineError> 
         &job.base.scaling,
         &tiles,
     )?;
+    loading.finish();
     let pending = match &job.out {
         Some(dir) => Some(PendingOutput::dir(dir, job.overwrite)?),
         None => None,
     };
     let (scene_caption, mut new_tokens, mut model_seconds) =
-        caption_scene(&job, &mut model, &scene, &scaling, &params)?;
+        super::phase(job.base.progress, "model (scene caption)", || {
+            caption_scene(&job, &mut model, &scene, &scaling, &params)
+        })?;
 
     // Every tile.
     let mut captions: Vec<TileCaption> = Vec::new();
@@ -367,6 +371,7 @@ pub fn run_caption(mut job: CaptionJob) -> Result<CaptionReport, PipelineError> 
             progress: job.base.progress,
             what: "captioning",
             sink: "caption",
+            finishing: None,
         };
         let stage = Captioner {
             model: &mut model,
@@ -403,7 +408,9 @@ pub fn run_caption(mut job: CaptionJob) -> Result<CaptionReport, PipelineError> 
     let tiles_seconds = tiles_start.elapsed().as_secs_f64();
     let mut outputs = Vec::new();
     if let (Some(pending), Some(dir)) = (pending, &job.out) {
-        write_outputs(&job, &scene, &captions, &scene_caption, &pending)?;
+        super::phase(job.base.progress, "writing", || {
+            write_outputs(&job, &scene, &captions, &scene_caption, &pending)
+        })?;
         outputs = super::output_names(&pending.path(), dir)?;
         pending.commit()?;
         super::log_outputs(&outputs);

@@ -13,7 +13,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::driver::{drive, ModelStage, RunSpec, SceneSink};
-use super::{stream_model_tiles, PipelineError};
+use super::{stream_model_tiles, Phase, PipelineError};
 use crate::models::dual_encoder::{DeviceLabels, DualEncoderModel};
 use crate::models::ModelError;
 use crate::models::{ImageElement, StagedBatch};
@@ -189,6 +189,7 @@ pub fn run_classify(mut job: ClassifyJob) -> Result<ClassifyReport, PipelineErro
     let start = Instant::now();
     let mut timings = Timings::default();
     validate_labels(&job)?;
+    let loading = Phase::spinner(job.base.progress, "loading model");
     let runtime = Runtime::load(job.base.ort_lib.as_deref())?;
     let mut model =
         DualEncoderModel::load(runtime, &job.base.model, &job.base.session).map_err(model_err)?;
@@ -218,6 +219,7 @@ pub fn run_classify(mut job: ClassifyJob) -> Result<ClassifyReport, PipelineErro
         &tiles,
     )?;
     timings.load_seconds = start.elapsed().as_secs_f64();
+    loading.finish();
     // Claim the output folder before the long part, so a bad --out fails fast.
     let pending = match &job.out {
         Some(dir) => Some(PendingOutput::dir(dir, job.overwrite)?),
@@ -225,9 +227,11 @@ pub fn run_classify(mut job: ClassifyJob) -> Result<ClassifyReport, PipelineErro
     };
 
     let t = Instant::now();
-    let (label_embeds, cache_hit) = model
-        .label_embeddings(&job.labels, &job.templates, job.cache_dir.as_deref())
-        .map_err(model_err)?;
+    let (label_embeds, cache_hit) = super::phase(job.base.progress, "embedding labels", || {
+        model
+            .label_embeddings(&job.labels, &job.templates, job.cache_dir.as_deref())
+            .map_err(model_err)
+    })?;
     timings.text_seconds = t.elapsed().as_secs_f64();
 
     let swept = classify_tiles(&mut job, &mut model, &scene, &scaling, &grid, &label_embeds)?;
@@ -345,6 +349,7 @@ fn classify_tiles(
         progress: job.base.progress,
         what: "classifying",
         sink: "results",
+        finishing: None,
     };
     // The label embeddings go where the model runs once (GPU memory on CUDA): each batch's
     // probabilities are computed there, only `[B, labels]` comes back.
@@ -573,6 +578,7 @@ fn write_outputs(
         ("TESSERA_MODEL".to_string(), model_name.to_string()),
         ("TESSERA_TEMPLATES".to_string(), job.templates.join(" | ")),
     ];
+    let assembling = Phase::spinner(job.base.progress, "assembling COGs");
     write_cog(
         &dir.join("classes.tif"),
         &RasterSpec {
@@ -586,6 +592,7 @@ fn write_outputs(
             descriptions: &["class".to_string()],
             legend: Some(&legend),
             metadata: &metadata,
+            options: job.base.cog,
         },
         false,
     )?;
@@ -602,21 +609,25 @@ fn write_outputs(
             descriptions: &job.labels,
             legend: None,
             metadata: &metadata,
+            options: job.base.cog,
         },
         false,
     )?;
+    assembling.finish();
     super::write_raster_style(&dir.join("classes.tif"), &legend)?;
     let style = super::label_style(&legend, Symbol::Fill, None);
     let ext = job.base.format.extension();
-    write_tile_layer(
-        job,
-        &dir.join(format!("tiles.{ext}")),
-        crs,
-        results,
-        names,
-        class_of,
-        &style,
-    )?;
+    super::phase(job.base.progress, &format!("writing tiles.{ext}"), || {
+        write_tile_layer(
+            job,
+            &dir.join(format!("tiles.{ext}")),
+            crs,
+            results,
+            names,
+            class_of,
+            &style,
+        )
+    })?;
     write_label_layer(
         job,
         &dir.join(format!("labels.{ext}")),
@@ -691,13 +702,18 @@ fn write_label_layer(
     names: &[String],
     style: &LayerStyle,
 ) -> Result<(), PipelineError> {
-    let polygons =
+    let polygons = super::phase(job.base.progress, "polygonizing", || {
         polygonize_classes(classes, cols, rows, gt, Some(CLASS_NODATA)).map_err(|reason| {
             crate::output::OutputError::Write {
                 path: path.display().to_string(),
                 reason,
             }
-        })?;
+        })
+    })?;
+    let name = path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let writing = Phase::spinner(job.base.progress, &format!("writing {name}"));
     let mut labels = VectorLayerWriter::create(
         path,
         job.base.format,
@@ -733,6 +749,7 @@ fn write_label_layer(
         )?;
     }
     labels.finish()?;
+    writing.finish();
     Ok(())
 }
 

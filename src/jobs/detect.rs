@@ -421,6 +421,10 @@ pub(crate) fn detect_merged(
 
 /// The package `job` names, loaded, with its prompts and text threshold set.
 fn load_for_job(job: &DetectJob) -> Result<DetectModel, PipelineError> {
+    super::phase(job.base.progress, "loading model", || load_package(job))
+}
+
+fn load_package(job: &DetectJob) -> Result<DetectModel, PipelineError> {
     let runtime = Runtime::load(job.base.ort_lib.as_deref())?;
     let mut model = DetectModel::load(runtime, &job.base.model, &job.base.session)?;
     match &mut model {
@@ -490,6 +494,7 @@ fn detect_merged_with(
         progress: job.base.progress,
         what: "detecting",
         sink: "detection",
+        finishing: None,
     };
     let stage = Detector {
         confidence: job.confidence.unwrap_or(model.confidence()),
@@ -700,14 +705,16 @@ pub fn detect_with(
     let mut outputs = Vec::new();
     if let (Some(pending), Some(dir)) = (pending, &job.out) {
         let name = format!("detections.{}", job.base.format.extension());
-        write_detections(
-            &job,
-            d.crs_wkt.as_deref(),
-            &pending.path().join(&name),
-            &d.merged,
-            &d.classes,
-            d.phrases.as_deref(),
-        )?;
+        super::phase(job.base.progress, &format!("writing {name}"), || {
+            write_detections(
+                &job,
+                d.crs_wkt.as_deref(),
+                &pending.path().join(&name),
+                &d.merged,
+                &d.classes,
+                d.phrases.as_deref(),
+            )
+        })?;
         outputs.push(dir.join(name).display().to_string());
         pending.commit()?;
     }

@@ -16,7 +16,7 @@
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::time::Instant;
 
-use super::PipelineError;
+use super::{Phase, PipelineError, Progress};
 use crate::tiling::{StreamStats, Tile, TileData};
 
 /// The model side of a scene run.
@@ -66,13 +66,23 @@ pub(crate) trait SceneSink: Send {
 
 /// How a run shows itself.
 pub(crate) struct RunSpec {
-    /// Tiles in the grid (the progress bar's length).
+    /// Tiles in the grid (the progress bars' length).
     pub tiles: usize,
-    pub progress: bool,
-    /// The progress bar's label ("segmenting").
+    pub progress: Progress,
+    /// What the model does ("segmenting"): the model bar's label is `model (segmenting)`.
     pub what: &'static str,
-    /// The sink thread's name in errors ("stitching", "writer").
+    /// The sink thread's name in errors and its progress bar ("stitching", "writer").
     pub sink: &'static str,
+    /// What the sink's [`SceneSink::finish`] does, shown as a phase of its own when it can
+    /// take a while ("assembling COGs"); `None`: nothing worth showing.
+    pub finishing: Option<&'static str>,
+}
+
+/// The bars of a sweep: tiles read, run through the model, taken by the sink.
+struct Bars {
+    reading: Phase,
+    model: Phase,
+    sink: Phase,
 }
 
 /// What a successful run gives back.
@@ -112,7 +122,8 @@ enum Work<B> {
 }
 
 enum Item<O> {
-    Output(O),
+    /// One batch's output and its number of tiles.
+    Output(O, usize),
     Skipped(Tile),
     End,
 }
@@ -134,17 +145,28 @@ where
     S: SceneSink,
     F: FnOnce(&mut Consume<'_, T>) -> Result<StreamStats, PipelineError>,
 {
-    let bar = super::progress_bar(spec.tiles, spec.progress, spec.what);
+    let bars = Bars {
+        reading: Phase::bar(spec.progress, "reading", spec.tiles, "tiles"),
+        model: Phase::bar(
+            spec.progress,
+            &format!("model ({})", spec.what),
+            spec.tiles,
+            "tiles",
+        ),
+        sink: Phase::bar(spec.progress, spec.sink, spec.tiles, "tiles"),
+    };
+    let finishing = spec.finishing.map(|f| (spec.progress, f));
     let batches = [model.new_batch()?, model.new_batch()?];
     // Batches are bounded by their number; the queue leaves room for skipped tiles.
     let (work_tx, work_rx) = sync_channel::<Work<M::Batch>>(64);
     let (empty_tx, empty_rx) = channel::<M::Batch>();
     let (item_tx, item_rx) = sync_channel::<Item<S::Input>>(2);
     let (gathered, modelled, sunk) = std::thread::scope(|scope| {
-        let sinking = scope.spawn(move || sink_loop(sink, item_rx));
-        let bar = &bar;
-        let modelling = scope.spawn(move || model_loop(model, work_rx, empty_tx, item_tx, bar));
-        let gathered = gather::<T, M, F>(batches, work_tx, empty_rx, bar, stream);
+        let bars = &bars;
+        let sinking = scope.spawn(move || sink_loop(sink, item_rx, &bars.sink, finishing));
+        let modelling =
+            scope.spawn(move || model_loop(model, work_rx, empty_tx, item_tx, &bars.model));
+        let gathered = gather::<T, M, F>(batches, work_tx, empty_rx, &bars.reading, stream);
         let modelled = modelling.join().unwrap_or_else(|_| {
             (
                 None,
@@ -156,7 +178,6 @@ where
             .unwrap_or_else(|_| Err(Stop::Failed(PipelineError::worker(spec.sink, "panicked"))));
         (gathered, modelled, sunk)
     });
-    bar.finish_and_clear();
     match (gathered, modelled, sunk) {
         (Ok((stats, wait_seconds)), (Some(model), Ok(model_seconds)), Ok(done)) => Ok(Swept {
             stats,
@@ -178,7 +199,7 @@ fn gather<T, M, F>(
     batches: [M::Batch; 2],
     work: SyncSender<Work<M::Batch>>,
     empty: Receiver<M::Batch>,
-    bar: &indicatif::ProgressBar,
+    bar: &Phase,
     stream: F,
 ) -> Result<(StreamStats, f64), Stop>
 where
@@ -194,13 +215,13 @@ where
     let mut waited = Instant::now();
     let streamed = stream(&mut |t: TileData<T>| {
         waiting += waited.elapsed().as_secs_f64();
+        bar.inc(1);
         let gone = |stopped: &mut bool| {
             *stopped = true;
             PipelineError::worker("model", "stopped")
         };
         if t.pixels.is_empty() {
             // A skipped tile: nothing to predict, but the sink sees it in its place.
-            bar.inc(1);
             work.send(Work::Skipped(t.tile))
                 .map_err(|_| gone(&mut stopped))?;
         } else {
@@ -220,7 +241,10 @@ where
         Ok(())
     });
     let stats = match streamed {
-        Ok(stats) => stats,
+        Ok(stats) => {
+            bar.finish();
+            stats
+        }
         Err(_) if stopped => return Err(Stop::Stopped),
         Err(e) => return Err(Stop::Failed(e)),
     };
@@ -239,7 +263,7 @@ fn model_loop<T, M: ModelStage<T>>(
     work: Receiver<Work<M::Batch>>,
     empty: Sender<M::Batch>,
     items: SyncSender<Item<M::Output>>,
-    bar: &indicatif::ProgressBar,
+    bar: &Phase,
 ) -> (Option<M>, Result<f64, Stop>) {
     let mut seconds = 0.0;
     let result = (|| -> Result<(), Stop> {
@@ -249,15 +273,21 @@ fn model_loop<T, M: ModelStage<T>>(
                     let t = Instant::now();
                     let out = model.run(&mut batch)?;
                     seconds += t.elapsed().as_secs_f64();
-                    items.send(Item::Output(out)).map_err(|_| Stop::Stopped)?;
+                    items
+                        .send(Item::Output(out, n))
+                        .map_err(|_| Stop::Stopped)?;
                     bar.inc(n as u64);
                     // The gathering side may have finished: then the batch is not needed.
                     let _ = empty.send(batch);
                 }
                 Work::Skipped(tile) => {
+                    bar.inc(1);
                     items.send(Item::Skipped(tile)).map_err(|_| Stop::Stopped)?
                 }
-                Work::End => return items.send(Item::End).map_err(|_| Stop::Stopped),
+                Work::End => {
+                    bar.finish();
+                    return items.send(Item::End).map_err(|_| Stop::Stopped);
+                }
             }
         }
         // The work ended without `End`: the gathering side stopped.
@@ -266,13 +296,32 @@ fn model_loop<T, M: ModelStage<T>>(
     (Some(model), result.map(|()| seconds))
 }
 
-/// The sink thread: consume every item, finish at `End`.
-fn sink_loop<S: SceneSink>(mut sink: S, items: Receiver<Item<S::Input>>) -> Result<S::Done, Stop> {
+/// The sink thread: consume every item, finish at `End` (shown as the phase `finishing`).
+fn sink_loop<S: SceneSink>(
+    mut sink: S,
+    items: Receiver<Item<S::Input>>,
+    bar: &Phase,
+    finishing: Option<(Progress, &str)>,
+) -> Result<S::Done, Stop> {
     for item in items {
         match item {
-            Item::Output(out) => sink.consume(out)?,
-            Item::Skipped(tile) => sink.skipped(tile)?,
-            Item::End => return Ok(sink.finish()?),
+            Item::Output(out, n) => {
+                sink.consume(out)?;
+                bar.inc(n as u64);
+            }
+            Item::Skipped(tile) => {
+                sink.skipped(tile)?;
+                bar.inc(1);
+            }
+            Item::End => {
+                bar.finish();
+                let phase = finishing.map(|(p, what)| Phase::spinner(p, what));
+                let done = sink.finish()?;
+                if let Some(p) = phase {
+                    p.finish();
+                }
+                return Ok(done);
+            }
         }
     }
     Err(Stop::Stopped)
@@ -380,9 +429,10 @@ mod tests {
 
     const SPEC: RunSpec = RunSpec {
         tiles: 0,
-        progress: false,
+        progress: Progress::Off,
         what: "testing",
         sink: "writer",
+        finishing: None,
     };
 
     /// A stream of `data`, failing with a read error after `fail_after` tiles.

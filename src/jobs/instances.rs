@@ -658,8 +658,10 @@ pub(crate) fn run_instances(
     spec: InstanceSpec,
 ) -> Result<super::SegmentReport, PipelineError> {
     let start = Instant::now();
-    let runtime = Runtime::load(job.base.ort_lib.as_deref())?;
-    let mut model = PromptableSegmenter::load(runtime, &job.base.model, &job.base.session)?;
+    let mut model = super::phase(job.base.progress, "loading model", || {
+        let runtime = Runtime::load(job.base.ort_lib.as_deref())?;
+        PromptableSegmenter::load(runtime, &job.base.model, &job.base.session)
+    })?;
     let load_seconds = start.elapsed().as_secs_f64();
     // The detector reads the scene its own way (its size, its tiling defaults).
     let detector_base = crate::options::SceneJobBase {
@@ -725,6 +727,7 @@ pub(crate) fn run_instances(
             legend: &legend,
             prob_bands: &[],
             polygons_skip: None,
+            options: job.base.cog,
         },
     )?;
     let ids = CogWriter::<u32>::create(
@@ -740,6 +743,7 @@ pub(crate) fn run_instances(
             legend: None,
             metadata: &[("TESSERA_LABELS".to_string(), labels.join(","))],
             resampling: OverviewResampling::Nearest,
+            options: job.base.cog,
         },
     )?;
     let sink = Stitching {
@@ -753,6 +757,7 @@ pub(crate) fn run_instances(
         progress: job.base.progress,
         what: "refining",
         sink: "stitching",
+        finishing: Some("assembling COGs"),
     };
     let stage = Refining {
         batch_size: job.base.batch_size.max(1),
@@ -781,14 +786,20 @@ pub(crate) fn run_instances(
     let t = Instant::now();
     let ext = job.base.format.extension();
     let areas = Areas::new(scene.crs_wkt(), &dir.join(format!("instances.{ext}")))?;
-    write_instances(
-        &dir.join(format!("instances.{ext}")),
-        job.base.format,
-        scene.crs_wkt(),
-        &grid,
-        (shared.boxes(), &labels),
-        &done.instances,
-        &areas,
+    super::phase(
+        job.base.progress,
+        &format!("writing instances.{ext}"),
+        || {
+            write_instances(
+                &dir.join(format!("instances.{ext}")),
+                job.base.format,
+                scene.crs_wkt(),
+                &grid,
+                (shared.boxes(), &labels),
+                &done.instances,
+                &areas,
+            )
+        },
     )?;
     let vector_seconds = t.elapsed().as_secs_f64();
     let outputs = super::output_names(&dir, &job.out)?;

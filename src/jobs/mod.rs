@@ -11,6 +11,7 @@ mod doctor;
 mod driver;
 pub mod feed;
 mod instances;
+pub mod progress;
 mod report;
 mod segment;
 mod tiles;
@@ -23,6 +24,7 @@ pub use classify::{run_classify, ClassifyJob, ClassifyReport, TileResult, Timing
 pub use detect::{detect_with, run_detect, DetectJob, DetectOutcome, DetectReport, LoadedDetector};
 pub use doctor::{run_doctor, DoctorReport};
 pub use instances::{BoxSource, InstanceSpec, InstancesReport};
+pub use progress::{phase, Phase, Progress};
 pub use report::SceneRunReport;
 pub use segment::{run_segment, SegmentJob, SegmentReport};
 pub use tiles::{run_tiles, TilesJob, TilesReport};
@@ -449,43 +451,9 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Where progress bars go: one line per bar on stderr, several bars at once in batches.
-fn progress_target() -> &'static indicatif::MultiProgress {
-    static BARS: std::sync::OnceLock<indicatif::MultiProgress> = std::sync::OnceLock::new();
-    BARS.get_or_init(indicatif::MultiProgress::new)
-}
-
-/// The overall bar of a batch: scenes done, rate and ETA.
-pub fn scenes_bar(len: usize, show: bool) -> indicatif::ProgressBar {
-    use std::io::IsTerminal;
-    if !show || !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = progress_target().add(indicatif::ProgressBar::new(len as u64));
-    let style = indicatif::ProgressStyle::with_template(
-        "scenes [{bar:40}] {pos}/{len}, {per_sec}, ETA {eta} {msg}",
-    )
-    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-    .progress_chars("=> ");
-    bar.set_style(style);
-    bar
-}
-
-/// A progress bar on stderr, hidden when `show` is false or stderr is not a terminal.
-pub(crate) fn progress_bar(len: usize, show: bool, what: &str) -> indicatif::ProgressBar {
-    use std::io::IsTerminal;
-    if !show || !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = progress_target().add(indicatif::ProgressBar::new(len as u64));
-    let style = indicatif::ProgressStyle::with_template(
-        "{msg} [{bar:40}] {pos}/{len} tiles, {per_sec}, ETA {eta}",
-    )
-    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-    .progress_chars("=> ");
-    bar.set_style(style);
-    bar.set_message(what.to_string());
-    bar
+/// The overall bar of a batch: scenes done (named by the scene running in a message).
+pub fn scenes_bar(len: usize, progress: Progress) -> Phase {
+    Phase::bar(progress, "scenes", len, "scenes")
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use ndarray::s;
 use serde::Serialize;
 
 use super::driver::{drive, ModelStage, RunSpec, SceneSink};
-use super::{stream_model_tiles, PipelineError, TileBatch};
+use super::{stream_model_tiles, Phase, PipelineError, TileBatch};
 use crate::models::segmentation::{SegFormat, SegmentationModel};
 use crate::output::{
     class_color, FieldKind, FieldSpec, FieldValue, GeometryKind, LayerArea, Legend, MosaicSpec,
@@ -277,6 +277,7 @@ fn stitching(
             // Polygons of every class but the background (if the model has one), made from
             // the stitched rows as they are final (never per tile).
             polygons_skip: Some(skip.as_slice()),
+            options: job.base.cog,
         },
     )?;
     let mut stitcher = MaskStitcher::new(grid, n_classes, job.window, decision);
@@ -334,6 +335,7 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
         return super::instances::run_instances(job, spec);
     }
     let start = Instant::now();
+    let loading = Phase::spinner(job.base.progress, "loading model");
     let runtime = Runtime::load(job.base.ort_lib.as_deref())?;
     let mut model = SegmentationModel::load(runtime, &job.base.model, &job.base.session)?;
     if super::check_prompts(
@@ -359,6 +361,7 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
         &tiles,
     )?;
     let load_seconds = start.elapsed().as_secs_f64();
+    loading.finish();
     let size = grid.tile_size();
     crate::options::check_batch_bytes(job.base.batch_size, size)?;
     job.base.read.order = ReadOrder::RowMajor;
@@ -377,6 +380,7 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
         progress: job.base.progress,
         what: "segmenting",
         sink: "stitching",
+        finishing: Some("assembling COGs"),
     };
     let stage = Segmenter {
         batch_size: crate::models::graph_batch_size(
@@ -410,10 +414,15 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
             reason: format!("polygon areas: {reason}"),
         }
     })?;
-    let polys = finish_polygons(polygons, job.simplify, job.min_area, &areas, &classes_tif)?;
+    let polys = super::phase(job.base.progress, "polygonizing", || {
+        finish_polygons(polygons, job.simplify, job.min_area, &areas, &classes_tif)
+    })?;
     let polygons_done = Instant::now();
     super::write_raster_style(&classes_tif, &legend(&classes))?;
-    let n_polys = write_polygons(&job, &scene, &dir, polys, &classes)?;
+    let writing = format!("writing polygons.{}", job.base.format.extension());
+    let n_polys = super::phase(job.base.progress, &writing, || {
+        write_polygons(&job, &scene, &dir, polys, &classes)
+    })?;
     let outputs = super::output_names(&dir, &job.out)?;
     pending.commit()?;
     let (provider, fallback) = model.provider();

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::{progress_bar, PipelineError};
+use super::{Phase, PipelineError, Progress};
 use crate::output::{
     ChipWriter, FieldKind, FieldSpec, FieldValue, GeometryKind, VectorFormat, VectorLayerWriter,
 };
@@ -25,7 +25,7 @@ pub struct TilesJob {
     /// Directory of GeoTIFF chips.
     pub chips: Option<PathBuf>,
     pub overwrite: bool,
-    pub progress: bool,
+    pub progress: Progress,
 }
 
 /// What `tessera tiles` did.
@@ -137,7 +137,7 @@ pub fn run_tiles(mut job: TilesJob) -> Result<TilesReport, PipelineError> {
     let dtype = scene.info().bands[job.read.bands.bands()[0] - 1]
         .dtype
         .clone();
-    let bar = progress_bar(grid.len(), job.progress, "tiling");
+    let bar = Phase::bar(job.progress, "reading", grid.len(), "tiles");
     let mut padded = 0usize;
     let bands = job.read.bands.len();
 
@@ -176,7 +176,7 @@ pub fn run_tiles(mut job: TilesJob) -> Result<TilesReport, PipelineError> {
     };
     let stats =
         stream_tiles::<f64, PipelineError, _, _>(&scene, &grid, &job.read, |_| {}, &mut on_tile)?;
-    bar.finish_and_clear();
+    bar.finish();
     tracing::info!(
         total = stats.tiles_total,
         read = stats.tiles_read,

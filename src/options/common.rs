@@ -7,7 +7,7 @@ use clap::Args;
 use serde::Deserialize;
 
 use super::{de, InvalidOption};
-use crate::output::{formats, VectorFormat};
+use crate::output::{formats, CogOptions, VectorFormat};
 use crate::raster::{BandMapping, OpenOptions, Resampling, ScalingSpec};
 use crate::runtime::{Device, SessionOptions};
 use crate::tiling::{EdgeMode, GridOptions, GridRequest, ReadOptions, ReadOrder};
@@ -352,9 +352,26 @@ pub struct OutputOptions {
     /// WGS 84 longitude, latitude; other formats always keep the scene's CRS.
     #[arg(long)]
     pub geojson_native_crs: bool,
+    /// A COG creation option for every raster written, as GDAL takes it (`gdal_translate -of
+    /// COG -co`); repeatable: COMPRESS=NONE|LZW|DEFLATE|LZMA|ZSTD (default DEFLATE),
+    /// LEVEL=N (DEFLATE 1-12, ZSTD 1-22, LZMA 0-9), PREDICTOR=YES|NO|STANDARD|FLOATING_POINT
+    /// (default NO; YES for classify's rasters of probabilities), BLOCKSIZE=N (tile edge,
+    /// multiple of 16, 128-4096; default 512, 256 for classify's tile-stride rasters),
+    /// OVERVIEW_RESAMPLING=NEAREST|AVERAGE (default: NEAREST for class rasters, AVERAGE for
+    /// probabilities). Pipeline files: `co = ["COMPRESS=ZSTD", "LEVEL=9"]` in `[output]`.
+    #[arg(long = "co", value_name = "KEY=VALUE")]
+    pub co: Vec<String>,
 }
 
 impl OutputOptions {
+    /// The COG creation options (`--co`), checked against GDAL's COG driver.
+    ///
+    /// # Errors
+    /// The first bad `--co` item ([`super::parse_cog_options`]).
+    pub fn cog_options(&self) -> Result<CogOptions, InvalidOption> {
+        super::parse_cog_options(&self.co)
+    }
+
     /// The vector format, GeoPackage unless given.
     ///
     /// # Errors
@@ -382,7 +399,7 @@ pub struct JobContext {
     pub ort_lib: Option<PathBuf>,
     /// Text-embedding and engine cache folder.
     pub cache_dir: Option<PathBuf>,
-    pub progress: bool,
+    pub progress: crate::jobs::Progress,
     /// Scenes running at once (CPU threads are divided between them).
     pub jobs: usize,
 }
@@ -411,7 +428,9 @@ pub struct SceneJobBase {
     pub scaling: ScalingSpec,
     pub batch_size: usize,
     pub format: &'static dyn VectorFormat,
-    pub progress: bool,
+    /// COG creation options of every raster the job writes.
+    pub cog: CogOptions,
+    pub progress: crate::jobs::Progress,
 }
 
 impl SceneJobBase {
@@ -443,6 +462,7 @@ impl SceneJobBase {
             scaling: input.scaling(),
             batch_size,
             format: output.vector_format()?,
+            cog: output.cog_options()?,
             progress: ctx.progress,
         })
     }

@@ -8,7 +8,7 @@
 //! | [`InputOptions`] | `[input]` | `--bands`, `--scale`, `--resampling`, `--pixel-coords` |
 //! | [`TilingOptions`] | `[tiling]` | `--tile-size`, `--overlap`, `--stride`, `--target-gsd`, ... |
 //! | [`RuntimeOptions`] | `[runtime]` | `--device`, `--allow-fallback`, `--intra-threads`, ... |
-//! | [`OutputOptions`] | `[output]` | `--format` |
+//! | [`OutputOptions`] | `[output]` | `--format`, `--geojson-native-crs`, `--co KEY=VALUE` (`co = [...]`) |
 //! | [`StacOptions`] | `[ingest]` | `--stac-api`, `--stac-catalog`, `--collections`, `--bbox`, `--datetime`, ... (`ingest`, `watch`) |
 //! | [`EvalOptions`] | (none: `eval` is a command only) | `--task`, `--model`, `--chips`, `--scene`, `--labels`, ... |
 //! | [`ClassifyOptions`], [`CaptionOptions`], [`DetectOptions`], [`SegmentOptions`] | a `[[stage]]` of that `task` | the command's own flags |
@@ -17,6 +17,7 @@
 //! keys, so a key of another task is an error from serde.
 
 mod choice;
+mod cog;
 mod common;
 pub(crate) mod de;
 mod eval;
@@ -27,6 +28,7 @@ mod tasks;
 
 pub use crate::task::TaskOptions;
 pub use choice::{closest, parse_choice, Choice};
+pub use cog::{parse_cog_options, COG_KEYS, MAX_BLOCKSIZE};
 pub use common::{
     cache_dir, check_batch_bytes, InputOptions, JobContext, OutputOptions, RuntimeOptions,
     SceneJobBase, TilingOptions, MAX_BATCH_SIZE, MAX_TILE_SIZE, MIN_TARGET_GSD,

@@ -1,8 +1,9 @@
 //! A streaming Cloud-Optimised GeoTIFF writer.
 //!
 //! Rows arrive top to bottom (a stitched mosaic is finished row by row); every full strip of
-//! 512 rows is cut into 512 x 512 tiles, DEFLATE-compressed in parallel and appended to a
-//! temporary file per resolution level, while the same rows are decimated into every overview
+//! tile-high rows (512, or `BLOCKSIZE`) is cut into tiles, compressed in parallel (DEFLATE, or
+//! the `--co` compression and predictor, [`super::codec`]) and appended to a temporary file
+//! per resolution level, while the same rows are decimated into every overview
 //! level on the fly. At the end the COG is assembled by copying the compressed tiles, never
 //! recompressing them: header, GDAL's structural-metadata ghost area, the IFDs (full resolution
 //! first, then the overviews by decreasing size) with their tag data, then the tile data of the
@@ -20,14 +21,45 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
+pub use super::codec::{Compression, Predictor, TileCodec};
 use super::{Legend, OutputError, Result};
 use crate::raster::{gdal_reason, GeoTransform};
 
-/// Tile edge in pixels (GDAL's COG default).
+/// Tile edge in pixels (GDAL's COG default; `BLOCKSIZE` changes it).
 pub const COG_BLOCK: usize = 512;
 
-/// DEFLATE level (GDAL's default).
-const DEFLATE_LEVEL: i32 = 6;
+/// The COG creation options a user gave (`--co KEY=VALUE`, GDAL's names and values); what is
+/// not given is the writer's default for the raster (DEFLATE, no predictor, 512-pixel tiles,
+/// the raster's own overview resampling).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CogOptions {
+    /// `COMPRESS`.
+    pub compression: Option<Compression>,
+    /// `LEVEL` (of DEFLATE, ZSTD or LZMA).
+    pub level: Option<i32>,
+    /// `PREDICTOR`.
+    pub predictor: Option<Predictor>,
+    /// `BLOCKSIZE`: tile edge in pixels.
+    pub block: Option<usize>,
+    /// `OVERVIEW_RESAMPLING`.
+    pub overview_resampling: Option<OverviewResampling>,
+}
+
+impl CogOptions {
+    /// The tile codec for samples that are floats (`float`) or integers.
+    pub fn codec(&self, float: bool) -> TileCodec {
+        TileCodec {
+            compression: self.compression.unwrap_or(Compression::Deflate),
+            level: self.level,
+            predictor: self.predictor.unwrap_or(Predictor::No).tiff_code(float),
+        }
+    }
+
+    /// The tile edge.
+    pub fn block(&self) -> usize {
+        self.block.unwrap_or(COG_BLOCK)
+    }
+}
 
 /// The ghost area GDAL writes after the TIFF header of a COG.
 const GHOST_PAYLOAD: &str = "LAYOUT=IFDS_BEFORE_DATA\nBLOCK_ORDER=ROW_MAJOR\nBLOCK_LEADER=SIZE_AS_UINT4\nBLOCK_TRAILER=LAST_4_BYTES_REPEATED\nKNOWN_INCOMPATIBLE_EDITION=NO\n ";
@@ -128,7 +160,10 @@ pub struct CogSpec<'a> {
     pub legend: Option<&'a Legend>,
     /// Dataset metadata items.
     pub metadata: &'a [(String, String)],
+    /// Overview resampling unless `options` says otherwise.
     pub resampling: OverviewResampling,
+    /// The user's creation options.
+    pub options: CogOptions,
 }
 
 fn werr(path: &Path, reason: impl std::fmt::Display) -> OutputError {
@@ -168,6 +203,8 @@ pub struct CogWriter<T: CogSample> {
     nodata: Option<T>,
     fill: T,
     resampling: OverviewResampling,
+    codec: TileCodec,
+    block: usize,
     levels: Vec<Level<T>>,
     /// Tags of the full-resolution IFD only (georeferencing, metadata), already encoded.
     main_tags: Vec<Tag>,
@@ -193,10 +230,10 @@ impl<T: CogSample> std::fmt::Debug for CogWriter<T> {
 
 /// Sizes of the full resolution and of every overview: halved (rounding down, as GDAL's COG
 /// driver does) until the level fits in one tile.
-fn level_sizes(width: usize, height: usize) -> Vec<(usize, usize)> {
+fn level_sizes(width: usize, height: usize, block: usize) -> Vec<(usize, usize)> {
     let mut out = vec![(width, height)];
     let (mut w, mut h) = (width, height);
-    while w > COG_BLOCK || h > COG_BLOCK {
+    while w > block || h > block {
         w = (w / 2).max(1);
         h = (h / 2).max(1);
         out.push((w, h));
@@ -250,15 +287,15 @@ impl<T: CogSample> CogWriter<T> {
             aux_xml,
         } = metadata_tags::<T>(path, dir, &name, spec)?;
         let mut levels = Vec::new();
-        let sizes = level_sizes(spec.width, spec.height);
+        let block = spec.options.block();
+        let resampling = spec.options.overview_resampling.unwrap_or(spec.resampling);
+        let sizes = level_sizes(spec.width, spec.height, block);
         for (k, &(w, h)) in sizes.iter().enumerate() {
             let parent = if k == 0 { (w, h) } else { sizes[k - 1] };
             let col_windows = if k == 0 {
                 Vec::new()
             } else {
-                (0..w)
-                    .map(|j| window(j, parent.0, w, spec.resampling))
-                    .collect()
+                (0..w).map(|j| window(j, parent.0, w, resampling)).collect()
             };
             let file_path = dir.join(format!(".{name}.level{k}.tmp"));
             let file = File::create(&file_path).map_err(|e| werr(&file_path, e))?;
@@ -266,7 +303,7 @@ impl<T: CogSample> CogWriter<T> {
                 width: w,
                 height: h,
                 rows_in: 0,
-                strip: Vec::with_capacity(COG_BLOCK.min(h) * w * spec.bands),
+                strip: Vec::with_capacity(block.min(h) * w * spec.bands),
                 strip_rows: 0,
                 parent,
                 col_windows,
@@ -283,7 +320,9 @@ impl<T: CogSample> CogWriter<T> {
             bands: spec.bands,
             nodata,
             fill,
-            resampling: spec.resampling,
+            resampling,
+            codec: spec.options.codec(T::FORMAT == 3),
+            block,
             levels,
             main_tags,
             common_tags,
@@ -338,13 +377,14 @@ impl<T: CogSample> CogWriter<T> {
     fn push_row(&mut self, level: usize, row: &[T]) -> Result<()> {
         let bands = self.bands;
         let (nodata, fill, resampling) = (self.nodata, self.fill, self.resampling);
+        let (block, codec) = (self.block, self.codec);
         {
             let lv = &mut self.levels[level];
             lv.strip.extend_from_slice(row);
             lv.strip_rows += 1;
             lv.rows_in += 1;
-            if lv.strip_rows == COG_BLOCK || lv.rows_in == lv.height {
-                flush_strip(lv, bands, fill)?;
+            if lv.strip_rows == block || lv.rows_in == lv.height {
+                flush_strip(lv, bands, fill, block, &codec)?;
             }
         }
         let y = self.levels[level].rows_in - 1;
@@ -501,12 +541,12 @@ impl<T: CogSample> CogWriter<T> {
             Tag::long(256, &[lv.width as u32]),
             Tag::long(257, &[lv.height as u32]),
             Tag::short(258, &vec![T::BITS; b]),
-            Tag::short(259, &[8]),
+            Tag::short(259, &[self.codec.compression.tiff_code()]),
             Tag::short(262, &[self.photometric]),
             Tag::short(277, &[b as u16]),
             Tag::short(284, &[1]),
-            Tag::short(322, &[COG_BLOCK as u16]),
-            Tag::short(323, &[COG_BLOCK as u16]),
+            Tag::short(322, &[self.block as u16]),
+            Tag::short(323, &[self.block as u16]),
             if big {
                 Tag::long8(324, offsets)
             } else {
@@ -515,6 +555,9 @@ impl<T: CogSample> CogWriter<T> {
             Tag::long(325, &lv.tiles.iter().map(|t| t.1).collect::<Vec<_>>()),
             Tag::short(339, &vec![T::FORMAT; b]),
         ];
+        if self.codec.compression.takes_predictor() && self.codec.predictor != 1 {
+            tags.push(Tag::short(317, &[self.codec.predictor]));
+        }
         if b > 1 && self.photometric == 1 {
             tags.push(Tag::short(338, &vec![0; b - 1]));
         }
@@ -534,26 +577,33 @@ impl<T: CogSample> Drop for CogWriter<T> {
 }
 
 /// Cut the level's strip into tiles, compress them in parallel and append them to its file.
-fn flush_strip<T: CogSample>(lv: &mut Level<T>, bands: usize, fill: T) -> Result<()> {
+fn flush_strip<T: CogSample>(
+    lv: &mut Level<T>,
+    bands: usize,
+    fill: T,
+    block: usize,
+    codec: &TileCodec,
+) -> Result<()> {
     let (w, rows) = (lv.width, lv.strip_rows);
-    let cols = w.div_ceil(COG_BLOCK);
+    let cols = w.div_ceil(block);
     let strip = &lv.strip;
-    let compressed: Vec<Vec<u8>> = (0..cols)
+    let compressed: Vec<std::result::Result<Vec<u8>, String>> = (0..cols)
         .into_par_iter()
         .map(|tx| {
-            let x0 = tx * COG_BLOCK;
-            let tw = COG_BLOCK.min(w - x0);
-            let mut tile = vec![fill; COG_BLOCK * COG_BLOCK * bands];
+            let x0 = tx * block;
+            let tw = block.min(w - x0);
+            let mut tile = vec![fill; block * block * bands];
             for r in 0..rows {
                 let src = &strip[(r * w + x0) * bands..(r * w + x0 + tw) * bands];
-                tile[r * COG_BLOCK * bands..(r * COG_BLOCK + tw) * bands].copy_from_slice(src);
+                tile[r * block * bands..(r * block + tw) * bands].copy_from_slice(src);
             }
             let mut raw = Vec::new();
             T::extend_le(&tile, &mut raw);
-            deflate(&raw)
+            codec.encode(raw, block, bands, usize::from(T::BITS / 8))
         })
         .collect();
     for data in compressed {
+        let data = data.map_err(|e| werr(&lv.file_path, e))?;
         let len = data.len() as u32;
         lv.file
             .write_all(&len.to_le_bytes())
@@ -566,27 +616,6 @@ fn flush_strip<T: CogSample>(lv: &mut Level<T>, bands: usize, fill: T) -> Result
     lv.strip.clear();
     lv.strip_rows = 0;
     Ok(())
-}
-
-fn deflate(raw: &[u8]) -> Vec<u8> {
-    thread_local! {
-        static COMPRESSOR: std::cell::RefCell<Option<libdeflater::Compressor>> =
-            const { std::cell::RefCell::new(None) };
-    }
-    COMPRESSOR.with(|c| {
-        let mut c = c.borrow_mut();
-        let comp = c.get_or_insert_with(|| {
-            libdeflater::Compressor::new(
-                libdeflater::CompressionLvl::new(DEFLATE_LEVEL)
-                    .unwrap_or_else(|_| libdeflater::CompressionLvl::default()),
-            )
-        });
-        let mut out = vec![0u8; comp.zlib_compress_bound(raw.len())];
-        // The bound always suffices; a failure cannot happen with it.
-        let n = comp.zlib_compress(raw, &mut out).unwrap_or(0);
-        out.truncate(n);
-        out
-    })
 }
 
 /// A row of an overview from the parent rows it is made of, column `j` from the parent's
@@ -794,6 +823,18 @@ fn metadata_tags<T: CogSample>(
             xml_escape(d)
         ));
     }
+    let class_raster = spec.legend.filter(|_| spec.bands == 1 && T::BITS == 8);
+    if let Some(legend) = class_raster {
+        // Inside the file: the classes as band metadata (GDAL 3.6 keeps category names only
+        // in the `.aux.xml`, which a copied COG loses).
+        for (k, v) in super::raster::class_items(legend) {
+            items.push_str(&format!(
+                "  <Item name=\"{}\" sample=\"0\">{}</Item>\n",
+                xml_escape(&k),
+                xml_escape(&v)
+            ));
+        }
+    }
     if !items.is_empty() {
         main.push(Tag::ascii(
             42112,
@@ -817,12 +858,33 @@ fn metadata_tags<T: CogSample>(
             common.push(Tag::short(320, &map));
         }
     }
+    // Beside the file: the category names GDAL reads (`GetCategoryNames`), with the
+    // georeferencing GDAL itself put there.
+    let aux = match class_raster {
+        Some(legend) => Some(with_category_names(aux.as_deref(), &legend.names)),
+        None => aux,
+    };
     Ok(EncodedMetadata {
         main,
         common,
         photometric,
         aux_xml: aux,
     })
+}
+
+/// GDAL's `.aux.xml` (`pam`, or an empty one) with band 1's category names.
+fn with_category_names(pam: Option<&[u8]>, names: &[String]) -> Vec<u8> {
+    let mut band = String::from("  <PAMRasterBand band=\"1\">\n    <CategoryNames>\n");
+    for n in names {
+        band.push_str(&format!("      <Category>{}</Category>\n", xml_escape(n)));
+    }
+    band.push_str("    </CategoryNames>\n  </PAMRasterBand>\n");
+    let text = pam.map(String::from_utf8_lossy).unwrap_or_default();
+    let out = match text.rfind("</PAMDataset>") {
+        Some(end) => format!("{}{band}{}", &text[..end], &text[end..]),
+        None => format!("<PAMDataset>\n{band}</PAMDataset>\n"),
+    };
+    out.into_bytes()
 }
 
 /// The tags [`metadata_tags`] encodes.
@@ -922,13 +984,16 @@ mod tests {
 
     #[test]
     fn overview_sizes_halve_until_one_tile() {
-        assert_eq!(level_sizes(300, 200), vec![(300, 200)]);
+        assert_eq!(level_sizes(300, 200, 512), vec![(300, 200)]);
         assert_eq!(
-            level_sizes(2000, 1100),
+            level_sizes(2000, 1100, 512),
             vec![(2000, 1100), (1000, 550), (500, 275)]
         );
-        assert_eq!(level_sizes(1025, 10), vec![(1025, 10), (512, 5)]);
-        assert_eq!(level_sizes(2001, 3), vec![(2001, 3), (1000, 1), (500, 1)]);
+        assert_eq!(level_sizes(1025, 10, 512), vec![(1025, 10), (512, 5)]);
+        assert_eq!(
+            level_sizes(2001, 3, 512),
+            vec![(2001, 3), (1000, 1), (500, 1)]
+        );
     }
 
     #[test]
@@ -987,6 +1052,7 @@ mod tests {
             legend: Some(&legend),
             metadata: &[("TESSERA_CLASSES".into(), "bg,a,b,c".into())],
             resampling: OverviewResampling::Nearest,
+            options: CogOptions::default(),
         };
         let mut cog = CogWriter::<u8>::create(&path, &spec).expect("create");
         let mut y = 0;
@@ -996,11 +1062,60 @@ mod tests {
         }
         assert_eq!(y, h);
         cog.finish().expect("finish");
-        let names: Vec<String> = std::fs::read_dir(dir.path())
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
             .expect("ls")
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(names, vec!["classes.tif".to_string()], "temporaries left");
+        names.sort();
+        assert_eq!(
+            names,
+            vec!["classes.tif".to_string(), "classes.tif.aux.xml".to_string()],
+            "temporaries left"
+        );
+        // The category names GDAL reads from the .aux.xml, and the classes inside the file
+        // (band metadata) that a copy without the .aux.xml keeps.
+        let category_names = |path: &Path| -> Vec<String> {
+            let ds = Dataset::open(path).expect("open");
+            // GDAL 3.6's GTiff loads the .aux.xml lazily, on a georeferencing or metadata
+            // request (as gdalinfo makes), not on GetCategoryNames alone.
+            let _ = ds.geo_transform();
+            let band = ds.rasterband(1).expect("band");
+            // SAFETY: valid band handle; the list belongs to the band.
+            let list = unsafe { gdal_sys::GDALGetRasterCategoryNames(band.c_rasterband()) };
+            let mut out = Vec::new();
+            let mut i = 0;
+            while !list.is_null() {
+                // SAFETY: a NULL-terminated list of C strings.
+                let p = unsafe { *list.add(i) };
+                if p.is_null() {
+                    break;
+                }
+                // SAFETY: a NUL-terminated string owned by the band.
+                out.push(
+                    unsafe { std::ffi::CStr::from_ptr(p) }
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+                i += 1;
+            }
+            out
+        };
+        assert_eq!(category_names(&path), vec!["bg", "a", "b", "c"]);
+        let alone = tempfile::tempdir().expect("tempdir");
+        std::fs::copy(&path, alone.path().join("classes.tif")).expect("copy");
+        let copy = Dataset::open(alone.path().join("classes.tif")).expect("open copy");
+        let band = copy.rasterband(1).expect("band");
+        assert_eq!(band.metadata_item("CLASS_COUNT", "").as_deref(), Some("4"));
+        assert_eq!(band.metadata_item("CLASS_2", "").as_deref(), Some("b"));
+        assert_eq!(
+            band.metadata_item("CLASS_3_COLOR", "").as_deref(),
+            Some("#0a0ac8")
+        );
+        let ct = band.color_table().expect("colour table of the copy");
+        let c = ct.entry_as_rgb(1).expect("entry");
+        assert_eq!((c.r, c.g, c.b), (200, 10, 10));
+        // 3 x 2^8 entries in the TIFF colour map, by the format.
+        assert_eq!(ct.entry_count(), 256);
 
         let ds = Dataset::open(&path).expect("open");
         assert_eq!(ds.raster_size(), (w, h));
@@ -1105,6 +1220,7 @@ mod tests {
             legend: None,
             metadata: &[],
             resampling: OverviewResampling::Average,
+            options: CogOptions::default(),
         };
         let mut cog = CogWriter::<f32>::create(&path, &spec).expect("create");
         // Band-sequential chunks of 250, 250 and 100 rows.
@@ -1178,6 +1294,7 @@ mod tests {
                 legend: None,
                 metadata: &[],
                 resampling: OverviewResampling::Nearest,
+                options: CogOptions::default(),
             };
             let mut cog = CogWriter::<u8>::create(&path, &spec).expect("create");
             cog.write_rows(&data).expect("rows");
@@ -1254,6 +1371,7 @@ mod tests {
             legend: None,
             metadata: &[],
             resampling: OverviewResampling::Average,
+            options: CogOptions::default(),
         };
         let mut cog = CogWriter::<f32>::create(&path, &spec).expect("create");
         cog.write_rows(&data).expect("rows");
@@ -1323,6 +1441,7 @@ mod tests {
             legend: None,
             metadata: &[],
             resampling: OverviewResampling::Nearest,
+            options: CogOptions::default(),
         };
         let mut pixels = Vec::new();
         for big in [false, true] {
@@ -1375,6 +1494,7 @@ mod tests {
             legend: None,
             metadata: &[],
             resampling: OverviewResampling::Nearest,
+            options: CogOptions::default(),
         };
         let mut cog = CogWriter::<u8>::create(&path, &spec).expect("create");
         cog.write_rows(&[7u8; 200]).expect("rows");
@@ -1395,6 +1515,160 @@ mod tests {
         assert_eq!(names, vec!["rotated.tif", "rotated.tif.aux.xml"]);
     }
 
+    /// Every compression and predictor on every sample type, with a non-default tile size:
+    /// GDAL (libtiff) decodes the tiles back to the same pixels and reports the compression,
+    /// predictor and tile size asked for; the file is still a COG.
+    #[test]
+    fn creation_options_round_trip_through_gdal() {
+        fn check<T: CogSample + gdal::raster::GdalType + std::fmt::Debug>(
+            dir: &Path,
+            data: &[T],
+            (w, h, b): (usize, usize, usize),
+            options: CogOptions,
+            tag: &str,
+        ) {
+            let path = dir.join(format!("{tag}.tif"));
+            let gt = GeoTransform([0.0, 1.0, 0.0, 0.0, 0.0, -1.0]);
+            let spec = CogSpec {
+                width: w,
+                height: h,
+                bands: b,
+                geotransform: &gt,
+                crs_wkt: None,
+                nodata: None,
+                descriptions: &[],
+                legend: None,
+                metadata: &[],
+                resampling: OverviewResampling::Nearest,
+                options,
+            };
+            let mut cog = CogWriter::<T>::create(&path, &spec).expect("create");
+            cog.write_rows(data).expect("rows");
+            cog.finish().expect("finish");
+            let ds = Dataset::open(&path).expect("open");
+            let compression = options.compression.unwrap_or(Compression::Deflate);
+            let want = match compression {
+                Compression::None => None,
+                c => Some(c.name().to_string()),
+            };
+            assert_eq!(
+                ds.metadata_item("COMPRESSION", "IMAGE_STRUCTURE"),
+                want,
+                "{tag}"
+            );
+            assert_eq!(
+                ds.metadata_item("LAYOUT", "IMAGE_STRUCTURE").as_deref(),
+                Some("COG"),
+                "{tag}"
+            );
+            let predictor = options.codec(T::FORMAT == 3).predictor;
+            let want_predictor =
+                (compression.takes_predictor() && predictor != 1).then(|| predictor.to_string());
+            // GDAL reports the predictor of LZW, DEFLATE and ZSTD files only (LZMA's pixels
+            // below still go through it).
+            if compression != Compression::Lzma {
+                assert_eq!(
+                    ds.metadata_item("PREDICTOR", "IMAGE_STRUCTURE"),
+                    want_predictor,
+                    "{tag}"
+                );
+            }
+            let block = options.block();
+            for band in 0..b {
+                let rb = ds.rasterband(band + 1).expect("band");
+                assert_eq!(rb.block_size(), (block, block), "{tag}");
+                let got = rb.read_as::<T>((0, 0), (w, h), (w, h), None).expect("read");
+                assert!(
+                    got.data() == &data[band * w * h..(band + 1) * w * h],
+                    "{tag}: band {band} pixels differ"
+                );
+            }
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (w, h) = (200usize, 150usize);
+        let bytes: Vec<u8> = (0..2 * w * h)
+            .map(|i| ((i % w) / 3 + (i / w) % 7 + (i % 5) * 40) as u8)
+            .collect();
+        let ids: Vec<u32> = (0..w * h).map(|i| (i / 37) as u32 * 1009).collect();
+        let floats: Vec<f32> = (0..w * h)
+            .map(|i| ((i % w) as f32 * 0.013).sin() + (i / w) as f32 * 0.5)
+            .collect();
+        let predictors = [
+            None,
+            Some(Predictor::No),
+            Some(Predictor::Yes),
+            Some(Predictor::Standard),
+            Some(Predictor::FloatingPoint),
+        ];
+        for (compression, name) in Compression::ALL {
+            for predictor in predictors {
+                if compression == Compression::None && predictor.is_some() {
+                    continue;
+                }
+                let options = CogOptions {
+                    compression: Some(compression),
+                    level: compression.levels().map(|l| l.0),
+                    predictor,
+                    block: Some(128),
+                    overview_resampling: None,
+                };
+                let tag = format!("{name}_{predictor:?}");
+                check::<u8>(dir.path(), &bytes, (w, h, 2), options, &format!("{tag}_u8"));
+                check::<u32>(dir.path(), &ids, (w, h, 1), options, &format!("{tag}_u32"));
+                check::<f32>(
+                    dir.path(),
+                    &floats,
+                    (w, h, 1),
+                    options,
+                    &format!("{tag}_f32"),
+                );
+            }
+        }
+    }
+
+    /// LZW past a full code table (4094 codes, then a Clear code) decodes through libtiff.
+    #[test]
+    fn lzw_table_resets_decode() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (w, h) = (512usize, 512usize);
+        // Noisy bytes fill the table many times over.
+        let mut x = 12345u32;
+        let data: Vec<u8> = (0..w * h)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                (x >> 16) as u8
+            })
+            .collect();
+        let gt = GeoTransform([0.0, 1.0, 0.0, 0.0, 0.0, -1.0]);
+        let path = dir.path().join("lzw.tif");
+        let spec = CogSpec {
+            width: w,
+            height: h,
+            bands: 1,
+            geotransform: &gt,
+            crs_wkt: None,
+            nodata: None,
+            descriptions: &[],
+            legend: None,
+            metadata: &[],
+            resampling: OverviewResampling::Nearest,
+            options: CogOptions {
+                compression: Some(Compression::Lzw),
+                ..CogOptions::default()
+            },
+        };
+        let mut cog = CogWriter::<u8>::create(&path, &spec).expect("create");
+        cog.write_rows(&data).expect("rows");
+        cog.finish().expect("finish");
+        let ds = Dataset::open(&path).expect("open");
+        let got = ds
+            .rasterband(1)
+            .expect("band")
+            .read_as::<u8>((0, 0), (w, h), (w, h), None)
+            .expect("read");
+        assert!(got.data() == &data[..]);
+    }
+
     #[test]
     fn unfinished_writer_leaves_nothing_and_short_input_is_an_error() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1411,6 +1685,7 @@ mod tests {
             legend: None,
             metadata: &[],
             resampling: OverviewResampling::Nearest,
+            options: CogOptions::default(),
         };
         let mut cog = CogWriter::<u8>::create(&path, &spec).expect("create");
         assert!(cog.write_rows(&[0u8; 15]).is_err(), "not whole rows");

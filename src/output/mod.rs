@@ -4,6 +4,7 @@
 
 mod atomic;
 mod chips;
+pub mod codec;
 pub mod cog;
 pub mod formats;
 pub mod geodesic;
@@ -16,7 +17,7 @@ mod vector;
 
 pub use atomic::{refuse_input, PendingOutput};
 pub use chips::ChipWriter;
-pub use cog::{CogSpec, CogWriter, OverviewResampling};
+pub use cog::{CogOptions, CogSpec, CogWriter, Compression, OverviewResampling, Predictor};
 pub use formats::VectorFormat;
 pub use geodesic::{GeodesicArea, LayerArea};
 pub use mosaic::{MosaicSpec, MosaicWriter};

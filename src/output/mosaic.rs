@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::cog::{CogSpec, CogWriter, OverviewResampling};
+use super::cog::{CogOptions, CogSpec, CogWriter, OverviewResampling};
 use super::polygonize_stream::StreamPolygonizer;
 use super::{Legend, OutputError, Result};
 use crate::raster::GeoTransform;
@@ -26,6 +26,8 @@ pub struct MosaicSpec<'a> {
     pub prob_bands: &'a [String],
     /// Polygonize every class but these (nodata is never polygonized); `None`: no polygons.
     pub polygons_skip: Option<&'a [u8]>,
+    /// The user's COG creation options (both rasters).
+    pub options: CogOptions,
 }
 
 /// Streams class rows (and optionally probability rows) into `classes.tif` (8-bit, colour
@@ -73,6 +75,7 @@ impl MosaicWriter {
                 legend: Some(spec.legend),
                 metadata: &metadata,
                 resampling: OverviewResampling::Nearest,
+                options: spec.options,
             },
         )?;
         let probs = if spec.prob_bands.is_empty() {
@@ -91,6 +94,7 @@ impl MosaicWriter {
                     legend: None,
                     metadata: &[],
                     resampling: OverviewResampling::Average,
+                    options: spec.options,
                 },
             )?)
         };
@@ -127,14 +131,13 @@ impl MosaicWriter {
 }
 
 /// Refuse mosaics whose streaming buffers do not fit the memory budget: every COG level keeps
-/// one row of 512-pixel blocks (the whole level's width) for each band, and the stitcher and
+/// one row of tiles (BLOCKSIZE rows, the whole level's width) for each band, and the stitcher and
 /// polygonizer keep rows of the full width too, so memory grows with the width a header
 /// claims. Checked before anything is allocated.
 fn check_row_buffers(spec: &MosaicSpec<'_>) -> Result<()> {
-    use super::cog::COG_BLOCK;
     let bytes_per_pixel = 1 + 4 * spec.prob_bands.len() as u128;
     let (mut w, mut h) = (spec.width as u128, spec.height as u128);
-    let block = COG_BLOCK as u128;
+    let block = spec.options.block() as u128;
     let mut total = w * block.min(h) * bytes_per_pixel;
     while w > block || h > block {
         w = (w / 2).max(1);

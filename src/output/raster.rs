@@ -7,7 +7,7 @@ use std::path::Path;
 use gdal::raster::{ColorEntry, ColorTable, PaletteInterpretation, RasterCreationOptions};
 use gdal::{Dataset, DriverManager, Metadata};
 
-use super::{OutputError, PendingOutput, Result};
+use super::{CogOptions, OutputError, PendingOutput, Result};
 use crate::raster::{gdal_reason, GeoTransform, Sample};
 
 /// A categorical band's legend: class names and RGB colours, by class value.
@@ -34,6 +34,8 @@ pub struct RasterSpec<'a, T> {
     pub legend: Option<&'a Legend>,
     /// Dataset metadata items.
     pub metadata: &'a [(String, String)],
+    /// The user's COG creation options.
+    pub options: CogOptions,
 }
 
 fn werr(path: &Path, reason: String) -> OutputError {
@@ -94,9 +96,31 @@ fn in_memory<T: Sample>(spec: &RasterSpec<'_, T>, target: &Path) -> Result<Datas
             }
             band.set_color_table(&ct);
             set_category_names(&band, &legend.names).map_err(|r| werr(target, r))?;
+            for (k, v) in class_items(legend) {
+                band.set_metadata_item(&k, &v, "").map_err(e)?;
+            }
         }
     }
     Ok(ds)
+}
+
+/// A class raster's classes as band metadata items, kept inside the TIFF (GDAL_METADATA):
+/// `CLASS_<value>` = name and `CLASS_<value>_COLOR` = `#rrggbb` for every class, and
+/// `CLASS_COUNT`. The TIFF colour map itself has 256 entries whatever the classes
+/// (3 x 2^BitsPerSample by the TIFF format), and GDAL 3.6 keeps category names only in the
+/// `.aux.xml`: these items are what a copied file still says about its classes.
+pub(crate) fn class_items(legend: &Legend) -> Vec<(String, String)> {
+    let mut out = vec![("CLASS_COUNT".to_string(), legend.names.len().to_string())];
+    for (i, name) in legend.names.iter().enumerate() {
+        out.push((format!("CLASS_{i}"), name.clone()));
+        if let Some(c) = legend.colors.get(i) {
+            out.push((
+                format!("CLASS_{i}_COLOR"),
+                format!("#{:02x}{:02x}{:02x}", c[0], c[1], c[2]),
+            ));
+        }
+    }
+    out
 }
 
 fn set_category_names(
@@ -124,9 +148,8 @@ pub fn write_cog<T: Sample>(path: &Path, spec: &RasterSpec<'_, T>, overwrite: bo
     let pending = PendingOutput::file(path, overwrite)?;
     let ds = in_memory(spec, path)?;
     let cog = DriverManager::get_driver_by_name("COG").map_err(|e| werr(path, gdal_reason(&e)))?;
-    let predictor = if spec.legend.is_some() { "NO" } else { "YES" };
     let options: RasterCreationOptions =
-        format!("COMPRESS=DEFLATE PREDICTOR={predictor} BLOCKSIZE=256")
+        gdal_cog_options::<T>(&spec.options, spec.legend.is_some())
             .parse()
             .map_err(|e: gdal::errors::GdalError| werr(path, gdal_reason(&e)))?;
     let out = ds
@@ -134,6 +157,39 @@ pub fn write_cog<T: Sample>(path: &Path, spec: &RasterSpec<'_, T>, overwrite: bo
         .map_err(|e| werr(path, gdal_reason(&e)))?;
     out.close().map_err(|e| werr(path, gdal_reason(&e)))?;
     pending.commit()
+}
+
+/// GDAL COG creation options for `options`: what the user gave, else DEFLATE, the predictor
+/// for continuous values (none for class rasters) and 256-pixel tiles (these rasters are at
+/// tile stride, small). `FLOATING_POINT` on integers becomes `STANDARD`, as in the streaming
+/// writer (libtiff refuses the floating-point predictor there).
+fn gdal_cog_options<T: Sample>(options: &CogOptions, classes: bool) -> String {
+    let float = T::gdal_ordinal() == gdal_sys::GDALDataType::GDT_Float32
+        || T::gdal_ordinal() == gdal_sys::GDALDataType::GDT_Float64;
+    let compression = options.compression.unwrap_or(super::Compression::Deflate);
+    let mut out = vec![format!("COMPRESS={}", compression.name())];
+    if let Some(level) = options.level {
+        out.push(format!("LEVEL={level}"));
+    }
+    if compression.takes_predictor() {
+        let predictor = options.predictor.unwrap_or(if classes {
+            super::Predictor::No
+        } else {
+            super::Predictor::Yes
+        });
+        out.push(format!("PREDICTOR={}", predictor.tiff_code(float)));
+    }
+    out.push(format!("BLOCKSIZE={}", options.block.unwrap_or(256)));
+    if let Some(r) = options.overview_resampling {
+        out.push(format!(
+            "OVERVIEW_RESAMPLING={}",
+            match r {
+                super::OverviewResampling::Nearest => "NEAREST",
+                super::OverviewResampling::Average => "AVERAGE",
+            }
+        ));
+    }
+    out.join(" ")
 }
 
 /// A distinct colour for class `i` of `n` (golden-angle hues, fixed lightness).
@@ -196,6 +252,7 @@ mod tests {
                 descriptions: &["class".to_string()],
                 legend: Some(&legend),
                 metadata: &[("LABELS".into(), "a,b,c".into())],
+                options: CogOptions::default(),
             },
             false,
         )
