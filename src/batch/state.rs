@@ -267,6 +267,23 @@ impl RetryPolicy {
             .min(1023);
         self.backoff_seconds * 2f64.powi(exponent)
     }
+
+    /// What failed attempt `attempt` at time `now` becomes: `retry` at
+    /// `now + delay_after(attempt)` when the failure is `transient` and attempts are left,
+    /// else `failed` (no next attempt). Every state store records failures by this rule.
+    #[must_use]
+    pub fn after_failure(
+        &self,
+        attempt: u32,
+        transient: bool,
+        now: f64,
+    ) -> (SceneStatus, Option<f64>) {
+        if transient && attempt < self.max_attempts {
+            (SceneStatus::Retry, Some(now + self.delay_after(attempt)))
+        } else {
+            (SceneStatus::Failed, None)
+        }
+    }
 }
 
 /// SQLite journal mode, fixed for a database file by whoever opens it.
@@ -841,14 +858,7 @@ impl StateDb {
         policy: &RetryPolicy,
     ) -> Result<SceneStatus> {
         let size = size_to_sql(&claim.path, claim.fingerprint.size)?;
-        let (status, next) = if transient && claim.attempt < policy.max_attempts {
-            (
-                SceneStatus::Retry,
-                Some(now + policy.delay_after(claim.attempt)),
-            )
-        } else {
-            (SceneStatus::Failed, None)
-        };
+        let (status, next) = policy.after_failure(claim.attempt, transient, now);
         self.update_claimed(
             claim,
             owner,

@@ -443,14 +443,7 @@ impl StateStore for PgState {
         policy: &RetryPolicy,
     ) -> Result<SceneStatus> {
         let size = size_to_sql(&claim.path, claim.fingerprint.size)?;
-        let (status, next) = if transient && claim.attempt < policy.max_attempts {
-            (
-                SceneStatus::Retry,
-                Some(now + policy.delay_after(claim.attempt)),
-            )
-        } else {
-            (SceneStatus::Failed, None)
-        };
+        let (status, next) = policy.after_failure(claim.attempt, transient, now);
         self.update_claimed(
             claim,
             owner,
