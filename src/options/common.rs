@@ -351,9 +351,50 @@ pub struct OutputOptions {
     /// WGS 84 longitude, latitude; other formats always keep the scene's CRS.
     #[arg(long)]
     pub geojson_native_crs: bool,
+    /// `report = true|false`: write report.html beside the outputs (pipeline files; on the
+    /// command line `--report` / `--no-report`). Default: off for single-scene commands, on
+    /// for `tessera run`.
+    #[arg(skip)]
+    pub report: Option<bool>,
+    #[command(flatten)]
+    #[serde(skip)]
+    pub report_flags: ReportFlags,
+}
+
+/// `--report` / `--no-report`: the command-line side of `[output] report`.
+#[derive(Clone, Debug, Default, Args)]
+pub struct ReportFlags {
+    /// Write report.html beside the outputs: a true-colour quicklook with the class map,
+    /// boxes and polygons over it, legend, class areas, tile captions, models, provenance
+    /// and timings, in one self-contained page that opens offline. Default: off for
+    /// single-scene commands, on for `tessera run`.
+    #[arg(long, overrides_with = "no_report")]
+    pub report: bool,
+    /// Write no report.html (`tessera run` writes one per scene and an index.html otherwise).
+    #[arg(long, overrides_with = "report")]
+    pub no_report: bool,
+}
+
+impl ReportFlags {
+    /// What the flags say, if anything.
+    pub fn value(&self) -> Option<bool> {
+        match (self.report, self.no_report) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        }
+    }
 }
 
 impl OutputOptions {
+    /// Whether to write report.html: the flags, else the pipeline key, else `default`.
+    pub fn report(&self, default: bool) -> bool {
+        self.report_flags
+            .value()
+            .or(self.report)
+            .unwrap_or(default)
+    }
+
     /// The vector format, GeoPackage unless given.
     ///
     /// # Errors
@@ -411,6 +452,9 @@ pub struct SceneJobBase {
     pub batch_size: usize,
     pub format: &'static dyn VectorFormat,
     pub progress: bool,
+    /// Write report.html into the output folder (single-scene commands; a batch writes one
+    /// report per scene itself).
+    pub report: bool,
 }
 
 impl SceneJobBase {
@@ -443,6 +487,7 @@ impl SceneJobBase {
             batch_size,
             format: output.vector_format()?,
             progress: ctx.progress,
+            report: output.report(false),
         })
     }
 }

@@ -8,7 +8,7 @@
 //! | [`InputOptions`] | `[input]` | `--bands`, `--scale`, `--resampling`, `--pixel-coords` |
 //! | [`TilingOptions`] | `[tiling]` | `--tile-size`, `--overlap`, `--stride`, `--target-gsd`, ... |
 //! | [`RuntimeOptions`] | `[runtime]` | `--device`, `--allow-fallback`, `--intra-threads`, ... |
-//! | [`OutputOptions`] | `[output]` | `--format` |
+//! | [`OutputOptions`] | `[output]` | `--format`, `--geojson-native-crs`, `--report` / `--no-report` (key `report`) |
 //! | [`EvalOptions`] | (none: `eval` is a command only) | `--task`, `--model`, `--chips`, `--scene`, `--labels`, ... |
 //! | [`ClassifyOptions`], [`CaptionOptions`], [`DetectOptions`], [`SegmentOptions`] | a `[[stage]]` of that `task` | the command's own flags |
 //!
@@ -26,7 +26,7 @@ mod tasks;
 pub use crate::task::TaskOptions;
 pub use choice::{closest, parse_choice, Choice};
 pub use common::{
-    cache_dir, check_batch_bytes, InputOptions, JobContext, OutputOptions, RuntimeOptions,
+    cache_dir, check_batch_bytes, InputOptions, JobContext, OutputOptions, ReportFlags, RuntimeOptions,
     SceneJobBase, TilingOptions, MAX_BATCH_SIZE, MAX_TILE_SIZE, MIN_TARGET_GSD,
 };
 pub use eval::EvalOptions;
