@@ -64,6 +64,8 @@ pub struct Pipeline {
     /// STAC Item inputs: asset key or role to read.
     pub asset: Option<String>,
     pub format: &'static dyn VectorFormat,
+    /// Write each scene's report.html (`[output] report`, default true; `run --no-report`).
+    pub report: bool,
     input: InputOptions,
     tiling: TilingOptions,
     runtime: RuntimeOptions,
@@ -323,6 +325,7 @@ impl Pipeline {
             stages,
             asset: file.input.asset.clone(),
             format,
+            report: file.output.report(true),
             input: file.input,
             tiling: file.tiling,
             runtime: file.runtime,
@@ -368,6 +371,8 @@ impl Pipeline {
                 ctx,
             );
             let stage_out = out.join(&stage.name);
+            // The batch writes one report per scene over all its stages, not one per stage.
+            let base = base.map(|b| SceneJobBase { report: false, ..b });
             let job = base
                 .map_err(crate::options::OptionsError::from)
                 .and_then(|base| stage.options.job(base, stage_out, ctx));

@@ -45,7 +45,7 @@ h3{font-size:1em;margin:1em 0 .4em}
 ul.legend{list-style:none;padding:0;margin:.3em 0;display:flex;flex-wrap:wrap;gap:.3em 1.2em}
 ul.legend li{display:flex;align-items:center;gap:.4em;font-size:.9em}
 .swatch{display:inline-block;width:1em;height:1em;border:1px solid #555}
-table{border-collapse:collapse;font-size:.9em;margin:.3em 0}td,th{padding:.15em .6em;text-align:left;vertical-align:top;border-bottom:1px solid #e2e2e2}
+table{border-collapse:collapse;font-size:.9em;margin:.3em 0}td,th{padding:.15em .6em;text-align:left;vertical-align:top;border-bottom:1px solid #e2e2e2}td{overflow-wrap:anywhere}th{white-space:nowrap}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 .bars td.bar{width:22em}.bars .fill{height:.9em;border:1px solid #555;min-width:1px}
 .gallery{display:flex;flex-wrap:wrap;gap:.8em}
@@ -184,7 +184,7 @@ fn features_svg(id: &str, f: &Features, g: &GeoTransform) -> String {
             }
         }
         out.push_str("</g>");
-        if f.labelled {
+        if f.labelled && f.items.len() <= super::MAX_LABELLED {
             if let Some(ring) = item.rings.first() {
                 let px: Vec<(f64, f64)> = ring.iter().map(|&p| to_px(g, p)).collect();
                 let x = px.iter().map(|p| p.0).fold(f64::INFINITY, f64::min);
@@ -250,12 +250,17 @@ fn gallery_html(
 }
 
 fn legend_html(s: &Section) -> String {
-    let Some(cm) = &s.class_map else {
-        return String::new();
+    let (legend, hidden) = match (&s.class_map, &s.features) {
+        (Some(cm), _) => (&cm.legend, cm.hidden.as_slice()),
+        (None, Some(Features { legend: Some(l), .. })) => (l, &[][..]),
+        _ => return String::new(),
     };
-    let mut out = format!("<h3>Legend</h3><ul class=\"legend\" data-layer=\"{}\">", escape(&s.name));
-    for (i, (name, c)) in cm.legend.names.iter().zip(&cm.legend.colors).enumerate() {
-        let hidden = i <= 255 && cm.hidden.contains(&(i as u8));
+    let mut out = format!(
+        "<h3>Legend</h3><ul class=\"legend\" data-layer=\"{}\">",
+        escape(&s.name)
+    );
+    for (i, (name, c)) in legend.names.iter().zip(&legend.colors).enumerate() {
+        let hidden = i <= 255 && hidden.contains(&(i as u8));
         let _ = write!(
             out,
             "<li data-class=\"{}\"><span class=\"swatch\" style=\"background:{}\"></span>{}{}</li>",

@@ -30,6 +30,8 @@ pub const CHIP_SIDE: usize = 160;
 pub const MAX_CHIPS: usize = 60;
 /// Features drawn at most (the rest are counted).
 pub const MAX_FEATURES: usize = 2000;
+/// Features labelled on the map at most: beyond, labels are tooltips only.
+pub const MAX_LABELLED: usize = 150;
 
 /// The model a section ran.
 #[derive(Clone, Debug, Default)]
@@ -95,8 +97,12 @@ pub struct Features {
     pub items: Vec<Feature>,
     /// How many the layer holds.
     pub total: usize,
-    /// Draw the labels next to the shapes (boxes: yes; many polygons: no).
+    /// Draw the labels next to the shapes (a few boxes: yes; many polygons: no; every shape
+    /// has its label as a tooltip either way).
     pub labelled: bool,
+    /// The classes and colours of the shapes, listed under the map when the section has no
+    /// class map.
+    pub legend: Option<Legend>,
 }
 
 impl Features {
@@ -264,15 +270,13 @@ pub struct IndexEntry {
     pub seconds: f64,
 }
 
-/// Write `dir/index.html` linking each scene's report with its status; returns its path.
+/// Write the index `path` (`index.html` in the batch's output folder) linking each scene's
+/// report (relative to the index's folder) with its status.
 ///
 /// # Errors
 /// The page cannot be written.
-pub fn write_index(dir: &Path, title: &str, entries: &[IndexEntry]) -> Result<PathBuf> {
-    let path = dir.join(INDEX_FILE);
-    let page = html::index_page(title, entries);
-    write_atomic(&path, page.as_bytes())?;
-    Ok(path)
+pub fn write_index(path: &Path, title: &str, entries: &[IndexEntry]) -> Result<()> {
+    write_atomic(path, html::index_page(title, entries).as_bytes())
 }
 
 #[cfg(test)]
