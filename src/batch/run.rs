@@ -211,7 +211,9 @@ fn write_index(job: &BatchJob, scenes: &[SceneReport]) -> Result<String, BatchEr
     let title = format!("{} ({})", job.pipeline.name, job.pipeline.path.display());
     let path = match job.shard {
         None => job.out.join(crate::output::report::INDEX_FILE),
-        Some(s) => job.out.join(format!("index-{}-of-{}.html", s.index, s.count)),
+        Some(s) => job
+            .out
+            .join(format!("index-{}-of-{}.html", s.index, s.count)),
     };
     crate::output::report::write_index(&path, &title, &entries).map_err(|e| {
         BatchError::Output {

@@ -416,10 +416,20 @@ pub fn run_caption(mut job: CaptionJob) -> Result<CaptionReport, PipelineError> 
                 text: c.caption.clone(),
             });
         }
-        s.fact("prompt", if job.prompt.is_empty() { "(none)" } else { &job.prompt });
+        s.fact(
+            "prompt",
+            if job.prompt.is_empty() {
+                "(none)"
+            } else {
+                &job.prompt
+            },
+        );
         s.fact("tiles captioned", captions.len());
         s.fact("new tokens", new_tokens);
-        s.fact("generation", serde_json::to_string(&params).unwrap_or_default());
+        s.fact(
+            "generation",
+            serde_json::to_string(&params).unwrap_or_default(),
+        );
         s.timing("model (scene and tiles)", model_seconds);
         s.timing("reading and captioning the tiles", tiles_seconds);
         s.timing("writing layers", t.elapsed().as_secs_f64());

@@ -65,11 +65,7 @@ impl SceneRunReport {
 
 /// The start of a job's report section: its task, the model at `model` (its manifest's name,
 /// family and precision when it is a package) on `provider`, the scene bands it read.
-pub(crate) fn section(
-    task: &str,
-    base: &crate::options::SceneJobBase,
-    provider: &str,
-) -> Section {
+pub(crate) fn section(task: &str, base: &crate::options::SceneJobBase, provider: &str) -> Section {
     let package = crate::models::ModelPackage::load(&base.model).ok();
     let m = package.as_ref().map(|p| &p.manifest);
     Section {

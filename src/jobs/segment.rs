@@ -357,7 +357,10 @@ fn report_section(
             .collect();
         features.push(Feature {
             rings,
-            label: classes.get(usize::from(*class)).cloned().unwrap_or_default(),
+            label: classes
+                .get(usize::from(*class))
+                .cloned()
+                .unwrap_or_default(),
             score: None,
             color: legend
                 .colors
@@ -510,7 +513,10 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
         &classes_tif,
     );
     let n_polys = write_polygons(&job, &scene, &dir, polys, &classes)?;
-    section.timing("sweep: read, model, stitch, COG tiles", (cog_done - start).as_secs_f64() - cog_seconds);
+    section.timing(
+        "sweep: read, model, stitch, COG tiles",
+        (cog_done - start).as_secs_f64() - cog_seconds,
+    );
     section.timing("COG assembly", cog_seconds);
     section.timing("polygonizing", (polygons_done - cog_done).as_secs_f64());
     section.timing("vector layer", polygons_done.elapsed().as_secs_f64());

@@ -389,10 +389,7 @@ impl ReportFlags {
 impl OutputOptions {
     /// Whether to write report.html: the flags, else the pipeline key, else `default`.
     pub fn report(&self, default: bool) -> bool {
-        self.report_flags
-            .value()
-            .or(self.report)
-            .unwrap_or(default)
+        self.report_flags.value().or(self.report).unwrap_or(default)
     }
 
     /// The vector format, GeoPackage unless given.

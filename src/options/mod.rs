@@ -26,8 +26,8 @@ mod tasks;
 pub use crate::task::TaskOptions;
 pub use choice::{closest, parse_choice, Choice};
 pub use common::{
-    cache_dir, check_batch_bytes, InputOptions, JobContext, OutputOptions, ReportFlags, RuntimeOptions,
-    SceneJobBase, TilingOptions, MAX_BATCH_SIZE, MAX_TILE_SIZE, MIN_TARGET_GSD,
+    cache_dir, check_batch_bytes, InputOptions, JobContext, OutputOptions, ReportFlags,
+    RuntimeOptions, SceneJobBase, TilingOptions, MAX_BATCH_SIZE, MAX_TILE_SIZE, MIN_TARGET_GSD,
 };
 pub use eval::EvalOptions;
 pub use tasks::{

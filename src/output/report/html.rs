@@ -176,7 +176,11 @@ fn features_svg(id: &str, f: &Features, g: &GeoTransform) -> String {
             Some(s) => format!("{} {s:.2}", item.label),
             None => item.label.clone(),
         };
-        let _ = write!(out, "<g stroke=\"{color}\"><title>{}</title>", escape(&title));
+        let _ = write!(
+            out,
+            "<g stroke=\"{color}\"><title>{}</title>",
+            escape(&title)
+        );
         for ring in &item.rings {
             let pts = points(g, ring);
             if !pts.is_empty() {
@@ -204,19 +208,10 @@ fn features_svg(id: &str, f: &Features, g: &GeoTransform) -> String {
     out
 }
 
-fn gallery_html(
-    s: &Section,
-    source: &SceneSource,
-    ql: &Quicklook,
-    page: &Path,
-) -> Result<String> {
+fn gallery_html(s: &Section, source: &SceneSource, ql: &Quicklook, page: &Path) -> Result<String> {
     let mut out = String::new();
     if let Some(a) = &s.answer {
-        let _ = write!(
-            out,
-            "<h3>Scene</h3><p class=\"answer\">{}</p>",
-            escape(a)
-        );
+        let _ = write!(out, "<h3>Scene</h3><p class=\"answer\">{}</p>", escape(a));
     }
     if s.chips.is_empty() {
         return Ok(out);
@@ -252,7 +247,12 @@ fn gallery_html(
 fn legend_html(s: &Section) -> String {
     let (legend, hidden) = match (&s.class_map, &s.features) {
         (Some(cm), _) => (&cm.legend, cm.hidden.as_slice()),
-        (None, Some(Features { legend: Some(l), .. })) => (l, &[][..]),
+        (
+            None,
+            Some(Features {
+                legend: Some(l), ..
+            }),
+        ) => (l, &[][..]),
         _ => return String::new(),
     };
     let mut out = format!(
@@ -335,7 +335,8 @@ fn timings_html(t: &[(String, f64)]) -> String {
 
 fn section_html(s: &Section, gallery: &str) -> String {
     let mut out = format!(
-        "<section class=\"stage\" data-task=\"{}\"><h2>{} <span class=\"sub\">{}</span></h2>",
+        "<section class=\"stage\" data-name=\"{}\" data-task=\"{}\"><h2>{} <span class=\"sub\">{}</span></h2>",
+        escape(&s.name),
         escape(&s.task),
         escape(&s.name),
         escape(&s.task)

@@ -35,7 +35,11 @@ impl SceneSource {
     pub fn open(path: &str, open: &OpenOptions, bands: &[usize]) -> Result<SceneSource, String> {
         let scene = Scene::open(path, open).map_err(|e| e.to_string())?;
         let n = scene.band_count();
-        let mut bands: Vec<usize> = bands.iter().copied().filter(|&b| b >= 1 && b <= n).collect();
+        let mut bands: Vec<usize> = bands
+            .iter()
+            .copied()
+            .filter(|&b| b >= 1 && b <= n)
+            .collect();
         if bands.is_empty() {
             bands = (1..=n.min(3)).collect();
         }
@@ -110,9 +114,15 @@ impl SceneSource {
         ];
         let (w, h) = (self.scene.width() as f64, self.scene.height() as f64);
         let x0 = corners.iter().map(|c| c.0).fold(f64::INFINITY, f64::min);
-        let x1 = corners.iter().map(|c| c.0).fold(f64::NEG_INFINITY, f64::max);
+        let x1 = corners
+            .iter()
+            .map(|c| c.0)
+            .fold(f64::NEG_INFINITY, f64::max);
         let y0 = corners.iter().map(|c| c.1).fold(f64::INFINITY, f64::min);
-        let y1 = corners.iter().map(|c| c.1).fold(f64::NEG_INFINITY, f64::max);
+        let y1 = corners
+            .iter()
+            .map(|c| c.1)
+            .fold(f64::NEG_INFINITY, f64::max);
         // Clipped to the scene (edge tiles are padded past it).
         let (x0, y0) = (x0.max(0.0).floor(), y0.max(0.0).floor());
         let (x1, y1) = (x1.min(w).ceil(), y1.min(h).ceil());
