@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what tessera needs to build, test and run, idempotently:
 #   1. Debian packages: libgdal-dev gdal-bin pkg-config libsqlite3-dev (GDAL 3.6 on Debian 12),
-#      and python3-qgis (QGIS 3.22, headless, without recommends) for the tests that open the
-#      outputs in QGIS
+#      python3-qgis (QGIS 3.22, headless, without recommends) for the tests that open the
+#      outputs in QGIS, and chromium (headless) for the tests that open report.html
 #   2. ONNX Runtime's CPU library, taken from the PyPI wheel onnxruntime==1.31.1
 #      (hash-checked) into .tessera/ort/
 #   3. A project-local Python virtualenv (.venv) with the tools the tests use
@@ -54,6 +54,21 @@ if ! QT_QPA_PLATFORM=offscreen /usr/bin/python3 -c 'import qgis.core' >/dev/null
   else
     say "missing system package: python3-qgis"
     say "run:  sudo apt-get install -y --no-install-recommends python3-qgis"
+    exit 1
+  fi
+fi
+
+# Chromium, headless, for the tests that open report.html and index.html in a real browser
+# (tests/report.rs): the browser only, without its recommended extras.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ]; then
+    say "installing chromium (headless browser for the report tests) with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  else
+    say "missing system package: chromium"
+    say "run:  sudo apt-get install -y --no-install-recommends chromium"
     exit 1
   fi
 fi
