@@ -105,9 +105,9 @@ fn map_html(
     };
     for (i, s) in report.sections.iter().enumerate() {
         if let Some(cm) = &s.class_map {
-            let (png, gt, (w, h)) =
-                class_png(&cm.raster, &cm.legend.colors, &cm.hidden, QUICKLOOK_SIDE)
-                    .map_err(|e| write_err(page, format!("{}: {e}", cm.raster.display())))?;
+            let pic = class_png(&cm.raster, &cm.legend.colors, &cm.hidden, QUICKLOOK_SIDE)
+                .map_err(|e| write_err(page, format!("{}: {e}", cm.raster.display())))?;
+            let (gt, (w, h), png) = (pic.geotransform, pic.size, pic.png);
             let a = to_px(&ql.to_pixel, gt.apply(0.0, 0.0));
             let b = to_px(&ql.to_pixel, gt.apply(w as f64, h as f64));
             let (left, top) = (a.0.min(b.0), a.1.min(b.1));

@@ -67,8 +67,12 @@ impl SceneSource {
     pub fn quicklook(&self, side: usize) -> Result<Quicklook, String> {
         let (w, h) = (self.scene.width(), self.scene.height());
         let (qw, qh) = fit(w, h, side);
-        let (rgb, valid, stretch) = self.read_rgb((0, 0, w, h), (qw, qh), None)?;
-        let jpeg = encode_jpeg(&rgb, &valid, qw, qh)?;
+        let Rgb {
+            bytes,
+            valid,
+            stretch,
+        } = self.read_rgb((0, 0, w, h), (qw, qh), None)?;
+        let jpeg = encode_jpeg(&bytes, &valid, qw, qh)?;
         let scene_to_map = self.scene.geotransform();
         // quicklook pixel = scene pixel * (qw / w, qh / h)
         let inv = scene_to_map
@@ -132,19 +136,18 @@ impl SceneSource {
         let (cw, ch) = ((x1 - x0) as usize, (y1 - y0) as usize);
         let (ow, oh) = fit(cw, ch, side);
         let window = (x0 as usize, y0 as usize, cw, ch);
-        let (rgb, valid, _) = self.read_rgb(window, (ow, oh), Some(&ql.stretch))?;
-        encode_jpeg(&rgb, &valid, ow, oh).map(Some)
+        let rgb = self.read_rgb(window, (ow, oh), Some(&ql.stretch))?;
+        encode_jpeg(&rgb.bytes, &rgb.valid, ow, oh).map(Some)
     }
 
     /// RGB bytes and validity of a window, read at `size`; stretched by `stretch`, or by the
     /// window's own 2-98 % percentiles.
-    #[allow(clippy::type_complexity)]
     fn read_rgb(
         &self,
         (x, y, w, h): (usize, usize, usize, usize),
         size: (usize, usize),
         stretch: Option<&[Stretch]>,
-    ) -> Result<(Vec<u8>, Vec<bool>, Vec<Stretch>), String> {
+    ) -> Result<Rgb, String> {
         let ds = self.scene.dataset();
         let n = size.0 * size.1;
         let mut valid = vec![true; n];
@@ -193,8 +196,19 @@ impl SceneSource {
                 rgb[i * 3 + c] = (((v - lo) / span).clamp(0.0, 1.0) * 255.0).round() as u8;
             }
         }
-        Ok((rgb, valid, stretch))
+        Ok(Rgb {
+            bytes: rgb,
+            valid,
+            stretch,
+        })
     }
+}
+
+/// Stretched RGB samples (interleaved), which of them are valid, and the stretch used.
+struct Rgb {
+    bytes: Vec<u8>,
+    valid: Vec<bool>,
+    stretch: Vec<Stretch>,
 }
 
 /// `(w, h)` scaled to at most `side` on the longest side (never up), at least 1 pixel.
@@ -260,15 +274,22 @@ fn encode_jpeg(rgb: &[u8], valid: &[bool], w: usize, h: usize) -> Result<Vec<u8>
     bytes
 }
 
+/// A class raster as a picture, with where it lies.
+pub(super) struct ClassPicture {
+    pub png: Vec<u8>,
+    /// The raster's geotransform and size in pixels (not the picture's).
+    pub geotransform: GeoTransform,
+    pub size: (usize, usize),
+}
+
 /// A class raster drawn in its legend's colours, decimated to at most `side` pixels a side
 /// (nearest: class values are never mixed). `hidden` classes and nodata are transparent.
-/// Returns the PNG, and the raster's geotransform and size (to place it on the map).
 pub(super) fn class_png(
     raster: &Path,
     colors: &[[u8; 3]],
     hidden: &[u8],
     side: usize,
-) -> Result<(Vec<u8>, GeoTransform, (usize, usize)), String> {
+) -> Result<ClassPicture, String> {
     let e = |err: gdal::errors::GdalError| gdal_reason(&err);
     let ds = Dataset::open(raster).map_err(e)?;
     let (w, h) = ds.raster_size();
@@ -300,7 +321,11 @@ pub(super) fn class_png(
             rgba[i * 4 + 3] = 255;
         }
     }
-    Ok((encode_png(&rgba, ow, oh)?, gt, (w, h)))
+    Ok(ClassPicture {
+        png: encode_png(&rgba, ow, oh)?,
+        geotransform: gt,
+        size: (w, h),
+    })
 }
 
 /// RGBA bytes as a PNG.
