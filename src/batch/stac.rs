@@ -124,6 +124,8 @@ fn media_type_and_role(ext: &str) -> (&'static str, &'static str) {
         "csv" => ("text/csv", "data"),
         "json" => ("application/json", "metadata"),
         "qml" => ("application/xml", "metadata"),
+        // report.html: the page to look at the results with.
+        "html" => ("text/html", "metadata"),
         "parquet" => ("application/vnd.apache.parquet", "data"),
         "png" => ("image/png", "data"),
         "jpg" | "jpeg" => ("image/jpeg", "data"),
