@@ -14,7 +14,8 @@ use common::{run, venv_python};
 use serde_json::Value;
 
 const SCENE: &str = "sample_data/sentinel2_rgbn_10m.tif";
-const LABELS: [&str; 4] = ["forest", "water", "farmland", "urban area"];
+/// One label with HTML's special characters: the page escapes it, the browser shows it back.
+const LABELS: [&str; 4] = ["forest", "water", "farmland", "urban <area> & 'roads\""];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -237,6 +238,65 @@ fn a_classify_report_shows_the_class_map_with_its_legend_and_geodesic_areas() {
         percent += pct;
     }
     assert!((percent - 100.0).abs() < 0.05, "{percent}");
+}
+
+#[test]
+fn a_caption_report_shows_every_tile_with_its_caption_and_the_scene_caption() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = tmp.path().join("caption");
+    run(
+        &root(),
+        &[
+            "caption",
+            SCENE,
+            "--model",
+            "sample_data/models/blip2-tiny",
+            "--bands",
+            "1,2,3",
+            "--target-gsd",
+            "80",
+            "--max-new-tokens",
+            "4",
+            "--out",
+            out.to_str().expect("utf-8"),
+            "--report",
+            "-q",
+        ],
+    )
+    .success();
+    let Some(chromium) = chromium() else { return };
+    let report = out.join("report.html");
+    let pages = browse(&chromium, std::slice::from_ref(&report));
+    let p = page(&pages, &report);
+    let captions: Vec<Value> = std::fs::read_to_string(out.join("captions.jsonl"))
+        .expect("captions")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert!(captions.len() > 1, "{captions:?}");
+    // The quicklook and one chip per tile, each decoded, with its tile's caption.
+    assert_self_contained(p, 1 + captions.len());
+    let gallery = p["gallery"].as_array().expect("gallery");
+    assert_eq!(gallery.len(), captions.len());
+    for (chip, c) in gallery.iter().zip(&captions) {
+        let id = c["tile_id"].as_str().expect("id");
+        assert_eq!(chip["id"], id);
+        let text = chip["text"].as_str().expect("text");
+        let caption = c["caption"].as_str().expect("caption");
+        assert_eq!(text, format!("{id} {caption}"));
+    }
+    // The scene caption, as the scene layer holds it.
+    let scene = Command::new("ogrinfo")
+        .args(["-al", "-q"])
+        .arg(out.join("scene.gpkg"))
+        .output()
+        .expect("ogrinfo");
+    let scene = String::from_utf8_lossy(&scene.stdout);
+    let answer = p["answers"][0].as_str().expect("scene caption");
+    assert!(
+        scene.contains(&format!("caption (String) = {answer}")),
+        "{answer:?} not in {scene}"
+    );
 }
 
 #[test]

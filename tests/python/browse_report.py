@@ -7,7 +7,7 @@ descriptors 3 and 4, NUL-separated JSON messages), so nothing but the standard l
 browser is needed. For each page, after its load event: every <img> (complete, naturalWidth,
 naturalHeight), the legends (class name and the swatch's computed colour), the class-area rows,
 the SVG shapes per layer, the links (resolved hrefs) and every network request the page made
-(URL scheme and URL), the index's rows (scene, status, error). Printed as {"pages": {path: {...}}}.
+(URL scheme and URL), the index's rows (scene, status, error), the chip gallery and the answers. Printed as {"pages": {path: {...}}}.
 """
 import json
 import os
@@ -47,7 +47,13 @@ CHECK = r"""
     name: r.children[0].textContent, status: r.dataset.status,
     error: r.children[4].textContent}));
   const stages = [...document.querySelectorAll('section.stage')].map(s => s.dataset.name);
+  const gallery = [...document.querySelectorAll('.gallery figure')].map(f => ({
+    id: f.querySelector('figcaption b').textContent,
+    text: f.querySelector('figcaption').textContent,
+    natural_width: f.querySelector('img').naturalWidth}));
+  const answers = [...document.querySelectorAll('.answer')].map(a => a.textContent);
   return JSON.stringify({title: document.title, images: imgs, legends, areas, shapes, links, rows,
+                         gallery, answers,
                          stages, text: document.body.innerText.length});
 })()
 """
