@@ -117,27 +117,41 @@ impl SceneSource {
             inv.apply(bounds.2, bounds.1),
         ];
         let (w, h) = (self.scene.width() as f64, self.scene.height() as f64);
-        let x0 = corners.iter().map(|c| c.0).fold(f64::INFINITY, f64::min);
-        let x1 = corners
-            .iter()
-            .map(|c| c.0)
-            .fold(f64::NEG_INFINITY, f64::max);
-        let y0 = corners.iter().map(|c| c.1).fold(f64::INFINITY, f64::min);
-        let y1 = corners
-            .iter()
-            .map(|c| c.1)
-            .fold(f64::NEG_INFINITY, f64::max);
-        // Clipped to the scene (edge tiles are padded past it).
-        let (x0, y0) = (x0.max(0.0).floor(), y0.max(0.0).floor());
-        let (x1, y1) = (x1.min(w).ceil(), y1.min(h).ceil());
+        let min = |f: fn(&(f64, f64)) -> f64| corners.iter().map(f).fold(f64::INFINITY, f64::min);
+        let max =
+            |f: fn(&(f64, f64)) -> f64| corners.iter().map(f).fold(f64::NEG_INFINITY, f64::max);
+        // The whole tile (edge tiles reach past the scene), then the part inside the scene.
+        let (fx0, fy0) = (min(|c| c.0).floor(), min(|c| c.1).floor());
+        let (fx1, fy1) = (max(|c| c.0).ceil(), max(|c| c.1).ceil());
+        let (x0, y0) = (fx0.max(0.0), fy0.max(0.0));
+        let (x1, y1) = (fx1.min(w), fy1.min(h));
         if x1 <= x0 || y1 <= y0 {
             return Ok(None);
         }
+        let (fw, fh) = ((fx1 - fx0) as usize, (fy1 - fy0) as usize);
+        let (ow, oh) = fit(fw, fh, side);
+        let scale = ow as f64 / fw as f64;
+        // The inside part at the chip's scale, placed where it lies in the tile; the part
+        // past the scene's edge stays blank, so every chip has its tile's shape.
         let (cw, ch) = ((x1 - x0) as usize, (y1 - y0) as usize);
-        let (ow, oh) = fit(cw, ch, side);
+        let (iw, ih) = (
+            ((cw as f64 * scale).round() as usize).clamp(1, ow),
+            ((ch as f64 * scale).round() as usize).clamp(1, oh),
+        );
+        let ox = (((x0 - fx0) * scale).round() as usize).min(ow - iw);
+        let oy = (((y0 - fy0) * scale).round() as usize).min(oh - ih);
         let window = (x0 as usize, y0 as usize, cw, ch);
-        let rgb = self.read_rgb(window, (ow, oh), Some(&ql.stretch))?;
-        encode_jpeg(&rgb.bytes, &rgb.valid, ow, oh).map(Some)
+        let inside = self.read_rgb(window, (iw, ih), Some(&ql.stretch))?;
+        let mut bytes = vec![0u8; ow * oh * 3];
+        let mut valid = vec![false; ow * oh];
+        for row in 0..ih {
+            for col in 0..iw {
+                let (from, to) = (row * iw + col, (oy + row) * ow + ox + col);
+                valid[to] = inside.valid[from];
+                bytes[to * 3..to * 3 + 3].copy_from_slice(&inside.bytes[from * 3..from * 3 + 3]);
+            }
+        }
+        encode_jpeg(&bytes, &valid, ow, oh).map(Some)
     }
 
     /// RGB bytes and validity of a window, read at `size`; stretched by `stretch`, or by the
