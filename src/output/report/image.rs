@@ -1,7 +1,8 @@
 //! The report's pictures: a true-colour quicklook of the scene and chips of its tiles
 //! (decimated GDAL reads, which use the overviews where the file has them, so memory is bounded
-//! by the picture, not the scene; a 2-98 % percentile stretch per band; JPEG through GDAL), and
-//! class rasters as PNGs in their legend's colours.
+//! by the picture, not the scene; averaged, or sampled from a file without overviews shrunk
+//! more than 4 times; a 2-98 % percentile stretch per band; JPEG through GDAL), and class
+//! rasters as PNGs in their legend's colours (sampled: classes are never mixed).
 
 use std::path::Path;
 
@@ -168,13 +169,17 @@ impl SceneSource {
         let mut planes = Vec::with_capacity(3);
         for &b in &self.bands {
             let band = ds.rasterband(b).map_err(|e| gdal_reason(&e))?;
+            // Averaging reads every pixel under the picture: fine through overviews or for a
+            // small reduction; a file without overviews shrunk many times is sampled instead
+            // (GDAL then reads only the rows and blocks it samples).
+            let shrink = (w / size.0.max(1)).max(h / size.1.max(1));
+            let resampling = if band.overview_count().unwrap_or(0) > 0 || shrink <= 4 {
+                ResampleAlg::Average
+            } else {
+                ResampleAlg::NearestNeighbour
+            };
             let values = band
-                .read_as::<f64>(
-                    (x as isize, y as isize),
-                    (w, h),
-                    size,
-                    Some(ResampleAlg::Average),
-                )
+                .read_as::<f64>((x as isize, y as isize), (w, h), size, Some(resampling))
                 .map_err(|e| gdal_reason(&e))?
                 .into_shape_and_vec()
                 .1;
