@@ -396,7 +396,13 @@ fn process_scene_inner(
                     .map_err(|e| transient(e.to_string()))?;
             }
             write_item(pipeline, scene, &stamps, &tmp).map_err(permanent)?;
-            let outputs = record::output_stamps(&tmp).map_err(io)?;
+            // report.html shows the run's timings, command and time: no two runs write the
+            // same bytes, so it is not stamped (the record stays the same from any folder).
+            let outputs: Vec<_> = record::output_stamps(&tmp)
+                .map_err(io)?
+                .into_iter()
+                .filter(|o| o.path != crate::output::report::REPORT_FILE)
+                .collect();
             let finished = record::now();
             let rec = SceneRecord {
                 tool: "tessera".into(),
