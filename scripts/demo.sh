@@ -30,7 +30,7 @@ echo "   NOTE: sample_data/models/clip-tiny has UNTRAINED random weights: the la
 echo "   meaningless; the run shows the pipeline and its outputs, not a real answer."
 $T classify "$SCENE" --model sample_data/models/clip-tiny \
   --labels "forest,water,farmland,urban area,bare soil" --bands 1,2,3 --scale percentile:2,98 \
-  --target-gsd 20 --overlap 16 --out "$OUT/classify" --overwrite
+  --target-gsd 20 --overlap 16 --out "$OUT/classify" --overwrite --report
 echo
 echo "== tessera caption: a caption per tile and for the whole scene (bundled BLIP-2, UNTRAINED: gibberish)"
 $T caption "$SCENE" --model sample_data/models/blip2-tiny --bands 1,2,3 --scale percentile:2,98 \
@@ -41,8 +41,10 @@ $T segment "$SCENE" --model .tessera/models/dbnet --tile-size 320 --overlap 64 -
   --scale percentile:2,98 --probabilities --out "$OUT/segment" --overwrite
 echo
 echo "== tessera run: the multi-model pipeline (land cover + objects + masks off one read pass),"
-echo "   twice: the second run skips the finished scene"
+echo "   twice: the second run skips the finished scene; each scene gets a report.html, the batch an index.html"
 $T run pipelines/multi-model.toml "$SCENE" --out "$OUT/batch"
 $T run pipelines/multi-model.toml "$SCENE" --out "$OUT/batch"
 echo
 echo "Outputs in $OUT/ (open the .gpkg/.shp, the chips and */*.tif in QGIS; batch/*/item.json is a STAC Item)."
+echo "Reports (open in any browser, offline): $OUT/batch/index.html, $OUT/batch/sentinel2_rgbn_10m/report.html,"
+echo "  $OUT/classify/report.html"

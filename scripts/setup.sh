@@ -5,7 +5,8 @@
 #      postgresql (a throwaway server for the PostgreSQL ingest-state tests), postgresql-postgis
 #      (pgstac's STAC API in the STAC ingest tests),
 #      and python3-qgis (QGIS 3.22, headless, without recommends) for the tests that open the
-#      outputs in QGIS; slurm-wlm and munge (Slurm 22.05) for tests/slurm.rs, as root only
+#      outputs in QGIS, chromium (headless) for the tests that open report.html; slurm-wlm and
+#      munge (Slurm 22.05) for tests/slurm.rs, as root only
 #   2. ONNX Runtime's CPU library, taken from the PyPI wheel onnxruntime==1.31.1
 #      (hash-checked) into .tessera/ort/
 #   3. A project-local Python virtualenv (.venv) with the tools the tests use
@@ -80,6 +81,21 @@ if ! QT_QPA_PLATFORM=offscreen /usr/bin/python3 -c 'import qgis.core' >/dev/null
   else
     say "missing system package: python3-qgis"
     say "run:  sudo apt-get install -y --no-install-recommends python3-qgis"
+    exit 1
+  fi
+fi
+
+# Chromium, headless, for the tests that open report.html and index.html in a real browser
+# (tests/report.rs): the browser only, without its recommended extras.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ]; then
+    say "installing chromium (headless browser for the report tests) with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  else
+    say "missing system package: chromium"
+    say "run:  sudo apt-get install -y --no-install-recommends chromium"
     exit 1
   fi
 fi

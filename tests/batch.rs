@@ -320,7 +320,28 @@ fn shards_together_produce_exactly_one_runs_outputs() {
         taken += report["done"].as_u64().expect("done");
     }
     assert_eq!(taken, 6, "every scene in exactly one shard");
-    assert_eq!(files(&d.join("one")), files(&d.join("sharded")));
+    // Each shard indexes its own scenes (index-I-of-N.html); the unsharded run has index.html.
+    let indexes = |out: &Path| -> Vec<String> {
+        files(out)
+            .into_iter()
+            .filter(|f| f.starts_with("index") && f.ends_with(".html"))
+            .collect()
+    };
+    assert_eq!(indexes(&d.join("one")), ["index.html"]);
+    let mut sharded = indexes(&d.join("sharded"));
+    sharded.sort();
+    assert_eq!(
+        sharded,
+        [
+            "index-0-of-3.html",
+            "index-1-of-3.html",
+            "index-2-of-3.html"
+        ]
+    );
+    let scene_files = |out: &Path| -> Vec<String> {
+        files(out).into_iter().filter(|f| f.contains('/')).collect()
+    };
+    assert_eq!(scene_files(&d.join("one")), scene_files(&d.join("sharded")));
     assert_eq!(rasters(&d.join("one")), rasters(&d.join("sharded")));
 }
 

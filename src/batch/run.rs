@@ -69,6 +69,8 @@ pub struct BatchReport {
     pub skipped: usize,
     pub failed: usize,
     pub seconds: f64,
+    /// index.html over the scenes' reports (when reports are on).
+    pub index: Option<String>,
     pub scenes: Vec<SceneReport>,
 }
 
@@ -161,7 +163,13 @@ pub fn run_batch(job: BatchJob) -> Result<BatchReport, BatchError> {
     let mut scenes = reports.into_inner().unwrap_or_default();
     scenes.sort_by(|a, b| a.name.cmp(&b.name));
     let count = |o: SceneOutcome| scenes.iter().filter(|s| s.status == o).count();
+    let index = if job.pipeline.report {
+        Some(write_index(&job, &scenes)?)
+    } else {
+        None
+    };
     Ok(BatchReport {
+        index,
         pipeline: job.pipeline.path.display().to_string(),
         out: job.out.display().to_string(),
         shard: job.shard,
@@ -172,6 +180,48 @@ pub fn run_batch(job: BatchJob) -> Result<BatchReport, BatchError> {
         seconds: start.elapsed().as_secs_f64(),
         scenes,
     })
+}
+
+/// `out/index.html` (`index-I-of-N.html` for shard I of N: shards share the folder) linking
+/// each scene's report with its status.
+fn write_index(job: &BatchJob, scenes: &[SceneReport]) -> Result<String, BatchError> {
+    use crate::output::report::{IndexEntry, REPORT_FILE};
+    let entries: Vec<IndexEntry> = scenes
+        .iter()
+        .map(|s| {
+            let status = match s.status {
+                SceneOutcome::Done => "ok",
+                SceneOutcome::Skipped => "skipped",
+                SceneOutcome::Failed => "failed",
+            };
+            // A failed scene's folder may hold an older result: not linked as this run's.
+            let report = (s.status != SceneOutcome::Failed
+                && job.out.join(&s.name).join(REPORT_FILE).is_file())
+            .then(|| format!("{}/{REPORT_FILE}", s.name));
+            IndexEntry {
+                name: s.name.clone(),
+                input: s.input.clone(),
+                status: status.into(),
+                error: s.error.clone(),
+                report,
+                seconds: s.seconds,
+            }
+        })
+        .collect();
+    let title = format!("{} ({})", job.pipeline.name, job.pipeline.path.display());
+    let path = match job.shard {
+        None => job.out.join(crate::output::report::INDEX_FILE),
+        Some(s) => job
+            .out
+            .join(format!("index-{}-of-{}.html", s.index, s.count)),
+    };
+    crate::output::report::write_index(&path, &title, &entries).map_err(|e| {
+        BatchError::Output {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        }
+    })?;
+    Ok(path.display().to_string())
 }
 
 /// A unique hidden name next to `final_dir` for work in progress (`kind` "tmp" or "old"):
@@ -329,13 +379,30 @@ fn process_scene_inner(
             let io = |e: std::io::Error| transient(e.to_string());
             let json = |e: serde_json::Error| permanent(e.to_string());
             let mut stages = serde_json::Map::new();
+            let mut sections = Vec::new();
             for (name, mut r) in run_stages(pipeline, &scene.raster, &tmp, ctx)? {
+                if let Some(s) = &r.run().section {
+                    sections.push(crate::output::report::Section {
+                        name: name.clone(),
+                        ..s.clone()
+                    });
+                }
                 // Reports name the temporary folder: name the final one.
                 r.run_mut().rebase(&tmp, &final_dir);
                 stages.insert(name, serde_json::to_value(&r).map_err(json)?);
             }
+            if pipeline.report {
+                write_scene_report(pipeline, scene, &sections, &tmp)
+                    .map_err(|e| transient(e.to_string()))?;
+            }
             write_item(pipeline, scene, &stamps, &tmp).map_err(permanent)?;
-            let outputs = record::output_stamps(&tmp).map_err(io)?;
+            // report.html shows the run's timings, command and time: no two runs write the
+            // same bytes, so it is not stamped (the record stays the same from any folder).
+            let outputs: Vec<_> = record::output_stamps(&tmp)
+                .map_err(io)?
+                .into_iter()
+                .filter(|o| o.path != crate::output::report::REPORT_FILE)
+                .collect();
             let finished = record::now();
             let rec = SceneRecord {
                 tool: "tessera".into(),
@@ -376,6 +443,28 @@ fn process_scene_inner(
     }
     report.seconds = start.elapsed().as_secs_f64();
     report
+}
+
+/// `dir/report.html`: every stage's section over one quicklook of the scene.
+fn write_scene_report(
+    pipeline: &Pipeline,
+    scene: &SceneInput,
+    sections: &[crate::output::report::Section],
+    dir: &Path,
+) -> Result<(), crate::output::OutputError> {
+    use crate::output::report::SceneReport;
+    let mut provenance = SceneReport::default_provenance();
+    provenance.push(("pipeline".into(), pipeline.path.display().to_string()));
+    provenance.push(("pipeline sha256".into(), pipeline.content_hash.clone()));
+    let report = SceneReport {
+        title: scene.name.clone(),
+        scene: scene.raster.clone(),
+        open: pipeline.open_options(),
+        sections,
+        provenance,
+        pipeline_text: std::fs::read_to_string(&pipeline.path).ok(),
+    };
+    crate::output::report::write_report(dir, &report).map(drop)
 }
 
 /// `dir/item.json`: a STAC Item of the scene's footprint (projection extension) with every

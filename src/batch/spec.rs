@@ -68,6 +68,8 @@ pub struct Pipeline {
     /// `[ingest]`: the STAC API or catalog `ingest` and `watch` take scenes from.
     pub ingest: StacOptions,
     pub format: &'static dyn VectorFormat,
+    /// Write each scene's report.html (`[output] report`, default true; `run --no-report`).
+    pub report: bool,
     input: InputOptions,
     tiling: TilingOptions,
     runtime: RuntimeOptions,
@@ -336,6 +338,7 @@ impl Pipeline {
             asset: file.input.asset.clone(),
             ingest: file.ingest,
             format,
+            report: file.output.report(true),
             input: file.input,
             tiling: file.tiling,
             runtime: file.runtime,
@@ -381,6 +384,8 @@ impl Pipeline {
                 ctx,
             );
             let stage_out = out.join(&stage.name);
+            // The batch writes one report per scene over all its stages, not one per stage.
+            let base = base.map(|b| SceneJobBase { report: false, ..b });
             let job = base
                 .map_err(crate::options::OptionsError::from)
                 .and_then(|base| stage.options.job(base, stage_out, ctx));

@@ -175,6 +175,10 @@ pub struct RunArgs {
     /// Print a JSON summary (every scene with its status, output folder and error).
     #[arg(long)]
     pub json: bool,
+    /// report.html per scene and index.html over them (on unless the pipeline's
+    /// `[output] report = false`).
+    #[command(flatten)]
+    pub report: crate::options::ReportFlags,
 }
 
 #[derive(Debug, Args)]

@@ -19,7 +19,10 @@ fn shard(flag: Option<&str>) -> Result<Option<crate::batch::Shard>> {
 }
 
 pub(super) fn run_pipeline(a: RunArgs, ort_lib: Option<PathBuf>, quiet: bool) -> Result<i32> {
-    let pipeline = crate::batch::Pipeline::load(&a.pipeline)?;
+    let mut pipeline = crate::batch::Pipeline::load(&a.pipeline)?;
+    if let Some(report) = a.report.value() {
+        pipeline.report = report;
+    }
     if a.check {
         out!(
             "{}: valid pipeline '{}' with {} stage(s): {}{}",

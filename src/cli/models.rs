@@ -31,6 +31,8 @@ fn prepare(
 ) -> Result<Prepared> {
     if let Some(out) = out {
         crate::output::refuse_input(out, scene)?;
+    } else if common.output.report(false) {
+        anyhow::bail!("--report needs --out: report.html is written into the output folder");
     }
     let ctx = JobContext {
         ort_lib,

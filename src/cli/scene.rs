@@ -123,6 +123,9 @@ pub(super) fn tiles(a: TilesArgs, quiet: bool) -> Result<i32> {
             None
         }
     };
+    if a.output.report_flags.value().is_some() {
+        bail!("--report is for model commands: `tiles` writes no report");
+    }
     for (given, key) in [
         (a.input.scale.is_some(), "scale"),
         (a.tiling.batch_size.is_some(), "batch_size"),

@@ -407,19 +407,52 @@ pub fn run_caption(mut job: CaptionJob) -> Result<CaptionReport, PipelineError> 
 
     let tiles_seconds = tiles_start.elapsed().as_secs_f64();
     let mut outputs = Vec::new();
+    let (provider, fallback) = model.provider();
+    let mut section = None;
     if let (Some(pending), Some(dir)) = (pending, &job.out) {
+        let t = Instant::now();
         super::phase(job.base.progress, "writing", || {
             write_outputs(&job, &scene, &captions, &scene_caption, &pending)
         })?;
+        let mut s = super::report::section("caption", &job.base, provider);
+        s.answer = Some(scene_caption.clone());
+        for c in &captions {
+            s.push_chip(crate::output::report::Chip {
+                id: c.tile_id.clone(),
+                bounds: bounds(&c.footprint),
+                text: c.caption.clone(),
+            });
+        }
+        s.fact(
+            "prompt",
+            if job.prompt.is_empty() {
+                "(none)"
+            } else {
+                &job.prompt
+            },
+        );
+        s.fact("tiles captioned", captions.len());
+        s.fact("new tokens", new_tokens);
+        s.fact(
+            "generation",
+            serde_json::to_string(&params).unwrap_or_default(),
+        );
+        s.timing("model (scene and tiles)", model_seconds);
+        s.timing("reading and captioning the tiles", tiles_seconds);
+        s.timing("writing layers", t.elapsed().as_secs_f64());
+        s.timing("whole run", start.elapsed().as_secs_f64());
+        super::report::write_report(&job.base, &pending.path(), &s)?;
         outputs = super::output_names(&pending.path(), dir)?;
         pending.commit()?;
+        section = Some(s);
         super::log_outputs(&outputs);
     }
     let seconds = start.elapsed().as_secs_f64();
-    let (provider, fallback) = model.provider();
     let n_captions = captions.len() + 1;
+    let mut run = super::SceneRunReport::new(&job.base, (provider, fallback), &stats, outputs);
+    run.section = section;
     Ok(CaptionReport {
-        run: super::SceneRunReport::new(&job.base, (provider, fallback), &stats, outputs),
+        run,
         model_trained: model.package().manifest.trained,
         prompt: job.prompt.clone(),
         params,
@@ -432,6 +465,19 @@ pub fn run_caption(mut job: CaptionJob) -> Result<CaptionReport, PipelineError> 
         captions_per_second: n_captions as f64 / model_seconds.max(1e-9),
         tokens_per_second: new_tokens as f64 / model_seconds.max(1e-9),
     })
+}
+
+/// (min x, min y, max x, max y) of corners.
+fn bounds(corners: &[(f64, f64)]) -> (f64, f64, f64, f64) {
+    corners.iter().fold(
+        (
+            f64::INFINITY,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NEG_INFINITY,
+        ),
+        |(x0, y0, x1, y1), &(x, y)| (x0.min(x), y0.min(y), x1.max(x), y1.max(y)),
+    )
 }
 
 fn write_err(path: &std::path::Path, e: impl std::fmt::Display) -> PipelineError {

@@ -268,9 +268,11 @@ pub fn run_classify(mut job: ClassifyJob) -> Result<ClassifyReport, PipelineErro
 
     let t = Instant::now();
     let mut outputs = Vec::new();
+    let (provider, fallback) = model.image_provider();
+    let mut section = None;
     if let (Some(pending), Some(dir)) = (pending, &job.out) {
         let model_name = model.package().manifest.name.clone();
-        write_outputs(
+        let (legend, areas) = write_outputs(
             &job,
             &scene,
             &grid,
@@ -280,15 +282,34 @@ pub fn run_classify(mut job: ClassifyJob) -> Result<ClassifyReport, PipelineErro
             &pending,
             &model_name,
         )?;
+        timings.write_seconds = t.elapsed().as_secs_f64();
+        let mut s = report_section(&job, provider, &grid, &label_counts, &timings);
+        s.areas = Some(super::report::class_areas(
+            &legend,
+            &areas,
+            &[],
+            (None, "the classified tiles"),
+            scene.crs_wkt().is_some(),
+        ));
+        s.class_map = Some(crate::output::report::ClassMap {
+            raster: pending.path().join("classes.tif"),
+            legend,
+            hidden: vec![],
+        });
+        super::report::write_report(&job.base, &pending.path(), &s)?;
         outputs = super::output_names(&pending.path(), dir)?;
+        let from = pending.path();
         pending.commit()?;
+        super::report::rebase_section(&mut s, &from, dir);
+        section = Some(s);
         super::log_outputs(&outputs);
     }
     timings.write_seconds = t.elapsed().as_secs_f64();
     timings.total_seconds = start.elapsed().as_secs_f64();
-    let (provider, fallback) = model.image_provider();
+    let mut run = super::SceneRunReport::new(&job.base, (provider, fallback), &stats, outputs);
+    run.section = section;
     Ok(ClassifyReport {
-        run: super::SceneRunReport::new(&job.base, (provider, fallback), &stats, outputs),
+        run,
         model_trained: model.package().manifest.trained,
         pinned_input: model.pinned_input(),
         similarity_provider: model.head_provider().to_string(),
@@ -310,6 +331,47 @@ pub fn run_classify(mut job: ClassifyJob) -> Result<ClassifyReport, PipelineErro
         tiles_per_second: stats.tiles_read as f64 / timings.total_seconds,
         timings,
     })
+}
+
+/// The report section of a run: the model, the grid, tiles per label, timings (the class map
+/// and areas are added by the caller).
+fn report_section(
+    job: &ClassifyJob,
+    provider: &str,
+    grid: &TileGrid,
+    label_counts: &BTreeMap<String, usize>,
+    timings: &Timings,
+) -> crate::output::report::Section {
+    let mut s = super::report::section("classify", &job.base, provider);
+    s.fact("labels", job.labels.join(", "));
+    s.fact("prompt templates", job.templates.join(" | "));
+    if let Some(m) = job.min_score {
+        s.fact("min score", m);
+    }
+    s.fact(
+        "tile grid",
+        format!(
+            "{} x {} tiles of {} px, overlap {}",
+            grid.cols(),
+            grid.rows(),
+            grid.options.tile_size,
+            grid.options.overlap
+        ),
+    );
+    if let Some(g) = grid.options.target_gsd {
+        s.fact("target resolution", format!("{g} m"));
+    }
+    let counts: Vec<String> = label_counts
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect();
+    s.fact("tiles per label", counts.join(", "));
+    s.timing("loading the model and scene", timings.load_seconds);
+    s.timing("label embeddings", timings.text_seconds);
+    s.timing("image encoder", timings.model_seconds);
+    s.timing("waiting for tiles", timings.wait_seconds);
+    s.timing("writing rasters and layers", timings.write_seconds);
+    s
 }
 
 /// What the sweep over the tiles gave.
@@ -547,7 +609,7 @@ fn write_outputs(
     class_of: &dyn Fn(&TileResult) -> u8,
     pending: &PendingOutput,
     model_name: &str,
-) -> Result<(), PipelineError> {
+) -> Result<(Legend, Vec<(u8, f64)>), PipelineError> {
     let dir = pending.path();
     let (cols, rows) = (grid.cols(), grid.rows());
     let gt = class_grid_transform(grid);
@@ -628,7 +690,7 @@ fn write_outputs(
             &style,
         )
     })?;
-    write_label_layer(
+    let areas = write_label_layer(
         job,
         &dir.join(format!("labels.{ext}")),
         crs,
@@ -636,7 +698,8 @@ fn write_outputs(
         (cols, rows, &gt),
         names,
         &style,
-    )
+    )?;
+    Ok((legend, areas))
 }
 
 /// The tile layer: every tile's footprint with its top-3 labels.
@@ -692,7 +755,8 @@ fn write_tile_layer(
     Ok(())
 }
 
-/// The label layer: the class grid's labels dissolved into multipolygons.
+/// The label layer: the class grid's labels dissolved into multipolygons. Returns each
+/// class's `area_m2`.
 fn write_label_layer(
     job: &ClassifyJob,
     path: &std::path::Path,
@@ -701,7 +765,8 @@ fn write_label_layer(
     (cols, rows, gt): (usize, usize, &GeoTransform),
     names: &[String],
     style: &LayerStyle,
-) -> Result<(), PipelineError> {
+) -> Result<Vec<(u8, f64)>, PipelineError> {
+    let mut class_areas = Vec::new();
     let polygons = super::phase(job.base.progress, "polygonizing", || {
         polygonize_classes(classes, cols, rows, gt, Some(CLASS_NODATA)).map_err(|reason| {
             crate::output::OutputError::Write {
@@ -747,10 +812,11 @@ fn write_label_layer(
                 FieldValue::Real(area),
             ],
         )?;
+        class_areas.push((class, area));
     }
     labels.finish()?;
     writing.finish();
-    Ok(())
+    Ok(class_areas)
 }
 
 impl crate::task::SceneJob for ClassifyJob {

@@ -384,6 +384,77 @@ fn write_detections(
     Ok(())
 }
 
+/// The report section of a detection run: the merged boxes drawn with their labels (in the
+/// layer's colours), counts, the grid and timings.
+fn report_section(
+    job: &DetectJob,
+    d: &Detected,
+    counts: &BTreeMap<String, usize>,
+    seconds: f64,
+) -> crate::output::report::Section {
+    use crate::output::report::{Feature, Features};
+    let mut s = super::report::section("detect", &job.base, d.provider.0);
+    // The layer's style: each label once, in order of first appearance.
+    let mut names: Vec<&String> = Vec::new();
+    for c in &d.classes {
+        if !names.contains(&c) {
+            names.push(c);
+        }
+    }
+    let mut features = Features {
+        kind: "detections".into(),
+        labelled: true,
+        ..Features::default()
+    };
+    for (i, m) in d.merged.iter().enumerate() {
+        let class = d.classes.get(m.class).cloned().unwrap_or_default();
+        let color = names
+            .iter()
+            .position(|n| **n == class)
+            .map_or([128, 128, 128], crate::output::class_color);
+        let label = match d.phrases.as_ref().and_then(|p| p.get(i)) {
+            Some(p) if !p.is_empty() && *p != class => format!("{class}: {p}"),
+            _ => class,
+        };
+        let mut ring = m.corners.to_vec();
+        ring.push(m.corners[0]);
+        features.push(Feature {
+            rings: vec![ring],
+            label,
+            score: Some(m.score),
+            color,
+        });
+    }
+    features.legend = Some(crate::output::Legend {
+        colors: (0..names.len()).map(crate::output::class_color).collect(),
+        names: names.into_iter().cloned().collect(),
+    });
+    s.features = Some(features);
+    if !job.prompts.is_empty() {
+        s.fact("prompts", job.prompts.join(", "));
+    }
+    if let Some(c) = job.confidence {
+        s.fact("confidence", c);
+    }
+    let per_class: Vec<String> = counts.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    s.fact("detections per class", per_class.join(", "));
+    s.fact("boxes before merging", d.raw);
+    s.fact(
+        "tiles",
+        format!(
+            "{} read, {} skipped; {} px, overlap {}",
+            d.stats.tiles_read, d.stats.tiles_skipped, d.tile_size, d.overlap
+        ),
+    );
+    if let Some(g) = d.target_gsd {
+        s.fact("target resolution", format!("{g} m"));
+    }
+    s.timing("model", d.model_seconds);
+    s.timing("merging boxes across tiles", d.merge_seconds);
+    s.timing("whole run", seconds);
+    s
+}
+
 /// A detection sweep over a scene: the merged boxes and what the report needs.
 pub(crate) struct Detected {
     pub merged: Vec<MapDetection>,
@@ -703,6 +774,7 @@ pub fn detect_with(
         counts.entry(c.clone()).or_default();
     }
     let mut outputs = Vec::new();
+    let mut section = None;
     if let (Some(pending), Some(dir)) = (pending, &job.out) {
         let name = format!("detections.{}", job.base.format.extension());
         super::phase(job.base.progress, &format!("writing {name}"), || {
@@ -716,15 +788,27 @@ pub fn detect_with(
             )
         })?;
         outputs.push(dir.join(name).display().to_string());
+        let s = report_section(&job, &d, &counts, start.elapsed().as_secs_f64());
+        super::report::write_report(&job.base, &pending.path(), &s)?;
+        if job.base.report {
+            outputs.push(
+                dir.join(crate::output::report::REPORT_FILE)
+                    .display()
+                    .to_string(),
+            );
+        }
+        section = Some(s);
         pending.commit()?;
     }
+    let mut run = super::SceneRunReport::new(
+        &job.base,
+        (d.provider.0, d.provider.1.as_deref()),
+        &d.stats,
+        outputs,
+    );
+    run.section = section;
     let report = DetectReport {
-        run: super::SceneRunReport::new(
-            &job.base,
-            (d.provider.0, d.provider.1.as_deref()),
-            &d.stats,
-            outputs,
-        ),
+        run,
         classes: d.report_classes,
         tile_size: d.tile_size,
         overlap: d.overlap,

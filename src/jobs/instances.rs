@@ -556,6 +556,81 @@ fn write_instances(
     Ok(())
 }
 
+fn spec_source(spec: &InstanceSpec) -> String {
+    match &spec.source {
+        BoxSource::Detector(p) => format!("detector {}", p.display()),
+        BoxSource::File(p) => format!("box file {}", p.display()),
+    }
+}
+
+/// The report section of instance segmentation: the class raster (background not drawn),
+/// every instance outlined with its label and score, class areas as shares of the scene.
+fn report_section(
+    job: &super::SegmentJob,
+    provider: &str,
+    (scene, grid): (&crate::raster::Scene, &TileGrid),
+    (legend, labels): (&Legend, &[String]),
+    instances: &[Instance],
+    areas: &Areas,
+    raster: &std::path::Path,
+) -> crate::output::report::Section {
+    use crate::output::report::{Feature, Features};
+    let mut s = super::report::section("segment", &job.base, provider);
+    let mut features = Features {
+        kind: "instances".into(),
+        labelled: true,
+        ..Features::default()
+    };
+    let mut class_areas = Vec::with_capacity(instances.len());
+    for inst in instances {
+        let geometry = geo::MultiPolygon(inst.polygons.clone());
+        // Legend class 0 is the background: instance class k is legend class k + 1.
+        let legend_class = u8::try_from(inst.class + 1).unwrap_or(u8::MAX);
+        class_areas.push((legend_class, areas.area(&geometry)));
+        let rings = inst
+            .polygons
+            .iter()
+            .flat_map(|p| std::iter::once(p.exterior()).chain(p.interiors()))
+            .map(|r| r.coords().map(|c| (c.x, c.y)).collect())
+            .collect();
+        features.push(Feature {
+            rings,
+            label: labels.get(inst.class).cloned().unwrap_or_default(),
+            score: Some(inst.score),
+            color: class_color(inst.class),
+        });
+    }
+    let scene_area = super::report::grid_area(
+        scene.crs_wkt(),
+        &grid.geotransform,
+        (grid.working_width, grid.working_height),
+    );
+    s.areas = Some(super::report::class_areas(
+        legend,
+        &class_areas,
+        &[0],
+        (scene_area, "the scene"),
+        scene.crs_wkt().is_some(),
+    ));
+    s.features = Some(features);
+    s.class_map = Some(crate::output::report::ClassMap {
+        raster: raster.to_path_buf(),
+        legend: legend.clone(),
+        hidden: vec![0],
+    });
+    s.fact(
+        "tiles",
+        format!(
+            "{} of {} px, overlap {}",
+            grid.len(),
+            grid.options.tile_size,
+            grid.options.overlap
+        ),
+    );
+    s.fact("instances", instances.len());
+    s
+}
+
 /// The scene's boxes, in a grid's working pixels.
 struct SceneBoxes {
     boxes: Vec<PromptBox>,
@@ -670,6 +745,8 @@ pub(crate) fn run_instances(
             overlap: None,
             ..job.base.grid.clone()
         },
+        // The refiner's report shows the boxes; the detector writes none of its own.
+        report: false,
         ..job.base.clone()
     };
     let tiles = super::ModelTiles {
@@ -802,16 +879,35 @@ pub(crate) fn run_instances(
         },
     )?;
     let vector_seconds = t.elapsed().as_secs_f64();
+    let (provider, fallback) = model.provider();
+    let mut section = report_section(
+        &job,
+        provider,
+        (&scene, &grid),
+        (&legend, &labels),
+        &done.instances,
+        &areas,
+        &dir.join("classes.tif"),
+    );
+    section.fact("boxes from", spec_source(&spec));
+    section.fact("boxes", n_boxes);
+    section.timing("detector", detector_seconds);
+    section.timing("refiner sweep: read, embed, decode, stitch", sweep_seconds);
+    section.timing("of which the refiner", refiner_seconds);
+    section.timing("instance layer", vector_seconds);
+    super::report::write_report(&job.base, &dir, &section)?;
     let outputs = super::output_names(&dir, &job.out)?;
     pending.commit()?;
-    let (provider, fallback) = model.provider();
+    super::report::rebase_section(&mut section, &dir, &job.out);
     let seconds = start.elapsed().as_secs_f64();
     let n = done.instances.len();
     let boxes_from = match &spec.source {
         BoxSource::Detector(p) | BoxSource::File(p) => p.display().to_string(),
     };
+    let mut run = super::SceneRunReport::new(&job.base, (provider, fallback), &stats, outputs);
+    run.section = Some(section);
     Ok(super::SegmentReport {
-        run: super::SceneRunReport::new(&job.base, (provider, fallback), &stats, outputs),
+        run,
         classes: legend.names.clone(),
         tile_size: size,
         overlap: grid.options.overlap,

@@ -326,6 +326,94 @@ fn write_polygons(
     Ok(n_polys)
 }
 
+/// The report section of a segmentation run: the class raster with its legend (the
+/// background, which is not polygonized, not drawn), the polygons, and each class's area (the
+/// polygon layer's `area_m2`) as a share of the scene.
+fn report_section(
+    job: &SegmentJob,
+    provider: &str,
+    scene: &crate::raster::Scene,
+    grid: &crate::tiling::TileGrid,
+    (classes, background): (&[String], &[u8]),
+    polys: &[(u8, gdal::vector::Geometry, f64)],
+    raster: &std::path::Path,
+) -> crate::output::report::Section {
+    use crate::output::report::{ClassMap, Feature, Features};
+    let legend = legend(classes);
+    let mut s = super::report::section("segment", &job.base, provider);
+    let mut features = Features {
+        kind: "polygons".into(),
+        labelled: false,
+        ..Features::default()
+    };
+    let mut areas = Vec::with_capacity(polys.len());
+    for (class, g, area) in polys {
+        areas.push((*class, *area));
+        let rings: Vec<Vec<(f64, f64)>> = (0..g.geometry_count())
+            .map(|i| {
+                let mut points = Vec::new();
+                g.get_geometry(i).get_points(&mut points);
+                points.into_iter().map(|(x, y, _)| (x, y)).collect()
+            })
+            .collect();
+        features.push(Feature {
+            rings,
+            label: classes
+                .get(usize::from(*class))
+                .cloned()
+                .unwrap_or_default(),
+            score: None,
+            color: legend
+                .colors
+                .get(usize::from(*class))
+                .copied()
+                .unwrap_or([128, 128, 128]),
+        });
+    }
+    let scene_area = super::report::grid_area(
+        scene.crs_wkt(),
+        &grid.geotransform,
+        (grid.working_width, grid.working_height),
+    );
+    s.areas = Some(super::report::class_areas(
+        &legend,
+        &areas,
+        background,
+        (scene_area, "the scene"),
+        scene.crs_wkt().is_some(),
+    ));
+    s.features = Some(features);
+    s.class_map = Some(ClassMap {
+        raster: raster.to_path_buf(),
+        legend,
+        hidden: background.to_vec(),
+    });
+    if !job.prompts.is_empty() {
+        s.fact("prompts", job.prompts.join(", "));
+    }
+    s.fact(
+        "tiles",
+        format!(
+            "{} of {} px, overlap {}",
+            grid.len(),
+            grid.options.tile_size,
+            grid.options.overlap
+        ),
+    );
+    s.fact(
+        "mosaic",
+        format!("{} x {} px", grid.working_width, grid.working_height),
+    );
+    if let Some(g) = grid.options.target_gsd {
+        s.fact("target resolution", format!("{g} m"));
+    }
+    s.fact("polygons", polys.len());
+    if job.min_area > 0.0 {
+        s.fact("min area", format!("{} m²", job.min_area));
+    }
+    s
+}
+
 /// Run the job.
 ///
 /// # Errors
@@ -419,15 +507,37 @@ pub fn run_segment(mut job: SegmentJob) -> Result<SegmentReport, PipelineError> 
     })?;
     let polygons_done = Instant::now();
     super::write_raster_style(&classes_tif, &legend(&classes))?;
+    let (provider, fallback) = model.provider();
+    let background: Vec<u8> = model.background().into_iter().collect();
+    let mut section = report_section(
+        &job,
+        provider,
+        &scene,
+        &grid,
+        (&classes, &background),
+        &polys,
+        &classes_tif,
+    );
     let writing = format!("writing polygons.{}", job.base.format.extension());
     let n_polys = super::phase(job.base.progress, &writing, || {
         write_polygons(&job, &scene, &dir, polys, &classes)
     })?;
+    section.timing(
+        "sweep: read, model, stitch, COG tiles",
+        (cog_done - start).as_secs_f64() - cog_seconds,
+    );
+    section.timing("COG assembly", cog_seconds);
+    section.timing("polygonizing", (polygons_done - cog_done).as_secs_f64());
+    section.timing("vector layer", polygons_done.elapsed().as_secs_f64());
+    section.timing("of which the model", model_seconds);
+    super::report::write_report(&job.base, &dir, &section)?;
     let outputs = super::output_names(&dir, &job.out)?;
     pending.commit()?;
-    let (provider, fallback) = model.provider();
+    super::report::rebase_section(&mut section, &dir, &job.out);
+    let mut run = super::SceneRunReport::new(&job.base, (provider, fallback), &stats, outputs);
+    run.section = Some(section);
     Ok(SegmentReport {
-        run: super::SceneRunReport::new(&job.base, (provider, fallback), &stats, outputs),
+        run,
         classes,
         tile_size: size,
         overlap: grid.options.overlap,

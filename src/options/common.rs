@@ -361,6 +361,39 @@ pub struct OutputOptions {
     /// probabilities). Pipeline files: `co = ["COMPRESS=ZSTD", "LEVEL=9"]` in `[output]`.
     #[arg(long = "co", value_name = "KEY=VALUE")]
     pub co: Vec<String>,
+    /// `report = true|false`: write report.html beside the outputs (pipeline files; on the
+    /// command line `--report` / `--no-report`). Default: off for single-scene commands, on
+    /// for `tessera run`.
+    #[arg(skip)]
+    pub report: Option<bool>,
+    #[command(flatten)]
+    #[serde(skip)]
+    pub report_flags: ReportFlags,
+}
+
+/// `--report` / `--no-report`: the command-line side of `[output] report`.
+#[derive(Clone, Debug, Default, Args)]
+pub struct ReportFlags {
+    /// Write report.html beside the outputs: a true-colour quicklook with the class map,
+    /// boxes and polygons over it, legend, class areas, tile captions, models, provenance
+    /// and timings, in one self-contained page that opens offline. Default: off for
+    /// single-scene commands, on for `tessera run`.
+    #[arg(long, overrides_with = "no_report")]
+    pub report: bool,
+    /// Write no report.html (`tessera run` writes one per scene and an index.html otherwise).
+    #[arg(long, overrides_with = "report")]
+    pub no_report: bool,
+}
+
+impl ReportFlags {
+    /// What the flags say, if anything.
+    pub fn value(&self) -> Option<bool> {
+        match (self.report, self.no_report) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        }
+    }
 }
 
 impl OutputOptions {
@@ -370,6 +403,11 @@ impl OutputOptions {
     /// The first bad `--co` item ([`super::parse_cog_options`]).
     pub fn cog_options(&self) -> Result<CogOptions, InvalidOption> {
         super::parse_cog_options(&self.co)
+    }
+
+    /// Whether to write report.html: the flags, else the pipeline key, else `default`.
+    pub fn report(&self, default: bool) -> bool {
+        self.report_flags.value().or(self.report).unwrap_or(default)
     }
 
     /// The vector format, GeoPackage unless given.
@@ -431,6 +469,9 @@ pub struct SceneJobBase {
     /// COG creation options of every raster the job writes.
     pub cog: CogOptions,
     pub progress: crate::jobs::Progress,
+    /// Write report.html into the output folder (single-scene commands; a batch writes one
+    /// report per scene itself).
+    pub report: bool,
 }
 
 impl SceneJobBase {
@@ -464,6 +505,7 @@ impl SceneJobBase {
             format: output.vector_format()?,
             cog: output.cog_options()?,
             progress: ctx.progress,
+            report: output.report(false),
         })
     }
 }

@@ -8,7 +8,7 @@
 //! | [`InputOptions`] | `[input]` | `--bands`, `--scale`, `--resampling`, `--pixel-coords` |
 //! | [`TilingOptions`] | `[tiling]` | `--tile-size`, `--overlap`, `--stride`, `--target-gsd`, ... |
 //! | [`RuntimeOptions`] | `[runtime]` | `--device`, `--allow-fallback`, `--intra-threads`, ... |
-//! | [`OutputOptions`] | `[output]` | `--format`, `--geojson-native-crs`, `--co KEY=VALUE` (`co = [...]`) |
+//! | [`OutputOptions`] | `[output]` | `--format`, `--geojson-native-crs`, `--co KEY=VALUE` (`co = [...]`), `--report` / `--no-report` (key `report`) |
 //! | [`StacOptions`] | `[ingest]` | `--stac-api`, `--stac-catalog`, `--collections`, `--bbox`, `--datetime`, ... (`ingest`, `watch`) |
 //! | [`EvalOptions`] | (none: `eval` is a command only) | `--task`, `--model`, `--chips`, `--scene`, `--labels`, ... |
 //! | [`ClassifyOptions`], [`CaptionOptions`], [`DetectOptions`], [`SegmentOptions`] | a `[[stage]]` of that `task` | the command's own flags |
@@ -30,8 +30,8 @@ pub use crate::task::TaskOptions;
 pub use choice::{closest, parse_choice, Choice};
 pub use cog::{parse_cog_options, COG_KEYS, MAX_BLOCKSIZE};
 pub use common::{
-    cache_dir, check_batch_bytes, InputOptions, JobContext, OutputOptions, RuntimeOptions,
-    SceneJobBase, TilingOptions, MAX_BATCH_SIZE, MAX_TILE_SIZE, MIN_TARGET_GSD,
+    cache_dir, check_batch_bytes, InputOptions, JobContext, OutputOptions, ReportFlags,
+    RuntimeOptions, SceneJobBase, TilingOptions, MAX_BATCH_SIZE, MAX_TILE_SIZE, MIN_TARGET_GSD,
 };
 pub use eval::EvalOptions;
 pub use stac::{Bbox, StacOptions, DEFAULT_PAGE_SIZE};

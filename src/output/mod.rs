@@ -12,6 +12,7 @@ mod mosaic;
 mod polygonize;
 pub mod polygonize_stream;
 mod raster;
+pub mod report;
 pub mod style;
 mod vector;
 
