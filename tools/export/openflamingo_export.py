@@ -194,10 +194,15 @@ def build_tiny(seed: int, init_std: float, eos_scale: float, kind: str = "llama"
         u = _mean_hidden(model, model.media_token_id, tok)
         head = model.lang_encoder.get_output_embeddings()
         head.weight[eoc] += eos_scale * u / u.norm()
+        if kind != "llama":
+            # Keep <image> out of the generated tokens (see Parts.hf_generate): its row - 2 u/|u|.
+            head.weight[model.media_token_id] -= IMAGE_ROW_SCALE * u / u.norm()
     model.eval()
     return model, tok
 
 
+#: The tiny MPT / GPT-NeoX head's <image> row is lowered by this times the mean hidden direction.
+IMAGE_ROW_SCALE = 2.0
 TINY_VISION_CFG = dict(layers=2, width=40, head_width=20, mlp_ratio=2.0, patch_size=8, image_size=32)
 TINY_PERCEIVER = {"depth": 2, "dim_head": 16, "heads": 2, "num_latents": 6}
 TINY_CROSS_ATTN = {"dim_head": 16, "heads": 2}
@@ -451,6 +456,21 @@ class Parts:
         if nb > 1:
             vx = vx.repeat_interleave(nb, dim=0)
         m = self.model
+        # A generated <image> re-conditions the media locations of the whole step (every beam and
+        # item: FlamingoLMMixin.forward), which the runtime's per-row rule does not reproduce; the
+        # references must not contain one, in any beam at any step.
+        from transformers import LogitsProcessor, LogitsProcessorList
+
+        image_id, width = self.image_id, enc["input_ids"].shape[1]
+
+        class Seen(LogitsProcessor):
+            hit = False
+
+            def __call__(self, input_ids, scores):
+                Seen.hit |= bool((input_ids[:, width:] == image_id).any())
+                return scores
+
+        kw["logits_processor"] = LogitsProcessorList([Seen()])
         orig = FlamingoLMMixin.forward
         FlamingoLMMixin.forward = lambda s, input_ids, attention_mask=None, **k: orig(s, input_ids, attention_mask, **k)
         try:
@@ -463,6 +483,9 @@ class Parts:
             m.lang_encoder._use_cached_vision_x = False
             FlamingoLMMixin.forward = orig
         L = enc["input_ids"].shape[1]
+        if Seen.hit or bool((out[:, L:] == image_id).any()):
+            raise SystemExit(f"export: a beam generated <image> for {prompts}: OpenFlamingo's generate then "
+                             "re-conditions every row's media; choose another --seed / --eos-scale")
         return [trim(r.tolist(), self.eos) for r in out[:, L:]]
 
     def greedy_forward_loop(self, pixels, prompt: str, n: int) -> list[int]:
@@ -842,6 +865,7 @@ def save_checkpoint_folder(model, tok, kind: str, dest: Path, form: str) -> None
         torch.save(sd, dest / "checkpoint.pt")
         cfg = copy.deepcopy(lang.config)
         cfg.vocab_size = len(base)
+        cfg.pad_token_id = None  # the base LM has none: <PAD> is one of the Flamingo tokens
         cfg.save_pretrained(str(dest / "lm"))
     else:
         emb = {"lang_encoder." + n + ".weight" for n, m in lang.named_modules()
@@ -855,6 +879,7 @@ def save_checkpoint_folder(model, tok, kind: str, dest: Path, form: str) -> None
 
         cfg = copy.deepcopy(lang.config)
         cfg.vocab_size = len(base)
+        cfg.pad_token_id = None  # the base LM has none: <PAD> is one of the Flamingo tokens
         plain = AutoModelForCausalLM.from_config(cfg)
         flat = {}
         for k, v in sd.items():
