@@ -127,6 +127,30 @@ fn idefics_generates_the_pytorch_tokens() {
     check_package(&package());
 }
 
+/// A package whose graphs keep their weights in ONNX external data (`export.py idefics --tiny
+/// --external-data-over 0`: the form `--from` writes for IDEFICS-9B/80B, whose decoder does not
+/// fit one 2 GB protobuf): the same seeded model as idefics-tiny, checked against its PyTorch
+/// references.
+#[test]
+fn idefics_with_external_data_generates_the_pytorch_tokens() {
+    let pkg = package_of("idefics-tiny-external");
+    for g in ["encoder.onnx", "cross_kv.onnx", "decoder.onnx"] {
+        assert!(pkg.join(format!("{g}.data")).is_file(), "{g}.data");
+        let graph = std::fs::metadata(pkg.join(g)).expect("graph").len();
+        let data = std::fs::metadata(pkg.join(format!("{g}.data")))
+            .expect("data")
+            .len();
+        assert!(graph < data, "{g}: the weights are in {g}.data");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("pkg");
+    copy_dir(&pkg, &p);
+    copy_dir(&package().join("reference"), &p.join("reference"));
+    let res = run(dir.path(), &["models", "check", "pkg", "--json"]);
+    assert_eq!(res.json()["valid"], true, "{}", res.context());
+    assert!(check_package(&p) >= 15);
+}
+
 /// OpenFlamingo in the same layout (`export.py openflamingo --tiny`): references from HF
 /// `generate` driven as `Flamingo.generate` does, greedy ones also checked by the exporter
 /// against a greedy loop over `Flamingo.forward`.
