@@ -569,15 +569,18 @@ def check_decoder_against_flamingo(parts: Parts, pixels) -> float:
     return worst
 
 
-def export_graphs(parts: Parts, out: Path, opset: int) -> None:
+def export_graphs(parts: Parts, out: Path, opset: int, external: int | None = None) -> None:
+    """The three graphs; one whose weights exceed ``external`` bytes keeps them in
+    ``<graph>.onnx.data`` (ONNX external data: OpenFlamingo-9B's decoder is 28 GB in float32)."""
     cross_names, past_names, present_names = io_names(parts.layers, parts.cross_layers)
     px = torch.zeros(2, 3, parts.size, parts.size)
     C.export_onnx(parts.encoder, (px,), out / "encoder.onnx", ["pixel_values"], ["memory"],
-                  {"pixel_values": {0: "batch"}, "memory": {0: "batch"}}, opset)
+                  {"pixel_values": {0: "batch"}, "memory": {0: "batch"}}, opset, external_data_bytes=external)
     mem = parts.encoder(px)
     axes = {"memory": {0: "batch", 1: "memory"}}
     axes.update({n: {0: "batch", 2: "memory"} for n in cross_names})
-    C.export_onnx(parts.cross, (mem,), out / "cross_kv.onnx", ["memory"], cross_names, axes, opset)
+    C.export_onnx(parts.cross, (mem,), out / "cross_kv.onnx", ["memory"], cross_names, axes, opset,
+                  external_data_bytes=external)
     cross = parts.cross(mem)
     B, T, P = 2, 3, 2
     pos = [torch.arange(P, P + T)[None].expand(B, -1).contiguous()] if parts.decoder.uses_positions else []
@@ -593,7 +596,7 @@ def export_graphs(parts: Parts, out: Path, opset: int) -> None:
     axes.update({n: {0: "batch", 2: "past"} for n in past_names})
     axes.update({n: {0: "batch", 2: "total"} for n in present_names})
     C.export_onnx(parts.decoder, args, out / "decoder.onnx", [*parts.inputs, *cross_names, *past_names],
-                  ["logits", *present_names], axes, opset)
+                  ["logits", *present_names], axes, opset, external_data_bytes=external)
 
 
 def verify_onnx(parts: Parts, out: Path, pixels, tol: float) -> float:
@@ -938,7 +941,7 @@ def export_openflamingo(args) -> None:
     pixels = C.preprocess_u8(images_u8, parts.mean, parts.std)
     worst = check_decoder_against_flamingo(parts, pixels)
     print(f"export: decoder wrapper vs Flamingo.forward: max abs diff {worst:.3g}", file=sys.stderr)
-    export_graphs(parts, out, args.opset)
+    export_graphs(parts, out, args.opset, int(args.external_data_over * (1 << 20)))
     if not args.skip_verify:
         verify_onnx(parts, out, pixels[:3], args.tolerance)
     C.save_plain_tokenizer_json(tok, out / "tokenizer.json")
@@ -975,4 +978,7 @@ def add_parser(sub, command: str) -> None:
     C.add_no_reference_arg(c)
     C.add_skip_verify_arg(c)
     C.add_tolerance_arg(c, 1e-4, "max relative ONNX Runtime vs PyTorch difference")
+    c.add_argument("--external-data-over", type=float, default=1024.0, metavar="MIB",
+                   help="a graph whose weights exceed MIB mebibytes keeps them in <graph>.onnx.data next to it "
+                        "(ONNX external data; default 1024; 0 forces it for every graph)")
     c.set_defaults(func=export_openflamingo)
