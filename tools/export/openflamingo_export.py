@@ -774,7 +774,9 @@ def load_from(src: Path):
     tok = AutoTokenizer.from_pretrained(str(lm_dir))
     add_flamingo_tokens(tok)
     lcfg = AutoConfig.from_pretrained(str(lm_dir))
-    lm_kind(type("M", (), {"config": lcfg})())
+    if getattr(lcfg, "model_type", None) not in LM_LAYERS:
+        raise SystemExit(f"export.py openflamingo: {lm_dir / 'config.json'}: model_type {lcfg.model_type!r} is not "
+                         f"restated by the step graph (supported: {', '.join(sorted(LM_LAYERS))})")
     weights = [f for f in lm_dir.iterdir() if f.suffix in (".safetensors", ".bin") and "model" in f.name]
     # What each file provides is tracked by tensor (the modules are wrapped, not copied, by
     # Flamingo; resize_token_embeddings makes new embedding tensors whose added rows must come
