@@ -5,7 +5,9 @@
 //! penalties; one tile and batches of tiles with prompts of different lengths, left padded).
 //! The prompt template and the image attention rule reproduce the processor's ids and
 //! `image_attention_mask`; tokens are identical; then `tessera caption` end to end, and bad
-//! packages. OpenFlamingo (`export.py openflamingo --tiny`, same layout) likewise.
+//! packages. OpenFlamingo (`export.py openflamingo --tiny`, same layout) likewise, with each
+//! language model the exporter restates: LLaMA, MPT (ALiBi, no position ids) and GPT-NeoX
+//! (partial rotary, parallel residual), the LMs of the published OpenFlamingo checkpoints.
 
 mod common;
 
@@ -125,12 +127,67 @@ fn idefics_generates_the_pytorch_tokens() {
     check_package(&package());
 }
 
+/// A package whose graphs keep their weights in ONNX external data (`export.py idefics --tiny
+/// --external-data-over 0`: the form `--from` writes for IDEFICS-9B/80B, whose decoder does not
+/// fit one 2 GB protobuf): the same seeded model as idefics-tiny, checked against its PyTorch
+/// references.
+#[test]
+fn idefics_with_external_data_generates_the_pytorch_tokens() {
+    let pkg = package_of("idefics-tiny-external");
+    for g in ["encoder.onnx", "cross_kv.onnx", "decoder.onnx"] {
+        assert!(pkg.join(format!("{g}.data")).is_file(), "{g}.data");
+        let graph = std::fs::metadata(pkg.join(g)).expect("graph").len();
+        let data = std::fs::metadata(pkg.join(format!("{g}.data")))
+            .expect("data")
+            .len();
+        assert!(graph < data, "{g}: the weights are in {g}.data");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("pkg");
+    copy_dir(&pkg, &p);
+    copy_dir(&package().join("reference"), &p.join("reference"));
+    let res = run(dir.path(), &["models", "check", "pkg", "--json"]);
+    assert_eq!(res.json()["valid"], true, "{}", res.context());
+    assert!(check_package(&p) >= 15);
+}
+
 /// OpenFlamingo in the same layout (`export.py openflamingo --tiny`): references from HF
 /// `generate` driven as `Flamingo.generate` does, greedy ones also checked by the exporter
 /// against a greedy loop over `Flamingo.forward`.
 #[test]
 fn openflamingo_generates_the_reference_tokens() {
     check_package(&package_of("openflamingo-tiny"));
+}
+
+/// OpenFlamingo on a tiny `MptForCausalLM` (`--tiny --lm mpt`): the step graph's ALiBi
+/// attention takes no position ids.
+#[test]
+fn openflamingo_mpt_generates_the_reference_tokens() {
+    let pkg = package_of("openflamingo-mpt-tiny");
+    let m = std::fs::read_to_string(pkg.join("model.toml")).expect("model.toml");
+    assert!(
+        m.contains("MptForCausalLM") && !m.contains("position_ids"),
+        "{m}"
+    );
+    assert!(check_package(&pkg) >= 15);
+}
+
+/// OpenFlamingo on a tiny `GPTNeoXForCausalLM` (`--tiny --lm gpt-neox`, RedPajama-INCITE's
+/// architecture: rotary on a quarter of each head, parallel residual).
+#[test]
+fn openflamingo_gpt_neox_generates_the_reference_tokens() {
+    let pkg = package_of("openflamingo-gpt-neox-tiny");
+    let m = std::fs::read_to_string(pkg.join("model.toml")).expect("model.toml");
+    assert!(
+        m.contains("GPTNeoXForCausalLM") && m.contains("position_ids"),
+        "{m}"
+    );
+    assert!(check_package(&pkg) >= 15);
+}
+
+#[test]
+fn caption_command_runs_openflamingo_mpt_on_a_scene() {
+    caption_scene(&package_of("openflamingo-mpt-tiny"));
 }
 
 /// The single-tile references of `prompt` with `num_beams` and the plain settings, by image.

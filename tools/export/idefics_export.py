@@ -418,15 +418,19 @@ def io_names(layers: int, cross_layers: int):
 DECODER_INPUTS = ["input_ids", "attention_mask", "position_ids", "image_attention_mask"]
 
 
-def export_graphs(parts: Parts, out: Path, opset: int) -> None:
+def export_graphs(parts: Parts, out: Path, opset: int, external: int | None = None) -> None:
+    """The three graphs; a graph whose weights exceed ``external`` bytes keeps them in one
+    ``<graph>.onnx.data`` file next to it (ONNX external data: a protobuf holds 2 GB at most,
+    IDEFICS-9B's decoder is 36 GB in float32)."""
     cross_names, past_names, present_names = io_names(parts.layers, parts.cross_layers)
     px = torch.zeros(2, 3, parts.size, parts.size)
     C.export_onnx(parts.encoder, (px,), out / "encoder.onnx", ["pixel_values"], ["memory"],
-                  {"pixel_values": {0: "batch"}, "memory": {0: "batch"}}, opset)
+                  {"pixel_values": {0: "batch"}, "memory": {0: "batch"}}, opset, external_data_bytes=external)
     mem = parts.encoder(px)
     axes = {"memory": {0: "batch", 1: "memory"}}
     axes.update({n: {0: "batch", 2: "memory"} for n in cross_names})
-    C.export_onnx(parts.cross, (mem,), out / "cross_kv.onnx", ["memory"], cross_names, axes, opset)
+    C.export_onnx(parts.cross, (mem,), out / "cross_kv.onnx", ["memory"], cross_names, axes, opset,
+                  external_data_bytes=external)
     cross = parts.cross(mem)
     B, T, P = 2, 3, 2
     ids = torch.full((B, T), parts.bos, dtype=torch.long)
@@ -441,7 +445,8 @@ def export_graphs(parts: Parts, out: Path, opset: int) -> None:
     axes.update({n: {0: "batch", 2: "past"} for n in past_names})
     axes.update({n: {0: "batch", 2: "total"} for n in present_names})
     C.export_onnx(parts.decoder, (ids, mask, pos, flag, *cross, *past), out / "decoder.onnx",
-                  [*DECODER_INPUTS, *cross_names, *past_names], ["logits", *present_names], axes, opset)
+                  [*DECODER_INPUTS, *cross_names, *past_names], ["logits", *present_names], axes, opset,
+                  external_data_bytes=external)
 
 
 def verify_onnx_against_torch(parts: Parts, out: Path, pixels: np.ndarray, tol: float) -> float:
@@ -610,6 +615,11 @@ def load_checkpoint(src: str) -> Parts:
     return Parts(model, tok, size, pp["image_mean"], pp["image_std"])
 
 
+GRAPH_FILES = ("encoder.onnx", "cross_kv.onnx", "decoder.onnx")
+#: ONNX Runtime vs PyTorch with float16 graphs (max diff / max(1, max |ref|)).
+FP16_TOLERANCE = 5e-2
+
+
 def export_idefics(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -640,12 +650,22 @@ def export_idefics(args) -> None:
     pixels = C.preprocess_u8(images_u8, parts.mean, parts.std)
     worst = check_decoder_against_hf(parts, images_u8[:2], pixels[:2])
     print(f"export: decoder wrapper vs HF IdeficsForVisionText2Text: max abs diff {worst:.3g}", file=sys.stderr)
-    export_graphs(parts, out, args.opset)
+    external = int(args.external_data_over * (1 << 20))
+    export_graphs(parts, out, args.opset, external)
+    if args.fp16:
+        for g in GRAPH_FILES:
+            C.to_fp16(out / g)
+        source += ", fp16"
     if not args.skip_verify:
-        verify_onnx_against_torch(parts, out, pixels[:3], args.tolerance)
+        verify_onnx_against_torch(parts, out, pixels[:3], max(args.tolerance, FP16_TOLERANCE) if args.fp16 else args.tolerance)
+    for g in GRAPH_FILES:
+        if (out / (g + ".data")).exists():
+            print(f"export: {g}: weights in {g}.data (external data)", file=sys.stderr)
     C.save_plain_tokenizer_json(parts.hf_tok, out / "tokenizer.json")
     write_manifest(out / "model.toml", parts, name=name, trained=trained, source=source)
-    if args.tiny and not args.no_reference:
+    if args.tiny and not args.no_reference and args.fp16:
+        print("export: --fp16: no reference.json (the references are float32 Hugging Face generate)", file=sys.stderr)
+    elif args.tiny and not args.no_reference:
         ref, images_u8, pixels = compute_references(parts, meta)
         ok, msg = degeneracy_report(ref)
         ref["degeneracy_check"] = {"ok": ok, "summary": msg}
@@ -677,5 +697,11 @@ def add_parser(sub, command: str) -> None:
     C.add_no_reference_arg(c)
     C.add_skip_verify_arg(c)
     C.add_tolerance_arg(c, 1e-4, "max diff / max(1, max|ref|) allowed between ONNX Runtime and PyTorch "
-                                 "(default 1e-4)")
+                                 f"(default 1e-4; at least {FP16_TOLERANCE} with --fp16)")
+    c.add_argument("--external-data-over", type=float, default=1024.0, metavar="MIB",
+                   help="a graph whose weights exceed MIB mebibytes keeps them in <graph>.onnx.data next to it "
+                        "(ONNX external data; default 1024: IDEFICS-9B/80B; 0 forces it for every graph)")
+    c.add_argument("--fp16", action="store_true",
+                   help="store weights and compute in float16 (graph inputs/outputs stay float32; model.toml "
+                        "gets precision = \"fp16\"; --tiny writes no reference.json then)")
     c.set_defaults(func=export_idefics)
