@@ -273,7 +273,9 @@ fn run_on_a_stac_item_writes_a_complete_item() {
             scene_dir.join(a["href"].as_str().expect("href")).is_file(),
             "{key}"
         );
-        let sidecar = key.ends_with(".aux.xml") || key.ends_with(".qml");
+        // Sidecars and the report (a page to look at the results with) are metadata.
+        let sidecar =
+            key.ends_with(".aux.xml") || key.ends_with(".qml") || key.as_str() == "report.html";
         let roles = if sidecar {
             json!(["metadata"])
         } else {
