@@ -334,12 +334,17 @@ fn timings_html(t: &[(String, f64)]) -> String {
 }
 
 fn section_html(s: &Section, gallery: &str) -> String {
+    // A stage named after its task (single commands, `name = "classify"`) shows the name once.
+    let sub = if s.name == s.task {
+        String::new()
+    } else {
+        format!(" <span class=\"sub\">{}</span>", escape(&s.task))
+    };
     let mut out = format!(
-        "<section class=\"stage\" data-name=\"{}\" data-task=\"{}\"><h2>{} <span class=\"sub\">{}</span></h2>",
+        "<section class=\"stage\" data-name=\"{}\" data-task=\"{}\"><h2>{}{sub}</h2>",
         escape(&s.name),
         escape(&s.task),
         escape(&s.name),
-        escape(&s.task)
     );
     let m = &s.model;
     let mut model = vec![("package".to_string(), m.path.clone())];
