@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{run, tessera, walk};
+use common::{crop, run, tessera, walk};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -15,19 +15,6 @@ fn root() -> PathBuf {
 
 fn sample() -> PathBuf {
     root().join("sample_data").join("sentinel2_rgbn_10m.tif")
-}
-
-/// Crop `size` x `size` pixels of the sample scene at (x, y) into `path` (a real Sentinel-2
-/// subset with its georeferencing).
-fn crop(path: &Path, x: usize, y: usize, size: usize) {
-    let status = Command::new("gdal_translate")
-        .args(["-q", "-srcwin"])
-        .args([x, y, size, size].map(|v| v.to_string()))
-        .arg(sample())
-        .arg(path)
-        .status()
-        .expect("gdal_translate (gdal-bin) runs");
-    assert!(status.success(), "gdal_translate {}", path.display());
 }
 
 /// A classification pipeline over the bundled CLIP model (fast: 64 px tiles).

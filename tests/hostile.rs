@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::limited::{assert_refused, leftovers, run_limited_env};
-use common::Run;
+use common::{crop, Run};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -261,18 +261,6 @@ fn headers_claiming_huge_blocks_or_band_counts_are_refused_with_the_numbers() {
         assert!(!dir.path().join("o.tif").exists(), "{name}");
         assert!(!dir.path().join("chips").exists(), "{name}");
     }
-}
-
-/// Crop `size` x `size` pixels of the sample scene at (x, y) into `path`.
-fn crop(path: &Path, x: usize, y: usize, size: usize) {
-    let status = Command::new("gdal_translate")
-        .args(["-q", "-srcwin"])
-        .args([x, y, size, size].map(|v| v.to_string()))
-        .arg(sample())
-        .arg(path)
-        .status()
-        .expect("gdal_translate (gdal-bin) runs");
-    assert!(status.success(), "gdal_translate {}", path.display());
 }
 
 /// A classification pipeline over the bundled CLIP model (fast: 64 px tiles).

@@ -30,16 +30,9 @@ fn clip() -> String {
         .to_string()
 }
 
-/// A `gdal_translate` crop of the sample scene.
+/// A `size` x `size` crop of the sample scene's corner.
 fn crop(path: &Path, size: usize) {
-    let status = Command::new("gdal_translate")
-        .args(["-q", "-srcwin", "0", "0"])
-        .args([size, size].map(|v| v.to_string()))
-        .arg(sample())
-        .arg(path)
-        .status()
-        .expect("gdal_translate (gdal-bin) runs");
-    assert!(status.success(), "gdal_translate {}", path.display());
+    common::crop(path, 0, 0, size);
 }
 
 /// A classification pipeline over the bundled CLIP model.

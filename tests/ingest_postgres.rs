@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::postgres::{free_port, PgServer};
-use common::{run, tessera};
+use common::{crop, run, tessera};
 use tessera::batch::state::{
     Claim, Fingerprint, Owner, RetryPolicy, SceneStatus, StateDb, StateError, StateLocation,
     StateStore,
@@ -336,18 +336,6 @@ fn the_postgres_state_behaves_as_the_sqlite_state_does() {
 }
 
 // --- the binary: several instances, kills, restarts ---------------------------------------
-
-/// Crop `size` x `size` pixels of the sample scene at (x, y) into `path`.
-fn crop(path: &Path, x: usize, y: usize, size: usize) {
-    let status = Command::new("gdal_translate")
-        .args(["-q", "-srcwin"])
-        .args([x, y, size, size].map(|v| v.to_string()))
-        .arg(root().join("sample_data/sentinel2_rgbn_10m.tif"))
-        .arg(path)
-        .status()
-        .expect("gdal_translate (gdal-bin) runs");
-    assert!(status.success(), "gdal_translate {}", path.display());
-}
 
 /// `n` scenes of 64 x 64 pixels (one tile each) in `dir`.
 fn scenes(dir: &Path, n: usize) -> Vec<String> {

@@ -26,14 +26,7 @@ fn root() -> PathBuf {
 /// A COG of `size` x `size` pixels of the bundled Sentinel-2 subset at (x, y).
 fn cog(path: &Path, x: usize, y: usize, size: usize) {
     std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-    let status = Command::new("gdal_translate")
-        .args(["-q", "-of", "COG", "-srcwin"])
-        .args([x, y, size, size].map(|v| v.to_string()))
-        .arg(root().join("sample_data/sentinel2_rgbn_10m.tif"))
-        .arg(path)
-        .status()
-        .expect("gdal_translate (gdal-bin) runs");
-    assert!(status.success(), "gdal_translate {}", path.display());
+    common::crop_sample(path, (x, y), size, &["-of", "COG"]);
 }
 
 /// A classification pipeline over the bundled tiny CLIP model.

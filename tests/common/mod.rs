@@ -375,3 +375,24 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Crop `size` x `size` pixels at (x, y) of the bundled Sentinel-2 subset
+/// (`sample_data/sentinel2_rgbn_10m.tif`, a real scene with its georeferencing) into `path`
+/// with `gdal_translate`; `options` go before the source (`["-of", "COG"]`).
+pub fn crop_sample(path: &Path, (x, y): (usize, usize), size: usize, options: &[&str]) {
+    let status = Command::new("gdal_translate")
+        .arg("-q")
+        .args(options)
+        .arg("-srcwin")
+        .args([x, y, size, size].map(|v| v.to_string()))
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("sample_data/sentinel2_rgbn_10m.tif"))
+        .arg(path)
+        .status()
+        .expect("gdal_translate (gdal-bin) runs");
+    assert!(status.success(), "gdal_translate {}", path.display());
+}
+
+/// [`crop_sample`] as a GeoTIFF.
+pub fn crop(path: &Path, x: usize, y: usize, size: usize) {
+    crop_sample(path, (x, y), size, &[]);
+}
