@@ -11,8 +11,6 @@ use std::process::Command;
 use common::{clip_tiny, run, walk};
 use serde_json::Value;
 
-const ORIGIN: (f64, f64) = (500_000.0, 4_600_000.0);
-
 fn oracle(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("sample_data/models/oracles")
@@ -23,38 +21,17 @@ fn oracle(name: &str) -> String {
 
 /// A 1 m RGB scene in UTM 33N: red discs on green.
 fn paint(path: &Path, w: usize, h: usize) {
-    let gt = [ORIGIN.0, 1.0, 0.0, ORIGIN.1, 0.0, -1.0];
-    let driver = gdal::DriverManager::get_driver_by_name("GTiff").expect("driver");
-    let mut ds = driver
-        .create_with_band_type::<u8, _>(path, w, h, 3)
-        .expect("create");
-    ds.set_geo_transform(&gt).expect("gt");
-    ds.set_spatial_ref(&gdal::spatial_ref::SpatialRef::from_epsg(32633).expect("srs"))
-        .expect("srs");
     let inside = |x: usize, y: usize| {
         let (dx, dy) = (x as f64 - 150.0, y as f64 - 120.0);
         dx * dx + dy * dy < 70.0 * 70.0 || (x > 380 && x < 520 && y > 200 && y < 330)
     };
-    for b in 0..3 {
-        let plane: Vec<u8> = (0..h)
-            .flat_map(|y| (0..w).map(move |x| (x, y)))
-            .map(|(x, y)| match (inside(x, y), b) {
-                (true, 0) => 220,
-                (true, _) => 40,
-                (false, 1) => 120,
-                (false, _) => 30,
-            })
-            .collect();
-        ds.rasterband(b + 1)
-            .expect("band")
-            .write(
-                (0, 0),
-                (w, h),
-                &mut gdal::raster::Buffer::new((w, h), plane),
-            )
-            .expect("write");
-    }
-    ds.close().expect("close");
+    common::rgb_scene(path, (w, h), |x, y| {
+        if inside(x, y) {
+            [220, 40, 40]
+        } else {
+            [30, 120, 30]
+        }
+    });
 }
 
 /// `gdalinfo -json` of `path` (Debian's GDAL command line).

@@ -22,36 +22,21 @@ fn models() -> PathBuf {
 /// A black 256 x 256 scene at 1 m in UTM 33N with red and green 16 px squares (the oracle
 /// detector boxes both colours, the oracle segmenter masks red); none with `squares = false`.
 fn paint(path: &Path, squares: bool) {
-    let (w, h) = (256usize, 256usize);
-    let driver = gdal::DriverManager::get_driver_by_name("GTiff").expect("driver");
-    let mut ds = driver
-        .create_with_band_type::<u8, _>(path, w, h, 3)
-        .expect("create");
-    ds.set_geo_transform(&[500_000.0, 1.0, 0.0, 4_600_000.0, 0.0, -1.0])
-        .expect("gt");
-    ds.set_spatial_ref(&gdal::spatial_ref::SpatialRef::from_epsg(32633).expect("srs"))
-        .expect("srs");
     let red: &[(usize, usize)] = &[(32, 32), (128, 128), (176, 64), (48, 192)];
     let green: &[(usize, usize)] = &[(96, 160), (208, 208)];
-    for (b, cells) in [(1usize, red), (2, green), (3, &[][..])] {
-        let mut plane = vec![0u8; w * h];
-        for &(x0, y0) in cells.iter().filter(|_| squares) {
-            for y in y0..y0 + 16 {
-                for x in x0..x0 + 16 {
-                    plane[y * w + x] = 255;
-                }
-            }
-        }
-        ds.rasterband(b)
-            .expect("band")
-            .write(
-                (0, 0),
-                (w, h),
-                &mut gdal::raster::Buffer::new((w, h), plane),
-            )
-            .expect("write");
-    }
-    ds.close().expect("close");
+    let on = |cells: &[(usize, usize)], x: usize, y: usize| {
+        squares
+            && cells
+                .iter()
+                .any(|&(x0, y0)| (x0..x0 + 16).contains(&x) && (y0..y0 + 16).contains(&y))
+    };
+    common::rgb_scene(path, (256, 256), |x, y| {
+        [
+            u8::from(on(red, x, y)) * 255,
+            u8::from(on(green, x, y)) * 255,
+            0,
+        ]
+    });
 }
 
 /// tests/python/geoparquet_check.py on the GeoPackages under `gpkg` and the GeoParquet files

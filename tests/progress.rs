@@ -18,36 +18,13 @@ fn oracle(name: &str) -> String {
 
 /// A 1 m RGB scene in UTM 33N, a red square on green.
 fn paint(path: &Path, w: usize, h: usize) {
-    let driver = gdal::DriverManager::get_driver_by_name("GTiff").expect("driver");
-    let mut ds = driver
-        .create_with_band_type::<u8, _>(path, w, h, 3)
-        .expect("create");
-    ds.set_geo_transform(&[500_000.0, 1.0, 0.0, 4_600_000.0, 0.0, -1.0])
-        .expect("gt");
-    ds.set_spatial_ref(&gdal::spatial_ref::SpatialRef::from_epsg(32633).expect("srs"))
-        .expect("srs");
-    for b in 0..3 {
-        let plane: Vec<u8> = (0..w * h)
-            .map(|i| {
-                let (x, y) = (i % w, i / w);
-                let inside = (40..120).contains(&x) && (30..90).contains(&y);
-                match (inside, b) {
-                    (true, 0) => 220,
-                    (false, 1) => 120,
-                    _ => 30,
-                }
-            })
-            .collect();
-        ds.rasterband(b + 1)
-            .expect("band")
-            .write(
-                (0, 0),
-                (w, h),
-                &mut gdal::raster::Buffer::new((w, h), plane),
-            )
-            .expect("write");
-    }
-    ds.close().expect("close");
+    common::rgb_scene(path, (w, h), |x, y| {
+        if (40..120).contains(&x) && (30..90).contains(&y) {
+            [220, 30, 30]
+        } else {
+            [30, 120, 30]
+        }
+    });
 }
 
 /// Every phase's start and end line, in order of start, with the tile counts.

@@ -396,3 +396,28 @@ pub fn crop_sample(path: &Path, (x, y): (usize, usize), size: usize, options: &[
 pub fn crop(path: &Path, x: usize, y: usize, size: usize) {
     crop_sample(path, (x, y), size, &[]);
 }
+
+/// Write a `w x h` 3-band u8 GeoTIFF at 1 m in UTM 33N (origin 500000 E, 4600000 N) whose pixel
+/// (x, y) is `color(x, y)` (red, green, blue).
+pub fn rgb_scene(path: &Path, (w, h): (usize, usize), color: impl Fn(usize, usize) -> [u8; 3]) {
+    let driver = DriverManager::get_driver_by_name("GTiff").expect("driver");
+    let mut ds = driver
+        .create_with_band_type::<u8, _>(path, w, h, 3)
+        .expect("create");
+    ds.set_geo_transform(&[500_000.0, 1.0, 0.0, 4_600_000.0, 0.0, -1.0])
+        .expect("gt");
+    ds.set_spatial_ref(&SpatialRef::from_epsg(32633).expect("srs"))
+        .expect("srs");
+    for b in 0..3 {
+        let plane: Vec<u8> = (0..w * h).map(|i| color(i % w, i / w)[b]).collect();
+        ds.rasterband(b + 1)
+            .expect("band")
+            .write(
+                (0, 0),
+                (w, h),
+                &mut gdal::raster::Buffer::new((w, h), plane),
+            )
+            .expect("write");
+    }
+    ds.close().expect("close");
+}
