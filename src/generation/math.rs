@@ -24,6 +24,29 @@ pub(crate) fn top_k(v: &[f32], k: usize) -> Vec<usize> {
     idx
 }
 
+/// The `k` largest of `v[t] + shift` as `(value, t)`, largest first (ties: lower `t` first),
+/// ordered as [`top_k`] orders them, in one pass without an index array.
+pub(crate) fn top_k_shifted(v: &[f32], shift: f32, k: usize) -> Vec<(f32, usize)> {
+    let mut best: Vec<(f32, usize)> = Vec::with_capacity(k + 1);
+    if k == 0 {
+        return best;
+    }
+    for (t, &x) in v.iter().enumerate() {
+        let x = x + shift;
+        // `t` grows: an equal value never displaces one already kept.
+        if best.len() == k && x.total_cmp(&best[k - 1].0) != std::cmp::Ordering::Greater {
+            continue;
+        }
+        let at = best
+            .iter()
+            .position(|&(y, _)| x.total_cmp(&y) == std::cmp::Ordering::Greater)
+            .unwrap_or(best.len());
+        best.insert(at, (x, t));
+        best.truncate(k);
+    }
+    best
+}
+
 /// `log(softmax(v))`, computed as `v - max - log(sum(exp(v - max)))`.
 pub(crate) fn log_softmax(v: &[f32]) -> Vec<f32> {
     let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -35,6 +58,21 @@ pub(crate) fn log_softmax(v: &[f32]) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn top_k_shifted_orders_as_top_k_of_the_shifted_values() {
+        let v = [0.5, -1.0, 3.0, 0.5, f32::NEG_INFINITY, 3.0, 2.0, 0.5];
+        for shift in [0.0f32, -7.25, 1e9] {
+            let shifted: Vec<f32> = v.iter().map(|x| x + shift).collect();
+            for k in 0..=v.len() + 1 {
+                let want: Vec<(f32, usize)> = top_k(&shifted, k)
+                    .into_iter()
+                    .map(|t| (shifted[t], t))
+                    .collect();
+                assert_eq!(top_k_shifted(&v, shift, k), want, "k {k} shift {shift}");
+            }
+        }
+    }
 
     #[test]
     fn top_k_is_sorted_and_stable() {

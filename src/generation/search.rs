@@ -3,7 +3,7 @@
 use ndarray::Array2;
 
 use super::logits::{length_normalised, process, Position};
-use super::math::{argmax, log_softmax, top_k};
+use super::math::{argmax, log_softmax, top_k, top_k_shifted};
 use super::{EarlyStopping, Generated, GenerationError, GenerationParams, Start, StepDecoder};
 
 /// The score that takes a beam out of the running (Hugging Face's `-1e9`).
@@ -254,13 +254,14 @@ impl<'a> BeamSearch<'a> {
         self.open.len()
     }
 
-    /// The top `2 * beams` continuations of item `i` over all its beams and the vocabulary.
+    /// The top `2 * beams` continuations of item `i` over all its beams and the vocabulary,
+    /// ordered by score, then beam, then token (the order of one `top_k` over the item's
+    /// concatenated rows: each row's own top `2 * beams` holds every one of them).
     fn candidates(&self, logits: &Array2<f32>, i: usize) -> Vec<Candidate> {
-        let vocab = logits.ncols();
-        let mut acc: Vec<f32> = Vec::with_capacity(self.beams * vocab);
-        let mut own: Vec<f32> = Vec::with_capacity(self.beams * vocab);
-        for k in 0..self.beams {
-            let r = i * self.beams + k;
+        let k = 2 * self.beams;
+        let mut cands: Vec<Candidate> = Vec::with_capacity(k * self.beams);
+        for b in 0..self.beams {
+            let r = i * self.beams + b;
             let row = logits.row(r);
             let mut lp = match row.as_slice() {
                 Some(s) => log_softmax(s),
@@ -272,19 +273,25 @@ impl<'a> BeamSearch<'a> {
                 width: self.width,
             };
             process(&mut lp, at, self.params, self.eos);
-            acc.extend(lp.iter().map(|v| v + self.scores[r]));
-            own.extend_from_slice(&lp);
+            cands.extend(
+                top_k_shifted(&lp, self.scores[r], k)
+                    .into_iter()
+                    .map(|(score, t)| Candidate {
+                        score,
+                        beam: b,
+                        token: t as i64,
+                        logprob: lp[t],
+                    }),
+            );
         }
         // max(2, 1 + one end token) * beams
-        top_k(&acc, 2 * self.beams)
-            .into_iter()
-            .map(|j| Candidate {
-                score: acc[j],
-                beam: j / vocab,
-                token: (j % vocab) as i64,
-                logprob: own[j],
-            })
-            .collect()
+        cands.sort_by(|a, c| {
+            c.score
+                .total_cmp(&a.score)
+                .then((a.beam, a.token).cmp(&(c.beam, c.token)))
+        });
+        cands.truncate(k);
+        cands
     }
 
     /// Chooses the next running beams and updates the finished hypotheses from `logits`.
