@@ -296,8 +296,9 @@ pub struct RuntimeOptions {
     /// instead of failing; the provider really used is reported.
     #[arg(long)]
     pub allow_fallback: bool,
-    /// Threads inside each model operator (default: ONNX Runtime's, one per core; shared
-    /// between the scenes of a batch).
+    /// Threads inside each model operator (default: one pool of one thread per core, shared by
+    /// every graph of the process; N: each graph gets its own pool of N; with --jobs, the
+    /// cores are divided between the scenes run at once).
     #[arg(long, value_name = "N")]
     pub intra_threads: Option<usize>,
     /// TensorRT engine cache folder (default: <cache dir>/tensorrt).

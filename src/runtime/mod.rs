@@ -152,6 +152,12 @@ fn existing(path: &Path, source: LibrarySource) -> Result<OrtLibrary, RuntimeErr
 }
 
 /// The process-wide ONNX Runtime environment. Keep it alive while sessions exist.
+///
+/// It holds the one operator thread pool (one thread per core) that every session without
+/// its own thread count runs on. Per-session pools made a model of several graphs (vision
+/// encoder, text encoder, decoder, beam reorder) keep a spinning worker per graph, which took
+/// cores from the graph running: one pool made `tessera caption` with Florence-2 (mid shape,
+/// batch 16, 3 beams) about 1.4x faster on 2 cores (bench/caption_profile.md).
 pub struct Runtime {
     pub info: RuntimeInfo,
     env: ort::environment::Environment,
@@ -208,6 +214,7 @@ impl Runtime {
         let env = ort::init_from(&library.path)
             .map_err(|e| load_err(e.to_string()))?
             .with_name("tessera")
+            .with_global_thread_pool(ort::environment::GlobalThreadPoolOptions::default())
             .build()
             .map_err(|e| RuntimeError::Ort(e.to_string()))?;
         let build_info = ort::info().to_string();

@@ -77,7 +77,8 @@ impl Device {
 pub struct SessionOptions {
     pub device: Device,
     pub allow_fallback: bool,
-    /// Threads inside each operator (`None`: ONNX Runtime's default, one per core).
+    /// Threads inside each operator: `None` runs on the process's one shared pool (one thread
+    /// per core, see [`crate::runtime::Runtime`]); `Some(n)` gives the session its own pool.
     pub intra_threads: Option<usize>,
     /// TensorRT engine cache folder.
     pub trt_cache: Option<PathBuf>,
@@ -255,6 +256,8 @@ fn build(
         .map_err(|e| e.to_string())?;
     if let Some(threads) = options.intra_threads {
         builder = builder
+            .with_independent_thread_pool()
+            .map_err(|e| e.to_string())?
             .with_intra_threads(threads)
             .map_err(|e| e.to_string())?;
     }
