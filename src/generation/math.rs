@@ -49,10 +49,21 @@ pub(crate) fn top_k_shifted(v: &[f32], shift: f32, k: usize) -> Vec<(f32, usize)
 
 /// `log(softmax(v))`, computed as `v - max - log(sum(exp(v - max)))`.
 pub(crate) fn log_softmax(v: &[f32]) -> Vec<f32> {
+    let (max, log_sum) = log_softmax_terms(v);
+    v.iter().map(|x| x - max - log_sum).collect()
+}
+
+/// `log_softmax(v)[i]` with the same arithmetic, without the vector.
+pub(crate) fn log_softmax_at(v: &[f32], i: usize) -> f32 {
+    let (max, log_sum) = log_softmax_terms(v);
+    v[i] - max - log_sum
+}
+
+/// `max(v)` and `log(sum(exp(v - max)))`.
+fn log_softmax_terms(v: &[f32]) -> (f32, f32) {
     let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f32 = v.iter().map(|x| (x - max).exp()).sum();
-    let log_sum = sum.ln();
-    v.iter().map(|x| x - max - log_sum).collect()
+    (max, sum.ln())
 }
 
 #[cfg(test)]
@@ -78,6 +89,19 @@ mod tests {
     fn top_k_is_sorted_and_stable() {
         assert_eq!(top_k(&[0.1, 0.5, 0.5, -1.0, 0.9], 3), vec![4, 1, 2]);
         assert_eq!(top_k(&[1.0], 3), vec![0]);
+    }
+
+    #[test]
+    fn log_softmax_at_is_the_vector_s_element() {
+        let v = [0.25f32, -3.0, 7.5, 7.5, f32::NEG_INFINITY, 1e-3];
+        let all = log_softmax(&v);
+        for (i, &want) in all.iter().enumerate() {
+            assert_eq!(
+                log_softmax_at(&v, i).to_bits(),
+                want.to_bits(),
+                "element {i}"
+            );
+        }
     }
 
     #[test]

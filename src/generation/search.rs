@@ -3,7 +3,7 @@
 use ndarray::Array2;
 
 use super::logits::{length_normalised, process, Position};
-use super::math::{argmax, log_softmax, top_k, top_k_shifted};
+use super::math::{argmax, log_softmax, log_softmax_at, top_k, top_k_shifted};
 use super::{EarlyStopping, Generated, GenerationError, GenerationParams, Start, StepDecoder};
 
 /// The score that takes a beam out of the running (Hugging Face's `-1e9`).
@@ -120,7 +120,7 @@ fn greedy<D: StepDecoder>(
             let best = argmax(&scores);
             // HF `compute_transition_scores(..., normalize_logits=True)`: the log-softmax of
             // the processed scores.
-            logprobs[r].push(log_softmax(&scores)[best]);
+            logprobs[r].push(log_softmax_at(&scores, best));
             let best = best as i64;
             next[r] = if unfinished[r] { best } else { pad };
             seqs[r].push(next[r]);
