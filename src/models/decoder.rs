@@ -1077,7 +1077,8 @@ impl DecoderModel {
     }
 
     /// The start step: the prompts (left padded, image token rows replaced by the image
-    /// prefix) through the decoder, every row expanded `num_beams` times.
+    /// prefix) through the decoder once per item; its logits and key/value rows are then
+    /// repeated `num_beams` times (the beams of an item start as copies of it).
     fn start(
         &mut self,
         pixels: ArrayView4<'_, f32>,
@@ -1129,27 +1130,36 @@ impl DecoderModel {
                 }
             }
         }
-        // Expand every row `nb` times (beam search runs on `b * nb` rows).
-        let nb = params.num_beams;
-        let rows = b * nb;
-        let mut mask0 = Array2::<i64>::zeros((rows, len));
-        let mut emb0 = Array3::<f32>::zeros((rows, len, embeds.shape()[2]));
-        for r in 0..rows {
-            mask0.row_mut(r).assign(&mask.row(r / nb));
-            emb0.slice_mut(ndarray::s![r, .., ..])
-                .assign(&embeds.slice(ndarray::s![r / nb, .., ..]));
-        }
-        let positions0 = positions(&mask0);
-        let (positions_in, last_mrope) = if is_mrope(&self.cfg.decoder) {
-            let (p, last) = self.mrope_start(&id_arr, &mask, nb)?;
+        let positions1 = positions(&mask);
+        let (positions_in, last_mrope1) = if is_mrope(&self.cfg.decoder) {
+            let (p, last) = self.mrope_start(&id_arr, &mask)?;
             (p.into_dyn(), last)
         } else {
-            (positions0.clone().into_dyn(), Vec::new())
+            (positions1.clone().into_dyn(), Vec::new())
         };
-        let (logits, past) = self.run_decoder(&emb0, &mask0, &positions_in, None, len)?;
+        let (logits1, past1) = self.run_decoder(&embeds, &mask, &positions_in, None, len)?;
+        // Beam search runs on `b * nb` rows, row `r` a copy of item `r / nb` until it diverges:
+        // the prompt's outputs are repeated rather than computed `nb` times.
+        let nb = params.num_beams;
+        let rows = b * nb;
+        let item: Vec<usize> = (0..rows).map(|r| r / nb).collect();
+        let (logits, past) = if nb == 1 {
+            (logits1, past1)
+        } else {
+            let idx: Vec<i64> = item.iter().map(|&r| r as i64).collect();
+            (
+                logits1.select(ndarray::Axis(0), &item),
+                self.reorder_past(&past1, &idx)?,
+            )
+        };
+        let mask0 = mask.select(ndarray::Axis(0), &item);
         let last_pos = match len {
             0 => vec![0; rows],
-            _ => positions0.column(len - 1).to_vec(),
+            _ => item.iter().map(|&r| positions1[[r, len - 1]]).collect(),
+        };
+        let last_mrope = match last_mrope1.is_empty() {
+            true => Vec::new(),
+            false => item.iter().map(|&r| last_mrope1[r]).collect(),
         };
         Ok(Start {
             logits,
@@ -1168,13 +1178,12 @@ impl DecoderModel {
         })
     }
 
-    /// M-RoPE position ids of the start step, every row expanded `nb` times, and each row's last
-    /// column (the next steps continue from it, as `generate` does).
+    /// M-RoPE position ids of the start step, one row per prompt, and each row's last column
+    /// (the next steps continue from it, as `generate` does).
     fn mrope_start(
         &self,
         ids: &Array2<i64>,
         mask: &Array2<i64>,
-        nb: usize,
     ) -> Result<(Array3<i64>, Vec<[i64; 3]>), ModelError> {
         let grid = self
             .cfg
@@ -1185,21 +1194,13 @@ impl DecoderModel {
         let (p, _) = mrope_position_ids(ids, mask, image_id, grid)
             .map_err(|e| run_err(&self.decoder.path, e))?;
         let (b, len) = ids.dim();
-        let mut out = Array3::<i64>::zeros((3, b * nb, len));
-        let mut last = Vec::with_capacity(b * nb);
-        for r in 0..b * nb {
-            out.slice_mut(ndarray::s![.., r, ..])
-                .assign(&p.slice(ndarray::s![.., r / nb, ..]));
-            last.push(match len {
+        let last = (0..b)
+            .map(|r| match len {
                 0 => [-1; 3],
-                _ => [
-                    p[[0, r / nb, len - 1]],
-                    p[[1, r / nb, len - 1]],
-                    p[[2, r / nb, len - 1]],
-                ],
-            });
-        }
-        Ok((out, last))
+                _ => [p[[0, r, len - 1]], p[[1, r, len - 1]], p[[2, r, len - 1]]],
+            })
+            .collect();
+        Ok((p, last))
     }
 }
 
