@@ -448,11 +448,14 @@ def to_fp16(path: Path) -> None:
 
 
 def ort_session(path: Path):
-    """A quiet CPU ONNX Runtime session (parity checks)."""
+    """A quiet CPU ONNX Runtime session (parity checks) at tessera's graph optimisation level,
+    ORT_ENABLE_LAYOUT (the `ort` crate's Level3; ONNX Runtime 1.31.1 crashes at ORT_ENABLE_ALL, its
+    Python default, loading some float16 graphs: the open_clip ViT's)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_LAYOUT
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 

@@ -569,6 +569,11 @@ def check_decoder_against_flamingo(parts: Parts, pixels) -> float:
     return worst
 
 
+GRAPH_FILES = ("encoder.onnx", "cross_kv.onnx", "decoder.onnx")
+#: --fp16: the float16 graphs' allowed difference from float32 PyTorch (as IDEFICS's exporter)
+FP16_TOLERANCE = 5e-2
+
+
 def export_graphs(parts: Parts, out: Path, opset: int, external: int | None = None) -> None:
     """The three graphs; one whose weights exceed ``external`` bytes keeps them in
     ``<graph>.onnx.data`` (ONNX external data: OpenFlamingo-9B's decoder is 28 GB in float32)."""
@@ -944,11 +949,17 @@ def export_openflamingo(args) -> None:
     worst = check_decoder_against_flamingo(parts, pixels)
     print(f"export: decoder wrapper vs Flamingo.forward: max abs diff {worst:.3g}", file=sys.stderr)
     export_graphs(parts, out, args.opset, int(args.external_data_over * (1 << 20)))
+    if args.fp16:
+        for g in GRAPH_FILES:
+            C.to_fp16(out / g)
+        source += ", fp16"
     if not args.skip_verify:
-        verify_onnx(parts, out, pixels[:3], args.tolerance)
+        verify_onnx(parts, out, pixels[:3], max(args.tolerance, FP16_TOLERANCE) if args.fp16 else args.tolerance)
     C.save_plain_tokenizer_json(tok, out / "tokenizer.json")
     write_manifest(out / "model.toml", parts, args.name or default_name, source)
-    if not args.no_reference:
+    if args.fp16 and not args.no_reference:
+        print("export: --fp16: no reference.json (the references are float32 Flamingo generate)", file=sys.stderr)
+    elif not args.no_reference:
         ref, images_u8, pixels = compute_references(parts, meta)
         ends = sum(any(c["hit_eos"]) for c in ref["cases"])
         print(f"export: reference outputs: ends in {ends} of {len(ref['cases'])} cases", file=sys.stderr)
@@ -979,8 +990,12 @@ def add_parser(sub, command: str) -> None:
     C.add_name_arg(c)
     C.add_no_reference_arg(c)
     C.add_skip_verify_arg(c)
-    C.add_tolerance_arg(c, 1e-4, "max relative ONNX Runtime vs PyTorch difference")
+    C.add_tolerance_arg(c, 1e-4, "max relative ONNX Runtime vs PyTorch difference "
+                                 f"(default 1e-4; at least {FP16_TOLERANCE} with --fp16)")
     c.add_argument("--external-data-over", type=float, default=1024.0, metavar="MIB",
                    help="a graph whose weights exceed MIB mebibytes keeps them in <graph>.onnx.data next to it "
                         "(ONNX external data; default 1024; 0 forces it for every graph)")
+    c.add_argument("--fp16", action="store_true",
+                   help="store weights and compute in float16 (graph inputs/outputs stay float32; model.toml "
+                        "gets precision = \"fp16\"; no reference.json then)")
     c.set_defaults(func=export_openflamingo)

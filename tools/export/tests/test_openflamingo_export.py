@@ -19,7 +19,9 @@ Cases:
   depends on the machine's thread count);
 * a checkpoint without ``perceiver.latents``: exit status 1, a line naming the folder and the
   missing tensor, no output folder; a checkpoint with a tensor the model does not have: a line
-  naming checkpoint.pt and the key; no lm/config.json: a line naming it.
+  naming checkpoint.pt and the key; no lm/config.json: a line naming it;
+* ``--tiny --fp16``: exported and verified against PyTorch at the float16 tolerance, the manifest
+  says ``precision = "fp16"``, float16 weights in the graphs, no reference.json.
 
 Needs torch, transformers, open_clip and open_flamingo (the exporter's venv); CI does not run it
 (about 4 minutes on 2 cores). Exit status 0 when every check passes.
@@ -142,6 +144,20 @@ def main() -> None:
         (bad / "lm" / "config.json").unlink()
         fails_with(export("--from", str(bad), "--out", str(t / "o3")), t / "o3",
                    ["lm/config.json", "missing"], "no lm/config.json")
+
+        # --fp16: verified against PyTorch (no --skip-verify), precision recorded, float16 weights
+        fp16 = t / "fp16"
+        res = subprocess.run([sys.executable, str(EXPORT), "openflamingo", "--tiny", "--fp16", "--out", str(fp16)],
+                             cwd=HERE, capture_output=True, text=True)
+        check(res.returncode == 0 and "ONNX Runtime vs PyTorch" in res.stderr,
+              f"--tiny --fp16 exports and verifies (exit {res.returncode}: {res.stderr.strip().splitlines()[-1:]})")
+        if res.returncode == 0:
+            check(manifest(fp16).get("precision") == "fp16", "--fp16: model.toml precision = \"fp16\"")
+            check(not (fp16 / "reference.json").exists(), "--fp16: no reference.json")
+            import onnx
+            dec = onnx.load(str(fp16 / "decoder.onnx"))
+            check(any(i.data_type == onnx.TensorProto.FLOAT16 for i in dec.graph.initializer),
+                  "--fp16: decoder.onnx holds float16 weights")
     if FAILURES:
         print(f"{len(FAILURES)} check(s) failed", file=sys.stderr)
         sys.exit(1)
