@@ -1474,21 +1474,10 @@ impl CrossDecoderModel {
         let (memory, memory_mask) = self.encode(pixels, prompts)?;
         let cross = self.cross_kv(&memory)?;
         drop(memory);
-        let nb = params.num_beams;
-        let rows = b * nb;
-        let expand: Vec<usize> = (0..rows).map(|r| r / nb).collect();
-        let cross = if nb == 1 {
-            cross
-        } else {
-            let idx: Vec<i64> = expand.iter().map(|&r| r as i64).collect();
-            self.gather(&cross, &idx)?
-        };
-        let memory_mask = memory_mask.select(ndarray::Axis(0), &expand);
         let pad = i64::from(self.cfg.tok.pad_token_id);
-        let mut id_arr = Array2::<i64>::from_elem((rows, len), pad);
-        let mut mask = Array2::<i64>::zeros((rows, len));
-        for r in 0..rows {
-            let row = &ids[r / nb];
+        let mut id_arr = Array2::<i64>::from_elem((b, len), pad);
+        let mut mask = Array2::<i64>::zeros((b, len));
+        for (r, row) in ids.iter().enumerate() {
             let off = len - row.len();
             for (k, &t) in row.iter().enumerate() {
                 id_arr[[r, off + k]] = t;
@@ -1508,8 +1497,25 @@ impl CrossDecoderModel {
             &cross,
             None,
         )?;
-        let last_pos = positions.column(len - 1).to_vec();
-        let image_last = image.column(len - 1).to_vec();
+        // Beam search runs on `b * nb` rows, row `r` a copy of item `r / nb` until it diverges:
+        // the start step ran once per item, its outputs and the cross keys/values are repeated
+        // (gathered on their device).
+        let nb = params.num_beams;
+        let expand: Vec<usize> = (0..b * nb).map(|r| r / nb).collect();
+        let (logits, past, cross) = if nb == 1 {
+            (logits, past, cross)
+        } else {
+            let idx: Vec<i64> = expand.iter().map(|&r| r as i64).collect();
+            (
+                logits.select(ndarray::Axis(0), &expand),
+                self.gather(&past, &idx)?,
+                self.gather(&cross, &idx)?,
+            )
+        };
+        let memory_mask = memory_mask.select(ndarray::Axis(0), &expand);
+        let mask = mask.select(ndarray::Axis(0), &expand);
+        let last_pos = expand.iter().map(|&r| positions[[r, len - 1]]).collect();
+        let image_last = expand.iter().map(|&r| image[[r, len - 1]]).collect();
         Ok(Start {
             logits,
             cache: CrossCache {
