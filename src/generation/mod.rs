@@ -237,6 +237,12 @@ pub struct Generated {
     pub logprobs: Vec<f32>,
 }
 
+/// The item each of the `items * beams` rows of a beam search starts as a copy of (`r / beams`):
+/// a start step runs the prompt once per item and repeats its outputs with this row map.
+pub fn beam_start_rows(items: usize, beams: usize) -> Vec<usize> {
+    (0..items * beams).map(|r| r / beams).collect()
+}
+
 /// What a model's start step hands to [`generate`]: the prompt has been run, the first
 /// new token is still to be chosen.
 #[derive(Debug)]
@@ -251,4 +257,16 @@ pub struct Start<C> {
     /// the sequence besides the generated tokens. For an encoder-decoder, the decoder's start
     /// tokens (then a forced first token applies).
     pub prompts: Vec<Vec<i64>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::beam_start_rows;
+
+    #[test]
+    fn beam_start_rows_repeat_each_item_for_its_beams() {
+        assert_eq!(beam_start_rows(3, 2), vec![0, 0, 1, 1, 2, 2]);
+        assert_eq!(beam_start_rows(2, 1), vec![0, 1]);
+        assert!(beam_start_rows(0, 3).is_empty());
+    }
 }

@@ -1501,7 +1501,7 @@ impl CrossDecoderModel {
         // the start step ran once per item, its outputs and the cross keys/values are repeated
         // (gathered on their device).
         let nb = params.num_beams;
-        let expand: Vec<usize> = (0..b * nb).map(|r| r / nb).collect();
+        let expand = crate::generation::beam_start_rows(b, nb);
         let (logits, past, cross) = if nb == 1 {
             (logits, past, cross)
         } else {

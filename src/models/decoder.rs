@@ -1142,7 +1142,7 @@ impl DecoderModel {
         // the prompt's outputs are repeated rather than computed `nb` times.
         let nb = params.num_beams;
         let rows = b * nb;
-        let item: Vec<usize> = (0..rows).map(|r| r / nb).collect();
+        let item = crate::generation::beam_start_rows(b, nb);
         let (logits, past) = if nb == 1 {
             (logits1, past1)
         } else {

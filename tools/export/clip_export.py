@@ -433,7 +433,7 @@ def export_clip(args) -> None:
     # --- parity checks and references ---------------------------------------------------------
     if not args.skip_verify:
         verify_onnx_against_torch(out, image_enc, text_enc, tok, size, context_length,
-                                  tol=5e-2 if args.fp16 else args.tolerance)
+                                  tol=C.FP16_TOLERANCE if args.fp16 else args.tolerance)
 
     if args.tiny and args.shape == "tiny" and not args.no_reference:
         ref, images_u8, pixels = compute_reference(image_enc, text_enc, tok, size, mean, std,

@@ -433,6 +433,10 @@ def export_onnx(module, args: tuple, path: Path, inputs: list[str], outputs: lis
     onnx.save_model(model, str(path), save_as_external_data=False)
 
 
+#: ``--fp16``: the float16 graphs' allowed difference from float32 PyTorch (max diff / max(1, max|ref|))
+FP16_TOLERANCE = 5e-2
+
+
 def to_fp16(path: Path) -> None:
     """Convert weights/compute to float16 in place, keeping float32 graph inputs/outputs
     (``onnxruntime.transformers.float16``, ``keep_io_types=True``); keeps external data if any."""

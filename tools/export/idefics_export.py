@@ -616,8 +616,6 @@ def load_checkpoint(src: str) -> Parts:
 
 
 GRAPH_FILES = ("encoder.onnx", "cross_kv.onnx", "decoder.onnx")
-#: ONNX Runtime vs PyTorch with float16 graphs (max diff / max(1, max |ref|)).
-FP16_TOLERANCE = 5e-2
 
 
 def export_idefics(args) -> None:
@@ -657,7 +655,7 @@ def export_idefics(args) -> None:
             C.to_fp16(out / g)
         source += ", fp16"
     if not args.skip_verify:
-        verify_onnx_against_torch(parts, out, pixels[:3], max(args.tolerance, FP16_TOLERANCE) if args.fp16 else args.tolerance)
+        verify_onnx_against_torch(parts, out, pixels[:3], max(args.tolerance, C.FP16_TOLERANCE) if args.fp16 else args.tolerance)
     for g in GRAPH_FILES:
         if (out / (g + ".data")).exists():
             print(f"export: {g}: weights in {g}.data (external data)", file=sys.stderr)
@@ -697,7 +695,7 @@ def add_parser(sub, command: str) -> None:
     C.add_no_reference_arg(c)
     C.add_skip_verify_arg(c)
     C.add_tolerance_arg(c, 1e-4, "max diff / max(1, max|ref|) allowed between ONNX Runtime and PyTorch "
-                                 f"(default 1e-4; at least {FP16_TOLERANCE} with --fp16)")
+                                 f"(default 1e-4; at least {C.FP16_TOLERANCE} with --fp16)")
     c.add_argument("--external-data-over", type=float, default=1024.0, metavar="MIB",
                    help="a graph whose weights exceed MIB mebibytes keeps them in <graph>.onnx.data next to it "
                         "(ONNX external data; default 1024: IDEFICS-9B/80B; 0 forces it for every graph)")

@@ -570,8 +570,6 @@ def check_decoder_against_flamingo(parts: Parts, pixels) -> float:
 
 
 GRAPH_FILES = ("encoder.onnx", "cross_kv.onnx", "decoder.onnx")
-#: --fp16: the float16 graphs' allowed difference from float32 PyTorch (as IDEFICS's exporter)
-FP16_TOLERANCE = 5e-2
 
 
 def export_graphs(parts: Parts, out: Path, opset: int, external: int | None = None) -> None:
@@ -605,7 +603,7 @@ def export_graphs(parts: Parts, out: Path, opset: int, external: int | None = No
 
 
 def verify_onnx(parts: Parts, out: Path, pixels, tol: float) -> float:
-    enc, crs, dec = (C.ort_session(out / n) for n in ("encoder.onnx", "cross_kv.onnx", "decoder.onnx"))
+    enc, crs, dec = (C.ort_session(out / n) for n in GRAPH_FILES)
     cross_names, past_names, _ = io_names(parts.layers, parts.cross_layers)
     mem_t = parts.encoder(torch.from_numpy(pixels))
     mem = enc.run(None, {"pixel_values": pixels})[0]
@@ -954,7 +952,7 @@ def export_openflamingo(args) -> None:
             C.to_fp16(out / g)
         source += ", fp16"
     if not args.skip_verify:
-        verify_onnx(parts, out, pixels[:3], max(args.tolerance, FP16_TOLERANCE) if args.fp16 else args.tolerance)
+        verify_onnx(parts, out, pixels[:3], max(args.tolerance, C.FP16_TOLERANCE) if args.fp16 else args.tolerance)
     C.save_plain_tokenizer_json(tok, out / "tokenizer.json")
     write_manifest(out / "model.toml", parts, args.name or default_name, source)
     if args.fp16 and not args.no_reference:
@@ -991,7 +989,7 @@ def add_parser(sub, command: str) -> None:
     C.add_no_reference_arg(c)
     C.add_skip_verify_arg(c)
     C.add_tolerance_arg(c, 1e-4, "max relative ONNX Runtime vs PyTorch difference "
-                                 f"(default 1e-4; at least {FP16_TOLERANCE} with --fp16)")
+                                 f"(default 1e-4; at least {C.FP16_TOLERANCE} with --fp16)")
     c.add_argument("--external-data-over", type=float, default=1024.0, metavar="MIB",
                    help="a graph whose weights exceed MIB mebibytes keeps them in <graph>.onnx.data next to it "
                         "(ONNX external data; default 1024; 0 forces it for every graph)")

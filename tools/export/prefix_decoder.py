@@ -1000,7 +1000,7 @@ def export_prefix_package(args, parts: PrefixParts, *, name: str, source: str, t
     print(f"export: decoder wrapper vs HF language model: max diff / max(1, max|ref|) {worst:.3g}", file=sys.stderr)
     export_graphs(parts, out, args.opset)
     if not args.skip_verify:
-        verify_onnx_against_torch(parts, out, tol=5e-2 if args.fp16 else args.tolerance)
+        verify_onnx_against_torch(parts, out, tol=C.FP16_TOLERANCE if args.fp16 else args.tolerance)
     if args.fp16:
         for n in ("image_prefix.onnx", "embed_tokens.onnx", "decoder.onnx"):
             print(f"export: converting {out}/{n} to float16", file=sys.stderr)
