@@ -67,6 +67,9 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=30)
     ap.add_argument("--num-beams", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--attn", default="sdpa",
+                    help="attn_implementation the model runs with (default sdpa, what from_pretrained gives; "
+                         "the exporter builds it eager for its parity checks)")
     a = ap.parse_args()
 
     if a.threads:
@@ -77,6 +80,12 @@ def main() -> None:
         parts, run = build(a.family, a.shape, Path(tmp))
         load_seconds = time.perf_counter() - t0
         model = parts.model
+        if a.attn != model.config._attn_implementation:
+            try:
+                model.set_attn_implementation(a.attn)
+            except (ValueError, ImportError) as e:  # a model without it keeps its own (reported)
+                print(f"peer: {a.family}: attn_implementation {a.attn!r} not supported ({e}); "
+                      f"runs {model.config._attn_implementation!r}", file=sys.stderr)
         size = parts.size
         tiles = tiles_of(np.load(a.scene), size)
         pixels_all = preprocess(tiles, parts.mean, parts.std)

@@ -77,6 +77,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("results", type=Path)
     ap.add_argument("--seconds", type=float, default=None, help="wall time of the whole section")
+    ap.add_argument("--rounds", type=int, default=1, help="rounds per configuration (bench/run.sh "
+                    "CAPTION_ROUNDS): round r > 1's files end in .rR; each side's best round is reported")
     ap.add_argument("--keys", default=" ".join(LABELS), help="model keys, as bench/run.sh CAPTION_KEYS "
                     "(default: every key; those without results are left out)")
     a = ap.parse_args()
@@ -95,7 +97,7 @@ def main() -> None:
 
     summary = {"date": str(datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
                "cpus": os.cpu_count(), "machine": platform.machine(), "env": env, "load_at_start": loads,
-               "section_seconds": a.seconds, "rows": []}
+               "section_seconds": a.seconds, "rounds": a.rounds, "rows": []}
     keys = [k for k in a.keys.split() if any(d.glob(f"caption_{k.replace(':', '_')}_*.json"))]
     lines = [
         f"# Caption benchmark ({summary['date']}, {summary['cpus']} CPUs, {summary['machine']}, CPU provider)",
@@ -105,7 +107,10 @@ def main() -> None:
         f"tessera: tiles-only tokens/s over model time (the scene caption removed with a --scene-only run). "
         f"PyTorch: Hugging Face `generate` (fp32, CPU, same weights and tiles, min_new_tokens = max_new_tokens = 30, "
         f"one untimed warm-up batch), run right after tessera's run of the same configuration. "
-        f"ratio = tessera tokens/s / PyTorch tokens/s; CPU-time ratio = PyTorch CPU seconds per token / tessera's "
+        f"{a.rounds} round(s) per configuration, the order of the two sides alternating by round; each side's "
+        f"best round is reported. ratio = tessera tokens/s / PyTorch tokens/s (best rounds); same-round ratios = "
+        f"the lowest and highest ratio of one round's pair of runs; equal tokens counts every tessera round "
+        f"against every peer round; CPU-time ratio = PyTorch CPU seconds per token / tessera's "
         f"(tessera: the tile run's process CPU time minus the scene-only run's; both sides' thread pools spin, "
         f"so this counts some waiting as work on both sides). load = 1-minute load average at the start of "
         f"tessera's / the peer's run (2 vCPUs; above 2 the machine was shared with other work).",
@@ -116,8 +121,8 @@ def main() -> None:
     for k in keys:
         fam, desc = LABELS.get(k, (k, ""))
         lines.append(f"- {fam} {desc} (`{k}`)")
-    lines += ["", "| model | shape | batch | beams | tessera tokens/s | PyTorch tokens/s | ratio | CPU-time ratio | equal tokens | load (tessera / peer) |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    lines += ["", "| model | shape | batch | beams | tessera tokens/s | PyTorch tokens/s | ratio | same-round ratios | CPU-time ratio | equal tokens | load (tessera / peer) |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     peer_info = None
     for k in keys:
         name = k.replace(":", "_")
@@ -125,42 +130,68 @@ def main() -> None:
         shape = k.split(":", 1)[1]
         peer_name = "blip2-opt_mid" if k == "blip2-opt:mid-opt" else name
         for cfg, batch, beams in CONFIGS:
-            r = load(d, f"{name}_{cfg}")
-            if r is None:
+            scene_name = f"{name}_scene" + ("_beam3" if beams == 3 else "")
+            ours, theirs = [], []  # per round: (tokens/s, round suffix, ...)
+            for rnd in range(1, a.rounds + 1):
+                sfx = "" if rnd == 1 else f".r{rnd}"
+                r = load(d, f"{name}_{cfg}{sfx}")
+                t = tiles_only(r, load(d, scene_name + sfx)) if r else None
+                if t:
+                    ours.append((t["tokens_per_second"], sfx, r, t))
+                p = load(d, f"peer_{peer_name}_{cfg}{sfx}")
+                if p:
+                    peer_info = peer_info or p
+                    theirs.append((p["runs"][0]["tokens_per_second"], sfx, p["runs"][0]))
+            if not ours:
                 continue
-            scene = load(d, f"{name}_scene" + ("_beam3" if beams == 3 else ""))
-            t = tiles_only(r, scene)
-            p = load(d, f"peer_{peer_name}_{cfg}")
-            prun = p["runs"][0] if p else None
-            peer_info = peer_info or p
-            ratio = (t["tokens_per_second"] / prun["tokens_per_second"]) if (t and prun) else None
+            _, sfx, r, t = max(ours, key=lambda x: x[0])
+            psfx, prun = (max(theirs, key=lambda x: x[0])[1:]) if theirs else (None, None)
+            ratio = (t["tokens_per_second"] / prun["tokens_per_second"]) if prun else None
+            # the same-round ratios: how far one pair of runs can be from the best-of-rounds one
+            by_round = {x[1]: x[0] for x in theirs}
+            round_ratios = [tok / by_round[rs] for tok, rs, _, _ in ours if rs in by_round]
             # CPU time (robust to a shared machine): tessera's process CPU seconds of the tile run
             # minus those of the scene-only run (loading and the scene caption cancel out), per
-            # new token, against the peer's process CPU seconds of its timed batches per new token.
+            # new token, against the peer's process CPU seconds of its timed batches per new token
+            # (each side's best round).
             cpu_ratio = None
-            pr = load(d, f"{name}_{cfg}_process")
-            ps = load(d, f"{name}_scene" + ("_beam3" if beams == 3 else "") + "_process")
-            if t and prun and pr and ps and prun.get("cpu_seconds"):
-                ours = pr["cpu_seconds"] - ps["cpu_seconds"]
-                if ours > 0:
-                    cpu_ratio = (prun["cpu_seconds"] / prun["new_tokens"]) / (ours / t["new_tokens"])
+            pr = load(d, f"{name}_{cfg}{sfx}_process")
+            ps = load(d, f"{scene_name}{sfx}_process")
+            if prun and pr and ps and prun.get("cpu_seconds"):
+                cpu = pr["cpu_seconds"] - ps["cpu_seconds"]
+                if cpu > 0:
+                    cpu_ratio = (prun["cpu_seconds"] / prun["new_tokens"]) / (cpu / t["new_tokens"])
+            # tokens of every tessera round against every peer round (they must all agree)
             agree = None
-            tt = tokens_by_tile(d, f"{name}_{cfg}")
-            if tt is not None and prun is not None:
+            if prun is not None:
                 n = len(prun["tokens"])
-                agree = (sum(1 for x, y in zip(tt[:n], prun["tokens"]) if x == y), n)
-            row = {"key": k, "config": cfg, "batch": batch, "beams": beams,
+                equal = total = 0
+                for _, rs, _, _ in ours:
+                    tt = tokens_by_tile(d, f"{name}_{cfg}{rs}")
+                    if tt is None:
+                        continue
+                    for _, _, pp in theirs:
+                        equal += sum(1 for x, y in zip(tt[:n], pp["tokens"]) if x == y)
+                        total += n
+                agree = (equal, total) if total else None
+            row = {"key": k, "config": cfg, "batch": batch, "beams": beams, "rounds": len(ours),
+                   "peer_rounds": len(theirs),
                    "tessera": {"tiles_only": t, "model_seconds": r["model_seconds"], "seconds": r["seconds"],
-                               "tiles": r["tiles_captioned"], "provider": r.get("provider")},
-                   "peer": {kk: v for kk, v in prun.items() if kk != "tokens"} if prun else None,
-                   "ratio": ratio, "cpu_time_ratio": cpu_ratio, "equal_tokens": agree,
-                   "load": [loads.get(f"{name}_{cfg}"), loads.get(f"peer_{peer_name}_{cfg}")]}
+                               "tiles": r["tiles_captioned"], "provider": r.get("provider"),
+                               "tokens_per_second_by_round": [x[0] for x in ours]},
+                   "peer": ({**{kk: v for kk, v in prun.items() if kk != "tokens"},
+                             "tokens_per_second_by_round": [x[0] for x in theirs]} if prun else None),
+                   "ratio": ratio, "same_round_ratios": round_ratios, "cpu_time_ratio": cpu_ratio,
+                   "equal_tokens": agree,
+                   "load": [loads.get(f"{name}_{cfg}{sfx}"), loads.get(f"peer_{peer_name}_{cfg}{psfx or ''}")]}
             summary["rows"].append(row)
             lt, lpeer = row["load"]
             fmt = lambda x, f="{:.1f}": "-" if x is None else f.format(x)  # noqa: E731
+            spread = (f"{min(round_ratios):.2f}-{max(round_ratios):.2f}x" if len(round_ratios) > 1 else "-")
             lines.append(
-                f"| {fam} | {shape} | {batch} | {beams} | {fmt(t and t['tokens_per_second'])} | "
-                f"{fmt(prun and prun['tokens_per_second'])} | **{fmt(ratio, '{:.2f}')}x** | {fmt(cpu_ratio, '{:.2f}')}x | "
+                f"| {fam} | {shape} | {batch} | {beams} | {fmt(t['tokens_per_second'])} | "
+                f"{fmt(prun and prun['tokens_per_second'])} | **{fmt(ratio, '{:.2f}')}x** | {spread} | "
+                f"{fmt(cpu_ratio, '{:.2f}')}x | "
                 f"{'-' if agree is None else f'{agree[0]}/{agree[1]} tiles'} | {fmt(lt)} / {fmt(lpeer)} |")
     if peer_info:
         lines += ["", f"PyTorch peer: transformers {peer_info['transformers']}, torch {peer_info['torch']}, "

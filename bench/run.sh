@@ -44,7 +44,11 @@
 #   minutes per configuration on 2 loaded cores (2026-12-02: ~4 min for tessera + peer at batch 16
 #   greedy on BLIP-2/OPT mid, load ~17); + ~2 min per mid model to export it once.
 #   CAPTION_PEER=0 skips the PyTorch peer; BENCH_EXPORT_VENV=keep uses an existing export venv
-#   as it is (no pip install into it).
+#   as it is (no pip install into it). CAPTION_ROUNDS=N (default 1) runs every configuration N
+#   times, tessera and the peer in turn with the order alternating by round, and reports each
+#   side's best round with the spread of the same-round ratios (a single run moves by up to 40%
+#   on a shared 2-vCPU machine). The cross-decoder peers run with attention `sdpa` (what
+#   from_pretrained gives; the exporters build them eager for their parity checks).
 #
 # models: model-only throughput (`tessera bench-model`: the image graph on one in-memory batch,
 #   no reading or preprocessing) of three random-weight packages of real shapes, fp32 and fp16
@@ -261,6 +265,10 @@ CAPTION_PEER_B1_IMAGES=$((CAPTION_B1_COLS * CAPTION_B1_ROWS))
 CAPTION_PEER_B16_IMAGES=16
 # Decoding configurations (name batch beams): CAPTION_CONFIGS="b16 b16_beam3" runs only those.
 CAPTION_CONFIGS=${CAPTION_CONFIGS:-"b1 b1_beam3 b16 b16_beam3"}
+# Rounds per configuration (each round: scene-only runs, then tessera and the peer in turn, the
+# order alternating by round); the report takes each side's best round. A single run moves by up to
+# 40% on a shared 2-vCPU machine: use CAPTION_ROUNDS=3 or more to settle a ratio.
+CAPTION_ROUNDS=${CAPTION_ROUNDS:-1}
 
 caption_export() {  # DIR EXPORT-ARGS...: export once (atomic)
   local dir=$1; shift
@@ -385,26 +393,32 @@ bench_caption() {
     # A key's rows are replaced when it runs (CAPTION_KEYS=... reruns some, the report lists all).
     rm -rf "$RESULTS/caption_out/${name}_"* "$RESULTS/caption_${name}_"*.json "$RESULTS/caption_peer_${name}_"*.json
     sync
-    # Each tessera run is followed by the peer on the same configuration (same load, in turn).
-    # the scene caption alone, greedy and 3 beams (subtracted from the tile runs of that decoding)
-    [[ " $CAPTION_CONFIGS " == *" b1 "* || " $CAPTION_CONFIGS " == *" b16 "* ]] &&
-      caption_run "${name}_scene" "$model" "$scene" 1 --scene-only
-    [[ " $CAPTION_CONFIGS " == *beam3* ]] &&
-      caption_run "${name}_scene_beam3" "$model" "$scene" 1 --scene-only --num-beams 3
-    peer_key=$key; [ "$key" = blip2-opt:mid-opt ] && peer_key=blip2-opt:mid
-    for cfg in "b1 1 1 $CAPTION_PEER_B1_IMAGES" "b1_beam3 1 3 $CAPTION_PEER_B1_IMAGES" \
-               "b16 16 1 $CAPTION_PEER_B16_IMAGES" "b16_beam3 16 3 $CAPTION_PEER_B16_IMAGES"; do
-      set -- $cfg
-      [[ " $CAPTION_CONFIGS " == *" $1 "* ]] || continue
-      sc=$scene; [ "$2" = 1 ] && sc=$scene1
-      caption_run "${name}_$1" "$model" "$sc" "$2" --num-beams "$3"
-      if [ "$CAPTION_PEER" = 1 ] && [ "$key" != blip2-opt:mid-opt ]; then
-        caption_peer "${name}_$1" "$peer_key" "$sc" "$2" "$3" "$4"
-      fi
+    # CAPTION_ROUNDS rounds; round 1's files have plain names, round r > 1's end in .rR. In odd
+    # rounds tessera runs first and the peer right after it on the same configuration, in even
+    # rounds the peer first (same load, in turn); the report takes each side's best round.
+    for ((round = 1; round <= CAPTION_ROUNDS; round++)); do
+      local r=""; [ "$round" -gt 1 ] && r=".r$round"
+      # the scene caption alone, greedy and 3 beams (subtracted from the tile runs of that decoding)
+      [[ " $CAPTION_CONFIGS " == *" b1 "* || " $CAPTION_CONFIGS " == *" b16 "* ]] &&
+        caption_run "${name}_scene$r" "$model" "$scene" 1 --scene-only
+      [[ " $CAPTION_CONFIGS " == *beam3* ]] &&
+        caption_run "${name}_scene_beam3$r" "$model" "$scene" 1 --scene-only --num-beams 3
+      peer_key=$key; [ "$key" = blip2-opt:mid-opt ] && peer_key=blip2-opt:mid
+      for cfg in "b1 1 1 $CAPTION_PEER_B1_IMAGES" "b1_beam3 1 3 $CAPTION_PEER_B1_IMAGES" \
+                 "b16 16 1 $CAPTION_PEER_B16_IMAGES" "b16_beam3 16 3 $CAPTION_PEER_B16_IMAGES"; do
+        set -- $cfg
+        [[ " $CAPTION_CONFIGS " == *" $1 "* ]] || continue
+        sc=$scene; [ "$2" = 1 ] && sc=$scene1
+        local with_peer=0
+        [ "$CAPTION_PEER" = 1 ] && [ "$key" != blip2-opt:mid-opt ] && with_peer=1
+        [ $with_peer = 1 ] && [ $((round % 2)) = 0 ] && caption_peer "${name}_$1$r" "$peer_key" "$sc" "$2" "$3" "$4"
+        caption_run "${name}_$1$r" "$model" "$sc" "$2" --num-beams "$3"
+        [ $with_peer = 1 ] && [ $((round % 2)) = 1 ] && caption_peer "${name}_$1$r" "$peer_key" "$sc" "$2" "$3" "$4"
+      done
     done
   done
   $PY -c 'import json, os; print(json.dumps({"loadavg_after": os.getloadavg()}))' >> "$RESULTS/caption_env.json"
-  $PY bench/report_caption.py "$RESULTS" --seconds $(( $(date +%s) - t0 ))
+  $PY bench/report_caption.py "$RESULTS" --rounds "$CAPTION_ROUNDS" --seconds $(( $(date +%s) - t0 ))
 }
 
 # --- stitch + COG + polygonize -------------------------------------------------------------------
