@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Make a decoder graph's steps cheaper, for the benchmark packages (bench/run.sh caption):
 
-1. last-position logits: the LM head (the MatMul, or MatMul + Add, that produces the logits
+1. last-position logits (graphs exported before 2026-12-03; the exporters now do it): the LM head (the MatMul, or MatMul + Add, that produces the logits
    output) runs on the last position only (a Slice of its input, axis 1, [-1:]), so the output
    is [B, 1, V] instead of [B, T, V]. tessera reads only the last position of the logits, so
    the tokens cannot change; the start step (the whole prompt) no longer multiplies T rows by
@@ -28,6 +28,16 @@ import tomllib
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+
+
+def already_last_position(model: onnx.ModelProto, logits: str) -> bool:
+    """The LM head's input is a Slice already (packages exported since 2026-12-03: logits [B, 1, V])."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    n = producer.get(logits)
+    while n is not None and n.op_type == "Add":
+        n = producer.get(n.input[0])
+    head_input = producer.get(n.input[0]) if n is not None and n.op_type == "MatMul" else None
+    return head_input is not None and head_input.op_type == "Slice"
 
 
 def last_position_logits(model: onnx.ModelProto, logits: str) -> str:
@@ -81,8 +91,11 @@ def main() -> None:
         elif f != graph and os.path.isdir(src):
             shutil.copytree(src, os.path.join(tmp, f))
     model = onnx.load(os.path.join(a.package, graph))
-    head = last_position_logits(model, logits)
-    print(f"optimize_decoder: {graph}: {head} runs on the last position only", file=sys.stderr)
+    if already_last_position(model, logits):
+        print(f"optimize_decoder: {graph}: the logits are the last position's already", file=sys.stderr)
+    else:
+        head = last_position_logits(model, logits)
+        print(f"optimize_decoder: {graph}: {head} runs on the last position only", file=sys.stderr)
     dst = os.path.join(tmp, graph)
     if a.fuse:
         from onnxruntime.transformers import optimizer

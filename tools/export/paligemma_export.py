@@ -248,7 +248,7 @@ class GemmaDecoderStep(nn.Module):
             residual = h
             h = residual + layer.mlp(layer.post_attention_layernorm(h))
         h = m.norm(h)
-        return (self.lm_head(h), *presents)
+        return (PD.last_position_logits(self.lm_head, h), *presents)
 
 
 # Gemma (1) as a plain causal language model of the registry; PaliGemma passes its own
@@ -395,6 +395,7 @@ def check_prefix_lm_matters(parts: PaliGemmaParts) -> float:
     ref = parts.hf_lm_logits(emb, mask, pos)
     causal = parts.decoder(emb, torch.from_numpy(mask), torch.from_numpy(pos), torch.zeros(B, T, dtype=torch.long),
                            *PD.empty_past(parts, B))[0]
+    ref = ref[:, -1:]  # the step gives the last position's logits
     d = float((causal - ref).abs().max()) / max(1.0, float(ref.abs().max()))
     if d < 1e-3:
         raise RuntimeError("the prefix-LM mask has no effect on the logits")

@@ -11,7 +11,7 @@ package has the three graphs of the family (decoder_export.py's layout)::
     embed_tokens.onnx   input_ids [B,T] i64 -> inputs_embeds [B,T,H]
     decoder.onnx        inputs_embeds [B,T,H], attention_mask [B,past+T], position_ids [3,B,T] i64
                         (M-RoPE: temporal, height, width), past_key_values.{i}.key/.value
-                        -> logits [B,T,V], present.{i}.key/.value
+                        -> logits [B,1,V] (the last position's), present.{i}.key/.value
 
 The manifest's ``[decoder]`` says ``positions = "mrope"`` and ``mrope_grid = [t, h, w]`` (the image
 grid after merging); tessera then computes the position ids as Hugging Face's ``get_rope_index``
@@ -390,7 +390,7 @@ class MRopeQwen2Step(nn.Module):
             residual = h
             h = residual + layer.mlp(layer.post_attention_layernorm(h))
         h = m.norm(h)
-        return (self.lm_head(h), *presents)
+        return (PD.last_position_logits(self.lm_head, h), *presents)
 
 
 # --------------------------------------------------------------------------------------
