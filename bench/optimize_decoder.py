@@ -100,7 +100,9 @@ def main() -> None:
     if a.fuse:
         from onnxruntime.transformers import optimizer
 
-        heads, hidden = d.get("kv_heads"), d.get("hidden")
+        # prefix decoders' manifests give kv_heads, the cross decoders' heads (and head_dim)
+        heads = d.get("kv_heads") or d.get("heads")
+        hidden = d.get("hidden") or (heads and d.get("head_dim") and heads * d["head_dim"])
         opt = optimizer.optimize_model(model, model_type=a.fuse, num_heads=heads or 0,
                                        hidden_size=hidden or 0, opt_level=0)
         print(f"optimize_decoder: fusions ({a.fuse}): {opt.get_fused_operator_statistics()}", file=sys.stderr)
