@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Make a decoder graph's steps cheaper, for the benchmark packages (bench/run.sh caption):
 
-1. last-position logits (graphs exported before 2026-12-03; the exporters now do it): the LM head (the MatMul, or MatMul + Add, that produces the logits
-   output) runs on the last position only (a Slice of its input, axis 1, [-1:]), so the output
-   is [B, 1, V] instead of [B, T, V]. tessera reads only the last position of the logits, so
+1. last-position logits (graphs exported before 2026-12-03; the exporters now do it): the LM
+   head (the MatMul, or MatMul + Add, that produces the logits output) runs on the last
+   position only (a Slice of its input, axis 1, [-1:]), so the output is [B, 1, V] instead
+   of [B, T, V]. tessera reads only the last position of the logits, so
    the tokens cannot change; the start step (the whole prompt) no longer multiplies T rows by
    the vocabulary-sized head, the way Hugging Face `generate` asks for logits_to_keep = 1.
 2. --fuse MODEL_TYPE (optional): ONNX Runtime's transformer optimizer
@@ -30,28 +31,20 @@ import onnx
 from onnx import helper, numpy_helper
 
 
-def already_last_position(model: onnx.ModelProto, logits: str) -> bool:
-    """The LM head's input is a Slice already (packages exported since 2026-12-03: logits [B, 1, V])."""
-    producer = {o: n for n in model.graph.node for o in n.output}
-    n = producer.get(logits)
-    while n is not None and n.op_type == "Add":
-        n = producer.get(n.input[0])
-    head_input = producer.get(n.input[0]) if n is not None and n.op_type == "MatMul" else None
-    return head_input is not None and head_input.op_type == "Slice"
-
-
-def last_position_logits(model: onnx.ModelProto, logits: str) -> str:
+def last_position_logits(model: onnx.ModelProto, logits: str) -> str | None:
+    """Slices the LM head's input to the last position; returns the head's name, or None where
+    its input is a Slice already (packages exported since 2026-12-03: logits [B, 1, V])."""
     g = model.graph
     producer = {o: n for n in g.node for o in n.output}
     n = producer.get(logits)
-    chain = []
     # logits <- [Add(bias)] <- MatMul(hidden, W)
-    while n is not None and n.op_type in ("Add",):
-        chain.append(n)
-        n = producer.get(n.input[0]) if n.input[0] in producer else None
+    while n is not None and n.op_type == "Add":
+        n = producer.get(n.input[0])
     if n is None or n.op_type != "MatMul":
         raise SystemExit(f"optimize_decoder: the logits output '{logits}' is not made by a MatMul (found {n and n.op_type})")
     hidden = n.input[0]
+    if hidden in producer and producer[hidden].op_type == "Slice":
+        return None
     sliced = hidden + "/last_position"
     inits = [numpy_helper.from_array(np.array([v], np.int64), f"{sliced}/{k}")
              for k, v in (("starts", -1), ("ends", np.iinfo(np.int64).max), ("axes", 1))]
@@ -91,10 +84,10 @@ def main() -> None:
         elif f != graph and os.path.isdir(src):
             shutil.copytree(src, os.path.join(tmp, f))
     model = onnx.load(os.path.join(a.package, graph))
-    if already_last_position(model, logits):
+    head = last_position_logits(model, logits)
+    if head is None:
         print(f"optimize_decoder: {graph}: the logits are the last position's already", file=sys.stderr)
     else:
-        head = last_position_logits(model, logits)
         print(f"optimize_decoder: {graph}: {head} runs on the last position only", file=sys.stderr)
     dst = os.path.join(tmp, graph)
     if a.fuse:

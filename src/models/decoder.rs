@@ -1157,9 +1157,11 @@ impl DecoderModel {
             0 => vec![0; rows],
             _ => item.iter().map(|&r| positions1[[r, len - 1]]).collect(),
         };
-        let last_mrope = match last_mrope1.is_empty() {
-            true => Vec::new(),
-            false => item.iter().map(|&r| last_mrope1[r]).collect(),
+        // (empty without M-RoPE)
+        let last_mrope = if last_mrope1.is_empty() {
+            Vec::new()
+        } else {
+            item.iter().map(|&r| last_mrope1[r]).collect()
         };
         Ok(Start {
             logits,
