@@ -28,6 +28,7 @@ LABELS = {
     "blip2-opt:tiny": ("BLIP-2 / OPT", "tiny (committed fixture: hidden 32, 2 layers, vocab 519, 32 px)"),
     "blip2-opt:mid": ("BLIP-2 / OPT", "mid (OPT-125m LM: hidden 768, 12 layers, vocab 50272; small 224 px vision, 32 query tokens)"),
     "blip2-opt:mid-opt": ("BLIP-2 / OPT", "mid, decoder graph through bench/optimize_decoder.py (last-position LM head, ORT optimizer)"),
+    "blip2-opt:mid-in-place": ("BLIP-2 / OPT", "mid, decoder exported with --kv-cache in-place (GroupQueryAttention, one preallocated buffer per cache)"),
     "blip:tiny": ("BLIP", "tiny (committed fixture: text hidden 32, 2 layers, 32 px)"),
     "blip:mid": ("BLIP", "mid (BLIP-base text decoder: hidden 768, 12 layers, vocab 30524; small 224 px ViT, 50 memory tokens)"),
     "blip2-t5:tiny": ("BLIP-2 / Flan-T5", "tiny (committed fixture: d_model 32, 2 + 2 layers, 32 px)"),

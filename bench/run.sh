@@ -252,9 +252,11 @@ bench_classify() {
 # --- captions: BLIP-2/OPT, BLIP, BLIP-2/Flan-T5, Florence-2, Qwen2-VL, SmolVLM, PaliGemma -------
 # MODEL KEYS (family:shape): tiny = the committed fixture, mid = a random benchmark shape exported
 # once into $MODELS (export.py <cmd> --tiny --shape mid); blip2-opt:mid-opt = the same mid package
-# with bench/optimize_decoder.py's decoder graph (last-position LM head, ORT transformer optimizer).
+# with bench/optimize_decoder.py's decoder graph (last-position LM head, ORT transformer optimizer);
+# blip2-opt:mid-in-place = the same weights exported with --kv-cache in-place (GroupQueryAttention
+# writing one preallocated buffer per cache; its own peer run, same Hugging Face model).
 # (Mid shapes first: on a busy machine the section can be cut short and still report them.)
-CAPTION_KEYS=${CAPTION_KEYS:-"blip2-opt:mid blip2-opt:mid-opt blip:mid blip2-t5:mid florence2:mid qwen2-vl:mid smolvlm:mid paligemma:mid blip2-opt:tiny blip:tiny blip2-t5:tiny florence2:tiny qwen2-vl:tiny smolvlm:tiny paligemma:tiny"}
+CAPTION_KEYS=${CAPTION_KEYS:-"blip2-opt:mid blip2-opt:mid-in-place blip2-opt:mid-opt blip:mid blip2-t5:mid florence2:mid qwen2-vl:mid smolvlm:mid paligemma:mid blip2-opt:tiny blip:tiny blip2-t5:tiny florence2:tiny qwen2-vl:tiny smolvlm:tiny paligemma:tiny"}
 CAPTION_TOKENS=30
 CAPTION_PEER=${CAPTION_PEER:-1}
 CAPTION_COLS=${CAPTION_COLS:-4}   # scene of COLS x ROWS tiles (default 16: one full batch of 16)
@@ -306,6 +308,9 @@ caption_model() {  # KEY -> package path (exported / optimised once)
         .venv-export/bin/python bench/optimize_decoder.py "$MODELS/blip2-mid-random" --out "$MODELS/blip2-mid-random-opt" --fuse gpt2 >&2
       fi
       echo "$MODELS/blip2-mid-random-opt" ;;
+    blip2-opt:mid-in-place)  # the same weights, the decoder exported with --kv-cache in-place
+      caption_export "$MODELS/blip2-mid-random-in-place" blip2 --tiny --shape mid --kv-cache in-place
+      echo "$MODELS/blip2-mid-random-in-place" ;;
     blip:tiny) echo sample_data/models/blip-tiny ;;
     blip2-t5:tiny) echo sample_data/models/blip2-t5-tiny ;;
     florence2:tiny) echo sample_data/models/florence2-tiny ;;

@@ -129,6 +129,15 @@ fn llava_generates_the_pytorch_tokens() {
     check_package("llava-tiny");
 }
 
+/// `kv_cache = "in-place"` (the same tiny models, exported with `--kv-cache in-place`): right
+/// padded prompts, one buffer per cache written in place by GroupQueryAttention; the tokens of
+/// the same Hugging Face references.
+#[test]
+fn in_place_key_value_caches_generate_the_pytorch_tokens() {
+    check_package("blip2-tiny-in-place");
+    check_package("llava-tiny-in-place");
+}
+
 /// A georeferenced scene whose `cols x rows` tiles are the reference images of package
 /// `name`; the image index of each tile.
 fn block_scene(name: &str, path: &Path, cols: usize, rows: usize) -> Vec<usize> {
@@ -328,6 +337,38 @@ fn caption_bad_inputs_fail_cleanly() {
         std::fs::write(p.join("model.toml"), m.replace(&h, "hidden = 4096")).expect("write");
     });
     run(d, &["caption", "scene.tif", "--model", &hidden]).fails_with(&["hidden sizes disagree"]);
+    // Key/value cache layouts that do not match the graph.
+    let in_place = |name: &str, from: &str, to: &str| -> String {
+        let p = d.join(name);
+        copy_dir(&package("llava-tiny-in-place"), &p);
+        let m = std::fs::read_to_string(p.join("model.toml")).expect("read");
+        assert!(m.contains(from), "manifest has {from}");
+        std::fs::write(p.join("model.toml"), m.replacen(from, to, 1)).expect("write");
+        p.display().to_string()
+    };
+    for (pkg, needles) in [
+        (
+            in_place("no_lengths", "sequence_lengths = \"seqlens_k\"", ""),
+            &["decoder.sequence_lengths is required"][..],
+        ),
+        (
+            in_place("claims_concat", "kv_cache = \"in-place\"", ""),
+            &["decoder.attention_mask is required"][..],
+        ),
+        (
+            broken(
+                "claims_in_place",
+                &edit_manifest("[decoder]\n", "[decoder]\nkv_cache = \"in-place\"\n"),
+            ),
+            &[
+                "decoder.sequence_lengths is required",
+                "decoder inputs attention_mask are not in the manifest",
+            ][..],
+        ),
+    ] {
+        run(d, &["caption", "scene.tif", "--model", &pkg, "--out", "o"]).fails_with(needles);
+        assert!(!d.join("o").exists());
+    }
     // A tokenizer without the image token.
     let tok = broken(
         "tok",

@@ -17,7 +17,11 @@
 //! the start step (image prefix and prompt through the decoder) is here, the searches and
 //! logits processors are [`crate::generation`]'s, driving this model as a [`StepDecoder`].
 //! The key/value cache stays in ONNX Runtime values between steps; beams are reordered by a
-//! small Gather graph, not through host memory.
+//! small Gather graph, not through host memory. A package with `[decoder] kv_cache =
+//! "in-place"` takes right-padded prompts and one buffer per cache as long as the whole
+//! generation, bound as both the past and the present of every call, so the graph
+//! (GroupQueryAttention) writes each step's keys and values into it instead of returning a
+//! concatenated copy.
 
 use std::path::Path;
 
@@ -26,7 +30,8 @@ use ort::memory::MemoryInfo;
 use ort::value::{DynValue, Tensor, TensorRef};
 
 use super::manifest::{
-    DecoderSpec, EmbedSpec, GenerationSpec, ImageSpec, Preprocess, PromptSpec, TokenizerSpec,
+    DecoderSpec, EmbedSpec, GenerationSpec, ImageSpec, KvCache, Preprocess, PromptSpec,
+    TokenizerSpec,
 };
 use super::{run_err, ModelError, ModelPackage};
 use crate::generation::{GenerationError, Start, StepDecoder};
@@ -339,7 +344,29 @@ fn validate(
         std::slice::from_ref(&cfg.embed.output),
     );
     let d = &cfg.decoder;
-    let mut ins = vec![d.inputs_embeds.clone(), d.attention_mask.clone()];
+    let mut ins = vec![d.inputs_embeds.clone()];
+    let mut cache_problems = Vec::new();
+    match d.kv_cache {
+        KvCache::Concat => match &d.attention_mask {
+            Some(m) => ins.push(m.clone()),
+            None => cache_problems
+                .push("decoder.attention_mask is required (kv_cache = \"concat\")".into()),
+        },
+        KvCache::InPlace => {
+            match &d.sequence_lengths {
+                Some(n) => ins.push(n.clone()),
+                None => cache_problems.push(
+                    "decoder.sequence_lengths is required with kv_cache = \"in-place\"".into(),
+                ),
+            }
+            if d.prefix_mask.is_some() || is_mrope(d) {
+                cache_problems.push(
+                    "kv_cache = \"in-place\" takes neither decoder.prefix_mask nor positions = \"mrope\""
+                        .into(),
+                );
+            }
+        }
+    }
     ins.extend(d.position_ids.clone());
     ins.extend(d.prefix_mask.clone());
     let mut outs = vec![d.logits.clone()];
@@ -350,6 +377,7 @@ fn validate(
         outs.push(layer_name(&d.present_value, i));
     }
     need("decoder", decoder, &ins, &outs);
+    problems.extend(cache_problems);
     problems.extend(hidden_size_problems(cfg, image, embed, decoder));
     if let Ok(s) = decoder {
         let extra: Vec<String> = s
@@ -629,6 +657,8 @@ impl std::fmt::Debug for DecoderModel {
 struct Past {
     keys: Vec<DynValue>,
     values: Vec<DynValue>,
+    /// `kv_cache = "in-place"`: the positions each buffer holds (0 for `concat`).
+    buffer: usize,
 }
 
 impl DecoderModel {
@@ -948,7 +978,11 @@ impl DecoderModel {
             .map_err(|e| run_err(&path, e))?;
         let bind = |r: ort::Result<()>| r.map_err(|e| run_err(&path, e));
         bind(binding.bind_input(d.inputs_embeds.as_str(), &embeds))?;
-        bind(binding.bind_input(d.attention_mask.as_str(), &mask))?;
+        let mask_name = d
+            .attention_mask
+            .as_deref()
+            .ok_or_else(|| run_err(&path, "decoder.attention_mask is not set"))?;
+        bind(binding.bind_input(mask_name, &mask))?;
         if let Some(p) = &d.position_ids {
             bind(binding.bind_input(p.as_str(), &positions))?;
         }
@@ -995,7 +1029,107 @@ impl DecoderModel {
                     .ok_or_else(|| run_err(&path, "missing present value"))?,
             );
         }
-        Ok((last, Past { keys, values }))
+        Ok((
+            last,
+            Past {
+                keys,
+                values,
+                buffer: 0,
+            },
+        ))
+    }
+
+    /// Fresh key/value buffers of `buffer` positions for `rows` rows, on the cache's device
+    /// (`kv_cache = "in-place"`; their contents are written before they are read).
+    fn new_buffers(&self, rows: usize, buffer: usize) -> Result<Past, ModelError> {
+        let d = &self.cfg.decoder;
+        let path = &self.decoder.path;
+        let allocator =
+            ort::memory::Allocator::new(&self.decoder.session, self.cache_memory.clone())
+                .map_err(|e| run_err(path, e))?;
+        let shape = [rows, d.kv_heads, buffer, d.head_dim];
+        let new = || -> Result<DynValue, ModelError> {
+            Ok(Tensor::<f32>::new(&allocator, shape)
+                .map_err(|e| run_err(path, e))?
+                .into_dyn())
+        };
+        let keys = (0..d.layers).map(|_| new()).collect::<Result<_, _>>()?;
+        let values = (0..d.layers).map(|_| new()).collect::<Result<_, _>>()?;
+        Ok(Past {
+            keys,
+            values,
+            buffer,
+        })
+    }
+
+    /// One decoder call with `kv_cache = "in-place"`: every buffer of `past` is bound as its
+    /// own present, so the graph writes this call's keys and values into it. Each row's length
+    /// is its mask's sum (prompts right padded); returns the logits `[rows, V]` of each row's
+    /// last valid position and the same buffers.
+    fn run_decoder_in_place(
+        &mut self,
+        embeds: &Array3<f32>,
+        mask: &Array2<i64>,
+        positions: &ndarray::ArrayD<i64>,
+        mut past: Past,
+    ) -> Result<(Array2<f32>, Past), ModelError> {
+        let d = self.cfg.decoder.clone();
+        let path = self.decoder.path.clone();
+        let lengths = mask
+            .outer_iter()
+            .map(|row| {
+                let n = row.sum();
+                match i32::try_from(n - 1) {
+                    Ok(l) if n >= 1 && (n as usize) <= past.buffer => Ok(l),
+                    _ => Err(run_err(
+                        &path,
+                        format!(
+                            "a row of {n} tokens does not fit the key/value buffer of {} positions",
+                            past.buffer
+                        ),
+                    )),
+                }
+            })
+            .collect::<Result<Vec<i32>, _>>()?;
+        let seq_name = d
+            .sequence_lengths
+            .clone()
+            .ok_or_else(|| run_err(&path, "decoder.sequence_lengths is not set"))?;
+        let lengths =
+            Tensor::from_array(([lengths.len()], lengths)).map_err(|e| run_err(&path, e))?;
+        let embeds = Tensor::from_array(embeds.as_standard_layout().to_owned())
+            .map_err(|e| run_err(&path, e))?;
+        let positions = Tensor::from_array(positions.as_standard_layout().to_owned())
+            .map_err(|e| run_err(&path, e))?;
+        let mut binding = self
+            .decoder
+            .session
+            .create_binding()
+            .map_err(|e| run_err(&path, e))?;
+        let bind = |r: ort::Result<()>| r.map_err(|e| run_err(&path, e));
+        bind(binding.bind_input(d.inputs_embeds.as_str(), &embeds))?;
+        bind(binding.bind_input(seq_name.as_str(), &lengths))?;
+        if let Some(p) = &d.position_ids {
+            bind(binding.bind_input(p.as_str(), &positions))?;
+        }
+        for (i, (k, v)) in past.keys.iter_mut().zip(past.values.iter_mut()).enumerate() {
+            bind(binding.bind_input(layer_name(&d.past_key, i), &*k))?;
+            bind(binding.bind_input(layer_name(&d.past_value, i), &*v))?;
+            bind(binding.bind_output(layer_name(&d.present_key, i), k))?;
+            bind(binding.bind_output(layer_name(&d.present_value, i), v))?;
+        }
+        bind(binding.bind_output_to_device(d.logits.as_str(), &self.host_memory))?;
+        let out = self
+            .decoder
+            .session
+            .run_binding(&binding)
+            .map_err(|e| run_err(&path, e))?;
+        let logits = out[d.logits.as_str()]
+            .try_extract_array::<f32>()
+            .map_err(|e| run_err(&path, e))?;
+        let t = logits.shape()[1];
+        let last = logits.slice(ndarray::s![.., t - 1, ..]).to_owned();
+        Ok((last, past))
     }
 
     /// Reorder cache rows on the cache's device: row `r` of the result is row `idx[r]` of
@@ -1030,7 +1164,11 @@ impl DecoderModel {
             .iter()
             .map(&mut gather)
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Past { keys, values })
+        Ok(Past {
+            keys,
+            values,
+            buffer: cache.buffer,
+        })
     }
 
     /// Generate continuations for a batch: image `b` with prompt `b`. Returns the new token
@@ -1115,7 +1253,13 @@ impl DecoderModel {
                 });
             }
         }
-        let (id_arr, mask) = left_pad(&ids, len, i64::from(self.cfg.tok.pad_token_id));
+        let in_place = self.cfg.decoder.kv_cache == KvCache::InPlace;
+        let pad = i64::from(self.cfg.tok.pad_token_id);
+        let (id_arr, mask) = if in_place {
+            super::cross_decoder::right_pad(&ids, pad)
+        } else {
+            left_pad(&ids, len, pad)
+        };
         let mut embeds = self.embed_tokens(&id_arr)?;
         let prefix = self.image_prefix(pixels, prompts)?;
         let image_id = i64::from(self.cfg.prompt.image_token_id);
@@ -1137,7 +1281,13 @@ impl DecoderModel {
         } else {
             (positions1.clone().into_dyn(), Vec::new())
         };
-        let (logits1, past1) = self.run_decoder(&embeds, &mask, &positions_in, None, len)?;
+        let (logits1, past1) = if in_place {
+            // (the buffers hold the prompt and every token the search may add)
+            let buffers = self.new_buffers(b, len + params.max_new_tokens)?;
+            self.run_decoder_in_place(&embeds, &mask, &positions_in, buffers)?
+        } else {
+            self.run_decoder(&embeds, &mask, &positions_in, None, len)?
+        };
         // Beam search runs on `b * nb` rows, row `r` a copy of item `r / nb` until it diverges:
         // the prompt's outputs are repeated rather than computed `nb` times.
         let nb = params.num_beams;
@@ -1155,7 +1305,11 @@ impl DecoderModel {
         let mask0 = mask.select(ndarray::Axis(0), &item);
         let last_pos = match len {
             0 => vec![0; rows],
-            _ => item.iter().map(|&r| positions1[[r, len - 1]]).collect(),
+            // each row's last real token (the last column with left padding)
+            _ => item
+                .iter()
+                .map(|&r| positions1.row(r).iter().copied().fold(0, i64::max))
+                .collect(),
         };
         // (empty without M-RoPE)
         let last_mrope = if last_mrope1.is_empty() {
@@ -1285,7 +1439,10 @@ impl StepDecoder for DecoderModel {
             }
             m.into_dyn()
         };
-        let (logits, past) = self.run_decoder(&emb, &mask, &pos, Some(&past), prompt_len)?;
+        let (logits, past) = match self.cfg.decoder.kv_cache {
+            KvCache::Concat => self.run_decoder(&emb, &mask, &pos, Some(&past), prompt_len)?,
+            KvCache::InPlace => self.run_decoder_in_place(&emb, &mask, &pos, past)?,
+        };
         Ok((
             logits,
             DecoderCache {

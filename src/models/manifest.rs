@@ -349,13 +349,36 @@ pub struct EmbedSpec {
     pub output: String,
 }
 
+/// How a decoder graph keeps its key/value cache (`[decoder] kv_cache`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum KvCache {
+    /// Every call takes the past `[B, kv_heads, past, head_dim]` and returns it one call longer
+    /// (a new tensor); batches are left padded and masked by `attention_mask`.
+    #[default]
+    Concat,
+    /// Every past is a buffer `[B, kv_heads, L, head_dim]` as long as the whole generation,
+    /// bound as its own present: the graph (ONNX Runtime's GroupQueryAttention) writes the new
+    /// keys and values into it in place. Batches are right padded; `sequence_lengths` gives
+    /// each row's length, and the logits are each row's last valid position's.
+    InPlace,
+}
+
 /// The language decoder graph: one merged graph taking a (possibly empty) past.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DecoderSpec {
     pub onnx: String,
     pub inputs_embeds: String,
-    pub attention_mask: String,
+    /// int64 `[B, past+T]`, 0 on (left) padding: required with `kv_cache = "concat"`.
+    #[serde(default)]
+    pub attention_mask: Option<String>,
+    /// How the key/value cache is kept between steps.
+    #[serde(default)]
+    pub kv_cache: KvCache,
+    /// `kv_cache = "in-place"`: int32 `[B]`, each row's valid length after the call minus one.
+    #[serde(default)]
+    pub sequence_lengths: Option<String>,
     #[serde(default)]
     pub position_ids: Option<String>,
     pub logits: String,

@@ -31,8 +31,8 @@ pub mod tokenizer;
 
 pub use manifest::{
     DecoderSpec, DetectionSpec, EmbedSpec, GenerationSpec, GraphSpec, ImageSpec, InputType,
-    Manifest, ManifestCommon, Precision, Preprocess, PromptSpec, PromptedSpec, PromptsSpec, Scores,
-    Sections, SegmentationSpec, TextSpec, TilingSpec, TokenizerSpec,
+    KvCache, Manifest, ManifestCommon, Precision, Preprocess, PromptSpec, PromptedSpec,
+    PromptsSpec, Scores, Sections, SegmentationSpec, TextSpec, TilingSpec, TokenizerSpec,
 };
 
 pub(crate) use package::hex;

@@ -200,6 +200,115 @@ def _attend(q, k, v, mask_add, n_rep: int, scaling: float):
     return o.transpose(1, 2)
 
 
+class _GroupQueryAttention(torch.autograd.Function):
+    """ONNX Runtime's ``com.microsoft.GroupQueryAttention`` with a shared past/present buffer.
+
+    Inputs: q [B,S,N*D], k/v [B,S,KV*D] (already rotated), past_k/past_v [B,KV,M,D] (a buffer
+    of M positions), seqlens_k [B] int32 (each row's valid length after this call, minus 1),
+    total [] int32 (max(seqlens_k) + 1).  A call with S == total is a first prompt (right
+    padded; every row's keys start at 0); any other call writes row b's S keys at
+    ``seqlens_k[b] + 1 - S``.  Query ``t`` of row b attends keys ``0 ..= min(its position,
+    seqlens_k[b])``.  Returns (output [B,S,N*D], present_k, present_v): the buffers with the new
+    keys/values written in (ONNX Runtime writes them in place when present and past are one
+    buffer).  The eager forward computes the same, for the checks against Hugging Face; the
+    export emits the ONNX Runtime node (``symbolic``)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, past_k, past_v, seqlens_k, total, heads: int, kv_heads: int, scale: float):
+        if torch.jit.is_tracing():  # the export: only the shapes count (``symbolic`` gives the node)
+            return q.clone(), past_k.clone(), past_v.clone()
+        B, S, _ = q.shape
+        M, D = past_k.shape[2], past_k.shape[3]
+        seq = seqlens_k.long()
+        start = torch.zeros_like(seq) if S == int(total) else seq + 1 - S
+        j = torch.arange(M)
+        rel = j[None, :] - start[:, None]                                        # [B, M]
+        write = ((rel >= 0) & (rel < S))[:, None, :, None]
+        src = rel.clamp(0, S - 1)[:, None, :, None].expand(B, kv_heads, M, D)
+
+        def put(buf, new):
+            new = new.view(B, S, kv_heads, D).transpose(1, 2)
+            return torch.where(write, torch.gather(new, 2, src), buf)
+
+        pk, pv = put(past_k, k), put(past_v, v)
+        rep = heads // kv_heads
+        K = pk.repeat_interleave(rep, dim=1)
+        V = pv.repeat_interleave(rep, dim=1)
+        qh = q.view(B, S, heads, D).transpose(1, 2)
+        qpos = start[:, None] + torch.arange(S)[None, :]                         # [B, S]
+        allowed = (j[None, None, :] <= qpos[:, :, None]) & (j[None, None, :] <= seq[:, None, None])
+        w = torch.matmul(qh, K.transpose(2, 3)) * scale
+        w = w.masked_fill(~allowed[:, None], float("-inf"))
+        o = torch.matmul(torch.softmax(w.float(), dim=-1).to(q.dtype), V)
+        return o.transpose(1, 2).reshape(B, S, heads * D), pk, pv
+
+    @staticmethod
+    def symbolic(g, q, k, v, past_k, past_v, seqlens_k, total, heads, kv_heads, scale):
+        o, pk, pv = g.op("com.microsoft::GroupQueryAttention", q, k, v, past_k, past_v, seqlens_k, total,
+                         num_heads_i=heads, kv_num_heads_i=kv_heads, scale_f=scale, outputs=3)
+        o.setType(q.type())
+        pk.setType(past_k.type())
+        pv.setType(past_v.type())
+        return o, pk, pv
+
+
+class ConcatCache:
+    """Key/value cache layout ``concat`` (``[decoder] kv_cache``, the default): the step's
+    second input is the attention mask [B, past+T] (0 for left padding); each call concatenates
+    its keys/values to the past and returns the longer tensors; logits of the last position."""
+
+    def __init__(self, attention_mask, inputs_embeds, dtype):
+        self.mask_add = _additive_mask(attention_mask, inputs_embeds, dtype)
+
+    def attend(self, q, k, v, past_k, past_v, n_rep: int, scaling: float):
+        """q [B,N,T,D], k/v [B,KV,T,D] -> (o [B,T,N,D], present_k, present_v)."""
+        k = torch.cat([past_k, k], dim=2)
+        v = torch.cat([past_v, v], dim=2)
+        return _attend(q, k, v, self.mask_add, n_rep, scaling), k, v
+
+    def logits(self, lm_head, h):
+        return last_position_logits(lm_head, h)
+
+
+class InPlaceCache:
+    """Key/value cache layout ``in-place``: the step's second input is ``seqlens_k`` [B] int32
+    (each row's valid length after the call, minus 1; prompts right padded); the past is a
+    buffer as long as the whole generation, written in place by ONNX Runtime's
+    GroupQueryAttention (no per-step concatenation); logits of each row's last valid position
+    (``min(seqlens_k, T-1)``: a right-padded prompt's last token, a step's only one)."""
+
+    def __init__(self, seqlens_k, inputs_embeds):
+        self.seqlens_k = seqlens_k
+        self.total = (seqlens_k.max() + 1).to(torch.int32)
+        last = torch.ones_like(inputs_embeds[:, :, 0], dtype=torch.long).sum(1) - 1
+        self.last = torch.minimum(seqlens_k.long(), last)
+
+    def attend(self, q, k, v, past_k, past_v, n_rep: int, scaling: float):
+        B, T = q.shape[0], q.shape[2]
+        N, KV, D = int(q.shape[1]), int(k.shape[1]), int(q.shape[3])  # static (node attributes)
+        o, pk, pv = _GroupQueryAttention.apply(
+            q.transpose(1, 2).reshape(B, T, N * D), k.transpose(1, 2).reshape(B, T, KV * D),
+            v.transpose(1, 2).reshape(B, T, KV * D), past_k, past_v, self.seqlens_k, self.total,
+            N, KV, float(scaling))
+        return o.view(B, T, N, D), pk, pv
+
+    def logits(self, lm_head, h):
+        B, _, H = h.shape
+        return lm_head(torch.gather(h, 1, self.last.view(B, 1, 1).expand(B, 1, H)))
+
+
+#: ``[decoder] kv_cache`` layouts (``--kv-cache``)
+KV_CACHES = ("concat", "in-place")
+
+
+def kv_cache(step: nn.Module, second_input, inputs_embeds, dtype):
+    """The cache layout of ``step`` (its ``kv_cache`` attribute, default ``concat``) for one
+    call; ``second_input`` is the attention mask (concat) or seqlens_k (in-place)."""
+    if getattr(step, "kv_cache", "concat") == "in-place":
+        return InPlaceCache(second_input, inputs_embeds)
+    return ConcatCache(second_input, inputs_embeds, dtype)
+
+
 def last_position_logits(lm_head: nn.Module, h: torch.Tensor) -> torch.Tensor:
     """The LM head on the last position only: logits [B,1,V]. tessera reads nothing else (the
     next token's scores), and Hugging Face ``generate`` does the same (``logits_to_keep=1``): over
@@ -228,7 +337,7 @@ class OPTDecoderStep(nn.Module):
             h = d.project_in(h)
         pe = d.embed_positions
         h = h + nn.functional.embedding(position_ids + pe.offset, pe.weight)
-        mask_add = _additive_mask(attention_mask, inputs_embeds, h.dtype)
+        cache = kv_cache(self, attention_mask, inputs_embeds, h.dtype)
         B = h.shape[0]
         presents = []
         for i, layer in enumerate(d.layers):
@@ -238,10 +347,9 @@ class OPTDecoderStep(nn.Module):
             q = (a.q_proj(x) * a.scaling).view(B, -1, self.heads, self.head_dim).transpose(1, 2)
             k = a.k_proj(x).view(B, -1, self.heads, self.head_dim).transpose(1, 2)
             v = a.v_proj(x).view(B, -1, self.heads, self.head_dim).transpose(1, 2)
-            k = torch.cat([past[2 * i], k], dim=2)
-            v = torch.cat([past[2 * i + 1], v], dim=2)
+            o, k, v = cache.attend(q, k, v, past[2 * i], past[2 * i + 1], 1, 1.0)
             presents += [k, v]
-            o = _attend(q, k, v, mask_add, 1, 1.0).reshape(B, -1, self.heads * self.head_dim)
+            o = o.reshape(B, -1, self.heads * self.head_dim)
             h = residual + a.out_proj(o)
             if not self.pre_ln:
                 h = layer.self_attn_layer_norm(h)
@@ -254,7 +362,7 @@ class OPTDecoderStep(nn.Module):
             h = d.final_layer_norm(h)
         if d.project_out is not None:
             h = d.project_out(h)
-        return (last_position_logits(self.lm_head, h), *presents)
+        return (cache.logits(self.lm_head, h), *presents)
 
 
 class LlamaDecoderStep(nn.Module):
@@ -275,7 +383,7 @@ class LlamaDecoderStep(nn.Module):
         m = self.m
         h = inputs_embeds
         cos, sin = m.rotary_emb(h, position_ids)
-        mask_add = _additive_mask(attention_mask, inputs_embeds, h.dtype)
+        cache = kv_cache(self, attention_mask, inputs_embeds, h.dtype)
         B = h.shape[0]
         presents = []
         for i, layer in enumerate(m.layers):
@@ -286,15 +394,14 @@ class LlamaDecoderStep(nn.Module):
             k = a.k_proj(x).view(B, -1, self.kv_heads, self.head_dim).transpose(1, 2)
             v = a.v_proj(x).view(B, -1, self.kv_heads, self.head_dim).transpose(1, 2)
             q, k = apply_rotary_pos_emb(q, k, cos, sin)
-            k = torch.cat([past[2 * i], k], dim=2)
-            v = torch.cat([past[2 * i + 1], v], dim=2)
+            o, k, v = cache.attend(q, k, v, past[2 * i], past[2 * i + 1], self.heads // self.kv_heads,
+                                   a.scaling)
             presents += [k, v]
-            o = _attend(q, k, v, mask_add, self.heads // self.kv_heads, a.scaling)
             h = residual + a.o_proj(o.reshape(B, -1, self.heads * self.head_dim))
             residual = h
             h = residual + layer.mlp(layer.post_attention_layernorm(h))
         h = m.norm(h)
-        return (last_position_logits(self.lm_head, h), *presents)
+        return (cache.logits(self.lm_head, h), *presents)
 
 
 class PhiDecoderStep(nn.Module):
@@ -322,7 +429,7 @@ class PhiDecoderStep(nn.Module):
         m = self.m
         h = inputs_embeds
         cos, sin = m.rotary_emb(h, position_ids)
-        mask_add = _additive_mask(attention_mask, inputs_embeds, h.dtype)
+        cache = kv_cache(self, attention_mask, inputs_embeds, h.dtype)
         B = h.shape[0]
         r = self.rot
         presents = []
@@ -338,14 +445,13 @@ class PhiDecoderStep(nn.Module):
             q_rot, k_rot = apply_rotary_pos_emb(q[..., :r], k[..., :r], cos, sin)
             q = torch.cat((q_rot, q[..., r:]), dim=-1)
             k = torch.cat((k_rot, k[..., r:]), dim=-1)
-            k = torch.cat([past[2 * i], k], dim=2)
-            v = torch.cat([past[2 * i + 1], v], dim=2)
+            o, k, v = cache.attend(q, k, v, past[2 * i], past[2 * i + 1], self.heads // self.kv_heads,
+                                   a.scaling)
             presents += [k, v]
-            o = _attend(q, k, v, mask_add, self.heads // self.kv_heads, a.scaling)
             attn = a.dense(o.reshape(B, -1, self.heads * self.head_dim))
             h = attn + layer.mlp(x) + residual
         h = m.final_layernorm(h)
-        return (last_position_logits(self.lm_head, h), *presents)
+        return (cache.logits(self.lm_head, h), *presents)
 
 
 def _llama_like(backbone, head, cfg):
@@ -755,6 +861,9 @@ def export_graphs(parts: PrefixParts, out: Path, opset: int) -> None:
     _export(parts.embed, (torch.zeros(B, 3, dtype=torch.long),), out / "embed_tokens.onnx", ["input_ids"],
             ["inputs_embeds"], {"input_ids": {0: "batch", 1: "sequence"},
                                 "inputs_embeds": {0: "batch", 1: "sequence"}}, opset)
+    if in_place(parts):
+        export_in_place_decoder(parts, out, opset)
+        return
     print(f"export: writing {out}/decoder.onnx", file=sys.stderr)
     extra = tuple(parts.decoder_extra_input_names)
     ins, outs = decoder_io_names(parts.layers, extra)
@@ -789,6 +898,8 @@ def verify_onnx_against_torch(parts: PrefixParts, out: Path, tol: float) -> dict
         ids = torch.randint(0, parts.vocab, (B, 5), generator=gen)
         worst["embed"] = max(worst["embed"], float(np.abs(
             emb.run(None, {"input_ids": ids.numpy()})[0] - parts.embed(ids).numpy()).max()))
+        if in_place(parts):
+            continue
         T = 7
         e = torch.randn(B, T, parts.hidden, generator=gen)
         mask = np.ones((B, T), np.int64)
@@ -808,11 +919,151 @@ def verify_onnx_against_torch(parts: PrefixParts, out: Path, tol: float) -> dict
                 for r, g in zip(ref, got):
                     worst["decoder"] = max(worst["decoder"], C.rel_diff(g, r.numpy()))
                 past_t, past_o, t0 = list(ref[1:]), got[1:], t1
+    if in_place(parts):
+        worst["decoder"] = verify_in_place_onnx(parts, out, tol)
     print("export: ONNX vs PyTorch max diff / max(1, max|ref|): " + ", ".join(f"{k} {v:.3g}" for k, v in worst.items()),
           file=sys.stderr)
     for k, v in worst.items():
         if not v < tol:
             raise RuntimeError(f"{k}: ONNX Runtime differs from PyTorch by {v} (tolerance {tol})")
+    return worst
+
+
+# --------------------------------------------------------------------------------------
+# The in-place key/value cache layout (--kv-cache in-place)
+# --------------------------------------------------------------------------------------
+
+#: The registered steps that implement ``kv_cache = "in-place"`` (the families with their own
+#: step module, PaliGemma's prefix-LM mask and Qwen2-VL's M-RoPE, keep ``concat``).
+IN_PLACE_STEPS = ("OPTDecoderStep", "LlamaDecoderStep", "PhiDecoderStep")
+
+
+def in_place(parts: PrefixParts) -> bool:
+    return getattr(parts.decoder, "kv_cache", "concat") == "in-place"
+
+
+def use_in_place_cache(parts: PrefixParts) -> None:
+    """Switch the decoder step to the in-place layout; SystemExit for a step without it."""
+    if type(parts.decoder).__name__ not in IN_PLACE_STEPS:
+        raise SystemExit(f"export: --kv-cache in-place: the {type(parts.decoder).__name__} decoder step has no "
+                         f"in-place cache (steps with one: {', '.join(IN_PLACE_STEPS)})")
+    parts.decoder.kv_cache = "in-place"
+
+
+def in_place_io_names(layers: int) -> tuple[list[str], list[str]]:
+    """decoder.onnx input and output names of the in-place layout."""
+    ins, outs = decoder_io_names(layers)
+    return [ins[0], "seqlens_k", *ins[2:]], outs
+
+
+def _in_place_run(parts: PrefixParts, step, emb: torch.Tensor, lengths: list[list[int]], buffer: int):
+    """Run ``step(inputs_embeds, seqlens_k, position_ids, *past) -> (logits, *presents)`` as
+    tessera does: call ``c`` gives row ``b`` its tokens ``lengths[c-1][b] .. lengths[c][b]``
+    (call 0 from 0, right padded; later calls one token each), the buffers of ``buffer``
+    positions carried over.  Returns the logits of every call, [B, calls, V]."""
+    B = emb.shape[0]
+    past = [np.zeros((B, parts.kv_heads, buffer, parts.head_dim), np.float32) for _ in range(2 * parts.layers)]
+    prev, got = [0] * B, []
+    for ends in lengths:
+        T = max(e - p for p, e in zip(prev, ends))
+        x = torch.zeros(B, T, emb.shape[2])
+        pos = np.zeros((B, T), np.int64)
+        for b, (p, e) in enumerate(zip(prev, ends)):
+            x[b, : e - p] = emb[b, p:e]
+            pos[b, : e - p] = np.arange(p, e)
+        seq = np.asarray([e - 1 for e in ends], np.int32)
+        res = step(x, seq, pos, past)
+        got.append(torch.as_tensor(np.asarray(res[0]))[:, -1])
+        past, prev = [np.asarray(r) for r in res[1:]], list(ends)
+    return torch.stack(got, 1)
+
+
+#: (row lengths after each call) of the in-place checks: right-padded prompts of different
+#: lengths, then one-token steps; and a prompt of every position at once
+IN_PLACE_SCHEDULES = ([[5, 3], [6, 4], [7, 5], [8, 6], [9, 7]], [[9, 7]])
+
+
+def _hf_rows(parts: PrefixParts, emb: torch.Tensor, lengths: list[int]) -> list[torch.Tensor]:
+    """HF's language-model logits of each row alone (no padding), [L_b, V] each."""
+    out = []
+    for b, n in enumerate(lengths):
+        ones = np.ones((1, n), np.int64)
+        out.append(parts.hf_lm_logits(emb[b:b + 1, :n], ones, position_ids_from_mask(ones))[0])
+    return out
+
+
+def check_in_place_decoder_against_hf(parts: PrefixParts, tol: float = 1e-4) -> float:
+    """The in-place step (its eager GroupQueryAttention) gives HF's logits at every row's last
+    position of every call, over right-padded prompts of different lengths and the one-token
+    steps after them (which read the keys the prompt wrote into the buffer)."""
+    gen = torch.Generator().manual_seed(7)
+    emb = torch.randn(2, 9, parts.hidden, generator=gen)
+    ref = _hf_rows(parts, emb, [9, 7])
+
+    def torch_step(x, seq, pos, past):
+        with torch.no_grad():
+            return parts.decoder(x, torch.from_numpy(seq), torch.from_numpy(pos), *[torch.from_numpy(p) for p in past])
+
+    worst = 0.0
+    for sched in IN_PLACE_SCHEDULES:
+        got = _in_place_run(parts, torch_step, emb, sched, 12)
+        for b in range(2):
+            want = torch.stack([ref[b][ends[b] - 1] for ends in sched])
+            worst = max(worst, float((got[b] - want).abs().max()) / max(1.0, float(want.abs().max())))
+    if not worst < tol:
+        raise RuntimeError(f"in-place decoder step differs from HF by {worst} (relative to max(1, max|ref|))")
+    return worst
+
+
+def export_in_place_decoder(parts: PrefixParts, out: Path, opset: int) -> None:
+    ins, outs = in_place_io_names(parts.layers)
+    axes = {"inputs_embeds": {0: "batch", 1: "sequence"}, "seqlens_k": {0: "batch"},
+            "position_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch"}}
+    for n in ins[3:] + outs[1:]:
+        axes[n] = {0: "batch", 2: "buffer"}
+    B, T, M = 2, 2, 6
+    args = (torch.randn(B, T, parts.hidden), torch.tensor([3, 2], dtype=torch.int32),
+            torch.tensor([[2, 3], [1, 2]]), *empty_past(parts, B, M))
+    print(f"export: writing {out}/decoder.onnx (in-place key/value cache: GroupQueryAttention)", file=sys.stderr)
+    _export(parts.decoder, args, out / "decoder.onnx", ins, outs, axes, opset)
+
+
+def verify_in_place_onnx(parts: PrefixParts, out: Path, tol: float) -> float:
+    """decoder.onnx on ONNX Runtime, each past bound as its own present (one buffer, written in
+    place, as tessera binds it), against the eager step over ``IN_PLACE_SCHEDULES``."""
+    import onnxruntime as ort
+
+    sess = C.ort_session(out / "decoder.onnx")
+    ins, outs = in_place_io_names(parts.layers)
+    gen = torch.Generator().manual_seed(1234)
+    emb = torch.randn(2, 9, parts.hidden, generator=gen)
+
+    def ort_step(x, seq, pos, past):
+        bufs = [p if isinstance(p, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(p))
+                for p in past]
+        io = sess.io_binding()
+        for n, a in zip(ins[:3], (x.numpy(), seq, pos)):
+            io.bind_cpu_input(n, a)
+        io.bind_output("logits")
+        for n_in, n_out, v in zip(ins[3:], outs[1:], bufs):
+            io.bind_ortvalue_input(n_in, v)
+            io.bind_ortvalue_output(n_out, v)
+        sess.run_with_iobinding(io)
+        # (copies: an OrtValue's numpy() is a view of memory freed with the value)
+        return [np.array(io.get_outputs()[0].numpy()), *[np.array(v.numpy()) for v in bufs]]
+
+    def torch_step(x, seq, pos, past):
+        with torch.no_grad():
+            return parts.decoder(x, torch.from_numpy(seq), torch.from_numpy(pos), *[torch.from_numpy(p) for p in past])
+
+    worst = 0.0
+    for sched in IN_PLACE_SCHEDULES:
+        a = _in_place_run(parts, ort_step, emb, sched, 12)
+        b = _in_place_run(parts, torch_step, emb, sched, 12)
+        worst = max(worst, C.rel_diff(a.numpy(), b.numpy()))
+    print(f"export: in-place decoder, ONNX Runtime (shared buffers) vs PyTorch: {worst:.3g}", file=sys.stderr)
+    if not worst < tol:
+        raise RuntimeError(f"in-place decoder: ONNX Runtime differs from PyTorch by {worst} (tolerance {tol})")
     return worst
 
 
@@ -960,12 +1211,18 @@ def write_manifest(path: Path, parts: PrefixParts, *, name: str, trained: bool, 
         ("embed", [("onnx", "embed_tokens.onnx", ""), ("input", "input_ids", "int64 [B,T]"),
                    ("output", "inputs_embeds", "float32 [B,T,H]")]),
         ("decoder", [("onnx", "decoder.onnx", ""), ("inputs_embeds", "inputs_embeds", "float32 [B,T,H]"),
-                     ("attention_mask", "attention_mask", "int64 [B,past+T]"),
+                     *([("kv_cache", "in-place", "one buffer per cache, written in place (GroupQueryAttention)"),
+                        ("sequence_lengths", "seqlens_k", "int32 [B]: each row's length - 1 (right padding)")]
+                       if in_place(parts) else [("attention_mask", "attention_mask", "int64 [B,past+T]")]),
                      ("position_ids", "position_ids", "int64 [B,T]"),
-                     ("logits", "logits", "float32 [B,T,V]"),
-                     ("past_key", "past_key_values.{i}.key", "float32 [B,kv_heads,past,head_dim]"),
+                     ("logits", "logits", "float32 [B,1,V]: each row's last position"),
+                     ("past_key", "past_key_values.{i}.key",
+                      "float32 [B,kv_heads,L,head_dim]: a buffer of L positions, bound as its present"
+                      if in_place(parts) else "float32 [B,kv_heads,past,head_dim]"),
                      ("past_value", "past_key_values.{i}.value", ""),
-                     ("present_key", "present.{i}.key", "float32 [B,kv_heads,past+T,head_dim]"),
+                     ("present_key", "present.{i}.key",
+                      "the past buffer, written in place" if in_place(parts)
+                      else "float32 [B,kv_heads,past+T,head_dim]"),
                      ("present_value", "present.{i}.value", ""),
                      ("layers", parts.layers, ""), ("kv_heads", parts.kv_heads, ""),
                      ("head_dim", parts.head_dim, ""), ("hidden", parts.hidden, ""), ("vocab", parts.vocab, ""),
@@ -1011,6 +1268,13 @@ def export_prefix_package(args, parts: PrefixParts, *, name: str, source: str, t
     out.mkdir(parents=True, exist_ok=True)
     worst = check_decoder_against_hf(parts)
     print(f"export: decoder wrapper vs HF language model: max diff / max(1, max|ref|) {worst:.3g}", file=sys.stderr)
+    if getattr(args, "kv_cache", "concat") == "in-place":
+        if args.fp16:
+            raise SystemExit("export: --kv-cache in-place is float32 only (its buffers are the graph's "
+                             "float32 inputs; --fp16 casts them)")
+        use_in_place_cache(parts)
+        worst = check_in_place_decoder_against_hf(parts)
+        print(f"export: in-place decoder step vs HF language model: {worst:.3g}", file=sys.stderr)
     export_graphs(parts, out, args.opset)
     if not args.skip_verify:
         verify_onnx_against_torch(parts, out, tol=C.FP16_TOLERANCE if args.fp16 else args.tolerance)
@@ -1044,6 +1308,10 @@ def add_prefix_args(c, *, seed: int, init_std: float, eos_scale: float, toleranc
     C.add_opset_arg(c)
     c.add_argument("--fp16", action="store_true",
                    help="float16 weights/compute, float32 graph inputs/outputs")
+    c.add_argument("--kv-cache", choices=KV_CACHES, default="concat",
+                   help="decoder key/value cache layout: concat (default: any ONNX runtime, left padding) or "
+                        "in-place (ONNX Runtime's GroupQueryAttention writes one preallocated buffer per cache; "
+                        "right padding; OPT, Llama, Qwen2 and Phi language models)")
     c.add_argument("--seed", type=int, default=None, help=f"--tiny: seed (default {seed})")
     c.add_argument("--init-std", type=float, default=None, help=f"--tiny: init std (default {init_std})")
     c.add_argument("--eos-scale", type=float, default=None,

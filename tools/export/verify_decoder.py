@@ -82,15 +82,39 @@ class Package:
         return emb
 
     def step(self, embeds, mask, past):
+        d = self.m["decoder"]
+        if d.get("kv_cache") == "in-place":
+            return self.step_in_place(embeds, mask, past)
         pos = np.cumsum(mask, axis=1) - 1
         pos = np.where(mask == 0, 0, pos)[:, -embeds.shape[1]:].astype(np.int64)
-        d = self.m["decoder"]
         feed = {d["inputs_embeds"]: embeds, d["attention_mask"]: mask, d["position_ids"]: pos}
         feed.update(zip(self.past_names, past))
         out = self.dec.run([d["logits"]] + self.present_names, feed)
         return out[0][:, -1, :].astype(np.float32), out[1:]
 
+    def step_in_place(self, embeds, mask, past):
+        """``kv_cache = "in-place"``: the same left-padded call, its rows moved to the right-padded
+        layout the graph takes (row b's real tokens first, ``seqlens_k`` = its length - 1); the
+        past is a buffer of ``max_positions`` (the graph returns it with this call's keys in)."""
+        d = self.m["decoder"]
+        B, T, H = embeds.shape
+        new = mask[:, -T:]
+        n = new.sum(1)
+        x = np.zeros((B, int(n.max()), H), np.float32)
+        for b in range(B):
+            x[b, : n[b]] = embeds[b, new[b] == 1]
+        start = mask.sum(1) - n
+        pos = (start[:, None] + np.arange(x.shape[1])[None, :]).astype(np.int64)
+        seq = (mask.sum(1) - 1).astype(np.int32)
+        feed = {d["inputs_embeds"]: x, d["sequence_lengths"]: seq, d["position_ids"]: pos}
+        feed.update(zip(self.past_names, past))
+        out = self.dec.run([d["logits"]] + self.present_names, feed)
+        return out[0][:, -1, :].astype(np.float32), out[1:]
+
     def empty_past(self, b):
+        if self.m["decoder"].get("kv_cache") == "in-place":
+            n = self.m["decoder"]["max_positions"]
+            return [np.zeros((b, self.kv, n, self.hd), np.float32) for _ in self.past_names]
         return [np.zeros((b, self.kv, 0, self.hd), np.float32) for _ in self.past_names]
 
     def embed_one(self, tokens: np.ndarray) -> np.ndarray:
