@@ -633,6 +633,8 @@ pub struct DecoderModel {
     cfg: DecoderConfig,
     /// Where the key/value cache lives between steps (the decoder's device).
     cache_memory: MemoryInfo<'static>,
+    /// The cache is in host memory (not on a CUDA device): in-place buffers are reordered there.
+    cache_on_host: bool,
     /// Host memory, for logits.
     host_memory: MemoryInfo<'static>,
     image: ModelSession,
@@ -735,6 +737,7 @@ impl DecoderModel {
             package,
             cfg,
             cache_memory,
+            cache_on_host: cuda.is_none(),
             host_memory,
             image,
             embed,
@@ -1469,9 +1472,35 @@ impl StepDecoder for DecoderModel {
                 format!("beam reorder: row {bad} of a cache of {rows} rows"),
             ));
         }
-        let idx: Vec<i64> = source.iter().map(|&r| r as i64).collect();
+        let past = if self.cfg.decoder.kv_cache == KvCache::InPlace && self.cache_on_host {
+            // In place, the valid positions of the rows that change only.
+            let d = &self.cfg.decoder;
+            let mut past = cache.past;
+            let lengths: Vec<usize> = cache
+                .mask
+                .outer_iter()
+                .map(|m| usize::try_from(m.sum()).unwrap_or(0).min(past.buffer))
+                .collect();
+            let dims = [d.kv_heads, past.buffer, d.head_dim];
+            for v in past.keys.iter_mut().chain(past.values.iter_mut()) {
+                let (_, data) = v
+                    .try_extract_tensor_mut::<f32>()
+                    .map_err(|e| run_err(&self.decoder.path, e))?;
+                if data.len() != rows * dims.iter().product::<usize>() {
+                    return Err(run_err(
+                        &self.decoder.path,
+                        format!("beam reorder: a key/value buffer of {} values for {rows} rows of {dims:?}", data.len()),
+                    ));
+                }
+                reorder_buffer_rows(data, dims, source, &lengths);
+            }
+            past
+        } else {
+            let idx: Vec<i64> = source.iter().map(|&r| r as i64).collect();
+            self.reorder_past(&cache.past, &idx)?
+        };
         Ok(DecoderCache {
-            past: self.reorder_past(&cache.past, &idx)?,
+            past,
             mask: cache.mask.select(ndarray::Axis(0), source),
             last_pos: source.iter().map(|&r| cache.last_pos[r]).collect(),
             prompt_len: cache.prompt_len,
@@ -1489,6 +1518,51 @@ impl StepDecoder for DecoderModel {
 
     fn pad_token_id(&self) -> i64 {
         i64::from(self.cfg.tok.pad_token_id)
+    }
+}
+
+/// Reorders the rows of one `[rows, heads, buffer, head_dim]` key/value buffer in place
+/// (`kv_cache = "in-place"` on the host): row `r` takes row `source[r]`'s first
+/// `lengths[source[r]]` positions of every head, the only ones a later call reads. Rows that
+/// keep their own content are not touched; a row that is read by another one and overwritten
+/// itself is saved first. Beam search moves about half the rows per step, and only their
+/// valid positions are copied (the Gather graph copies every row's whole buffer).
+fn reorder_buffer_rows(
+    data: &mut [f32],
+    [heads, buffer, head_dim]: [usize; 3],
+    source: &[usize],
+    lengths: &[usize],
+) {
+    let row = heads * buffer * head_dim;
+    let moved = |r: usize| source[r] != r;
+    let mut saved: Vec<(usize, Vec<f32>)> = Vec::new();
+    for (r, &s) in source.iter().enumerate() {
+        if r != s && moved(s) && !saved.iter().any(|(k, _)| *k == s) {
+            let n = lengths[s] * head_dim;
+            let mut copy = Vec::with_capacity(heads * n);
+            for h in 0..heads {
+                let at = s * row + h * buffer * head_dim;
+                copy.extend_from_slice(&data[at..at + n]);
+            }
+            saved.push((s, copy));
+        }
+    }
+    for (r, &s) in source.iter().enumerate() {
+        if !moved(r) {
+            continue;
+        }
+        let n = lengths[s] * head_dim;
+        let from_saved = saved.iter().find(|(k, _)| *k == s).map(|(_, v)| v);
+        for h in 0..heads {
+            let to = r * row + h * buffer * head_dim;
+            match from_saved {
+                Some(v) => data[to..to + n].copy_from_slice(&v[h * n..(h + 1) * n]),
+                None => {
+                    let at = s * row + h * buffer * head_dim;
+                    data.copy_within(at..at + n, to);
+                }
+            }
+        }
     }
 }
 
@@ -1549,6 +1623,42 @@ mod tests {
         assert_eq!(d, vec![-2, -2]);
         let short = ndarray::array![[5, i, i, i]];
         assert!(mrope_position_ids(&short, &ndarray::array![[1, 1, 1, 1]], i, [1, 2, 2]).is_err());
+    }
+
+    #[test]
+    fn buffer_rows_reorder_in_place_like_a_gather_of_the_valid_positions() {
+        let [heads, buffer, head_dim] = [2, 5, 3];
+        let row = heads * buffer * head_dim;
+        // (source rows, valid lengths): beams swapping, copying one row into several, cycles
+        let cases: [(&[usize], &[usize]); 5] = [
+            (&[0, 1, 2], &[4, 4, 4]),
+            (&[1, 0, 2], &[3, 3, 5]),
+            (&[0, 0, 0, 3, 3, 3], &[2, 2, 2, 5, 5, 5]),
+            (&[2, 0, 1, 5, 3, 4], &[4, 4, 4, 1, 1, 1]),
+            (&[1, 1, 0, 4, 4, 4], &[5, 5, 5, 3, 3, 3]),
+        ];
+        for (source, lengths) in cases {
+            let rows = source.len();
+            let old: Vec<f32> = (0..rows * row).map(|i| i as f32).collect();
+            let mut got = old.clone();
+            reorder_buffer_rows(&mut got, [heads, buffer, head_dim], source, lengths);
+            for (r, &s) in source.iter().enumerate() {
+                for h in 0..heads {
+                    for p in 0..buffer {
+                        for e in 0..head_dim {
+                            let at = |row_i: usize| {
+                                row_i * row + h * buffer * head_dim + p * head_dim + e
+                            };
+                            if s == r {
+                                assert_eq!(got[at(r)], old[at(r)], "{source:?}: kept row {r}");
+                            } else if p < lengths[s] {
+                                assert_eq!(got[at(r)], old[at(s)], "{source:?}: row {r} pos {p}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]
