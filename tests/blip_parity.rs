@@ -383,6 +383,11 @@ fn bad_blip_packages_fail_with_the_file_and_the_cause() {
         edit(p, "start_token_id = 5", "start_token_id = 5000")
     });
     check(&start, &["start_token_id 5000", "tokenizer.json"]);
+    // A cross-key/value row layout tessera does not know.
+    let rows = broken("rows", &|p: &Path| {
+        edit(p, "cross_rows = \"item\"", "cross_rows = \"tile\"")
+    });
+    check(&rows, &["model.toml", "unknown variant `tile`"]);
 
     // A prompt longer than the model's positions: refused before anything is written.
     let model = package().display().to_string();

@@ -9,9 +9,11 @@
 //! - `[encoder]`, run once per tile: pixels `[B, 3, S, S]` -> the memory `[B, M, E]` the decoder
 //!   attends to (and optionally its mask `[B, M]`; all ones when the graph has none);
 //! - `[cross]`, run once per tile: the memory -> every decoder layer's cross-attention keys and
-//!   values `[B, heads, M, head_dim]`. They are expanded once to the beams of the tile (a
-//!   gather by row index on their device) and never move again: beams only ever continue beams
-//!   of their own tile, whose rows are equal;
+//!   values `[B, heads, M, head_dim]`. They never move again: beams only ever continue beams
+//!   of their own tile. With `[decoder] cross_rows = "item"` (what the BLIP, T5 and Florence-2
+//!   exporters write) the decoder takes them, and the memory mask, once per tile and its beams
+//!   attend to that one copy; otherwise they are expanded once to the beams of the tile (a
+//!   gather by row index on their device);
 //! - `[decoder]`, one merged step graph: token ids, the self-attention mask, position ids, the
 //!   memory mask, the cross keys/values and the (possibly empty) self-attention past -> logits
 //!   and the new past. The self-attention past grows by one position per step and stays in ONNX
@@ -148,6 +150,28 @@ pub struct StepSpec {
     /// Longest start + generated sequence the decoder's positions allow.
     #[serde(default)]
     pub max_positions: Option<usize>,
+    /// The rows of the cross keys/values and the memory mask in a beam search.
+    #[serde(default, skip_serializing_if = "CrossRows::is_row")]
+    pub cross_rows: CrossRows,
+}
+
+/// `[decoder] cross_rows`: how many rows of cross keys/values (and memory mask) the decoder
+/// graph takes when it runs `num_beams` rows per tile.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CrossRows {
+    /// One per decoder row: expanded to the beams once, at the start step (the default).
+    #[default]
+    Row,
+    /// One per tile: the graph attends from each tile's beams to its one copy (`[B * beams]`
+    /// query rows against `[B]` key rows), so a step reads them once per tile, not per beam.
+    Item,
+}
+
+impl CrossRows {
+    fn is_row(&self) -> bool {
+        *self == CrossRows::Row
+    }
 }
 
 /// How the user's prompt becomes the decoder's start tokens (or, with `[encoder] input_ids`,
@@ -1438,9 +1462,9 @@ impl CrossDecoderModel {
         }
     }
 
-    /// The start step: the tiles through the encoder and the cross graph once, the cross
-    /// keys/values expanded to `num_beams` rows per tile, the start tokens (left padded)
-    /// through the decoder.
+    /// The start step: the tiles through the encoder and the cross graph once, the start
+    /// tokens (left padded) through the decoder; the cross keys/values expanded to `num_beams`
+    /// rows per tile unless the graph takes one per tile (`cross_rows = "item"`).
     fn start(
         &mut self,
         pixels: ArrayView4<'_, f32>,
@@ -1502,17 +1526,28 @@ impl CrossDecoderModel {
         // (gathered on their device).
         let nb = params.num_beams;
         let expand = crate::generation::beam_start_rows(b, nb);
-        let (logits, past, cross) = if nb == 1 {
-            (logits, past, cross)
+        // With `cross_rows = "item"` the cross keys/values and memory mask stay one row per
+        // tile.
+        let per_row = self.cfg.decoder.cross_rows == CrossRows::Row;
+        let (logits, past, cross, memory_mask) = if nb == 1 {
+            (logits, past, cross, memory_mask)
         } else {
             let idx: Vec<i64> = expand.iter().map(|&r| r as i64).collect();
             (
                 logits.select(ndarray::Axis(0), &expand),
                 self.gather(&past, &idx)?,
-                self.gather(&cross, &idx)?,
+                if per_row {
+                    self.gather(&cross, &idx)?
+                } else {
+                    cross
+                },
+                if per_row {
+                    memory_mask.select(ndarray::Axis(0), &expand)
+                } else {
+                    memory_mask
+                },
             )
         };
-        let memory_mask = memory_mask.select(ndarray::Axis(0), &expand);
         let mask = mask.select(ndarray::Axis(0), &expand);
         let last_pos = expand.iter().map(|&r| positions[[r, len - 1]]).collect();
         let image_last = expand.iter().map(|&r| image[[r, len - 1]]).collect();

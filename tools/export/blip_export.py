@@ -344,7 +344,7 @@ class DecoderStep(nn.Module):
             h = layer.attention.output(ctx, h)
             c = layer.crossattention.self
             q = c.query(h).view(B, -1, self.heads, self.head_dim).transpose(1, 2)
-            ctx = _attend(q, cross[2 * i], cross[2 * i + 1], cross_mask)
+            ctx = C.attend_item_rows(q, cross[2 * i], cross[2 * i + 1], cross_mask, _attend)
             ctx = ctx.transpose(1, 2).reshape(B, -1, self.heads * self.head_dim)
             h = layer.crossattention.output(ctx, h)
             h = layer.output(layer.intermediate(h), h)
@@ -544,6 +544,7 @@ def verify_onnx_against_torch(parts: Parts, out: Path, pixels: np.ndarray, tol: 
                                                                   "memory_mask", *cross_names, *past_names]))
     for a, b in zip(got, ref):
         worst = max(worst, C.rel_diff(a, b.numpy()))
+    C.verify_item_rows(lambda f: dec.run(None, f), feeds, ["memory_mask", *cross_names], tol)
     if worst > tol:
         raise SystemExit(f"export: ONNX Runtime differs from PyTorch by {worst:.3g} (> {tol})")
     print(f"export: ONNX Runtime vs PyTorch: max rel diff {worst:.3g}", file=sys.stderr)

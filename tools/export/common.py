@@ -679,6 +679,35 @@ def load_prefixed(module, state: dict, prefix: str, where) -> None:
     module.load_state_dict(sub, strict=False)
 
 
+def attend_item_rows(q, k, v, mask_add, attend):
+    """Cross-attention whose keys/values (and additive mask) have one row per item while the
+    queries may have ``beams`` rows per item (rows ``i * beams .. i * beams + beams - 1`` of ``q``
+    are item ``i``'s beams, ``[decoder] cross_rows = "item"``): the beams become more query
+    positions of their item, so a step reads each item's cross keys/values once, not once per
+    beam. ``attend(q, k, v, mask_add)`` is the model's own attention on ``[B, heads, T, d]``; with
+    as many key rows as query rows it is called on ``q`` as it is."""
+    items, (rows, heads, t, d) = k.shape[0], q.shape
+    qi = q.reshape(items, -1, heads, t, d).transpose(1, 2).reshape(items, heads, -1, d)
+    ctx = attend(qi, k, v, mask_add)
+    dv = ctx.shape[-1]
+    return ctx.reshape(items, heads, -1, t, dv).transpose(1, 2).reshape(rows, heads, t, dv)
+
+
+def verify_item_rows(run, feeds: dict, item_inputs: list[str], tol: float, beams: int = 3) -> float:
+    """The decoder graph run on ``beams`` copies of every row gives the same outputs whether the
+    ``item_inputs`` (cross keys/values, memory mask) are repeated too or given once per item
+    (``cross_rows = "item"``). ``run(feeds) -> outputs``; returns the largest relative difference,
+    SystemExit above ``tol``."""
+    rows = {n: np.repeat(a, beams, axis=0) for n, a in feeds.items()}
+    items = {n: (feeds[n] if n in item_inputs else a) for n, a in rows.items()}
+    worst = max(rel_diff(a, b) for a, b in zip(run(rows), run(items)))
+    if worst > tol:
+        raise SystemExit(f"export: the decoder with one cross key/value row per item differs from "
+                         f"one per beam by {worst:.3g} (> {tol})")
+    print(f"export: cross keys/values per item vs per beam: max rel diff {worst:.3g}", file=sys.stderr)
+    return worst
+
+
 def cross_decoder_sections(*, layers: int, heads: int, head_dim: int, hidden: int, cross_width: int, vocab: int,
                            position_ids: str | None = None, max_positions: tuple[int, str] | None = None) -> list:
     """The ``[cross]`` and ``[decoder]`` sections of a ``cross-attention-decoder`` package (BLIP, BLIP-2 /
@@ -700,7 +729,8 @@ def cross_decoder_sections(*, layers: int, heads: int, head_dim: int, hidden: in
                 ("layers", layers, ""), ("heads", heads, ""), ("head_dim", head_dim, ""),
                 ("hidden", hidden, ""),
                 ("cross_width", cross_width, "E: the memory width the cross-attention takes"),
-                ("vocab", vocab, "")]
+                ("vocab", vocab, ""),
+                ("cross_rows", "item", "cross keys/values and memory mask: one row per tile, shared by its beams")]
     if max_positions is not None:
         decoder.append(("max_positions", max_positions[0], max_positions[1]))
     return [

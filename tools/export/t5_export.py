@@ -409,8 +409,8 @@ class T5DecoderStep(nn.Module):
             ca = blk.layer[1]
             n = ca.layer_norm(h)
             e = ca.EncDecAttention
-            h = h + e.o(_merge(_attend(_heads(n, e.q, self.heads, self.d), cross[2 * i], cross[2 * i + 1],
-                                       cross_bias)))
+            h = h + e.o(_merge(C.attend_item_rows(_heads(n, e.q, self.heads, self.d), cross[2 * i],
+                                                  cross[2 * i + 1], cross_bias, _attend)))
             ff = blk.layer[-1]
             h = h + ff.DenseReluDense(ff.layer_norm(h))
         h = self.dec.final_layer_norm(h)
@@ -677,6 +677,7 @@ def verify_onnx_against_torch(parts: Parts, out: Path, pixels: np.ndarray, tol: 
     ref2 = parts.decoder(*(torch.from_numpy(step[n]) for n in order))
     for a, b in zip(got2, ref2):
         worst = max(worst, C.rel_diff(a, b.numpy()))
+    C.verify_item_rows(lambda f: ort.dec.run(None, f), step, ["memory_mask", *ort.cross_names], tol)
     if worst > tol:
         raise SystemExit(f"export: ONNX Runtime differs from PyTorch by {worst:.3g} (> {tol})")
     prompts = REF_PROMPTS_MIXED[:B]
