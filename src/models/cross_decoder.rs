@@ -1522,30 +1522,26 @@ impl CrossDecoderModel {
             None,
         )?;
         // Beam search runs on `b * nb` rows, row `r` a copy of item `r / nb` until it diverges:
-        // the start step ran once per item, its outputs and the cross keys/values are repeated
-        // (gathered on their device).
+        // the start step ran once per item, its outputs are repeated (gathered on their device),
+        // and so are the cross keys/values and memory mask unless the graph takes them once per
+        // item (`cross_rows = "item"`).
         let nb = params.num_beams;
         let expand = crate::generation::beam_start_rows(b, nb);
-        // With `cross_rows = "item"` the cross keys/values and memory mask stay one row per
-        // tile.
-        let per_row = self.cfg.decoder.cross_rows == CrossRows::Row;
-        let (logits, past, cross, memory_mask) = if nb == 1 {
-            (logits, past, cross, memory_mask)
+        let idx: Vec<i64> = expand.iter().map(|&r| r as i64).collect();
+        let (logits, past) = if nb == 1 {
+            (logits, past)
         } else {
-            let idx: Vec<i64> = expand.iter().map(|&r| r as i64).collect();
             (
                 logits.select(ndarray::Axis(0), &expand),
                 self.gather(&past, &idx)?,
-                if per_row {
-                    self.gather(&cross, &idx)?
-                } else {
-                    cross
-                },
-                if per_row {
-                    memory_mask.select(ndarray::Axis(0), &expand)
-                } else {
-                    memory_mask
-                },
+            )
+        };
+        let (cross, memory_mask) = if nb == 1 || self.cfg.decoder.cross_rows == CrossRows::Item {
+            (cross, memory_mask)
+        } else {
+            (
+                self.gather(&cross, &idx)?,
+                memory_mask.select(ndarray::Axis(0), &expand),
             )
         };
         let mask = mask.select(ndarray::Axis(0), &expand);
