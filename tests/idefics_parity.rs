@@ -362,6 +362,32 @@ fn bad_idefics_packages_fail_with_the_file_and_the_cause() {
     // A template without the prompt.
     let template = broken("template", &|p: &Path| edit(p, "{prompt}", "{text}"));
     check(&template, &["prompt.template", "{prompt}"]);
+    // A manifest that claims one cross key/value row per tile for a graph exported with one per
+    // beam: valid to `models check`, refused at the first beam step in one line, nothing written.
+    let rows = broken("rows", &|p: &Path| {
+        edit(p, "[decoder]\n", "[decoder]\ncross_rows = \"item\"\n")
+    });
+    run(
+        d,
+        &[
+            "caption",
+            "scene.tif",
+            "--model",
+            &rows,
+            "--num-beams",
+            "2",
+            "--batch-size",
+            "2",
+            "--out",
+            "o",
+        ],
+    )
+    .fails_with(&[
+        "decoder.onnx",
+        "decoder.cross_rows = \"item\"",
+        "4 decoder rows against 2 cross key/value rows",
+    ]);
+    assert!(!d.join("o").exists());
 
     // A prompt longer than the model's positions: refused before anything is written.
     let model = package().display().to_string();

@@ -1355,6 +1355,7 @@ impl CrossDecoderModel {
         let d = self.cfg.decoder.clone();
         let path = self.decoder.path.clone();
         let rows = ids.nrows();
+        let memory_rows = memory_mask.nrows();
         let empty: Option<Tensor<f32>> = match past {
             Some(_) => None,
             None => Some(
@@ -1415,7 +1416,17 @@ impl CrossDecoderModel {
             .decoder
             .session
             .run_binding(&binding)
-            .map_err(|e| run_err(&path, e))?;
+            .map_err(|e| {
+                if memory_rows < rows {
+                    // Beams against one cross key/value row per tile: say which key asked for it.
+                    run_err(
+                        &path,
+                        format!("{e} (with decoder.cross_rows = \"item\": {rows} decoder rows against {memory_rows} cross key/value rows; a graph exported without it takes one per beam)"),
+                    )
+                } else {
+                    run_err(&path, e)
+                }
+            })?;
         let logits = out[d.logits.as_str()]
             .try_extract_array::<f32>()
             .map_err(|e| run_err(&path, e))?;

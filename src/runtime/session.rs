@@ -253,6 +253,10 @@ fn build(
     let mut builder = Session::builder(runtime.environment())
         .map_err(|e| e.to_string())?
         .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(|e| e.to_string())?
+        // A failed run comes back as an error that tessera reports in its one line (naming the
+        // graph); ONNX Runtime's own log line for it would be a second one.
+        .with_log_level(ort::logging::LogLevel::Fatal)
         .map_err(|e| e.to_string())?;
     if let Some(threads) = options.intra_threads {
         builder = builder
